@@ -1,0 +1,42 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+# Both install missing Debian packages first (.ci/deps, apt-get).
+JOBS   ?= $(shell nproc)
+BUILD  ?= build
+SAN    ?= build-san
+CONF   ?=
+
+.PHONY: all deps build build-san run test format format-check bench clean
+
+all: build
+
+deps:
+	@bash .ci/deps
+
+# Release build (jemalloc, -O2): what `make run` and the benchmarks use.
+build: deps
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS)
+
+# Sanitizer build (address + undefined, libc malloc): what `make test` uses.
+build-san: deps
+	@cmake -S . -B $(SAN) -DCMAKE_BUILD_TYPE=Debug -DSLUICE_SANITIZE=address,undefined >/dev/null
+	@cmake --build $(SAN) -j $(JOBS)
+
+run: build
+	./$(BUILD)/core/server/sluiced $(if $(CONF),-c $(CONF))
+
+test: build-san format-check
+	@cd $(SAN) && ctest --output-on-failure -j 2 --timeout 300
+
+format:
+	@git ls-files '*.c' '*.h' | xargs clang-format -i
+
+format-check: deps
+	@files=$$(git ls-files --cached --others --exclude-standard '*.c' '*.h'); \
+	if [ -n "$$files" ]; then clang-format --dry-run -Werror $$files; fi
+
+bench: build
+	@bash bench/run-accept
+
+clean:
+	rm -rf $(BUILD) $(SAN)

@@ -1,0 +1,194 @@
+/*
+ * config/config.h - sluice's configuration: parsing, validation, defaults,
+ * and the immutable, refcounted snapshot every thread reads.
+ *
+ * The syntax is the UCL / nginx-like subset documented in
+ * sluice.conf.example and docs/config.md (libucl itself is not packaged in
+ * Debian 12: its "libucl-dev" is an unrelated compression library). Every
+ * key has a default, a type and a range; an unknown key, a wrong type, a
+ * value out of range, a bad address or a missing file is an error reported
+ * as "file:line: what is wrong".
+ *
+ * A snapshot is never modified after cfg_load() returns it. Threads that
+ * keep it beyond one call take a reference (cfg_ref) and drop it
+ * (cfg_unref); the last unref frees it. Reload builds a new snapshot and
+ * swaps the global pointer (cfg_current / cfg_set_current).
+ */
+#ifndef SLUICE_CONFIG_H
+#define SLUICE_CONFIG_H
+
+#include "core/base/base.h"
+
+#include <stdatomic.h>
+
+#define CFG_MAX_LISTEN 8
+#define CFG_MAX_NETS 64
+#define CFG_MAX_USERS 256
+
+typedef enum { CFG_SYNC_FSYNC = 0, CFG_SYNC_NONE } cfg_sync_t;
+
+typedef struct cfg_user {
+    char *cu_name;
+    char *cu_hash; /* crypt(3) hash: "$6$salt$..." / "$5$..." / "$y$..." */
+} cfg_user_t;
+
+typedef struct cfg {
+    atomic_int c_refs;
+    char *c_file; /* the file it was loaded from, or "(default)" */
+
+    /* top level */
+    char *c_hostname; /* default: gethostname() */
+
+    /* log { } */
+    log_level_t c_log_level;  /* level = "info" */
+    char *c_log_file;         /* file = ""  (stderr) */
+    char *c_acct_dir;         /* accounting_dir = "./var/log" */
+    uint64_t c_acct_max_size; /* accounting_max_size = 256M: rotate when bigger */
+
+    /* spool { } */
+    char *c_spool_path;        /* path = "./var/spool" */
+    cfg_sync_t c_spool_sync;   /* sync = "fsync" | "none" (unsafe, for comparison) */
+    uint64_t c_spool_map_size; /* map_size = 1G: initial LMDB map size */
+    uint64_t c_spool_max_size; /* max_size = 64G: the map grows up to this */
+    int c_spool_high_water;    /* high_water = 90 (percent of max_size): 452 4.3.1 above */
+    int c_spool_batch;         /* commit_batch = 1024: max operations per write txn */
+
+    /* control { } */
+    char *c_ctl_socket; /* socket = "./var/sluiced.sock" */
+    int c_ctl_mode;     /* mode = 0600 */
+
+    /* smtp { } : reception */
+    int c_smtp_nlisten;
+    sockaddr_any_t c_smtp_listen[CFG_MAX_LISTEN]; /* listen = "127.0.0.1:2525" or a list */
+    int c_smtp_threads;                           /* threads = 1 */
+    uint64_t c_smtp_max_message_size;             /* max_message_size = 50M */
+    int c_smtp_max_recipients;                    /* max_recipients = 1000 */
+    int c_smtp_max_line;                 /* max_line_length = 1000 (DATA lines; 998+CRLF) */
+    int c_smtp_max_connections;          /* max_connections = 2000 */
+    int c_smtp_max_conn_per_ip;          /* max_connections_per_ip = 200 */
+    int c_smtp_max_commands_before_mail; /* max_commands_before_mail = 20 */
+    int c_smtp_max_errors;               /* max_errors = 10: then 421 and close */
+    uint64_t c_smtp_idle_timeout;        /* idle_timeout = 5m (seconds) */
+    uint64_t c_smtp_data_timeout;        /* data_timeout = 10m (seconds) */
+    int c_smtp_max_pending;              /* max_pending = 5000: queued inserts not yet
+                                            committed; above it new MAIL gets 421 4.3.2 */
+    int c_smtp_nrelay;
+    net_cidr_t c_smtp_relay[CFG_MAX_NETS]; /* relay_networks = ["127.0.0.0/8", "::1/128"] */
+
+    /* smtp { tls { } } */
+    char *c_tls_cert;    /* cert = "./var/tls/cert.pem" */
+    char *c_tls_key;     /* key  = "./var/tls/key.pem" */
+    bool c_tls_generate; /* generate = true: make a self-signed pair if both are missing */
+
+    /* smtp { auth { } } */
+    bool c_auth_plaintext_loopback; /* plaintext_loopback = true: offer AUTH without TLS to
+                                       loopback clients */
+    uint64_t c_auth_fail_delay;     /* fail_delay = 1s (milliseconds stored) */
+    int c_auth_lockout_failures;    /* lockout_failures = 5 */
+    uint64_t c_auth_lockout_window; /* lockout_window = 10m (seconds) */
+    uint64_t c_auth_lockout_time;   /* lockout_time = 15m (seconds) */
+    int c_nusers;
+    cfg_user_t c_users[CFG_MAX_USERS]; /* users { alice = "$6$..."; } */
+
+    /* queue { } : scheduling (queue thread) */
+    int c_retry_n;               /* retry = "" (default: exponential) or "5m,10m,30m,1h,2h,4h" */
+    uint64_t c_retry[32];        /* explicit schedule, seconds; the last repeats */
+    uint64_t c_retry_initial;    /* retry_initial = 5m: first retry of the exponential default */
+    uint64_t c_retry_max;        /* retry_max = 4h: clamp of the exponential default */
+    int c_retry_jitter;          /* retry_jitter = 20 (percent, +/-) */
+    uint64_t c_max_age;          /* max_age = 5d: then expire (bounce message-expired) */
+    bool c_dsn;                  /* dsn = true: RFC 3464 bounces to the envelope sender */
+    int c_active_window;         /* active_window = 2000: recipients in flight per destination */
+    int c_active_total;          /* active_total = 100000: recipients in flight in all */
+    uint64_t c_scan_interval_ms; /* scan_interval = 1s (ms stored): due-index scan period */
+
+    /* delivery { } */
+    int c_dlv_threads;     /* threads = 0 (= number of cores) */
+    int c_dlv_port;        /* port = 25 */
+    char *c_dlv_resolvers; /* resolvers = "" (system /etc/resolv.conf) or
+                              "127.0.0.1:5353,..." */
+    char *c_dlv_smarthost; /* smarthost = "" or "host[:port]" for every domain */
+    int c_dlv_nroutes;
+    struct cfg_route {
+        char *r_domain; /* routes { "example.org" = "127.0.0.1:2526"; } */
+        char *r_host;   /* host or address */
+        int r_port;     /* 0 = c_dlv_port */
+    } c_dlv_routes[256];
+    int c_dlv_tls_default; /* tls = "opportunistic" | "disabled" | "required" | "verify" */
+    int c_dlv_ntls;
+    struct cfg_tls_policy {
+        char *tp_domain; /* tls_policy { "bank.example" = "verify"; } */
+        int tp_policy;
+    } c_dlv_tls[256];
+    char *c_dlv_ca_file;            /* ca_file = "" (system store): for "verify" */
+    char *c_dlv_helo;               /* helo_name = "" (= hostname) */
+    int c_dlv_max_rcpt_per_txn;     /* max_rcpt_per_transaction = 100 */
+    int c_dlv_max_conn_per_dest;    /* max_connections_per_destination = 20 */
+    int c_dlv_max_msgs_per_conn;    /* max_messages_per_connection = 1000 */
+    uint64_t c_dlv_conn_reuse_time; /* connection_reuse_time = 300s */
+    uint64_t c_dlv_idle_time;       /* idle_time = 2s: keep an idle connection this long */
+    uint64_t c_dlv_dns_cache_max;   /* dns_cache_max_ttl = 1h */
+    int c_dlv_dead_after;           /* dead_after_failures = 5 connection failures in a row */
+    uint64_t c_dlv_dead_time;       /* dead_time = 5m: destination marked down */
+    /* timeouts (seconds), RFC 5321 4.5.3.2 */
+    uint64_t c_to_connect;    /* connect_timeout = 30s */
+    uint64_t c_to_greeting;   /* greeting_timeout = 5m */
+    uint64_t c_to_ehlo;       /* ehlo_timeout = 5m */
+    uint64_t c_to_starttls;   /* starttls_timeout = 2m */
+    uint64_t c_to_mail;       /* mail_timeout = 5m */
+    uint64_t c_to_rcpt;       /* rcpt_timeout = 5m */
+    uint64_t c_to_data;       /* data_timeout = 2m (DATA initiation) */
+    uint64_t c_to_data_block; /* data_block_timeout = 3m */
+    uint64_t c_to_data_done;  /* data_done_timeout = 10m (final ".") */
+    uint64_t c_to_quit;       /* quit_timeout = 10s */
+
+    /* delivery.smarthost parsed: r_domain "*", r_host NULL when no smarthost
+     * (cfg_route_for returns it after the exact routes). */
+    struct cfg_route c_dlv_smart;
+} cfg_t;
+
+/* TLS policies (delivery). */
+enum { CFG_TLS_OPPORTUNISTIC = 0, CFG_TLS_DISABLED, CFG_TLS_REQUIRED, CFG_TLS_VERIFY };
+
+/* Load and validate a file. On success returns 0 and *out (refs = 1). On
+ * failure returns SL_ECONFIG and writes "file:line: message" into err.
+ * Any thread. */
+int cfg_load(const char *path, cfg_t **out, char *err, size_t errlen);
+/* Parse from a string (used for the embedded default and by tests); name is
+ * used in error messages. */
+int cfg_load_string(const char *name, const char *text, cfg_t **out, char *err, size_t errlen);
+/* The embedded default configuration (what `sluiced` runs with no -c). */
+int cfg_default(cfg_t **out, char *err, size_t errlen);
+/* The embedded default's text, for `sluiced --print-default-config`. */
+const char *cfg_default_text(void);
+
+/* Take / drop a reference; the last cfg_unref frees the snapshot (NULL is
+ * fine). Any thread. */
+cfg_t *cfg_ref(cfg_t *c);
+void cfg_unref(cfg_t *c);
+
+/* The process-wide current snapshot. cfg_current() returns a new reference
+ * (caller unrefs). cfg_set_current() takes over the caller's reference and
+ * drops the old one. Any thread. */
+cfg_t *cfg_current(void);
+void cfg_set_current(cfg_t *c);
+
+/* Parse helpers, exposed for other modules' rule files and tests. */
+int cfg_parse_duration(const char *s, uint64_t *seconds); /* "30s" "5m" "1h" "5d" "90" */
+int cfg_parse_size(const char *s, uint64_t *bytes);       /* "512" "64K" "50M" "16G" */
+/* Parse "5m,10m,30m" into at most max seconds values. Returns the count or
+ * SL_EPARSE. */
+int cfg_parse_duration_list(const char *s, uint64_t *out, int max);
+/* The TLS policy for a recipient domain (exact match, then parent domains
+ * ".example.org" style entries, then c_dlv_tls_default). */
+int cfg_tls_policy_for(const cfg_t *c, const char *domain);
+/* The static route for a domain (exact match, then the smarthost), or NULL
+ * when MX lookup applies. */
+const struct cfg_route *cfg_route_for(const cfg_t *c, const char *domain);
+
+/* The schema's keys, for docs and tests: the i-th key's dotted path
+ * ("smtp.tls.cert") with *default_text set to its default as written in a
+ * config file, or NULL when i is past the last key. Any thread. */
+const char *cfg_key_name(int i, const char **default_text);
+
+#endif /* SLUICE_CONFIG_H */

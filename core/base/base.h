@@ -1,0 +1,377 @@
+/*
+ * core/base/base.h - the ground floor of sluice.
+ *
+ * Memory, logging, byte buffers, inter-thread channels, the clock, error
+ * codes, network address helpers, the SMTP codec and TLS on memory BIOs.
+ * Every other module includes this header; it includes nothing of ours.
+ *
+ * Thread notes are given per function. "Any thread" functions are safe to
+ * call concurrently.
+ */
+#ifndef SLUICE_BASE_H
+#define SLUICE_BASE_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+
+#include <uv.h>
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#undef MIN
+#undef MAX
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
+#define MAX(a, b) ((a) > (b) ? (a) : (b))
+#define UNUSED(x) ((void)(x))
+
+#if defined(__GNUC__)
+#define PRINTF_LIKE(f, a) __attribute__((format(printf, f, a)))
+#define LIKELY(x) __builtin_expect(!!(x), 1)
+#define UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define PRINTF_LIKE(f, a)
+#define LIKELY(x) (x)
+#define UNLIKELY(x) (x)
+#endif
+
+/* ---------------------------------------------------------------- errors */
+
+/* Project error codes: negative, beside negative errno values. */
+#define SL_ERRNO_MAP(X)                                                                            \
+    X(SL_EPARSE, -10001, "parse error")                                                            \
+    X(SL_ETOOLONG, -10002, "line too long")                                                        \
+    X(SL_ETOOBIG, -10003, "too big")                                                               \
+    X(SL_EFULL, -10004, "storage full")                                                            \
+    X(SL_EBUSY, -10005, "busy, try again")                                                         \
+    X(SL_ENOTFOUND, -10006, "not found")                                                           \
+    X(SL_ETLS, -10007, "TLS error")                                                                \
+    X(SL_ECONFIG, -10008, "configuration error")                                                   \
+    X(SL_ESPOOL, -10009, "spool error")                                                            \
+    X(SL_ECLOSED, -10010, "closed")
+
+enum {
+#define SL_ERR_ENUM(name, val, str) name = val,
+    SL_ERRNO_MAP(SL_ERR_ENUM)
+#undef SL_ERR_ENUM
+};
+
+/* A static string for a project code or a negative errno. Any thread. */
+const char *sl_strerror(int err);
+
+/* ---------------------------------------------------------------- memory */
+
+/* Allocate or abort ("x" = aborts instead of failing). Any thread. */
+void *xmalloc(size_t n);
+void *xcalloc(size_t n, size_t size);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+char *xasprintf(const char *fmt, ...) PRINTF_LIKE(1, 2);
+
+/* ---------------------------------------------------------------- logging */
+
+typedef enum { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR } log_level_t;
+
+extern int log_level_current;
+
+/* Set the level and the destination (NULL or "" = stderr). Main thread,
+ * before other threads start; log_reopen() may be called later. */
+int log_init(log_level_t level, const char *path);
+int log_reopen(void);
+int log_level_parse(const char *s, log_level_t *out);
+/* Set this thread's name, shown in every line it logs. */
+void log_thread_name(const char *name);
+void log_write(log_level_t lvl, const char *fmt, ...) PRINTF_LIKE(2, 3);
+
+#define log_debug(...)                                                                             \
+    do {                                                                                           \
+        if (UNLIKELY(log_level_current <= LOG_DEBUG))                                              \
+            log_write(LOG_DEBUG, __VA_ARGS__);                                                     \
+    } while (0)
+#define log_info(...)                                                                              \
+    do {                                                                                           \
+        if (log_level_current <= LOG_INFO)                                                         \
+            log_write(LOG_INFO, __VA_ARGS__);                                                      \
+    } while (0)
+#define log_warn(...) log_write(LOG_WARN, __VA_ARGS__)
+#define log_error(...) log_write(LOG_ERROR, __VA_ARGS__)
+
+/* ---------------------------------------------------------------- clock */
+
+/* Wall clock in microseconds / seconds since the epoch. Any thread. */
+uint64_t clock_now_us(void);
+uint64_t clock_now_s(void);
+/* Monotonic clock in microseconds. Any thread. */
+uint64_t clock_mono_us(void);
+
+/* ---------------------------------------------------------------- buffers */
+
+/* A growable byte buffer. Owner frees with buf_free(). Not thread safe. */
+typedef struct buf {
+    char *b_data;
+    size_t b_len;
+    size_t b_cap;
+} buf_t;
+
+void buf_init(buf_t *b, size_t cap);
+void buf_free(buf_t *b);
+void buf_reserve(buf_t *b, size_t extra);
+void buf_append(buf_t *b, const void *p, size_t n);
+void buf_append_str(buf_t *b, const char *s);
+void buf_printf(buf_t *b, const char *fmt, ...) PRINTF_LIKE(2, 3);
+void buf_consume(buf_t *b, size_t n); /* drop n bytes from the front */
+void buf_reset(buf_t *b);             /* length 0, keep the storage */
+/* Move the storage out: the caller owns the returned pointer (free()). */
+char *buf_steal(buf_t *b, size_t *len);
+
+/* ---------------------------------------------------------------- channels */
+
+/*
+ * An MPSC channel: any thread pushes, one libuv loop consumes. A message is
+ * any struct that embeds chan_node_t; ownership passes with the push.
+ * Producers take a short mutex to link the node; the consumer swaps the
+ * whole list out at once, so a burst of N messages costs one wake-up.
+ */
+typedef struct chan_node {
+    struct chan_node *cn_next;
+} chan_node_t;
+
+typedef struct chan chan_t;
+/* Called on the consumer's loop with the messages in push order. The
+ * callback owns every node (walk cn_next; it may free them). */
+typedef void (*chan_cb)(chan_t *ch, chan_node_t *first, void *arg);
+
+/* Create on the consumer's loop thread. */
+chan_t *chan_new(uv_loop_t *loop, chan_cb cb, void *arg);
+/* Push from any thread. Returns the number of messages now waiting. */
+size_t chan_push(chan_t *ch, chan_node_t *n);
+/* Close the async handle (consumer thread). The chan is freed in the
+ * handle's close callback; undelivered messages are handed to cb first. */
+void chan_close(chan_t *ch);
+
+/* ---------------------------------------------------------------- network */
+
+typedef struct sockaddr_storage sockaddr_any_t;
+
+/* Parse "1.2.3.4:25", "[::1]:25", "host" (with default port). 0 or SL_EPARSE. */
+int net_parse_hostport(const char *s, int default_port, sockaddr_any_t *out);
+/* Format an address without the port ("127.0.0.1", "::1"). */
+const char *net_ntop(const struct sockaddr *sa, char *dst, size_t len);
+bool net_is_loopback(const struct sockaddr *sa);
+
+/* A CIDR network, "10.0.0.0/8", "::1/128", or a plain address. */
+typedef struct net_cidr {
+    int nc_family;
+    uint8_t nc_addr[16];
+    int nc_prefix;
+} net_cidr_t;
+int net_cidr_parse(const char *s, net_cidr_t *out);
+bool net_cidr_match(const net_cidr_t *c, const struct sockaddr *sa);
+
+/* ---------------------------------------------------------------- SMTP codec */
+
+/* SMTP command verbs (server side). */
+typedef enum {
+    SMTP_CMD_UNKNOWN = 0,
+    SMTP_CMD_HELO,
+    SMTP_CMD_EHLO,
+    SMTP_CMD_MAIL,
+    SMTP_CMD_RCPT,
+    SMTP_CMD_DATA,
+    SMTP_CMD_BDAT,
+    SMTP_CMD_RSET,
+    SMTP_CMD_NOOP,
+    SMTP_CMD_QUIT,
+    SMTP_CMD_VRFY,
+    SMTP_CMD_EXPN,
+    SMTP_CMD_HELP,
+    SMTP_CMD_STARTTLS,
+    SMTP_CMD_AUTH,
+} smtp_verb_t;
+
+#define SMTP_MAX_PARAMS 8
+
+/* A parsed command. Pointers borrow from the line passed to smtp_cmd_parse
+ * (which it modifies in place); valid while that line is. */
+typedef struct smtp_cmd {
+    smtp_verb_t sc_verb;
+    const char *sc_arg;     /* HELO/EHLO domain, AUTH mechanism args, rest of line */
+    const char *sc_path;    /* MAIL/RCPT: the address inside <>, "" for <> */
+    int sc_nparams;         /* ESMTP parameters after the path */
+    const char *sc_pkey[SMTP_MAX_PARAMS]; /* upper-cased keyword */
+    const char *sc_pval[SMTP_MAX_PARAMS]; /* value or NULL */
+} smtp_cmd_t;
+
+/* Parse one command line (without CRLF; NUL-terminated, modified in place).
+ * Returns 0, or a negative code and sets *reply to the SMTP reply to send
+ * ("501 5.5.4 Syntax error in parameters"; "500 5.5.2 ..."). Any thread. */
+int smtp_cmd_parse(char *line, smtp_cmd_t *cmd, const char **reply);
+
+/* Check an address (local@domain) for RFC 5321 syntax. Sets *is_utf8 when
+ * it holds non-ASCII. Returns 0 or SL_EPARSE. */
+int smtp_addr_check(const char *addr, bool *is_utf8);
+/* The domain part of an address (after the last '@'), or "" */
+const char *smtp_addr_domain(const char *addr);
+
+/* A parsed server reply (client side, possibly multi-line). */
+typedef struct smtp_reply {
+    int sr_code;        /* 250 */
+    char sr_status[16]; /* enhanced status "2.0.0" or "" */
+    buf_t sr_text;      /* all lines' text joined by "\n", without codes */
+    bool sr_done;       /* the last line was seen */
+} smtp_reply_t;
+
+/* Feed one reply line (without CRLF). Returns 1 when the reply is complete,
+ * 0 when more lines follow, SL_EPARSE on a malformed line, SL_ETOOBIG when
+ * the reply grows past max_len bytes. Any thread. */
+int smtp_reply_feed(smtp_reply_t *r, const char *line, size_t len, size_t max_len);
+void smtp_reply_reset(smtp_reply_t *r);
+void smtp_reply_free(smtp_reply_t *r);
+
+/* Dot-stuff src into dst for DATA (RFC 5321 §4.5.2), normalising bare LF
+ * to CRLF, and append the final ".\r\n". */
+void smtp_dot_stuff(buf_t *dst, const char *src, size_t len);
+
+/* ---------------------------------------------------------------- TLS */
+
+/*
+ * TLS on memory BIOs, driven by a libuv stream owner: feed ciphertext that
+ * arrived with tls_feed(), read plaintext with tls_read(), write plaintext
+ * with tls_write(), and send whatever tls_pending_out() returns.
+ */
+typedef struct tls_conn tls_conn_t;
+
+/* Server context from PEM files. NULL and *err set on failure. */
+void *tls_server_ctx_new(const char *cert_file, const char *key_file, char *err, size_t errlen);
+/* Generate a self-signed certificate and key for hostname (first start). */
+int tls_selfsigned_create(const char *cert_file, const char *key_file, const char *hostname,
+                          char *err, size_t errlen);
+void tls_ctx_free(void *ctx);
+
+/* Client context: verify_ca = CA file for "verify" policies (NULL = the
+ * system store). Keeps a session cache so that tls_conn_new_client can
+ * resume sessions per destination (see tls_session_*). */
+void *tls_client_ctx_new(const char *ca_file, char *err, size_t errlen);
+
+tls_conn_t *tls_conn_new_server(void *ctx);
+/* sni: server name to send (and to check when verify is true). */
+tls_conn_t *tls_conn_new_client(void *ctx, const char *sni, bool verify);
+/* Session resumption (client): the session to offer before the handshake,
+ * and the one to keep after it (caller frees with tls_session_free). */
+void tls_conn_set_session(tls_conn_t *t, void *session);
+void *tls_conn_get_session(tls_conn_t *t);
+void tls_session_free(void *session);
+bool tls_conn_resumed(tls_conn_t *t);
+/* Peer certificate verification result (client with verify): 0 ok, or an
+ * X509 error code; text in tls_last_error. */
+long tls_verify_result(tls_conn_t *t);
+void tls_conn_free(tls_conn_t *t);
+/* Ciphertext in from the network. */
+int tls_feed(tls_conn_t *t, const void *data, size_t len);
+/* Drive the handshake: 1 done, 0 wants more input, negative on failure. */
+int tls_handshake(tls_conn_t *t);
+/* Decrypted bytes: >0 count, 0 none available now, negative on error/close. */
+int tls_read(tls_conn_t *t, void *dst, size_t len);
+/* Encrypt plaintext; ciphertext queued for tls_pending_out(). */
+int tls_write(tls_conn_t *t, const void *data, size_t len);
+/* Move queued ciphertext into out (appends). Returns bytes moved. */
+size_t tls_pending_out(tls_conn_t *t, buf_t *out);
+/* "TLSv1.3", "TLS_AES_256_GCM_SHA384" after the handshake */
+const char *tls_version(tls_conn_t *t);
+const char *tls_cipher(tls_conn_t *t);
+/* Last error as text, for logs. */
+const char *tls_last_error(tls_conn_t *t);
+
+/* ---------------------------------------------------------------- control protocol */
+/*
+ * JSON lines over the control socket (core/server/control.c, sluicectl):
+ * one request object per line, {"cmd":"status", ...}; one response object
+ * per line, {"ok":true, ...} or {"ok":false,"error":"..."}. Helpers in
+ * ctlproto.c, shared by the daemon and the client. Any thread.
+ */
+struct json_object;
+
+#define CTL_MAX_LINE (64 * 1024) /* longest request line, without its "\n" */
+
+/* Find the next complete line in data[0..len). Returns 1 and sets *line_len
+ * (without "\n" or a trailing "\r") and *used (bytes to consume, with the
+ * "\n"); 0 when no complete line is there yet; SL_ETOOLONG when the line is
+ * longer than max bytes (complete or not). */
+int ctl_line_next(const char *data, size_t len, size_t max, size_t *line_len, size_t *used);
+
+/* Parse one request line: a JSON object with a string member "cmd". On
+ * success returns 0, *req (caller frees with json_object_put) and *cmd
+ * (borrowed from *req). On failure returns SL_EPARSE and writes the reason
+ * into err ("malformed JSON: unexpected end of data", "request must be a
+ * JSON object", "missing \"cmd\" string"). */
+int ctl_request_parse(const char *line, size_t len, struct json_object **req, const char **cmd,
+                      char *err, size_t errlen);
+
+/* Append resp as one JSON line (plain, "/" not escaped) plus "\n". */
+void ctl_response_append(buf_t *out, struct json_object *resp);
+/* Append {"ok":false,"error":msg} plus "\n". */
+void ctl_error_append(buf_t *out, const char *msg);
+
+/* Human forms for sluicectl: "512 B", "1.2 KiB", "1.2 GiB"; "45s",
+ * "5m 2s", "3h 4m", "2d 3h". Return dst. */
+char *ctl_fmt_bytes(uint64_t n, char *dst, size_t len);
+char *ctl_fmt_duration(uint64_t seconds, char *dst, size_t len);
+
+/* ---------------------------------------------------------------- DNS */
+/*
+ * Asynchronous DNS (c-ares driven from one libuv loop: ares socket state
+ * callbacks feed uv_poll handles, a uv_timer drives ares timeouts). One
+ * resolver per loop; every function below is called on that loop's thread.
+ * Callbacks always run later on the loop, never inside the query call.
+ * Owned by "Deliver mail" (core/base/dns.c).
+ */
+typedef struct dns_resolver dns_resolver_t;
+
+typedef enum {
+    DNS_OK = 0,
+    DNS_NODATA,    /* the name exists but has no record of that type */
+    DNS_NXDOMAIN,  /* the name does not exist */
+    DNS_TEMPFAIL,  /* SERVFAIL, timeout, refused, network error: try later */
+    DNS_CANCELLED, /* the resolver was freed before an answer came */
+} dns_status_t;
+
+typedef struct dns_mx {
+    char *dm_host; /* exchange host name, "" for the root (null MX, RFC 7505) */
+    uint16_t dm_pref;
+} dns_mx_t;
+
+/* MX answer: records sorted by preference, equal preferences in random
+ * order. mx is borrowed for the duration of the call. ttl = smallest TTL
+ * of the answer (a negative answer gets 60). */
+typedef void (*dns_mx_cb)(void *arg, dns_status_t st, const dns_mx_t *mx, int n, uint32_t ttl);
+/* Address answer: IPv4 first, then IPv6, each with the given port. */
+typedef void (*dns_addr_cb)(void *arg, dns_status_t st, const sockaddr_any_t *addrs, int n,
+                            uint32_t ttl);
+
+/* New resolver on loop. servers: "" or NULL = /etc/resolv.conf, else
+ * "127.0.0.1:5353,[::1]:53" (ares_set_servers_ports_csv). timeout_ms and
+ * tries per query (0 = c-ares defaults). 0 or SL_ECONFIG with err set.
+ * Loop thread (or before the loop runs). */
+int dns_resolver_new(uv_loop_t *loop, const char *servers, unsigned timeout_ms, int tries,
+                     dns_resolver_t **out, char *err, size_t errlen);
+/* Cancel every pending query (callbacks get DNS_CANCELLED, synchronously)
+ * and close the handles; the memory goes in the last close callback, so
+ * the loop must run once more. NULL allowed. Loop thread. */
+void dns_resolver_free(dns_resolver_t *r);
+/* Start an MX / A+AAAA lookup. Loop thread. */
+void dns_query_mx(dns_resolver_t *r, const char *name, dns_mx_cb cb, void *arg);
+void dns_query_addr(dns_resolver_t *r, const char *name, int port, dns_addr_cb cb, void *arg);
+/* Lookups started since creation (for stats). */
+uint64_t dns_resolver_queries(const dns_resolver_t *r);
+const char *dns_status_str(dns_status_t st);
+/* Parse an MX answer packet (exposed for unit tests): sorted/shuffled as
+ * above. Returns 0 and an owned array (dns_mx_array_free), or SL_EPARSE. */
+int dns_parse_mx(const unsigned char *abuf, int alen, dns_mx_t **out, int *n, uint32_t *ttl);
+void dns_mx_array_free(dns_mx_t *mx, int n);
+/* True for the RFC 7505 null MX: exactly one record whose host is "." */
+bool dns_mx_is_null(const dns_mx_t *mx, int n);
+
+#endif /* SLUICE_BASE_H */

@@ -1,0 +1,224 @@
+/*
+ * queue/queue.h - the LMDB spool and the queue thread.
+ *
+ * The queue thread is the only LMDB writer. Reception threads submit
+ * messages (queue_submit); the queue thread drains its channel, writes every
+ * pending insert in one write transaction, commits once (group commit: one
+ * fsync for many messages), then pushes each message back to the channel
+ * its submitter named, with qm_status set. A submitter answers 250 only
+ * when it gets its message back with qm_status == 0.
+ *
+ * Spool layout (one LMDB environment in cfg->c_spool_path, see
+ * docs/spool.md):
+ *   msg : msgid (8 bytes, big-endian)            -> msg record + body
+ *   rcpt: msgid (8 BE) + index (4 BE)            -> rcpt record
+ *   due : next-attempt (8 BE, unix s) + msgid + index -> (empty)
+ *   meta: "version" etc.
+ *
+ * Thread: queue_open/queue_start/queue_stop on the main thread; the rest as
+ * noted.
+ */
+#ifndef SLUICE_QUEUE_H
+#define SLUICE_QUEUE_H
+
+#include "core/base/base.h"
+#include "config/config.h"
+
+#include <stdatomic.h>
+
+typedef struct queue queue_t;
+
+/* DSN NOTIFY bits (RFC 3461); 0 = not given (default: FAILURE). */
+#define Q_NOTIFY_NEVER 0x01
+#define Q_NOTIFY_SUCCESS 0x02
+#define Q_NOTIFY_FAILURE 0x04
+#define Q_NOTIFY_DELAY 0x08
+
+/* Message flags. */
+#define Q_F_8BITMIME 0x01 /* BODY=8BITMIME given */
+#define Q_F_SMTPUTF8 0x02 /* SMTPUTF8 given */
+#define Q_F_RET_FULL 0x04 /* RET=FULL */
+#define Q_F_RET_HDRS 0x08 /* RET=HDRS */
+
+typedef struct queue_rcpt_in {
+    char *qr_addr;      /* owned */
+    char *qr_orcpt;     /* owned, ORCPT=... or NULL */
+    uint8_t qr_notify;  /* Q_NOTIFY_* */
+} queue_rcpt_in_t;
+
+/*
+ * A message on its way into the spool. Built and owned by the submitter;
+ * owned by the queue thread between queue_submit() and the push back onto
+ * qm_reply; freed by the submitter with queue_msg_in_free().
+ */
+typedef struct queue_msg_in {
+    chan_node_t qm_node;
+    uint64_t qm_id;       /* from queue_msgid_new() */
+    uint64_t qm_arrival;  /* unix seconds */
+    char *qm_sender;      /* owned; "" for the null sender <> */
+    char *qm_job;         /* owned or NULL: X-Sluice-Job */
+    char *qm_envid;       /* owned or NULL: ENVID */
+    char *qm_auth_user;   /* owned or NULL */
+    char qm_client_ip[48];
+    uint8_t qm_flags;     /* Q_F_* */
+    int qm_nrcpt;
+    queue_rcpt_in_t *qm_rcpts; /* owned array of qm_nrcpt */
+    buf_t qm_body;        /* the message as it will be delivered: header lines
+                             (Received first) + blank line + body; CRLF line
+                             ends; NOT dot-stuffed */
+    /* set by the queue thread before the push back */
+    int qm_status;        /* 0 committed and durable; SL_EFULL (452 4.3.1);
+                             SL_ESPOOL (451 4.3.0) */
+    /* set by the submitter */
+    chan_t *qm_reply;     /* where the message comes back after commit */
+    void *qm_ctx;         /* the submitter's context */
+} queue_msg_in_t;
+
+void queue_msg_in_free(queue_msg_in_t *m);
+
+/* A new message id, unique across threads and restarts (time-based,
+ * monotonic). Any thread. */
+uint64_t queue_msgid_new(void);
+/* Format as 16 upper-case hex digits; returns dst (>= 17 bytes). */
+char *queue_msgid_fmt(uint64_t id, char *dst);
+/* Parse the 16-hex form. 0 or SL_EPARSE. */
+int queue_msgid_parse(const char *s, uint64_t *id);
+
+/* Counters, updated by the queue thread with relaxed atomics, read by any
+ * thread. */
+typedef struct queue_stats {
+    atomic_uint_fast64_t qs_msgs;      /* messages in the spool */
+    atomic_uint_fast64_t qs_rcpts;     /* recipients in the spool */
+    atomic_uint_fast64_t qs_received;  /* messages committed since start */
+    atomic_uint_fast64_t qs_commits;   /* write transactions committed */
+    atomic_uint_fast64_t qs_pending;   /* submitted, not yet committed */
+    atomic_uint_fast64_t qs_map_size;  /* current LMDB map size, bytes */
+    atomic_uint_fast64_t qs_used;      /* bytes used in the map */
+    atomic_uint_fast64_t qs_max_size;  /* spool.max_size */
+    atomic_int qs_fill_pct;            /* used / max_size, percent */
+    atomic_uint_fast64_t qs_errors;    /* failed commits */
+} queue_stats_t;
+
+/* Open (creating) the spool and find the queue again. Start-up errors
+ * (not writable, corrupt, map too small) return SL_ESPOOL with a clear
+ * message in err. Main thread. */
+int queue_open(cfg_t *cfg, queue_t **out, char *err, size_t errlen);
+/* Start the queue thread. Main thread. */
+int queue_start(queue_t *q);
+/* Commit everything already submitted, stop the thread, close the spool.
+ * Messages submitted after this started come back with SL_ESPOOL. Main
+ * thread, after reception stopped submitting. */
+void queue_stop(queue_t *q);
+void queue_free(queue_t *q);
+
+/* Hand a message to the queue thread. Any thread. Always succeeds; the
+ * outcome comes back through m->qm_reply. */
+void queue_submit(queue_t *q, queue_msg_in_t *m);
+
+const queue_stats_t *queue_stats(const queue_t *q);
+/* Backpressure, for reception: true when new mail should be refused. */
+bool queue_over_high_water(const queue_t *q); /* spool fill >= high_water */
+uint64_t queue_pending(const queue_t *q);
+
+/*
+ * Requests from the control socket, answered on the queue thread with a
+ * read transaction. The queue thread fills qq_result (a json-c object,
+ * owned by the requester afterwards) or qq_error, then pushes the request
+ * back onto qq_reply.
+ */
+typedef enum {
+    QREQ_LIST = 1, /* messages, oldest first: {"messages":[{id, arrival, sender, size, job,
+                      recipients:[{addr, attempts, next_attempt}]}], "total": N} */
+    QREQ_INSPECT,  /* one message by qq_msgid: the same fields plus flags and envid */
+    QREQ_CHECK,    /* integrity check: {"ok":bool, "msgs":N, "rcpts":N, "due":N, "problems":[..]} */
+} queue_req_type_t;
+
+typedef struct queue_req {
+    chan_node_t qq_node;
+    queue_req_type_t qq_type;
+    uint64_t qq_msgid;  /* INSPECT */
+    size_t qq_limit;    /* LIST: at most this many (0 = 1000) */
+    struct json_object *qq_result; /* set by the queue thread */
+    char qq_error[256];            /* set on failure ("" on success) */
+    chan_t *qq_reply;
+    void *qq_ctx;
+} queue_req_t;
+
+void queue_request(queue_t *q, queue_req_t *r);
+
+/* Offline integrity check of a spool directory (no daemon running): opens
+ * it read-only and runs the QREQ_CHECK logic. Prints problems to stderr.
+ * Returns 0 when consistent. Used by `sluiced --check-spool`. */
+int queue_check_offline(const char *spool_path, size_t *nmsgs, size_t *nrcpts);
+
+/* ------------------------------------------------------------------------
+ * Delivery interface (queue thread <-> delivery threads), "Deliver mail".
+ *
+ * The scheduler reads due recipients from the `due` index by cursor, groups
+ * them by (message, recipient domain), and hands each group to the
+ * dispatcher function (set by the delivery module before queue_start). At
+ * most c_active_window recipients per domain and c_active_total in all are
+ * in flight; the rest stay on disk until outcomes come back. Each
+ * dispatched recipient comes back as exactly one queue_outcome_t.
+ */
+typedef struct queue_rcpt_out {
+    uint32_t qo_idx;     /* index of the recipient within its message */
+    char *qo_addr;       /* owned */
+    char *qo_orcpt;      /* owned or NULL */
+    uint8_t qo_notify;   /* Q_NOTIFY_* */
+    uint32_t qo_attempts;/* attempts made before this one */
+} queue_rcpt_out_t;
+
+typedef struct queue_dispatch {
+    chan_node_t qd_node;
+    uint64_t qd_msgid;
+    char *qd_domain;       /* owned, lower-case recipient domain */
+    char *qd_sender;       /* owned, "" for <> */
+    char *qd_job;          /* owned or NULL */
+    char *qd_envid;        /* owned or NULL */
+    uint8_t qd_flags;      /* Q_F_* */
+    uint64_t qd_arrival;   /* unix seconds */
+    int qd_nrcpt;
+    queue_rcpt_out_t *qd_rcpts; /* owned array */
+    char *qd_body;         /* owned copy of the stored message (not dot-stuffed) */
+    size_t qd_body_len;
+} queue_dispatch_t;
+
+void queue_dispatch_free(queue_dispatch_t *d);
+
+typedef enum { Q_OUT_DELIVERED = 1, Q_OUT_DEFERRED, Q_OUT_BOUNCED } queue_result_t;
+
+/* One recipient's outcome. Built by a delivery thread, owned by the queue
+ * after queue_outcome_submit(). Strings are owned (NULL allowed). */
+typedef struct queue_outcome {
+    chan_node_t qo_node;
+    uint64_t qo_msgid;
+    uint32_t qo_idx;
+    queue_result_t qo_result;
+    int qo_code;            /* SMTP reply code, 0 when there was no reply */
+    char qo_status[16];     /* enhanced status "5.1.1" */
+    char *qo_text;          /* reply text or a local diagnostic ("connect: refused") */
+    char *qo_category;      /* bounce category ("bad-mailbox") or NULL */
+    char *qo_mx;            /* MX host name */
+    char qo_mx_ip[48];
+    char qo_src_ip[48];
+    char qo_tls[24];        /* "TLSv1.3" or "" */
+    char qo_cipher[64];
+    uint64_t qo_retry_at;   /* deferred: earliest next attempt (unix s), 0 = schedule */
+} queue_outcome_t;
+
+void queue_outcome_free(queue_outcome_t *o);
+
+/* Called on the queue thread with a dispatch it hands over (ownership
+ * passes). The function must not block: it pushes onto a delivery
+ * thread's channel. */
+typedef void (*queue_dispatch_fn)(void *arg, queue_dispatch_t *d);
+/* Set before queue_start(). Without a dispatcher nothing is scheduled. */
+void queue_set_dispatcher(queue_t *q, queue_dispatch_fn fn, void *arg);
+/* Any thread. The queue commits outcomes in batches (group commit) and
+ * writes one accounting record for each. */
+void queue_outcome_submit(queue_t *q, queue_outcome_t *o);
+/* Ask the queue thread to rotate the accounting log. Any thread. */
+void queue_acct_rotate(queue_t *q);
+
+#endif /* SLUICE_QUEUE_H */
