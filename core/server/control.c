@@ -1,0 +1,804 @@
+/*
+ * control.c - the control socket: JSON lines over a Unix stream socket.
+ *
+ * control_start() binds cfg->c_ctl_socket (owner-only by default), replacing
+ * a stale socket file but never a live daemon's, and serves any number of
+ * clients on the main loop. Each line is one request {"cmd":"...", ...};
+ * each gets one response line {"ok":true,...} or {"ok":false,"error":...}.
+ * Commands are a table of {name, handler} (ctl_cmds below): add a row to
+ * add a command.
+ *
+ * Commands that read the spool (list, inspect, check) are forwarded to the
+ * queue thread as queue_req_t and answered when the request comes back on
+ * ct_reply, a channel on the main loop. While a request is in flight the
+ * connection reads no further lines, so responses keep request order. A
+ * client may disconnect first: the request holds a reference on its
+ * connection (and on the control), and the late answer is dropped.
+ *
+ * Lifetime: the control is freed when its listener is closed, every
+ * connection is freed and every queue request has come back (ct_refs).
+ * Call control_stop() after queue_stop() (which answers every request it
+ * holds) and keep running the main loop until its handles are closed.
+ *
+ * Thread: main thread only (everything runs on ce_loop).
+ */
+#include "core/server/server_int.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define CTL_MAX_CONNS 128 /* concurrent control clients */
+#define CTL_READ_CHUNK 16384
+
+typedef struct ctl_conn ctl_conn_t;
+
+struct control {
+    uv_pipe_t ct_server;
+    control_env_t ct_env;
+    char *ct_path;
+    char *ct_hostname;
+    dev_t ct_dev; /* the socket file we created, to unlink only ours */
+    ino_t ct_ino;
+    chan_t *ct_reply;     /* queue requests come back here */
+    ctl_conn_t *ct_conns; /* open connections */
+    int ct_nconns;
+    int ct_refs;    /* listener + connections + queue requests in flight */
+    int ct_pending; /* queue requests in flight */
+    bool ct_stopping;
+    bool ct_shutdown_called;
+    uv_thread_t ct_thread;
+};
+
+struct ctl_conn {
+    uv_pipe_t cc_pipe;
+    control_t *cc_ctl;
+    ctl_conn_t *cc_next;
+    ctl_conn_t **cc_prevp;
+    buf_t cc_in;
+    int cc_refs;     /* the handle + a queue request in flight */
+    int cc_writes;   /* writes in flight */
+    bool cc_closing; /* uv_close called */
+    bool cc_busy;    /* waiting for the queue thread's answer */
+    bool cc_reading;
+    bool cc_eof;    /* peer finished sending: close once answered */
+    bool cc_finish; /* close once the pending writes are done */
+};
+
+typedef struct ctl_write {
+    uv_write_t w_req;
+    char *w_data;
+    bool w_shutdown; /* call ce_shutdown once written */
+} ctl_write_t;
+
+/* A handler fills resp (which already holds "ok":true) and returns
+ * CTL_REPLY, or starts a queue request and returns CTL_ASYNC, or writes
+ * err and returns a negative code. */
+enum { CTL_REPLY = 0, CTL_ASYNC = 1, CTL_REPLY_SHUTDOWN = 2 };
+typedef int (*ctl_handler_fn)(ctl_conn_t *c, json_object *req, json_object *resp, char *err,
+                              size_t errlen);
+
+static int cmd_status(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen);
+static int cmd_list(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen);
+static int cmd_inspect(ctl_conn_t *c, json_object *req, json_object *resp, char *err,
+                       size_t errlen);
+static int cmd_check(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen);
+static int cmd_shutdown(ctl_conn_t *c, json_object *req, json_object *resp, char *err,
+                        size_t errlen);
+static int cmd_log_rotate(ctl_conn_t *c, json_object *req, json_object *resp, char *err,
+                          size_t errlen);
+
+static const struct ctl_cmd {
+    const char *name;
+    ctl_handler_fn fn;
+} ctl_cmds[] = {
+    {"status", cmd_status}, {"list", cmd_list},         {"inspect", cmd_inspect},
+    {"check", cmd_check},   {"shutdown", cmd_shutdown}, {"log-rotate", cmd_log_rotate},
+};
+
+static void ctl_unref(control_t *ct);
+static void conn_unref(ctl_conn_t *c);
+static void conn_close(ctl_conn_t *c);
+static void conn_maybe_finish(ctl_conn_t *c);
+static void conn_process(ctl_conn_t *c);
+static void conn_send(ctl_conn_t *c, json_object *resp, bool then_shutdown);
+static void ctl_call_shutdown(control_t *ct);
+static void conn_send_error(ctl_conn_t *c, const char *msg);
+static void conn_read_start(ctl_conn_t *c);
+static void reply_cb(chan_t *ch, chan_node_t *first, void *arg);
+static void accept_cb(uv_stream_t *server, int status);
+
+/* ------------------------------------------------------------ helpers */
+
+static void assert_main_thread(const control_t *ct)
+{
+#ifndef NDEBUG
+    uv_thread_t self = uv_thread_self();
+    assert(uv_thread_equal(&self, &ct->ct_thread));
+#else
+    UNUSED(ct);
+#endif
+}
+
+static uint64_t u64_load(const atomic_uint_fast64_t *a)
+{
+    return (uint64_t)atomic_load_explicit(a, memory_order_relaxed);
+}
+
+static void add_u64(json_object *o, const char *key, uint64_t v)
+{
+    json_object_object_add(o, key, json_object_new_uint64(v));
+}
+
+/* mkdir -p for the directory part of path. */
+static int mkdir_parents(const char *path)
+{
+    char *p = xstrdup(path);
+    int rc = 0;
+    char *slash = strrchr(p, '/');
+    if (slash == NULL || slash == p)
+        goto out;
+    *slash = '\0';
+    for (char *s = p + 1;; s++) {
+        if (*s != '/' && *s != '\0')
+            continue;
+        char save = *s;
+        *s = '\0';
+        if (mkdir(p, 0755) != 0 && errno != EEXIST) {
+            rc = -errno;
+            goto out;
+        }
+        *s = save;
+        if (save == '\0')
+            break;
+    }
+out:
+    free(p);
+    return rc;
+}
+
+/* A socket file already at path: 0 when nothing is there or it was stale
+ * and has been removed, else an error in err. */
+static int clear_stale_socket(const char *path, char *err, size_t errlen)
+{
+    struct stat st;
+    if (lstat(path, &st) != 0) {
+        if (errno == ENOENT)
+            return 0;
+        snprintf(err, errlen, "control socket %s: %s", path, strerror(errno));
+        return -errno;
+    }
+    if (!S_ISSOCK(st.st_mode)) {
+        snprintf(err, errlen, "control socket %s: exists and is not a socket", path);
+        return -EEXIST;
+    }
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "control socket %s: socket: %s", path, strerror(errno));
+        return -errno;
+    }
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    memcpy(sun.sun_path, path, strlen(path) + 1);
+    int rc = connect(fd, (struct sockaddr *)&sun, sizeof(sun));
+    int e = errno;
+    close(fd);
+    /* Connected, or a full backlog (EAGAIN): someone is listening. */
+    if (rc == 0 || e == EAGAIN || e == EINPROGRESS) {
+        snprintf(err, errlen, "control socket %s: another sluiced is running", path);
+        return -EADDRINUSE;
+    }
+    if (e != ECONNREFUSED) {
+        snprintf(err, errlen, "control socket %s: %s", path, strerror(e));
+        return -e;
+    }
+    if (unlink(path) != 0 && errno != ENOENT) {
+        snprintf(err, errlen, "control socket %s: cannot remove stale socket: %s", path,
+                 strerror(errno));
+        return -errno;
+    }
+    log_info("control socket %s: removed a stale socket file", path);
+    return 0;
+}
+
+/* ------------------------------------------------------------ start/stop */
+
+int control_start(cfg_t *cfg, const control_env_t *env, control_t **out, char *err, size_t errlen)
+{
+    const char *path = cfg->c_ctl_socket;
+    int mode = cfg->c_ctl_mode & 07777;
+    int fd = -1, rc;
+    bool bound = false;
+    struct stat st;
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+
+    if (path == NULL || path[0] == '\0') {
+        snprintf(err, errlen, "control socket: no path configured");
+        return SL_ECONFIG;
+    }
+    if (strlen(path) >= sizeof(sun.sun_path)) {
+        snprintf(err, errlen, "control socket %s: path too long (at most %zu bytes)", path,
+                 sizeof(sun.sun_path) - 1);
+        return -ENAMETOOLONG;
+    }
+    memcpy(sun.sun_path, path, strlen(path) + 1);
+    if ((rc = mkdir_parents(path)) < 0) {
+        snprintf(err, errlen, "control socket %s: cannot create its directory: %s", path,
+                 sl_strerror(rc));
+        return rc;
+    }
+    if ((rc = clear_stale_socket(path, err, errlen)) < 0)
+        return rc;
+
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "control socket %s: socket: %s", path, strerror(errno));
+        goto fail;
+    }
+    if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
+        rc = -errno;
+        snprintf(err, errlen, "control socket %s: bind: %s", path, strerror(errno));
+        goto fail;
+    }
+    bound = true;
+    /* No one can connect before listen(), so setting the mode here leaves
+     * no window with a wider one (and needs no process-wide umask). */
+    if (chmod(path, (mode_t)mode) != 0 || stat(path, &st) != 0) {
+        rc = -errno;
+        snprintf(err, errlen, "control socket %s: chmod: %s", path, strerror(errno));
+        goto fail;
+    }
+    if ((int)(st.st_mode & 07777) != mode) {
+        rc = -EPERM;
+        snprintf(err, errlen, "control socket %s: mode is %04o, wanted %04o", path,
+                 (unsigned)(st.st_mode & 07777), (unsigned)mode);
+        goto fail;
+    }
+    if (listen(fd, 64) != 0) {
+        rc = -errno;
+        snprintf(err, errlen, "control socket %s: listen: %s", path, strerror(errno));
+        goto fail;
+    }
+
+    control_t *ct = xcalloc(1, sizeof(*ct));
+    ct->ct_env = *env;
+    ct->ct_path = xstrdup(path);
+    ct->ct_hostname = xstrdup(cfg->c_hostname ? cfg->c_hostname : "");
+    ct->ct_dev = st.st_dev;
+    ct->ct_ino = st.st_ino;
+    ct->ct_thread = uv_thread_self();
+    ct->ct_refs = 1; /* the listener */
+    if (uv_pipe_init(env->ce_loop, &ct->ct_server, 0) != 0 || uv_pipe_open(&ct->ct_server, fd) != 0)
+        abort(); /* only fails on a bad fd or loop: a bug */
+    ct->ct_server.data = ct;
+    ct->ct_reply = chan_new(env->ce_loop, reply_cb, ct);
+    /* Already listening: uv_listen only starts watching the fd. */
+    if (uv_listen((uv_stream_t *)&ct->ct_server, 64, accept_cb) != 0)
+        abort();
+    log_info("control socket listening path=%s mode=%04o", path, (unsigned)mode);
+    *out = ct;
+    return 0;
+fail:
+    if (fd >= 0)
+        close(fd);
+    if (bound)
+        unlink(path);
+    return rc;
+}
+
+static void server_closed_cb(uv_handle_t *h)
+{
+    ctl_unref(h->data);
+}
+
+void control_stop(control_t *ct)
+{
+    if (ct == NULL)
+        return;
+    assert_main_thread(ct);
+    if (ct->ct_stopping)
+        return;
+    ct->ct_stopping = true;
+    /* Unlink only our own socket file: a newer daemon may own the path. */
+    struct stat st;
+    if (stat(ct->ct_path, &st) == 0 && st.st_dev == ct->ct_dev && st.st_ino == ct->ct_ino)
+        unlink(ct->ct_path);
+    ct->ct_refs++; /* the drain below may drop the last connection */
+    uv_close((uv_handle_t *)&ct->ct_server, server_closed_cb);
+    /* The queue thread has stopped (queue_stop answers every request it
+     * holds), so every answer still owed is already in ct_reply: the drain
+     * in chan_close hands them to reply_cb, which sends what it can before
+     * the connections close. Closing the channel here, not later, also
+     * keeps it out of the daemon's final uv_walk. */
+    chan_close(ct->ct_reply);
+    ct->ct_reply = NULL;
+    assert(ct->ct_pending == 0 && "control_stop() before queue_stop() with a request in flight");
+    for (ctl_conn_t *c = ct->ct_conns; c != NULL; c = c->cc_next)
+        conn_close(c);
+    ctl_unref(ct);
+}
+
+static void ctl_unref(control_t *ct)
+{
+    assert(ct->ct_refs > 0);
+    if (--ct->ct_refs > 0)
+        return;
+    chan_close(ct->ct_reply); /* NULL after control_stop */
+    free(ct->ct_path);
+    free(ct->ct_hostname);
+    free(ct);
+}
+
+/* ------------------------------------------------------------ connections */
+
+static void conn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+    ctl_conn_t *c = h->data;
+    buf_reserve(&c->cc_in, CTL_READ_CHUNK);
+    b->base = c->cc_in.b_data + c->cc_in.b_len;
+    b->len = c->cc_in.b_cap - c->cc_in.b_len;
+}
+
+static void conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
+{
+    ctl_conn_t *c = s->data;
+    if (nread == 0)
+        return;
+    if (nread < 0) {
+        uv_read_stop(s);
+        c->cc_reading = false;
+        if (nread != UV_EOF) {
+            log_debug("control: read error: %s", uv_strerror((int)nread));
+            conn_close(c);
+            return;
+        }
+        c->cc_eof = true;
+    } else {
+        c->cc_in.b_len += (size_t)nread;
+    }
+    conn_process(c);
+}
+
+static void accept_cb(uv_stream_t *server, int status)
+{
+    control_t *ct = server->data;
+    if (status < 0) {
+        log_warn("control socket %s: accept: %s", ct->ct_path, uv_strerror(status));
+        return;
+    }
+    ctl_conn_t *c = xcalloc(1, sizeof(*c));
+    c->cc_ctl = ct;
+    c->cc_refs = 1;
+    uv_pipe_init(ct->ct_env.ce_loop, &c->cc_pipe, 0);
+    c->cc_pipe.data = c;
+    ct->ct_refs++;
+    c->cc_next = ct->ct_conns;
+    if (c->cc_next)
+        c->cc_next->cc_prevp = &c->cc_next;
+    c->cc_prevp = &ct->ct_conns;
+    ct->ct_conns = c;
+    ct->ct_nconns++;
+    if (uv_accept(server, (uv_stream_t *)&c->cc_pipe) != 0) {
+        conn_close(c);
+        return;
+    }
+    if (ct->ct_nconns > CTL_MAX_CONNS) {
+        log_warn("control socket %s: too many clients (%d), refusing one", ct->ct_path,
+                 CTL_MAX_CONNS);
+        conn_send_error(c, "too many control connections");
+        c->cc_finish = true;
+        conn_maybe_finish(c);
+        return;
+    }
+    conn_read_start(c);
+}
+
+static void conn_read_start(ctl_conn_t *c)
+{
+    if (c->cc_reading || c->cc_closing || c->cc_eof || c->cc_finish)
+        return;
+    if (uv_read_start((uv_stream_t *)&c->cc_pipe, conn_alloc_cb, conn_read_cb) == 0)
+        c->cc_reading = true;
+    else
+        conn_close(c);
+}
+
+static void conn_closed_cb(uv_handle_t *h)
+{
+    conn_unref(h->data);
+}
+
+static void conn_close(ctl_conn_t *c)
+{
+    if (c->cc_closing)
+        return;
+    c->cc_closing = true;
+    c->cc_reading = false;
+    uv_close((uv_handle_t *)&c->cc_pipe, conn_closed_cb);
+}
+
+static void conn_unref(ctl_conn_t *c)
+{
+    assert(c->cc_refs > 0);
+    if (--c->cc_refs > 0)
+        return;
+    control_t *ct = c->cc_ctl;
+    *c->cc_prevp = c->cc_next;
+    if (c->cc_next)
+        c->cc_next->cc_prevp = c->cc_prevp;
+    ct->ct_nconns--;
+    buf_free(&c->cc_in);
+    free(c);
+    ctl_unref(ct);
+}
+
+/* Close once everything owed has been written: after EOF, an over-long
+ * line, or a refused connection. */
+static void conn_maybe_finish(ctl_conn_t *c)
+{
+    if ((c->cc_eof || c->cc_finish) && !c->cc_busy && c->cc_writes == 0)
+        conn_close(c);
+}
+
+static void conn_write_cb(uv_write_t *req, int status)
+{
+    ctl_write_t *w = (ctl_write_t *)req;
+    ctl_conn_t *c = req->handle->data;
+    control_t *ct = c->cc_ctl;
+    c->cc_writes--;
+    if (w->w_shutdown)
+        ctl_call_shutdown(ct);
+    free(w->w_data);
+    free(w);
+    if (status < 0 && status != UV_ECANCELED) {
+        log_debug("control: write error: %s", uv_strerror(status));
+        conn_close(c);
+        return;
+    }
+    if (!c->cc_closing)
+        conn_maybe_finish(c);
+}
+
+/* Ask the daemon to shut down, once. */
+static void ctl_call_shutdown(control_t *ct)
+{
+    if (ct->ct_stopping || ct->ct_shutdown_called)
+        return;
+    ct->ct_shutdown_called = true;
+    log_info("control: shutdown requested");
+    if (ct->ct_env.ce_shutdown)
+        ct->ct_env.ce_shutdown(ct->ct_env.ce_arg);
+}
+
+static void conn_send(ctl_conn_t *c, json_object *resp, bool then_shutdown)
+{
+    if (c->cc_closing)
+        return;
+    size_t len;
+    const char *s = json_object_to_json_string_length(
+        resp, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &len);
+    size_t off = 0;
+    if (c->cc_writes == 0) {
+        /* Most answers fit in the socket buffer: write them now, which
+         * also gets them out before a close that would cancel a queued
+         * write. */
+        uv_buf_t parts[2] = {uv_buf_init((char *)s, (unsigned)len), uv_buf_init("\n", 1)};
+        int n = uv_try_write((uv_stream_t *)&c->cc_pipe, parts, 2);
+        if (n < 0 && n != UV_EAGAIN) {
+            log_debug("control: write: %s", uv_strerror(n));
+            conn_close(c);
+            return;
+        }
+        off = n > 0 ? (size_t)n : 0;
+        if (off == len + 1) {
+            if (then_shutdown)
+                ctl_call_shutdown(c->cc_ctl);
+            return;
+        }
+    }
+    ctl_write_t *w = xcalloc(1, sizeof(*w));
+    size_t rest = len + 1 - off;
+    w->w_data = xmalloc(rest);
+    if (off < len) {
+        memcpy(w->w_data, s + off, len - off);
+        w->w_data[len - off] = '\n';
+    } else {
+        w->w_data[0] = '\n';
+    }
+    w->w_shutdown = then_shutdown;
+    uv_buf_t ub = uv_buf_init(w->w_data, (unsigned)rest);
+    int rc = uv_write(&w->w_req, (uv_stream_t *)&c->cc_pipe, &ub, 1, conn_write_cb);
+    if (rc != 0) {
+        log_debug("control: write: %s", uv_strerror(rc));
+        free(w->w_data);
+        free(w);
+        conn_close(c);
+        return;
+    }
+    c->cc_writes++;
+}
+
+static void conn_send_error(ctl_conn_t *c, const char *msg)
+{
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "ok", json_object_new_boolean(0));
+    json_object_object_add(o, "error", json_object_new_string(msg));
+    conn_send(c, o, false);
+    json_object_put(o);
+}
+
+/* One request line: parse, dispatch through the table, answer. */
+static void conn_handle_line(ctl_conn_t *c, const char *line, size_t len)
+{
+    char err[512];
+    json_object *req = NULL;
+    const char *cmd;
+
+    if (ctl_request_parse(line, len, &req, &cmd, err, sizeof(err)) != 0) {
+        conn_send_error(c, err);
+        return;
+    }
+    const struct ctl_cmd *cc = NULL;
+    for (size_t i = 0; i < ARRAY_SIZE(ctl_cmds); i++) {
+        if (strcmp(ctl_cmds[i].name, cmd) == 0) {
+            cc = &ctl_cmds[i];
+            break;
+        }
+    }
+    if (cc == NULL) {
+        json_object *e = json_object_new_object();
+        json_object_object_add(e, "ok", json_object_new_boolean(0));
+        char *msg = xasprintf("unknown command \"%.100s\"", cmd);
+        json_object_object_add(e, "error", json_object_new_string(msg));
+        free(msg);
+        conn_send(c, e, false);
+        json_object_put(e);
+        json_object_put(req);
+        return;
+    }
+    log_debug("control: cmd=%s", cc->name);
+    json_object *resp = json_object_new_object();
+    json_object_object_add(resp, "ok", json_object_new_boolean(1));
+    err[0] = '\0';
+    int rc = cc->fn(c, req, resp, err, sizeof(err));
+    if (rc < 0)
+        conn_send_error(c, err[0] ? err : sl_strerror(rc));
+    else if (rc != CTL_ASYNC)
+        conn_send(c, resp, rc == CTL_REPLY_SHUTDOWN);
+    json_object_put(resp);
+    json_object_put(req);
+}
+
+/* Answer every complete line buffered, unless a queue request is in
+ * flight (then stop reading until it comes back). */
+static void conn_process(ctl_conn_t *c)
+{
+    size_t off = 0;
+    while (!c->cc_busy && !c->cc_closing && !c->cc_finish) {
+        size_t ll, used;
+        const char *p = c->cc_in.b_data + off;
+        size_t avail = c->cc_in.b_len - off;
+        int rc = ctl_line_next(p, avail, CTL_MAX_LINE, &ll, &used);
+        if (rc == 0 && c->cc_eof && avail > 0) {
+            ll = used = avail; /* a last request without its newline */
+            rc = 1;
+        }
+        if (rc == 0)
+            break;
+        if (rc < 0) {
+            char msg[96];
+            snprintf(msg, sizeof(msg), "request line longer than %d bytes", CTL_MAX_LINE);
+            conn_send_error(c, msg);
+            c->cc_finish = true; /* the stream is out of sync: answer, then close */
+            off = c->cc_in.b_len;
+            break;
+        }
+        off += used;
+        bool blank = true;
+        for (size_t i = 0; i < ll && blank; i++)
+            blank = p[i] == ' ' || p[i] == '\t';
+        if (!blank)
+            conn_handle_line(c, p, ll);
+    }
+    buf_consume(&c->cc_in, off);
+    if (c->cc_closing)
+        return;
+    if (c->cc_busy || c->cc_finish) {
+        if (c->cc_reading) {
+            uv_read_stop((uv_stream_t *)&c->cc_pipe);
+            c->cc_reading = false;
+        }
+    } else {
+        conn_read_start(c);
+    }
+    conn_maybe_finish(c);
+}
+
+/* ------------------------------------------------------------ queue requests */
+
+static int queue_req_start(ctl_conn_t *c, queue_req_type_t type, uint64_t msgid, size_t limit,
+                           char *err, size_t errlen)
+{
+    control_t *ct = c->cc_ctl;
+    if (ct->ct_env.ce_queue == NULL) {
+        snprintf(err, errlen, "the queue is not running");
+        return SL_EBUSY;
+    }
+    queue_req_t *r = xcalloc(1, sizeof(*r));
+    r->qq_type = type;
+    r->qq_msgid = msgid;
+    r->qq_limit = limit;
+    r->qq_reply = ct->ct_reply;
+    r->qq_ctx = c;
+    c->cc_refs++;
+    c->cc_busy = true;
+    ct->ct_refs++;
+    ct->ct_pending++;
+    queue_request(ct->ct_env.ce_queue, r);
+    return CTL_ASYNC;
+}
+
+/* Build the response for a request the queue thread answered. */
+static json_object *queue_req_response(queue_req_t *r)
+{
+    json_object *resp = json_object_new_object();
+    if (r->qq_error[0] != '\0' || r->qq_result == NULL) {
+        json_object_object_add(resp, "ok", json_object_new_boolean(0));
+        json_object_object_add(resp, "error",
+                               json_object_new_string(r->qq_error[0] ? r->qq_error : "no answer"));
+        return resp;
+    }
+    json_object_object_add(resp, "ok", json_object_new_boolean(1));
+    if (r->qq_type == QREQ_INSPECT) {
+        json_object_object_add(resp, "message", json_object_get(r->qq_result));
+        return resp;
+    }
+    json_object_object_foreach(r->qq_result, key, val)
+    {
+        /* check's own "ok" means "consistent": "ok" here means "answered". */
+        const char *k = strcmp(key, "ok") == 0 ? "consistent" : key;
+        json_object_object_add(resp, k, json_object_get(val));
+    }
+    return resp;
+}
+
+static void reply_cb(chan_t *ch, chan_node_t *first, void *arg)
+{
+    control_t *ct = arg;
+    ct->ct_refs++; /* stay alive through the walk */
+    for (chan_node_t *n = first, *next; n != NULL; n = next) {
+        next = n->cn_next;
+        queue_req_t *r = (queue_req_t *)n;
+        ctl_conn_t *c = r->qq_ctx;
+        c->cc_busy = false;
+        if (!c->cc_closing) {
+            json_object *resp = queue_req_response(r);
+            conn_send(c, resp, false);
+            json_object_put(resp);
+            if (!ct->ct_stopping)
+                conn_process(c); /* lines that arrived meanwhile */
+        }
+        json_object_put(r->qq_result);
+        free(r);
+        ct->ct_pending--;
+        conn_unref(c);
+        ctl_unref(ct);
+    }
+    ctl_unref(ct);
+}
+
+/* ------------------------------------------------------------ commands */
+
+static int cmd_status(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen)
+{
+    const control_env_t *env = &c->cc_ctl->ct_env;
+    /* ce_start_us is expected from clock_now_us(); accept a monotonic one. */
+    uint64_t now = env->ce_start_us > 1000000000000000ull ? clock_now_us() : clock_mono_us();
+    uint64_t up = now > env->ce_start_us ? (now - env->ce_start_us) / 1000000u : 0;
+
+    json_object_object_add(resp, "version", json_object_new_string(SLUICE_VERSION));
+    json_object_object_add(resp, "pid", json_object_new_int64((int64_t)getpid()));
+    add_u64(resp, "uptime_s", up);
+    json_object_object_add(resp, "hostname", json_object_new_string(c->cc_ctl->ct_hostname));
+
+    if (env->ce_queue != NULL) {
+        const queue_stats_t *qs = queue_stats(env->ce_queue);
+        json_object *q = json_object_new_object();
+        add_u64(q, "messages", u64_load(&qs->qs_msgs));
+        add_u64(q, "recipients", u64_load(&qs->qs_rcpts));
+        add_u64(q, "pending_commits", u64_load(&qs->qs_pending));
+        add_u64(q, "spool_used_bytes", u64_load(&qs->qs_used));
+        add_u64(q, "spool_map_bytes", u64_load(&qs->qs_map_size));
+        add_u64(q, "spool_max_bytes", u64_load(&qs->qs_max_size));
+        json_object_object_add(
+            q, "spool_fill_pct",
+            json_object_new_int(atomic_load_explicit(&qs->qs_fill_pct, memory_order_relaxed)));
+        add_u64(q, "commits", u64_load(&qs->qs_commits));
+        add_u64(q, "received", u64_load(&qs->qs_received));
+        add_u64(q, "commit_errors", u64_load(&qs->qs_errors));
+        json_object_object_add(resp, "queue", q);
+    }
+    if (env->ce_smtp != NULL) {
+        const smtp_server_stats_t *ss = smtp_server_stats(env->ce_smtp);
+        json_object *s = json_object_new_object();
+        add_u64(s, "connections_current", u64_load(&ss->ss_conn_current));
+        add_u64(s, "connections_total", u64_load(&ss->ss_conn_total));
+        add_u64(s, "connections_refused", u64_load(&ss->ss_conn_refused));
+        add_u64(s, "messages_accepted", u64_load(&ss->ss_msgs_accepted));
+        add_u64(s, "messages_rejected", u64_load(&ss->ss_msgs_rejected));
+        add_u64(s, "recipients_accepted", u64_load(&ss->ss_rcpts_accepted));
+        add_u64(s, "recipients_rejected", u64_load(&ss->ss_rcpts_rejected));
+        add_u64(s, "auth_ok", u64_load(&ss->ss_auth_ok));
+        add_u64(s, "auth_failed", u64_load(&ss->ss_auth_failed));
+        add_u64(s, "tls_sessions", u64_load(&ss->ss_tls_sessions));
+        add_u64(s, "bytes_received", u64_load(&ss->ss_bytes_received));
+        json_object_object_add(resp, "smtp", s);
+    }
+    return CTL_REPLY;
+}
+
+static int cmd_list(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen)
+{
+    json_object *lim;
+    size_t limit = 0;
+    if (json_object_object_get_ex(req, "limit", &lim)) {
+        int64_t v = json_object_get_int64(lim);
+        if (!json_object_is_type(lim, json_type_int) || v < 0) {
+            snprintf(err, errlen, "\"limit\" must be a non-negative integer");
+            return SL_EPARSE;
+        }
+        limit = (size_t)v;
+    }
+    return queue_req_start(c, QREQ_LIST, 0, limit, err, errlen);
+}
+
+static int cmd_inspect(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen)
+{
+    json_object *id;
+    uint64_t msgid;
+    if (!json_object_object_get_ex(req, "id", &id) || !json_object_is_type(id, json_type_string)) {
+        snprintf(err, errlen, "inspect needs \"id\": a message id");
+        return SL_EPARSE;
+    }
+    if (queue_msgid_parse(json_object_get_string(id), &msgid) != 0) {
+        snprintf(err, errlen, "invalid message id \"%.64s\" (16 hex digits expected)",
+                 json_object_get_string(id));
+        return SL_EPARSE;
+    }
+    return queue_req_start(c, QREQ_INSPECT, msgid, 0, err, errlen);
+}
+
+static int cmd_check(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen)
+{
+    return queue_req_start(c, QREQ_CHECK, 0, 0, err, errlen);
+}
+
+static int cmd_shutdown(ctl_conn_t *c, json_object *req, json_object *resp, char *err,
+                        size_t errlen)
+{
+    /* ce_shutdown runs once the answer is written (conn_write_cb), so the
+     * client sees it before the daemon closes the socket. */
+    return CTL_REPLY_SHUTDOWN;
+}
+
+static int cmd_log_rotate(ctl_conn_t *c, json_object *req, json_object *resp, char *err,
+                          size_t errlen)
+{
+    const control_env_t *env = &c->cc_ctl->ct_env;
+    if (env->ce_queue != NULL)
+        queue_acct_rotate(env->ce_queue);
+    int rc = log_reopen();
+    if (rc < 0) {
+        snprintf(err, errlen, "reopening the log file: %s", sl_strerror(rc));
+        return rc;
+    }
+    log_info("control: log files rotated");
+    return CTL_REPLY;
+}

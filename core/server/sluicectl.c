@@ -1,0 +1,677 @@
+/*
+ * sluicectl.c - the operator's client for sluiced's control socket.
+ *
+ *   sluicectl [-s SOCKET] [--json] COMMAND [ARGS]
+ *
+ * Sends one JSON request line, reads one JSON response line and prints it
+ * as a human table (default) or as-is (--json). Commands: status, list
+ * [--limit N], inspect ID, check, shutdown, log-rotate, raw JSON; any other
+ * word is sent as {"cmd":WORD[,"args":[...]]} so that newer daemon
+ * commands work before this client knows how to print them.
+ *
+ * Exit codes: 0 ok, 1 the daemon answered ok:false, 2 usage error,
+ * 3 cannot connect or talk to the daemon.
+ *
+ * Plain blocking sockets with a 30 s timeout; links only sluice_base.
+ * Thread: single-threaded program.
+ */
+#include "core/base/base.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#define EXIT_OK 0
+#define EXIT_REFUSED 1
+#define EXIT_USAGE 2
+#define EXIT_CONNECT 3
+
+#define CTL_DEFAULT_SOCKET "./var/sluiced.sock"
+#define CTL_TIMEOUT_S 30
+#define CTL_MAX_RESPONSE (1024u * 1024u * 1024u)
+
+static void usage(FILE *f);
+static int talk(const char *path, const char *line, buf_t *resp);
+static void print_status(json_object *r);
+static void print_list(json_object *r);
+static void print_inspect(json_object *r);
+static int print_check(json_object *r);
+static int build_request(const char *const *pos, int npos, const char *limit, char **line);
+
+static void usage(FILE *f)
+{
+    fputs("usage: sluicectl [-s SOCKET] [--json] COMMAND [ARGS]\n"
+          "\n"
+          "commands:\n"
+          "  status               daemon, queue and reception counters\n"
+          "  list [--limit N]     messages in the queue, oldest first\n"
+          "  inspect ID           one message and its recipients\n"
+          "  check                spool integrity check\n"
+          "  shutdown             graceful shutdown of sluiced\n"
+          "  log-rotate           reopen the log and accounting files\n"
+          "  raw 'JSON'           send one raw request line, print the answer\n"
+          "\n"
+          "options:\n"
+          "  -s, --socket PATH    control socket (default $SLUICE_SOCKET or " CTL_DEFAULT_SOCKET
+          ")\n"
+          "  --json               print the daemon's JSON answer as-is\n"
+          "  -h, --help           this help\n"
+          "\n"
+          "exit codes: 0 ok, 1 the daemon refused the command, 2 usage error,\n"
+          "            3 cannot connect to the daemon\n",
+          f);
+}
+
+static int usage_error(const char *fmt, const char *arg)
+{
+    fputs("sluicectl: ", stderr);
+    fprintf(stderr, fmt, arg);
+    fputs("\n", stderr);
+    usage(stderr);
+    return EXIT_USAGE;
+}
+
+/* ------------------------------------------------------------ transport */
+
+/* Connect, send line + "\n", read one answer line into resp. Returns 0 or
+ * EXIT_CONNECT after printing why. */
+static int talk(const char *path, const char *line, buf_t *resp)
+{
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof(sun.sun_path)) {
+        fprintf(stderr, "sluicectl: socket path too long: %s\n", path);
+        return EXIT_CONNECT;
+    }
+    memcpy(sun.sun_path, path, strlen(path) + 1);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        fprintf(stderr, "sluicectl: socket: %s\n", strerror(errno));
+        return EXIT_CONNECT;
+    }
+    struct timeval tv = {.tv_sec = CTL_TIMEOUT_S};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    if (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
+        int e = errno;
+        if (e == EACCES || e == EPERM)
+            fprintf(stderr,
+                    "sluicectl: permission denied on %s (the control socket is owner-only; "
+                    "run as the user sluiced runs as)\n",
+                    path);
+        else
+            fprintf(stderr, "sluicectl: cannot connect to %s: %s (is sluiced running?)\n", path,
+                    strerror(e));
+        close(fd);
+        return EXIT_CONNECT;
+    }
+
+    size_t len = strlen(line);
+    char *out = xmalloc(len + 1);
+    memcpy(out, line, len);
+    out[len++] = '\n';
+    for (size_t off = 0; off < len;) {
+        ssize_t n = send(fd, out + off, len - off, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            fprintf(stderr, "sluicectl: sending to %s: %s\n", path,
+                    errno == EAGAIN ? "timed out" : strerror(errno));
+            free(out);
+            close(fd);
+            return EXIT_CONNECT;
+        }
+        off += (size_t)n;
+    }
+    free(out);
+
+    for (;;) {
+        char *nl = resp->b_len ? memchr(resp->b_data, '\n', resp->b_len) : NULL;
+        if (nl != NULL) {
+            resp->b_len = (size_t)(nl - resp->b_data);
+            resp->b_data[resp->b_len] = '\0';
+            break;
+        }
+        if (resp->b_len > CTL_MAX_RESPONSE) {
+            fprintf(stderr, "sluicectl: answer from %s is too big\n", path);
+            close(fd);
+            return EXIT_CONNECT;
+        }
+        buf_reserve(resp, 65536);
+        ssize_t n = recv(fd, resp->b_data + resp->b_len, resp->b_cap - resp->b_len - 1, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            fprintf(stderr, "sluicectl: no answer from %s within %d s\n", path, CTL_TIMEOUT_S);
+            close(fd);
+            return EXIT_CONNECT;
+        }
+        if (n < 0) {
+            fprintf(stderr, "sluicectl: reading from %s: %s\n", path, strerror(errno));
+            close(fd);
+            return EXIT_CONNECT;
+        }
+        if (n == 0) {
+            fprintf(stderr, "sluicectl: %s closed the connection without an answer\n", path);
+            close(fd);
+            return EXIT_CONNECT;
+        }
+        resp->b_len += (size_t)n;
+    }
+    close(fd);
+    return 0;
+}
+
+/* ------------------------------------------------------------ formatting */
+
+static json_object *get(json_object *o, const char *key)
+{
+    json_object *v = NULL;
+    if (o == NULL || !json_object_object_get_ex(o, key, &v))
+        return NULL;
+    return v;
+}
+
+static uint64_t get_u64(json_object *o, const char *key)
+{
+    json_object *v = get(o, key);
+    return v ? json_object_get_uint64(v) : 0;
+}
+
+static const char *get_str(json_object *o, const char *key)
+{
+    json_object *v = get(o, key);
+    return v && !json_object_is_type(v, json_type_null) ? json_object_get_string(v) : NULL;
+}
+
+static char *fmt_time(uint64_t t, char *dst, size_t len)
+{
+    if (t == 0) {
+        snprintf(dst, len, "-");
+        return dst;
+    }
+    time_t tt = (time_t)t;
+    struct tm tm;
+    localtime_r(&tt, &tm);
+    strftime(dst, len, "%Y-%m-%d %H:%M:%S", &tm);
+    return dst;
+}
+
+/* A two-column table, aligned on the widest label of all sections. */
+typedef struct row {
+    char *label; /* NULL: a section title in value */
+    char *value;
+} row_t;
+
+typedef struct table {
+    row_t *rows;
+    size_t n, cap;
+} table_t;
+
+static void table_add(table_t *t, const char *label, char *value)
+{
+    if (t->n == t->cap) {
+        t->cap = t->cap ? t->cap * 2 : 32;
+        t->rows = xrealloc(t->rows, t->cap * sizeof(*t->rows));
+    }
+    t->rows[t->n].label = label ? xstrdup(label) : NULL;
+    t->rows[t->n].value = value;
+    t->n++;
+}
+
+static void table_print(table_t *t)
+{
+    int w = 0;
+    for (size_t i = 0; i < t->n; i++)
+        if (t->rows[i].label && (int)strlen(t->rows[i].label) > w)
+            w = (int)strlen(t->rows[i].label);
+    for (size_t i = 0; i < t->n; i++) {
+        if (t->rows[i].label == NULL)
+            printf("%s\n", t->rows[i].value);
+        else
+            printf("  %-*s  %s\n", w, t->rows[i].label, t->rows[i].value);
+        free(t->rows[i].label);
+        free(t->rows[i].value);
+    }
+    free(t->rows);
+}
+
+enum { K_NUM, K_BYTES, K_DUR, K_STR };
+
+typedef struct field {
+    const char *key;
+    const char *label;
+    int kind;
+} field_t;
+
+static char *fmt_value(json_object *v, int kind)
+{
+    char tmp[64];
+    if (v == NULL)
+        return xstrdup("-");
+    switch (kind) {
+    case K_BYTES:
+        return xstrdup(ctl_fmt_bytes(json_object_get_uint64(v), tmp, sizeof(tmp)));
+    case K_DUR:
+        return xstrdup(ctl_fmt_duration(json_object_get_uint64(v), tmp, sizeof(tmp)));
+    case K_NUM:
+        if (json_object_is_type(v, json_type_int))
+            return xasprintf("%" PRIu64, json_object_get_uint64(v));
+        /* fall through */
+    default:
+        if (json_object_is_type(v, json_type_string))
+            return xstrdup(json_object_get_string(v));
+        return xstrdup(json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN));
+    }
+}
+
+static bool field_known(const field_t *f, size_t n, const char *key)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(f[i].key, key) == 0)
+            return true;
+    return false;
+}
+
+/* Rows for the known fields of obj, then for any it does not know yet. */
+static void table_section(table_t *t, const char *title, json_object *obj, const field_t *f,
+                          size_t n, const char *const *skip)
+{
+    table_add(t, NULL, xstrdup(title));
+    for (size_t i = 0; i < n; i++) {
+        json_object *v = get(obj, f[i].key);
+        if (v != NULL)
+            table_add(t, f[i].label, fmt_value(v, f[i].kind));
+    }
+    json_object_object_foreach(obj, key, val)
+    {
+        bool skipped = false;
+        for (size_t i = 0; skip && skip[i]; i++)
+            skipped |= strcmp(skip[i], key) == 0;
+        if (skipped || field_known(f, n, key) || json_object_is_type(val, json_type_object) ||
+            json_object_is_type(val, json_type_array))
+            continue;
+        char *label = xstrdup(key);
+        for (char *p = label; *p; p++)
+            if (*p == '_')
+                *p = ' ';
+        table_add(t, label, fmt_value(val, K_NUM));
+        free(label);
+    }
+}
+
+static void print_status(json_object *r)
+{
+    static const field_t daemon[] = {
+        {"version", "version", K_STR},
+        {"pid", "pid", K_NUM},
+        {"uptime_s", "uptime", K_DUR},
+        {"hostname", "hostname", K_STR},
+    };
+    static const field_t queue[] = {
+        {"messages", "messages", K_NUM},
+        {"recipients", "recipients", K_NUM},
+        {"pending_commits", "pending commits", K_NUM},
+        {"spool_used_bytes", "spool used", K_BYTES},
+        {"spool_map_bytes", "spool map size", K_BYTES},
+        {"spool_max_bytes", "spool max size", K_BYTES},
+        {"commits", "commits", K_NUM},
+        {"received", "received", K_NUM},
+        {"commit_errors", "commit errors", K_NUM},
+    };
+    static const field_t smtp[] = {
+        {"connections_current", "connections now", K_NUM},
+        {"connections_total", "connections total", K_NUM},
+        {"connections_refused", "connections refused", K_NUM},
+        {"messages_accepted", "messages accepted", K_NUM},
+        {"messages_rejected", "messages rejected", K_NUM},
+        {"recipients_accepted", "recipients accepted", K_NUM},
+        {"recipients_rejected", "recipients rejected", K_NUM},
+        {"auth_ok", "auth ok", K_NUM},
+        {"auth_failed", "auth failed", K_NUM},
+        {"tls_sessions", "TLS sessions", K_NUM},
+        {"bytes_received", "bytes received", K_BYTES},
+    };
+    static const char *const daemon_skip[] = {"ok", NULL};
+    static const char *const queue_skip[] = {"spool_fill_pct", NULL};
+    table_t t = {0};
+
+    table_section(&t, "Daemon", r, daemon, ARRAY_SIZE(daemon), daemon_skip);
+    json_object *q = get(r, "queue");
+    if (q != NULL) {
+        table_section(&t, "Queue", q, queue, ARRAY_SIZE(queue), queue_skip);
+        /* "spool used  1.2 MiB (3% of 64.0 GiB)" reads better than 3 rows. */
+        for (size_t i = 0; i < t.n; i++) {
+            if (t.rows[i].label && strcmp(t.rows[i].label, "spool used") == 0) {
+                char max[32];
+                char *v = xasprintf("%s (%" PRIu64 "%% of %s)", t.rows[i].value,
+                                    get_u64(q, "spool_fill_pct"),
+                                    ctl_fmt_bytes(get_u64(q, "spool_max_bytes"), max, sizeof(max)));
+                free(t.rows[i].value);
+                t.rows[i].value = v;
+            }
+        }
+    }
+    json_object *s = get(r, "smtp");
+    if (s != NULL)
+        table_section(&t, "SMTP reception", s, smtp, ARRAY_SIZE(smtp), NULL);
+    /* Sections a newer daemon adds. */
+    json_object_object_foreach(r, key, val)
+    {
+        if (json_object_is_type(val, json_type_object) && strcmp(key, "queue") != 0 &&
+            strcmp(key, "smtp") != 0)
+            table_section(&t, key, val, NULL, 0, NULL);
+    }
+    table_print(&t);
+}
+
+static void print_list(json_object *r)
+{
+    static const char *const hdr[] = {"ID", "ARRIVAL", "SIZE", "RCPTS", "SENDER", "JOB"};
+    enum { NCOL = 6 };
+    json_object *msgs = get(r, "messages");
+    size_t n =
+        msgs && json_object_is_type(msgs, json_type_array) ? json_object_array_length(msgs) : 0;
+    char **cells = xcalloc(n * NCOL + 1, sizeof(char *));
+    int w[NCOL];
+    for (int j = 0; j < NCOL; j++)
+        w[j] = (int)strlen(hdr[j]);
+    for (size_t i = 0; i < n; i++) {
+        json_object *m = json_object_array_get_idx(msgs, i);
+        char tmp[64];
+        char **row = cells + i * NCOL;
+        const char *id = get_str(m, "id");
+        const char *sender = get_str(m, "sender");
+        const char *job = get_str(m, "job");
+        json_object *rc = get(m, "recipients");
+        uint64_t nrcpt = rc && json_object_is_type(rc, json_type_array)
+                             ? json_object_array_length(rc)
+                             : get_u64(m, "rcpts");
+        row[0] = xstrdup(id ? id : "?");
+        row[1] = xstrdup(fmt_time(get_u64(m, "arrival"), tmp, sizeof(tmp)));
+        row[2] = xstrdup(ctl_fmt_bytes(get_u64(m, "size"), tmp, sizeof(tmp)));
+        row[3] = xasprintf("%" PRIu64, nrcpt);
+        row[4] = sender == NULL || sender[0] == '\0' ? xstrdup("<>") : xstrdup(sender);
+        row[5] = xstrdup(job && job[0] ? job : "-");
+        for (int j = 0; j < NCOL; j++)
+            if ((int)strlen(row[j]) > w[j])
+                w[j] = (int)strlen(row[j]);
+    }
+    if (n > 0) {
+        for (int j = 0; j < NCOL; j++)
+            if (j + 1 < NCOL)
+                printf("%-*s  ", w[j], hdr[j]);
+            else
+                printf("%s\n", hdr[j]);
+        for (size_t i = 0; i < n; i++) {
+            for (int j = 0; j < NCOL; j++) {
+                char *c = cells[i * NCOL + j];
+                if (j + 1 < NCOL)
+                    printf(j == 2 || j == 3 ? "%*s  " : "%-*s  ", w[j], c);
+                else
+                    printf("%s\n", c);
+                free(c);
+            }
+        }
+    }
+    free(cells);
+    uint64_t total = get(r, "total") ? get_u64(r, "total") : n;
+    if (total > n)
+        printf("%" PRIu64 " messages (%zu shown; use --limit N)\n", total, n);
+    else
+        printf("%" PRIu64 " message%s\n", total, total == 1 ? "" : "s");
+}
+
+static bool is_time_key(const char *k)
+{
+    size_t n = strlen(k);
+    return strcmp(k, "arrival") == 0 || strcmp(k, "next_attempt") == 0 ||
+           (n > 3 && strcmp(k + n - 3, "_at") == 0) || (n > 5 && strcmp(k + n - 5, "_time") == 0);
+}
+
+static char *fmt_field(const char *key, json_object *v)
+{
+    char tmp[64];
+    if (json_object_is_type(v, json_type_int) && is_time_key(key))
+        return xstrdup(fmt_time(json_object_get_uint64(v), tmp, sizeof(tmp)));
+    if (json_object_is_type(v, json_type_int) && strcmp(key, "size") == 0)
+        return xasprintf("%" PRIu64 " (%s)", json_object_get_uint64(v),
+                         ctl_fmt_bytes(json_object_get_uint64(v), tmp, sizeof(tmp)));
+    return fmt_value(v, K_NUM);
+}
+
+static void print_inspect(json_object *r)
+{
+    json_object *m = get(r, "message");
+    if (m == NULL)
+        m = r;
+    table_t t = {0};
+    int w = 0;
+    json_object_object_foreach(m, k1, v1)
+    {
+        if (strcmp(k1, "ok") == 0 || json_object_is_type(v1, json_type_array) ||
+            json_object_is_type(v1, json_type_object))
+            continue;
+        table_add(&t, k1, fmt_field(k1, v1));
+        if ((int)strlen(k1) > w)
+            w = (int)strlen(k1);
+    }
+    for (size_t i = 0; i < t.n; i++) {
+        printf("%s:%*s %s\n", t.rows[i].label, w - (int)strlen(t.rows[i].label), "",
+               t.rows[i].value);
+        free(t.rows[i].label);
+        free(t.rows[i].value);
+    }
+    free(t.rows);
+    json_object *rc = get(m, "recipients");
+    if (rc == NULL || !json_object_is_type(rc, json_type_array))
+        return;
+    size_t n = json_object_array_length(rc);
+    printf("recipients (%zu):\n", n);
+    for (size_t i = 0; i < n; i++) {
+        json_object *x = json_object_array_get_idx(rc, i);
+        const char *addr = get_str(x, "addr");
+        printf("  %s", addr ? addr : "?");
+        json_object_object_foreach(x, k, v)
+        {
+            if (strcmp(k, "addr") == 0 || json_object_is_type(v, json_type_null))
+                continue;
+            char *s = fmt_field(k, v);
+            printf("  %s=%s", k, s);
+            free(s);
+        }
+        printf("\n");
+    }
+}
+
+/* Returns the exit code: 1 when the spool has problems. */
+static int print_check(json_object *r)
+{
+    json_object *c = get(r, "consistent");
+    bool ok = c == NULL || json_object_get_boolean(c);
+    json_object *probs = get(r, "problems");
+    size_t np =
+        probs && json_object_is_type(probs, json_type_array) ? json_object_array_length(probs) : 0;
+    printf("spool %s: %" PRIu64 " messages, %" PRIu64 " recipients, %" PRIu64 " due entries\n",
+           ok ? "consistent" : "INCONSISTENT", get_u64(r, "msgs"), get_u64(r, "rcpts"),
+           get_u64(r, "due"));
+    for (size_t i = 0; i < np; i++) {
+        json_object *p = json_object_array_get_idx(probs, i);
+        printf("  problem: %s\n", json_object_is_type(p, json_type_string)
+                                      ? json_object_get_string(p)
+                                      : json_object_to_json_string(p));
+    }
+    if (!ok) {
+        fprintf(stderr, "sluicectl: spool check found %zu problem%s\n", np, np == 1 ? "" : "s");
+        return EXIT_REFUSED;
+    }
+    return EXIT_OK;
+}
+
+/* The request line for the command in pos[0..npos). Returns 0 and *line
+ * (caller frees), or EXIT_USAGE after printing why. */
+static int build_request(const char *const *pos, int npos, const char *limit, char **line)
+{
+    const char *cmd = pos[0];
+    int nargs = npos - 1;
+    if (strcmp(cmd, "raw") == 0) {
+        if (nargs != 1)
+            return usage_error("raw needs one JSON request argument%s", "");
+        if (strchr(pos[1], '\n') != NULL)
+            return usage_error("raw: the request must be a single line%s", "");
+        *line = xstrdup(pos[1]);
+        return 0;
+    }
+    long long lim = -1;
+    if (strcmp(cmd, "list") == 0) {
+        if (nargs > 1 || (nargs == 1 && limit != NULL))
+            return usage_error("usage: list [--limit N]%s", "");
+        if (nargs == 1)
+            limit = pos[1];
+        if (limit != NULL) {
+            char *end;
+            errno = 0;
+            lim = strtoll(limit, &end, 10);
+            if (errno != 0 || *end != '\0' || end == limit || lim < 0)
+                return usage_error("--limit: not a non-negative number: %s", limit);
+        }
+    } else if (strcmp(cmd, "inspect") == 0) {
+        if (nargs != 1)
+            return usage_error("usage: inspect ID%s", "");
+    } else if (strcmp(cmd, "status") == 0 || strcmp(cmd, "check") == 0 ||
+               strcmp(cmd, "shutdown") == 0 || strcmp(cmd, "log-rotate") == 0) {
+        if (nargs > 0)
+            return usage_error("%s takes no arguments", cmd);
+    } else if (limit != NULL) {
+        return usage_error("--limit is an option of list, not of %s", cmd);
+    }
+
+    json_object *req = json_object_new_object();
+    json_object_object_add(req, "cmd", json_object_new_string(cmd));
+    if (strcmp(cmd, "list") == 0) {
+        if (lim >= 0)
+            json_object_object_add(req, "limit", json_object_new_int64(lim));
+    } else if (strcmp(cmd, "inspect") == 0) {
+        json_object_object_add(req, "id", json_object_new_string(pos[1]));
+    } else if (nargs > 0) {
+        /* A command this client does not know yet: pass the words on. */
+        json_object *args = json_object_new_array();
+        for (int i = 1; i < npos; i++)
+            json_object_array_add(args, json_object_new_string(pos[i]));
+        json_object_object_add(req, "args", args);
+    }
+    *line = xstrdup(json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN |
+                                                            JSON_C_TO_STRING_NOSLASHESCAPE));
+    json_object_put(req);
+    return 0;
+}
+
+/* ------------------------------------------------------------ main */
+
+int main(int argc, char **argv)
+{
+    const char *sock = getenv("SLUICE_SOCKET");
+    bool json = false;
+    const char *limit = NULL;
+    const char *pos[64];
+    int npos = 0;
+
+    if (sock == NULL || sock[0] == '\0')
+        sock = CTL_DEFAULT_SOCKET;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0 || strcmp(a, "help") == 0) {
+            usage(stdout);
+            return EXIT_OK;
+        } else if (strcmp(a, "--json") == 0 || strcmp(a, "-j") == 0) {
+            json = true;
+        } else if (strcmp(a, "-s") == 0 || strcmp(a, "--socket") == 0) {
+            if (++i >= argc)
+                return usage_error("%s needs a path", a);
+            sock = argv[i];
+        } else if (strncmp(a, "--socket=", 9) == 0) {
+            sock = a + 9;
+        } else if (strcmp(a, "--limit") == 0 || strcmp(a, "-n") == 0) {
+            if (++i >= argc)
+                return usage_error("%s needs a number", a);
+            limit = argv[i];
+        } else if (strncmp(a, "--limit=", 8) == 0) {
+            limit = a + 8;
+        } else if (a[0] == '-' && a[1] != '\0' && npos == 0) {
+            return usage_error("unknown option %s", a);
+        } else {
+            if (npos == (int)ARRAY_SIZE(pos))
+                return usage_error("too many arguments%s", "");
+            pos[npos++] = a;
+        }
+    }
+    if (npos == 0)
+        return usage_error("no command given%s", "");
+
+    const char *cmd = pos[0];
+    char *line = NULL;
+    int rc = build_request(pos, npos, limit, &line);
+    if (rc != 0)
+        return rc;
+
+    buf_t resp;
+    buf_init(&resp, 65536);
+    rc = talk(sock, line, &resp);
+    free(line);
+    if (rc != 0) {
+        buf_free(&resp);
+        return rc;
+    }
+
+    json_object *r = json_tokener_parse(resp.b_data);
+    if (r == NULL || !json_object_is_type(r, json_type_object)) {
+        fprintf(stderr, "sluicectl: malformed answer from %s: %.200s\n", sock, resp.b_data);
+        json_object_put(r);
+        buf_free(&resp);
+        return EXIT_CONNECT;
+    }
+    json_object *ok = get(r, "ok");
+    bool is_ok = ok != NULL && json_object_get_boolean(ok);
+    rc = EXIT_OK;
+    if (json) {
+        printf("%s\n", resp.b_data);
+        json_object *cons = get(r, "consistent");
+        if (!is_ok) {
+            const char *e = get_str(r, "error");
+            fprintf(stderr, "sluicectl: %s\n", e ? e : "the daemon refused the command");
+            rc = EXIT_REFUSED;
+        } else if (strcmp(cmd, "check") == 0 && cons != NULL && !json_object_get_boolean(cons)) {
+            rc = EXIT_REFUSED; /* same exit code as the human form */
+        }
+    } else if (!is_ok) {
+        const char *e = get_str(r, "error");
+        fprintf(stderr, "sluicectl: %s\n", e ? e : "the daemon refused the command");
+        rc = EXIT_REFUSED;
+    } else if (strcmp(cmd, "status") == 0) {
+        print_status(r);
+    } else if (strcmp(cmd, "list") == 0) {
+        print_list(r);
+    } else if (strcmp(cmd, "inspect") == 0) {
+        print_inspect(r);
+    } else if (strcmp(cmd, "check") == 0) {
+        rc = print_check(r);
+    } else if (strcmp(cmd, "shutdown") == 0) {
+        printf("sluiced is shutting down\n");
+    } else if (strcmp(cmd, "log-rotate") == 0) {
+        printf("log files reopened\n");
+    } else {
+        printf("%s\n", json_object_to_json_string_ext(r, JSON_C_TO_STRING_PRETTY |
+                                                             JSON_C_TO_STRING_NOSLASHESCAPE));
+    }
+    fflush(stdout);
+    json_object_put(r);
+    buf_free(&resp);
+    return rc;
+}

@@ -1,0 +1,471 @@
+"""Shared helpers for sluice's end-to-end tests (tests/e2e/test_*.py).
+
+Every e2e test runs real processes on loopback. This module finds the
+binaries, picks free ports, starts and stops ``sluiced`` with a temporary
+configuration, runs ``sluicectl`` and ``swaks``, and reads what the daemon
+wrote (accounting log, operational log). Use it from a test like this::
+
+    import sluicetest as st
+
+    class T(unittest.TestCase):
+        def test_status(self):
+            with st.Daemon() as d:                 # starts; stops on exit
+                r = d.ctl("status", json=True)     # sluicectl --json status
+                self.assertEqual(r.rc, 0)
+                self.assertEqual(r.data["queue"]["messages"], 0)
+                st.swaks(d.smtp_port, to="a@example.test").check()
+            # leaving the block: SIGTERM, wait, raise if the exit code was
+            # not 0 or a sanitizer reported an error; the temp dir is removed
+
+Environment: SLUICE_BUILD (build dir, default ../../build), SLUICE_SRC
+(source dir), SLUICE_KEEP_TMP=1 keeps temporary directories for debugging.
+Runs under Debian's /usr/bin/python3; only the standard library is used.
+
+Nothing here leaves a process behind: every Daemon still running when the
+interpreter exits is killed (atexit).
+"""
+import atexit
+import json as jsonlib
+import os
+import re
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SRC = os.environ.get("SLUICE_SRC", os.path.abspath(os.path.join(HERE, "../..")))
+BUILD = os.environ.get("SLUICE_BUILD", os.path.join(SRC, "build"))
+SLUICED = os.path.join(BUILD, "core/server/sluiced")
+SLUICECTL = os.path.join(BUILD, "core/server/sluicectl")
+SOURCE = os.path.join(BUILD, "bench/sluice-source")
+SINK = os.path.join(BUILD, "bench/sluice-sink")
+SWAKS = shutil.which("swaks") or "/usr/bin/swaks"
+
+# sluicectl exit codes
+CTL_OK, CTL_REFUSED, CTL_USAGE, CTL_CONNECT = 0, 1, 2, 3
+
+# What sanitizers print when they find a bug (ASan, UBSan, LSan, TSan).
+SANITIZER_RE = re.compile(r"ERROR: (Address|Leak|Thread)Sanitizer|runtime error:|"
+                          r"WARNING: ThreadSanitizer")
+
+_running = set()  # Daemons started and not yet stopped, killed at exit
+
+
+@atexit.register
+def _kill_leftovers():
+    for d in list(_running):
+        try:
+            d.kill9()
+        except Exception:
+            pass
+
+
+# ------------------------------------------------------------------ basics
+
+def keep_tmp():
+    """True when SLUICE_KEEP_TMP=1 asks to keep temporary directories."""
+    return os.environ.get("SLUICE_KEEP_TMP", "") not in ("", "0")
+
+
+def make_tmpdir(prefix="sluice-e2e-"):
+    """A new temporary directory (mode 0755, so that a test can run a
+    client as another user inside it). The caller removes it (rmtree)."""
+    d = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(d, 0o755)
+    return d
+
+
+def free_port(host="127.0.0.1"):
+    """A TCP port that was free a moment ago on host (bind port 0, read it
+    back, close). Another process may take it before you bind it: callers
+    that can retry on "address already in use" should."""
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_for(pred, timeout=10.0, interval=0.02, what="condition"):
+    """Call pred() until it returns a true value (returned), or raise
+    TimeoutError naming what after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise TimeoutError("timed out after %.1fs waiting for %s" % (timeout, what))
+        time.sleep(interval)
+
+
+def unix_connectable(path):
+    """True when something accepts connections on the Unix socket path."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(1)
+            s.connect(path)
+            return True
+    except OSError:
+        return False
+
+
+def tcp_connectable(host, port):
+    """True when host:port accepts a TCP connection."""
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for_socket(path, timeout=10.0, proc=None):
+    """Wait until the Unix socket path accepts connections. With proc (a
+    Popen), fail at once if the process exits first."""
+    def ready():
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError("process exited with %s before %s was ready" % (proc.returncode, path))
+        return unix_connectable(path)
+    wait_for(ready, timeout, what="control socket " + path)
+
+
+def wait_for_port(host, port, timeout=10.0, proc=None):
+    """Wait until host:port accepts TCP connections (see wait_for_socket)."""
+    def ready():
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError("process exited with %s before %s:%d was ready"
+                               % (proc.returncode, host, port))
+        return tcp_connectable(host, port)
+    wait_for(ready, timeout, what="%s:%d" % (host, port))
+
+
+def sanitizer_errors(text):
+    """The lines of text where a sanitizer reported an error ([] if none)."""
+    return [l for l in text.splitlines() if SANITIZER_RE.search(l)]
+
+
+class Result:
+    """What a command run returned: rc, out (stdout), err (stderr), and data
+    (stdout parsed as JSON when asked for, else None)."""
+
+    def __init__(self, args, rc, out, err, data=None):
+        self.args, self.rc, self.out, self.err, self.data = args, rc, out, err, data
+
+    @property
+    def returncode(self):
+        return self.rc
+
+    def check(self, rc=0):
+        """Raise AssertionError unless the exit code is rc; returns self."""
+        if self.rc != rc:
+            raise AssertionError("%s: exit %d, wanted %d\nstdout: %s\nstderr: %s"
+                                 % (" ".join(self.args), self.rc, rc, self.out, self.err))
+        return self
+
+    def __repr__(self):
+        return "Result(rc=%d, out=%r, err=%r)" % (self.rc, self.out[:200], self.err[:200])
+
+
+def run(args, timeout=60, user=None, env=None, input=None):
+    """Run a command, capture text output, return a Result. user="nobody"
+    runs it through setpriv as that user (group nogroup, no supplementary
+    groups)."""
+    args = [str(a) for a in args]
+    if user is not None:
+        args = ["setpriv", "--reuid=" + user, "--regid=nogroup", "--clear-groups"] + args
+    p = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env,
+                       input=input)
+    return Result(args, p.returncode, p.stdout, p.stderr)
+
+
+def sluicectl(socket_path, *args, json=False, user=None, timeout=60):
+    """Run sluicectl -s socket_path [--json] ARGS. With json=True, the
+    Result's data holds the parsed answer (None if stdout was not JSON)."""
+    cmd = [SLUICECTL, "-s", socket_path] + (["--json"] if json else []) + list(args)
+    r = run(cmd, timeout=timeout, user=user)
+    if json:
+        try:
+            r.data = jsonlib.loads(r.out)
+        except ValueError:
+            r.data = None
+    return r
+
+
+def ctl_request(socket_path, request, timeout=10):
+    """Send one request on a fresh control connection and return the parsed
+    answer. request is a dict (sent as JSON) or a str/bytes line."""
+    with ControlConn(socket_path, timeout) as c:
+        return c.request(request)
+
+
+class ControlConn:
+    """A raw control-socket connection, for protocol tests: request() sends
+    one line and reads one answer; send() and readline() do half of it."""
+
+    def __init__(self, socket_path, timeout=10):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(socket_path)
+        self.rfile = self.sock.makefile("rb")
+
+    def send(self, request):
+        if isinstance(request, dict):
+            request = jsonlib.dumps(request)
+        if isinstance(request, str):
+            request = request.encode()
+        if not request.endswith(b"\n"):
+            request += b"\n"
+        self.sock.sendall(request)
+
+    def readline(self):
+        """The next answer line parsed, or None at end of stream."""
+        line = self.rfile.readline()
+        return jsonlib.loads(line) if line else None
+
+    def request(self, request):
+        self.send(request)
+        return self.readline()
+
+    def close(self):
+        self.rfile.close()
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def swaks(port, to="user@example.test", from_="sender@example.com", server="127.0.0.1",
+          args=(), timeout=60):
+    """Send one message with swaks to server:port; returns a Result (check()
+    it). args are extra swaks arguments, e.g. ["--tls"], ["--header",
+    "X-Sluice-Job: j1"], ["--body", "text"], ["--auth", "PLAIN", ...]."""
+    cmd = [SWAKS, "--server", "%s:%d" % (server, port), "--to", to, "--from", from_,
+           "--timeout", "30"] + list(args)
+    return run(cmd, timeout=timeout)
+
+
+def queue_id_from_swaks(out):
+    """The queue id in a swaks transcript's "250 2.0.0 Ok: queued as ID"
+    reply (16 hex digits), or None."""
+    m = re.search(r"\b250[ -].*?\b([0-9A-F]{16})\b", out)
+    return m.group(1) if m else None
+
+
+# ------------------------------------------------------------------ the daemon
+
+class Daemon:
+    """One sluiced with its own directory, configuration and ports.
+
+    tmpdir: the directory to use (default: a new one, removed by cleanup()
+    unless SLUICE_KEEP_TMP=1). extra_conf: text appended to the generated
+    configuration (top-level blocks such as 'delivery { ... }'; a block that
+    is also generated, e.g. smtp { }, may appear twice only if the config
+    parser merges blocks - prefer the keyword arguments). conf_text: the
+    whole configuration instead of the generated one (the attributes below
+    still name the default paths). log_level: log.level. routes: dict
+    domain -> "host:port" for delivery.routes (default: "example.test" and
+    "example.com" routed to a closed loopback port, so that delivery defers
+    and mail stays queued). smtp_extra: text put inside smtp { }.
+
+    Attributes: dir, conf_path, spool, ctl_socket, acct_dir, cert, key,
+    smtp_port, smtp_host, stderr_path, proc, exit_code.
+    """
+
+    def __init__(self, tmpdir=None, extra_conf="", conf_text=None, log_level="info",
+                 routes=None, smtp_extra="", env=None):
+        self._own_dir = tmpdir is None
+        self.dir = tmpdir or make_tmpdir("sluiced-")
+        self.conf_path = os.path.join(self.dir, "sluice.conf")
+        self.spool = os.path.join(self.dir, "spool")
+        self.ctl_socket = os.path.join(self.dir, "ctl.sock")
+        self.acct_dir = os.path.join(self.dir, "log")
+        self.cert = os.path.join(self.dir, "cert.pem")
+        self.key = os.path.join(self.dir, "key.pem")
+        self.stderr_path = os.path.join(self.dir, "sluiced.stderr")
+        self.smtp_host = "127.0.0.1"
+        self.smtp_port = free_port()
+        self.closed_port = free_port()  # nothing listens here: delivery defers
+        self.env = env
+        self.proc = None
+        self.exit_code = None
+        if routes is None:
+            routes = {"example.test": "127.0.0.1:%d" % self.closed_port,
+                      "example.com": "127.0.0.1:%d" % self.closed_port}
+        self.routes = routes
+        if conf_text is None:
+            conf_text = self.default_conf(log_level, smtp_extra) + "\n" + extra_conf + "\n"
+        with open(self.conf_path, "w") as f:
+            f.write(conf_text)
+
+    def default_conf(self, log_level="info", smtp_extra=""):
+        """The generated configuration text."""
+        routes = "".join('        "%s" = "%s";\n' % kv for kv in self.routes.items())
+        return (
+            'hostname = "sluice.test";\n'
+            'log {\n    level = %s;\n    accounting_dir = "%s";\n}\n'
+            'spool {\n    path = "%s";\n    map_size = 64M;\n}\n'
+            'control {\n    socket = "%s";\n}\n'
+            'smtp {\n    listen = "%s:%d";\n%s'
+            '    tls {\n        cert = "%s";\n        key = "%s";\n    }\n}\n'
+            'delivery {\n    smarthost = "127.0.0.1:%d";\n    routes {\n%s    }\n}\n'
+            % (log_level, self.acct_dir, self.spool, self.ctl_socket, self.smtp_host,
+               self.smtp_port, smtp_extra, self.cert, self.key, self.closed_port, routes))
+
+    # -- process control
+
+    def start(self, timeout=30, wait=True):
+        """Start sluiced -c conf_path (stderr to stderr_path) and, with
+        wait, return once the control socket and the SMTP port answer.
+        Raises RuntimeError with the daemon's stderr if it exits first."""
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError("already running")
+        self.exit_code = None
+        self._err = open(self.stderr_path, "ab")
+        self.proc = subprocess.Popen([SLUICED, "-c", self.conf_path], stdin=subprocess.DEVNULL,
+                                     stdout=self._err, stderr=self._err, cwd=self.dir,
+                                     env=self.env)
+        _running.add(self)
+        if wait:
+            try:
+                wait_for_socket(self.ctl_socket, timeout, self.proc)
+                wait_for_port(self.smtp_host, self.smtp_port, timeout, self.proc)
+            except (RuntimeError, TimeoutError) as e:
+                self.kill9()
+                raise RuntimeError("sluiced did not start: %s\n--- stderr ---\n%s"
+                                   % (e, self.stderr()))
+        return self
+
+    def wait(self, timeout=60):
+        """Wait for the process to exit; returns (and records) its exit code."""
+        self.exit_code = self.proc.wait(timeout=timeout)
+        _running.discard(self)
+        self._err.close()
+        return self.exit_code
+
+    def stop(self, timeout=60, check=True):
+        """SIGTERM and wait. With check, raise AssertionError when the exit
+        code is not 0 or a sanitizer reported an error. Returns the code."""
+        if self.proc is None or self.proc.poll() is not None:
+            if self.proc is not None and self.exit_code is None:
+                self.wait()
+        else:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+                raise AssertionError("sluiced did not stop within %ds after SIGTERM\n%s"
+                                     % (timeout, self.stderr()))
+        if check:
+            self.check_clean_exit()
+        return self.exit_code
+
+    def kill9(self):
+        """SIGKILL (a crash, for recovery tests) and reap."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        if self.proc is not None:
+            self.wait(timeout=30)
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def check_clean_exit(self):
+        """Raise AssertionError unless the daemon exited 0 with no sanitizer
+        report in its stderr."""
+        bad = sanitizer_errors(self.stderr())
+        if self.exit_code != 0 or bad:
+            raise AssertionError("sluiced exit code %s%s\n--- stderr ---\n%s"
+                                 % (self.exit_code, " (sanitizer report)" if bad else "",
+                                    self.stderr()[-20000:]))
+
+    def cleanup(self):
+        """Kill if still running and remove the directory if it was ours."""
+        if self.running():
+            self.kill9()
+        if self._own_dir and not keep_tmp():
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self):
+        if not self.running():
+            self.start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if self.running():
+                # Check the exit only when the body passed: a failing test's
+                # own error is more useful than a follow-on one.
+                self.stop(check=exc_type is None)
+            elif exc_type is None and self.exit_code is not None:
+                self.check_clean_exit()
+        finally:
+            self.cleanup()
+
+    # -- what the daemon says
+
+    def stderr(self):
+        """Everything sluiced wrote to stdout/stderr (the operational log)."""
+        try:
+            with open(self.stderr_path, errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def ctl(self, *args, json=False, user=None, timeout=60):
+        """Run sluicectl against this daemon; see sluicectl()."""
+        return sluicectl(self.ctl_socket, *args, json=json, user=user, timeout=timeout)
+
+    def request(self, request, timeout=10):
+        """One raw control request (dict or line) -> parsed answer."""
+        return ctl_request(self.ctl_socket, request, timeout)
+
+    def status(self):
+        """The status answer as a dict (raises if the command failed)."""
+        r = self.request({"cmd": "status"})
+        if not r or not r.get("ok"):
+            raise AssertionError("status failed: %r" % (r,))
+        return r
+
+    def list(self, limit=0):
+        """The list answer as a dict: {"ok", "messages": [...], "total"}."""
+        req = {"cmd": "list"}
+        if limit:
+            req["limit"] = limit
+        return self.request(req, timeout=30)
+
+    def wait_queue(self, messages, timeout=30):
+        """Wait until the queue holds exactly this many messages."""
+        wait_for(lambda: self.status()["queue"]["messages"] == messages, timeout,
+                 what="%d messages in the queue" % messages)
+
+    def smtp(self, timeout=30, **kw):
+        """An smtplib.SMTP connected to the daemon's reception port."""
+        return smtplib.SMTP(self.smtp_host, self.smtp_port, timeout=timeout, **kw)
+
+    def swaks(self, to="user@example.test", from_="sender@example.com", args=(), timeout=60):
+        """swaks() against this daemon's reception port."""
+        return swaks(self.smtp_port, to=to, from_=from_, server=self.smtp_host, args=args,
+                     timeout=timeout)
+
+    def accounting(self):
+        """Every accounting record (JSON lines in acct_dir, all files,
+        oldest file first) as a list of dicts."""
+        recs = []
+        if not os.path.isdir(self.acct_dir):
+            return recs
+        files = sorted(os.listdir(self.acct_dir),
+                       key=lambda n: os.path.getmtime(os.path.join(self.acct_dir, n)))
+        for name in files:
+            with open(os.path.join(self.acct_dir, name), errors="replace") as f:
+                for line in f:
+                    line = line.strip()
+                    if line:
+                        recs.append(jsonlib.loads(line))
+        return recs
