@@ -1,0 +1,225 @@
+/*
+ * queue/acct.c - the accounting log: JSON lines in <acct_dir>/acct.jsonl.
+ *
+ * The queue thread builds the records of one committed transaction in one
+ * buffer (q_acct_buf) and writes them with one write(2) (q_acct_flush),
+ * after the commit that made the events durable. When the file passes
+ * max_size, or on request, it is renamed to acct-YYYYmmddTHHMMSS.jsonl and
+ * a fresh one is opened, between two writes, so no record is lost or cut.
+ * Thread: queue thread only (q_acct_open also from main before start).
+ */
+#include "queue/queue_int.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+struct q_acct {
+    char a_dir[1024];
+    char a_path[1100];
+    int a_fd;
+    uint64_t a_size;
+    uint64_t a_max;
+    buf_t a_buf;
+};
+
+static int mkdir_p(const char *path, mode_t mode);
+static int acct_reopen(q_acct_t *a);
+static void acct_write(q_acct_t *a);
+
+static int mkdir_p(const char *path, mode_t mode)
+{
+    char tmp[1024];
+    snprintf(tmp, sizeof(tmp), "%s", path);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(tmp, mode) != 0 && errno != EEXIST)
+            return -errno;
+        *p = '/';
+    }
+    if (mkdir(tmp, mode) != 0 && errno != EEXIST)
+        return -errno;
+    return 0;
+}
+
+int q_mkdir_p(const char *path, mode_t mode)
+{
+    return mkdir_p(path, mode);
+}
+
+static int acct_reopen(q_acct_t *a)
+{
+    int fd = open(a->a_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    if (fd < 0)
+        return -errno;
+    struct stat st;
+    a->a_size = fstat(fd, &st) == 0 ? (uint64_t)st.st_size : 0;
+    if (a->a_fd >= 0)
+        close(a->a_fd);
+    a->a_fd = fd;
+    return 0;
+}
+
+int q_acct_open(const char *dir, uint64_t max_size, q_acct_t **out, char *err, size_t errlen)
+{
+    q_acct_t *a = xcalloc(1, sizeof(*a));
+    a->a_fd = -1;
+    a->a_max = max_size;
+    snprintf(a->a_dir, sizeof(a->a_dir), "%s", dir && *dir ? dir : ".");
+    snprintf(a->a_path, sizeof(a->a_path), "%s/acct.jsonl", a->a_dir);
+    buf_init(&a->a_buf, 4096);
+    int rc = mkdir_p(a->a_dir, 0750);
+    if (rc != 0) {
+        snprintf(err, errlen, "accounting log %s: cannot create: %s", a->a_dir, strerror(-rc));
+        goto fail;
+    }
+    rc = acct_reopen(a);
+    if (rc != 0) {
+        snprintf(err, errlen, "accounting log %s: %s", a->a_path, strerror(-rc));
+        goto fail;
+    }
+    *out = a;
+    return 0;
+fail:
+    q_acct_close(a);
+    return SL_ESPOOL;
+}
+
+void q_acct_close(q_acct_t *a)
+{
+    if (a == NULL)
+        return;
+    q_acct_flush(a);
+    if (a->a_fd >= 0)
+        close(a->a_fd);
+    buf_free(&a->a_buf);
+    free(a);
+}
+
+buf_t *q_acct_buf(q_acct_t *a)
+{
+    return &a->a_buf;
+}
+
+/* One write(2) of every record built since the last one. */
+static void acct_write(q_acct_t *a)
+{
+    if (a->a_buf.b_len == 0 || a->a_fd < 0)
+        return;
+    const char *p = a->a_buf.b_data;
+    size_t left = a->a_buf.b_len;
+    while (left > 0) {
+        ssize_t w = write(a->a_fd, p, left);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            log_error("acct: write %s: %s", a->a_path, strerror(errno));
+            break;
+        }
+        p += w;
+        left -= (size_t)w;
+    }
+    a->a_size += a->a_buf.b_len - left;
+    buf_reset(&a->a_buf);
+}
+
+void q_acct_flush(q_acct_t *a)
+{
+    acct_write(a);
+    if (a->a_max > 0 && a->a_size >= a->a_max)
+        q_acct_rotate(a);
+}
+
+int q_acct_rotate(q_acct_t *a)
+{
+    acct_write(a);
+    char stamp[32], dst[1200];
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%S", &tm);
+    snprintf(dst, sizeof(dst), "%s/acct-%s.jsonl", a->a_dir, stamp);
+    for (int n = 1; access(dst, F_OK) == 0 && n < 10000; n++)
+        snprintf(dst, sizeof(dst), "%s/acct-%s-%d.jsonl", a->a_dir, stamp, n);
+    if (rename(a->a_path, dst) != 0) {
+        int e = errno;
+        log_error("acct: rotate %s -> %s: %s", a->a_path, dst, strerror(e));
+        return -e;
+    }
+    int rc = acct_reopen(a);
+    if (rc != 0) {
+        log_error("acct: reopen %s: %s", a->a_path, strerror(-rc));
+        return rc;
+    }
+    log_info("acct: rotated to %s", dst);
+    return 0;
+}
+
+/* ------------------------------------------------------------ JSON helpers */
+
+void q_json_str(buf_t *b, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    buf_reserve(b, len + 2);
+    b->b_data[b->b_len++] = '"';
+    size_t run = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\' && c != 0x7f)
+            continue;
+        buf_append(b, s + run, i - run);
+        run = i + 1;
+        char e[6];
+        switch (c) {
+        case '"':
+            buf_append(b, "\\\"", 2);
+            break;
+        case '\\':
+            buf_append(b, "\\\\", 2);
+            break;
+        case '\n':
+            buf_append(b, "\\n", 2);
+            break;
+        case '\r':
+            buf_append(b, "\\r", 2);
+            break;
+        case '\t':
+            buf_append(b, "\\t", 2);
+            break;
+        default:
+            e[0] = '\\';
+            e[1] = 'u';
+            e[2] = '0';
+            e[3] = '0';
+            e[4] = hex[c >> 4];
+            e[5] = hex[c & 15];
+            buf_append(b, e, 6);
+        }
+    }
+    buf_append(b, s + run, len - run);
+    buf_append(b, "\"", 1);
+}
+
+void q_json_strz(buf_t *b, const char *s)
+{
+    if (s == NULL)
+        buf_append(b, "null", 4);
+    else
+        q_json_str(b, s, strlen(s));
+}
+
+void q_json_time(buf_t *b, uint64_t us)
+{
+    time_t s = (time_t)(us / 1000000);
+    struct tm tm;
+    gmtime_r(&s, &tm);
+    buf_printf(b, "\"%04d-%02d-%02dT%02d:%02d:%02d.%03dZ\"", tm.tm_year + 1900, tm.tm_mon + 1,
+               tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(us % 1000000 / 1000));
+}

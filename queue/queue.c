@@ -1,0 +1,809 @@
+/*
+ * queue/queue.c - the spool environment and the queue thread.
+ *
+ *   queue_open / queue_start / queue_stop / queue_free   life cycle
+ *   queue_submit        reception -> queue thread (group commit, reply)
+ *   queue_request       control socket -> queue thread (LIST/INSPECT/CHECK)
+ *   queue_msgid_*       message ids
+ *
+ * The queue thread owns a libuv loop with three MPSC channels, one per
+ * message kind (submissions, control requests, delivery outcomes), so no
+ * kind tag is needed in the public structs, and a wake-up async for
+ * rotate/stop. Each channel drain is one group commit: all pending
+ * submissions (up to spool.commit_batch per transaction) are written in
+ * one write transaction and committed once; only then are the messages
+ * pushed back to their submitters.
+ *
+ * Thread: queue_open/start/stop/free on the main thread; queue_submit,
+ * queue_request, queue_outcome_submit, queue_acct_rotate, queue_stats,
+ * queue_msgid_* from any thread; everything static runs on the queue thread.
+ */
+#include "queue/queue_int.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <json-c/json.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static void *queue_thread_main(void *arg);
+static void queue_sub_cb(chan_t *ch, chan_node_t *first, void *arg);
+static void queue_req_cb(chan_t *ch, chan_node_t *first, void *arg);
+static void queue_out_cb(chan_t *ch, chan_node_t *first, void *arg);
+static void queue_wake_cb(uv_async_t *h);
+static void queue_timer_cb(uv_timer_t *t);
+static void queue_commit_batch(queue_t *q, chan_node_t *first, size_t n);
+static void queue_acct_received(queue_t *q, const queue_msg_in_t *m, uint64_t now_us);
+static void queue_req_do(queue_t *q, queue_req_t *r);
+static json_object *queue_msg_json(queue_t *q, MDB_txn *txn, uint64_t id, const MDB_val *v,
+                                   bool detail);
+static bool queue_enter(queue_t *q);
+static void queue_leave(queue_t *q);
+
+static atomic_uint_fast64_t msgid_last;
+
+/* ------------------------------------------------------------ message ids */
+
+uint64_t queue_msgid_new(void)
+{
+    uint64_t now = clock_now_us();
+    uint64_t old = atomic_load_explicit(&msgid_last, memory_order_relaxed);
+    uint64_t id;
+    do {
+        id = MAX(old + 1, now);
+    } while (!atomic_compare_exchange_weak(&msgid_last, &old, id));
+    return id;
+}
+
+/* Make sure ids never go below what a previous run left in the spool. */
+static void msgid_seen(uint64_t id)
+{
+    uint64_t old = atomic_load(&msgid_last);
+    while (old < id && !atomic_compare_exchange_weak(&msgid_last, &old, id))
+        ;
+}
+
+char *queue_msgid_fmt(uint64_t id, char *dst)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    for (int i = 15; i >= 0; i--) {
+        dst[i] = hex[id & 15];
+        id >>= 4;
+    }
+    dst[16] = '\0';
+    return dst;
+}
+
+int queue_msgid_parse(const char *s, uint64_t *out)
+{
+    uint64_t v = 0;
+    if (s == NULL)
+        return SL_EPARSE;
+    for (int i = 0; i < 16; i++) {
+        char c = s[i];
+        int d;
+        if (c >= '0' && c <= '9')
+            d = c - '0';
+        else if (c >= 'A' && c <= 'F')
+            d = c - 'A' + 10;
+        else if (c >= 'a' && c <= 'f')
+            d = c - 'a' + 10;
+        else
+            return SL_EPARSE;
+        v = v << 4 | (uint64_t)d;
+    }
+    if (s[16] != '\0')
+        return SL_EPARSE;
+    *out = v;
+    return 0;
+}
+
+void queue_msg_in_free(queue_msg_in_t *m)
+{
+    if (m == NULL)
+        return;
+    free(m->qm_sender);
+    free(m->qm_job);
+    free(m->qm_envid);
+    free(m->qm_auth_user);
+    for (int i = 0; i < m->qm_nrcpt; i++) {
+        free(m->qm_rcpts[i].qr_addr);
+        free(m->qm_rcpts[i].qr_orcpt);
+    }
+    free(m->qm_rcpts);
+    buf_free(&m->qm_body);
+    free(m);
+}
+
+/* ------------------------------------------------------------ open / close */
+
+int queue_open(cfg_t *cfg, queue_t **out, char *err, size_t errlen)
+{
+    queue_t *q = xcalloc(1, sizeof(*q));
+    MDB_txn *txn = NULL;
+    const char *path = cfg->c_spool_path;
+    int rc;
+
+    q->q_cfg = cfg_ref(cfg);
+    snprintf(q->q_path, sizeof(q->q_path), "%s", path);
+    buf_init(&q->q_scratch, 4096);
+    buf_init(&q->q_scratch2, 4096);
+    q->q_rand = clock_now_us() | 1;
+    atomic_store(&q->q_stopping, 1); /* producers are refused until queue_start */
+
+    rc = q_mkdir_p(path, 0700);
+    if (rc != 0) {
+        snprintf(err, errlen, "spool %s: cannot create: %s", path, strerror(-rc));
+        goto fail;
+    }
+    if (access(path, R_OK | W_OK | X_OK) != 0) {
+        snprintf(err, errlen, "spool %s: %s", path, strerror(errno));
+        goto fail;
+    }
+    uint64_t max = cfg->c_spool_max_size;
+    uint64_t map = cfg->c_spool_map_size;
+    if (max > 0 && map > max)
+        map = max;
+    char data[1100];
+    struct stat st;
+    snprintf(data, sizeof(data), "%s/data.mdb", path);
+    if (stat(data, &st) == 0 && (uint64_t)st.st_size > map)
+        map = (uint64_t)st.st_size;
+
+    if ((rc = mdb_env_create(&q->q_env)) != 0 || (rc = mdb_env_set_maxdbs(q->q_env, 8)) != 0 ||
+        (rc = mdb_env_set_mapsize(q->q_env, map)) != 0) {
+        snprintf(err, errlen, "spool %s: %s", path, mdb_strerror(rc));
+        goto fail;
+    }
+    unsigned flags = MDB_NORDAHEAD | MDB_NOTLS;
+    if (cfg->c_spool_sync == CFG_SYNC_NONE)
+        flags |= MDB_NOSYNC | MDB_NOMETASYNC; /* unsafe: for comparison runs only */
+    rc = mdb_env_open(q->q_env, path, flags, 0600);
+    if (rc != 0) {
+        snprintf(err, errlen, "spool %s: %s", path, rc > 0 ? strerror(rc) : mdb_strerror(rc));
+        mdb_env_close(q->q_env);
+        q->q_env = NULL;
+        goto fail;
+    }
+    MDB_envinfo info;
+    MDB_stat mst;
+    mdb_env_info(q->q_env, &info);
+    mdb_env_stat(q->q_env, &mst);
+    q->q_map_size = info.me_mapsize;
+    q->q_psize = mst.ms_psize;
+
+    if ((rc = mdb_txn_begin(q->q_env, NULL, 0, &txn)) != 0 ||
+        (rc = mdb_dbi_open(txn, "msg", MDB_CREATE, &q->q_dbi_msg)) != 0 ||
+        (rc = mdb_dbi_open(txn, "rcpt", MDB_CREATE, &q->q_dbi_rcpt)) != 0 ||
+        (rc = mdb_dbi_open(txn, "due", MDB_CREATE, &q->q_dbi_due)) != 0 ||
+        (rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &q->q_dbi_meta)) != 0) {
+        snprintf(err, errlen, "spool %s: %s", path, mdb_strerror(rc));
+        goto fail;
+    }
+    MDB_val k = {7, "version"}, v;
+    rc = mdb_get(txn, q->q_dbi_meta, &k, &v);
+    if (rc == MDB_NOTFOUND) {
+        v.mv_size = 1;
+        v.mv_data = "1";
+        rc = mdb_put(txn, q->q_dbi_meta, &k, &v, 0);
+    } else if (rc == 0 && (v.mv_size != 1 || *(char *)v.mv_data != '1')) {
+        snprintf(err, errlen, "spool %s: unknown spool version", path);
+        goto fail;
+    }
+    if (rc != 0) {
+        snprintf(err, errlen, "spool %s: %s", path, mdb_strerror(rc));
+        goto fail;
+    }
+    MDB_stat s1, s2;
+    mdb_stat(txn, q->q_dbi_msg, &s1);
+    mdb_stat(txn, q->q_dbi_rcpt, &s2);
+    atomic_store(&q->q_stats.qs_msgs, s1.ms_entries);
+    atomic_store(&q->q_stats.qs_rcpts, s2.ms_entries);
+    MDB_cursor *cur;
+    if (mdb_cursor_open(txn, q->q_dbi_msg, &cur) == 0) {
+        if (mdb_cursor_get(cur, &k, &v, MDB_LAST) == 0 && k.mv_size == Q_MSG_KEY_LEN)
+            msgid_seen(q_rd64(k.mv_data));
+        mdb_cursor_close(cur);
+    }
+    rc = mdb_txn_commit(txn);
+    txn = NULL;
+    if (rc != 0) {
+        snprintf(err, errlen, "spool %s: %s", path, mdb_strerror(rc));
+        goto fail;
+    }
+    atomic_store(&q->q_stats.qs_max_size, max);
+    q_stats_refresh(q);
+
+    if (q_acct_open(cfg->c_acct_dir, cfg->c_acct_max_size, &q->q_acct, err, errlen) != 0)
+        goto fail;
+    q_sched_init(q);
+    log_info("spool %s: %zu messages, %zu recipients, map %llu MB", path, s1.ms_entries,
+             s2.ms_entries, (unsigned long long)(q->q_map_size >> 20));
+    *out = q;
+    return 0;
+fail:
+    if (txn)
+        mdb_txn_abort(txn);
+    queue_free(q);
+    return SL_ESPOOL;
+}
+
+int queue_start(queue_t *q)
+{
+    assert(!q->q_started);
+    int rc = uv_loop_init(&q->q_loop);
+    if (rc != 0)
+        return rc;
+    /* Handles are set up here, before the thread runs the loop, so that
+     * producers can push as soon as queue_start returns. */
+    q->q_ch_sub = chan_new(&q->q_loop, queue_sub_cb, q);
+    q->q_ch_req = chan_new(&q->q_loop, queue_req_cb, q);
+    q->q_ch_out = chan_new(&q->q_loop, queue_out_cb, q);
+    uv_async_init(&q->q_loop, &q->q_wake, queue_wake_cb);
+    q->q_wake.data = q;
+    uv_timer_init(&q->q_loop, &q->q_timer);
+    q->q_timer.data = q;
+    uv_timer_init(&q->q_loop, &q->q_kick);
+    q->q_kick.data = q;
+    atomic_store(&q->q_stopping, 0);
+    rc = pthread_create(&q->q_thread, NULL, queue_thread_main, q);
+    if (rc != 0)
+        return -rc;
+    q->q_started = true;
+    return 0;
+}
+
+static void *queue_thread_main(void *arg)
+{
+    queue_t *q = arg;
+    q->q_tid = pthread_self();
+    log_thread_name("queue");
+    uint64_t iv = q->q_cfg->c_scan_interval_ms ? q->q_cfg->c_scan_interval_ms : 1000;
+    uv_timer_start(&q->q_timer, queue_timer_cb, 0, iv);
+    uv_run(&q->q_loop, UV_RUN_DEFAULT);
+    int rc = uv_loop_close(&q->q_loop);
+    if (rc != 0)
+        log_error("queue: uv_loop_close: %s", uv_strerror(rc));
+    assert(rc == 0);
+    return NULL;
+}
+
+static void queue_closed_cb(uv_handle_t *h)
+{
+    UNUSED(h);
+}
+
+static void queue_wake_cb(uv_async_t *h)
+{
+    queue_t *q = h->data;
+    if (atomic_exchange(&q->q_rotate, 0))
+        q_acct_rotate(q->q_acct);
+    if (!atomic_load(&q->q_stopping))
+        return;
+    /* chan_close hands every message still queued to its callback first,
+     * so everything submitted before the stop is committed. */
+    chan_close(q->q_ch_sub);
+    chan_close(q->q_ch_out);
+    chan_close(q->q_ch_req);
+    q->q_ch_sub = q->q_ch_out = q->q_ch_req = NULL;
+    q_acct_flush(q->q_acct);
+    uv_timer_stop(&q->q_timer);
+    uv_close((uv_handle_t *)&q->q_timer, queue_closed_cb);
+    uv_timer_stop(&q->q_kick);
+    uv_close((uv_handle_t *)&q->q_kick, queue_closed_cb);
+    uv_close((uv_handle_t *)&q->q_wake, queue_closed_cb);
+}
+
+void queue_stop(queue_t *q)
+{
+    if (q == NULL || !q->q_started)
+        return;
+    atomic_store(&q->q_stopping, 1);
+    /* wait until no producer is between its check and its push */
+    while (atomic_load(&q->q_users) > 0)
+        sched_yield();
+    uv_async_send(&q->q_wake);
+    pthread_join(q->q_thread, NULL);
+    q->q_started = false;
+    if (q->q_env) {
+        mdb_env_close(q->q_env);
+        q->q_env = NULL;
+    }
+    log_info("spool %s: closed", q->q_path);
+}
+
+void queue_free(queue_t *q)
+{
+    if (q == NULL)
+        return;
+    queue_stop(q);
+    if (q->q_env)
+        mdb_env_close(q->q_env);
+    q_acct_close(q->q_acct);
+    q_sched_free(q);
+    buf_free(&q->q_scratch);
+    buf_free(&q->q_scratch2);
+    if (q->q_cfg)
+        cfg_unref(q->q_cfg);
+    free(q);
+}
+
+/* ------------------------------------------------------------ producers */
+
+/* A producer announces itself so that queue_stop never frees a channel
+ * under it. False when the queue is stopping (or not started). */
+static bool queue_enter(queue_t *q)
+{
+    atomic_fetch_add(&q->q_users, 1);
+    if (atomic_load(&q->q_stopping)) {
+        atomic_fetch_sub(&q->q_users, 1);
+        return false;
+    }
+    return true;
+}
+
+static void queue_leave(queue_t *q)
+{
+    atomic_fetch_sub(&q->q_users, 1);
+}
+
+void queue_submit(queue_t *q, queue_msg_in_t *m)
+{
+    if (!queue_enter(q)) {
+        m->qm_status = SL_ESPOOL;
+        chan_push(m->qm_reply, &m->qm_node);
+        return;
+    }
+    atomic_fetch_add_explicit(&q->q_stats.qs_pending, 1, memory_order_relaxed);
+    chan_push(q->q_ch_sub, &m->qm_node);
+    queue_leave(q);
+}
+
+void queue_request(queue_t *q, queue_req_t *r)
+{
+    if (!queue_enter(q)) {
+        r->qq_result = NULL;
+        snprintf(r->qq_error, sizeof(r->qq_error), "queue is stopping");
+        chan_push(r->qq_reply, &r->qq_node);
+        return;
+    }
+    chan_push(q->q_ch_req, &r->qq_node);
+    queue_leave(q);
+}
+
+void queue_outcome_submit(queue_t *q, queue_outcome_t *o)
+{
+    if (!queue_enter(q)) {
+        /* not committed: the recipient stays due and is tried again */
+        queue_outcome_free(o);
+        return;
+    }
+    chan_push(q->q_ch_out, &o->qo_node);
+    queue_leave(q);
+}
+
+void queue_acct_rotate(queue_t *q)
+{
+    atomic_store(&q->q_rotate, 1);
+    if (queue_enter(q)) {
+        uv_async_send(&q->q_wake);
+        queue_leave(q);
+    }
+}
+
+void queue_set_dispatcher(queue_t *q, queue_dispatch_fn fn, void *arg)
+{
+    q->q_dispatch = fn;
+    q->q_dispatch_arg = arg;
+}
+
+const queue_stats_t *queue_stats(const queue_t *q)
+{
+    return &q->q_stats;
+}
+
+bool queue_over_high_water(const queue_t *q)
+{
+    return atomic_load_explicit(&q->q_stats.qs_fill_pct, memory_order_relaxed) >=
+           q->q_cfg->c_spool_high_water;
+}
+
+uint64_t queue_pending(const queue_t *q)
+{
+    return atomic_load_explicit(&q->q_stats.qs_pending, memory_order_relaxed);
+}
+
+/* ------------------------------------------------------------ spool writes */
+
+void q_stats_refresh(queue_t *q)
+{
+    MDB_envinfo info;
+    mdb_env_info(q->q_env, &info);
+    uint64_t used = ((uint64_t)info.me_last_pgno + 1) * q->q_psize;
+    uint64_t max = q->q_cfg->c_spool_max_size;
+    atomic_store_explicit(&q->q_stats.qs_used, used, memory_order_relaxed);
+    atomic_store_explicit(&q->q_stats.qs_map_size, q->q_map_size, memory_order_relaxed);
+    atomic_store_explicit(&q->q_stats.qs_fill_pct, max ? (int)(used * 100 / max) : 0,
+                          memory_order_relaxed);
+}
+
+int q_map_grow(queue_t *q)
+{
+    uint64_t max = q->q_cfg->c_spool_max_size;
+    if (q->q_map_size >= max)
+        return SL_EFULL;
+    uint64_t want = MIN(q->q_map_size * 2, max);
+    int rc = mdb_env_set_mapsize(q->q_env, want);
+    if (rc != 0) {
+        log_error("spool %s: grow map to %llu: %s", q->q_path, (unsigned long long)want,
+                  mdb_strerror(rc));
+        return SL_EFULL;
+    }
+    MDB_envinfo info;
+    mdb_env_info(q->q_env, &info);
+    q->q_map_size = info.me_mapsize;
+    log_info("spool %s: map grown to %llu MB", q->q_path,
+             (unsigned long long)(q->q_map_size >> 20));
+    q_stats_refresh(q);
+    return 0;
+}
+
+int q_insert_msg(queue_t *q, MDB_txn *txn, const queue_msg_in_t *m)
+{
+    buf_t *b = &q->q_scratch;
+    uint8_t key[Q_DUE_KEY_LEN];
+    int rc;
+
+    buf_reset(b);
+    q_msg_rec_t mr = {
+        .mr_flags = m->qm_flags,
+        .mr_arrival = m->qm_arrival,
+        .mr_nrcpt = (uint32_t)m->qm_nrcpt,
+        .mr_pending = (uint32_t)m->qm_nrcpt,
+        .mr_sender = m->qm_sender,
+        .mr_sender_len = (uint16_t)(m->qm_sender ? strlen(m->qm_sender) : 0),
+        .mr_job = m->qm_job,
+        .mr_job_len = (uint16_t)(m->qm_job ? strlen(m->qm_job) : 0),
+        .mr_envid = m->qm_envid,
+        .mr_envid_len = (uint16_t)(m->qm_envid ? strlen(m->qm_envid) : 0),
+        .mr_auth = m->qm_auth_user,
+        .mr_auth_len = (uint16_t)(m->qm_auth_user ? strlen(m->qm_auth_user) : 0),
+        .mr_ip = m->qm_client_ip,
+        .mr_ip_len = (uint16_t)strnlen(m->qm_client_ip, sizeof(m->qm_client_ip)),
+        .mr_body = NULL, /* copied below, straight into the reserved value */
+        .mr_body_len = (uint32_t)m->qm_body.b_len,
+    };
+    q_msg_encode(b, &mr);
+    q_msg_key(key, m->qm_id);
+    MDB_val k = {Q_MSG_KEY_LEN, key};
+    MDB_val v = {b->b_len + m->qm_body.b_len, NULL};
+    if ((rc = mdb_put(txn, q->q_dbi_msg, &k, &v, MDB_RESERVE)) != 0)
+        return rc;
+    memcpy(v.mv_data, b->b_data, b->b_len);
+    if (m->qm_body.b_len)
+        memcpy((char *)v.mv_data + b->b_len, m->qm_body.b_data, m->qm_body.b_len);
+
+    for (int i = 0; i < m->qm_nrcpt; i++) {
+        const queue_rcpt_in_t *r = &m->qm_rcpts[i];
+        q_rcpt_rec_t rr = {
+            .rr_notify = r->qr_notify,
+            .rr_next = m->qm_arrival,
+            .rr_addr = r->qr_addr,
+            .rr_addr_len = (uint16_t)strlen(r->qr_addr),
+            .rr_orcpt = r->qr_orcpt,
+            .rr_orcpt_len = (uint16_t)(r->qr_orcpt ? strlen(r->qr_orcpt) : 0),
+        };
+        buf_reset(b);
+        q_rcpt_encode(b, &rr);
+        q_rcpt_key(key, m->qm_id, (uint32_t)i);
+        k.mv_size = Q_RCPT_KEY_LEN;
+        v.mv_size = b->b_len;
+        v.mv_data = b->b_data;
+        if ((rc = mdb_put(txn, q->q_dbi_rcpt, &k, &v, 0)) != 0)
+            return rc;
+        q_due_key(key, m->qm_arrival, m->qm_id, (uint32_t)i);
+        k.mv_size = Q_DUE_KEY_LEN;
+        v.mv_size = 0;
+        v.mv_data = "";
+        if ((rc = mdb_put(txn, q->q_dbi_due, &k, &v, 0)) != 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* Write n submissions starting at first in one transaction; grow the map
+ * and retry on MDB_MAP_FULL; then answer every one of them. */
+static void queue_commit_batch(queue_t *q, chan_node_t *first, size_t n)
+{
+    int status = 0, rc = 0;
+    uint64_t nrcpt = 0;
+    Q_ASSERT_QUEUE_THREAD(q);
+    for (;;) {
+        MDB_txn *txn = NULL;
+        rc = mdb_txn_begin(q->q_env, NULL, 0, &txn);
+        chan_node_t *node = first;
+        nrcpt = 0;
+        for (size_t i = 0; rc == 0 && i < n; i++, node = node->cn_next) {
+            queue_msg_in_t *m = (queue_msg_in_t *)node;
+            rc = q_insert_msg(q, txn, m);
+            nrcpt += (uint64_t)m->qm_nrcpt;
+        }
+        if (rc == 0)
+            rc = mdb_txn_commit(txn);
+        else if (txn)
+            mdb_txn_abort(txn);
+        if (rc == 0)
+            break;
+        if (rc == MDB_MAP_FULL && q_map_grow(q) == 0)
+            continue;
+        status = rc == MDB_MAP_FULL ? SL_EFULL : SL_ESPOOL;
+        atomic_fetch_add_explicit(&q->q_stats.qs_errors, 1, memory_order_relaxed);
+        log_error("spool %s: commit of %zu messages failed: %s", q->q_path, n, mdb_strerror(rc));
+        break;
+    }
+    uint64_t now_us = clock_now_us();
+    if (status == 0) {
+        atomic_fetch_add_explicit(&q->q_stats.qs_commits, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&q->q_stats.qs_received, n, memory_order_relaxed);
+        atomic_fetch_add_explicit(&q->q_stats.qs_msgs, n, memory_order_relaxed);
+        atomic_fetch_add_explicit(&q->q_stats.qs_rcpts, nrcpt, memory_order_relaxed);
+        q_stats_refresh(q);
+    }
+    chan_node_t *node = first;
+    for (size_t i = 0; i < n; i++) {
+        chan_node_t *next = node->cn_next; /* the push below reuses the link */
+        queue_msg_in_t *m = (queue_msg_in_t *)node;
+        if (status == 0)
+            queue_acct_received(q, m, now_us);
+        m->qm_status = status;
+        atomic_fetch_sub_explicit(&q->q_stats.qs_pending, 1, memory_order_relaxed);
+        chan_push(m->qm_reply, &m->qm_node);
+        node = next;
+    }
+    if (status == 0)
+        q_acct_flush(q->q_acct);
+}
+
+static void queue_acct_received(queue_t *q, const queue_msg_in_t *m, uint64_t now_us)
+{
+    buf_t *b = q_acct_buf(q->q_acct);
+    char id[17];
+    buf_append_str(b, "{\"type\":\"received\",\"time\":");
+    q_json_time(b, now_us);
+    buf_append_str(b, ",\"msgid\":\"");
+    buf_append(b, queue_msgid_fmt(m->qm_id, id), 16);
+    buf_append_str(b, "\",\"job\":");
+    q_json_strz(b, m->qm_job);
+    buf_append_str(b, ",\"sender\":");
+    q_json_strz(b, m->qm_sender ? m->qm_sender : "");
+    buf_printf(b, ",\"recipients\":%d,\"rcpts\":[", m->qm_nrcpt);
+    for (int i = 0; i < m->qm_nrcpt; i++) {
+        if (i)
+            buf_append(b, ",", 1);
+        q_json_strz(b, m->qm_rcpts[i].qr_addr);
+    }
+    buf_printf(b, "],\"size\":%zu,\"client_ip\":", m->qm_body.b_len);
+    q_json_strz(b, m->qm_client_ip);
+    buf_append_str(b, ",\"auth_user\":");
+    q_json_strz(b, m->qm_auth_user);
+    buf_append_str(b, ",\"envid\":");
+    q_json_strz(b, m->qm_envid);
+    buf_append_str(b, "}\n");
+}
+
+/* ------------------------------------------------------------ queue thread */
+
+static void queue_sub_cb(chan_t *ch, chan_node_t *first, void *arg)
+{
+    queue_t *q = arg;
+    UNUSED(ch);
+    size_t batch = q->q_cfg->c_spool_batch > 0 ? (size_t)q->q_cfg->c_spool_batch : 1024;
+    bool any = false;
+    while (first != NULL) {
+        chan_node_t *end = first;
+        size_t n = 0;
+        while (end != NULL && n < batch) {
+            end = end->cn_next;
+            n++;
+        }
+        queue_commit_batch(q, first, n);
+        first = end;
+        any = true;
+    }
+    if (any)
+        q_sched_kick(q);
+}
+
+static void queue_out_cb(chan_t *ch, chan_node_t *first, void *arg)
+{
+    UNUSED(ch);
+    q_outcomes_process(arg, first);
+}
+
+static void queue_timer_cb(uv_timer_t *t)
+{
+    queue_t *q = t->data;
+    if (q->q_dispatch && !atomic_load(&q->q_stopping))
+        q_sched_scan(q);
+}
+
+static void queue_req_cb(chan_t *ch, chan_node_t *first, void *arg)
+{
+    UNUSED(ch);
+    while (first) {
+        chan_node_t *next = first->cn_next;
+        queue_req_t *r = (queue_req_t *)first;
+        queue_req_do(arg, r);
+        chan_push(r->qq_reply, &r->qq_node);
+        first = next;
+    }
+}
+
+static json_object *json_strn(const char *s, size_t n)
+{
+    return json_object_new_string_len(s ? s : "", (int)(s ? n : 0));
+}
+
+/* A message as JSON: id, arrival, sender, size, job, recipients (and with
+ * detail: flags, envid, auth_user, client_ip, pending, last responses). */
+static json_object *queue_msg_json(queue_t *q, MDB_txn *txn, uint64_t id, const MDB_val *v,
+                                   bool detail)
+{
+    q_msg_rec_t mr;
+    char idbuf[17];
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "id", json_object_new_string(queue_msgid_fmt(id, idbuf)));
+    if (q_msg_decode(v->mv_data, v->mv_size, &mr) != 0) {
+        json_object_object_add(o, "error", json_object_new_string("record does not decode"));
+        return o;
+    }
+    json_object_object_add(o, "arrival", json_object_new_int64((int64_t)mr.mr_arrival));
+    json_object_object_add(o, "sender", json_strn(mr.mr_sender, mr.mr_sender_len));
+    json_object_object_add(o, "size", json_object_new_int64(mr.mr_body_len));
+    json_object_object_add(o, "job", mr.mr_job ? json_strn(mr.mr_job, mr.mr_job_len) : NULL);
+    if (detail) {
+        json_object_object_add(o, "flags", json_object_new_int(mr.mr_flags));
+        json_object_object_add(o, "envid",
+                               mr.mr_envid ? json_strn(mr.mr_envid, mr.mr_envid_len) : NULL);
+        json_object_object_add(o, "auth_user",
+                               mr.mr_auth ? json_strn(mr.mr_auth, mr.mr_auth_len) : NULL);
+        json_object_object_add(o, "client_ip", json_strn(mr.mr_ip, mr.mr_ip_len));
+        json_object_object_add(o, "pending", json_object_new_int64(mr.mr_pending));
+        json_object_object_add(o, "nrcpt", json_object_new_int64(mr.mr_nrcpt));
+    }
+    json_object *arr = json_object_new_array();
+    MDB_cursor *c;
+    if (mdb_cursor_open(txn, q->q_dbi_rcpt, &c) == 0) {
+        uint8_t key[Q_RCPT_KEY_LEN];
+        q_rcpt_key(key, id, 0);
+        MDB_val k = {Q_RCPT_KEY_LEN, key}, rv;
+        for (int rc = mdb_cursor_get(c, &k, &rv, MDB_SET_RANGE);
+             rc == 0 && k.mv_size == Q_RCPT_KEY_LEN && q_rd64(k.mv_data) == id;
+             rc = mdb_cursor_get(c, &k, &rv, MDB_NEXT)) {
+            q_rcpt_rec_t rr;
+            if (q_rcpt_decode(rv.mv_data, rv.mv_size, &rr) != 0)
+                continue;
+            json_object *r = json_object_new_object();
+            json_object_object_add(r, "addr", json_strn(rr.rr_addr, rr.rr_addr_len));
+            json_object_object_add(r, "attempts", json_object_new_int64(rr.rr_attempts));
+            json_object_object_add(r, "next_attempt", json_object_new_int64((int64_t)rr.rr_next));
+            if (detail) {
+                json_object_object_add(r, "idx",
+                                       json_object_new_int64(q_rd32((uint8_t *)k.mv_data + 8)));
+                json_object_object_add(
+                    r, "orcpt", rr.rr_orcpt ? json_strn(rr.rr_orcpt, rr.rr_orcpt_len) : NULL);
+                json_object_object_add(r, "notify", json_object_new_int(rr.rr_notify));
+                if (rr.rr_code) {
+                    json_object_object_add(r, "last_code", json_object_new_int(rr.rr_code));
+                    json_object_object_add(r, "last_status",
+                                           json_strn(rr.rr_status, rr.rr_status_len));
+                    json_object_object_add(r, "last_text", json_strn(rr.rr_text, rr.rr_text_len));
+                }
+            }
+            json_object_array_add(arr, r);
+        }
+        mdb_cursor_close(c);
+    }
+    json_object_object_add(o, "recipients", arr);
+    return o;
+}
+
+static void queue_req_do(queue_t *q, queue_req_t *r)
+{
+    MDB_txn *txn = NULL;
+    char idbuf[17];
+    Q_ASSERT_QUEUE_THREAD(q);
+    r->qq_result = NULL;
+    r->qq_error[0] = '\0';
+    int rc = mdb_txn_begin(q->q_env, NULL, MDB_RDONLY, &txn);
+    if (rc != 0) {
+        snprintf(r->qq_error, sizeof(r->qq_error), "spool: %s", mdb_strerror(rc));
+        return;
+    }
+    switch (r->qq_type) {
+    case QREQ_LIST: {
+        size_t limit = r->qq_limit ? r->qq_limit : 1000;
+        json_object *res = json_object_new_object();
+        json_object *arr = json_object_new_array();
+        MDB_stat st;
+        mdb_stat(txn, q->q_dbi_msg, &st);
+        MDB_cursor *c;
+        if (mdb_cursor_open(txn, q->q_dbi_msg, &c) == 0) {
+            MDB_val k, v;
+            size_t n = 0;
+            for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0 && n < limit;
+                 rc = mdb_cursor_get(c, &k, &v, MDB_NEXT), n++)
+                json_object_array_add(arr, queue_msg_json(q, txn, q_rd64(k.mv_data), &v, false));
+            mdb_cursor_close(c);
+        }
+        json_object_object_add(res, "messages", arr);
+        json_object_object_add(res, "total", json_object_new_int64((int64_t)st.ms_entries));
+        r->qq_result = res;
+        break;
+    }
+    case QREQ_INSPECT: {
+        uint8_t key[Q_MSG_KEY_LEN];
+        q_msg_key(key, r->qq_msgid);
+        MDB_val k = {Q_MSG_KEY_LEN, key}, v;
+        if (mdb_get(txn, q->q_dbi_msg, &k, &v) != 0)
+            snprintf(r->qq_error, sizeof(r->qq_error), "message %s: not found",
+                     queue_msgid_fmt(r->qq_msgid, idbuf));
+        else
+            r->qq_result = queue_msg_json(q, txn, r->qq_msgid, &v, true);
+        break;
+    }
+    case QREQ_CHECK: {
+        bool ok;
+        r->qq_result = q_check_txn(q, txn, &ok);
+        break;
+    }
+    default:
+        snprintf(r->qq_error, sizeof(r->qq_error), "unknown request %d", (int)r->qq_type);
+    }
+    mdb_txn_abort(txn);
+}
+
+int queue_check_offline(const char *spool_path, size_t *nmsgs, size_t *nrcpts)
+{
+    queue_t q;
+    MDB_txn *txn = NULL;
+    int rc, ret = SL_ESPOOL;
+    memset(&q, 0, sizeof(q));
+    if ((rc = mdb_env_create(&q.q_env)) != 0)
+        goto fail;
+    mdb_env_set_maxdbs(q.q_env, 8);
+    rc = mdb_env_open(q.q_env, spool_path, MDB_RDONLY | MDB_NOTLS | MDB_NORDAHEAD, 0600);
+    if (rc != 0)
+        goto fail;
+    if ((rc = mdb_txn_begin(q.q_env, NULL, MDB_RDONLY, &txn)) != 0 ||
+        (rc = mdb_dbi_open(txn, "msg", 0, &q.q_dbi_msg)) != 0 ||
+        (rc = mdb_dbi_open(txn, "rcpt", 0, &q.q_dbi_rcpt)) != 0 ||
+        (rc = mdb_dbi_open(txn, "due", 0, &q.q_dbi_due)) != 0)
+        goto fail;
+    bool ok;
+    json_object *res = q_check_txn(&q, txn, &ok);
+    json_object *probs = json_object_object_get(res, "problems");
+    for (size_t i = 0; i < json_object_array_length(probs); i++)
+        fprintf(stderr, "spool %s: %s\n", spool_path,
+                json_object_get_string(json_object_array_get_idx(probs, i)));
+    if (nmsgs)
+        *nmsgs = (size_t)json_object_get_int64(json_object_object_get(res, "msgs"));
+    if (nrcpts)
+        *nrcpts = (size_t)json_object_get_int64(json_object_object_get(res, "rcpts"));
+    json_object_put(res);
+    ret = ok ? 0 : SL_ESPOOL;
+    mdb_txn_abort(txn);
+    mdb_env_close(q.q_env);
+    return ret;
+fail:
+    fprintf(stderr, "spool %s: %s\n", spool_path, rc > 0 ? strerror(rc) : mdb_strerror(rc));
+    if (txn)
+        mdb_txn_abort(txn);
+    if (q.q_env)
+        mdb_env_close(q.q_env);
+    return ret;
+}

@@ -1,0 +1,315 @@
+/*
+ * queue/spool.c - spool record encodings and the integrity check.
+ *
+ *   q_msg_encode / q_msg_decode     the `msg` record (docs/spool.md)
+ *   q_rcpt_encode / q_rcpt_decode   the `rcpt` record
+ *   q_check_txn                     QREQ_CHECK and queue_check_offline
+ *
+ * Keys are big-endian so that LMDB cursors walk them in numeric order.
+ * Thread: pure functions, any thread; q_check_txn on the txn's thread.
+ */
+#include "queue/queue_int.h"
+
+#include <json-c/json.h>
+#include <string.h>
+
+static void put16(buf_t *b, const char *s, size_t len);
+static bool get16(const uint8_t **p, const uint8_t *end, const char **s, uint16_t *len);
+
+void q_be64(uint8_t *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--) {
+        p[i] = (uint8_t)v;
+        v >>= 8;
+    }
+}
+
+void q_be32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+uint64_t q_rd64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+uint32_t q_rd32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+void q_msg_key(uint8_t *k, uint64_t id)
+{
+    q_be64(k, id);
+}
+
+void q_rcpt_key(uint8_t *k, uint64_t id, uint32_t idx)
+{
+    q_be64(k, id);
+    q_be32(k + 8, idx);
+}
+
+void q_due_key(uint8_t *k, uint64_t next, uint64_t id, uint32_t idx)
+{
+    q_be64(k, next);
+    q_be64(k + 8, id);
+    q_be32(k + 16, idx);
+}
+
+static void put16(buf_t *b, const char *s, size_t len)
+{
+    if (s == NULL)
+        len = 0;
+    if (len > 0xffff)
+        len = 0xffff;
+    uint8_t h[2] = {(uint8_t)(len >> 8), (uint8_t)len};
+    buf_append(b, h, 2);
+    buf_append(b, s, len);
+}
+
+static bool get16(const uint8_t **p, const uint8_t *end, const char **s, uint16_t *len)
+{
+    if (end - *p < 2)
+        return false;
+    uint16_t n = (uint16_t)((*p)[0] << 8 | (*p)[1]);
+    *p += 2;
+    if (end - *p < n)
+        return false;
+    *s = n ? (const char *)*p : NULL;
+    *len = n;
+    *p += n;
+    return true;
+}
+
+void q_msg_encode(buf_t *b, const q_msg_rec_t *r)
+{
+    uint8_t h[18];
+    h[0] = Q_REC_VERSION;
+    h[1] = r->mr_flags;
+    q_be64(h + 2, r->mr_arrival);
+    q_be32(h + 10, r->mr_nrcpt);
+    q_be32(h + Q_MSG_PENDING_OFF, r->mr_pending);
+    buf_reserve(b, sizeof(h) + 14 + r->mr_sender_len + r->mr_job_len + r->mr_envid_len +
+                       r->mr_auth_len + r->mr_ip_len + (r->mr_body ? r->mr_body_len : 0));
+    buf_append(b, h, sizeof(h));
+    put16(b, r->mr_sender, r->mr_sender_len);
+    put16(b, r->mr_job, r->mr_job_len);
+    put16(b, r->mr_envid, r->mr_envid_len);
+    put16(b, r->mr_auth, r->mr_auth_len);
+    put16(b, r->mr_ip, r->mr_ip_len);
+    uint8_t bl[4];
+    q_be32(bl, r->mr_body_len);
+    buf_append(b, bl, 4);
+    if (r->mr_body != NULL) /* NULL: the caller copies the body itself */
+        buf_append(b, r->mr_body, r->mr_body_len);
+}
+
+int q_msg_decode(const void *data, size_t len, q_msg_rec_t *r)
+{
+    const uint8_t *p = data, *end = p + len;
+    if (len < 18 || p[0] != Q_REC_VERSION)
+        return SL_EPARSE;
+    r->mr_flags = p[1];
+    r->mr_arrival = q_rd64(p + 2);
+    r->mr_nrcpt = q_rd32(p + 10);
+    r->mr_pending = q_rd32(p + Q_MSG_PENDING_OFF);
+    p += 18;
+    if (!get16(&p, end, &r->mr_sender, &r->mr_sender_len) ||
+        !get16(&p, end, &r->mr_job, &r->mr_job_len) ||
+        !get16(&p, end, &r->mr_envid, &r->mr_envid_len) ||
+        !get16(&p, end, &r->mr_auth, &r->mr_auth_len) ||
+        !get16(&p, end, &r->mr_ip, &r->mr_ip_len) || end - p < 4)
+        return SL_EPARSE;
+    r->mr_body_len = q_rd32(p);
+    p += 4;
+    if ((size_t)(end - p) != r->mr_body_len)
+        return SL_EPARSE;
+    r->mr_body = (const char *)p;
+    return 0;
+}
+
+void q_rcpt_encode(buf_t *b, const q_rcpt_rec_t *r)
+{
+    uint8_t h[17];
+    h[0] = Q_REC_VERSION;
+    h[1] = r->rr_notify;
+    q_be32(h + 2, r->rr_attempts);
+    q_be64(h + 6, r->rr_next);
+    h[14] = (uint8_t)(r->rr_code >> 8);
+    h[15] = (uint8_t)r->rr_code;
+    size_t sl = r->rr_status ? MIN(r->rr_status_len, 15) : 0;
+    h[16] = (uint8_t)sl;
+    buf_append(b, h, sizeof(h));
+    buf_append(b, r->rr_status, sl);
+    put16(b, r->rr_text, MIN(r->rr_text_len, Q_TEXT_MAX));
+    put16(b, r->rr_addr, r->rr_addr_len);
+    put16(b, r->rr_orcpt, r->rr_orcpt_len);
+}
+
+int q_rcpt_decode(const void *data, size_t len, q_rcpt_rec_t *r)
+{
+    const uint8_t *p = data, *end = p + len;
+    if (len < 17 || p[0] != Q_REC_VERSION)
+        return SL_EPARSE;
+    r->rr_notify = p[1];
+    r->rr_attempts = q_rd32(p + 2);
+    r->rr_next = q_rd64(p + 6);
+    r->rr_code = (uint16_t)(p[14] << 8 | p[15]);
+    r->rr_status_len = p[16];
+    p += 17;
+    if (end - p < r->rr_status_len)
+        return SL_EPARSE;
+    r->rr_status = (const char *)p;
+    p += r->rr_status_len;
+    if (!get16(&p, end, &r->rr_text, &r->rr_text_len) ||
+        !get16(&p, end, &r->rr_addr, &r->rr_addr_len) ||
+        !get16(&p, end, &r->rr_orcpt, &r->rr_orcpt_len) || p != end || r->rr_addr_len == 0)
+        return SL_EPARSE;
+    return 0;
+}
+
+/* ------------------------------------------------------------ check */
+
+#define CHECK_MAX_PROBLEMS 100
+
+static void problem(json_object *arr, const char *fmt, ...) PRINTF_LIKE(2, 3);
+
+static void problem(json_object *arr, const char *fmt, ...)
+{
+    if (json_object_array_length(arr) >= CHECK_MAX_PROBLEMS)
+        return;
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    json_object_array_add(arr, json_object_new_string(line));
+}
+
+/*
+ * Walk msg and rcpt side by side (both sorted by msgid): every msg's pending
+ * count equals its rcpt entries, no rcpt without its msg, every rcpt has its
+ * due entry, and the number of due entries equals the number of rcpts (so
+ * the mapping is one to one). Returns {"ok","msgs","rcpts","due","problems"}.
+ */
+json_object *q_check_txn(queue_t *q, MDB_txn *txn, bool *okp)
+{
+    json_object *res = json_object_new_object();
+    json_object *probs = json_object_new_array();
+    size_t nmsg = 0, nrcpt = 0, ndue = 0, nprob = 0;
+    MDB_cursor *mc = NULL, *rc = NULL, *dc = NULL;
+    MDB_val k, v, rk, rv;
+    char idbuf[17];
+
+    if (mdb_cursor_open(txn, q->q_dbi_msg, &mc) || mdb_cursor_open(txn, q->q_dbi_rcpt, &rc) ||
+        mdb_cursor_open(txn, q->q_dbi_due, &dc)) {
+        problem(probs, "cannot open cursors");
+        nprob++;
+        goto done;
+    }
+    int rrc = mdb_cursor_get(rc, &rk, &rv, MDB_FIRST);
+    for (int mrc = mdb_cursor_get(mc, &k, &v, MDB_FIRST); mrc == 0;
+         mrc = mdb_cursor_get(mc, &k, &v, MDB_NEXT)) {
+        nmsg++;
+        if (k.mv_size != Q_MSG_KEY_LEN) {
+            problem(probs, "msg key of %zu bytes", k.mv_size);
+            nprob++;
+            continue;
+        }
+        uint64_t id = q_rd64(k.mv_data);
+        queue_msgid_fmt(id, idbuf);
+        q_msg_rec_t mr;
+        bool mok = q_msg_decode(v.mv_data, v.mv_size, &mr) == 0;
+        if (!mok) {
+            problem(probs, "%s: msg record does not decode", idbuf);
+            nprob++;
+        }
+        /* rcpts before this msg are orphans */
+        while (rrc == 0 && rk.mv_size == Q_RCPT_KEY_LEN && q_rd64(rk.mv_data) < id) {
+            problem(probs, "%016llX.%u: recipient without message",
+                    (unsigned long long)q_rd64(rk.mv_data), q_rd32((uint8_t *)rk.mv_data + 8));
+            nprob++;
+            nrcpt++;
+            rrc = mdb_cursor_get(rc, &rk, &rv, MDB_NEXT);
+        }
+        uint32_t have = 0;
+        while (rrc == 0 && rk.mv_size == Q_RCPT_KEY_LEN && q_rd64(rk.mv_data) == id) {
+            have++;
+            nrcpt++;
+            uint32_t idx = q_rd32((uint8_t *)rk.mv_data + 8);
+            q_rcpt_rec_t rr;
+            if (q_rcpt_decode(rv.mv_data, rv.mv_size, &rr) != 0) {
+                problem(probs, "%s.%u: rcpt record does not decode", idbuf, idx);
+                nprob++;
+            } else {
+                uint8_t dk[Q_DUE_KEY_LEN];
+                q_due_key(dk, rr.rr_next, id, idx);
+                MDB_val dkv = {Q_DUE_KEY_LEN, dk}, dv;
+                if (mdb_get(txn, q->q_dbi_due, &dkv, &dv) != 0) {
+                    problem(probs, "%s.%u: recipient has no due entry", idbuf, idx);
+                    nprob++;
+                }
+            }
+            rrc = mdb_cursor_get(rc, &rk, &rv, MDB_NEXT);
+        }
+        if (mok && have != mr.mr_pending) {
+            problem(probs, "%s: pending count %u but %u recipient records", idbuf, mr.mr_pending,
+                    have);
+            nprob++;
+        }
+        if (have == 0) {
+            problem(probs, "%s: message without recipients", idbuf);
+            nprob++;
+        }
+    }
+    while (rrc == 0) {
+        nrcpt++;
+        problem(probs, "recipient without message (key of %zu bytes)", rk.mv_size);
+        nprob++;
+        rrc = mdb_cursor_get(rc, &rk, &rv, MDB_NEXT);
+    }
+    for (int drc = mdb_cursor_get(dc, &k, &v, MDB_FIRST); drc == 0;
+         drc = mdb_cursor_get(dc, &k, &v, MDB_NEXT)) {
+        ndue++;
+        if (k.mv_size != Q_DUE_KEY_LEN) {
+            problem(probs, "due key of %zu bytes", k.mv_size);
+            nprob++;
+            continue;
+        }
+        uint8_t rkey[Q_RCPT_KEY_LEN];
+        memcpy(rkey, (uint8_t *)k.mv_data + 8, Q_RCPT_KEY_LEN);
+        MDB_val rkv = {Q_RCPT_KEY_LEN, rkey}, rvv;
+        q_rcpt_rec_t rr;
+        if (mdb_get(txn, q->q_dbi_rcpt, &rkv, &rvv) != 0 ||
+            q_rcpt_decode(rvv.mv_data, rvv.mv_size, &rr) != 0 || rr.rr_next != q_rd64(k.mv_data)) {
+            problem(probs, "%016llX.%u: due entry without matching recipient",
+                    (unsigned long long)q_rd64(rkey), q_rd32(rkey + 8));
+            nprob++;
+        }
+    }
+    if (ndue != nrcpt) {
+        problem(probs, "%zu due entries for %zu recipients", ndue, nrcpt);
+        nprob++;
+    }
+done:
+    if (mc)
+        mdb_cursor_close(mc);
+    if (rc)
+        mdb_cursor_close(rc);
+    if (dc)
+        mdb_cursor_close(dc);
+    *okp = nprob == 0;
+    json_object_object_add(res, "ok", json_object_new_boolean(nprob == 0));
+    json_object_object_add(res, "msgs", json_object_new_int64((int64_t)nmsg));
+    json_object_object_add(res, "rcpts", json_object_new_int64((int64_t)nrcpt));
+    json_object_object_add(res, "due", json_object_new_int64((int64_t)ndue));
+    json_object_object_add(res, "problems", probs);
+    return res;
+}
