@@ -421,9 +421,24 @@ uint64_t queue_pending(const queue_t *q)
 
 void q_stats_refresh(queue_t *q)
 {
+    /* Live pages of every database, not the high-water page number: LMDB
+     * reuses freed pages but never lowers me_last_pgno, so a spool that
+     * filled once and drained would otherwise look full forever. */
     MDB_envinfo info;
     mdb_env_info(q->q_env, &info);
     uint64_t used = ((uint64_t)info.me_last_pgno + 1) * q->q_psize;
+    MDB_txn *txn;
+    if (mdb_txn_begin(q->q_env, NULL, MDB_RDONLY, &txn) == 0) {
+        MDB_dbi dbis[] = {q->q_dbi_msg, q->q_dbi_rcpt, q->q_dbi_due, q->q_dbi_meta};
+        uint64_t pages = 4; /* two meta pages, the main and free DB roots */
+        for (size_t i = 0; i < ARRAY_SIZE(dbis); i++) {
+            MDB_stat ms;
+            if (mdb_stat(txn, dbis[i], &ms) == 0)
+                pages += ms.ms_branch_pages + ms.ms_leaf_pages + ms.ms_overflow_pages;
+        }
+        mdb_txn_abort(txn);
+        used = MIN(used, pages * q->q_psize);
+    }
     uint64_t max = q->q_cfg->c_spool_max_size;
     atomic_store_explicit(&q->q_stats.qs_used, used, memory_order_relaxed);
     atomic_store_explicit(&q->q_stats.qs_map_size, q->q_map_size, memory_order_relaxed);
