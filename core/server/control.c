@@ -23,6 +23,9 @@
  * Thread: main thread only (everything runs on ce_loop).
  */
 #include "core/server/server_int.h"
+#ifdef SLUICE_HAVE_DELIVERY
+#include "delivery/delivery.h"
+#endif
 
 #include <assert.h>
 #include <errno.h>
@@ -741,6 +744,25 @@ static int cmd_status(ctl_conn_t *c, json_object *req, json_object *resp, char *
         add_u64(s, "bytes_received", u64_load(&ss->ss_bytes_received));
         json_object_object_add(resp, "smtp", s);
     }
+#ifdef SLUICE_HAVE_DELIVERY
+    if (env->ce_dlv != NULL) {
+        const dlv_stats_t *ds = dlv_stats(env->ce_dlv);
+        json_object *o = json_object_new_object();
+        add_u64(o, "connections_current", u64_load(&ds->ds_conn_open));
+        add_u64(o, "connections_total", u64_load(&ds->ds_conn_total));
+        add_u64(o, "connections_failed", u64_load(&ds->ds_conn_failed));
+        add_u64(o, "transactions", u64_load(&ds->ds_transactions));
+        add_u64(o, "delivered", u64_load(&ds->ds_delivered));
+        add_u64(o, "deferred", u64_load(&ds->ds_deferred));
+        add_u64(o, "bounced", u64_load(&ds->ds_bounced));
+        add_u64(o, "tls_sessions", u64_load(&ds->ds_tls_sessions));
+        add_u64(o, "tls_resumed", u64_load(&ds->ds_tls_resumed));
+        add_u64(o, "dns_lookups", u64_load(&ds->ds_dns_lookups));
+        add_u64(o, "dns_cache_hits", u64_load(&ds->ds_dns_cache_hits));
+        add_u64(o, "destinations_down", u64_load(&ds->ds_dests_down));
+        json_object_object_add(resp, "delivery", o);
+    }
+#endif
     return CTL_REPLY;
 }
 

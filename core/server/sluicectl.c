@@ -339,6 +339,20 @@ static void print_status(json_object *r)
         {"tls_sessions", "TLS sessions", K_NUM},
         {"bytes_received", "bytes received", K_BYTES},
     };
+    static const field_t dlv[] = {
+        {"connections_current", "connections now", K_NUM},
+        {"connections_total", "connections total", K_NUM},
+        {"connections_failed", "connections failed", K_NUM},
+        {"transactions", "transactions", K_NUM},
+        {"delivered", "recipients delivered", K_NUM},
+        {"deferred", "recipients deferred", K_NUM},
+        {"bounced", "recipients bounced", K_NUM},
+        {"tls_sessions", "TLS sessions", K_NUM},
+        {"tls_resumed", "TLS resumed", K_NUM},
+        {"dns_lookups", "DNS lookups", K_NUM},
+        {"dns_cache_hits", "DNS cache hits", K_NUM},
+        {"destinations_down", "destinations down", K_NUM},
+    };
     static const char *const daemon_skip[] = {"ok", NULL};
     static const char *const queue_skip[] = {"spool_fill_pct", NULL};
     table_t t = {0};
@@ -362,11 +376,14 @@ static void print_status(json_object *r)
     json_object *s = get(r, "smtp");
     if (s != NULL)
         table_section(&t, "SMTP reception", s, smtp, ARRAY_SIZE(smtp), NULL);
+    json_object *dl = get(r, "delivery");
+    if (dl != NULL)
+        table_section(&t, "Delivery", dl, dlv, ARRAY_SIZE(dlv), NULL);
     /* Sections a newer daemon adds. */
     json_object_object_foreach(r, key, val)
     {
         if (json_object_is_type(val, json_type_object) && strcmp(key, "queue") != 0 &&
-            strcmp(key, "smtp") != 0)
+            strcmp(key, "smtp") != 0 && strcmp(key, "delivery") != 0)
             table_section(&t, key, val, NULL, 0, NULL);
     }
     table_print(&t);

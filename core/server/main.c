@@ -1,0 +1,266 @@
+/*
+ * main.c - sluiced: start-up, signals and orderly shutdown.
+ *
+ * Start-up order: config -> log -> spool (queue_open) -> SMTP listeners
+ * bound (smtp_server_new) -> delivery threads created (dlv_new) -> control
+ * socket -> threads started (queue, delivery, reception) -> main loop.
+ * Every start-up failure (bad config, port taken, spool not writable,
+ * control socket in use) is one clear line on stderr and exit status 1
+ * (2 for a configuration error), before any thread runs.
+ *
+ * Shutdown (SIGTERM/SIGINT or `sluicectl shutdown`): reception stops
+ * accepting and lets sessions in DATA finish (bounded grace), delivery
+ * stops, the queue thread commits what it holds, then the process exits 0.
+ *
+ * Thread: everything here runs on the main thread.
+ */
+#include "core/server/server_int.h"
+#ifdef SLUICE_HAVE_DELIVERY
+#include "delivery/delivery.h"
+#endif
+
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define SHUTDOWN_GRACE_MS 10000
+
+typedef struct daemon_state {
+    uv_loop_t *d_loop;
+    cfg_t *d_cfg;
+    queue_t *d_queue;
+    smtp_server_t *d_smtp;
+#ifdef SLUICE_HAVE_DELIVERY
+    dlv_t *d_dlv;
+#endif
+    control_t *d_ctl;
+    uv_signal_t d_sigterm;
+    uv_signal_t d_sigint;
+    uv_idle_t d_stop_idle;
+    bool d_stopping;
+} daemon_state_t;
+
+static void usage(FILE *f);
+static void daemon_shutdown(void *arg);
+static void daemon_stop_now(uv_idle_t *h);
+static void signal_cb(uv_signal_t *h, int signum);
+static void close_walk_cb(uv_handle_t *h, void *arg);
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: sluiced [-c FILE] [--check-config] [--check-spool] "
+               "[--print-default-config] [--version]\n"
+               "  -c FILE                 configuration file (default: the embedded default)\n"
+               "  --check-config          validate the configuration and exit\n"
+               "  --check-spool           check the spool's integrity (daemon stopped) and exit\n"
+               "  --print-default-config  print the embedded default configuration\n");
+}
+
+/* Ask for shutdown from a callback: the real work runs from an idle
+ * handle, outside the control socket's own callback. */
+static void daemon_shutdown(void *arg)
+{
+    daemon_state_t *d = arg;
+    if (d->d_stopping)
+        return;
+    d->d_stopping = true;
+    uv_idle_start(&d->d_stop_idle, daemon_stop_now);
+}
+
+static void close_walk_cb(uv_handle_t *h, void *arg)
+{
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+static void daemon_stop_now(uv_idle_t *h)
+{
+    daemon_state_t *d = h->data;
+    uv_idle_stop(h);
+    log_info("shutting down: reception stops accepting");
+    uint64_t t0 = clock_mono_us();
+    smtp_server_stop(d->d_smtp, SHUTDOWN_GRACE_MS);
+#ifdef SLUICE_HAVE_DELIVERY
+    dlv_stop(d->d_dlv);
+#endif
+    queue_stop(d->d_queue);
+    control_stop(d->d_ctl);
+    d->d_ctl = NULL;
+    log_info("shutdown complete in %llu ms", (unsigned long long)(clock_mono_us() - t0) / 1000);
+    uv_walk(d->d_loop, close_walk_cb, NULL);
+}
+
+static void signal_cb(uv_signal_t *h, int signum)
+{
+    log_info("signal %d (%s) received", signum, strsignal(signum));
+    daemon_shutdown(h->data);
+}
+
+int main(int argc, char **argv)
+{
+    enum { OPT_CHECK = 256, OPT_CHECK_SPOOL, OPT_PRINT_DEFAULT, OPT_VERSION };
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"check-config", no_argument, NULL, OPT_CHECK},
+        {"check-spool", no_argument, NULL, OPT_CHECK_SPOOL},
+        {"print-default-config", no_argument, NULL, OPT_PRINT_DEFAULT},
+        {"version", no_argument, NULL, OPT_VERSION},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *conf = NULL;
+    bool check = false, check_spool = false;
+    int ch;
+    while ((ch = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'c':
+            conf = optarg;
+            break;
+        case OPT_CHECK:
+            check = true;
+            break;
+        case OPT_CHECK_SPOOL:
+            check_spool = true;
+            break;
+        case OPT_PRINT_DEFAULT:
+            fputs(cfg_default_text(), stdout);
+            return 0;
+        case 'V':
+        case OPT_VERSION:
+            printf("sluiced %s\n", SLUICE_VERSION);
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind != argc) {
+        usage(stderr);
+        return 2;
+    }
+
+    char err[1024] = "";
+    cfg_t *cfg = NULL;
+    int rc = conf ? cfg_load(conf, &cfg, err, sizeof(err)) : cfg_default(&cfg, err, sizeof(err));
+    if (rc != 0) {
+        fprintf(stderr, "sluiced: %s\n", err);
+        return 2;
+    }
+    if (check) {
+        printf("%s: configuration ok\n", cfg->c_file);
+        cfg_unref(cfg);
+        return 0;
+    }
+    if (check_spool) {
+        size_t nm = 0, nr = 0;
+        rc = queue_check_offline(cfg->c_spool_path, &nm, &nr);
+        printf("spool %s: %s, %zu messages, %zu recipients\n", cfg->c_spool_path,
+               rc == 0 ? "consistent" : "PROBLEMS FOUND", nm, nr);
+        cfg_unref(cfg);
+        return rc == 0 ? 0 : 1;
+    }
+
+    if (log_init(cfg->c_log_level, cfg->c_log_file) != 0) {
+        fprintf(stderr, "sluiced: log file %s: %s\n", cfg->c_log_file, strerror(errno));
+        return 1;
+    }
+    log_thread_name("main");
+    signal(SIGPIPE, SIG_IGN);
+    cfg_set_current(cfg_ref(cfg));
+
+    daemon_state_t d;
+    memset(&d, 0, sizeof(d));
+    d.d_loop = xmalloc(sizeof(*d.d_loop));
+    uv_loop_init(d.d_loop);
+    d.d_cfg = cfg;
+    rc = 1;
+
+    if (queue_open(cfg, &d.d_queue, err, sizeof(err)) != 0)
+        goto fail;
+    if (smtp_server_new(cfg, d.d_queue, &d.d_smtp, err, sizeof(err)) != 0)
+        goto fail;
+#ifdef SLUICE_HAVE_DELIVERY
+    if (dlv_new(cfg, d.d_queue, &d.d_dlv, err, sizeof(err)) != 0)
+        goto fail;
+#endif
+    control_env_t env = {
+        .ce_loop = d.d_loop,
+        .ce_queue = d.d_queue,
+        .ce_smtp = d.d_smtp,
+        .ce_start_us = clock_now_us(),
+        .ce_shutdown = daemon_shutdown,
+        .ce_arg = &d,
+#ifdef SLUICE_HAVE_DELIVERY
+        .ce_dlv = d.d_dlv,
+#endif
+    };
+    if (control_start(cfg, &env, &d.d_ctl, err, sizeof(err)) != 0)
+        goto fail;
+
+    uv_signal_init(d.d_loop, &d.d_sigterm);
+    uv_signal_init(d.d_loop, &d.d_sigint);
+    d.d_sigterm.data = d.d_sigint.data = &d;
+    uv_signal_start(&d.d_sigterm, signal_cb, SIGTERM);
+    uv_signal_start(&d.d_sigint, signal_cb, SIGINT);
+    uv_idle_init(d.d_loop, &d.d_stop_idle);
+    d.d_stop_idle.data = &d;
+
+    /* Threads start only once everything that can fail at start-up has
+     * been set up, so a failure above leaves nothing running. */
+    if (queue_start(d.d_queue) != 0) {
+        log_error("cannot start the queue thread");
+        abort();
+    }
+#ifdef SLUICE_HAVE_DELIVERY
+    if (dlv_start(d.d_dlv) != 0) {
+        log_error("cannot start the delivery threads");
+        abort();
+    }
+#endif
+    if (smtp_server_start(d.d_smtp) != 0) {
+        log_error("cannot start the reception threads");
+        abort();
+    }
+    const queue_stats_t *qs = queue_stats(d.d_queue);
+    log_info("sluiced %s ready: config=%s spool=%s messages=%llu recipients=%llu control=%s",
+             SLUICE_VERSION, cfg->c_file, cfg->c_spool_path,
+             (unsigned long long)atomic_load(&qs->qs_msgs),
+             (unsigned long long)atomic_load(&qs->qs_rcpts), cfg->c_ctl_socket);
+
+    uv_run(d.d_loop, UV_RUN_DEFAULT);
+
+    rc = 0;
+fail:
+    if (rc != 0)
+        fprintf(stderr, "sluiced: %s\n", err);
+    if (d.d_ctl != NULL) {
+        control_stop(d.d_ctl);
+        d.d_ctl = NULL;
+    }
+    if (uv_loop_alive(d.d_loop) || rc != 0) {
+        uv_walk(d.d_loop, close_walk_cb, NULL);
+        uv_run(d.d_loop, UV_RUN_DEFAULT);
+    }
+    int lrc = uv_loop_close(d.d_loop);
+    if (lrc != 0)
+        log_warn("main loop closed with handles open: %s", uv_strerror(lrc));
+    free(d.d_loop);
+    smtp_server_free(d.d_smtp);
+#ifdef SLUICE_HAVE_DELIVERY
+    dlv_free(d.d_dlv);
+#endif
+    queue_free(d.d_queue);
+    cfg_set_current(NULL);
+    cfg_unref(cfg);
+    if (rc == 0)
+        log_info("sluiced exits");
+    return rc;
+}

@@ -1,0 +1,152 @@
+/*
+ * delivery/delivery_int.h - private structures of the delivery module,
+ * shared by delivery.c (threads, destinations, routes, outcomes) and
+ * session.c (the SMTP client state machine). Never included from outside
+ * delivery/.
+ *
+ * Ownership: a thread owns its destinations; a destination owns its
+ * pending dispatches and its sessions; a session owns the dispatch it is
+ * working on until every recipient has an outcome. Everything here is
+ * touched only by the owning delivery thread.
+ */
+#ifndef SLUICE_DELIVERY_INT_H
+#define SLUICE_DELIVERY_INT_H
+
+#include "delivery/delivery.h"
+
+#define DLV_MAX_MX 10        /* MX hosts we look at */
+#define DLV_MAX_ADDRS 16     /* addresses kept per destination */
+#define DLV_MAX_TRIES 5      /* addresses one session tries before giving up */
+#define DLV_REPLY_MAX 65536  /* bound on one reply (RFC 5321 has none) */
+#define DLV_RBUF 16384       /* read buffer per session */
+#define DLV_START_CONNS 2    /* slow start: connections opened at first */
+#define DLV_TEMPFAIL_CACHE 5 /* seconds a DNS temporary failure is remembered */
+#define DLV_NOTLS_TIME 600   /* seconds to skip opportunistic TLS after it failed */
+
+typedef struct dlv_thread dlv_thread_t;
+typedef struct dlv_dest dlv_dest_t;
+typedef struct dlv_session dlv_session_t;
+
+struct dlv {
+    cfg_t *d_cfg;
+    queue_t *d_queue;
+    int d_nthreads;
+    dlv_thread_t *d_threads;
+    dlv_stats_t d_stats;
+    atomic_bool d_stopping;
+    atomic_int d_dispatching; /* dispatcher calls in progress (see dlv_stop) */
+    bool d_started;
+};
+
+struct dlv_thread {
+    dlv_t *t_d;
+    cfg_t *t_cfg;
+    int t_idx;
+    uv_loop_t t_loop;
+    uv_thread_t t_tid;
+    chan_t *t_inbox;
+    uv_async_t t_stop_async;
+    uv_timer_t t_sweep;
+    dns_resolver_t *t_dns;
+    void *t_tls_ctx;
+    char t_tls_err[256];  /* why t_tls_ctx is NULL */
+    dlv_dest_t **t_dests; /* hash table by domain */
+    size_t t_ndests;
+    size_t t_dest_cap;
+    bool t_stopping;
+    const char *t_helo;
+};
+
+typedef struct dlv_addr {
+    char *da_host; /* MX host name (or the route's host) */
+    sockaddr_any_t da_sa;
+} dlv_addr_t;
+
+typedef enum { DLV_RT_NONE = 0, DLV_RT_RESOLVING, DLV_RT_READY, DLV_RT_FAILED } dlv_rstate_t;
+
+struct dlv_dest {
+    dlv_dest_t *de_hnext;
+    dlv_thread_t *de_t;
+    char *de_domain;
+    int de_policy; /* CFG_TLS_* */
+    /* pending dispatches, FIFO linked through qd_node.cn_next */
+    queue_dispatch_t *de_head;
+    queue_dispatch_t *de_tail;
+    int de_npending;
+    /* route */
+    dlv_rstate_t de_rstate;
+    bool de_rfresh;      /* just resolved: the next use is not a cache hit */
+    uint64_t de_rexpire; /* monotonic us */
+    dlv_addr_t *de_addrs;
+    int de_naddr;
+    queue_result_t de_fail_result; /* DLV_RT_FAILED: what every recipient gets */
+    int de_fail_code;
+    char de_fail_status[16];
+    char *de_fail_text;
+    /* MX resolution in progress */
+    dns_mx_t *de_mx;
+    int de_nmx;
+    int de_mx_waiting;
+    uint32_t de_mx_ttl;
+    dlv_addr_t *de_mx_addrs[DLV_MAX_MX];
+    int de_mx_naddr[DLV_MAX_MX];
+    dns_status_t de_mx_st[DLV_MAX_MX];
+    int de_port;
+    /* pool */
+    dlv_session_t *de_sessions;
+    int de_nconn;
+    int de_limit; /* slow start: grows on success up to c_dlv_max_conn_per_dest */
+    int de_failures;
+    uint64_t de_dead_until;  /* monotonic us */
+    uint64_t de_notls_until; /* monotonic us */
+    uint64_t de_last_used;   /* monotonic us */
+    void *de_tls_session;
+    bool de_kicking;
+    bool de_rekick;
+};
+
+/* ----------------------------------------------------------- delivery.c */
+
+/* Hand out work / open connections / apply route failures. */
+void dlv_dest_kick(dlv_dest_t *de);
+/* Pop the next pending dispatch, or NULL. */
+queue_dispatch_t *dlv_dest_pop(dlv_dest_t *de);
+/* A session could not get through to any address (connect, greeting). */
+void dlv_dest_conn_failed(dlv_dest_t *de, int code, const char *status, const char *text);
+/* A session reached the ready state. */
+void dlv_dest_conn_ok(dlv_dest_t *de);
+/* Every pending dispatch of de gets this outcome (route failure, dead site,
+ * TLS policy). */
+void dlv_dest_fail_pending(dlv_dest_t *de, queue_result_t res, int code, const char *status,
+                           const char *text);
+
+/* Where an outcome happened: fills the outcome's connection fields. */
+typedef struct dlv_where {
+    const char *w_mx;
+    const char *w_mx_ip;
+    const char *w_src_ip;
+    const char *w_tls;
+    const char *w_cipher;
+} dlv_where_t;
+
+/* Submit one recipient's outcome and count it. */
+void dlv_outcome(dlv_thread_t *t, const queue_dispatch_t *qd, int i, queue_result_t res, int code,
+                 const char *status, const char *text, const dlv_where_t *w);
+
+/* ------------------------------------------------------------ session.c */
+
+/* Open a new connection for de (to de_addrs[0], then the next ones). */
+dlv_session_t *dlv_session_new(dlv_dest_t *de);
+/* True when the session is connected, idle and may take a dispatch. */
+bool dlv_session_idle(const dlv_session_t *s);
+/* Give an idle session a dispatch (ownership passes). */
+void dlv_session_take(dlv_session_t *s, queue_dispatch_t *qd);
+/* Shut down: QUIT when idle (short deadline), close otherwise; the
+ * dispatch in progress is dropped unreported. */
+void dlv_session_shutdown(dlv_session_t *s);
+/* The next session of the same destination. */
+dlv_session_t *dlv_session_next(const dlv_session_t *s);
+/* Sessions that have not reached the ready state yet. */
+bool dlv_session_connecting(const dlv_session_t *s);
+
+#endif /* SLUICE_DELIVERY_INT_H */

@@ -1,0 +1,1232 @@
+/*
+ * session.c - the SMTP client: one connection to one MX address, driven by
+ * a state machine (dlv_session_enter_state logs old -> new at debug).
+ *
+ *   CONNECT -> GREETING -> EHLO (5xx: HELO) -> [STARTTLS -> TLS -> EHLO]
+ *   -> READY -> MAIL -> RCPT... -> DATA -> DOT -> READY ... -> QUIT
+ *
+ * Connect failures, timeouts and a non-2xx greeting move to the next
+ * address of the destination (RFC 5321 5.1). STARTTLS follows the domain's
+ * policy (RFC 3207): opportunistic falls back to a new plaintext
+ * connection, required/verify defer with 4.7.4/4.7.5. With PIPELINING,
+ * MAIL, every RCPT and DATA go in one write (RFC 2920) and every RCPT
+ * reply is checked before the body goes out. A connection lost before the
+ * reply to the final dot defers every recipient of the transaction.
+ *
+ * Thread: a session belongs to its destination's delivery thread. It owns
+ * its dispatch until every recipient has an outcome; its memory is freed
+ * in the last close callback of its handles.
+ */
+#include "delivery/delivery_int.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+typedef enum {
+    S_CONNECT = 0,
+    S_GREETING,
+    S_EHLO,
+    S_HELO,
+    S_STARTTLS,
+    S_TLS,
+    S_READY,
+    S_MAIL,
+    S_RCPT,
+    S_DATA,
+    S_DOT,
+    S_RSET,
+    S_QUIT,
+    S_CLOSED,
+} dlv_sstate_t;
+
+static const char *const dlv_sstate_names[] = {
+    "CONNECT", "GREETING", "EHLO", "HELO", "STARTTLS", "TLS",  "READY",
+    "MAIL",    "RCPT",     "DATA", "DOT",  "RSET",     "QUIT", "CLOSED",
+};
+
+enum { RR_PENDING = 0, RR_ACCEPTED, RR_DONE };
+
+typedef struct dlv_rres {
+    int rr_state;
+    queue_result_t rr_res;
+    int rr_code;
+    char rr_status[16];
+    char *rr_text; /* owned */
+} dlv_rres_t;
+
+struct dlv_session {
+    dlv_session_t *s_next;
+    dlv_dest_t *s_dest;
+    dlv_thread_t *s_t;
+    uv_tcp_t s_tcp;
+    uv_timer_t s_timer;
+    uv_connect_t s_creq;
+    int s_handles;
+    bool s_tcp_open;
+    bool s_tcp_closing;
+    bool s_connected; /* TCP established (counted in ds_conn_open) */
+    bool s_closing;
+    bool s_ever_ready;
+    bool s_idle;
+    bool s_no_tls;
+    dlv_sstate_t s_state;
+    int s_addr;
+    int s_tries;
+    /* server extensions (EHLO) */
+    bool x_pipelining, x_8bitmime, x_smtputf8, x_starttls, x_dsn, x_size;
+    /* TLS */
+    tls_conn_t *s_tls;
+    bool s_tls_done;
+    char s_tls_ver[24];
+    char s_cipher[64];
+    /* input */
+    buf_t s_in;
+    size_t s_inpos;
+    bool s_in_reset;
+    smtp_reply_t s_reply;
+    char s_text[1024]; /* the current reply's text on one line */
+    char s_host[256];  /* copies: the route may be refreshed meanwhile */
+    sockaddr_any_t s_sa;
+    char s_mx_ip[48];
+    char s_src_ip[48];
+    int s_port;
+    /* transaction */
+    queue_dispatch_t *s_qd;
+    dlv_rres_t *s_res;
+    int s_first; /* first recipient of the transaction */
+    int s_n;     /* recipients in the transaction */
+    int s_ri;    /* next RCPT reply expected */
+    int s_nacc;
+    bool s_pipelined;
+    bool s_mail_failed;
+    bool s_discard;
+    bool s_need_rset;
+    buf_t s_body;
+    int s_msgs;
+    uint64_t s_born;
+    /* the last connection-level error, for dlv_dest_conn_failed */
+    int s_err_code;
+    char s_err_status[16];
+    char s_err_text[512];
+    char s_rbuf[DLV_RBUF];
+};
+
+typedef struct dlv_wreq {
+    uv_write_t w_req;
+    buf_t w_buf;
+    dlv_session_t *w_s;
+    bool w_body;
+} dlv_wreq_t;
+
+static void dlv_session_enter_state(dlv_session_t *s, dlv_sstate_t st);
+static void session_connect(dlv_session_t *s);
+static void session_connect_cb(uv_connect_t *req, int status);
+static void session_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf);
+static void session_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
+static void session_write_cb(uv_write_t *req, int status);
+static void session_timer_cb(uv_timer_t *t);
+static void session_timer(dlv_session_t *s, uint64_t seconds);
+static void session_send(dlv_session_t *s, const char *p, size_t n);
+static void session_send_body(dlv_session_t *s);
+static void session_process_input(dlv_session_t *s);
+static void session_on_reply(dlv_session_t *s);
+static void session_conn_error(dlv_session_t *s, int code, const char *status, const char *text);
+static void session_lost(dlv_session_t *s, const char *text);
+static void session_close(dlv_session_t *s);
+static void session_quit(dlv_session_t *s);
+static void session_ready(dlv_session_t *s);
+static void session_next_work(dlv_session_t *s);
+static void session_start_txn(dlv_session_t *s);
+static void session_end_txn(dlv_session_t *s, bool completed);
+static void session_finish_dispatch(dlv_session_t *s);
+static void session_tls_start(dlv_session_t *s);
+static void session_tls_step(dlv_session_t *s);
+static void session_tls_failed(dlv_session_t *s, const char *why);
+static void session_policy_fail(dlv_session_t *s, const char *status, const char *text);
+
+static const cfg_t *S_CFG(const dlv_session_t *s)
+{
+    return s->s_t->t_cfg;
+}
+
+static dlv_stats_t *S_STATS(const dlv_session_t *s)
+{
+    return &s->s_t->t_d->d_stats;
+}
+
+static const char *S_HOST(const dlv_session_t *s)
+{
+    return s->s_host;
+}
+
+static void dlv_session_enter_state(dlv_session_t *s, dlv_sstate_t st)
+{
+    log_debug("delivery: session %s[%s]:%d %s -> %s", S_HOST(s), s->s_mx_ip, s->s_port,
+              dlv_sstate_names[s->s_state], dlv_sstate_names[st]);
+    s->s_state = st;
+}
+
+dlv_session_t *dlv_session_next(const dlv_session_t *s)
+{
+    return s->s_next;
+}
+
+bool dlv_session_idle(const dlv_session_t *s)
+{
+    return s->s_idle && !s->s_closing && s->s_qd == NULL;
+}
+
+bool dlv_session_connecting(const dlv_session_t *s)
+{
+    return !s->s_closing && !s->s_ever_ready;
+}
+
+/* ------------------------------------------------------------ life cycle */
+
+dlv_session_t *dlv_session_new(dlv_dest_t *de)
+{
+    if (de->de_naddr == 0)
+        return NULL;
+    dlv_session_t *s = xcalloc(1, sizeof(*s));
+    s->s_dest = de;
+    s->s_t = de->de_t;
+    s->s_next = de->de_sessions;
+    de->de_sessions = s;
+    de->de_nconn++;
+    buf_init(&s->s_in, 0);
+    buf_init(&s->s_body, 0);
+    s->s_no_tls = de->de_policy == CFG_TLS_DISABLED ||
+                  (de->de_policy == CFG_TLS_OPPORTUNISTIC && de->de_notls_until > clock_mono_us());
+    uv_timer_init(&s->s_t->t_loop, &s->s_timer);
+    s->s_timer.data = s;
+    s->s_handles = 1;
+    session_connect(s);
+    return s;
+}
+
+static void session_reset_conn_state(dlv_session_t *s)
+{
+    s->x_pipelining = s->x_8bitmime = s->x_smtputf8 = s->x_starttls = s->x_dsn = s->x_size = false;
+    if (s->s_tls) {
+        tls_conn_free(s->s_tls);
+        s->s_tls = NULL;
+    }
+    s->s_tls_done = false;
+    s->s_tls_ver[0] = s->s_cipher[0] = '\0';
+    buf_reset(&s->s_in);
+    s->s_inpos = 0;
+    smtp_reply_reset(&s->s_reply);
+}
+
+static void session_connect(dlv_session_t *s)
+{
+    dlv_dest_t *de = s->s_dest;
+    if (s->s_addr >= de->de_naddr)
+        s->s_addr = 0;
+    snprintf(s->s_host, sizeof(s->s_host), "%s", de->de_addrs[s->s_addr].da_host);
+    s->s_sa = de->de_addrs[s->s_addr].da_sa;
+    const sockaddr_any_t *sa = &s->s_sa;
+    net_ntop((const struct sockaddr *)sa, s->s_mx_ip, sizeof(s->s_mx_ip));
+    s->s_port = ntohs(sa->ss_family == AF_INET6 ? ((const struct sockaddr_in6 *)sa)->sin6_port
+                                                : ((const struct sockaddr_in *)sa)->sin_port);
+    session_reset_conn_state(s);
+    s->s_state = S_CONNECT;
+    log_debug("delivery: connecting to %s[%s]:%d for %s", S_HOST(s), s->s_mx_ip, s->s_port,
+              de->de_domain);
+    uv_tcp_init(&s->s_t->t_loop, &s->s_tcp);
+    s->s_tcp.data = s;
+    s->s_tcp_open = true;
+    s->s_handles++;
+    uv_tcp_nodelay(&s->s_tcp, 1);
+    s->s_creq.data = s;
+    int rc = uv_tcp_connect(&s->s_creq, &s->s_tcp, (const struct sockaddr *)sa, session_connect_cb);
+    if (rc != 0) {
+        char text[256];
+        snprintf(text, sizeof(text), "connect to %s[%s]:%d: %s", S_HOST(s), s->s_mx_ip, s->s_port,
+                 uv_strerror(rc));
+        session_conn_error(s, 0, "4.4.1", text);
+        return;
+    }
+    session_timer(s, S_CFG(s)->c_to_connect);
+}
+
+static void session_connect_cb(uv_connect_t *req, int status)
+{
+    dlv_session_t *s = req->data;
+    if (s->s_closing || s->s_tcp_closing || status == UV_ECANCELED)
+        return;
+    if (status < 0) {
+        char text[256];
+        snprintf(text, sizeof(text), "connect to %s[%s]:%d: %s", S_HOST(s), s->s_mx_ip, s->s_port,
+                 uv_strerror(status));
+        session_conn_error(s, 0, "4.4.1", text);
+        return;
+    }
+    s->s_connected = true;
+    s->s_born = clock_mono_us();
+    atomic_fetch_add_explicit(&S_STATS(s)->ds_conn_open, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&S_STATS(s)->ds_conn_total, 1, memory_order_relaxed);
+    sockaddr_any_t local;
+    int len = sizeof(local);
+    if (uv_tcp_getsockname(&s->s_tcp, (struct sockaddr *)&local, &len) == 0)
+        net_ntop((struct sockaddr *)&local, s->s_src_ip, sizeof(s->s_src_ip));
+    uv_read_start((uv_stream_t *)&s->s_tcp, session_alloc_cb, session_read_cb);
+    dlv_session_enter_state(s, S_GREETING);
+    session_timer(s, S_CFG(s)->c_to_greeting);
+}
+
+static void session_handle_closed_cb(uv_handle_t *h)
+{
+    dlv_session_t *s = h->data;
+    if (h == (uv_handle_t *)&s->s_tcp) {
+        s->s_tcp_closing = false;
+        s->s_tcp_open = false;
+    }
+    if (--s->s_handles > 0) {
+        if (!s->s_closing && h == (uv_handle_t *)&s->s_tcp)
+            session_connect(s); /* reconnect: next address or plaintext */
+        return;
+    }
+    session_reset_conn_state(s);
+    buf_free(&s->s_in);
+    buf_free(&s->s_body);
+    smtp_reply_free(&s->s_reply);
+    free(s);
+}
+
+/* Close the TCP handle and connect again (to s_addr) in its close callback. */
+static void session_reconnect(dlv_session_t *s)
+{
+    uv_timer_stop(&s->s_timer);
+    if (s->s_connected) {
+        s->s_connected = false;
+        atomic_fetch_sub_explicit(&S_STATS(s)->ds_conn_open, 1, memory_order_relaxed);
+    }
+    s->s_tcp_closing = true;
+    uv_close((uv_handle_t *)&s->s_tcp, session_handle_closed_cb);
+}
+
+/* Unlink from the destination and close the handles. The caller has dealt
+ * with the dispatch (s_qd is NULL). */
+static void session_close(dlv_session_t *s)
+{
+    if (s->s_closing)
+        return;
+    dlv_dest_t *de = s->s_dest;
+    s->s_closing = true;
+    dlv_session_enter_state(s, S_CLOSED);
+    for (dlv_session_t **pp = &de->de_sessions; *pp; pp = &(*pp)->s_next) {
+        if (*pp == s) {
+            *pp = s->s_next;
+            break;
+        }
+    }
+    de->de_nconn--;
+    if (s->s_connected) {
+        s->s_connected = false;
+        atomic_fetch_sub_explicit(&S_STATS(s)->ds_conn_open, 1, memory_order_relaxed);
+    }
+    if (s->s_tls != NULL && s->s_tls_done) { /* keep the session for resumption */
+        void *sess = tls_conn_get_session(s->s_tls);
+        if (sess != NULL) {
+            if (de->de_tls_session)
+                tls_session_free(de->de_tls_session);
+            de->de_tls_session = sess;
+        }
+    }
+    uv_timer_stop(&s->s_timer);
+    uv_close((uv_handle_t *)&s->s_timer, session_handle_closed_cb);
+    if (s->s_tcp_open && !s->s_tcp_closing) {
+        s->s_tcp_closing = true;
+        uv_close((uv_handle_t *)&s->s_tcp, session_handle_closed_cb);
+    }
+}
+
+void dlv_session_shutdown(dlv_session_t *s)
+{
+    if (s->s_closing)
+        return;
+    if (s->s_qd != NULL) { /* in flight at stop: not reported (at-least-once) */
+        for (int i = 0; i < s->s_qd->qd_nrcpt; i++)
+            free(s->s_res[i].rr_text);
+        free(s->s_res);
+        s->s_res = NULL;
+        queue_dispatch_free(s->s_qd);
+        s->s_qd = NULL;
+        session_close(s);
+        return;
+    }
+    if (s->s_state == S_READY && s->s_connected && !s->s_tcp_closing) {
+        session_quit(s);
+        session_timer(s, 1); /* short deadline at shutdown */
+        return;
+    }
+    session_close(s);
+}
+
+static void session_quit(dlv_session_t *s)
+{
+    s->s_idle = false;
+    session_send(s, "QUIT\r\n", 6);
+    dlv_session_enter_state(s, S_QUIT);
+    session_timer(s, S_CFG(s)->c_to_quit);
+}
+
+/* ------------------------------------------------------------ I/O */
+
+static void session_timer(dlv_session_t *s, uint64_t seconds)
+{
+    uint64_t ms = seconds * 1000;
+    if (ms == 0)
+        ms = 1;
+    uv_timer_start(&s->s_timer, session_timer_cb, ms, 0);
+}
+
+static void session_timer_cb(uv_timer_t *t)
+{
+    dlv_session_t *s = t->data;
+    if (s->s_closing)
+        return;
+    if (s->s_state == S_READY && s->s_idle) { /* idle long enough */
+        session_quit(s);
+        return;
+    }
+    if (s->s_state == S_QUIT) {
+        session_close(s);
+        return;
+    }
+    char text[128];
+    snprintf(text, sizeof(text), "timeout in state %s", dlv_sstate_names[s->s_state]);
+    session_lost(s, text);
+}
+
+static void session_write_buf(dlv_session_t *s, buf_t *b, bool body)
+{
+    if (b->b_len == 0) {
+        buf_free(b);
+        return;
+    }
+    dlv_wreq_t *w = xmalloc(sizeof(*w));
+    w->w_buf = *b;
+    w->w_s = s;
+    w->w_body = body;
+    w->w_req.data = w;
+    b->b_data = NULL;
+    b->b_len = b->b_cap = 0;
+    uv_buf_t ub = uv_buf_init(w->w_buf.b_data, (unsigned)w->w_buf.b_len);
+    int rc = uv_write(&w->w_req, (uv_stream_t *)&s->s_tcp, &ub, 1, session_write_cb);
+    if (rc != 0) {
+        buf_free(&w->w_buf);
+        free(w);
+        char text[128];
+        snprintf(text, sizeof(text), "write: %s", uv_strerror(rc));
+        session_lost(s, text);
+    }
+}
+
+static void session_write_cb(uv_write_t *req, int status)
+{
+    dlv_wreq_t *w = req->data;
+    dlv_session_t *s = w->w_s;
+    bool body = w->w_body;
+    buf_free(&w->w_buf);
+    free(w);
+    if (s->s_closing || s->s_tcp_closing || status == UV_ECANCELED)
+        return;
+    if (status < 0) {
+        char text[128];
+        snprintf(text, sizeof(text), "write: %s", uv_strerror(status));
+        session_lost(s, text);
+        return;
+    }
+    if (body && s->s_state == S_DOT) /* body sent: now wait for the final reply */
+        session_timer(s, S_CFG(s)->c_to_data_done);
+}
+
+static void session_flush_tls(dlv_session_t *s, bool body)
+{
+    buf_t b;
+    buf_init(&b, 0);
+    tls_pending_out(s->s_tls, &b);
+    session_write_buf(s, &b, body);
+}
+
+static void session_send(dlv_session_t *s, const char *p, size_t n)
+{
+    if (s->s_tls != NULL && s->s_tls_done) {
+        if (tls_write(s->s_tls, p, n) < 0) {
+            session_lost(s, "TLS write failed");
+            return;
+        }
+        session_flush_tls(s, false);
+        return;
+    }
+    buf_t b;
+    buf_init(&b, n);
+    buf_append(&b, p, n);
+    session_write_buf(s, &b, false);
+}
+
+/* The dot-stuffed body (s_body) goes out as one write. */
+static void session_send_body(dlv_session_t *s)
+{
+    if (s->s_tls != NULL && s->s_tls_done) {
+        if (tls_write(s->s_tls, s->s_body.b_data, s->s_body.b_len) < 0) {
+            session_lost(s, "TLS write failed");
+            return;
+        }
+        buf_reset(&s->s_body);
+        session_flush_tls(s, true);
+        return;
+    }
+    session_write_buf(s, &s->s_body, true);
+    buf_init(&s->s_body, 0);
+}
+
+static void session_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    dlv_session_t *s = h->data;
+    UNUSED(hint);
+    buf->base = s->s_rbuf;
+    buf->len = sizeof(s->s_rbuf);
+}
+
+static void session_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+    dlv_session_t *s = st->data;
+    if (s->s_closing || s->s_tcp_closing)
+        return;
+    if (nread == 0)
+        return;
+    if (nread < 0) {
+        if (s->s_state == S_QUIT) {
+            session_close(s);
+            return;
+        }
+        char text[128];
+        snprintf(text, sizeof(text), "%s",
+                 nread == UV_EOF ? "connection closed by server" : uv_strerror((int)nread));
+        session_lost(s, text);
+        return;
+    }
+    if (s->s_tls == NULL) {
+        buf_append(&s->s_in, buf->base, (size_t)nread);
+    } else {
+        if (tls_feed(s->s_tls, buf->base, (size_t)nread) < 0) {
+            session_lost(s, "TLS input error");
+            return;
+        }
+        if (!s->s_tls_done) {
+            session_tls_step(s);
+            return;
+        }
+        char tmp[8192];
+        int r;
+        while ((r = tls_read(s->s_tls, tmp, sizeof(tmp))) > 0)
+            buf_append(&s->s_in, tmp, (size_t)r);
+        if (r < 0) {
+            if (s->s_state == S_QUIT) {
+                session_close(s);
+                return;
+            }
+            session_lost(s, "TLS connection closed by server");
+            return;
+        }
+        session_flush_tls(s, false);
+        if (s->s_closing || s->s_tcp_closing)
+            return;
+    }
+    session_process_input(s);
+}
+
+/* Split the input into lines and feed the reply parser. */
+static void session_process_input(dlv_session_t *s)
+{
+    s->s_in_reset = false;
+    for (;;) {
+        if (s->s_closing || s->s_tcp_closing || s->s_in_reset)
+            return;
+        char *start = s->s_in.b_data + s->s_inpos;
+        size_t avail = s->s_in.b_len - s->s_inpos;
+        char *nl = avail ? memchr(start, '\n', avail) : NULL;
+        if (nl == NULL)
+            break;
+        size_t len = (size_t)(nl - start);
+        s->s_inpos += len + 1;
+        if (len > 0 && start[len - 1] == '\r')
+            len--;
+        int rc = smtp_reply_feed(&s->s_reply, start, len, DLV_REPLY_MAX);
+        if (rc == SL_ETOOBIG) {
+            session_lost(s, "reply too long");
+            return;
+        }
+        if (rc < 0) {
+            session_lost(s, "malformed reply from server");
+            return;
+        }
+        if (rc == 1) {
+            /* one line of text for logs and outcomes */
+            size_t k = 0;
+            const buf_t *t = &s->s_reply.sr_text;
+            for (size_t i = 0; i < t->b_len && k + 1 < sizeof(s->s_text); i++) {
+                char c = t->b_data[i];
+                s->s_text[k++] = (c == '\n' || c == '\r' || c == '\0') ? ' ' : c;
+            }
+            s->s_text[k] = '\0';
+            session_on_reply(s);
+            if (!s->s_in_reset)
+                smtp_reply_reset(&s->s_reply);
+        }
+    }
+    if (s->s_in.b_len - s->s_inpos > DLV_REPLY_MAX) {
+        session_lost(s, "reply too long");
+        return;
+    }
+    buf_consume(&s->s_in, s->s_inpos);
+    s->s_inpos = 0;
+}
+
+/* ------------------------------------------------------------ failures */
+
+/* Before the session was ready: this address failed; try the next one. */
+static void session_conn_error(dlv_session_t *s, int code, const char *status, const char *text)
+{
+    dlv_dest_t *de = s->s_dest;
+    s->s_err_code = code;
+    snprintf(s->s_err_status, sizeof(s->s_err_status), "%s", status);
+    snprintf(s->s_err_text, sizeof(s->s_err_text), "%s", text);
+    log_info("delivery: %s: %s", de->de_domain, text);
+    s->s_tries++;
+    if (s->s_addr + 1 < de->de_naddr && s->s_tries < DLV_MAX_TRIES && !s->s_t->t_stopping) {
+        s->s_addr++;
+        session_reconnect(s);
+        return;
+    }
+    session_close(s);
+    dlv_dest_conn_failed(de, s->s_err_code, s->s_err_status, s->s_err_text);
+}
+
+/* Connection lost, timed out, or the server spoke nonsense. */
+static void session_lost(dlv_session_t *s, const char *text)
+{
+    if (s->s_closing)
+        return;
+    char buf[640];
+    switch (s->s_state) {
+    case S_CONNECT:
+    case S_GREETING:
+    case S_EHLO:
+    case S_HELO:
+    case S_STARTTLS:
+        snprintf(buf, sizeof(buf), "%s[%s]:%d: %s", S_HOST(s), s->s_mx_ip, s->s_port, text);
+        session_conn_error(s, 0, "4.4.2", buf);
+        return;
+    case S_TLS:
+        session_tls_failed(s, text);
+        return;
+    default:
+        break;
+    }
+    if (s->s_qd != NULL) {
+        /* every recipient without a final answer is deferred: nothing lost */
+        snprintf(buf, sizeof(buf), "%s with %s[%s] %s: %s",
+                 s->s_state == S_DOT ? "connection lost during DATA" : "connection lost", S_HOST(s),
+                 s->s_mx_ip,
+                 s->s_state == S_DOT ? "before the final reply" : "during the transaction", text);
+        queue_dispatch_t *qd = s->s_qd;
+        for (int i = s->s_first; i < qd->qd_nrcpt; i++) {
+            dlv_rres_t *r = &s->s_res[i];
+            if (r->rr_state == RR_DONE && i < s->s_first + s->s_n)
+                continue;
+            r->rr_state = RR_DONE;
+            r->rr_res = Q_OUT_DEFERRED;
+            r->rr_code = 0;
+            snprintf(r->rr_status, sizeof(r->rr_status), "4.4.2");
+            free(r->rr_text);
+            r->rr_text = xstrdup(buf);
+        }
+        s->s_n = qd->qd_nrcpt - s->s_first;
+        log_info("delivery: %s: %s", s->s_dest->de_domain, buf);
+        session_close(s);
+        session_end_txn(s, false); /* emits and frees the dispatch; no new work */
+    } else {
+        log_debug("delivery: %s[%s]: %s", S_HOST(s), s->s_mx_ip, text);
+        session_close(s);
+    }
+    dlv_dest_kick(s->s_dest);
+}
+
+static void session_policy_fail(dlv_session_t *s, const char *status, const char *text)
+{
+    char buf[640];
+    snprintf(buf, sizeof(buf), "%s[%s]: %s", S_HOST(s), s->s_mx_ip, text);
+    log_warn("delivery: %s: TLS policy %s: %s", s->s_dest->de_domain,
+             s->s_dest->de_policy == CFG_TLS_VERIFY ? "verify" : "required", buf);
+    dlv_dest_t *de = s->s_dest;
+    if (s->s_tls_done || s->s_tls == NULL)
+        session_quit(s);
+    session_close(s);
+    dlv_dest_fail_pending(de, Q_OUT_DEFERRED, 0, status, buf);
+}
+
+/* ------------------------------------------------------------ replies */
+
+static void session_parse_ehlo(dlv_session_t *s)
+{
+    s->x_pipelining = s->x_8bitmime = s->x_smtputf8 = s->x_starttls = s->x_dsn = s->x_size = false;
+    const buf_t *t = &s->s_reply.sr_text;
+    size_t i = 0;
+    bool first = true;
+    while (i < t->b_len) {
+        const char *line = t->b_data + i;
+        const char *nl = memchr(line, '\n', t->b_len - i);
+        size_t len = nl ? (size_t)(nl - line) : t->b_len - i;
+        i += len + 1;
+        if (first) { /* the server's greeting name */
+            first = false;
+            continue;
+        }
+        char kw[32];
+        size_t k = 0;
+        while (k < len && k + 1 < sizeof(kw) && line[k] != ' ' && line[k] != '=') {
+            kw[k] = (char)toupper((unsigned char)line[k]);
+            k++;
+        }
+        kw[k] = '\0';
+        if (strcmp(kw, "PIPELINING") == 0)
+            s->x_pipelining = true;
+        else if (strcmp(kw, "8BITMIME") == 0)
+            s->x_8bitmime = true;
+        else if (strcmp(kw, "SMTPUTF8") == 0)
+            s->x_smtputf8 = true;
+        else if (strcmp(kw, "STARTTLS") == 0)
+            s->x_starttls = true;
+        else if (strcmp(kw, "DSN") == 0)
+            s->x_dsn = true;
+        else if (strcmp(kw, "SIZE") == 0)
+            s->x_size = true;
+    }
+}
+
+/* After EHLO/HELO: STARTTLS if the policy wants it, else ready. */
+static void session_after_ehlo(dlv_session_t *s)
+{
+    dlv_dest_t *de = s->s_dest;
+    int pol = de->de_policy;
+    bool must = pol == CFG_TLS_REQUIRED || pol == CFG_TLS_VERIFY;
+    if (!s->s_tls_done && !s->s_no_tls && pol != CFG_TLS_DISABLED && s->x_starttls &&
+        s->s_t->t_tls_ctx != NULL) {
+        session_send(s, "STARTTLS\r\n", 10);
+        dlv_session_enter_state(s, S_STARTTLS);
+        session_timer(s, S_CFG(s)->c_to_starttls);
+        return;
+    }
+    if (!s->s_tls_done && must) {
+        session_policy_fail(s, "4.7.4",
+                            s->x_starttls ? "TLS required but no TLS client context"
+                                          : "TLS required but STARTTLS not offered");
+        return;
+    }
+    session_ready(s);
+}
+
+static void session_send_ehlo(dlv_session_t *s, bool helo)
+{
+    char cmd[300];
+    int n = snprintf(cmd, sizeof(cmd), "%s %s\r\n", helo ? "HELO" : "EHLO", s->s_t->t_helo);
+    session_send(s, cmd, (size_t)n);
+    dlv_session_enter_state(s, helo ? S_HELO : S_EHLO);
+    session_timer(s, S_CFG(s)->c_to_ehlo);
+}
+
+static void session_record(dlv_session_t *s, int i, int code)
+{
+    dlv_rres_t *r = &s->s_res[i];
+    r->rr_state = RR_DONE;
+    r->rr_res = dlv_result_for_code(code);
+    r->rr_code = code;
+    dlv_status_for_reply(code, s->s_reply.sr_status, r->rr_status);
+    free(r->rr_text);
+    r->rr_text = xstrdup(s->s_text);
+}
+
+static void session_send_rcpt(dlv_session_t *s, buf_t *b, int i)
+{
+    const queue_rcpt_out_t *r = &s->s_qd->qd_rcpts[i];
+    buf_printf(b, "RCPT TO:<%s>", r->qo_addr);
+    if (s->x_dsn) {
+        if (r->qo_notify & Q_NOTIFY_NEVER) {
+            buf_append_str(b, " NOTIFY=NEVER");
+        } else if (r->qo_notify) {
+            const char *sep = " NOTIFY=";
+            if (r->qo_notify & Q_NOTIFY_SUCCESS) {
+                buf_printf(b, "%sSUCCESS", sep);
+                sep = ",";
+            }
+            if (r->qo_notify & Q_NOTIFY_FAILURE) {
+                buf_printf(b, "%sFAILURE", sep);
+                sep = ",";
+            }
+            if (r->qo_notify & Q_NOTIFY_DELAY)
+                buf_printf(b, "%sDELAY", sep);
+        }
+        if (r->qo_orcpt && r->qo_orcpt[0])
+            buf_printf(b, " ORCPT=%s%s", strchr(r->qo_orcpt, ';') ? "" : "rfc822;", r->qo_orcpt);
+    }
+    buf_append(b, "\r\n", 2);
+}
+
+static void session_on_reply(dlv_session_t *s)
+{
+    int code = s->s_reply.sr_code;
+    switch (s->s_state) {
+    case S_GREETING:
+        if (code / 100 == 2) {
+            session_send_ehlo(s, false);
+        } else {
+            char text[700];
+            snprintf(text, sizeof(text), "%s[%s]:%d greeting: %d %.400s", S_HOST(s), s->s_mx_ip,
+                     s->s_port, code, s->s_text);
+            char st[16];
+            dlv_status_for_reply(code, s->s_reply.sr_status, st);
+            session_send(s, "QUIT\r\n", 6);
+            session_conn_error(s, code, st, text);
+        }
+        return;
+    case S_EHLO:
+        if (code / 100 == 2) {
+            session_parse_ehlo(s);
+            session_after_ehlo(s);
+        } else if (code / 100 == 5 && !s->s_tls_done) {
+            session_send_ehlo(s, true);
+        } else {
+            char text[700];
+            snprintf(text, sizeof(text), "%s[%s]:%d EHLO: %d %.400s", S_HOST(s), s->s_mx_ip,
+                     s->s_port, code, s->s_text);
+            char st[16];
+            dlv_status_for_reply(code, s->s_reply.sr_status, st);
+            session_conn_error(s, code, st, text);
+        }
+        return;
+    case S_HELO:
+        if (code / 100 == 2) {
+            session_parse_ehlo(s);
+            s->x_starttls = s->x_pipelining = s->x_8bitmime = s->x_smtputf8 = s->x_dsn = false;
+            session_after_ehlo(s);
+        } else {
+            char text[700];
+            snprintf(text, sizeof(text), "%s[%s]:%d HELO: %d %.400s", S_HOST(s), s->s_mx_ip,
+                     s->s_port, code, s->s_text);
+            char st[16];
+            dlv_status_for_reply(code, s->s_reply.sr_status, st);
+            session_conn_error(s, code, st, text);
+        }
+        return;
+    case S_STARTTLS:
+        if (code == 220) {
+            session_tls_start(s);
+        } else {
+            char why[600];
+            snprintf(why, sizeof(why), "STARTTLS refused: %d %.400s", code, s->s_text);
+            session_tls_failed(s, why);
+        }
+        return;
+    case S_MAIL:
+        if (code / 100 != 2) {
+            s->s_mail_failed = true;
+            for (int i = s->s_first; i < s->s_first + s->s_n; i++)
+                session_record(s, i, code);
+            if (!s->s_pipelined) {
+                session_end_txn(s, false);
+                return;
+            }
+        } else if (!s->s_pipelined) {
+            buf_t b;
+            buf_init(&b, 256);
+            session_send_rcpt(s, &b, s->s_first);
+            session_write_buf(s, &b, false);
+        }
+        s->s_ri = 0;
+        dlv_session_enter_state(s, S_RCPT);
+        session_timer(s, S_CFG(s)->c_to_rcpt);
+        return;
+    case S_RCPT: {
+        int i = s->s_first + s->s_ri;
+        if (!s->s_mail_failed) {
+            if (code / 100 == 2) {
+                s->s_res[i].rr_state = RR_ACCEPTED;
+                s->s_nacc++;
+            } else {
+                session_record(s, i, code);
+            }
+        }
+        s->s_ri++;
+        if (s->s_ri < s->s_n) {
+            if (!s->s_pipelined) {
+                buf_t b;
+                buf_init(&b, 256);
+                session_send_rcpt(s, &b, s->s_first + s->s_ri);
+                session_write_buf(s, &b, false);
+            }
+            session_timer(s, S_CFG(s)->c_to_rcpt);
+            return;
+        }
+        if (!s->s_pipelined) {
+            if (s->s_nacc == 0) {
+                session_end_txn(s, false);
+                return;
+            }
+            session_send(s, "DATA\r\n", 6);
+        }
+        dlv_session_enter_state(s, S_DATA);
+        session_timer(s, S_CFG(s)->c_to_data);
+        return;
+    }
+    case S_DATA:
+        if (code == 354) {
+            dlv_session_enter_state(s, S_DOT);
+            session_timer(s, S_CFG(s)->c_to_data_block + S_CFG(s)->c_to_data_done);
+            if (s->s_nacc > 0 && !s->s_mail_failed) {
+                buf_reset(&s->s_body);
+                smtp_dot_stuff(&s->s_body, s->s_qd->qd_body, s->s_qd->qd_body_len);
+                session_send_body(s);
+            } else { /* pipelined, nobody accepted, yet 354: send an empty message */
+                s->s_discard = true;
+                session_send(s, ".\r\n", 3);
+            }
+            return;
+        }
+        if (!s->s_mail_failed)
+            for (int i = s->s_first; i < s->s_first + s->s_n; i++)
+                if (s->s_res[i].rr_state == RR_ACCEPTED)
+                    session_record(s, i, code);
+        session_end_txn(s, false);
+        return;
+    case S_DOT:
+        if (!s->s_discard)
+            for (int i = s->s_first; i < s->s_first + s->s_n; i++)
+                if (s->s_res[i].rr_state == RR_ACCEPTED)
+                    session_record(s, i, code);
+        session_end_txn(s, true);
+        return;
+    case S_RSET:
+        if (code / 100 != 2) {
+            session_quit(s);
+            return;
+        }
+        s->s_need_rset = false;
+        session_start_txn(s);
+        return;
+    case S_QUIT:
+        session_close(s);
+        return;
+    default: /* READY (e.g. a 421 on an idle connection) or unexpected */
+        log_debug("delivery: %s[%s]: unexpected reply in %s: %d %.400s", S_HOST(s), s->s_mx_ip,
+                  dlv_sstate_names[s->s_state], code, s->s_text);
+        if (s->s_qd == NULL) {
+            session_close(s);
+            dlv_dest_kick(s->s_dest);
+        } else {
+            session_lost(s, "unexpected reply");
+        }
+        return;
+    }
+}
+
+/* ------------------------------------------------------------ TLS */
+
+static void session_tls_start(dlv_session_t *s)
+{
+    dlv_dest_t *de = s->s_dest;
+    bool verify = de->de_policy == CFG_TLS_VERIFY;
+    /* RFC 3207 5.2: anything the server sent before the handshake is void */
+    buf_reset(&s->s_in);
+    s->s_inpos = 0;
+    s->s_in_reset = true;
+    smtp_reply_reset(&s->s_reply);
+    s->s_tls = tls_conn_new_client(s->s_t->t_tls_ctx, S_HOST(s), verify);
+    if (s->s_tls == NULL) {
+        session_tls_failed(s, "cannot create TLS connection");
+        return;
+    }
+    if (de->de_tls_session != NULL)
+        tls_conn_set_session(s->s_tls, de->de_tls_session);
+    dlv_session_enter_state(s, S_TLS);
+    session_timer(s, S_CFG(s)->c_to_starttls);
+    session_tls_step(s);
+}
+
+static void session_tls_step(dlv_session_t *s)
+{
+    int rc = tls_handshake(s->s_tls);
+    if (!s->s_closing && !s->s_tcp_closing)
+        session_flush_tls(s, false);
+    if (s->s_closing || s->s_tcp_closing)
+        return;
+    if (rc < 0) {
+        char why[300];
+        snprintf(why, sizeof(why), "TLS handshake failed: %s", tls_last_error(s->s_tls));
+        session_tls_failed(s, why);
+        return;
+    }
+    if (rc == 0)
+        return;
+    dlv_dest_t *de = s->s_dest;
+    if (de->de_policy == CFG_TLS_VERIFY) {
+        long vr = tls_verify_result(s->s_tls);
+        if (vr != 0) {
+            char why[300];
+            snprintf(why, sizeof(why), "certificate verification failed: %s",
+                     tls_last_error(s->s_tls));
+            session_tls_failed(s, why);
+            return;
+        }
+    }
+    s->s_tls_done = true;
+    snprintf(s->s_tls_ver, sizeof(s->s_tls_ver), "%s", tls_version(s->s_tls));
+    snprintf(s->s_cipher, sizeof(s->s_cipher), "%s", tls_cipher(s->s_tls));
+    atomic_fetch_add_explicit(&S_STATS(s)->ds_tls_sessions, 1, memory_order_relaxed);
+    bool resumed = tls_conn_resumed(s->s_tls);
+    if (resumed)
+        atomic_fetch_add_explicit(&S_STATS(s)->ds_tls_resumed, 1, memory_order_relaxed);
+    log_debug("delivery: %s[%s]: %s %s%s", S_HOST(s), s->s_mx_ip, s->s_tls_ver, s->s_cipher,
+              resumed ? " (resumed)" : "");
+    session_send_ehlo(s, false); /* RFC 3207: EHLO again */
+    /* the server's first reply may already be buffered */
+    char tmp[8192];
+    int r;
+    while ((r = tls_read(s->s_tls, tmp, sizeof(tmp))) > 0)
+        buf_append(&s->s_in, tmp, (size_t)r);
+    if (s->s_in.b_len > 0)
+        session_process_input(s);
+}
+
+static void session_tls_failed(dlv_session_t *s, const char *why)
+{
+    dlv_dest_t *de = s->s_dest;
+    if (de->de_policy == CFG_TLS_REQUIRED || de->de_policy == CFG_TLS_VERIFY) {
+        bool cert = strstr(why, "certificate") != NULL || strstr(why, "verif") != NULL;
+        session_policy_fail(s, cert && de->de_policy == CFG_TLS_VERIFY ? "4.7.5" : "4.7.4", why);
+        return;
+    }
+    /* opportunistic: a new plaintext connection to the same host */
+    log_warn("delivery: %s: TLS with %s[%s] failed (%s); retrying without TLS", de->de_domain,
+             S_HOST(s), s->s_mx_ip, why);
+    de->de_notls_until = clock_mono_us() + DLV_NOTLS_TIME * 1000000ULL;
+    s->s_no_tls = true;
+    s->s_tries++;
+    if (s->s_tries >= DLV_MAX_TRIES) {
+        session_conn_error(s, 0, "4.7.0", why);
+        return;
+    }
+    session_reconnect(s);
+}
+
+/* ------------------------------------------------------------ transactions */
+
+static void session_ready(dlv_session_t *s)
+{
+    dlv_session_enter_state(s, S_READY);
+    uv_timer_stop(&s->s_timer);
+    if (!s->s_ever_ready) {
+        s->s_ever_ready = true;
+        dlv_dest_conn_ok(s->s_dest);
+    }
+    session_next_work(s);
+    /* slow start: a good connection lets the destination open more */
+    dlv_dest_kick(s->s_dest);
+}
+
+static void session_next_work(dlv_session_t *s)
+{
+    const cfg_t *cfg = S_CFG(s);
+    dlv_dest_t *de = s->s_dest;
+    if (s->s_closing || s->s_t->t_stopping)
+        return;
+    if (cfg->c_dlv_max_msgs_per_conn > 0 && s->s_msgs >= cfg->c_dlv_max_msgs_per_conn) {
+        session_quit(s);
+        return;
+    }
+    if (s->s_msgs > 0 && clock_mono_us() - s->s_born >= cfg->c_dlv_conn_reuse_time * 1000000ULL) {
+        session_quit(s);
+        return;
+    }
+    queue_dispatch_t *qd = dlv_dest_pop(de);
+    if (qd != NULL) {
+        dlv_session_take(s, qd);
+        return;
+    }
+    s->s_idle = true;
+    if (s->s_state != S_READY)
+        dlv_session_enter_state(s, S_READY);
+    session_timer(s, cfg->c_dlv_idle_time);
+}
+
+void dlv_session_take(dlv_session_t *s, queue_dispatch_t *qd)
+{
+    s->s_idle = false;
+    s->s_qd = qd;
+    s->s_res = xcalloc((size_t)MAX(qd->qd_nrcpt, 1), sizeof(dlv_rres_t));
+    s->s_first = 0;
+    s->s_n = 0;
+    if ((qd->qd_flags & Q_F_SMTPUTF8) && !s->x_smtputf8) {
+        /* RFC 6531 3.4: no downgrade here */
+        char text[300];
+        snprintf(text, sizeof(text), "SMTPUTF8 required but not offered by %s[%s]", S_HOST(s),
+                 s->s_mx_ip);
+        for (int i = 0; i < qd->qd_nrcpt; i++) {
+            dlv_rres_t *r = &s->s_res[i];
+            r->rr_state = RR_DONE;
+            r->rr_res = Q_OUT_BOUNCED;
+            r->rr_code = 0;
+            snprintf(r->rr_status, sizeof(r->rr_status), "5.6.7");
+            r->rr_text = xstrdup(text);
+        }
+        s->s_n = qd->qd_nrcpt;
+        session_end_txn(s, true);
+        return;
+    }
+    session_start_txn(s);
+}
+
+static void session_start_txn(dlv_session_t *s)
+{
+    const cfg_t *cfg = S_CFG(s);
+    queue_dispatch_t *qd = s->s_qd;
+    if (s->s_need_rset) {
+        session_send(s, "RSET\r\n", 6);
+        dlv_session_enter_state(s, S_RSET);
+        session_timer(s, cfg->c_to_mail);
+        return;
+    }
+    int max = cfg->c_dlv_max_rcpt_per_txn > 0 ? cfg->c_dlv_max_rcpt_per_txn : 100;
+    s->s_n = MIN(qd->qd_nrcpt - s->s_first, max);
+    s->s_ri = 0;
+    s->s_nacc = 0;
+    s->s_mail_failed = false;
+    s->s_discard = false;
+    s->s_pipelined = s->x_pipelining;
+    buf_t b;
+    buf_init(&b, 256 + (size_t)(s->s_pipelined ? s->s_n : 1) * 80);
+    buf_printf(&b, "MAIL FROM:<%s>", qd->qd_sender);
+    /* 8BITMIME flagged but not offered: sent as is (documented choice) */
+    if ((qd->qd_flags & Q_F_8BITMIME) && s->x_8bitmime)
+        buf_append_str(&b, " BODY=8BITMIME");
+    if ((qd->qd_flags & Q_F_SMTPUTF8) && s->x_smtputf8)
+        buf_append_str(&b, " SMTPUTF8");
+    if (s->x_size)
+        buf_printf(&b, " SIZE=%zu", qd->qd_body_len);
+    if (s->x_dsn) {
+        if (qd->qd_flags & Q_F_RET_FULL)
+            buf_append_str(&b, " RET=FULL");
+        else if (qd->qd_flags & Q_F_RET_HDRS)
+            buf_append_str(&b, " RET=HDRS");
+        if (qd->qd_envid && qd->qd_envid[0])
+            buf_printf(&b, " ENVID=%s", qd->qd_envid);
+    }
+    buf_append(&b, "\r\n", 2);
+    if (s->s_pipelined) { /* RFC 2920: MAIL, RCPTs, DATA in one go */
+        for (int i = 0; i < s->s_n; i++)
+            session_send_rcpt(s, &b, s->s_first + i);
+        buf_append(&b, "DATA\r\n", 6);
+    }
+    if (s->s_tls != NULL && s->s_tls_done) {
+        session_send(s, b.b_data, b.b_len);
+        buf_free(&b);
+    } else {
+        session_write_buf(s, &b, false);
+    }
+    if (s->s_closing)
+        return;
+    dlv_session_enter_state(s, S_MAIL);
+    session_timer(s, cfg->c_to_mail);
+}
+
+/* Log one line per outcome kind of the transaction. */
+static void session_log_txn(dlv_session_t *s)
+{
+    if (log_level_current > LOG_INFO)
+        return;
+    queue_dispatch_t *qd = s->s_qd;
+    char ids[17];
+    queue_msgid_fmt(qd->qd_msgid, ids);
+    buf_t to;
+    buf_init(&to, 128);
+    const char *st = NULL, *text = NULL;
+    int code = 0;
+    for (int i = s->s_first; i < s->s_first + s->s_n; i++) {
+        dlv_rres_t *r = &s->s_res[i];
+        if (r->rr_res != Q_OUT_DELIVERED) {
+            log_info("%s to=<%s> relay=%s[%s]:%d tls=%s dsn=%s status=%s (%d %s)", ids,
+                     qd->qd_rcpts[i].qo_addr, S_HOST(s), s->s_mx_ip, s->s_port,
+                     s->s_tls_done ? s->s_tls_ver : "none", r->rr_status,
+                     r->rr_res == Q_OUT_BOUNCED ? "bounced" : "deferred", r->rr_code,
+                     r->rr_text ? r->rr_text : "");
+            continue;
+        }
+        buf_printf(&to, "%s<%s>", to.b_len ? "," : "", qd->qd_rcpts[i].qo_addr);
+        st = r->rr_status;
+        text = r->rr_text;
+        code = r->rr_code;
+    }
+    if (to.b_len > 0) {
+        buf_append(&to, "", 1);
+        log_info("%s to=%s relay=%s[%s]:%d tls=%s dsn=%s status=sent (%d %s)", ids, to.b_data,
+                 S_HOST(s), s->s_mx_ip, s->s_port, s->s_tls_done ? s->s_tls_ver : "none", st, code,
+                 text ? text : "");
+    }
+    buf_free(&to);
+}
+
+/* The transaction [s_first, s_first + s_n) is over: report it. completed =
+ * the server saw the end of it (final dot reply), else RSET is due. */
+static void session_end_txn(dlv_session_t *s, bool completed)
+{
+    queue_dispatch_t *qd = s->s_qd;
+    dlv_where_t w = {S_HOST(s), s->s_mx_ip, s->s_src_ip, s->s_tls_done ? s->s_tls_ver : "",
+                     s->s_tls_done ? s->s_cipher : ""};
+    for (int i = s->s_first; i < s->s_first + s->s_n; i++) {
+        dlv_rres_t *r = &s->s_res[i];
+        if (r->rr_state != RR_DONE) { /* accepted at RCPT, no final answer: defer */
+            r->rr_state = RR_DONE;
+            r->rr_res = Q_OUT_DEFERRED;
+            snprintf(r->rr_status, sizeof(r->rr_status), "4.4.2");
+            free(r->rr_text);
+            r->rr_text = xstrdup("transaction aborted");
+        }
+    }
+    session_log_txn(s);
+    for (int i = s->s_first; i < s->s_first + s->s_n; i++) {
+        dlv_rres_t *r = &s->s_res[i];
+        dlv_outcome(s->s_t, qd, i, r->rr_res, r->rr_code, r->rr_status, r->rr_text, &w);
+        free(r->rr_text);
+        r->rr_text = NULL;
+    }
+    atomic_fetch_add_explicit(&S_STATS(s)->ds_transactions, 1, memory_order_relaxed);
+    if (!completed)
+        s->s_need_rset = true;
+    s->s_first += s->s_n;
+    s->s_n = 0;
+    if (s->s_first < qd->qd_nrcpt && !s->s_closing) {
+        session_start_txn(s);
+        return;
+    }
+    session_finish_dispatch(s);
+}
+
+static void session_finish_dispatch(dlv_session_t *s)
+{
+    free(s->s_res);
+    s->s_res = NULL;
+    queue_dispatch_free(s->s_qd);
+    s->s_qd = NULL;
+    s->s_msgs++;
+    buf_reset(&s->s_body);
+    if (s->s_closing)
+        return;
+    dlv_session_enter_state(s, S_READY);
+    session_next_work(s);
+}

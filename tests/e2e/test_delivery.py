@@ -1,0 +1,555 @@
+#!/usr/bin/python3
+"""End-to-end tests of delivery: sluiced delivering to sluice-sink.
+
+Real processes on loopback: the daemon ($SLUICE_BUILD/core/server/sluiced),
+the receiving sink ($SLUICE_BUILD/bench/sluice-sink --store), dnsmasq for
+MX records, and for answers dnsmasq cannot give (null MX "MX 0 .") a tiny
+UDP DNS responder written here with struct. Assertions are on what the sink
+stored (.eml + .json) and on the accounting log (acct JSON lines).
+Every process started here is stopped by pid before the test ends.
+"""
+import glob
+import re
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sluicetest as st  # noqa: E402
+
+FAST_QUEUE = 'queue {\n    retry = "1s,1s,2s";\n    retry_jitter = 0;\n    scan_interval = 100ms;\n}\n'
+
+
+# ------------------------------------------------------------------ helpers
+
+class Sink:
+    """One sluice-sink with --store, on 127.0.0.1:0."""
+
+    def __init__(self, *args):
+        self.dir = st.make_tmpdir("dlv-sink-")
+        self.store = os.path.join(self.dir, "store")
+        port_file = os.path.join(self.dir, "port")
+        self.errf = open(os.path.join(self.dir, "stderr"), "w+")
+        cmd = [st.SINK, "-l", "127.0.0.1:0", "--port-file", port_file, "--store", self.store,
+               "--hostname", "sink.test"] + list(args)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.errf)
+        def ready():
+            if self.proc.poll() is not None:
+                raise RuntimeError("sink exited: %s" % self.proc.returncode)
+            if not os.path.exists(port_file):
+                return False
+            with open(port_file) as f:
+                return f.read().strip()
+        st.wait_for(ready, 10, what="sink port file")
+        with open(port_file) as f:
+            self.port = int(f.readline())
+
+    def messages(self):
+        """[(envelope dict, raw bytes)] of every stored message, by seq."""
+        out = []
+        for j in glob.glob(os.path.join(self.store, "*.json")):
+            eml = j[:-5] + ".eml"
+            if not os.path.exists(eml):
+                continue
+            try:
+                with open(j) as f:
+                    env = json.load(f)
+            except ValueError:
+                continue  # being written
+            with open(eml, "rb") as f:
+                out.append((env, f.read()))
+        out.sort(key=lambda m: m[0]["seq"])
+        return out
+
+    def wait_messages(self, n, timeout=20):
+        return st.wait_for(lambda: len(self.messages()) >= n and self.messages(), timeout,
+                           what="%d messages at the sink" % n)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.errf.close()
+        if not st.keep_tmp():
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class FakeDns:
+    """A minimal authoritative UDP DNS responder on 127.0.0.1 (a thread).
+    records: {(name, "MX"|"A"): [...]} with MX values (pref, host) (host ""
+    = the root, i.e. null MX) and A values "1.2.3.4"; nxdomain: set of names.
+    Other questions get NOERROR with no answer (NODATA)."""
+
+    TYPES = {1: "A", 15: "MX", 28: "AAAA"}
+
+    def __init__(self, records, nxdomain=()):
+        self.records = records
+        self.nxdomain = set(nxdomain)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.queries = []
+        self.stopping = False
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def encode_name(name):
+        out = b""
+        for label in [l for l in name.split(".") if l]:
+            out += bytes([len(label)]) + label.encode()
+        return out + b"\x00"
+
+    def answer(self, q):
+        i, labels = 12, []
+        while q[i] != 0:
+            n = q[i]
+            labels.append(q[i + 1:i + 1 + n].decode().lower())
+            i += 1 + n
+        name = ".".join(labels)
+        qtype = struct.unpack(">H", q[i + 1:i + 3])[0]
+        question = q[12:i + 5]
+        self.queries.append((name, self.TYPES.get(qtype, qtype)))
+        rcode = 3 if name in self.nxdomain else 0
+        answers = b""
+        count = 0
+        for v in self.records.get((name, self.TYPES.get(qtype)), []) if rcode == 0 else []:
+            if qtype == 15:
+                rdata = struct.pack(">H", v[0]) + self.encode_name(v[1])
+            else:
+                rdata = socket.inet_aton(v)
+            answers += b"\xc0\x0c" + struct.pack(">HHIH", qtype, 1, 300, len(rdata)) + rdata
+            count += 1
+        flags = 0x8400 | (struct.unpack(">H", q[2:4])[0] & 0x0100) | 0x0080 | rcode
+        return q[:2] + struct.pack(">HHHHH", flags, 1, count, 0, 0) + question + answers
+
+    def serve(self):
+        while not self.stopping:
+            try:
+                q, addr = self.sock.recvfrom(512)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            try:
+                self.sock.sendto(self.answer(q), addr)
+            except Exception:
+                pass
+
+    def stop(self):
+        self.stopping = True
+        self.thread.join(5)
+        self.sock.close()
+
+
+class Dnsmasq:
+    """dnsmasq on 127.0.0.1:<free udp port> with the given extra options."""
+
+    def __init__(self, *opts):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        self.port = s.getsockname()[1]
+        s.close()
+        self.proc = subprocess.Popen(
+            ["dnsmasq", "--no-daemon", "--port=%d" % self.port, "--listen-address=127.0.0.1",
+             "--bind-interfaces", "--no-resolv", "--no-hosts", "--log-facility=-"] + list(opts),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.3)
+        if self.proc.poll() is not None:
+            raise RuntimeError("dnsmasq did not start")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class RawServer:
+    """A misbehaving SMTP server on 127.0.0.1:0 (a thread): behaviour is
+    "silent" (accepts, never speaks) or "endless" (greets, then answers
+    EHLO with an endless multi-line reply, bounded at 512 KiB)."""
+
+    def __init__(self, behaviour):
+        self.behaviour = behaviour
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.conns = []
+        self.stopping = False
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        while not self.stopping:
+            try:
+                c, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.conns.append(c)
+            if self.behaviour == "endless":
+                threading.Thread(target=self.endless, args=(c,), daemon=True).start()
+
+    def endless(self, c):
+        try:
+            c.sendall(b"220 raw.test ESMTP\r\n")
+            c.recv(1024)
+            line = b"250-" + b"x" * 996 + b"\r\n"
+            for _ in range(512):
+                if self.stopping:
+                    return
+                c.sendall(line)
+        except OSError:
+            pass
+
+    def stop(self):
+        self.stopping = True
+        self.thread.join(5)
+        for c in self.conns:
+            c.close()
+        self.sock.close()
+
+
+def make_daemon(routes=None, delivery="", queue=FAST_QUEUE, log_level="info"):
+    """A Daemon whose delivery block has extra lines and a fast queue."""
+    d = st.Daemon(routes=routes if routes is not None else {}, log_level=log_level)
+    text = d.default_conf(log_level)
+    # no smarthost: these tests route by MX or by explicit routes only
+    text = re.sub(r"\n\s*smarthost\s*=[^;\n]*;", "", text)
+    text = text.replace("delivery {\n", "delivery {\n" + delivery, 1) + queue
+    with open(d.conf_path, "w") as f:
+        f.write(text)
+    return d
+
+
+def send(d, rcpts, body=None, sender="sender@s.example", subject="test"):
+    """Submit one message over SMTP to the daemon; returns the raw message."""
+    if body is None:
+        body = "Hello.\r\n.a line that starts with a dot\r\n..two dots\r\nbye\r\n"
+    msg = ("From: <%s>\r\nTo: <%s>\r\nSubject: %s\r\nDate: Fri, 27 Nov 2026 07:00:00 +0000\r\n"
+           "Message-ID: <%s@s.example>\r\n\r\n%s"
+           % (sender, rcpts[0], subject, subject.replace(" ", "-"), body))
+    with d.smtp() as c:
+        c.sendmail(sender, rcpts, msg.encode())
+    return msg.encode()
+
+
+def acct(d, type_=None, rcpt=None):
+    return [r for r in d.accounting()
+            if (type_ is None or r.get("type") == type_)
+            and (rcpt is None or r.get("recipient") == rcpt)]
+
+
+def wait_acct(d, type_, rcpt=None, n=1, timeout=20):
+    return st.wait_for(lambda: len(acct(d, type_, rcpt)) >= n and acct(d, type_, rcpt), timeout,
+                       what="%d %s record(s) for %s" % (n, type_, rcpt))
+
+
+def strip_received(raw):
+    """The message without its first header field (the daemon's Received,
+    continuation lines included)."""
+    assert raw.startswith(b"Received:"), raw[:80]
+    i = raw.index(b"\r\n") + 2
+    while raw[i:i + 1] in (b" ", b"\t"):
+        i = raw.index(b"\r\n", i) + 2
+    return raw[i:]
+
+
+# ------------------------------------------------------------------ tests
+
+class DeliveryTest(unittest.TestCase):
+
+    def setUp(self):
+        self.cleanups = []
+
+    def tearDown(self):
+        for fn in reversed(self.cleanups):
+            try:
+                fn()
+            except Exception:
+                pass
+
+    def tmpdir(self):
+        d = st.make_tmpdir("dlv-tls-")
+        if not st.keep_tmp():
+            self.cleanups.append(lambda: shutil.rmtree(d, ignore_errors=True))
+        return d
+
+    def sink(self, *args):
+        s = Sink(*args)
+        self.cleanups.append(s.stop)
+        return s
+
+    def daemon(self, **kw):
+        d = make_daemon(**kw)
+        self.cleanups.append(d.cleanup)
+        d.start()
+        return d
+
+    # -- plain, TLS, several recipients
+
+    def test_plain_delivery_body_identical(self):
+        sink = self.sink("--no-starttls")
+        d = self.daemon(routes={"a.example": "127.0.0.1:%d" % sink.port})
+        sent = send(d, ["bob@a.example"])
+        env, raw = sink.wait_messages(1)[0]
+        self.assertEqual(env["rcpts"], ["bob@a.example"])
+        self.assertEqual(env["mail_from"], "sender@s.example")
+        self.assertFalse(env.get("tls"))
+        self.assertEqual(strip_received(raw), sent)
+        rec = wait_acct(d, "delivery", "bob@a.example")[0]
+        self.assertEqual(rec["code"], 250)
+        self.assertEqual(rec["mx_ip"], "127.0.0.1")
+        self.assertEqual(rec["src_ip"], "127.0.0.1")
+        self.assertFalse(rec.get("tls"))
+        d.wait_queue(0)
+        d.stop()
+
+    def test_tls_delivery(self):
+        sink = self.sink("--tls-generate", os.path.join(self.tmpdir(), "tls"))
+        d = self.daemon(routes={"a.example": "127.0.0.1:%d" % sink.port})
+        send(d, ["carol@a.example"])
+        env, _ = sink.wait_messages(1)[0]
+        self.assertTrue(env.get("tls"), env)
+        self.assertTrue(env["tls"]["version"].startswith("TLSv1."))
+        rec = wait_acct(d, "delivery", "carol@a.example")[0]
+        self.assertTrue(rec["tls"].startswith("TLSv1."), rec)
+        self.assertTrue(rec["cipher"], rec)
+        self.assertIn("tls=TLSv1.", d.stderr())
+        d.stop()
+
+    def test_tls_required_without_starttls_defers(self):
+        sink = self.sink("--no-starttls")
+        d = self.daemon(routes={"a.example": "127.0.0.1:%d" % sink.port},
+                        delivery='    tls_policy {\n        "a.example" = required;\n    }\n')
+        send(d, ["dave@a.example"])
+        rec = wait_acct(d, "transient", "dave@a.example")[0]
+        self.assertEqual(rec["status"], "4.7.4")
+        time.sleep(0.5)
+        self.assertEqual(sink.messages(), [])  # never sent in plaintext
+        d.stop()
+
+    def test_tls_verify_untrusted_certificate_defers(self):
+        sink = self.sink("--tls-generate", os.path.join(self.tmpdir(), "tls"))
+        d = self.daemon(routes={"a.example": "127.0.0.1:%d" % sink.port},
+                        delivery='    tls_policy {\n        "a.example" = verify;\n    }\n')
+        send(d, ["vera@a.example"])
+        rec = wait_acct(d, "transient", "vera@a.example")[0]
+        self.assertIn(rec["status"], ("4.7.5", "4.7.4"))
+        time.sleep(0.5)
+        self.assertEqual(sink.messages(), [])  # no fallback to plaintext
+        d.stop()
+
+    def test_several_recipients_one_transaction(self):
+        sink = self.sink("--no-starttls")
+        d = self.daemon(routes={"a.example": "127.0.0.1:%d" % sink.port})
+        rcpts = ["r1@a.example", "r2@a.example", "r3@a.example"]
+        send(d, rcpts)
+        msgs = sink.wait_messages(1)
+        time.sleep(0.5)
+        msgs = sink.messages()
+        self.assertEqual(len(msgs), 1)
+        self.assertEqual(sorted(msgs[0][0]["rcpts"]), rcpts)
+        wait_acct(d, "delivery", n=3)
+        d.stop()
+
+    # -- DNS
+
+    def test_mx_fallback_when_first_mx_refuses(self):
+        sink = self.sink("--no-starttls")
+        dns = Dnsmasq("--mx-host=a.example,mx1.a.example,10",
+                      "--mx-host=a.example,mx2.a.example,20",
+                      "--host-record=mx1.a.example,127.0.0.2",
+                      "--host-record=mx2.a.example,127.0.0.1")
+        self.cleanups.append(dns.stop)
+        d = self.daemon(delivery='    resolvers = "127.0.0.1:%d";\n    port = %d;\n'
+                        % (dns.port, sink.port))
+        send(d, ["erin@a.example"])
+        env, _ = sink.wait_messages(1)[0]
+        self.assertEqual(env["rcpts"], ["erin@a.example"])
+        rec = wait_acct(d, "delivery", "erin@a.example")[0]
+        self.assertEqual(rec["mx"], "mx2.a.example")
+        self.assertEqual(rec["mx_ip"], "127.0.0.1")
+        self.assertIn("127.0.0.2", d.stderr())  # the first MX was tried
+        d.stop()
+
+    def test_null_mx_and_nxdomain_bounce(self):
+        dns = FakeDns({("null.example", "MX"): [(0, "")]}, nxdomain={"nx.example"})
+        self.cleanups.append(dns.stop)
+        d = self.daemon(delivery='    resolvers = "127.0.0.1:%d";\n' % dns.port,
+                        queue=FAST_QUEUE.replace("}", "    dsn = false;\n}"))
+        send(d, ["x@null.example"])
+        send(d, ["y@nx.example"])
+        rec = wait_acct(d, "bounce", "x@null.example")[0]
+        self.assertEqual(rec["status"], "5.1.10")
+        self.assertEqual(rec["code"], 556)
+        self.assertEqual(rec["category"], "bad-domain")
+        rec = wait_acct(d, "bounce", "y@nx.example")[0]
+        self.assertEqual(rec["status"], "5.1.2")
+        self.assertEqual(rec["category"], "bad-domain")
+        self.assertIn(("null.example", "MX"), dns.queries)
+        d.wait_queue(0)
+        d.stop()
+
+    def test_dns_failure_defers(self):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+        s.close()  # nothing answers there
+        d = self.daemon(delivery='    resolvers = "127.0.0.1:%d";\n' % dead)
+        send(d, ["z@unresolvable.example"])
+        rec = wait_acct(d, "transient", "z@unresolvable.example")[0]
+        self.assertEqual(rec["status"], "4.4.3")
+        self.assertEqual(acct(d, "bounce"), [])
+        self.assertEqual(d.status()["queue"]["messages"], 1)
+        d.stop()
+
+    # -- replies
+
+    def test_tempfail_then_delivered_on_retry(self):
+        sink = self.sink("--no-starttls")
+        d = self.daemon(routes={"a.example": "127.0.0.1:%d" % sink.port})
+        send(d, ["tempfailonce@a.example"])
+        rec = wait_acct(d, "transient", "tempfailonce@a.example")[0]
+        self.assertEqual(rec["code"], 450)
+        wait_acct(d, "delivery", "tempfailonce@a.example", timeout=30)
+        self.assertEqual(len(sink.wait_messages(1)), 1)
+        d.wait_queue(0)
+        d.stop()
+
+    def test_permfail_bounces_with_dsn_to_sender(self):
+        sink = self.sink("--no-starttls")
+        route = "127.0.0.1:%d" % sink.port
+        d = self.daemon(routes={"a.example": route, "s.example": route})
+        send(d, ["permfail@a.example"], sender="owner@s.example")
+        rec = wait_acct(d, "bounce", "permfail@a.example")[0]
+        self.assertEqual(rec["code"], 550)
+        self.assertEqual(rec["status"], "5.1.1")
+        self.assertEqual(rec["category"], "bad-mailbox")
+        env, raw = sink.wait_messages(1)[0]  # the DSN
+        self.assertEqual(env["rcpts"], ["owner@s.example"])
+        self.assertEqual(env["mail_from"], "")
+        text = raw.decode(errors="replace")
+        self.assertIn("multipart/report", text)
+        self.assertIn("permfail@a.example", text)
+        self.assertIn("5.1.1", text)
+        d.wait_queue(0)
+        d.stop()
+
+    def test_hangup_mid_data_loses_nothing(self):
+        sink = self.sink("--no-starttls")
+        d = self.daemon(routes={"a.example": "127.0.0.1:%d" % sink.port})
+        send(d, ["drop@a.example"])
+        rec = wait_acct(d, "transient", "drop@a.example")[0]
+        self.assertTrue(rec["status"].startswith("4."), rec)
+        self.assertEqual(acct(d, "delivery"), [])
+        self.assertEqual(acct(d, "bounce"), [])
+        self.assertEqual(d.status()["queue"]["messages"], 1)  # still queued
+        d.stop()
+
+    # -- misbehaving servers
+
+    def test_endless_reply_defers(self):
+        srv = RawServer("endless")
+        self.cleanups.append(srv.stop)
+        d = self.daemon(routes={"a.example": "127.0.0.1:%d" % srv.port})
+        send(d, ["long@a.example"])
+        rec = wait_acct(d, "transient", "long@a.example")[0]
+        self.assertTrue(rec["status"].startswith("4.4."), rec)
+        self.assertIn("reply too long", rec["text"])
+        d.stop()
+
+    def test_silent_server_times_out(self):
+        srv = RawServer("silent")
+        self.cleanups.append(srv.stop)
+        d = self.daemon(routes={"a.example": "127.0.0.1:%d" % srv.port},
+                        delivery="    greeting_timeout = 1s;\n")
+        t0 = time.monotonic()
+        send(d, ["quiet@a.example"])
+        rec = wait_acct(d, "transient", "quiet@a.example", timeout=15)[0]
+        self.assertGreaterEqual(time.monotonic() - t0, 0.9)
+        self.assertIn("timeout", rec["text"])
+        self.assertEqual(rec["category"], "no-answer-from-host")
+        d.stop()
+
+    def test_dead_destination_marked_down(self):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+        s.close()
+        d = self.daemon(routes={"down.example": "127.0.0.1:%d" % closed},
+                        delivery="    dead_after_failures = 2;\n    dead_time = 1m;\n")
+        send(d, ["a@down.example"])
+        # retries every second: after two failed connections the destination
+        # is down and its recipients are deferred without connecting
+        recs = st.wait_for(lambda: [r for r in acct(d, "transient", "a@down.example")
+                                    if "marked down" in (r.get("text") or "")], 20,
+                           what="a 'marked down' deferral")
+        self.assertEqual(recs[0]["status"], "4.4.1")
+        self.assertIn("marked down", d.stderr())
+        d.stop()
+
+    # -- pooling
+
+    def test_connection_reuse(self):
+        sink = self.sink("--no-starttls")
+        d = self.daemon(routes={"a.example": "127.0.0.1:%d" % sink.port})
+        n = 1000
+        with d.smtp() as c:
+            for i in range(n):
+                c.sendmail("sender@s.example", ["u%d@a.example" % i],
+                           b"Subject: m%d\r\n\r\nbody %d\r\n" % (i, i))
+        wait_acct(d, "delivery", n=n, timeout=120)
+        msgs = sink.wait_messages(n, timeout=30)
+        self.assertEqual(len(msgs), n)
+        conns = {m[0]["conn"] for m in msgs}
+        self.assertLess(len(conns), n // 10, "connections used: %d" % len(conns))
+        st_ = d.status()
+        self.assertEqual(st_["queue"]["messages"], 0)
+        d.stop()
+
+    # -- crash
+
+    def test_kill9_during_delivery_loses_nothing(self):
+        sink = self.sink("--no-starttls")
+        d = self.daemon(routes={"a.example": "127.0.0.1:%d" % sink.port})
+        n = 300
+        with d.smtp() as c:
+            for i in range(n):
+                c.sendmail("sender@s.example", ["k%d@a.example" % i],
+                           b"Subject: k%d\r\n\r\nbody\r\n" % i)
+        st.wait_for(lambda: len(sink.messages()) >= 20, 30, what="some deliveries")
+        d.kill9()
+        d.start()
+        st.wait_for(lambda: d.status()["queue"]["messages"] == 0, 120,
+                    what="the queue to drain after restart")
+        got = set()
+        for env, _ in sink.messages():
+            got.update(env["rcpts"])
+        missing = {"k%d@a.example" % i for i in range(n)} - got
+        self.assertEqual(missing, set())
+        d.stop()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
