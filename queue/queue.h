@@ -41,9 +41,9 @@ typedef struct queue queue_t;
 #define Q_F_RET_HDRS 0x08 /* RET=HDRS */
 
 typedef struct queue_rcpt_in {
-    char *qr_addr;      /* owned */
-    char *qr_orcpt;     /* owned, ORCPT=... or NULL */
-    uint8_t qr_notify;  /* Q_NOTIFY_* */
+    char *qr_addr;     /* owned */
+    char *qr_orcpt;    /* owned, ORCPT=... or NULL */
+    uint8_t qr_notify; /* Q_NOTIFY_* */
 } queue_rcpt_in_t;
 
 /*
@@ -53,25 +53,25 @@ typedef struct queue_rcpt_in {
  */
 typedef struct queue_msg_in {
     chan_node_t qm_node;
-    uint64_t qm_id;       /* from queue_msgid_new() */
-    uint64_t qm_arrival;  /* unix seconds */
-    char *qm_sender;      /* owned; "" for the null sender <> */
-    char *qm_job;         /* owned or NULL: X-Sluice-Job */
-    char *qm_envid;       /* owned or NULL: ENVID */
-    char *qm_auth_user;   /* owned or NULL */
+    uint64_t qm_id;      /* from queue_msgid_new() */
+    uint64_t qm_arrival; /* unix seconds */
+    char *qm_sender;     /* owned; "" for the null sender <> */
+    char *qm_job;        /* owned or NULL: X-Sluice-Job */
+    char *qm_envid;      /* owned or NULL: ENVID */
+    char *qm_auth_user;  /* owned or NULL */
     char qm_client_ip[48];
-    uint8_t qm_flags;     /* Q_F_* */
+    uint8_t qm_flags; /* Q_F_* */
     int qm_nrcpt;
     queue_rcpt_in_t *qm_rcpts; /* owned array of qm_nrcpt */
-    buf_t qm_body;        /* the message as it will be delivered: header lines
-                             (Received first) + blank line + body; CRLF line
-                             ends; NOT dot-stuffed */
+    buf_t qm_body;             /* the message as it will be delivered: header lines
+                                  (Received first) + blank line + body; CRLF line
+                                  ends; NOT dot-stuffed */
     /* set by the queue thread before the push back */
-    int qm_status;        /* 0 committed and durable; SL_EFULL (452 4.3.1);
-                             SL_ESPOOL (451 4.3.0) */
+    int qm_status; /* 0 committed and durable; SL_EFULL (452 4.3.1);
+                      SL_ESPOOL (451 4.3.0) */
     /* set by the submitter */
-    chan_t *qm_reply;     /* where the message comes back after commit */
-    void *qm_ctx;         /* the submitter's context */
+    chan_t *qm_reply; /* where the message comes back after commit */
+    void *qm_ctx;     /* the submitter's context */
 } queue_msg_in_t;
 
 void queue_msg_in_free(queue_msg_in_t *m);
@@ -87,16 +87,16 @@ int queue_msgid_parse(const char *s, uint64_t *id);
 /* Counters, updated by the queue thread with relaxed atomics, read by any
  * thread. */
 typedef struct queue_stats {
-    atomic_uint_fast64_t qs_msgs;      /* messages in the spool */
-    atomic_uint_fast64_t qs_rcpts;     /* recipients in the spool */
-    atomic_uint_fast64_t qs_received;  /* messages committed since start */
-    atomic_uint_fast64_t qs_commits;   /* write transactions committed */
-    atomic_uint_fast64_t qs_pending;   /* submitted, not yet committed */
-    atomic_uint_fast64_t qs_map_size;  /* current LMDB map size, bytes */
-    atomic_uint_fast64_t qs_used;      /* bytes used in the map */
-    atomic_uint_fast64_t qs_max_size;  /* spool.max_size */
-    atomic_int qs_fill_pct;            /* used / max_size, percent */
-    atomic_uint_fast64_t qs_errors;    /* failed commits */
+    atomic_uint_fast64_t qs_msgs;     /* messages in the spool */
+    atomic_uint_fast64_t qs_rcpts;    /* recipients in the spool */
+    atomic_uint_fast64_t qs_received; /* messages committed since start */
+    atomic_uint_fast64_t qs_commits;  /* write transactions committed */
+    atomic_uint_fast64_t qs_pending;  /* submitted, not yet committed */
+    atomic_uint_fast64_t qs_map_size; /* current LMDB map size, bytes */
+    atomic_uint_fast64_t qs_used;     /* bytes used in the map */
+    atomic_uint_fast64_t qs_max_size; /* spool.max_size */
+    atomic_int qs_fill_pct;           /* used / max_size, percent */
+    atomic_uint_fast64_t qs_errors;   /* failed commits */
 } queue_stats_t;
 
 /* Open (creating) the spool and find the queue again. Start-up errors
@@ -136,8 +136,8 @@ typedef enum {
 typedef struct queue_req {
     chan_node_t qq_node;
     queue_req_type_t qq_type;
-    uint64_t qq_msgid;  /* INSPECT */
-    size_t qq_limit;    /* LIST: at most this many (0 = 1000) */
+    uint64_t qq_msgid;             /* INSPECT */
+    size_t qq_limit;               /* LIST: at most this many (0 = 1000) */
     struct json_object *qq_result; /* set by the queue thread */
     char qq_error[256];            /* set on failure ("" on success) */
     chan_t *qq_reply;
@@ -162,25 +162,25 @@ int queue_check_offline(const char *spool_path, size_t *nmsgs, size_t *nrcpts);
  * dispatched recipient comes back as exactly one queue_outcome_t.
  */
 typedef struct queue_rcpt_out {
-    uint32_t qo_idx;     /* index of the recipient within its message */
-    char *qo_addr;       /* owned */
-    char *qo_orcpt;      /* owned or NULL */
-    uint8_t qo_notify;   /* Q_NOTIFY_* */
-    uint32_t qo_attempts;/* attempts made before this one */
+    uint32_t qo_idx;      /* index of the recipient within its message */
+    char *qo_addr;        /* owned */
+    char *qo_orcpt;       /* owned or NULL */
+    uint8_t qo_notify;    /* Q_NOTIFY_* */
+    uint32_t qo_attempts; /* attempts made before this one */
 } queue_rcpt_out_t;
 
 typedef struct queue_dispatch {
     chan_node_t qd_node;
     uint64_t qd_msgid;
-    char *qd_domain;       /* owned, lower-case recipient domain */
-    char *qd_sender;       /* owned, "" for <> */
-    char *qd_job;          /* owned or NULL */
-    char *qd_envid;        /* owned or NULL */
-    uint8_t qd_flags;      /* Q_F_* */
-    uint64_t qd_arrival;   /* unix seconds */
+    char *qd_domain;     /* owned, lower-case recipient domain */
+    char *qd_sender;     /* owned, "" for <> */
+    char *qd_job;        /* owned or NULL */
+    char *qd_envid;      /* owned or NULL */
+    uint8_t qd_flags;    /* Q_F_* */
+    uint64_t qd_arrival; /* unix seconds */
     int qd_nrcpt;
     queue_rcpt_out_t *qd_rcpts; /* owned array */
-    char *qd_body;         /* owned copy of the stored message (not dot-stuffed) */
+    char *qd_body;              /* owned copy of the stored message (not dot-stuffed) */
     size_t qd_body_len;
 } queue_dispatch_t;
 
@@ -195,16 +195,16 @@ typedef struct queue_outcome {
     uint64_t qo_msgid;
     uint32_t qo_idx;
     queue_result_t qo_result;
-    int qo_code;            /* SMTP reply code, 0 when there was no reply */
-    char qo_status[16];     /* enhanced status "5.1.1" */
-    char *qo_text;          /* reply text or a local diagnostic ("connect: refused") */
-    char *qo_category;      /* bounce category ("bad-mailbox") or NULL */
-    char *qo_mx;            /* MX host name */
+    int qo_code;        /* SMTP reply code, 0 when there was no reply */
+    char qo_status[16]; /* enhanced status "5.1.1" */
+    char *qo_text;      /* reply text or a local diagnostic ("connect: refused") */
+    char *qo_category;  /* bounce category ("bad-mailbox") or NULL */
+    char *qo_mx;        /* MX host name */
     char qo_mx_ip[48];
     char qo_src_ip[48];
-    char qo_tls[24];        /* "TLSv1.3" or "" */
+    char qo_tls[24]; /* "TLSv1.3" or "" */
     char qo_cipher[64];
-    uint64_t qo_retry_at;   /* deferred: earliest next attempt (unix s), 0 = schedule */
+    uint64_t qo_retry_at; /* deferred: earliest next attempt (unix s), 0 = schedule */
 } queue_outcome_t;
 
 void queue_outcome_free(queue_outcome_t *o);

@@ -198,9 +198,9 @@ typedef enum {
  * (which it modifies in place); valid while that line is. */
 typedef struct smtp_cmd {
     smtp_verb_t sc_verb;
-    const char *sc_arg;     /* HELO/EHLO domain, AUTH mechanism args, rest of line */
-    const char *sc_path;    /* MAIL/RCPT: the address inside <>, "" for <> */
-    int sc_nparams;         /* ESMTP parameters after the path */
+    const char *sc_arg;                   /* HELO/EHLO domain, AUTH mechanism args, rest of line */
+    const char *sc_path;                  /* MAIL/RCPT: the address inside <>, "" for <> */
+    int sc_nparams;                       /* ESMTP parameters after the path */
     const char *sc_pkey[SMTP_MAX_PARAMS]; /* upper-cased keyword */
     const char *sc_pval[SMTP_MAX_PARAMS]; /* value or NULL */
 } smtp_cmd_t;

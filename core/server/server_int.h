@@ -17,11 +17,11 @@
 typedef struct smtp_server smtp_server_t;
 
 typedef struct smtp_server_stats {
-    atomic_uint_fast64_t ss_conn_total;     /* connections accepted since start */
-    atomic_uint_fast64_t ss_conn_current;   /* open sessions */
-    atomic_uint_fast64_t ss_conn_refused;   /* refused: limits */
-    atomic_uint_fast64_t ss_msgs_accepted;  /* 250 after DATA */
-    atomic_uint_fast64_t ss_msgs_rejected;  /* 4xx/5xx after DATA or at MAIL for backpressure */
+    atomic_uint_fast64_t ss_conn_total;    /* connections accepted since start */
+    atomic_uint_fast64_t ss_conn_current;  /* open sessions */
+    atomic_uint_fast64_t ss_conn_refused;  /* refused: limits */
+    atomic_uint_fast64_t ss_msgs_accepted; /* 250 after DATA */
+    atomic_uint_fast64_t ss_msgs_rejected; /* 4xx/5xx after DATA or at MAIL for backpressure */
     atomic_uint_fast64_t ss_rcpts_accepted;
     atomic_uint_fast64_t ss_rcpts_rejected; /* relay denied, too many, syntax */
     atomic_uint_fast64_t ss_auth_ok;
@@ -54,11 +54,11 @@ typedef struct control control_t;
 
 /* What the control socket needs from the daemon. */
 typedef struct control_env {
-    uv_loop_t *ce_loop;           /* the main loop */
+    uv_loop_t *ce_loop; /* the main loop */
     queue_t *ce_queue;
     smtp_server_t *ce_smtp;
-    void *ce_dlv;                 /* dlv_t * when built with delivery (SLUICE_HAVE_DELIVERY) */
-    uint64_t ce_start_us;         /* start time, for uptime */
+    void *ce_dlv;                   /* dlv_t * when built with delivery (SLUICE_HAVE_DELIVERY) */
+    uint64_t ce_start_us;           /* start time, for uptime */
     void (*ce_shutdown)(void *arg); /* ask the daemon to shut down */
     void *ce_arg;
 } control_env_t;
