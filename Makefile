@@ -5,7 +5,7 @@ BUILD  ?= build
 SAN    ?= build-san
 CONF   ?=
 
-.PHONY: all deps build build-san run test format format-check bench clean
+.PHONY: all deps build build-san run test format format-check bench bench-smoke bench-accept clean
 
 all: build
 
@@ -35,8 +35,18 @@ format-check: deps
 	@files=$$(git ls-files --cached --others --exclude-standard '*.c' '*.h'); \
 	if [ -n "$$files" ]; then clang-format --dry-run -Werror $$files; fi
 
+# Load runs (bench/run, docs/benchmarks.md): sluice and a private Postfix
+# instance side by side on loopback, 3 runs per scenario; prints where the
+# report (results.json, report.md, PNG plots) was written.
 bench: build
-	@bash bench/run-accept
+	@bench/run --no-build --build-dir $(BUILD) --runs 3 all
+
+bench-smoke: build
+	@bench/run --no-build --build-dir $(BUILD) --smoke --runs 1 all
+
+# Reception alone: 50,000 messages of 5 KiB into a durable spool.
+bench-accept: build
+	@bash bench/run-accept --no-build --build-dir $(BUILD)
 
 clean:
 	rm -rf $(BUILD) $(SAN)

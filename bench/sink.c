@@ -10,9 +10,18 @@
  * local part (tempfail, permfail, 421, slow, drop, datafail, datareject,
  * tempfailonce) or by probability (--tempfail-pct, --permfail-pct).
  *
+ * Providers (--profile FILE, JSON): named groups of recipient domains (or
+ * one listener each, like an MX host) with their own behaviour: response
+ * texts, tempfail/permfail percentages, a cap on concurrent connections
+ * (421 above it), messages per connection, a recipient rate (token bucket)
+ * and their own counters in the summary and the stats lines. --hold makes
+ * every new connection wait for its greeting until SIGUSR1 (a backlog
+ * builds up in the client, then drains at once).
+ *
  * Main parts: sink_main() (options, listeners, signals, the loop),
  * sink_conn_* (one SMTP session: read, line/DATA parsing, replies, TLS),
- * sink_map_* (string-keyed counters), sink_summary_write().
+ * sink_prov_* (the profile), sink_map_* (string-keyed counters),
+ * sink_summary_write().
  *
  * Thread: everything runs on one libuv loop in the main thread. The hot path
  * (MAIL, RCPT, DATA, body, 250) allocates nothing once a connection's
@@ -23,6 +32,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <json-c/json.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
@@ -38,6 +48,8 @@
 #define SINK_MAX_RCPTS 1000    /* RFC 5321 §4.5.3.1 asks for at least 100 */
 #define SINK_MAX_SIZE 52428800 /* advertised SIZE */
 #define SINK_READ_SIZE 65536
+#define SINK_MAX_PROVS 64
+#define SINK_HDR_KEEP 8192 /* bytes of each message kept for the log's header fields */
 
 /* ---------------------------------------------------------------- counters */
 
@@ -57,6 +69,26 @@ typedef struct sink_map {
 enum { IP_CONNS = 0, IP_MSGS, IP_RCPTS, IP_BYTES };
 /* by_domain counters */
 enum { DOM_RCPTS = 0, DOM_TEMPFAILS, DOM_PERMFAILS };
+
+/* One provider of the --profile: its domains, its behaviour, its counters.
+ * Numbers left out of the profile are taken from the command line. */
+typedef struct sink_prov {
+    char *p_name;
+    char **p_domains; /* "d.example" exact, "*.suffix" or ".suffix": subdomains */
+    int p_ndomains;
+    int p_listener; /* index of the -l listener it owns, -1 = by domain only */
+    long p_max_conns;
+    long p_rate_per_conn;
+    double p_rate; /* recipients per second accepted by the provider, 0 = no limit */
+    double p_tempfail_pct, p_permfail_pct;
+    char *p_ok_text; /* "{seq}" is replaced by the message number */
+    char *p_tempfail_text, *p_permfail_text, *p_max_conns_text, *p_rate_per_conn_text, *p_rate_text;
+    double p_tokens;
+    uint64_t p_tokens_us;
+    uint64_t p_conns, p_conns_rejected, p_conns_cur, p_conns_max;
+    uint64_t p_msgs, p_rcpts, p_bytes, p_tempfails, p_permfails, p_rate_limited, p_421s;
+    uint64_t p_st_msgs; /* at the previous stats line */
+} sink_prov_t;
 
 /* ---------------------------------------------------------------- session */
 
@@ -94,6 +126,8 @@ typedef struct sink_conn {
     bool c_paused;   /* a slow reply is held */
     bool c_writing;  /* c_wreq in flight */
     bool c_esmtp;
+    bool c_on_hold;       /* --hold: not greeted yet */
+    int c_prov;           /* provider index, -1 = none yet */
     const char *c_reason; /* why the session ended */
 
     char c_ip[64];
@@ -120,6 +154,7 @@ typedef struct sink_conn {
     bool c_toobig;
     uint64_t c_msg_bytes;
     buf_t c_body; /* --store only */
+    buf_t c_head; /* --log only: the first SINK_HDR_KEEP bytes, for qid / Message-ID */
 
     /* per connection totals */
     uint64_t c_msgs, c_nrcpts_ok, c_bytes;
@@ -145,6 +180,8 @@ typedef struct sink_opts {
     const char *o_summary;
     long o_slow_ms;
     uint64_t o_seed;
+    const char *o_profile;
+    bool o_hold;
 } sink_opts_t;
 
 /* The sink's state: one instance, owned by main, used by the loop thread. */
@@ -154,7 +191,7 @@ typedef struct sink {
     uv_tcp_t s_listen[SINK_MAX_LISTENERS];
     int s_ports[SINK_MAX_LISTENERS];
     int s_nlisten;
-    uv_signal_t s_sigterm, s_sigint;
+    uv_signal_t s_sigterm, s_sigint, s_sigusr1;
     uv_timer_t s_quit_timer, s_stats_timer, s_tick_timer;
     bool s_stopping;
     void *s_tls_ctx;
@@ -173,6 +210,11 @@ typedef struct sink {
     uint64_t s_st_us, s_st_msgs, s_st_rcpts, s_st_bytes;
 
     sink_map_t s_by_ip, s_by_domain, s_seen_once;
+
+    sink_prov_t s_provs[SINK_MAX_PROVS];
+    int s_nprovs;
+    sink_map_t s_prov_of; /* domain -> provider index + 1 (0 = none), a cache */
+    bool s_held;          /* --hold until SIGUSR1 */
 } sink_t;
 
 static sink_t G;
@@ -209,6 +251,13 @@ static void sink_store_message(sink_conn_t *c, uint64_t seq, uint64_t now_us);
 static void sink_summary_write(void);
 static void sink_stats_cb(uv_timer_t *t);
 static void sink_stop(const char *why);
+static int sink_prov_load(const char *path);
+static void sink_prov_free(void);
+static int sink_prov_for(const char *addr);
+static int sink_prov_assign(sink_conn_t *c, int p);
+static bool sink_prov_rate_ok(sink_prov_t *p, uint64_t now_us);
+static void sink_conn_greet(sink_conn_t *c);
+static void sink_log_headers(buf_t *l, const buf_t *head);
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -404,6 +453,7 @@ static void sink_accept_cb(uv_stream_t *srv, int status)
     c->c_tcp.data = c;
     c->c_timer.data = c;
     c->c_nhandles = 2;
+    c->c_prov = -1;
     if (uv_accept(srv, (uv_stream_t *)&c->c_tcp) != 0) {
         c->c_state = SINK_ST_CLOSING;
         uv_close((uv_handle_t *)&c->c_tcp, sink_conn_closed_cb);
@@ -455,18 +505,56 @@ static void sink_accept_cb(uv_stream_t *srv, int status)
         sink_conn_flush(c);
         return;
     }
+    /* A provider that owns this listener (its "MX host") caps it at once. */
+    for (int i = 0; i < G.s_nprovs; i++) {
+        if (G.s_provs[i].p_listener < 0 || &G.s_listen[G.s_provs[i].p_listener] != (uv_tcp_t *)srv)
+            continue;
+        if (sink_prov_assign(c, i) < 0) {
+            c->c_rejected = true;
+            G.s_conns_rejected++;
+            if (G.s_o.o_log)
+                sink_log_connect(c);
+            c->c_reason = "provider max-conns";
+            sink_conn_flush(c);
+            return;
+        }
+        break;
+    }
     G.s_conns_cur++;
     if (G.s_conns_cur > G.s_conns_max)
         G.s_conns_max = G.s_conns_cur;
     if (G.s_o.o_log)
         sink_log_connect(c);
+    if (G.s_held) {
+        c->c_on_hold = true; /* greeted by sink_release_cb */
+        return;
+    }
+    sink_conn_greet(c);
+}
 
+static void sink_conn_greet(sink_conn_t *c)
+{
     char greet[400];
+    c->c_on_hold = false;
     snprintf(greet, sizeof(greet), "220 %s ESMTP sluice-sink", G.s_o.o_hostname);
     sink_conn_reply(c, greet);
     sink_conn_flush(c);
     if (c->c_state != SINK_ST_CLOSING)
         uv_read_start((uv_stream_t *)&c->c_tcp, sink_conn_alloc_cb, sink_conn_read_cb);
+}
+
+/* SIGUSR1: end --hold, greet every connection that waited. */
+static void sink_release_cb(uv_signal_t *sig, int signum)
+{
+    UNUSED(sig);
+    UNUSED(signum);
+    if (!G.s_held)
+        return;
+    G.s_held = false;
+    log_info("hold released");
+    for (sink_conn_t *c = G.s_conns; c; c = c->c_next)
+        if (c->c_on_hold && c->c_state != SINK_ST_CLOSING)
+            sink_conn_greet(c);
 }
 
 /* One loop thread: every read lands in the same scratch buffer, copied out
@@ -678,9 +766,14 @@ static void sink_cmd_mail(sink_conn_t *c, char *arg)
         sink_conn_reply(c, "503 5.5.1 Nested MAIL command");
         return;
     }
-    if (G.s_o.o_rate_per_conn > 0 && c->c_msgs >= (uint64_t)G.s_o.o_rate_per_conn) {
+    sink_prov_t *pv = c->c_prov >= 0 ? &G.s_provs[c->c_prov] : NULL;
+    long per_conn = pv ? pv->p_rate_per_conn : G.s_o.o_rate_per_conn;
+    if (per_conn > 0 && c->c_msgs >= (uint64_t)per_conn) {
         G.s_421s++;
-        sink_conn_reply(c, "421 4.7.0 Too many messages on this connection");
+        if (pv)
+            pv->p_421s++;
+        sink_conn_reply(c, pv ? pv->p_rate_per_conn_text
+                              : "421 4.7.0 Too many messages on this connection");
         c->c_quit = true;
         c->c_reason = "rate-per-conn";
         return;
@@ -782,19 +875,53 @@ static void sink_cmd_rcpt(sink_conn_t *c, char *arg)
         c->c_faults |= SINK_F_DATAFAIL;
     } else if (fault_match(path, "datareject")) {
         c->c_faults |= SINK_F_DATAREJECT;
-    } else if (G.s_o.o_tempfail_pct > 0 || G.s_o.o_permfail_pct > 0) {
-        double r = sink_rand_pct();
-        if (r < G.s_o.o_tempfail_pct) {
-            G.s_rcpt_tempfails++;
-            sink_domain_fail(path, DOM_TEMPFAILS);
-            sink_conn_reply(c, "450 4.2.1 Mailbox temporarily unavailable (random)");
-            return;
+    } else {
+        /* The recipient's provider: the connection's one (its listener or
+         * its first recipient), else by domain. */
+        int pi = c->c_prov >= 0 ? c->c_prov : sink_prov_for(path);
+        sink_prov_t *pv = NULL;
+        if (pi >= 0) {
+            if (c->c_prov < 0 && sink_prov_assign(c, pi) < 0) {
+                c->c_reason = "provider max-conns";
+                return;
+            }
+            pv = &G.s_provs[pi];
+            if (pv->p_rate > 0 && !sink_prov_rate_ok(pv, clock_now_us())) {
+                pv->p_rate_limited++;
+                G.s_rcpt_tempfails++;
+                pv->p_tempfails++;
+                sink_domain_fail(path, DOM_TEMPFAILS);
+                sink_conn_reply(c, pv->p_rate_text);
+                if (strncmp(pv->p_rate_text, "421", 3) == 0) {
+                    G.s_421s++;
+                    pv->p_421s++;
+                    c->c_quit = true;
+                    c->c_reason = "provider rate";
+                }
+                return;
+            }
         }
-        if (r < G.s_o.o_tempfail_pct + G.s_o.o_permfail_pct) {
-            G.s_rcpt_permfails++;
-            sink_domain_fail(path, DOM_PERMFAILS);
-            sink_conn_reply(c, "550 5.1.1 User unknown (random)");
-            return;
+        double tf = pv ? pv->p_tempfail_pct : G.s_o.o_tempfail_pct;
+        double pf = pv ? pv->p_permfail_pct : G.s_o.o_permfail_pct;
+        if (tf > 0 || pf > 0) {
+            double r = sink_rand_pct();
+            if (r < tf) {
+                G.s_rcpt_tempfails++;
+                if (pv)
+                    pv->p_tempfails++;
+                sink_domain_fail(path, DOM_TEMPFAILS);
+                sink_conn_reply(c, pv ? pv->p_tempfail_text
+                                      : "450 4.2.1 Mailbox temporarily unavailable (random)");
+                return;
+            }
+            if (r < tf + pf) {
+                G.s_rcpt_permfails++;
+                if (pv)
+                    pv->p_permfails++;
+                sink_domain_fail(path, DOM_PERMFAILS);
+                sink_conn_reply(c, pv ? pv->p_permfail_text : "550 5.1.1 User unknown (random)");
+                return;
+            }
         }
     }
     if (has_8bit(path) && !c->c_utf8) {
@@ -839,6 +966,11 @@ static void sink_conn_command(sink_conn_t *c, char *line, size_t len)
                 if (c->c_body.b_cap == 0)
                     buf_init(&c->c_body, 8192);
                 buf_reset(&c->c_body);
+            }
+            if (G.s_log != NULL) {
+                if (c->c_head.b_cap == 0)
+                    buf_init(&c->c_head, SINK_HDR_KEEP);
+                buf_reset(&c->c_head);
             }
             sink_conn_enter_state(c, SINK_ST_DATA);
             sink_conn_reply(c, "354 End data with <CR><LF>.<CR><LF>");
@@ -902,6 +1034,8 @@ static size_t sink_conn_data(sink_conn_t *c, const char *p, size_t len)
             d++; /* RFC 5321 §4.5.2: remove the stuffed dot */
             dl--;
         }
+        if (G.s_log != NULL && c->c_msg_bytes < SINK_HDR_KEEP)
+            buf_append(&c->c_head, d, MIN(dl, SINK_HDR_KEEP - (size_t)c->c_msg_bytes));
         c->c_msg_bytes += dl;
         if (c->c_msg_bytes > SINK_MAX_SIZE)
             c->c_toobig = true;
@@ -925,7 +1059,7 @@ static void sink_conn_message_end(sink_conn_t *c)
     uint64_t now = clock_now_us();
     const char *reply;
     const char *result;
-    char okbuf[96];
+    char okbuf[512];
     int code;
     if (c->c_faults & SINK_F_DATAFAIL) {
         reply = "451 4.3.0 Temporary failure, try again later";
@@ -944,8 +1078,22 @@ static void sink_conn_message_end(sink_conn_t *c)
         G.s_data_permfails++;
     } else {
         uint64_t seq = ++G.s_seq;
-        snprintf(okbuf, sizeof(okbuf), "250 2.0.0 Ok: queued as %" PRIu64, seq);
+        const char *ok = c->c_prov >= 0 ? G.s_provs[c->c_prov].p_ok_text : NULL;
+        const char *mark = ok ? strstr(ok, "{seq}") : NULL;
+        if (ok == NULL)
+            snprintf(okbuf, sizeof(okbuf), "250 2.0.0 Ok: queued as %" PRIu64, seq);
+        else if (mark == NULL)
+            snprintf(okbuf, sizeof(okbuf), "%s", ok);
+        else
+            snprintf(okbuf, sizeof(okbuf), "%.*s%" PRIu64 "%s", (int)(mark - ok), ok, seq,
+                     mark + 5);
         reply = okbuf;
+        if (c->c_prov >= 0) {
+            sink_prov_t *pv = &G.s_provs[c->c_prov];
+            pv->p_msgs++;
+            pv->p_rcpts += (uint64_t)c->c_nrcpt;
+            pv->p_bytes += c->c_msg_bytes;
+        }
         result = "accepted";
         code = 250;
         G.s_msgs++;
@@ -994,7 +1142,10 @@ static void sink_conn_message_end(sink_conn_t *c)
             json_cstr(l, r);
             r += strlen(r) + 1;
         }
-        buf_append_str(l, "]}");
+        buf_append_str(l, "],\"provider\":");
+        json_cstr(l, c->c_prov >= 0 ? G.s_provs[c->c_prov].p_name : NULL);
+        sink_log_headers(l, &c->c_head);
+        buf_append_str(l, "}");
         sink_log_line(l);
     }
     sink_conn_enter_state(c, SINK_ST_READY);
@@ -1223,6 +1374,8 @@ static void sink_conn_close(sink_conn_t *c, const char *reason)
     sink_conn_enter_state(c, SINK_ST_CLOSING);
     if (!c->c_rejected)
         G.s_conns_cur--;
+    if (c->c_prov >= 0)
+        G.s_provs[c->c_prov].p_conns_cur--;
     if (G.s_o.o_log) {
         buf_t *l = &G.s_line;
         buf_reset(l);
@@ -1265,7 +1418,319 @@ static void sink_conn_closed_cb(uv_handle_t *h)
     buf_free(&c->c_from);
     buf_free(&c->c_rcpts);
     buf_free(&c->c_body);
+    buf_free(&c->c_head);
     free(c);
+}
+
+/* ---------------------------------------------------------------- providers */
+
+/* The header fields the benchmark driver matches on, from the first bytes of
+ * the message: "qid" (the "id" in the topmost Received field: the relaying
+ * MTA's queue id), "message_id", and "dkim" (a DKIM-Signature is present). */
+static void sink_log_headers(buf_t *l, const buf_t *head)
+{
+    const char *p = head->b_data, *end = p ? p + head->b_len : NULL;
+    const char *qid = NULL, *mid = NULL;
+    size_t qlen = 0, mlen = 0;
+    bool dkim = false, in_first_received = false, seen_received = false;
+    while (p != NULL && p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *le = nl ? nl : end;
+        size_t ll = (size_t)(le - p);
+        if (ll > 0 && p[ll - 1] == '\r')
+            ll--;
+        if (ll == 0)
+            break; /* end of the header section */
+        bool cont = p[0] == ' ' || p[0] == '\t';
+        if (!cont) {
+            in_first_received = false;
+            if (ll >= 9 && strncasecmp(p, "Received:", 9) == 0 && !seen_received) {
+                in_first_received = seen_received = true;
+            } else if (ll >= 11 && strncasecmp(p, "Message-ID:", 11) == 0 && mid == NULL) {
+                const char *v = p + 11;
+                while (v < p + ll && (*v == ' ' || *v == '\t'))
+                    v++;
+                mid = v;
+                mlen = (size_t)(p + ll - v);
+            } else if (ll >= 15 && strncasecmp(p, "DKIM-Signature:", 15) == 0) {
+                dkim = true;
+            }
+        }
+        if (in_first_received && qid == NULL) {
+            /* " id TOKEN" (RFC 5321 4.4: "with ESMTP id ...") */
+            for (const char *q = p; q + 4 <= p + ll; q++) {
+                if ((q[0] == ' ' || q[0] == '\t') && (q[1] == 'i' || q[1] == 'I') &&
+                    (q[2] == 'd' || q[2] == 'D') && q[3] == ' ') {
+                    const char *v = q + 4;
+                    size_t n = 0;
+                    while (v + n < p + ll && v[n] != ' ' && v[n] != ';' && v[n] != '\t')
+                        n++;
+                    if (n > 0) {
+                        qid = v;
+                        qlen = n;
+                    }
+                    break;
+                }
+            }
+        }
+        if (nl == NULL)
+            break;
+        p = nl + 1;
+    }
+    buf_append_str(l, ",\"qid\":");
+    if (qid)
+        json_str(l, qid, qlen);
+    else
+        buf_append_str(l, "null");
+    buf_append_str(l, ",\"message_id\":");
+    if (mid)
+        json_str(l, mid, mlen);
+    else
+        buf_append_str(l, "null");
+    buf_printf(l, ",\"dkim\":%s", dkim ? "true" : "false");
+}
+
+/* "a.example" matches itself; "*.x.example" and ".x.example" match every
+ * subdomain of x.example (not x.example itself). */
+static bool domain_match(const char *dom, size_t dl, const char *pat)
+{
+    if (pat[0] == '*')
+        pat++;
+    size_t pl = strlen(pat);
+    if (pat[0] == '.')
+        return dl > pl && strncasecmp(dom + dl - pl, pat, pl) == 0;
+    return dl == pl && strncasecmp(dom, pat, pl) == 0;
+}
+
+/* The provider of a recipient address by its domain, or -1. Cached. */
+static int sink_prov_for(const char *addr)
+{
+    if (G.s_nprovs == 0)
+        return -1;
+    const char *at = strrchr(addr, '@');
+    char dom[256];
+    size_t dl = at ? strlen(at + 1) : 0;
+    dl = MIN(dl, sizeof(dom) - 1);
+    memcpy(dom, at ? at + 1 : "", dl);
+    dom[dl] = '\0';
+    str_lower(dom, dl);
+    bool created;
+    sink_count_t *e = sink_map_get(&G.s_prov_of, dom, dl, &created);
+    if (created) {
+        e->sc_v[0] = 0;
+        for (int i = 0; i < G.s_nprovs && e->sc_v[0] == 0; i++)
+            for (int k = 0; k < G.s_provs[i].p_ndomains; k++)
+                if (domain_match(dom, dl, G.s_provs[i].p_domains[k])) {
+                    e->sc_v[0] = (uint64_t)i + 1;
+                    break;
+                }
+    }
+    return (int)e->sc_v[0] - 1;
+}
+
+/* Count connection c against provider p, or refuse it with the provider's
+ * max-conns reply (421, c_quit set) when p is at its cap. */
+static int sink_prov_assign(sink_conn_t *c, int p)
+{
+    sink_prov_t *pv = &G.s_provs[p];
+    if (pv->p_max_conns > 0 && pv->p_conns_cur >= (uint64_t)pv->p_max_conns) {
+        pv->p_conns_rejected++;
+        pv->p_421s++;
+        G.s_421s++;
+        sink_conn_reply(c, pv->p_max_conns_text);
+        c->c_quit = true;
+        return -1;
+    }
+    c->c_prov = p;
+    pv->p_conns++;
+    pv->p_conns_cur++;
+    if (pv->p_conns_cur > pv->p_conns_max)
+        pv->p_conns_max = pv->p_conns_cur;
+    return 0;
+}
+
+/* Token bucket of the provider's recipient rate: a burst of one second. */
+static bool sink_prov_rate_ok(sink_prov_t *p, uint64_t now_us)
+{
+    double burst = p->p_rate < 1 ? 1 : p->p_rate;
+    if (p->p_tokens_us == 0) {
+        p->p_tokens = burst;
+    } else if (now_us > p->p_tokens_us) {
+        p->p_tokens += (double)(now_us - p->p_tokens_us) / 1e6 * p->p_rate;
+        if (p->p_tokens > burst)
+            p->p_tokens = burst;
+    }
+    p->p_tokens_us = now_us;
+    if (p->p_tokens < 1)
+        return false;
+    p->p_tokens -= 1;
+    return true;
+}
+
+/* A reply text of the profile: one line, three digits of class cls, a space. */
+static char *prof_text(json_object *o, const char *key, const char *dflt, int cls, char *err,
+                       size_t errlen)
+{
+    json_object *v;
+    if (!json_object_object_get_ex(o, key, &v))
+        return xstrdup(dflt);
+    const char *s = json_object_get_string(v);
+    if (!json_object_is_type(v, json_type_string) || strlen(s) < 4 || s[0] != '0' + cls ||
+        s[1] < '0' || s[1] > '9' || s[2] < '0' || s[2] > '9' || s[3] != ' ' ||
+        strpbrk(s, "\r\n") != NULL || strlen(s) > 400) {
+        snprintf(err, errlen, "%s: want a one-line %dxx reply text", key, cls);
+        return NULL;
+    }
+    return xstrdup(s);
+}
+
+static int prof_num(json_object *o, const char *key, double lo, double hi, double *out, char *err,
+                    size_t errlen)
+{
+    json_object *v;
+    if (!json_object_object_get_ex(o, key, &v))
+        return 0;
+    if (!json_object_is_type(v, json_type_int) && !json_object_is_type(v, json_type_double)) {
+        snprintf(err, errlen, "%s: want a number", key);
+        return -1;
+    }
+    double d = json_object_get_double(v);
+    if (d < lo || d > hi) {
+        snprintf(err, errlen, "%s: %g is out of range [%g, %g]", key, d, lo, hi);
+        return -1;
+    }
+    *out = d;
+    return 0;
+}
+
+/*
+ * --profile FILE:
+ *   {"providers": [{"name": "gmail", "domains": ["d0.example", "*.gmail.example"],
+ *     "listener": 1, "max_conns": 10, "rate_per_conn": 100, "rate": 500,
+ *     "tempfail_pct": 2, "permfail_pct": 1, "ok_text": "250 2.0.0 OK {seq} - gsmtp",
+ *     "tempfail_text": "450 4.2.1 ...", "permfail_text": "550 5.1.1 ...",
+ *     "max_conns_text": "421 4.7.0 ...", "rate_per_conn_text": "421 4.7.0 ...",
+ *     "rate_text": "451 4.7.28 ..."}, ...]}
+ * "listener" is the index of a -l option: the provider owns that port.
+ * Numbers left out are the command line's (--max-conns, --tempfail-pct, ...).
+ */
+static int sink_prov_load(const char *path)
+{
+    char err[512] = "";
+    json_object *root = json_object_from_file(path), *arr;
+    if (root == NULL) {
+        fprintf(stderr, "sluice-sink: %s: %s\n", path, json_util_get_last_err());
+        return SL_ECONFIG;
+    }
+    if (!json_object_object_get_ex(root, "providers", &arr) ||
+        !json_object_is_type(arr, json_type_array)) {
+        snprintf(err, sizeof(err), "want {\"providers\": [...]}");
+        goto fail;
+    }
+    size_t n = json_object_array_length(arr);
+    if (n > SINK_MAX_PROVS) {
+        snprintf(err, sizeof(err), "at most %d providers", SINK_MAX_PROVS);
+        goto fail;
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_object *o = json_object_array_get_idx(arr, i), *v;
+        sink_prov_t *p = &G.s_provs[G.s_nprovs];
+        if (!json_object_is_type(o, json_type_object) ||
+            !json_object_object_get_ex(o, "name", &v) ||
+            !json_object_is_type(v, json_type_string)) {
+            snprintf(err, sizeof(err), "provider %zu: want an object with a \"name\"", i);
+            goto fail;
+        }
+        memset(p, 0, sizeof(*p));
+        G.s_nprovs++;
+        p->p_name = xstrdup(json_object_get_string(v));
+        p->p_listener = -1;
+        if (json_object_object_get_ex(o, "domains", &v)) {
+            if (!json_object_is_type(v, json_type_array)) {
+                snprintf(err, sizeof(err), "%s: domains: want a list", p->p_name);
+                goto fail;
+            }
+            size_t nd = json_object_array_length(v);
+            p->p_domains = xcalloc(nd + 1, sizeof(char *));
+            for (size_t k = 0; k < nd; k++) {
+                json_object *d = json_object_array_get_idx(v, k);
+                if (!json_object_is_type(d, json_type_string) ||
+                    json_object_get_string_len(d) == 0) {
+                    snprintf(err, sizeof(err), "%s: domains: want strings", p->p_name);
+                    goto fail;
+                }
+                p->p_domains[p->p_ndomains++] = xstrdup(json_object_get_string(d));
+            }
+        }
+        double li = -1, mc = (double)G.s_o.o_max_conns, rpc = (double)G.s_o.o_rate_per_conn;
+        p->p_tempfail_pct = G.s_o.o_tempfail_pct;
+        p->p_permfail_pct = G.s_o.o_permfail_pct;
+        char e2[256] = "";
+        if (prof_num(o, "listener", 0, SINK_MAX_LISTENERS - 1, &li, e2, sizeof(e2)) < 0 ||
+            prof_num(o, "max_conns", 0, 1e9, &mc, e2, sizeof(e2)) < 0 ||
+            prof_num(o, "rate_per_conn", 0, 1e12, &rpc, e2, sizeof(e2)) < 0 ||
+            prof_num(o, "rate", 0, 1e9, &p->p_rate, e2, sizeof(e2)) < 0 ||
+            prof_num(o, "tempfail_pct", 0, 100, &p->p_tempfail_pct, e2, sizeof(e2)) < 0 ||
+            prof_num(o, "permfail_pct", 0, 100, &p->p_permfail_pct, e2, sizeof(e2)) < 0) {
+            snprintf(err, sizeof(err), "%s: %s", p->p_name, e2);
+            goto fail;
+        }
+        if (li >= 0) {
+            if ((int)li >= G.s_o.o_nlisten) {
+                snprintf(err, sizeof(err), "%s: listener %d: there are only %d -l options",
+                         p->p_name, (int)li, G.s_o.o_nlisten);
+                goto fail;
+            }
+            p->p_listener = (int)li;
+        }
+        p->p_max_conns = (long)mc;
+        p->p_rate_per_conn = (long)rpc;
+        if (!(p->p_ok_text =
+                  prof_text(o, "ok_text", "250 2.0.0 Ok: queued as {seq}", 2, e2, sizeof(e2))) ||
+            !(p->p_tempfail_text =
+                  prof_text(o, "tempfail_text", "450 4.2.1 Mailbox temporarily unavailable", 4, e2,
+                            sizeof(e2))) ||
+            !(p->p_permfail_text =
+                  prof_text(o, "permfail_text", "550 5.1.1 User unknown", 5, e2, sizeof(e2))) ||
+            !(p->p_max_conns_text = prof_text(o, "max_conns_text", "421 4.7.0 Too many connections",
+                                              4, e2, sizeof(e2))) ||
+            !(p->p_rate_per_conn_text =
+                  prof_text(o, "rate_per_conn_text",
+                            "421 4.7.0 Too many messages on this connection", 4, e2, sizeof(e2))) ||
+            !(p->p_rate_text =
+                  prof_text(o, "rate_text", "451 4.7.1 Rate limit exceeded", 4, e2, sizeof(e2)))) {
+            snprintf(err, sizeof(err), "%s: %s", p->p_name, e2);
+            goto fail;
+        }
+        if (p->p_ndomains == 0 && p->p_listener < 0) {
+            snprintf(err, sizeof(err), "%s: give \"domains\" or a \"listener\"", p->p_name);
+            goto fail;
+        }
+    }
+    json_object_put(root);
+    return 0;
+fail:
+    fprintf(stderr, "sluice-sink: %s: %s\n", path, err);
+    json_object_put(root);
+    return SL_ECONFIG;
+}
+
+static void sink_prov_free(void)
+{
+    for (int i = 0; i < G.s_nprovs; i++) {
+        sink_prov_t *p = &G.s_provs[i];
+        for (int k = 0; k < p->p_ndomains; k++)
+            free(p->p_domains[k]);
+        free(p->p_domains);
+        free(p->p_name);
+        free(p->p_ok_text);
+        free(p->p_tempfail_text);
+        free(p->p_permfail_text);
+        free(p->p_max_conns_text);
+        free(p->p_rate_per_conn_text);
+        free(p->p_rate_text);
+    }
+    G.s_nprovs = 0;
 }
 
 /* ---------------------------------------------------------------- reporting */
@@ -1289,6 +1754,38 @@ static void sink_counts_json(buf_t *b, uint64_t now)
                G.s_data_tempfails, G.s_data_permfails, G.s_drops, G.s_aborts, G.s_421s,
                span > 0 ? (double)G.s_msgs / span : (el > 0 ? (double)G.s_msgs / el : 0.0),
                us_to_s(G.s_first_msg_us), us_to_s(G.s_last_msg_us));
+}
+
+/* ,"by_provider":{name:{...}}; with rates, the messages/s since the last
+ * stats line (and that line's baseline moves on). */
+static void sink_prov_json(buf_t *b, uint64_t now, bool rates)
+{
+    if (G.s_nprovs == 0)
+        return;
+    double dt = us_to_s(now - G.s_st_us);
+    buf_append_str(b, ",\"by_provider\":{");
+    for (int i = 0; i < G.s_nprovs; i++) {
+        sink_prov_t *p = &G.s_provs[i];
+        if (i)
+            buf_append(b, ",", 1);
+        json_cstr(b, p->p_name);
+        buf_printf(b,
+                   ":{\"connections\":%" PRIu64 ",\"connections_rejected\":%" PRIu64
+                   ",\"concurrent_current\":%" PRIu64 ",\"concurrent_max\":%" PRIu64
+                   ",\"messages\":%" PRIu64 ",\"recipients\":%" PRIu64 ",\"bytes\":%" PRIu64
+                   ",\"tempfails\":%" PRIu64 ",\"permfails\":%" PRIu64 ",\"rate_limited\":%" PRIu64
+                   ",\"replies_421\":%" PRIu64,
+                   p->p_conns, p->p_conns_rejected, p->p_conns_cur, p->p_conns_max, p->p_msgs,
+                   p->p_rcpts, p->p_bytes, p->p_tempfails, p->p_permfails, p->p_rate_limited,
+                   p->p_421s);
+        if (rates) {
+            buf_printf(b, ",\"msgs_per_s\":%.1f",
+                       dt > 0 ? (double)(p->p_msgs - p->p_st_msgs) / dt : 0.0);
+            p->p_st_msgs = p->p_msgs;
+        }
+        buf_append(b, "}", 1);
+    }
+    buf_append(b, "}", 1);
 }
 
 static void sink_map_json(buf_t *b, const sink_map_t *m, const char *const *names, int nnames)
@@ -1324,6 +1821,7 @@ static void sink_summary_write(void)
     sink_map_json(&b, &G.s_by_ip, ipn, 4);
     buf_append_str(&b, ",\"by_domain\":");
     sink_map_json(&b, &G.s_by_domain, domn, 3);
+    sink_prov_json(&b, now, false);
     buf_append_str(&b, "}\n");
     if (G.s_o.o_summary) {
         int rc = write_file_atomic(G.s_o.o_summary, b.b_data, b.b_len);
@@ -1356,6 +1854,7 @@ static void sink_stats_cb(uv_timer_t *t)
                us_to_s(now), dt, (double)(G.s_msgs - G.s_st_msgs) / dt,
                (double)(G.s_rcpts - G.s_st_rcpts) / dt, (double)(G.s_bytes - G.s_st_bytes) / dt);
     sink_counts_json(l, now);
+    sink_prov_json(l, now, true);
     buf_append(l, "}", 1);
     sink_log_line(l);
     G.s_st_us = now;
@@ -1390,6 +1889,7 @@ static void sink_stop(const char *why)
         sink_close_handle((uv_handle_t *)&G.s_listen[i]);
     sink_close_handle((uv_handle_t *)&G.s_sigterm);
     sink_close_handle((uv_handle_t *)&G.s_sigint);
+    sink_close_handle((uv_handle_t *)&G.s_sigusr1);
     sink_close_handle((uv_handle_t *)&G.s_quit_timer);
     sink_close_handle((uv_handle_t *)&G.s_stats_timer);
     sink_close_handle((uv_handle_t *)&G.s_tick_timer);
@@ -1433,6 +1933,8 @@ static void usage(FILE *f)
                "  --summary FILE           JSON summary on exit\n"
                "  --slow-ms MS             delay of the 'slow' fault (default 2000)\n"
                "  --seed N                 random seed for the -pct faults\n"
+               "  --profile FILE           per-provider behaviour (JSON, docs/benchmarks.md)\n"
+               "  --hold                   greet no connection until SIGUSR1\n"
                "  -v, --verbose            debug log (state changes) to stderr\n"
                "Faults by recipient local part (before '@', '+tag' ignored): tempfail,\n"
                "permfail, 421, slow, drop, datafail, datareject, tempfailonce.\n");
@@ -1461,6 +1963,8 @@ enum {
     OPT_SUMMARY,
     OPT_SLOW_MS,
     OPT_SEED,
+    OPT_PROFILE,
+    OPT_HOLD,
 };
 
 static int parse_num(const char *s, double lo, double hi, double *out)
@@ -1500,6 +2004,8 @@ static int sink_parse_args(int argc, char **argv, sink_opts_t *o)
         {"summary", required_argument, NULL, OPT_SUMMARY},
         {"slow-ms", required_argument, NULL, OPT_SLOW_MS},
         {"seed", required_argument, NULL, OPT_SEED},
+        {"profile", required_argument, NULL, OPT_PROFILE},
+        {"hold", no_argument, NULL, OPT_HOLD},
         {"verbose", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -1567,6 +2073,12 @@ static int sink_parse_args(int argc, char **argv, sink_opts_t *o)
             break;
         case OPT_SUMMARY:
             o->o_summary = optarg;
+            break;
+        case OPT_PROFILE:
+            o->o_profile = optarg;
+            break;
+        case OPT_HOLD:
+            o->o_hold = true;
             break;
         case OPT_TEMP_PCT:
         case OPT_PERM_PCT:
@@ -1729,6 +2241,10 @@ int main(int argc, char **argv)
     sink_map_init(&G.s_by_ip);
     sink_map_init(&G.s_by_domain);
     sink_map_init(&G.s_seen_once);
+    sink_map_init(&G.s_prov_of);
+    G.s_held = G.s_o.o_hold;
+    if (G.s_o.o_profile && sink_prov_load(G.s_o.o_profile) < 0)
+        goto out;
     if (G.s_o.o_store && mkdir(G.s_o.o_store, 0755) < 0 && errno != EEXIST) {
         fprintf(stderr, "sluice-sink: mkdir %s: %s\n", G.s_o.o_store, strerror(errno));
         goto out;
@@ -1746,17 +2262,20 @@ int main(int argc, char **argv)
     uv_loop_init(&G.s_loop);
     uv_signal_init(&G.s_loop, &G.s_sigterm);
     uv_signal_init(&G.s_loop, &G.s_sigint);
+    uv_signal_init(&G.s_loop, &G.s_sigusr1);
     uv_timer_init(&G.s_loop, &G.s_quit_timer);
     uv_timer_init(&G.s_loop, &G.s_stats_timer);
     uv_timer_init(&G.s_loop, &G.s_tick_timer);
     uv_signal_start(&G.s_sigterm, sink_signal_cb, SIGTERM);
     uv_signal_start(&G.s_sigint, sink_signal_cb, SIGINT);
+    uv_signal_start(&G.s_sigusr1, sink_release_cb, SIGUSR1);
     if (sink_listen() < 0) {
         G.s_stopping = true; /* no summary: we never started */
         for (int i = 0; i < G.s_nlisten; i++)
             sink_close_handle((uv_handle_t *)&G.s_listen[i]);
         sink_close_handle((uv_handle_t *)&G.s_sigterm);
         sink_close_handle((uv_handle_t *)&G.s_sigint);
+        sink_close_handle((uv_handle_t *)&G.s_sigusr1);
         sink_close_handle((uv_handle_t *)&G.s_quit_timer);
         sink_close_handle((uv_handle_t *)&G.s_stats_timer);
         sink_close_handle((uv_handle_t *)&G.s_tick_timer);
@@ -1783,6 +2302,8 @@ out:
     sink_map_free(&G.s_by_ip);
     sink_map_free(&G.s_by_domain);
     sink_map_free(&G.s_seen_once);
+    sink_map_free(&G.s_prov_of);
+    sink_prov_free();
     buf_free(&G.s_line);
     return rc;
 }

@@ -21,6 +21,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <pwd.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,6 +54,8 @@ typedef enum {
     K_ROUTES,    /* section: "domain" = "host[:port]" */
     K_TLSMAP,    /* section: "domain" = "policy" */
     K_USERS,     /* section: name = "crypt(3) hash" */
+    K_HDRLIST,   /* char ** (NULL-terminated): header field names, lower case */
+    K_DKIMKEYS,  /* section: "domain" { selector = "key.pem"; } */
 } kind_t;
 
 typedef struct key_def {
@@ -89,6 +92,7 @@ typedef struct key_def {
  * unit test checks the example names every key. */
 static const key_def_t keys[] = {
     KEY("hostname", K_HOSTNAME, c_hostname, ""),
+    KEY("user", K_STR, c_user, ""),
 
     KEY("log.level", K_LEVEL, c_log_level, "info"),
     KEY("log.file", K_STR, c_log_file, ""),
@@ -104,6 +108,7 @@ static const key_def_t keys[] = {
 
     KEY("control.socket", K_SOCKET, c_ctl_socket, "./var/sluiced.sock"),
     KEYR("control.mode", K_MODE, c_ctl_mode, 0, 0777, "0600"),
+    KEY("control.http_metrics", K_STR, c_ctl_http, ""),
 
     KEY("smtp.listen", K_LISTEN, c_smtp_listen, "127.0.0.1:2525"),
     KEYR("smtp.threads", K_INT, c_smtp_threads, 1, 64, "1"),
@@ -149,6 +154,8 @@ static const key_def_t keys[] = {
     SEC("delivery.tls_policy", K_TLSMAP),
     KEY("delivery.ca_file", K_STR, c_dlv_ca_file, ""),
     KEY("delivery.helo_name", K_HOSTNAME, c_dlv_helo, ""),
+    KEY("delivery.bounce_rules", K_STR, c_dlv_bounce_rules, ""),
+    KEY("delivery.shaping", K_STR, c_dlv_shaping, ""),
     KEYR("delivery.max_rcpt_per_transaction", K_INT, c_dlv_max_rcpt_per_txn, 1, 100000, "100"),
     KEYR("delivery.max_connections_per_destination", K_INT, c_dlv_max_conn_per_dest, 1, 100000,
          "20"),
@@ -169,6 +176,18 @@ static const key_def_t keys[] = {
     KEYR("delivery.data_block_timeout", K_DUR, c_to_data_block, 1, HOUR, "3m"),
     KEYR("delivery.data_done_timeout", K_DUR, c_to_data_done, 1, HOUR, "10m"),
     KEYR("delivery.quit_timeout", K_DUR, c_to_quit, 1, HOUR, "10s"),
+
+    KEY("dkim.sign_from_domain", K_BOOL, c_dkim_sign_from, "true"),
+    KEY("dkim.esp_domain", K_HOSTNAME, c_dkim_esp_domain, ""),
+    KEY("dkim.canonicalization", K_STR, c_dkim_canon, "relaxed/relaxed"),
+    KEY("dkim.algorithm", K_STR, c_dkim_alg, "any"),
+    KEY("dkim.headers", K_HDRLIST, c_dkim_headers,
+        "from, to, subject, date, message-id, mime-version, content-type, list-unsubscribe, "
+        "list-unsubscribe-post, reply-to, cc, in-reply-to, references, feedback-id"),
+    KEY("dkim.oversign", K_HDRLIST, c_dkim_oversign, "from"),
+    KEY("dkim.timestamp", K_BOOL, c_dkim_timestamp, "true"),
+    KEYR("dkim.expire", K_DUR, c_dkim_expire, 0, 365 * DAY, "0"),
+    SEC("dkim.keys", K_DKIMKEYS),
 };
 
 #define NKEYS ((int)ARRAY_SIZE(keys))
@@ -199,10 +218,21 @@ static int load_text(const char *name, const char *text, size_t len, int file_mo
 static int walk_section(loader_t *ld, const cfg_node_t *sec, const char *prefix);
 static int set_value(loader_t *ld, const key_def_t *k, const cfg_node_t *n);
 static int set_map(loader_t *ld, const key_def_t *k, const cfg_node_t *sec);
+static int set_hdrlist(loader_t *ld, const key_def_t *k, const cfg_node_t *n);
+static int set_dkim_keys(loader_t *ld, const key_def_t *k, const cfg_node_t *sec);
+static int finish_dkim(loader_t *ld);
 static int finish(loader_t *ld, int file_mode);
 static void cfg_free(cfg_t *c);
 static int parse_dur_ms(const char *s, uint64_t *ms);
 static int parse_dest(const char *s, char **host, int *port);
+
+/* cfg_set_attach(): written once at start-up, before any thread runs. */
+static cfg_attach_fn attach_fn;
+
+void cfg_set_attach(cfg_attach_fn fn)
+{
+    attach_fn = fn;
+}
 
 /* ------------------------------------------------------------ the default */
 
@@ -289,7 +319,8 @@ static bool is_section_path(const char *path)
 
 static bool is_map(const key_def_t *k)
 {
-    return k->k_kind == K_ROUTES || k->k_kind == K_TLSMAP || k->k_kind == K_USERS;
+    return k->k_kind == K_ROUTES || k->k_kind == K_TLSMAP || k->k_kind == K_USERS ||
+           k->k_kind == K_DKIMKEYS;
 }
 
 /* "50M" for 52428800, "1000" for 1000: the largest unit that divides. */
@@ -374,9 +405,13 @@ static const char *kind_desc(const key_def_t *k, char *dst, size_t len)
     case K_HOSTPORT:
         snprintf(dst, len, "\"host[:port]\"");
         break;
+    case K_HDRLIST:
+        snprintf(dst, len, "a list of header field names such as [\"from\", \"to\"]");
+        break;
     case K_ROUTES:
     case K_TLSMAP:
     case K_USERS:
+    case K_DKIMKEYS:
         snprintf(dst, len, "a section { ... }");
         break;
     default:
@@ -597,8 +632,12 @@ static int set_value(loader_t *ld, const key_def_t *k, const cfg_node_t *n)
     if (is_map(k)) {
         if (n->n_type != CFG_NODE_SECTION)
             return expect_error(ld, k, n);
+        if (k->k_kind == K_DKIMKEYS)
+            return set_dkim_keys(ld, k, n);
         return set_map(ld, k, n);
     }
+    if (k->k_kind == K_HDRLIST)
+        return set_hdrlist(ld, k, n);
     if (k->k_kind == K_LISTEN || k->k_kind == K_CIDRS || k->k_kind == K_RETRY ||
         k->k_kind == K_RESOLVERS)
         return set_list(ld, k, n);
@@ -805,6 +844,210 @@ static int set_map(loader_t *ld, const key_def_t *k, const cfg_node_t *sec)
     return 0;
 }
 
+/* ------------------------------------------------------------ dkim { } */
+
+static void strv_free(char **v)
+{
+    for (char **p = v; p != NULL && *p != NULL; p++)
+        free(*p);
+    free(v);
+}
+
+/* A header field name (RFC 5322 ftext: printable US-ASCII but ':'). */
+static bool valid_field_name(const char *s)
+{
+    if (*s == '\0')
+        return false;
+    for (; *s; s++)
+        if ((unsigned char)*s < 33 || (unsigned char)*s > 126 || *s == ':')
+            return false;
+    return true;
+}
+
+/* A DKIM selector: DNS labels (letters, digits, '-', '_', '.'). */
+static bool valid_selector(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 63 || s[0] == '.' || s[n - 1] == '.' || strstr(s, "..") != NULL)
+        return false;
+    for (; *s; s++)
+        if (!isalnum((unsigned char)*s) && *s != '-' && *s != '_' && *s != '.')
+            return false;
+    return true;
+}
+
+/* dkim.headers / dkim.oversign: a list of field names, stored lower case as
+ * a NULL-terminated array. */
+static int set_hdrlist(loader_t *ld, const key_def_t *k, const cfg_node_t *n)
+{
+    item_t items[MAX_ITEMS];
+    int cnt = 0;
+    if (collect_items(ld, k, n, items, CFG_MAX_DKIM_HEADERS, &cnt) < 0)
+        return SL_ECONFIG;
+    char **v = xcalloc((size_t)cnt + 1, sizeof(*v));
+    for (int i = 0; i < cnt; i++) {
+        if (!valid_field_name(items[i].i_s)) {
+            ld_error(ld, items[i].i_line, "%s: bad header field name \"%s\"", k->k_path,
+                     items[i].i_s);
+            strv_free(v);
+            return SL_ECONFIG;
+        }
+        v[i] = xstrdup(items[i].i_s);
+        lower(v[i]);
+    }
+    char ***slot = field(ld->l_cfg, k);
+    strv_free(*slot);
+    *slot = v;
+    return 0;
+}
+
+/* dkim.keys { "example.com" { s1 = "/etc/sluice/dkim/example.com.pem"; } }:
+ * domain -> selector -> PEM file. The files are checked in finish_dkim();
+ * dkim_cfg_attach() (dkim/) parses them. */
+static int set_dkim_keys(loader_t *ld, const key_def_t *k, const cfg_node_t *sec)
+{
+    cfg_t *c = ld->l_cfg;
+    for (const cfg_node_t *d = sec->n_child; d != NULL; d = d->n_next) {
+        for (const cfg_node_t *p = sec->n_child; p != d; p = p->n_next) {
+            if (strcasecmp(p->n_key, d->n_key) == 0) {
+                ld_error(ld, d->n_key_line, "duplicate key \"%s.%s\" (also on line %d)", k->k_path,
+                         d->n_key, p->n_key_line);
+                return SL_ECONFIG;
+            }
+        }
+        if (!valid_hostname(d->n_key)) {
+            ld_error(ld, d->n_key_line, "%s: bad domain \"%.80s\"", k->k_path, d->n_key);
+            return SL_ECONFIG;
+        }
+        if (d->n_type != CFG_NODE_SECTION) {
+            ld_error(ld, d->n_line,
+                     "%s.%s: expected a section { selector = \"/path/key.pem\"; }, got %s",
+                     k->k_path, d->n_key, d->n_type == CFG_NODE_LIST ? "a list" : "a string");
+            return SL_ECONFIG;
+        }
+        if (d->n_child == NULL) {
+            ld_error(ld, d->n_line, "%s.%s: no key (write selector = \"/path/key.pem\";)",
+                     k->k_path, d->n_key);
+            return SL_ECONFIG;
+        }
+        for (const cfg_node_t *e = d->n_child; e != NULL; e = e->n_next) {
+            for (const cfg_node_t *p = d->n_child; p != e; p = p->n_next) {
+                if (strcasecmp(p->n_key, e->n_key) == 0) {
+                    ld_error(ld, e->n_key_line, "duplicate key \"%s.%s.%s\" (also on line %d)",
+                             k->k_path, d->n_key, e->n_key, p->n_key_line);
+                    return SL_ECONFIG;
+                }
+            }
+            if (!valid_selector(e->n_key)) {
+                ld_error(ld, e->n_key_line, "%s.%s: bad selector \"%.80s\"", k->k_path, d->n_key,
+                         e->n_key);
+                return SL_ECONFIG;
+            }
+            if (e->n_type != CFG_NODE_STR || e->n_str[0] == '\0') {
+                ld_error(ld, e->n_line, "%s.%s.%s: expected the path of a PEM private key",
+                         k->k_path, d->n_key, e->n_key);
+                return SL_ECONFIG;
+            }
+            if (c->c_dkim_nkeys == CFG_MAX_DKIM_KEYS) {
+                ld_error(ld, e->n_key_line, "%s: too many keys (at most %d)", k->k_path,
+                         CFG_MAX_DKIM_KEYS);
+                return SL_ECONFIG;
+            }
+            if (c->c_dkim_keys == NULL)
+                c->c_dkim_keys = xcalloc(CFG_MAX_DKIM_KEYS, sizeof(*c->c_dkim_keys));
+            struct cfg_dkim_key *dk = &c->c_dkim_keys[c->c_dkim_nkeys++];
+            dk->dk_domain = xstrdup(d->n_key);
+            lower(dk->dk_domain);
+            dk->dk_selector = xstrdup(e->n_key);
+            dk->dk_file = xstrdup(e->n_str);
+            dk->dk_line = e->n_line;
+        }
+    }
+    return 0;
+}
+
+/* The dkim section's checks across keys and on the file system. The key
+ * files' contents are dkim/'s business (dkim_cfg_attach). */
+static int finish_dkim(loader_t *ld)
+{
+    cfg_t *c = ld->l_cfg;
+#define LINE(f) (ld->l_line[find_key(f) - keys])
+    static const char *const canons[] = {"relaxed/relaxed", "relaxed/simple", "simple/relaxed",
+                                         "simple/simple",   "relaxed",        "simple"};
+    static const char *const algs[] = {"any", "rsa-sha256", "ed25519-sha256"};
+    bool ok = false;
+    for (size_t i = 0; i < ARRAY_SIZE(canons); i++)
+        ok |= strcasecmp(c->c_dkim_canon, canons[i]) == 0;
+    if (!ok) {
+        ld_error(ld, LINE("dkim.canonicalization"),
+                 "dkim.canonicalization: expected relaxed/relaxed, relaxed/simple, "
+                 "simple/relaxed or simple/simple, got \"%.80s\"",
+                 c->c_dkim_canon);
+        return SL_ECONFIG;
+    }
+    ok = false;
+    for (size_t i = 0; i < ARRAY_SIZE(algs); i++)
+        ok |= strcasecmp(c->c_dkim_alg, algs[i]) == 0;
+    if (!ok) {
+        ld_error(ld, LINE("dkim.algorithm"),
+                 "dkim.algorithm: expected one of any, rsa-sha256, ed25519-sha256, got \"%.80s\"",
+                 c->c_dkim_alg);
+        return SL_ECONFIG;
+    }
+    ok = false;
+    for (char **h = c->c_dkim_headers; *h != NULL; h++)
+        ok |= strcmp(*h, "from") == 0;
+    if (!ok) { /* RFC 6376 5.4 */
+        ld_error(ld, LINE("dkim.headers"), "dkim.headers: must include \"from\" (RFC 6376 5.4)");
+        return SL_ECONFIG;
+    }
+    if (c->c_dkim_expire > 0 && !c->c_dkim_timestamp) {
+        ld_error(ld, MAX(LINE("dkim.expire"), LINE("dkim.timestamp")),
+                 "dkim.expire needs dkim.timestamp = true (x= counts from t=)");
+        return SL_ECONFIG;
+    }
+    if (c->c_dkim_esp_domain[0] != '\0') {
+        lower(c->c_dkim_esp_domain);
+        ok = false;
+        for (int i = 0; i < c->c_dkim_nkeys; i++)
+            ok |= strcmp(c->c_dkim_keys[i].dk_domain, c->c_dkim_esp_domain) == 0;
+        if (!ok) {
+            ld_error(ld, LINE("dkim.esp_domain"),
+                     "dkim.esp_domain: no key for \"%s\" in dkim.keys (add \"%s\" { selector = "
+                     "\"/path/key.pem\"; })",
+                     c->c_dkim_esp_domain, c->c_dkim_esp_domain);
+            return SL_ECONFIG;
+        }
+    }
+    if (c->c_dkim_nkeys > 0 && !c->c_dkim_sign_from && c->c_dkim_esp_domain[0] == '\0') {
+        ld_error(ld, LINE("dkim.sign_from_domain"),
+                 "dkim: keys are configured but nothing signs (set sign_from_domain = true or "
+                 "esp_domain)");
+        return SL_ECONFIG;
+    }
+    for (int i = 0; i < c->c_dkim_nkeys; i++) {
+        const struct cfg_dkim_key *dk = &c->c_dkim_keys[i];
+        struct stat st;
+        if (stat(dk->dk_file, &st) != 0) {
+            ld_error(ld, dk->dk_line, "dkim.keys.%s.%s: key %s: %s", dk->dk_domain, dk->dk_selector,
+                     dk->dk_file, strerror(errno));
+            return SL_ECONFIG;
+        }
+        if (!S_ISREG(st.st_mode)) {
+            ld_error(ld, dk->dk_line, "dkim.keys.%s.%s: key %s: not a regular file", dk->dk_domain,
+                     dk->dk_selector, dk->dk_file);
+            return SL_ECONFIG;
+        }
+        if (st.st_mode & (S_IROTH | S_IWOTH)) {
+            ld_error(ld, dk->dk_line, "dkim.keys.%s.%s: key %s: is readable by others (chmod 600)",
+                     dk->dk_domain, dk->dk_selector, dk->dk_file);
+            return SL_ECONFIG;
+        }
+    }
+#undef LINE
+    return 0;
+}
+
 /* "host", "host:port", "1.2.3.4:25", "[::1]:25", "::1". */
 static int parse_dest(const char *s, char **host, int *port)
 {
@@ -980,9 +1223,25 @@ static int finish(loader_t *ld, int file_mode)
             return SL_ECONFIG;
         }
     }
+    struct stat kst; /* a private key others can read is no longer private */
+    if (has_key && stat(c->c_tls_key, &kst) == 0 && (kst.st_mode & 0004)) {
+        ld_error(ld, LINE("smtp.tls.key"), "smtp.tls.key: \"%s\" is readable by others (chmod 600)",
+                 c->c_tls_key);
+        return SL_ECONFIG;
+    }
     if (c->c_dlv_ca_file[0] != '\0' && access(c->c_dlv_ca_file, R_OK) != 0) {
         ld_error(ld, LINE("delivery.ca_file"), "delivery.ca_file: file not found \"%s\"",
                  c->c_dlv_ca_file);
+        return SL_ECONFIG;
+    }
+    if (c->c_dlv_bounce_rules[0] != '\0' && access(c->c_dlv_bounce_rules, R_OK) != 0) {
+        ld_error(ld, LINE("delivery.bounce_rules"), "delivery.bounce_rules: file not found \"%s\"",
+                 c->c_dlv_bounce_rules);
+        return SL_ECONFIG;
+    }
+    if (c->c_dlv_shaping[0] != '\0' && access(c->c_dlv_shaping, R_OK) != 0) {
+        ld_error(ld, LINE("delivery.shaping"), "delivery.shaping: file not found \"%s\"",
+                 c->c_dlv_shaping);
         return SL_ECONFIG;
     }
     if (c->c_retry_initial > c->c_retry_max) {
@@ -996,10 +1255,16 @@ static int finish(loader_t *ld, int file_mode)
                  "spool.map_size is above spool.max_size");
         return SL_ECONFIG;
     }
+    if (c->c_user[0] != '\0' && getpwnam(c->c_user) == NULL) {
+        ld_error(ld, LINE("user"), "user: no such user \"%s\"", c->c_user);
+        return SL_ECONFIG;
+    }
     if (c->c_nusers > 0 && file_mode >= 0 && (file_mode & 0004)) {
         ld_error(ld, 0, "holds password hashes and is world-readable (chmod o-r)");
         return SL_ECONFIG;
     }
+    if (finish_dkim(ld) < 0)
+        return SL_ECONFIG;
 #undef LINE
     return 0;
 }
@@ -1029,6 +1294,8 @@ static int load_text(const char *name, const char *text, size_t len, int file_mo
         goto fail;
     if (finish(&ld, file_mode) < 0)
         goto fail;
+    if (attach_fn != NULL && attach_fn(c, err, errlen) != 0)
+        goto fail; /* e.g. a DKIM key that does not parse: the load fails */
     cfg_tree_free(root);
     *out = c;
     return 0;
@@ -1094,11 +1361,13 @@ static void cfg_free(cfg_t *c)
 {
     if (c == NULL)
         return;
-    char **strs[] = {&c->c_file,          &c->c_hostname,      &c->c_log_file,    &c->c_acct_dir,
-                     &c->c_spool_path,    &c->c_ctl_socket,    &c->c_tls_cert,    &c->c_tls_key,
-                     &c->c_dlv_resolvers, &c->c_dlv_smarthost, &c->c_dlv_ca_file, &c->c_dlv_helo};
+    char **strs[] = {&c->c_file,          &c->c_hostname,         &c->c_log_file,    &c->c_acct_dir,
+                     &c->c_spool_path,    &c->c_ctl_socket,       &c->c_tls_cert,    &c->c_tls_key,
+                     &c->c_dlv_resolvers, &c->c_dlv_smarthost,    &c->c_dlv_ca_file, &c->c_dlv_helo,
+                     &c->c_user,          &c->c_dlv_bounce_rules, &c->c_dlv_shaping};
     for (size_t i = 0; i < ARRAY_SIZE(strs); i++)
         free(*strs[i]);
+    free(c->c_ctl_http);
     for (int i = 0; i < c->c_nusers; i++) {
         free(c->c_users[i].cu_name);
         free(c->c_users[i].cu_hash);
@@ -1111,7 +1380,38 @@ static void cfg_free(cfg_t *c)
         free(c->c_dlv_tls[i].tp_domain);
     free(c->c_dlv_smart.r_domain);
     free(c->c_dlv_smart.r_host);
+    for (int i = CFG_EXT_MAX - 1; i >= 0; i--)
+        if (c->c_ext[i] != NULL && c->c_ext_free[i] != NULL)
+            c->c_ext_free[i](c->c_ext[i]);
+    free(c->c_dkim_esp_domain);
+    free(c->c_dkim_canon);
+    free(c->c_dkim_alg);
+    strv_free(c->c_dkim_headers);
+    strv_free(c->c_dkim_oversign);
+    for (int i = 0; i < c->c_dkim_nkeys; i++) {
+        free(c->c_dkim_keys[i].dk_domain);
+        free(c->c_dkim_keys[i].dk_selector);
+        free(c->c_dkim_keys[i].dk_file);
+    }
+    free(c->c_dkim_keys);
     free(c);
+}
+
+_Static_assert(CFG_EXT_MAX == ARRAY_SIZE(((cfg_t *)0)->c_ext), "cfg_t.c_ext size");
+
+void cfg_ext_set(cfg_t *c, cfg_ext_t slot, void *obj, void (*free_fn)(void *))
+{
+    /* Attaching to a shared snapshot would break its immutability. */
+    if ((int)slot < 0 || slot >= CFG_EXT_MAX || c->c_ext[slot] != NULL ||
+        atomic_load(&c->c_refs) != 1)
+        abort();
+    c->c_ext[slot] = obj;
+    c->c_ext_free[slot] = free_fn;
+}
+
+void *cfg_ext_get(const cfg_t *c, cfg_ext_t slot)
+{
+    return c != NULL && slot < CFG_EXT_MAX ? c->c_ext[slot] : NULL;
 }
 
 cfg_t *cfg_ref(cfg_t *c)

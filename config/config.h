@@ -24,6 +24,8 @@
 #define CFG_MAX_LISTEN 8
 #define CFG_MAX_NETS 64
 #define CFG_MAX_USERS 256
+#define CFG_MAX_DKIM_KEYS 256
+#define CFG_MAX_DKIM_HEADERS 64
 
 typedef enum { CFG_SYNC_FSYNC = 0, CFG_SYNC_NONE } cfg_sync_t;
 
@@ -32,12 +34,21 @@ typedef struct cfg_user {
     char *cu_hash; /* crypt(3) hash: "$6$salt$..." / "$5$..." / "$y$..." */
 } cfg_user_t;
 
+/* dkim.keys { "example.com" { s1 = "/etc/sluice/dkim/example.com.pem"; } } */
+typedef struct cfg_dkim_key {
+    char *dk_domain;   /* "example.com", lower case */
+    char *dk_selector; /* "s1" */
+    char *dk_file;     /* the PEM file (exists, not readable by others) */
+    int dk_line;       /* line of the entry, for errors found when the key is parsed */
+} cfg_dkim_key_t;
+
 typedef struct cfg {
     atomic_int c_refs;
     char *c_file; /* the file it was loaded from, or "(default)" */
 
     /* top level */
     char *c_hostname; /* default: gethostname() */
+    char *c_user;     /* user = "": started as root, switch to this user after binding */
 
     /* log { } */
     log_level_t c_log_level;  /* level = "info" */
@@ -56,6 +67,7 @@ typedef struct cfg {
     /* control { } */
     char *c_ctl_socket; /* socket = "./var/sluiced.sock" */
     int c_ctl_mode;     /* mode = 0600 */
+    char *c_ctl_http;   /* http_metrics = "" (off) or "127.0.0.1:9090": GET /metrics */
 
     /* smtp { } : reception */
     int c_smtp_nlisten;
@@ -122,6 +134,8 @@ typedef struct cfg {
     } c_dlv_tls[256];
     char *c_dlv_ca_file;            /* ca_file = "" (system store): for "verify" */
     char *c_dlv_helo;               /* helo_name = "" (= hostname) */
+    char *c_dlv_bounce_rules;       /* bounce_rules = "" (built-in config/bounce-rules.conf) */
+    char *c_dlv_shaping;            /* shaping = "": traffic shaping file (docs/shaping.md) */
     int c_dlv_max_rcpt_per_txn;     /* max_rcpt_per_transaction = 100 */
     int c_dlv_max_conn_per_dest;    /* max_connections_per_destination = 20 */
     int c_dlv_max_msgs_per_conn;    /* max_messages_per_connection = 1000 */
@@ -145,7 +159,28 @@ typedef struct cfg {
     /* delivery.smarthost parsed: r_domain "*", r_host NULL when no smarthost
      * (cfg_route_for returns it after the exact routes). */
     struct cfg_route c_dlv_smart;
+
+    /* dkim { } : plain data only (config does not include dkim/); the
+     * daemon builds the signer from it with dkim_cfg_attach() (dkim.h). */
+    bool c_dkim_sign_from;   /* sign_from_domain = true: sign with the From domain's keys */
+    char *c_dkim_esp_domain; /* esp_domain = "": also sign with this domain's keys */
+    char *c_dkim_canon;      /* canonicalization = "relaxed/relaxed" (validated) */
+    char *c_dkim_alg;        /* algorithm = "any" | "rsa-sha256" | "ed25519-sha256" */
+    char **c_dkim_headers;   /* headers = [...] (NULL-terminated, lower case; has "from") */
+    char **c_dkim_oversign;  /* oversign = ["from"] (NULL-terminated, lower case) */
+    bool c_dkim_timestamp;   /* timestamp = true: t= */
+    uint64_t c_dkim_expire;  /* expire = 0 (seconds; x= = t= + expire; 0 = no x=) */
+    int c_dkim_nkeys;
+    cfg_dkim_key_t *c_dkim_keys; /* keys { }: owned array of c_dkim_nkeys */
+
+    /* Objects other modules build from this snapshot (config cannot include
+     * them): see cfg_ext_set(). */
+    void *c_ext[4];
+    void (*c_ext_free[4])(void *);
 } cfg_t;
+
+/* Slots of cfg_t.c_ext. */
+typedef enum { CFG_EXT_DKIM = 0, CFG_EXT_MAX = 4 } cfg_ext_t;
 
 /* TLS policies (delivery). */
 enum { CFG_TLS_OPPORTUNISTIC = 0, CFG_TLS_DISABLED, CFG_TLS_REQUIRED, CFG_TLS_VERIFY };
@@ -161,6 +196,24 @@ int cfg_load_string(const char *name, const char *text, cfg_t **out, char *err, 
 int cfg_default(cfg_t **out, char *err, size_t errlen);
 /* The embedded default's text, for `sluiced --print-default-config`. */
 const char *cfg_default_text(void);
+
+/* Attach an object built from c by a module config cannot depend on (the
+ * DKIM signer, built from c's dkim section): freed with free_fn when the
+ * snapshot is freed. Only while c is not shared yet (refcount 1, before
+ * cfg_set_current or any thread sees it) and once per slot: the snapshot
+ * stays immutable once shared. Thread: the thread that loaded c. */
+void cfg_ext_set(cfg_t *c, cfg_ext_t slot, void *obj, void (*free_fn)(void *));
+/* The object in slot, or NULL. Borrowed: valid while the caller holds c.
+ * Any thread. */
+void *cfg_ext_get(const cfg_t *c, cfg_ext_t slot);
+/* A function every load (cfg_load, cfg_load_string, cfg_default) runs on
+ * the validated snapshot before returning it, to attach what other modules
+ * build from it (sluiced registers dkim_cfg_attach, so start-up,
+ * --check-config and reload all parse the DKIM keys). Its failure (non-zero,
+ * message in err) is the load's failure. NULL = none. Main thread, once,
+ * before any other thread runs. */
+typedef int (*cfg_attach_fn)(cfg_t *c, char *err, size_t errlen);
+void cfg_set_attach(cfg_attach_fn fn);
 
 /* Take / drop a reference; the last cfg_unref frees the snapshot (NULL is
  * fine). Any thread. */

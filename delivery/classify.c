@@ -9,9 +9,13 @@
  * ambiguous (5.7.1 spam vs policy, 5.7.x relaying). Replies without an
  * enhanced code are classified by ordered case-insensitive text rules.
  *
+ * dlv_classify() asks the loaded rules first (rules.c: enhanced status,
+ * then PCRE2 regexes, per provider) and uses this built-in table for what
+ * no rule matches and for local failures (code 0).
+ *
  * Thread: any; no state.
  */
-#include "delivery/delivery.h"
+#include "delivery/rules_int.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -123,7 +127,9 @@ void dlv_status_for_reply(int code, const char *status, char out[16])
 {
     int cls, subj, det;
     if (dlv_status_parse(status, &cls, &subj, &det) && cls == code / 100) {
-        snprintf(out, 16, "%d.%d.%d", cls, subj, det);
+        /* cls is one digit (2, 4, 5): written as a char so that GCC's
+         * -Wformat-truncation sees the output fits in 16 bytes at -O3 */
+        snprintf(out, 16, "%c.%d.%d", '0' + cls, subj, det);
         return;
     }
     int c = code / 100;
@@ -140,7 +146,7 @@ static const char *dlv_classify_text(const char *text)
     return "other";
 }
 
-const char *dlv_classify(int code, const char *status, const char *text)
+const char *dlv_classify_builtin(int code, const char *status, const char *text)
 {
     int cls, subj, det;
     if (!dlv_status_parse(status, &cls, &subj, &det) || (subj == 0 && det == 0))
@@ -165,4 +171,35 @@ const char *dlv_classify(int code, const char *status, const char *text)
             return r->cr_category;
     }
     return dlv_classify_text(text);
+}
+
+const char *dlv_classify(int code, const char *status, const char *text)
+{
+    dlv_verdict_t v;
+    dlv_classify_reply(code, status, text, NULL, NULL, &v);
+    return v.v_category;
+}
+
+/* PowerMTA's 17 bounce categories (STANDARDS.md), the only names a rule may
+ * give. */
+static const char *const dlv_categories[] = {
+    "bad-configuration",   "bad-connection",
+    "bad-domain",          "bad-mailbox",
+    "content-related",     "inactive-mailbox",
+    "invalid-sender",      "message-expired",
+    "no-answer-from-host", "other",
+    "policy-related",      "protocol-errors",
+    "quota-issues",        "relaying-issues",
+    "routing-errors",      "spam-related",
+    "virus-related",
+};
+
+const char *dlv_category_lookup(const char *name)
+{
+    if (name == NULL)
+        return NULL;
+    for (size_t i = 0; i < ARRAY_SIZE(dlv_categories); i++)
+        if (strcmp(dlv_categories[i], name) == 0)
+            return dlv_categories[i];
+    return NULL;
 }

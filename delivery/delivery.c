@@ -14,6 +14,8 @@
  * dlv_dispatch (queue thread), the rest on the owning delivery thread.
  */
 #include "delivery/delivery_int.h"
+#include "delivery/rules_int.h"
+#include "delivery/shaping_int.h" /* dlv_shaping_new / dlv_shaping_free */
 
 #include <arpa/inet.h>
 #include <sched.h>
@@ -55,6 +57,9 @@ static uint64_t dlv_hash(const char *s)
 
 int dlv_new(cfg_t *cfg, queue_t *q, dlv_t **out, char *err, size_t errlen)
 {
+    /* bounce classification rules (rules.c): a bad file fails start-up */
+    if (dlv_rules_install(cfg, err, errlen) != 0)
+        return SL_ECONFIG;
     dlv_t *d = xcalloc(1, sizeof(*d));
     d->d_cfg = cfg_ref(cfg);
     d->d_queue = q;
@@ -64,6 +69,11 @@ int dlv_new(cfg_t *cfg, queue_t *q, dlv_t **out, char *err, size_t errlen)
         n = nc > 0 ? (int)nc : 1;
     }
     d->d_nthreads = n;
+    if (dlv_shaping_new(cfg->c_dlv_shaping, NULL, q, &d->d_shaping, err, errlen) != 0) {
+        cfg_unref(d->d_cfg);
+        free(d);
+        return SL_ECONFIG;
+    }
     d->d_threads = xcalloc((size_t)n, sizeof(dlv_thread_t));
     int i;
     for (i = 0; i < n; i++) {
@@ -115,6 +125,7 @@ fail:
         free(t->t_dests);
     }
     free(d->d_threads);
+    dlv_shaping_free(d->d_shaping);
     cfg_unref(d->d_cfg);
     free(d);
     return SL_ECONFIG;
@@ -176,6 +187,7 @@ void dlv_free(dlv_t *d)
         free(t->t_dests);
     }
     free(d->d_threads);
+    dlv_shaping_free(d->d_shaping);
     cfg_unref(d->d_cfg);
     free(d);
 }
@@ -215,13 +227,7 @@ static void dlv_inbox_cb(chan_t *ch, chan_node_t *first, void *arg)
         }
         atomic_fetch_add_explicit(&t->t_d->d_stats.ds_dispatches, 1, memory_order_relaxed);
         dlv_dest_t *de = dlv_dest_get(t, qd->qd_domain);
-        qd->qd_node.cn_next = NULL;
-        if (de->de_tail)
-            de->de_tail->qd_node.cn_next = &qd->qd_node;
-        else
-            de->de_head = qd;
-        de->de_tail = qd;
-        de->de_npending++;
+        dlv_shp_enqueue(de, qd); /* by pool and job; counts de_npending */
         /* a burst for one domain is kicked once */
         if (last != NULL && last != de)
             dlv_dest_kick(last);
@@ -256,10 +262,11 @@ static void dlv_walk_sessions_shutdown(dlv_thread_t *t)
 {
     for (size_t i = 0; i < t->t_dest_cap; i++) {
         for (dlv_dest_t *de = t->t_dests[i]; de; de = de->de_hnext) {
-            while (de->de_head != NULL) {
+            while (de->de_npending > 0) {
                 queue_dispatch_t *qd = dlv_dest_pop(de);
                 queue_dispatch_free(qd); /* unreported: retried after restart */
             }
+            dlv_shp_dest_stop(de);
             dlv_session_t *s = de->de_sessions;
             while (s != NULL) {
                 /* shutdown may unlink s; take next first */
@@ -339,6 +346,7 @@ static dlv_dest_t *dlv_dest_get(dlv_thread_t *t, const char *domain)
     de->de_policy = cfg_tls_policy_for(t->t_cfg, domain);
     de->de_limit = MIN(DLV_START_CONNS, MAX(1, t->t_cfg->c_dlv_max_conn_per_dest));
     de->de_last_used = dlv_mono();
+    dlv_shp_dest_init(de);
     de->de_hnext = t->t_dests[b];
     t->t_dests[b] = de;
     t->t_ndests++;
@@ -368,8 +376,7 @@ static void dlv_mx_scratch_free(dlv_dest_t *de)
 
 static void dlv_dest_free(dlv_dest_t *de)
 {
-    while (de->de_head != NULL)
-        queue_dispatch_free(dlv_dest_pop(de));
+    dlv_shp_dest_free(de); /* and the backlog */
     dlv_addrs_free(de->de_addrs, de->de_naddr);
     dlv_mx_scratch_free(de);
     free(de->de_fail_text);
@@ -381,15 +388,7 @@ static void dlv_dest_free(dlv_dest_t *de)
 
 queue_dispatch_t *dlv_dest_pop(dlv_dest_t *de)
 {
-    queue_dispatch_t *qd = de->de_head;
-    if (qd == NULL)
-        return NULL;
-    de->de_head = (queue_dispatch_t *)qd->qd_node.cn_next;
-    if (de->de_head == NULL)
-        de->de_tail = NULL;
-    qd->qd_node.cn_next = NULL;
-    de->de_npending--;
-    return qd;
+    return dlv_shp_pop_any(de);
 }
 
 void dlv_dest_fail_pending(dlv_dest_t *de, queue_result_t res, int code, const char *status,
@@ -410,7 +409,6 @@ void dlv_dest_fail_pending(dlv_dest_t *de, queue_result_t res, int code, const c
 void dlv_dest_kick(dlv_dest_t *de)
 {
     dlv_thread_t *t = de->de_t;
-    const cfg_t *cfg = t->t_cfg;
     if (t->t_stopping)
         return;
     if (de->de_kicking) {
@@ -442,23 +440,9 @@ void dlv_dest_kick(dlv_dest_t *de)
                                   de->de_fail_text);
             continue; /* to the rekick test */
         }
-        /* work for idle connections first */
-        for (dlv_session_t *s = de->de_sessions; s && de->de_npending > 0;
-             s = dlv_session_next(s)) {
-            if (dlv_session_idle(s))
-                dlv_session_take(s, dlv_dest_pop(de));
-        }
-        /* then open new ones gradually while a backlog waits */
-        int connecting = 0;
-        for (dlv_session_t *s = de->de_sessions; s; s = dlv_session_next(s))
-            if (dlv_session_connecting(s))
-                connecting++;
-        int max = MAX(1, cfg->c_dlv_max_conn_per_dest);
-        while (de->de_npending > connecting && de->de_nconn < MIN(de->de_limit, max)) {
-            if (dlv_session_new(de) == NULL)
-                break;
-            connecting++;
-        }
+        /* work for idle connections, then new ones gradually, within the
+         * throttles (shaping.c) */
+        dlv_shp_kick(de);
     } while (de->de_rekick);
     de->de_kicking = false;
 }
@@ -526,6 +510,7 @@ static void dlv_route_ready(dlv_dest_t *de, dlv_addr_t *addrs, int n, uint32_t t
     de->de_rstate = DLV_RT_READY;
     de->de_rfresh = true;
     de->de_rexpire = dlv_mono() + (uint64_t)MAX(ttl, 1) * 1000000ULL;
+    dlv_shp_route_ready(de); /* the provider by MX host name */
     if (log_level_current <= LOG_DEBUG) {
         char ip[64];
         for (int i = 0; i < n; i++)
@@ -750,14 +735,23 @@ void dlv_outcome(dlv_thread_t *t, const queue_dispatch_t *qd, int i, queue_resul
                  : res == Q_OUT_DELIVERED ? "2.0.0"
                                           : "4.0.0");
     o->qo_text = text ? xstrdup(text) : NULL;
-    if (res != Q_OUT_DELIVERED)
-        o->qo_category = xstrdup(dlv_classify(code, o->qo_status, text));
+    if (res != Q_OUT_DELIVERED) {
+        /* The rules decide the category and whether a 4xx that names a
+         * permanent failure (some providers' "user unknown") bounces now. */
+        dlv_verdict_t v;
+        dlv_classify_reply(code, o->qo_status, text, qd->qd_domain, w ? w->w_mx : NULL, &v);
+        if (v.v_bounce && res == Q_OUT_DEFERRED && code >= 400 && code < 500)
+            o->qo_result = res = Q_OUT_BOUNCED;
+        o->qo_category = xstrdup(v.v_category);
+    }
     if (w != NULL) {
         o->qo_mx = w->w_mx ? xstrdup(w->w_mx) : NULL;
         snprintf(o->qo_mx_ip, sizeof(o->qo_mx_ip), "%s", w->w_mx_ip ? w->w_mx_ip : "");
         snprintf(o->qo_src_ip, sizeof(o->qo_src_ip), "%s", w->w_src_ip ? w->w_src_ip : "");
         snprintf(o->qo_tls, sizeof(o->qo_tls), "%s", w->w_tls ? w->w_tls : "");
         snprintf(o->qo_cipher, sizeof(o->qo_cipher), "%s", w->w_cipher ? w->w_cipher : "");
+        if (res == Q_OUT_DEFERRED)
+            o->qo_retry_at = w->w_retry_at;
     }
     switch (res) {
     case Q_OUT_DELIVERED:

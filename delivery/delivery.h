@@ -64,6 +64,19 @@ void dlv_free(dlv_t *d);
 /* Any thread. */
 const dlv_stats_t *dlv_stats(const dlv_t *d);
 
+/* Traffic shaping state for `sluicectl providers` (delivery/shaping.c,
+ * docs/shaping.md): a new json-c object the caller puts,
+ *   {"providers":[{"provider", "configured", "destinations", "connections",
+ *     "suspended_for" (s), "queues":[{"vmta", "source_ip", "mode"
+ *     ("normal" | "backoff" | "recovering"), "rate" (msgs/s in force, 0 =
+ *     no limit), "connections", "max_connections" (0 = no limit),
+ *     "disabled_for" (s), "delivered", "deferred", "backoffs",
+ *     "last_response"}]}],
+ *    "virtual_mtas":[{"name", "source_ip", "ehlo"}]}
+ * Providers appear once a destination of theirs has been seen. Any thread
+ * (takes the provider registry's lock briefly). */
+struct json_object *dlv_shaping_json(dlv_t *d);
+
 /* ------------------------------------------------------- classification */
 
 /* The bounce category for a reply (RFC 3463 enhanced status first, then

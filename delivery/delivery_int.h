@@ -26,6 +26,8 @@
 typedef struct dlv_thread dlv_thread_t;
 typedef struct dlv_dest dlv_dest_t;
 typedef struct dlv_session dlv_session_t;
+typedef struct dlv_shaping dlv_shaping_t; /* shaping_int.h */
+typedef struct shp_dest shp_dest_t;       /* shaping.c */
 
 struct dlv {
     cfg_t *d_cfg;
@@ -36,6 +38,7 @@ struct dlv {
     atomic_bool d_stopping;
     atomic_int d_dispatching; /* dispatcher calls in progress (see dlv_stop) */
     bool d_started;
+    dlv_shaping_t *d_shaping; /* providers, vmtas, throttles (shaping.c) */
 };
 
 struct dlv_thread {
@@ -69,9 +72,8 @@ struct dlv_dest {
     dlv_thread_t *de_t;
     char *de_domain;
     int de_policy; /* CFG_TLS_* */
-    /* pending dispatches, FIFO linked through qd_node.cn_next */
-    queue_dispatch_t *de_head;
-    queue_dispatch_t *de_tail;
+    /* pending dispatches: by pool and job in de_shp (shaping.c) */
+    shp_dest_t *de_shp;
     int de_npending;
     /* route */
     dlv_rstate_t de_rstate;
@@ -127,6 +129,7 @@ typedef struct dlv_where {
     const char *w_src_ip;
     const char *w_tls;
     const char *w_cipher;
+    uint64_t w_retry_at; /* deferred: earliest next attempt (unix s), 0 = the schedule's */
 } dlv_where_t;
 
 /* Submit one recipient's outcome and count it. */
@@ -135,8 +138,12 @@ void dlv_outcome(dlv_thread_t *t, const queue_dispatch_t *qd, int i, queue_resul
 
 /* ------------------------------------------------------------ session.c */
 
-/* Open a new connection for de (to de_addrs[0], then the next ones). */
-dlv_session_t *dlv_session_new(dlv_dest_t *de);
+/* Open a new connection for de (to de_addrs[0], then the next ones) from
+ * virtual MTA vmta (shaping.c has counted it: dlv_shp_conn_release when it
+ * closes). */
+dlv_session_t *dlv_session_new(dlv_dest_t *de, int vmta);
+/* The session's virtual MTA. */
+int dlv_session_vmta(const dlv_session_t *s);
 /* True when the session is connected, idle and may take a dispatch. */
 bool dlv_session_idle(const dlv_session_t *s);
 /* Give an idle session a dispatch (ownership passes). */
@@ -148,5 +155,58 @@ void dlv_session_shutdown(dlv_session_t *s);
 dlv_session_t *dlv_session_next(const dlv_session_t *s);
 /* Sessions that have not reached the ready state yet. */
 bool dlv_session_connecting(const dlv_session_t *s);
+
+/* ----------------------------------------------------------- dkim_sign.c */
+
+/* Sign qd's message with cfg's DKIM signer: out gets the DKIM-Signature
+ * fields to put in front of the body (empty when nothing signs). Returns
+ * the number of signatures, or a negative code with a reason in why and a
+ * log line: the caller defers every recipient (4.3.0), never sends the
+ * message unsigned. */
+int dlv_dkim_prepare(const cfg_t *cfg, const queue_dispatch_t *qd, buf_t *out, char *why,
+                     size_t whylen);
+
+/* ------------------------------------------------------------ shaping.c
+ * Traffic shaping hooks (shaping_int.h has the rest). All on the
+ * destination's delivery thread unless noted. */
+
+#define DLV_SHP_BOUNCE 1 /* dlv_shp_reply: this recipient bounces */
+
+/* Destination life: after de_domain is set / before de is freed (frees
+ * the backlog) / at thread stop (closes the throttle timer). */
+void dlv_shp_dest_init(dlv_dest_t *de);
+void dlv_shp_dest_free(dlv_dest_t *de);
+void dlv_shp_dest_stop(dlv_dest_t *de);
+/* The route is ready: the provider by MX host name (MX rollup). */
+void dlv_shp_route_ready(dlv_dest_t *de);
+/* Add a dispatch to the backlog (its pool, its job); counts de_npending. */
+void dlv_shp_enqueue(dlv_dest_t *de, queue_dispatch_t *qd);
+/* Any pending dispatch, no throttle (failing or freeing the backlog). */
+queue_dispatch_t *dlv_shp_pop_any(dlv_dest_t *de);
+/* Hand work to idle sessions and open connections within the throttles;
+ * arms a timer for the next token when one says wait. */
+void dlv_shp_kick(dlv_dest_t *de);
+/* The next dispatch for an idle session of vmta, or NULL (a timer kicks
+ * the destination when a token is due); *quit: the session should QUIT
+ * (source disabled, provider suspended, over a lowered connection cap). */
+queue_dispatch_t *dlv_shp_next(dlv_dest_t *de, int vmta, bool *quit);
+/* A session of vmta closed. */
+void dlv_shp_conn_release(dlv_dest_t *de, int vmta);
+/* Per-session limits and identity of vmta for de's provider. */
+int dlv_shp_max_msgs(dlv_dest_t *de, int vmta);
+int dlv_shp_max_rcpt(dlv_dest_t *de, int vmta);
+const char *dlv_shp_helo(dlv_dest_t *de, int vmta);
+/* Bind the TCP handle to vmta's source address. 0 or a libuv error. */
+int dlv_shp_bind(dlv_dest_t *de, int vmta, uv_tcp_t *tcp);
+/* A reply with code >= 400: response rules (backoff, suspend, ...);
+ * returns DLV_SHP_BOUNCE or 0. */
+int dlv_shp_reply(dlv_dest_t *de, int vmta, int code, const char *status, const char *text);
+/* A message accepted (final 2xx): counts towards recovery from backoff. */
+void dlv_shp_delivered(dlv_dest_t *de, int vmta);
+/* Earliest retry (unix s) for a deferral on vmta's queue: later in
+ * backoff (backoff.retry), else 0. */
+uint64_t dlv_shp_retry_at(dlv_dest_t *de, int vmta);
+/* de's provider name (NULL before it is known). */
+const char *dlv_shp_provider(const dlv_dest_t *de);
 
 #endif /* SLUICE_DELIVERY_INT_H */

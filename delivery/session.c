@@ -105,7 +105,10 @@ struct dlv_session {
     bool s_discard;
     bool s_need_rset;
     buf_t s_body;
+    buf_t s_dkim; /* DKIM-Signature fields of the dispatch (dlv_dkim_prepare) */
     int s_msgs;
+    int s_vmta;        /* virtual MTA: source address, EHLO name (shaping.c) */
+    bool s_shp_bounce; /* a shaping rule says the current reply bounces */
     uint64_t s_born;
     /* the last connection-level error, for dlv_dest_conn_failed */
     int s_err_code;
@@ -138,6 +141,8 @@ static void session_lost(dlv_session_t *s, const char *text);
 static void session_close(dlv_session_t *s);
 static void session_quit(dlv_session_t *s);
 static void session_ready(dlv_session_t *s);
+static void session_fail_dispatch(dlv_session_t *s, queue_result_t res, const char *status,
+                                  const char *text);
 static void session_next_work(dlv_session_t *s);
 static void session_start_txn(dlv_session_t *s);
 static void session_end_txn(dlv_session_t *s, bool completed);
@@ -186,18 +191,25 @@ bool dlv_session_connecting(const dlv_session_t *s)
 
 /* ------------------------------------------------------------ life cycle */
 
-dlv_session_t *dlv_session_new(dlv_dest_t *de)
+int dlv_session_vmta(const dlv_session_t *s)
+{
+    return s->s_vmta;
+}
+
+dlv_session_t *dlv_session_new(dlv_dest_t *de, int vmta)
 {
     if (de->de_naddr == 0)
         return NULL;
     dlv_session_t *s = xcalloc(1, sizeof(*s));
     s->s_dest = de;
     s->s_t = de->de_t;
+    s->s_vmta = vmta;
     s->s_next = de->de_sessions;
     de->de_sessions = s;
     de->de_nconn++;
     buf_init(&s->s_in, 0);
     buf_init(&s->s_body, 0);
+    buf_init(&s->s_dkim, 0);
     s->s_no_tls = de->de_policy == CFG_TLS_DISABLED ||
                   (de->de_policy == CFG_TLS_OPPORTUNISTIC && de->de_notls_until > clock_mono_us());
     uv_timer_init(&s->s_t->t_loop, &s->s_timer);
@@ -241,10 +253,18 @@ static void session_connect(dlv_session_t *s)
     s->s_tcp_open = true;
     s->s_handles++;
     uv_tcp_nodelay(&s->s_tcp, 1);
+    int brc = dlv_shp_bind(de, s->s_vmta, &s->s_tcp); /* the virtual MTA's source address */
+    if (brc != 0) {
+        char text[512];
+        snprintf(text, sizeof(text), "bind source address for %s[%s]:%d: %s", S_HOST(s), s->s_mx_ip,
+                 s->s_port, uv_strerror(brc));
+        session_conn_error(s, 0, "4.4.1", text);
+        return;
+    }
     s->s_creq.data = s;
     int rc = uv_tcp_connect(&s->s_creq, &s->s_tcp, (const struct sockaddr *)sa, session_connect_cb);
     if (rc != 0) {
-        char text[256];
+        char text[512];
         snprintf(text, sizeof(text), "connect to %s[%s]:%d: %s", S_HOST(s), s->s_mx_ip, s->s_port,
                  uv_strerror(rc));
         session_conn_error(s, 0, "4.4.1", text);
@@ -259,7 +279,7 @@ static void session_connect_cb(uv_connect_t *req, int status)
     if (s->s_closing || s->s_tcp_closing || status == UV_ECANCELED)
         return;
     if (status < 0) {
-        char text[256];
+        char text[512];
         snprintf(text, sizeof(text), "connect to %s[%s]:%d: %s", S_HOST(s), s->s_mx_ip, s->s_port,
                  uv_strerror(status));
         session_conn_error(s, 0, "4.4.1", text);
@@ -293,6 +313,7 @@ static void session_handle_closed_cb(uv_handle_t *h)
     session_reset_conn_state(s);
     buf_free(&s->s_in);
     buf_free(&s->s_body);
+    buf_free(&s->s_dkim);
     smtp_reply_free(&s->s_reply);
     free(s);
 }
@@ -325,6 +346,7 @@ static void session_close(dlv_session_t *s)
         }
     }
     de->de_nconn--;
+    dlv_shp_conn_release(de, s->s_vmta);
     if (s->s_connected) {
         s->s_connected = false;
         atomic_fetch_sub_explicit(&S_STATS(s)->ds_conn_open, 1, memory_order_relaxed);
@@ -736,7 +758,8 @@ static void session_after_ehlo(dlv_session_t *s)
 static void session_send_ehlo(dlv_session_t *s, bool helo)
 {
     char cmd[300];
-    int n = snprintf(cmd, sizeof(cmd), "%s %s\r\n", helo ? "HELO" : "EHLO", s->s_t->t_helo);
+    int n = snprintf(cmd, sizeof(cmd), "%s %s\r\n", helo ? "HELO" : "EHLO",
+                     dlv_shp_helo(s->s_dest, s->s_vmta));
     session_send(s, cmd, (size_t)n);
     dlv_session_enter_state(s, helo ? S_HELO : S_EHLO);
     session_timer(s, S_CFG(s)->c_to_ehlo);
@@ -751,6 +774,8 @@ static void session_record(dlv_session_t *s, int i, int code)
     dlv_status_for_reply(code, s->s_reply.sr_status, r->rr_status);
     free(r->rr_text);
     r->rr_text = xstrdup(s->s_text);
+    if (s->s_shp_bounce && r->rr_res == Q_OUT_DEFERRED) /* shaping rule: bounce-recipient */
+        r->rr_res = Q_OUT_BOUNCED;
 }
 
 static void session_send_rcpt(dlv_session_t *s, buf_t *b, int i)
@@ -782,12 +807,15 @@ static void session_send_rcpt(dlv_session_t *s, buf_t *b, int i)
 static void session_on_reply(dlv_session_t *s)
 {
     int code = s->s_reply.sr_code;
+    /* shaping response rules: backoff, suspend, disable-source, ... */
+    s->s_shp_bounce = code >= 400 && dlv_shp_reply(s->s_dest, s->s_vmta, code, s->s_reply.sr_status,
+                                                   s->s_text) == DLV_SHP_BOUNCE;
     switch (s->s_state) {
     case S_GREETING:
         if (code / 100 == 2) {
             session_send_ehlo(s, false);
         } else {
-            char text[700];
+            char text[1024];
             snprintf(text, sizeof(text), "%s[%s]:%d greeting: %d %.400s", S_HOST(s), s->s_mx_ip,
                      s->s_port, code, s->s_text);
             char st[16];
@@ -803,7 +831,7 @@ static void session_on_reply(dlv_session_t *s)
         } else if (code / 100 == 5 && !s->s_tls_done) {
             session_send_ehlo(s, true);
         } else {
-            char text[700];
+            char text[1024];
             snprintf(text, sizeof(text), "%s[%s]:%d EHLO: %d %.400s", S_HOST(s), s->s_mx_ip,
                      s->s_port, code, s->s_text);
             char st[16];
@@ -817,7 +845,7 @@ static void session_on_reply(dlv_session_t *s)
             s->x_starttls = s->x_pipelining = s->x_8bitmime = s->x_smtputf8 = s->x_dsn = false;
             session_after_ehlo(s);
         } else {
-            char text[700];
+            char text[1024];
             snprintf(text, sizeof(text), "%s[%s]:%d HELO: %d %.400s", S_HOST(s), s->s_mx_ip,
                      s->s_port, code, s->s_text);
             char st[16];
@@ -891,6 +919,8 @@ static void session_on_reply(dlv_session_t *s)
             session_timer(s, S_CFG(s)->c_to_data_block + S_CFG(s)->c_to_data_done);
             if (s->s_nacc > 0 && !s->s_mail_failed) {
                 buf_reset(&s->s_body);
+                /* signature fields: CRLF lines, none starts with '.' */
+                buf_append(&s->s_body, s->s_dkim.b_data, s->s_dkim.b_len);
                 smtp_dot_stuff(&s->s_body, s->s_qd->qd_body, s->s_qd->qd_body_len);
                 session_send_body(s);
             } else { /* pipelined, nobody accepted, yet 354: send an empty message */
@@ -906,6 +936,8 @@ static void session_on_reply(dlv_session_t *s)
         session_end_txn(s, false);
         return;
     case S_DOT:
+        if (!s->s_discard && code / 100 == 2)
+            dlv_shp_delivered(s->s_dest, s->s_vmta);
         if (!s->s_discard)
             for (int i = s->s_first; i < s->s_first + s->s_n; i++)
                 if (s->s_res[i].rr_state == RR_ACCEPTED)
@@ -1046,7 +1078,8 @@ static void session_next_work(dlv_session_t *s)
     dlv_dest_t *de = s->s_dest;
     if (s->s_closing || s->s_t->t_stopping)
         return;
-    if (cfg->c_dlv_max_msgs_per_conn > 0 && s->s_msgs >= cfg->c_dlv_max_msgs_per_conn) {
+    int max_msgs = dlv_shp_max_msgs(de, s->s_vmta);
+    if (max_msgs > 0 && s->s_msgs >= max_msgs) {
         session_quit(s);
         return;
     }
@@ -1054,9 +1087,14 @@ static void session_next_work(dlv_session_t *s)
         session_quit(s);
         return;
     }
-    queue_dispatch_t *qd = dlv_dest_pop(de);
+    bool quit = false;
+    queue_dispatch_t *qd = dlv_shp_next(de, s->s_vmta, &quit); /* within the throttles */
     if (qd != NULL) {
         dlv_session_take(s, qd);
+        return;
+    }
+    if (quit) {
+        session_quit(s);
         return;
     }
     s->s_idle = true;
@@ -1074,22 +1112,35 @@ void dlv_session_take(dlv_session_t *s, queue_dispatch_t *qd)
     s->s_n = 0;
     if ((qd->qd_flags & Q_F_SMTPUTF8) && !s->x_smtputf8) {
         /* RFC 6531 3.4: no downgrade here */
-        char text[300];
+        char text[512];
         snprintf(text, sizeof(text), "SMTPUTF8 required but not offered by %s[%s]", S_HOST(s),
                  s->s_mx_ip);
-        for (int i = 0; i < qd->qd_nrcpt; i++) {
-            dlv_rres_t *r = &s->s_res[i];
-            r->rr_state = RR_DONE;
-            r->rr_res = Q_OUT_BOUNCED;
-            r->rr_code = 0;
-            snprintf(r->rr_status, sizeof(r->rr_status), "5.6.7");
-            r->rr_text = xstrdup(text);
-        }
-        s->s_n = qd->qd_nrcpt;
-        session_end_txn(s, true);
+        session_fail_dispatch(s, Q_OUT_BOUNCED, "5.6.7", text);
+        return;
+    }
+    char why[160];
+    if (dlv_dkim_prepare(S_CFG(s), qd, &s->s_dkim, why, sizeof(why)) < 0) {
+        session_fail_dispatch(s, Q_OUT_DEFERRED, "4.3.0", why); /* never unsigned */
         return;
     }
     session_start_txn(s);
+}
+
+/* Every recipient of the dispatch gets this local outcome (no transaction). */
+static void session_fail_dispatch(dlv_session_t *s, queue_result_t res, const char *status,
+                                  const char *text)
+{
+    queue_dispatch_t *qd = s->s_qd;
+    for (int i = 0; i < qd->qd_nrcpt; i++) {
+        dlv_rres_t *r = &s->s_res[i];
+        r->rr_state = RR_DONE;
+        r->rr_res = res;
+        r->rr_code = 0;
+        snprintf(r->rr_status, sizeof(r->rr_status), "%s", status);
+        r->rr_text = xstrdup(text);
+    }
+    s->s_n = qd->qd_nrcpt;
+    session_end_txn(s, true);
 }
 
 static void session_start_txn(dlv_session_t *s)
@@ -1102,7 +1153,9 @@ static void session_start_txn(dlv_session_t *s)
         session_timer(s, cfg->c_to_mail);
         return;
     }
-    int max = cfg->c_dlv_max_rcpt_per_txn > 0 ? cfg->c_dlv_max_rcpt_per_txn : 100;
+    int max = dlv_shp_max_rcpt(s->s_dest, s->s_vmta);
+    if (max <= 0)
+        max = 100;
     s->s_n = MIN(qd->qd_nrcpt - s->s_first, max);
     s->s_ri = 0;
     s->s_nacc = 0;
@@ -1118,7 +1171,7 @@ static void session_start_txn(dlv_session_t *s)
     if ((qd->qd_flags & Q_F_SMTPUTF8) && s->x_smtputf8)
         buf_append_str(&b, " SMTPUTF8");
     if (s->x_size)
-        buf_printf(&b, " SIZE=%zu", qd->qd_body_len);
+        buf_printf(&b, " SIZE=%zu", qd->qd_body_len + s->s_dkim.b_len);
     if (s->x_dsn) {
         if (qd->qd_flags & Q_F_RET_FULL)
             buf_append_str(&b, " RET=FULL");
@@ -1186,8 +1239,13 @@ static void session_log_txn(dlv_session_t *s)
 static void session_end_txn(dlv_session_t *s, bool completed)
 {
     queue_dispatch_t *qd = s->s_qd;
-    dlv_where_t w = {S_HOST(s), s->s_mx_ip, s->s_src_ip, s->s_tls_done ? s->s_tls_ver : "",
-                     s->s_tls_done ? s->s_cipher : ""};
+    uint64_t retry = dlv_shp_retry_at(s->s_dest, s->s_vmta); /* later in backoff */
+    dlv_where_t w = {S_HOST(s),
+                     s->s_mx_ip,
+                     s->s_src_ip,
+                     s->s_tls_done ? s->s_tls_ver : "",
+                     s->s_tls_done ? s->s_cipher : "",
+                     retry};
     for (int i = s->s_first; i < s->s_first + s->s_n; i++) {
         dlv_rres_t *r = &s->s_res[i];
         if (r->rr_state != RR_DONE) { /* accepted at RCPT, no final answer: defer */
@@ -1225,6 +1283,7 @@ static void session_finish_dispatch(dlv_session_t *s)
     s->s_qd = NULL;
     s->s_msgs++;
     buf_reset(&s->s_body);
+    buf_reset(&s->s_dkim);
     if (s->s_closing)
         return;
     dlv_session_enter_state(s, S_READY);

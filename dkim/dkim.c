@@ -358,6 +358,12 @@ static int plan_entry(const dkim_signer_t *s, const sig_entry_t *e, const char *
     for (size_t i = 0; i < nk && n < DKIM_MAX_SIGS; i++) {
         if (!key_matches(e, keys[i]))
             continue;
+        /* one signature per key: the From domain may be the ESP domain */
+        int j = 0;
+        while (j < n && plan[j].p_key != keys[i])
+            j++;
+        if (j < n)
+            continue;
         plan[n].p_entry = e;
         plan[n].p_key = keys[i];
         n++;

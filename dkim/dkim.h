@@ -24,14 +24,14 @@
  *   A selector of NULL means "every key of that domain" (filtered by the
  *   entry's algorithm unless DKIM_ALG_ANY).
  *
- * Config keys the lead is expected to wire (config/ parses, dkim/ builds):
+ * Config (docs/config.md; config/ parses and validates, dkim/ builds):
  *   dkim {
  *     sign_from_domain = true;          # entry { domain = NULL }
  *     esp_domain = "esp.example";       # entry { domain = "esp.example" }
- *     keys {
- *       "example.com" { selector = "s1"; file = "/etc/sluice/dkim/example.com.pem"; }
- *       "example.com" { selector = "e1"; file = "/etc/sluice/dkim/example.com.ed.pem"; }
- *       "esp.example" { selector = "esp"; file = "/etc/sluice/dkim/esp.pem"; }
+ *     keys {                            # domain { selector = "PEM file"; }
+ *       "example.com" { s1 = "/etc/sluice/dkim/example.com.pem";
+ *                       e1 = "/etc/sluice/dkim/example.com.ed.pem"; }
+ *       "esp.example" { esp = "/etc/sluice/dkim/esp.pem"; }
  *     }
  *     headers = [ "from", "to", "subject", ... ];   # default: DKIM_DEFAULT_HEADERS
  *     oversign = [ "from" ];            # h= lists these once more
@@ -40,6 +40,20 @@
  *     timestamp = true;                 # t=
  *     expire = 0;                       # x= = t= + expire seconds, 0 = none
  *   }
+ *
+ * Where the signer lives: in the config snapshot. The dependency order is
+ * core/base <- config <- dkim, so config/ keeps only plain data (cfg_t's
+ * c_dkim_* fields: key paths, selectors, options; it checks the files exist
+ * and are not readable by others). sluiced registers dkim_cfg_attach() with
+ * cfg_set_attach(), so every load (start-up, --check-config, reload) runs it
+ * on the new snapshot before anyone sees it: it parses every PEM file once,
+ * builds the signer and attaches it to the snapshot (cfg_ext_set, slot
+ * CFG_EXT_DKIM), so it is freed with the snapshot's last reference. A key
+ * that fails to load makes the whole load fail ("file:line:
+ * dkim.keys.D.S: key /path: ..."): sluiced does not start and a reload
+ * keeps the old snapshot. Delivery threads sign with
+ * dkim_cfg_signer() of the snapshot they hold: no PEM parsing, no lock and
+ * no allocation of keys per message; a new snapshot brings its own keys.
  *
  * Errors: 0 / a count on success, a negative code (SL_* from base.h or
  * DKIM_E* below) on failure; dkim_strerror() names both. A run-time key
@@ -53,6 +67,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "config/config.h"
 #include "core/base/base.h"
 
 /* DKIM's own codes, beside base.h's SL_* codes. */
@@ -174,6 +189,20 @@ int dkim_sign(const dkim_signer_t *s, const char *msg, size_t len, buf_t *out);
  */
 int dkim_sign_file(const dkim_signer_t *s, const char *in_path, int out_fd, char *err,
                    size_t errlen);
+
+/* ---------------------------------------------------------------- config */
+
+/*
+ * Build the signer described by c's dkim section (load every key file of
+ * dkim.keys) and attach it to c (see "Where the signer lives"). No keys: 0
+ * and nothing attached. On failure SL_ECONFIG / DKIM_EKEY / -errno with
+ * "file:line: dkim.keys.DOMAIN.SELECTOR: key /path: why" in err; c is
+ * unchanged. Thread: the thread that loaded c, before c is shared.
+ */
+int dkim_cfg_attach(cfg_t *c, char *err, size_t errlen);
+/* c's signer, or NULL when nothing is signed. Borrowed: valid while the
+ * caller holds c. Any thread. */
+const dkim_signer_t *dkim_cfg_signer(const cfg_t *c);
 
 /* A static string for DKIM_E* and base.h codes. Any thread. */
 const char *dkim_strerror(int err);

@@ -18,7 +18,7 @@
  * queue_request, queue_outcome_submit, queue_acct_rotate, queue_stats,
  * queue_msgid_* from any thread; everything static runs on the queue thread.
  */
-#include "queue/queue_int.h"
+#include "queue/admin_int.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -28,15 +28,22 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 static void *queue_thread_main(void *arg);
 static void queue_sub_cb(chan_t *ch, chan_node_t *first, void *arg);
 static void queue_req_cb(chan_t *ch, chan_node_t *first, void *arg);
 static void queue_out_cb(chan_t *ch, chan_node_t *first, void *arg);
+static void queue_acct_ev_cb(chan_t *ch, chan_node_t *first, void *arg);
 static void queue_wake_cb(uv_async_t *h);
 static void queue_timer_cb(uv_timer_t *t);
-static void queue_commit_batch(queue_t *q, chan_node_t *first, size_t n);
+static void queue_commit_check_cb(uv_check_t *h);
+static void queue_commit_pending(queue_t *q);
+static int queue_txn(queue_t *q, chan_node_t *subs, size_t ns, chan_node_t *outs, size_t no);
+static void queue_subs_done(queue_t *q, chan_node_t *first, size_t n, int rc);
+static void queue_acks_release(queue_t *q, int status);
+static void queue_acks_sync(queue_t *q);
 static void queue_acct_received(queue_t *q, const queue_msg_in_t *m, uint64_t now_us);
 static void queue_req_do(queue_t *q, queue_req_t *r);
 static json_object *queue_msg_json(queue_t *q, MDB_txn *txn, uint64_t id, const MDB_val *v,
@@ -162,6 +169,9 @@ int queue_open(cfg_t *cfg, queue_t **out, char *err, size_t errlen)
     unsigned flags = MDB_NORDAHEAD | MDB_NOTLS;
     if (cfg->c_spool_sync == CFG_SYNC_NONE)
         flags |= MDB_NOSYNC | MDB_NOMETASYNC; /* unsafe: for comparison runs only */
+    else
+        flags |= MDB_NOMETASYNC; /* durable all the same: a 250 waits for the next data
+                                    sync, which covers the meta page (queue_acks_release) */
     rc = mdb_env_open(q->q_env, path, flags, 0600);
     if (rc != 0) {
         snprintf(err, errlen, "spool %s: %s", path, rc > 0 ? strerror(rc) : mdb_strerror(rc));
@@ -243,12 +253,17 @@ int queue_start(queue_t *q)
     q->q_ch_sub = chan_new(&q->q_loop, queue_sub_cb, q);
     q->q_ch_req = chan_new(&q->q_loop, queue_req_cb, q);
     q->q_ch_out = chan_new(&q->q_loop, queue_out_cb, q);
+    q->q_ch_acct = chan_new(&q->q_loop, queue_acct_ev_cb, q);
     uv_async_init(&q->q_loop, &q->q_wake, queue_wake_cb);
     q->q_wake.data = q;
     uv_timer_init(&q->q_loop, &q->q_timer);
     q->q_timer.data = q;
     uv_timer_init(&q->q_loop, &q->q_kick);
     q->q_kick.data = q;
+    uv_check_init(&q->q_loop, &q->q_commit_check);
+    q->q_commit_check.data = q;
+    uv_idle_init(&q->q_loop, &q->q_commit_idle);
+    q->q_commit_idle.data = q;
     atomic_store(&q->q_stopping, 0);
     rc = pthread_create(&q->q_thread, NULL, queue_thread_main, q);
     if (rc != 0)
@@ -289,7 +304,13 @@ static void queue_wake_cb(uv_async_t *h)
     chan_close(q->q_ch_sub);
     chan_close(q->q_ch_out);
     chan_close(q->q_ch_req);
-    q->q_ch_sub = q->q_ch_out = q->q_ch_req = NULL;
+    queue_commit_pending(q); /* what the closes handed over */
+    queue_acks_sync(q);
+    uv_close((uv_handle_t *)&q->q_commit_check, queue_closed_cb);
+    uv_close((uv_handle_t *)&q->q_commit_idle, queue_closed_cb);
+    chan_close(q->q_ch_acct);
+    q->q_ch_sub = q->q_ch_out = q->q_ch_req = q->q_ch_acct = NULL;
+    q_admin_stop(q); /* answers operator requests still in progress */
     q_acct_flush(q->q_acct);
     uv_timer_stop(&q->q_timer);
     uv_close((uv_handle_t *)&q->q_timer, queue_closed_cb);
@@ -530,57 +551,230 @@ int q_insert_msg(queue_t *q, MDB_txn *txn, const queue_msg_in_t *m)
     return 0;
 }
 
-/* Write n submissions starting at first in one transaction; grow the map
- * and retry on MDB_MAP_FULL; then answer every one of them. */
-static void queue_commit_batch(queue_t *q, chan_node_t *first, size_t n)
+/*
+ * Group commit. The channel callbacks only collect (queue_sub_cb,
+ * queue_out_cb); the check handle runs once libuv has handled every
+ * wake-up of this loop iteration and writes all of it - submissions and
+ * delivery outcomes - in one write transaction (at most commit_batch of
+ * each per transaction): one commit per cycle, not one per kind.
+ *
+ * With spool.sync = fsync, LMDB runs with MDB_NOMETASYNC: mdb_txn_commit
+ * writes the pages, fdatasyncs, then writes the meta page without a sync
+ * of its own. That commit is durable after the next fdatasync of the file
+ * - the next commit's, or mdb_env_sync() when no work follows - so the
+ * submissions of a commit wait on q_ack_* for it before their 250. Under
+ * load this halves the syncs per commit (LMDB otherwise does two ordered
+ * ones: pages, then meta). LMDB reuses a snapshot's freed pages only two
+ * commits later, so a crash in the middle of a flush still finds the last
+ * synced meta page and its pages intact (LMDB's NOMETASYNC guarantee: the
+ * last commit may be lost, never the integrity) - and nothing of the
+ * unsynced commit has been acknowledged.
+ */
+static void queue_idle_cb(uv_idle_t *h)
 {
-    int status = 0, rc = 0;
-    uint64_t nrcpt = 0;
+    UNUSED(h); /* an active idle handle only keeps the next poll from blocking */
+}
+
+static void queue_commit_check_cb(uv_check_t *h)
+{
+    queue_t *q = h->data;
+    if (q->q_sub_head != NULL || q->q_out_head != NULL) {
+        queue_commit_pending(q);
+    } else if (q->q_ack_head != NULL) {
+        /* nothing came in during the last commit: sync it on its own */
+        queue_acks_sync(q);
+    }
+    if (q->q_ack_head != NULL) {
+        /* come back at once: what arrives meanwhile joins the next commit */
+        uv_idle_start(&q->q_commit_idle, queue_idle_cb);
+    } else {
+        uv_idle_stop(&q->q_commit_idle);
+        uv_check_stop(&q->q_commit_check);
+    }
+}
+
+/* Cut up to max nodes off the front of a list; returns how many were cut
+ * (they stay linked from the old head). */
+static size_t list_cut(chan_node_t **head, chan_node_t **tail, size_t max)
+{
+    chan_node_t *n = *head;
+    size_t k = 0;
+    while (n != NULL && k < max) {
+        n = n->cn_next;
+        k++;
+    }
+    *head = n;
+    if (n == NULL)
+        *tail = NULL;
+    return k;
+}
+
+static void list_append(chan_node_t **head, chan_node_t **tail, chan_node_t *first)
+{
+    if (first == NULL)
+        return;
+    if (*tail)
+        (*tail)->cn_next = first;
+    else
+        *head = first;
+    chan_node_t *n = first;
+    while (n->cn_next != NULL)
+        n = n->cn_next;
+    *tail = n;
+}
+
+/* Commit everything collected, in transactions of at most commit_batch
+ * submissions and commit_batch outcomes. */
+static void queue_commit_pending(queue_t *q)
+{
     Q_ASSERT_QUEUE_THREAD(q);
+    size_t batch = q->q_cfg->c_spool_batch > 0 ? (size_t)q->q_cfg->c_spool_batch : 1024;
+    while (q->q_sub_head != NULL || q->q_out_head != NULL) {
+        chan_node_t *subs = q->q_sub_head, *outs = q->q_out_head;
+        size_t ns = list_cut(&q->q_sub_head, &q->q_sub_tail, batch);
+        size_t no = list_cut(&q->q_out_head, &q->q_out_tail, batch);
+        int src = queue_txn(q, subs, ns, outs, no);
+        int orc = src;
+        if (src != 0 && ns > 0 && no > 0) {
+            /* one kind's failure (a full map) must not fail the other */
+            src = queue_txn(q, subs, ns, NULL, 0);
+            orc = queue_txn(q, NULL, 0, outs, no);
+        }
+        if (src == 0 || orc == 0) {
+            queue_acks_release(q, 0); /* this commit's fdatasync covered the earlier ones */
+            q_stats_refresh(q);
+        } else if (q->q_ack_head != NULL) {
+            queue_acks_sync(q);
+        }
+        if (ns > 0)
+            queue_subs_done(q, subs, ns, src);
+        if (no > 0) {
+            if (orc != 0)
+                log_error("spool %s: commit of %zu outcomes failed: %s", q->q_path, no,
+                          mdb_strerror(orc));
+            q_outcomes_done(q, outs, no, orc == 0);
+        }
+    }
+    q_acct_flush(q->q_acct);
+    q_sched_kick(q);
+}
+
+/* One write transaction with ns submissions and no outcomes; on
+ * MDB_MAP_FULL the map grows and it starts over. 0 or an LMDB error
+ * (then nothing of it was written). */
+static int queue_txn(queue_t *q, chan_node_t *subs, size_t ns, chan_node_t *outs, size_t no)
+{
     for (;;) {
         MDB_txn *txn = NULL;
-        rc = mdb_txn_begin(q->q_env, NULL, 0, &txn);
-        chan_node_t *node = first;
-        nrcpt = 0;
-        for (size_t i = 0; rc == 0 && i < n; i++, node = node->cn_next) {
-            queue_msg_in_t *m = (queue_msg_in_t *)node;
-            rc = q_insert_msg(q, txn, m);
-            nrcpt += (uint64_t)m->qm_nrcpt;
-        }
+        int rc = mdb_txn_begin(q->q_env, NULL, 0, &txn);
+        chan_node_t *node = subs;
+        for (size_t i = 0; rc == 0 && i < ns; i++, node = node->cn_next)
+            rc = q_insert_msg(q, txn, (queue_msg_in_t *)node);
+        if (rc == 0 && no > 0)
+            rc = q_outcomes_apply(q, txn, outs, no);
         if (rc == 0)
             rc = mdb_txn_commit(txn);
         else if (txn)
             mdb_txn_abort(txn);
-        if (rc == 0)
-            break;
         if (rc == MDB_MAP_FULL && q_map_grow(q) == 0)
             continue;
-        status = rc == MDB_MAP_FULL ? SL_EFULL : SL_ESPOOL;
-        atomic_fetch_add_explicit(&q->q_stats.qs_errors, 1, memory_order_relaxed);
+        if (rc == 0)
+            atomic_fetch_add_explicit(&q->q_stats.qs_commits, 1, memory_order_relaxed);
+        else
+            atomic_fetch_add_explicit(&q->q_stats.qs_errors, 1, memory_order_relaxed);
+        return rc;
+    }
+}
+
+/* A commit error that means "no space": a full map, a full disk or quota,
+ * or LMDB's EIO for a short write when the disk fills part-way through a
+ * page run (then the file system has next to nothing left). Failure path
+ * only: the statvfs costs nothing on the hot path. */
+static bool q_rc_full(const queue_t *q, int rc)
+{
+    if (rc == MDB_MAP_FULL || rc == ENOSPC || rc == EDQUOT)
+        return true;
+    struct statvfs sv;
+    return rc == EIO && statvfs(q->q_path, &sv) == 0 &&
+           (uint64_t)sv.f_bavail * sv.f_frsize < (1u << 20);
+}
+
+/* After the transaction of n submissions: committed ones wait on q_ack_*
+ * for the next data sync (without fsync they are answered at once);
+ * failed ones are answered with their error. */
+static void queue_subs_done(queue_t *q, chan_node_t *first, size_t n, int rc)
+{
+    /* a full map or a full disk: 452 4.3.1 (RFC 3463), not a spool fault */
+    int status = rc == 0 ? 0 : q_rc_full(q, rc) ? SL_EFULL : SL_ESPOOL;
+    bool hold = status == 0 && q->q_cfg->c_spool_sync != CFG_SYNC_NONE;
+    if (status != 0)
         log_error("spool %s: commit of %zu messages failed: %s", q->q_path, n, mdb_strerror(rc));
-        break;
-    }
-    uint64_t now_us = clock_now_us();
-    if (status == 0) {
-        atomic_fetch_add_explicit(&q->q_stats.qs_commits, 1, memory_order_relaxed);
-        atomic_fetch_add_explicit(&q->q_stats.qs_received, n, memory_order_relaxed);
-        atomic_fetch_add_explicit(&q->q_stats.qs_msgs, n, memory_order_relaxed);
-        atomic_fetch_add_explicit(&q->q_stats.qs_rcpts, nrcpt, memory_order_relaxed);
-        q_stats_refresh(q);
-    }
+    uint64_t nrcpt = 0, now_us = clock_now_us();
     chan_node_t *node = first;
     for (size_t i = 0; i < n; i++) {
         chan_node_t *next = node->cn_next; /* the push below reuses the link */
         queue_msg_in_t *m = (queue_msg_in_t *)node;
-        if (status == 0)
-            queue_acct_received(q, m, now_us);
+        m->qm_status = status;
+        nrcpt += (uint64_t)m->qm_nrcpt;
+        node->cn_next = NULL;
+        if (hold) {
+            if (q->q_ack_tail)
+                q->q_ack_tail->cn_next = node;
+            else
+                q->q_ack_head = node;
+            q->q_ack_tail = node;
+        } else {
+            if (status == 0)
+                queue_acct_received(q, m, now_us);
+            atomic_fetch_sub_explicit(&q->q_stats.qs_pending, 1, memory_order_relaxed);
+            chan_push(m->qm_reply, &m->qm_node);
+        }
+        node = next;
+    }
+    if (status == 0) {
+        atomic_fetch_add_explicit(&q->q_stats.qs_received, n, memory_order_relaxed);
+        atomic_fetch_add_explicit(&q->q_stats.qs_msgs, n, memory_order_relaxed);
+        atomic_fetch_add_explicit(&q->q_stats.qs_rcpts, nrcpt, memory_order_relaxed);
+    }
+}
+
+/* Every commit so far is durable (status 0): the 250s may go, with their
+ * "received" accounting records, timed at the acknowledgement. Or the sync
+ * that should have made them durable failed: 451, the client tries again
+ * (the message may then be delivered twice, never lost). */
+static void queue_acks_release(queue_t *q, int status)
+{
+    chan_node_t *node = q->q_ack_head;
+    if (node == NULL)
+        return;
+    q->q_ack_head = q->q_ack_tail = NULL;
+    if (status == 0) {
+        uint64_t now_us = clock_now_us();
+        for (chan_node_t *n = node; n != NULL; n = n->cn_next)
+            queue_acct_received(q, (queue_msg_in_t *)n, now_us);
+        q_acct_flush(q->q_acct); /* the records are in the log before the 250s */
+    }
+    while (node != NULL) {
+        chan_node_t *next = node->cn_next; /* the push below reuses the link */
+        queue_msg_in_t *m = (queue_msg_in_t *)node;
         m->qm_status = status;
         atomic_fetch_sub_explicit(&q->q_stats.qs_pending, 1, memory_order_relaxed);
         chan_push(m->qm_reply, &m->qm_node);
         node = next;
     }
-    if (status == 0)
-        q_acct_flush(q->q_acct);
+}
+
+/* Make the last commit durable with an explicit sync, then answer. */
+static void queue_acks_sync(queue_t *q)
+{
+    if (q->q_ack_head == NULL)
+        return;
+    int rc = mdb_env_sync(q->q_env, 1);
+    if (rc != 0) {
+        atomic_fetch_add_explicit(&q->q_stats.qs_errors, 1, memory_order_relaxed);
+        log_error("spool %s: sync: %s", q->q_path, rc > 0 ? strerror(rc) : mdb_strerror(rc));
+    }
+    queue_acks_release(q, rc == 0 ? 0 : SL_ESPOOL);
 }
 
 static void queue_acct_received(queue_t *q, const queue_msg_in_t *m, uint64_t now_us)
@@ -612,31 +806,55 @@ static void queue_acct_received(queue_t *q, const queue_msg_in_t *m, uint64_t no
 
 /* ------------------------------------------------------------ queue thread */
 
+/* Collect; the check handle commits (see "Group commit" above). */
 static void queue_sub_cb(chan_t *ch, chan_node_t *first, void *arg)
 {
     queue_t *q = arg;
     UNUSED(ch);
-    size_t batch = q->q_cfg->c_spool_batch > 0 ? (size_t)q->q_cfg->c_spool_batch : 1024;
-    bool any = false;
-    while (first != NULL) {
-        chan_node_t *end = first;
-        size_t n = 0;
-        while (end != NULL && n < batch) {
-            end = end->cn_next;
-            n++;
-        }
-        queue_commit_batch(q, first, n);
-        first = end;
-        any = true;
-    }
-    if (any)
-        q_sched_kick(q);
+    list_append(&q->q_sub_head, &q->q_sub_tail, first);
+    uv_check_start(&q->q_commit_check, queue_commit_check_cb);
 }
 
 static void queue_out_cb(chan_t *ch, chan_node_t *first, void *arg)
 {
+    queue_t *q = arg;
     UNUSED(ch);
-    q_outcomes_process(arg, first);
+    list_append(&q->q_out_head, &q->q_out_tail, first);
+    uv_check_start(&q->q_commit_check, queue_commit_check_cb);
+}
+
+/* queue_acct_event: one accounting record, owned text after the node. */
+typedef struct q_acct_ev {
+    chan_node_t ae_node;
+    char ae_line[];
+} q_acct_ev_t;
+
+void queue_acct_event(queue_t *q, const char *json_line)
+{
+    size_t n = strlen(json_line);
+    q_acct_ev_t *e = xmalloc(sizeof(*e) + n + 1);
+    memcpy(e->ae_line, json_line, n + 1);
+    if (!queue_enter(q)) {
+        free(e);
+        return;
+    }
+    chan_push(q->q_ch_acct, &e->ae_node);
+    queue_leave(q);
+}
+
+static void queue_acct_ev_cb(chan_t *ch, chan_node_t *first, void *arg)
+{
+    queue_t *q = arg;
+    UNUSED(ch);
+    buf_t *b = q_acct_buf(q->q_acct);
+    while (first) {
+        q_acct_ev_t *e = (q_acct_ev_t *)first;
+        first = first->cn_next;
+        buf_append_str(b, e->ae_line);
+        buf_append(b, "\n", 1);
+        free(e);
+    }
+    q_acct_flush(q->q_acct);
 }
 
 static void queue_timer_cb(uv_timer_t *t)
@@ -652,8 +870,10 @@ static void queue_req_cb(chan_t *ch, chan_node_t *first, void *arg)
     while (first) {
         chan_node_t *next = first->cn_next;
         queue_req_t *r = (queue_req_t *)first;
-        queue_req_do(arg, r);
-        chan_push(r->qq_reply, &r->qq_node);
+        if (!q_admin_request(arg, r)) { /* operator requests answer themselves */
+            queue_req_do(arg, r);
+            chan_push(r->qq_reply, &r->qq_node);
+        }
         first = next;
     }
 }
@@ -712,7 +932,7 @@ static json_object *queue_msg_json(queue_t *q, MDB_txn *txn, uint64_t id, const 
                 json_object_object_add(
                     r, "orcpt", rr.rr_orcpt ? json_strn(rr.rr_orcpt, rr.rr_orcpt_len) : NULL);
                 json_object_object_add(r, "notify", json_object_new_int(rr.rr_notify));
-                if (rr.rr_code) {
+                if (rr.rr_code || rr.rr_text_len) { /* "connect: refused" has no code */
                     json_object_object_add(r, "last_code", json_object_new_int(rr.rr_code));
                     json_object_object_add(r, "last_status",
                                            json_strn(rr.rr_status, rr.rr_status_len));

@@ -84,6 +84,8 @@ char *queue_msgid_fmt(uint64_t id, char *dst);
 /* Parse the 16-hex form. 0 or SL_EPARSE. */
 int queue_msgid_parse(const char *s, uint64_t *id);
 
+#define Q_LAT_NBUCKETS 12 /* time-in-queue histogram buckets */
+
 /* Counters, updated by the queue thread with relaxed atomics, read by any
  * thread. */
 typedef struct queue_stats {
@@ -97,7 +99,21 @@ typedef struct queue_stats {
     atomic_uint_fast64_t qs_max_size; /* spool.max_size */
     atomic_int qs_fill_pct;           /* used / max_size, percent */
     atomic_uint_fast64_t qs_errors;   /* failed commits */
+    /* Outcomes applied (queue/admin.c counts them as they are committed)
+     * and the time in queue of delivered recipients, for `metrics`. */
+    atomic_uint_fast64_t qs_out_delivered;
+    atomic_uint_fast64_t qs_out_transient;
+    atomic_uint_fast64_t qs_out_bounced;
+    atomic_uint_fast64_t qs_out_expired;
+    atomic_uint_fast64_t qs_out_admin_bounced;
+    atomic_uint_fast64_t qs_lat_bucket[Q_LAT_NBUCKETS]; /* not cumulative; see queue_lat_bounds */
+    atomic_uint_fast64_t qs_lat_sum;                    /* seconds */
+    atomic_uint_fast64_t qs_lat_count;
 } queue_stats_t;
+
+/* Upper bounds (seconds) of the time-in-queue histogram buckets; the last
+ * is UINT64_MAX (+Inf). */
+extern const uint64_t queue_lat_bounds[Q_LAT_NBUCKETS];
 
 /* Open (creating) the spool and find the queue again. Start-up errors
  * (not writable, corrupt, map too small) return SL_ESPOOL with a clear
@@ -131,6 +147,22 @@ typedef enum {
                       recipients:[{addr, attempts, next_attempt}]}], "total": N} */
     QREQ_INSPECT,  /* one message by qq_msgid: the same fields plus flags and envid */
     QREQ_CHECK,    /* integrity check: {"ok":bool, "msgs":N, "rcpts":N, "due":N, "problems":[..]} */
+    /* Operator requests (queue/admin.c, docs/operations.md). The long ones
+     * (QUEUES, RETRY, BOUNCE) run in bounded chunks between the queue
+     * thread's other work and answer when done. */
+    QREQ_QUEUES,  /* per-domain summary, top qq_limit (0 = 20) by queued recipients:
+                     {"domains":[{domain, queued, in_flight, deferred, oldest, next_attempt,
+                     last_code, last_status, last_text, suspended}], "total_domains",
+                     "total_recipients"}; with qq_domain: {"domain":{...}} for that one */
+    QREQ_SUSPEND, /* hold delivery for qq_domain, qq_job or qq_all until qq_until (unix s,
+                     0 = until resumed); persisted in the meta db: {"holds":[...]} */
+    QREQ_RESUME,  /* drop the hold on qq_domain / qq_job / qq_all: {"resumed":N, "holds":[...]} */
+    QREQ_HOLDS,   /* the holds in force: {"holds":[{"type","name","until"}]} */
+    QREQ_RETRY,   /* deferred recipients of qq_domain (or all) due now: {"rescheduled":N} */
+    QREQ_BOUNCE,  /* remove and bounce (accounting "admin_bounce", DSN as for a bounce) the
+                     recipients matching qq_domain, qq_job, qq_sender and qq_older_than
+                     (all that are given; none = every recipient):
+                     {"bounced":N, "skipped_in_flight":N} */
 } queue_req_type_t;
 
 typedef struct queue_req {
@@ -142,6 +174,13 @@ typedef struct queue_req {
     char qq_error[256];            /* set on failure ("" on success) */
     chan_t *qq_reply;
     void *qq_ctx;
+    /* operator requests (QREQ_QUEUES and after); strings owned by the requester */
+    char *qq_domain;        /* lower-case domain or NULL */
+    char *qq_job;           /* job id or NULL */
+    char *qq_sender;        /* envelope sender or NULL ("" = the null sender) */
+    uint64_t qq_older_than; /* BOUNCE: arrived at least this many seconds ago (0 = any) */
+    uint64_t qq_until;      /* SUSPEND: unix s, 0 = until resumed */
+    bool qq_all;            /* SUSPEND/RESUME/RETRY: everything */
 } queue_req_t;
 
 void queue_request(queue_t *q, queue_req_t *r);
@@ -176,6 +215,7 @@ typedef struct queue_dispatch {
     char *qd_sender;     /* owned, "" for <> */
     char *qd_job;        /* owned or NULL */
     char *qd_envid;      /* owned or NULL */
+    char *qd_auth_user;  /* owned or NULL: the SMTP AUTH user who submitted it */
     uint8_t qd_flags;    /* Q_F_* */
     uint64_t qd_arrival; /* unix seconds */
     int qd_nrcpt;
@@ -205,6 +245,7 @@ typedef struct queue_outcome {
     char qo_tls[24]; /* "TLSv1.3" or "" */
     char qo_cipher[64];
     uint64_t qo_retry_at; /* deferred: earliest next attempt (unix s), 0 = schedule */
+    bool qo_admin;        /* bounced by the operator (QREQ_BOUNCE): "admin_bounce" */
 } queue_outcome_t;
 
 void queue_outcome_free(queue_outcome_t *o);
@@ -220,5 +261,10 @@ void queue_set_dispatcher(queue_t *q, queue_dispatch_fn fn, void *arg);
 void queue_outcome_submit(queue_t *q, queue_outcome_t *o);
 /* Ask the queue thread to rotate the accounting log. Any thread. */
 void queue_acct_rotate(queue_t *q);
+/* Append one record (a complete JSON object, no newline) to the accounting
+ * log: the queue thread writes it with its next batch. Used for records
+ * that are not outcomes, e.g. type "shaping" (delivery/shaping.c). Copied;
+ * dropped when the queue is stopping. Any thread. */
+void queue_acct_event(queue_t *q, const char *json_line);
 
 #endif /* SLUICE_QUEUE_H */

@@ -138,6 +138,7 @@ struct queue {
     chan_t *q_ch_sub; /* queue_msg_in_t */
     chan_t *q_ch_req; /* queue_req_t */
     chan_t *q_ch_out; /* queue_outcome_t */
+    chan_t *q_ch_acct; /* queue_acct_event records */
     uv_async_t q_wake;
     uv_timer_t q_timer; /* periodic scan */
     uv_timer_t q_kick;  /* one-shot scan soon after new work */
@@ -147,6 +148,18 @@ struct queue {
     atomic_int q_rotate;
 
     q_acct_t *q_acct;
+
+    /* group commit (queue.c), queue thread: what the channels handed over,
+     * written in one transaction per loop iteration by q_commit_check; and
+     * the committed submissions whose 250 waits for the next data sync
+     * (spool.sync = fsync runs LMDB with MDB_NOMETASYNC: "Group commit" in
+     * queue.c) */
+    uv_check_t q_commit_check;
+    uv_idle_t q_commit_idle;
+    chan_node_t *q_sub_head, *q_sub_tail;
+    chan_node_t *q_out_head, *q_out_tail;
+    chan_node_t *q_ack_head, *q_ack_tail;
+    struct outcome_ctx *q_octx; /* sched.c's outcome batch state */
 
     /* scratch, queue thread */
     buf_t q_scratch;
@@ -188,6 +201,13 @@ void q_sched_scan(queue_t *q);
 /* Scan soon (now, or within Q_KICK_MIN_US of the last scan). */
 void q_sched_kick(queue_t *q);
 void q_outcomes_process(queue_t *q, chan_node_t *first);
+/* The two halves of q_outcomes_process, for a transaction shared with
+ * submissions: apply n outcomes (and the DSNs they cause) inside txn, 0 or
+ * an LMDB error; then, after the commit (or the abort), count them, queue
+ * their accounting records (committed only; the caller flushes) and
+ * release their in-flight entries (frees the outcomes). */
+int q_outcomes_apply(queue_t *q, MDB_txn *txn, chan_node_t *first, size_t n);
+void q_outcomes_done(queue_t *q, chan_node_t *first, size_t n, bool committed);
 uint64_t q_retry_delay(queue_t *q, uint32_t attempts);
 
 #endif /* SLUICE_QUEUE_INT_H */

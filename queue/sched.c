@@ -15,7 +15,7 @@
  * domain cost a cursor walk, never a million objects.
  * Thread: queue thread only.
  */
-#include "queue/queue_int.h"
+#include "queue/admin_int.h"
 
 #include <ctype.h>
 #include <stdio.h>
@@ -82,10 +82,19 @@ void q_sched_init(queue_t *q)
     q->q_flight = xcalloc(q->q_flight_cap, sizeof(q_flight_t));
     q->q_doms_cap = 256;
     q->q_doms = xcalloc(q->q_doms_cap, sizeof(q_dom_t *));
+    q->q_octx = xcalloc(1, sizeof(outcome_ctx_t));
+    buf_init(&q->q_octx->acct, 4096);
 }
 
 void q_sched_free(queue_t *q)
 {
+    if (q->q_octx) {
+        dsn_free_all(q->q_octx);
+        free(q->q_octx->dsns);
+        buf_free(&q->q_octx->acct);
+        free(q->q_octx);
+        q->q_octx = NULL;
+    }
     free(q->q_flight);
     q->q_flight = NULL;
     if (q->q_doms) {
@@ -100,6 +109,11 @@ void q_sched_free(queue_t *q)
         free(q->q_doms);
         q->q_doms = NULL;
     }
+}
+
+bool q_sched_in_flight(queue_t *q, uint64_t id, uint32_t idx)
+{
+    return flight_find(q, id, idx) != NULL;
 }
 
 static q_flight_t *flight_find(queue_t *q, uint64_t id, uint32_t idx)
@@ -249,7 +263,7 @@ void q_sched_scan(queue_t *q)
     int window = c->c_active_window > 0 ? c->c_active_window : 2000;
     int total = c->c_active_total > 0 ? c->c_active_total : 100000;
     q->q_last_scan_us = clock_mono_us();
-    if (q->q_active_total >= total)
+    if (q->q_active_total >= total || q_admin_hold_all(q)) /* `sluicectl suspend --all` */
         return;
     uint64_t now = clock_now_s();
     MDB_txn *txn = NULL;
@@ -310,6 +324,8 @@ void q_sched_scan(queue_t *q)
         if (mdb_get(txn, q->q_dbi_rcpt, &rkv, &rv) != 0 ||
             q_rcpt_decode(rv.mv_data, rv.mv_size, &rr) != 0)
             continue;
+        if (q_admin_held(q, rr.rr_addr, rr.rr_addr_len, mr.mr_job, mr.mr_job_len))
+            continue; /* domain or job suspended: stays due */
         char dom[256];
         size_t dl = addr_domain(rr.rr_addr, rr.rr_addr_len, dom, sizeof(dom));
         q_dom_t *d = dom_get(q, dom, dl);
@@ -330,6 +346,7 @@ void q_sched_scan(queue_t *q)
             qd->qd_sender = xstrndup(mr.mr_sender ? mr.mr_sender : "", mr.mr_sender_len);
             qd->qd_job = dupn(mr.mr_job, mr.mr_job_len);
             qd->qd_envid = dupn(mr.mr_envid, mr.mr_envid_len);
+            qd->qd_auth_user = dupn(mr.mr_auth, mr.mr_auth_len);
             qd->qd_flags = mr.mr_flags;
             qd->qd_arrival = mr.mr_arrival;
             qd->qd_body = xmalloc(mr.mr_body_len + 1);
@@ -541,7 +558,7 @@ static int outcome_apply(queue_t *q, MDB_txn *txn, queue_outcome_t *o, uint64_t 
             type = "transient";
         }
     } else if (res == Q_OUT_BOUNCED) {
-        type = "bounce";
+        type = o->qo_admin ? "admin_bounce" : "bounce";
         if (category == NULL)
             category = "other";
     }
@@ -602,16 +619,75 @@ static int outcome_apply(queue_t *q, MDB_txn *txn, queue_outcome_t *o, uint64_t 
             dsn_add(cx, o->qo_msgid, &mr, &rr, o, status);
     }
     acct_outcome(&cx->acct, type, now_us, o->qo_msgid, &mr, &rr, dom, o, status, category, next);
+    q_admin_outcome_note(q, type, now > mr.mr_arrival ? now - mr.mr_arrival : 0);
     return 0;
 }
 
+int q_outcomes_apply(queue_t *q, MDB_txn *txn, chan_node_t *first, size_t n)
+{
+    outcome_ctx_t *cx = q->q_octx;
+    Q_ASSERT_QUEUE_THREAD(q);
+    buf_reset(&cx->acct);
+    dsn_free_all(cx);
+    cx->d_msgs = cx->d_rcpts = 0;
+    uint64_t now_us = clock_now_us();
+    int rc = 0;
+    chan_node_t *node = first;
+    for (size_t i = 0; rc == 0 && i < n; i++, node = node->cn_next)
+        rc = outcome_apply(q, txn, (queue_outcome_t *)node, now_us, cx);
+    /* DSNs go in the same txn: a new message from <> to the sender */
+    for (int i = 0; rc == 0 && i < cx->ndsn; i++) {
+        queue_msg_in_t m;
+        memset(&m, 0, sizeof(m));
+        m.qm_id = queue_msgid_new();
+        m.qm_arrival = now_us / 1000000;
+        m.qm_sender = "";
+        queue_rcpt_in_t r = {.qr_addr = cx->dsns[i].ds_sender, .qr_notify = 0};
+        m.qm_nrcpt = 1;
+        m.qm_rcpts = &r;
+        buf_init(&m.qm_body, 0);
+        dsn_build(q, &cx->dsns[i], &m.qm_body);
+        rc = q_insert_msg(q, txn, &m);
+        buf_free(&m.qm_body);
+        if (rc == 0) {
+            char a[17], b[17];
+            log_info("%s: dsn=%s to=<%s> failed=%d", queue_msgid_fmt(cx->dsns[i].ds_msgid, a),
+                     queue_msgid_fmt(m.qm_id, b), cx->dsns[i].ds_sender, cx->dsns[i].ds_n);
+            cx->d_msgs++;
+            cx->d_rcpts++;
+        }
+    }
+    return rc;
+}
+
+void q_outcomes_done(queue_t *q, chan_node_t *first, size_t n, bool committed)
+{
+    outcome_ctx_t *cx = q->q_octx;
+    if (committed) {
+        atomic_fetch_add_explicit(&q->q_stats.qs_msgs, (uint64_t)cx->d_msgs, memory_order_relaxed);
+        atomic_fetch_add_explicit(&q->q_stats.qs_rcpts, (uint64_t)cx->d_rcpts,
+                                  memory_order_relaxed);
+        buf_append(q_acct_buf(q->q_acct), cx->acct.b_data, cx->acct.b_len);
+    }
+    /* Not committed: the recipients stay due and are tried again. */
+    chan_node_t *node = first;
+    for (size_t i = 0; i < n; i++) {
+        chan_node_t *next = node->cn_next;
+        queue_outcome_t *o = (queue_outcome_t *)node;
+        flight_del(q, o->qo_msgid, o->qo_idx);
+        queue_outcome_free(o);
+        node = next;
+    }
+    buf_reset(&cx->acct);
+    dsn_free_all(cx);
+}
+
+/* Outcomes in their own transactions (operator bounces; the fallback when
+ * a transaction shared with submissions failed). Durable before return. */
 void q_outcomes_process(queue_t *q, chan_node_t *first)
 {
     Q_ASSERT_QUEUE_THREAD(q);
     size_t batch = q->q_cfg->c_spool_batch > 0 ? (size_t)q->q_cfg->c_spool_batch : 1024;
-    outcome_ctx_t cx;
-    memset(&cx, 0, sizeof(cx));
-    buf_init(&cx.acct, 4096);
     while (first != NULL) {
         chan_node_t *end = first;
         size_t n = 0;
@@ -622,37 +698,9 @@ void q_outcomes_process(queue_t *q, chan_node_t *first)
         int rc;
         for (;;) {
             MDB_txn *txn = NULL;
-            buf_reset(&cx.acct);
-            dsn_free_all(&cx);
-            cx.d_msgs = cx.d_rcpts = 0;
-            uint64_t now_us = clock_now_us();
             rc = mdb_txn_begin(q->q_env, NULL, 0, &txn);
-            chan_node_t *node = first;
-            for (size_t i = 0; rc == 0 && i < n; i++, node = node->cn_next)
-                rc = outcome_apply(q, txn, (queue_outcome_t *)node, now_us, &cx);
-            /* DSNs go in the same txn: a new message from <> to the sender */
-            for (int i = 0; rc == 0 && i < cx.ndsn; i++) {
-                queue_msg_in_t m;
-                memset(&m, 0, sizeof(m));
-                m.qm_id = queue_msgid_new();
-                m.qm_arrival = now_us / 1000000;
-                m.qm_sender = "";
-                queue_rcpt_in_t r = {.qr_addr = cx.dsns[i].ds_sender, .qr_notify = 0};
-                m.qm_nrcpt = 1;
-                m.qm_rcpts = &r;
-                buf_init(&m.qm_body, 0);
-                dsn_build(q, &cx.dsns[i], &m.qm_body);
-                rc = q_insert_msg(q, txn, &m);
-                buf_free(&m.qm_body);
-                if (rc == 0) {
-                    char a[17], b[17];
-                    log_info("%s: dsn=%s to=<%s> failed=%d",
-                             queue_msgid_fmt(cx.dsns[i].ds_msgid, a), queue_msgid_fmt(m.qm_id, b),
-                             cx.dsns[i].ds_sender, cx.dsns[i].ds_n);
-                    cx.d_msgs++;
-                    cx.d_rcpts++;
-                }
-            }
+            if (rc == 0)
+                rc = q_outcomes_apply(q, txn, first, n);
             if (rc == 0)
                 rc = mdb_txn_commit(txn);
             else if (txn)
@@ -661,34 +709,20 @@ void q_outcomes_process(queue_t *q, chan_node_t *first)
                 continue;
             break;
         }
+        if (rc == 0 && q->q_cfg->c_spool_sync != CFG_SYNC_NONE)
+            rc = mdb_env_sync(q->q_env, 1); /* MDB_NOMETASYNC: make it durable now */
         if (rc == 0) {
             atomic_fetch_add_explicit(&q->q_stats.qs_commits, 1, memory_order_relaxed);
-            atomic_fetch_add_explicit(&q->q_stats.qs_msgs, (uint64_t)cx.d_msgs,
-                                      memory_order_relaxed);
-            atomic_fetch_add_explicit(&q->q_stats.qs_rcpts, (uint64_t)cx.d_rcpts,
-                                      memory_order_relaxed);
             q_stats_refresh(q);
-            buf_append(q_acct_buf(q->q_acct), cx.acct.b_data, cx.acct.b_len);
-            q_acct_flush(q->q_acct);
         } else {
-            /* Not committed: the recipients stay due and are tried again. */
             atomic_fetch_add_explicit(&q->q_stats.qs_errors, 1, memory_order_relaxed);
             log_error("spool %s: commit of %zu outcomes failed: %s", q->q_path, n,
                       mdb_strerror(rc));
         }
-        chan_node_t *node = first;
-        for (size_t i = 0; i < n; i++) {
-            chan_node_t *next = node->cn_next;
-            queue_outcome_t *o = (queue_outcome_t *)node;
-            flight_del(q, o->qo_msgid, o->qo_idx);
-            queue_outcome_free(o);
-            node = next;
-        }
+        q_outcomes_done(q, first, n, rc == 0);
+        q_acct_flush(q->q_acct);
         first = end;
     }
-    dsn_free_all(&cx);
-    free(cx.dsns);
-    buf_free(&cx.acct);
     q_sched_kick(q);
 }
 
@@ -883,6 +917,7 @@ void queue_dispatch_free(queue_dispatch_t *d)
     free(d->qd_sender);
     free(d->qd_job);
     free(d->qd_envid);
+    free(d->qd_auth_user);
     free(d->qd_body);
     free(d);
 }

@@ -22,15 +22,17 @@
  *
  * Thread: main thread only (everything runs on ce_loop).
  */
-#include "core/server/server_int.h"
+#include "core/server/ops_int.h"
 #ifdef SLUICE_HAVE_DELIVERY
 #include "delivery/delivery.h"
 #endif
 
 #include <assert.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <json-c/json.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,6 +60,7 @@ struct control {
     bool ct_stopping;
     bool ct_shutdown_called;
     uv_thread_t ct_thread;
+    http_metrics_t *ct_http; /* control.http_metrics, or NULL */
 };
 
 struct ctl_conn {
@@ -97,13 +100,32 @@ static int cmd_shutdown(ctl_conn_t *c, json_object *req, json_object *resp, char
                         size_t errlen);
 static int cmd_log_rotate(ctl_conn_t *c, json_object *req, json_object *resp, char *err,
                           size_t errlen);
+/* operator commands (docs/operations.md) */
+static int cmd_queues(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen);
+static int cmd_queue(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen);
+static int cmd_suspend(ctl_conn_t *c, json_object *req, json_object *resp, char *err,
+                       size_t errlen);
+static int cmd_resume(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen);
+static int cmd_suspended(ctl_conn_t *c, json_object *req, json_object *resp, char *err,
+                         size_t errlen);
+static int cmd_retry(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen);
+static int cmd_bounce(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen);
+static int cmd_reload(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen);
+static int cmd_metrics(ctl_conn_t *c, json_object *req, json_object *resp, char *err,
+                       size_t errlen);
+static int cmd_providers(ctl_conn_t *c, json_object *req, json_object *resp, char *err,
+                         size_t errlen);
 
 static const struct ctl_cmd {
     const char *name;
     ctl_handler_fn fn;
 } ctl_cmds[] = {
-    {"status", cmd_status}, {"list", cmd_list},         {"inspect", cmd_inspect},
-    {"check", cmd_check},   {"shutdown", cmd_shutdown}, {"log-rotate", cmd_log_rotate},
+    {"status", cmd_status},       {"list", cmd_list},           {"inspect", cmd_inspect},
+    {"check", cmd_check},         {"shutdown", cmd_shutdown},   {"log-rotate", cmd_log_rotate},
+    {"queues", cmd_queues},       {"queue", cmd_queue},         {"suspend", cmd_suspend},
+    {"resume", cmd_resume},       {"suspended", cmd_suspended}, {"retry", cmd_retry},
+    {"bounce", cmd_bounce},       {"reload", cmd_reload},       {"metrics", cmd_metrics},
+    {"providers", cmd_providers},
 };
 
 static void ctl_unref(control_t *ct);
@@ -286,6 +308,11 @@ int control_start(cfg_t *cfg, const control_env_t *env, control_t **out, char *e
     if (uv_listen((uv_stream_t *)&ct->ct_server, 64, accept_cb) != 0)
         abort();
     log_info("control socket listening path=%s mode=%04o", path, (unsigned)mode);
+    if (cfg->c_ctl_http != NULL && cfg->c_ctl_http[0] != '\0' &&
+        (rc = http_metrics_start(cfg->c_ctl_http, env, &ct->ct_http, err, errlen)) != 0) {
+        control_stop(ct); /* its handles close when the caller runs the loop */
+        return rc;
+    }
     *out = ct;
     return 0;
 fail:
@@ -309,6 +336,8 @@ void control_stop(control_t *ct)
     if (ct->ct_stopping)
         return;
     ct->ct_stopping = true;
+    http_metrics_stop(ct->ct_http);
+    ct->ct_http = NULL;
     /* Unlink only our own socket file: a newer daemon may own the path. */
     struct stat st;
     if (stat(ct->ct_path, &st) == 0 && st.st_dev == ct->ct_dev && st.st_ino == ct->ct_ino)
@@ -689,6 +718,9 @@ static void reply_cb(chan_t *ch, chan_node_t *first, void *arg)
                 conn_process(c); /* lines that arrived meanwhile */
         }
         json_object_put(r->qq_result);
+        free(r->qq_domain);
+        free(r->qq_job);
+        free(r->qq_sender);
         free(r);
         ct->ct_pending--;
         conn_unref(c);
@@ -823,4 +855,499 @@ static int cmd_log_rotate(ctl_conn_t *c, json_object *req, json_object *resp, ch
     }
     log_info("control: log files rotated");
     return CTL_REPLY;
+}
+
+/* ------------------------------------------------------------ operator commands */
+
+/* An optional string argument: 0 absent (or null), 1 present (*out borrowed),
+ * SL_EPARSE with err set when it is not a string or too long. */
+static int arg_str(json_object *req, const char *key, size_t max, const char **out, char *err,
+                   size_t errlen)
+{
+    json_object *v;
+    *out = NULL;
+    if (!json_object_object_get_ex(req, key, &v) || json_object_is_type(v, json_type_null))
+        return 0;
+    if (!json_object_is_type(v, json_type_string) || (size_t)json_object_get_string_len(v) > max) {
+        snprintf(err, errlen, "\"%s\" must be a string of at most %zu bytes", key, max);
+        return SL_EPARSE;
+    }
+    *out = json_object_get_string(v);
+    return 1;
+}
+
+static bool arg_bool(json_object *req, const char *key)
+{
+    json_object *v;
+    return json_object_object_get_ex(req, key, &v) && json_object_get_boolean(v);
+}
+
+/* A duration: seconds as an integer or "30s" / "5m" / "2h" / "1d". 0 absent. */
+static int arg_duration(json_object *req, const char *key, uint64_t *out, char *err, size_t errlen)
+{
+    json_object *v;
+    *out = 0;
+    if (!json_object_object_get_ex(req, key, &v) || json_object_is_type(v, json_type_null))
+        return 0;
+    if (json_object_is_type(v, json_type_int) && json_object_get_int64(v) > 0) {
+        *out = (uint64_t)json_object_get_int64(v);
+        return 1;
+    }
+    if (json_object_is_type(v, json_type_string) &&
+        cfg_parse_duration(json_object_get_string(v), out) == 0 && *out > 0)
+        return 1;
+    snprintf(err, errlen, "\"%s\" must be a duration such as 90, \"30m\", \"2h\" or \"1d\"", key);
+    return SL_EPARSE;
+}
+
+/* A recipient domain, lower-cased, without a trailing dot. Caller frees. */
+static char *domain_norm(const char *s, char *err, size_t errlen)
+{
+    size_t n = strlen(s);
+    if (n > 0 && s[n - 1] == '.')
+        n--;
+    if (n == 0 || n > 253 || s[0] == '@' || s[0] == '.') {
+        snprintf(err, errlen, "invalid domain \"%.100s\"", s);
+        return NULL;
+    }
+    char *d = xstrndup(s, n);
+    for (char *p = d; *p; p++) {
+        if ((unsigned char)*p <= ' ' || *p == '@' || *p == '/' || *p == '"') {
+            snprintf(err, errlen, "invalid domain \"%.100s\"", s);
+            free(d);
+            return NULL;
+        }
+        *p = (char)tolower((unsigned char)*p);
+    }
+    return d;
+}
+
+static queue_req_t *admin_req_new(ctl_conn_t *c, queue_req_type_t type, char *err, size_t errlen)
+{
+    if (c->cc_ctl->ct_env.ce_queue == NULL) {
+        snprintf(err, errlen, "the queue is not running");
+        return NULL;
+    }
+    queue_req_t *r = xcalloc(1, sizeof(*r));
+    r->qq_type = type;
+    return r;
+}
+
+/* Send r (filled by the caller) to the queue thread; answered in reply_cb. */
+static int admin_req_send(ctl_conn_t *c, queue_req_t *r)
+{
+    control_t *ct = c->cc_ctl;
+    r->qq_reply = ct->ct_reply;
+    r->qq_ctx = c;
+    c->cc_refs++;
+    c->cc_busy = true;
+    ct->ct_refs++;
+    ct->ct_pending++;
+    queue_request(ct->ct_env.ce_queue, r);
+    return CTL_ASYNC;
+}
+
+static void admin_req_free(queue_req_t *r)
+{
+    if (r == NULL)
+        return;
+    free(r->qq_domain);
+    free(r->qq_job);
+    free(r->qq_sender);
+    free(r);
+}
+
+/* The target of suspend / resume / retry: "domain", "job" or "all":true
+ * (exactly one; job only where allow_job). */
+static int admin_target(queue_req_t *r, json_object *req, bool allow_job, const char *what,
+                        char *err, size_t errlen)
+{
+    const char *dom, *job;
+    int rc;
+    if ((rc = arg_str(req, "domain", 255, &dom, err, errlen)) < 0 ||
+        (rc = arg_str(req, "job", 200, &job, err, errlen)) < 0)
+        return rc;
+    bool all = arg_bool(req, "all");
+    if ((dom != NULL) + (job != NULL) + all != 1 || (job != NULL && !allow_job)) {
+        snprintf(err, errlen, "%s needs exactly one of \"domain\"%s or \"all\":true", what,
+                 allow_job ? ", \"job\"" : "");
+        return SL_EPARSE;
+    }
+    if (dom != NULL && (r->qq_domain = domain_norm(dom, err, errlen)) == NULL)
+        return SL_EPARSE;
+    if (job != NULL && job[0] == '\0') {
+        snprintf(err, errlen, "\"job\" must not be empty");
+        return SL_EPARSE;
+    }
+    r->qq_job = job ? xstrdup(job) : NULL;
+    r->qq_all = all;
+    return 0;
+}
+
+static int cmd_queues(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen)
+{
+    json_object *lim;
+    size_t limit = 0;
+    if (json_object_object_get_ex(req, "limit", &lim)) {
+        int64_t v = json_object_get_int64(lim);
+        if (!json_object_is_type(lim, json_type_int) || v < 0) {
+            snprintf(err, errlen, "\"limit\" must be a non-negative integer");
+            return SL_EPARSE;
+        }
+        limit = (size_t)v;
+    }
+    queue_req_t *r = admin_req_new(c, QREQ_QUEUES, err, errlen);
+    if (r == NULL)
+        return SL_EBUSY;
+    r->qq_limit = limit;
+    return admin_req_send(c, r);
+}
+
+static int cmd_queue(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen)
+{
+    const char *dom;
+    int rc = arg_str(req, "domain", 255, &dom, err, errlen);
+    if (rc <= 0) {
+        if (rc == 0)
+            snprintf(err, errlen, "queue needs \"domain\"");
+        return SL_EPARSE;
+    }
+    char *d = domain_norm(dom, err, errlen);
+    if (d == NULL)
+        return SL_EPARSE;
+    queue_req_t *r = admin_req_new(c, QREQ_QUEUES, err, errlen);
+    if (r == NULL) {
+        free(d);
+        return SL_EBUSY;
+    }
+    r->qq_domain = d;
+    return admin_req_send(c, r);
+}
+
+static int cmd_suspend(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen)
+{
+    uint64_t dur;
+    int rc;
+    queue_req_t *r = admin_req_new(c, QREQ_SUSPEND, err, errlen);
+    if (r == NULL)
+        return SL_EBUSY;
+    if ((rc = admin_target(r, req, true, "suspend", err, errlen)) < 0 ||
+        (rc = arg_duration(req, "for", &dur, err, errlen)) < 0) {
+        admin_req_free(r);
+        return rc;
+    }
+    r->qq_until = dur ? clock_now_s() + dur : 0;
+    return admin_req_send(c, r);
+}
+
+static int cmd_resume(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen)
+{
+    queue_req_t *r = admin_req_new(c, QREQ_RESUME, err, errlen);
+    if (r == NULL)
+        return SL_EBUSY;
+    int rc = admin_target(r, req, true, "resume", err, errlen);
+    if (rc < 0) {
+        admin_req_free(r);
+        return rc;
+    }
+    return admin_req_send(c, r);
+}
+
+static int cmd_suspended(ctl_conn_t *c, json_object *req, json_object *resp, char *err,
+                         size_t errlen)
+{
+    queue_req_t *r = admin_req_new(c, QREQ_HOLDS, err, errlen);
+    return r ? admin_req_send(c, r) : SL_EBUSY;
+}
+
+static int cmd_retry(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen)
+{
+    queue_req_t *r = admin_req_new(c, QREQ_RETRY, err, errlen);
+    if (r == NULL)
+        return SL_EBUSY;
+    int rc = admin_target(r, req, false, "retry", err, errlen);
+    if (rc < 0) {
+        admin_req_free(r);
+        return rc;
+    }
+    return admin_req_send(c, r);
+}
+
+static int cmd_bounce(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen)
+{
+    const char *dom, *job, *sender;
+    uint64_t older;
+    int rc;
+    if ((rc = arg_str(req, "domain", 255, &dom, err, errlen)) < 0 ||
+        (rc = arg_str(req, "job", 200, &job, err, errlen)) < 0 ||
+        (rc = arg_str(req, "sender", 320, &sender, err, errlen)) < 0 ||
+        (rc = arg_duration(req, "older_than", &older, err, errlen)) < 0)
+        return rc;
+    if (dom == NULL && job == NULL && sender == NULL && older == 0 && !arg_bool(req, "yes")) {
+        snprintf(err, errlen,
+                 "bounce without a filter (domain, job, sender, older_than) removes every "
+                 "recipient in the queue: confirm with \"yes\":true (sluicectl bounce --yes)");
+        return SL_EPARSE;
+    }
+    queue_req_t *r = admin_req_new(c, QREQ_BOUNCE, err, errlen);
+    if (r == NULL)
+        return SL_EBUSY;
+    if (dom != NULL && (r->qq_domain = domain_norm(dom, err, errlen)) == NULL) {
+        admin_req_free(r);
+        return SL_EPARSE;
+    }
+    r->qq_job = job ? xstrdup(job) : NULL;
+    /* "<>" names the null sender */
+    r->qq_sender = sender ? xstrdup(strcmp(sender, "<>") == 0 ? "" : sender) : NULL;
+    r->qq_older_than = older;
+    log_info("control: bounce requested domain=%s job=%s sender=%s older_than=%llu",
+             r->qq_domain ? r->qq_domain : "*", job ? job : "*", sender ? sender : "*",
+             (unsigned long long)older);
+    return admin_req_send(c, r);
+}
+
+static int cmd_metrics(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen)
+{
+    buf_t b;
+    buf_init(&b, 8192);
+    metrics_render(&c->cc_ctl->ct_env, &b);
+    json_object_object_add(resp, "metrics", json_object_new_string_len(b.b_data, (int)b.b_len));
+    buf_free(&b);
+    return CTL_REPLY;
+}
+
+static int cmd_reload(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen)
+{
+    return control_reload(c->cc_ctl, resp, err, errlen);
+}
+
+/* ------------------------------------------------------------ reload */
+
+typedef enum { D_INT, D_U64, D_BOOL, D_STR } diff_kind_t;
+
+/* Keys compared field by field. live: takes effect at once (reception
+ * reads its snapshot per session; log.level is one global); the others
+ * are read at start-up by a module that keeps its own snapshot, so a
+ * change there needs a restart (and the old value stays in force). */
+static const struct diff_key {
+    const char *dk_name;
+    size_t dk_off;
+    diff_kind_t dk_kind;
+    bool dk_live;
+} diff_keys[] = {
+#define DK(n, f, k, live)                                                                          \
+    {                                                                                              \
+        n, offsetof(cfg_t, f), k, live                                                             \
+    }
+    DK("hostname", c_hostname, D_STR, false),
+    DK("log.level", c_log_level, D_INT, true),
+    DK("log.file", c_log_file, D_STR, false),
+    DK("log.accounting_dir", c_acct_dir, D_STR, false),
+    DK("log.accounting_max_size", c_acct_max_size, D_U64, false),
+    DK("spool.path", c_spool_path, D_STR, false),
+    DK("spool.sync", c_spool_sync, D_INT, false),
+    DK("spool.map_size", c_spool_map_size, D_U64, false),
+    DK("spool.max_size", c_spool_max_size, D_U64, false),
+    DK("spool.high_water", c_spool_high_water, D_INT, false),
+    DK("spool.commit_batch", c_spool_batch, D_INT, false),
+    DK("control.socket", c_ctl_socket, D_STR, false),
+    DK("control.mode", c_ctl_mode, D_INT, false),
+    DK("control.http_metrics", c_ctl_http, D_STR, false),
+    DK("smtp.threads", c_smtp_threads, D_INT, false),
+    DK("smtp.max_message_size", c_smtp_max_message_size, D_U64, true),
+    DK("smtp.max_recipients", c_smtp_max_recipients, D_INT, true),
+    DK("smtp.max_line_length", c_smtp_max_line, D_INT, true),
+    DK("smtp.max_connections", c_smtp_max_connections, D_INT, true),
+    DK("smtp.max_connections_per_ip", c_smtp_max_conn_per_ip, D_INT, true),
+    DK("smtp.max_commands_before_mail", c_smtp_max_commands_before_mail, D_INT, true),
+    DK("smtp.max_errors", c_smtp_max_errors, D_INT, true),
+    DK("smtp.idle_timeout", c_smtp_idle_timeout, D_U64, true),
+    DK("smtp.data_timeout", c_smtp_data_timeout, D_U64, true),
+    DK("smtp.max_pending", c_smtp_max_pending, D_INT, true),
+    DK("smtp.tls.cert", c_tls_cert, D_STR, false),
+    DK("smtp.tls.key", c_tls_key, D_STR, false),
+    DK("smtp.tls.generate", c_tls_generate, D_BOOL, false),
+    DK("smtp.auth.plaintext_loopback", c_auth_plaintext_loopback, D_BOOL, true),
+    DK("smtp.auth.fail_delay", c_auth_fail_delay, D_U64, true),
+    DK("smtp.auth.lockout_failures", c_auth_lockout_failures, D_INT, true),
+    DK("smtp.auth.lockout_window", c_auth_lockout_window, D_U64, true),
+    DK("smtp.auth.lockout_time", c_auth_lockout_time, D_U64, true),
+    DK("queue.retry_initial", c_retry_initial, D_U64, false),
+    DK("queue.retry_max", c_retry_max, D_U64, false),
+    DK("queue.retry_jitter", c_retry_jitter, D_INT, false),
+    DK("queue.max_age", c_max_age, D_U64, false),
+    DK("queue.dsn", c_dsn, D_BOOL, false),
+    DK("queue.active_window", c_active_window, D_INT, false),
+    DK("queue.active_total", c_active_total, D_INT, false),
+    DK("queue.scan_interval", c_scan_interval_ms, D_U64, false),
+    DK("delivery.threads", c_dlv_threads, D_INT, false),
+    DK("delivery.port", c_dlv_port, D_INT, false),
+    DK("delivery.resolvers", c_dlv_resolvers, D_STR, false),
+    DK("delivery.smarthost", c_dlv_smarthost, D_STR, false),
+    DK("delivery.tls", c_dlv_tls_default, D_INT, false),
+    DK("delivery.ca_file", c_dlv_ca_file, D_STR, false),
+    DK("delivery.helo_name", c_dlv_helo, D_STR, false),
+    DK("delivery.max_rcpt_per_transaction", c_dlv_max_rcpt_per_txn, D_INT, false),
+    DK("delivery.max_connections_per_destination", c_dlv_max_conn_per_dest, D_INT, false),
+    DK("delivery.max_messages_per_connection", c_dlv_max_msgs_per_conn, D_INT, false),
+    DK("delivery.connection_reuse_time", c_dlv_conn_reuse_time, D_U64, false),
+    DK("delivery.idle_time", c_dlv_idle_time, D_U64, false),
+    DK("delivery.dns_cache_max_ttl", c_dlv_dns_cache_max, D_U64, false),
+    DK("delivery.dead_after_failures", c_dlv_dead_after, D_INT, false),
+    DK("delivery.dead_time", c_dlv_dead_time, D_U64, false),
+    DK("delivery.connect_timeout", c_to_connect, D_U64, false),
+    DK("delivery.greeting_timeout", c_to_greeting, D_U64, false),
+    DK("delivery.ehlo_timeout", c_to_ehlo, D_U64, false),
+    DK("delivery.starttls_timeout", c_to_starttls, D_U64, false),
+    DK("delivery.mail_timeout", c_to_mail, D_U64, false),
+    DK("delivery.rcpt_timeout", c_to_rcpt, D_U64, false),
+    DK("delivery.data_timeout", c_to_data, D_U64, false),
+    DK("delivery.data_block_timeout", c_to_data_block, D_U64, false),
+    DK("delivery.data_done_timeout", c_to_data_done, D_U64, false),
+    DK("delivery.quit_timeout", c_to_quit, D_U64, false),
+#undef DK
+};
+
+static bool diff_field(const cfg_t *a, const cfg_t *b, const struct diff_key *k)
+{
+    const char *pa = (const char *)a + k->dk_off, *pb = (const char *)b + k->dk_off;
+    switch (k->dk_kind) {
+    case D_INT:
+        return *(const int *)pa != *(const int *)pb;
+    case D_U64:
+        return *(const uint64_t *)pa != *(const uint64_t *)pb;
+    case D_BOOL:
+        return *(const bool *)pa != *(const bool *)pb;
+    case D_STR: {
+        const char *sa = *(char *const *)pa, *sb = *(char *const *)pb;
+        return strcmp(sa ? sa : "", sb ? sb : "") != 0;
+    }
+    }
+    return false;
+}
+
+static void diff_add(json_object *arr, buf_t *log, const char *name)
+{
+    json_object_array_add(arr, json_object_new_string(name));
+    buf_printf(log, "%s%s", log->b_len ? "," : "", name);
+}
+
+/* Keys whose change needs a restart keep their old value in the new
+ * snapshot where reception could read them (it gets the snapshot). */
+static void keep_old(cfg_t *nc, const cfg_t *old)
+{
+    nc->c_smtp_nlisten = old->c_smtp_nlisten;
+    memcpy(nc->c_smtp_listen, old->c_smtp_listen, sizeof(nc->c_smtp_listen));
+    nc->c_smtp_threads = old->c_smtp_threads;
+    nc->c_tls_generate = old->c_tls_generate;
+    char **strs[][2] = {{&nc->c_tls_cert, (char **)&old->c_tls_cert},
+                        {&nc->c_tls_key, (char **)&old->c_tls_key},
+                        {&nc->c_hostname, (char **)&old->c_hostname}};
+    for (size_t i = 0; i < ARRAY_SIZE(strs); i++) {
+        free(*strs[i][0]);
+        *strs[i][0] = *strs[i][1] ? xstrdup(*strs[i][1]) : NULL;
+    }
+}
+
+int control_reload(control_t *ct, json_object *resp, char *err, size_t errlen)
+{
+    char lerr[1024];
+    cfg_t *old = cfg_current(), *nc = NULL;
+    if (old == NULL) {
+        snprintf(err, errlen, "reload: no configuration in force");
+        return SL_ECONFIG;
+    }
+    const char *file = old->c_file;
+    int rc = strcmp(file, "(default)") == 0 ? cfg_default(&nc, lerr, sizeof(lerr))
+                                            : cfg_load(file, &nc, lerr, sizeof(lerr));
+    if (rc != 0) {
+        snprintf(err, errlen, "reload refused, the running configuration is unchanged: %s", lerr);
+        log_warn("%s", err);
+        cfg_unref(old);
+        return SL_ECONFIG;
+    }
+    json_object *applied = json_object_new_array(), *restart = json_object_new_array();
+    buf_t la, lr;
+    buf_init(&la, 256);
+    buf_init(&lr, 256);
+    for (size_t i = 0; i < ARRAY_SIZE(diff_keys); i++)
+        if (diff_field(old, nc, &diff_keys[i]))
+            diff_add(diff_keys[i].dk_live ? applied : restart, diff_keys[i].dk_live ? &la : &lr,
+                     diff_keys[i].dk_name);
+    /* lists and sections */
+    if (old->c_smtp_nlisten != nc->c_smtp_nlisten ||
+        memcmp(old->c_smtp_listen, nc->c_smtp_listen,
+               (size_t)nc->c_smtp_nlisten * sizeof(nc->c_smtp_listen[0])) != 0)
+        diff_add(restart, &lr, "smtp.listen");
+    if (old->c_smtp_nrelay != nc->c_smtp_nrelay ||
+        memcmp(old->c_smtp_relay, nc->c_smtp_relay,
+               (size_t)nc->c_smtp_nrelay * sizeof(nc->c_smtp_relay[0])) != 0)
+        diff_add(applied, &la, "smtp.relay_networks");
+    bool users = old->c_nusers != nc->c_nusers;
+    for (int i = 0; !users && i < nc->c_nusers; i++)
+        users = strcmp(old->c_users[i].cu_name, nc->c_users[i].cu_name) != 0 ||
+                strcmp(old->c_users[i].cu_hash, nc->c_users[i].cu_hash) != 0;
+    if (users)
+        diff_add(applied, &la, "smtp.auth.users");
+    if (old->c_retry_n != nc->c_retry_n ||
+        memcmp(old->c_retry, nc->c_retry, (size_t)nc->c_retry_n * sizeof(nc->c_retry[0])) != 0)
+        diff_add(restart, &lr, "queue.retry");
+    bool routes = old->c_dlv_nroutes != nc->c_dlv_nroutes;
+    for (int i = 0; !routes && i < nc->c_dlv_nroutes; i++) {
+        const struct cfg_route *x = &old->c_dlv_routes[i], *y = &nc->c_dlv_routes[i];
+        routes = strcmp(x->r_domain, y->r_domain) != 0 || x->r_port != y->r_port ||
+                 strcmp(x->r_host ? x->r_host : "", y->r_host ? y->r_host : "") != 0;
+    }
+    if (routes)
+        diff_add(restart, &lr, "delivery.routes");
+    bool tls = old->c_dlv_ntls != nc->c_dlv_ntls;
+    for (int i = 0; !tls && i < nc->c_dlv_ntls; i++)
+        tls = strcmp(old->c_dlv_tls[i].tp_domain, nc->c_dlv_tls[i].tp_domain) != 0 ||
+              old->c_dlv_tls[i].tp_policy != nc->c_dlv_tls[i].tp_policy;
+    if (tls)
+        diff_add(restart, &lr, "delivery.tls_policy");
+
+    keep_old(nc, old);
+    if (nc->c_log_level != old->c_log_level)
+        __atomic_store_n(&log_level_current, (int)nc->c_log_level, __ATOMIC_RELAXED);
+    if (ct->ct_env.ce_smtp != NULL)
+        smtp_server_set_config(ct->ct_env.ce_smtp, nc);
+    log_info("config reloaded from %s: applied=[%.*s] needs_restart=[%.*s]", file, (int)la.b_len,
+             la.b_data, (int)lr.b_len, lr.b_data);
+    if (resp != NULL) {
+        json_object_object_add(resp, "file", json_object_new_string(file));
+        json_object_object_add(resp, "applied", applied);
+        json_object_object_add(resp, "needs_restart", restart);
+    } else {
+        json_object_put(applied);
+        json_object_put(restart);
+    }
+    buf_free(&la);
+    buf_free(&lr);
+    cfg_set_current(nc); /* takes over our reference */
+    cfg_unref(old);
+    return CTL_REPLY;
+}
+
+/* Traffic shaping state: providers, their queues (provider, virtual MTA)
+ * with mode, rate and connections, and the virtual MTAs. */
+static int cmd_providers(ctl_conn_t *c, json_object *req, json_object *resp, char *err,
+                         size_t errlen)
+{
+    UNUSED(req);
+#ifdef SLUICE_HAVE_DELIVERY
+    void *dlv = c->cc_ctl->ct_env.ce_dlv;
+    if (dlv != NULL) {
+        json_object *o = dlv_shaping_json(dlv);
+        json_object_object_foreach(o, key, val)
+        {
+            json_object_object_add(resp, key, json_object_get(val));
+        }
+        json_object_put(o);
+        return CTL_REPLY;
+    }
+#endif
+    UNUSED(c);
+    snprintf(err, errlen, "delivery is not running");
+    return -1;
 }

@@ -3,7 +3,8 @@
  *
  * Start-up order: config -> log -> spool (queue_open) -> SMTP listeners
  * bound (smtp_server_new) -> delivery threads created (dlv_new) -> control
- * socket -> threads started (queue, delivery, reception) -> main loop.
+ * socket -> privileges dropped (`user`, when started as root) -> threads
+ * started (queue, delivery, reception) -> main loop.
  * Every start-up failure (bad config, port taken, spool not writable,
  * control socket in use) is one clear line on stderr and exit status 1
  * (2 for a configuration error), before any thread runs.
@@ -14,13 +15,19 @@
  *
  * Thread: everything here runs on the main thread.
  */
-#include "core/server/server_int.h"
+#include "core/server/ops_int.h"
 #ifdef SLUICE_HAVE_DELIVERY
 #include "delivery/delivery.h"
 #endif
+#ifdef SLUICE_HAVE_DKIM
+#include "dkim/dkim.h"
+#endif
 
+#include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
+#include <grp.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +48,7 @@ typedef struct daemon_state {
     control_t *d_ctl;
     uv_signal_t d_sigterm;
     uv_signal_t d_sigint;
+    uv_signal_t d_sighup; /* reload, as `sluicectl reload` */
     uv_idle_t d_stop_idle;
     bool d_stopping;
 } daemon_state_t;
@@ -49,7 +57,11 @@ static void usage(FILE *f);
 static void daemon_shutdown(void *arg);
 static void daemon_stop_now(uv_idle_t *h);
 static void signal_cb(uv_signal_t *h, int signum);
+static void sighup_cb(uv_signal_t *h, int signum);
 static void close_walk_cb(uv_handle_t *h, void *arg);
+static int dkim_sign_tool(cfg_t *cfg, const char *path);
+static int chown_dir(const char *path, uid_t uid, gid_t gid, char *err, size_t errlen);
+static int daemon_drop_privileges(const cfg_t *cfg, char *err, size_t errlen);
 
 static void usage(FILE *f)
 {
@@ -58,6 +70,8 @@ static void usage(FILE *f)
                "  -c FILE                 configuration file (default: the embedded default)\n"
                "  --check-config          validate the configuration and exit\n"
                "  --check-spool           check the spool's integrity (daemon stopped) and exit\n"
+               "  --dkim-sign FILE        sign the message in FILE (- = stdin) with the\n"
+               "                          configured DKIM keys, print it signed and exit\n"
                "  --print-default-config  print the embedded default configuration\n");
 }
 
@@ -95,25 +109,130 @@ static void daemon_stop_now(uv_idle_t *h)
     uv_walk(d->d_loop, close_walk_cb, NULL);
 }
 
+static void sighup_cb(uv_signal_t *h, int signum)
+{
+    daemon_state_t *d = h->data;
+    char err[1024];
+    log_info("signal %d (SIGHUP): reloading the configuration", signum);
+    if (d->d_ctl != NULL && !d->d_stopping)
+        control_reload(d->d_ctl, NULL, err, sizeof(err)); /* logs the outcome */
+}
+
 static void signal_cb(uv_signal_t *h, int signum)
 {
     log_info("signal %d (%s) received", signum, strsignal(signum));
     daemon_shutdown(h->data);
 }
 
+/* chown a directory and the entries directly in it (the spool's LMDB files,
+ * the accounting log files), or one file; symbolic links are not followed. */
+static int chown_dir(const char *path, uid_t uid, gid_t gid, char *err, size_t errlen)
+{
+    if (lchown(path, uid, gid) != 0) {
+        snprintf(err, errlen, "chown %s: %s", path, strerror(errno));
+        return -errno;
+    }
+    DIR *dir = opendir(path);
+    if (dir == NULL)
+        return 0; /* a file, not a directory */
+    struct dirent *e;
+    int rc = 0;
+    while ((e = readdir(dir)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        char *p = xasprintf("%s/%s", path, e->d_name);
+        if (lchown(p, uid, gid) != 0 && rc == 0) {
+            snprintf(err, errlen, "chown %s: %s", p, strerror(errno));
+            rc = -errno;
+        }
+        free(p);
+    }
+    closedir(dir);
+    return rc;
+}
+
+/* With `user` set and started as root: once the ports are bound and the
+ * files opened, hand the spool, the accounting directory, the control
+ * socket and the log file to that user, then switch to it for good
+ * (groups, gid, uid: in this order, since setgid needs root). Runs before
+ * any thread starts, so every thread runs as the user. Not started as
+ * root: only that same user is accepted. */
+static int daemon_drop_privileges(const cfg_t *cfg, char *err, size_t errlen)
+{
+    if (cfg->c_user[0] == '\0')
+        return 0;
+    struct passwd *pw = getpwnam(cfg->c_user);
+    if (pw == NULL) {
+        snprintf(err, errlen, "user \"%s\": no such user", cfg->c_user);
+        return -ENOENT;
+    }
+    uid_t uid = pw->pw_uid;
+    gid_t gid = pw->pw_gid;
+    if (geteuid() != 0) {
+        if (geteuid() == uid)
+            return 0;
+        snprintf(err, errlen, "user \"%s\": cannot switch user, not started as root", cfg->c_user);
+        return -EPERM;
+    }
+    if (chown_dir(cfg->c_spool_path, uid, gid, err, errlen) != 0 ||
+        chown_dir(cfg->c_acct_dir, uid, gid, err, errlen) != 0 ||
+        chown_dir(cfg->c_ctl_socket, uid, gid, err, errlen) != 0 ||
+        (cfg->c_log_file[0] != '\0' && chown_dir(cfg->c_log_file, uid, gid, err, errlen) != 0))
+        return -EPERM;
+    if (initgroups(cfg->c_user, gid) != 0 || setgid(gid) != 0 || setuid(uid) != 0) {
+        snprintf(err, errlen, "user \"%s\": cannot switch: %s", cfg->c_user, strerror(errno));
+        return -EPERM;
+    }
+    if (uid != 0 && setuid(0) == 0) {
+        snprintf(err, errlen, "user \"%s\": root could be regained", cfg->c_user);
+        return -EPERM;
+    }
+    log_info("running as user %s (uid %u, gid %u)", cfg->c_user, (unsigned)uid, (unsigned)gid);
+    return 0;
+}
+
+/* --dkim-sign: the operator's check of the dkim section. Exit 0 when the
+ * message got at least one signature, 1 when none applies, 2 on error. */
+static int dkim_sign_tool(cfg_t *cfg, const char *path)
+{
+    int rc = 2;
+#ifdef SLUICE_HAVE_DKIM
+    char err[1024];
+    const dkim_signer_t *signer = dkim_cfg_signer(cfg);
+    if (signer == NULL) {
+        fprintf(stderr, "sluiced: --dkim-sign: %s has no DKIM key (dkim.keys)\n", cfg->c_file);
+        goto out;
+    }
+    int n = dkim_sign_file(signer, path, STDOUT_FILENO, err, sizeof(err));
+    if (n < 0) {
+        fprintf(stderr, "sluiced: --dkim-sign: %s\n", err);
+        goto out;
+    }
+    fprintf(stderr, "sluiced: %d DKIM signature(s)%s\n", n,
+            n == 0 ? ": no key for the From domain and no esp_domain" : "");
+    rc = n > 0 ? 0 : 1;
+out:
+#else
+    fprintf(stderr, "sluiced: --dkim-sign: built without dkim/\n");
+#endif
+    cfg_unref(cfg);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
-    enum { OPT_CHECK = 256, OPT_CHECK_SPOOL, OPT_PRINT_DEFAULT, OPT_VERSION };
+    enum { OPT_CHECK = 256, OPT_CHECK_SPOOL, OPT_PRINT_DEFAULT, OPT_VERSION, OPT_DKIM_SIGN };
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
         {"check-config", no_argument, NULL, OPT_CHECK},
         {"check-spool", no_argument, NULL, OPT_CHECK_SPOOL},
+        {"dkim-sign", required_argument, NULL, OPT_DKIM_SIGN},
         {"print-default-config", no_argument, NULL, OPT_PRINT_DEFAULT},
         {"version", no_argument, NULL, OPT_VERSION},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *conf = NULL;
+    const char *conf = NULL, *dkim_sign_path = NULL;
     bool check = false, check_spool = false;
     int ch;
     while ((ch = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
@@ -126,6 +245,9 @@ int main(int argc, char **argv)
             break;
         case OPT_CHECK_SPOOL:
             check_spool = true;
+            break;
+        case OPT_DKIM_SIGN:
+            dkim_sign_path = optarg;
             break;
         case OPT_PRINT_DEFAULT:
             fputs(cfg_default_text(), stdout);
@@ -149,11 +271,18 @@ int main(int argc, char **argv)
 
     char err[1024] = "";
     cfg_t *cfg = NULL;
+#ifdef SLUICE_HAVE_DKIM
+    /* every load (this one, reload) parses the DKIM keys into the snapshot:
+     * a bad key stops start-up and refuses a reload */
+    cfg_set_attach(dkim_cfg_attach);
+#endif
     int rc = conf ? cfg_load(conf, &cfg, err, sizeof(err)) : cfg_default(&cfg, err, sizeof(err));
     if (rc != 0) {
         fprintf(stderr, "sluiced: %s\n", err);
         return 2;
     }
+    if (dkim_sign_path != NULL)
+        return dkim_sign_tool(cfg, dkim_sign_path);
     if (check) {
         printf("%s: configuration ok\n", cfg->c_file);
         cfg_unref(cfg);
@@ -204,12 +333,17 @@ int main(int argc, char **argv)
     };
     if (control_start(cfg, &env, &d.d_ctl, err, sizeof(err)) != 0)
         goto fail;
+    if (daemon_drop_privileges(cfg, err, sizeof(err)) != 0)
+        goto fail;
 
     uv_signal_init(d.d_loop, &d.d_sigterm);
     uv_signal_init(d.d_loop, &d.d_sigint);
     d.d_sigterm.data = d.d_sigint.data = &d;
     uv_signal_start(&d.d_sigterm, signal_cb, SIGTERM);
     uv_signal_start(&d.d_sigint, signal_cb, SIGINT);
+    uv_signal_init(d.d_loop, &d.d_sighup);
+    d.d_sighup.data = &d;
+    uv_signal_start(&d.d_sighup, sighup_cb, SIGHUP);
     uv_idle_init(d.d_loop, &d.d_stop_idle);
     d.d_stop_idle.data = &d;
 

@@ -45,6 +45,10 @@ static void print_list(json_object *r);
 static void print_inspect(json_object *r);
 static int print_check(json_object *r);
 static int build_request(const char *const *pos, int npos, const char *limit, char **line);
+static int build_ops_request(const char *const *pos, int npos, const char *limit,
+                             json_object **out);
+static bool print_ops(const char *cmd, json_object *r);
+static char *fmt_response(json_object *d);
 
 static void usage(FILE *f)
 {
@@ -57,6 +61,20 @@ static void usage(FILE *f)
           "  check                spool integrity check\n"
           "  shutdown             graceful shutdown of sluiced\n"
           "  log-rotate           reopen the log and accounting files\n"
+          "  queues [--limit N]   destinations by queued recipients (default top 20)\n"
+          "  queue DOMAIN         one destination: counts, oldest, last response, hold\n"
+          "  suspend DOMAIN|--job JOB|--all [--for DURATION]\n"
+          "                       hold delivery (kept across restarts; --for: expires)\n"
+          "  resume DOMAIN|--job JOB|--all\n"
+          "                       end a hold (--all: every hold)\n"
+          "  suspended            the holds in force\n"
+          "  retry DOMAIN|--all   make deferred recipients due now\n"
+          "  bounce [--domain D] [--job J] [--sender S] [--older-than DURATION] [--yes]\n"
+          "                       remove and bounce the matching recipients (no filter:\n"
+          "                       every recipient, only with --yes)\n"
+          "  reload               re-read the configuration file (as SIGHUP)\n"
+          "  metrics              Prometheus text exposition of every counter\n"
+          "  providers            traffic shaping: providers, queues per virtual MTA, mode, rate\n"
           "  raw 'JSON'           send one raw request line, print the answer\n"
           "\n"
           "options:\n"
@@ -498,13 +516,19 @@ static void print_inspect(json_object *r)
         printf("  %s", addr ? addr : "?");
         json_object_object_foreach(x, k, v)
         {
-            if (strcmp(k, "addr") == 0 || json_object_is_type(v, json_type_null))
+            if (strcmp(k, "addr") == 0 || strncmp(k, "last_", 5) == 0 ||
+                json_object_is_type(v, json_type_null))
                 continue;
             char *s = fmt_field(k, v);
             printf("  %s=%s", k, s);
             free(s);
         }
         printf("\n");
+        if (get(x, "last_text") != NULL || get_u64(x, "last_code") != 0) {
+            char *resp = fmt_response(x); /* "451 4.7.1 try later" */
+            printf("      last response: %s\n", resp);
+            free(resp);
+        }
     }
 }
 
@@ -532,6 +556,356 @@ static int print_check(json_object *r)
     return EXIT_OK;
 }
 
+/* ------------------------------------------------------------ operator commands */
+
+static bool is_opt(const char *a, const char *name)
+{
+    return strcmp(a, name) == 0;
+}
+
+/* The request for an operator command (queues, queue, suspend, resume,
+ * suspended, retry, bounce, reload, metrics): 1 and *out, 0 when cmd is not
+ * one of them, -1 after printing a usage error. */
+static int build_ops_request(const char *const *pos, int npos, const char *limit, json_object **out)
+{
+    const char *cmd = pos[0];
+    static const char *const ops[] = {"queues", "queue",  "suspend", "resume",  "suspended",
+                                      "retry",  "bounce", "reload",  "metrics", "providers"};
+    bool known = false;
+    for (size_t i = 0; i < ARRAY_SIZE(ops); i++)
+        known |= strcmp(cmd, ops[i]) == 0;
+    if (!known)
+        return 0;
+    if (limit != NULL && strcmp(cmd, "queues") != 0) {
+        usage_error("--limit is an option of list and queues, not of %s", cmd);
+        return -1;
+    }
+    json_object *req = json_object_new_object();
+    json_object_object_add(req, "cmd", json_object_new_string(cmd));
+    const char *domain = NULL, *job = NULL, *sender = NULL, *dur = NULL, *older = NULL;
+    bool all = false, yes = false;
+    for (int i = 1; i < npos; i++) {
+        const char *a = pos[i];
+        const char **slot = NULL;
+        if (is_opt(a, "--job"))
+            slot = &job;
+        else if (is_opt(a, "--domain"))
+            slot = &domain;
+        else if (is_opt(a, "--sender"))
+            slot = &sender;
+        else if (is_opt(a, "--for"))
+            slot = &dur;
+        else if (is_opt(a, "--older-than"))
+            slot = &older;
+        else if (is_opt(a, "--all"))
+            all = true;
+        else if (is_opt(a, "--yes") || is_opt(a, "-y"))
+            yes = true;
+        else if (a[0] == '-' && a[1] != '\0') {
+            usage_error("unknown option %s", a);
+            goto fail;
+        } else if (domain == NULL)
+            domain = a;
+        else {
+            usage_error("unexpected argument %s", a);
+            goto fail;
+        }
+        if (slot != NULL) {
+            if (++i >= npos) {
+                usage_error("%s needs a value", a);
+                goto fail;
+            }
+            *slot = pos[i];
+        }
+    }
+    bool noargs = strcmp(cmd, "suspended") == 0 || strcmp(cmd, "reload") == 0 ||
+                  strcmp(cmd, "metrics") == 0 || strcmp(cmd, "queues") == 0 ||
+                  strcmp(cmd, "providers") == 0;
+    if (noargs && (domain || job || sender || dur || older || all || yes)) {
+        usage_error("%s takes no arguments", cmd);
+        goto fail;
+    }
+    if (strcmp(cmd, "queues") == 0 && limit != NULL) {
+        char *end;
+        errno = 0;
+        long long lim = strtoll(limit, &end, 10);
+        if (errno != 0 || *end != '\0' || end == limit || lim < 0) {
+            usage_error("--limit: not a non-negative number: %s", limit);
+            goto fail;
+        }
+        json_object_object_add(req, "limit", json_object_new_int64(lim));
+    } else if (strcmp(cmd, "queue") == 0) {
+        if (domain == NULL || job || sender || dur || older || all || yes) {
+            usage_error("usage: queue DOMAIN%s", "");
+            goto fail;
+        }
+    } else if (strcmp(cmd, "suspend") == 0 || strcmp(cmd, "resume") == 0 ||
+               strcmp(cmd, "retry") == 0) {
+        bool is_retry = strcmp(cmd, "retry") == 0;
+        int n = (domain != NULL) + (job != NULL) + all;
+        if (n != 1 || sender || older || yes || (dur && strcmp(cmd, "suspend") != 0) ||
+            (job && is_retry)) {
+            usage_error(is_retry ? "usage: %s DOMAIN|--all"
+                        : strcmp(cmd, "suspend") == 0
+                            ? "usage: %s DOMAIN|--job JOB|--all [--for DURATION]"
+                            : "usage: %s DOMAIN|--job JOB|--all",
+                        cmd);
+            goto fail;
+        }
+        if (all)
+            json_object_object_add(req, "all", json_object_new_boolean(1));
+        if (dur)
+            json_object_object_add(req, "for", json_object_new_string(dur));
+    } else if (strcmp(cmd, "bounce") == 0) {
+        if (dur || all) {
+            usage_error("usage: bounce [--domain D] [--job J] [--sender S] [--older-than "
+                        "DURATION] [--yes]%s",
+                        "");
+            goto fail;
+        }
+        if (sender)
+            json_object_object_add(req, "sender", json_object_new_string(sender));
+        if (older)
+            json_object_object_add(req, "older_than", json_object_new_string(older));
+        if (yes)
+            json_object_object_add(req, "yes", json_object_new_boolean(1));
+    }
+    if (domain)
+        json_object_object_add(req, "domain", json_object_new_string(domain));
+    if (job)
+        json_object_object_add(req, "job", json_object_new_string(job));
+    *out = req;
+    return 1;
+fail:
+    json_object_put(req);
+    return -1;
+}
+
+/* "3m ago" style age of a unix time. */
+static char *fmt_age(uint64_t t, char *dst, size_t len)
+{
+    uint64_t now = (uint64_t)time(NULL);
+    if (t == 0) {
+        snprintf(dst, len, "-");
+        return dst;
+    }
+    ctl_fmt_duration(now > t ? now - t : 0, dst, len);
+    return dst;
+}
+
+static char *fmt_response(json_object *d)
+{
+    const char *st = get_str(d, "last_status"), *tx = get_str(d, "last_text");
+    uint64_t code = get_u64(d, "last_code");
+    if (tx == NULL && st == NULL)
+        return xstrdup("-");
+    char cbuf[24] = "";
+    if (code)
+        snprintf(cbuf, sizeof(cbuf), "%" PRIu64 " ", code);
+    return xasprintf("%s%s%s%s", cbuf, st && st[0] ? st : "", st && st[0] ? " " : "", tx ? tx : "");
+}
+
+static void print_holds(json_object *holds)
+{
+    size_t n =
+        holds && json_object_is_type(holds, json_type_array) ? json_object_array_length(holds) : 0;
+    if (n == 0) {
+        printf("no delivery is suspended\n");
+        return;
+    }
+    printf("suspended:\n");
+    for (size_t i = 0; i < n; i++) {
+        json_object *h = json_object_array_get_idx(holds, i);
+        const char *type = get_str(h, "type"), *name = get_str(h, "name");
+        uint64_t until = get_u64(h, "until");
+        char tb[64];
+        if (until)
+            printf("  %-6s %s until %s\n", type ? type : "?", name ? name : "(all delivery)",
+                   fmt_time(until, tb, sizeof(tb)));
+        else
+            printf("  %-6s %s until resumed\n", type ? type : "?", name ? name : "(all delivery)");
+    }
+}
+
+static void print_queues(json_object *r)
+{
+    static const char *const hdr[] = {"DOMAIN",   "QUEUED", "MSGS", "IN-FLIGHT",
+                                      "DEFERRED", "OLDEST", "HOLD", "LAST RESPONSE"};
+    enum { NCOL = 8 };
+    json_object *doms = get(r, "domains");
+    size_t n =
+        doms && json_object_is_type(doms, json_type_array) ? json_object_array_length(doms) : 0;
+    char **cells = xcalloc(n * NCOL + 1, sizeof(char *));
+    int w[NCOL];
+    for (int j = 0; j < NCOL; j++)
+        w[j] = (int)strlen(hdr[j]);
+    for (size_t i = 0; i < n; i++) {
+        json_object *d = json_object_array_get_idx(doms, i);
+        char **row = cells + i * NCOL;
+        char tmp[64];
+        const char *name = get_str(d, "domain");
+        row[0] = xstrdup(name ? name : "?");
+        row[1] = xasprintf("%" PRIu64, get_u64(d, "queued"));
+        row[2] = xasprintf("%" PRIu64, get_u64(d, "messages"));
+        row[3] = xasprintf("%" PRIu64, get_u64(d, "in_flight"));
+        row[4] = xasprintf("%" PRIu64, get_u64(d, "deferred"));
+        row[5] = xstrdup(fmt_age(get_u64(d, "oldest"), tmp, sizeof(tmp)));
+        json_object *s = get(d, "suspended");
+        row[6] = xstrdup(s && json_object_get_boolean(s) ? "yes" : "-");
+        row[7] = fmt_response(d);
+        for (int j = 0; j < NCOL - 1; j++)
+            if ((int)strlen(row[j]) > w[j])
+                w[j] = (int)strlen(row[j]);
+    }
+    if (n > 0) {
+        for (int j = 0; j < NCOL; j++) {
+            if (j + 1 < NCOL)
+                printf("%-*s  ", w[j], hdr[j]);
+            else
+                printf("%s\n", hdr[j]);
+        }
+        for (size_t i = 0; i < n; i++) {
+            for (int j = 0; j < NCOL; j++) {
+                char *c = cells[i * NCOL + j];
+                if (j + 1 == NCOL)
+                    printf("%.100s\n", c);
+                else
+                    printf(j >= 1 && j <= 4 ? "%*s  " : "%-*s  ", w[j], c);
+                free(c);
+            }
+        }
+    }
+    free(cells);
+    uint64_t nd = get_u64(r, "total_domains"), nr = get_u64(r, "total_recipients");
+    printf("%" PRIu64 " domain%s, %" PRIu64 " recipient%s queued", nd, nd == 1 ? "" : "s", nr,
+           nr == 1 ? "" : "s");
+    if (nd > n)
+        printf(" (top %zu shown; use --limit N)", n);
+    printf("\n");
+    json_object *holds = get(r, "holds");
+    if (holds && json_object_array_length(holds) > 0)
+        print_holds(holds);
+}
+
+static void print_queue(json_object *r)
+{
+    json_object *d = get(r, "domain");
+    char tmp[64], tmp2[64];
+    if (d == NULL)
+        return;
+    const char *name = get_str(d, "domain");
+    printf("domain:        %s\n", name ? name : "?");
+    printf("queued:        %" PRIu64 " recipients in %" PRIu64 " messages\n", get_u64(d, "queued"),
+           get_u64(d, "messages"));
+    printf("in flight:     %" PRIu64 "\n", get_u64(d, "in_flight"));
+    printf("deferred:      %" PRIu64 "\n", get_u64(d, "deferred"));
+    uint64_t oldest = get_u64(d, "oldest");
+    if (oldest)
+        printf("oldest:        %s (%s ago)\n", fmt_time(oldest, tmp, sizeof(tmp)),
+               fmt_age(oldest, tmp2, sizeof(tmp2)));
+    else
+        printf("oldest:        -\n");
+    printf("next attempt:  %s\n", fmt_time(get_u64(d, "next_attempt"), tmp, sizeof(tmp)));
+    char *resp = fmt_response(d);
+    printf("last response: %s\n", resp);
+    free(resp);
+    json_object *s = get(d, "suspended");
+    uint64_t until = get_u64(d, "suspended_until");
+    if (s && json_object_get_boolean(s))
+        printf("suspended:     yes, until %s\n",
+               until ? fmt_time(until, tmp, sizeof(tmp)) : "resumed");
+    else
+        printf("suspended:     no\n");
+}
+
+/* `providers`: one line per (provider, virtual MTA) queue. */
+static void print_providers(json_object *r)
+{
+    json_object *provs = get(r, "providers");
+    size_t n =
+        provs && json_object_is_type(provs, json_type_array) ? json_object_array_length(provs) : 0;
+    printf("%-20s %-12s %-15s %-10s %8s %9s %9s %9s  %s\n", "PROVIDER", "VMTA", "SOURCE", "MODE",
+           "RATE/s", "CONNS", "DELIVERED", "DEFERRED", "LAST RESPONSE");
+    for (size_t i = 0; i < n; i++) {
+        json_object *p = json_object_array_get_idx(provs, i);
+        const char *pname = get_str(p, "provider");
+        json_object *qs = get(p, "queues");
+        size_t nq =
+            qs && json_object_is_type(qs, json_type_array) ? json_object_array_length(qs) : 0;
+        for (size_t j = 0; j < nq; j++) {
+            json_object *q = json_object_array_get_idx(qs, j);
+            const char *vmta = get_str(q, "vmta"), *src = get_str(q, "source_ip");
+            const char *mode = get_str(q, "mode"), *last = get_str(q, "last_response");
+            json_object *rate = get(q, "rate");
+            char rbuf[32], cbuf[32];
+            double rv = rate ? json_object_get_double(rate) : 0;
+            if (rv > 0)
+                snprintf(rbuf, sizeof(rbuf), "%.1f", rv);
+            else
+                snprintf(rbuf, sizeof(rbuf), "-");
+            uint64_t mc = get_u64(q, "max_connections");
+            if (mc)
+                snprintf(cbuf, sizeof(cbuf), "%" PRIu64 "/%" PRIu64, get_u64(q, "connections"), mc);
+            else
+                snprintf(cbuf, sizeof(cbuf), "%" PRIu64, get_u64(q, "connections"));
+            printf("%-20s %-12s %-15s %-10s %8s %9s %9" PRIu64 " %9" PRIu64 "  %.60s\n",
+                   pname ? pname : "?", vmta ? vmta : "-", src && *src ? src : "-",
+                   mode ? mode : "?", rbuf, cbuf, get_u64(q, "delivered"), get_u64(q, "deferred"),
+                   last ? last : "");
+        }
+    }
+    if (n == 0)
+        printf("no provider has had traffic yet\n");
+}
+
+/* Human output of the operator commands; false when cmd is not one. */
+static bool print_ops(const char *cmd, json_object *r)
+{
+    if (strcmp(cmd, "queues") == 0) {
+        print_queues(r);
+    } else if (strcmp(cmd, "providers") == 0) {
+        print_providers(r);
+    } else if (strcmp(cmd, "queue") == 0) {
+        print_queue(r);
+    } else if (strcmp(cmd, "suspend") == 0 || strcmp(cmd, "suspended") == 0) {
+        print_holds(get(r, "holds"));
+    } else if (strcmp(cmd, "resume") == 0) {
+        uint64_t n = get_u64(r, "resumed");
+        printf("%" PRIu64 " hold%s removed\n", n, n == 1 ? "" : "s");
+        print_holds(get(r, "holds"));
+    } else if (strcmp(cmd, "retry") == 0) {
+        uint64_t n = get_u64(r, "rescheduled");
+        printf("%" PRIu64 " deferred recipient%s due now\n", n, n == 1 ? "" : "s");
+    } else if (strcmp(cmd, "bounce") == 0) {
+        uint64_t n = get_u64(r, "bounced"), sk = get_u64(r, "skipped_in_flight");
+        printf("%" PRIu64 " recipient%s bounced", n, n == 1 ? "" : "s");
+        if (sk)
+            printf(" (%" PRIu64 " in flight left to their delivery attempt)", sk);
+        printf("\n");
+    } else if (strcmp(cmd, "reload") == 0) {
+        const char *file = get_str(r, "file");
+        printf("configuration reloaded from %s\n", file ? file : "?");
+        const char *titles[] = {"applied", "needs_restart"};
+        const char *labels[] = {"applied now", "needs restart (old value kept)"};
+        for (int t = 0; t < 2; t++) {
+            json_object *a = get(r, titles[t]);
+            size_t n =
+                a && json_object_is_type(a, json_type_array) ? json_object_array_length(a) : 0;
+            printf("  %s:%s", labels[t], n ? "" : " -");
+            for (size_t i = 0; i < n; i++)
+                printf("%s %s", i ? "," : "",
+                       json_object_get_string(json_object_array_get_idx(a, i)));
+            printf("\n");
+        }
+    } else if (strcmp(cmd, "metrics") == 0) {
+        const char *m = get_str(r, "metrics");
+        fputs(m ? m : "", stdout);
+    } else {
+        return false;
+    }
+    return true;
+}
+
 /* The request line for the command in pos[0..npos). Returns 0 and *line
  * (caller frees), or EXIT_USAGE after printing why. */
 static int build_request(const char *const *pos, int npos, const char *limit, char **line)
@@ -544,6 +918,16 @@ static int build_request(const char *const *pos, int npos, const char *limit, ch
         if (strchr(pos[1], '\n') != NULL)
             return usage_error("raw: the request must be a single line%s", "");
         *line = xstrdup(pos[1]);
+        return 0;
+    }
+    json_object *ops = NULL;
+    int orc = build_ops_request(pos, npos, limit, &ops);
+    if (orc < 0)
+        return EXIT_USAGE;
+    if (orc > 0) {
+        *line = xstrdup(json_object_to_json_string_ext(ops, JSON_C_TO_STRING_PLAIN |
+                                                                JSON_C_TO_STRING_NOSLASHESCAPE));
+        json_object_put(ops);
         return 0;
     }
     long long lim = -1;
@@ -683,6 +1067,8 @@ int main(int argc, char **argv)
         printf("sluiced is shutting down\n");
     } else if (strcmp(cmd, "log-rotate") == 0) {
         printf("log files reopened\n");
+    } else if (print_ops(cmd, r)) {
+        /* printed */
     } else {
         printf("%s\n", json_object_to_json_string_ext(r, JSON_C_TO_STRING_PRETTY |
                                                              JSON_C_TO_STRING_NOSLASHESCAPE));

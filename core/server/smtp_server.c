@@ -128,6 +128,7 @@ typedef struct sess {
     bool se_saw_date;
     bool se_too_long;
     bool se_too_big;
+    bool se_no_mem; /* the body could not grow (memory limit): 452 at the dot */
     bool se_nul;
     bool se_8bit;
     bool se_midline; /* inside the tail of a dropped over-long line */
@@ -679,6 +680,29 @@ static void cmd_rcpt(sess_t *s, const smtp_cmd_t *c)
     sess_reply(s, "250 2.1.5 Ok");
 }
 
+/* Grow the body buffer like buf_reserve, but without aborting: under a
+ * memory limit (ulimit -v) a big message is refused with 452 4.3.1 at the
+ * final dot and its memory given back, and the daemon goes on. */
+static bool body_reserve(sess_t *s, size_t extra)
+{
+    buf_t *b = &s->se_body;
+    if (b->b_len + extra <= b->b_cap)
+        return true;
+    size_t cap = b->b_cap ? b->b_cap : 256;
+    while (cap < b->b_len + extra)
+        cap *= 2;
+    char *p = realloc(b->b_data, cap);
+    if (p == NULL) {
+        log_warn("smtp client=%s out of memory for a %zu-byte body", s->se_ip, cap);
+        s->se_no_mem = true;
+        buf_free(b);
+        return false;
+    }
+    b->b_data = p;
+    b->b_cap = cap;
+    return true;
+}
+
 /* The Received header (RFC 5321 §4.4), first line of the stored message. */
 static void data_begin(sess_t *s)
 {
@@ -686,7 +710,7 @@ static void data_begin(sess_t *s)
     smtp_thread_t *t = s->se_thr;
     buf_reset(&s->se_body);
     size_t want = s->se_size_hint ? s->se_size_hint + 1024 : BODY_INITIAL;
-    buf_reserve(&s->se_body, MIN(want, cfg->c_smtp_max_message_size + 4096));
+    body_reserve(s, MIN(want, cfg->c_smtp_max_message_size + 4096));
     char id[17];
     queue_msgid_fmt(s->se_msgid, id);
     const char *proto = !s->se_esmtp                   ? "SMTP"
@@ -703,6 +727,7 @@ static void data_begin(sess_t *s)
     s->se_in_job = false;
     s->se_saw_msgid = s->se_saw_date = false;
     s->se_too_long = s->se_too_big = s->se_nul = s->se_8bit = s->se_midline = false;
+    s->se_no_mem = false;
     s->se_data_bytes = 0;
 }
 
@@ -1102,13 +1127,14 @@ static void data_line(sess_t *s, const char *p, size_t len)
         s->se_8bit = true;
     if (s->se_data_bytes > cfg->c_smtp_max_message_size)
         s->se_too_big = true;
-    if (s->se_too_long || s->se_too_big || s->se_nul)
+    if (s->se_too_long || s->se_too_big || s->se_nul || s->se_no_mem)
         return; /* rejected at the final dot; keep reading in sync */
     if (s->se_in_hdrs) {
         header_line(s, p, len);
         return;
     }
-    buf_reserve(&s->se_body, len + 2);
+    if (!body_reserve(s, len + 2))
+        return;
     memcpy(s->se_body.b_data + s->se_body.b_len, p, len);
     memcpy(s->se_body.b_data + s->se_body.b_len + len, "\r\n", 2);
     s->se_body.b_len += len + 2;
@@ -1184,6 +1210,10 @@ static void data_done(sess_t *s)
     }
     if (s->se_too_long) {
         data_reject(s, "500 5.5.2 Line too long", "line too long");
+        return;
+    }
+    if (s->se_no_mem) {
+        data_reject(s, "452 4.3.1 Insufficient system storage", "out of memory for the body");
         return;
     }
     queue_msg_in_t *m = xcalloc(1, sizeof(*m));
@@ -1315,6 +1345,7 @@ static void sess_process(sess_t *s)
         char line[SMTP_LINE_MAX + 1];
         memcpy(line, p, ll);
         line[ll] = '\0';
+        s->se_last = uv_now(&s->se_thr->t_loop);
         sess_handle_line(s, line, ll);
     }
     /* Drop what was processed; the rest is at most one partial line (or
@@ -1382,7 +1413,11 @@ static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
     }
     if (n == 0 || s->se_closing || s->se_shutting)
         return;
-    s->se_last = uv_now(&s->se_thr->t_loop);
+    /* Outside DATA the idle timeout runs from the last complete command
+     * (sess_process): a client trickling bytes (slowloris) cannot hold a
+     * session open past it. */
+    if (s->se_state == SST_DATA || s->se_state == SST_TLS)
+        s->se_last = uv_now(&s->se_thr->t_loop);
     if (s->se_tls != NULL) {
         if (tls_feed(s->se_tls, b->base, (size_t)n) != 0) {
             sess_close(s);

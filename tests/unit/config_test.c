@@ -80,6 +80,7 @@ static void check_defaults(const cfg_t *c)
     char a[80], host[256] = "";
     gethostname(host, sizeof(host));
     assert_string_equal(c->c_hostname, host);
+    assert_string_equal(c->c_user, "");
     assert_int_equal(c->c_log_level, LOG_INFO);
     assert_string_equal(c->c_log_file, "");
     assert_string_equal(c->c_acct_dir, "./var/log");
@@ -176,6 +177,19 @@ static void test_embedded_default(void **state)
     cfg_t *c = NULL;
     assert_int_equal(cfg_default(&c, errbuf, sizeof(errbuf)), 0);
     check_defaults(c);
+    assert_true(c->c_dkim_sign_from);
+    assert_string_equal(c->c_dkim_esp_domain, "");
+    assert_string_equal(c->c_dkim_canon, "relaxed/relaxed");
+    assert_string_equal(c->c_dkim_alg, "any");
+    assert_string_equal(c->c_dkim_headers[0], "from");
+    assert_string_equal(c->c_dkim_headers[13], "feedback-id");
+    assert_null(c->c_dkim_headers[14]);
+    assert_string_equal(c->c_dkim_oversign[0], "from");
+    assert_null(c->c_dkim_oversign[1]);
+    assert_true(c->c_dkim_timestamp);
+    assert_int_equal(c->c_dkim_expire, 0);
+    assert_int_equal(c->c_dkim_nkeys, 0);
+    assert_null(cfg_ext_get(c, CFG_EXT_DKIM));
     assert_string_equal(c->c_file, "(default)");
     assert_non_null(strstr(cfg_default_text(), "./var/spool"));
     assert_non_null(strstr(cfg_default_text(), "127.0.0.1:2525"));
@@ -303,6 +317,10 @@ static void test_syntax_forms(void **state)
     assert_int_equal(c->c_scan_interval_ms, 250);
     assert_int_equal(c->c_retry_jitter, 0);
     cfg_unref(c);
+
+    c = load_ok("user = \"nobody\"\n");
+    assert_string_equal(c->c_user, "nobody");
+    cfg_unref(c);
 }
 
 static void test_syntax_forms2(void **state)
@@ -352,6 +370,128 @@ static void test_users_file_mode(void **state)
              path);
     assert_string_equal(errbuf, want);
     unlink(path);
+}
+
+/* dkim { }: keys parsed into plain data with their lines; key files must
+ * exist and not be readable by others; extension slots are freed with the
+ * snapshot. (The PEM contents are dkim/'s: tests/e2e/test_dkim_delivery.py.) */
+static int ext_freed;
+static void ext_free_cb(void *p)
+{
+    ext_freed += *(int *)p;
+    free(p);
+}
+
+static int attach_calls;
+static int attach_cb(cfg_t *c, char *err, size_t errlen)
+{
+    attach_calls++;
+    if (c->c_dkim_nkeys > 0) { /* stands for a key that does not parse */
+        snprintf(err, errlen, "%s:%d: dkim.keys: refused", c->c_file, c->c_dkim_keys[0].dk_line);
+        return SL_ECONFIG;
+    }
+    int *obj = malloc(sizeof(*obj));
+    *obj = 1;
+    cfg_ext_set(c, CFG_EXT_DKIM, obj, ext_free_cb);
+    return 0;
+}
+
+static void test_dkim(void **state)
+{
+    char k1[] = "/tmp/sluice-config-dkim-XXXXXX", k2[] = "/tmp/sluice-config-dkim-XXXXXX";
+    int fd1 = mkstemp(k1), fd2 = mkstemp(k2);
+    assert_true(fd1 >= 0 && fd2 >= 0);
+    close(fd1);
+    close(fd2);
+    char text[1024];
+    snprintf(text, sizeof(text),
+             "dkim {\n"
+             "  esp_domain = ESP.example\n"
+             "  canonicalization = simple/relaxed\n"
+             "  algorithm = ed25519-sha256\n"
+             "  headers = [From, Subject, X-Campaign]\n"
+             "  oversign = \"\"\n"
+             "  expire = 7d\n"
+             "  keys {\n"
+             "    \"Example.COM\" {\n"
+             "      s1 = \"%s\";\n"
+             "      e1 = \"%s\";\n"
+             "    }\n"
+             "    esp.example { esp = \"%s\" }\n"
+             "  }\n"
+             "}\n",
+             k1, k2, k1);
+    cfg_t *c = load_ok(text);
+    assert_true(c->c_dkim_sign_from);
+    assert_string_equal(c->c_dkim_esp_domain, "esp.example");
+    assert_string_equal(c->c_dkim_canon, "simple/relaxed");
+    assert_string_equal(c->c_dkim_alg, "ed25519-sha256");
+    assert_string_equal(c->c_dkim_headers[0], "from");
+    assert_string_equal(c->c_dkim_headers[2], "x-campaign");
+    assert_null(c->c_dkim_headers[3]);
+    assert_null(c->c_dkim_oversign[0]);
+    assert_int_equal(c->c_dkim_expire, 7 * 86400);
+    assert_int_equal(c->c_dkim_nkeys, 3);
+    assert_string_equal(c->c_dkim_keys[0].dk_domain, "example.com");
+    assert_string_equal(c->c_dkim_keys[0].dk_selector, "s1");
+    assert_string_equal(c->c_dkim_keys[0].dk_file, k1);
+    assert_int_equal(c->c_dkim_keys[0].dk_line, 10);
+    assert_string_equal(c->c_dkim_keys[1].dk_selector, "e1");
+    assert_int_equal(c->c_dkim_keys[1].dk_line, 11);
+    assert_string_equal(c->c_dkim_keys[2].dk_domain, "esp.example");
+    assert_int_equal(c->c_dkim_keys[2].dk_line, 13);
+
+    /* an attachment lives and dies with the snapshot */
+    int *obj = malloc(sizeof(*obj));
+    *obj = 5;
+    ext_freed = 0;
+    cfg_ext_set(c, CFG_EXT_DKIM, obj, ext_free_cb);
+    assert_ptr_equal(cfg_ext_get(c, CFG_EXT_DKIM), obj);
+    cfg_ref(c);
+    cfg_unref(c);
+    assert_int_equal(ext_freed, 0);
+    cfg_unref(c);
+    assert_int_equal(ext_freed, 5);
+
+    /* keys but nothing signs */
+    snprintf(text, sizeof(text),
+             "dkim {\n sign_from_domain = false\n keys { a.example { s = \"%s\" } } }", k1);
+    c = NULL;
+    assert_int_equal(cfg_load_string("t.conf", text, &c, errbuf, sizeof(errbuf)), SL_ECONFIG);
+    assert_null(c);
+    assert_non_null(strstr(errbuf, "t.conf:2: dkim: keys are configured but nothing signs"));
+
+    /* a key readable by others is refused, with its line */
+    assert_int_equal(chmod(k2, 0644), 0);
+    snprintf(text, sizeof(text), "dkim { keys { a.example {\n s = \"%s\"\n t = \"%s\" } } }", k1,
+             k2);
+    assert_int_equal(cfg_load_string("t.conf", text, &c, errbuf, sizeof(errbuf)), SL_ECONFIG);
+    char want[256];
+    snprintf(want, sizeof(want),
+             "t.conf:3: dkim.keys.a.example.t: key %s: is readable by others (chmod 600)", k2);
+    assert_string_equal(errbuf, want);
+
+    /* the attach hook runs on every load; its failure is the load's */
+    cfg_set_attach(attach_cb);
+    attach_calls = ext_freed = 0;
+    c = load_ok("smtp { threads = 2 }");
+    assert_int_equal(attach_calls, 1);
+    assert_non_null(cfg_ext_get(c, CFG_EXT_DKIM));
+    cfg_unref(c);
+    assert_int_equal(ext_freed, 1);
+    snprintf(text, sizeof(text), "dkim { keys { a.example {\n s = \"%s\" } } }", k1);
+    c = NULL;
+    assert_int_equal(cfg_load_string("t.conf", text, &c, errbuf, sizeof(errbuf)), SL_ECONFIG);
+    assert_null(c);
+    assert_string_equal(errbuf, "t.conf:2: dkim.keys: refused");
+    assert_int_equal(attach_calls, 2);
+    cfg_set_attach(NULL);
+    c = load_ok(text);
+    assert_int_equal(attach_calls, 2);
+    assert_null(cfg_ext_get(c, CFG_EXT_DKIM));
+    cfg_unref(c);
+    unlink(k1);
+    unlink(k2);
 }
 
 /* TLS files: missing is fine with generate = true, an error without. */
@@ -499,7 +639,46 @@ static const bad_case_t bad_cases[] = {
      "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.sock\" }",
      "t.conf:1: control.socket: expected a socket path of 1 to 107 bytes"},
     {"bad hostname", "hostname = \"mx 1\"", "t.conf:1: hostname: bad host name \"mx 1\""},
+    {"unknown user", "user = \"no-such-user-x\"",
+     "t.conf:1: user: no such user \"no-such-user-x\""},
     {"empty spool path", "spool { path = \"\" }", "t.conf:1: spool.path: expected a path"},
+    {"dkim missing key file", "dkim { keys { \"example.com\" {\n s1 = \"/nonexistent/k.pem\" } } }",
+     "t.conf:2: dkim.keys.example.com.s1: key /nonexistent/k.pem: No such file or directory"},
+    {"dkim key not a file", "dkim { keys { \"example.com\" {\n s1 = \"/tmp\" } } }",
+     "t.conf:2: dkim.keys.example.com.s1: key /tmp: not a regular file"},
+    {"dkim bad domain", "dkim { keys {\n \"bad domain\" { s1 = \"/k.pem\" } } }",
+     "t.conf:2: dkim.keys: bad domain \"bad domain\""},
+    {"dkim bad selector", "dkim { keys { \"example.com\" {\n \"s 1\" = \"/k.pem\" } } }",
+     "t.conf:2: dkim.keys.example.com: bad selector \"s 1\""},
+    {"dkim domain not a section", "dkim { keys {\n \"example.com\" = \"/k.pem\" } }",
+     "t.conf:2: dkim.keys.example.com: expected a section { selector = \"/path/key.pem\"; }"},
+    {"dkim empty domain", "dkim { keys {\n \"example.com\" { } } }",
+     "t.conf:2: dkim.keys.example.com: no key"},
+    {"dkim duplicate domain",
+     "dkim { keys {\n a.example { s = \"/k\" }\n A.EXAMPLE { t = \"/k\" } } }",
+     "t.conf:3: duplicate key \"dkim.keys.A.EXAMPLE\" (also on line 2)"},
+    {"dkim duplicate selector", "dkim { keys { a.example {\n s = \"/k\"\n s = \"/j\" } } }",
+     "t.conf:3: duplicate key \"dkim.keys.a.example.s\" (also on line 2)"},
+    {"dkim key path empty", "dkim { keys { a.example {\n s = \"\" } } }",
+     "t.conf:2: dkim.keys.a.example.s: expected the path of a PEM private key"},
+    {"dkim bad canonicalization", "dkim {\n canonicalization = \"relaxed/loose\" }",
+     "t.conf:2: dkim.canonicalization: expected relaxed/relaxed, relaxed/simple, simple/relaxed "
+     "or simple/simple, got \"relaxed/loose\""},
+    {"dkim sha1 refused", "dkim {\n algorithm = rsa-sha1 }",
+     "t.conf:2: dkim.algorithm: expected one of any, rsa-sha256, ed25519-sha256, got "
+     "\"rsa-sha1\""},
+    {"dkim headers without from", "dkim {\n headers = [\"to\", \"subject\"] }",
+     "t.conf:2: dkim.headers: must include \"from\" (RFC 6376 5.4)"},
+    {"dkim bad header name", "dkim {\n headers = \"from, sub:ject\" }",
+     "t.conf:2: dkim.headers: bad header field name \"sub:ject\""},
+    {"dkim expire without t=", "dkim {\n timestamp = false\n expire = 7d }",
+     "t.conf:3: dkim.expire needs dkim.timestamp = true (x= counts from t=)"},
+    {"dkim expire range", "dkim { expire = 400d }",
+     "t.conf:1: dkim.expire: expected a duration between 0s and 365d"},
+    {"dkim esp domain without key", "dkim {\n esp_domain = esp.example }",
+     "t.conf:2: dkim.esp_domain: no key for \"esp.example\" in dkim.keys"},
+    {"dkim bad esp domain", "dkim { esp_domain = \"esp example\" }",
+     "t.conf:1: dkim.esp_domain: bad host name \"esp example\""},
     {"expected a key", "= 5", "t.conf:1: expected a key, got \"=\""},
     {"control character", "smtp {\x01}", "t.conf:1: unexpected character 0x01"},
 };
@@ -785,7 +964,7 @@ int main(void)
         cmocka_unit_test(test_duration),          cmocka_unit_test(test_size),
         cmocka_unit_test(test_duration_list),     cmocka_unit_test(test_routes),
         cmocka_unit_test(test_tls_policy),        cmocka_unit_test(test_refcount),
-        cmocka_unit_test(test_current_threads),
+        cmocka_unit_test(test_current_threads),   cmocka_unit_test(test_dkim),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

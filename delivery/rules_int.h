@@ -1,0 +1,84 @@
+/*
+ * delivery/rules_int.h - private to delivery/: the bounce classification
+ * rules engine (rules.c) and the built-in table it falls back to
+ * (classify.c).
+ *
+ * A rules file (docs/bounce-rules.md; shipped default config/bounce-rules.conf,
+ * compiled into the binary) names providers (recipient-domain and MX-host
+ * patterns) and an ordered list of rules. A rule tests, in this order, its
+ * provider, the reply code, the RFC 3463 enhanced status, then one PCRE2
+ * regex (case-insensitive) on the reply text; the first rule whose tests all
+ * pass gives the category and the action ("bounce": a 4xx is a hard failure
+ * too). Replies no rule matches, and local failures (code 0), get the
+ * built-in table's category.
+ *
+ * A dlv_rules_t is immutable once loaded and shared by every thread. The
+ * process-wide active set is the built-in default until dlv_rules_install()
+ * replaces it; replaced sets are kept until dlv_rules_shutdown(), so a
+ * pointer taken from dlv_rules_active() (and every string in a verdict) stays
+ * valid until then.
+ */
+#ifndef SLUICE_DELIVERY_RULES_INT_H
+#define SLUICE_DELIVERY_RULES_INT_H
+
+#include "delivery/delivery.h"
+
+typedef struct dlv_rules dlv_rules_t;
+
+/* What the rules say about one reply. */
+typedef struct dlv_verdict {
+    const char *v_category; /* one of the 17 categories; a static string */
+    bool v_bounce;          /* the rule's action is "bounce": fail a 4xx now */
+    const char *v_rule;     /* "file:line" of the matching rule, NULL = built-in table */
+    const char *v_provider; /* the matching rule's provider, or NULL */
+} dlv_verdict_t;
+
+/* Parse and compile rules from text (len bytes; name is used in messages).
+ * 0 and *out, or SL_ECONFIG with "name:line: what" in err. Any thread. */
+int dlv_rules_parse(const char *name, const char *text, size_t len, dlv_rules_t **out, char *err,
+                    size_t errlen);
+/* Load a rules file; NULL or "" = the built-in default. Same returns as
+ * dlv_rules_parse (a file that cannot be read: "path: strerror"). Any thread. */
+int dlv_rules_load(const char *path, dlv_rules_t **out, char *err, size_t errlen);
+/* Free a set no thread uses any more (NULL is fine). Any thread. */
+void dlv_rules_free(dlv_rules_t *r);
+/* Number of providers / rules in a set (for logs and tests). Any thread. */
+int dlv_rules_nproviders(const dlv_rules_t *r);
+int dlv_rules_nrules(const dlv_rules_t *r);
+/* The built-in default rules text (config/bounce-rules.conf at build time). */
+const char *dlv_rules_default_text(void);
+
+/* Match a reply against one set. domain (recipient domain) and mx (MX host
+ * name, trailing dot allowed) pick the provider; either may be NULL. status
+ * may be NULL or "" (then x.0.0 of the code's class). Returns true and fills
+ * *out when a rule matched; false (and *out untouched) otherwise, and always
+ * for codes outside 400..599. Any thread; no allocation unless a regex runs. */
+bool dlv_rules_match(const dlv_rules_t *r, int code, const char *status, const char *text,
+                     const char *domain, const char *mx, dlv_verdict_t *out);
+
+/* Load the rules file cfg names (delivery.bounce_rules; "" = built-in) and
+ * make it the active set. 0, or SL_ECONFIG with "file:line: what" in err and
+ * the active set unchanged. Main thread (dlv_new). */
+int dlv_rules_install(const cfg_t *cfg, char *err, size_t errlen);
+/* The active set (the built-in default unless installed). Any thread. */
+const dlv_rules_t *dlv_rules_active(void);
+/* Free the active and every replaced set; the next dlv_rules_active() builds
+ * the default again. Only when no thread classifies (tests, exit). */
+void dlv_rules_shutdown(void);
+
+/* Classify a reply with the active rules, then the built-in table: always
+ * fills *out (v_category never NULL). Any thread. */
+void dlv_classify_reply(int code, const char *status, const char *text, const char *domain,
+                        const char *mx, dlv_verdict_t *out);
+/* The outcome for a reply given its verdict: dlv_result_for_code(), except a
+ * 4xx whose rule says "bounce" is Q_OUT_BOUNCED. Any thread. */
+queue_result_t dlv_result_for_verdict(int code, const dlv_verdict_t *v);
+
+/* classify.c: the built-in table (status first, then fixed words). A static
+ * string. Any thread. */
+const char *dlv_classify_builtin(int code, const char *status, const char *text);
+/* The static string for a category name, or NULL when name is none of the
+ * 17 categories. Any thread. */
+const char *dlv_category_lookup(const char *name);
+
+#endif /* SLUICE_DELIVERY_RULES_INT_H */

@@ -1,0 +1,368 @@
+#!/usr/bin/python3
+"""Hostile injecting side: clients that misbehave against sluiced's SMTP
+reception, while a well-behaved client sends alongside and must keep
+getting its mail accepted within a bounded latency.
+
+Each hostile client connects from its own loopback address (127.0.0.N),
+the well-behaved one from 127.0.0.2, so that per-address limits apply to
+the offender only. Cases: slowloris (bytes trickling, never a full line),
+a client that never QUITs, pipelined garbage, 100,000 RCPTs in one
+transaction, a DATA that never ends (size limit, then timeout), AUTH brute
+force (lockout holds, even for the right password; users in a 0600 config
+file), many connections from one address (max_connections_per_ip holds),
+STARTTLS followed by garbage.
+"""
+import base64
+import os
+import random
+import re
+import smtplib
+import socket
+import ssl
+import sys
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sluicetest as st  # noqa: E402
+
+IDLE = 3          # smtp.idle_timeout and data_timeout, seconds
+PER_IP = 20       # smtp.max_connections_per_ip
+MAX_RCPT = 1000   # smtp.max_recipients
+MAX_ERRORS = 10   # smtp.max_errors
+# seconds, the well-behaved client's worst message: ASan build; TSan runs
+# 5-15 times slower
+GOOD_LATENCY_MAX = 3.0
+
+
+def tsan_build():
+    try:
+        with open(os.path.join(st.BUILD, "CMakeCache.txt")) as f:
+            return re.search(r"^SLUICE_SANITIZE:\w+=.*thread", f.read(), re.M) is not None
+    except OSError:
+        return False
+
+
+if tsan_build():
+    # TSan is slow enough that, with other tests on both cores, the reception
+    # loop can be starved for seconds: its timers then fire before it reads
+    # input that is already waiting, so give the timeouts room too.
+    GOOD_LATENCY_MAX = 15.0
+    IDLE = 8
+PASSWORD = "correct horse"
+
+
+def hash_password(pw):
+    return st.run(["openssl", "passwd", "-6", "-salt", "sluicetestsalt", pw]).check().out.strip()
+
+
+class Client:
+    """A raw SMTP client socket from a chosen loopback source address."""
+
+    def __init__(self, port, src, timeout=30):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                             source_address=(src, 0))
+        self.buf = b""
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def reply(self):
+        """One complete reply: (code, text) or (None, "") at EOF."""
+        lines = []
+        while True:
+            while b"\n" not in self.buf:
+                d = self.sock.recv(65536)
+                if not d:
+                    return (None, b"".join(lines).decode(errors="replace"))
+                self.buf += d
+            line, _, self.buf = self.buf.partition(b"\n")
+            lines.append(line + b"\n")
+            if len(line) < 4 or line[3:4] != b"-":
+                return (int(line[:3]) if line[:3].isdigit() else -1,
+                        b"".join(lines).decode(errors="replace"))
+
+    def cmd(self, line):
+        self.send(line.encode() + b"\r\n")
+        return self.reply()
+
+    def wait_close(self, timeout):
+        """Read until EOF; returns (seconds waited, everything read)."""
+        t0 = time.monotonic()
+        self.sock.settimeout(0.5)
+        got = self.buf
+        while time.monotonic() - t0 < timeout:
+            try:
+                d = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            if not d:
+                break
+            got += d
+        return time.monotonic() - t0, got
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class GoodClient(threading.Thread):
+    """Sends one message every 100 ms from 127.0.0.2 with smtplib and
+    records each message's latency (connect to 250)."""
+
+    def __init__(self, port):
+        super().__init__(daemon=True)
+        self.port, self.stopping = port, False
+        self.latencies, self.failures = [], []
+
+    def run(self):
+        i = 0
+        while not self.stopping:
+            t0 = time.monotonic()
+            try:
+                with smtplib.SMTP("127.0.0.1", self.port, timeout=30,
+                                  source_address=("127.0.0.2", 0)) as c:
+                    c.sendmail("good@sender.example", ["good%d@example.test" % i],
+                               b"Subject: good %d\r\n\r\nhello\r\n" % i)
+                self.latencies.append(time.monotonic() - t0)
+            except (OSError, smtplib.SMTPException) as e:
+                self.failures.append(repr(e))
+            i += 1
+            time.sleep(0.1)
+
+
+class HostileClients(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        smtp_extra = (
+            "    idle_timeout = %ds;\n    data_timeout = %ds;\n    max_message_size = 1M;\n"
+            "    max_recipients = %d;\n    max_connections_per_ip = %d;\n    max_errors = %d;\n"
+            "    auth {\n        fail_delay = 0;\n        lockout_failures = 3;\n"
+            "        users {\n            alice = \"%s\";\n        }\n    }\n"
+            % (IDLE, IDLE, MAX_RCPT, PER_IP, MAX_ERRORS, hash_password(PASSWORD)))
+        cls.d = st.Daemon(smtp_extra=smtp_extra)
+        os.chmod(cls.d.conf_path, 0o600)  # it holds password hashes
+        cls.d.start()
+        cls.port = cls.d.smtp_port
+        cls.good = GoodClient(cls.port)
+        cls.good.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.good.stopping = True
+        cls.good.join(30)
+        try:
+            lat = sorted(cls.good.latencies)
+            print("well-behaved client: %d messages, %d failures, p50 %.3fs, max %.3fs"
+                  % (len(lat), len(cls.good.failures), lat[len(lat) // 2] if lat else 0,
+                     lat[-1] if lat else 0), file=sys.stderr)
+            assert cls.d.running(), "the daemon died:\n" + cls.d.stderr()[-5000:]
+            assert not cls.good.failures, cls.good.failures[:5]
+            assert len(lat) > 10, "the well-behaved client sent only %d messages" % len(lat)
+            assert lat[-1] < GOOD_LATENCY_MAX, "worst latency %.2fs" % lat[-1]
+            cls.d.stop()
+        finally:
+            cls.d.cleanup()
+
+    def client(self, src):
+        c = Client(self.port, src)
+        self.addCleanup(c.close)
+        return c
+
+    # -- timeouts: slowloris, never QUIT, DATA that never ends
+
+    def test_slowloris_cut_at_idle_timeout(self):
+        clients = [self.client("127.0.0.3") for _ in range(15)]
+        for c in clients:
+            self.assertEqual(c.reply()[0], 220)
+            c.send(b"EHLO ")
+        t0 = time.monotonic()
+        closed = {}
+        # trickle one byte per connection every 0.5 s, never a full line
+        while len(closed) < len(clients) and time.monotonic() - t0 < 5 * IDLE:
+            for i, c in enumerate(clients):
+                if i in closed:
+                    continue
+                try:
+                    c.send(b"a")
+                except OSError:
+                    closed[i] = time.monotonic() - t0
+            time.sleep(0.5)
+        self.assertEqual(len(closed), len(clients),
+                         "%d of %d trickling connections still open after %ds"
+                         % (len(clients) - len(closed), len(clients), 5 * IDLE))
+        self.assertLess(max(closed.values()), IDLE + 3)
+
+    def test_client_that_never_quits(self):
+        c = self.client("127.0.0.4")
+        self.assertEqual(c.reply()[0], 220)
+        self.assertEqual(c.cmd("EHLO quiet.example")[0], 250)
+        self.assertEqual(c.cmd("MAIL FROM:<q@sender.example>")[0], 250)
+        self.assertEqual(c.cmd("RCPT TO:<q@example.test>")[0], 250)
+        self.assertEqual(c.cmd("DATA")[0], 354)
+        code, text = c.cmd("Subject: q\r\n\r\nbody\r\n.")
+        self.assertEqual(code, 250, text)
+        waited, got = c.wait_close(3 * IDLE)
+        self.assertLess(waited, IDLE + 2)
+        self.assertIn(b"421 4.4.2", got)
+
+    def test_data_that_never_ends(self):
+        # over the size limit: the message is refused, the session goes on
+        c = self.client("127.0.0.10")
+        self.assertEqual(c.reply()[0], 220)
+        c.cmd("EHLO big.example")
+        c.cmd("MAIL FROM:<big@sender.example>")
+        c.cmd("RCPT TO:<big@example.test>")
+        self.assertEqual(c.cmd("DATA")[0], 354)
+        line = b"x" * 998 + b"\r\n"
+        for _ in range(2100):  # ~2 MB, the limit is 1M
+            c.send(line)
+        code, text = c.cmd(".")
+        self.assertEqual(code, 552, text)
+        self.assertIn("5.3.4", text)
+        self.assertEqual(c.cmd("NOOP")[0], 250)
+        # a body that stops coming: cut at data_timeout, nothing queued
+        c2 = self.client("127.0.0.10")
+        self.assertEqual(c2.reply()[0], 220)
+        c2.cmd("EHLO stall.example")
+        c2.cmd("MAIL FROM:<stall@sender.example>")
+        c2.cmd("RCPT TO:<stall@example.test>")
+        self.assertEqual(c2.cmd("DATA")[0], 354)
+        c2.send(b"Subject: never ends\r\n\r\nsome of the body\r\n")
+        waited, got = c2.wait_close(3 * IDLE)
+        self.assertLess(waited, IDLE + 2)
+        self.assertIn(b"421 4.4.2", got)
+        senders = {m["sender"] for m in self.d.list()["messages"]}
+        self.assertIn("good@sender.example", senders)
+        self.assertNotIn("big@sender.example", senders)
+        self.assertNotIn("stall@sender.example", senders)
+
+    # -- protocol abuse
+
+    def test_pipelined_garbage(self):
+        c = self.client("127.0.0.8")
+        self.assertEqual(c.reply()[0], 220)
+        rng = random.Random(7)
+        junk = b"".join(bytes(rng.randrange(1, 256) for _ in range(rng.randrange(1, 300)))
+                        .replace(b"\n", b"") + b"\r\n" for _ in range(500))
+        try:
+            c.send(junk)
+        except OSError:
+            pass  # the server may close before reading it all
+        waited, got = c.wait_close(10)
+        self.assertLess(waited, 10)
+        codes = re.findall(rb"(?m)^(\d{3})[ -]", got)
+        self.assertIn(b"421", codes)
+        self.assertLessEqual(len(codes), MAX_ERRORS + 2)
+
+    def test_hundred_thousand_rcpts(self):
+        c = self.client("127.0.0.7")
+        self.assertEqual(c.reply()[0], 220)
+        c.cmd("EHLO flood.example")
+        self.assertEqual(c.cmd("MAIL FROM:<flood@sender.example>")[0], 250)
+        n = 100000
+        codes = []
+
+        def reader():
+            while len(codes) < n:
+                code, _ = c.reply()
+                if code is None:
+                    return
+                codes.append(code)
+        t = threading.Thread(target=reader, daemon=True)
+        t.start()
+        try:
+            for k in range(0, n, 1000):
+                c.send(b"".join(b"RCPT TO:<r%d@example.test>\r\n" % i
+                                for i in range(k, k + 1000)))
+        except OSError:
+            pass  # closed for too many errors: fine, the limit held
+        t.join(60)
+        accepted = codes.count(250)
+        self.assertLessEqual(accepted, MAX_RCPT)
+        self.assertGreater(accepted, 0)
+        self.assertTrue(452 in codes or len(codes) < n, "no RCPT was refused")
+        if len(codes) == n:  # still open: the message goes in with MAX_RCPT recipients
+            self.assertEqual(c.cmd("DATA")[0], 354)
+            code, text = c.cmd("Subject: flood\r\n\r\nbody\r\n.")
+            self.assertEqual(code, 250, text)
+            qid = st.queue_id_from_swaks(text)
+            msg = self.d.request({"cmd": "inspect", "id": qid})["message"]
+            self.assertEqual(len(msg["recipients"]), accepted)
+
+    def test_auth_brute_force_lockout(self):
+        # the right password works from a fresh address
+        ok = self.client("127.0.0.11")
+        ok.reply()
+        ok.cmd("EHLO ok.example")
+        creds = base64.b64encode(b"\0alice\0" + PASSWORD.encode()).decode()
+        self.assertEqual(ok.cmd("AUTH PLAIN " + creds)[0], 235)
+        # brute force from another: after 3 failures it is locked out
+        results = []
+        for i in range(12):
+            c = Client(self.port, "127.0.0.6")
+            try:
+                code, _ = c.reply()
+                if code != 220:
+                    results.append(code)
+                    continue
+                c.cmd("EHLO brute.example")
+                bad = base64.b64encode(b"\0alice\0guess%d" % i).decode()
+                results.append(c.cmd("AUTH PLAIN " + bad)[0])
+            finally:
+                c.close()
+        self.assertEqual(results[:3], [535, 535, 535], results)
+        self.assertNotIn(235, results)
+        # the lockout holds for the right password too
+        c = self.client("127.0.0.6")
+        code, _ = c.reply()
+        if code == 220:
+            c.cmd("EHLO brute.example")
+            code, text = c.cmd("AUTH PLAIN " + creds)
+        self.assertNotIn(code, (220, 235, 250), "locked-out address authenticated")
+
+    def test_many_connections_from_one_address(self):
+        conns = []
+        greeted, refused = 0, 0
+        for _ in range(3 * PER_IP):
+            c = self.client("127.0.0.5")
+            conns.append(c)
+            code, _ = c.reply()
+            if code == 220:
+                greeted += 1
+            else:
+                refused += 1
+        self.assertEqual(greeted, PER_IP)
+        self.assertEqual(refused, 2 * PER_IP)
+        # closing some lets new ones in
+        for c in conns[:5]:
+            c.close()
+        time.sleep(0.3)
+        c = self.client("127.0.0.5")
+        self.assertEqual(c.reply()[0], 220)
+
+    def test_starttls_then_garbage(self):
+        c = self.client("127.0.0.9")
+        self.assertEqual(c.reply()[0], 220)
+        c.cmd("EHLO tls.example")
+        self.assertEqual(c.cmd("STARTTLS")[0], 220)
+        try:
+            c.send(b"\x16\x03\x01\x00\x05hello this is not a handshake\r\n" * 20)
+        except OSError:
+            pass
+        waited, _ = c.wait_close(3 * IDLE)
+        self.assertLess(waited, IDLE + 2)
+        # and a real TLS client still works
+        with smtplib.SMTP("127.0.0.1", self.port, timeout=30,
+                          source_address=("127.0.0.9", 0)) as s:
+            s.starttls(context=ssl._create_unverified_context())
+            s.sendmail("tls@sender.example", ["tls@example.test"], b"Subject: tls\r\n\r\nx\r\n")
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

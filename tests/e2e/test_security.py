@@ -1,0 +1,137 @@
+#!/usr/bin/python3
+"""Security: privilege drop and secrets in files readable by others.
+
+* `user = "nobody"`: sluiced started as root binds its ports (here a port
+  below 1024, which only root may bind), then runs as nobody: every
+  thread's uid and gid in /proc are nobody's, the spool and the accounting
+  log are written by nobody, mail flows, and a restart as root finds the
+  files usable. An unknown user is a configuration error (exit 2).
+* A configuration file holding password hashes (smtp.auth.users) that
+  others can read is refused with a clear message; chmod 0600 fixes it.
+* The TLS private key and the DKIM keys: readable by others is refused
+  (DKIM: test_dkim_verify.py; the TLS key: here).
+(The control socket's 0600 mode and sluicectl refused for another user are
+tested in test_control.py.)
+"""
+import os
+import pwd
+import socket
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sluicetest as st  # noqa: E402
+
+HASH = "$6$abcdefgh$ltjgWl6579NluT/Vi1nwEvcil.G5Nbc4NiXZaNGStk8PSwGfQv72N2CKPPrVACtLtip/" \
+       "cZ/1GM/O6IND4WQhG."
+
+
+def low_free_port():
+    """A free TCP port below 1024 on 127.0.0.1 (root only)."""
+    for port in range(700, 1000):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free port below 1024")
+
+
+def owner(path):
+    return pwd.getpwuid(os.stat(path).st_uid).pw_name
+
+
+def proc_ids(pid):
+    """{'Uid': [...], 'Gid': [...], 'Groups': [...]} of a process."""
+    out = {}
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in ("Uid", "Gid", "Groups"):
+                out[k] = v.split()
+    return out
+
+
+class Security(unittest.TestCase):
+    @unittest.skipUnless(os.geteuid() == 0, "the privilege drop needs root")
+    def test_privilege_drop_to_nobody(self):
+        nobody = pwd.getpwnam("nobody")
+        d = st.Daemon(extra_conf='user = "nobody";\n')
+        d.smtp_port = low_free_port()
+        with open(d.conf_path, "w") as f:
+            f.write(d.default_conf() + 'user = "nobody";\n')
+        try:
+            d.start()
+            self.assertIn("running as user nobody", d.stderr())
+            ids = proc_ids(d.proc.pid)
+            self.assertEqual(ids["Uid"], [str(nobody.pw_uid)] * 4, ids)
+            self.assertEqual(ids["Gid"], [str(nobody.pw_gid)] * 4, ids)
+            self.assertNotIn("0", ids.get("Groups", []))
+            for tid in os.listdir("/proc/%d/task" % d.proc.pid):  # every thread
+                with open("/proc/%d/task/%s/status" % (d.proc.pid, tid)) as f:
+                    uid_line = [l for l in f if l.startswith("Uid:")][0]
+                self.assertEqual(uid_line.split()[1:], [str(nobody.pw_uid)] * 4)
+            # mail flows; the spool and the accounting log belong to nobody
+            d.swaks().check()
+            d.wait_queue(1)
+            for name in os.listdir(d.spool):
+                self.assertEqual(owner(os.path.join(d.spool, name)), "nobody", name)
+            self.assertEqual(owner(d.spool), "nobody")
+            st.wait_for(lambda: os.listdir(d.acct_dir), 10, what="the accounting log")
+            for name in os.listdir(d.acct_dir):
+                self.assertEqual(owner(os.path.join(d.acct_dir, name)), "nobody", name)
+            self.assertEqual(d.ctl("status").rc, 0)
+            d.stop()
+            # a second start (as root again) reuses the spool and drops again
+            d.start()
+            self.assertEqual(d.status()["queue"]["messages"], 1)
+            self.assertEqual(proc_ids(d.proc.pid)["Uid"][0], str(nobody.pw_uid))
+            d.stop()
+        finally:
+            d.cleanup()
+
+    def test_unknown_user_is_a_config_error(self):
+        d = st.Daemon(extra_conf='user = "no-such-user-sluice";\n')
+        try:
+            r = st.run([st.SLUICED, "-c", d.conf_path, "--check-config"])
+            self.assertEqual(r.rc, 2, r)
+            self.assertIn('user: no such user "no-such-user-sluice"', r.err)
+        finally:
+            d.cleanup()
+
+    def test_world_readable_password_file_refused(self):
+        d = st.Daemon(smtp_extra='    auth {\n        users {\n            alice = "%s";\n'
+                                 '        }\n    }\n' % HASH)
+        try:
+            os.chmod(d.conf_path, 0o644)
+            r = st.run([st.SLUICED, "-c", d.conf_path])
+            self.assertEqual(r.rc, 2, r)
+            self.assertIn("world-readable", r.err)
+            self.assertIn(d.conf_path, r.err)
+            os.chmod(d.conf_path, 0o600)
+            r = st.run([st.SLUICED, "-c", d.conf_path, "--check-config"])
+            self.assertEqual(r.rc, 0, r)
+        finally:
+            d.cleanup()
+
+    def test_tls_key_readable_by_others_refused(self):
+        with st.Daemon() as d:  # the first start generates the pair
+            mode = os.stat(d.key).st_mode & 0o777
+            self.assertEqual(mode & 0o077, 0, "generated key mode %o" % mode)
+        d = st.Daemon()
+        try:
+            st.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=sluice.test", "-keyout", d.key, "-out", d.cert]).check()
+            os.chmod(d.key, 0o644)
+            r = st.run([st.SLUICED, "-c", d.conf_path])
+            self.assertEqual(r.rc, 2, r)
+            self.assertIn('smtp.tls.key: "%s" is readable by others (chmod 600)' % d.key, r.err)
+            os.chmod(d.key, 0o600)
+            self.assertEqual(st.run([st.SLUICED, "-c", d.conf_path, "--check-config"]).rc, 0)
+        finally:
+            d.cleanup()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
