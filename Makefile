@@ -5,7 +5,8 @@ BUILD  ?= build
 SAN    ?= build-san
 CONF   ?=
 
-.PHONY: all deps build build-san run test format format-check bench bench-smoke bench-accept clean
+.PHONY: all deps build build-san run test format format-check bench bench-smoke bench-accept \
+	fuzz soak clean
 
 all: build
 
@@ -47,6 +48,15 @@ bench-smoke: build
 # Reception alone: 50,000 messages of 5 KiB into a durable spool.
 bench-accept: build
 	@bash bench/run-accept --no-build --build-dir $(BUILD)
+
+# libFuzzer targets (clang), each for FUZZ_SECONDS (default 60); `make test`
+# replays their seed corpora once.
+fuzz: deps
+	@tests/fuzz/run
+
+# Long reliability run (kills, sink outages, steady load), SOAK_MINUTES=30.
+soak: build
+	@SLUICE_BUILD=$(BUILD) tests/soak/run --minutes $(or $(SOAK_MINUTES),30)
 
 clean:
 	rm -rf $(BUILD) $(SAN)

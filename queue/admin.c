@@ -101,8 +101,6 @@ typedef struct q_admin {
     adm_job_t **a_tail;
 } q_admin_t;
 
-static _Thread_local q_admin_t *adm_tls;
-
 static q_admin_t *adm_get(queue_t *q);
 static void adm_closed_cb(uv_handle_t *h);
 static void adm_idle_cb(uv_idle_t *h);
@@ -149,18 +147,16 @@ static uint32_t fnv_lower(const char *s, size_t n)
 
 static q_admin_t *adm_get(queue_t *q)
 {
-    q_admin_t *a = adm_tls;
-    if (a != NULL && a->a_q == q)
-        return a;
+    q_admin_t *a = q->q_admin;
     if (a != NULL)
-        return NULL; /* another queue on this thread: never happens in sluiced */
+        return a;
     Q_ASSERT_QUEUE_THREAD(q);
     a = xcalloc(1, sizeof(*a));
     a->a_q = q;
     a->a_tail = &a->a_jobs;
     uv_idle_init(&q->q_loop, &a->a_idle);
     a->a_idle.data = a;
-    adm_tls = a;
+    q->q_admin = a;
     holds_load(a);
     return a;
 }
@@ -343,8 +339,8 @@ bool q_admin_hold_all(queue_t *q)
 
 bool q_admin_held(queue_t *q, const char *addr, size_t addr_len, const char *job, size_t job_len)
 {
-    q_admin_t *a = adm_tls;
-    if (a == NULL || a->a_nholds == 0 || a->a_q != q)
+    q_admin_t *a = q->q_admin;
+    if (a == NULL || a->a_nholds == 0)
         return false;
     uint64_t now = clock_now_s();
     size_t dl;
@@ -981,10 +977,10 @@ static void adm_closed_cb(uv_handle_t *h)
 
 void q_admin_stop(queue_t *q)
 {
-    q_admin_t *a = adm_tls;
-    if (a == NULL || a->a_q != q)
+    q_admin_t *a = q->q_admin;
+    if (a == NULL)
         return;
-    adm_tls = NULL;
+    q->q_admin = NULL;
     for (adm_job_t *j = a->a_jobs, *nj; j; j = nj) {
         nj = j->j_next;
         queue_req_t *r = j->j_req;

@@ -125,6 +125,7 @@ struct queue {
     cfg_t *q_cfg;
     MDB_env *q_env;
     MDB_dbi q_dbi_msg, q_dbi_rcpt, q_dbi_due, q_dbi_meta;
+    struct q_admin *q_admin; /* operator requests and holds (admin.c), queue thread */
     uint64_t q_map_size;
     unsigned q_psize;
     char q_path[1024];

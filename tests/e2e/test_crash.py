@@ -104,11 +104,11 @@ class Harness:
         self.log = log or (lambda s: None)
         self.ids_file = os.path.join(self.dir, "acked.ids")
         self.sink = Sink(self.dir)
-        self.sink.start()
         routes = {"d%d.example" % i: "127.0.0.1:%d" % self.sink.port for i in range(domains)}
         routes["source.example"] = "127.0.0.1:%d" % self.sink.port
         os.makedirs(os.path.join(self.dir, "daemon"))
         self.d = st.Daemon(tmpdir=os.path.join(self.dir, "daemon"), routes=routes)
+        self.sink.start()
         self.counts = {"daemon_kills": 0, "sink_kills": 0, "sink_outages": 0,
                        "spool_checks": 0, "rounds": 0}
 
