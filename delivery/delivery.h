@@ -91,4 +91,24 @@ queue_result_t dlv_result_for_code(int code);
  * "2.0.0"). Any thread. */
 void dlv_status_for_reply(int code, const char *status, char out[16]);
 
+/* Operator control of traffic shaping and classification (main thread,
+ * for `sluicectl reload`, `suspend --provider/--vmta`).
+ * dlv_shaping_check: compile the shaping file only (0 or SL_ECONFIG).
+ * dlv_shaping_reload: re-read the shaping file (path; "" = the shipped
+ * providers only) and apply its limits and rules at once, keeping the
+ * providers' state; 0, or SL_ECONFIG with "file:line: what" and the old
+ * shaping unchanged; *vmtas_changed: virtual MTAs/pools differ (they need a
+ * restart). dlv_shaping_suspend: suspend (for_s seconds, 0 = until resumed)
+ * or resume one provider (by name, or a domain of its own) or one virtual
+ * MTA (vmta != NULL); 0 or SL_ENOTFOUND with err.
+ * dlv_rules_install: load cfg's bounce rules file (delivery.bounce_rules;
+ * "" = built-in) with the providers of cfg's delivery.shaping, and make it
+ * the active set; 0 or SL_ECONFIG with "file:line: what", the active set
+ * unchanged. */
+int dlv_shaping_check(const char *path, char *err, size_t errlen);
+int dlv_shaping_reload(dlv_t *d, const char *path, bool *vmtas_changed, char *err, size_t errlen);
+int dlv_shaping_suspend(dlv_t *d, const char *provider, const char *vmta, uint64_t for_s,
+                        bool resume, char *err, size_t errlen);
+int dlv_rules_install(const cfg_t *cfg, char *err, size_t errlen);
+
 #endif /* SLUICE_DELIVERY_H */

@@ -21,6 +21,7 @@
  * until dlv_rules_shutdown(), because other threads may still hold it.
  */
 #include "delivery/rules_int.h"
+#include "delivery/shaping_int.h" /* the shaping providers, by name */
 
 /* The config module's tree parser (config_int.h): the rules file uses the
  * config syntax and gets its "file:line" errors for free. */
@@ -76,6 +77,12 @@ struct dlv_rules {
     int rs_nrules;
     pcre2_match_context *rs_mctx; /* read-only while matching: shared */
     struct dlv_rules *rs_next;    /* retired list */
+    /* while parsing: the traffic shaping's providers, where a rule's
+     * provider not defined in the file is looked up (NULL: none yet; built
+     * from rs_shaping_path on first need) */
+    dlv_shaping_t *rs_defs;
+    const char *rs_shaping_path;
+    bool rs_defs_tried;
 };
 
 /* The process-wide active set and the sets it replaced. */
@@ -356,6 +363,43 @@ out:
     return rc;
 }
 
+/* A provider of the traffic shaping named name, copied into rs (its
+ * domain and MX patterns): 0 (also when there is none), or SL_ECONFIG when
+ * the shaping file does not load. */
+static int rules_shaping_provider(dlv_rules_t *rs, const char *pname, char *err, size_t errlen)
+{
+    if (!rs->rs_defs_tried) {
+        rs->rs_defs_tried = true;
+        if (dlv_shaping_new(rs->rs_shaping_path, NULL, NULL, &rs->rs_defs, err, errlen) != 0)
+            return SL_ECONFIG;
+    }
+    if (rs->rs_defs == NULL)
+        return 0;
+    const shp_prule_t *pr = NULL;
+    for (int i = 0; i < rs->rs_defs->sh_nprules && pr == NULL; i++)
+        if (strcasecmp(rs->rs_defs->sh_prules[i].pr_name, pname) == 0)
+            pr = &rs->rs_defs->sh_prules[i];
+    if (pr == NULL || (pr->pr_ndomains == 0 && pr->pr_nmx == 0))
+        return 0;
+    if (rs->rs_nproviders >= RULES_MAX_PROVIDERS)
+        return rules_error(err, errlen, rs->rs_name, 0, "more than %d providers",
+                           RULES_MAX_PROVIDERS);
+    rs->rs_providers =
+        xrealloc(rs->rs_providers, (size_t)(rs->rs_nproviders + 1) * sizeof(*rs->rs_providers));
+    rules_provider_t *pv = &rs->rs_providers[rs->rs_nproviders++];
+    memset(pv, 0, sizeof(*pv));
+    pv->pv_name = xstrdup(pr->pr_name);
+    pv->pv_ndomains = pr->pr_ndomains;
+    pv->pv_domains = xcalloc((size_t)pr->pr_ndomains + 1, sizeof(char *));
+    for (int j = 0; j < pr->pr_ndomains; j++)
+        pv->pv_domains[j] = rules_host_pattern(pr->pr_domains[j]);
+    pv->pv_nmx = pr->pr_nmx;
+    pv->pv_mx = xcalloc((size_t)pr->pr_nmx + 1, sizeof(char *));
+    for (int j = 0; j < pr->pr_nmx; j++)
+        pv->pv_mx[j] = rules_host_pattern(pr->pr_mx[j]);
+    return 0;
+}
+
 /* rule { provider; code; status; text; category; action; } */
 static int rules_rule(dlv_rules_t *rs, const cfg_node_t *sec, char *err, size_t errlen)
 {
@@ -394,9 +438,16 @@ static int rules_rule(dlv_rules_t *rs, const cfg_node_t *sec, char *err, size_t 
         for (int i = 0; i < rs->rs_nproviders; i++)
             if (strcasecmp(rs->rs_providers[i].pv_name, k->n_str) == 0)
                 ru->ru_provider = i;
+        if (ru->ru_provider < 0 && rules_shaping_provider(rs, k->n_str, err, errlen) < 0)
+            return SL_ECONFIG;
+        for (int i = 0; ru->ru_provider < 0 && i < rs->rs_nproviders; i++)
+            if (strcasecmp(rs->rs_providers[i].pv_name, k->n_str) == 0)
+                ru->ru_provider = i;
         if (ru->ru_provider < 0)
             return rules_error(err, errlen, name, k->n_line,
-                               "rule: provider \"%.60s\" is not defined in providers { }",
+                               "rule: provider \"%.60s\" is not defined in providers { } nor "
+                               "in the traffic shaping providers (config/providers.conf, "
+                               "delivery.shaping)",
                                k->n_str);
     }
     if ((k = seen[1]) != NULL && rules_code(k, ru, name, err, errlen) < 0)
@@ -426,9 +477,16 @@ static int rules_rule(dlv_rules_t *rs, const cfg_node_t *sec, char *err, size_t 
 int dlv_rules_parse(const char *name, const char *text, size_t len, dlv_rules_t **out, char *err,
                     size_t errlen)
 {
+    return dlv_rules_parse_with(name, text, len, NULL, out, err, errlen);
+}
+
+int dlv_rules_parse_with(const char *name, const char *text, size_t len, const char *shaping_path,
+                         dlv_rules_t **out, char *err, size_t errlen)
+{
     cfg_node_t *root = NULL;
     dlv_rules_t *rs = xcalloc(1, sizeof(*rs));
     rs->rs_name = xstrdup(name);
+    rs->rs_shaping_path = shaping_path;
     if (cfg_tree_parse(name, text, len, &root, err, errlen) < 0)
         goto fail;
     /* providers first, wherever they are: rules refer to them by name */
@@ -449,6 +507,9 @@ int dlv_rules_parse(const char *name, const char *text, size_t len, dlv_rules_t 
     rs->rs_mctx = pcre2_match_context_create(NULL);
     pcre2_set_match_limit(rs->rs_mctx, RULES_MATCH_LIMIT);
     cfg_tree_free(root);
+    dlv_shaping_free(rs->rs_defs);
+    rs->rs_defs = NULL;
+    rs->rs_shaping_path = NULL;
     *out = rs;
     return 0;
 fail:
@@ -459,9 +520,16 @@ fail:
 
 int dlv_rules_load(const char *path, dlv_rules_t **out, char *err, size_t errlen)
 {
+    return dlv_rules_load_with(path, NULL, out, err, errlen);
+}
+
+int dlv_rules_load_with(const char *path, const char *shaping_path, dlv_rules_t **out, char *err,
+                        size_t errlen)
+{
     if (path == NULL || path[0] == '\0') {
         const char *t = dlv_rules_default_text();
-        return dlv_rules_parse("bounce-rules.conf (built-in)", t, strlen(t), out, err, errlen);
+        return dlv_rules_parse_with("bounce-rules.conf (built-in)", t, strlen(t), shaping_path, out,
+                                    err, errlen);
     }
     FILE *f = fopen(path, "rb");
     if (f == NULL) {
@@ -488,7 +556,8 @@ int dlv_rules_load(const char *path, dlv_rules_t **out, char *err, size_t errlen
         snprintf(err, errlen, "%s: read error", path);
         return SL_ECONFIG;
     }
-    int rc = dlv_rules_parse(path, b.b_data ? b.b_data : "", b.b_len, out, err, errlen);
+    int rc = dlv_rules_parse_with(path, b.b_data ? b.b_data : "", b.b_len, shaping_path, out, err,
+                                  errlen);
     buf_free(&b);
     return rc;
 }
@@ -497,6 +566,7 @@ void dlv_rules_free(dlv_rules_t *r)
 {
     if (r == NULL)
         return;
+    dlv_shaping_free(r->rs_defs);
     for (int i = 0; i < r->rs_nproviders; i++) {
         rules_provider_t *pv = &r->rs_providers[i];
         for (int j = 0; j < pv->pv_ndomains; j++)
@@ -729,7 +799,7 @@ int dlv_rules_install(const cfg_t *cfg, char *err, size_t errlen)
 {
     const char *path = cfg ? cfg->c_dlv_bounce_rules : NULL;
     dlv_rules_t *r = NULL;
-    if (dlv_rules_load(path, &r, err, errlen) != 0)
+    if (dlv_rules_load_with(path, cfg ? cfg->c_dlv_shaping : NULL, &r, err, errlen) != 0)
         return SL_ECONFIG;
     log_info("delivery: bounce rules %s: %d providers, %d rules", r->rs_name, r->rs_nproviders,
              r->rs_nrules);

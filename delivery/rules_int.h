@@ -4,8 +4,10 @@
  * (classify.c).
  *
  * A rules file (docs/bounce-rules.md; shipped default config/bounce-rules.conf,
- * compiled into the binary) names providers (recipient-domain and MX-host
- * patterns) and an ordered list of rules. A rule tests, in this order, its
+ * compiled into the binary) is an ordered list of rules; a rule's provider
+ * is one of the traffic shaping's providers (config/providers.conf and the
+ * delivery.shaping file: recipient-domain and MX-host patterns, defined
+ * once for both), or one the file defines in providers { }. A rule tests, in this order, its
  * provider, the reply code, the RFC 3463 enhanced status, then one PCRE2
  * regex (case-insensitive) on the reply text; the first rule whose tests all
  * pass gives the category and the action ("bounce": a 4xx is a hard failure
@@ -40,6 +42,15 @@ int dlv_rules_parse(const char *name, const char *text, size_t len, dlv_rules_t 
 /* Load a rules file; NULL or "" = the built-in default. Same returns as
  * dlv_rules_parse (a file that cannot be read: "path: strerror"). Any thread. */
 int dlv_rules_load(const char *path, dlv_rules_t **out, char *err, size_t errlen);
+/* The same, where a rule's provider that the text does not define is one
+ * of the traffic shaping's providers (config/providers.conf with the file
+ * at shaping_path over it; NULL / "" = the shipped ones only): its domain
+ * and MX patterns. dlv_rules_parse / dlv_rules_load use the shipped ones. A
+ * shaping file that does not load fails with its "file:line: what". */
+int dlv_rules_parse_with(const char *name, const char *text, size_t len, const char *shaping_path,
+                         dlv_rules_t **out, char *err, size_t errlen);
+int dlv_rules_load_with(const char *path, const char *shaping_path, dlv_rules_t **out, char *err,
+                        size_t errlen);
 /* Free a set no thread uses any more (NULL is fine). Any thread. */
 void dlv_rules_free(dlv_rules_t *r);
 /* Number of providers / rules in a set (for logs and tests). Any thread. */
@@ -56,10 +67,8 @@ const char *dlv_rules_default_text(void);
 bool dlv_rules_match(const dlv_rules_t *r, int code, const char *status, const char *text,
                      const char *domain, const char *mx, dlv_verdict_t *out);
 
-/* Load the rules file cfg names (delivery.bounce_rules; "" = built-in) and
- * make it the active set. 0, or SL_ECONFIG with "file:line: what" in err and
- * the active set unchanged. Main thread (dlv_new). */
-int dlv_rules_install(const cfg_t *cfg, char *err, size_t errlen);
+/* dlv_rules_install() (delivery.h) loads the rules file cfg names
+ * (delivery.bounce_rules; "" = built-in) and makes it the active set. */
 /* The active set (the built-in default unless installed). Any thread. */
 const dlv_rules_t *dlv_rules_active(void);
 /* Free the active and every replaced set; the next dlv_rules_active() builds

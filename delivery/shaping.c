@@ -64,6 +64,7 @@ enum {
 };
 
 #define SHP_BLOCKED_POLL_MS 200 /* blocked on another thread's connections: look again */
+#define SHP_OP_POLL_MS 500      /* held by an operator's suspend: look again */
 #define SHP_MAX_FILE (4 << 20)
 
 typedef struct shp_job {
@@ -84,7 +85,9 @@ struct shp_dest {
     dlv_dest_t *sd_de;
     dlv_shaping_t *sd_sh;
     shp_provider_t *sd_pv;
-    bool sd_final; /* provider decided (domain pattern, or MX after the route) */
+    bool sd_final;   /* provider decided (domain pattern, or MX after the route) */
+    uint32_t sd_gen; /* sh_gen the provider and limits were taken at */
+    bool sd_reroute; /* a reload happened while connections were open: match again */
     const shp_limits_t *sd_lim;
     const shp_limits_t *sd_own; /* per_domain rule's own keys, or NULL */
     int sd_dom_nconn;
@@ -94,6 +97,17 @@ struct shp_dest {
     int sd_pool_rr;
     uv_timer_t *sd_timer;  /* freed in its close callback */
     uint64_t sd_timer_due; /* monotonic us, 0 = not armed */
+};
+
+/* Rule arrays replaced by a reload: a thread may still hold a pointer into
+ * them (a provider's rule, a destination's limits) until its next decision,
+ * so they live as long as the dlv_shaping_t. A reload is rare. */
+struct shp_retired {
+    struct shp_retired *rt_next;
+    shp_prule_t *rt_prules;
+    int rt_nprules;
+    shp_rule_t *rt_rules;
+    int rt_nrules;
 };
 
 static int shp_load_tree(dlv_shaping_t *sh, const cfg_node_t *root, const char *name, bool builtin,
@@ -120,6 +134,12 @@ static double shp_ceil(double x)
 {
     double t = (double)(int64_t)x;
     return t < x ? t + 1.0 : t;
+}
+
+/* An operator's suspension (until_us) is in force at now. */
+static bool shp_op_suspended(uint64_t until_us, uint64_t now_us)
+{
+    return until_us != 0 && until_us > now_us;
 }
 
 static uint64_t shp_now_ns(void)
@@ -846,6 +866,17 @@ void dlv_shaping_free(dlv_shaping_t *sh)
     }
     free(sh->sh_reg);
     uv_mutex_destroy(&sh->sh_lock);
+    while (sh->sh_retired != NULL) {
+        struct shp_retired *rt = sh->sh_retired;
+        sh->sh_retired = rt->rt_next;
+        for (int i = 0; i < rt->rt_nprules; i++)
+            shp_prule_free(&rt->rt_prules[i]);
+        free(rt->rt_prules);
+        for (int i = 0; i < rt->rt_nrules; i++)
+            shp_rule_free(&rt->rt_rules[i]);
+        free(rt->rt_rules);
+        free(rt);
+    }
     for (int i = 0; i < sh->sh_nprules; i++)
         shp_prule_free(&sh->sh_prules[i]);
     free(sh->sh_prules);
@@ -937,10 +968,11 @@ static void shp_queue_apply(shp_queue_t *q, double rate, int conns)
     atomic_store(&q->q_max_conn, conns);
 }
 
-shp_provider_t *shp_provider_get(dlv_shaping_t *sh, const shp_prule_t *rule, const char *domain)
+/* shp_provider_get with sh_lock held. */
+static shp_provider_t *shp_provider_get_locked(dlv_shaping_t *sh, const shp_prule_t *rule,
+                                               const char *domain)
 {
     const char *name = rule ? rule->pr_name : domain;
-    uv_mutex_lock(&sh->sh_lock);
     size_t b = shp_hash(name) & (sh->sh_reg_cap - 1);
     shp_provider_t *pv;
     for (pv = sh->sh_reg[b]; pv; pv = pv->pv_next)
@@ -986,6 +1018,13 @@ shp_provider_t *shp_provider_get(dlv_shaping_t *sh, const shp_prule_t *rule, con
         sh->sh_reg_n++;
     }
     atomic_fetch_add(&pv->pv_refs, 1);
+    return pv;
+}
+
+shp_provider_t *shp_provider_get(dlv_shaping_t *sh, const shp_prule_t *rule, const char *domain)
+{
+    uv_mutex_lock(&sh->sh_lock);
+    shp_provider_t *pv = shp_provider_get_locked(sh, rule, domain);
     uv_mutex_unlock(&sh->sh_lock);
     return pv;
 }
@@ -1000,7 +1039,8 @@ void shp_provider_put(shp_provider_t *pv)
     dlv_shaping_t *sh = pv->pv_sh;
     uv_mutex_lock(&sh->sh_lock);
     if (atomic_fetch_sub(&pv->pv_refs, 1) == 1 && pv->pv_rule == NULL &&
-        atomic_load(&pv->pv_suspend_until) <= clock_mono_us()) {
+        atomic_load(&pv->pv_suspend_until) <= clock_mono_us() &&
+        atomic_load(&pv->pv_op_until) == 0) {
         bool quiet = true;
         for (int i = 0; i < sh->sh_nvmtas; i++)
             quiet &= atomic_load(&pv->pv_q[i].q_mode) == SHP_NORMAL &&
@@ -1180,12 +1220,18 @@ int shp_queue_reply(shp_queue_t *q, const char *domain, int code, const char *st
     snprintf(resp, sizeof(resp), "%d %s%s%.200s", code, status ? status : "",
              status && status[0] ? " " : "", text ? text : "");
     atomic_fetch_add_explicit(&q->q_deferred, 1, memory_order_relaxed);
+    /* the rule arrays as one consistent set (a reload swaps them under
+     * sh_lock; replaced arrays stay valid): only on a 4xx/5xx reply */
+    uv_mutex_lock(&sh->sh_lock);
     const shp_prule_t *pr = pv->pv_rule;
+    const shp_rule_t *drules = sh->sh_rules;
+    int ndr = sh->sh_nrules;
+    uv_mutex_unlock(&sh->sh_lock);
     int npr = pr ? pr->pr_nrules : 0;
     const shp_rule_t *hit = NULL;
     int hit_i = -1;
-    for (int i = 0; i < npr + sh->sh_nrules && hit == NULL; i++) {
-        const shp_rule_t *r = i < npr ? &pr->pr_rules[i] : &sh->sh_rules[i - npr];
+    for (int i = 0; i < npr + ndr && hit == NULL; i++) {
+        const shp_rule_t *r = i < npr ? &pr->pr_rules[i] : &drules[i - npr];
         if (shp_rule_match(r, code, status, text)) {
             hit = r;
             hit_i = i;
@@ -1292,6 +1338,8 @@ static json_object *shp_queue_json(shp_queue_t *q, uint64_t now)
     uint64_t dis = atomic_load(&q->q_disabled_until);
     json_object_object_add(o, "disabled_for",
                            json_object_new_int64(dis > now ? (int64_t)((dis - now) / 1000000) : 0));
+    uint64_t vs = atomic_load(&sh->sh_vmta_suspend[q->q_vmta]);
+    json_object_object_add(o, "suspended", json_object_new_boolean(shp_op_suspended(vs, now)));
     json_object_object_add(o, "delivered", json_object_new_int64((int64_t)q->q_delivered));
     json_object_object_add(o, "deferred", json_object_new_int64((int64_t)q->q_deferred));
     uv_mutex_lock(&q->q_lock);
@@ -1319,9 +1367,16 @@ json_object *dlv_shaping_json(dlv_t *d)
             json_object_object_add(p, "destinations", json_object_new_int(pv->pv_refs));
             json_object_object_add(p, "connections", json_object_new_int(pv->pv_nconn));
             uint64_t su = atomic_load(&pv->pv_suspend_until);
-            json_object_object_add(
-                p, "suspended_for",
-                json_object_new_int64(su > now ? (int64_t)((su - now) / 1000000) : 0));
+            uint64_t op = atomic_load(&pv->pv_op_until);
+            int64_t left = su > now ? (int64_t)((su - now) / 1000000) : 0;
+            const char *by = su > now ? "rule" : NULL;
+            if (shp_op_suspended(op, now)) {
+                by = "operator";
+                left = op == UINT64_MAX ? -1 : (int64_t)((op - now) / 1000000);
+            }
+            /* -1: until resumed */
+            json_object_object_add(p, "suspended_for", json_object_new_int64(left));
+            json_object_object_add(p, "suspended_by", by ? json_object_new_string(by) : NULL);
             json_object *qs = json_object_new_array();
             for (int v = 0; v < sh->sh_nvmtas; v++)
                 json_object_array_add(qs, shp_queue_json(&pv->pv_q[v], now));
@@ -1338,10 +1393,231 @@ json_object *dlv_shaping_json(dlv_t *d)
         json_object_object_add(o, "source_ip", src ? json_object_new_string(src) : NULL);
         const char *ehlo = sh->sh_vmtas[v].vm_ehlo;
         json_object_object_add(o, "ehlo", ehlo ? json_object_new_string(ehlo) : NULL);
+        uint64_t op = atomic_load(&sh->sh_vmta_suspend[v]);
+        json_object_object_add(o, "suspended_for",
+                               json_object_new_int64(!shp_op_suspended(op, now) ? 0
+                                                     : op == UINT64_MAX
+                                                         ? -1
+                                                         : (int64_t)((op - now) / 1000000)));
         json_object_array_add(vm, o);
     }
     json_object_object_add(root, "virtual_mtas", vm);
     return root;
+}
+
+/* ------------------------------------------------------------ reload */
+
+static bool shp_str_eq(const char *a, const char *b)
+{
+    return strcmp(a ? a : "", b ? b : "") == 0;
+}
+
+/* Do a and b have the same virtual MTAs, pools and pool choice? */
+static bool shp_vmtas_same(const dlv_shaping_t *a, const dlv_shaping_t *b)
+{
+    if (a->sh_nvmtas != b->sh_nvmtas || a->sh_npools != b->sh_npools ||
+        a->sh_default_pool != b->sh_default_pool || a->sh_npool_users != b->sh_npool_users)
+        return false;
+    for (int i = 0; i < a->sh_nvmtas; i++)
+        if (!shp_str_eq(a->sh_vmtas[i].vm_name, b->sh_vmtas[i].vm_name) ||
+            !shp_str_eq(a->sh_vmtas[i].vm_source, b->sh_vmtas[i].vm_source) ||
+            !shp_str_eq(a->sh_vmtas[i].vm_ehlo, b->sh_vmtas[i].vm_ehlo))
+            return false;
+    for (int i = 0; i < a->sh_npools; i++) {
+        const shp_pool_t *x = &a->sh_pools[i], *y = &b->sh_pools[i];
+        if (!shp_str_eq(x->po_name, y->po_name) || x->po_n != y->po_n ||
+            memcmp(x->po_members, y->po_members, (size_t)x->po_n * sizeof(int)) != 0 ||
+            memcmp(x->po_weight, y->po_weight, (size_t)x->po_n * sizeof(int)) != 0)
+            return false;
+    }
+    for (int i = 0; i < 2 * a->sh_npool_users; i++)
+        if (!shp_str_eq(a->sh_pool_users[i], b->sh_pool_users[i]))
+            return false;
+    return true;
+}
+
+/* Install nsh's rules and limits in sh (sh_lock held); nsh keeps nothing
+ * of them. */
+static void shp_install_locked(dlv_shaping_t *sh, dlv_shaping_t *nsh)
+{
+    struct shp_retired *rt = xcalloc(1, sizeof(*rt));
+    rt->rt_prules = sh->sh_prules;
+    rt->rt_nprules = sh->sh_nprules;
+    rt->rt_rules = sh->sh_rules;
+    rt->rt_nrules = sh->sh_nrules;
+    rt->rt_next = sh->sh_retired;
+    sh->sh_retired = rt;
+    sh->sh_prules = nsh->sh_prules;
+    sh->sh_nprules = nsh->sh_nprules;
+    sh->sh_rules = nsh->sh_rules;
+    sh->sh_nrules = nsh->sh_nrules;
+    nsh->sh_prules = NULL;
+    nsh->sh_nprules = 0;
+    nsh->sh_rules = NULL;
+    nsh->sh_nrules = 0;
+    sh->sh_defaults = nsh->sh_defaults;
+    sh->sh_global_conn = nsh->sh_global_conn;
+    atomic_store(&sh->sh_global_msg.b_interval, atomic_load(&nsh->sh_global_msg.b_interval));
+    atomic_store(&sh->sh_global_msg.b_burst, atomic_load(&nsh->sh_global_msg.b_burst));
+    atomic_store(&sh->sh_global_cr.b_interval, atomic_load(&nsh->sh_global_cr.b_interval));
+    atomic_store(&sh->sh_global_cr.b_burst, atomic_load(&nsh->sh_global_cr.b_burst));
+    /* every provider: its rule in the new set (by name) and its limits */
+    for (size_t i = 0; i < sh->sh_reg_cap; i++) {
+        for (shp_provider_t *pv = sh->sh_reg[i]; pv; pv = pv->pv_next) {
+            const shp_prule_t *rule = NULL;
+            for (int k = 0; pv->pv_rule != NULL && k < sh->sh_nprules; k++)
+                if (strcasecmp(sh->sh_prules[k].pr_name, pv->pv_name) == 0)
+                    rule = &sh->sh_prules[k];
+            pv->pv_rule = rule; /* a provider no longer configured: defaults */
+            pv->pv_lim = rule ? rule->pr_lim : sh->sh_defaults;
+            shp_bucket_rate(&pv->pv_msg, &pv->pv_lim.l_total_msg);
+            shp_bucket_rate(&pv->pv_cr, &pv->pv_lim.l_total_cr);
+            for (int v = 0; v < sh->sh_nvmtas; v++) {
+                shp_queue_t *q = &pv->pv_q[v];
+                uv_mutex_lock(&q->q_lock);
+                double top = shp_queue_top(q);
+                /* normal: the new normal limits; backoff / recovering: the
+                 * same level of the new backoff limits */
+                shp_queue_set_mult(q, atomic_load(&q->q_mode) == SHP_NORMAL ? top
+                                                                            : MIN(q->q_level, top));
+                uv_mutex_unlock(&q->q_lock);
+            }
+        }
+    }
+    atomic_fetch_add_explicit(&sh->sh_gen, 1, memory_order_release);
+}
+
+int dlv_shaping_reload_text(dlv_shaping_t *sh, const char *builtin, const char *name,
+                            const char *text, bool *vmtas_changed, char *err, size_t errlen)
+{
+    dlv_shaping_t *nsh = NULL;
+    if (dlv_shaping_new_text(builtin, name, text, NULL, &nsh, err, errlen) != 0)
+        return SL_ECONFIG;
+    bool same = shp_vmtas_same(sh, nsh);
+    if (vmtas_changed != NULL)
+        *vmtas_changed = !same;
+    uv_mutex_lock(&sh->sh_lock);
+    shp_install_locked(sh, nsh);
+    uv_mutex_unlock(&sh->sh_lock);
+    log_info("shaping: reloaded: %d provider rule(s)%s%s%s", sh->sh_nprules,
+             name && text ? " from " : "", name && text ? name : "",
+             same ? "" : " (virtual_mtas/pools changed: kept until a restart)");
+    dlv_shaping_free(nsh);
+    return 0;
+}
+
+int dlv_shaping_reload_sh(dlv_shaping_t *sh, const char *path, bool *vmtas_changed, char *err,
+                          size_t errlen)
+{
+    char *text = NULL;
+    if (path != NULL && path[0] != '\0') {
+        FILE *f = fopen(path, "r");
+        if (f == NULL) {
+            snprintf(err, errlen, "%s: %s", path, strerror(errno));
+            return SL_ECONFIG;
+        }
+        text = xmalloc(SHP_MAX_FILE + 1);
+        size_t n = fread(text, 1, SHP_MAX_FILE + 1, f);
+        fclose(f);
+        if (n > SHP_MAX_FILE) {
+            free(text);
+            snprintf(err, errlen, "%s: bigger than %d bytes", path, SHP_MAX_FILE);
+            return SL_ECONFIG;
+        }
+        text[n] = '\0';
+    }
+    int rc = dlv_shaping_reload_text(sh, NULL, path, text, vmtas_changed, err, errlen);
+    free(text);
+    return rc;
+}
+
+int dlv_shaping_check(const char *path, char *err, size_t errlen)
+{
+    dlv_shaping_t *sh = NULL;
+    if (dlv_shaping_new(path, NULL, NULL, &sh, err, errlen) != 0)
+        return SL_ECONFIG;
+    dlv_shaping_free(sh);
+    return 0;
+}
+
+int dlv_shaping_reload(dlv_t *d, const char *path, bool *vmtas_changed, char *err, size_t errlen)
+{
+    if (d == NULL || d->d_shaping == NULL) {
+        snprintf(err, errlen, "delivery is not running");
+        return SL_ENOTFOUND;
+    }
+    return dlv_shaping_reload_sh(d->d_shaping, path, vmtas_changed, err, errlen);
+}
+
+/* ------------------------------------------------------------ suspend */
+
+int dlv_shaping_suspend_sh(dlv_shaping_t *sh, const char *provider, const char *vmta,
+                           uint64_t until_us, char *err, size_t errlen)
+{
+    const char *what = until_us ? "suspend" : "resume";
+    char d[160];
+    if (until_us == UINT64_MAX)
+        snprintf(d, sizeof(d), "%s by the operator until resumed", what);
+    else if (until_us != 0)
+        snprintf(
+            d, sizeof(d), "%s by the operator for %llus", what,
+            (unsigned long long)((until_us - MIN(until_us, clock_mono_us()) + 999999) / 1000000));
+    else
+        snprintf(d, sizeof(d), "resume by the operator");
+    if (vmta != NULL) {
+        for (int v = 0; v < sh->sh_nvmtas; v++) {
+            if (strcasecmp(sh->sh_vmtas[v].vm_name, vmta) == 0) {
+                atomic_store(&sh->sh_vmta_suspend[v], until_us);
+                log_info("shaping: provider=* vmta=%s event=%s %s", sh->sh_vmtas[v].vm_name,
+                         until_us ? "suspend" : "resume", d);
+                return 0;
+            }
+        }
+        snprintf(err, errlen, "no virtual MTA named \"%s\"", vmta);
+        return SL_ENOTFOUND;
+    }
+    uv_mutex_lock(&sh->sh_lock);
+    shp_provider_t *pv = NULL;
+    for (size_t i = 0; pv == NULL && i < sh->sh_reg_cap; i++)
+        for (shp_provider_t *p = sh->sh_reg[i]; p && pv == NULL; p = p->pv_next)
+            if (strcasecmp(p->pv_name, provider) == 0)
+                pv = p;
+    if (pv == NULL && until_us != 0) {
+        /* not routed yet: a configured provider, or a domain of its own
+         * (kept in the registry while suspended) */
+        const shp_prule_t *rule = NULL;
+        for (int k = 0; k < sh->sh_nprules && rule == NULL; k++)
+            if (strcasecmp(sh->sh_prules[k].pr_name, provider) == 0)
+                rule = &sh->sh_prules[k];
+        if (rule == NULL && strchr(provider, '.') == NULL) {
+            uv_mutex_unlock(&sh->sh_lock);
+            snprintf(err, errlen, "no provider named \"%s\" (a configured provider, or a domain)",
+                     provider);
+            return SL_ENOTFOUND;
+        }
+        pv = shp_provider_get_locked(sh, rule, provider);
+        atomic_fetch_sub(&pv->pv_refs, 1); /* held by the registry, not a destination */
+    }
+    if (pv == NULL) {
+        uv_mutex_unlock(&sh->sh_lock);
+        snprintf(err, errlen, "provider \"%s\" is not suspended", provider);
+        return SL_ENOTFOUND;
+    }
+    atomic_store(&pv->pv_op_until, until_us);
+    uv_mutex_unlock(&sh->sh_lock);
+    shp_event(NULL, pv, until_us ? "suspend" : "resume", d, "operator");
+    return 0;
+}
+
+int dlv_shaping_suspend(dlv_t *d, const char *provider, const char *vmta, uint64_t for_s,
+                        bool resume, char *err, size_t errlen)
+{
+    if (d == NULL || d->d_shaping == NULL) {
+        snprintf(err, errlen, "delivery is not running");
+        return SL_ENOTFOUND;
+    }
+    uint64_t until = resume ? 0 : for_s ? clock_mono_us() + for_s * 1000000ULL : UINT64_MAX;
+    return dlv_shaping_suspend_sh(d->d_shaping, provider, vmta, until, err, errlen);
 }
 
 /* ================================================== destinations (thread) */
@@ -1351,18 +1627,62 @@ static shp_queue_t *shp_q(shp_dest_t *sd, int v)
     return &sd->sd_pv->pv_q[v];
 }
 
-static void shp_dest_set_provider(shp_dest_t *sd, const shp_prule_t *rule)
+/* The destination's limits (its domain rule's, else its provider's) and
+ * its per-domain buckets. sh_lock held (the rule arrays). */
+static void shp_dest_limits_locked(shp_dest_t *sd)
 {
-    dlv_dest_t *de = sd->sd_de;
-    shp_provider_t *old = sd->sd_pv;
-    sd->sd_pv = shp_provider_get(sd->sd_sh, rule, de->de_domain);
-    shp_provider_put(old);
-    sd->sd_lim = shp_limits_for(sd->sd_pv, de->de_domain, &sd->sd_own);
+    sd->sd_lim = shp_limits_for(sd->sd_pv, sd->sd_de->de_domain, &sd->sd_own);
     if (sd->sd_own != NULL) {
         shp_bucket_rate(&sd->sd_dom_msg, &sd->sd_own->l_msg_rate);
         shp_bucket_rate(&sd->sd_dom_cr, &sd->sd_own->l_conn_rate);
     }
+}
+
+/* Match the destination's provider (domain patterns; with mx, the MX host
+ * names of its route too) and take it, under sh_lock so that a reload
+ * cannot swap the rules between the match and the registry. */
+static void shp_dest_route(shp_dest_t *sd, bool mx)
+{
+    dlv_dest_t *de = sd->sd_de;
+    dlv_shaping_t *sh = sd->sd_sh;
+    shp_provider_t *old = sd->sd_pv;
+    uv_mutex_lock(&sh->sh_lock);
+    sd->sd_gen = atomic_load(&sh->sh_gen);
+    const shp_prule_t *rule = shp_match_domain(sh, de->de_domain);
+    sd->sd_final = rule != NULL;
+    for (int i = 0; mx && rule == NULL && i < de->de_naddr; i++)
+        rule = shp_match_mx(sh, de->de_addrs[i].da_host);
+    sd->sd_final |= mx;
+    sd->sd_pv = shp_provider_get_locked(sh, rule, de->de_domain);
+    shp_dest_limits_locked(sd);
+    uv_mutex_unlock(&sh->sh_lock);
+    shp_provider_put(old);
     log_debug("shaping: %s -> provider %s", de->de_domain, sd->sd_pv->pv_name);
+}
+
+/* A reload happened (sh_gen moved): new limits now; a new provider match
+ * once no connection of the destination is open (a session's connection
+ * is counted on its provider's queue). Destination's thread. */
+static void shp_dest_refresh(shp_dest_t *sd)
+{
+    dlv_dest_t *de = sd->sd_de;
+    if (de->de_sessions == NULL) {
+        sd->sd_reroute = false;
+        shp_dest_route(sd, de->de_naddr > 0);
+        return;
+    }
+    uv_mutex_lock(&sd->sd_sh->sh_lock);
+    sd->sd_gen = atomic_load(&sd->sd_sh->sh_gen);
+    shp_dest_limits_locked(sd);
+    uv_mutex_unlock(&sd->sd_sh->sh_lock);
+    sd->sd_reroute = true;
+}
+
+static inline void shp_dest_check(shp_dest_t *sd)
+{
+    if (UNLIKELY(sd->sd_gen != atomic_load_explicit(&sd->sd_sh->sh_gen, memory_order_acquire) ||
+                 (sd->sd_reroute && sd->sd_de->de_sessions == NULL)))
+        shp_dest_refresh(sd);
 }
 
 void dlv_shp_dest_init(dlv_dest_t *de)
@@ -1372,9 +1692,7 @@ void dlv_shp_dest_init(dlv_dest_t *de)
     sd->sd_de = de;
     sd->sd_sh = sh;
     de->de_shp = sd;
-    const shp_prule_t *rule = shp_match_domain(sh, de->de_domain);
-    sd->sd_final = rule != NULL;
-    shp_dest_set_provider(sd, rule);
+    shp_dest_route(sd, false);
 }
 
 void dlv_shp_route_ready(dlv_dest_t *de)
@@ -1382,15 +1700,12 @@ void dlv_shp_route_ready(dlv_dest_t *de)
     shp_dest_t *sd = de->de_shp;
     if (sd->sd_final)
         return;
-    sd->sd_final = true; /* the first route decides (MX rollup) */
-    for (int i = 0; i < de->de_naddr; i++) {
-        const shp_prule_t *rule = shp_match_mx(sd->sd_sh, de->de_addrs[i].da_host);
-        if (rule != NULL) {
-            if (de->de_sessions == NULL)
-                shp_dest_set_provider(sd, rule);
-            return;
-        }
+    /* the first route decides (MX rollup) */
+    if (de->de_sessions == NULL) {
+        shp_dest_route(sd, true);
+        return;
     }
+    sd->sd_final = true;
 }
 
 static void shp_timer_closed_cb(uv_handle_t *h)
@@ -1545,7 +1860,8 @@ static bool shp_pool_has(const shp_pool_t *p, int v)
 /* vmta v may send for the provider now */
 static bool shp_vmta_ok(shp_dest_t *sd, int v, uint64_t now_us)
 {
-    return atomic_load_explicit(&shp_q(sd, v)->q_disabled_until, memory_order_relaxed) <= now_us;
+    return atomic_load_explicit(&shp_q(sd, v)->q_disabled_until, memory_order_relaxed) <= now_us &&
+           atomic_load_explicit(&sd->sd_sh->sh_vmta_suspend[v], memory_order_relaxed) <= now_us;
 }
 
 /* A message token at every level for vmta v: 0, or the us to wait. */
@@ -1676,6 +1992,14 @@ void dlv_shp_kick(dlv_dest_t *de)
     dlv_shaping_t *sh = sd->sd_sh;
     const cfg_t *cfg = de->de_t->t_cfg;
     uint64_t now = clock_mono_us();
+    shp_dest_check(sd);
+    if (shp_op_suspended(atomic_load(&sd->sd_pv->pv_op_until), now)) {
+        /* the operator's suspend holds the backlog here (nothing is
+         * deferred): looked at again until resumed */
+        if (de->de_npending > 0)
+            shp_dest_timer(sd, SHP_OP_POLL_MS * 1000ULL);
+        return;
+    }
     uint64_t su = atomic_load(&sd->sd_pv->pv_suspend_until);
     if (su > now) {
         char text[200];
@@ -1697,7 +2021,13 @@ void dlv_shp_kick(dlv_dest_t *de)
             any |= allowed[v];
             until = MIN(until, atomic_load(&shp_q(sd, v)->q_disabled_until));
         }
-        if (!any) {
+        bool held = false; /* a source the operator suspended: hold, do not defer */
+        for (int i = 0; !any && i < sh->sh_pools[p].po_n; i++)
+            held |= shp_op_suspended(
+                atomic_load(&sh->sh_vmta_suspend[sh->sh_pools[p].po_members[i]]), now);
+        if (!any && held) {
+            shp_dest_timer(sd, SHP_OP_POLL_MS * 1000ULL);
+        } else if (!any) {
             char text[200];
             snprintf(text, sizeof(text), "every source of pool %s is disabled for provider %s",
                      sh->sh_pools[p].po_name, sd->sd_pv->pv_name);
@@ -1769,9 +2099,12 @@ queue_dispatch_t *dlv_shp_next(dlv_dest_t *de, int vmta, bool *quit)
     uint64_t now = clock_mono_us();
     shp_queue_t *q = shp_q(sd, vmta);
     *quit = false;
+    shp_dest_check(sd);
+    q = shp_q(sd, vmta); /* the provider may have changed (no open session then) */
     int qmax = atomic_load(&q->q_max_conn);
-    if (atomic_load(&sd->sd_pv->pv_suspend_until) > now || !shp_vmta_ok(sd, vmta, now) ||
-        (qmax > 0 && atomic_load(&q->q_nconn) > qmax)) {
+    if (atomic_load(&sd->sd_pv->pv_suspend_until) > now ||
+        shp_op_suspended(atomic_load(&sd->sd_pv->pv_op_until), now) ||
+        !shp_vmta_ok(sd, vmta, now) || (qmax > 0 && atomic_load(&q->q_nconn) > qmax)) {
         /* backoff lowered the cap, a suspension or a disabled source: this
          * connection goes; the backlog is looked at again right away */
         *quit = true;

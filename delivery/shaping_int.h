@@ -175,6 +175,13 @@ struct dlv_shaping {
     _Atomic int sh_global_nconn;
     shp_bucket_t sh_global_msg;
     shp_bucket_t sh_global_cr;
+    /* reload (dlv_shaping_reload): the generation destinations compare
+     * against, and the rule arrays replaced by earlier reloads (a thread may
+     * still read them; freed with the dlv_shaping_t) */
+    _Atomic uint32_t sh_gen;
+    struct shp_retired *sh_retired;
+    /* operator suspensions of a virtual MTA (all providers): monotonic us */
+    _Atomic uint64_t sh_vmta_suspend[SHP_MAX_VMTAS];
     /* provider registry */
     uv_mutex_t sh_lock;
     shp_provider_t **sh_reg;
@@ -215,7 +222,9 @@ struct shp_provider {
     _Atomic int pv_nconn;              /* all vmtas */
     shp_bucket_t pv_msg;               /* total_message_rate */
     shp_bucket_t pv_cr;                /* total_connection_rate */
-    _Atomic uint64_t pv_suspend_until; /* monotonic us */
+    _Atomic uint64_t pv_suspend_until; /* monotonic us: a "suspend" rule */
+    _Atomic uint64_t pv_op_until;      /* operator's suspend: monotonic us, UINT64_MAX = until
+                                        * resumed, 0 = none (the backlog is held, not deferred) */
     shp_queue_t *pv_q;                 /* [sh_nvmtas] */
 };
 
@@ -255,6 +264,38 @@ void shp_queue_backoff(shp_queue_t *q, const char *why, uint64_t now_us);
 void shp_queue_normal(shp_queue_t *q, const char *why, uint64_t now_us);
 /* Message rate in force on q (per second, 0 = unlimited). */
 double shp_queue_rate(shp_queue_t *q);
+
+/* Reload: compile the shaping file at path (NULL / "" = only the shipped
+ * text) and install its defaults, provider rules, response rules and
+ * global limits in sh, atomically for every thread (under sh_lock). The
+ * providers' state (connections, backoff mode, counters, suspensions) is
+ * kept; their limits become the new ones (a queue in backoff keeps its
+ * level, capped at the new normal rate). Destinations pick the change up
+ * at their next decision (their provider is matched again once they have
+ * no connection). Virtual MTAs and pools are not changed by a reload:
+ * *vmtas_changed (may be NULL) says the file changed them (a restart
+ * applies them). 0, or SL_ECONFIG with "file:line: what" and sh unchanged.
+ * Any thread (the control's main thread). */
+int dlv_shaping_reload_sh(dlv_shaping_t *sh, const char *path, bool *vmtas_changed, char *err,
+                          size_t errlen);
+/* Same from text (tests; builtin NULL = the shipped text). */
+int dlv_shaping_reload_text(dlv_shaping_t *sh, const char *builtin, const char *name,
+                            const char *text, bool *vmtas_changed, char *err, size_t errlen);
+/* Operator suspend (until_us: monotonic; UINT64_MAX = until resumed) or
+ * resume (until_us 0) of a provider (by name: a configured provider or a
+ * destination domain of its own) or of a virtual MTA (by name: for every
+ * provider). 0, or SL_ENOTFOUND-like negative code with err set. Any thread. */
+int dlv_shaping_suspend_sh(dlv_shaping_t *sh, const char *provider, const char *vmta,
+                           uint64_t until_us, char *err, size_t errlen);
+
+/* The same on the running delivery's shaping (declared for core/server in
+ * core/server/ops_int.h). dlv_shaping_suspend: for_s 0 = until resumed;
+ * resume clears the operator's suspension. */
+int dlv_shaping_reload(dlv_t *d, const char *path, bool *vmtas_changed, char *err, size_t errlen);
+/* Compile the shaping file at path (as dlv_shaping_new) only to check it. */
+int dlv_shaping_check(const char *path, char *err, size_t errlen);
+int dlv_shaping_suspend(dlv_t *d, const char *provider, const char *vmta, uint64_t for_s,
+                        bool resume, char *err, size_t errlen);
 
 /* ------------------------------------------------------------ vmta.c */
 

@@ -1024,10 +1024,61 @@ static int cmd_queue(ctl_conn_t *c, json_object *req, json_object *resp, char *e
     return admin_req_send(c, r);
 }
 
+/* suspend / resume of a provider or a virtual MTA: in the delivery's
+ * traffic shaping, not the queue: *handled, and CTL_REPLY or an error; not
+ * *handled when req names neither. */
+static int shaping_suspend(ctl_conn_t *c, json_object *req, json_object *resp, bool resume,
+                           bool *handled, char *err, size_t errlen)
+{
+    *handled = true;
+    const char *pv, *vm;
+    uint64_t dur = 0;
+    int rc;
+    if ((rc = arg_str(req, "provider", 255, &pv, err, errlen)) < 0 ||
+        (rc = arg_str(req, "vmta", 255, &vm, err, errlen)) < 0 ||
+        (!resume && (rc = arg_duration(req, "for", &dur, err, errlen)) < 0))
+        return rc;
+    if (pv == NULL && vm == NULL) {
+        *handled = false;
+        return 0;
+    }
+    const char *what = resume ? "resume" : "suspend";
+    if ((pv != NULL) + (vm != NULL) != 1 || json_object_object_get_ex(req, "domain", NULL) ||
+        json_object_object_get_ex(req, "job", NULL) || arg_bool(req, "all")) {
+        snprintf(err, errlen, "%s needs exactly one of \"provider\" or \"vmta\"", what);
+        return SL_EPARSE;
+    }
+    if ((pv != NULL && pv[0] == '\0') || (vm != NULL && vm[0] == '\0')) {
+        snprintf(err, errlen, "%s: the name must not be empty", what);
+        return SL_EPARSE;
+    }
+#ifdef SLUICE_HAVE_DELIVERY
+    struct dlv *dlv = c->cc_ctl->ct_env.ce_dlv;
+    if (dlv != NULL) {
+        if ((rc = dlv_shaping_suspend(dlv, pv, vm, dur, resume, err, errlen)) != 0)
+            return rc;
+        log_info("control: %s %s=%s%s", what, pv ? "provider" : "vmta", pv ? pv : vm,
+                 dur ? " (with a duration)" : "");
+        json_object_object_add(resp, pv ? "provider" : "vmta",
+                               json_object_new_string(pv ? pv : vm));
+        json_object_object_add(resp, resume ? "resumed" : "suspended", json_object_new_boolean(1));
+        if (!resume)
+            json_object_object_add(resp, "for", json_object_new_int64((int64_t)dur));
+        return CTL_REPLY;
+    }
+#endif
+    UNUSED(c);
+    snprintf(err, errlen, "delivery is not running");
+    return SL_ENOTFOUND;
+}
+
 static int cmd_suspend(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen)
 {
     uint64_t dur;
     int rc;
+    bool handled;
+    if ((rc = shaping_suspend(c, req, resp, false, &handled, err, errlen)) < 0 || handled)
+        return rc;
     queue_req_t *r = admin_req_new(c, QREQ_SUSPEND, err, errlen);
     if (r == NULL)
         return SL_EBUSY;
@@ -1042,6 +1093,10 @@ static int cmd_suspend(ctl_conn_t *c, json_object *req, json_object *resp, char 
 
 static int cmd_resume(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen)
 {
+    bool handled;
+    int src = shaping_suspend(c, req, resp, true, &handled, err, errlen);
+    if (src < 0 || handled)
+        return src;
     queue_req_t *r = admin_req_new(c, QREQ_RESUME, err, errlen);
     if (r == NULL)
         return SL_EBUSY;
@@ -1266,6 +1321,18 @@ int control_reload(control_t *ct, json_object *resp, char *err, size_t errlen)
         cfg_unref(old);
         return SL_ECONFIG;
     }
+#ifdef SLUICE_HAVE_DELIVERY
+    /* traffic shaping and bounce rules: checked before anything changes */
+    struct dlv *dlv = ct->ct_env.ce_dlv;
+    if (dlv != NULL && (dlv_shaping_check(nc->c_dlv_shaping, lerr, sizeof(lerr)) != 0 ||
+                        dlv_rules_install(nc, lerr, sizeof(lerr)) != 0)) {
+        snprintf(err, errlen, "reload refused, the running configuration is unchanged: %s", lerr);
+        log_warn("%s", err);
+        cfg_unref(nc);
+        cfg_unref(old);
+        return SL_ECONFIG;
+    }
+#endif
     json_object *applied = json_object_new_array(), *restart = json_object_new_array();
     buf_t la, lr;
     buf_init(&la, 256);
@@ -1307,6 +1374,17 @@ int control_reload(control_t *ct, json_object *resp, char *err, size_t errlen)
     if (tls)
         diff_add(restart, &lr, "delivery.tls_policy");
 
+#ifdef SLUICE_HAVE_DELIVERY
+    if (dlv != NULL) { /* the files are read again even when their names did not change */
+        bool vm = false;
+        if (dlv_shaping_reload(dlv, nc->c_dlv_shaping, &vm, lerr, sizeof(lerr)) != 0)
+            log_warn("reload: shaping: %s", lerr); /* changed since the check: old one kept */
+        diff_add(applied, &la, "delivery.shaping");
+        diff_add(applied, &la, "delivery.bounce_rules");
+        if (vm)
+            diff_add(restart, &lr, "delivery.shaping virtual_mtas/pools");
+    }
+#endif
     keep_old(nc, old);
     if (nc->c_log_level != old->c_log_level)
         __atomic_store_n(&log_level_current, (int)nc->c_log_level, __ATOMIC_RELAXED);

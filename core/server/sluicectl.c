@@ -65,8 +65,11 @@ static void usage(FILE *f)
           "  queue DOMAIN         one destination: counts, oldest, last response, hold\n"
           "  suspend DOMAIN|--job JOB|--all [--for DURATION]\n"
           "                       hold delivery (kept across restarts; --for: expires)\n"
-          "  resume DOMAIN|--job JOB|--all\n"
-          "                       end a hold (--all: every hold)\n"
+          "  suspend --provider NAME|--vmta NAME [--for DURATION]\n"
+          "                       stop sending to a provider / from a virtual MTA (traffic\n"
+          "                       shaping; until resumed or restarted)\n"
+          "  resume DOMAIN|--job JOB|--all|--provider NAME|--vmta NAME\n"
+          "                       end a hold (--all: every hold) or a suspension\n"
           "  suspended            the holds in force\n"
           "  retry DOMAIN|--all   make deferred recipients due now\n"
           "  bounce [--domain D] [--job J] [--sender S] [--older-than DURATION] [--yes]\n"
@@ -583,6 +586,7 @@ static int build_ops_request(const char *const *pos, int npos, const char *limit
     json_object *req = json_object_new_object();
     json_object_object_add(req, "cmd", json_object_new_string(cmd));
     const char *domain = NULL, *job = NULL, *sender = NULL, *dur = NULL, *older = NULL;
+    const char *provider = NULL, *vmta = NULL;
     bool all = false, yes = false;
     for (int i = 1; i < npos; i++) {
         const char *a = pos[i];
@@ -595,6 +599,10 @@ static int build_ops_request(const char *const *pos, int npos, const char *limit
             slot = &sender;
         else if (is_opt(a, "--for"))
             slot = &dur;
+        else if (is_opt(a, "--provider"))
+            slot = &provider;
+        else if (is_opt(a, "--vmta"))
+            slot = &vmta;
         else if (is_opt(a, "--older-than"))
             slot = &older;
         else if (is_opt(a, "--all"))
@@ -621,6 +629,11 @@ static int build_ops_request(const char *const *pos, int npos, const char *limit
     bool noargs = strcmp(cmd, "suspended") == 0 || strcmp(cmd, "reload") == 0 ||
                   strcmp(cmd, "metrics") == 0 || strcmp(cmd, "queues") == 0 ||
                   strcmp(cmd, "providers") == 0;
+    bool susp = strcmp(cmd, "suspend") == 0 || strcmp(cmd, "resume") == 0;
+    if ((provider || vmta) && !susp) {
+        usage_error("--provider and --vmta are options of suspend and resume, not of %s", cmd);
+        goto fail;
+    }
     if (noargs && (domain || job || sender || dur || older || all || yes)) {
         usage_error("%s takes no arguments", cmd);
         goto fail;
@@ -639,6 +652,19 @@ static int build_ops_request(const char *const *pos, int npos, const char *limit
             usage_error("usage: queue DOMAIN%s", "");
             goto fail;
         }
+    } else if (susp && (provider || vmta)) {
+        if (domain || job || all || sender || older || yes || (provider && vmta) ||
+            (dur && strcmp(cmd, "suspend") != 0)) {
+            usage_error(strcmp(cmd, "suspend") == 0
+                            ? "usage: %s --provider NAME|--vmta NAME [--for DURATION]"
+                            : "usage: %s --provider NAME|--vmta NAME",
+                        cmd);
+            goto fail;
+        }
+        json_object_object_add(req, provider ? "provider" : "vmta",
+                               json_object_new_string(provider ? provider : vmta));
+        if (dur)
+            json_object_object_add(req, "for", json_object_new_string(dur));
     } else if (strcmp(cmd, "suspend") == 0 || strcmp(cmd, "resume") == 0 ||
                strcmp(cmd, "retry") == 0) {
         bool is_retry = strcmp(cmd, "retry") == 0;
@@ -836,6 +862,11 @@ static void print_providers(json_object *r)
             json_object *q = json_object_array_get_idx(qs, j);
             const char *vmta = get_str(q, "vmta"), *src = get_str(q, "source_ip");
             const char *mode = get_str(q, "mode"), *last = get_str(q, "last_response");
+            const char *by = get_str(p, "suspended_by");
+            if (by != NULL) /* the provider is suspended: by a rule or the operator */
+                mode = strcmp(by, "operator") == 0 ? "SUSPENDED" : "suspended";
+            else if (json_object_get_boolean(get(q, "suspended")))
+                mode = "vmta-susp"; /* the operator suspended this virtual MTA */
             json_object *rate = get(q, "rate");
             char rbuf[32], cbuf[32];
             double rv = rate ? json_object_get_double(rate) : 0;
@@ -867,6 +898,19 @@ static bool print_ops(const char *cmd, json_object *r)
         print_providers(r);
     } else if (strcmp(cmd, "queue") == 0) {
         print_queue(r);
+    } else if ((strcmp(cmd, "suspend") == 0 || strcmp(cmd, "resume") == 0) &&
+               (get(r, "provider") || get(r, "vmta"))) {
+        bool pv = get(r, "provider") != NULL;
+        const char *name = get_str(r, pv ? "provider" : "vmta");
+        uint64_t f = get_u64(r, "for");
+        char dbuf[64] = "until resumed";
+        if (f)
+            ctl_fmt_duration(f, dbuf + 0, sizeof(dbuf));
+        if (strcmp(cmd, "suspend") == 0)
+            printf("%s %s suspended%s%s\n", pv ? "provider" : "virtual MTA", name ? name : "?",
+                   f ? " for " : " ", dbuf);
+        else
+            printf("%s %s resumed\n", pv ? "provider" : "virtual MTA", name ? name : "?");
     } else if (strcmp(cmd, "suspend") == 0 || strcmp(cmd, "suspended") == 0) {
         print_holds(get(r, "holds"));
     } else if (strcmp(cmd, "resume") == 0) {

@@ -290,5 +290,120 @@ class ShapingTest(unittest.TestCase):
                     if m[0]["rcpts"][0].startswith("bulk") and m[0]["time"] > tx)
         self.assertGreater(after, 15, "only %d bulk messages after the tx one" % after)
 
+    def test_reload_changes_rate_without_restart(self):
+        """reload with message_rate 5/s -> 20/s: the sink sees the higher
+        rate on the same connection of the same daemon; a broken providers
+        file is refused with file:line and the 20/s stays in force."""
+        sink = self.sink()
+        conf = 'providers { r { domains = ["reload.test"]; message_rate = "%s"; ' \
+               'max_connections = 1; } }\n'
+        d = self.daemon({"reload.test": "127.0.0.1:%d" % sink.port}, conf % "5/s")
+        pid = d.proc.pid
+        inject(d, 70, "reload.test")
+        sink.wait_messages(12, timeout=30)
+        path = os.path.join(self.tmp, "shaping.conf")
+        with open(path, "w") as f:
+            f.write(conf % "20/s")
+        t_reload = time.time()
+        r = st.sluicectl(d.ctl_socket, "reload", json=True)
+        self.assertEqual(r.rc, 0, r.err)
+        self.assertIn("delivery.shaping", r.data["applied"])
+        msgs = sink.wait_messages(70, timeout=60)
+        times = sorted(m[0]["time"] for m in msgs)
+        before = [t for t in times if t < t_reload]
+        after = [t for t in times if t > t_reload + 0.3]
+        self.assertGreaterEqual(len(before), 12)
+        rate_before = (len(before) - 3) / (before[-1] - before[2])
+        rate_after = (len(after) - 1) / (after[-1] - after[0])
+        self.assertLess(rate_before, 6.5, "rate before %.2f/s" % rate_before)
+        self.assertGreater(rate_after, 15.0, "rate after %.2f/s" % rate_after)
+        self.assertLess(rate_after, 23.0, "rate after %.2f/s" % rate_after)
+        # no restart, no dropped connection: one daemon, one connection
+        self.assertEqual(d.proc.pid, pid)
+        self.assertIsNone(d.proc.poll())
+        conns = {m[0]["conn"] for m in msgs}
+        self.assertEqual(len(conns), 1, "connections used: %s" % conns)
+        # a broken file: refused with file:line, the running shaping stays
+        with open(path, "w") as f:
+            f.write('providers { r { domains = ["reload.test"];\n  message_rate = "fast"; } }\n')
+        r = st.sluicectl(d.ctl_socket, "reload")
+        self.assertNotEqual(r.rc, 0, r.out)
+        self.assertIn("refused", r.err)
+        self.assertIn("%s:2" % path, r.err)
+        prov = st.sluicectl(d.ctl_socket, "providers", json=True)
+        q = [p for p in prov.data["providers"] if p["provider"] == "r"][0]["queues"][0]
+        self.assertAlmostEqual(q["rate"], 20.0, delta=0.1)
+        self.assertEqual(d.proc.pid, pid)
+
+    def test_suspend_resume_provider(self):
+        """suspend --provider: that provider's mail stops at the sink while
+        another provider's flows; resume: it is delivered."""
+        sink = self.sink()
+        d = self.daemon({"sa.test": "127.0.0.1:%d" % sink.port,
+                         "sb.test": "127.0.0.1:%d" % sink.port},
+                        'providers {\n  pa { domains = ["sa.test"]; }\n'
+                        '  pb { domains = ["sb.test"]; }\n}\n')
+        r = st.sluicectl(d.ctl_socket, "suspend", "--provider", "pa")
+        self.assertEqual(r.rc, 0, r.err)
+        self.assertIn("provider pa suspended", r.out)
+        inject(d, 5, "sa.test", local="a")
+        inject(d, 5, "sb.test", local="b")
+        sink.wait_messages(5, timeout=30)
+        time.sleep(1.5)
+        rcpts = [m[0]["rcpts"][0] for m in sink.messages()]
+        self.assertEqual(sorted(rcpts), ["b%d@sb.test" % i for i in range(5)])
+        prov = st.sluicectl(d.ctl_socket, "providers", json=True)
+        pa = [p for p in prov.data["providers"] if p["provider"] == "pa"]
+        self.assertEqual(pa[0]["suspended_by"], "operator", prov.data)
+        self.assertEqual(pa[0]["suspended_for"], -1)
+        human = st.sluicectl(d.ctl_socket, "providers")
+        self.assertRegex(human.out, r"(?m)^pa\s+\S+\s+\S+\s+SUSPENDED\s")
+        r = st.sluicectl(d.ctl_socket, "resume", "--provider", "pa")
+        self.assertEqual(r.rc, 0, r.err)
+        sink.wait_messages(10, timeout=30)
+        rcpts = sorted(m[0]["rcpts"][0] for m in sink.messages())
+        self.assertEqual(rcpts, sorted(["a%d@sa.test" % i for i in range(5)] +
+                                       ["b%d@sb.test" % i for i in range(5)]))
+        prov = st.sluicectl(d.ctl_socket, "providers", json=True)
+        pa = [p for p in prov.data["providers"] if p["provider"] == "pa"]
+        self.assertIsNone(pa[0]["suspended_by"])
+        # unknown names are refused
+        r = st.sluicectl(d.ctl_socket, "suspend", "--provider", "nosuch")
+        self.assertNotEqual(r.rc, 0)
+        self.assertIn("nosuch", r.err)
+        r = st.sluicectl(d.ctl_socket, "suspend", "--vmta", "nosuch")
+        self.assertNotEqual(r.rc, 0)
+
+    def test_suspend_vmta(self):
+        """suspend --vmta a: the pool sends from b only; resume: a again."""
+        sink = self.sink()
+        d = self.daemon(
+            {"v.test": "127.0.0.1:%d" % sink.port},
+            'virtual_mtas {\n'
+            '  a { source = "127.0.0.2"; }\n'
+            '  b { source = "127.0.0.3"; }\n'
+            '}\n'
+            'pools { main { members = [a, b]; } }\n'
+            'default_pool = main;\n'
+            'providers { v { domains = ["v.test"]; } }\n')
+        r = st.sluicectl(d.ctl_socket, "suspend", "--vmta", "a", "--for", "10m")
+        self.assertEqual(r.rc, 0, r.err)
+        inject(d, 8, "v.test")
+        msgs = sink.wait_messages(8, timeout=30)
+        self.assertEqual({m[0]["client_ip"] for m in msgs}, {"127.0.0.3"})
+        prov = st.sluicectl(d.ctl_socket, "providers", json=True)
+        vm = {v["name"]: v for v in prov.data["virtual_mtas"]}
+        self.assertGreater(vm["a"]["suspended_for"], 500)
+        self.assertEqual(vm["b"]["suspended_for"], 0)
+        # every source of the pool suspended: the mail waits, then goes
+        r = st.sluicectl(d.ctl_socket, "suspend", "--vmta", "b")
+        self.assertEqual(r.rc, 0, r.err)
+        st.sluicectl(d.ctl_socket, "resume", "--vmta", "a")
+        inject(d, 4, "v.test", local="late")
+        msgs = sink.wait_messages(12, timeout=30)
+        late = [m[0]["client_ip"] for m in msgs if m[0]["rcpts"][0].startswith("late")]
+        self.assertEqual(set(late), {"127.0.0.2"})
+
+
 if __name__ == "__main__":
     unittest.main()

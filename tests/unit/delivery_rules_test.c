@@ -416,12 +416,72 @@ static void test_threads(void **state)
     dlv_rules_shutdown();
 }
 
+/* A rule's provider from the traffic shaping definitions: the shipped
+ * providers.conf (google, by domain and by MX) and an operator's
+ * delivery.shaping file (its own provider, and its google replacing the
+ * shipped one); a broken shaping file fails with its file:line. */
+static void test_shaping_providers(void **state)
+{
+    (void)state;
+    char err[512] = "";
+    static const char rules[] =
+        "rule { provider = google; text = 'shared def'; "
+        "category = spam-related; }\n"
+        "rule { provider = acme; text = 'acme words'; category = other; }\n";
+    dlv_rules_t *r = NULL;
+    /* shipped only: acme is unknown */
+    assert_int_not_equal(
+        dlv_rules_parse_with("r.conf", rules, strlen(rules), NULL, &r, err, sizeof(err)), 0);
+    assert_non_null(strstr(err, "r.conf:2: rule: provider \"acme\" is not defined"));
+    char path[] = "/tmp/rules-shaping-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    static const char shp[] = "providers {\n"
+                              "  acme { domains = [\"acme.example\"]; mx = [\"*.acmemx.net\"]; }\n"
+                              "  google { domains = [\"gmail.com\"]; }\n"
+                              "}\n";
+    assert_int_equal(write(fd, shp, strlen(shp)), (ssize_t)strlen(shp));
+    close(fd);
+    assert_int_equal(
+        dlv_rules_parse_with("r.conf", rules, strlen(rules), path, &r, err, sizeof(err)), 0);
+    assert_int_equal(dlv_rules_nproviders(r), 2);
+    dlv_verdict_t v;
+    assert_true(dlv_rules_match(r, 550, "5.7.1", "acme words", NULL, "mx2.acmemx.net.", &v));
+    assert_string_equal(v.v_provider, "acme");
+    assert_true(dlv_rules_match(r, 550, "5.7.1", "shared def", "gmail.com", NULL, &v));
+    assert_string_equal(v.v_provider, "google");
+    /* the operator's google has no mx patterns: the shipped ones are gone */
+    assert_false(dlv_rules_match(r, 550, "5.7.1", "shared def", "x.example", "a.l.google.com", &v));
+    dlv_rules_free(r);
+    /* shipped google: by MX too */
+    assert_int_equal(dlv_rules_parse_with("r.conf", rules,
+                                          strstr(rules, "rule { provider = acme") - rules, NULL, &r,
+                                          err, sizeof(err)),
+                     0);
+    assert_true(dlv_rules_match(r, 550, "5.7.1", "shared def", "x.example", "a.l.google.com", &v));
+    dlv_rules_free(r);
+    /* a broken shaping file */
+    FILE *f = fopen(path, "w");
+    fputs("providers {\n  acme { message_rate = \"x\"; }\n}\n", f);
+    fclose(f);
+    assert_int_not_equal(
+        dlv_rules_parse_with("r.conf", rules, strlen(rules), path, &r, err, sizeof(err)), 0);
+    char want[64];
+    snprintf(want, sizeof(want), "%s:2", path);
+    assert_non_null(strstr(err, want));
+    unlink(path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_golden),      cmocka_unit_test(test_default_is_shipped_file),
-        cmocka_unit_test(test_malformed),   cmocka_unit_test(test_provider_and_bounce),
-        cmocka_unit_test(test_match_limit), cmocka_unit_test(test_install),
+        cmocka_unit_test(test_golden),
+        cmocka_unit_test(test_default_is_shipped_file),
+        cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_provider_and_bounce),
+        cmocka_unit_test(test_shaping_providers),
+        cmocka_unit_test(test_match_limit),
+        cmocka_unit_test(test_install),
         cmocka_unit_test(test_threads),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);

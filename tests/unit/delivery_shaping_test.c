@@ -521,6 +521,93 @@ static void test_config_errors(void **state)
     load_fails("colour = red;", "unknown key");
 }
 
+/* reload: new limits and rules in place, the providers' state kept; a
+ * broken text is refused with file:line and changes nothing. */
+static void test_reload(void **state)
+{
+    (void)state;
+    char err[512] = "";
+    bool vm = true;
+    dlv_shaping_t *sh = load("providers { r { domains = [\"r.example\"]; message_rate = \"5/s\";\n"
+                             "  max_connections = 2; } }\n");
+    const shp_prule_t *rule = shp_match_domain(sh, "r.example");
+    shp_provider_t *pv = shp_provider_get(sh, rule, "r.example");
+    assert_float_equal(shp_queue_rate(&pv->pv_q[0]), 5.0, 0.01);
+    atomic_store(&pv->pv_q[0].q_delivered, 42);
+    uint32_t gen = atomic_load(&sh->sh_gen);
+    assert_int_equal(dlv_shaping_reload_text(sh, NULL, "new.conf",
+                                             "providers { r { domains = [\"r.example\", "
+                                             "\"r2.example\"]; message_rate = \"20/s\"; } }\n",
+                                             &vm, err, sizeof(err)),
+                     0);
+    assert_false(vm);
+    assert_int_equal(atomic_load(&sh->sh_gen), gen + 1);
+    /* the same provider object, its counters kept, its limits new */
+    assert_ptr_equal(pv->pv_rule, shp_match_domain(sh, "r2.example"));
+    assert_float_equal(shp_queue_rate(&pv->pv_q[0]), 20.0, 0.01);
+    assert_int_equal(atomic_load(&pv->pv_q[0].q_max_conn), pv->pv_lim.l_max_conn);
+    assert_int_equal(atomic_load(&pv->pv_q[0].q_delivered), 42);
+    assert_ptr_equal(shp_provider_get(sh, shp_match_domain(sh, "r.example"), "r.example"), pv);
+    shp_provider_put(pv);
+    /* a queue in backoff stays in backoff, at the new backoff rate */
+    shp_queue_backoff(&pv->pv_q[0], "test", 1000);
+    assert_int_equal(dlv_shaping_reload_text(
+                         sh, NULL, "new.conf",
+                         "providers { r { domains = [\"r.example\"]; message_rate = \"20/s\";\n"
+                         "  backoff { message_rate = \"2/s\"; } } }\n",
+                         &vm, err, sizeof(err)),
+                     0);
+    assert_int_equal(atomic_load(&pv->pv_q[0].q_mode), SHP_BACKOFF);
+    assert_float_equal(shp_queue_rate(&pv->pv_q[0]), 2.0, 0.01);
+    /* broken: refused with file:line, nothing changes */
+    gen = atomic_load(&sh->sh_gen);
+    assert_int_not_equal(dlv_shaping_reload_text(sh, NULL, "bad.conf",
+                                                 "providers { r {\n  message_rate = \"x\"; } }\n",
+                                                 &vm, err, sizeof(err)),
+                         0);
+    assert_non_null(strstr(err, "bad.conf:2"));
+    assert_int_equal(atomic_load(&sh->sh_gen), gen);
+    assert_float_equal(shp_queue_rate(&pv->pv_q[0]), 2.0, 0.01);
+    /* virtual MTAs: reported, not changed */
+    assert_int_equal(dlv_shaping_reload_text(sh, NULL, "vm.conf",
+                                             "virtual_mtas { x { source = \"127.0.0.2\"; } }\n",
+                                             &vm, err, sizeof(err)),
+                     0);
+    assert_true(vm);
+    assert_string_equal(sh->sh_vmtas[0].vm_name, "default");
+    shp_provider_put(pv);
+    dlv_shaping_free(sh);
+}
+
+/* operator suspend / resume of a provider and of a virtual MTA */
+static void test_operator_suspend(void **state)
+{
+    (void)state;
+    char err[512] = "";
+    dlv_shaping_t *sh = load("virtual_mtas { a { } b { } }\n"
+                             "providers { p { domains = [\"p.example\"]; } }\n");
+    assert_int_equal(dlv_shaping_suspend_sh(sh, "p", NULL, UINT64_MAX, err, sizeof(err)), 0);
+    shp_provider_t *pv = shp_provider_get(sh, shp_match_domain(sh, "p.example"), "p.example");
+    assert_int_equal(atomic_load(&pv->pv_op_until), UINT64_MAX); /* created suspended */
+    assert_int_equal(dlv_shaping_suspend_sh(sh, "P", NULL, 0, err, sizeof(err)), 0);
+    assert_int_equal(atomic_load(&pv->pv_op_until), 0);
+    /* a domain of its own stays in the registry while suspended */
+    assert_int_equal(dlv_shaping_suspend_sh(sh, "own.example", NULL, UINT64_MAX, err, sizeof(err)),
+                     0);
+    shp_provider_t *own = shp_provider_get(sh, NULL, "own.example");
+    shp_provider_put(own);
+    assert_ptr_equal(shp_provider_get(sh, NULL, "own.example"), own);
+    shp_provider_put(own);
+    assert_int_equal(dlv_shaping_suspend_sh(sh, "nosuch", NULL, UINT64_MAX, err, sizeof(err)),
+                     SL_ENOTFOUND);
+    assert_int_equal(dlv_shaping_suspend_sh(sh, NULL, "b", 123, err, sizeof(err)), 0);
+    assert_int_equal(atomic_load(&sh->sh_vmta_suspend[1]), 123);
+    assert_int_equal(atomic_load(&sh->sh_vmta_suspend[0]), 0);
+    assert_int_equal(dlv_shaping_suspend_sh(sh, NULL, "zz", 123, err, sizeof(err)), SL_ENOTFOUND);
+    shp_provider_put(pv);
+    dlv_shaping_free(sh);
+}
+
 int main(void)
 {
     log_init(LOG_WARN, NULL);
@@ -530,7 +617,8 @@ int main(void)
         cmocka_unit_test(test_hierarchy),           cmocka_unit_test(test_mx_matching),
         cmocka_unit_test(test_rule_matching),       cmocka_unit_test(test_triggers_and_actions),
         cmocka_unit_test(test_recovery_steps),      cmocka_unit_test(test_pools),
-        cmocka_unit_test(test_config_errors),
+        cmocka_unit_test(test_config_errors),       cmocka_unit_test(test_reload),
+        cmocka_unit_test(test_operator_suspend),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
