@@ -12,9 +12,12 @@ text = open(os.path.join(src, "config", "providers.conf"), encoding="utf-8").rea
 out = ["/* generated from config/providers.conf by delivery/gen_providers_builtin.py:",
        " * do not edit (tests/unit/delivery_shaping_test.c checks they are equal) */",
        '#include "delivery/shaping_int.h"', "",
+       "/* one C string line per line of the file */",
+       "/* clang-format off */",
        "const char shp_builtin_text[] ="]
 for line in text.splitlines(keepends=True):
     esc = line.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     out.append('    "%s"' % esc)
 out[-1] += ";"
+out.append("/* clang-format on */")
 open(os.path.join(src, "delivery", "providers_builtin.c"), "w").write("\n".join(out) + "\n")

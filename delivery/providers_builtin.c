@@ -2,6 +2,8 @@
  * do not edit (tests/unit/delivery_shaping_test.c checks they are equal) */
 #include "delivery/shaping_int.h"
 
+/* one C string line per line of the file */
+/* clang-format off */
 const char shp_builtin_text[] =
     "# providers.conf - sluice's shipped traffic-shaping rules (docs/shaping.md).\n"
     "#\n"
@@ -171,3 +173,4 @@ const char shp_builtin_text[] =
     "        rule { match = '^421 .*(OFR00\\d|trop de connexions|too many)'; action = backoff; }\n"
     "    }\n"
     "}\n";
+/* clang-format on */

@@ -136,9 +136,9 @@ struct queue {
     pthread_t q_tid; /* the queue thread, for Q_ASSERT_QUEUE_THREAD */
     bool q_started;
     uv_loop_t q_loop;
-    chan_t *q_ch_sub; /* queue_msg_in_t */
-    chan_t *q_ch_req; /* queue_req_t */
-    chan_t *q_ch_out; /* queue_outcome_t */
+    chan_t *q_ch_sub;  /* queue_msg_in_t */
+    chan_t *q_ch_req;  /* queue_req_t */
+    chan_t *q_ch_out;  /* queue_outcome_t */
     chan_t *q_ch_acct; /* queue_acct_event records */
     uv_async_t q_wake;
     uv_timer_t q_timer; /* periodic scan */
