@@ -25,6 +25,7 @@ Nothing here leaves a process behind: every Daemon still running when the
 interpreter exits is killed (atexit).
 """
 import atexit
+import glob
 import json as jsonlib
 import os
 import re
@@ -469,3 +470,76 @@ class Daemon:
                     if line:
                         recs.append(jsonlib.loads(line))
         return recs
+
+
+# ------------------------------------------------------------------ the sink
+
+class Sink:
+    """One sluice-sink storing every message (--store) on 127.0.0.1.
+
+    args: extra sink arguments (e.g. "--no-starttls", "--tls-generate", DIR).
+    port: 0 = any free port (read back from --port-file). Attributes: dir,
+    store, port, proc. stop() ends it and removes dir (unless
+    SLUICE_KEEP_TMP=1)."""
+
+    def __init__(self, *args, port=0, prefix="sink-"):
+        self.dir = make_tmpdir(prefix)
+        self.store = os.path.join(self.dir, "store")
+        port_file = os.path.join(self.dir, "port")
+        self.errf = open(os.path.join(self.dir, "stderr"), "w+")
+        cmd = [SINK, "-l", "127.0.0.1:%d" % port, "--port-file", port_file, "--store",
+               self.store, "--hostname", "sink.test"] + list(args)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.errf)
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise RuntimeError("sink exited: %s" % self.proc.returncode)
+            if not os.path.exists(port_file):
+                return False
+            with open(port_file) as f:
+                return f.read().strip()
+        wait_for(ready, 10, what="sink port file")
+        with open(port_file) as f:
+            self.port = int(f.readline())
+
+    def messages(self):
+        """[(envelope dict, raw bytes)] of every stored message, by seq."""
+        out = []
+        for j in glob.glob(os.path.join(self.store, "*.json")):
+            eml = j[:-5] + ".eml"
+            if not os.path.exists(eml):
+                continue
+            try:
+                with open(j) as f:
+                    env = jsonlib.load(f)
+            except ValueError:
+                continue  # being written
+            with open(eml, "rb") as f:
+                out.append((env, f.read()))
+        out.sort(key=lambda m: m[0]["seq"])
+        return out
+
+    def rcpts(self):
+        """Every envelope recipient of the stored messages."""
+        out = []
+        for env, _ in self.messages():
+            rc = env.get("rcpts") or env.get("rcpt") or []
+            out.extend(rc if isinstance(rc, list) else [rc])
+        return out
+
+    def wait_messages(self, n, timeout=30):
+        """Wait until at least n messages are stored; returns messages()."""
+        return wait_for(lambda: len(self.messages()) >= n and self.messages(), timeout,
+                        what="%d messages at the sink" % n)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.errf.close()
+        if not keep_tmp():
+            shutil.rmtree(self.dir, ignore_errors=True)

@@ -33,64 +33,6 @@ import sluicetest as st  # noqa: E402
 FAST_QUEUE = 'queue {\n    retry = "1s,1s,2s";\n    retry_jitter = 0;\n    scan_interval = 100ms;\n}\n'
 
 
-class Sink:
-    """One sluice-sink --store on 127.0.0.1:0 (no STARTTLS: quicker)."""
-
-    def __init__(self):
-        self.dir = st.make_tmpdir("dkim-sink-")
-        self.store = os.path.join(self.dir, "store")
-        port_file = os.path.join(self.dir, "port")
-        self.errf = open(os.path.join(self.dir, "stderr"), "w+")
-        self.proc = subprocess.Popen(
-            [st.SINK, "-l", "127.0.0.1:0", "--port-file", port_file, "--store", self.store,
-             "--hostname", "sink.test", "--no-starttls"],
-            stdout=subprocess.DEVNULL, stderr=self.errf)
-
-        def ready():
-            if self.proc.poll() is not None:
-                raise RuntimeError("sink exited: %s" % self.proc.returncode)
-            if not os.path.exists(port_file):
-                return False
-            with open(port_file) as f:
-                return f.read().strip()
-        st.wait_for(ready, 10, what="sink port file")
-        with open(port_file) as f:
-            self.port = int(f.readline())
-
-    def messages(self):
-        """[(envelope dict, raw bytes)] of every stored message, by seq."""
-        out = []
-        for j in glob.glob(os.path.join(self.store, "*.json")):
-            eml = j[:-5] + ".eml"
-            if not os.path.exists(eml):
-                continue
-            try:
-                with open(j) as f:
-                    env = json.load(f)
-            except ValueError:
-                continue  # being written
-            with open(eml, "rb") as f:
-                out.append((env, f.read()))
-        out.sort(key=lambda m: m[0]["seq"])
-        return out
-
-    def wait_messages(self, n, timeout=30):
-        return st.wait_for(lambda: len(self.messages()) >= n and self.messages(), timeout,
-                           what="%d messages at the sink" % n)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.errf.close()
-        if not st.keep_tmp():
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-
 def split_signatures(raw):
     """(list of DKIM-Signature fields at the top, the rest)."""
     sigs, rest = [], raw
@@ -186,7 +128,7 @@ class DkimDelivery(unittest.TestCase):
                    rsa or self.keys["rsa"], self.keys["ed"], self.keys["esp"]))
 
     def sink(self):
-        s = Sink()
+        s = st.Sink("--no-starttls", prefix="dkim-sink-")
         self.cleanups.append(s.stop)
         return s
 

@@ -57,52 +57,6 @@ def parse_prom(text):
     return out
 
 
-class Sink:
-    """sluice-sink --store on 127.0.0.1 (port 0 or a given one)."""
-
-    def __init__(self, port=0):
-        self.dir = st.make_tmpdir("ops-sink-")
-        self.store = os.path.join(self.dir, "store")
-        port_file = os.path.join(self.dir, "port")
-        self.errf = open(os.path.join(self.dir, "stderr"), "w+")
-        self.proc = subprocess.Popen(
-            [st.SINK, "-l", "127.0.0.1:%d" % port, "--port-file", port_file, "--store",
-             self.store, "--hostname", "sink.test", "--no-starttls"],
-            stdout=subprocess.DEVNULL, stderr=self.errf)
-
-        def ready():
-            if self.proc.poll() is not None:
-                raise RuntimeError("sink exited: %s" % self.proc.returncode)
-            return os.path.exists(port_file) and read(port_file).strip()
-        st.wait_for(ready, 10, what="sink port file")
-        self.port = int(read(port_file).split()[0])
-
-    def rcpts(self):
-        """Every envelope recipient the sink stored."""
-        out = []
-        for j in glob.glob(os.path.join(self.store, "*.json")):
-            try:
-                with open(j) as f:
-                    env = json.load(f)
-            except ValueError:
-                continue
-            rc = env.get("rcpt") or env.get("rcpts") or env.get("to") or []
-            out.extend(rc if isinstance(rc, list) else [rc])
-        return out
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.errf.close()
-        if not st.keep_tmp():
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-
 def read(path):
     with open(path, errors="replace") as f:
         return f.read()
@@ -145,7 +99,7 @@ class OpsTest(unittest.TestCase):
         return d
 
     def sink(self, port=0):
-        s = Sink(port)
+        s = st.Sink("--no-starttls", port=port, prefix="ops-sink-")
         self.cleanups.append(s.stop)
         return s
 

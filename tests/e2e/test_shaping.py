@@ -138,7 +138,7 @@ class ShapingTest(unittest.TestCase):
             fn()
 
     def sink(self, *args):
-        s = td.Sink(*args)
+        s = st.Sink(*args, prefix="shp-sink-")
         self.cleanup.append(s.stop)
         return s
 
