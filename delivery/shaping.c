@@ -116,6 +116,7 @@ static int shp_limits_parse(const cfg_node_t *sec, const char *name, shp_limits_
                             bool allow_backoff, char *err, size_t errlen);
 static int shp_rule_parse(const cfg_node_t *sec, const char *name, shp_rule_t *r, char *err,
                           size_t errlen);
+static int shp_read_file(const char *path, char **text, char *err, size_t errlen);
 static void shp_rule_free(shp_rule_t *r);
 static void shp_prule_free(shp_prule_t *p);
 static void shp_queue_apply(shp_queue_t *q, double rate, int conns);
@@ -810,26 +811,38 @@ int dlv_shaping_new_text(const char *builtin, const char *name, const char *text
     return 0;
 }
 
+/* The operator's shaping file as a NUL-terminated string (*text = NULL
+ * when path is NULL or "": the shipped providers only). 0, or SL_ECONFIG
+ * with err set. */
+static int shp_read_file(const char *path, char **text, char *err, size_t errlen)
+{
+    *text = NULL;
+    if (path == NULL || path[0] == '\0')
+        return 0;
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return SL_ECONFIG;
+    }
+    char *t = xmalloc(SHP_MAX_FILE + 1);
+    size_t n = fread(t, 1, SHP_MAX_FILE + 1, f);
+    fclose(f);
+    if (n > SHP_MAX_FILE) {
+        free(t);
+        snprintf(err, errlen, "%s: bigger than %d bytes", path, SHP_MAX_FILE);
+        return SL_ECONFIG;
+    }
+    t[n] = '\0';
+    *text = t;
+    return 0;
+}
+
 int dlv_shaping_new(const char *path, const char *helo, queue_t *q, dlv_shaping_t **out, char *err,
                     size_t errlen)
 {
     char *text = NULL;
-    if (path != NULL && path[0] != '\0') {
-        FILE *f = fopen(path, "r");
-        if (f == NULL) {
-            snprintf(err, errlen, "%s: %s", path, strerror(errno));
-            return SL_ECONFIG;
-        }
-        text = xmalloc(SHP_MAX_FILE + 1);
-        size_t n = fread(text, 1, SHP_MAX_FILE + 1, f);
-        fclose(f);
-        if (n > SHP_MAX_FILE) {
-            free(text);
-            snprintf(err, errlen, "%s: bigger than %d bytes", path, SHP_MAX_FILE);
-            return SL_ECONFIG;
-        }
-        text[n] = '\0';
-    }
+    if (shp_read_file(path, &text, err, errlen) != 0)
+        return SL_ECONFIG;
     int rc = dlv_shaping_new_text(NULL, path, text, q, out, err, errlen);
     free(text);
     if (rc == 0) {
@@ -1510,22 +1523,8 @@ int dlv_shaping_reload_sh(dlv_shaping_t *sh, const char *path, bool *vmtas_chang
                           size_t errlen)
 {
     char *text = NULL;
-    if (path != NULL && path[0] != '\0') {
-        FILE *f = fopen(path, "r");
-        if (f == NULL) {
-            snprintf(err, errlen, "%s: %s", path, strerror(errno));
-            return SL_ECONFIG;
-        }
-        text = xmalloc(SHP_MAX_FILE + 1);
-        size_t n = fread(text, 1, SHP_MAX_FILE + 1, f);
-        fclose(f);
-        if (n > SHP_MAX_FILE) {
-            free(text);
-            snprintf(err, errlen, "%s: bigger than %d bytes", path, SHP_MAX_FILE);
-            return SL_ECONFIG;
-        }
-        text[n] = '\0';
-    }
+    if (shp_read_file(path, &text, err, errlen) != 0)
+        return SL_ECONFIG;
     int rc = dlv_shaping_reload_text(sh, NULL, path, text, vmtas_changed, err, errlen);
     free(text);
     return rc;

@@ -92,6 +92,7 @@ typedef int (*ctl_handler_fn)(ctl_conn_t *c, json_object *req, json_object *resp
                               size_t errlen);
 
 static int cmd_status(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen);
+static int req_limit(json_object *req, size_t *limit, char *err, size_t errlen);
 static int cmd_list(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen);
 static int cmd_inspect(ctl_conn_t *c, json_object *req, json_object *resp, char *err,
                        size_t errlen);
@@ -798,18 +799,28 @@ static int cmd_status(ctl_conn_t *c, json_object *req, json_object *resp, char *
     return CTL_REPLY;
 }
 
-static int cmd_list(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen)
+/* The optional "limit" member of a request: 0 (and *limit, 0 when absent)
+ * or SL_EPARSE with err set. */
+static int req_limit(json_object *req, size_t *limit, char *err, size_t errlen)
 {
     json_object *lim;
-    size_t limit = 0;
-    if (json_object_object_get_ex(req, "limit", &lim)) {
-        int64_t v = json_object_get_int64(lim);
-        if (!json_object_is_type(lim, json_type_int) || v < 0) {
-            snprintf(err, errlen, "\"limit\" must be a non-negative integer");
-            return SL_EPARSE;
-        }
-        limit = (size_t)v;
+    *limit = 0;
+    if (!json_object_object_get_ex(req, "limit", &lim))
+        return 0;
+    int64_t v = json_object_get_int64(lim);
+    if (!json_object_is_type(lim, json_type_int) || v < 0) {
+        snprintf(err, errlen, "\"limit\" must be a non-negative integer");
+        return SL_EPARSE;
     }
+    *limit = (size_t)v;
+    return 0;
+}
+
+static int cmd_list(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen)
+{
+    size_t limit = 0;
+    if (req_limit(req, &limit, err, errlen) != 0)
+        return SL_EPARSE;
     return queue_req_start(c, QREQ_LIST, 0, limit, err, errlen);
 }
 
@@ -986,16 +997,9 @@ static int admin_target(queue_req_t *r, json_object *req, bool allow_job, const 
 
 static int cmd_queues(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen)
 {
-    json_object *lim;
     size_t limit = 0;
-    if (json_object_object_get_ex(req, "limit", &lim)) {
-        int64_t v = json_object_get_int64(lim);
-        if (!json_object_is_type(lim, json_type_int) || v < 0) {
-            snprintf(err, errlen, "\"limit\" must be a non-negative integer");
-            return SL_EPARSE;
-        }
-        limit = (size_t)v;
-    }
+    if (req_limit(req, &limit, err, errlen) != 0)
+        return SL_EPARSE;
     queue_req_t *r = admin_req_new(c, QREQ_QUEUES, err, errlen);
     if (r == NULL)
         return SL_EBUSY;
