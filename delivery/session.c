@@ -137,6 +137,7 @@ static void session_send_body(dlv_session_t *s);
 static void session_process_input(dlv_session_t *s);
 static void session_on_reply(dlv_session_t *s);
 static void session_conn_error(dlv_session_t *s, int code, const char *status, const char *text);
+static void session_reply_conn_error(dlv_session_t *s, int code, const char *phase, bool quit);
 static void session_lost(dlv_session_t *s, const char *text);
 static void session_close(dlv_session_t *s);
 static void session_quit(dlv_session_t *s);
@@ -614,6 +615,21 @@ static void session_process_input(dlv_session_t *s)
 /* ------------------------------------------------------------ failures */
 
 /* Before the session was ready: this address failed; try the next one. */
+/* A refusal before any transaction (greeting, EHLO, HELO): the reply,
+ * with where it came from, becomes the session's connection error (after a
+ * QUIT when quit is set). */
+static void session_reply_conn_error(dlv_session_t *s, int code, const char *phase, bool quit)
+{
+    char text[1024];
+    snprintf(text, sizeof(text), "%s[%s]:%d %s: %d %.400s", S_HOST(s), s->s_mx_ip, s->s_port, phase,
+             code, s->s_text);
+    char st[16];
+    dlv_status_for_reply(code, s->s_reply.sr_status, st);
+    if (quit)
+        session_send(s, "QUIT\r\n", 6);
+    session_conn_error(s, code, st, text);
+}
+
 static void session_conn_error(dlv_session_t *s, int code, const char *status, const char *text)
 {
     dlv_dest_t *de = s->s_dest;
@@ -815,13 +831,7 @@ static void session_on_reply(dlv_session_t *s)
         if (code / 100 == 2) {
             session_send_ehlo(s, false);
         } else {
-            char text[1024];
-            snprintf(text, sizeof(text), "%s[%s]:%d greeting: %d %.400s", S_HOST(s), s->s_mx_ip,
-                     s->s_port, code, s->s_text);
-            char st[16];
-            dlv_status_for_reply(code, s->s_reply.sr_status, st);
-            session_send(s, "QUIT\r\n", 6);
-            session_conn_error(s, code, st, text);
+            session_reply_conn_error(s, code, "greeting", true);
         }
         return;
     case S_EHLO:
@@ -831,12 +841,7 @@ static void session_on_reply(dlv_session_t *s)
         } else if (code / 100 == 5 && !s->s_tls_done) {
             session_send_ehlo(s, true);
         } else {
-            char text[1024];
-            snprintf(text, sizeof(text), "%s[%s]:%d EHLO: %d %.400s", S_HOST(s), s->s_mx_ip,
-                     s->s_port, code, s->s_text);
-            char st[16];
-            dlv_status_for_reply(code, s->s_reply.sr_status, st);
-            session_conn_error(s, code, st, text);
+            session_reply_conn_error(s, code, "EHLO", false);
         }
         return;
     case S_HELO:
@@ -845,12 +850,7 @@ static void session_on_reply(dlv_session_t *s)
             s->x_starttls = s->x_pipelining = s->x_8bitmime = s->x_smtputf8 = s->x_dsn = false;
             session_after_ehlo(s);
         } else {
-            char text[1024];
-            snprintf(text, sizeof(text), "%s[%s]:%d HELO: %d %.400s", S_HOST(s), s->s_mx_ip,
-                     s->s_port, code, s->s_text);
-            char st[16];
-            dlv_status_for_reply(code, s->s_reply.sr_status, st);
-            session_conn_error(s, code, st, text);
+            session_reply_conn_error(s, code, "HELO", false);
         }
         return;
     case S_STARTTLS:
