@@ -5,7 +5,7 @@ BUILD  ?= build
 SAN    ?= build-san
 CONF   ?=
 
-.PHONY: all deps build build-san run test format format-check bench bench-smoke bench-accept \
+.PHONY: all deps build build-san build-daemon run test format format-check bench bench-smoke bench-accept \
 	fuzz soak clean
 
 all: build
@@ -26,8 +26,15 @@ build-san: deps
 run: build
 	./$(BUILD)/core/server/sluiced $(if $(CONF),-c $(CONF))
 
-test: build-san format-check
-	@cd $(SAN) && ctest --output-on-failure -j 2 --timeout 300
+# The memory-limit tests (tests/e2e/test_resources.py) run the release
+# build's sluiced under ulimit -v, which ASan cannot run under.
+test: build-san build-daemon format-check
+	@cd $(SAN) && SLUICE_RELEASE_BUILD=$(abspath $(BUILD)) ctest --output-on-failure -j 2 --timeout 300
+
+# Just the release sluiced (what `make test` needs of the release build).
+build-daemon: deps
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS) --target sluiced
 
 format:
 	@git ls-files '*.c' '*.h' | xargs clang-format -i

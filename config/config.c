@@ -122,6 +122,7 @@ static const key_def_t keys[] = {
     KEYR("smtp.idle_timeout", K_DUR, c_smtp_idle_timeout, 1, DAY, "5m"),
     KEYR("smtp.data_timeout", K_DUR, c_smtp_data_timeout, 1, DAY, "10m"),
     KEYR("smtp.max_pending", K_INT, c_smtp_max_pending, 1, 10000000, "5000"),
+    KEYR("smtp.max_memory", K_SIZE, c_smtp_max_memory, MB, TB, "512M"),
     KEY("smtp.relay_networks", K_CIDRS, c_smtp_relay, "127.0.0.0/8, ::1/128"),
 
     KEY("smtp.tls.cert", K_PATH, c_tls_cert, "./var/tls/cert.pem"),
@@ -143,6 +144,7 @@ static const key_def_t keys[] = {
     KEY("queue.dsn", K_BOOL, c_dsn, "true"),
     KEYR("queue.active_window", K_INT, c_active_window, 1, 10000000, "2000"),
     KEYR("queue.active_total", K_INT, c_active_total, 1, 100000000, "100000"),
+    KEYR("queue.active_size", K_SIZE, c_active_size, MB, TB, "256M"),
     KEYR("queue.scan_interval", K_DUR_MS, c_scan_interval_ms, 10, HOUR * 1000, "1s"),
 
     KEYR("delivery.threads", K_INT, c_dlv_threads, 0, 256, "0"),

@@ -84,6 +84,9 @@ typedef struct cfg {
     uint64_t c_smtp_data_timeout;        /* data_timeout = 10m (seconds) */
     int c_smtp_max_pending;              /* max_pending = 5000: queued inserts not yet
                                             committed; above it new MAIL gets 421 4.3.2 */
+    uint64_t c_smtp_max_memory;          /* max_memory = 512M: message bytes all sessions hold
+                                            in memory together (DATA until the commit);
+                                            above it 452 4.3.1 */
     int c_smtp_nrelay;
     net_cidr_t c_smtp_relay[CFG_MAX_NETS]; /* relay_networks = ["127.0.0.0/8", "::1/128"] */
 
@@ -112,6 +115,8 @@ typedef struct cfg {
     bool c_dsn;                  /* dsn = true: RFC 3464 bounces to the envelope sender */
     int c_active_window;         /* active_window = 2000: recipients in flight per destination */
     int c_active_total;          /* active_total = 100000: recipients in flight in all */
+    uint64_t c_active_size;      /* active_size = 256M: message bytes handed to delivery
+                                    threads at once (one message always goes) */
     uint64_t c_scan_interval_ms; /* scan_interval = 1s (ms stored): due-index scan period */
 
     /* delivery { } */

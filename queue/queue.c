@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -265,6 +266,12 @@ int queue_start(queue_t *q)
     uv_idle_init(&q->q_loop, &q->q_commit_idle);
     q->q_commit_idle.data = q;
     atomic_store(&q->q_stopping, 0);
+    q->q_as_cap = mem_budget_cap(q->q_cfg->c_active_size, 0);
+    q->q_as_when = clock_mono_us();
+    if (q->q_as_cap < q->q_cfg->c_active_size)
+        log_warn("queue: address space limit (ulimit -v): queue.active_size capped at %llu MB",
+                 (unsigned long long)(q->q_as_cap >> 20));
+    atomic_store(&q->q_stats.qs_active_limit, q->q_as_cap);
     rc = pthread_create(&q->q_thread, NULL, queue_thread_main, q);
     if (rc != 0)
         return -rc;
@@ -473,11 +480,26 @@ int q_map_grow(queue_t *q)
     if (q->q_map_size >= max)
         return SL_EFULL;
     uint64_t want = MIN(q->q_map_size * 2, max);
+    /* LMDB unmaps the old map before it maps the new one, and a failed
+     * mmap (ulimit -v) leaves the environment with no map at all. Make
+     * sure the address space is there first (with the old map still in
+     * place, so this asks for more than the growth needs); without it the
+     * spool stays its size and reception answers 452 4.3.1. */
+    void *probe = mmap(NULL, want, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (probe == MAP_FAILED) {
+        log_error("spool %s: cannot grow map to %llu MB: %s", q->q_path,
+                  (unsigned long long)(want >> 20), strerror(errno));
+        return SL_EFULL;
+    }
+    munmap(probe, want);
     int rc = mdb_env_set_mapsize(q->q_env, want);
     if (rc != 0) {
-        log_error("spool %s: grow map to %llu: %s", q->q_path, (unsigned long long)want,
-                  mdb_strerror(rc));
-        return SL_EFULL;
+        /* Another thread took the address space between the probe and
+         * LMDB's mmap: the environment has no map now and cannot be
+         * used. Everything committed is on disk; a restart reopens it. */
+        log_error("spool %s: grow map to %llu: %s; the spool is unusable until a restart",
+                  q->q_path, (unsigned long long)want, mdb_strerror(rc));
+        _exit(70);
     }
     MDB_envinfo info;
     mdb_env_info(q->q_env, &info);
@@ -687,12 +709,13 @@ static int queue_txn(queue_t *q, chan_node_t *subs, size_t ns, chan_node_t *outs
 }
 
 /* A commit error that means "no space": a full map, a full disk or quota,
- * or LMDB's EIO for a short write when the disk fills part-way through a
- * page run (then the file system has next to nothing left). Failure path
- * only: the statvfs costs nothing on the hot path. */
+ * no memory for the transaction's dirty pages (ulimit -v), or LMDB's EIO
+ * for a short write when the disk fills part-way through a page run (then
+ * the file system has next to nothing left). Failure path only: the
+ * statvfs costs nothing on the hot path. */
 static bool q_rc_full(const queue_t *q, int rc)
 {
-    if (rc == MDB_MAP_FULL || rc == ENOSPC || rc == EDQUOT)
+    if (rc == MDB_MAP_FULL || rc == ENOSPC || rc == EDQUOT || rc == ENOMEM)
         return true;
     struct statvfs sv;
     return rc == EIO && statvfs(q->q_path, &sv) == 0 &&
@@ -907,7 +930,6 @@ static json_object *queue_msg_json(queue_t *q, MDB_txn *txn, uint64_t id, const 
         json_object_object_add(o, "auth_user",
                                mr.mr_auth ? json_strn(mr.mr_auth, mr.mr_auth_len) : NULL);
         json_object_object_add(o, "client_ip", json_strn(mr.mr_ip, mr.mr_ip_len));
-        json_object_object_add(o, "pending", json_object_new_int64(mr.mr_pending));
         json_object_object_add(o, "nrcpt", json_object_new_int64(mr.mr_nrcpt));
     }
     json_object *arr = json_object_new_array();
@@ -943,6 +965,9 @@ static json_object *queue_msg_json(queue_t *q, MDB_txn *txn, uint64_t id, const 
         }
         mdb_cursor_close(c);
     }
+    if (detail) /* recipients still in the spool */
+        json_object_object_add(o, "pending",
+                               json_object_new_int64((int64_t)json_object_array_length(arr)));
     json_object_object_add(o, "recipients", arr);
     return o;
 }

@@ -89,16 +89,18 @@ int queue_msgid_parse(const char *s, uint64_t *id);
 /* Counters, updated by the queue thread with relaxed atomics, read by any
  * thread. */
 typedef struct queue_stats {
-    atomic_uint_fast64_t qs_msgs;     /* messages in the spool */
-    atomic_uint_fast64_t qs_rcpts;    /* recipients in the spool */
-    atomic_uint_fast64_t qs_received; /* messages committed since start */
-    atomic_uint_fast64_t qs_commits;  /* write transactions committed */
-    atomic_uint_fast64_t qs_pending;  /* submitted, not yet committed */
-    atomic_uint_fast64_t qs_map_size; /* current LMDB map size, bytes */
-    atomic_uint_fast64_t qs_used;     /* bytes used in the map */
-    atomic_uint_fast64_t qs_max_size; /* spool.max_size */
-    atomic_int qs_fill_pct;           /* used / max_size, percent */
-    atomic_uint_fast64_t qs_errors;   /* failed commits */
+    atomic_uint_fast64_t qs_msgs;         /* messages in the spool */
+    atomic_uint_fast64_t qs_rcpts;        /* recipients in the spool */
+    atomic_uint_fast64_t qs_received;     /* messages committed since start */
+    atomic_uint_fast64_t qs_commits;      /* write transactions committed */
+    atomic_uint_fast64_t qs_pending;      /* submitted, not yet committed */
+    atomic_uint_fast64_t qs_map_size;     /* current LMDB map size, bytes */
+    atomic_uint_fast64_t qs_used;         /* bytes used in the map */
+    atomic_uint_fast64_t qs_max_size;     /* spool.max_size */
+    atomic_int qs_fill_pct;               /* used / max_size, percent */
+    atomic_uint_fast64_t qs_errors;       /* failed commits */
+    atomic_uint_fast64_t qs_active_bytes; /* message bytes handed to delivery (queue.active_size) */
+    atomic_uint_fast64_t qs_active_limit; /* queue.active_size in force (ulimit -v may cap it) */
     /* Outcomes applied (queue/admin.c counts them as they are committed)
      * and the time in queue of delivered recipients, for `metrics`. */
     atomic_uint_fast64_t qs_out_delivered;

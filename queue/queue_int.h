@@ -31,7 +31,8 @@ typedef struct q_msg_rec {
     uint8_t mr_flags;
     uint64_t mr_arrival;
     uint32_t mr_nrcpt;   /* recipients at arrival */
-    uint32_t mr_pending; /* recipients still in the spool */
+    uint32_t mr_pending; /* recipients at arrival too: the record is never rewritten (a
+                            message goes with its last recipient record) */
     const char *mr_sender;
     uint16_t mr_sender_len;
     const char *mr_job;
@@ -47,6 +48,10 @@ typedef struct q_msg_rec {
 } q_msg_rec_t;
 
 #define Q_MSG_PENDING_OFF 14 /* offset of the pending count (u32 BE) */
+
+/* Point the strings of a record decoded at `from` into a copy of its head
+ * at `to` (the body pointer is left alone). */
+void q_msg_rebase(q_msg_rec_t *r, const void *from, const void *to);
 
 typedef struct q_rcpt_rec {
     uint8_t rr_notify;
@@ -111,6 +116,7 @@ typedef struct q_flight {
     uint32_t f_idx;
     uint32_t f_tomb; /* 1 = deleted slot */
     struct q_dom *f_dom;
+    uint64_t f_bytes; /* the dispatch's body, charged to its first recipient */
 } q_flight_t;
 
 /* Per-domain in-flight counter. */
@@ -177,6 +183,9 @@ struct queue {
     q_dom_t **q_doms;
     size_t q_doms_cap;
     int q_active_total;
+    uint64_t q_active_bytes; /* bodies in flight (f_bytes summed), queue.active_size */
+    uint64_t q_as_cap;       /* queue.active_size capped under ulimit -v */
+    uint64_t q_as_when;      /* clock_mono_us() of the last look at the limit */
     bool q_scan_resume;
     uint8_t q_scan_key[Q_DUE_KEY_LEN];
     bool q_scan_soon;
@@ -194,6 +203,8 @@ void q_stats_refresh(queue_t *q);
 struct json_object *q_check_txn(queue_t *q, MDB_txn *txn, bool *ok);
 /* Insert a message (msg + rcpt + due records) inside a write txn. */
 int q_insert_msg(queue_t *q, MDB_txn *txn, const queue_msg_in_t *m);
+/* Does message id still have a recipient record (in txn)? */
+int q_msg_has_rcpts(queue_t *q, MDB_txn *txn, uint64_t id, bool *more);
 
 /* Scheduler (sched.c), queue thread. */
 void q_sched_init(queue_t *q);

@@ -51,7 +51,7 @@ typedef struct outcome_ctx {
 
 static uint64_t mix64(uint64_t x);
 static q_flight_t *flight_find(queue_t *q, uint64_t id, uint32_t idx);
-static void flight_add(queue_t *q, uint64_t id, uint32_t idx, q_dom_t *d);
+static void flight_add(queue_t *q, uint64_t id, uint32_t idx, q_dom_t *d, uint64_t bytes);
 static void flight_del(queue_t *q, uint64_t id, uint32_t idx);
 static q_dom_t *dom_get(queue_t *q, const char *name, size_t len);
 static void dom_release(queue_t *q, q_dom_t *d);
@@ -147,7 +147,7 @@ static void flight_rehash(queue_t *q, size_t cap)
     free(old);
 }
 
-static void flight_add(queue_t *q, uint64_t id, uint32_t idx, q_dom_t *d)
+static void flight_add(queue_t *q, uint64_t id, uint32_t idx, q_dom_t *d, uint64_t bytes)
 {
     if ((q->q_flight_used + 1) * 2 > q->q_flight_cap)
         flight_rehash(q, (q->q_flight_n + 1) * 4 > q->q_flight_cap ? q->q_flight_cap * 2
@@ -158,10 +158,13 @@ static void flight_add(queue_t *q, uint64_t id, uint32_t idx, q_dom_t *d)
         i = (i + 1) & mask;
     if (q->q_flight[i].f_msgid == 0)
         q->q_flight_used++;
-    q->q_flight[i] = (q_flight_t){.f_msgid = id, .f_idx = idx, .f_tomb = 0, .f_dom = d};
+    q->q_flight[i] =
+        (q_flight_t){.f_msgid = id, .f_idx = idx, .f_tomb = 0, .f_dom = d, .f_bytes = bytes};
     q->q_flight_n++;
     d->d_active++;
     q->q_active_total++;
+    q->q_active_bytes += bytes;
+    atomic_store_explicit(&q->q_stats.qs_active_bytes, q->q_active_bytes, memory_order_relaxed);
 }
 
 static void flight_del(queue_t *q, uint64_t id, uint32_t idx)
@@ -172,6 +175,9 @@ static void flight_del(queue_t *q, uint64_t id, uint32_t idx)
     q_dom_t *d = f->f_dom;
     f->f_tomb = 1;
     f->f_dom = NULL;
+    q->q_active_bytes -= f->f_bytes;
+    f->f_bytes = 0;
+    atomic_store_explicit(&q->q_stats.qs_active_bytes, q->q_active_bytes, memory_order_relaxed);
     q->q_flight_n--;
     q->q_active_total--;
     d->d_active--;
@@ -263,6 +269,12 @@ void q_sched_scan(queue_t *q)
     int window = c->c_active_window > 0 ? c->c_active_window : 2000;
     int total = c->c_active_total > 0 ? c->c_active_total : 100000;
     q->q_last_scan_us = clock_mono_us();
+    if (q->q_last_scan_us >= q->q_as_when + 1000000) { /* prlimit may lower it at run time */
+        q->q_as_when = q->q_last_scan_us;
+        q->q_as_cap = mem_budget_cap(c->c_active_size, q->q_active_bytes);
+        atomic_store_explicit(&q->q_stats.qs_active_limit, q->q_as_cap, memory_order_relaxed);
+    }
+    uint64_t active_size = MIN(c->c_active_size, q->q_as_cap);
     if (q->q_active_total >= total || q_admin_hold_all(q)) /* `sluicectl suspend --all` */
         return;
     uint64_t now = clock_now_s();
@@ -336,7 +348,22 @@ void q_sched_scan(queue_t *q)
         for (int i = 0; i < ng; i++)
             if (groups[i].sg_dom == d)
                 g = &groups[i];
+        uint64_t charge = 0;
         if (g == NULL) {
+            /* queue.active_size: the bodies copied for delivery threads
+             * (each delivery holds one or two more copies); one message
+             * always goes, however big. */
+            if (q->q_active_bytes > 0 && q->q_active_bytes + mr.mr_body_len > active_size) {
+                reached_end = false;
+                break;
+            }
+            char *body = malloc(mr.mr_body_len + 1);
+            if (body == NULL) { /* ulimit -v: try again at the next scan */
+                log_warn("queue: no memory for a %zu-byte message to dispatch",
+                         (size_t)mr.mr_body_len);
+                reached_end = false;
+                break;
+            }
             if (ng == (int)ARRAY_SIZE(groups))
                 scan_flush(q, groups, &ng);
             g = &groups[ng++];
@@ -349,13 +376,14 @@ void q_sched_scan(queue_t *q)
             qd->qd_auth_user = dupn(mr.mr_auth, mr.mr_auth_len);
             qd->qd_flags = mr.mr_flags;
             qd->qd_arrival = mr.mr_arrival;
-            qd->qd_body = xmalloc(mr.mr_body_len + 1);
+            qd->qd_body = body;
             memcpy(qd->qd_body, mr.mr_body, mr.mr_body_len);
             qd->qd_body[mr.mr_body_len] = '\0';
             qd->qd_body_len = mr.mr_body_len;
             g->sg_dom = d;
             g->sg_d = qd;
             g->sg_cap = 0;
+            charge = mr.mr_body_len;
         }
         queue_dispatch_t *qd = g->sg_d;
         if (qd->qd_nrcpt == g->sg_cap) {
@@ -369,7 +397,7 @@ void q_sched_scan(queue_t *q)
             .qo_notify = rr.rr_notify,
             .qo_attempts = rr.rr_attempts,
         };
-        flight_add(q, id, idx, d);
+        flight_add(q, id, idx, d, charge);
         dispatched++;
         if (q->q_active_total >= total) {
             reached_end = false; /* full: the next scan starts from the oldest again */
@@ -510,8 +538,11 @@ static int outcome_apply(queue_t *q, MDB_txn *txn, queue_outcome_t *o, uint64_t 
     uint64_t now = now_us / 1000000;
     char idbuf[17];
 
-    /* Copies: the records are rewritten below in the same txn, which may
-     * move the pages the decoded pointers point into. */
+    /* Copies: records are written below in the same txn, which may move
+     * the pages the decoded pointers point into. Only the msg record's
+     * head is copied: its body (up to smtp.max_message_size) is read in
+     * place, before the first write, and only for a DSN. The msg record
+     * itself is never rewritten: it goes with its last recipient. */
     q_msg_key(mk, o->qo_msgid);
     k = (MDB_val){Q_MSG_KEY_LEN, mk};
     if ((rc = mdb_get(txn, q->q_dbi_msg, &k, &v)) != 0) {
@@ -521,10 +552,12 @@ static int outcome_apply(queue_t *q, MDB_txn *txn, queue_outcome_t *o, uint64_t 
                   queue_msgid_fmt(o->qo_msgid, idbuf), o->qo_idx);
         return 0;
     }
-    buf_reset(&q->q_scratch);
-    buf_append(&q->q_scratch, v.mv_data, v.mv_size);
-    if (q_msg_decode(q->q_scratch.b_data, q->q_scratch.b_len, &mr) != 0)
+    if (q_msg_decode(v.mv_data, v.mv_size, &mr) != 0)
         return 0;
+    size_t head = (size_t)(mr.mr_body - (const char *)v.mv_data);
+    buf_reset(&q->q_scratch);
+    buf_append(&q->q_scratch, v.mv_data, head);
+    q_msg_rebase(&mr, v.mv_data, q->q_scratch.b_data); /* the body stays in the map */
     q_rcpt_key(rk, o->qo_msgid, o->qo_idx);
     k = (MDB_val){Q_RCPT_KEY_LEN, rk};
     if ((rc = mdb_get(txn, q->q_dbi_rcpt, &k, &v)) != 0) {
@@ -567,6 +600,9 @@ static int outcome_apply(queue_t *q, MDB_txn *txn, queue_outcome_t *o, uint64_t 
         status = "4.4.7";
         category = "message-expired";
     }
+    if (!next && (res == Q_OUT_BOUNCED || expire) && dsn_wanted(q, &mr, &rr))
+        dsn_add(cx, o->qo_msgid, &mr, &rr, o, status); /* copies from the body: before writes */
+    mr.mr_body = NULL;
 
     q_due_key(dk, rr.rr_next, o->qo_msgid, o->qo_idx);
     k = (MDB_val){Q_DUE_KEY_LEN, dk};
@@ -603,20 +639,15 @@ static int outcome_apply(queue_t *q, MDB_txn *txn, queue_outcome_t *o, uint64_t 
         if ((rc = mdb_del(txn, q->q_dbi_rcpt, &k, NULL)) != 0)
             return rc;
         cx->d_rcpts--;
-        k = (MDB_val){Q_MSG_KEY_LEN, mk};
-        if (mr.mr_pending <= 1) {
+        bool more;
+        if ((rc = q_msg_has_rcpts(q, txn, o->qo_msgid, &more)) != 0)
+            return rc;
+        if (!more) {
+            k = (MDB_val){Q_MSG_KEY_LEN, mk};
             if ((rc = mdb_del(txn, q->q_dbi_msg, &k, NULL)) != 0)
                 return rc;
             cx->d_msgs--;
-        } else {
-            v = (MDB_val){q->q_scratch.b_len, NULL};
-            if ((rc = mdb_put(txn, q->q_dbi_msg, &k, &v, MDB_RESERVE)) != 0)
-                return rc;
-            memcpy(v.mv_data, q->q_scratch.b_data, q->q_scratch.b_len);
-            q_be32((uint8_t *)v.mv_data + Q_MSG_PENDING_OFF, mr.mr_pending - 1);
         }
-        if ((res == Q_OUT_BOUNCED || expire) && dsn_wanted(q, &mr, &rr))
-            dsn_add(cx, o->qo_msgid, &mr, &rr, o, status);
     }
     acct_outcome(&cx->acct, type, now_us, o->qo_msgid, &mr, &rr, dom, o, status, category, next);
     q_admin_outcome_note(q, type, now > mr.mr_arrival ? now - mr.mr_arrival : 0);

@@ -111,6 +111,37 @@ void q_msg_encode(buf_t *b, const q_msg_rec_t *r)
         buf_append(b, r->mr_body, r->mr_body_len);
 }
 
+void q_msg_rebase(q_msg_rec_t *r, const void *from, const void *to)
+{
+    const char *f = from, *t = to;
+#define REBASE(field)                                                                              \
+    if (r->field != NULL)                                                                          \
+        r->field = t + (r->field - f);
+    REBASE(mr_sender)
+    REBASE(mr_job)
+    REBASE(mr_envid)
+    REBASE(mr_auth)
+    REBASE(mr_ip)
+#undef REBASE
+}
+
+int q_msg_has_rcpts(queue_t *q, MDB_txn *txn, uint64_t id, bool *more)
+{
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(txn, q->q_dbi_rcpt, &c);
+    if (rc != 0)
+        return rc;
+    uint8_t key[Q_RCPT_KEY_LEN];
+    q_rcpt_key(key, id, 0);
+    MDB_val k = {Q_RCPT_KEY_LEN, key}, v;
+    rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+    mdb_cursor_close(c);
+    if (rc != 0 && rc != MDB_NOTFOUND)
+        return rc;
+    *more = rc == 0 && k.mv_size == Q_RCPT_KEY_LEN && q_rd64(k.mv_data) == id;
+    return 0;
+}
+
 int q_msg_decode(const void *data, size_t len, q_msg_rec_t *r)
 {
     const uint8_t *p = data, *end = p + len;
@@ -259,9 +290,9 @@ json_object *q_check_txn(queue_t *q, MDB_txn *txn, bool *okp)
             }
             rrc = mdb_cursor_get(rc, &rk, &rv, MDB_NEXT);
         }
-        if (mok && have != mr.mr_pending) {
-            problem(probs, "%s: pending count %u but %u recipient records", idbuf, mr.mr_pending,
-                    have);
+        if (mok && have > mr.mr_nrcpt) {
+            problem(probs, "%s: %u recipients at arrival but %u recipient records", idbuf,
+                    mr.mr_nrcpt, have);
             nprob++;
         }
         if (have == 0) {

@@ -71,6 +71,15 @@ char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
 char *xasprintf(const char *fmt, ...) PRINTF_LIKE(1, 2);
 
+/* Address space this process may still map under RLIMIT_AS (ulimit -v):
+ * the limit minus VmSize now, or UINT64_MAX without a limit. Any thread. */
+uint64_t mem_as_headroom(void);
+/* A memory budget of `want` bytes capped under ulimit -v at a quarter of
+ * the headroom plus the `used` bytes the budget already holds (reception
+ * and the scheduler each take at most a quarter). Reads /proc: call it at
+ * most every second or so. Any thread. */
+uint64_t mem_budget_cap(uint64_t want, uint64_t used);
+
 /* ---------------------------------------------------------------- logging */
 
 typedef enum { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR } log_level_t;

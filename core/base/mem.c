@@ -5,14 +5,20 @@
  */
 #include "core/base/base.h"
 
+#include <execinfo.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 
 static void oom(size_t n)
 {
     fprintf(stderr, "sluice: out of memory allocating %zu bytes\n", n);
+    void *frames[32];
+    int nf = backtrace(frames, 32);
+    backtrace_symbols_fd(frames, nf, 2);
     abort();
 }
 
@@ -38,6 +44,28 @@ void *xrealloc(void *p, size_t n)
     if (UNLIKELY(q == NULL))
         oom(n);
     return q;
+}
+
+uint64_t mem_as_headroom(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_AS, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY)
+        return UINT64_MAX;
+    unsigned long long pages = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f != NULL) {
+        if (fscanf(f, "%llu", &pages) != 1)
+            pages = 0;
+        fclose(f);
+    }
+    uint64_t used = (uint64_t)pages * (uint64_t)sysconf(_SC_PAGESIZE);
+    return rl.rlim_cur > used ? (uint64_t)rl.rlim_cur - used : 0;
+}
+
+uint64_t mem_budget_cap(uint64_t want, uint64_t used)
+{
+    uint64_t room = mem_as_headroom();
+    return room == UINT64_MAX ? want : MIN(want, (room + used) / 4);
 }
 
 char *xstrdup(const char *s)

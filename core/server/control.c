@@ -759,6 +759,8 @@ static int cmd_status(ctl_conn_t *c, json_object *req, json_object *resp, char *
         add_u64(q, "commits", u64_load(&qs->qs_commits));
         add_u64(q, "received", u64_load(&qs->qs_received));
         add_u64(q, "commit_errors", u64_load(&qs->qs_errors));
+        add_u64(q, "active_bytes", u64_load(&qs->qs_active_bytes));
+        add_u64(q, "active_limit_bytes", u64_load(&qs->qs_active_limit));
         json_object_object_add(resp, "queue", q);
     }
     if (env->ce_smtp != NULL) {
@@ -775,6 +777,9 @@ static int cmd_status(ctl_conn_t *c, json_object *req, json_object *resp, char *
         add_u64(s, "auth_failed", u64_load(&ss->ss_auth_failed));
         add_u64(s, "tls_sessions", u64_load(&ss->ss_tls_sessions));
         add_u64(s, "bytes_received", u64_load(&ss->ss_bytes_received));
+        add_u64(s, "memory_bytes", u64_load(&ss->ss_mem_used));
+        add_u64(s, "memory_limit_bytes", u64_load(&ss->ss_mem_limit));
+        add_u64(s, "memory_refused", u64_load(&ss->ss_mem_refused));
         json_object_object_add(resp, "smtp", s);
     }
 #ifdef SLUICE_HAVE_DELIVERY

@@ -60,6 +60,10 @@ static void render_queue(buf_t *b, const queue_stats_t *qs)
     one(b, "sluice_spool_map_bytes", "gauge", "Current size of the spool map.",
         ld(&qs->qs_map_size));
     one(b, "sluice_spool_max_bytes", "gauge", "spool.max_size.", ld(&qs->qs_max_size));
+    one(b, "sluice_queue_active_bytes", "gauge",
+        "Message bytes handed to delivery threads and not yet answered.", ld(&qs->qs_active_bytes));
+    one(b, "sluice_queue_active_limit_bytes", "gauge",
+        "queue.active_size in force (capped under ulimit -v).", ld(&qs->qs_active_limit));
 
     const char *n = "sluice_queue_outcomes_total";
     family(b, n, "counter",
@@ -109,6 +113,14 @@ static void render_smtp(buf_t *b, const smtp_server_stats_t *ss)
         ld(&ss->ss_tls_sessions));
     one(b, "sluice_smtp_received_bytes_total", "counter", "Message bytes accepted.",
         ld(&ss->ss_bytes_received));
+    one(b, "sluice_smtp_memory_bytes", "gauge",
+        "Message bytes reception sessions hold in memory (DATA until the commit).",
+        ld(&ss->ss_mem_used));
+    one(b, "sluice_smtp_memory_limit_bytes", "gauge",
+        "smtp.max_memory in force (capped under ulimit -v).", ld(&ss->ss_mem_limit));
+    one(b, "sluice_smtp_memory_refused_total", "counter",
+        "Transactions refused with 452 4.3.1 because message memory was full.",
+        ld(&ss->ss_mem_refused));
 }
 
 #ifdef SLUICE_HAVE_DELIVERY

@@ -28,6 +28,9 @@ typedef struct smtp_server_stats {
     atomic_uint_fast64_t ss_auth_failed;
     atomic_uint_fast64_t ss_tls_sessions;   /* STARTTLS handshakes completed */
     atomic_uint_fast64_t ss_bytes_received; /* message bytes accepted */
+    atomic_uint_fast64_t ss_mem_used;       /* message buffers held now (smtp.max_memory) */
+    atomic_uint_fast64_t ss_mem_limit;      /* smtp.max_memory in force (ulimit -v may cap it) */
+    atomic_uint_fast64_t ss_mem_refused;    /* transactions refused 452 4.3.1 for memory */
 } smtp_server_stats_t;
 
 /* Create the reception threads' loops and bind every listener in

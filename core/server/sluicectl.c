@@ -346,6 +346,8 @@ static void print_status(json_object *r)
         {"commits", "commits", K_NUM},
         {"received", "received", K_NUM},
         {"commit_errors", "commit errors", K_NUM},
+        {"active_bytes", "bytes in delivery", K_BYTES},
+        {"active_limit_bytes", "bytes in delivery max", K_BYTES},
     };
     static const field_t smtp[] = {
         {"connections_current", "connections now", K_NUM},
@@ -359,6 +361,9 @@ static void print_status(json_object *r)
         {"auth_failed", "auth failed", K_NUM},
         {"tls_sessions", "TLS sessions", K_NUM},
         {"bytes_received", "bytes received", K_BYTES},
+        {"memory_bytes", "message memory", K_BYTES},
+        {"memory_limit_bytes", "message memory max", K_BYTES},
+        {"memory_refused", "refused for memory", K_NUM},
     };
     static const field_t dlv[] = {
         {"connections_current", "connections now", K_NUM},

@@ -42,6 +42,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -50,6 +51,7 @@
 #define READ_BUF_SIZE 65536      /* per thread, reused by every read */
 #define BODY_KEEP_MAX (1u << 20) /* recycle body buffers up to this size */
 #define BODY_INITIAL 8192
+#define HDR_END_ROOM 512 /* Message-ID and Date that hdr_end may add */
 
 typedef enum {
     SST_INIT = 0,   /* greeted, waiting for EHLO/HELO */
@@ -93,6 +95,7 @@ typedef struct sess {
     bool se_esmtp;
     bool se_skip_line; /* dropping the rest of an over-long command line */
     bool se_delay;     /* se_timer runs the AUTH failure delay */
+    bool se_grace;     /* the idle timer was extended once for input not yet read */
     uint64_t se_last;  /* uv_now() of the last input */
     uint64_t se_start_us;
     int se_nmsgs;
@@ -134,6 +137,7 @@ typedef struct sess {
     bool se_midline; /* inside the tail of a dropped over-long line */
     uint64_t se_data_bytes;
     char *se_job;
+    size_t se_mem; /* bytes charged to the server's message memory (ss_mem_used) */
 } sess_t;
 
 struct smtp_thread {
@@ -165,6 +169,8 @@ struct smtp_server {
     bool s_started;
     bool s_stopped;
     atomic_uint_fast64_t s_grace_ms;
+    atomic_uint_fast64_t s_as_cap;  /* smtp.max_memory capped under ulimit -v */
+    atomic_uint_fast64_t s_as_when; /* uv_now() of the last look at the limit */
     smtp_server_stats_t s_stats;
 };
 
@@ -192,6 +198,8 @@ static void thread_maybe_finish(smtp_thread_t *t);
 static void queue_reply_cb(chan_t *ch, chan_node_t *first, void *arg);
 static void sess_arm_timer(sess_t *s);
 static void sess_timer_set(sess_t *s, uint64_t ms);
+static void mem_sync(sess_t *s);
+static bool mem_fits(sess_t *s, uint64_t size);
 
 #define STATS_INC(s, field) atomic_fetch_add_explicit(&(s)->field, 1, memory_order_relaxed)
 
@@ -321,6 +329,10 @@ static void sess_txn_reset(sess_t *s)
     s->se_flags = 0;
     s->se_size_hint = 0;
     s->se_msgid = 0;
+    if (s->se_body.b_cap > BODY_KEEP_MAX) { /* do not sit on a big buffer between messages */
+        buf_free(&s->se_body);
+        mem_sync(s);
+    }
     buf_reset(&s->se_body);
 }
 
@@ -345,6 +357,7 @@ static void sess_maybe_free(sess_t *s)
     buf_free(&s->se_out);
     buf_free(&s->se_cout);
     buf_free(&s->se_body);
+    mem_sync(s);
     if (s->se_cfg)
         cfg_unref(s->se_cfg);
     free(s);
@@ -568,6 +581,14 @@ static void cmd_mail(sess_t *s, const smtp_cmd_t *c)
         sess_close_after_flush(s);
         return;
     }
+    if (size > 0 && !mem_fits(s, size + 4096)) {
+        STATS_INC(&srv->s_stats, ss_msgs_rejected);
+        STATS_INC(&srv->s_stats, ss_mem_refused);
+        log_warn("smtp client=%s reject MAIL SIZE=%llu: message memory full", s->se_ip,
+                 (unsigned long long)size);
+        sess_reply(s, "452 4.3.1 Insufficient system storage");
+        return;
+    }
     sess_txn_reset(s);
     s->se_sender = xstrdup(path);
     s->se_flags = flags;
@@ -680,9 +701,80 @@ static void cmd_rcpt(sess_t *s, const smtp_cmd_t *c)
     sess_reply(s, "250 2.1.5 Ok");
 }
 
-/* Grow the body buffer like buf_reserve, but without aborting: under a
- * memory limit (ulimit -v) a big message is refused with 452 4.3.1 at the
- * final dot and its memory given back, and the daemon goes on. */
+/* ------------------------------------------------------------ message memory
+ *
+ * Every session's message buffer (the body being received, and the one
+ * waiting in the queue for its commit) is charged to one server-wide total,
+ * ss_mem_used, which may not pass smtp.max_memory (capped at a quarter of
+ * the address space left under ulimit -v). The charge follows the buffer's
+ * capacity; it is released when the buffer is freed. Over the budget, MAIL
+ * with a SIZE that does not fit, DATA, and a body that outgrows it get
+ * 452 4.3.1: the client tries again later, nothing is lost, and the daemon
+ * never reaches the point where an allocation fails. */
+
+/* The budget in force: smtp.max_memory, capped under ulimit -v. The limit
+ * is looked at again every second (prlimit can lower it under a running
+ * daemon). */
+static uint64_t mem_budget(const sess_t *s)
+{
+    smtp_server_t *srv = s->se_thr->t_srv;
+    uint64_t want = s->se_cfg->c_smtp_max_memory;
+    uint64_t now = uv_now(&s->se_thr->t_loop);
+    uint_fast64_t when = atomic_load_explicit(&srv->s_as_when, memory_order_relaxed);
+    if (now >= when + 1000 && atomic_compare_exchange_strong(&srv->s_as_when, &when, now)) {
+        uint64_t cap = mem_budget_cap(want, atomic_load(&srv->s_stats.ss_mem_used));
+        atomic_store(&srv->s_as_cap, cap);
+        atomic_store(&srv->s_stats.ss_mem_limit, cap);
+    }
+    return MIN(want, atomic_load_explicit(&srv->s_as_cap, memory_order_relaxed));
+}
+
+/* Charge the session for `bytes` in all. Growing fails when the
+ * server-wide total would pass the budget; shrinking always succeeds. */
+static bool mem_charge(sess_t *s, size_t bytes)
+{
+    smtp_server_stats_t *st = sess_stats(s);
+    if (bytes <= s->se_mem) {
+        atomic_fetch_sub_explicit(&st->ss_mem_used, s->se_mem - bytes, memory_order_relaxed);
+        s->se_mem = bytes;
+        return true;
+    }
+    uint64_t add = bytes - s->se_mem, budget = mem_budget(s);
+    uint_fast64_t cur = atomic_load_explicit(&st->ss_mem_used, memory_order_relaxed);
+    do {
+        if (cur + add > budget)
+            return false;
+    } while (!atomic_compare_exchange_weak_explicit(&st->ss_mem_used, &cur, cur + add,
+                                                    memory_order_relaxed, memory_order_relaxed));
+    s->se_mem = bytes;
+    return true;
+}
+
+/* The charge is what the session's body buffer holds now (small growth by
+ * buf_printf, a buffer kept or freed), whatever the budget says. */
+static void mem_sync(sess_t *s)
+{
+    smtp_server_stats_t *st = sess_stats(s);
+    size_t now = s->se_body.b_cap;
+    if (now >= s->se_mem)
+        atomic_fetch_add_explicit(&st->ss_mem_used, now - s->se_mem, memory_order_relaxed);
+    else
+        atomic_fetch_sub_explicit(&st->ss_mem_used, s->se_mem - now, memory_order_relaxed);
+    s->se_mem = now;
+}
+
+/* Does a message of `size` bytes (MAIL SIZE=) fit in what is left now? */
+static bool mem_fits(sess_t *s, uint64_t size)
+{
+    uint64_t used = atomic_load_explicit(&sess_stats(s)->ss_mem_used, memory_order_relaxed);
+    uint64_t budget = mem_budget(s);
+    return used <= budget && size <= budget - used + s->se_mem;
+}
+
+/* Grow the body buffer like buf_reserve, but within the budget and without
+ * aborting: a body that does not fit is dropped (its memory given back),
+ * the rest of the DATA is read and discarded, and the final dot gets
+ * 452 4.3.1. */
 static bool body_reserve(sess_t *s, size_t extra)
 {
     buf_t *b = &s->se_body;
@@ -691,11 +783,19 @@ static bool body_reserve(sess_t *s, size_t extra)
     size_t cap = b->b_cap ? b->b_cap : 256;
     while (cap < b->b_len + extra)
         cap *= 2;
-    char *p = realloc(b->b_data, cap);
-    if (p == NULL) {
+    char *p = NULL;
+    if (!mem_charge(s, cap)) {
+        log_warn("smtp client=%s message memory full (smtp.max_memory %llu MB, %llu MB in use): "
+                 "refusing a %zu-byte body",
+                 s->se_ip, (unsigned long long)(mem_budget(s) >> 20),
+                 (unsigned long long)(atomic_load(&sess_stats(s)->ss_mem_used) >> 20), cap);
+    } else if ((p = realloc(b->b_data, cap)) == NULL) {
         log_warn("smtp client=%s out of memory for a %zu-byte body", s->se_ip, cap);
+    }
+    if (p == NULL) {
         s->se_no_mem = true;
         buf_free(b);
+        mem_sync(s);
         return false;
     }
     b->b_data = p;
@@ -704,13 +804,15 @@ static bool body_reserve(sess_t *s, size_t extra)
 }
 
 /* The Received header (RFC 5321 §4.4), first line of the stored message. */
-static void data_begin(sess_t *s)
+static bool data_begin(sess_t *s)
 {
     const cfg_t *cfg = s->se_cfg;
     smtp_thread_t *t = s->se_thr;
     buf_reset(&s->se_body);
     size_t want = s->se_size_hint ? s->se_size_hint + 1024 : BODY_INITIAL;
-    body_reserve(s, MIN(want, cfg->c_smtp_max_message_size + 4096));
+    s->se_no_mem = false;
+    if (!body_reserve(s, MIN(want, cfg->c_smtp_max_message_size + 4096)))
+        return false;
     char id[17];
     queue_msgid_fmt(s->se_msgid, id);
     const char *proto = !s->se_esmtp                   ? "SMTP"
@@ -727,8 +829,8 @@ static void data_begin(sess_t *s)
     s->se_in_job = false;
     s->se_saw_msgid = s->se_saw_date = false;
     s->se_too_long = s->se_too_big = s->se_nul = s->se_8bit = s->se_midline = false;
-    s->se_no_mem = false;
     s->se_data_bytes = 0;
+    return true;
 }
 
 static void cmd_data(sess_t *s)
@@ -741,7 +843,16 @@ static void cmd_data(sess_t *s)
         sess_error(s, "503 5.5.1 Error: need RCPT command");
         return;
     }
-    data_begin(s);
+    if (!data_begin(s)) {
+        /* RFC 5321 §4.3.2: 452 to DATA; the transaction is over. */
+        smtp_server_stats_t *st = sess_stats(s);
+        STATS_INC(st, ss_msgs_rejected);
+        STATS_INC(st, ss_mem_refused);
+        sess_txn_reset(s);
+        sess_enter_state(s, SST_READY);
+        sess_reply(s, "452 4.3.1 Insufficient system storage");
+        return;
+    }
     sess_enter_state(s, SST_DATA);
     sess_reply(s, "354 End data with <CR><LF>.<CR><LF>");
 }
@@ -1129,12 +1240,13 @@ static void data_line(sess_t *s, const char *p, size_t len)
         s->se_too_big = true;
     if (s->se_too_long || s->se_too_big || s->se_nul || s->se_no_mem)
         return; /* rejected at the final dot; keep reading in sync */
+    /* room for the line, and in the header block for what hdr_end adds */
+    if (!body_reserve(s, len + 2 + (s->se_in_hdrs ? HDR_END_ROOM : 0)))
+        return;
     if (s->se_in_hdrs) {
         header_line(s, p, len);
         return;
     }
-    if (!body_reserve(s, len + 2))
-        return;
     memcpy(s->se_body.b_data + s->se_body.b_len, p, len);
     memcpy(s->se_body.b_data + s->se_body.b_len + len, "\r\n", 2);
     s->se_body.b_len += len + 2;
@@ -1198,7 +1310,8 @@ static void data_reject(sess_t *s, const char *reply, const char *why)
 static void data_done(sess_t *s)
 {
     smtp_thread_t *t = s->se_thr;
-    if (s->se_in_hdrs && !(s->se_too_long || s->se_too_big || s->se_nul))
+    if (s->se_in_hdrs && !(s->se_too_long || s->se_too_big || s->se_nul || s->se_no_mem) &&
+        body_reserve(s, HDR_END_ROOM))
         hdr_end(s);
     if (s->se_nul) {
         data_reject(s, "554 5.6.0 Message contains NUL characters", "NUL characters");
@@ -1213,9 +1326,11 @@ static void data_done(sess_t *s)
         return;
     }
     if (s->se_no_mem) {
-        data_reject(s, "452 4.3.1 Insufficient system storage", "out of memory for the body");
+        STATS_INC(sess_stats(s), ss_mem_refused);
+        data_reject(s, "452 4.3.1 Insufficient system storage", "no memory for the body");
         return;
     }
+    mem_sync(s); /* the charge stays with the session until the queue answers */
     queue_msg_in_t *m = xcalloc(1, sizeof(*m));
     m->qm_id = s->se_msgid;
     m->qm_arrival = clock_now_s();
@@ -1272,6 +1387,7 @@ static void queue_reply_cb(chan_t *ch, chan_node_t *first, void *arg)
             if (m->qm_status == 0)
                 log_info("%s client=%s disconnected before the 250", id, m->qm_client_ip);
             queue_msg_in_free(m);
+            mem_sync(s);
             sess_maybe_free(s);
             continue;
         }
@@ -1288,6 +1404,7 @@ static void queue_reply_cb(chan_t *ch, chan_node_t *first, void *arg)
             buf_reset(&s->se_body);
             memset(&m->qm_body, 0, sizeof(m->qm_body));
         }
+        mem_sync(s); /* the kept buffer, or nothing once m is freed */
         queue_msg_in_free(m);
         sess_txn_reset(s);
         sess_enter_state(s, SST_READY);
@@ -1469,6 +1586,14 @@ static void auth_delay_done(sess_t *s)
 
 static void sess_timer_cb(uv_timer_t *h);
 
+/* Bytes from the client in the socket that the loop has not read yet. */
+static bool input_waiting(sess_t *s)
+{
+    uv_os_fd_t fd;
+    int n = 0;
+    return uv_fileno((uv_handle_t *)&s->se_tcp, &fd) == 0 && ioctl(fd, FIONREAD, &n) == 0 && n > 0;
+}
+
 static void sess_timer_set(sess_t *s, uint64_t ms)
 {
     uv_timer_start(&s->se_timer, sess_timer_cb, ms, 0);
@@ -1499,7 +1624,17 @@ static void sess_timer_cb(uv_timer_t *h)
     uint64_t now = uv_now(&s->se_thr->t_loop);
     uint64_t idle = now - s->se_last;
     if (idle < to) {
+        s->se_grace = false;
         sess_timer_set(s, to - idle);
+        return;
+    }
+    /* libuv runs due timers before it polls for input: after the loop was
+     * held up (a burst of work, a starved CPU), the client's next command
+     * may be in the socket already. Look once, and if bytes wait, give the
+     * loop a second to read them before calling the client idle. */
+    if (!s->se_grace && input_waiting(s)) {
+        s->se_grace = true;
+        sess_timer_set(s, 1000);
         return;
     }
     log_info("smtp client=%s timeout in state %s", s->se_ip, sess_state_names[s->se_state]);
@@ -1844,6 +1979,12 @@ fail:
 
 int smtp_server_start(smtp_server_t *s)
 {
+    uint64_t cap = mem_budget_cap(s->s_cfg->c_smtp_max_memory, 0);
+    if (cap < s->s_cfg->c_smtp_max_memory)
+        log_warn("smtp: address space limit (ulimit -v): smtp.max_memory capped at %llu MB",
+                 (unsigned long long)(cap >> 20));
+    atomic_store(&s->s_as_cap, cap);
+    atomic_store(&s->s_stats.ss_mem_limit, cap);
     for (int i = 0; i < s->s_nthr; i++) {
         int rc = uv_thread_create(&s->s_thr[i].t_tid, thread_main, &s->s_thr[i]);
         if (rc != 0) {
@@ -1899,4 +2040,5 @@ void smtp_server_set_config(smtp_server_t *s, cfg_t *cfg)
     s->s_cfg = nc;
     pthread_mutex_unlock(&s->s_cfg_lock);
     cfg_unref(old);
+    atomic_store(&s->s_as_when, 0); /* look at the limit again with the new value */
 }

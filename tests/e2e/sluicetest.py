@@ -279,7 +279,9 @@ class Daemon:
     """
 
     def __init__(self, tmpdir=None, extra_conf="", conf_text=None, log_level="info",
-                 routes=None, smtp_extra="", env=None):
+                 routes=None, smtp_extra="", env=None, sluiced=None, wrapper=()):
+        self.sluiced = sluiced or SLUICED  # another build's binary
+        self.wrapper = list(wrapper)  # runs [*wrapper, sluiced, ...] (e.g. prlimit --as=N)
         self._own_dir = tmpdir is None
         self.dir = tmpdir or make_tmpdir("sluiced-")
         self.conf_path = os.path.join(self.dir, "sluice.conf")
@@ -328,7 +330,8 @@ class Daemon:
             raise RuntimeError("already running")
         self.exit_code = None
         self._err = open(self.stderr_path, "ab")
-        self.proc = subprocess.Popen([SLUICED, "-c", self.conf_path], stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(self.wrapper + [self.sluiced, "-c", self.conf_path],
+                                     stdin=subprocess.DEVNULL,
                                      stdout=self._err, stderr=self._err, cwd=self.dir,
                                      env=self.env)
         _running.add(self)

@@ -364,5 +364,60 @@ class HostileClients(unittest.TestCase):
             s.sendmail("tls@sender.example", ["tls@example.test"], b"Subject: tls\r\n\r\nx\r\n")
 
 
+def slow_hash(pw, seconds):
+    """A SHA-512 crypt hash of pw whose check takes about `seconds` (the
+    rounds are scaled from a timed sample on this machine)."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt
+    samples = []
+    for _ in range(3):  # the fastest of three: the least disturbed by other load
+        t0 = time.monotonic()
+        crypt.crypt(pw, "$6$rounds=100000$calibrat$")
+        samples.append(time.monotonic() - t0)
+    per_round = max(min(samples), 1e-4) / 100000
+    rounds = int(min(max(seconds / per_round, 1000), 999999999))
+    return crypt.crypt(pw, "$6$rounds=%d$sluicestall$" % rounds)
+
+
+class StarvedLoop(unittest.TestCase):
+    """A reception loop held up for longer than the idle timeout (here by
+    an AUTH whose password hash takes ~4 s to check, computed in the loop)
+    must read a command that arrived in time before it calls that client
+    idle: libuv runs due timers before it polls for input."""
+
+    def test_waiting_input_is_read_before_the_idle_timeout(self):
+        smtp_extra = ("    idle_timeout = 2s;\n"
+                      "    auth {\n        fail_delay = 0;\n"
+                      "        users {\n            slow = \"%s\";\n        }\n    }\n"
+                      % slow_hash("pw", 4.0))
+        d = st.Daemon(smtp_extra=smtp_extra)
+        os.chmod(d.conf_path, 0o600)
+        with d:
+            a = Client(d.smtp_port, "127.0.0.3")
+            b = Client(d.smtp_port, "127.0.0.4")
+            self.addCleanup(a.close)
+            self.addCleanup(b.close)
+            self.assertEqual(a.reply()[0], 220)
+            self.assertEqual(b.reply()[0], 220)
+            self.assertEqual(b.cmd("EHLO b.example")[0], 250)
+            self.assertEqual(a.cmd("EHLO a.example")[0], 250)
+            t0 = time.monotonic()  # a's idle timer runs from here (2 s)
+            b.send(b"AUTH PLAIN " + base64.b64encode(b"\0slow\0pw") + b"\r\n")
+            time.sleep(0.5)
+            a.send(b"NOOP\r\n")  # 0.5 s into a 2 s timeout, while the loop checks b's hash
+            code, text = a.reply()
+            waited = time.monotonic() - t0
+            self.assertEqual(b.reply()[0], 235)
+            self.assertGreater(waited, 2.0, "the hash check did not hold the loop up past the "
+                               "idle timeout (%.2fs): the test proves nothing" % waited)
+            self.assertEqual(code, 250, "NOOP sent 0.5 s into the idle timeout got %r after "
+                             "%.2fs" % (text, waited))
+            self.assertEqual(a.cmd("QUIT")[0], 221)
+            print("loop held up %.2fs; the waiting NOOP was answered %r" % (waited, text.strip()),
+                  file=sys.stderr)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

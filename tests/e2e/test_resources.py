@@ -11,12 +11,13 @@ the limit, a virtual memory limit.
   to a few more than it uses; 60 clients connect. Each gets a 220, a 421
   or a closed connection at once (no hang), the daemon does not crash, and
   once they leave, mail is accepted again.
-* Memory: the daemon runs under a virtual memory limit (prlimit --as) and
-  gets big messages on many connections: it may refuse some (4xx) but must
-  not crash. ASan reserves terabytes of address space, so this case is
-  skipped in sanitizer builds (the reason is printed); tests/soak/run runs
-  it against the release build. It is marked as an expected failure (a
-  known gap, see test_memory_limit).
+* Memory: smtp.max_memory (message bytes held by reception sessions) and
+  queue.active_size (message bytes handed to delivery) are checked in any
+  build. Then the daemon runs under a virtual memory limit (prlimit --as),
+  started under it and lowered while it runs, and gets big messages on
+  many connections: it refuses some (4xx) and must not crash. ASan
+  reserves terabytes of address space, so these two run the release
+  build's sluiced ($SLUICE_RELEASE_BUILD, which `make test` builds).
 """
 import json
 import os
@@ -165,46 +166,202 @@ class Resources(unittest.TestCase):
             self.assertTrue(r["ok"])
             print("fd limit %d (daemon used %d): %s" % (limit, used, outcomes), file=sys.stderr)
 
-    # Known gap: reception now refuses a body it cannot allocate (452 4.3.1)
-    # instead of aborting, but the next xmalloc elsewhere (headers, delivery,
-    # TLS) still aborts once the address space is used up, because nothing
-    # bounds the bytes buffered by all sessions together. Remove this
-    # decorator once reception has such a budget (docs/reliability.md).
-    @unittest.expectedFailure
-    def test_memory_limit(self):
+    # -- memory: the budgets (any build) and ulimit -v (release build)
+
+    def _raw(self, d):
+        s = socket.create_connection(("127.0.0.1", d.smtp_port), timeout=60)
+        f = s.makefile("rb")
+
+        def reply():
+            while True:
+                line = f.readline()
+                if len(line) < 4 or line[3:4] != b"-":
+                    return line.decode(errors="replace").strip()
+        self.assertTrue(reply().startswith("220"))
+        return s, reply
+
+    def _open_data(self, d, rcpt, size):
+        """A session that has sent `size` bytes of DATA, without the dot."""
+        s, reply = self._raw(d)
+        for cmd in (b"EHLO raw.example", b"MAIL FROM:<s@sender.example>", b"RCPT TO:<%s>" % rcpt):
+            s.sendall(cmd + b"\r\n")
+            self.assertTrue(reply().startswith("250"))
+        s.sendall(b"DATA\r\n")
+        self.assertTrue(reply().startswith("354"))
+        s.sendall(b"Subject: big\r\n\r\n" + (b"z" * 998 + b"\r\n") * (size // 1000))
+        return s, reply
+
+    def test_message_memory_budget(self):
+        """smtp.max_memory bounds the message bytes all sessions hold:
+        a body that outgrows it and a MAIL SIZE= that does not fit get
+        452 4.3.1, the others are accepted, nothing acknowledged is lost,
+        and the memory is given back."""
+        with st.Daemon(smtp_extra="    max_message_size = 20M;\n    max_memory = 40M;\n") as d:
+            st0 = d.status()["smtp"]
+            self.assertEqual(st0["memory_limit_bytes"], 40 << 20)
+            # three bodies of 15 MB (16 MB buffers): the third does not fit
+            sess = [self._open_data(d, b"big%d@example.test" % i, 15 << 20) for i in range(3)]
+            time.sleep(0.5)
+            self.assertLessEqual(d.status()["smtp"]["memory_bytes"], 40 << 20)
+            answers = []
+            for s, reply in sess:
+                s.sendall(b".\r\n")
+                answers.append(reply())
+            self.assertTrue(answers[0].startswith("250") and answers[1].startswith("250"),
+                            answers)
+            self.assertTrue(answers[2].startswith("452 4.3.1"), answers)
+            # MAIL SIZE= (smtplib declares it) while 32 MB are held
+            held = [self._open_data(d, b"held%d@example.test" % i, 15 << 20) for i in range(2)]
+            time.sleep(0.5)
+            big = b"Subject: sized\r\n\r\n" + (b"y" * 998 + b"\r\n") * 15000
+            with self.assertRaises(smtplib.SMTPSenderRefused) as cm:
+                with d.smtp(timeout=60) as c:
+                    c.sendmail("s@sender.example", ["sized@example.test"], big)
+            self.assertEqual(cm.exception.smtp_code, 452)
+            self.assertIn(b"4.3.1", cm.exception.smtp_error)
+            for s, reply in held:
+                s.sendall(b".\r\n")
+                answers.append(reply())
+                s.close()
+            self.assertTrue(all(a.startswith("250") for a in answers[3:]), answers)
+            with d.smtp(timeout=60) as c:  # room again
+                c.sendmail("s@sender.example", ["sized@example.test"], big)
+            for s, _ in sess:
+                s.close()
+            ids = [a.split()[-1] for a in answers if a.startswith("250")]
+            queued = {m["id"] for m in d.list()["messages"]}
+            self.assertEqual([i for i in ids if i not in queued], [])
+            self.assertEqual(len(queued), 5)
+            st.wait_for(lambda: d.status()["smtp"]["memory_bytes"] == 0, 10, interval=0.2,
+                        what="message memory given back")
+            self.assertEqual(d.status()["smtp"]["memory_refused"], 2)
+            metrics = d.ctl("metrics").check().out
+            self.assertIn("sluice_smtp_memory_refused_total 2", metrics)
+            self.assertIn("message memory full", d.stderr())
+            out = d.ctl("status").check().out
+            self.assertRegex(out, r"message memory max\s+40\.0 MiB")
+            self.assertRegex(out, r"refused for memory\s+2\b")
+
+    def test_delivery_bytes_in_flight(self):
+        """queue.active_size bounds the message bytes handed to delivery
+        threads: 12 messages of 300 KB to a slow receiver (each DATA is
+        answered after 700 ms) never have more than 1 MB in flight, and all
+        arrive."""
+        sink = st.Sink("--no-starttls", "--slow-ms", "700")
+        try:
+            with st.Daemon(extra_conf="queue {\n    active_size = 1M;\n    scan_interval = 100ms;\n}\n",
+                           routes={"example.test": "127.0.0.1:%d" % sink.port}) as d:
+                body = b"Subject: 300k\r\n\r\n" + (b"x" * 998 + b"\r\n") * 300
+                with d.smtp() as c:
+                    for i in range(12):
+                        c.sendmail("s@sender.example", ["slow+%d@example.test" % i], body)
+                peak, t0 = 0, time.monotonic()
+                while len(sink.messages()) < 12 and time.monotonic() - t0 < 60:
+                    q = d.status()["queue"]
+                    peak = max(peak, q["active_bytes"])
+                    time.sleep(0.05)
+                self.assertEqual(len(sink.messages()), 12)
+                self.assertEqual(q["active_limit_bytes"], 1 << 20)
+                self.assertGreater(peak, 300000)
+                self.assertLessEqual(peak, 1 << 20)
+                print("delivery: peak %d bytes in flight (limit 1 MiB), 12 x 300 KB delivered in "
+                      "%.1fs" % (peak, time.monotonic() - t0), file=sys.stderr)
+        finally:
+            sink.stop()
+
+    def _release_sluiced(self):
+        """The sluiced to run under ulimit -v: the release build's
+        (SLUICE_RELEASE_BUILD, which `make test` builds), or the build
+        under test when it has no sanitizer (ASan reserves terabytes of
+        address space, so a sanitizer build cannot run under a limit)."""
+        rel = os.environ.get("SLUICE_RELEASE_BUILD")
+        if rel:
+            path = os.path.join(rel, "core/server/sluiced")
+            if not os.path.exists(path):
+                self.fail("SLUICE_RELEASE_BUILD=%s has no core/server/sluiced" % rel)
+            return path
         san = sanitizer_build()
         if san:
-            self.skipTest("ulimit -v is impossible under -fsanitize=%s (the sanitizer reserves "
-                          "terabytes of address space); tests/soak/run covers it on the "
-                          "release build" % san)
-        with st.Daemon(smtp_extra="    max_message_size = 20M;\n") as d:
+            self.skipTest("ulimit -v is impossible under -fsanitize=%s and SLUICE_RELEASE_BUILD "
+                          "is not set (make test sets it)" % san)
+        return st.SLUICED
+
+    def _big_load(self, d, n=30, mb=15):
+        codes = []
+        big = b"Subject: big\r\n\r\n" + (b"z" * 998 + b"\r\n") * (mb * 1000)
+
+        def one(i):
+            try:
+                with d.smtp(timeout=120) as c:
+                    c.sendmail("s@sender.example", ["m%d@example.test" % i], big)
+                codes.append(250)
+            except smtplib.SMTPResponseException as e:
+                codes.append(e.smtp_code)
+            except (OSError, smtplib.SMTPException):
+                codes.append(0)
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(180)
+        return codes
+
+    @staticmethod
+    def _vmsize(pid):
+        with open("/proc/%d/status" % pid) as f:
+            return int(re.search(r"VmSize:\s+(\d+)", f.read()).group(1)) * 1024
+
+    def test_memory_limit(self):
+        """Started under ulimit -v (prlimit --as), 256 MB above what it
+        needs idle: the memory budgets shrink to fit, 30 concurrent 15 MB
+        messages get 250 or 452 (never a dropped connection), the daemon
+        lives, and every accepted message is delivered."""
+        sluiced = self._release_sluiced()
+        sink = st.Sink("--no-starttls")
+        try:
+            routes = {"example.test": "127.0.0.1:%d" % sink.port}
+            extra = "    max_message_size = 20M;\n"
+            with st.Daemon(smtp_extra=extra, routes=routes, sluiced=sluiced) as probe:
+                time.sleep(0.5)
+                idle = self._vmsize(probe.proc.pid)
+            limit = idle + (256 << 20)
+            with st.Daemon(smtp_extra=extra, routes=routes, sluiced=sluiced,
+                           wrapper=["prlimit", "--as=%d" % limit, "--"]) as d:
+                st.wait_for(lambda: "smtp.max_memory capped at" in d.stderr(), 10,
+                            what="the log line saying smtp.max_memory was capped")
+                mem_limit = d.status()["smtp"]["memory_limit_bytes"]
+                self.assertLessEqual(mem_limit, 80 << 20)
+                codes = self._big_load(d)
+                self.assertTrue(d.running(), "died under ulimit -v:\n" + d.stderr()[-3000:])
+                self.assertTrue(all(c == 250 or 400 <= c < 500 for c in codes), codes)
+                self.assertIn(250, codes)
+                accepted = codes.count(250)
+                sink.wait_messages(accepted, timeout=180)
+                self.assertTrue(self._accepts(d))
+                print("ulimit -v %d MB (idle VmSize %d MB): smtp.max_memory %d MB; answers %s; "
+                      "%d delivered" % (limit >> 20, idle >> 20, mem_limit >> 20,
+                                        {c: codes.count(c) for c in set(codes)},
+                                        len(sink.messages())), file=sys.stderr)
+        finally:
+            sink.stop()
+
+    def test_memory_limit_lowered_while_running(self):
+        """prlimit --as lowered under a running daemon (its budgets were set
+        without a limit): the spool map cannot grow and bodies cannot be
+        allocated; the answers are 4xx, the daemon lives, and every 250 is
+        in the spool."""
+        sluiced = self._release_sluiced()
+        with st.Daemon(smtp_extra="    max_message_size = 20M;\n", sluiced=sluiced) as d:
             time.sleep(0.5)
-            with open("/proc/%d/status" % d.proc.pid) as f:
-                vm = int(re.search(r"VmSize:\s+(\d+)", f.read()).group(1))
-            limit = (vm + 256 * 1024) * 1024  # 256 MB over what it uses now
+            limit = self._vmsize(d.proc.pid) + (256 << 20)
             st.run(["prlimit", "--pid", str(d.proc.pid), "--as=%d:%d" % (limit, limit)]).check()
-            codes = []
-            big = b"Subject: big\r\n\r\n" + (b"z" * 998 + b"\r\n") * 15000  # 15 MB
-
-            def one(i):
-                try:
-                    with d.smtp(timeout=60) as c:
-                        c.sendmail("s@sender.example", ["m%d@example.test" % i], big)
-                    codes.append(250)
-                except smtplib.SMTPResponseException as e:
-                    codes.append(e.smtp_code)
-                except (OSError, smtplib.SMTPException):
-                    codes.append(0)
-            threads = [threading.Thread(target=one, args=(i,)) for i in range(30)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(120)
+            codes = self._big_load(d)
             self.assertTrue(d.running(), "crashed under the memory limit:\n" + d.stderr()[-3000:])
-            self.assertTrue(all(c == 250 or 400 <= c < 500 or c == 0 for c in codes), codes)
+            self.assertTrue(all(c == 250 or 400 <= c < 500 for c in codes), codes)
             self.assertTrue(self._accepts(d))
-            print("memory limit: %s" % {c: codes.count(c) for c in set(codes)}, file=sys.stderr)
-
+            self.assertGreaterEqual(len(d.list()["messages"]), codes.count(250))
+            print("memory limit lowered at run time: %s" % {c: codes.count(c) for c in set(codes)},
+                  file=sys.stderr)
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
