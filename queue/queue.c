@@ -51,6 +51,7 @@ static json_object *queue_msg_json(queue_t *q, MDB_txn *txn, uint64_t id, const 
                                    bool detail);
 static bool queue_enter(queue_t *q);
 static void queue_leave(queue_t *q);
+static void queue_take_config(queue_t *q);
 
 static atomic_uint_fast64_t msgid_last;
 
@@ -137,6 +138,8 @@ int queue_open(cfg_t *cfg, queue_t **out, char *err, size_t errlen)
     int rc;
 
     q->q_cfg = cfg_ref(cfg);
+    pthread_mutex_init(&q->q_cfg_lock, NULL);
+    atomic_store(&q->q_high_water, cfg->c_spool_high_water);
     snprintf(q->q_path, sizeof(q->q_path), "%s", path);
     buf_init(&q->q_scratch, 4096);
     buf_init(&q->q_scratch2, 4096);
@@ -304,6 +307,7 @@ static void queue_wake_cb(uv_async_t *h)
     queue_t *q = h->data;
     if (atomic_exchange(&q->q_rotate, 0))
         q_acct_rotate(q->q_acct);
+    queue_take_config(q);
     if (!atomic_load(&q->q_stopping))
         return;
     /* chan_close hands every message still queued to its callback first,
@@ -357,6 +361,9 @@ void queue_free(queue_t *q)
     buf_free(&q->q_scratch2);
     if (q->q_cfg)
         cfg_unref(q->q_cfg);
+    if (q->q_cfg_next)
+        cfg_unref(q->q_cfg_next);
+    pthread_mutex_destroy(&q->q_cfg_lock);
     free(q);
 }
 
@@ -414,6 +421,44 @@ void queue_outcome_submit(queue_t *q, queue_outcome_t *o)
     queue_leave(q);
 }
 
+void queue_set_config(queue_t *q, cfg_t *cfg)
+{
+    cfg_t *nc = cfg_ref(cfg), *old;
+    pthread_mutex_lock(&q->q_cfg_lock);
+    old = q->q_cfg_next;
+    q->q_cfg_next = nc;
+    pthread_mutex_unlock(&q->q_cfg_lock);
+    if (old)
+        cfg_unref(old);
+    atomic_store(&q->q_high_water, cfg->c_spool_high_water);
+    if (queue_enter(q)) {
+        uv_async_send(&q->q_wake);
+        queue_leave(q);
+    }
+}
+
+/* Queue thread: take a config queue_set_config left. */
+static void queue_take_config(queue_t *q)
+{
+    pthread_mutex_lock(&q->q_cfg_lock);
+    cfg_t *nc = q->q_cfg_next;
+    q->q_cfg_next = NULL;
+    pthread_mutex_unlock(&q->q_cfg_lock);
+    if (nc == NULL)
+        return;
+    cfg_t *old = q->q_cfg;
+    q->q_cfg = nc;
+    if (nc->c_scan_interval_ms != old->c_scan_interval_ms &&
+        uv_is_active((uv_handle_t *)&q->q_timer))
+        uv_timer_start(&q->q_timer, queue_timer_cb, nc->c_scan_interval_ms, nc->c_scan_interval_ms);
+    q->q_as_when = 0; /* queue.active_size again, under ulimit -v */
+    q->q_as_cap = mem_budget_cap(nc->c_active_size, q->q_active_bytes);
+    atomic_store(&q->q_stats.qs_active_limit, q->q_as_cap);
+    cfg_unref(old);
+    log_info("queue: configuration reloaded (retry, max_age, dsn, active_*, scan_interval)");
+    q_sched_kick(q);
+}
+
 void queue_acct_rotate(queue_t *q)
 {
     atomic_store(&q->q_rotate, 1);
@@ -437,7 +482,7 @@ const queue_stats_t *queue_stats(const queue_t *q)
 bool queue_over_high_water(const queue_t *q)
 {
     return atomic_load_explicit(&q->q_stats.qs_fill_pct, memory_order_relaxed) >=
-           q->q_cfg->c_spool_high_water;
+           atomic_load_explicit(&q->q_high_water, memory_order_relaxed);
 }
 
 uint64_t queue_pending(const queue_t *q)

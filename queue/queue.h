@@ -263,6 +263,13 @@ void queue_set_dispatcher(queue_t *q, queue_dispatch_fn fn, void *arg);
 void queue_outcome_submit(queue_t *q, queue_outcome_t *o);
 /* Ask the queue thread to rotate the accounting log. Any thread. */
 void queue_acct_rotate(queue_t *q);
+/* A reloaded configuration (the queue takes a reference). Any thread. The
+ * queue thread takes it at its next wake-up: queue.* (retry schedule,
+ * max_age, dsn, active_*, scan_interval), spool.high_water and
+ * spool.commit_batch apply from then on. The caller keeps the start-up
+ * values of spool.path/sync/map_size/max_size and log.accounting_* in cfg
+ * (they need a restart). */
+void queue_set_config(queue_t *q, cfg_t *cfg);
 /* Append one record (a complete JSON object, no newline) to the accounting
  * log: the queue thread writes it with its next batch. Used for records
  * that are not outcomes, e.g. type "shaping" (delivery/shaping.c). Copied;

@@ -153,6 +153,9 @@ struct queue {
     atomic_int q_stopping;
     atomic_int q_users; /* producers inside queue_submit & co. */
     atomic_int q_rotate;
+    pthread_mutex_t q_cfg_lock; /* guards q_cfg_next */
+    cfg_t *q_cfg_next;          /* a reloaded config for the queue thread to take */
+    atomic_int q_high_water;    /* spool.high_water, read by reception threads */
 
     q_acct_t *q_acct;
 

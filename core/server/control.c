@@ -1212,8 +1212,8 @@ static const struct diff_key {
     DK("spool.sync", c_spool_sync, D_INT, false),
     DK("spool.map_size", c_spool_map_size, D_U64, false),
     DK("spool.max_size", c_spool_max_size, D_U64, false),
-    DK("spool.high_water", c_spool_high_water, D_INT, false),
-    DK("spool.commit_batch", c_spool_batch, D_INT, false),
+    DK("spool.high_water", c_spool_high_water, D_INT, true),
+    DK("spool.commit_batch", c_spool_batch, D_INT, true),
     DK("control.socket", c_ctl_socket, D_STR, false),
     DK("control.mode", c_ctl_mode, D_INT, false),
     DK("control.http_metrics", c_ctl_http, D_STR, false),
@@ -1228,6 +1228,7 @@ static const struct diff_key {
     DK("smtp.idle_timeout", c_smtp_idle_timeout, D_U64, true),
     DK("smtp.data_timeout", c_smtp_data_timeout, D_U64, true),
     DK("smtp.max_pending", c_smtp_max_pending, D_INT, true),
+    DK("smtp.max_memory", c_smtp_max_memory, D_U64, true),
     DK("smtp.tls.cert", c_tls_cert, D_STR, false),
     DK("smtp.tls.key", c_tls_key, D_STR, false),
     DK("smtp.tls.generate", c_tls_generate, D_BOOL, false),
@@ -1236,14 +1237,15 @@ static const struct diff_key {
     DK("smtp.auth.lockout_failures", c_auth_lockout_failures, D_INT, true),
     DK("smtp.auth.lockout_window", c_auth_lockout_window, D_U64, true),
     DK("smtp.auth.lockout_time", c_auth_lockout_time, D_U64, true),
-    DK("queue.retry_initial", c_retry_initial, D_U64, false),
-    DK("queue.retry_max", c_retry_max, D_U64, false),
-    DK("queue.retry_jitter", c_retry_jitter, D_INT, false),
-    DK("queue.max_age", c_max_age, D_U64, false),
-    DK("queue.dsn", c_dsn, D_BOOL, false),
-    DK("queue.active_window", c_active_window, D_INT, false),
-    DK("queue.active_total", c_active_total, D_INT, false),
-    DK("queue.scan_interval", c_scan_interval_ms, D_U64, false),
+    DK("queue.retry_initial", c_retry_initial, D_U64, true),
+    DK("queue.retry_max", c_retry_max, D_U64, true),
+    DK("queue.retry_jitter", c_retry_jitter, D_INT, true),
+    DK("queue.max_age", c_max_age, D_U64, true),
+    DK("queue.dsn", c_dsn, D_BOOL, true),
+    DK("queue.active_window", c_active_window, D_INT, true),
+    DK("queue.active_total", c_active_total, D_INT, true),
+    DK("queue.active_size", c_active_size, D_U64, true),
+    DK("queue.scan_interval", c_scan_interval_ms, D_U64, true),
     DK("delivery.threads", c_dlv_threads, D_INT, false),
     DK("delivery.port", c_dlv_port, D_INT, false),
     DK("delivery.resolvers", c_dlv_resolvers, D_STR, false),
@@ -1304,9 +1306,16 @@ static void keep_old(cfg_t *nc, const cfg_t *old)
     memcpy(nc->c_smtp_listen, old->c_smtp_listen, sizeof(nc->c_smtp_listen));
     nc->c_smtp_threads = old->c_smtp_threads;
     nc->c_tls_generate = old->c_tls_generate;
+    /* the queue reads these from its config at run time */
+    nc->c_spool_sync = old->c_spool_sync;
+    nc->c_spool_map_size = old->c_spool_map_size;
+    nc->c_spool_max_size = old->c_spool_max_size;
+    nc->c_acct_max_size = old->c_acct_max_size;
     char **strs[][2] = {{&nc->c_tls_cert, (char **)&old->c_tls_cert},
                         {&nc->c_tls_key, (char **)&old->c_tls_key},
-                        {&nc->c_hostname, (char **)&old->c_hostname}};
+                        {&nc->c_hostname, (char **)&old->c_hostname},
+                        {&nc->c_spool_path, (char **)&old->c_spool_path},
+                        {&nc->c_acct_dir, (char **)&old->c_acct_dir}};
     for (size_t i = 0; i < ARRAY_SIZE(strs); i++) {
         free(*strs[i][0]);
         *strs[i][0] = *strs[i][1] ? xstrdup(*strs[i][1]) : NULL;
@@ -1367,7 +1376,7 @@ int control_reload(control_t *ct, json_object *resp, char *err, size_t errlen)
         diff_add(applied, &la, "smtp.auth.users");
     if (old->c_retry_n != nc->c_retry_n ||
         memcmp(old->c_retry, nc->c_retry, (size_t)nc->c_retry_n * sizeof(nc->c_retry[0])) != 0)
-        diff_add(restart, &lr, "queue.retry");
+        diff_add(applied, &la, "queue.retry");
     bool routes = old->c_dlv_nroutes != nc->c_dlv_nroutes;
     for (int i = 0; !routes && i < nc->c_dlv_nroutes; i++) {
         const struct cfg_route *x = &old->c_dlv_routes[i], *y = &nc->c_dlv_routes[i];
@@ -1399,6 +1408,8 @@ int control_reload(control_t *ct, json_object *resp, char *err, size_t errlen)
         __atomic_store_n(&log_level_current, (int)nc->c_log_level, __ATOMIC_RELAXED);
     if (ct->ct_env.ce_smtp != NULL)
         smtp_server_set_config(ct->ct_env.ce_smtp, nc);
+    if (ct->ct_env.ce_queue != NULL)
+        queue_set_config(ct->ct_env.ce_queue, nc);
     log_info("config reloaded from %s: applied=[%.*s] needs_restart=[%.*s]", file, (int)la.b_len,
              la.b_data, (int)lr.b_len, lr.b_data);
     if (resp != NULL) {

@@ -323,6 +323,39 @@ class OpsTest(unittest.TestCase):
                     what="the SIGHUP reload log line")
         self.assertEqual(rcpt_ok(3)[2] // 100, 4)
 
+    def test_reload_applies_the_queue_settings(self):
+        """queue.* is read by the queue thread at run time: a reload changes
+        the retry schedule of the next deferral; spool.path needs a restart
+        and the running spool stays in use."""
+        d = self.daemon(queue='queue {\n    retry = "1h";\n    retry_jitter = 0;\n'
+                              '    scan_interval = 100ms;\n}\n')
+        text = read(d.conf_path)
+
+        def next_in(qid):
+            def rcpt():
+                return d.request({"cmd": "inspect", "id": qid})["message"]["recipients"][0]
+            st.wait_for(lambda: rcpt()["attempts"] >= 1, 20, what="a first delivery attempt")
+            r = rcpt()
+            return r["next_attempt"] - time.time()
+
+        send(d, ["before@example.test"])
+        first = d.list()["messages"][0]["id"]
+        self.assertGreater(next_in(first), 3000)  # retry = 1h
+        with open(d.conf_path, "w") as f:
+            f.write(text.replace('retry = "1h";', 'retry = "30s";')
+                    .replace("path = \"%s\"" % d.spool, "path = \"%s-new\"" % d.spool))
+        r = self.ctl_json(d, "reload")
+        self.assertIn("queue.retry", r["applied"])
+        self.assertIn("spool.path", r["needs_restart"])
+        st.wait_for(lambda: "queue: configuration reloaded" in d.stderr(), 10,
+                    what="the queue's reload log line")
+        send(d, ["after@example.test"])
+        second = [m["id"] for m in d.list()["messages"] if m["id"] != first][0]
+        self.assertLess(next_in(second), 40)  # the new schedule
+        self.assertGreater(next_in(first), 3000)  # already scheduled: unchanged
+        self.assertFalse(os.path.exists(d.spool + "-new"))
+        self.assertEqual(len(d.list()["messages"]), 2)
+
     # -- log-rotate
 
     def test_log_rotate(self):
