@@ -88,8 +88,11 @@ struct shp_dest {
     bool sd_final;   /* provider decided (domain pattern, or MX after the route) */
     uint32_t sd_gen; /* sh_gen the provider and limits were taken at */
     bool sd_reroute; /* a reload happened while connections were open: match again */
-    const shp_limits_t *sd_lim;
-    const shp_limits_t *sd_own; /* per_domain rule's own keys, or NULL */
+    /* copies taken under sh_lock at sd_gen (a reload rewrites pv_lim) */
+    shp_limits_t sd_lim;        /* its domain rule's limits, else its provider's */
+    shp_limits_t sd_pvlim;      /* its provider's (provider-wide caps) */
+    const shp_limits_t *sd_own; /* per_domain rule's own keys, or NULL (rule arrays are
+                                 * never changed in place: no copy) */
     int sd_dom_nconn;
     shp_bucket_t sd_dom_msg;
     shp_bucket_t sd_dom_cr;
@@ -688,7 +691,7 @@ static int shp_load_tree(dlv_shaping_t *sh, const cfg_node_t *root, const char *
                 goto fail;
             }
             if (l.l_set & L_MAX_CONN)
-                sh->sh_global_conn = l.l_max_conn;
+                atomic_store(&sh->sh_global_conn, l.l_max_conn);
             if (l.l_set & L_MSG_RATE)
                 shp_bucket_rate(&sh->sh_global_msg, &l.l_msg_rate);
             if (l.l_set & L_CONN_RATE)
@@ -1005,6 +1008,7 @@ static shp_provider_t *shp_provider_get_locked(dlv_shaping_t *sh, const shp_prul
             q->q_pv = pv;
             q->q_vmta = i;
             uv_mutex_init(&q->q_lock);
+            q->q_lim = pv->pv_lim;
             q->q_level = shp_queue_top(q);
             shp_queue_apply(q, shp_rate_per_sec(&pv->pv_lim.l_msg_rate), pv->pv_lim.l_max_conn);
             shp_bucket_rate(&q->q_cr, &pv->pv_lim.l_conn_rate);
@@ -1105,10 +1109,11 @@ double shp_queue_rate(shp_queue_t *q)
 }
 
 /* The multiple of the backoff rate at which recovery is complete: the
- * normal rate, or 16x the backoff rate when the normal rate has no limit. */
+ * normal rate, or 16x the backoff rate when the normal rate has no limit.
+ * q_lock held. */
 static double shp_queue_top(const shp_queue_t *q)
 {
-    const shp_limits_t *l = &q->q_pv->pv_lim;
+    const shp_limits_t *l = &q->q_lim;
     double normal = shp_rate_per_sec(&l->l_msg_rate);
     double bo = shp_rate_per_sec(&l->l_bo_msg);
     if (normal > 0.0 && bo > 0.0)
@@ -1120,7 +1125,7 @@ static double shp_queue_top(const shp_queue_t *q)
  * the normal limits). q_lock held. */
 static void shp_queue_set_mult(shp_queue_t *q, double m)
 {
-    const shp_limits_t *l = &q->q_pv->pv_lim;
+    const shp_limits_t *l = &q->q_lim;
     double top = shp_queue_top(q);
     q->q_level = MIN(m, top);
     if (m >= top) {
@@ -1179,7 +1184,7 @@ void shp_queue_success(shp_queue_t *q, uint64_t now_us)
     atomic_fetch_add_explicit(&q->q_delivered, 1, memory_order_relaxed);
     if (atomic_load_explicit(&q->q_mode, memory_order_relaxed) == SHP_NORMAL)
         return;
-    const shp_limits_t *l = &q->q_pv->pv_lim;
+    const shp_limits_t *l = &q->q_lim; /* q_lock */
     uint32_t n = atomic_fetch_add(&q->q_succ, 1) + 1;
     uv_mutex_lock(&q->q_lock);
     bool quiet_due = now_us - q->q_step_at >= l->l_rec_quiet * 1000000ULL;
@@ -1469,7 +1474,7 @@ static void shp_install_locked(dlv_shaping_t *sh, dlv_shaping_t *nsh)
     nsh->sh_rules = NULL;
     nsh->sh_nrules = 0;
     sh->sh_defaults = nsh->sh_defaults;
-    sh->sh_global_conn = nsh->sh_global_conn;
+    atomic_store(&sh->sh_global_conn, atomic_load(&nsh->sh_global_conn));
     atomic_store(&sh->sh_global_msg.b_interval, atomic_load(&nsh->sh_global_msg.b_interval));
     atomic_store(&sh->sh_global_msg.b_burst, atomic_load(&nsh->sh_global_msg.b_burst));
     atomic_store(&sh->sh_global_cr.b_interval, atomic_load(&nsh->sh_global_cr.b_interval));
@@ -1488,6 +1493,7 @@ static void shp_install_locked(dlv_shaping_t *sh, dlv_shaping_t *nsh)
             for (int v = 0; v < sh->sh_nvmtas; v++) {
                 shp_queue_t *q = &pv->pv_q[v];
                 uv_mutex_lock(&q->q_lock);
+                q->q_lim = pv->pv_lim;
                 double top = shp_queue_top(q);
                 /* normal: the new normal limits; backoff / recovering: the
                  * same level of the new backoff limits */
@@ -1627,10 +1633,12 @@ static shp_queue_t *shp_q(shp_dest_t *sd, int v)
 }
 
 /* The destination's limits (its domain rule's, else its provider's) and
- * its per-domain buckets. sh_lock held (the rule arrays). */
+ * its per-domain buckets. sh_lock held (the rule arrays, pv_lim): copies,
+ * since a reload rewrites pv_lim while this thread reads them. */
 static void shp_dest_limits_locked(shp_dest_t *sd)
 {
-    sd->sd_lim = shp_limits_for(sd->sd_pv, sd->sd_de->de_domain, &sd->sd_own);
+    sd->sd_lim = *shp_limits_for(sd->sd_pv, sd->sd_de->de_domain, &sd->sd_own);
+    sd->sd_pvlim = sd->sd_pv->pv_lim;
     if (sd->sd_own != NULL) {
         shp_bucket_rate(&sd->sd_dom_msg, &sd->sd_own->l_msg_rate);
         shp_bucket_rate(&sd->sd_dom_cr, &sd->sd_own->l_conn_rate);
@@ -1890,9 +1898,11 @@ static uint64_t shp_conn_acquire(shp_dest_t *sd, int v)
     int qmax = atomic_load(&q->q_max_conn);
     if (qmax > 0 && atomic_load(&q->q_nconn) >= qmax)
         return UINT64_MAX;
-    if (pv->pv_lim.l_total_conn > 0 && atomic_load(&pv->pv_nconn) >= pv->pv_lim.l_total_conn)
+    int pvmax = sd->sd_pvlim.l_total_conn;
+    int gmax = atomic_load_explicit(&sh->sh_global_conn, memory_order_relaxed);
+    if (pvmax > 0 && atomic_load(&pv->pv_nconn) >= pvmax)
         return UINT64_MAX;
-    if (sh->sh_global_conn > 0 && atomic_load(&sh->sh_global_nconn) >= sh->sh_global_conn)
+    if (gmax > 0 && atomic_load(&sh->sh_global_nconn) >= gmax)
         return UINT64_MAX;
     if (sd->sd_own && (sd->sd_own->l_set & L_MAX_CONN) && sd->sd_own->l_max_conn > 0 &&
         sd->sd_dom_nconn >= sd->sd_own->l_max_conn)
@@ -1911,8 +1921,7 @@ static uint64_t shp_conn_acquire(shp_dest_t *sd, int v)
     int a = atomic_fetch_add(&q->q_nconn, 1) + 1;
     int bb = atomic_fetch_add(&pv->pv_nconn, 1) + 1;
     int c = atomic_fetch_add(&sh->sh_global_nconn, 1) + 1;
-    if ((qmax > 0 && a > qmax) || (pv->pv_lim.l_total_conn > 0 && bb > pv->pv_lim.l_total_conn) ||
-        (sh->sh_global_conn > 0 && c > sh->sh_global_conn)) {
+    if ((qmax > 0 && a > qmax) || (pvmax > 0 && bb > pvmax) || (gmax > 0 && c > gmax)) {
         atomic_fetch_sub(&q->q_nconn, 1);
         atomic_fetch_sub(&pv->pv_nconn, 1);
         atomic_fetch_sub(&sh->sh_global_nconn, 1);
@@ -2120,12 +2129,13 @@ queue_dispatch_t *dlv_shp_next(dlv_dest_t *de, int vmta, bool *quit)
 
 static const shp_limits_t *shp_lim(dlv_dest_t *de)
 {
-    return de->de_shp->sd_lim;
+    return &de->de_shp->sd_lim;
 }
 
 int dlv_shp_max_msgs(dlv_dest_t *de, int vmta)
 {
     UNUSED(vmta);
+    shp_dest_check(de->de_shp); /* a reload's max_messages_per_connection: now */
     int n = shp_lim(de)->l_max_msgs;
     return n > 0 ? n : de->de_t->t_cfg->c_dlv_max_msgs_per_conn;
 }
@@ -2178,9 +2188,9 @@ uint64_t dlv_shp_retry_at(dlv_dest_t *de, int vmta)
     shp_dest_t *sd = de->de_shp;
     shp_queue_t *q = shp_q(sd, vmta);
     if (atomic_load_explicit(&q->q_mode, memory_order_relaxed) == SHP_NORMAL ||
-        sd->sd_pv->pv_lim.l_bo_retry == 0)
+        sd->sd_pvlim.l_bo_retry == 0)
         return 0;
-    return clock_now_s() + sd->sd_pv->pv_lim.l_bo_retry;
+    return clock_now_s() + sd->sd_pvlim.l_bo_retry;
 }
 
 const char *dlv_shp_provider(const dlv_dest_t *de)

@@ -19,6 +19,13 @@
  * is created or first routed, and by dlv_shaping_json(); never per message.
  * Per-destination state (shp_dest_t: the pending backlog by pool and job, a
  * timer for the next token) belongs to the destination's thread.
+ *
+ * Limits and reload: a reload (dlv_shaping_reload) rewrites a provider's
+ * limits (pv_lim) under the registry mutex. Nothing reads pv_lim without
+ * it: each queue keeps a copy under its own mutex (q_lim, set in the same
+ * critical section), each destination a copy it takes under the registry
+ * mutex when it notices the new generation (sh_gen). Rule arrays are never
+ * written in place: a reload installs new ones and keeps the old.
  */
 #ifndef SLUICE_DELIVERY_SHAPING_INT_H
 #define SLUICE_DELIVERY_SHAPING_INT_H
@@ -171,7 +178,7 @@ struct dlv_shaping {
     shp_prule_t *sh_prules; /* operator's first, then the shipped ones */
     int sh_nprules;
     /* global limits */
-    int sh_global_conn;
+    _Atomic int sh_global_conn; /* a reload stores it; read lock-free */
     _Atomic int sh_global_nconn;
     shp_bucket_t sh_global_msg;
     shp_bucket_t sh_global_cr;
@@ -204,6 +211,7 @@ typedef struct shp_queue {
     _Atomic uint32_t q_succ;           /* successes since the last step */
     _Atomic uint64_t q_delivered, q_deferred, q_bounced;
     uv_mutex_t q_lock;  /* the fields below */
+    shp_limits_t q_lim; /* the provider's limits: a copy of pv_lim (a reload rewrites both) */
     double q_level;     /* fraction of the normal rate in force (backoff..1) */
     uint64_t q_step_at; /* monotonic us of the last mode change */
     uint64_t q_backoffs;
@@ -216,8 +224,8 @@ struct shp_provider {
     shp_provider_t *pv_next; /* registry chain */
     dlv_shaping_t *pv_sh;
     char *pv_name;
-    const shp_prule_t *pv_rule; /* NULL: a destination of its own (defaults) */
-    shp_limits_t pv_lim;
+    const shp_prule_t *pv_rule;        /* NULL: a destination of its own (defaults); sh_lock */
+    shp_limits_t pv_lim;               /* sh_lock (a reload rewrites it): threads read copies */
     _Atomic int pv_refs;               /* destinations using it */
     _Atomic int pv_nconn;              /* all vmtas */
     shp_bucket_t pv_msg;               /* total_message_rate */
@@ -248,7 +256,9 @@ const shp_prule_t *shp_match_mx(const dlv_shaping_t *sh, const char *mx);
  * domain when rule is NULL) and take a reference. Any thread. */
 shp_provider_t *shp_provider_get(dlv_shaping_t *sh, const shp_prule_t *rule, const char *domain);
 void shp_provider_put(shp_provider_t *pv);
-/* The limits in force for a domain of pv: its domain rule's, else pv's. */
+/* The limits in force for a domain of pv: its domain rule's, else pv's.
+ * sh_lock held (or one thread): borrowed, pv's may change once it is
+ * released, so callers on delivery threads copy them. */
 const shp_limits_t *shp_limits_for(const shp_provider_t *pv, const char *domain,
                                    const shp_limits_t **own);
 

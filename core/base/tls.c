@@ -31,6 +31,34 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#if defined(__SANITIZE_THREAD__) /* gcc; clang: __has_feature(thread_sanitizer) */
+#define TLS_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define TLS_TSAN 1
+#endif
+#endif
+
+#ifdef TLS_TSAN
+/* The TSan build's built-in suppressions (read by the TSan runtime at
+ * start, before TSAN_OPTIONS' suppressions= file), so that the e2e suite
+ * is clean without options. Third-party false positives only; keep in step
+ * with tests/soak/tsan.supp.
+ *
+ * OPENSSL_DIR_end: OpenSSL 3's "file:" store loader (behind the default
+ * verify paths) scans the CA directory with opendir/closedir during a
+ * handshake on a delivery thread. glibc's opendir opens the descriptor
+ * inside libc and libuv closes sockets with syscall(SYS_close), and TSan
+ * sees neither, so the closedir of a reused fd number looks like a write
+ * racing with the last use of the socket that had that number on another
+ * thread (the kernel orders close and reuse). */
+const char *__tsan_default_suppressions(void);
+const char *__tsan_default_suppressions(void)
+{
+    return "race:OPENSSL_DIR_end\n";
+}
+#endif
+
 struct tls_conn {
     SSL *tc_ssl;
     BIO *tc_in;  /* network -> OpenSSL */
