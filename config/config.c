@@ -168,6 +168,8 @@ static const key_def_t keys[] = {
     KEYR("delivery.dns_cache_max_ttl", K_DUR, c_dlv_dns_cache_max, 0, 7 * DAY, "1h"),
     KEYR("delivery.dead_after_failures", K_INT, c_dlv_dead_after, 1, 100000, "5"),
     KEYR("delivery.dead_time", K_DUR, c_dlv_dead_time, 1, 7 * DAY, "5m"),
+    KEY("delivery.mta_sts", K_BOOL, c_dlv_mta_sts, "true"),
+    KEYR("delivery.mta_sts_port", K_INT, c_dlv_mta_sts_port, 1, 65535, "443"),
     KEYR("delivery.connect_timeout", K_DUR, c_to_connect, 1, HOUR, "30s"),
     KEYR("delivery.greeting_timeout", K_DUR, c_to_greeting, 1, HOUR, "5m"),
     KEYR("delivery.ehlo_timeout", K_DUR, c_to_ehlo, 1, HOUR, "5m"),
@@ -1591,7 +1593,8 @@ static size_t dom_len(const char *d)
     return n > 0 && d[n - 1] == '.' ? n - 1 : n; /* "example.org." */
 }
 
-int cfg_tls_policy_for(const cfg_t *c, const char *domain)
+/* The tls_policy { } entry for domain, or -1 when none matches. */
+static int tls_policy_entry(const cfg_t *c, const char *domain)
 {
     size_t n = dom_len(domain);
     for (int i = 0; i < c->c_dlv_ntls; i++)
@@ -1605,7 +1608,18 @@ int cfg_tls_policy_for(const cfg_t *c, const char *domain)
                 dom_eq(c->c_dlv_tls[i].tp_domain, dot, n - (size_t)(dot - domain)))
                 return c->c_dlv_tls[i].tp_policy;
     }
-    return c->c_dlv_tls_default;
+    return -1;
+}
+
+int cfg_tls_policy_for(const cfg_t *c, const char *domain)
+{
+    int pol = tls_policy_entry(c, domain);
+    return pol >= 0 ? pol : c->c_dlv_tls_default;
+}
+
+bool cfg_tls_policy_explicit(const cfg_t *c, const char *domain)
+{
+    return tls_policy_entry(c, domain) >= 0;
 }
 
 const struct cfg_route *cfg_route_for(const cfg_t *c, const char *domain)

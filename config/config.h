@@ -149,6 +149,9 @@ typedef struct cfg {
     uint64_t c_dlv_dns_cache_max;   /* dns_cache_max_ttl = 1h */
     int c_dlv_dead_after;           /* dead_after_failures = 5 connection failures in a row */
     uint64_t c_dlv_dead_time;       /* dead_time = 5m: destination marked down */
+    bool c_dlv_mta_sts;             /* mta_sts = true: honor MTA-STS policies (RFC 8461) of
+                                       domains delivered by MX (delivery/mta_sts.c) */
+    int c_dlv_mta_sts_port;         /* mta_sts_port = 443: HTTPS port of the policy hosts */
     /* timeouts (seconds), RFC 5321 4.5.3.2 */
     uint64_t c_to_connect;    /* connect_timeout = 30s */
     uint64_t c_to_greeting;   /* greeting_timeout = 5m */
@@ -240,6 +243,9 @@ int cfg_parse_duration_list(const char *s, uint64_t *out, int max);
 /* The TLS policy for a recipient domain (exact match, then parent domains
  * ".example.org" style entries, then c_dlv_tls_default). */
 int cfg_tls_policy_for(const cfg_t *c, const char *domain);
+/* True when a tls_policy { } entry (exact or parent) names the domain: it
+ * then wins over the domain's MTA-STS policy (delivery/mta_sts.c). */
+bool cfg_tls_policy_explicit(const cfg_t *c, const char *domain);
 /* The static route for a domain (exact match, then the smarthost), or NULL
  * when MX lookup applies. */
 const struct cfg_route *cfg_route_for(const cfg_t *c, const char *domain);

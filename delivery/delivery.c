@@ -185,6 +185,7 @@ void dlv_free(dlv_t *d)
         if (t->t_tls_ctx)
             tls_ctx_free(t->t_tls_ctx);
         free(t->t_dests);
+        dlv_sts_thread_free(t); /* MTA-STS policy cache (NULL if never used) */
     }
     free(d->d_threads);
     dlv_shaping_free(d->d_shaping);
@@ -253,6 +254,7 @@ static void dlv_thread_main(void *arg)
             dlv_dest_free(de);
         }
     }
+    dlv_sts_thread_free(t); /* MTA-STS policy cache */
     int rc = uv_loop_close(&t->t_loop);
     if (rc != 0)
         log_error("delivery: uv_loop_close: %s", uv_strerror(rc));
@@ -287,6 +289,7 @@ static void dlv_stop_cb(uv_async_t *h)
     t->t_inbox = NULL;
     dns_resolver_free(t->t_dns); /* pending lookups are cancelled now */
     t->t_dns = NULL;
+    dlv_sts_thread_stop(t); /* MTA-STS policy fetches in flight are closed */
     uv_close((uv_handle_t *)&t->t_sweep, NULL);
     uv_close((uv_handle_t *)&t->t_stop_async, NULL);
     dlv_walk_sessions_shutdown(t);
@@ -377,6 +380,7 @@ static void dlv_mx_scratch_free(dlv_dest_t *de)
 static void dlv_dest_free(dlv_dest_t *de)
 {
     dlv_shp_dest_free(de); /* and the backlog */
+    dlv_sts_dest_free(de); /* MTA-STS state */
     dlv_addrs_free(de->de_addrs, de->de_naddr);
     dlv_mx_scratch_free(de);
     free(de->de_fail_text);
@@ -440,6 +444,10 @@ void dlv_dest_kick(dlv_dest_t *de)
                                   de->de_fail_text);
             continue; /* to the rekick test */
         }
+        /* MTA-STS (mta_sts.c): held while the policy is looked up; enforce
+         * keeps the matching MX hosts or defers */
+        if (!dlv_sts_gate(de))
+            continue; /* to the rekick test */
         /* work for idle connections, then new ones gradually, within the
          * throttles (shaping.c) */
         dlv_shp_kick(de);
@@ -560,6 +568,7 @@ static void dlv_route_start(dlv_dest_t *de)
         return;
     }
     de->de_port = cfg->c_dlv_port;
+    dlv_sts_route_start(de); /* MTA-STS: the _mta-sts TXT lookup beside the MX one */
     atomic_fetch_add_explicit(&t->t_d->d_stats.ds_dns_lookups, 1, memory_order_relaxed);
     dns_query_mx(t->t_dns, de->de_domain, dlv_mx_cb, de);
 }

@@ -26,8 +26,10 @@
 typedef struct dlv_thread dlv_thread_t;
 typedef struct dlv_dest dlv_dest_t;
 typedef struct dlv_session dlv_session_t;
-typedef struct dlv_shaping dlv_shaping_t; /* shaping_int.h */
-typedef struct shp_dest shp_dest_t;       /* shaping.c */
+typedef struct dlv_shaping dlv_shaping_t;     /* shaping_int.h */
+typedef struct shp_dest shp_dest_t;           /* shaping.c */
+typedef struct dlv_sts_cache dlv_sts_cache_t; /* mta_sts.c */
+typedef struct dlv_sts_dest dlv_sts_dest_t;   /* mta_sts.c */
 
 struct dlv {
     cfg_t *d_cfg;
@@ -58,6 +60,7 @@ struct dlv_thread {
     size_t t_dest_cap;
     bool t_stopping;
     const char *t_helo;
+    dlv_sts_cache_t *t_sts; /* MTA-STS policy cache (mta_sts.c), NULL until used */
 };
 
 typedef struct dlv_addr {
@@ -105,6 +108,7 @@ struct dlv_dest {
     void *de_tls_session;
     bool de_kicking;
     bool de_rekick;
+    dlv_sts_dest_t *de_sts; /* MTA-STS state (mta_sts.c), NULL when not looked up */
 };
 
 /* ----------------------------------------------------------- delivery.c */
@@ -208,5 +212,35 @@ void dlv_shp_delivered(dlv_dest_t *de, int vmta);
 uint64_t dlv_shp_retry_at(dlv_dest_t *de, int vmta);
 /* de's provider name (NULL before it is known). */
 const char *dlv_shp_provider(const dlv_dest_t *de);
+
+/* ------------------------------------------------------------ mta_sts.c
+ * MTA-STS (RFC 8461) for destinations routed by MX. All on the
+ * destination's delivery thread. */
+
+/* The route is being resolved by MX: look up _mta-sts.<domain> beside it
+ * (nothing when delivery.mta_sts is off or tls_policy { } names the
+ * domain). */
+void dlv_sts_route_start(dlv_dest_t *de);
+/* Before handing out work on a ready route: true to go on; false while
+ * the policy is being looked up or fetched (the lookup kicks de when it
+ * ends) or when enforce mode leaves no MX host (pending recipients were
+ * deferred 4.7.5). Applies the policy once per route: filters de_addrs,
+ * sets de_policy (enforce = verify). */
+bool dlv_sts_gate(dlv_dest_t *de);
+/* Destination freed / thread stopping (closes fetches) / thread ended
+ * (frees the cache; after the loop closed). */
+void dlv_sts_dest_free(dlv_dest_t *de);
+void dlv_sts_thread_stop(dlv_thread_t *t);
+void dlv_sts_thread_free(dlv_thread_t *t);
+/* The mode applied to de's current route: "enforce", "testing", or NULL
+ * (no policy, mode none, or not looked up). */
+const char *dlv_sts_mode(const dlv_dest_t *de);
+/* Enforce mode rules de's TLS (de_policy was set to verify by it). */
+bool dlv_sts_enforced(const dlv_dest_t *de);
+/* Testing mode: log (warn) a failure enforce mode would have deferred. */
+void dlv_sts_testing_failure(const dlv_dest_t *de, const char *host, const char *what);
+/* A session connected at born (monotonic us) predates the policy in force
+ * now: it should QUIT rather than take more work. */
+bool dlv_sts_session_stale(const dlv_dest_t *de, uint64_t born);
 
 #endif /* SLUICE_DELIVERY_INT_H */

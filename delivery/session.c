@@ -700,9 +700,16 @@ static void session_lost(dlv_session_t *s, const char *text)
 static void session_policy_fail(dlv_session_t *s, const char *status, const char *text)
 {
     char buf[640];
-    snprintf(buf, sizeof(buf), "%s[%s]: %s", S_HOST(s), s->s_mx_ip, text);
+    bool sts = dlv_sts_enforced(s->s_dest); /* MTA-STS enforce: always 4.7.5, said so */
+    int pre = sts ? snprintf(buf, sizeof(buf), "MTA-STS: ") : 0;
+    snprintf(buf + pre, sizeof(buf) - (size_t)pre, "%s[%s]: %s", S_HOST(s), s->s_mx_ip, text);
+    if (sts)
+        status = "4.7.5";
     log_warn("delivery: %s: TLS policy %s: %s", s->s_dest->de_domain,
-             s->s_dest->de_policy == CFG_TLS_VERIFY ? "verify" : "required", buf);
+             sts                                      ? "MTA-STS enforce"
+             : s->s_dest->de_policy == CFG_TLS_VERIFY ? "verify"
+                                                      : "required",
+             buf + pre);
     dlv_dest_t *de = s->s_dest;
     if (s->s_tls_done || s->s_tls == NULL)
         session_quit(s);
@@ -768,6 +775,11 @@ static void session_after_ehlo(dlv_session_t *s)
                                           : "TLS required but STARTTLS not offered");
         return;
     }
+    if (!s->s_tls_done) /* MTA-STS testing: enforce would have refused plaintext */
+        dlv_sts_testing_failure(de, S_HOST(s),
+                                !s->x_starttls ? "STARTTLS not offered"
+                                : s->s_no_tls  ? "TLS not used (it failed before)"
+                                               : "TLS not used");
     session_ready(s);
 }
 
@@ -1017,6 +1029,9 @@ static void session_tls_step(dlv_session_t *s)
             return;
         }
     }
+    if (de->de_policy != CFG_TLS_VERIFY && dlv_sts_mode(de) != NULL &&
+        tls_verify_result(s->s_tls) != 0) /* MTA-STS testing: the chain only */
+        dlv_sts_testing_failure(de, S_HOST(s), tls_last_error(s->s_tls));
     s->s_tls_done = true;
     snprintf(s->s_tls_ver, sizeof(s->s_tls_ver), "%s", tls_version(s->s_tls));
     snprintf(s->s_cipher, sizeof(s->s_cipher), "%s", tls_cipher(s->s_tls));
@@ -1047,6 +1062,7 @@ static void session_tls_failed(dlv_session_t *s, const char *why)
     /* opportunistic: a new plaintext connection to the same host */
     log_warn("delivery: %s: TLS with %s[%s] failed (%s); retrying without TLS", de->de_domain,
              S_HOST(s), s->s_mx_ip, why);
+    dlv_sts_testing_failure(de, S_HOST(s), why); /* MTA-STS testing */
     de->de_notls_until = clock_mono_us() + DLV_NOTLS_TIME * 1000000ULL;
     s->s_no_tls = true;
     s->s_tries++;
@@ -1084,6 +1100,10 @@ static void session_next_work(dlv_session_t *s)
         return;
     }
     if (s->s_msgs > 0 && clock_mono_us() - s->s_born >= cfg->c_dlv_conn_reuse_time * 1000000ULL) {
+        session_quit(s);
+        return;
+    }
+    if (dlv_sts_session_stale(de, s->s_born)) { /* MTA-STS policy changed since it connected */
         session_quit(s);
         return;
     }
@@ -1209,14 +1229,15 @@ static void session_log_txn(dlv_session_t *s)
     buf_t to;
     buf_init(&to, 128);
     const char *st = NULL, *text = NULL;
+    const char *sts = dlv_sts_mode(s->s_dest); /* MTA-STS mode applied, or NULL */
     int code = 0;
     for (int i = s->s_first; i < s->s_first + s->s_n; i++) {
         dlv_rres_t *r = &s->s_res[i];
         if (r->rr_res != Q_OUT_DELIVERED) {
-            log_info("%s to=<%s> relay=%s[%s]:%d tls=%s dsn=%s status=%s (%d %s)", ids,
+            log_info("%s to=<%s> relay=%s[%s]:%d tls=%s%s%s dsn=%s status=%s (%d %s)", ids,
                      qd->qd_rcpts[i].qo_addr, S_HOST(s), s->s_mx_ip, s->s_port,
-                     s->s_tls_done ? s->s_tls_ver : "none", r->rr_status,
-                     r->rr_res == Q_OUT_BOUNCED ? "bounced" : "deferred", r->rr_code,
+                     s->s_tls_done ? s->s_tls_ver : "none", sts ? " mta_sts=" : "", sts ? sts : "",
+                     r->rr_status, r->rr_res == Q_OUT_BOUNCED ? "bounced" : "deferred", r->rr_code,
                      r->rr_text ? r->rr_text : "");
             continue;
         }
@@ -1227,9 +1248,9 @@ static void session_log_txn(dlv_session_t *s)
     }
     if (to.b_len > 0) {
         buf_append(&to, "", 1);
-        log_info("%s to=%s relay=%s[%s]:%d tls=%s dsn=%s status=sent (%d %s)", ids, to.b_data,
-                 S_HOST(s), s->s_mx_ip, s->s_port, s->s_tls_done ? s->s_tls_ver : "none", st, code,
-                 text ? text : "");
+        log_info("%s to=%s relay=%s[%s]:%d tls=%s%s%s dsn=%s status=sent (%d %s)", ids, to.b_data,
+                 S_HOST(s), s->s_mx_ip, s->s_port, s->s_tls_done ? s->s_tls_ver : "none",
+                 sts ? " mta_sts=" : "", sts ? sts : "", st, code, text ? text : "");
     }
     buf_free(&to);
 }

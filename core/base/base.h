@@ -383,4 +383,16 @@ void dns_mx_array_free(dns_mx_t *mx, int n);
 /* True for the RFC 7505 null MX: exactly one record whose host is "." */
 bool dns_mx_is_null(const dns_mx_t *mx, int n);
 
+/* TXT answer (MTA-STS discovery, RFC 8461 3.1): one string per record, the
+ * record's character-strings joined without separator; records holding a
+ * NUL byte are left out. txt is borrowed for the duration of the call.
+ * No TXT record in the answer: DNS_NODATA. */
+typedef void (*dns_txt_cb)(void *arg, dns_status_t st, const char *const *txt, int n, uint32_t ttl);
+/* Start a TXT lookup. Loop thread. */
+void dns_query_txt(dns_resolver_t *r, const char *name, dns_txt_cb cb, void *arg);
+/* Parse a TXT answer packet (exposed for unit tests and fuzzing). Returns 0
+ * and an owned array (dns_txt_array_free; NULL when n is 0), or SL_EPARSE. */
+int dns_parse_txt(const unsigned char *abuf, int alen, char ***out, int *n, uint32_t *ttl);
+void dns_txt_array_free(char **txt, int n);
+
 #endif /* SLUICE_BASE_H */

@@ -4,7 +4,9 @@
  * c-ares tells us which sockets it wants watched through its socket state
  * callback; each gets a uv_poll_t, and one uv_timer_t follows
  * ares_timeout(). Queries: dns_query_mx() (ares_query type MX, parsed here
- * so that we get the TTL and can recognise the RFC 7505 null MX) and
+ * so that we get the TTL and can recognise the RFC 7505 null MX),
+ * dns_query_txt() (type TXT, parsed here too: the strings of one record
+ * are joined, as RFC 8461 3.1 and RFC 7208 3.3 read them) and
  * dns_query_addr() (ares_getaddrinfo, A and AAAA, CNAMEs followed).
  *
  * Callbacks never run inside the call that started the query: c-ares may
@@ -30,18 +32,20 @@ typedef struct dns_poll {
     struct dns_poll *dp_next;
 } dns_poll_t;
 
-enum { DNSQ_MX = 1, DNSQ_ADDR };
+enum { DNSQ_MX = 1, DNSQ_ADDR, DNSQ_TXT };
 
 typedef struct dns_query {
     dns_resolver_t *dq_r;
     int dq_kind;
     dns_mx_cb dq_mx_cb;
     dns_addr_cb dq_addr_cb;
+    dns_txt_cb dq_txt_cb;
     void *dq_arg;
     int dq_port;
     bool dq_starting; /* still inside dns_query_*: park the answer */
     dns_status_t dq_st;
     dns_mx_t *dq_mx;
+    char **dq_txt;
     sockaddr_any_t *dq_addrs;
     int dq_n;
     uint32_t dq_ttl;
@@ -68,6 +72,7 @@ static void dns_defer_cb(uv_timer_t *t);
 static void dns_rearm(dns_resolver_t *r);
 static void dns_complete(dns_query_t *q);
 static void dns_fire(dns_query_t *q);
+static void dns_query_clear(dns_query_t *q);
 
 static pthread_once_t dns_lib_once = PTHREAD_ONCE_INIT;
 static int dns_lib_status;
@@ -196,11 +201,7 @@ void dns_resolver_free(dns_resolver_t *r)
     while (r->r_parked != NULL) {
         dns_query_t *q = r->r_parked;
         r->r_parked = q->dq_next;
-        dns_mx_array_free(q->dq_mx, q->dq_kind == DNSQ_MX ? q->dq_n : 0);
-        q->dq_mx = NULL;
-        free(q->dq_addrs);
-        q->dq_addrs = NULL;
-        q->dq_n = 0;
+        dns_query_clear(q);
         q->dq_st = DNS_CANCELLED;
         dns_fire(q);
     }
@@ -300,16 +301,30 @@ static void dns_defer_cb(uv_timer_t *t)
     }
 }
 
+/* Drop a query's answer (its owner gets none). */
+static void dns_query_clear(dns_query_t *q)
+{
+    if (q->dq_kind == DNSQ_MX)
+        dns_mx_array_free(q->dq_mx, q->dq_n);
+    else if (q->dq_kind == DNSQ_TXT)
+        dns_txt_array_free(q->dq_txt, q->dq_n);
+    free(q->dq_addrs);
+    q->dq_mx = NULL;
+    q->dq_txt = NULL;
+    q->dq_addrs = NULL;
+    q->dq_n = 0;
+}
+
 /* Deliver a finished query to its owner and free it. */
 static void dns_fire(dns_query_t *q)
 {
-    if (q->dq_kind == DNSQ_MX) {
+    if (q->dq_kind == DNSQ_MX)
         q->dq_mx_cb(q->dq_arg, q->dq_st, q->dq_mx, q->dq_n, q->dq_ttl);
-        dns_mx_array_free(q->dq_mx, q->dq_n);
-    } else {
+    else if (q->dq_kind == DNSQ_TXT)
+        q->dq_txt_cb(q->dq_arg, q->dq_st, (const char *const *)q->dq_txt, q->dq_n, q->dq_ttl);
+    else
         q->dq_addr_cb(q->dq_arg, q->dq_st, q->dq_addrs, q->dq_n, q->dq_ttl);
-        free(q->dq_addrs);
-    }
+    dns_query_clear(q);
     free(q);
 }
 
@@ -317,13 +332,7 @@ static void dns_complete(dns_query_t *q)
 {
     dns_resolver_t *r = q->dq_r;
     if (r->r_closing) { /* whatever c-ares says while being destroyed */
-        if (q->dq_kind == DNSQ_MX)
-            dns_mx_array_free(q->dq_mx, q->dq_n);
-        else
-            free(q->dq_addrs);
-        q->dq_mx = NULL;
-        q->dq_addrs = NULL;
-        q->dq_n = 0;
+        dns_query_clear(q);
         q->dq_st = DNS_CANCELLED;
         dns_fire(q);
         return;
@@ -472,6 +481,120 @@ void dns_query_mx(dns_resolver_t *r, const char *name, dns_mx_cb cb, void *arg)
     q->dq_starting = true;
     r->r_queries++;
     ares_query(r->r_chan, name, C_IN, T_MX, dns_mx_done_cb, q);
+    q->dq_starting = false;
+    dns_rearm(r);
+}
+
+/* ------------------------------------------------------------------ TXT */
+
+void dns_txt_array_free(char **txt, int n)
+{
+    if (txt == NULL)
+        return;
+    for (int i = 0; i < n; i++)
+        free(txt[i]);
+    free(txt);
+}
+
+int dns_parse_txt(const unsigned char *abuf, int alen, char ***out, int *nout, uint32_t *ttl)
+{
+    if (alen < HFIXEDSZ)
+        return SL_EPARSE;
+    int qd = get16(abuf + 4), an = get16(abuf + 6);
+    const unsigned char *p = abuf + HFIXEDSZ, *end = abuf + alen;
+    char **txt = NULL;
+    int n = 0;
+    uint32_t minttl = UINT32_MAX;
+    char *name;
+    long enclen;
+    for (int i = 0; i < qd; i++) {
+        if (ares_expand_name(p, abuf, alen, &name, &enclen) != ARES_SUCCESS)
+            goto fail;
+        ares_free_string(name);
+        p += enclen + QFIXEDSZ;
+        if (p > end)
+            goto fail;
+    }
+    for (int i = 0; i < an; i++) {
+        if (ares_expand_name(p, abuf, alen, &name, &enclen) != ARES_SUCCESS)
+            goto fail;
+        ares_free_string(name);
+        p += enclen;
+        if (p + RRFIXEDSZ > end)
+            goto fail;
+        int type = get16(p), cls = get16(p + 2);
+        uint32_t rttl = get32(p + 4);
+        int rdlen = get16(p + 8);
+        p += RRFIXEDSZ;
+        if (p + rdlen > end)
+            goto fail;
+        if (type == T_TXT && cls == C_IN) {
+            /* one record = one or more <character-string>s, joined */
+            const unsigned char *s = p, *e = p + rdlen;
+            buf_t b;
+            buf_init(&b, (size_t)rdlen + 1);
+            bool bad = false;
+            while (s < e) {
+                size_t l = *s++;
+                if (s + l > e) {
+                    bad = true;
+                    break;
+                }
+                buf_append(&b, s, l);
+                s += l;
+            }
+            if (bad) {
+                buf_free(&b);
+                goto fail;
+            }
+            if (memchr(b.b_data, '\0', b.b_len) != NULL) {
+                /* a NUL inside cannot be told from the end of a C string:
+                 * such a record is no text we could use */
+                buf_free(&b);
+            } else {
+                buf_append(&b, "", 1);
+                txt = xrealloc(txt, sizeof(*txt) * (size_t)(n + 1));
+                txt[n++] = buf_steal(&b, NULL);
+                if (rttl < minttl)
+                    minttl = rttl;
+            }
+        }
+        p += rdlen;
+    }
+    *out = txt;
+    *nout = n;
+    *ttl = minttl == UINT32_MAX ? 60 : minttl;
+    return 0;
+fail:
+    dns_txt_array_free(txt, n);
+    return SL_EPARSE;
+}
+
+static void dns_txt_done_cb(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
+{
+    dns_query_t *q = arg;
+    UNUSED(timeouts);
+    q->dq_st = dns_map_status(status);
+    q->dq_ttl = 60;
+    if (q->dq_st == DNS_OK) {
+        if (abuf == NULL || dns_parse_txt(abuf, alen, &q->dq_txt, &q->dq_n, &q->dq_ttl) != 0)
+            q->dq_st = DNS_TEMPFAIL;
+        else if (q->dq_n == 0)
+            q->dq_st = DNS_NODATA;
+    }
+    dns_complete(q);
+}
+
+void dns_query_txt(dns_resolver_t *r, const char *name, dns_txt_cb cb, void *arg)
+{
+    dns_query_t *q = xcalloc(1, sizeof(*q));
+    q->dq_r = r;
+    q->dq_kind = DNSQ_TXT;
+    q->dq_txt_cb = cb;
+    q->dq_arg = arg;
+    q->dq_starting = true;
+    r->r_queries++;
+    ares_query(r->r_chan, name, C_IN, T_TXT, dns_txt_done_cb, q);
     q->dq_starting = false;
     dns_rearm(r);
 }

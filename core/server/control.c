@@ -1261,6 +1261,8 @@ static const struct diff_key {
     DK("delivery.dns_cache_max_ttl", c_dlv_dns_cache_max, D_U64, false),
     DK("delivery.dead_after_failures", c_dlv_dead_after, D_INT, false),
     DK("delivery.dead_time", c_dlv_dead_time, D_U64, false),
+    DK("delivery.mta_sts", c_dlv_mta_sts, D_BOOL, false),
+    DK("delivery.mta_sts_port", c_dlv_mta_sts_port, D_INT, false),
     DK("delivery.connect_timeout", c_to_connect, D_U64, false),
     DK("delivery.greeting_timeout", c_to_greeting, D_U64, false),
     DK("delivery.ehlo_timeout", c_to_ehlo, D_U64, false),
