@@ -404,8 +404,9 @@ void dlv_dest_fail_pending(dlv_dest_t *de, queue_result_t res, int code, const c
         log_info("%s to=%s%s relay=none dsn=%s status=%s (%s)", queue_msgid_fmt(qd->qd_msgid, ids),
                  qd->qd_nrcpt > 0 ? qd->qd_rcpts[0].qo_addr : "?", qd->qd_nrcpt > 1 ? ",..." : "",
                  status, res == Q_OUT_BOUNCED ? "bounced" : "deferred", text);
+        dlv_where_t w = {.w_mta_sts = dlv_sts_mode(de)}; /* e.g. 4.7.5 no MX matches */
         for (int i = 0; i < qd->qd_nrcpt; i++)
-            dlv_outcome(de->de_t, qd, i, res, code, status, text, NULL);
+            dlv_outcome(de->de_t, qd, i, res, code, status, text, &w);
         queue_dispatch_free(qd);
     }
 }
@@ -759,6 +760,7 @@ void dlv_outcome(dlv_thread_t *t, const queue_dispatch_t *qd, int i, queue_resul
         snprintf(o->qo_src_ip, sizeof(o->qo_src_ip), "%s", w->w_src_ip ? w->w_src_ip : "");
         snprintf(o->qo_tls, sizeof(o->qo_tls), "%s", w->w_tls ? w->w_tls : "");
         snprintf(o->qo_cipher, sizeof(o->qo_cipher), "%s", w->w_cipher ? w->w_cipher : "");
+        snprintf(o->qo_mta_sts, sizeof(o->qo_mta_sts), "%s", w->w_mta_sts ? w->w_mta_sts : "");
         if (res == Q_OUT_DEFERRED)
             o->qo_retry_at = w->w_retry_at;
     }

@@ -133,7 +133,8 @@ typedef struct dlv_where {
     const char *w_src_ip;
     const char *w_tls;
     const char *w_cipher;
-    uint64_t w_retry_at; /* deferred: earliest next attempt (unix s), 0 = the schedule's */
+    uint64_t w_retry_at;   /* deferred: earliest next attempt (unix s), 0 = the schedule's */
+    const char *w_mta_sts; /* MTA-STS mode that applied ("enforce", "testing") or NULL */
 } dlv_where_t;
 
 /* Submit one recipient's outcome and count it. */

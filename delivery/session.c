@@ -1266,7 +1266,8 @@ static void session_end_txn(dlv_session_t *s, bool completed)
                      s->s_src_ip,
                      s->s_tls_done ? s->s_tls_ver : "",
                      s->s_tls_done ? s->s_cipher : "",
-                     retry};
+                     retry,
+                     dlv_sts_mode(s->s_dest)};
     for (int i = s->s_first; i < s->s_first + s->s_n; i++) {
         dlv_rres_t *r = &s->s_res[i];
         if (r->rr_state != RR_DONE) { /* accepted at RCPT, no final answer: defer */

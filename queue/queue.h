@@ -246,6 +246,7 @@ typedef struct queue_outcome {
     char qo_src_ip[48];
     char qo_tls[24]; /* "TLSv1.3" or "" */
     char qo_cipher[64];
+    char qo_mta_sts[12];  /* MTA-STS mode that applied: "enforce", "testing" or "" */
     uint64_t qo_retry_at; /* deferred: earliest next attempt (unix s), 0 = schedule */
     bool qo_admin;        /* bounced by the operator (QREQ_BOUNCE): "admin_bounce" */
 } queue_outcome_t;

@@ -502,6 +502,8 @@ static void acct_outcome(buf_t *b, const char *type, uint64_t now_us, uint64_t i
     q_json_strz(b, o->qo_tls);
     buf_append_str(b, ",\"cipher\":");
     q_json_strz(b, o->qo_cipher);
+    buf_append_str(b, ",\"mta_sts\":");
+    q_json_strz(b, o->qo_mta_sts[0] ? o->qo_mta_sts : NULL);
     uint64_t now_s = now_us / 1000000;
     buf_printf(
         b, ",\"attempt\":%u,\"queued_seconds\":%llu,\"code\":%d,\"status\":", rr->rr_attempts + 1,

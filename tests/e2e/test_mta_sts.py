@@ -295,6 +295,7 @@ class MtaStsTest(unittest.TestCase):
         rec = wait_acct(d, "delivery", "alice@a.test")[0]
         self.assertTrue(rec["tls"].startswith("TLSv1."), rec)
         self.assertEqual(rec["mx"], "mx.a.test")
+        self.assertEqual(rec["mta_sts"], "enforce")
         self.assertEqual(self.https.count("a.test"), 1)
         log = d.stderr()
         self.assertRegex(log, r"to=<alice@a\.test> relay=mx\.a\.test\[127\.0\.0\.1\]:\d+ "
@@ -310,6 +311,7 @@ class MtaStsTest(unittest.TestCase):
         rec = wait_acct(d, "transient", "bob@b.test")[0]
         self.assertEqual(rec["status"], "4.7.5")
         self.assertIn("MTA-STS: no MX host matches the policy", rec["text"])
+        self.assertEqual(rec["mta_sts"], "enforce")
         time.sleep(0.5)
         self.assertNotIn("bob@b.test", sink_rcpts(sink))
         d.stop()
@@ -329,6 +331,7 @@ class MtaStsTest(unittest.TestCase):
         self.assertFalse(env.get("tls"))
         rec = wait_acct(d, "delivery", "dan@d.test")[0]
         self.assertFalse(rec["tls"])
+        self.assertEqual(rec["mta_sts"], "testing")
         log = d.stderr()
         self.assertRegex(log, r"warn .*d\.test: MTA-STS testing id=d1: mx\.d\.test: "
                               r"STARTTLS not offered \(enforce mode would defer\)")
@@ -361,6 +364,7 @@ class MtaStsTest(unittest.TestCase):
         for r in ("erin@e.test", "hal@h.test", "ivy@i.test"):
             rec = wait_acct(d, "delivery", r)[0]
             self.assertTrue(rec["tls"].startswith("TLSv1."), rec)  # opportunistic TLS
+            self.assertIsNone(rec["mta_sts"])
         log = d.stderr()
         self.assertNotIn("mta_sts=", log)
         # h.test: the fetch failed (404) -> as if no policy
