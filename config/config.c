@@ -13,7 +13,7 @@
  * returned; its refcount is atomic; the process-wide current pointer is
  * guarded by a mutex (the only mutable global sluice has).
  */
-#include "config/config_int.h"
+#include "config/config.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>

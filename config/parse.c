@@ -1,6 +1,6 @@
 /*
  * config/parse.c - lexer and parser for sluice's configuration syntax, a
- * small UCL / nginx-like subset, into a tree of cfg_node_t (config_int.h).
+ * small UCL / nginx-like subset, into a tree of cfg_node_t (config.h).
  *
  *   key = value;   key value;   key: value      (separators ; , or newline)
  *   name { ... }   key = [a, b, c]              (sections, lists of strings)
@@ -10,7 +10,7 @@
  * Main function: cfg_tree_parse(). Any thread; no global state. The tree
  * owns its strings and is freed with cfg_tree_free().
  */
-#include "config/config_int.h"
+#include "config/config.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -23,9 +23,8 @@
 #include "delivery/rules_int.h"
 #include "delivery/shaping_int.h" /* the shaping providers, by name */
 
-/* The config module's tree parser (config_int.h): the rules file uses the
- * config syntax and gets its "file:line" errors for free. */
-#include "config/config_int.h"
+/* The rules file uses the config syntax (config.h's cfg_tree_parse) and
+ * gets its "file:line" errors for free. */
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>

@@ -30,8 +30,6 @@
  */
 #include "delivery/shaping_int.h"
 
-#include "config/config_int.h" /* the config syntax's tree parser, as rules.c */
-
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 

@@ -16,8 +16,6 @@
  */
 #include "delivery/shaping_int.h"
 
-#include "config/config_int.h"
-
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
