@@ -28,6 +28,7 @@ static void dlv_dispatch(void *arg, queue_dispatch_t *qd);
 static void dlv_inbox_cb(chan_t *ch, chan_node_t *first, void *arg);
 static void dlv_thread_main(void *arg);
 static void dlv_stop_cb(uv_async_t *h);
+static void dlv_cfg_cb(uv_async_t *h);
 static void dlv_sweep_cb(uv_timer_t *h);
 static dlv_dest_t *dlv_dest_get(dlv_thread_t *t, const char *domain);
 static void dlv_dest_free(dlv_dest_t *de);
@@ -79,7 +80,8 @@ int dlv_new(cfg_t *cfg, queue_t *q, dlv_t **out, char *err, size_t errlen)
     for (i = 0; i < n; i++) {
         dlv_thread_t *t = &d->d_threads[i];
         t->t_d = d;
-        t->t_cfg = cfg;
+        t->t_cfg = cfg_ref(cfg);
+        pthread_mutex_init(&t->t_cfg_lock, NULL);
         t->t_idx = i;
         t->t_helo = (cfg->c_dlv_helo && cfg->c_dlv_helo[0]) ? cfg->c_dlv_helo : cfg->c_hostname;
         if (t->t_helo == NULL || t->t_helo[0] == '\0')
@@ -96,6 +98,8 @@ int dlv_new(cfg_t *cfg, queue_t *q, dlv_t **out, char *err, size_t errlen)
         t->t_inbox = chan_new(&t->t_loop, dlv_inbox_cb, t);
         uv_async_init(&t->t_loop, &t->t_stop_async, dlv_stop_cb);
         t->t_stop_async.data = t;
+        uv_async_init(&t->t_loop, &t->t_cfg_async, dlv_cfg_cb);
+        t->t_cfg_async.data = t;
         uv_timer_init(&t->t_loop, &t->t_sweep);
         t->t_sweep.data = t;
         const char *ca = (cfg->c_dlv_ca_file && cfg->c_dlv_ca_file[0]) ? cfg->c_dlv_ca_file : NULL;
@@ -117,6 +121,7 @@ fail:
         dns_resolver_free(t->t_dns);
         chan_close(t->t_inbox);
         uv_close((uv_handle_t *)&t->t_stop_async, NULL);
+        uv_close((uv_handle_t *)&t->t_cfg_async, NULL);
         uv_close((uv_handle_t *)&t->t_sweep, NULL);
         uv_run(&t->t_loop, UV_RUN_DEFAULT);
         uv_loop_close(&t->t_loop);
@@ -124,6 +129,9 @@ fail:
             tls_ctx_free(t->t_tls_ctx);
         free(t->t_dests);
     }
+    for (int j = 0; j < n; j++) /* every thread got its reference */
+        if (d->d_threads[j].t_cfg != NULL)
+            cfg_unref(d->d_threads[j].t_cfg);
     free(d->d_threads);
     dlv_shaping_free(d->d_shaping);
     cfg_unref(d->d_cfg);
@@ -177,6 +185,7 @@ void dlv_free(dlv_t *d)
             dns_resolver_free(t->t_dns);
             chan_close(t->t_inbox);
             uv_close((uv_handle_t *)&t->t_stop_async, NULL);
+            uv_close((uv_handle_t *)&t->t_cfg_async, NULL);
             uv_close((uv_handle_t *)&t->t_sweep, NULL);
             uv_run(&t->t_loop, UV_RUN_DEFAULT);
             if (uv_loop_close(&t->t_loop) != 0)
@@ -186,6 +195,13 @@ void dlv_free(dlv_t *d)
             tls_ctx_free(t->t_tls_ctx);
         free(t->t_dests);
         dlv_sts_thread_free(t); /* MTA-STS policy cache (NULL if never used) */
+        if (t->t_cfg_next)
+            cfg_unref(t->t_cfg_next);
+        for (int k = 0; k < t->t_ncfg_old; k++)
+            cfg_unref(t->t_cfg_old[k]);
+        free(t->t_cfg_old);
+        cfg_unref(t->t_cfg);
+        pthread_mutex_destroy(&t->t_cfg_lock);
     }
     free(d->d_threads);
     dlv_shaping_free(d->d_shaping);
@@ -292,7 +308,79 @@ static void dlv_stop_cb(uv_async_t *h)
     dlv_sts_thread_stop(t); /* MTA-STS policy fetches in flight are closed */
     uv_close((uv_handle_t *)&t->t_sweep, NULL);
     uv_close((uv_handle_t *)&t->t_stop_async, NULL);
+    uv_close((uv_handle_t *)&t->t_cfg_async, NULL);
     dlv_walk_sessions_shutdown(t);
+}
+
+/* ------------------------------------------------------------- reload */
+
+void dlv_set_config(dlv_t *d, cfg_t *cfg, bool reroute)
+{
+    if (d == NULL || !d->d_started || atomic_load(&d->d_stopping))
+        return;
+    for (int i = 0; i < d->d_nthreads; i++) {
+        dlv_thread_t *t = &d->d_threads[i];
+        cfg_t *nc = cfg_ref(cfg);
+        pthread_mutex_lock(&t->t_cfg_lock);
+        cfg_t *old = t->t_cfg_next;
+        t->t_cfg_next = nc;
+        t->t_cfg_reroute |= reroute;
+        pthread_mutex_unlock(&t->t_cfg_lock);
+        if (old)
+            cfg_unref(old);
+        uv_async_send(&t->t_cfg_async);
+    }
+}
+
+/* Loop thread: take the snapshot dlv_set_config left. */
+static void dlv_cfg_cb(uv_async_t *h)
+{
+    dlv_thread_t *t = h->data;
+    pthread_mutex_lock(&t->t_cfg_lock);
+    cfg_t *nc = t->t_cfg_next;
+    bool reroute = t->t_cfg_reroute;
+    t->t_cfg_next = NULL;
+    t->t_cfg_reroute = false;
+    pthread_mutex_unlock(&t->t_cfg_lock);
+    if (nc == NULL || t->t_stopping) {
+        if (nc)
+            cfg_unref(nc);
+        return;
+    }
+    t->t_cfg_old = xrealloc(t->t_cfg_old, (size_t)(t->t_ncfg_old + 1) * sizeof(cfg_t *));
+    t->t_cfg_old[t->t_ncfg_old++] = t->t_cfg;
+    t->t_cfg = nc;
+    if (!reroute)
+        return;
+    /* routes or TLS policies changed: every destination resolves again at
+     * its next use, takes its TLS policy from the new snapshot (MTA-STS
+     * enforce keeps verify), idle sessions QUIT now and busy ones opened
+     * before QUIT when their transaction is done (dlv_cfg_session_stale) */
+    t->t_cfg_epoch = clock_mono_us();
+    for (size_t i = 0; i < t->t_dest_cap; i++)
+        for (dlv_dest_t *de = t->t_dests[i]; de; de = de->de_hnext) {
+            int want =
+                dlv_sts_enforced(de) ? CFG_TLS_VERIFY : cfg_tls_policy_for(nc, de->de_domain);
+            if (want != de->de_policy) {
+                de->de_policy = want;
+                if (de->de_tls_session != NULL) { /* resumed, it would skip a now required check */
+                    tls_session_free(de->de_tls_session);
+                    de->de_tls_session = NULL;
+                }
+            }
+            for (dlv_session_t *s = de->de_sessions, *next; s != NULL; s = next) {
+                next = dlv_session_next(s); /* shutdown may unlink s */
+                if (dlv_session_idle(s))
+                    dlv_session_shutdown(s); /* QUIT now; busy ones after their transaction */
+            }
+            dlv_dest_kick(de);
+        }
+    log_info("delivery: configuration reloaded; routes and TLS policies apply to new connections");
+}
+
+bool dlv_cfg_session_stale(const dlv_dest_t *de, uint64_t born)
+{
+    return born < de->de_t->t_cfg_epoch;
 }
 
 /* Every 10 s: forget destinations with nothing to do. */
@@ -433,9 +521,10 @@ void dlv_dest_kick(dlv_dest_t *de)
         }
         if (de->de_rstate == DLV_RT_RESOLVING)
             continue; /* to the rekick test */
-        if (de->de_rstate == DLV_RT_NONE || de->de_rexpire <= now) {
-            dlv_route_start(de); /* may answer at once: rekick */
-            continue;            /* to the rekick test */
+        if (de->de_rstate == DLV_RT_NONE || de->de_rexpire <= now ||
+            de->de_rstart < t->t_cfg_epoch) { /* expired, or a reload changed routes */
+            dlv_route_start(de);              /* may answer at once: rekick */
+            continue;                         /* to the rekick test */
         }
         if (!de->de_rfresh)
             atomic_fetch_add_explicit(&t->t_d->d_stats.ds_dns_cache_hits, 1, memory_order_relaxed);
@@ -540,6 +629,7 @@ static void dlv_route_start(dlv_dest_t *de)
     dlv_thread_t *t = de->de_t;
     const cfg_t *cfg = t->t_cfg;
     de->de_rstate = DLV_RT_RESOLVING;
+    de->de_rstart = clock_mono_us();
     const struct cfg_route *rt = cfg_route_for(cfg, de->de_domain);
     if (rt != NULL) {
         de->de_port = rt->r_port > 0 ? rt->r_port : cfg->c_dlv_port;

@@ -63,6 +63,15 @@ void dlv_stop(dlv_t *d);
 void dlv_free(dlv_t *d);
 /* Any thread. */
 const dlv_stats_t *dlv_stats(const dlv_t *d);
+/* A reloaded configuration (each thread takes a reference at its next
+ * wake-up; main thread). Timeouts, connection limits, reuse and idle
+ * times, dead-site settings, DNS cache TTL and MTA-STS settings apply to
+ * the next decision. With reroute (routes, smarthost, port, TLS policy
+ * changed), every destination resolves its route again at its next use
+ * and connections opened before QUIT once their current transaction is
+ * done. threads, resolvers, ca_file and helo_name keep their start-up
+ * values (the caller keeps them in cfg). */
+void dlv_set_config(dlv_t *d, cfg_t *cfg, bool reroute);
 
 /* Traffic shaping state for `sluicectl providers` (delivery/shaping.c,
  * docs/shaping.md): a new json-c object the caller puts,

@@ -14,6 +14,8 @@
 
 #include "delivery/delivery.h"
 
+#include <pthread.h>
+
 #define DLV_MAX_MX 10        /* MX hosts we look at */
 #define DLV_MAX_ADDRS 16     /* addresses kept per destination */
 #define DLV_MAX_TRIES 5      /* addresses one session tries before giving up */
@@ -61,6 +63,16 @@ struct dlv_thread {
     bool t_stopping;
     const char *t_helo;
     dlv_sts_cache_t *t_sts; /* MTA-STS policy cache (mta_sts.c), NULL until used */
+    /* reload (dlv_set_config): the main thread leaves t_cfg_next, the
+     * thread takes it in dlv_cfg_cb. Replaced snapshots stay referenced
+     * until dlv_free: state may still point into them. */
+    pthread_mutex_t t_cfg_lock;
+    cfg_t *t_cfg_next;
+    bool t_cfg_reroute;
+    uv_async_t t_cfg_async;
+    cfg_t **t_cfg_old;
+    int t_ncfg_old;
+    uint64_t t_cfg_epoch; /* clock_mono_us() of the last rerouting reload, 0 = none */
 };
 
 typedef struct dlv_addr {
@@ -82,6 +94,7 @@ struct dlv_dest {
     dlv_rstate_t de_rstate;
     bool de_rfresh;      /* just resolved: the next use is not a cache hit */
     uint64_t de_rexpire; /* monotonic us */
+    uint64_t de_rstart;  /* clock_mono_us() when the route lookup started */
     dlv_addr_t *de_addrs;
     int de_naddr;
     queue_result_t de_fail_result; /* DLV_RT_FAILED: what every recipient gets */
@@ -238,6 +251,9 @@ void dlv_sts_thread_free(dlv_thread_t *t);
 const char *dlv_sts_mode(const dlv_dest_t *de);
 /* Enforce mode rules de's TLS (de_policy was set to verify by it). */
 bool dlv_sts_enforced(const dlv_dest_t *de);
+/* A reload changed routes or TLS policies after a session born at `born`
+ * (clock_mono_us) connected: it QUITs instead of taking more work. */
+bool dlv_cfg_session_stale(const dlv_dest_t *de, uint64_t born);
 /* Testing mode: log (warn) a failure enforce mode would have deferred. */
 void dlv_sts_testing_failure(const dlv_dest_t *de, const char *host, const char *what);
 /* A session connected at born (monotonic us) predates the policy in force

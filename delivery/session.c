@@ -1103,7 +1103,8 @@ static void session_next_work(dlv_session_t *s)
         session_quit(s);
         return;
     }
-    if (dlv_sts_session_stale(de, s->s_born)) { /* MTA-STS policy changed since it connected */
+    if (dlv_sts_session_stale(de, s->s_born) || /* MTA-STS policy changed since it connected */
+        dlv_cfg_session_stale(de, s->s_born)) { /* or a reload changed routes / TLS policies */
         session_quit(s);
         return;
     }

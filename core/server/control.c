@@ -1247,32 +1247,32 @@ static const struct diff_key {
     DK("queue.active_size", c_active_size, D_U64, true),
     DK("queue.scan_interval", c_scan_interval_ms, D_U64, true),
     DK("delivery.threads", c_dlv_threads, D_INT, false),
-    DK("delivery.port", c_dlv_port, D_INT, false),
+    DK("delivery.port", c_dlv_port, D_INT, true),
     DK("delivery.resolvers", c_dlv_resolvers, D_STR, false),
-    DK("delivery.smarthost", c_dlv_smarthost, D_STR, false),
-    DK("delivery.tls", c_dlv_tls_default, D_INT, false),
+    DK("delivery.smarthost", c_dlv_smarthost, D_STR, true),
+    DK("delivery.tls", c_dlv_tls_default, D_INT, true),
     DK("delivery.ca_file", c_dlv_ca_file, D_STR, false),
     DK("delivery.helo_name", c_dlv_helo, D_STR, false),
-    DK("delivery.max_rcpt_per_transaction", c_dlv_max_rcpt_per_txn, D_INT, false),
-    DK("delivery.max_connections_per_destination", c_dlv_max_conn_per_dest, D_INT, false),
-    DK("delivery.max_messages_per_connection", c_dlv_max_msgs_per_conn, D_INT, false),
-    DK("delivery.connection_reuse_time", c_dlv_conn_reuse_time, D_U64, false),
-    DK("delivery.idle_time", c_dlv_idle_time, D_U64, false),
-    DK("delivery.dns_cache_max_ttl", c_dlv_dns_cache_max, D_U64, false),
-    DK("delivery.dead_after_failures", c_dlv_dead_after, D_INT, false),
-    DK("delivery.dead_time", c_dlv_dead_time, D_U64, false),
+    DK("delivery.max_rcpt_per_transaction", c_dlv_max_rcpt_per_txn, D_INT, true),
+    DK("delivery.max_connections_per_destination", c_dlv_max_conn_per_dest, D_INT, true),
+    DK("delivery.max_messages_per_connection", c_dlv_max_msgs_per_conn, D_INT, true),
+    DK("delivery.connection_reuse_time", c_dlv_conn_reuse_time, D_U64, true),
+    DK("delivery.idle_time", c_dlv_idle_time, D_U64, true),
+    DK("delivery.dns_cache_max_ttl", c_dlv_dns_cache_max, D_U64, true),
+    DK("delivery.dead_after_failures", c_dlv_dead_after, D_INT, true),
+    DK("delivery.dead_time", c_dlv_dead_time, D_U64, true),
     DK("delivery.mta_sts", c_dlv_mta_sts, D_BOOL, false),
     DK("delivery.mta_sts_port", c_dlv_mta_sts_port, D_INT, false),
-    DK("delivery.connect_timeout", c_to_connect, D_U64, false),
-    DK("delivery.greeting_timeout", c_to_greeting, D_U64, false),
-    DK("delivery.ehlo_timeout", c_to_ehlo, D_U64, false),
-    DK("delivery.starttls_timeout", c_to_starttls, D_U64, false),
-    DK("delivery.mail_timeout", c_to_mail, D_U64, false),
-    DK("delivery.rcpt_timeout", c_to_rcpt, D_U64, false),
-    DK("delivery.data_timeout", c_to_data, D_U64, false),
-    DK("delivery.data_block_timeout", c_to_data_block, D_U64, false),
-    DK("delivery.data_done_timeout", c_to_data_done, D_U64, false),
-    DK("delivery.quit_timeout", c_to_quit, D_U64, false),
+    DK("delivery.connect_timeout", c_to_connect, D_U64, true),
+    DK("delivery.greeting_timeout", c_to_greeting, D_U64, true),
+    DK("delivery.ehlo_timeout", c_to_ehlo, D_U64, true),
+    DK("delivery.starttls_timeout", c_to_starttls, D_U64, true),
+    DK("delivery.mail_timeout", c_to_mail, D_U64, true),
+    DK("delivery.rcpt_timeout", c_to_rcpt, D_U64, true),
+    DK("delivery.data_timeout", c_to_data, D_U64, true),
+    DK("delivery.data_block_timeout", c_to_data_block, D_U64, true),
+    DK("delivery.data_done_timeout", c_to_data_done, D_U64, true),
+    DK("delivery.quit_timeout", c_to_quit, D_U64, true),
 #undef DK
 };
 
@@ -1313,11 +1313,18 @@ static void keep_old(cfg_t *nc, const cfg_t *old)
     nc->c_spool_map_size = old->c_spool_map_size;
     nc->c_spool_max_size = old->c_spool_max_size;
     nc->c_acct_max_size = old->c_acct_max_size;
+    /* and these the delivery threads set up at start */
+    nc->c_dlv_threads = old->c_dlv_threads;
+    nc->c_dlv_mta_sts = old->c_dlv_mta_sts;
+    nc->c_dlv_mta_sts_port = old->c_dlv_mta_sts_port;
     char **strs[][2] = {{&nc->c_tls_cert, (char **)&old->c_tls_cert},
                         {&nc->c_tls_key, (char **)&old->c_tls_key},
                         {&nc->c_hostname, (char **)&old->c_hostname},
                         {&nc->c_spool_path, (char **)&old->c_spool_path},
-                        {&nc->c_acct_dir, (char **)&old->c_acct_dir}};
+                        {&nc->c_acct_dir, (char **)&old->c_acct_dir},
+                        {&nc->c_dlv_resolvers, (char **)&old->c_dlv_resolvers},
+                        {&nc->c_dlv_ca_file, (char **)&old->c_dlv_ca_file},
+                        {&nc->c_dlv_helo, (char **)&old->c_dlv_helo}};
     for (size_t i = 0; i < ARRAY_SIZE(strs); i++) {
         free(*strs[i][0]);
         *strs[i][0] = *strs[i][1] ? xstrdup(*strs[i][1]) : NULL;
@@ -1386,13 +1393,18 @@ int control_reload(control_t *ct, json_object *resp, char *err, size_t errlen)
                  strcmp(x->r_host ? x->r_host : "", y->r_host ? y->r_host : "") != 0;
     }
     if (routes)
-        diff_add(restart, &lr, "delivery.routes");
+        diff_add(applied, &la, "delivery.routes");
     bool tls = old->c_dlv_ntls != nc->c_dlv_ntls;
     for (int i = 0; !tls && i < nc->c_dlv_ntls; i++)
         tls = strcmp(old->c_dlv_tls[i].tp_domain, nc->c_dlv_tls[i].tp_domain) != 0 ||
               old->c_dlv_tls[i].tp_policy != nc->c_dlv_tls[i].tp_policy;
     if (tls)
-        diff_add(restart, &lr, "delivery.tls_policy");
+        diff_add(applied, &la, "delivery.tls_policy");
+    /* delivery threads: destinations resolve their route again */
+    bool reroute = routes || tls || old->c_dlv_port != nc->c_dlv_port ||
+                   old->c_dlv_tls_default != nc->c_dlv_tls_default ||
+                   strcmp(old->c_dlv_smarthost ? old->c_dlv_smarthost : "",
+                          nc->c_dlv_smarthost ? nc->c_dlv_smarthost : "") != 0;
 
 #ifdef SLUICE_HAVE_DELIVERY
     if (dlv != NULL) { /* the files are read again even when their names did not change */
@@ -1412,6 +1424,11 @@ int control_reload(control_t *ct, json_object *resp, char *err, size_t errlen)
         smtp_server_set_config(ct->ct_env.ce_smtp, nc);
     if (ct->ct_env.ce_queue != NULL)
         queue_set_config(ct->ct_env.ce_queue, nc);
+    (void)reroute;
+#ifdef SLUICE_HAVE_DELIVERY
+    if (dlv != NULL)
+        dlv_set_config(dlv, nc, reroute);
+#endif
     log_info("config reloaded from %s: applied=[%.*s] needs_restart=[%.*s]", file, (int)la.b_len,
              la.b_data, (int)lr.b_len, lr.b_data);
     if (resp != NULL) {

@@ -356,6 +356,35 @@ class OpsTest(unittest.TestCase):
         self.assertFalse(os.path.exists(d.spool + "-new"))
         self.assertEqual(len(d.list()["messages"]), 2)
 
+    def test_reload_reroutes_delivery(self):
+        """delivery.* is read by the delivery threads at run time: a reload
+        that moves a domain to another host sends the next message there,
+        even with a pooled connection to the old host still open; threads
+        and resolvers need a restart."""
+        a, b = self.sink(), self.sink()
+        d = self.daemon(routes={"example.test": "127.0.0.1:%d" % a.port}, start=False)
+        text = read(d.conf_path).replace("delivery {\n", "delivery {\n    idle_time = 60s;\n", 1)
+        with open(d.conf_path, "w") as f:
+            f.write(text)
+        d.start()
+        send(d, ["first@example.test"])
+        a.wait_messages(1)
+        self.assertEqual(d.status()["delivery"]["connections_current"], 1)  # pooled, idle
+        with open(d.conf_path, "w") as f:
+            f.write(text.replace("127.0.0.1:%d" % a.port, "127.0.0.1:%d" % b.port)
+                    .replace("idle_time = 60s;", "idle_time = 60s;\n    threads = 3;\n"
+                             "    connect_timeout = 7s;"))
+        r = self.ctl_json(d, "reload")
+        self.assertIn("delivery.routes", r["applied"])
+        self.assertIn("delivery.connect_timeout", r["applied"])
+        self.assertIn("delivery.threads", r["needs_restart"])
+        st.wait_for(lambda: "delivery: configuration reloaded" in d.stderr(), 10,
+                    what="the delivery threads' reload log line")
+        send(d, ["second@example.test"])
+        self.assertEqual(b.wait_messages(1)[0][0]["rcpts"], ["second@example.test"])
+        time.sleep(0.5)
+        self.assertEqual(len(a.messages()), 1)  # not through the old pooled connection
+
     # -- log-rotate
 
     def test_log_rotate(self):
