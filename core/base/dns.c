@@ -382,55 +382,89 @@ static uint32_t get32(const unsigned char *p)
     return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
 }
 
-int dns_parse_mx(const unsigned char *abuf, int alen, dns_mx_t **out, int *nout, uint32_t *ttl)
+/* One answer record of a reply: its type, class, TTL and RDATA (inside
+ * abuf, for ares_expand_name). 0 to go on, SL_EPARSE to give up. */
+typedef int (*dns_rr_fn)(const unsigned char *abuf, int alen, int type, int cls, uint32_t ttl,
+                         const unsigned char *rdata, int rdlen, void *arg);
+
+/* Skip the question section of a reply and hand every answer record to
+ * fn. Bounds-checked: SL_EPARSE on a truncated or malformed reply. */
+static int dns_walk_answers(const unsigned char *abuf, int alen, dns_rr_fn fn, void *arg)
 {
     if (alen < HFIXEDSZ)
         return SL_EPARSE;
     int qd = get16(abuf + 4), an = get16(abuf + 6);
     const unsigned char *p = abuf + HFIXEDSZ, *end = abuf + alen;
-    dns_mx_t *mx = NULL;
-    int n = 0;
-    uint32_t minttl = UINT32_MAX;
     char *name;
     long enclen;
     for (int i = 0; i < qd; i++) {
         if (ares_expand_name(p, abuf, alen, &name, &enclen) != ARES_SUCCESS)
-            goto fail;
+            return SL_EPARSE;
         ares_free_string(name);
         p += enclen + QFIXEDSZ;
         if (p > end)
-            goto fail;
+            return SL_EPARSE;
     }
     for (int i = 0; i < an; i++) {
         if (ares_expand_name(p, abuf, alen, &name, &enclen) != ARES_SUCCESS)
-            goto fail;
+            return SL_EPARSE;
         ares_free_string(name);
         p += enclen;
         if (p + RRFIXEDSZ > end)
-            goto fail;
+            return SL_EPARSE;
         int type = get16(p), cls = get16(p + 2);
         uint32_t rttl = get32(p + 4);
         int rdlen = get16(p + 8);
         p += RRFIXEDSZ;
         if (p + rdlen > end)
-            goto fail;
-        if (rttl < minttl)
-            minttl = rttl;
-        if (type == T_MX && cls == C_IN && rdlen >= 3) {
-            if (ares_expand_name(p + 2, abuf, alen, &name, &enclen) != ARES_SUCCESS)
-                goto fail;
-            mx = xrealloc(mx, sizeof(*mx) * (size_t)(n + 1));
-            mx[n].dm_pref = get16(p);
-            /* the root is "" from c-ares; strip a trailing dot otherwise */
-            size_t l = strlen(name);
-            if (l > 0 && name[l - 1] == '.')
-                name[--l] = '\0';
-            mx[n].dm_host = xstrdup(name);
-            ares_free_string(name);
-            n++;
-        }
+            return SL_EPARSE;
+        int rc = fn(abuf, alen, type, cls, rttl, p, rdlen, arg);
+        if (rc != 0)
+            return rc;
         p += rdlen;
     }
+    return 0;
+}
+
+typedef struct mx_parse {
+    dns_mx_t *mx;
+    int n;
+    uint32_t minttl; /* of every answer record (a CNAME's too) */
+} mx_parse_t;
+
+static int mx_rr(const unsigned char *abuf, int alen, int type, int cls, uint32_t ttl,
+                 const unsigned char *p, int rdlen, void *arg)
+{
+    mx_parse_t *m = arg;
+    char *name;
+    long enclen;
+    if (ttl < m->minttl)
+        m->minttl = ttl;
+    if (type != T_MX || cls != C_IN || rdlen < 3)
+        return 0;
+    if (ares_expand_name(p + 2, abuf, alen, &name, &enclen) != ARES_SUCCESS)
+        return SL_EPARSE;
+    m->mx = xrealloc(m->mx, sizeof(*m->mx) * (size_t)(m->n + 1));
+    m->mx[m->n].dm_pref = get16(p);
+    /* the root is "" from c-ares; strip a trailing dot otherwise */
+    size_t l = strlen(name);
+    if (l > 0 && name[l - 1] == '.')
+        name[--l] = '\0';
+    m->mx[m->n].dm_host = xstrdup(name);
+    ares_free_string(name);
+    m->n++;
+    return 0;
+}
+
+int dns_parse_mx(const unsigned char *abuf, int alen, dns_mx_t **out, int *nout, uint32_t *ttl)
+{
+    mx_parse_t m = {NULL, 0, UINT32_MAX};
+    if (dns_walk_answers(abuf, alen, mx_rr, &m) != 0) {
+        dns_mx_array_free(m.mx, m.n);
+        return SL_EPARSE;
+    }
+    dns_mx_t *mx = m.mx;
+    int n = m.n;
     if (n > 1) {
         qsort(mx, (size_t)n, sizeof(*mx), dns_mx_cmp);
         /* shuffle runs of equal preference (RFC 5321 5.1) */
@@ -439,21 +473,18 @@ int dns_parse_mx(const unsigned char *abuf, int alen, dns_mx_t **out, int *nout,
             while (j < n && mx[j].dm_pref == mx[i].dm_pref)
                 j++;
             for (int k = j - 1; k > i; k--) {
-                int m = i + (int)((unsigned)random() % (unsigned)(k - i + 1));
+                int r = i + (int)((unsigned)random() % (unsigned)(k - i + 1));
                 dns_mx_t tmp = mx[k];
-                mx[k] = mx[m];
-                mx[m] = tmp;
+                mx[k] = mx[r];
+                mx[r] = tmp;
             }
             i = j;
         }
     }
     *out = mx;
     *nout = n;
-    *ttl = minttl == UINT32_MAX ? 60 : minttl;
+    *ttl = m.minttl == UINT32_MAX ? 60 : m.minttl;
     return 0;
-fail:
-    dns_mx_array_free(mx, n);
-    return SL_EPARSE;
 }
 
 static void dns_mx_done_cb(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
@@ -496,78 +527,58 @@ void dns_txt_array_free(char **txt, int n)
     free(txt);
 }
 
+typedef struct txt_parse {
+    char **txt;
+    int n;
+    uint32_t minttl; /* of the TXT records kept */
+} txt_parse_t;
+
+static int txt_rr(const unsigned char *abuf, int alen, int type, int cls, uint32_t ttl,
+                  const unsigned char *p, int rdlen, void *arg)
+{
+    txt_parse_t *t = arg;
+    UNUSED(abuf);
+    UNUSED(alen);
+    if (type != T_TXT || cls != C_IN)
+        return 0;
+    /* one record = one or more <character-string>s, joined */
+    const unsigned char *s = p, *e = p + rdlen;
+    buf_t b;
+    buf_init(&b, (size_t)rdlen + 1);
+    while (s < e) {
+        size_t l = *s++;
+        if (s + l > e) {
+            buf_free(&b);
+            return SL_EPARSE;
+        }
+        buf_append(&b, s, l);
+        s += l;
+    }
+    if (memchr(b.b_data, '\0', b.b_len) != NULL) {
+        /* a NUL inside cannot be told from the end of a C string: such a
+         * record is no text we could use */
+        buf_free(&b);
+        return 0;
+    }
+    buf_append(&b, "", 1);
+    t->txt = xrealloc(t->txt, sizeof(*t->txt) * (size_t)(t->n + 1));
+    t->txt[t->n++] = buf_steal(&b, NULL);
+    if (ttl < t->minttl)
+        t->minttl = ttl;
+    return 0;
+}
+
 int dns_parse_txt(const unsigned char *abuf, int alen, char ***out, int *nout, uint32_t *ttl)
 {
-    if (alen < HFIXEDSZ)
+    txt_parse_t t = {NULL, 0, UINT32_MAX};
+    if (dns_walk_answers(abuf, alen, txt_rr, &t) != 0) {
+        dns_txt_array_free(t.txt, t.n);
         return SL_EPARSE;
-    int qd = get16(abuf + 4), an = get16(abuf + 6);
-    const unsigned char *p = abuf + HFIXEDSZ, *end = abuf + alen;
-    char **txt = NULL;
-    int n = 0;
-    uint32_t minttl = UINT32_MAX;
-    char *name;
-    long enclen;
-    for (int i = 0; i < qd; i++) {
-        if (ares_expand_name(p, abuf, alen, &name, &enclen) != ARES_SUCCESS)
-            goto fail;
-        ares_free_string(name);
-        p += enclen + QFIXEDSZ;
-        if (p > end)
-            goto fail;
     }
-    for (int i = 0; i < an; i++) {
-        if (ares_expand_name(p, abuf, alen, &name, &enclen) != ARES_SUCCESS)
-            goto fail;
-        ares_free_string(name);
-        p += enclen;
-        if (p + RRFIXEDSZ > end)
-            goto fail;
-        int type = get16(p), cls = get16(p + 2);
-        uint32_t rttl = get32(p + 4);
-        int rdlen = get16(p + 8);
-        p += RRFIXEDSZ;
-        if (p + rdlen > end)
-            goto fail;
-        if (type == T_TXT && cls == C_IN) {
-            /* one record = one or more <character-string>s, joined */
-            const unsigned char *s = p, *e = p + rdlen;
-            buf_t b;
-            buf_init(&b, (size_t)rdlen + 1);
-            bool bad = false;
-            while (s < e) {
-                size_t l = *s++;
-                if (s + l > e) {
-                    bad = true;
-                    break;
-                }
-                buf_append(&b, s, l);
-                s += l;
-            }
-            if (bad) {
-                buf_free(&b);
-                goto fail;
-            }
-            if (memchr(b.b_data, '\0', b.b_len) != NULL) {
-                /* a NUL inside cannot be told from the end of a C string:
-                 * such a record is no text we could use */
-                buf_free(&b);
-            } else {
-                buf_append(&b, "", 1);
-                txt = xrealloc(txt, sizeof(*txt) * (size_t)(n + 1));
-                txt[n++] = buf_steal(&b, NULL);
-                if (rttl < minttl)
-                    minttl = rttl;
-            }
-        }
-        p += rdlen;
-    }
-    *out = txt;
-    *nout = n;
-    *ttl = minttl == UINT32_MAX ? 60 : minttl;
+    *out = t.txt;
+    *nout = t.n;
+    *ttl = t.minttl == UINT32_MAX ? 60 : t.minttl;
     return 0;
-fail:
-    dns_txt_array_free(txt, n);
-    return SL_EPARSE;
 }
 
 static void dns_txt_done_cb(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
