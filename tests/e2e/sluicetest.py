@@ -475,6 +475,63 @@ class Daemon:
         return recs
 
 
+# ------------------------------------------------------------------ DNS
+
+class Dnsmasq:
+    """dnsmasq on 127.0.0.1:<free UDP port> that never forwards
+    (--no-resolv, --no-hosts): it knows only the records in opts
+    ("--mx-host=...", "--txt-record=...", "--host-record=...";
+    "--local=/test/" makes every other .test name NXDOMAIN). Point sluiced
+    at it with delivery.resolvers = "127.0.0.1:PORT". restart(*opts)
+    serves new records on the same port."""
+
+    def __init__(self, *opts):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        self.port = s.getsockname()[1]
+        s.close()
+        self.proc = None
+        self.start(*opts)
+
+    def start(self, *opts):
+        self.proc = subprocess.Popen(
+            ["dnsmasq", "--no-daemon", "--port=%d" % self.port, "--listen-address=127.0.0.1",
+             "--bind-interfaces", "--no-resolv", "--no-hosts", "--log-facility=-"] + list(opts),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def answers():
+            if self.proc.poll() is not None:
+                raise RuntimeError("dnsmasq exited: %s" % self.proc.returncode)
+            return udp_dns_answers(self.port)
+        wait_for(answers, 10, what="dnsmasq on port %d" % self.port)
+
+    def restart(self, *opts):
+        self.stop()
+        self.start(*opts)
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def udp_dns_answers(port):
+    """True when a DNS server answers (any answer) a query on 127.0.0.1:port."""
+    q = (b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+         b"\x01a\x04test\x00\x00\x01\x00\x01")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.2)
+        try:
+            s.sendto(q, ("127.0.0.1", port))
+            return s.recv(512)[:2] == b"\x12\x34"
+        except OSError:
+            return False
+
+
 # ------------------------------------------------------------------ the sink
 
 class Sink:

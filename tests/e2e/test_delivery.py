@@ -8,15 +8,11 @@ UDP DNS responder written here with struct. Assertions are on what the sink
 stored (.eml + .json) and on the accounting log (acct JSON lines).
 Every process started here is stopped by pid before the test ends.
 """
-import glob
 import re
-import json
 import os
 import shutil
-import signal
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -97,32 +93,6 @@ class FakeDns:
         self.stopping = True
         self.thread.join(5)
         self.sock.close()
-
-
-class Dnsmasq:
-    """dnsmasq on 127.0.0.1:<free udp port> with the given extra options."""
-
-    def __init__(self, *opts):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind(("127.0.0.1", 0))
-        self.port = s.getsockname()[1]
-        s.close()
-        self.proc = subprocess.Popen(
-            ["dnsmasq", "--no-daemon", "--port=%d" % self.port, "--listen-address=127.0.0.1",
-             "--bind-interfaces", "--no-resolv", "--no-hosts", "--log-facility=-"] + list(opts),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.3)
-        if self.proc.poll() is not None:
-            raise RuntimeError("dnsmasq did not start")
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 class RawServer:
@@ -321,7 +291,7 @@ class DeliveryTest(unittest.TestCase):
 
     def test_mx_fallback_when_first_mx_refuses(self):
         sink = self.sink("--no-starttls")
-        dns = Dnsmasq("--mx-host=a.example,mx1.a.example,10",
+        dns = st.Dnsmasq("--mx-host=a.example,mx1.a.example,10",
                       "--mx-host=a.example,mx2.a.example,20",
                       "--host-record=mx1.a.example,127.0.0.2",
                       "--host-record=mx2.a.example,127.0.0.1")

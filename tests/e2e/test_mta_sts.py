@@ -28,7 +28,6 @@ import re
 import shutil
 import socket
 import ssl
-import subprocess
 import sys
 import threading
 import time
@@ -75,59 +74,6 @@ class TestCA:
                 "-CAcreateserial", "-days", "2", "-extfile", ext, "-out", crt],
                timeout=60).check()
         return crt, key
-
-
-class Dns:
-    """dnsmasq on 127.0.0.1:<free port>, authoritative for .test only
-    (--local=/test/: undefined names are NXDOMAIN, nothing goes upstream).
-    restart() applies new records on the same port."""
-
-    def __init__(self, opts):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind(("127.0.0.1", 0))
-        self.port = s.getsockname()[1]
-        s.close()
-        self.proc = None
-        self.start(opts)
-
-    def start(self, opts):
-        self.proc = subprocess.Popen(
-            ["dnsmasq", "--no-daemon", "--port=%d" % self.port, "--listen-address=127.0.0.1",
-             "--bind-interfaces", "--no-resolv", "--no-hosts", "--local=/test/",
-             "--log-facility=-"] + list(opts),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-        def answers():
-            if self.proc.poll() is not None:
-                raise RuntimeError("dnsmasq exited: %s" % self.proc.returncode)
-            return udp_dns_answers(self.port)
-        st.wait_for(answers, 10, what="dnsmasq on port %d" % self.port)
-
-    def restart(self, opts):
-        self.stop()
-        self.start(opts)
-
-    def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def udp_dns_answers(port):
-    """True when a DNS server answers a query for a.test on 127.0.0.1:port."""
-    q = (b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
-         b"\x01a\x04test\x00\x00\x01\x00\x01")
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(0.2)
-        try:
-            s.sendto(q, ("127.0.0.1", port))
-            return s.recv(512)[:2] == b"\x12\x34"
-        except OSError:
-            return False
 
 
 class PolicyServer:
@@ -230,11 +176,11 @@ class MtaStsTest(unittest.TestCase):
         cls.web_cert = cls.ca.issue("web", ["mta-sts." + k for k in sorted(cls.DOMAINS)])
         cls.https = PolicyServer(*cls.web_cert, {k: v[1] for k, v in cls.DOMAINS.items()})
         cls.ids = {k: v[0] for k, v in cls.DOMAINS.items()}
-        cls.dns = Dns(cls.dns_opts())
+        cls.dns = st.Dnsmasq(*cls.dns_opts())
 
     @classmethod
     def dns_opts(cls):
-        opts = []
+        opts = ["--local=/test/"]  # other .test names: NXDOMAIN, nothing upstream
         for dom, (_, _, mx) in sorted(cls.DOMAINS.items()):
             opts += ["--mx-host=%s,%s,10" % (dom, mx), "--host-record=%s,127.0.0.1" % mx,
                      "--host-record=mta-sts.%s,127.0.0.1" % dom]
@@ -427,12 +373,12 @@ class MtaStsTest(unittest.TestCase):
         # a new policy (no MX of f.test allowed) under a new id
         self.https.set_policy("f.test", ENFORCE % "mx.elsewhere.test")
         type(self).ids["f.test"] = "f2"
-        self.dns.restart(self.dns_opts())
+        self.dns.restart(*self.dns_opts())
 
         def restore():
             self.https.set_policy("f.test", self.DOMAINS["f.test"][1])
             type(self).ids["f.test"] = self.DOMAINS["f.test"][0]
-            self.dns.restart(self.dns_opts())
+            self.dns.restart(*self.dns_opts())
         self.cleanups.append(restore)
         time.sleep(1.5)
         send(d, "fay3@f.test")
