@@ -4,7 +4,7 @@
 sluice-source injects a fixed number of messages every second (2
 recipients each, 4 domains) into sluiced, which delivers them to a
 sluice-sink that answers 450 to 20% and 550 to 5% of the recipients. With
-a short retry schedule (1s, 2s, 3s) and a short queue.max_age, the queue
+a short retry schedule (1s, 2s, 3s), the queue
 reaches a steady state within seconds: deferred recipients are retried,
 bounced ones produce DSNs (delivered to the sink as well), and arrivals
 balance departures. After a warm-up, the daemon's VmRSS, its open file
