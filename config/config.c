@@ -284,12 +284,10 @@ static void ld_error(loader_t *ld, int line, const char *fmt, ...)
     if (ld->l_failed)
         return;
     ld->l_failed = true;
-    char msg[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    cfg_verror(ld->l_err, ld->l_errlen, ld->l_name, line, fmt, ap);
     va_end(ap);
-    snprintf(ld->l_err, ld->l_errlen, "%s:%d: %s", ld->l_name, line, msg);
 }
 
 static void set_str(char **slot, const char *v)

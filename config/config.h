@@ -19,6 +19,7 @@
 
 #include "core/base/base.h"
 
+#include <stdarg.h>
 #include <stdatomic.h>
 
 #define CFG_MAX_LISTEN 8
@@ -281,6 +282,11 @@ typedef struct cfg_node {
  * into err. Any thread. */
 int cfg_tree_parse(const char *name, const char *text, size_t len, cfg_node_t **out, char *err,
                    size_t errlen);
+/* The error of a file in the config syntax, "name:line: what", into err
+ * (errlen bytes). Returns SL_ECONFIG. Any thread. */
+int cfg_error(char *err, size_t errlen, const char *name, int line, const char *fmt, ...)
+    PRINTF_LIKE(5, 6);
+int cfg_verror(char *err, size_t errlen, const char *name, int line, const char *fmt, va_list ap);
 /* Free a tree (NULL is fine). */
 void cfg_tree_free(cfg_node_t *n);
 

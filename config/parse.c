@@ -64,12 +64,27 @@ static void ps_error(parser_t *ps, int line, const char *fmt, ...)
     if (ps->ps_failed)
         return;
     ps->ps_failed = true;
-    char msg[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    cfg_verror(ps->ps_err, ps->ps_errlen, ps->ps_name, line, fmt, ap);
     va_end(ap);
-    snprintf(ps->ps_err, ps->ps_errlen, "%s:%d: %s", ps->ps_name, line, msg);
+}
+
+int cfg_verror(char *err, size_t errlen, const char *name, int line, const char *fmt, va_list ap)
+{
+    char msg[512];
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    snprintf(err, errlen, "%s:%d: %s", name, line, msg);
+    return SL_ECONFIG;
+}
+
+int cfg_error(char *err, size_t errlen, const char *name, int line, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    cfg_verror(err, errlen, name, line, fmt, ap);
+    va_end(ap);
+    return SL_ECONFIG;
 }
 
 /* A bareword runs until white space or one of these. ':' is part of a

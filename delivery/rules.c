@@ -93,8 +93,6 @@ static pthread_mutex_t rules_lock = PTHREAD_MUTEX_INITIALIZER;
  * by delivery/embed_rules.cmake). */
 extern const char dlv_rules_builtin_text[];
 
-static int rules_error(char *err, size_t errlen, const char *name, int line, const char *fmt, ...)
-    PRINTF_LIKE(5, 6);
 static int rules_strings(const cfg_node_t *n, const char *name, const char *what, char ***out,
                          int *nout, char *err, size_t errlen);
 static int rules_providers(dlv_rules_t *rs, const cfg_node_t *sec, char *err, size_t errlen);
@@ -110,23 +108,12 @@ static char *rules_host_pattern(const char *pat);
 
 /* ---------------------------------------------------------------- loading */
 
-static int rules_error(char *err, size_t errlen, const char *name, int line, const char *fmt, ...)
-{
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    snprintf(err, errlen, "%s:%d: %s", name, line, msg);
-    return SL_ECONFIG;
-}
-
 /* A string or a list of strings into an owned array. */
 static int rules_strings(const cfg_node_t *n, const char *name, const char *what, char ***out,
                          int *nout, char *err, size_t errlen)
 {
     if (n->n_type == CFG_NODE_SECTION)
-        return rules_error(err, errlen, name, n->n_line, "%s: expected a string or a list", what);
+        return cfg_error(err, errlen, name, n->n_line, "%s: expected a string or a list", what);
     int cnt = 0;
     if (n->n_type == CFG_NODE_STR) {
         cnt = 1;
@@ -135,7 +122,7 @@ static int rules_strings(const cfg_node_t *n, const char *name, const char *what
             cnt++;
     }
     if (cnt == 0)
-        return rules_error(err, errlen, name, n->n_line, "%s: empty list", what);
+        return cfg_error(err, errlen, name, n->n_line, "%s: empty list", what);
     char **v = xcalloc((size_t)cnt, sizeof(*v));
     int i = 0;
     if (n->n_type == CFG_NODE_STR) {
@@ -149,7 +136,7 @@ static int rules_strings(const cfg_node_t *n, const char *name, const char *what
             for (int j = 0; j < cnt; j++)
                 free(v[j]);
             free(v);
-            return rules_error(err, errlen, name, n->n_line, "%s: empty pattern", what);
+            return cfg_error(err, errlen, name, n->n_line, "%s: empty pattern", what);
         }
     }
     *out = v;
@@ -162,20 +149,20 @@ static int rules_providers(dlv_rules_t *rs, const cfg_node_t *sec, char *err, si
 {
     const char *name = rs->rs_name;
     if (sec->n_type != CFG_NODE_SECTION)
-        return rules_error(err, errlen, name, sec->n_line, "providers: expected a section");
+        return cfg_error(err, errlen, name, sec->n_line, "providers: expected a section");
     for (const cfg_node_t *p = sec->n_child; p != NULL; p = p->n_next) {
         if (p->n_type != CFG_NODE_SECTION)
-            return rules_error(err, errlen, name, p->n_key_line,
-                               "provider \"%s\": expected a section { domains = [...]; mx = "
-                               "[...]; }",
-                               p->n_key);
+            return cfg_error(err, errlen, name, p->n_key_line,
+                             "provider \"%s\": expected a section { domains = [...]; mx = "
+                             "[...]; }",
+                             p->n_key);
         for (int i = 0; i < rs->rs_nproviders; i++)
             if (strcasecmp(rs->rs_providers[i].pv_name, p->n_key) == 0)
-                return rules_error(err, errlen, name, p->n_key_line,
-                                   "provider \"%s\" is defined twice", p->n_key);
+                return cfg_error(err, errlen, name, p->n_key_line,
+                                 "provider \"%s\" is defined twice", p->n_key);
         if (rs->rs_nproviders >= RULES_MAX_PROVIDERS)
-            return rules_error(err, errlen, name, p->n_key_line, "more than %d providers",
-                               RULES_MAX_PROVIDERS);
+            return cfg_error(err, errlen, name, p->n_key_line, "more than %d providers",
+                             RULES_MAX_PROVIDERS);
         rs->rs_providers =
             xrealloc(rs->rs_providers, (size_t)(rs->rs_nproviders + 1) * sizeof(*rs->rs_providers));
         rules_provider_t *pv = &rs->rs_providers[rs->rs_nproviders++];
@@ -193,12 +180,12 @@ static int rules_providers(dlv_rules_t *rs, const cfg_node_t *sec, char *err, si
                 dst = &pv->pv_mx;
                 ndst = &pv->pv_nmx;
             } else {
-                return rules_error(err, errlen, name, k->n_key_line,
-                                   "provider \"%s\": unknown key \"%s\" (domains, mx)", p->n_key,
-                                   k->n_key);
+                return cfg_error(err, errlen, name, k->n_key_line,
+                                 "provider \"%s\": unknown key \"%s\" (domains, mx)", p->n_key,
+                                 k->n_key);
             }
             if (*dst != NULL)
-                return rules_error(err, errlen, name, k->n_key_line, "%s: given twice", what);
+                return cfg_error(err, errlen, name, k->n_key_line, "%s: given twice", what);
             if (rules_strings(k, name, what, dst, ndst, err, errlen) < 0)
                 return SL_ECONFIG;
             for (int j = 0; j < *ndst; j++) {
@@ -208,8 +195,8 @@ static int rules_providers(dlv_rules_t *rs, const cfg_node_t *sec, char *err, si
             }
         }
         if (pv->pv_ndomains == 0 && pv->pv_nmx == 0)
-            return rules_error(err, errlen, name, p->n_line,
-                               "provider \"%s\": needs domains or mx patterns", p->n_key);
+            return cfg_error(err, errlen, name, p->n_line,
+                             "provider \"%s\": needs domains or mx patterns", p->n_key);
     }
     return 0;
 }
@@ -224,8 +211,8 @@ static int rules_code(const cfg_node_t *n, rules_rule_t *ru, const char *name, c
         return SL_ECONFIG;
     int rc = 0;
     if (nv > RULES_MAX_CODES) {
-        rc = rules_error(err, errlen, name, n->n_line, "rule: code: more than %d codes",
-                         RULES_MAX_CODES);
+        rc = cfg_error(err, errlen, name, n->n_line, "rule: code: more than %d codes",
+                       RULES_MAX_CODES);
         goto out;
     }
     for (int i = 0; i < nv; i++) {
@@ -234,10 +221,10 @@ static int rules_code(const cfg_node_t *n, rules_rule_t *ru, const char *name, c
         for (int j = 1; ok && j < 3; j++)
             ok = (s[j] >= '0' && s[j] <= '9') || s[j] == 'x' || s[j] == 'X';
         if (!ok) {
-            rc = rules_error(err, errlen, name, n->n_line,
-                             "rule: code: expected \"550\", \"55x\" or \"5xx\" (4xx or 5xx), "
-                             "got \"%.40s\"",
-                             s);
+            rc = cfg_error(err, errlen, name, n->n_line,
+                           "rule: code: expected \"550\", \"55x\" or \"5xx\" (4xx or 5xx), "
+                           "got \"%.40s\"",
+                           s);
             goto out;
         }
         for (int j = 0; j < 3; j++)
@@ -281,8 +268,8 @@ static int rules_status(const cfg_node_t *n, rules_rule_t *ru, const char *name,
         return SL_ECONFIG;
     int rc = 0;
     if (nv > RULES_MAX_STATUS) {
-        rc = rules_error(err, errlen, name, n->n_line, "rule: status: more than %d patterns",
-                         RULES_MAX_STATUS);
+        rc = cfg_error(err, errlen, name, n->n_line, "rule: status: more than %d patterns",
+                       RULES_MAX_STATUS);
         goto out;
     }
     for (int i = 0; i < nv; i++) {
@@ -295,10 +282,10 @@ static int rules_status(const cfg_node_t *n, rules_rule_t *ru, const char *name,
                   rules_status_part(d2 + 1, strlen(d2 + 1), &st[2]) &&
                   (st[0] == ST_ANY || st[0] == 4 || st[0] == 5);
         if (!ok) {
-            rc = rules_error(err, errlen, name, n->n_line,
-                             "rule: status: expected an enhanced status like \"5.1.1\", "
-                             "\"x.1.1\" or \"5.7.x\", got \"%.40s\"",
-                             s);
+            rc = cfg_error(err, errlen, name, n->n_line,
+                           "rule: status: expected an enhanced status like \"5.1.1\", "
+                           "\"x.1.1\" or \"5.7.x\", got \"%.40s\"",
+                           s);
             goto out;
         }
     }
@@ -333,9 +320,9 @@ static int rules_regex(const dlv_rules_t *rs, const cfg_node_t *n, rules_rule_t 
         if (re == NULL) {
             PCRE2_UCHAR msg[256];
             pcre2_get_error_message(ec, msg, sizeof(msg));
-            rc = rules_error(err, errlen, name, item ? item->n_line : n->n_line,
-                             "rule: text: bad regex '%.60s' at offset %zu: %s", v[i], (size_t)eo,
-                             (const char *)msg);
+            rc = cfg_error(err, errlen, name, item ? item->n_line : n->n_line,
+                           "rule: text: bad regex '%.60s' at offset %zu: %s", v[i], (size_t)eo,
+                           (const char *)msg);
             goto out;
         }
         pcre2_code_free(re);
@@ -348,7 +335,7 @@ static int rules_regex(const dlv_rules_t *rs, const cfg_node_t *n, rules_rule_t 
     if (ru->ru_re == NULL) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(ec, msg, sizeof(msg));
-        rc = rules_error(err, errlen, name, n->n_line, "rule: text: %s", (const char *)msg);
+        rc = cfg_error(err, errlen, name, n->n_line, "rule: text: %s", (const char *)msg);
         goto out;
     }
     /* JIT where the platform has it; pcre2_match() uses it by itself, and
@@ -381,8 +368,8 @@ static int rules_shaping_provider(dlv_rules_t *rs, const char *pname, char *err,
     if (pr == NULL || (pr->pr_ndomains == 0 && pr->pr_nmx == 0))
         return 0;
     if (rs->rs_nproviders >= RULES_MAX_PROVIDERS)
-        return rules_error(err, errlen, rs->rs_name, 0, "more than %d providers",
-                           RULES_MAX_PROVIDERS);
+        return cfg_error(err, errlen, rs->rs_name, 0, "more than %d providers",
+                         RULES_MAX_PROVIDERS);
     rs->rs_providers =
         xrealloc(rs->rs_providers, (size_t)(rs->rs_nproviders + 1) * sizeof(*rs->rs_providers));
     rules_provider_t *pv = &rs->rs_providers[rs->rs_nproviders++];
@@ -404,7 +391,7 @@ static int rules_rule(dlv_rules_t *rs, const cfg_node_t *sec, char *err, size_t 
 {
     const char *name = rs->rs_name;
     if (sec->n_type != CFG_NODE_SECTION)
-        return rules_error(err, errlen, name, sec->n_line, "rule: expected a section { ... }");
+        return cfg_error(err, errlen, name, sec->n_line, "rule: expected a section { ... }");
     rs->rs_rules = xrealloc(rs->rs_rules, (size_t)(rs->rs_nrules + 1) * sizeof(*rs->rs_rules));
     rules_rule_t *ru = &rs->rs_rules[rs->rs_nrules++];
     memset(ru, 0, sizeof(*ru));
@@ -421,19 +408,19 @@ static int rules_rule(dlv_rules_t *rs, const cfg_node_t *sec, char *err, size_t 
             if (strcmp(k->n_key, keys[i]) == 0)
                 break;
         if (i == ARRAY_SIZE(keys))
-            return rules_error(err, errlen, name, k->n_key_line,
-                               "rule: unknown key \"%s\" (provider, code, status, text, "
-                               "category, action)",
-                               k->n_key);
+            return cfg_error(err, errlen, name, k->n_key_line,
+                             "rule: unknown key \"%s\" (provider, code, status, text, "
+                             "category, action)",
+                             k->n_key);
         if (seen[i] != NULL)
-            return rules_error(err, errlen, name, k->n_key_line, "rule: \"%s\" given twice",
-                               k->n_key);
+            return cfg_error(err, errlen, name, k->n_key_line, "rule: \"%s\" given twice",
+                             k->n_key);
         seen[i] = k;
     }
     const cfg_node_t *k;
     if ((k = seen[0]) != NULL) { /* provider */
         if (k->n_type != CFG_NODE_STR)
-            return rules_error(err, errlen, name, k->n_line, "rule: provider: expected a name");
+            return cfg_error(err, errlen, name, k->n_line, "rule: provider: expected a name");
         for (int i = 0; i < rs->rs_nproviders; i++)
             if (strcasecmp(rs->rs_providers[i].pv_name, k->n_str) == 0)
                 ru->ru_provider = i;
@@ -443,11 +430,11 @@ static int rules_rule(dlv_rules_t *rs, const cfg_node_t *sec, char *err, size_t 
             if (strcasecmp(rs->rs_providers[i].pv_name, k->n_str) == 0)
                 ru->ru_provider = i;
         if (ru->ru_provider < 0)
-            return rules_error(err, errlen, name, k->n_line,
-                               "rule: provider \"%.60s\" is not defined in providers { } nor "
-                               "in the traffic shaping providers (config/providers.conf, "
-                               "delivery.shaping)",
-                               k->n_str);
+            return cfg_error(err, errlen, name, k->n_line,
+                             "rule: provider \"%.60s\" is not defined in providers { } nor "
+                             "in the traffic shaping providers (config/providers.conf, "
+                             "delivery.shaping)",
+                             k->n_str);
     }
     if ((k = seen[1]) != NULL && rules_code(k, ru, name, err, errlen) < 0)
         return SL_ECONFIG;
@@ -456,19 +443,19 @@ static int rules_rule(dlv_rules_t *rs, const cfg_node_t *sec, char *err, size_t 
     if ((k = seen[3]) != NULL && rules_regex(rs, k, ru, err, errlen) < 0)
         return SL_ECONFIG;
     if ((k = seen[4]) == NULL)
-        return rules_error(err, errlen, name, sec->n_key_line, "rule: no category");
+        return cfg_error(err, errlen, name, sec->n_key_line, "rule: no category");
     if (k->n_type != CFG_NODE_STR || (ru->ru_category = dlv_category_lookup(k->n_str)) == NULL)
-        return rules_error(err, errlen, name, k->n_line,
-                           "rule: category: \"%.60s\" is not a bounce category (bad-mailbox, "
-                           "spam-related, ... see docs/bounce-rules.md)",
-                           k->n_type == CFG_NODE_STR ? k->n_str : "");
+        return cfg_error(err, errlen, name, k->n_line,
+                         "rule: category: \"%.60s\" is not a bounce category (bad-mailbox, "
+                         "spam-related, ... see docs/bounce-rules.md)",
+                         k->n_type == CFG_NODE_STR ? k->n_str : "");
     if ((k = seen[5]) != NULL) { /* action */
         if (k->n_type == CFG_NODE_STR && strcmp(k->n_str, "bounce") == 0)
             ru->ru_bounce = true;
         else if (k->n_type != CFG_NODE_STR || strcmp(k->n_str, "default") != 0)
-            return rules_error(err, errlen, name, k->n_line,
-                               "rule: action: expected \"bounce\" or \"default\", got \"%.40s\"",
-                               k->n_type == CFG_NODE_STR ? k->n_str : "");
+            return cfg_error(err, errlen, name, k->n_line,
+                             "rule: action: expected \"bounce\" or \"default\", got \"%.40s\"",
+                             k->n_type == CFG_NODE_STR ? k->n_str : "");
     }
     return 0;
 }
@@ -494,9 +481,9 @@ int dlv_rules_parse_with(const char *name, const char *text, size_t len, const c
             if (rules_providers(rs, n, err, errlen) < 0)
                 goto fail;
         } else if (strcmp(n->n_key, "rule") != 0) {
-            rules_error(err, errlen, name, n->n_key_line,
-                        "unknown key \"%s\" (a rules file holds providers { } and rule { })",
-                        n->n_key);
+            cfg_error(err, errlen, name, n->n_key_line,
+                      "unknown key \"%s\" (a rules file holds providers { } and rule { })",
+                      n->n_key);
             goto fail;
         }
     }

@@ -149,19 +149,6 @@ static uint64_t shp_now_ns(void)
     return clock_mono_us() * 1000ULL;
 }
 
-static int shp_err(char *err, size_t errlen, const char *name, int line, const char *fmt, ...)
-    PRINTF_LIKE(5, 6);
-static int shp_err(char *err, size_t errlen, const char *name, int line, const char *fmt, ...)
-{
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    snprintf(err, errlen, "%s:%d: %s", name, line, msg);
-    return SL_ECONFIG;
-}
-
 /* ------------------------------------------------------------ token bucket */
 
 void shp_bucket_set(shp_bucket_t *b, uint64_t n, uint64_t period_us)
@@ -319,8 +306,8 @@ static int shp_int(const cfg_node_t *n, const char *name, const char *path, int 
     char *end;
     long v = n->n_type == CFG_NODE_STR ? strtol(n->n_str, &end, 10) : 0;
     if (n->n_type != CFG_NODE_STR || end == n->n_str || *end != '\0' || v < lo || v > hi)
-        return shp_err(err, errlen, name, n->n_line, "%s: expected an integer [%d..%d]", path, lo,
-                       hi);
+        return cfg_error(err, errlen, name, n->n_line, "%s: expected an integer [%d..%d]", path, lo,
+                         hi);
     *out = (int)v;
     return 0;
 }
@@ -356,11 +343,11 @@ static int shp_limits_parse(const cfg_node_t *sec, const char *name, shp_limits_
             continue;
         if (allow_backoff && strcmp(k, "backoff") == 0) {
             if (n->n_type != CFG_NODE_SECTION)
-                return shp_err(err, errlen, name, n->n_line, "backoff: expected a section");
+                return cfg_error(err, errlen, name, n->n_line, "backoff: expected a section");
             for (const cfg_node_t *b = n->n_child; b != NULL; b = b->n_next) {
                 if (b->n_type != CFG_NODE_STR)
-                    return shp_err(err, errlen, name, b->n_line, "backoff.%s: expected a value",
-                                   b->n_key);
+                    return cfg_error(err, errlen, name, b->n_line, "backoff.%s: expected a value",
+                                     b->n_key);
                 int rc = 0;
                 if (strcmp(b->n_key, "max_connections") == 0) {
                     rc = shp_int(b, name, "backoff.max_connections", 1, 100000, &l->l_bo_max_conn,
@@ -368,23 +355,23 @@ static int shp_limits_parse(const cfg_node_t *sec, const char *name, shp_limits_
                     l->l_set |= L_BO_MAX_CONN;
                 } else if (strcmp(b->n_key, "message_rate") == 0) {
                     if (shp_rate_parse(b->n_str, &l->l_bo_msg) != 0 || l->l_bo_msg.r_n == 0)
-                        return shp_err(err, errlen, name, b->n_line,
-                                       "backoff.message_rate: expected \"N/period\" such as "
-                                       "\"60/1m\"");
+                        return cfg_error(err, errlen, name, b->n_line,
+                                         "backoff.message_rate: expected \"N/period\" such as "
+                                         "\"60/1m\"");
                     l->l_set |= L_BO_MSG;
                 } else if (strcmp(b->n_key, "connection_rate") == 0) {
                     if (shp_rate_parse(b->n_str, &l->l_bo_cr) != 0)
-                        return shp_err(err, errlen, name, b->n_line,
-                                       "backoff.connection_rate: expected \"N/period\"");
+                        return cfg_error(err, errlen, name, b->n_line,
+                                         "backoff.connection_rate: expected \"N/period\"");
                     l->l_set |= L_BO_CR;
                 } else if (strcmp(b->n_key, "retry") == 0) {
                     if (cfg_parse_duration(b->n_str, &l->l_bo_retry) != 0)
-                        return shp_err(err, errlen, name, b->n_line,
-                                       "backoff.retry: expected a duration");
+                        return cfg_error(err, errlen, name, b->n_line,
+                                         "backoff.retry: expected a duration");
                     l->l_set |= L_BO_RETRY;
                 } else {
-                    return shp_err(err, errlen, name, b->n_key_line, "unknown key \"backoff.%s\"",
-                                   b->n_key);
+                    return cfg_error(err, errlen, name, b->n_key_line, "unknown key \"backoff.%s\"",
+                                     b->n_key);
                 }
                 if (rc != 0)
                     return rc;
@@ -395,8 +382,8 @@ static int shp_limits_parse(const cfg_node_t *sec, const char *name, shp_limits_
         int rc = 0;
         if (n->n_type != CFG_NODE_STR) {
             if (shp_limit_key(k))
-                return shp_err(err, errlen, name, n->n_line, "%s: expected a value, got %s", k,
-                               node_desc(n));
+                return cfg_error(err, errlen, name, n->n_line, "%s: expected a value, got %s", k,
+                                 node_desc(n));
             continue; /* the caller's key */
         }
         if (strcmp(k, "max_connections") == 0) {
@@ -416,14 +403,14 @@ static int shp_limits_parse(const cfg_node_t *sec, const char *name, shp_limits_
             l->l_set |= L_REC_AFTER;
         } else if (strcmp(k, "recover_quiet") == 0) {
             if (cfg_parse_duration(n->n_str, &l->l_rec_quiet) != 0 || l->l_rec_quiet == 0)
-                return shp_err(err, errlen, name, n->n_line, "%s: expected a duration", k);
+                return cfg_error(err, errlen, name, n->n_line, "%s: expected a duration", k);
             l->l_set |= L_REC_QUIET;
         } else if (strcmp(k, "recover_factor") == 0) {
             char *end;
             l->l_rec_factor = strtod(n->n_str, &end);
             if (end == n->n_str || *end != '\0' || l->l_rec_factor <= 1.0 || l->l_rec_factor > 16.0)
-                return shp_err(err, errlen, name, n->n_line,
-                               "%s: expected a number above 1 (such as 1.5)", k);
+                return cfg_error(err, errlen, name, n->n_line,
+                                 "%s: expected a number above 1 (such as 1.5)", k);
             l->l_set |= L_REC_FACTOR;
         } else {
             struct {
@@ -440,10 +427,11 @@ static int shp_limits_parse(const cfg_node_t *sec, const char *name, shp_limits_
                     continue;
                 known = true;
                 if (shp_rate_parse(n->n_str, rates[i].r) != 0)
-                    return shp_err(err, errlen, name, n->n_line,
-                                   "%s: expected \"N/period\" such as \"100/1m\", \"10/s\" or \"\" "
-                                   "(no limit), got \"%.60s\"",
-                                   k, n->n_str);
+                    return cfg_error(
+                        err, errlen, name, n->n_line,
+                        "%s: expected \"N/period\" such as \"100/1m\", \"10/s\" or \"\" "
+                        "(no limit), got \"%.60s\"",
+                        k, n->n_str);
                 l->l_set |= rates[i].bit;
             }
             if (!known)
@@ -460,7 +448,7 @@ static int shp_strings(const cfg_node_t *n, const char *name, char ***out, int *
                        size_t errlen)
 {
     if (n->n_type == CFG_NODE_SECTION)
-        return shp_err(err, errlen, name, n->n_line, "%s: expected a string or a list", n->n_key);
+        return cfg_error(err, errlen, name, n->n_line, "%s: expected a string or a list", n->n_key);
     int cnt = n->n_type == CFG_NODE_STR ? 1 : 0;
     for (const cfg_node_t *c = n->n_type == CFG_NODE_LIST ? n->n_child : NULL; c; c = c->n_next)
         cnt++;
@@ -488,19 +476,20 @@ static int shp_rule_parse(const cfg_node_t *sec, const char *name, shp_rule_t *r
     snprintf(where, sizeof(where), "%s:%d", name, sec->n_line);
     r->r_where = xstrdup(where);
     if (sec->n_type != CFG_NODE_SECTION)
-        return shp_err(err, errlen, name, sec->n_line, "rule: expected a section { match = ...; }");
+        return cfg_error(err, errlen, name, sec->n_line,
+                         "rule: expected a section { match = ...; }");
     const char *match = NULL;
     bool have_action = false;
     for (const cfg_node_t *n = sec->n_child; n != NULL; n = n->n_next) {
         if (n->n_type != CFG_NODE_STR)
-            return shp_err(err, errlen, name, n->n_line, "rule.%s: expected a value", n->n_key);
+            return cfg_error(err, errlen, name, n->n_line, "rule.%s: expected a value", n->n_key);
         const char *k = n->n_key, *v = n->n_str;
         if (strcmp(k, "match") == 0) {
             match = v;
         } else if (strcmp(k, "code") == 0) {
             if (strlen(v) != 3 || (v[0] != '4' && v[0] != '5'))
-                return shp_err(err, errlen, name, n->n_line,
-                               "rule.code: expected a 4xx/5xx code such as 421 or 4xx");
+                return cfg_error(err, errlen, name, n->n_line,
+                                 "rule.code: expected a 4xx/5xx code such as 421 or 4xx");
             memcpy(r->r_code, v, 4);
         } else if (strcmp(k, "action") == 0) {
             static const struct {
@@ -513,31 +502,33 @@ static int shp_rule_parse(const cfg_node_t *sec, const char *name, shp_rule_t *r
                 if (strcasecmp(v, acts[i].n) == 0)
                     r->r_action = acts[i].a;
             if (r->r_action == 0)
-                return shp_err(err, errlen, name, n->n_line,
-                               "rule.action: expected backoff, normal, suspend, bounce-recipient, "
-                               "defer-queue or disable-source, got \"%.40s\"",
-                               v);
+                return cfg_error(
+                    err, errlen, name, n->n_line,
+                    "rule.action: expected backoff, normal, suspend, bounce-recipient, "
+                    "defer-queue or disable-source, got \"%.40s\"",
+                    v);
             have_action = true;
         } else if (strcmp(k, "duration") == 0) {
             uint64_t sec_ = 0;
             if (cfg_parse_duration(v, &sec_) != 0 || sec_ == 0)
-                return shp_err(err, errlen, name, n->n_line, "rule.duration: expected a duration");
+                return cfg_error(err, errlen, name, n->n_line,
+                                 "rule.duration: expected a duration");
             r->r_duration_us = sec_ * 1000000ULL;
         } else if (strcmp(k, "trigger") == 0) {
             if (shp_trigger_parse(v, &r->r_count, &r->r_window_us) != 0)
-                return shp_err(err, errlen, name, n->n_line,
-                               "rule.trigger: expected \"immediate\" or \"N in DURATION\" "
-                               "(N <= %d), got \"%.40s\"",
-                               SHP_MAX_HITS, v);
+                return cfg_error(err, errlen, name, n->n_line,
+                                 "rule.trigger: expected \"immediate\" or \"N in DURATION\" "
+                                 "(N <= %d), got \"%.40s\"",
+                                 SHP_MAX_HITS, v);
         } else {
-            return shp_err(err, errlen, name, n->n_key_line, "unknown key \"rule.%s\"", k);
+            return cfg_error(err, errlen, name, n->n_key_line, "unknown key \"rule.%s\"", k);
         }
     }
     if (match == NULL)
-        return shp_err(err, errlen, name, sec->n_line,
-                       "rule: needs match = 'regex' (on \"CODE STATUS TEXT\")");
+        return cfg_error(err, errlen, name, sec->n_line,
+                         "rule: needs match = 'regex' (on \"CODE STATUS TEXT\")");
     if (!have_action)
-        return shp_err(err, errlen, name, sec->n_line, "rule: needs an action");
+        return cfg_error(err, errlen, name, sec->n_line, "rule: needs an action");
     if ((r->r_action == SHP_A_SUSPEND || r->r_action == SHP_A_DISABLE_SRC) && r->r_duration_us == 0)
         r->r_duration_us = 15 * 60 * 1000000ULL;
     int ec;
@@ -547,8 +538,8 @@ static int shp_rule_parse(const cfg_node_t *sec, const char *name, shp_rule_t *r
     if (re == NULL) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(ec, msg, sizeof(msg));
-        return shp_err(err, errlen, name, sec->n_line, "rule.match: bad regex at offset %zu: %s",
-                       (size_t)eo, (const char *)msg);
+        return cfg_error(err, errlen, name, sec->n_line, "rule.match: bad regex at offset %zu: %s",
+                         (size_t)eo, (const char *)msg);
     }
     (void)pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);
     r->r_re = re;
@@ -585,8 +576,8 @@ static int shp_rules_add(const cfg_node_t *n, const char *name, shp_rule_t **rul
                          char *err, size_t errlen)
 {
     if (*nrules >= SHP_MAX_RULES)
-        return shp_err(err, errlen, name, n->n_line, "too many rules (at most %d per provider)",
-                       SHP_MAX_RULES);
+        return cfg_error(err, errlen, name, n->n_line, "too many rules (at most %d per provider)",
+                         SHP_MAX_RULES);
     *rules = xrealloc(*rules, (size_t)(*nrules + 1) * sizeof(**rules));
     int rc = shp_rule_parse(n, name, &(*rules)[*nrules], err, errlen);
     (*nrules)++; /* freed with the others even when it failed half-way */
@@ -598,8 +589,8 @@ static int shp_provider_parse(const cfg_node_t *sec, const char *name, shp_prule
 {
     p->pr_name = xstrdup(sec->n_key);
     if (sec->n_type != CFG_NODE_SECTION)
-        return shp_err(err, errlen, name, sec->n_line, "providers.%s: expected a section",
-                       sec->n_key);
+        return cfg_error(err, errlen, name, sec->n_line, "providers.%s: expected a section",
+                         sec->n_key);
     int rc = shp_limits_parse(sec, name, &p->pr_own, true, err, errlen);
     if (rc != 0)
         return rc;
@@ -613,12 +604,12 @@ static int shp_provider_parse(const cfg_node_t *sec, const char *name, shp_prule
             rc = shp_rules_add(n, name, &p->pr_rules, &p->pr_nrules, err, errlen);
         } else if (strcmp(k, "per_domain") == 0) {
             if (n->n_type != CFG_NODE_SECTION)
-                return shp_err(err, errlen, name, n->n_line,
-                               "per_domain: expected a section { \"domain\" { ... } }");
+                return cfg_error(err, errlen, name, n->n_line,
+                                 "per_domain: expected a section { \"domain\" { ... } }");
             for (const cfg_node_t *d = n->n_child; d != NULL; d = d->n_next) {
                 if (d->n_type != CFG_NODE_SECTION)
-                    return shp_err(err, errlen, name, d->n_line,
-                                   "per_domain.%s: expected a section", d->n_key);
+                    return cfg_error(err, errlen, name, d->n_line,
+                                     "per_domain.%s: expected a section", d->n_key);
                 p->pr_doms = xrealloc(p->pr_doms, (size_t)(p->pr_ndoms + 1) * sizeof(*p->pr_doms));
                 shp_domrule_t *dr = &p->pr_doms[p->pr_ndoms++];
                 memset(dr, 0, sizeof(*dr));
@@ -630,22 +621,22 @@ static int shp_provider_parse(const cfg_node_t *sec, const char *name, shp_prule
                     return rc;
                 for (const cfg_node_t *e = d->n_child; e != NULL; e = e->n_next)
                     if (e->n_type == CFG_NODE_SECTION && strcmp(e->n_key, "backoff") != 0)
-                        return shp_err(err, errlen, name, e->n_key_line,
-                                       "unknown key \"per_domain.%s.%s\"", d->n_key, e->n_key);
+                        return cfg_error(err, errlen, name, e->n_key_line,
+                                         "unknown key \"per_domain.%s.%s\"", d->n_key, e->n_key);
             }
         } else if (n->n_type == CFG_NODE_SECTION && strcmp(k, "backoff") != 0) {
-            return shp_err(err, errlen, name, n->n_key_line, "unknown key \"providers.%s.%s\"",
-                           sec->n_key, k);
+            return cfg_error(err, errlen, name, n->n_key_line, "unknown key \"providers.%s.%s\"",
+                             sec->n_key, k);
         } else if (n->n_type == CFG_NODE_STR && !shp_limit_key(k)) {
-            return shp_err(err, errlen, name, n->n_key_line, "unknown key \"providers.%s.%s\"",
-                           sec->n_key, k);
+            return cfg_error(err, errlen, name, n->n_key_line, "unknown key \"providers.%s.%s\"",
+                             sec->n_key, k);
         }
         if (rc != 0)
             return rc;
     }
     if (p->pr_ndomains == 0 && p->pr_nmx == 0)
-        return shp_err(err, errlen, name, sec->n_line,
-                       "providers.%s: needs domains = [...] or mx = [...] patterns", sec->n_key);
+        return cfg_error(err, errlen, name, sec->n_line,
+                         "providers.%s: needs domains = [...] or mx = [...] patterns", sec->n_key);
     return 0;
 }
 
@@ -661,7 +652,7 @@ static int shp_load_tree(dlv_shaping_t *sh, const cfg_node_t *root, const char *
         const char *k = n->n_key;
         if (strcmp(k, "defaults") == 0) {
             if (n->n_type != CFG_NODE_SECTION) {
-                rc = shp_err(err, errlen, name, n->n_line, "defaults: expected a section");
+                rc = cfg_error(err, errlen, name, n->n_line, "defaults: expected a section");
                 goto fail;
             }
             shp_limits_t l = {0};
@@ -674,8 +665,8 @@ static int shp_load_tree(dlv_shaping_t *sh, const cfg_node_t *root, const char *
                         0)
                         goto fail;
                 } else if (c->n_type == CFG_NODE_SECTION && strcmp(c->n_key, "backoff") != 0) {
-                    rc = shp_err(err, errlen, name, c->n_key_line, "unknown key \"defaults.%s\"",
-                                 c->n_key);
+                    rc = cfg_error(err, errlen, name, c->n_key_line, "unknown key \"defaults.%s\"",
+                                   c->n_key);
                     goto fail;
                 }
             }
@@ -684,7 +675,7 @@ static int shp_load_tree(dlv_shaping_t *sh, const cfg_node_t *root, const char *
             if (n->n_type != CFG_NODE_SECTION ||
                 (rc = shp_limits_parse(n, name, &l, false, err, errlen)) != 0) {
                 rc = n->n_type != CFG_NODE_SECTION
-                         ? shp_err(err, errlen, name, n->n_line, "global: expected a section")
+                         ? cfg_error(err, errlen, name, n->n_line, "global: expected a section")
                          : rc;
                 goto fail;
             }
@@ -696,7 +687,7 @@ static int shp_load_tree(dlv_shaping_t *sh, const cfg_node_t *root, const char *
                 shp_bucket_rate(&sh->sh_global_cr, &l.l_conn_rate);
         } else if (strcmp(k, "providers") == 0) {
             if (n->n_type != CFG_NODE_SECTION) {
-                rc = shp_err(err, errlen, name, n->n_line, "providers: expected a section");
+                rc = cfg_error(err, errlen, name, n->n_line, "providers: expected a section");
                 goto fail;
             }
             for (const cfg_node_t *p = n->n_child; p != NULL; p = p->n_next) {
@@ -708,7 +699,7 @@ static int shp_load_tree(dlv_shaping_t *sh, const cfg_node_t *root, const char *
             }
         } else if (builtin || (strcmp(k, "virtual_mtas") != 0 && strcmp(k, "pools") != 0 &&
                                strcmp(k, "default_pool") != 0 && strcmp(k, "pool_users") != 0)) {
-            rc = shp_err(err, errlen, name, n->n_key_line, "unknown key \"%s\"", k);
+            rc = cfg_error(err, errlen, name, n->n_key_line, "unknown key \"%s\"", k);
             goto fail;
         }
     }

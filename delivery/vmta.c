@@ -21,19 +21,6 @@
 #include <string.h>
 #include <strings.h>
 
-static int vm_err(char *err, size_t errlen, const char *name, int line, const char *fmt, ...)
-    PRINTF_LIKE(5, 6);
-static int vm_err(char *err, size_t errlen, const char *name, int line, const char *fmt, ...)
-{
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    snprintf(err, errlen, "%s:%d: %s", name, line, msg);
-    return SL_ECONFIG;
-}
-
 static int vm_find(const dlv_shaping_t *sh, const char *name)
 {
     for (int i = 0; i < sh->sh_nvmtas; i++)
@@ -54,39 +41,40 @@ static int vm_parse_vmtas(dlv_shaping_t *sh, const cfg_node_t *sec, const char *
                           size_t errlen)
 {
     if (sec->n_type != CFG_NODE_SECTION)
-        return vm_err(err, errlen, name, sec->n_line, "virtual_mtas: expected a section");
+        return cfg_error(err, errlen, name, sec->n_line, "virtual_mtas: expected a section");
     for (const cfg_node_t *v = sec->n_child; v != NULL; v = v->n_next) {
         if (v->n_type != CFG_NODE_SECTION)
-            return vm_err(err, errlen, name, v->n_line,
-                          "virtual_mtas.%s: expected a section { source = \"ip\"; ehlo = "
-                          "\"name\"; }",
-                          v->n_key);
+            return cfg_error(err, errlen, name, v->n_line,
+                             "virtual_mtas.%s: expected a section { source = \"ip\"; ehlo = "
+                             "\"name\"; }",
+                             v->n_key);
         if (vm_find(sh, v->n_key) >= 0)
-            return vm_err(err, errlen, name, v->n_key_line, "virtual_mtas.%s: defined twice",
-                          v->n_key);
+            return cfg_error(err, errlen, name, v->n_key_line, "virtual_mtas.%s: defined twice",
+                             v->n_key);
         if (sh->sh_nvmtas == SHP_MAX_VMTAS)
-            return vm_err(err, errlen, name, v->n_key_line, "too many virtual MTAs (at most %d)",
-                          SHP_MAX_VMTAS);
+            return cfg_error(err, errlen, name, v->n_key_line, "too many virtual MTAs (at most %d)",
+                             SHP_MAX_VMTAS);
         shp_vmta_t *vm = &sh->sh_vmtas[sh->sh_nvmtas++];
         vm->vm_name = xstrdup(v->n_key);
         for (const cfg_node_t *e = v->n_child; e != NULL; e = e->n_next) {
             if (e->n_type != CFG_NODE_STR)
-                return vm_err(err, errlen, name, e->n_line, "virtual_mtas.%s.%s: expected a string",
-                              v->n_key, e->n_key);
+                return cfg_error(err, errlen, name, e->n_line,
+                                 "virtual_mtas.%s.%s: expected a string", v->n_key, e->n_key);
             if (strcmp(e->n_key, "source") == 0) {
                 if (net_parse_hostport(e->n_str, 0, &vm->vm_sa) != 0)
-                    return vm_err(err, errlen, name, e->n_line,
-                                  "virtual_mtas.%s.source: expected an IP address, got \"%.60s\"",
-                                  v->n_key, e->n_str);
+                    return cfg_error(
+                        err, errlen, name, e->n_line,
+                        "virtual_mtas.%s.source: expected an IP address, got \"%.60s\"", v->n_key,
+                        e->n_str);
                 free(vm->vm_source);
                 vm->vm_source = xstrdup(e->n_str);
             } else if (strcmp(e->n_key, "ehlo") == 0) {
                 free(vm->vm_ehlo);
                 vm->vm_ehlo = e->n_str[0] ? xstrdup(e->n_str) : NULL;
             } else {
-                return vm_err(err, errlen, name, e->n_key_line,
-                              "unknown key \"virtual_mtas.%s.%s\" (source, ehlo)", v->n_key,
-                              e->n_key);
+                return cfg_error(err, errlen, name, e->n_key_line,
+                                 "unknown key \"virtual_mtas.%s.%s\" (source, ehlo)", v->n_key,
+                                 e->n_key);
             }
         }
     }
@@ -97,48 +85,49 @@ static int vm_parse_pools(dlv_shaping_t *sh, const cfg_node_t *sec, const char *
                           size_t errlen)
 {
     if (sec->n_type != CFG_NODE_SECTION)
-        return vm_err(err, errlen, name, sec->n_line, "pools: expected a section");
+        return cfg_error(err, errlen, name, sec->n_line, "pools: expected a section");
     for (const cfg_node_t *p = sec->n_child; p != NULL; p = p->n_next) {
         if (p->n_type != CFG_NODE_SECTION)
-            return vm_err(err, errlen, name, p->n_line,
-                          "pools.%s: expected a section { members = [...]; }", p->n_key);
+            return cfg_error(err, errlen, name, p->n_line,
+                             "pools.%s: expected a section { members = [...]; }", p->n_key);
         if (pool_find(sh, p->n_key) >= 0)
-            return vm_err(err, errlen, name, p->n_key_line, "pools.%s: defined twice", p->n_key);
+            return cfg_error(err, errlen, name, p->n_key_line, "pools.%s: defined twice", p->n_key);
         if (sh->sh_npools == SHP_MAX_POOLS)
-            return vm_err(err, errlen, name, p->n_key_line, "too many pools (at most %d)",
-                          SHP_MAX_POOLS);
+            return cfg_error(err, errlen, name, p->n_key_line, "too many pools (at most %d)",
+                             SHP_MAX_POOLS);
         shp_pool_t *po = &sh->sh_pools[sh->sh_npools++];
         po->po_name = xstrdup(p->n_key);
         int nweights = 0;
         for (const cfg_node_t *e = p->n_child; e != NULL; e = e->n_next) {
             bool members = strcmp(e->n_key, "members") == 0;
             if (!members && strcmp(e->n_key, "weights") != 0)
-                return vm_err(err, errlen, name, e->n_key_line,
-                              "unknown key \"pools.%s.%s\" (members, weights)", p->n_key, e->n_key);
+                return cfg_error(err, errlen, name, e->n_key_line,
+                                 "unknown key \"pools.%s.%s\" (members, weights)", p->n_key,
+                                 e->n_key);
             if (e->n_type == CFG_NODE_SECTION)
-                return vm_err(err, errlen, name, e->n_line, "pools.%s.%s: expected a list",
-                              p->n_key, e->n_key);
+                return cfg_error(err, errlen, name, e->n_line, "pools.%s.%s: expected a list",
+                                 p->n_key, e->n_key);
             const cfg_node_t *first = e->n_type == CFG_NODE_LIST ? e->n_child : e;
             int k = 0;
             for (const cfg_node_t *it = first; it != NULL;
                  it = e->n_type == CFG_NODE_LIST ? it->n_next : NULL, k++) {
                 if (k == SHP_MAX_VMTAS)
-                    return vm_err(err, errlen, name, e->n_line, "pools.%s: too many members",
-                                  p->n_key);
+                    return cfg_error(err, errlen, name, e->n_line, "pools.%s: too many members",
+                                     p->n_key);
                 if (members) {
                     int v = vm_find(sh, it->n_str);
                     if (v < 0)
-                        return vm_err(err, errlen, name, e->n_line,
-                                      "pools.%s: no virtual MTA \"%.60s\" in virtual_mtas",
-                                      p->n_key, it->n_str);
+                        return cfg_error(err, errlen, name, e->n_line,
+                                         "pools.%s: no virtual MTA \"%.60s\" in virtual_mtas",
+                                         p->n_key, it->n_str);
                     po->po_members[k] = v;
                     po->po_weight[k] = 1;
                 } else {
                     char *end;
                     long w = strtol(it->n_str, &end, 10);
                     if (end == it->n_str || *end != '\0' || w < 1 || w > 1000)
-                        return vm_err(err, errlen, name, e->n_line,
-                                      "pools.%s.weights: expected integers [1..1000]", p->n_key);
+                        return cfg_error(err, errlen, name, e->n_line,
+                                         "pools.%s.weights: expected integers [1..1000]", p->n_key);
                     po->po_weight[k] = (int)w;
                 }
             }
@@ -148,11 +137,11 @@ static int vm_parse_pools(dlv_shaping_t *sh, const cfg_node_t *sec, const char *
                 nweights = k;
         }
         if (po->po_n == 0)
-            return vm_err(err, errlen, name, p->n_line, "pools.%s: needs members = [...]",
-                          p->n_key);
+            return cfg_error(err, errlen, name, p->n_line, "pools.%s: needs members = [...]",
+                             p->n_key);
         if (nweights != 0 && nweights != po->po_n)
-            return vm_err(err, errlen, name, p->n_line, "pools.%s: %d weights for %d members",
-                          p->n_key, nweights, po->po_n);
+            return cfg_error(err, errlen, name, p->n_line, "pools.%s: %d weights for %d members",
+                             p->n_key, nweights, po->po_n);
     }
     return 0;
 }
@@ -171,7 +160,7 @@ int shp_vmta_config(dlv_shaping_t *sh, const void *rootp, const char *name, char
         if (slot == NULL)
             continue;
         if (*slot != NULL)
-            return vm_err(err, errlen, name, n->n_key_line, "duplicate key \"%s\"", n->n_key);
+            return cfg_error(err, errlen, name, n->n_key_line, "duplicate key \"%s\"", n->n_key);
         *slot = n;
     }
     int rc;
@@ -190,12 +179,12 @@ int shp_vmta_config(dlv_shaping_t *sh, const void *rootp, const char *name, char
     }
     if (def != NULL) {
         if (def->n_type != CFG_NODE_STR || (sh->sh_default_pool = pool_find(sh, def->n_str)) < 0)
-            return vm_err(err, errlen, name, def->n_line, "default_pool: no such pool in pools");
+            return cfg_error(err, errlen, name, def->n_line, "default_pool: no such pool in pools");
     }
     if (users != NULL) {
         if (users->n_type != CFG_NODE_SECTION)
-            return vm_err(err, errlen, name, users->n_line,
-                          "pool_users: expected a section { user = pool; }");
+            return cfg_error(err, errlen, name, users->n_line,
+                             "pool_users: expected a section { user = pool; }");
         int n = 0;
         for (const cfg_node_t *u = users->n_child; u != NULL; u = u->n_next)
             n++;
@@ -204,8 +193,8 @@ int shp_vmta_config(dlv_shaping_t *sh, const void *rootp, const char *name, char
         for (const cfg_node_t *u = users->n_child; u != NULL; u = u->n_next) {
             int p = u->n_type == CFG_NODE_STR ? pool_find(sh, u->n_str) : -1;
             if (p < 0)
-                return vm_err(err, errlen, name, u->n_line,
-                              "pool_users.%s: expected the name of a pool in pools", u->n_key);
+                return cfg_error(err, errlen, name, u->n_line,
+                                 "pool_users.%s: expected the name of a pool in pools", u->n_key);
             int i = sh->sh_npool_users++;
             sh->sh_pool_users[2 * i] = xstrdup(u->n_key);
             sh->sh_pool_users[2 * i + 1] = xstrdup(u->n_str);
