@@ -539,6 +539,18 @@ static adm_dom_t *agg_get(adm_job_t *j, const char *d, size_t dl)
     return x;
 }
 
+/* A read transaction and a cursor on the rcpt table for one chunk of an
+ * operator job; on failure the request says why. */
+static int rcpt_cursor(queue_t *q, queue_req_t *r, MDB_txn **txn, MDB_cursor **c)
+{
+    int rc = mdb_txn_begin(q->q_env, NULL, MDB_RDONLY, txn);
+    if (rc == 0 && (rc = mdb_cursor_open(*txn, q->q_dbi_rcpt, c)) != 0)
+        mdb_txn_abort(*txn);
+    if (rc != 0)
+        snprintf(r->qq_error, sizeof(r->qq_error), "spool: %s", mdb_strerror(rc));
+    return rc;
+}
+
 static bool step_queues(q_admin_t *a, adm_job_t *j)
 {
     queue_t *q = a->a_q;
@@ -546,15 +558,8 @@ static bool step_queues(q_admin_t *a, adm_job_t *j)
     MDB_txn *txn;
     MDB_cursor *c;
     int rc;
-    if ((rc = mdb_txn_begin(q->q_env, NULL, MDB_RDONLY, &txn)) != 0) {
-        snprintf(r->qq_error, sizeof(r->qq_error), "spool: %s", mdb_strerror(rc));
+    if (rcpt_cursor(q, r, &txn, &c) != 0)
         return true;
-    }
-    if ((rc = mdb_cursor_open(txn, q->q_dbi_rcpt, &c)) != 0) {
-        mdb_txn_abort(txn);
-        snprintf(r->qq_error, sizeof(r->qq_error), "spool: %s", mdb_strerror(rc));
-        return true;
-    }
     const char *want = r->qq_domain;
     size_t wl = want ? strlen(want) : 0;
     MDB_val k = {j->j_klen, j->j_key}, v;
@@ -846,15 +851,8 @@ static bool step_bounce(q_admin_t *a, adm_job_t *j)
     MDB_txn *txn;
     MDB_cursor *c;
     int rc;
-    if ((rc = mdb_txn_begin(q->q_env, NULL, MDB_RDONLY, &txn)) != 0) {
-        snprintf(r->qq_error, sizeof(r->qq_error), "spool: %s", mdb_strerror(rc));
+    if (rcpt_cursor(q, r, &txn, &c) != 0)
         return true;
-    }
-    if ((rc = mdb_cursor_open(txn, q->q_dbi_rcpt, &c)) != 0) {
-        mdb_txn_abort(txn);
-        snprintf(r->qq_error, sizeof(r->qq_error), "spool: %s", mdb_strerror(rc));
-        return true;
-    }
     chan_node_t *first = NULL, **tail = &first;
     size_t nb = 0;
     bool finished = true;
