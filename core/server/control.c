@@ -1000,6 +1000,23 @@ static int admin_target(queue_req_t *r, json_object *req, bool allow_job, const 
     return 0;
 }
 
+/* A request of this type aimed by admin_target(), or NULL with *rc set. */
+static queue_req_t *admin_target_req(ctl_conn_t *c, queue_req_type_t type, json_object *req,
+                                     bool allow_job, const char *what, int *rc, char *err,
+                                     size_t errlen)
+{
+    queue_req_t *r = admin_req_new(c, type, err, errlen);
+    if (r == NULL) {
+        *rc = SL_EBUSY;
+        return NULL;
+    }
+    if ((*rc = admin_target(r, req, allow_job, what, err, errlen)) < 0) {
+        admin_req_free(r);
+        return NULL;
+    }
+    return r;
+}
+
 static int cmd_queues(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen)
 {
     size_t limit = 0;
@@ -1088,11 +1105,10 @@ static int cmd_suspend(ctl_conn_t *c, json_object *req, json_object *resp, char 
     bool handled;
     if ((rc = shaping_suspend(c, req, resp, false, &handled, err, errlen)) < 0 || handled)
         return rc;
-    queue_req_t *r = admin_req_new(c, QREQ_SUSPEND, err, errlen);
+    queue_req_t *r = admin_target_req(c, QREQ_SUSPEND, req, true, "suspend", &rc, err, errlen);
     if (r == NULL)
-        return SL_EBUSY;
-    if ((rc = admin_target(r, req, true, "suspend", err, errlen)) < 0 ||
-        (rc = arg_duration(req, "for", &dur, err, errlen)) < 0) {
+        return rc;
+    if ((rc = arg_duration(req, "for", &dur, err, errlen)) < 0) {
         admin_req_free(r);
         return rc;
     }
@@ -1106,15 +1122,9 @@ static int cmd_resume(ctl_conn_t *c, json_object *req, json_object *resp, char *
     int src = shaping_suspend(c, req, resp, true, &handled, err, errlen);
     if (src < 0 || handled)
         return src;
-    queue_req_t *r = admin_req_new(c, QREQ_RESUME, err, errlen);
-    if (r == NULL)
-        return SL_EBUSY;
-    int rc = admin_target(r, req, true, "resume", err, errlen);
-    if (rc < 0) {
-        admin_req_free(r);
-        return rc;
-    }
-    return admin_req_send(c, r);
+    int rc;
+    queue_req_t *r = admin_target_req(c, QREQ_RESUME, req, true, "resume", &rc, err, errlen);
+    return r ? admin_req_send(c, r) : rc;
 }
 
 static int cmd_suspended(ctl_conn_t *c, json_object *req, json_object *resp, char *err,
@@ -1126,15 +1136,9 @@ static int cmd_suspended(ctl_conn_t *c, json_object *req, json_object *resp, cha
 
 static int cmd_retry(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen)
 {
-    queue_req_t *r = admin_req_new(c, QREQ_RETRY, err, errlen);
-    if (r == NULL)
-        return SL_EBUSY;
-    int rc = admin_target(r, req, false, "retry", err, errlen);
-    if (rc < 0) {
-        admin_req_free(r);
-        return rc;
-    }
-    return admin_req_send(c, r);
+    int rc;
+    queue_req_t *r = admin_target_req(c, QREQ_RETRY, req, false, "retry", &rc, err, errlen);
+    return r ? admin_req_send(c, r) : rc;
 }
 
 static int cmd_bounce(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen)
