@@ -17,9 +17,11 @@
  */
 #include "core/base/base.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <json-c/json.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -415,6 +417,34 @@ static void print_status(json_object *r)
     table_print(&t);
 }
 
+/* A grid of n rows of ncol owned cells (row-major) under a header line,
+ * columns as wide as their widest cell (the last one is not padded, and
+ * cut at last_max bytes unless 0); bit j of right aligns column j right.
+ * Nothing is printed for no rows. Frees the cells and the array. */
+static void grid_print(const char *const *hdr, int ncol, char **cells, size_t n, unsigned right,
+                       int last_max)
+{
+    int w[16];
+    assert(ncol <= (int)ARRAY_SIZE(w));
+    for (int j = 0; j < ncol; j++)
+        w[j] = (int)strlen(hdr[j]);
+    for (size_t i = 0; i < n * (size_t)ncol; i++)
+        if ((int)strlen(cells[i]) > w[i % (size_t)ncol])
+            w[i % (size_t)ncol] = (int)strlen(cells[i]);
+    for (size_t i = 0; n > 0 && i <= n; i++) { /* i == 0: the header */
+        for (int j = 0; j < ncol; j++) {
+            const char *c = i == 0 ? hdr[j] : cells[(i - 1) * (size_t)ncol + (size_t)j];
+            if (j + 1 == ncol)
+                printf("%.*s\n", last_max > 0 && i > 0 ? last_max : INT_MAX, c);
+            else
+                printf(i > 0 && (right >> j & 1u) ? "%*s  " : "%-*s  ", w[j], c);
+        }
+    }
+    for (size_t i = 0; i < n * (size_t)ncol; i++)
+        free(cells[i]);
+    free(cells);
+}
+
 static void print_list(json_object *r)
 {
     static const char *const hdr[] = {"ID", "ARRIVAL", "SIZE", "RCPTS", "SENDER", "JOB"};
@@ -423,9 +453,6 @@ static void print_list(json_object *r)
     size_t n =
         msgs && json_object_is_type(msgs, json_type_array) ? json_object_array_length(msgs) : 0;
     char **cells = xcalloc(n * NCOL + 1, sizeof(char *));
-    int w[NCOL];
-    for (int j = 0; j < NCOL; j++)
-        w[j] = (int)strlen(hdr[j]);
     for (size_t i = 0; i < n; i++) {
         json_object *m = json_object_array_get_idx(msgs, i);
         char tmp[64];
@@ -443,28 +470,8 @@ static void print_list(json_object *r)
         row[3] = xasprintf("%" PRIu64, nrcpt);
         row[4] = sender == NULL || sender[0] == '\0' ? xstrdup("<>") : xstrdup(sender);
         row[5] = xstrdup(job && job[0] ? job : "-");
-        for (int j = 0; j < NCOL; j++)
-            if ((int)strlen(row[j]) > w[j])
-                w[j] = (int)strlen(row[j]);
     }
-    if (n > 0) {
-        for (int j = 0; j < NCOL; j++)
-            if (j + 1 < NCOL)
-                printf("%-*s  ", w[j], hdr[j]);
-            else
-                printf("%s\n", hdr[j]);
-        for (size_t i = 0; i < n; i++) {
-            for (int j = 0; j < NCOL; j++) {
-                char *c = cells[i * NCOL + j];
-                if (j + 1 < NCOL)
-                    printf(j == 2 || j == 3 ? "%*s  " : "%-*s  ", w[j], c);
-                else
-                    printf("%s\n", c);
-                free(c);
-            }
-        }
-    }
-    free(cells);
+    grid_print(hdr, NCOL, cells, n, 1u << 2 | 1u << 3, 0); /* SIZE, RCPTS right-aligned */
     uint64_t total = get(r, "total") ? get_u64(r, "total") : n;
     if (total > n)
         printf("%" PRIu64 " messages (%zu shown; use --limit N)\n", total, n);
@@ -767,9 +774,6 @@ static void print_queues(json_object *r)
     size_t n =
         doms && json_object_is_type(doms, json_type_array) ? json_object_array_length(doms) : 0;
     char **cells = xcalloc(n * NCOL + 1, sizeof(char *));
-    int w[NCOL];
-    for (int j = 0; j < NCOL; j++)
-        w[j] = (int)strlen(hdr[j]);
     for (size_t i = 0; i < n; i++) {
         json_object *d = json_object_array_get_idx(doms, i);
         char **row = cells + i * NCOL;
@@ -784,29 +788,8 @@ static void print_queues(json_object *r)
         json_object *s = get(d, "suspended");
         row[6] = xstrdup(s && json_object_get_boolean(s) ? "yes" : "-");
         row[7] = fmt_response(d);
-        for (int j = 0; j < NCOL - 1; j++)
-            if ((int)strlen(row[j]) > w[j])
-                w[j] = (int)strlen(row[j]);
     }
-    if (n > 0) {
-        for (int j = 0; j < NCOL; j++) {
-            if (j + 1 < NCOL)
-                printf("%-*s  ", w[j], hdr[j]);
-            else
-                printf("%s\n", hdr[j]);
-        }
-        for (size_t i = 0; i < n; i++) {
-            for (int j = 0; j < NCOL; j++) {
-                char *c = cells[i * NCOL + j];
-                if (j + 1 == NCOL)
-                    printf("%.100s\n", c);
-                else
-                    printf(j >= 1 && j <= 4 ? "%*s  " : "%-*s  ", w[j], c);
-                free(c);
-            }
-        }
-    }
-    free(cells);
+    grid_print(hdr, NCOL, cells, n, 0x1eu, 100); /* the counts (columns 1-4) right-aligned */
     uint64_t nd = get_u64(r, "total_domains"), nr = get_u64(r, "total_recipients");
     printf("%" PRIu64 " domain%s, %" PRIu64 " recipient%s queued", nd, nd == 1 ? "" : "s", nr,
            nr == 1 ? "" : "s");
