@@ -386,21 +386,22 @@ static int shp_limits_parse(const cfg_node_t *sec, const char *name, shp_limits_
                                  node_desc(n));
             continue; /* the caller's key */
         }
-        if (strcmp(k, "max_connections") == 0) {
-            rc = shp_int(n, name, k, 0, 100000, &l->l_max_conn, err, errlen);
-            l->l_set |= L_MAX_CONN;
-        } else if (strcmp(k, "max_messages_per_connection") == 0) {
-            rc = shp_int(n, name, k, 0, 100000000, &l->l_max_msgs, err, errlen);
-            l->l_set |= L_MAX_MSGS;
-        } else if (strcmp(k, "max_recipients_per_transaction") == 0) {
-            rc = shp_int(n, name, k, 0, 100000, &l->l_max_rcpt, err, errlen);
-            l->l_set |= L_MAX_RCPT;
-        } else if (strcmp(k, "total_max_connections") == 0) {
-            rc = shp_int(n, name, k, 0, 1000000, &l->l_total_conn, err, errlen);
-            l->l_set |= L_TOTAL_CONN;
-        } else if (strcmp(k, "recover_after") == 0) {
-            rc = shp_int(n, name, k, 1, 1000000, &l->l_rec_after, err, errlen);
-            l->l_set |= L_REC_AFTER;
+        const struct {
+            const char *k;
+            int lo, hi;
+            int *v;
+            uint32_t bit;
+        } ints[] = {{"max_connections", 0, 100000, &l->l_max_conn, L_MAX_CONN},
+                    {"max_messages_per_connection", 0, 100000000, &l->l_max_msgs, L_MAX_MSGS},
+                    {"max_recipients_per_transaction", 0, 100000, &l->l_max_rcpt, L_MAX_RCPT},
+                    {"total_max_connections", 0, 1000000, &l->l_total_conn, L_TOTAL_CONN},
+                    {"recover_after", 1, 1000000, &l->l_rec_after, L_REC_AFTER}};
+        size_t ii = 0;
+        while (ii < ARRAY_SIZE(ints) && strcmp(k, ints[ii].k) != 0)
+            ii++;
+        if (ii < ARRAY_SIZE(ints)) {
+            rc = shp_int(n, name, k, ints[ii].lo, ints[ii].hi, ints[ii].v, err, errlen);
+            l->l_set |= ints[ii].bit;
         } else if (strcmp(k, "recover_quiet") == 0) {
             if (cfg_parse_duration(n->n_str, &l->l_rec_quiet) != 0 || l->l_rec_quiet == 0)
                 return cfg_error(err, errlen, name, n->n_line, "%s: expected a duration", k);
