@@ -475,6 +475,63 @@ class Daemon:
         return recs
 
 
+# ------------------------------------------------------------------ raw SMTP
+
+class RawClient:
+    """A raw SMTP client socket (from a chosen loopback source address),
+    for pipelining, malformed input and misbehaving clients."""
+
+    def __init__(self, port, src="127.0.0.1", timeout=30):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                             source_address=(src, 0))
+        self.buf = b""
+
+    def send(self, data):
+        self.sock.sendall(data if isinstance(data, bytes) else data.encode())
+
+    def reply(self):
+        """One complete reply: (code, text) or (None, "") at EOF."""
+        lines = []
+        while True:
+            while b"\n" not in self.buf:
+                d = self.sock.recv(65536)
+                if not d:
+                    return (None, b"".join(lines).decode(errors="replace"))
+                self.buf += d
+            line, _, self.buf = self.buf.partition(b"\n")
+            lines.append(line + b"\n")
+            if len(line) < 4 or line[3:4] != b"-":
+                return (int(line[:3]) if line[:3].isdigit() else -1,
+                        b"".join(lines).decode(errors="replace"))
+
+    def cmd(self, line):
+        self.send(line.encode() + b"\r\n")
+        return self.reply()
+
+    def wait_close(self, timeout):
+        """Read until EOF; returns (seconds waited, everything read)."""
+        t0 = time.monotonic()
+        self.sock.settimeout(0.5)
+        got = self.buf
+        while time.monotonic() - t0 < timeout:
+            try:
+                d = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            if not d:
+                break
+            got += d
+        return time.monotonic() - t0, got
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
 # ------------------------------------------------------------------ DNS
 
 class Dnsmasq:

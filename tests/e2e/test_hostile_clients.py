@@ -17,7 +17,6 @@ import os
 import random
 import re
 import smtplib
-import socket
 import ssl
 import sys
 import threading
@@ -55,60 +54,6 @@ PASSWORD = "correct horse"
 
 def hash_password(pw):
     return st.run(["openssl", "passwd", "-6", "-salt", "sluicetestsalt", pw]).check().out.strip()
-
-
-class Client:
-    """A raw SMTP client socket from a chosen loopback source address."""
-
-    def __init__(self, port, src, timeout=30):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout,
-                                             source_address=(src, 0))
-        self.buf = b""
-
-    def send(self, data):
-        self.sock.sendall(data)
-
-    def reply(self):
-        """One complete reply: (code, text) or (None, "") at EOF."""
-        lines = []
-        while True:
-            while b"\n" not in self.buf:
-                d = self.sock.recv(65536)
-                if not d:
-                    return (None, b"".join(lines).decode(errors="replace"))
-                self.buf += d
-            line, _, self.buf = self.buf.partition(b"\n")
-            lines.append(line + b"\n")
-            if len(line) < 4 or line[3:4] != b"-":
-                return (int(line[:3]) if line[:3].isdigit() else -1,
-                        b"".join(lines).decode(errors="replace"))
-
-    def cmd(self, line):
-        self.send(line.encode() + b"\r\n")
-        return self.reply()
-
-    def wait_close(self, timeout):
-        """Read until EOF; returns (seconds waited, everything read)."""
-        t0 = time.monotonic()
-        self.sock.settimeout(0.5)
-        got = self.buf
-        while time.monotonic() - t0 < timeout:
-            try:
-                d = self.sock.recv(65536)
-            except socket.timeout:
-                continue
-            except OSError:
-                break
-            if not d:
-                break
-            got += d
-        return time.monotonic() - t0, got
-
-    def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
 
 
 class GoodClient(threading.Thread):
@@ -170,7 +115,7 @@ class HostileClients(unittest.TestCase):
             cls.d.cleanup()
 
     def client(self, src):
-        c = Client(self.port, src)
+        c = st.RawClient(self.port, src)
         self.addCleanup(c.close)
         return c
 
@@ -305,7 +250,7 @@ class HostileClients(unittest.TestCase):
         # brute force from another: after 3 failures it is locked out
         results = []
         for i in range(12):
-            c = Client(self.port, "127.0.0.6")
+            c = st.RawClient(self.port, "127.0.0.6")
             try:
                 code, _ = c.reply()
                 if code != 220:
@@ -395,8 +340,8 @@ class StarvedLoop(unittest.TestCase):
         d = st.Daemon(smtp_extra=smtp_extra)
         os.chmod(d.conf_path, 0o600)
         with d:
-            a = Client(d.smtp_port, "127.0.0.3")
-            b = Client(d.smtp_port, "127.0.0.4")
+            a = st.RawClient(d.smtp_port, "127.0.0.3")
+            b = st.RawClient(d.smtp_port, "127.0.0.4")
             self.addCleanup(a.close)
             self.addCleanup(b.close)
             self.assertEqual(a.reply()[0], 220)

@@ -6,8 +6,6 @@ stored bytes read back from LMDB with mdb_dump after the daemon stopped).
 import base64
 import os
 import re
-import smtplib
-import socket
 import ssl
 import subprocess
 import sys
@@ -37,34 +35,6 @@ def tls_client_ctx():
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     return ctx
-
-
-class Raw:
-    """A raw SMTP client for pipelining and malformed input."""
-
-    def __init__(self, port):
-        self.s = socket.create_connection(("127.0.0.1", port), timeout=20)
-        self.f = self.s.makefile("rb")
-        self.greeting = self.reply()
-
-    def send(self, data):
-        self.s.sendall(data if isinstance(data, bytes) else data.encode())
-
-    def reply(self):
-        """One (possibly multi-line) reply as (code, text)."""
-        lines = []
-        while True:
-            line = self.f.readline()
-            if not line:
-                return (None, b"".join(lines).decode(errors="replace"))
-            lines.append(line)
-            if len(line) < 4 or line[3:4] != b"-":
-                break
-        return (int(lines[-1][:3]), b"".join(lines).decode(errors="replace"))
-
-    def close(self):
-        self.f.close()
-        self.s.close()
 
 
 class Reception(unittest.TestCase):
@@ -206,8 +176,8 @@ class Reception(unittest.TestCase):
                          ["r0@example.org", "r1@example.org", "r2@example.org"])
 
     def test_protocol_errors(self):
-        c = Raw(self.d.smtp_port)
-        self.assertEqual(c.greeting[0], 220)
+        c = st.RawClient(self.d.smtp_port)
+        self.assertEqual(c.reply()[0], 220)
         c.send("RCPT TO:<x@example.org>\r\n")
         self.assertEqual(c.reply()[0], 503)
         c.send("FROB\r\n")

@@ -168,28 +168,21 @@ class Resources(unittest.TestCase):
 
     # -- memory: the budgets (any build) and ulimit -v (release build)
 
-    def _raw(self, d):
-        s = socket.create_connection(("127.0.0.1", d.smtp_port), timeout=60)
-        f = s.makefile("rb")
-
-        def reply():
-            while True:
-                line = f.readline()
-                if len(line) < 4 or line[3:4] != b"-":
-                    return line.decode(errors="replace").strip()
-        self.assertTrue(reply().startswith("220"))
-        return s, reply
-
     def _open_data(self, d, rcpt, size):
         """A session that has sent `size` bytes of DATA, without the dot."""
-        s, reply = self._raw(d)
-        for cmd in (b"EHLO raw.example", b"MAIL FROM:<s@sender.example>", b"RCPT TO:<%s>" % rcpt):
-            s.sendall(cmd + b"\r\n")
-            self.assertTrue(reply().startswith("250"))
-        s.sendall(b"DATA\r\n")
-        self.assertTrue(reply().startswith("354"))
-        s.sendall(b"Subject: big\r\n\r\n" + (b"z" * 998 + b"\r\n") * (size // 1000))
-        return s, reply
+        c = st.RawClient(d.smtp_port, timeout=60)
+        self.assertEqual(c.reply()[0], 220)
+        for cmd in ("EHLO raw.example", "MAIL FROM:<s@sender.example>", "RCPT TO:<%s>" % rcpt):
+            self.assertEqual(c.cmd(cmd)[0], 250)
+        self.assertEqual(c.cmd("DATA")[0], 354)
+        c.send(b"Subject: big\r\n\r\n" + (b"z" * 998 + b"\r\n") * (size // 1000))
+        return c
+
+    @staticmethod
+    def _dot(c):
+        """The final dot and the reply's last line."""
+        c.send(b".\r\n")
+        return c.reply()[1].strip().splitlines()[-1]
 
     def test_message_memory_budget(self):
         """smtp.max_memory bounds the message bytes all sessions hold:
@@ -200,18 +193,17 @@ class Resources(unittest.TestCase):
             st0 = d.status()["smtp"]
             self.assertEqual(st0["memory_limit_bytes"], 40 << 20)
             # three bodies of 15 MB (16 MB buffers): the third does not fit
-            sess = [self._open_data(d, b"big%d@example.test" % i, 15 << 20) for i in range(3)]
+            sess = [self._open_data(d, "big%d@example.test" % i, 15 << 20) for i in range(3)]
             time.sleep(0.5)
             self.assertLessEqual(d.status()["smtp"]["memory_bytes"], 40 << 20)
             answers = []
-            for s, reply in sess:
-                s.sendall(b".\r\n")
-                answers.append(reply())
+            for c in sess:
+                answers.append(self._dot(c))
             self.assertTrue(answers[0].startswith("250") and answers[1].startswith("250"),
                             answers)
             self.assertTrue(answers[2].startswith("452 4.3.1"), answers)
             # MAIL SIZE= (smtplib declares it) while 32 MB are held
-            held = [self._open_data(d, b"held%d@example.test" % i, 15 << 20) for i in range(2)]
+            held = [self._open_data(d, "held%d@example.test" % i, 15 << 20) for i in range(2)]
             time.sleep(0.5)
             big = b"Subject: sized\r\n\r\n" + (b"y" * 998 + b"\r\n") * 15000
             with self.assertRaises(smtplib.SMTPSenderRefused) as cm:
@@ -219,15 +211,14 @@ class Resources(unittest.TestCase):
                     c.sendmail("s@sender.example", ["sized@example.test"], big)
             self.assertEqual(cm.exception.smtp_code, 452)
             self.assertIn(b"4.3.1", cm.exception.smtp_error)
-            for s, reply in held:
-                s.sendall(b".\r\n")
-                answers.append(reply())
-                s.close()
+            for c in held:
+                answers.append(self._dot(c))
+                c.close()
             self.assertTrue(all(a.startswith("250") for a in answers[3:]), answers)
             with d.smtp(timeout=60) as c:  # room again
                 c.sendmail("s@sender.example", ["sized@example.test"], big)
-            for s, _ in sess:
-                s.close()
+            for c in sess:
+                c.close()
             ids = [a.split()[-1] for a in answers if a.startswith("250")]
             queued = {m["id"] for m in d.list()["messages"]}
             self.assertEqual([i for i in ids if i not in queued], [])
