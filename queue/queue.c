@@ -451,9 +451,7 @@ static void queue_take_config(queue_t *q)
     if (nc->c_scan_interval_ms != old->c_scan_interval_ms &&
         uv_is_active((uv_handle_t *)&q->q_timer))
         uv_timer_start(&q->q_timer, queue_timer_cb, nc->c_scan_interval_ms, nc->c_scan_interval_ms);
-    q->q_as_when = 0; /* queue.active_size again, under ulimit -v */
-    q->q_as_cap = mem_budget_cap(nc->c_active_size, q->q_active_bytes);
-    atomic_store(&q->q_stats.qs_active_limit, q->q_as_cap);
+    q->q_as_when = 0; /* the next scan works out queue.active_size again (ulimit -v cap) */
     cfg_unref(old);
     log_info("queue: configuration reloaded (retry, max_age, dsn, active_*, scan_interval)");
     q_sched_kick(q);
