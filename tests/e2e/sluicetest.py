@@ -543,12 +543,21 @@ class Dnsmasq:
     serves new records on the same port."""
 
     def __init__(self, *opts):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind(("127.0.0.1", 0))
-        self.port = s.getsockname()[1]
-        s.close()
         self.proc = None
-        self.start(*opts)
+        # The port is free when we look and may be taken before dnsmasq
+        # binds it (another test's process): dnsmasq then exits 2 at once,
+        # and we try another port.
+        for attempt in range(5):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+            s.close()
+            try:
+                self.start(*opts)
+                return
+            except RuntimeError:
+                if attempt == 4 or self.proc.returncode != 2:
+                    raise
 
     def start(self, *opts):
         self.proc = subprocess.Popen(
@@ -660,3 +669,146 @@ class Sink:
         self.errf.close()
         if not keep_tmp():
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ a peer we did not write
+
+PEER = os.path.join(HERE, "peer_smtp.py")
+
+
+def make_cert(directory, cn="peer.test"):
+    """A self-signed RSA certificate and key for cn, made with the openssl
+    command line in directory. Returns (cert_path, key_path)."""
+    cert = os.path.join(directory, cn + ".crt")
+    key = os.path.join(directory, cn + ".key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=" + cn, "-addext", "subjectAltName=DNS:" + cn,
+                    "-keyout", key, "-out", cert], check=True, capture_output=True)
+    return cert, key
+
+
+class Peer:
+    """A receiving SMTP server we did not write: aiosmtpd (Debian's
+    python3-aiosmtpd) run by tests/e2e/peer_smtp.py under /usr/bin/python3.
+
+    Keyword switches map to peer_smtp.py's options (see its docstring):
+    pipelining=True, no_8bitmime=True, smtputf8=True, dsn=True, size=N,
+    no_size=True, starttls=True (a fresh self-signed certificate),
+    starttls_reply, ehlo_reply, greeting, mail_reply, data_reply,
+    hangup_in_data=N, wire=True, rcpt_reply=[...], eom_reply=[...],
+    max_rcpts="N[:TEXT]". Attributes: dir, port, proc. stop() checks that
+    it exited 0."""
+
+    def __init__(self, prefix="peer-", **kw):
+        self.dir = make_tmpdir(prefix)
+        self.out = os.path.join(self.dir, "out")
+        port_file = os.path.join(self.dir, "port")
+        cmd = ["/usr/bin/python3", PEER, "--port-file", port_file, "--out", self.out]
+        for k, v in kw.items():
+            opt = "--" + k.replace("_", "-")
+            if k == "starttls" and v is True:
+                cert, key = make_cert(self.dir)
+                cmd += [opt, "%s:%s" % (cert, key)]
+            elif v is True:
+                cmd.append(opt)
+            elif v is False or v is None:
+                continue
+            elif isinstance(v, (list, tuple)):
+                for x in v:
+                    cmd += [opt, str(x)]
+            else:
+                cmd += [opt, str(v)]
+        self.cmd = cmd
+        self.errf = open(os.path.join(self.dir, "stderr"), "w+")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.errf)
+
+        def ready():
+            if self.proc.poll() is not None:
+                self.errf.seek(0)
+                raise RuntimeError("peer_smtp.py exited %s: %s" % (self.proc.returncode,
+                                                                  self.errf.read()[-2000:]))
+            return os.path.exists(port_file)
+        wait_for(ready, 15, what="peer_smtp.py port file")
+        with open(port_file) as f:
+            self.port = int(f.readline())
+
+    def messages(self):
+        """[(record dict, raw content bytes)] in arrival order."""
+        out = []
+        path = os.path.join(self.out, "messages.jsonl")
+        if not os.path.exists(path):
+            return out
+        with open(path) as f:
+            for line in f:
+                if not line.endswith("\n"):
+                    break
+                rec = jsonlib.loads(line)
+                with open(os.path.join(self.out, rec["file"]), "rb") as m:
+                    out.append((rec, m.read()))
+        return out
+
+    def events(self):
+        """Connection opened/closed and every 4xx/5xx reply sent, in order."""
+        path = os.path.join(self.out, "events.jsonl")
+        if not os.path.exists(path):
+            return []
+        with open(path) as f:
+            return [jsonlib.loads(l) for l in f if l.endswith("\n")]
+
+    def rcpts(self):
+        return [r["addr"] for rec, _ in self.messages() for r in rec["rcpts"]]
+
+    def wait_messages(self, n, timeout=30):
+        return wait_for(lambda: len(self.messages()) >= n and self.messages(), timeout,
+                        what="%d messages at the aiosmtpd peer" % n)
+
+    def wires(self):
+        """With wire=True: every connection's client-to-server bytes, raw."""
+        out = []
+        for p in sorted(glob.glob(os.path.join(self.out, "wire-*.bin")),
+                        key=lambda p: int(re.search(r"(\d+)\.bin$", p).group(1))):
+            with open(p, "rb") as f:
+                out.append(f.read())
+        return out
+
+    def stop(self, check=True):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.errf.seek(0)
+        err = self.errf.read()
+        self.errf.close()
+        rc = self.proc.returncode
+        if not keep_tmp():
+            shutil.rmtree(self.dir, ignore_errors=True)
+        if check and rc != 0:
+            raise AssertionError("peer_smtp.py exited %s: %s" % (rc, err[-2000:]))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.stop(check=exc_type is None)
+
+
+def cleartext_after_starttls(wire):
+    """What a client sent in the clear after its STARTTLS command: b"" when
+    everything after "STARTTLS\\r\\n" is TLS records (content types 20..23,
+    version 3.x), else the first bytes that are not. A client that writes a
+    command to the socket instead of through TLS shows up here."""
+    i = wire.upper().find(b"STARTTLS\r\n")
+    if i < 0:
+        return b""
+    p = i + len(b"STARTTLS\r\n")
+    while p < len(wire):
+        if p + 5 > len(wire):
+            return wire[p:]
+        ctype, major = wire[p], wire[p + 1]
+        if ctype not in (20, 21, 22, 23) or major != 3:
+            return wire[p:p + 200]
+        p += 5 + int.from_bytes(wire[p + 3:p + 5], "big")
+    return b""
