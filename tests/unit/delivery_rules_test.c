@@ -331,6 +331,13 @@ static void test_provider_and_bounce(void **state)
                                 "mx1.AcmeMX.net.", &v));
     assert_true(v.v_bounce);
 
+    /* the MX host decides when it is known: acme's domain reached through
+     * another host (a smart host, a static route) is not acme's reply */
+    memset(&v, 0, sizeof(v));
+    assert_false(dlv_rules_match(r, 451, "4.7.1", "no such user", "acme.example",
+                                 "smarthost.example.net", &v));
+    assert_null(v.v_category);
+
     /* another provider's reply: not this rule, so a 4xx stays soft */
     memset(&v, 0, sizeof(v));
     assert_false(
