@@ -4,14 +4,30 @@
  * falls. The one place that interprets reply codes (STYLE.md: Postfix's
  * smtp_trouble.c).
  *
- * First pass: the RFC 3463 enhanced status code, matched against an ordered
- * table (first match wins), with a few text tests where the code alone is
- * ambiguous (5.7.1 spam vs policy, 5.7.x relaying). Replies without an
- * enhanced code are classified by ordered case-insensitive text rules.
+ * dlv_classify() asks the loaded rules first (rules.c; the shipped
+ * config/bounce-rules.conf unless delivery.bounce_rules names another
+ * file) and uses this built-in table for what no rule matches and for
+ * local failures (code 0). The precedence, most specific first, is the
+ * same in both (docs/bounce-rules.md, "Order"):
  *
- * dlv_classify() asks the loaded rules first (rules.c: enhanced status,
- * then PCRE2 regexes, per provider) and uses this built-in table for what
- * no rule matches and for local failures (code 0).
+ *   1. provider rules, for replies from that provider's MX hosts (the MX
+ *      host that answered decides when it is known, else the recipient
+ *      domain): a provider's wording and codes win over everything below;
+ *   2. signals that win over any status: viruses, Exchange's RESOLVER
+ *      codes, 45x replies that name an unknown user (bounced at once);
+ *   3. statuses known to mislead, where the text decides: rate limits
+ *      under a mailbox status x.2.x (the recipient's rate: quota-issues,
+ *      not a disabled mailbox), connection limits under x.3.2 / x.4.5,
+ *      expiry under x.4.x, a 421 with a mailbox status (the host, never
+ *      the mailbox);
+ *   4. text rules for statuses that say little (x.0.0, x.1.0, x.2.0,
+ *      x.3.0, x.4.0, x.5.0, x.7.x, none), specific words before generic;
+ *   5. the RFC 3463 status table below, first match wins;
+ *   6. other.
+ *
+ * This file holds 3 to 6 in their simplest form, without providers: the
+ * misleading statuses, the table (x.7.x: the text decides between spam,
+ * relaying and policy) and a few words for replies without a status.
  *
  * Thread: any; no state.
  */
@@ -33,19 +49,21 @@ typedef struct dlv_class_rule {
 #define ANY -1
 
 static const dlv_class_rule_t dlv_class_table[] = {
-    {0, 1, 1, "bad-mailbox"},      /* bad destination mailbox address */
-    {0, 1, 0, "bad-mailbox"},      /* other address status */
-    {0, 1, 6, "bad-mailbox"},      /* mailbox has moved */
-    {0, 1, 2, "bad-domain"},       /* bad destination system address */
-    {0, 1, 10, "bad-domain"},      /* RFC 7505 null MX */
-    {0, 1, 7, "invalid-sender"},   /* bad sender's mailbox address syntax */
-    {0, 1, 8, "invalid-sender"},   /* bad sender's system address */
-    {0, 1, ANY, "bad-mailbox"},    /* other address problems */
-    {0, 2, 1, "inactive-mailbox"}, /* mailbox disabled */
-    {0, 2, 2, "quota-issues"},     /* mailbox full */
-    {0, 2, 3, "content-related"},  /* message length exceeds administrative limit */
-    {0, 2, ANY, "bad-mailbox"},    /* other mailbox status */
-    {0, 3, 4, "content-related"},  /* message too big for system */
+    {0, 1, 1, "bad-mailbox"},         /* bad destination mailbox address */
+    {0, 1, 0, "bad-mailbox"},         /* other address status */
+    {0, 1, 6, "bad-mailbox"},         /* mailbox has moved */
+    {0, 1, 2, "bad-domain"},          /* bad destination system address */
+    {0, 1, 10, "bad-domain"},         /* RFC 7505 null MX */
+    {0, 1, 7, "invalid-sender"},      /* bad sender's mailbox address syntax */
+    {0, 1, 8, "invalid-sender"},      /* bad sender's system address */
+    {0, 1, ANY, "bad-mailbox"},       /* other address problems */
+    {0, 2, 1, "inactive-mailbox"},    /* mailbox disabled */
+    {0, 2, 2, "quota-issues"},        /* mailbox full */
+    {0, 2, 3, "content-related"},     /* message length exceeds administrative limit */
+    {0, 2, ANY, "bad-mailbox"},       /* other mailbox status */
+    {0, 3, 1, "quota-issues"},        /* mail system full */
+    {0, 3, 2, "no-answer-from-host"}, /* system not accepting network messages */
+    {0, 3, 4, "content-related"},     /* message too big for system */
     {0, 3, ANY, "bad-configuration"}, {0, 4, 1, "no-answer-from-host"},
     {0, 4, 2, "no-answer-from-host"}, /* bad connection */
     {0, 4, 4, "bad-domain"},          /* unable to route */
@@ -60,30 +78,42 @@ static const char *const dlv_spam_words[] = {
     "spam", "blocked", "blacklist", "blocklist", "reputation", "unsolicited", "rbl", "listed",
 };
 
-/* Text rules for replies without an enhanced status code. */
+/* Text rules for replies without an enhanced status code, specific words
+ * before the generic ones many replies carry in passing ("Too many
+ * connections, check your configuration or policy" is a connection limit). */
 static const struct {
     const char *tr_word;
     const char *tr_category;
 } dlv_text_rules[] = {
+    {"virus", "virus-related"},
+    {"message expired", "message-expired"},
+    {"too many connections", "bad-connection"},
+    {"timed out", "no-answer-from-host"},
+    {"connection lost", "no-answer-from-host"},
     {"user unknown", "bad-mailbox"},
     {"unknown user", "bad-mailbox"},
     {"no such user", "bad-mailbox"},
-    {"mailbox unavailable", "bad-mailbox"},
-    {"does not exist", "bad-mailbox"},
     {"mailbox full", "quota-issues"},
     {"over quota", "quota-issues"},
     {"quota exceeded", "quota-issues"},
     {"disabled", "inactive-mailbox"},
+    {"mailbox unavailable", "bad-mailbox"},
+    {"does not exist", "bad-mailbox"},
     {"relay", "relaying-issues"},
-    {"virus", "virus-related"},
     {"spam", "spam-related"},
     {"blocked", "spam-related"},
     {"blacklist", "spam-related"},
     {"reputation", "spam-related"},
+    {"connection refused", "no-answer-from-host"},
     {"policy", "policy-related"},
-    {"too many connections", "no-answer-from-host"},
-    {"timed out", "no-answer-from-host"},
-    {"connection lost", "no-answer-from-host"},
+    {"refused", "policy-related"},
+};
+
+/* Words of a rate limit, for a mailbox status that is really the
+ * recipient's receiving rate (Gmail's 4.2.1, Microsoft's 5.2.122). */
+static const char *const dlv_rate_words[] = {
+    "rate limit",    "ratelimit",   "receiving mail at a rate",
+    "receive limit", "too quickly", "messages they can receive",
 };
 
 static bool text_has(const char *text, const char *word)
@@ -146,6 +176,30 @@ static const char *dlv_classify_text(const char *text)
     return "other";
 }
 
+/* Precedence 3: a status known to mislead, where the text decides; NULL
+ * when this one does not. */
+static const char *dlv_classify_misleading(int code, int subj, int det, const char *text)
+{
+    if (subj == 2)
+        for (size_t i = 0; i < ARRAY_SIZE(dlv_rate_words); i++)
+            if (text_has(text, dlv_rate_words[i]))
+                return "quota-issues";
+    if (subj == 4 && text_has(text, "expired"))
+        return "message-expired";
+    if (((subj == 3 && det == 2) || (subj == 4 && det == 5)) &&
+        (text_has(text, "too many connections") || text_has(text, "connection limit") ||
+         text_has(text, "connection rate limit") || text_has(text, "concurrency limit")))
+        return "bad-connection";
+    /* RFC 5321 3.8: a 421 closes the session; it speaks for the host */
+    if (code == 421 && (subj == 1 || subj == 2)) {
+        const char *c = dlv_classify_text(text);
+        return strcmp(c, "policy-related") == 0 || strcmp(c, "spam-related") == 0
+                   ? c
+                   : "no-answer-from-host";
+    }
+    return NULL;
+}
+
 const char *dlv_classify_builtin(int code, const char *status, const char *text)
 {
     int cls, subj, det;
@@ -153,7 +207,9 @@ const char *dlv_classify_builtin(int code, const char *status, const char *text)
         return dlv_classify_text(text);
     if (cls == 2)
         return "other";
-    UNUSED(code);
+    const char *m = dlv_classify_misleading(code, subj, det, text);
+    if (m != NULL)
+        return m;
     if (subj == 7) {
         if (det == 1 || det == 0) {
             for (size_t i = 0; i < ARRAY_SIZE(dlv_spam_words); i++)

@@ -646,7 +646,13 @@ static size_t rules_host_lower(const char *host, char out[256])
     return len;
 }
 
-/* Bit i set: provider i matches the recipient domain or the MX host. */
+/* Bit i set: the reply is provider i's. A provider's rules describe what
+ * its own servers say, so when the MX host that answered is known and the
+ * provider lists MX patterns, that host decides: a gmail.com recipient
+ * reached through a smart host or a static route gets the generic rules,
+ * a Google Workspace domain (MX *.google.com) gets Google's. The recipient
+ * domain decides when the host is unknown, or for a provider defined by
+ * domains only. */
 static uint64_t rules_provider_mask(const dlv_rules_t *rs, const char *domain, const char *mx)
 {
     char d[256], m[256];
@@ -655,11 +661,36 @@ static uint64_t rules_provider_mask(const dlv_rules_t *rs, const char *domain, c
     uint64_t mask = 0;
     for (int i = 0; i < rs->rs_nproviders; i++) {
         const rules_provider_t *pv = &rs->rs_providers[i];
-        if (rules_host_match(pv->pv_domains, pv->pv_ndomains, d, dlen) ||
-            rules_host_match(pv->pv_mx, pv->pv_nmx, m, mlen))
+        bool hit = mlen > 0 && pv->pv_nmx > 0
+                       ? rules_host_match(pv->pv_mx, pv->pv_nmx, m, mlen)
+                       : rules_host_match(pv->pv_domains, pv->pv_ndomains, d, dlen);
+        if (hit)
             mask |= (uint64_t)1 << i;
     }
     return mask;
+}
+
+/* The host of a connection-level failure's text, "host[ip]:port phase: ..."
+ * (session.c writes it for a refused greeting, EHLO or HELO, whose caller
+ * has no MX host to give): its length, 0 when text does not start so. */
+static size_t rules_text_host(const char *text, char out[256])
+{
+    if (text == NULL)
+        return 0;
+    size_t n = strcspn(text, "[ ");
+    if (n == 0 || n >= 256 || text[n] != '[')
+        return 0;
+    const char *close = strchr(text + n, ']');
+    if (close == NULL || close[1] != ':' || !isdigit((unsigned char)close[2]))
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)text[i];
+        if (!isalnum(c) && c != '.' && c != '-' && c != '_' && c != ':')
+            return 0;
+    }
+    memcpy(out, text, n);
+    out[n] = '\0';
+    return n;
 }
 
 /* "c.sss.ddd" of at most 3 digits a part, its class equal to cls. */
@@ -816,6 +847,9 @@ void dlv_rules_shutdown(void)
 void dlv_classify_reply(int code, const char *status, const char *text, const char *domain,
                         const char *mx, dlv_verdict_t *out)
 {
+    char host[256];
+    if ((mx == NULL || mx[0] == '\0') && rules_text_host(text, host) > 0)
+        mx = host; /* a refused greeting or EHLO names the host that refused */
     if (code >= 400 && code <= 599 &&
         dlv_rules_match(dlv_rules_active(), code, status, text, domain, mx, out))
         return;

@@ -8,7 +8,9 @@
  * is one of the traffic shaping's providers (config/providers.conf and the
  * delivery.shaping file: recipient-domain and MX-host patterns, defined
  * once for both), or one the file defines in providers { }. A rule tests, in this order, its
- * provider, the reply code, the RFC 3463 enhanced status, then one PCRE2
+ * provider (the reply came from that provider's MX hosts, or, when the
+ * host is not known, is for its domains), the reply code, the RFC 3463
+ * enhanced status, then one PCRE2
  * regex (case-insensitive) on the reply text; the first rule whose tests all
  * pass gives the category and the action ("bounce": a 4xx is a hard failure
  * too). Replies no rule matches, and local failures (code 0), get the
@@ -60,7 +62,9 @@ int dlv_rules_nrules(const dlv_rules_t *r);
 const char *dlv_rules_default_text(void);
 
 /* Match a reply against one set. domain (recipient domain) and mx (MX host
- * name, trailing dot allowed) pick the provider; either may be NULL. status
+ * name, trailing dot allowed) pick the provider; either may be NULL. A
+ * provider's rules apply to its own servers' replies: the MX host decides
+ * when it is given and the provider has mx patterns, else the domain. status
  * may be NULL or "" (then x.0.0 of the code's class). Returns true and fills
  * *out when a rule matched; false (and *out untouched) otherwise, and always
  * for codes outside 400..599. Any thread; no allocation unless a regex runs. */
@@ -76,7 +80,9 @@ const dlv_rules_t *dlv_rules_active(void);
 void dlv_rules_shutdown(void);
 
 /* Classify a reply with the active rules, then the built-in table: always
- * fills *out (v_category never NULL). Any thread. */
+ * fills *out (v_category never NULL). Without mx, a connection-level
+ * failure's text ("host[ip]:port greeting: 421 ...") gives the host that
+ * refused. Any thread. */
 void dlv_classify_reply(int code, const char *status, const char *text, const char *domain,
                         const char *mx, dlv_verdict_t *out);
 /* The outcome for a reply given its verdict: dlv_result_for_code(), except a

@@ -1,8 +1,11 @@
 /*
  * delivery_classify_test.c - bounce classification (RFC 3463 first, then
- * text), reply code -> outcome, and enhanced status derivation.
+ * text), reply code -> outcome, and enhanced status derivation; the
+ * built-in table (classify.c) on its own, as it serves local failures and
+ * the replies an operator's rules file does not cover.
  */
 #include "delivery/delivery.h"
+#include "delivery/rules_int.h"
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -55,7 +58,60 @@ static const class_case_t class_cases[] = {
     {"NULL status", 450, NULL, "try later", "other"},
     {"garbage status", 550, "5.x.1", "nope", "other"},
     {"tls required", 0, "4.7.4", "TLS required but STARTTLS not offered", "policy-related"},
+    /* statuses known to mislead: the text decides (docs/bounce-rules.md) */
+    {"4.2.1 rate limit", 450, "4.2.1", "Recipient address rejected: exceeded message rate limit",
+     "quota-issues"},
+    {"421 mailbox status", 421, "4.1.1", "mx.example.net Service not available, try later",
+     "no-answer-from-host"},
+    {"421 refused", 421, "4.2.1", "Service refused, please try later", "policy-related"},
+    {"4.3.2 connections", 452, "4.3.2", "Connection rate limit exceeded.", "bad-connection"},
+    {"5.4.316 expired", 550, "5.4.316", "Message expired, connection refused", "message-expired"},
 };
+
+/* The built-in table alone: the same precedence as the shipped rules,
+ * without providers. */
+static const class_case_t builtin_cases[] = {
+    {"user unknown", 550, "5.1.1", "User unknown", "bad-mailbox"},
+    {"disabled", 550, "5.2.1", "Mailbox disabled", "inactive-mailbox"},
+    {"4.2.1 rate limit", 450, "4.2.1", "exceeded message rate limit, try again later",
+     "quota-issues"},
+    {"5.2.122 receive limit", 554, "5.2.122",
+     "The recipient has exceeded their limit for the number of messages they can receive per hour.",
+     "quota-issues"},
+    {"4.2.1 receiving rate", 450, "4.2.1",
+     "The user you are trying to contact is receiving mail at a rate that prevents additional "
+     "messages from being delivered.",
+     "quota-issues"},
+    {"5.4.316 expired", 550, "5.4.316", "Message expired, connection refused", "message-expired"},
+    {"4.4.316 refused", 451, "4.4.316", "Connection refused [Message=Socket error code 10061]",
+     "routing-errors"},
+    {"4.3.2 connections", 452, "4.3.2", "Connection rate limit exceeded.", "bad-connection"},
+    {"4.3.2 not accepting", 421, "4.3.2", "Service not available, closing transmission channel",
+     "no-answer-from-host"},
+    {"4.4.5 concurrency", 421, "4.4.5", "Service unavailable, concurrency limit reached",
+     "bad-connection"},
+    {"421 4.1.1 try later", 421, "4.1.1", "try later", "no-answer-from-host"},
+    {"421 4.2.1 refused", 421, "4.2.1", "Service refused, please try later", "policy-related"},
+    {"450 4.1.1 stays", 450, "4.1.1", "try later", "bad-mailbox"},
+    {"connections before config", 421, "",
+     "Too many connections, check your configuration or policy", "bad-connection"},
+    {"connection refused", 451, "", "connection refused", "no-answer-from-host"},
+    {"expired", 451, "", "Message expired after 5 days", "message-expired"},
+    {"spam 5.7.1", 550, "5.7.1", "Message rejected as spam", "spam-related"},
+    {"local dns", 0, "4.4.3", "DNS lookup failed", "routing-errors"},
+    {"local connection lost", 0, "4.4.2", "connection lost during DATA", "no-answer-from-host"},
+};
+
+static void test_builtin_table(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof(builtin_cases) / sizeof(builtin_cases[0]); i++) {
+        const class_case_t *c = &builtin_cases[i];
+        const char *got = dlv_classify_builtin(c->code, c->status, c->text);
+        if (strcmp(got, c->want) != 0)
+            fail_msg("case \"%s\": got %s, want %s", c->name, got, c->want);
+    }
+}
 
 static void test_classify_table(void **state)
 {
@@ -108,6 +164,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_classify_table),
+        cmocka_unit_test(test_builtin_table),
         cmocka_unit_test(test_result_for_code),
         cmocka_unit_test(test_status_for_reply),
     };

@@ -69,9 +69,41 @@ static const char *const categories[] = {
     "virus-related",
 };
 
+/* The line numbers of the shipped file's rules (where their "rule" key
+ * is: the line a verdict's v_rule names), in file order; their count. */
+static int shipped_rule_lines(int **out)
+{
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/config/bounce-rules.conf", src_dir());
+    FILE *fp = fopen(path, "r");
+    if (fp == NULL)
+        fail_msg("cannot open %s", path);
+    int *v = NULL, n = 0, lineno = 0;
+    char line[4096];
+    while (fgets(line, sizeof(line), fp) != NULL) {
+        lineno++;
+        char *l = trim(line);
+        if (strncmp(l, "rule", 4) == 0 && (l[4] == ' ' || l[4] == '{' || l[4] == '\0')) {
+            v = realloc(v, (size_t)(n + 1) * sizeof(*v));
+            v[n++] = lineno;
+        }
+    }
+    fclose(fp);
+    *out = v;
+    return n;
+}
+
+/* The line a verdict's rule is on ("name:LINE"), 0 for the built-in table. */
+static int verdict_line(const dlv_verdict_t *v)
+{
+    const char *colon = v->v_rule ? strrchr(v->v_rule, ':') : NULL;
+    return colon ? atoi(colon + 1) : 0;
+}
+
 /* One golden line: "code | status | text | category | hard/soft | domain [| mx]".
- * Returns false (and says why, naming path:lineno) when it does not hold. */
-static bool golden_line(const char *path, int lineno, char *l, int per_cat[])
+ * Returns false (and says why, naming path:lineno) when it does not hold;
+ * *rule_line is the line of the rule that decided (0: none). */
+static bool golden_line(const char *path, int lineno, char *l, int per_cat[], int *rule_line)
 {
     char *f[8];
     int nf = 0;
@@ -110,6 +142,7 @@ static bool golden_line(const char *path, int lineno, char *l, int per_cat[])
         snprintf(st, sizeof(st), "%s", status);
     dlv_verdict_t v;
     dlv_classify_reply(code, st, f[2], domain, mx, &v);
+    *rule_line = verdict_line(&v);
     bool hard = dlv_result_for_verdict(code, &v) == Q_OUT_BOUNCED;
     if (strcmp(v.v_category, f[3]) != 0 || hard != want_hard) {
         print_error("%s:%d: got %s/%s, want %s/%s (rule %s)\n", path, lineno, v.v_category,
@@ -133,6 +166,9 @@ static void test_golden(void **state)
     if (fp == NULL)
         fail_msg("cannot open %s", path);
     int per_cat[ARRAY_SIZE(categories)] = {0};
+    int *rules = NULL;
+    int nrules = shipped_rule_lines(&rules);
+    int *hits = calloc((size_t)nrules + 1, sizeof(*hits));
     char line[4096];
     int lineno = 0, cases = 0, failures = 0;
     while (fgets(line, sizeof(line), fp) != NULL) {
@@ -141,12 +177,31 @@ static void test_golden(void **state)
         if (l[0] == '\0' || l[0] == '#')
             continue;
         cases++;
-        if (!golden_line(path, lineno, l, per_cat))
+        int rl = 0;
+        if (!golden_line(path, lineno, l, per_cat, &rl))
             failures++;
+        for (int i = 0; i < nrules; i++)
+            if (rules[i] == rl)
+                hits[i]++;
     }
     fclose(fp);
+    /* every shipped rule decides at least one real reply: a rule nothing
+     * reaches is either dead (a rule above it wins) or untested */
+    int unreached = 0;
+    for (int i = 0; i < nrules; i++) {
+        if (hits[i] == 0) {
+            print_error("config/bounce-rules.conf:%d: no golden line reaches this rule\n",
+                        rules[i]);
+            unreached++;
+        }
+    }
+    assert_int_equal(nrules, dlv_rules_nrules(dlv_rules_active())); /* the scan saw them all */
+    free(rules);
+    free(hits);
     if (failures > 0)
         fail_msg("%d of %d golden cases failed (lines above)", failures, cases);
+    if (unreached > 0)
+        fail_msg("%d of %d shipped rules have no golden line (lines above)", unreached, nrules);
     for (size_t i = 0; i < ARRAY_SIZE(categories); i++)
         if (per_cat[i] < 3)
             fail_msg("%s: category %s has %d examples, want at least 3", path, categories[i],
@@ -174,7 +229,7 @@ static void test_default_is_shipped_file(void **state)
     assert_int_equal(dlv_rules_load(NULL, &a, err, sizeof(err)), 0);
     assert_int_equal(dlv_rules_load(path, &b, err, sizeof(err)), 0);
     assert_int_equal(dlv_rules_nrules(a), dlv_rules_nrules(b));
-    assert_int_equal(dlv_rules_nproviders(a), 7);
+    assert_int_equal(dlv_rules_nproviders(a), 8);
     assert_true(dlv_rules_nrules(a) > 60);
     dlv_rules_free(a);
     dlv_rules_free(b);
@@ -275,6 +330,13 @@ static void test_provider_and_bounce(void **state)
     assert_true(dlv_rules_match(r, 450, "4.7.0", "no such person", "hosted.example",
                                 "mx1.AcmeMX.net.", &v));
     assert_true(v.v_bounce);
+
+    /* the MX host decides when it is known: acme's domain reached through
+     * another host (a smart host, a static route) is not acme's reply */
+    memset(&v, 0, sizeof(v));
+    assert_false(dlv_rules_match(r, 451, "4.7.1", "no such user", "acme.example",
+                                 "smarthost.example.net", &v));
+    assert_null(v.v_category);
 
     /* another provider's reply: not this rule, so a 4xx stays soft */
     memset(&v, 0, sizeof(v));
