@@ -95,6 +95,19 @@ int log_level_parse(const char *s, log_level_t *out);
 void log_thread_name(const char *name);
 void log_write(log_level_t lvl, const char *fmt, ...) PRINTF_LIKE(2, 3);
 
+/* Peer-supplied text made safe for a log line: printable ASCII is kept,
+ * "\\" and '"' get a backslash, CR, LF and TAB become \r \n \t, and every
+ * other byte (control characters, DEL, and all bytes >= 0x80, UTF-8
+ * included) becomes \xHH. log_esc_buf writes into dst (always
+ * NUL-terminated; a text that does not fit ends with "...") and returns it.
+ * log_esc/log_escn use one of 8 thread-local 1 KiB buffers, overwritten
+ * in turn: use their result at once, at most 8 of them in one log call
+ * (the log_* macros evaluate their arguments only when the level is on).
+ * NULL gives "". Any thread. */
+const char *log_esc_buf(char *dst, size_t dstlen, const char *src, size_t len);
+const char *log_esc(const char *s);
+const char *log_escn(const char *s, size_t len);
+
 #define log_debug(...)                                                                             \
     do {                                                                                           \
         if (UNLIKELY(log_level_current <= LOG_DEBUG))                                              \

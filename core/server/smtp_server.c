@@ -378,7 +378,7 @@ static void sess_close(sess_t *s)
         smtp_ipconn_release(s->se_ip);
     log_info("smtp session end client=%s msgs=%d errors=%d tls=%s auth=%s duration=%.3fs", s->se_ip,
              s->se_nmsgs, s->se_errors, s->se_tls ? tls_version(s->se_tls) : "no",
-             s->se_auth_user ? s->se_auth_user : "-",
+             s->se_auth_user ? log_esc(s->se_auth_user) : "-",
              (double)(clock_now_us() - s->se_start_us) / 1e6);
     uv_close((uv_handle_t *)&s->se_tcp, handle_closed_cb);
     uv_close((uv_handle_t *)&s->se_timer, handle_closed_cb);
@@ -679,7 +679,7 @@ static void cmd_rcpt(sess_t *s, const smtp_cmd_t *c)
     }
     if (!s->se_relay_ok && s->se_auth_user == NULL) {
         STATS_INC(st, ss_rcpts_rejected);
-        log_info("smtp client=%s reject RCPT <%s>: relaying denied", s->se_ip, addr);
+        log_info("smtp client=%s reject RCPT <%s>: relaying denied", s->se_ip, log_esc(addr));
         sess_error(s, "550 5.7.1 Relaying denied");
         return;
     }
@@ -973,9 +973,9 @@ static void auth_done(sess_t *s, const char *user, const char *pass)
     if (ok) {
         s->se_auth_user = xstrdup(user);
         STATS_INC(sess_stats(s), ss_auth_ok);
-        log_info("smtp client=%s auth ok user=%s", s->se_ip, user);
+        log_info("smtp client=%s auth ok user=%s", s->se_ip, log_esc(user));
     } else {
-        log_info("smtp client=%s auth failed user=%.64s", s->se_ip, user);
+        log_info("smtp client=%s auth failed user=%s", s->se_ip, log_escn(user, strnlen(user, 64)));
     }
     free(s->se_auth_login); /* user may point into it: freed only now */
     s->se_auth_login = NULL;
@@ -1300,7 +1300,7 @@ static void data_reject(sess_t *s, const char *reply, const char *why)
     char id[17];
     STATS_INC(sess_stats(s), ss_msgs_rejected);
     log_info("%s reject: %s from=<%s> nrcpt=%d client=%s", queue_msgid_fmt(s->se_msgid, id), why,
-             s->se_sender ? s->se_sender : "", s->se_nrcpt, s->se_ip);
+             log_esc(s->se_sender), s->se_nrcpt, s->se_ip);
     sess_txn_reset(s);
     sess_enter_state(s, SST_READY);
     sess_error(s, reply);
@@ -1375,13 +1375,13 @@ static void queue_reply_cb(chan_t *ch, chan_node_t *first, void *arg)
             STATS_INC(st, ss_msgs_accepted);
             atomic_fetch_add_explicit(&st->ss_bytes_received, m->qm_body.b_len,
                                       memory_order_relaxed);
-            log_info("%s from=<%s> nrcpt=%d size=%zu client=%s%s%s", id, m->qm_sender, m->qm_nrcpt,
-                     m->qm_body.b_len, m->qm_client_ip, m->qm_job ? " job=" : "",
-                     m->qm_job ? m->qm_job : "");
+            log_info("%s from=<%s> nrcpt=%d size=%zu client=%s%s%s", id, log_esc(m->qm_sender),
+                     m->qm_nrcpt, m->qm_body.b_len, m->qm_client_ip, m->qm_job ? " job=" : "",
+                     m->qm_job ? log_esc(m->qm_job) : "");
         } else {
             STATS_INC(st, ss_msgs_rejected);
             log_warn("%s reject: spool %s from=<%s> client=%s", id, sl_strerror(m->qm_status),
-                     m->qm_sender, m->qm_client_ip);
+                     log_esc(m->qm_sender), m->qm_client_ip);
         }
         if (s->se_closing || s->se_shutting) {
             if (m->qm_status == 0)

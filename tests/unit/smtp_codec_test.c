@@ -1,6 +1,7 @@
 /*
  * smtp_codec_test.c - tables of SMTP command lines, addresses, replies and
- * dot-stuffing cases against core/base/smtp.c.
+ * dot-stuffing cases against core/base/smtp.c, and the log escaping of
+ * core/base/log.c (peer text on its way to a log line).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -8,6 +9,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -271,12 +273,50 @@ static void test_dot_stuff(void **state)
     CHECK_STUFF("a\0b\n", "a\0b\r\n.\r\n");
 }
 
+static void check_esc(const char *in, size_t len, const char *want)
+{
+    char out[64];
+    assert_string_equal(log_esc_buf(out, sizeof(out), in, len), want);
+    assert_string_equal(log_escn(in, len), want);
+}
+
+#define CHECK_ESC(in, want) check_esc(in, sizeof(in) - 1, want)
+
+static void test_log_esc(void **state)
+{
+    (void)state;
+    CHECK_ESC("plain text 123 <a@b>", "plain text 123 <a@b>");
+    CHECK_ESC("a\nb\rc\td", "a\\nb\\rc\\td");
+    CHECK_ESC("2026-01-01 info\n2026-01-01 forged", "2026-01-01 info\\n2026-01-01 forged");
+    CHECK_ESC("\x1b[2J\x07\x7f\x00x", "\\x1b[2J\\x07\\x7f\\x00x");
+    CHECK_ESC("back\\slash \"q\"", "back\\\\slash \\\"q\\\"");
+    CHECK_ESC("j\xc3\xb6rg", "j\\xc3\\xb6rg");
+    assert_string_equal(log_esc(NULL), "");
+    /* too long: cut, and said so */
+    char out[8];
+    assert_string_equal(log_esc_buf(out, sizeof(out), "abcdefghij", 10), "abcd...");
+    assert_string_equal(log_esc_buf(out, sizeof(out), "abcdefg", 7), "abcdefg");
+    assert_string_equal(log_esc_buf(out, sizeof(out), "\n\n\n\n", 4), "\\n\\n...");
+    /* the ring: eight results usable at once */
+    const char *r[8];
+    char in[8][4];
+    for (int i = 0; i < 8; i++) {
+        snprintf(in[i], sizeof(in[i]), "%d\n", i);
+        r[i] = log_esc(in[i]);
+    }
+    for (int i = 0; i < 8; i++) {
+        char want[8];
+        snprintf(want, sizeof(want), "%d\\n", i);
+        assert_string_equal(r[i], want);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cmd_table),  cmocka_unit_test(test_cmd_too_long),
         cmocka_unit_test(test_addr_check), cmocka_unit_test(test_reply_feed),
-        cmocka_unit_test(test_dot_stuff),
+        cmocka_unit_test(test_dot_stuff),  cmocka_unit_test(test_log_esc),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
