@@ -23,6 +23,13 @@
  * and the tables in smtp_auth.c.
  *
  * Choices worth knowing:
+ * - Only <CR><LF>.<CR><LF> ends DATA (RFC 5321 §4.1.1.4; the 2023 SMTP
+ *   smuggling advisories). A bare LF or a bare CR in the message is refused
+ *   (smtp.bare_newline = reject: "550 5.5.2" at the end of DATA, or "521
+ *   5.5.2" and a close when the client ends DATA with <LF>.<LF>,
+ *   <LF>.<CR><LF> or <CR><LF>.<LF>), or made a CRLF line end (normalize),
+ *   as Postfix's smtpd_forbid_bare_newline does. The spool only ever holds
+ *   CRLF lines. BDAT (CHUNKING) is not offered.
  * - A DATA line longer than c_smtp_max_line (CRLF included) rejects the
  *   message after the final dot with "500 5.5.2 Line too long"; the rest is
  *   read and dropped so the session stays in sync. Same for size
@@ -135,6 +142,9 @@ typedef struct sess {
     bool se_nul;
     bool se_8bit;
     bool se_midline; /* inside the tail of a dropped over-long line */
+    bool se_prev_lf; /* the last DATA line ended with a bare LF */
+    bool se_bare_lf; /* a bare LF / bare CR seen (smtp.bare_newline = reject) */
+    bool se_bare_cr;
     uint64_t se_data_bytes;
     char *se_job;
     size_t se_mem; /* bytes charged to the server's message memory (ss_mem_used) */
@@ -501,6 +511,10 @@ static void cmd_mail(sess_t *s, const smtp_cmd_t *c)
     uint8_t flags = 0;
     uint64_t size = 0;
     const char *envid = NULL;
+    bool utf8_param = false; /* SMTPUTF8, wherever it is among the parameters */
+    for (int i = 0; i < c->sc_nparams; i++)
+        if (strcmp(c->sc_pkey[i], "SMTPUTF8") == 0)
+            utf8_param = true;
     for (int i = 0; i < c->sc_nparams; i++) {
         const char *k = c->sc_pkey[i], *v = c->sc_pval[i];
         if (param_seen(c, i)) {
@@ -539,7 +553,8 @@ static void cmd_mail(sess_t *s, const smtp_cmd_t *c)
                 return;
             }
         } else if (strcmp(k, "ENVID") == 0) {
-            if (v == NULL || *v == '\0' || strlen(v) > 100) {
+            /* xtext (RFC 3461 §4.4): it goes to the next hop and into DSNs */
+            if (v == NULL || strlen(v) > 100 || smtp_xtext_check(v, utf8_param) != 0) {
                 sess_error(s, "501 5.5.4 Bad ENVID parameter");
                 return;
             }
@@ -648,7 +663,9 @@ static void cmd_rcpt(sess_t *s, const smtp_cmd_t *c)
                 return;
             }
         } else if (strcmp(k, "ORCPT") == 0) {
-            if (v == NULL || strchr(v, ';') == NULL || strlen(v) > 500) {
+            /* "addr-type;xtext" (RFC 3461 §4.2): relayed, and put in DSNs */
+            if (v == NULL || strlen(v) > 500 ||
+                smtp_orcpt_check(v, (s->se_flags & Q_F_SMTPUTF8) != 0) != 0) {
                 sess_error(s, "501 5.5.4 Bad ORCPT parameter");
                 return;
             }
@@ -829,6 +846,7 @@ static bool data_begin(sess_t *s)
     s->se_in_job = false;
     s->se_saw_msgid = s->se_saw_date = false;
     s->se_too_long = s->se_too_big = s->se_nul = s->se_8bit = s->se_midline = false;
+    s->se_prev_lf = s->se_bare_lf = s->se_bare_cr = false;
     s->se_data_bytes = 0;
     return true;
 }
@@ -1225,8 +1243,16 @@ static void header_line(sess_t *s, const char *p, size_t len)
     buf_append(b, "\r\n", 2);
 }
 
-/* One message line, dot-unstuffed, without its line end. */
-static void data_line(sess_t *s, const char *p, size_t len)
+/* True when the message is refused already: its lines are not kept. */
+static bool data_refused(const sess_t *s)
+{
+    return s->se_too_long || s->se_too_big || s->se_nul || s->se_no_mem || s->se_bare_lf ||
+           s->se_bare_cr;
+}
+
+/* One message line, dot-unstuffed, without its line end (and without a
+ * CR): counted, checked and kept. */
+static void data_store(sess_t *s, const char *p, size_t len)
 {
     const cfg_t *cfg = s->se_cfg;
     s->se_data_bytes += len + 2;
@@ -1238,7 +1264,7 @@ static void data_line(sess_t *s, const char *p, size_t len)
         s->se_8bit = true;
     if (s->se_data_bytes > cfg->c_smtp_max_message_size)
         s->se_too_big = true;
-    if (s->se_too_long || s->se_too_big || s->se_nul || s->se_no_mem)
+    if (data_refused(s))
         return; /* rejected at the final dot; keep reading in sync */
     /* room for the line, and in the header block for what hdr_end adds */
     if (!body_reserve(s, len + 2 + (s->se_in_hdrs ? HDR_END_ROOM : 0)))
@@ -1252,13 +1278,39 @@ static void data_line(sess_t *s, const char *p, size_t len)
     s->se_body.b_len += len + 2;
 }
 
-/* Consume DATA lines from se_in. Returns true when the final dot was seen
- * (the state changed), false when more input is needed. */
+/* One message line as the client framed it, dot-unstuffed, without its
+ * line end. A bare CR inside would reach the next hop, where a receiver
+ * may take it for a line end: refused, or (normalize) a line end. */
+static void data_line(sess_t *s, const char *p, size_t len)
+{
+    const char *cr;
+    if (UNLIKELY((cr = memchr(p, '\r', len)) != NULL)) {
+        if (s->se_cfg->c_smtp_bare_newline != CFG_BARENL_NORMALIZE) {
+            s->se_bare_cr = true;
+        } else {
+            do {
+                data_store(s, p, (size_t)(cr - p));
+                len -= (size_t)(cr - p) + 1;
+                p = cr + 1;
+            } while ((cr = memchr(p, '\r', len)) != NULL);
+        }
+    }
+    data_store(s, p, len);
+}
+
+static void data_lax_end(sess_t *s);
+
+/* Consume DATA lines from se_in. Returns true when DATA ended (the state
+ * changed), false when more input is needed. Only <CR><LF>.<CR><LF> ends
+ * it (RFC 5321 §4.1.1.4): a server that also takes <LF>.<LF>,
+ * <LF>.<CR><LF> or <CR><LF>.<LF> for the end can be made to read the rest
+ * of a message as a new transaction with any sender (SMTP smuggling). */
 static bool data_consume(sess_t *s)
 {
     const char *base = s->se_in.b_data;
     size_t pos = s->se_ipos, end = s->se_in.b_len;
     size_t maxl = (size_t)s->se_cfg->c_smtp_max_line;
+    bool normalize = s->se_cfg->c_smtp_bare_newline == CFG_BARENL_NORMALIZE;
     while (pos < end) {
         const char *p = base + pos;
         size_t avail = end - pos;
@@ -1274,18 +1326,31 @@ static bool data_consume(sess_t *s)
             break;
         }
         size_t ll = (size_t)(nl - p);
-        size_t cl = (ll > 0 && p[ll - 1] == '\r') ? ll - 1 : ll;
+        bool crlf = ll > 0 && p[ll - 1] == '\r';
+        size_t cl = crlf ? ll - 1 : ll;
+        bool after_lf = s->se_prev_lf;
+        s->se_prev_lf = !crlf;
         pos += ll + 1;
         if (s->se_midline) {
             s->se_midline = false;
             continue;
         }
-        if (cl > 0 && p[0] == '.') {
-            if (cl == 1) {
-                s->se_ipos = pos;
+        if (!crlf && !normalize)
+            s->se_bare_lf = true;
+        if (cl == 1 && p[0] == '.') {
+            s->se_ipos = pos;
+            if (crlf && !after_lf) {
                 data_done(s);
                 return true;
             }
+            if (!normalize) {
+                data_lax_end(s);
+                return true;
+            }
+            data_line(s, p, 1); /* normalize: text, kept with its dot */
+            continue;
+        }
+        if (cl > 0 && p[0] == '.') {
             p++;
             cl--;
         }
@@ -1306,12 +1371,29 @@ static void data_reject(sess_t *s, const char *reply, const char *why)
     sess_error(s, reply);
 }
 
+/* smtp.bare_newline = reject, and the client ended DATA with <LF>.<LF>,
+ * <LF>.<CR><LF> or <CR><LF>.<LF>: it waits for an answer (an LF-only
+ * client), or what follows is a smuggled transaction. Either way nothing
+ * after it can be trusted as a command: refuse and close (Postfix answers
+ * such a client "521 5.5.2 ... bare <LF> received" too). */
+static void data_lax_end(sess_t *s)
+{
+    char id[17];
+    STATS_INC(sess_stats(s), ss_msgs_rejected);
+    log_info("%s reject: bare <LF> received (DATA ended without <CR><LF>.<CR><LF>) from=<%s> "
+             "nrcpt=%d client=%s, closing",
+             queue_msgid_fmt(s->se_msgid, id), log_esc(s->se_sender), s->se_nrcpt, s->se_ip);
+    sess_txn_reset(s);
+    sess_enter_state(s, SST_READY);
+    sess_reply(s, "521 5.5.2 %s Error: bare <LF> received", s->se_cfg->c_hostname);
+    sess_close_after_flush(s);
+}
+
 /* The final dot: reject, or hand the message to the queue thread. */
 static void data_done(sess_t *s)
 {
     smtp_thread_t *t = s->se_thr;
-    if (s->se_in_hdrs && !(s->se_too_long || s->se_too_big || s->se_nul || s->se_no_mem) &&
-        body_reserve(s, HDR_END_ROOM))
+    if (s->se_in_hdrs && !data_refused(s) && body_reserve(s, HDR_END_ROOM))
         hdr_end(s);
     if (s->se_nul) {
         data_reject(s, "554 5.6.0 Message contains NUL characters", "NUL characters");
@@ -1323,6 +1405,14 @@ static void data_done(sess_t *s)
     }
     if (s->se_too_long) {
         data_reject(s, "500 5.5.2 Line too long", "line too long");
+        return;
+    }
+    if (s->se_bare_lf) { /* smtp.bare_newline = reject */
+        data_reject(s, "550 5.5.2 Error: bare <LF> received", "bare <LF> received");
+        return;
+    }
+    if (s->se_bare_cr) {
+        data_reject(s, "550 5.5.2 Error: bare <CR> received", "bare <CR> received");
         return;
     }
     if (s->se_no_mem) {
@@ -1457,6 +1547,13 @@ static void sess_process(sess_t *s)
             ll--;
         if (ll + 2 > SMTP_LINE_MAX) {
             sess_error(s, "500 5.5.2 Line too long");
+            continue;
+        }
+        const char *why = NULL;
+        if (smtp_line_check(p, ll, &why) != 0) { /* a NUL would cut the line short */
+            if (s->se_state == SST_AUTH)
+                sess_enter_state(s, SST_READY); /* the AUTH exchange is abandoned */
+            sess_error(s, why);
             continue;
         }
         char line[SMTP_LINE_MAX + 1];
