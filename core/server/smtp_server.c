@@ -59,6 +59,8 @@
 #define BODY_KEEP_MAX (1u << 20) /* recycle body buffers up to this size */
 #define BODY_INITIAL 8192
 #define HDR_END_ROOM 512 /* Message-ID and Date that hdr_end may add */
+#define OUT_HIGH 65536   /* unsent reply bytes that pause a session's input */
+#define OUT_LOW 16384    /* ... and that let it go on */
 
 typedef enum {
     SST_INIT = 0,   /* greeted, waiting for EHLO/HELO */
@@ -103,11 +105,13 @@ typedef struct sess {
     bool se_skip_line; /* dropping the rest of an over-long command line */
     bool se_delay;     /* se_timer runs the AUTH failure delay */
     bool se_grace;     /* the idle timer was extended once for input not yet read */
+    bool se_wpaused;   /* not reading: too many replies not yet written (OUT_HIGH) */
+    bool se_reading;   /* uv_read_start is in force */
     uint64_t se_last;  /* uv_now() of the last input */
     uint64_t se_start_us;
     int se_nmsgs;
     int se_errors;
-    int se_nontx;
+    int se_nontx; /* commands without progress since the last accepted message */
     char se_ip[48];
     char se_helo[256];
     char *se_auth_user;
@@ -201,6 +205,9 @@ static void sess_maybe_free(sess_t *s);
 static void sess_process(sess_t *s);
 static void sess_txn_reset(sess_t *s);
 static void sess_resume(sess_t *s);
+static void sess_read_update(sess_t *s);
+static void sess_drained(sess_t *s);
+static size_t sess_out_pending(sess_t *s);
 static void sess_handle_line(sess_t *s, char *line, size_t len);
 static bool data_consume(sess_t *s);
 static void data_done(sess_t *s);
@@ -259,10 +266,21 @@ static void write_cb(uv_write_t *req, int status)
     wreq_t *w = (wreq_t *)req;
     sess_t *s = w->w_sess;
     free(w);
-    if (status < 0 && !s->se_closing) {
+    if (s->se_closing)
+        return;
+    if (status < 0) {
         log_debug("smtp client=%s write: %s", s->se_ip, uv_strerror(status));
         sess_close(s);
+        return;
     }
+    sess_drained(s);
+}
+
+/* Reply bytes not yet handed to the kernel. */
+static size_t sess_out_pending(sess_t *s)
+{
+    return s->se_out.b_len + s->se_cout.b_len +
+           uv_stream_get_write_queue_size((uv_stream_t *)&s->se_tcp);
 }
 
 /* Write whatever replies are waiting: one syscall for a pipelined batch. */
@@ -410,6 +428,7 @@ static void sess_close_after_flush(sess_t *s)
     s->se_shutting = true;
     sess_enter_state(s, SST_CLOSING);
     uv_read_stop((uv_stream_t *)&s->se_tcp);
+    s->se_reading = false;
     s->se_shutdown.data = s;
     if (uv_shutdown(&s->se_shutdown, (uv_stream_t *)&s->se_tcp, shutdown_cb) != 0)
         sess_close(s);
@@ -438,14 +457,42 @@ static bool sess_auth_offered(sess_t *s)
     return s->se_tls != NULL || (c->c_auth_plaintext_loopback && s->se_loopback);
 }
 
-/* Pause reading (commit, AUTH delay); input already read stays in se_in. */
-static void sess_pause(sess_t *s)
-{
-    uv_read_stop((uv_stream_t *)&s->se_tcp);
-}
-
 static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *b);
 static void alloc_cb(uv_handle_t *h, size_t sugg, uv_buf_t *b);
+
+/* Read from the client unless the session waits: for its commit, for the
+ * AUTH failure delay, or for the client to read its replies (se_wpaused).
+ * Input already read stays in se_in. */
+static void sess_read_update(sess_t *s)
+{
+    if (s->se_closing || s->se_shutting)
+        return;
+    bool want = !s->se_wpaused && s->se_state != SST_COMMIT && s->se_state != SST_AUTH_DELAY;
+    if (want && !s->se_reading)
+        uv_read_start((uv_stream_t *)&s->se_tcp, alloc_cb, read_cb);
+    else if (!want && s->se_reading)
+        uv_read_stop((uv_stream_t *)&s->se_tcp);
+    s->se_reading = want;
+}
+
+/* Pause reading (commit, AUTH delay: the state says so). */
+static void sess_pause(sess_t *s)
+{
+    sess_read_update(s);
+}
+
+/* Replies went out: a session paused because its client did not read them
+ * goes on once they are down to OUT_LOW (a whole batch may be written at
+ * once, without a write callback: hence the loop). */
+static void sess_drained(sess_t *s)
+{
+    while (s->se_wpaused && !s->se_closing && !s->se_shutting && sess_out_pending(s) <= OUT_LOW) {
+        s->se_wpaused = false;
+        sess_process(s);
+        sess_flush(s);
+    }
+    sess_read_update(s);
+}
 
 /* Continue after a pause: process what was pipelined, then read again. */
 static void sess_resume(sess_t *s)
@@ -455,10 +502,7 @@ static void sess_resume(sess_t *s)
     s->se_last = uv_now(&s->se_thr->t_loop);
     sess_process(s);
     sess_flush(s);
-    if (s->se_closing || s->se_shutting)
-        return;
-    if (s->se_state != SST_COMMIT && s->se_state != SST_AUTH_DELAY)
-        uv_read_start((uv_stream_t *)&s->se_tcp, alloc_cb, read_cb);
+    sess_drained(s);
 }
 
 /* ------------------------------------------------------------ commands */
@@ -610,7 +654,6 @@ static void cmd_mail(sess_t *s, const smtp_cmd_t *c)
     s->se_size_hint = size;
     s->se_envid = envid ? xstrdup(envid) : NULL;
     s->se_msgid = queue_msgid_new();
-    s->se_nontx = 0;
     sess_enter_state(s, SST_MAIL);
     sess_reply(s, "250 2.1.0 Ok");
 }
@@ -1050,18 +1093,26 @@ static void cmd_starttls(sess_t *s)
 static void sess_handle_line(sess_t *s, char *line, size_t len)
 {
     const cfg_t *cfg = s->se_cfg;
+    uint64_t now = uv_now(&s->se_thr->t_loop);
     if (s->se_state == SST_AUTH) {
+        s->se_last = now;
         auth_line(s, line);
         return;
     }
     smtp_cmd_t c;
     const char *reply = NULL;
     int rc = smtp_cmd_parse(line, &c, &reply);
-    bool nontx = c.sc_verb == SMTP_CMD_UNKNOWN || c.sc_verb == SMTP_CMD_NOOP ||
-                 c.sc_verb == SMTP_CMD_RSET || c.sc_verb == SMTP_CMD_VRFY ||
-                 c.sc_verb == SMTP_CMD_EXPN || c.sc_verb == SMTP_CMD_HELP;
-    if (nontx && s->se_state != SST_MAIL && s->se_state != SST_RCPT &&
-        cfg->c_smtp_max_commands_before_mail > 0 &&
+    /* Commands that make no progress count towards the limit until a
+     * message is accepted, in any state (an EHLO flood, a MAIL/RSET loop),
+     * and do not restart the idle timer (NOOPs cannot hold a session). The
+     * first EHLO/HELO (of the session, or after STARTTLS) is progress. */
+    bool hello = c.sc_verb == SMTP_CMD_EHLO || c.sc_verb == SMTP_CMD_HELO;
+    bool junk = hello || c.sc_verb == SMTP_CMD_UNKNOWN || c.sc_verb == SMTP_CMD_NOOP ||
+                c.sc_verb == SMTP_CMD_RSET || c.sc_verb == SMTP_CMD_VRFY ||
+                c.sc_verb == SMTP_CMD_EXPN || c.sc_verb == SMTP_CMD_HELP;
+    if (rc == 0 && (!junk || (hello && s->se_state == SST_INIT)))
+        s->se_last = now;
+    if (junk && cfg->c_smtp_max_commands_before_mail > 0 &&
         ++s->se_nontx > cfg->c_smtp_max_commands_before_mail) {
         log_info("smtp client=%s too many commands before MAIL, closing", s->se_ip);
         sess_reply(s, "421 4.7.0 Too many commands, closing");
@@ -1481,9 +1532,10 @@ static void queue_reply_cb(chan_t *ch, chan_node_t *first, void *arg)
             sess_maybe_free(s);
             continue;
         }
-        if (m->qm_status == 0)
+        if (m->qm_status == 0) {
             sess_reply(s, "250 2.0.0 Ok: queued as %s", id);
-        else if (m->qm_status == SL_EFULL)
+            s->se_nontx = 0; /* progress: the count of idle commands starts again */
+        } else if (m->qm_status == SL_EFULL)
             sess_reply(s, "452 4.3.1 Insufficient system storage");
         else
             sess_reply(s, "451 4.3.0 Temporary spool failure, try again");
@@ -1527,6 +1579,14 @@ static void sess_process(sess_t *s)
         size_t avail = s->se_in.b_len - s->se_ipos;
         if (avail == 0)
             break;
+        if (sess_out_pending(s) >= OUT_HIGH) {
+            /* The client does not read its replies: stop reading (and
+             * answering) its commands until they drain (sess_drained), or
+             * its replies would pile up in memory without bound. */
+            s->se_wpaused = true;
+            sess_read_update(s);
+            break;
+        }
         const char *nl = memchr(p, '\n', avail);
         if (nl == NULL) {
             if (avail > SMTP_LINE_MAX) {
@@ -1559,7 +1619,6 @@ static void sess_process(sess_t *s)
         char line[SMTP_LINE_MAX + 1];
         memcpy(line, p, ll);
         line[ll] = '\0';
-        s->se_last = uv_now(&s->se_thr->t_loop);
         sess_handle_line(s, line, ll);
     }
     /* Drop what was processed; the rest is at most one partial line (or
@@ -1815,7 +1874,7 @@ static void listen_cb(uv_stream_t *server, int status)
     if (s->se_closing)
         return;
     sess_timer_set(s, cfg->c_smtp_idle_timeout * 1000);
-    uv_read_start((uv_stream_t *)&s->se_tcp, alloc_cb, read_cb);
+    sess_read_update(s);
 }
 
 /* ------------------------------------------------------------ threads */
