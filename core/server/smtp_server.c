@@ -175,6 +175,10 @@ struct smtp_thread {
 
 struct smtp_server {
     pthread_mutex_t s_cfg_lock;
+    atomic_int s_conn_cap;             /* from the open files limit (smtp_server_set_conn_cap) */
+    atomic_uint_fast64_t s_nofile;     /* that limit, for the log line */
+    atomic_uint_fast64_t s_cap_logged; /* uv_now() of the last "cap reached" warning */
+    atomic_uint_fast64_t s_cap_quiet;  /* refusals since then, not logged one by one */
     cfg_t *s_cfg;
     queue_t *s_q;
     void *s_tls;
@@ -1804,6 +1808,26 @@ static void sess_timer_cb(uv_timer_t *h)
 
 /* ------------------------------------------------------------ accept */
 
+/* One warning every 10 s at most while connections are refused for the
+ * open files limit (a flood must not flood the log too). */
+static void fd_cap_log(smtp_thread_t *t, sess_t *s, int cap)
+{
+    smtp_server_t *srv = t->t_srv;
+    uint64_t now = uv_now(&t->t_loop);
+    uint_fast64_t last = atomic_load(&srv->s_cap_logged);
+    if ((last != 0 && now < last + 10000) ||
+        !atomic_compare_exchange_strong(&srv->s_cap_logged, &last, now)) {
+        atomic_fetch_add(&srv->s_cap_quiet, 1);
+        return;
+    }
+    uint64_t quiet = atomic_exchange(&srv->s_cap_quiet, 0);
+    log_warn("smtp client=%s refused: %d connections already, the most the open files limit "
+             "(%llu) leaves room for; answering 421 4.3.2 (%llu more refused since the last "
+             "warning)",
+             s->se_ip, cap, (unsigned long long)atomic_load(&srv->s_nofile),
+             (unsigned long long)quiet);
+}
+
 static void listen_cb(uv_stream_t *server, int status)
 {
     smtp_thread_t *t = server->data;
@@ -1855,6 +1879,17 @@ static void listen_cb(uv_stream_t *server, int status)
     uint64_t cur =
         atomic_fetch_add_explicit(&srv->s_stats.ss_conn_current, 1, memory_order_relaxed) + 1;
     s->se_counted = true;
+    int cap = atomic_load_explicit(&srv->s_conn_cap, memory_order_relaxed);
+    if (cap > 0 && cur > (uint64_t)cap) {
+        /* Past what the open files limit leaves room for: the descriptors
+         * left are for delivery, DNS, the spool and the control socket. */
+        STATS_INC(&srv->s_stats, ss_conn_refused);
+        fd_cap_log(t, s, cap);
+        sess_reply(s, "421 4.3.2 %s Too many connections, try again later", cfg->c_hostname);
+        sess_close_after_flush(s);
+        sess_timer_set(s, 10000);
+        return;
+    }
     bool over = cfg->c_smtp_max_connections > 0 && cur > (uint64_t)cfg->c_smtp_max_connections;
     if (!over) {
         s->se_counted_ip = smtp_ipconn_acquire(s->se_ip, cfg->c_smtp_max_conn_per_ip);
@@ -2186,6 +2221,12 @@ void smtp_server_free(smtp_server_t *s)
 const smtp_server_stats_t *smtp_server_stats(const smtp_server_t *s)
 {
     return &s->s_stats;
+}
+
+void smtp_server_set_conn_cap(smtp_server_t *s, int cap, uint64_t nofile)
+{
+    atomic_store(&s->s_nofile, nofile);
+    atomic_store(&s->s_conn_cap, cap);
 }
 
 void smtp_server_set_config(smtp_server_t *s, cfg_t *cfg)

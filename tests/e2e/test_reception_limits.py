@@ -11,6 +11,10 @@ checked with the exact reply a client sees (README, "Reception"):
 * smtp.max_connections (421 4.7.0), spool.high_water (452 4.3.1),
   smtp.max_pending (421 4.3.2: the spool's writer is held by mdb_load
   holding LMDB's write lock, as a stalled disk would);
+* file descriptors: under `prlimit --nofile=256:256` the connections past
+  the cap derived at start get 421 4.3.2 with a log line, sluicectl still
+  answers, and a message accepted meanwhile is resolved (DNS) and
+  delivered;
 * SMTPUTF8 reception (RFC 6531): 553 5.6.7 without the parameter, accepted
   and relayed with it.
 """
@@ -322,6 +326,66 @@ class LmdbWriteLock:
             self.proc.kill()
             self.proc.wait()
         self.proc = None
+
+
+class FileDescriptors(unittest.TestCase):
+    def test_cap_under_a_low_limit(self):
+        sink = st.Sink("--no-starttls")
+        self.addCleanup(sink.stop)
+        dns = st.Dnsmasq("--mx-host=fd.test,mx.fd.test,10", "--host-record=mx.fd.test,127.0.0.1")
+        self.addCleanup(dns.stop)
+        d = st.Daemon(wrapper=["prlimit", "--nofile=256:256"])
+        patch_conf(d, "delivery {\n", 'delivery {\n    resolvers = "127.0.0.1:%d";\n    port = %d;\n'
+                   % (dns.port, sink.port))
+        patch_conf(d, re.compile(r"\n\s*smarthost\s*=[^;\n]*;"), "")  # route by MX
+        with d:
+            wait_no_session(d)
+            greeted, refused = [], []
+            for i in range(300):  # more than the limit itself
+                c = st.RawClient(d.smtp_port, "127.0.0.%d" % (3 + i // 150), timeout=10)
+                self.addCleanup(c.close)
+                try:
+                    code, text = c.reply()
+                except OSError as e:
+                    code, text = None, repr(e)
+                # every connection gets an answer: a greeting, or a 421
+                self.assertIn(code, (220, 421), "connection %d: %r" % (i, text))
+                if code == 220:
+                    greeted.append(c)
+                else:
+                    self.assertIn("421 4.3.2", text)
+                    refused.append(c)
+            m = re.search(r"open files limit (\d+): at most (\d+) connections", d.stderr())
+            self.assertIsNotNone(m, d.stderr()[-2000:])
+            self.assertEqual(int(m.group(1)), 256)
+            cap = int(m.group(2))
+            self.assertGreater(cap, 16)
+            self.assertEqual(len(greeted), cap)
+            self.assertEqual(len(refused), 300 - cap)
+            self.assertRegex(d.stderr(), r"refused: .*open files")
+            # the operator still gets in
+            r = d.ctl("status")
+            self.assertEqual(r.rc, 0, r.err)
+            # and a message accepted now is resolved and delivered
+            c = greeted[0]
+            for cmd in ("EHLO fd.example", "MAIL FROM:<fd@sender.example>", "RCPT TO:<u@fd.test>"):
+                self.assertEqual(c.cmd(cmd)[0], 250)
+            self.assertEqual(c.cmd("DATA")[0], 354)
+            code, text = c.cmd("Subject: fd\r\n\r\nunder the cap\r\n.")
+            self.assertEqual(code, 250, text)
+            env, raw = sink.wait_messages(1, timeout=60)[0]
+            self.assertIn(b"under the cap", raw)
+            recs = [r for r in d.accounting() if r.get("type") in ("transient", "bounce")]
+            self.assertEqual(recs, [])
+            for c in greeted + refused:
+                c.close()
+
+    def test_soft_limit_raised_to_hard(self):
+        with st.Daemon(wrapper=["prlimit", "--nofile=256:2048"]) as d:
+            with open("/proc/%d/limits" % d.proc.pid) as f:
+                line = [l for l in f if l.startswith("Max open files")][0]
+            self.assertEqual(line.split()[3:5], ["2048", "2048"], line)
+            self.assertRegex(d.stderr(), r"open files limit 2048")
 
 
 class SmtpUtf8(unittest.TestCase):
