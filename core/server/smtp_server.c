@@ -36,8 +36,18 @@
  *   (552 5.3.4) and NUL bytes (554 5.6.0).
  * - 8-bit bytes without BODY=8BITMIME are accepted (as Postfix does) and
  *   noted in the message's log line ("8bit=undeclared").
- * - Command lines (AUTH responses included) are limited to 512 octets.
- * - ENVID and ORCPT are stored as received (xtext, RFC 3461 §4).
+ * - Command lines (AUTH responses included) are limited to 512 octets; a
+ *   NUL in one is refused (500 5.5.2). HELO names, ENVID and ORCPT are
+ *   checked (core/base/smtp.c) before they can reach a header, a DSN or
+ *   the next hop; ENVID and ORCPT are stored as received (xtext).
+ * - A client must read its replies: past OUT_HIGH bytes of unsent replies
+ *   the session stops reading (and processing) until they drain.
+ * - Commands that make no progress (EHLO/HELO, NOOP, RSET, VRFY, EXPN,
+ *   HELP, unknown) count towards smtp.max_commands_before_mail until a
+ *   message is accepted, and do not restart the idle timer.
+ * - Connections past the cap main.c derives from the open files limit
+ *   (smtp_server_set_conn_cap) get 421 4.3.2 and are closed at once.
+ * - Peer text in log lines goes through log_esc().
  */
 #include "core/server/server_int.h"
 #include "core/server/smtp_int.h"
