@@ -45,6 +45,7 @@ typedef enum {
     K_MODE,      /* int, octal file mode */
     K_LEVEL,     /* log_level_t */
     K_SYNC,      /* cfg_sync_t */
+    K_BARENL,    /* cfg_barenl_t */
     K_TLSPOL,    /* int CFG_TLS_* */
     K_LISTEN,    /* c_smtp_listen / c_smtp_nlisten */
     K_CIDRS,     /* c_smtp_relay / c_smtp_nrelay */
@@ -123,6 +124,7 @@ static const key_def_t keys[] = {
     KEYR("smtp.data_timeout", K_DUR, c_smtp_data_timeout, 1, DAY, "10m"),
     KEYR("smtp.max_pending", K_INT, c_smtp_max_pending, 1, 10000000, "5000"),
     KEYR("smtp.max_memory", K_SIZE, c_smtp_max_memory, MB, TB, "512M"),
+    KEY("smtp.bare_newline", K_BARENL, c_smtp_bare_newline, "reject"),
     KEY("smtp.relay_networks", K_CIDRS, c_smtp_relay, "127.0.0.0/8, ::1/128"),
 
     KEY("smtp.tls.cert", K_PATH, c_tls_cert, "./var/tls/cert.pem"),
@@ -388,6 +390,9 @@ static const char *kind_desc(const key_def_t *k, char *dst, size_t len)
         break;
     case K_SYNC:
         snprintf(dst, len, "one of fsync, none");
+        break;
+    case K_BARENL:
+        snprintf(dst, len, "one of reject, normalize");
         break;
     case K_TLSPOL:
         snprintf(dst, len, "one of opportunistic, disabled, required, verify");
@@ -718,6 +723,14 @@ static int set_value(loader_t *ld, const key_def_t *k, const cfg_node_t *n)
             *(cfg_sync_t *)f = CFG_SYNC_FSYNC;
         else if (strcasecmp(s, "none") == 0)
             *(cfg_sync_t *)f = CFG_SYNC_NONE;
+        else
+            return expect_error(ld, k, n);
+        return 0;
+    case K_BARENL:
+        if (strcasecmp(s, "reject") == 0)
+            *(cfg_barenl_t *)f = CFG_BARENL_REJECT;
+        else if (strcasecmp(s, "normalize") == 0)
+            *(cfg_barenl_t *)f = CFG_BARENL_NORMALIZE;
         else
             return expect_error(ld, k, n);
         return 0;

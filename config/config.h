@@ -29,6 +29,8 @@
 #define CFG_MAX_DKIM_HEADERS 64
 
 typedef enum { CFG_SYNC_FSYNC = 0, CFG_SYNC_NONE } cfg_sync_t;
+/* smtp.bare_newline: a bare LF or CR in DATA is refused, or made CRLF */
+typedef enum { CFG_BARENL_REJECT = 0, CFG_BARENL_NORMALIZE } cfg_barenl_t;
 
 typedef struct cfg_user {
     char *cu_name;
@@ -85,6 +87,7 @@ typedef struct cfg {
     uint64_t c_smtp_data_timeout;        /* data_timeout = 10m (seconds) */
     int c_smtp_max_pending;              /* max_pending = 5000: queued inserts not yet
                                             committed; above it new MAIL gets 421 4.3.2 */
+    cfg_barenl_t c_smtp_bare_newline;    /* bare_newline = reject | normalize */
     uint64_t c_smtp_max_memory;          /* max_memory = 512M: message bytes all sessions hold
                                             in memory together (DATA until the commit);
                                             above it 452 4.3.1 */

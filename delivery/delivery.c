@@ -491,7 +491,7 @@ void dlv_dest_fail_pending(dlv_dest_t *de, queue_result_t res, int code, const c
         char ids[17];
         log_info("%s to=%s%s relay=none dsn=%s status=%s (%s)", queue_msgid_fmt(qd->qd_msgid, ids),
                  qd->qd_nrcpt > 0 ? qd->qd_rcpts[0].qo_addr : "?", qd->qd_nrcpt > 1 ? ",..." : "",
-                 status, res == Q_OUT_BOUNCED ? "bounced" : "deferred", text);
+                 status, res == Q_OUT_BOUNCED ? "bounced" : "deferred", log_esc(text));
         dlv_where_t w = {.w_mta_sts = dlv_sts_mode(de)}; /* e.g. 4.7.5 no MX matches */
         for (int i = 0; i < qd->qd_nrcpt; i++)
             dlv_outcome(de->de_t, qd, i, res, code, status, text, &w);
@@ -593,7 +593,7 @@ static void dlv_route_fail(dlv_dest_t *de, queue_result_t res, int code, const c
     snprintf(de->de_fail_status, sizeof(de->de_fail_status), "%s", status);
     free(de->de_fail_text);
     de->de_fail_text = xstrdup(text);
-    log_info("delivery: route %s: %s %s", de->de_domain, status, text);
+    log_info("delivery: route %s: %s %s", de->de_domain, status, log_esc(text));
     dlv_dest_kick(de);
 }
 

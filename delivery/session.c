@@ -636,7 +636,7 @@ static void session_conn_error(dlv_session_t *s, int code, const char *status, c
     s->s_err_code = code;
     snprintf(s->s_err_status, sizeof(s->s_err_status), "%s", status);
     snprintf(s->s_err_text, sizeof(s->s_err_text), "%s", text);
-    log_info("delivery: %s: %s", de->de_domain, text);
+    log_info("delivery: %s: %s", de->de_domain, log_esc(text)); /* holds the peer's reply */
     s->s_tries++;
     if (s->s_addr + 1 < de->de_naddr && s->s_tries < DLV_MAX_TRIES && !s->s_t->t_stopping) {
         s->s_addr++;
@@ -687,11 +687,11 @@ static void session_lost(dlv_session_t *s, const char *text)
             r->rr_text = xstrdup(buf);
         }
         s->s_n = qd->qd_nrcpt - s->s_first;
-        log_info("delivery: %s: %s", s->s_dest->de_domain, buf);
+        log_info("delivery: %s: %s", s->s_dest->de_domain, log_esc(buf));
         session_close(s);
         session_end_txn(s, false); /* emits and frees the dispatch; no new work */
     } else {
-        log_debug("delivery: %s[%s]: %s", S_HOST(s), s->s_mx_ip, text);
+        log_debug("delivery: %s[%s]: %s", S_HOST(s), s->s_mx_ip, log_esc(text));
         session_close(s);
     }
     dlv_dest_kick(s->s_dest);
@@ -968,8 +968,8 @@ static void session_on_reply(dlv_session_t *s)
         session_close(s);
         return;
     default: /* READY (e.g. a 421 on an idle connection) or unexpected */
-        log_debug("delivery: %s[%s]: unexpected reply in %s: %d %.400s", S_HOST(s), s->s_mx_ip,
-                  dlv_sstate_names[s->s_state], code, s->s_text);
+        log_debug("delivery: %s[%s]: unexpected reply in %s: %d %s", S_HOST(s), s->s_mx_ip,
+                  dlv_sstate_names[s->s_state], code, log_escn(s->s_text, strnlen(s->s_text, 400)));
         if (s->s_qd == NULL) {
             session_close(s);
             dlv_dest_kick(s->s_dest);
@@ -1239,7 +1239,7 @@ static void session_log_txn(dlv_session_t *s)
                      qd->qd_rcpts[i].qo_addr, S_HOST(s), s->s_mx_ip, s->s_port,
                      s->s_tls_done ? s->s_tls_ver : "none", sts ? " mta_sts=" : "", sts ? sts : "",
                      r->rr_status, r->rr_res == Q_OUT_BOUNCED ? "bounced" : "deferred", r->rr_code,
-                     r->rr_text ? r->rr_text : "");
+                     log_esc(r->rr_text)); /* the peer's reply: escaped */
             continue;
         }
         buf_printf(&to, "%s<%s>", to.b_len ? "," : "", qd->qd_rcpts[i].qo_addr);
@@ -1251,7 +1251,7 @@ static void session_log_txn(dlv_session_t *s)
         buf_append(&to, "", 1);
         log_info("%s to=%s relay=%s[%s]:%d tls=%s%s%s dsn=%s status=sent (%d %s)", ids, to.b_data,
                  S_HOST(s), s->s_mx_ip, s->s_port, s->s_tls_done ? s->s_tls_ver : "none",
-                 sts ? " mta_sts=" : "", sts ? sts : "", st, code, text ? text : "");
+                 sts ? " mta_sts=" : "", sts ? sts : "", st, code, log_esc(text));
     }
     buf_free(&to);
 }

@@ -1283,7 +1283,8 @@ int shp_queue_reply(shp_queue_t *q, const char *domain, int code, const char *st
     case SHP_A_BOUNCE_RCPT:
     case SHP_A_DEFER_QUEUE:
         log_info("shaping: provider=%s vmta=%s %s: %s", pv->pv_name, shp_vmta_name(q),
-                 hit->r_action == SHP_A_BOUNCE_RCPT ? "bounce-recipient" : "defer-queue", why);
+                 hit->r_action == SHP_A_BOUNCE_RCPT ? "bounce-recipient" : "defer-queue",
+                 log_esc(why));
         break;
     }
     return hit->r_action;
@@ -1297,7 +1298,7 @@ static void shp_event(shp_queue_t *q, shp_provider_t *pv, const char *event, con
     dlv_shaping_t *sh = pv->pv_sh;
     const shp_vmta_t *vm = q ? &sh->sh_vmtas[q->q_vmta] : NULL;
     log_info("shaping: provider=%s vmta=%s event=%s %s (%s)", pv->pv_name, vm ? vm->vm_name : "*",
-             event, detail, response ? response : "");
+             event, detail, log_esc(response)); /* a peer's reply */
     if (sh->sh_queue == NULL)
         return;
     json_object *o = json_object_new_object();
@@ -1949,7 +1950,7 @@ static void shp_defer_pool(dlv_dest_t *de, int p, uint64_t retry_at, const char 
             log_info("%s to=%s%s relay=none dsn=%s status=deferred (%s)",
                      queue_msgid_fmt(qd->qd_msgid, ids),
                      qd->qd_nrcpt > 0 ? qd->qd_rcpts[0].qo_addr : "?",
-                     qd->qd_nrcpt > 1 ? ",..." : "", status, text);
+                     qd->qd_nrcpt > 1 ? ",..." : "", status, log_esc(text));
             for (int r = 0; r < qd->qd_nrcpt; r++)
                 dlv_outcome(de->de_t, qd, r, Q_OUT_DEFERRED, 0, status, text, &w);
             queue_dispatch_free(qd);

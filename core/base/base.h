@@ -95,6 +95,19 @@ int log_level_parse(const char *s, log_level_t *out);
 void log_thread_name(const char *name);
 void log_write(log_level_t lvl, const char *fmt, ...) PRINTF_LIKE(2, 3);
 
+/* Peer-supplied text made safe for a log line: printable ASCII is kept,
+ * "\\" and '"' get a backslash, CR, LF and TAB become \r \n \t, and every
+ * other byte (control characters, DEL, and all bytes >= 0x80, UTF-8
+ * included) becomes \xHH. log_esc_buf writes into dst (always
+ * NUL-terminated; a text that does not fit ends with "...") and returns it.
+ * log_esc/log_escn use one of 8 thread-local 1 KiB buffers, overwritten
+ * in turn: use their result at once, at most 8 of them in one log call
+ * (the log_* macros evaluate their arguments only when the level is on).
+ * NULL gives "". Any thread. */
+const char *log_esc_buf(char *dst, size_t dstlen, const char *src, size_t len);
+const char *log_esc(const char *s);
+const char *log_escn(const char *s, size_t len);
+
 #define log_debug(...)                                                                             \
     do {                                                                                           \
         if (UNLIKELY(log_level_current <= LOG_DEBUG))                                              \
@@ -214,6 +227,11 @@ typedef struct smtp_cmd {
     const char *sc_pval[SMTP_MAX_PARAMS]; /* value or NULL */
 } smtp_cmd_t;
 
+/* A command line as read, before it becomes a C string: refuse a NUL,
+ * which would cut the command short ("RCPT TO:<a@b>\0garbage"). Returns 0,
+ * or SL_EPARSE and sets *reply ("500 5.5.2 ..."). Any thread. */
+int smtp_line_check(const char *line, size_t len, const char **reply);
+
 /* Parse one command line (without CRLF; NUL-terminated, modified in place).
  * Returns 0, or a negative code and sets *reply to the SMTP reply to send
  * ("501 5.5.4 Syntax error in parameters"; "500 5.5.2 ..."). Any thread. */
@@ -222,6 +240,18 @@ int smtp_cmd_parse(char *line, smtp_cmd_t *cmd, const char **reply);
 /* Check an address (local@domain) for RFC 5321 syntax. Sets *is_utf8 when
  * it holds non-ASCII. Returns 0 or SL_EPARSE. */
 int smtp_addr_check(const char *addr, bool *is_utf8);
+/* A HELO/EHLO name: a domain (letters, digits, '-', '_', '.', UTF-8
+ * U-labels) or an address literal "[...]" (printable ASCII). 0 or
+ * SL_EPARSE. smtp_cmd_parse applies it to EHLO and HELO. Any thread. */
+int smtp_helo_check(const char *name);
+/* An RFC 3461 §4 xtext (ENVID, ORCPT's address): '!'..'~' except '+' and
+ * '=', and "+XX" (upper-case hex) that decodes to printable ASCII - never
+ * to a control byte that decoding could put in a DSN header. With utf8
+ * (an SMTPUTF8 transaction, RFC 6533) well-formed UTF-8 is accepted too.
+ * Empty is invalid. 0 or SL_EPARSE. Any thread. */
+int smtp_xtext_check(const char *v, bool utf8);
+/* ORCPT's value, "addr-type;xtext" (addr-type: letters, digits, '-'). */
+int smtp_orcpt_check(const char *v, bool utf8);
 /* The domain part of an address (after the last '@'), or "" */
 const char *smtp_addr_domain(const char *addr);
 
@@ -240,8 +270,9 @@ int smtp_reply_feed(smtp_reply_t *r, const char *line, size_t len, size_t max_le
 void smtp_reply_reset(smtp_reply_t *r);
 void smtp_reply_free(smtp_reply_t *r);
 
-/* Dot-stuff src into dst for DATA (RFC 5321 §4.5.2), normalising bare LF
- * to CRLF, and append the final ".\r\n". */
+/* Dot-stuff src into dst for DATA (RFC 5321 §4.5.2), ending every line
+ * with CRLF (a bare LF or a bare CR in src ends a line too), and append
+ * the final ".\r\n". */
 void smtp_dot_stuff(buf_t *dst, const char *src, size_t len);
 
 /* ---------------------------------------------------------------- TLS */

@@ -2,6 +2,11 @@
  * log.c - the operational log: one line per event, "time level [thread] text".
  * log_write() formats into a stack buffer and writes it with one write(2),
  * so lines from several threads never interleave. Any thread.
+ *
+ * log_esc()/log_escn()/log_esc_buf() make text a peer chose (a HELO name,
+ * an AUTH identity, a header value, a remote server's reply) safe to print
+ * in a line: a peer must not be able to start a line of its own, nor send
+ * control sequences to the terminal of the operator who reads the log.
  */
 #include "core/base/base.h"
 
@@ -20,6 +25,11 @@ static char log_path[4096];
 static _Thread_local char log_tname[16] = "main";
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
+
+#define ESC_RING 8    /* log_esc() results usable in one log line */
+#define ESC_SIZE 1024 /* each, NUL included */
+static _Thread_local char esc_ring[ESC_RING][ESC_SIZE];
+static _Thread_local unsigned esc_next;
 
 int log_level_parse(const char *s, log_level_t *out)
 {
@@ -83,4 +93,75 @@ void log_write(log_level_t lvl, const char *fmt, ...)
     do {
         w = write(log_fd, line, len);
     } while (w < 0 && errno == EINTR);
+}
+
+/* Escape one byte into out (4 bytes at most); returns the length. Printable
+ * ASCII stays as it is, except the backslash (doubled, so that the escaping
+ * can be read back) and the double quote (some lines quote values). */
+static size_t esc_byte(unsigned char c, char *out)
+{
+    static const char hex[] = "0123456789abcdef";
+    if (c >= 0x20 && c < 0x7f && c != '\\' && c != '"') {
+        out[0] = (char)c;
+        return 1;
+    }
+    out[0] = '\\';
+    switch (c) {
+    case '\\':
+    case '"':
+        out[1] = (char)c;
+        return 2;
+    case '\n':
+        out[1] = 'n';
+        return 2;
+    case '\r':
+        out[1] = 'r';
+        return 2;
+    case '\t':
+        out[1] = 't';
+        return 2;
+    default:
+        out[1] = 'x';
+        out[2] = hex[c >> 4];
+        out[3] = hex[c & 15];
+        return 4;
+    }
+}
+
+const char *log_esc_buf(char *dst, size_t dstlen, const char *src, size_t len)
+{
+    if (dstlen == 0)
+        return dst;
+    size_t o = 0;
+    bool cut = false;
+    for (size_t i = 0; i < len; i++) {
+        char e[4];
+        size_t n = esc_byte((unsigned char)src[i], e);
+        if (o + n + 1 > dstlen) {
+            cut = true;
+            break;
+        }
+        memcpy(dst + o, e, n);
+        o += n;
+    }
+    if (cut && dstlen >= 4) { /* say that something is missing */
+        o = MIN(o, dstlen - 4);
+        memcpy(dst + o, "...", 3);
+        o += 3;
+    }
+    dst[o] = '\0';
+    return dst;
+}
+
+const char *log_escn(const char *s, size_t len)
+{
+    if (s == NULL)
+        return "";
+    char *dst = esc_ring[esc_next++ % ESC_RING];
+    return log_esc_buf(dst, ESC_SIZE, s, len);
+}
+
+const char *log_esc(const char *s)
+{
+    return s == NULL ? "" : log_escn(s, strlen(s));
 }

@@ -3,7 +3,8 @@
  * (client side), address syntax (RFC 5321 §4.1.2, RFC 6531 for UTF-8) and
  * dot-stuffing (RFC 5321 §4.5.2).
  *
- * Main functions: smtp_cmd_parse, smtp_addr_check, smtp_addr_domain,
+ * Main functions: smtp_line_check, smtp_cmd_parse, smtp_addr_check,
+ * smtp_addr_domain, smtp_helo_check, smtp_xtext_check, smtp_orcpt_check,
  * smtp_reply_feed/reset/free, smtp_dot_stuff.
  *
  * Everything here is pure and reentrant: any thread. Parsed commands borrow
@@ -21,6 +22,7 @@
 static bool parse_path(char **pp, const char **path);
 static int parse_params(char *p, smtp_cmd_t *cmd, const char **reply);
 static bool is_atext(unsigned char c);
+static size_t utf8_seq(const unsigned char *p, size_t n);
 
 static const struct {
     const char *name;
@@ -121,6 +123,15 @@ static int parse_params(char *p, smtp_cmd_t *cmd, const char **reply)
     }
 }
 
+int smtp_line_check(const char *line, size_t len, const char **reply)
+{
+    if (memchr(line, '\0', len) != NULL) {
+        *reply = "500 5.5.2 Error: NUL character in command";
+        return SL_EPARSE;
+    }
+    return 0;
+}
+
 int smtp_cmd_parse(char *line, smtp_cmd_t *cmd, const char **reply)
 {
     memset(cmd, 0, sizeof(*cmd));
@@ -164,6 +175,12 @@ int smtp_cmd_parse(char *line, smtp_cmd_t *cmd, const char **reply)
         if (*arg == '\0') {
             *reply = cmd->sc_verb == SMTP_CMD_EHLO ? "501 5.5.4 Syntax: EHLO hostname"
                                                    : "501 5.5.4 Syntax: HELO hostname";
+            return SL_EPARSE;
+        }
+        /* the name goes into the Received header: refuse what is not one */
+        if (smtp_helo_check(arg) != 0) {
+            *reply = cmd->sc_verb == SMTP_CMD_EHLO ? "501 5.5.2 Error: invalid EHLO hostname"
+                                                   : "501 5.5.2 Error: invalid HELO hostname";
             return SL_EPARSE;
         }
         return 0;
@@ -319,6 +336,122 @@ int smtp_addr_check(const char *addr, bool *is_utf8)
     return 0;
 }
 
+/* Length of the well-formed UTF-8 sequence (2-4 bytes, no overlong form,
+ * no surrogate, at most U+10FFFF) at p, 0 if there is none. */
+static size_t utf8_seq(const unsigned char *p, size_t n)
+{
+    size_t len;
+    uint32_t cp;
+    if (p[0] >= 0xc2 && p[0] <= 0xdf) {
+        len = 2;
+        cp = p[0] & 0x1f;
+    } else if (p[0] >= 0xe0 && p[0] <= 0xef) {
+        len = 3;
+        cp = p[0] & 0x0f;
+    } else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
+        len = 4;
+        cp = p[0] & 0x07;
+    } else {
+        return 0;
+    }
+    if (n < len)
+        return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((p[i] & 0xc0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (p[i] & 0x3f);
+    }
+    if ((len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+        (len == 4 && (cp < 0x10000 || cp > 0x10ffff)))
+        return 0;
+    return len;
+}
+
+/* RFC 5321 §4.1.1.1: EHLO takes a Domain or an address-literal. Accepted:
+ * labels of letters, digits, '-' and '_' (common in Windows host names)
+ * and UTF-8 U-labels (RFC 6531 §3.7.1), separated by dots, or "[...]" of
+ * printable ASCII without brackets or backslash. Nothing else: the name is
+ * printed in the Received header, so a space, a parenthesis or a control
+ * byte (a bare CR: "EHLO x\rX-Evil: 1") would change its meaning. */
+int smtp_helo_check(const char *name)
+{
+    const unsigned char *p = (const unsigned char *)name;
+    size_t len = strlen(name);
+    if (len == 0 || len > 255)
+        return SL_EPARSE;
+    if (p[0] == '[') {
+        if (len < 3 || p[len - 1] != ']')
+            return SL_EPARSE;
+        for (size_t i = 1; i < len - 1; i++)
+            if (p[i] < 33 || p[i] > 126 || p[i] == '[' || p[i] == ']' || p[i] == '\\')
+                return SL_EPARSE;
+        return 0;
+    }
+    for (size_t i = 0; i < len;) {
+        unsigned char c = p[i];
+        if (isalnum(c) || c == '-' || c == '_' || c == '.') {
+            i++;
+            continue;
+        }
+        size_t n = c >= 0x80 ? utf8_seq(p + i, len - i) : 0;
+        if (n == 0)
+            return SL_EPARSE;
+        i += n;
+    }
+    return 0;
+}
+
+int smtp_xtext_check(const char *v, bool utf8)
+{
+    const unsigned char *p = (const unsigned char *)v;
+    size_t len = strlen(v);
+    if (len == 0)
+        return SL_EPARSE;
+    for (size_t i = 0; i < len;) {
+        unsigned char c = p[i];
+        if (c == '+') {
+            /* hexchar: two upper-case hex digits (RFC 3461 §4), of a
+             * printable character once decoded */
+            if (i + 2 >= len)
+                return SL_EPARSE;
+            unsigned ch = 0;
+            for (size_t k = 1; k <= 2; k++) {
+                unsigned char h = p[i + k];
+                if (h >= '0' && h <= '9')
+                    ch = ch * 16 + (h - '0');
+                else if (h >= 'A' && h <= 'F')
+                    ch = ch * 16 + (h - 'A' + 10);
+                else
+                    return SL_EPARSE;
+            }
+            if (ch < 0x20 || ch > 0x7e)
+                return SL_EPARSE;
+            i += 3;
+        } else if (c >= 33 && c <= 126 && c != '=') {
+            i++;
+        } else if (c >= 0x80 && utf8) {
+            size_t n = utf8_seq(p + i, len - i); /* RFC 6533 utf-8-xtext */
+            if (n == 0)
+                return SL_EPARSE;
+            i += n;
+        } else {
+            return SL_EPARSE;
+        }
+    }
+    return 0;
+}
+
+int smtp_orcpt_check(const char *v, bool utf8)
+{
+    const char *semi = strchr(v, ';');
+    if (semi == NULL || semi == v)
+        return SL_EPARSE;
+    for (const char *q = v; q < semi; q++)
+        if (!isalnum((unsigned char)*q) && *q != '-')
+            return SL_EPARSE;
+    return smtp_xtext_check(semi + 1, utf8);
+}
+
 const char *smtp_addr_domain(const char *addr)
 {
     const char *at = strrchr(addr, '@');
@@ -413,32 +546,34 @@ int smtp_reply_feed(smtp_reply_t *r, const char *line, size_t len, size_t max_le
     return 0;
 }
 
+/* Every line leaves with CRLF, whatever ended it in src: CRLF, a bare LF,
+ * or a bare CR. A bare CR must not reach the wire as it is: a receiver that
+ * takes it for a line end would read "text\r.\r\nMAIL FROM:..." as the end
+ * of the message and a new transaction (SMTP smuggling). Treating it as a
+ * line end here also dot-stuffs the line after it. */
 void smtp_dot_stuff(buf_t *dst, const char *src, size_t len)
 {
     buf_reserve(dst, len + len / 64 + 8);
-    bool bol = true;
     size_t i = 0;
     while (i < len) {
-        if (bol && src[i] == '.')
-            buf_append(dst, ".", 1);
-        const char *nl = memchr(src + i, '\n', len - i);
-        size_t end = nl ? (size_t)(nl - src) : len;
-        size_t seg = end - i;
-        if (nl) {
-            /* copy up to (not including) LF; drop a CR right before it */
-            size_t copy = seg;
-            if (copy > 0 && src[end - 1] == '\r')
-                copy--;
-            buf_append(dst, src + i, copy);
+        const char *lf = memchr(src + i, '\n', len - i);
+        size_t end = lf ? (size_t)(lf - src) : len;
+        /* [i, stop): the line(s) before the LF and its CR, if any */
+        size_t stop = (lf != NULL && end > i && src[end - 1] == '\r') ? end - 1 : end;
+        for (;;) {
+            const char *cr = memchr(src + i, '\r', stop - i); /* a bare CR */
+            size_t e = cr ? (size_t)(cr - src) : stop;
+            if (e > i && src[i] == '.')
+                buf_append(dst, ".", 1);
+            buf_append(dst, src + i, e - i);
             buf_append(dst, "\r\n", 2);
-            i = end + 1;
-            bol = true;
-        } else {
-            buf_append(dst, src + i, seg);
-            buf_append(dst, "\r\n", 2);
-            i = len;
-            bol = true;
+            if (cr == NULL)
+                break;
+            i = e + 1;
+            if (i == stop && lf == NULL)
+                break; /* the bare CR ended the text */
         }
+        i = lf ? end + 1 : len;
     }
     buf_append(dst, ".\r\n", 3);
 }

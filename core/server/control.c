@@ -1233,6 +1233,7 @@ static const struct diff_key {
     DK("smtp.data_timeout", c_smtp_data_timeout, D_U64, true),
     DK("smtp.max_pending", c_smtp_max_pending, D_INT, true),
     DK("smtp.max_memory", c_smtp_max_memory, D_U64, true),
+    DK("smtp.bare_newline", c_smtp_bare_newline, D_INT, true),
     DK("smtp.tls.cert", c_tls_cert, D_STR, false),
     DK("smtp.tls.key", c_tls_key, D_STR, false),
     DK("smtp.tls.generate", c_tls_generate, D_BOOL, false),

@@ -32,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -62,6 +63,7 @@ static void close_walk_cb(uv_handle_t *h, void *arg);
 static int dkim_sign_tool(cfg_t *cfg, const char *path);
 static int chown_dir(const char *path, uid_t uid, gid_t gid, char *err, size_t errlen);
 static int daemon_drop_privileges(const cfg_t *cfg, char *err, size_t errlen);
+static int daemon_fd_budget(daemon_state_t *d, char *err, size_t errlen);
 
 static void usage(FILE *f)
 {
@@ -193,6 +195,72 @@ static int daemon_drop_privileges(const cfg_t *cfg, char *err, size_t errlen)
 
 /* --dkim-sign: the operator's check of the dkim section. Exit 0 when the
  * message got at least one signature, 1 when none applies, 2 on error. */
+/* Open files. The soft RLIMIT_NOFILE (often 1024) is raised to the hard
+ * limit. Of what is left after the descriptors open now (spool, listeners,
+ * loops, logs), FD_RESERVE are kept for control clients, DNS sockets, log
+ * rotation and MTA-STS fetches, and a quarter of the rest for delivery's
+ * connections; reception may hold the other three quarters (or
+ * smtp.max_connections, if lower) and answers 421 4.3.2 beyond. Without
+ * this, a flood of idle clients took the descriptors that sluicectl, DNS
+ * and delivery need, and connections were dropped without a reply. */
+#define FD_RESERVE 32
+#define FD_MIN_SESSIONS 8
+
+static int daemon_fd_budget(daemon_state_t *d, char *err, size_t errlen)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+        snprintf(err, errlen, "getrlimit(RLIMIT_NOFILE): %s", strerror(errno));
+        return -1;
+    }
+    rlim_t want = rl.rlim_max;
+    if (want == RLIM_INFINITY) { /* Linux refuses more than fs.nr_open */
+        FILE *f = fopen("/proc/sys/fs/nr_open", "r");
+        unsigned long long nr = 0;
+        want = (f != NULL && fscanf(f, "%llu", &nr) == 1 && nr > 0) ? (rlim_t)nr : rl.rlim_cur;
+        if (f != NULL)
+            fclose(f);
+    }
+    if (rl.rlim_cur < want) {
+        struct rlimit nrl = {.rlim_cur = want, .rlim_max = rl.rlim_max};
+        if (setrlimit(RLIMIT_NOFILE, &nrl) == 0)
+            rl.rlim_cur = want;
+        else
+            log_warn("open files limit: cannot raise %llu to %llu: %s",
+                     (unsigned long long)rl.rlim_cur, (unsigned long long)want, strerror(errno));
+    }
+    long open_now = 0;
+    DIR *dir = opendir("/proc/self/fd");
+    if (dir != NULL) {
+        for (struct dirent *e; (e = readdir(dir)) != NULL;)
+            if (e->d_name[0] != '.')
+                open_now++;
+        closedir(dir);
+        open_now--; /* the directory's own descriptor */
+    }
+    uint64_t limit = rl.rlim_cur;
+    int64_t room = (int64_t)MIN(limit, (uint64_t)INT32_MAX) - open_now - FD_RESERVE;
+    int64_t cap = room > 0 ? room * 3 / 4 : 0;
+    if (cap < FD_MIN_SESSIONS) {
+        snprintf(err, errlen,
+                 "open files limit %llu is too low: %ld descriptors are open at start-up and %d "
+                 "are kept for the control socket, DNS and logs (raise ulimit -n)",
+                 (unsigned long long)limit, open_now, FD_RESERVE);
+        return -1;
+    }
+    int max = d->d_cfg->c_smtp_max_connections;
+    if (cap < max)
+        log_warn("open files limit %llu: at most %lld connections (smtp.max_connections %d); %ld "
+                 "descriptors open now, %lld kept for delivery, %d for control, DNS and logs",
+                 (unsigned long long)limit, (long long)cap, max, open_now, (long long)(room - cap),
+                 FD_RESERVE);
+    else
+        log_info("open files limit %llu: at most %d connections (smtp.max_connections)",
+                 (unsigned long long)limit, max);
+    smtp_server_set_conn_cap(d->d_smtp, (int)cap, limit);
+    return 0;
+}
+
 static int dkim_sign_tool(cfg_t *cfg, const char *path)
 {
     int rc = 2;
@@ -346,6 +414,8 @@ int main(int argc, char **argv)
     uv_signal_start(&d.d_sighup, sighup_cb, SIGHUP);
     uv_idle_init(d.d_loop, &d.d_stop_idle);
     d.d_stop_idle.data = &d;
+    if (daemon_fd_budget(&d, err, sizeof(err)) != 0)
+        goto fail;
 
     /* Threads start only once everything that can fail at start-up has
      * been set up, so a failure above leaves nothing running. */

@@ -48,6 +48,11 @@ int smtp_server_start(smtp_server_t *s);
 void smtp_server_stop(smtp_server_t *s, uint64_t grace_ms);
 void smtp_server_free(smtp_server_t *s);
 const smtp_server_stats_t *smtp_server_stats(const smtp_server_t *s);
+/* At most cap sessions at once (0 = no cap): what the open files limit
+ * (nofile, for the log line) leaves room for, worked out by main.c at
+ * start-up. Past it a new connection gets "421 4.3.2 Too many connections,
+ * try again later". Any thread. */
+void smtp_server_set_conn_cap(smtp_server_t *s, int cap, uint64_t nofile);
 /* Swap the config snapshot used for new sessions (reload). Main thread. */
 void smtp_server_set_config(smtp_server_t *s, cfg_t *cfg);
 

@@ -23,14 +23,31 @@
  * and the tables in smtp_auth.c.
  *
  * Choices worth knowing:
+ * - Only <CR><LF>.<CR><LF> ends DATA (RFC 5321 §4.1.1.4; the 2023 SMTP
+ *   smuggling advisories). A bare LF or a bare CR in the message is refused
+ *   (smtp.bare_newline = reject: "550 5.5.2" at the end of DATA, or "521
+ *   5.5.2" and a close when the client ends DATA with <LF>.<LF>,
+ *   <LF>.<CR><LF> or <CR><LF>.<LF>), or made a CRLF line end (normalize),
+ *   as Postfix's smtpd_forbid_bare_newline does. The spool only ever holds
+ *   CRLF lines. BDAT (CHUNKING) is not offered.
  * - A DATA line longer than c_smtp_max_line (CRLF included) rejects the
  *   message after the final dot with "500 5.5.2 Line too long"; the rest is
  *   read and dropped so the session stays in sync. Same for size
  *   (552 5.3.4) and NUL bytes (554 5.6.0).
  * - 8-bit bytes without BODY=8BITMIME are accepted (as Postfix does) and
  *   noted in the message's log line ("8bit=undeclared").
- * - Command lines (AUTH responses included) are limited to 512 octets.
- * - ENVID and ORCPT are stored as received (xtext, RFC 3461 §4).
+ * - Command lines (AUTH responses included) are limited to 512 octets; a
+ *   NUL in one is refused (500 5.5.2). HELO names, ENVID and ORCPT are
+ *   checked (core/base/smtp.c) before they can reach a header, a DSN or
+ *   the next hop; ENVID and ORCPT are stored as received (xtext).
+ * - A client must read its replies: past OUT_HIGH bytes of unsent replies
+ *   the session stops reading (and processing) until they drain.
+ * - Commands that make no progress (EHLO/HELO, NOOP, RSET, VRFY, EXPN,
+ *   HELP, unknown) count towards smtp.max_commands_before_mail until a
+ *   message is accepted, and do not restart the idle timer.
+ * - Connections past the cap main.c derives from the open files limit
+ *   (smtp_server_set_conn_cap) get 421 4.3.2 and are closed at once.
+ * - Peer text in log lines goes through log_esc().
  */
 #include "core/server/server_int.h"
 #include "core/server/smtp_int.h"
@@ -52,6 +69,8 @@
 #define BODY_KEEP_MAX (1u << 20) /* recycle body buffers up to this size */
 #define BODY_INITIAL 8192
 #define HDR_END_ROOM 512 /* Message-ID and Date that hdr_end may add */
+#define OUT_HIGH 65536   /* unsent reply bytes that pause a session's input */
+#define OUT_LOW 16384    /* ... and that let it go on */
 
 typedef enum {
     SST_INIT = 0,   /* greeted, waiting for EHLO/HELO */
@@ -96,11 +115,13 @@ typedef struct sess {
     bool se_skip_line; /* dropping the rest of an over-long command line */
     bool se_delay;     /* se_timer runs the AUTH failure delay */
     bool se_grace;     /* the idle timer was extended once for input not yet read */
+    bool se_wpaused;   /* not reading: too many replies not yet written (OUT_HIGH) */
+    bool se_reading;   /* uv_read_start is in force */
     uint64_t se_last;  /* uv_now() of the last input */
     uint64_t se_start_us;
     int se_nmsgs;
     int se_errors;
-    int se_nontx;
+    int se_nontx; /* commands without progress since the last accepted message */
     char se_ip[48];
     char se_helo[256];
     char *se_auth_user;
@@ -135,6 +156,9 @@ typedef struct sess {
     bool se_nul;
     bool se_8bit;
     bool se_midline; /* inside the tail of a dropped over-long line */
+    bool se_prev_lf; /* the last DATA line ended with a bare LF */
+    bool se_bare_lf; /* a bare LF / bare CR seen (smtp.bare_newline = reject) */
+    bool se_bare_cr;
     uint64_t se_data_bytes;
     char *se_job;
     size_t se_mem; /* bytes charged to the server's message memory (ss_mem_used) */
@@ -161,6 +185,10 @@ struct smtp_thread {
 
 struct smtp_server {
     pthread_mutex_t s_cfg_lock;
+    atomic_int s_conn_cap;             /* from the open files limit (smtp_server_set_conn_cap) */
+    atomic_uint_fast64_t s_nofile;     /* that limit, for the log line */
+    atomic_uint_fast64_t s_cap_logged; /* uv_now() of the last "cap reached" warning */
+    atomic_uint_fast64_t s_cap_quiet;  /* refusals since then, not logged one by one */
     cfg_t *s_cfg;
     queue_t *s_q;
     void *s_tls;
@@ -191,6 +219,9 @@ static void sess_maybe_free(sess_t *s);
 static void sess_process(sess_t *s);
 static void sess_txn_reset(sess_t *s);
 static void sess_resume(sess_t *s);
+static void sess_read_update(sess_t *s);
+static void sess_drained(sess_t *s);
+static size_t sess_out_pending(sess_t *s);
 static void sess_handle_line(sess_t *s, char *line, size_t len);
 static bool data_consume(sess_t *s);
 static void data_done(sess_t *s);
@@ -249,10 +280,21 @@ static void write_cb(uv_write_t *req, int status)
     wreq_t *w = (wreq_t *)req;
     sess_t *s = w->w_sess;
     free(w);
-    if (status < 0 && !s->se_closing) {
+    if (s->se_closing)
+        return;
+    if (status < 0) {
         log_debug("smtp client=%s write: %s", s->se_ip, uv_strerror(status));
         sess_close(s);
+        return;
     }
+    sess_drained(s);
+}
+
+/* Reply bytes not yet handed to the kernel. */
+static size_t sess_out_pending(sess_t *s)
+{
+    return s->se_out.b_len + s->se_cout.b_len +
+           uv_stream_get_write_queue_size((uv_stream_t *)&s->se_tcp);
 }
 
 /* Write whatever replies are waiting: one syscall for a pipelined batch. */
@@ -378,7 +420,7 @@ static void sess_close(sess_t *s)
         smtp_ipconn_release(s->se_ip);
     log_info("smtp session end client=%s msgs=%d errors=%d tls=%s auth=%s duration=%.3fs", s->se_ip,
              s->se_nmsgs, s->se_errors, s->se_tls ? tls_version(s->se_tls) : "no",
-             s->se_auth_user ? s->se_auth_user : "-",
+             s->se_auth_user ? log_esc(s->se_auth_user) : "-",
              (double)(clock_now_us() - s->se_start_us) / 1e6);
     uv_close((uv_handle_t *)&s->se_tcp, handle_closed_cb);
     uv_close((uv_handle_t *)&s->se_timer, handle_closed_cb);
@@ -400,6 +442,7 @@ static void sess_close_after_flush(sess_t *s)
     s->se_shutting = true;
     sess_enter_state(s, SST_CLOSING);
     uv_read_stop((uv_stream_t *)&s->se_tcp);
+    s->se_reading = false;
     s->se_shutdown.data = s;
     if (uv_shutdown(&s->se_shutdown, (uv_stream_t *)&s->se_tcp, shutdown_cb) != 0)
         sess_close(s);
@@ -428,14 +471,42 @@ static bool sess_auth_offered(sess_t *s)
     return s->se_tls != NULL || (c->c_auth_plaintext_loopback && s->se_loopback);
 }
 
-/* Pause reading (commit, AUTH delay); input already read stays in se_in. */
-static void sess_pause(sess_t *s)
-{
-    uv_read_stop((uv_stream_t *)&s->se_tcp);
-}
-
 static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *b);
 static void alloc_cb(uv_handle_t *h, size_t sugg, uv_buf_t *b);
+
+/* Read from the client unless the session waits: for its commit, for the
+ * AUTH failure delay, or for the client to read its replies (se_wpaused).
+ * Input already read stays in se_in. */
+static void sess_read_update(sess_t *s)
+{
+    if (s->se_closing || s->se_shutting)
+        return;
+    bool want = !s->se_wpaused && s->se_state != SST_COMMIT && s->se_state != SST_AUTH_DELAY;
+    if (want && !s->se_reading)
+        uv_read_start((uv_stream_t *)&s->se_tcp, alloc_cb, read_cb);
+    else if (!want && s->se_reading)
+        uv_read_stop((uv_stream_t *)&s->se_tcp);
+    s->se_reading = want;
+}
+
+/* Pause reading (commit, AUTH delay: the state says so). */
+static void sess_pause(sess_t *s)
+{
+    sess_read_update(s);
+}
+
+/* Replies went out: a session paused because its client did not read them
+ * goes on once they are down to OUT_LOW (a whole batch may be written at
+ * once, without a write callback: hence the loop). */
+static void sess_drained(sess_t *s)
+{
+    while (s->se_wpaused && !s->se_closing && !s->se_shutting && sess_out_pending(s) <= OUT_LOW) {
+        s->se_wpaused = false;
+        sess_process(s);
+        sess_flush(s);
+    }
+    sess_read_update(s);
+}
 
 /* Continue after a pause: process what was pipelined, then read again. */
 static void sess_resume(sess_t *s)
@@ -445,10 +516,7 @@ static void sess_resume(sess_t *s)
     s->se_last = uv_now(&s->se_thr->t_loop);
     sess_process(s);
     sess_flush(s);
-    if (s->se_closing || s->se_shutting)
-        return;
-    if (s->se_state != SST_COMMIT && s->se_state != SST_AUTH_DELAY)
-        uv_read_start((uv_stream_t *)&s->se_tcp, alloc_cb, read_cb);
+    sess_drained(s);
 }
 
 /* ------------------------------------------------------------ commands */
@@ -501,6 +569,10 @@ static void cmd_mail(sess_t *s, const smtp_cmd_t *c)
     uint8_t flags = 0;
     uint64_t size = 0;
     const char *envid = NULL;
+    bool utf8_param = false; /* SMTPUTF8, wherever it is among the parameters */
+    for (int i = 0; i < c->sc_nparams; i++)
+        if (strcmp(c->sc_pkey[i], "SMTPUTF8") == 0)
+            utf8_param = true;
     for (int i = 0; i < c->sc_nparams; i++) {
         const char *k = c->sc_pkey[i], *v = c->sc_pval[i];
         if (param_seen(c, i)) {
@@ -539,7 +611,8 @@ static void cmd_mail(sess_t *s, const smtp_cmd_t *c)
                 return;
             }
         } else if (strcmp(k, "ENVID") == 0) {
-            if (v == NULL || *v == '\0' || strlen(v) > 100) {
+            /* xtext (RFC 3461 §4.4): it goes to the next hop and into DSNs */
+            if (v == NULL || strlen(v) > 100 || smtp_xtext_check(v, utf8_param) != 0) {
                 sess_error(s, "501 5.5.4 Bad ENVID parameter");
                 return;
             }
@@ -595,7 +668,6 @@ static void cmd_mail(sess_t *s, const smtp_cmd_t *c)
     s->se_size_hint = size;
     s->se_envid = envid ? xstrdup(envid) : NULL;
     s->se_msgid = queue_msgid_new();
-    s->se_nontx = 0;
     sess_enter_state(s, SST_MAIL);
     sess_reply(s, "250 2.1.0 Ok");
 }
@@ -648,7 +720,9 @@ static void cmd_rcpt(sess_t *s, const smtp_cmd_t *c)
                 return;
             }
         } else if (strcmp(k, "ORCPT") == 0) {
-            if (v == NULL || strchr(v, ';') == NULL || strlen(v) > 500) {
+            /* "addr-type;xtext" (RFC 3461 §4.2): relayed, and put in DSNs */
+            if (v == NULL || strlen(v) > 500 ||
+                smtp_orcpt_check(v, (s->se_flags & Q_F_SMTPUTF8) != 0) != 0) {
                 sess_error(s, "501 5.5.4 Bad ORCPT parameter");
                 return;
             }
@@ -679,7 +753,7 @@ static void cmd_rcpt(sess_t *s, const smtp_cmd_t *c)
     }
     if (!s->se_relay_ok && s->se_auth_user == NULL) {
         STATS_INC(st, ss_rcpts_rejected);
-        log_info("smtp client=%s reject RCPT <%s>: relaying denied", s->se_ip, addr);
+        log_info("smtp client=%s reject RCPT <%s>: relaying denied", s->se_ip, log_esc(addr));
         sess_error(s, "550 5.7.1 Relaying denied");
         return;
     }
@@ -829,6 +903,7 @@ static bool data_begin(sess_t *s)
     s->se_in_job = false;
     s->se_saw_msgid = s->se_saw_date = false;
     s->se_too_long = s->se_too_big = s->se_nul = s->se_8bit = s->se_midline = false;
+    s->se_prev_lf = s->se_bare_lf = s->se_bare_cr = false;
     s->se_data_bytes = 0;
     return true;
 }
@@ -973,9 +1048,9 @@ static void auth_done(sess_t *s, const char *user, const char *pass)
     if (ok) {
         s->se_auth_user = xstrdup(user);
         STATS_INC(sess_stats(s), ss_auth_ok);
-        log_info("smtp client=%s auth ok user=%s", s->se_ip, user);
+        log_info("smtp client=%s auth ok user=%s", s->se_ip, log_esc(user));
     } else {
-        log_info("smtp client=%s auth failed user=%.64s", s->se_ip, user);
+        log_info("smtp client=%s auth failed user=%s", s->se_ip, log_escn(user, strnlen(user, 64)));
     }
     free(s->se_auth_login); /* user may point into it: freed only now */
     s->se_auth_login = NULL;
@@ -1032,18 +1107,26 @@ static void cmd_starttls(sess_t *s)
 static void sess_handle_line(sess_t *s, char *line, size_t len)
 {
     const cfg_t *cfg = s->se_cfg;
+    uint64_t now = uv_now(&s->se_thr->t_loop);
     if (s->se_state == SST_AUTH) {
+        s->se_last = now;
         auth_line(s, line);
         return;
     }
     smtp_cmd_t c;
     const char *reply = NULL;
     int rc = smtp_cmd_parse(line, &c, &reply);
-    bool nontx = c.sc_verb == SMTP_CMD_UNKNOWN || c.sc_verb == SMTP_CMD_NOOP ||
-                 c.sc_verb == SMTP_CMD_RSET || c.sc_verb == SMTP_CMD_VRFY ||
-                 c.sc_verb == SMTP_CMD_EXPN || c.sc_verb == SMTP_CMD_HELP;
-    if (nontx && s->se_state != SST_MAIL && s->se_state != SST_RCPT &&
-        cfg->c_smtp_max_commands_before_mail > 0 &&
+    /* Commands that make no progress count towards the limit until a
+     * message is accepted, in any state (an EHLO flood, a MAIL/RSET loop),
+     * and do not restart the idle timer (NOOPs cannot hold a session). The
+     * first EHLO/HELO (of the session, or after STARTTLS) is progress. */
+    bool hello = c.sc_verb == SMTP_CMD_EHLO || c.sc_verb == SMTP_CMD_HELO;
+    bool junk = hello || c.sc_verb == SMTP_CMD_UNKNOWN || c.sc_verb == SMTP_CMD_NOOP ||
+                c.sc_verb == SMTP_CMD_RSET || c.sc_verb == SMTP_CMD_VRFY ||
+                c.sc_verb == SMTP_CMD_EXPN || c.sc_verb == SMTP_CMD_HELP;
+    if (rc == 0 && (!junk || (hello && s->se_state == SST_INIT)))
+        s->se_last = now;
+    if (junk && cfg->c_smtp_max_commands_before_mail > 0 &&
         ++s->se_nontx > cfg->c_smtp_max_commands_before_mail) {
         log_info("smtp client=%s too many commands before MAIL, closing", s->se_ip);
         sess_reply(s, "421 4.7.0 Too many commands, closing");
@@ -1225,8 +1308,16 @@ static void header_line(sess_t *s, const char *p, size_t len)
     buf_append(b, "\r\n", 2);
 }
 
-/* One message line, dot-unstuffed, without its line end. */
-static void data_line(sess_t *s, const char *p, size_t len)
+/* True when the message is refused already: its lines are not kept. */
+static bool data_refused(const sess_t *s)
+{
+    return s->se_too_long || s->se_too_big || s->se_nul || s->se_no_mem || s->se_bare_lf ||
+           s->se_bare_cr;
+}
+
+/* One message line, dot-unstuffed, without its line end (and without a
+ * CR): counted, checked and kept. */
+static void data_store(sess_t *s, const char *p, size_t len)
 {
     const cfg_t *cfg = s->se_cfg;
     s->se_data_bytes += len + 2;
@@ -1238,7 +1329,7 @@ static void data_line(sess_t *s, const char *p, size_t len)
         s->se_8bit = true;
     if (s->se_data_bytes > cfg->c_smtp_max_message_size)
         s->se_too_big = true;
-    if (s->se_too_long || s->se_too_big || s->se_nul || s->se_no_mem)
+    if (data_refused(s))
         return; /* rejected at the final dot; keep reading in sync */
     /* room for the line, and in the header block for what hdr_end adds */
     if (!body_reserve(s, len + 2 + (s->se_in_hdrs ? HDR_END_ROOM : 0)))
@@ -1252,13 +1343,39 @@ static void data_line(sess_t *s, const char *p, size_t len)
     s->se_body.b_len += len + 2;
 }
 
-/* Consume DATA lines from se_in. Returns true when the final dot was seen
- * (the state changed), false when more input is needed. */
+/* One message line as the client framed it, dot-unstuffed, without its
+ * line end. A bare CR inside would reach the next hop, where a receiver
+ * may take it for a line end: refused, or (normalize) a line end. */
+static void data_line(sess_t *s, const char *p, size_t len)
+{
+    const char *cr;
+    if (UNLIKELY((cr = memchr(p, '\r', len)) != NULL)) {
+        if (s->se_cfg->c_smtp_bare_newline != CFG_BARENL_NORMALIZE) {
+            s->se_bare_cr = true;
+        } else {
+            do {
+                data_store(s, p, (size_t)(cr - p));
+                len -= (size_t)(cr - p) + 1;
+                p = cr + 1;
+            } while ((cr = memchr(p, '\r', len)) != NULL);
+        }
+    }
+    data_store(s, p, len);
+}
+
+static void data_lax_end(sess_t *s);
+
+/* Consume DATA lines from se_in. Returns true when DATA ended (the state
+ * changed), false when more input is needed. Only <CR><LF>.<CR><LF> ends
+ * it (RFC 5321 §4.1.1.4): a server that also takes <LF>.<LF>,
+ * <LF>.<CR><LF> or <CR><LF>.<LF> for the end can be made to read the rest
+ * of a message as a new transaction with any sender (SMTP smuggling). */
 static bool data_consume(sess_t *s)
 {
     const char *base = s->se_in.b_data;
     size_t pos = s->se_ipos, end = s->se_in.b_len;
     size_t maxl = (size_t)s->se_cfg->c_smtp_max_line;
+    bool normalize = s->se_cfg->c_smtp_bare_newline == CFG_BARENL_NORMALIZE;
     while (pos < end) {
         const char *p = base + pos;
         size_t avail = end - pos;
@@ -1274,18 +1391,31 @@ static bool data_consume(sess_t *s)
             break;
         }
         size_t ll = (size_t)(nl - p);
-        size_t cl = (ll > 0 && p[ll - 1] == '\r') ? ll - 1 : ll;
+        bool crlf = ll > 0 && p[ll - 1] == '\r';
+        size_t cl = crlf ? ll - 1 : ll;
+        bool after_lf = s->se_prev_lf;
+        s->se_prev_lf = !crlf;
         pos += ll + 1;
         if (s->se_midline) {
             s->se_midline = false;
             continue;
         }
-        if (cl > 0 && p[0] == '.') {
-            if (cl == 1) {
-                s->se_ipos = pos;
+        if (!crlf && !normalize)
+            s->se_bare_lf = true;
+        if (cl == 1 && p[0] == '.') {
+            s->se_ipos = pos;
+            if (crlf && !after_lf) {
                 data_done(s);
                 return true;
             }
+            if (!normalize) {
+                data_lax_end(s);
+                return true;
+            }
+            data_line(s, p, 1); /* normalize: text, kept with its dot */
+            continue;
+        }
+        if (cl > 0 && p[0] == '.') {
             p++;
             cl--;
         }
@@ -1300,18 +1430,35 @@ static void data_reject(sess_t *s, const char *reply, const char *why)
     char id[17];
     STATS_INC(sess_stats(s), ss_msgs_rejected);
     log_info("%s reject: %s from=<%s> nrcpt=%d client=%s", queue_msgid_fmt(s->se_msgid, id), why,
-             s->se_sender ? s->se_sender : "", s->se_nrcpt, s->se_ip);
+             log_esc(s->se_sender), s->se_nrcpt, s->se_ip);
     sess_txn_reset(s);
     sess_enter_state(s, SST_READY);
     sess_error(s, reply);
+}
+
+/* smtp.bare_newline = reject, and the client ended DATA with <LF>.<LF>,
+ * <LF>.<CR><LF> or <CR><LF>.<LF>: it waits for an answer (an LF-only
+ * client), or what follows is a smuggled transaction. Either way nothing
+ * after it can be trusted as a command: refuse and close (Postfix answers
+ * such a client "521 5.5.2 ... bare <LF> received" too). */
+static void data_lax_end(sess_t *s)
+{
+    char id[17];
+    STATS_INC(sess_stats(s), ss_msgs_rejected);
+    log_info("%s reject: bare <LF> received (DATA ended without <CR><LF>.<CR><LF>) from=<%s> "
+             "nrcpt=%d client=%s, closing",
+             queue_msgid_fmt(s->se_msgid, id), log_esc(s->se_sender), s->se_nrcpt, s->se_ip);
+    sess_txn_reset(s);
+    sess_enter_state(s, SST_READY);
+    sess_reply(s, "521 5.5.2 %s Error: bare <LF> received", s->se_cfg->c_hostname);
+    sess_close_after_flush(s);
 }
 
 /* The final dot: reject, or hand the message to the queue thread. */
 static void data_done(sess_t *s)
 {
     smtp_thread_t *t = s->se_thr;
-    if (s->se_in_hdrs && !(s->se_too_long || s->se_too_big || s->se_nul || s->se_no_mem) &&
-        body_reserve(s, HDR_END_ROOM))
+    if (s->se_in_hdrs && !data_refused(s) && body_reserve(s, HDR_END_ROOM))
         hdr_end(s);
     if (s->se_nul) {
         data_reject(s, "554 5.6.0 Message contains NUL characters", "NUL characters");
@@ -1323,6 +1470,14 @@ static void data_done(sess_t *s)
     }
     if (s->se_too_long) {
         data_reject(s, "500 5.5.2 Line too long", "line too long");
+        return;
+    }
+    if (s->se_bare_lf) { /* smtp.bare_newline = reject */
+        data_reject(s, "550 5.5.2 Error: bare <LF> received", "bare <LF> received");
+        return;
+    }
+    if (s->se_bare_cr) {
+        data_reject(s, "550 5.5.2 Error: bare <CR> received", "bare <CR> received");
         return;
     }
     if (s->se_no_mem) {
@@ -1375,13 +1530,13 @@ static void queue_reply_cb(chan_t *ch, chan_node_t *first, void *arg)
             STATS_INC(st, ss_msgs_accepted);
             atomic_fetch_add_explicit(&st->ss_bytes_received, m->qm_body.b_len,
                                       memory_order_relaxed);
-            log_info("%s from=<%s> nrcpt=%d size=%zu client=%s%s%s", id, m->qm_sender, m->qm_nrcpt,
-                     m->qm_body.b_len, m->qm_client_ip, m->qm_job ? " job=" : "",
-                     m->qm_job ? m->qm_job : "");
+            log_info("%s from=<%s> nrcpt=%d size=%zu client=%s%s%s", id, log_esc(m->qm_sender),
+                     m->qm_nrcpt, m->qm_body.b_len, m->qm_client_ip, m->qm_job ? " job=" : "",
+                     m->qm_job ? log_esc(m->qm_job) : "");
         } else {
             STATS_INC(st, ss_msgs_rejected);
             log_warn("%s reject: spool %s from=<%s> client=%s", id, sl_strerror(m->qm_status),
-                     m->qm_sender, m->qm_client_ip);
+                     log_esc(m->qm_sender), m->qm_client_ip);
         }
         if (s->se_closing || s->se_shutting) {
             if (m->qm_status == 0)
@@ -1391,9 +1546,10 @@ static void queue_reply_cb(chan_t *ch, chan_node_t *first, void *arg)
             sess_maybe_free(s);
             continue;
         }
-        if (m->qm_status == 0)
+        if (m->qm_status == 0) {
             sess_reply(s, "250 2.0.0 Ok: queued as %s", id);
-        else if (m->qm_status == SL_EFULL)
+            s->se_nontx = 0; /* progress: the count of idle commands starts again */
+        } else if (m->qm_status == SL_EFULL)
             sess_reply(s, "452 4.3.1 Insufficient system storage");
         else
             sess_reply(s, "451 4.3.0 Temporary spool failure, try again");
@@ -1437,6 +1593,14 @@ static void sess_process(sess_t *s)
         size_t avail = s->se_in.b_len - s->se_ipos;
         if (avail == 0)
             break;
+        if (sess_out_pending(s) >= OUT_HIGH) {
+            /* The client does not read its replies: stop reading (and
+             * answering) its commands until they drain (sess_drained), or
+             * its replies would pile up in memory without bound. */
+            s->se_wpaused = true;
+            sess_read_update(s);
+            break;
+        }
         const char *nl = memchr(p, '\n', avail);
         if (nl == NULL) {
             if (avail > SMTP_LINE_MAX) {
@@ -1459,10 +1623,16 @@ static void sess_process(sess_t *s)
             sess_error(s, "500 5.5.2 Line too long");
             continue;
         }
+        const char *why = NULL;
+        if (smtp_line_check(p, ll, &why) != 0) { /* a NUL would cut the line short */
+            if (s->se_state == SST_AUTH)
+                sess_enter_state(s, SST_READY); /* the AUTH exchange is abandoned */
+            sess_error(s, why);
+            continue;
+        }
         char line[SMTP_LINE_MAX + 1];
         memcpy(line, p, ll);
         line[ll] = '\0';
-        s->se_last = uv_now(&s->se_thr->t_loop);
         sess_handle_line(s, line, ll);
     }
     /* Drop what was processed; the rest is at most one partial line (or
@@ -1648,6 +1818,26 @@ static void sess_timer_cb(uv_timer_t *h)
 
 /* ------------------------------------------------------------ accept */
 
+/* One warning every 10 s at most while connections are refused for the
+ * open files limit (a flood must not flood the log too). */
+static void fd_cap_log(smtp_thread_t *t, sess_t *s, int cap)
+{
+    smtp_server_t *srv = t->t_srv;
+    uint64_t now = uv_now(&t->t_loop);
+    uint_fast64_t last = atomic_load(&srv->s_cap_logged);
+    if ((last != 0 && now < last + 10000) ||
+        !atomic_compare_exchange_strong(&srv->s_cap_logged, &last, now)) {
+        atomic_fetch_add(&srv->s_cap_quiet, 1);
+        return;
+    }
+    uint64_t quiet = atomic_exchange(&srv->s_cap_quiet, 0);
+    log_warn("smtp client=%s refused: %d connections already, the most the open files limit "
+             "(%llu) leaves room for; answering 421 4.3.2 (%llu more refused since the last "
+             "warning)",
+             s->se_ip, cap, (unsigned long long)atomic_load(&srv->s_nofile),
+             (unsigned long long)quiet);
+}
+
 static void listen_cb(uv_stream_t *server, int status)
 {
     smtp_thread_t *t = server->data;
@@ -1699,6 +1889,17 @@ static void listen_cb(uv_stream_t *server, int status)
     uint64_t cur =
         atomic_fetch_add_explicit(&srv->s_stats.ss_conn_current, 1, memory_order_relaxed) + 1;
     s->se_counted = true;
+    int cap = atomic_load_explicit(&srv->s_conn_cap, memory_order_relaxed);
+    if (cap > 0 && cur > (uint64_t)cap) {
+        /* Past what the open files limit leaves room for: the descriptors
+         * left are for delivery, DNS, the spool and the control socket. */
+        STATS_INC(&srv->s_stats, ss_conn_refused);
+        fd_cap_log(t, s, cap);
+        sess_reply(s, "421 4.3.2 %s Too many connections, try again later", cfg->c_hostname);
+        sess_close_after_flush(s);
+        sess_timer_set(s, 10000);
+        return;
+    }
     bool over = cfg->c_smtp_max_connections > 0 && cur > (uint64_t)cfg->c_smtp_max_connections;
     if (!over) {
         s->se_counted_ip = smtp_ipconn_acquire(s->se_ip, cfg->c_smtp_max_conn_per_ip);
@@ -1718,7 +1919,7 @@ static void listen_cb(uv_stream_t *server, int status)
     if (s->se_closing)
         return;
     sess_timer_set(s, cfg->c_smtp_idle_timeout * 1000);
-    uv_read_start((uv_stream_t *)&s->se_tcp, alloc_cb, read_cb);
+    sess_read_update(s);
 }
 
 /* ------------------------------------------------------------ threads */
@@ -2030,6 +2231,12 @@ void smtp_server_free(smtp_server_t *s)
 const smtp_server_stats_t *smtp_server_stats(const smtp_server_t *s)
 {
     return &s->s_stats;
+}
+
+void smtp_server_set_conn_cap(smtp_server_t *s, int cap, uint64_t nofile)
+{
+    atomic_store(&s->s_nofile, nofile);
+    atomic_store(&s->s_conn_cap, cap);
 }
 
 void smtp_server_set_config(smtp_server_t *s, cfg_t *cfg)

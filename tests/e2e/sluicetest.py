@@ -812,3 +812,44 @@ def cleartext_after_starttls(wire):
             return wire[p:p + 200]
         p += 5 + int.from_bytes(wire[p + 3:p + 5], "big")
     return b""
+
+
+# ------------------------------------------------------------------ reception: hostile clients
+# (test_smuggling.py, test_reception_limits.py)
+
+def strip_received(raw):
+    """The message without its first header field (the daemon's Received,
+    continuation lines included)."""
+    assert raw.startswith(b"Received:"), raw[:80]
+    i = raw.index(b"\r\n") + 2
+    while raw[i:i + 1] in (b" ", b"\t"):
+        i = raw.index(b"\r\n", i) + 2
+    return raw[i:]
+
+
+def bare_line_ends(data):
+    """Offsets of every bare CR (not followed by LF) and bare LF (not
+    preceded by CR) in data: [] when every line ends with CRLF."""
+    out = []
+    for m in re.finditer(rb"\r(?!\n)|(?<!\r)\n", data):
+        out.append(m.start())
+    return out
+
+
+def rss_anon_kib(pid):
+    """RssAnon of a process, in KiB (its own heap: what a leak or an
+    unbounded queue grows; VmRSS also counts LMDB's mapped spool)."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    raise AssertionError("no RssAnon in /proc/%d/status" % pid)
+
+
+def release_sluiced():
+    """The release build's sluiced ($SLUICE_RELEASE_BUILD, which `make test`
+    builds), or None. Memory measurements use it: ASan's quarantine and
+    shadow memory blur RssAnon."""
+    rel = os.environ.get("SLUICE_RELEASE_BUILD")
+    p = os.path.join(rel, "core/server/sluiced") if rel else None
+    return p if p and os.access(p, os.X_OK) else None

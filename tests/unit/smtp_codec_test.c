@@ -1,6 +1,7 @@
 /*
  * smtp_codec_test.c - tables of SMTP command lines, addresses, replies and
- * dot-stuffing cases against core/base/smtp.c.
+ * dot-stuffing cases against core/base/smtp.c, and the log escaping of
+ * core/base/log.c (peer text on its way to a log line).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -8,6 +9,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -33,6 +35,11 @@ static const cmd_case_t cmd_cases[] = {
     {"helo lower", "helo client", 0, SMTP_CMD_HELO, NULL, "client", 0},
     {"ehlo no arg", "EHLO", SL_EPARSE, SMTP_CMD_EHLO, NULL, NULL, -1,
      .reply = "501 5.5.4 Syntax: EHLO hostname"},
+    {"ehlo literal", "EHLO [192.0.2.1]", 0, SMTP_CMD_EHLO, NULL, "[192.0.2.1]", 0},
+    {"ehlo bare CR", "EHLO name\rX-Evil: 1", SL_EPARSE, SMTP_CMD_EHLO, NULL, NULL, -1,
+     .reply = "501 5.5.2 Error: invalid EHLO hostname"},
+    {"helo two words", "HELO a b", SL_EPARSE, SMTP_CMD_HELO, NULL, NULL, -1,
+     .reply = "501 5.5.2 Error: invalid HELO hostname"},
     {"mail plain", "MAIL FROM:<a@b.example>", 0, SMTP_CMD_MAIL, "a@b.example", NULL, 0},
     {"mail lower", "mail from:<a@b.example>", 0, SMTP_CMD_MAIL, "a@b.example", NULL, 0},
     {"mail space after colon", "MAIL FROM: <a@b.example>", 0, SMTP_CMD_MAIL, "a@b.example", NULL,
@@ -266,9 +273,123 @@ static void test_dot_stuff(void **state)
     CHECK_STUFF(".\r\n", "..\r\n.\r\n");
     CHECK_STUFF("a\nb\n", "a\r\nb\r\n.\r\n");  /* bare LF */
     CHECK_STUFF("a\n.b", "a\r\n..b\r\n.\r\n"); /* final line without CRLF */
-    CHECK_STUFF("x\ry\r\n", "x\ry\r\n.\r\n");  /* bare CR kept */
+    /* a bare CR ends a line too, and the line after it is dot-stuffed */
+    CHECK_STUFF("x\ry\r\n", "x\r\ny\r\n.\r\n");
+    CHECK_STUFF("first\r.\r\nMAIL FROM:<a@b>\r\n", "first\r\n..\r\nMAIL FROM:<a@b>\r\n.\r\n");
+    CHECK_STUFF("a\r\r\n", "a\r\n\r\n.\r\n");
+    CHECK_STUFF("a\r", "a\r\n.\r\n");
+    CHECK_STUFF("\r.\r", "\r\n..\r\n.\r\n");
+    CHECK_STUFF("a\n.\n", "a\r\n..\r\n.\r\n"); /* a bare-LF "end" is text */
     CHECK_STUFF("", ".\r\n");
     CHECK_STUFF("a\0b\n", "a\0b\r\n.\r\n");
+}
+
+static void test_line_check(void **state)
+{
+    (void)state;
+    const char *reply = NULL;
+    assert_int_equal(smtp_line_check("NOOP", 4, &reply), 0);
+    assert_int_equal(smtp_line_check("RCPT TO:<a@b>\0garbage", 22, &reply), SL_EPARSE);
+    assert_string_equal(reply, "500 5.5.2 Error: NUL character in command");
+    assert_int_equal(smtp_line_check("\0", 1, &reply), SL_EPARSE);
+}
+
+static void test_helo_check(void **state)
+{
+    (void)state;
+    static const char *const good[] = {
+        "client.example",
+        "localhost",
+        "my_host-1.example.",
+        "[127.0.0.1]",
+        "[IPv6:::1]",
+        "xn--bcher-kva.example",
+        "b\xc3\xbc"
+        "cher.example",
+        "a",
+    };
+    static const char *const bad[] = {
+        "",         "two words",    "(comment)",       "host\x1b[2J", "[1.2.3.4",
+        "[]",       "[a]b]",        "[a\\b]",          "\xff\xfe",    "\xc3",
+        "\xc0\x80", "\xed\xa0\x80", "name\rX-Evil: 1", "tab\there",   "semi;colon",
+        "quote\"",
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(good); i++)
+        assert_int_equal(smtp_helo_check(good[i]), 0);
+    for (size_t i = 0; i < ARRAY_SIZE(bad); i++)
+        assert_int_equal(smtp_helo_check(bad[i]), SL_EPARSE);
+    char longname[300];
+    memset(longname, 'a', sizeof(longname) - 1);
+    longname[sizeof(longname) - 1] = '\0';
+    assert_int_equal(smtp_helo_check(longname), SL_EPARSE);
+}
+
+static void test_xtext_check(void **state)
+{
+    (void)state;
+    assert_int_equal(smtp_xtext_check("QQ314159", false), 0);
+    assert_int_equal(smtp_xtext_check("a+2Bb+3D", false), 0);
+    assert_int_equal(smtp_xtext_check("a+20b", false), 0); /* space: printable */
+    assert_int_equal(smtp_xtext_check("!~", false), 0);
+    assert_int_equal(smtp_xtext_check("", false), SL_EPARSE);
+    assert_int_equal(smtp_xtext_check("a+0D+0AX-Evil:+201", false), SL_EPARSE);
+    assert_int_equal(smtp_xtext_check("a+0a", false), SL_EPARSE); /* lower-case hex */
+    assert_int_equal(smtp_xtext_check("a+7F", false), SL_EPARSE);
+    assert_int_equal(smtp_xtext_check("a+zz", false), SL_EPARSE);
+    assert_int_equal(smtp_xtext_check("a+4", false), SL_EPARSE);
+    assert_int_equal(smtp_xtext_check("a+", false), SL_EPARSE);
+    assert_int_equal(smtp_xtext_check("a=b", false), SL_EPARSE);
+    assert_int_equal(smtp_xtext_check("a b", false), SL_EPARSE);
+    assert_int_equal(smtp_xtext_check("a\x01", false), SL_EPARSE);
+    assert_int_equal(smtp_xtext_check("j\xc3\xb6rg", false), SL_EPARSE);
+    assert_int_equal(smtp_xtext_check("j\xc3\xb6rg", true), 0);
+    assert_int_equal(smtp_xtext_check("j\xc3rg", true), SL_EPARSE);
+    assert_int_equal(smtp_orcpt_check("rfc822;bob@example.org", false), 0);
+    assert_int_equal(smtp_orcpt_check("utf-8;j\xc3\xb6rg@example.org", true), 0);
+    assert_int_equal(smtp_orcpt_check("rfc822;Bob+2Bx@example.org", false), 0);
+    assert_int_equal(smtp_orcpt_check("bob@example.org", false), SL_EPARSE);
+    assert_int_equal(smtp_orcpt_check(";bob@example.org", false), SL_EPARSE);
+    assert_int_equal(smtp_orcpt_check("rfc 822;bob", false), SL_EPARSE);
+    assert_int_equal(smtp_orcpt_check("rfc822;", false), SL_EPARSE);
+    assert_int_equal(smtp_orcpt_check("rfc822;bob+0D+0A", false), SL_EPARSE);
+}
+
+static void check_esc(const char *in, size_t len, const char *want)
+{
+    char out[64];
+    assert_string_equal(log_esc_buf(out, sizeof(out), in, len), want);
+    assert_string_equal(log_escn(in, len), want);
+}
+
+#define CHECK_ESC(in, want) check_esc(in, sizeof(in) - 1, want)
+
+static void test_log_esc(void **state)
+{
+    (void)state;
+    CHECK_ESC("plain text 123 <a@b>", "plain text 123 <a@b>");
+    CHECK_ESC("a\nb\rc\td", "a\\nb\\rc\\td");
+    CHECK_ESC("2026-01-01 info\n2026-01-01 forged", "2026-01-01 info\\n2026-01-01 forged");
+    CHECK_ESC("\x1b[2J\x07\x7f\x00x", "\\x1b[2J\\x07\\x7f\\x00x");
+    CHECK_ESC("back\\slash \"q\"", "back\\\\slash \\\"q\\\"");
+    CHECK_ESC("j\xc3\xb6rg", "j\\xc3\\xb6rg");
+    assert_string_equal(log_esc(NULL), "");
+    /* too long: cut, and said so */
+    char out[8];
+    assert_string_equal(log_esc_buf(out, sizeof(out), "abcdefghij", 10), "abcd...");
+    assert_string_equal(log_esc_buf(out, sizeof(out), "abcdefg", 7), "abcdefg");
+    assert_string_equal(log_esc_buf(out, sizeof(out), "\n\n\n\n", 4), "\\n\\n...");
+    /* the ring: eight results usable at once */
+    const char *r[8];
+    char in[8][4];
+    for (int i = 0; i < 8; i++) {
+        snprintf(in[i], sizeof(in[i]), "%d\n", i);
+        r[i] = log_esc(in[i]);
+    }
+    for (int i = 0; i < 8; i++) {
+        char want[8];
+        snprintf(want, sizeof(want), "%d\\n", i);
+        assert_string_equal(r[i], want);
+    }
 }
 
 int main(void)
@@ -276,7 +397,9 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cmd_table),  cmocka_unit_test(test_cmd_too_long),
         cmocka_unit_test(test_addr_check), cmocka_unit_test(test_reply_feed),
-        cmocka_unit_test(test_dot_stuff),
+        cmocka_unit_test(test_dot_stuff),  cmocka_unit_test(test_line_check),
+        cmocka_unit_test(test_helo_check), cmocka_unit_test(test_xtext_check),
+        cmocka_unit_test(test_log_esc),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
