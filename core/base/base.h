@@ -294,6 +294,24 @@ const char *tls_cipher(tls_conn_t *t);
 /* Last error as text, for logs. */
 const char *tls_last_error(tls_conn_t *t);
 
+/* ---------------------------------------------------------------- peer text */
+/*
+ * Bytes a peer chose (replies, HELO names, headers) reach the accounting
+ * log, the control socket's JSON and sluicectl's terminal only through
+ * these (jsontext.c). JSON: valid UTF-8 passes; controls (C0, DEL, C1),
+ * U+2028/9 and bidi overrides become \uXXXX; an invalid byte becomes
+ * \ufffd. Terminal: the same characters become \xNN / \uXXXX, an invalid
+ * byte \xNN. Any thread.
+ */
+
+/* Append s[0..len) as a JSON string literal (with its quotes). */
+void json_str_append(buf_t *b, const char *s, size_t len);
+/* Append a serialised JSON text (json-c's output) with the rules above
+ * applied inside its strings; what is outside strings is copied. */
+void json_text_sanitize(buf_t *out, const char *in, size_t len);
+/* Append s[0..len) for a terminal; keep_newlines leaves "\n" as it is. */
+void tty_str_append(buf_t *b, const char *s, size_t len, bool keep_newlines);
+
 /* ---------------------------------------------------------------- control protocol */
 /*
  * JSON lines over the control socket (core/server/control.c, sluicectl):
