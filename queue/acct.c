@@ -164,47 +164,11 @@ int q_acct_rotate(q_acct_t *a)
 
 /* ------------------------------------------------------------ JSON helpers */
 
+/* Peer text (replies, HELO names, job names) is any bytes: jsontext.c
+ * makes it a string every JSON reader accepts (docs/records.md). */
 void q_json_str(buf_t *b, const char *s, size_t len)
 {
-    static const char hex[] = "0123456789abcdef";
-    buf_reserve(b, len + 2);
-    b->b_data[b->b_len++] = '"';
-    size_t run = 0;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\' && c != 0x7f)
-            continue;
-        buf_append(b, s + run, i - run);
-        run = i + 1;
-        char e[6];
-        switch (c) {
-        case '"':
-            buf_append(b, "\\\"", 2);
-            break;
-        case '\\':
-            buf_append(b, "\\\\", 2);
-            break;
-        case '\n':
-            buf_append(b, "\\n", 2);
-            break;
-        case '\r':
-            buf_append(b, "\\r", 2);
-            break;
-        case '\t':
-            buf_append(b, "\\t", 2);
-            break;
-        default:
-            e[0] = '\\';
-            e[1] = 'u';
-            e[2] = '0';
-            e[3] = '0';
-            e[4] = hex[c >> 4];
-            e[5] = hex[c & 15];
-            buf_append(b, e, 6);
-        }
-    }
-    buf_append(b, s + run, len - run);
-    buf_append(b, "\"", 1);
+    json_str_append(b, s, len);
 }
 
 void q_json_strz(buf_t *b, const char *s)

@@ -897,9 +897,16 @@ typedef struct q_acct_ev {
 
 void queue_acct_event(queue_t *q, const char *json_line)
 {
-    size_t n = strlen(json_line);
+    /* json-c passes bytes >= 0x80 (and DEL) through as they are: a record
+     * holding a peer's reply is made valid UTF-8 here (docs/records.md). */
+    buf_t clean;
+    buf_init(&clean, strlen(json_line) + 16);
+    json_text_sanitize(&clean, json_line, strlen(json_line));
+    size_t n = clean.b_len;
     q_acct_ev_t *e = xmalloc(sizeof(*e) + n + 1);
-    memcpy(e->ae_line, json_line, n + 1);
+    memcpy(e->ae_line, clean.b_data, n);
+    e->ae_line[n] = '\0';
+    buf_free(&clean);
     if (!queue_enter(q)) {
         free(e);
         return;

@@ -510,41 +510,42 @@ static void ctl_call_shutdown(control_t *ct)
         ct->ct_env.ce_shutdown(ct->ct_env.ce_arg);
 }
 
+/* Send one answer line. ctl_response_append makes every string in it
+ * valid UTF-8 without control characters: answers carry peer text (remote
+ * replies, job names) that json-c would pass through as raw bytes. */
 static void conn_send(ctl_conn_t *c, json_object *resp, bool then_shutdown)
 {
     if (c->cc_closing)
         return;
-    size_t len;
-    const char *s = json_object_to_json_string_length(
-        resp, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &len);
-    size_t off = 0;
+    buf_t line;
+    buf_init(&line, 256);
+    ctl_response_append(&line, resp);
+    size_t len = line.b_len, off = 0;
     if (c->cc_writes == 0) {
         /* Most answers fit in the socket buffer: write them now, which
          * also gets them out before a close that would cancel a queued
          * write. */
-        uv_buf_t parts[2] = {uv_buf_init((char *)s, (unsigned)len), uv_buf_init("\n", 1)};
-        int n = uv_try_write((uv_stream_t *)&c->cc_pipe, parts, 2);
+        uv_buf_t part = uv_buf_init(line.b_data, (unsigned)len);
+        int n = uv_try_write((uv_stream_t *)&c->cc_pipe, &part, 1);
         if (n < 0 && n != UV_EAGAIN) {
             log_debug("control: write: %s", uv_strerror(n));
+            buf_free(&line);
             conn_close(c);
             return;
         }
         off = n > 0 ? (size_t)n : 0;
-        if (off == len + 1) {
+        if (off == len) {
+            buf_free(&line);
             if (then_shutdown)
                 ctl_call_shutdown(c->cc_ctl);
             return;
         }
     }
     ctl_write_t *w = xcalloc(1, sizeof(*w));
-    size_t rest = len + 1 - off;
+    size_t rest = len - off;
     w->w_data = xmalloc(rest);
-    if (off < len) {
-        memcpy(w->w_data, s + off, len - off);
-        w->w_data[len - off] = '\n';
-    } else {
-        w->w_data[0] = '\n';
-    }
+    memcpy(w->w_data, line.b_data + off, rest);
+    buf_free(&line);
     w->w_shutdown = then_shutdown;
     uv_buf_t ub = uv_buf_init(w->w_data, (unsigned)rest);
     int rc = uv_write(&w->w_req, (uv_stream_t *)&c->cc_pipe, &ub, 1, conn_write_cb);
