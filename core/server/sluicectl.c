@@ -22,6 +22,7 @@
 #include <inttypes.h>
 #include <json-c/json.h>
 #include <limits.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,7 +42,9 @@
 #define CTL_MAX_RESPONSE (1024u * 1024u * 1024u)
 
 static void usage(FILE *f);
-static int talk(const char *path, const char *line, buf_t *resp);
+static int talk(const char *path, const char *line, uid_t owner, buf_t *resp);
+static int peer_trusted(int fd, const char *path, uid_t owner);
+static json_object *tty_clean(json_object *v);
 static void print_status(json_object *r);
 static void print_list(json_object *r);
 static void print_inspect(json_object *r);
@@ -85,11 +88,14 @@ static void usage(FILE *f)
           "options:\n"
           "  -s, --socket PATH    control socket (default $SLUICE_SOCKET or " CTL_DEFAULT_SOCKET
           ")\n"
-          "  --json               print the daemon's JSON answer as-is\n"
+          "  --json               print the daemon's JSON answer (strings as valid UTF-8,\n"
+          "                       control characters escaped)\n"
+          "  --owner USER         also trust a socket served by USER (default: only root\n"
+          "                       and yourself; or $SLUICE_SOCKET_OWNER)\n"
           "  -h, --help           this help\n"
           "\n"
           "exit codes: 0 ok, 1 the daemon refused the command, 2 usage error,\n"
-          "            3 cannot connect to the daemon\n",
+          "            3 cannot connect to the daemon (or it runs as an untrusted user)\n",
           f);
 }
 
@@ -106,7 +112,38 @@ static int usage_error(const char *fmt, const char *arg)
 
 /* Connect, send line + "\n", read one answer line into resp. Returns 0 or
  * EXIT_CONNECT after printing why. */
-static int talk(const char *path, const char *line, buf_t *resp)
+/* Is the process listening on the connected socket fd one to trust? A
+ * socket in a world-writable folder can belong to anyone: its listener
+ * would read the command and could answer anything. The kernel recorded
+ * the listener's credentials at listen() (SO_PEERCRED), so this holds
+ * whatever happens to the path: trusted are root, the invoking user and
+ * owner (--owner; (uid_t)-1 = none). 0, or EXIT_CONNECT after saying why. */
+static int peer_trusted(int fd, const char *path, uid_t owner)
+{
+    struct ucred cr;
+    socklen_t len = sizeof(cr);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) != 0) {
+        fprintf(stderr, "sluicectl: %s: cannot tell who listens on it: %s\n", path,
+                strerror(errno));
+        return EXIT_CONNECT;
+    }
+    if (cr.uid == 0 || cr.uid == geteuid() || (owner != (uid_t)-1 && cr.uid == owner))
+        return 0;
+    struct passwd *pw = getpwuid(cr.uid);
+    char name[64];
+    if (pw != NULL)
+        snprintf(name, sizeof(name), "%s", pw->pw_name);
+    else
+        snprintf(name, sizeof(name), "%u", (unsigned)cr.uid);
+    fprintf(stderr,
+            "sluicectl: refusing to talk to %s: the process listening on it (pid %d) runs as "
+            "%s (uid %u), neither root nor you; if that is sluiced's user, say so with "
+            "--owner %s\n",
+            path, (int)cr.pid, name, (unsigned)cr.uid, name);
+    return EXIT_CONNECT;
+}
+
+static int talk(const char *path, const char *line, uid_t owner, buf_t *resp)
 {
     struct sockaddr_un sun = {.sun_family = AF_UNIX};
     if (strlen(path) >= sizeof(sun.sun_path)) {
@@ -132,6 +169,10 @@ static int talk(const char *path, const char *line, buf_t *resp)
         else
             fprintf(stderr, "sluicectl: cannot connect to %s: %s (is sluiced running?)\n", path,
                     strerror(e));
+        close(fd);
+        return EXIT_CONNECT;
+    }
+    if (peer_trusted(fd, path, owner) != 0) {
         close(fd);
         return EXIT_CONNECT;
     }
@@ -212,6 +253,49 @@ static const char *get_str(json_object *o, const char *key)
 {
     json_object *v = get(o, key);
     return v && !json_object_is_type(v, json_type_null) ? json_object_get_string(v) : NULL;
+}
+
+/* s made safe for a terminal (jsontext.c): caller frees. */
+static char *tty_strdup(const char *s, size_t len, bool keep_newlines)
+{
+    buf_t b;
+    buf_init(&b, len + 1);
+    tty_str_append(&b, s, len, keep_newlines);
+    buf_append(&b, "", 1);
+    return buf_steal(&b, NULL);
+}
+
+/* A copy of v with every string and key made safe for a terminal: the
+ * human forms print only from it, so no byte a remote server or a client
+ * chose (replies, job names) reaches the terminal as a control character.
+ * Caller puts it. */
+static json_object *tty_clean(json_object *v)
+{
+    if (json_object_is_type(v, json_type_string)) {
+        char *t =
+            tty_strdup(json_object_get_string(v), (size_t)json_object_get_string_len(v), false);
+        json_object *o = json_object_new_string(t);
+        free(t);
+        return o;
+    }
+    if (json_object_is_type(v, json_type_array)) {
+        size_t n = json_object_array_length(v);
+        json_object *a = json_object_new_array_ext((int)n);
+        for (size_t i = 0; i < n; i++)
+            json_object_array_add(a, tty_clean(json_object_array_get_idx(v, i)));
+        return a;
+    }
+    if (json_object_is_type(v, json_type_object)) {
+        json_object *o = json_object_new_object();
+        json_object_object_foreach(v, key, val)
+        {
+            char *k = tty_strdup(key, strlen(key), false);
+            json_object_object_add(o, k, tty_clean(val));
+            free(k);
+        }
+        return o;
+    }
+    return json_object_get(v); /* numbers, booleans, null: nothing to show */
 }
 
 static char *fmt_time(uint64_t t, char *dst, size_t len)
@@ -929,9 +1013,6 @@ static bool print_ops(const char *cmd, json_object *r)
                        json_object_get_string(json_object_array_get_idx(a, i)));
             printf("\n");
         }
-    } else if (strcmp(cmd, "metrics") == 0) {
-        const char *m = get_str(r, "metrics");
-        fputs(m ? m : "", stdout);
     } else {
         return false;
     }
@@ -1011,6 +1092,7 @@ static int build_request(const char *const *pos, int npos, const char *limit, ch
 int main(int argc, char **argv)
 {
     const char *sock = getenv("SLUICE_SOCKET");
+    const char *owner_name = getenv("SLUICE_SOCKET_OWNER");
     bool json = false;
     const char *limit = NULL;
     const char *pos[64];
@@ -1031,6 +1113,12 @@ int main(int argc, char **argv)
             sock = argv[i];
         } else if (strncmp(a, "--socket=", 9) == 0) {
             sock = a + 9;
+        } else if (strcmp(a, "--owner") == 0) {
+            if (++i >= argc)
+                return usage_error("%s needs a user name", a);
+            owner_name = argv[i];
+        } else if (strncmp(a, "--owner=", 8) == 0) {
+            owner_name = a + 8;
         } else if (strcmp(a, "--limit") == 0 || strcmp(a, "-n") == 0) {
             if (++i >= argc)
                 return usage_error("%s needs a number", a);
@@ -1047,6 +1135,18 @@ int main(int argc, char **argv)
     }
     if (npos == 0)
         return usage_error("no command given%s", "");
+    uid_t owner = (uid_t)-1;
+    if (owner_name != NULL && owner_name[0] != '\0') {
+        struct passwd *pw = getpwnam(owner_name);
+        char *end;
+        unsigned long u = strtoul(owner_name, &end, 10);
+        if (pw != NULL)
+            owner = pw->pw_uid;
+        else if (*end == '\0' && end != owner_name)
+            owner = (uid_t)u;
+        else
+            return usage_error("--owner: no such user: %s", owner_name);
+    }
 
     const char *cmd = pos[0];
     char *line = NULL;
@@ -1056,7 +1156,7 @@ int main(int argc, char **argv)
 
     buf_t resp;
     buf_init(&resp, 65536);
-    rc = talk(sock, line, &resp);
+    rc = talk(sock, line, owner, &resp);
     free(line);
     if (rc != 0) {
         buf_free(&resp);
@@ -1065,46 +1165,70 @@ int main(int argc, char **argv)
 
     json_object *r = json_tokener_parse(resp.b_data);
     if (r == NULL || !json_object_is_type(r, json_type_object)) {
-        fprintf(stderr, "sluicectl: malformed answer from %s: %.200s\n", sock, resp.b_data);
+        char *shown = tty_strdup(resp.b_data, MIN(resp.b_len, 200), false);
+        fprintf(stderr, "sluicectl: malformed answer from %s: %s\n", sock, shown);
+        free(shown);
         json_object_put(r);
         buf_free(&resp);
         return EXIT_CONNECT;
     }
+    /* Human forms print only from h, where every string is terminal-safe. */
+    json_object *h = tty_clean(r);
     json_object *ok = get(r, "ok");
     bool is_ok = ok != NULL && json_object_get_boolean(ok);
     rc = EXIT_OK;
-    if (json) {
-        printf("%s\n", resp.b_data);
-        json_object *cons = get(r, "consistent");
-        if (!is_ok) {
-            const char *e = get_str(r, "error");
-            fprintf(stderr, "sluicectl: %s\n", e ? e : "the daemon refused the command");
-            rc = EXIT_REFUSED;
-        } else if (strcmp(cmd, "check") == 0 && cons != NULL && !json_object_get_boolean(cons)) {
-            rc = EXIT_REFUSED; /* same exit code as the human form */
-        }
-    } else if (!is_ok) {
-        const char *e = get_str(r, "error");
+    if (!is_ok) {
+        const char *e = get_str(h, "error");
         fprintf(stderr, "sluicectl: %s\n", e ? e : "the daemon refused the command");
         rc = EXIT_REFUSED;
+    }
+    if (json) {
+        /* The daemon's line, with its strings as a strict JSON reader wants
+         * them even if the daemon is older than that rule. */
+        buf_t out;
+        buf_init(&out, resp.b_len + 2);
+        json_text_sanitize(&out, resp.b_data, resp.b_len);
+        buf_append(&out, "\n", 1);
+        fwrite(out.b_data, 1, out.b_len, stdout);
+        buf_free(&out);
+        json_object *cons = get(r, "consistent");
+        if (is_ok && strcmp(cmd, "check") == 0 && cons != NULL && !json_object_get_boolean(cons))
+            rc = EXIT_REFUSED; /* same exit code as the human form */
+    } else if (!is_ok) {
+        /* said on stderr */
     } else if (strcmp(cmd, "status") == 0) {
-        print_status(r);
+        print_status(h);
     } else if (strcmp(cmd, "list") == 0) {
-        print_list(r);
+        print_list(h);
     } else if (strcmp(cmd, "inspect") == 0) {
-        print_inspect(r);
+        print_inspect(h);
     } else if (strcmp(cmd, "check") == 0) {
-        rc = print_check(r);
+        rc = print_check(h);
     } else if (strcmp(cmd, "shutdown") == 0) {
         printf("sluiced is shutting down\n");
     } else if (strcmp(cmd, "log-rotate") == 0) {
         printf("log files reopened\n");
-    } else if (print_ops(cmd, r)) {
+    } else if (strcmp(cmd, "metrics") == 0) {
+        /* the exposition's lines kept, anything else made visible */
+        json_object *m = get(r, "metrics");
+        if (m != NULL && json_object_is_type(m, json_type_string)) {
+            char *t =
+                tty_strdup(json_object_get_string(m), (size_t)json_object_get_string_len(m), true);
+            fputs(t, stdout);
+            free(t);
+        }
+    } else if (print_ops(cmd, h)) {
         /* printed */
     } else {
-        printf("%s\n", json_object_to_json_string_ext(r, JSON_C_TO_STRING_PRETTY |
-                                                             JSON_C_TO_STRING_NOSLASHESCAPE));
+        buf_t out;
+        buf_init(&out, 256);
+        const char *pretty = json_object_to_json_string_ext(r, JSON_C_TO_STRING_PRETTY |
+                                                                   JSON_C_TO_STRING_NOSLASHESCAPE);
+        json_text_sanitize(&out, pretty, strlen(pretty));
+        printf("%.*s\n", (int)out.b_len, out.b_data);
+        buf_free(&out);
     }
+    json_object_put(h);
     fflush(stdout);
     json_object_put(r);
     buf_free(&resp);

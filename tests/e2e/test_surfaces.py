@@ -8,13 +8,20 @@ Latin-1 byte. Then:
 - every line of the accounting log is valid UTF-8 and strict JSON, with
   the peer's text in it (invalid bytes as U+FFFD, controls escaped);
 - every control answer that carries that text (list, inspect, queues,
-  queue, providers) is valid UTF-8 and strict JSON.
+  queue, providers) is valid UTF-8 and strict JSON, and sluicectl --json
+  prints it so;
+- sluicectl's human output shows the control bytes as \\xNN: nothing
+  reaches the terminal that it would act on;
+- sluicectl talks only to a socket whose listening process runs as root
+  or as the invoking user (or the --owner named one).
 
 Env: SLUICE_BUILD (binaries), SLUICE_SRC.
 """
 import json
 import os
+import subprocess
 import sys
+import textwrap
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -132,6 +139,115 @@ class PeerTextTest(unittest.TestCase):
         ans = self.check_answer({"cmd": "providers"})
         last = [q["last_response"] for p in ans["providers"] for q in p["queues"]]
         self.assertTrue(any(SOFT_TEXT in (x or "") or BAD_TEXT in (x or "") for x in last), last)
+
+    def test_sluicectl_json_is_strict(self):
+        for args in (["list"], ["inspect", self.ids["soft2@example.test"]], ["queues"],
+                     ["queue", "example.test"], ["providers"]):
+            r = self.ctl_bytes("--json", *args)
+            self.assertEqual(r.rc, 0, r)
+            try:
+                st.strict_json(r.out)
+            except ValueError as e:
+                self.fail("sluicectl --json %s: %s\n%r" % (" ".join(args), e, r.out))
+
+    # -- sluicectl's terminal
+
+    def test_sluicectl_human_output_is_terminal_safe(self):
+        outs = {}
+        for args in (["list"], ["inspect", self.ids["soft1@example.test"]],
+                     ["inspect", self.ids["soft2@example.test"]], ["queues"],
+                     ["queue", "example.test"], ["providers"]):
+            r = self.ctl_bytes(*args)
+            self.assertEqual(r.rc, 0, r)
+            bad = st.tty_unsafe(r.out) + st.tty_unsafe(r.err)
+            self.assertEqual(bad, [], "sluicectl %s printed:\n%r" % (" ".join(args), r.out))
+            outs[args[0] + (args[1] if args[0] == "inspect" else "")] = r.out.decode()
+        # the bytes are shown, not dropped
+        self.assertIn("job-\\x1b[2J-\ufffd", outs["list"])
+        self.assertIn("450 4.2.0 na\ufffdve \\x1b]0;pwned\\x07 later",
+                      outs["inspect" + self.ids["soft1@example.test"]])
+        self.assertIn("\\x1b]0;pwned\\x07", outs["queue"])
+
+
+# A control socket served by another user: answers every request with a
+# status naming itself, and records what it was sent.
+FAKE_SERVER = textwrap.dedent("""
+    import json, os, socket, sys
+    path, log = sys.argv[1], sys.argv[2]
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(path)
+    s.listen(8)
+    open(path + ".ready", "w").close()
+    while True:
+        c, _ = s.accept()
+        data = c.recv(65536)
+        with open(log, "ab") as f:
+            f.write(data)
+        c.sendall(json.dumps({"ok": True, "version": "impostor", "pid": 1,
+                              "uptime_s": 0, "hostname": "evil"}).encode() + b"\\n")
+        c.close()
+""")
+
+
+class SocketOwnerTest(unittest.TestCase):
+    """sluicectl checks who listens on the socket before it sends a command."""
+
+    def setUp(self):
+        self.dir = st.make_tmpdir("ctl-owner-")
+        os.chmod(self.dir, 0o1777)  # world-writable, like /tmp
+        self.sock = os.path.join(self.dir, "sluiced.sock")
+        self.log = os.path.join(self.dir, "sent.log")
+        open(self.log, "w").close()
+        os.chmod(self.log, 0o666)
+        script = os.path.join(self.dir, "fake.py")
+        with open(script, "w") as f:
+            f.write(FAKE_SERVER)
+        self.proc = subprocess.Popen(["setpriv", "--reuid=nobody", "--regid=nogroup",
+                                      "--clear-groups", "/usr/bin/python3", script, self.sock,
+                                      self.log], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        st.wait_for(lambda: self.proc.poll() is not None or os.path.exists(self.sock + ".ready"),
+                    10, what="the other user's socket")
+        self.assertIsNone(self.proc.poll(), "the fake server exited")
+
+    def tearDown(self):
+        self.proc.kill()
+        self.proc.wait()
+        if not st.keep_tmp():
+            subprocess.run(["rm", "-rf", self.dir])
+
+    def sent(self):
+        with open(self.log, "rb") as f:
+            return f.read()
+
+    def test_socket_of_another_user_is_refused(self):
+        r = st.run_bytes([st.SLUICECTL, "-s", self.sock, "status"])
+        self.assertEqual(r.rc, st.CTL_CONNECT, r)
+        self.assertNotIn(b"impostor", r.out + r.err)
+        self.assertIn(b"nobody", r.err)
+        self.assertEqual(self.sent(), b"", "sluicectl sent a command to another user's socket")
+        r = st.run_bytes([st.SLUICECTL, "-s", self.sock, "--json", "shutdown"])
+        self.assertEqual(r.rc, st.CTL_CONNECT, r)
+        self.assertEqual(self.sent(), b"")
+
+    def test_invoking_user_and_named_owner_are_trusted(self):
+        # nobody talking to nobody's daemon: the invoking user
+        r = st.run_bytes([st.SLUICECTL, "-s", self.sock, "--json", "status"], user="nobody")
+        self.assertEqual(r.rc, 0, r)
+        self.assertIn(b"impostor", r.out)
+        # root naming the daemon's user (sluiced started as that user)
+        r = st.run_bytes([st.SLUICECTL, "-s", self.sock, "--owner", "nobody", "--json", "status"])
+        self.assertEqual(r.rc, 0, r)
+        r = st.run_bytes([st.SLUICECTL, "-s", self.sock, "--json", "status"],
+                         env=dict(os.environ, SLUICE_SOCKET_OWNER="nobody"))
+        self.assertEqual(r.rc, 0, r)
+        self.assertEqual(self.sent().count(b'"cmd":"status"'), 3)
+
+    def test_root_daemon_is_trusted(self):
+        with st.Daemon() as d:
+            r = d.ctl("status", json=True)
+            self.assertEqual(r.rc, 0, r)
+            self.assertEqual(r.data["pid"], d.proc.pid)
 
 
 if __name__ == "__main__":
