@@ -318,7 +318,12 @@ static json_object *holds_json(q_admin_t *a)
                                                       : h->h_type == 'j' ? "job"
                                                                          : "all"));
         json_object_object_add(o, "name", h->h_name ? json_object_new_string(h->h_name) : NULL);
-        json_object_object_add(o, "until", json_object_new_int64((int64_t)h->h_until));
+        /* the same keys as the shaping suspensions control.c adds to
+         * `suspended` (docs/records.md) */
+        json_object_object_add(o, "provider", NULL);
+        json_object_object_add(o, "by", json_object_new_string("operator"));
+        json_object_object_add(o, "until", q_jtime_s(h->h_until)); /* null: until resumed */
+        json_object_object_add(o, "persistent", json_object_new_boolean(1));
         json_object_array_add(arr, o);
     }
     return arr;
@@ -626,15 +631,18 @@ static json_object *agg_json(q_admin_t *a, const adm_dom_t *x, const char *name)
     json_object_object_add(o, "in_flight", json_object_new_int(x ? x->ad_in_flight : 0));
     json_object_object_add(o, "deferred", json_object_new_int64(x ? (int64_t)x->ad_deferred : 0));
     /* message ids are microseconds since the epoch at arrival */
+    char t[32];
     json_object_object_add(o, "oldest",
-                           json_object_new_int64(x ? (int64_t)(x->ad_oldest_id / 1000000) : 0));
-    json_object_object_add(o, "next_attempt",
-                           json_object_new_int64(x ? (int64_t)x->ad_next_min : 0));
-    if (x && x->ad_text) {
-        json_object_object_add(o, "last_code", json_object_new_int(x->ad_code));
-        json_object_object_add(o, "last_status", json_object_new_string(x->ad_status));
-        json_object_object_add(o, "last_text", json_object_new_string(x->ad_text));
-    }
+                           x && x->ad_oldest_id ? json_object_new_string(time_fmt_rfc3339(
+                                                      x->ad_oldest_id, t, sizeof(t)))
+                                                : NULL);
+    json_object_object_add(o, "next_attempt", q_jtime_s(x ? x->ad_next_min : 0));
+    bool resp = x && x->ad_text;
+    json_object_object_add(o, "last_code", q_jcode(resp ? x->ad_code : 0));
+    json_object_object_add(o, "last_status",
+                           resp ? q_jstr_opt(x->ad_status, strlen(x->ad_status)) : NULL);
+    json_object_object_add(o, "last_text",
+                           resp ? q_jstr_opt(x->ad_text, strlen(x->ad_text)) : NULL);
     /* is it held? (a job hold is not a domain's) */
     bool held = false;
     uint64_t until = 0;
@@ -649,8 +657,7 @@ static json_object *agg_json(q_admin_t *a, const adm_dom_t *x, const char *name)
         }
     }
     json_object_object_add(o, "suspended", json_object_new_boolean(held));
-    if (held)
-        json_object_object_add(o, "suspended_until", json_object_new_int64((int64_t)until));
+    json_object_object_add(o, "suspended_until", q_jtime_s(held ? until : 0));
     return o;
 }
 

@@ -146,7 +146,8 @@ uint64_t queue_pending(const queue_t *q);
  */
 typedef enum {
     QREQ_LIST = 1, /* messages, oldest first: {"messages":[{id, arrival, sender, size, job,
-                      recipients:[{addr, attempts, next_attempt}]}], "total": N} */
+                      recipients:[{addr, attempts, next_attempt}]}], "total": N}; the
+                      forms of every answer: docs/records.md */
     QREQ_INSPECT,  /* one message by qq_msgid: the same fields plus flags and envid */
     QREQ_CHECK,    /* integrity check: {"ok":bool, "msgs":N, "rcpts":N, "due":N, "problems":[..]} */
     /* Operator requests (queue/admin.c, docs/operations.md). The long ones
@@ -159,7 +160,8 @@ typedef enum {
     QREQ_SUSPEND, /* hold delivery for qq_domain, qq_job or qq_all until qq_until (unix s,
                      0 = until resumed); persisted in the meta db: {"holds":[...]} */
     QREQ_RESUME,  /* drop the hold on qq_domain / qq_job / qq_all: {"resumed":N, "holds":[...]} */
-    QREQ_HOLDS,   /* the holds in force: {"holds":[{"type","name","until"}]} */
+    QREQ_HOLDS,   /* the holds in force: {"holds":[{"type", "name", "provider", "by",
+                     "until", "persistent"}]} (control.c adds the shaping ones) */
     QREQ_RETRY,   /* deferred recipients of qq_domain (or all) due now: {"rescheduled":N} */
     QREQ_BOUNCE,  /* remove and bounce (accounting "admin_bounce", DSN as for a bounce) the
                      recipients matching qq_domain, qq_job, qq_sender and qq_older_than

@@ -311,6 +311,12 @@ void json_str_append(buf_t *b, const char *s, size_t len);
 void json_text_sanitize(buf_t *out, const char *in, size_t len);
 /* Append s[0..len) for a terminal; keep_newlines leaves "\n" as it is. */
 void tty_str_append(buf_t *b, const char *s, size_t len, bool keep_newlines);
+/* A point in time as every JSON record and answer gives it (RFC 3339, UTC,
+ * milliseconds): "2026-11-27T10:15:30.123Z". dst holds 25 bytes. */
+char *time_fmt_rfc3339(uint64_t unix_us, char *dst, size_t len);
+/* Read that form back ("...:30Z" and any number of decimals too) into unix
+ * microseconds. 0 or SL_EPARSE. */
+int time_parse_rfc3339(const char *s, uint64_t *unix_us);
 
 /* ---------------------------------------------------------------- control protocol */
 /*

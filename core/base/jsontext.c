@@ -6,6 +6,8 @@
  *   json_str_append     a JSON string literal of any bytes
  *   json_text_sanitize  copy a serialised JSON text, fixing its strings
  *   tty_str_append      text for a terminal, control characters made visible
+ *   time_fmt_rfc3339    the one form of a point in time in our JSON, and
+ *   time_parse_rfc3339  its reader (sluicectl, tests)
  *
  * A remote server's reply, a HELO name or an X-Sluice-Job header is any
  * bytes: Latin-1, broken UTF-8, escape sequences. Every JSON parser rejects
@@ -24,6 +26,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 static size_t utf8_seq(const unsigned char *p, size_t n, uint32_t *cp);
 static bool cp_needs_escape(uint32_t cp);
@@ -192,4 +195,44 @@ void tty_str_append(buf_t *b, const char *s, size_t len, bool keep_newlines)
         }
         i += n;
     }
+}
+
+/* ------------------------------------------------------------ time */
+
+char *time_fmt_rfc3339(uint64_t unix_us, char *dst, size_t len)
+{
+    time_t s = (time_t)(unix_us / 1000000);
+    struct tm tm;
+    gmtime_r(&s, &tm);
+    snprintf(dst, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(unix_us % 1000000 / 1000));
+    return dst;
+}
+
+int time_parse_rfc3339(const char *s, uint64_t *unix_us)
+{
+    struct tm tm;
+    memset(&tm, 0, sizeof(tm));
+    const char *p = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
+    if (p == NULL)
+        return SL_EPARSE;
+    uint64_t frac = 0, scale = 1000000;
+    if (*p == '.') {
+        p++;
+        if (*p < '0' || *p > '9')
+            return SL_EPARSE;
+        for (; *p >= '0' && *p <= '9'; p++) {
+            if (scale > 1) {
+                scale /= 10;
+                frac += (uint64_t)(*p - '0') * scale;
+            }
+        }
+    }
+    if (strcmp(p, "Z") != 0)
+        return SL_EPARSE;
+    time_t t = timegm(&tm);
+    if (t < 0)
+        return SL_EPARSE;
+    *unix_us = (uint64_t)t * 1000000 + frac;
+    return 0;
 }

@@ -679,6 +679,21 @@ static int queue_req_start(ctl_conn_t *c, queue_req_type_t type, uint64_t msgid,
     return CTL_ASYNC;
 }
 
+/* One entry of "holds"; name, provider and until are borrowed from another
+ * object (a reference is taken) or NULL. */
+static json_object *hold_new(const char *type, json_object *name, json_object *provider,
+                             const char *by, json_object *until)
+{
+    json_object *h = json_object_new_object();
+    json_object_object_add(h, "type", json_object_new_string(type));
+    json_object_object_add(h, "name", json_object_get(name));
+    json_object_object_add(h, "provider", json_object_get(provider));
+    json_object_object_add(h, "by", json_object_new_string(by));
+    json_object_object_add(h, "until", json_object_get(until));
+    json_object_object_add(h, "persistent", json_object_new_boolean(0)); /* in memory only */
+    return h;
+}
+
 /* Build the response for a request the queue thread answered. */
 static json_object *queue_req_response(queue_req_t *r)
 {
@@ -703,6 +718,48 @@ static json_object *queue_req_response(queue_req_t *r)
     return resp;
 }
 
+/* The suspensions traffic shaping holds in memory (operator and rules),
+ * in the form of the queue's holds (docs/records.md), appended to holds. */
+static void shaping_holds_append(control_t *ct, json_object *holds)
+{
+#ifdef SLUICE_HAVE_DELIVERY
+    struct dlv *dlv = ct->ct_env.ce_dlv;
+    if (dlv == NULL || holds == NULL || !json_object_is_type(holds, json_type_array))
+        return;
+    json_object *sh = dlv_shaping_json(dlv), *v;
+    json_object *provs = json_object_object_get(sh, "providers");
+    for (size_t i = 0; i < json_object_array_length(provs); i++) {
+        json_object *p = json_object_array_get_idx(provs, i);
+        json_object *name = json_object_object_get(p, "provider");
+        if (json_object_get_boolean(json_object_object_get(p, "suspended")))
+            json_object_array_add(
+                holds, hold_new("provider", name, NULL,
+                                json_object_get_string(json_object_object_get(p, "suspended_by")),
+                                json_object_object_get(p, "suspended_until")));
+        json_object *qs = json_object_object_get(p, "queues");
+        for (size_t j = 0; j < json_object_array_length(qs); j++) {
+            json_object *q = json_object_array_get_idx(qs, j);
+            /* a rule's disable-source: this vmta skipped for this provider */
+            if ((v = json_object_object_get(q, "disabled_until")) != NULL)
+                json_object_array_add(
+                    holds, hold_new("source", json_object_object_get(q, "vmta"), name, "rule", v));
+        }
+    }
+    json_object *vms = json_object_object_get(sh, "virtual_mtas");
+    for (size_t i = 0; i < json_object_array_length(vms); i++) {
+        json_object *m = json_object_array_get_idx(vms, i);
+        if (json_object_get_boolean(json_object_object_get(m, "suspended")))
+            json_object_array_add(holds, hold_new("vmta", json_object_object_get(m, "name"), NULL,
+                                                  "operator",
+                                                  json_object_object_get(m, "suspended_until")));
+    }
+    json_object_put(sh);
+#else
+    UNUSED(ct);
+    UNUSED(holds);
+#endif
+}
+
 static void reply_cb(chan_t *ch, chan_node_t *first, void *arg)
 {
     control_t *ct = arg;
@@ -714,6 +771,8 @@ static void reply_cb(chan_t *ch, chan_node_t *first, void *arg)
         c->cc_busy = false;
         if (!c->cc_closing) {
             json_object *resp = queue_req_response(r);
+            /* every kind of suspension where holds are listed */
+            shaping_holds_append(ct, json_object_object_get(resp, "holds"));
             conn_send(c, resp, false);
             json_object_put(resp);
             if (!ct->ct_stopping)
@@ -1086,11 +1145,12 @@ static int shaping_suspend(ctl_conn_t *c, json_object *req, json_object *resp, b
             return rc;
         log_info("control: %s %s=%s%s", what, pv ? "provider" : "vmta", pv ? pv : vm,
                  dur ? " (with a duration)" : "");
-        json_object_object_add(resp, pv ? "provider" : "vmta",
-                               json_object_new_string(pv ? pv : vm));
+        /* both keys always there, the one not named null (docs/records.md) */
+        json_object_object_add(resp, "provider", pv ? json_object_new_string(pv) : NULL);
+        json_object_object_add(resp, "vmta", vm ? json_object_new_string(vm) : NULL);
         json_object_object_add(resp, resume ? "resumed" : "suspended", json_object_new_boolean(1));
-        if (!resume)
-            json_object_object_add(resp, "for", json_object_new_int64((int64_t)dur));
+        if (!resume) /* seconds; null: until resumed */
+            json_object_object_add(resp, "for", dur ? json_object_new_int64((int64_t)dur) : NULL);
         return CTL_REPLY;
     }
 #endif

@@ -255,6 +255,24 @@ static const char *get_str(json_object *o, const char *key)
     return v && !json_object_is_type(v, json_type_null) ? json_object_get_string(v) : NULL;
 }
 
+/* A point in time of the answer as unix seconds: an RFC 3339 string (the
+ * daemon's form, docs/records.md), or a number from an older daemon; 0
+ * for null or absent. */
+static uint64_t time_value(json_object *v)
+{
+    uint64_t us;
+    if (v != NULL && json_object_is_type(v, json_type_string))
+        return time_parse_rfc3339(json_object_get_string(v), &us) == 0 ? us / 1000000 : 0;
+    if (v != NULL && json_object_is_type(v, json_type_int))
+        return json_object_get_uint64(v);
+    return 0;
+}
+
+static uint64_t get_time(json_object *o, const char *key)
+{
+    return time_value(get(o, key));
+}
+
 /* s made safe for a terminal (jsontext.c): caller frees. */
 static char *tty_strdup(const char *s, size_t len, bool keep_newlines)
 {
@@ -501,6 +519,19 @@ static void print_status(json_object *r)
     table_print(&t);
 }
 
+/* The bytes of s to print to show at most max bytes without cutting a
+ * UTF-8 sequence in two (s is valid UTF-8: tty_clean made it so). */
+static int utf8_cut(const char *s, int max)
+{
+    int n = (int)strnlen(s, (size_t)max + 1);
+    if (n <= max)
+        return n;
+    n = max;
+    while (n > 0 && ((unsigned char)s[n] & 0xc0) == 0x80)
+        n--; /* s[n] continues a sequence that starts before it */
+    return n;
+}
+
 /* A grid of n rows of ncol owned cells (row-major) under a header line,
  * columns as wide as their widest cell (the last one is not padded, and
  * cut at last_max bytes unless 0); bit j of right aligns column j right.
@@ -519,7 +550,7 @@ static void grid_print(const char *const *hdr, int ncol, char **cells, size_t n,
         for (int j = 0; j < ncol; j++) {
             const char *c = i == 0 ? hdr[j] : cells[(i - 1) * (size_t)ncol + (size_t)j];
             if (j + 1 == ncol)
-                printf("%.*s\n", last_max > 0 && i > 0 ? last_max : INT_MAX, c);
+                printf("%.*s\n", last_max > 0 && i > 0 ? utf8_cut(c, last_max) : INT_MAX, c);
             else
                 printf(i > 0 && (right >> j & 1u) ? "%*s  " : "%-*s  ", w[j], c);
         }
@@ -549,7 +580,7 @@ static void print_list(json_object *r)
                              ? json_object_array_length(rc)
                              : get_u64(m, "rcpts");
         row[0] = xstrdup(id ? id : "?");
-        row[1] = xstrdup(fmt_time(get_u64(m, "arrival"), tmp, sizeof(tmp)));
+        row[1] = xstrdup(fmt_time(get_time(m, "arrival"), tmp, sizeof(tmp)));
         row[2] = xstrdup(ctl_fmt_bytes(get_u64(m, "size"), tmp, sizeof(tmp)));
         row[3] = xasprintf("%" PRIu64, nrcpt);
         row[4] = sender == NULL || sender[0] == '\0' ? xstrdup("<>") : xstrdup(sender);
@@ -573,8 +604,9 @@ static bool is_time_key(const char *k)
 static char *fmt_field(const char *key, json_object *v)
 {
     char tmp[64];
-    if (json_object_is_type(v, json_type_int) && is_time_key(key))
-        return xstrdup(fmt_time(json_object_get_uint64(v), tmp, sizeof(tmp)));
+    if (is_time_key(key) &&
+        (json_object_is_type(v, json_type_int) || json_object_is_type(v, json_type_string)))
+        return xstrdup(fmt_time(time_value(v), tmp, sizeof(tmp)));
     if (json_object_is_type(v, json_type_int) && strcmp(key, "size") == 0)
         return xasprintf("%" PRIu64 " (%s)", json_object_get_uint64(v),
                          ctl_fmt_bytes(json_object_get_uint64(v), tmp, sizeof(tmp)));
@@ -623,7 +655,7 @@ static void print_inspect(json_object *r)
             free(s);
         }
         printf("\n");
-        if (get(x, "last_text") != NULL || get_u64(x, "last_code") != 0) {
+        if (get_str(x, "last_text") != NULL || get_u64(x, "last_code") != 0) {
             char *resp = fmt_response(x); /* "451 4.7.1 try later" */
             printf("      last response: %s\n", resp);
             free(resp);
@@ -836,16 +868,26 @@ static void print_holds(json_object *holds)
         return;
     }
     printf("suspended:\n");
+    /* "  domain a.example until resumed", "  provider gmail until
+     * 2026-12-02 15:00:00 (in 9m 58s)", "  source ip2 for provider yahoo
+     * until ... (by a rule)" */
     for (size_t i = 0; i < n; i++) {
         json_object *h = json_object_array_get_idx(holds, i);
         const char *type = get_str(h, "type"), *name = get_str(h, "name");
-        uint64_t until = get_u64(h, "until");
-        char tb[64];
-        if (until)
-            printf("  %-6s %s until %s\n", type ? type : "?", name ? name : "(all delivery)",
-                   fmt_time(until, tb, sizeof(tb)));
-        else
-            printf("  %-6s %s until resumed\n", type ? type : "?", name ? name : "(all delivery)");
+        const char *prov = get_str(h, "provider"), *by = get_str(h, "by");
+        uint64_t until = get_time(h, "until");
+        char tb[64], left[64] = "", ab[48];
+        if (until) {
+            uint64_t now = (uint64_t)time(NULL);
+            fmt_time(until, tb, sizeof(tb));
+            snprintf(left, sizeof(left), " (in %s)",
+                     ctl_fmt_duration(until > now ? until - now : 0, ab, sizeof(ab)));
+        } else {
+            snprintf(tb, sizeof(tb), "resumed");
+        }
+        printf("  %-6s %s%s%s until %s%s%s\n", type ? type : "?", name ? name : "(all delivery)",
+               prov ? " for provider " : "", prov ? prov : "", tb, left,
+               by && strcmp(by, "rule") == 0 ? " (by a rule)" : "");
     }
 }
 
@@ -868,7 +910,7 @@ static void print_queues(json_object *r)
         row[2] = xasprintf("%" PRIu64, get_u64(d, "messages"));
         row[3] = xasprintf("%" PRIu64, get_u64(d, "in_flight"));
         row[4] = xasprintf("%" PRIu64, get_u64(d, "deferred"));
-        row[5] = xstrdup(fmt_age(get_u64(d, "oldest"), tmp, sizeof(tmp)));
+        row[5] = xstrdup(fmt_age(get_time(d, "oldest"), tmp, sizeof(tmp)));
         json_object *s = get(d, "suspended");
         row[6] = xstrdup(s && json_object_get_boolean(s) ? "yes" : "-");
         row[7] = fmt_response(d);
@@ -897,18 +939,18 @@ static void print_queue(json_object *r)
            get_u64(d, "messages"));
     printf("in flight:     %" PRIu64 "\n", get_u64(d, "in_flight"));
     printf("deferred:      %" PRIu64 "\n", get_u64(d, "deferred"));
-    uint64_t oldest = get_u64(d, "oldest");
+    uint64_t oldest = get_time(d, "oldest");
     if (oldest)
         printf("oldest:        %s (%s ago)\n", fmt_time(oldest, tmp, sizeof(tmp)),
                fmt_age(oldest, tmp2, sizeof(tmp2)));
     else
         printf("oldest:        -\n");
-    printf("next attempt:  %s\n", fmt_time(get_u64(d, "next_attempt"), tmp, sizeof(tmp)));
+    printf("next attempt:  %s\n", fmt_time(get_time(d, "next_attempt"), tmp, sizeof(tmp)));
     char *resp = fmt_response(d);
     printf("last response: %s\n", resp);
     free(resp);
     json_object *s = get(d, "suspended");
-    uint64_t until = get_u64(d, "suspended_until");
+    uint64_t until = get_time(d, "suspended_until");
     if (s && json_object_get_boolean(s))
         printf("suspended:     yes, until %s\n",
                until ? fmt_time(until, tmp, sizeof(tmp)) : "resumed");
@@ -922,8 +964,8 @@ static void print_providers(json_object *r)
     json_object *provs = get(r, "providers");
     size_t n =
         provs && json_object_is_type(provs, json_type_array) ? json_object_array_length(provs) : 0;
-    printf("%-20s %-12s %-15s %-10s %8s %9s %9s %9s  %s\n", "PROVIDER", "VMTA", "SOURCE", "MODE",
-           "RATE/s", "CONNS", "DELIVERED", "DEFERRED", "LAST RESPONSE");
+    printf("%-20s %-12s %-15s %-10s %8s %9s %9s %9s %9s  %s\n", "PROVIDER", "VMTA", "SOURCE",
+           "MODE", "RATE/s", "CONNS", "DELIVERED", "DEFERRED", "BOUNCED", "LAST RESPONSE");
     for (size_t i = 0; i < n; i++) {
         json_object *p = json_object_array_get_idx(provs, i);
         const char *pname = get_str(p, "provider");
@@ -939,6 +981,8 @@ static void print_providers(json_object *r)
                 mode = strcmp(by, "operator") == 0 ? "SUSPENDED" : "suspended";
             else if (json_object_get_boolean(get(q, "suspended")))
                 mode = "vmta-susp"; /* the operator suspended this virtual MTA */
+            else if (get_str(q, "disabled_until") != NULL)
+                mode = "disabled"; /* a rule disabled this source for the provider */
             json_object *rate = get(q, "rate");
             char rbuf[32], cbuf[32];
             double rv = rate ? json_object_get_double(rate) : 0;
@@ -951,10 +995,10 @@ static void print_providers(json_object *r)
                 snprintf(cbuf, sizeof(cbuf), "%" PRIu64 "/%" PRIu64, get_u64(q, "connections"), mc);
             else
                 snprintf(cbuf, sizeof(cbuf), "%" PRIu64, get_u64(q, "connections"));
-            printf("%-20s %-12s %-15s %-10s %8s %9s %9" PRIu64 " %9" PRIu64 "  %.60s\n",
+            printf("%-20s %-12s %-15s %-10s %8s %9s %9" PRIu64 " %9" PRIu64 " %9" PRIu64 "  %.*s\n",
                    pname ? pname : "?", vmta ? vmta : "-", src && *src ? src : "-",
                    mode ? mode : "?", rbuf, cbuf, get_u64(q, "delivered"), get_u64(q, "deferred"),
-                   last ? last : "");
+                   get_u64(q, "bounced"), utf8_cut(last ? last : "", 60), last ? last : "");
         }
     }
     if (n == 0)
@@ -971,8 +1015,8 @@ static bool print_ops(const char *cmd, json_object *r)
     } else if (strcmp(cmd, "queue") == 0) {
         print_queue(r);
     } else if ((strcmp(cmd, "suspend") == 0 || strcmp(cmd, "resume") == 0) &&
-               (get(r, "provider") || get(r, "vmta"))) {
-        bool pv = get(r, "provider") != NULL;
+               (get_str(r, "provider") || get_str(r, "vmta"))) {
+        bool pv = get_str(r, "provider") != NULL;
         const char *name = get_str(r, pv ? "provider" : "vmta");
         uint64_t f = get_u64(r, "for");
         char dbuf[64] = "until resumed";

@@ -906,3 +906,13 @@ def tty_unsafe(data):
     for m in TTY_CONTROL_CHARS.finditer(text):
         bad.append("control character U+%04X: %r" % (ord(m.group()), text[m.start() - 20:m.end() + 20]))
     return bad
+
+
+def unix_time(value):
+    """A point in time of our JSON (RFC 3339 UTC, "2026-11-27T10:15:30.123Z",
+    docs/records.md) as unix seconds (float); None stays None."""
+    if value is None:
+        return None
+    import datetime
+    return datetime.datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+        tzinfo=datetime.timezone.utc).timestamp()

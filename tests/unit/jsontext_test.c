@@ -121,6 +121,30 @@ static void test_tty_str_append(void **state)
     buf_free(&b);
 }
 
+static void test_time_rfc3339(void **state)
+{
+    char dst[32];
+    assert_string_equal(time_fmt_rfc3339(0, dst, sizeof(dst)), "1970-01-01T00:00:00.000Z");
+    assert_string_equal(time_fmt_rfc3339(1795774530123456ull, dst, sizeof(dst)),
+                        "2026-11-27T10:15:30.123Z");
+    uint64_t us = 0;
+    assert_int_equal(time_parse_rfc3339("2026-11-27T10:15:30.123Z", &us), 0);
+    assert_int_equal(us, 1795774530123000ull);
+    assert_int_equal(time_parse_rfc3339("2026-11-27T10:15:30Z", &us), 0);
+    assert_int_equal(us, 1795774530000000ull);
+    assert_int_equal(time_parse_rfc3339("2026-11-27T10:15:30.1234567Z", &us), 0);
+    assert_int_equal(us, 1795774530123456ull);
+    static const char *const bad[] = {"",
+                                      "2026-11-27",
+                                      "2026-11-27T10:15:30",
+                                      "2026-11-27T10:15:30.Z",
+                                      "2026-11-27T10:15:30+01:00",
+                                      "1796219990"};
+    for (size_t i = 0; i < ARRAY_SIZE(bad); i++)
+        if (time_parse_rfc3339(bad[i], &us) != SL_EPARSE)
+            fail_msg("\"%s\" parsed", bad[i]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -128,6 +152,7 @@ int main(void)
         cmocka_unit_test(test_json_text_sanitize),
         cmocka_unit_test(test_json_text_sanitize_structure),
         cmocka_unit_test(test_tty_str_append),
+        cmocka_unit_test(test_time_rfc3339),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
