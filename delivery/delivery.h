@@ -84,7 +84,8 @@ void dlv_set_config(dlv_t *d, cfg_t *cfg, bool reroute);
  *     limit), "disabled_until" (time | null), "suspended", "delivered",
  *     "deferred", "bounced", "backoffs", "last_response"}]}],
  *    "virtual_mtas":[{"name", "source_ip", "ehlo", "suspended",
- *     "suspended_until"}]}
+ *     "suspended_until", "delivered", "deferred", "bounced" (every
+ *     provider since start, those no longer listed included)}]}
  * Times are RFC 3339 UTC strings. Providers appear once a destination of
  * theirs has been seen. Any thread (takes the provider registry's lock
  * briefly). */

@@ -1056,6 +1056,11 @@ void shp_provider_put(shp_provider_t *pv)
             quiet &= atomic_load(&pv->pv_q[i].q_mode) == SHP_NORMAL &&
                      atomic_load(&pv->pv_q[i].q_disabled_until) <= clock_mono_us();
         if (quiet) {
+            for (int i = 0; i < sh->sh_nvmtas; i++) { /* kept in the per-vmta totals */
+                atomic_fetch_add(&sh->sh_gone[i][0], atomic_load(&pv->pv_q[i].q_delivered));
+                atomic_fetch_add(&sh->sh_gone[i][1], atomic_load(&pv->pv_q[i].q_deferred));
+                atomic_fetch_add(&sh->sh_gone[i][2], atomic_load(&pv->pv_q[i].q_bounced));
+            }
             size_t b = shp_hash(pv->pv_name) & (sh->sh_reg_cap - 1);
             for (shp_provider_t **pp = &sh->sh_reg[b]; *pp; pp = &(*pp)->pv_next) {
                 if (*pp == pv) {
@@ -1391,7 +1396,11 @@ json_object *dlv_shaping_json(dlv_t *d)
         return root;
     }
     uint64_t now = clock_mono_us(), wall = clock_now_us();
+    uint64_t tot[SHP_MAX_VMTAS][3]; /* per vmta, every provider since start */
     uv_mutex_lock(&sh->sh_lock);
+    for (int v = 0; v < sh->sh_nvmtas; v++)
+        for (int k = 0; k < 3; k++)
+            tot[v][k] = atomic_load(&sh->sh_gone[v][k]);
     for (size_t i = 0; i < sh->sh_reg_cap; i++) {
         for (shp_provider_t *pv = sh->sh_reg[i]; pv; pv = pv->pv_next) {
             json_object *p = json_object_new_object();
@@ -1415,8 +1424,16 @@ json_object *dlv_shaping_json(dlv_t *d)
                                    : by_rule ? shp_json_until(su, now, wall)
                                              : NULL);
             json_object *qs = json_object_new_array();
-            for (int v = 0; v < sh->sh_nvmtas; v++)
-                json_object_array_add(qs, shp_queue_json(&pv->pv_q[v], now, wall));
+            for (int v = 0; v < sh->sh_nvmtas; v++) {
+                json_object *q = shp_queue_json(&pv->pv_q[v], now, wall);
+                /* the totals from the very values shown, so that a reader
+                 * subtracting the providers' from them never sees < 0 */
+                tot[v][0] +=
+                    (uint64_t)json_object_get_int64(json_object_object_get(q, "delivered"));
+                tot[v][1] += (uint64_t)json_object_get_int64(json_object_object_get(q, "deferred"));
+                tot[v][2] += (uint64_t)json_object_get_int64(json_object_object_get(q, "bounced"));
+                json_object_array_add(qs, q);
+            }
             json_object_object_add(p, "queues", qs);
             json_object_array_add(arr, p);
         }
@@ -1433,6 +1450,9 @@ json_object *dlv_shaping_json(dlv_t *d)
         uint64_t op = atomic_load(&sh->sh_vmta_suspend[v]);
         json_object_object_add(o, "suspended", json_object_new_boolean(shp_op_suspended(op, now)));
         json_object_object_add(o, "suspended_until", shp_json_until(op, now, wall));
+        json_object_object_add(o, "delivered", json_object_new_int64((int64_t)tot[v][0]));
+        json_object_object_add(o, "deferred", json_object_new_int64((int64_t)tot[v][1]));
+        json_object_object_add(o, "bounced", json_object_new_int64((int64_t)tot[v][2]));
         json_object_array_add(vm, o);
     }
     json_object_object_add(root, "virtual_mtas", vm);

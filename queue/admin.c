@@ -49,8 +49,11 @@
 #define ADM_MAX_HOLDS 10000
 #define ADM_HOLD_PREFIX "hold:"
 
+/* microseconds: 50 ms .. 1 day (docs/operations.md) */
 const uint64_t queue_lat_bounds[Q_LAT_NBUCKETS] = {
-    1, 5, 10, 30, 60, 300, 900, 1800, 3600, 14400, 86400, UINT64_MAX,
+    50000ull,      100000ull,      250000ull,      500000ull,    1000000ull,   5000000ull,
+    10000000ull,   30000000ull,    60000000ull,    300000000ull, 900000000ull, 1800000000ull,
+    3600000000ull, 14400000000ull, 86400000000ull, UINT64_MAX,
 };
 
 typedef struct adm_hold {
@@ -1002,7 +1005,7 @@ void q_admin_stop(queue_t *q)
 
 /* ------------------------------------------------------------ metrics */
 
-void q_admin_outcome_note(queue_t *q, const char *type, uint64_t queued_s)
+void q_admin_outcome_note(queue_t *q, const char *type, uint64_t queued_us)
 {
     queue_stats_t *s = &q->q_stats;
     atomic_uint_fast64_t *ctr = NULL;
@@ -1010,12 +1013,12 @@ void q_admin_outcome_note(queue_t *q, const char *type, uint64_t queued_s)
     case 'd': /* delivery */
         ctr = &s->qs_out_delivered;
         for (int i = 0; i < Q_LAT_NBUCKETS; i++) {
-            if (queued_s <= queue_lat_bounds[i]) {
+            if (queued_us <= queue_lat_bounds[i]) {
                 atomic_fetch_add_explicit(&s->qs_lat_bucket[i], 1, memory_order_relaxed);
                 break;
             }
         }
-        atomic_fetch_add_explicit(&s->qs_lat_sum, queued_s, memory_order_relaxed);
+        atomic_fetch_add_explicit(&s->qs_lat_sum, queued_us, memory_order_relaxed);
         atomic_fetch_add_explicit(&s->qs_lat_count, 1, memory_order_relaxed);
         break;
     case 't': /* transient */

@@ -84,7 +84,7 @@ char *queue_msgid_fmt(uint64_t id, char *dst);
 /* Parse the 16-hex form. 0 or SL_EPARSE. */
 int queue_msgid_parse(const char *s, uint64_t *id);
 
-#define Q_LAT_NBUCKETS 12 /* time-in-queue histogram buckets */
+#define Q_LAT_NBUCKETS 16 /* time-in-queue histogram buckets */
 
 /* Counters, updated by the queue thread with relaxed atomics, read by any
  * thread. */
@@ -109,12 +109,12 @@ typedef struct queue_stats {
     atomic_uint_fast64_t qs_out_expired;
     atomic_uint_fast64_t qs_out_admin_bounced;
     atomic_uint_fast64_t qs_lat_bucket[Q_LAT_NBUCKETS]; /* not cumulative; see queue_lat_bounds */
-    atomic_uint_fast64_t qs_lat_sum;                    /* seconds */
+    atomic_uint_fast64_t qs_lat_sum;                    /* microseconds */
     atomic_uint_fast64_t qs_lat_count;
 } queue_stats_t;
 
-/* Upper bounds (seconds) of the time-in-queue histogram buckets; the last
- * is UINT64_MAX (+Inf). */
+/* Upper bounds (microseconds) of the time-in-queue histogram buckets; the
+ * last is UINT64_MAX (+Inf). */
 extern const uint64_t queue_lat_bounds[Q_LAT_NBUCKETS];
 
 /* Open (creating) the spool and find the queue again. Start-up errors

@@ -653,7 +653,12 @@ static int outcome_apply(queue_t *q, MDB_txn *txn, queue_outcome_t *o, uint64_t 
         }
     }
     acct_outcome(&cx->acct, type, now_us, o->qo_msgid, &mr, &rr, dom, o, status, category, next);
-    q_admin_outcome_note(q, type, now > mr.mr_arrival ? now - mr.mr_arrival : 0);
+    /* the histogram in microseconds: message ids are the reception time in
+     * us (queue_msgid_new), mr_arrival only whole seconds */
+    uint64_t arr_us = o->qo_msgid;
+    if (arr_us / 1000000 + 60 < mr.mr_arrival || arr_us / 1000000 > mr.mr_arrival + 60)
+        arr_us = mr.mr_arrival * 1000000; /* not a time-based id (clock moved) */
+    q_admin_outcome_note(q, type, now_us > arr_us ? now_us - arr_us : 0);
     return 0;
 }
 

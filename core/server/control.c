@@ -1235,11 +1235,19 @@ static int cmd_bounce(ctl_conn_t *c, json_object *req, json_object *resp, char *
     return admin_req_send(c, r);
 }
 
+/* "format": "prometheus" (text 0.0.4, the default) or "openmetrics". */
 static int cmd_metrics(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen)
 {
+    const char *fmt;
+    if (arg_str(req, "format", 32, &fmt, err, errlen) < 0)
+        return SL_EPARSE;
+    if (fmt != NULL && strcmp(fmt, "prometheus") != 0 && strcmp(fmt, "openmetrics") != 0) {
+        snprintf(err, errlen, "\"format\" must be \"prometheus\" or \"openmetrics\"");
+        return SL_EPARSE;
+    }
     buf_t b;
     buf_init(&b, 8192);
-    metrics_render(&c->cc_ctl->ct_env, &b);
+    metrics_render(&c->cc_ctl->ct_env, &b, fmt != NULL && strcmp(fmt, "openmetrics") == 0);
     json_object_object_add(resp, "metrics", json_object_new_string_len(b.b_data, (int)b.b_len));
     buf_free(&b);
     return CTL_REPLY;

@@ -81,7 +81,9 @@ static void usage(FILE *f)
           "                       remove and bounce the matching recipients (no filter:\n"
           "                       every recipient, only with --yes)\n"
           "  reload               re-read the configuration file (as SIGHUP)\n"
-          "  metrics              Prometheus text exposition of every counter\n"
+          "  metrics [--openmetrics]\n"
+          "                       every counter and gauge: Prometheus text format, or\n"
+          "                       OpenMetrics 1.0\n"
           "  providers            traffic shaping: providers, queues per virtual MTA, mode, rate\n"
           "  raw 'JSON'           send one raw request line, print the answer\n"
           "\n"
@@ -715,7 +717,7 @@ static int build_ops_request(const char *const *pos, int npos, const char *limit
     json_object_object_add(req, "cmd", json_object_new_string(cmd));
     const char *domain = NULL, *job = NULL, *sender = NULL, *dur = NULL, *older = NULL;
     const char *provider = NULL, *vmta = NULL;
-    bool all = false, yes = false;
+    bool all = false, yes = false, om = false;
     for (int i = 1; i < npos; i++) {
         const char *a = pos[i];
         const char **slot = NULL;
@@ -737,6 +739,8 @@ static int build_ops_request(const char *const *pos, int npos, const char *limit
             all = true;
         else if (is_opt(a, "--yes") || is_opt(a, "-y"))
             yes = true;
+        else if (is_opt(a, "--openmetrics") && strcmp(cmd, "metrics") == 0)
+            om = true;
         else if (a[0] == '-' && a[1] != '\0') {
             usage_error("unknown option %s", a);
             goto fail;
@@ -824,6 +828,8 @@ static int build_ops_request(const char *const *pos, int npos, const char *limit
         if (yes)
             json_object_object_add(req, "yes", json_object_new_boolean(1));
     }
+    if (om)
+        json_object_object_add(req, "format", json_object_new_string("openmetrics"));
     if (domain)
         json_object_object_add(req, "domain", json_object_new_string(domain));
     if (job)
