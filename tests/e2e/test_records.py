@@ -156,6 +156,7 @@ class RecordsTest(unittest.TestCase):
         cls.ask("ctl/suspend-shaping", {"cmd": "suspend", "provider": "peerprov", "for": "10m"})
         cls.ask("ctl/suspend-shaping", {"cmd": "suspend", "vmta": "v1"})
         cls.ask("ctl/suspended", {"cmd": "suspended"})
+        cls.suspended_human = d.ctl("suspended").check().out
         cls.ask("ctl/providers", {"cmd": "providers"})
         cls.ask("ctl/resume-shaping", {"cmd": "resume", "provider": "peerprov"})
         cls.ask("ctl/resume-shaping", {"cmd": "resume", "vmta": "v1"})
@@ -273,6 +274,15 @@ class RecordsTest(unittest.TestCase):
         for key, ttl in ((("domain", "hold.test"), 3600), (("provider", "peerprov"), 600),
                          (("provider", "susprov"), 600), (("source", "v1"), 600)):
             self.assertAlmostEqual(st.unix_time(until[key]), now + ttl, delta=120, msg=key)
+        # the human form: one line each, with its expiry
+        out = self.suspended_human
+        when = r"until \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(in (\d+m \d+s|\d+h \d+m)\)"
+        for line in (r"domain hold\.test " + when, r"provider peerprov " + when,
+                     r"provider susprov " + when + r" \(by a rule\)",
+                     r"vmta   v1 until resumed",
+                     r"source v1 for provider disprov " + when + r" \(by a rule\)"):
+            self.assertRegex(out, r"(?m)^  " + line + "$")
+        self.assertEqual(len(out.splitlines()), 6, out)  # "suspended:" and the 5
 
 
 if __name__ == "__main__":
