@@ -30,6 +30,7 @@
 
 static size_t utf8_seq(const unsigned char *p, size_t n, uint32_t *cp);
 static bool cp_needs_escape(uint32_t cp);
+static void json_chars_append(buf_t *b, const char *s, size_t len);
 
 /* The length of the valid UTF-8 sequence at p (1-4) and its code point,
  * or 0 when p[0] does not start one (overlong forms, surrogates and code

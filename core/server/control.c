@@ -140,6 +140,9 @@ static void conn_send_error(ctl_conn_t *c, const char *msg);
 static void conn_read_start(ctl_conn_t *c);
 static void reply_cb(chan_t *ch, chan_node_t *first, void *arg);
 static void accept_cb(uv_stream_t *server, int status);
+static json_object *hold_new(const char *type, json_object *name, json_object *provider,
+                             const char *by, json_object *until);
+static void shaping_holds_append(control_t *ct, json_object *holds);
 
 /* ------------------------------------------------------------ helpers */
 

@@ -10,7 +10,13 @@
  * commands work before this client knows how to print them.
  *
  * Exit codes: 0 ok, 1 the daemon answered ok:false, 2 usage error,
- * 3 cannot connect or talk to the daemon.
+ * 3 cannot connect or talk to the daemon, or the process listening on the
+ * socket is not root, the invoking user or --owner (peer_trusted).
+ *
+ * What comes back may hold a remote server's bytes (replies, job names):
+ * the human forms print from tty_clean()'s copy, where every string went
+ * through tty_str_append; --json prints the line through
+ * json_text_sanitize (core/base/jsontext.c, docs/records.md).
  *
  * Plain blocking sockets with a 30 s timeout; links only sluice_base.
  * Thread: single-threaded program.
@@ -45,6 +51,9 @@ static void usage(FILE *f);
 static int talk(const char *path, const char *line, uid_t owner, buf_t *resp);
 static int peer_trusted(int fd, const char *path, uid_t owner);
 static json_object *tty_clean(json_object *v);
+static char *tty_strdup(const char *s, size_t len, bool keep_newlines);
+static uint64_t get_time(json_object *o, const char *key);
+static int utf8_cut(const char *s, int max);
 static void print_status(json_object *r);
 static void print_list(json_object *r);
 static void print_inspect(json_object *r);
