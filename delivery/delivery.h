@@ -74,16 +74,21 @@ const dlv_stats_t *dlv_stats(const dlv_t *d);
 void dlv_set_config(dlv_t *d, cfg_t *cfg, bool reroute);
 
 /* Traffic shaping state for `sluicectl providers` (delivery/shaping.c,
- * docs/shaping.md): a new json-c object the caller puts,
+ * docs/shaping.md; the schema is in docs/records.md): a new json-c object
+ * the caller puts,
  *   {"providers":[{"provider", "configured", "destinations", "connections",
- *     "suspended_for" (s), "queues":[{"vmta", "source_ip", "mode"
- *     ("normal" | "backoff" | "recovering"), "rate" (msgs/s in force, 0 =
- *     no limit), "connections", "max_connections" (0 = no limit),
- *     "disabled_for" (s), "delivered", "deferred", "backoffs",
- *     "last_response"}]}],
- *    "virtual_mtas":[{"name", "source_ip", "ehlo"}]}
- * Providers appear once a destination of theirs has been seen. Any thread
- * (takes the provider registry's lock briefly). */
+ *     "suspended", "suspended_by" ("operator" | "rule" | null),
+ *     "suspended_until" (time | null), "queues":[{"vmta", "source_ip",
+ *     "mode" ("normal" | "backoff" | "recovering"), "rate" (msgs/s in
+ *     force, null = no limit), "connections", "max_connections" (null = no
+ *     limit), "disabled_until" (time | null), "suspended", "delivered",
+ *     "deferred", "bounced", "backoffs", "last_response"}]}],
+ *    "virtual_mtas":[{"name", "source_ip", "ehlo", "suspended",
+ *     "suspended_until", "delivered", "deferred", "bounced" (every
+ *     provider since start, those no longer listed included)}]}
+ * Times are RFC 3339 UTC strings. Providers appear once a destination of
+ * theirs has been seen. Any thread (takes the provider registry's lock
+ * briefly). */
 struct json_object *dlv_shaping_json(dlv_t *d);
 
 /* ------------------------------------------------------- classification */

@@ -138,6 +138,9 @@ static double shp_ceil(double x)
     return t < x ? t + 1.0 : t;
 }
 
+static json_object *shp_json_rate(double per_s);
+static json_object *shp_json_limit(int n);
+
 /* An operator's suspension (until_us) is in force at now. */
 static bool shp_op_suspended(uint64_t until_us, uint64_t now_us)
 {
@@ -1053,6 +1056,11 @@ void shp_provider_put(shp_provider_t *pv)
             quiet &= atomic_load(&pv->pv_q[i].q_mode) == SHP_NORMAL &&
                      atomic_load(&pv->pv_q[i].q_disabled_until) <= clock_mono_us();
         if (quiet) {
+            for (int i = 0; i < sh->sh_nvmtas; i++) { /* kept in the per-vmta totals */
+                atomic_fetch_add(&sh->sh_gone[i][0], atomic_load(&pv->pv_q[i].q_delivered));
+                atomic_fetch_add(&sh->sh_gone[i][1], atomic_load(&pv->pv_q[i].q_deferred));
+                atomic_fetch_add(&sh->sh_gone[i][2], atomic_load(&pv->pv_q[i].q_bounced));
+            }
             size_t b = shp_hash(pv->pv_name) & (sh->sh_reg_cap - 1);
             for (shp_provider_t **pp = &sh->sh_reg[b]; *pp; pp = &(*pp)->pv_next) {
                 if (*pp == pv) {
@@ -1301,38 +1309,56 @@ static void shp_event(shp_queue_t *q, shp_provider_t *pv, const char *event, con
              event, detail, log_esc(response)); /* a peer's reply */
     if (sh->sh_queue == NULL)
         return;
+    /* every key always there; null: provider-wide, unlimited, no reply
+     * (docs/records.md) */
     json_object *o = json_object_new_object();
-    uint64_t us = clock_now_us();
-    time_t s = (time_t)(us / 1000000);
-    struct tm tm;
-    gmtime_r(&s, &tm);
-    char ts[96];
-    snprintf(ts, sizeof(ts), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-             (int)(us % 1000000 / 1000));
+    char ts[32];
     json_object_object_add(o, "type", json_object_new_string("shaping"));
-    json_object_object_add(o, "time", json_object_new_string(ts));
+    json_object_object_add(
+        o, "time", json_object_new_string(time_fmt_rfc3339(clock_now_us(), ts, sizeof(ts))));
     json_object_object_add(o, "event", json_object_new_string(event));
     json_object_object_add(o, "provider", json_object_new_string(pv->pv_name));
     json_object_object_add(o, "vmta", vm ? json_object_new_string(vm->vm_name) : NULL);
     json_object_object_add(o, "source_ip",
                            vm && vm->vm_source ? json_object_new_string(vm->vm_source) : NULL);
-    if (q != NULL) {
-        json_object_object_add(o, "mode",
-                               json_object_new_string(shp_mode_name(atomic_load(&q->q_mode))));
-        json_object_object_add(o, "rate", json_object_new_double(shp_queue_rate(q)));
-        json_object_object_add(o, "max_connections",
-                               json_object_new_int(atomic_load(&q->q_max_conn)));
-    }
+    json_object_object_add(
+        o, "mode", q ? json_object_new_string(shp_mode_name(atomic_load(&q->q_mode))) : NULL);
+    json_object_object_add(o, "rate", q ? shp_json_rate(shp_queue_rate(q)) : NULL);
+    json_object_object_add(o, "max_connections",
+                           q ? shp_json_limit(atomic_load(&q->q_max_conn)) : NULL);
     json_object_object_add(o, "detail", json_object_new_string(detail));
-    json_object_object_add(o, "response", json_object_new_string(response ? response : ""));
+    json_object_object_add(o, "response",
+                           response && response[0] ? json_object_new_string(response) : NULL);
     queue_acct_event(sh->sh_queue, json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
     json_object_put(o);
 }
 
 /* ------------------------------------------------------------ JSON */
 
-static json_object *shp_queue_json(shp_queue_t *q, uint64_t now)
+/* The forms of docs/records.md: a rate or a limit of 0 means none (null);
+ * a monotonic deadline is shown as the wall-clock time it falls at. */
+static json_object *shp_json_rate(double per_s)
+{
+    return per_s > 0 ? json_object_new_double(per_s) : NULL;
+}
+
+static json_object *shp_json_limit(int n)
+{
+    return n > 0 ? json_object_new_int(n) : NULL;
+}
+
+/* until_mono (monotonic us) as an RFC 3339 time, or null when it has passed
+ * or is "until resumed" (UINT64_MAX). */
+static json_object *shp_json_until(uint64_t until_mono, uint64_t now_mono, uint64_t now_wall)
+{
+    char t[32];
+    if (until_mono <= now_mono || until_mono == UINT64_MAX)
+        return NULL;
+    return json_object_new_string(
+        time_fmt_rfc3339(now_wall + (until_mono - now_mono), t, sizeof(t)));
+}
+
+static json_object *shp_queue_json(shp_queue_t *q, uint64_t now, uint64_t wall)
 {
     dlv_shaping_t *sh = q->q_pv->pv_sh;
     json_object *o = json_object_new_object();
@@ -1341,19 +1367,21 @@ static json_object *shp_queue_json(shp_queue_t *q, uint64_t now)
     json_object_object_add(o, "source_ip", src ? json_object_new_string(src) : NULL);
     json_object_object_add(o, "mode",
                            json_object_new_string(shp_mode_name(atomic_load(&q->q_mode))));
-    json_object_object_add(o, "rate", json_object_new_double(shp_queue_rate(q)));
+    json_object_object_add(o, "rate", shp_json_rate(shp_queue_rate(q)));
     json_object_object_add(o, "connections", json_object_new_int(atomic_load(&q->q_nconn)));
-    json_object_object_add(o, "max_connections", json_object_new_int(atomic_load(&q->q_max_conn)));
-    uint64_t dis = atomic_load(&q->q_disabled_until);
-    json_object_object_add(o, "disabled_for",
-                           json_object_new_int64(dis > now ? (int64_t)((dis - now) / 1000000) : 0));
+    json_object_object_add(o, "max_connections", shp_json_limit(atomic_load(&q->q_max_conn)));
+    /* a rule's disable-source on this (provider, vmta) */
+    json_object_object_add(o, "disabled_until",
+                           shp_json_until(atomic_load(&q->q_disabled_until), now, wall));
     uint64_t vs = atomic_load(&sh->sh_vmta_suspend[q->q_vmta]);
     json_object_object_add(o, "suspended", json_object_new_boolean(shp_op_suspended(vs, now)));
     json_object_object_add(o, "delivered", json_object_new_int64((int64_t)q->q_delivered));
     json_object_object_add(o, "deferred", json_object_new_int64((int64_t)q->q_deferred));
+    json_object_object_add(o, "bounced", json_object_new_int64((int64_t)q->q_bounced));
     uv_mutex_lock(&q->q_lock);
     json_object_object_add(o, "backoffs", json_object_new_int64((int64_t)q->q_backoffs));
-    json_object_object_add(o, "last_response", json_object_new_string(q->q_last));
+    json_object_object_add(o, "last_response",
+                           q->q_last[0] ? json_object_new_string(q->q_last) : NULL);
     uv_mutex_unlock(&q->q_lock);
     return o;
 }
@@ -1364,10 +1392,16 @@ json_object *dlv_shaping_json(dlv_t *d)
     json_object *root = json_object_new_object();
     json_object *arr = json_object_new_array();
     json_object_object_add(root, "providers", arr);
-    if (sh == NULL)
+    if (sh == NULL) {
+        json_object_object_add(root, "virtual_mtas", json_object_new_array());
         return root;
-    uint64_t now = clock_mono_us();
+    }
+    uint64_t now = clock_mono_us(), wall = clock_now_us();
+    uint64_t tot[SHP_MAX_VMTAS][3]; /* per vmta, every provider since start */
     uv_mutex_lock(&sh->sh_lock);
+    for (int v = 0; v < sh->sh_nvmtas; v++)
+        for (int k = 0; k < 3; k++)
+            tot[v][k] = atomic_load(&sh->sh_gone[v][k]);
     for (size_t i = 0; i < sh->sh_reg_cap; i++) {
         for (shp_provider_t *pv = sh->sh_reg[i]; pv; pv = pv->pv_next) {
             json_object *p = json_object_new_object();
@@ -1377,18 +1411,30 @@ json_object *dlv_shaping_json(dlv_t *d)
             json_object_object_add(p, "connections", json_object_new_int(pv->pv_nconn));
             uint64_t su = atomic_load(&pv->pv_suspend_until);
             uint64_t op = atomic_load(&pv->pv_op_until);
-            int64_t left = su > now ? (int64_t)((su - now) / 1000000) : 0;
-            const char *by = su > now ? "rule" : NULL;
-            if (shp_op_suspended(op, now)) {
-                by = "operator";
-                left = op == UINT64_MAX ? -1 : (int64_t)((op - now) / 1000000);
-            }
-            /* -1: until resumed */
-            json_object_object_add(p, "suspended_for", json_object_new_int64(left));
-            json_object_object_add(p, "suspended_by", by ? json_object_new_string(by) : NULL);
+            /* the operator's suspension wins over a rule's: it is the one
+             * `resume --provider` ends */
+            bool by_op = shp_op_suspended(op, now), by_rule = su > now;
+            json_object_object_add(p, "suspended", json_object_new_boolean(by_op || by_rule));
+            json_object_object_add(p, "suspended_by",
+                                   by_op     ? json_object_new_string("operator")
+                                   : by_rule ? json_object_new_string("rule")
+                                             : NULL);
+            /* null: not suspended, or until resumed */
+            json_object_object_add(p, "suspended_until",
+                                   by_op     ? shp_json_until(op, now, wall)
+                                   : by_rule ? shp_json_until(su, now, wall)
+                                             : NULL);
             json_object *qs = json_object_new_array();
-            for (int v = 0; v < sh->sh_nvmtas; v++)
-                json_object_array_add(qs, shp_queue_json(&pv->pv_q[v], now));
+            for (int v = 0; v < sh->sh_nvmtas; v++) {
+                json_object *q = shp_queue_json(&pv->pv_q[v], now, wall);
+                /* the totals from the very values shown, so that a reader
+                 * subtracting the providers' from them never sees < 0 */
+                tot[v][0] +=
+                    (uint64_t)json_object_get_int64(json_object_object_get(q, "delivered"));
+                tot[v][1] += (uint64_t)json_object_get_int64(json_object_object_get(q, "deferred"));
+                tot[v][2] += (uint64_t)json_object_get_int64(json_object_object_get(q, "bounced"));
+                json_object_array_add(qs, q);
+            }
             json_object_object_add(p, "queues", qs);
             json_object_array_add(arr, p);
         }
@@ -1403,11 +1449,11 @@ json_object *dlv_shaping_json(dlv_t *d)
         const char *ehlo = sh->sh_vmtas[v].vm_ehlo;
         json_object_object_add(o, "ehlo", ehlo ? json_object_new_string(ehlo) : NULL);
         uint64_t op = atomic_load(&sh->sh_vmta_suspend[v]);
-        json_object_object_add(o, "suspended_for",
-                               json_object_new_int64(!shp_op_suspended(op, now) ? 0
-                                                     : op == UINT64_MAX
-                                                         ? -1
-                                                         : (int64_t)((op - now) / 1000000)));
+        json_object_object_add(o, "suspended", json_object_new_boolean(shp_op_suspended(op, now)));
+        json_object_object_add(o, "suspended_until", shp_json_until(op, now, wall));
+        json_object_object_add(o, "delivered", json_object_new_int64((int64_t)tot[v][0]));
+        json_object_object_add(o, "deferred", json_object_new_int64((int64_t)tot[v][1]));
+        json_object_object_add(o, "bounced", json_object_new_int64((int64_t)tot[v][2]));
         json_object_array_add(vm, o);
     }
     json_object_object_add(root, "virtual_mtas", vm);

@@ -189,6 +189,10 @@ struct dlv_shaping {
     struct shp_retired *sh_retired;
     /* operator suspensions of a virtual MTA (all providers): monotonic us */
     _Atomic uint64_t sh_vmta_suspend[SHP_MAX_VMTAS];
+    /* the counters (delivered, deferred, bounced) of providers freed by
+     * shp_provider_put, per vmta, so that the per-vmta totals of
+     * dlv_shaping_json (and the metrics made from them) never go down */
+    _Atomic uint64_t sh_gone[SHP_MAX_VMTAS][3];
     /* provider registry */
     uv_mutex_t sh_lock;
     shp_provider_t **sh_reg;

@@ -12,6 +12,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -162,49 +163,18 @@ int q_acct_rotate(q_acct_t *a)
     return 0;
 }
 
-/* ------------------------------------------------------------ JSON helpers */
+/* ------------------------------------------------------------ JSON helpers
+ *
+ * One form per kind of field in every record and answer (docs/records.md):
+ * a string that is absent is null, never "" (the null sender, "", is a
+ * value); an SMTP code is an integer or null when no reply came; a point
+ * in time is an RFC 3339 UTC string with milliseconds, or null. */
 
+/* Peer text (replies, HELO names, job names) is any bytes: jsontext.c
+ * makes it a string every JSON reader accepts (docs/records.md). */
 void q_json_str(buf_t *b, const char *s, size_t len)
 {
-    static const char hex[] = "0123456789abcdef";
-    buf_reserve(b, len + 2);
-    b->b_data[b->b_len++] = '"';
-    size_t run = 0;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\' && c != 0x7f)
-            continue;
-        buf_append(b, s + run, i - run);
-        run = i + 1;
-        char e[6];
-        switch (c) {
-        case '"':
-            buf_append(b, "\\\"", 2);
-            break;
-        case '\\':
-            buf_append(b, "\\\\", 2);
-            break;
-        case '\n':
-            buf_append(b, "\\n", 2);
-            break;
-        case '\r':
-            buf_append(b, "\\r", 2);
-            break;
-        case '\t':
-            buf_append(b, "\\t", 2);
-            break;
-        default:
-            e[0] = '\\';
-            e[1] = 'u';
-            e[2] = '0';
-            e[3] = '0';
-            e[4] = hex[c >> 4];
-            e[5] = hex[c & 15];
-            buf_append(b, e, 6);
-        }
-    }
-    buf_append(b, s + run, len - run);
-    buf_append(b, "\"", 1);
+    json_str_append(b, s, len);
 }
 
 void q_json_strz(buf_t *b, const char *s)
@@ -215,11 +185,56 @@ void q_json_strz(buf_t *b, const char *s)
         q_json_str(b, s, strlen(s));
 }
 
+void q_json_opt(buf_t *b, const char *s, size_t len)
+{
+    if (s == NULL || len == 0)
+        buf_append(b, "null", 4);
+    else
+        q_json_str(b, s, len);
+}
+
+void q_json_optz(buf_t *b, const char *s)
+{
+    q_json_opt(b, s, s ? strlen(s) : 0);
+}
+
+void q_json_code(buf_t *b, int code)
+{
+    if (code <= 0)
+        buf_append(b, "null", 4);
+    else
+        buf_printf(b, "%d", code);
+}
+
 void q_json_time(buf_t *b, uint64_t us)
 {
-    time_t s = (time_t)(us / 1000000);
-    struct tm tm;
-    gmtime_r(&s, &tm);
-    buf_printf(b, "\"%04d-%02d-%02dT%02d:%02d:%02d.%03dZ\"", tm.tm_year + 1900, tm.tm_mon + 1,
-               tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(us % 1000000 / 1000));
+    char t[32];
+    buf_printf(b, "\"%s\"", time_fmt_rfc3339(us, t, sizeof(t)));
+}
+
+void q_json_time_s(buf_t *b, uint64_t unix_s)
+{
+    if (unix_s == 0)
+        buf_append(b, "null", 4);
+    else
+        q_json_time(b, unix_s * 1000000);
+}
+
+/* The same forms as json-c values, for the control answers. */
+
+json_object *q_jstr_opt(const char *s, size_t len)
+{
+    return s == NULL || len == 0 ? NULL : json_object_new_string_len(s, (int)len);
+}
+
+json_object *q_jcode(int code)
+{
+    return code > 0 ? json_object_new_int(code) : NULL;
+}
+
+json_object *q_jtime_s(uint64_t unix_s)
+{
+    char t[32];
+    return unix_s == 0 ? NULL
+                       : json_object_new_string(time_fmt_rfc3339(unix_s * 1000000, t, sizeof(t)));
 }

@@ -49,8 +49,11 @@
 #define ADM_MAX_HOLDS 10000
 #define ADM_HOLD_PREFIX "hold:"
 
+/* microseconds: 50 ms .. 1 day (docs/operations.md) */
 const uint64_t queue_lat_bounds[Q_LAT_NBUCKETS] = {
-    1, 5, 10, 30, 60, 300, 900, 1800, 3600, 14400, 86400, UINT64_MAX,
+    50000ull,      100000ull,      250000ull,      500000ull,    1000000ull,   5000000ull,
+    10000000ull,   30000000ull,    60000000ull,    300000000ull, 900000000ull, 1800000000ull,
+    3600000000ull, 14400000000ull, 86400000000ull, UINT64_MAX,
 };
 
 typedef struct adm_hold {
@@ -318,7 +321,12 @@ static json_object *holds_json(q_admin_t *a)
                                                       : h->h_type == 'j' ? "job"
                                                                          : "all"));
         json_object_object_add(o, "name", h->h_name ? json_object_new_string(h->h_name) : NULL);
-        json_object_object_add(o, "until", json_object_new_int64((int64_t)h->h_until));
+        /* the same keys as the shaping suspensions control.c adds to
+         * `suspended` (docs/records.md) */
+        json_object_object_add(o, "provider", NULL);
+        json_object_object_add(o, "by", json_object_new_string("operator"));
+        json_object_object_add(o, "until", q_jtime_s(h->h_until)); /* null: until resumed */
+        json_object_object_add(o, "persistent", json_object_new_boolean(1));
         json_object_array_add(arr, o);
     }
     return arr;
@@ -626,15 +634,18 @@ static json_object *agg_json(q_admin_t *a, const adm_dom_t *x, const char *name)
     json_object_object_add(o, "in_flight", json_object_new_int(x ? x->ad_in_flight : 0));
     json_object_object_add(o, "deferred", json_object_new_int64(x ? (int64_t)x->ad_deferred : 0));
     /* message ids are microseconds since the epoch at arrival */
+    char t[32];
     json_object_object_add(o, "oldest",
-                           json_object_new_int64(x ? (int64_t)(x->ad_oldest_id / 1000000) : 0));
-    json_object_object_add(o, "next_attempt",
-                           json_object_new_int64(x ? (int64_t)x->ad_next_min : 0));
-    if (x && x->ad_text) {
-        json_object_object_add(o, "last_code", json_object_new_int(x->ad_code));
-        json_object_object_add(o, "last_status", json_object_new_string(x->ad_status));
-        json_object_object_add(o, "last_text", json_object_new_string(x->ad_text));
-    }
+                           x && x->ad_oldest_id ? json_object_new_string(time_fmt_rfc3339(
+                                                      x->ad_oldest_id, t, sizeof(t)))
+                                                : NULL);
+    json_object_object_add(o, "next_attempt", q_jtime_s(x ? x->ad_next_min : 0));
+    bool resp = x && x->ad_text;
+    json_object_object_add(o, "last_code", q_jcode(resp ? x->ad_code : 0));
+    json_object_object_add(o, "last_status",
+                           resp ? q_jstr_opt(x->ad_status, strlen(x->ad_status)) : NULL);
+    json_object_object_add(o, "last_text",
+                           resp ? q_jstr_opt(x->ad_text, strlen(x->ad_text)) : NULL);
     /* is it held? (a job hold is not a domain's) */
     bool held = false;
     uint64_t until = 0;
@@ -649,8 +660,7 @@ static json_object *agg_json(q_admin_t *a, const adm_dom_t *x, const char *name)
         }
     }
     json_object_object_add(o, "suspended", json_object_new_boolean(held));
-    if (held)
-        json_object_object_add(o, "suspended_until", json_object_new_int64((int64_t)until));
+    json_object_object_add(o, "suspended_until", q_jtime_s(held ? until : 0));
     return o;
 }
 
@@ -995,7 +1005,7 @@ void q_admin_stop(queue_t *q)
 
 /* ------------------------------------------------------------ metrics */
 
-void q_admin_outcome_note(queue_t *q, const char *type, uint64_t queued_s)
+void q_admin_outcome_note(queue_t *q, const char *type, uint64_t queued_us)
 {
     queue_stats_t *s = &q->q_stats;
     atomic_uint_fast64_t *ctr = NULL;
@@ -1003,12 +1013,12 @@ void q_admin_outcome_note(queue_t *q, const char *type, uint64_t queued_s)
     case 'd': /* delivery */
         ctr = &s->qs_out_delivered;
         for (int i = 0; i < Q_LAT_NBUCKETS; i++) {
-            if (queued_s <= queue_lat_bounds[i]) {
+            if (queued_us <= queue_lat_bounds[i]) {
                 atomic_fetch_add_explicit(&s->qs_lat_bucket[i], 1, memory_order_relaxed);
                 break;
             }
         }
-        atomic_fetch_add_explicit(&s->qs_lat_sum, queued_s, memory_order_relaxed);
+        atomic_fetch_add_explicit(&s->qs_lat_sum, queued_us, memory_order_relaxed);
         atomic_fetch_add_explicit(&s->qs_lat_count, 1, memory_order_relaxed);
         break;
     case 't': /* transient */

@@ -29,8 +29,9 @@ bool q_admin_held(queue_t *q, const char *addr, size_t addr_len, const char *job
 
 /* Count one applied outcome for metrics: type is the accounting record
  * type ("delivery", "transient", "bounce", "expired", "admin_bounce");
- * queued_s the message's time in queue (histogram for deliveries). */
-void q_admin_outcome_note(queue_t *q, const char *type, uint64_t queued_s);
+ * queued_us the message's time in queue in microseconds (histogram for
+ * deliveries: sub-second times count). */
+void q_admin_outcome_note(queue_t *q, const char *type, uint64_t queued_us);
 
 /* sched.c: true while (msgid, idx) is in flight (dispatched, no outcome
  * yet). */

@@ -852,7 +852,7 @@ static void queue_acct_received(queue_t *q, const queue_msg_in_t *m, uint64_t no
     buf_append_str(b, ",\"msgid\":\"");
     buf_append(b, queue_msgid_fmt(m->qm_id, id), 16);
     buf_append_str(b, "\",\"job\":");
-    q_json_strz(b, m->qm_job);
+    q_json_optz(b, m->qm_job);
     buf_append_str(b, ",\"sender\":");
     q_json_strz(b, m->qm_sender ? m->qm_sender : "");
     buf_printf(b, ",\"recipients\":%d,\"rcpts\":[", m->qm_nrcpt);
@@ -862,11 +862,11 @@ static void queue_acct_received(queue_t *q, const queue_msg_in_t *m, uint64_t no
         q_json_strz(b, m->qm_rcpts[i].qr_addr);
     }
     buf_printf(b, "],\"size\":%zu,\"client_ip\":", m->qm_body.b_len);
-    q_json_strz(b, m->qm_client_ip);
+    q_json_optz(b, m->qm_client_ip);
     buf_append_str(b, ",\"auth_user\":");
-    q_json_strz(b, m->qm_auth_user);
+    q_json_optz(b, m->qm_auth_user);
     buf_append_str(b, ",\"envid\":");
-    q_json_strz(b, m->qm_envid);
+    q_json_optz(b, m->qm_envid);
     buf_append_str(b, "}\n");
 }
 
@@ -897,9 +897,16 @@ typedef struct q_acct_ev {
 
 void queue_acct_event(queue_t *q, const char *json_line)
 {
-    size_t n = strlen(json_line);
+    /* json-c passes bytes >= 0x80 (and DEL) through as they are: a record
+     * holding a peer's reply is made valid UTF-8 here (docs/records.md). */
+    buf_t clean;
+    buf_init(&clean, strlen(json_line) + 16);
+    json_text_sanitize(&clean, json_line, strlen(json_line));
+    size_t n = clean.b_len;
     q_acct_ev_t *e = xmalloc(sizeof(*e) + n + 1);
-    memcpy(e->ae_line, json_line, n + 1);
+    memcpy(e->ae_line, clean.b_data, n);
+    e->ae_line[n] = '\0';
+    buf_free(&clean);
     if (!queue_enter(q)) {
         free(e);
         return;
@@ -962,17 +969,15 @@ static json_object *queue_msg_json(queue_t *q, MDB_txn *txn, uint64_t id, const 
         json_object_object_add(o, "error", json_object_new_string("record does not decode"));
         return o;
     }
-    json_object_object_add(o, "arrival", json_object_new_int64((int64_t)mr.mr_arrival));
+    json_object_object_add(o, "arrival", q_jtime_s(mr.mr_arrival));
     json_object_object_add(o, "sender", json_strn(mr.mr_sender, mr.mr_sender_len));
     json_object_object_add(o, "size", json_object_new_int64(mr.mr_body_len));
-    json_object_object_add(o, "job", mr.mr_job ? json_strn(mr.mr_job, mr.mr_job_len) : NULL);
+    json_object_object_add(o, "job", q_jstr_opt(mr.mr_job, mr.mr_job_len));
     if (detail) {
         json_object_object_add(o, "flags", json_object_new_int(mr.mr_flags));
-        json_object_object_add(o, "envid",
-                               mr.mr_envid ? json_strn(mr.mr_envid, mr.mr_envid_len) : NULL);
-        json_object_object_add(o, "auth_user",
-                               mr.mr_auth ? json_strn(mr.mr_auth, mr.mr_auth_len) : NULL);
-        json_object_object_add(o, "client_ip", json_strn(mr.mr_ip, mr.mr_ip_len));
+        json_object_object_add(o, "envid", q_jstr_opt(mr.mr_envid, mr.mr_envid_len));
+        json_object_object_add(o, "auth_user", q_jstr_opt(mr.mr_auth, mr.mr_auth_len));
+        json_object_object_add(o, "client_ip", q_jstr_opt(mr.mr_ip, mr.mr_ip_len));
         json_object_object_add(o, "nrcpt", json_object_new_int64(mr.mr_nrcpt));
     }
     json_object *arr = json_object_new_array();
@@ -990,19 +995,18 @@ static json_object *queue_msg_json(queue_t *q, MDB_txn *txn, uint64_t id, const 
             json_object *r = json_object_new_object();
             json_object_object_add(r, "addr", json_strn(rr.rr_addr, rr.rr_addr_len));
             json_object_object_add(r, "attempts", json_object_new_int64(rr.rr_attempts));
-            json_object_object_add(r, "next_attempt", json_object_new_int64((int64_t)rr.rr_next));
+            json_object_object_add(r, "next_attempt", q_jtime_s(rr.rr_next));
             if (detail) {
                 json_object_object_add(r, "idx",
                                        json_object_new_int64(q_rd32((uint8_t *)k.mv_data + 8)));
-                json_object_object_add(
-                    r, "orcpt", rr.rr_orcpt ? json_strn(rr.rr_orcpt, rr.rr_orcpt_len) : NULL);
+                json_object_object_add(r, "orcpt", q_jstr_opt(rr.rr_orcpt, rr.rr_orcpt_len));
                 json_object_object_add(r, "notify", json_object_new_int(rr.rr_notify));
-                if (rr.rr_code || rr.rr_text_len) { /* "connect: refused" has no code */
-                    json_object_object_add(r, "last_code", json_object_new_int(rr.rr_code));
-                    json_object_object_add(r, "last_status",
-                                           json_strn(rr.rr_status, rr.rr_status_len));
-                    json_object_object_add(r, "last_text", json_strn(rr.rr_text, rr.rr_text_len));
-                }
+                /* always there, null before a first answer ("connect:
+                 * refused" has a text and no code) */
+                json_object_object_add(r, "last_code", q_jcode(rr.rr_code));
+                json_object_object_add(r, "last_status",
+                                       q_jstr_opt(rr.rr_status, rr.rr_status_len));
+                json_object_object_add(r, "last_text", q_jstr_opt(rr.rr_text, rr.rr_text_len));
             }
             json_object_array_add(arr, r);
         }

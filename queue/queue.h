@@ -84,7 +84,7 @@ char *queue_msgid_fmt(uint64_t id, char *dst);
 /* Parse the 16-hex form. 0 or SL_EPARSE. */
 int queue_msgid_parse(const char *s, uint64_t *id);
 
-#define Q_LAT_NBUCKETS 12 /* time-in-queue histogram buckets */
+#define Q_LAT_NBUCKETS 16 /* time-in-queue histogram buckets */
 
 /* Counters, updated by the queue thread with relaxed atomics, read by any
  * thread. */
@@ -109,12 +109,12 @@ typedef struct queue_stats {
     atomic_uint_fast64_t qs_out_expired;
     atomic_uint_fast64_t qs_out_admin_bounced;
     atomic_uint_fast64_t qs_lat_bucket[Q_LAT_NBUCKETS]; /* not cumulative; see queue_lat_bounds */
-    atomic_uint_fast64_t qs_lat_sum;                    /* seconds */
+    atomic_uint_fast64_t qs_lat_sum;                    /* microseconds */
     atomic_uint_fast64_t qs_lat_count;
 } queue_stats_t;
 
-/* Upper bounds (seconds) of the time-in-queue histogram buckets; the last
- * is UINT64_MAX (+Inf). */
+/* Upper bounds (microseconds) of the time-in-queue histogram buckets; the
+ * last is UINT64_MAX (+Inf). */
 extern const uint64_t queue_lat_bounds[Q_LAT_NBUCKETS];
 
 /* Open (creating) the spool and find the queue again. Start-up errors
@@ -146,7 +146,8 @@ uint64_t queue_pending(const queue_t *q);
  */
 typedef enum {
     QREQ_LIST = 1, /* messages, oldest first: {"messages":[{id, arrival, sender, size, job,
-                      recipients:[{addr, attempts, next_attempt}]}], "total": N} */
+                      recipients:[{addr, attempts, next_attempt}]}], "total": N}; the
+                      forms of every answer: docs/records.md */
     QREQ_INSPECT,  /* one message by qq_msgid: the same fields plus flags and envid */
     QREQ_CHECK,    /* integrity check: {"ok":bool, "msgs":N, "rcpts":N, "due":N, "problems":[..]} */
     /* Operator requests (queue/admin.c, docs/operations.md). The long ones
@@ -159,7 +160,8 @@ typedef enum {
     QREQ_SUSPEND, /* hold delivery for qq_domain, qq_job or qq_all until qq_until (unix s,
                      0 = until resumed); persisted in the meta db: {"holds":[...]} */
     QREQ_RESUME,  /* drop the hold on qq_domain / qq_job / qq_all: {"resumed":N, "holds":[...]} */
-    QREQ_HOLDS,   /* the holds in force: {"holds":[{"type","name","until"}]} */
+    QREQ_HOLDS,   /* the holds in force: {"holds":[{"type", "name", "provider", "by",
+                     "until", "persistent"}]} (control.c adds the shaping ones) */
     QREQ_RETRY,   /* deferred recipients of qq_domain (or all) due now: {"rescheduled":N} */
     QREQ_BOUNCE,  /* remove and bounce (accounting "admin_bounce", DSN as for a bounce) the
                      recipients matching qq_domain, qq_job, qq_sender and qq_older_than

@@ -104,9 +104,16 @@ int q_acct_rotate(q_acct_t *a);
 int q_mkdir_p(const char *path, mode_t mode);
 
 /* JSON helpers for the hot path (no json-c). */
-void q_json_str(buf_t *b, const char *s, size_t len); /* "escaped" */
-void q_json_strz(buf_t *b, const char *s);            /* NULL -> null */
-void q_json_time(buf_t *b, uint64_t us);              /* "2026-11-27T07:00:00.123Z" */
+void q_json_str(buf_t *b, const char *s, size_t len);      /* "escaped" */
+void q_json_strz(buf_t *b, const char *s);                 /* NULL -> null */
+void q_json_opt(buf_t *b, const char *s, size_t len);      /* NULL or "" -> null */
+void q_json_optz(buf_t *b, const char *s);                 /* NULL or "" -> null */
+void q_json_code(buf_t *b, int code);                      /* 0 -> null */
+void q_json_time(buf_t *b, uint64_t us);                   /* "2026-11-27T07:00:00.123Z" */
+void q_json_time_s(buf_t *b, uint64_t unix_s);             /* 0 -> null */
+struct json_object *q_jstr_opt(const char *s, size_t len); /* json-c forms of the same */
+struct json_object *q_jcode(int code);
+struct json_object *q_jtime_s(uint64_t unix_s);
 
 /* ------------------------------------------------------------ the queue */
 

@@ -471,6 +471,9 @@ uint64_t q_retry_delay(queue_t *q, uint32_t attempts)
 
 /* ------------------------------------------------------------ outcomes */
 
+/* One outcome record. Every key is always there, in one form per kind of
+ * field (docs/records.md): null for what does not apply (no MX reached, no
+ * TLS, no reply code, no next attempt), never "" or 0. */
 static void acct_outcome(buf_t *b, const char *type, uint64_t now_us, uint64_t id,
                          const q_msg_rec_t *mr, const q_rcpt_rec_t *rr, const char *domain,
                          const queue_outcome_t *o, const char *status, const char *category,
@@ -482,39 +485,37 @@ static void acct_outcome(buf_t *b, const char *type, uint64_t now_us, uint64_t i
     buf_append_str(b, ",\"msgid\":\"");
     buf_append(b, queue_msgid_fmt(id, idbuf), 16);
     buf_append_str(b, "\",\"job\":");
-    if (mr->mr_job)
-        q_json_str(b, mr->mr_job, mr->mr_job_len);
-    else
-        buf_append_str(b, "null");
+    q_json_opt(b, mr->mr_job, mr->mr_job_len);
     buf_append_str(b, ",\"sender\":");
     q_json_str(b, mr->mr_sender ? mr->mr_sender : "", mr->mr_sender_len);
     buf_append_str(b, ",\"recipient\":");
     q_json_str(b, rr->rr_addr, rr->rr_addr_len);
     buf_append_str(b, ",\"domain\":");
-    q_json_strz(b, domain);
+    q_json_optz(b, domain);
     buf_append_str(b, ",\"mx\":");
-    q_json_strz(b, o->qo_mx);
+    q_json_optz(b, o->qo_mx);
     buf_append_str(b, ",\"mx_ip\":");
-    q_json_strz(b, o->qo_mx_ip);
+    q_json_optz(b, o->qo_mx_ip);
     buf_append_str(b, ",\"src_ip\":");
-    q_json_strz(b, o->qo_src_ip);
+    q_json_optz(b, o->qo_src_ip);
     buf_append_str(b, ",\"tls\":");
-    q_json_strz(b, o->qo_tls);
+    q_json_optz(b, o->qo_tls);
     buf_append_str(b, ",\"cipher\":");
-    q_json_strz(b, o->qo_cipher);
+    q_json_optz(b, o->qo_cipher);
     buf_append_str(b, ",\"mta_sts\":");
-    q_json_strz(b, o->qo_mta_sts[0] ? o->qo_mta_sts : NULL);
+    q_json_optz(b, o->qo_mta_sts);
     uint64_t now_s = now_us / 1000000;
-    buf_printf(
-        b, ",\"attempt\":%u,\"queued_seconds\":%llu,\"code\":%d,\"status\":", rr->rr_attempts + 1,
-        (unsigned long long)(now_s > mr->mr_arrival ? now_s - mr->mr_arrival : 0), o->qo_code);
-    q_json_strz(b, status);
+    buf_printf(b, ",\"attempt\":%u,\"queued_seconds\":%llu,\"code\":", rr->rr_attempts + 1,
+               (unsigned long long)(now_s > mr->mr_arrival ? now_s - mr->mr_arrival : 0));
+    q_json_code(b, o->qo_code);
+    buf_append_str(b, ",\"status\":");
+    q_json_optz(b, status);
     buf_append_str(b, ",\"text\":");
-    q_json_strz(b, o->qo_text);
+    q_json_optz(b, o->qo_text);
     buf_append_str(b, ",\"category\":");
-    q_json_strz(b, category);
-    if (next)
-        buf_printf(b, ",\"next_attempt\":%llu", (unsigned long long)next);
+    q_json_optz(b, category);
+    buf_append_str(b, ",\"next_attempt\":");
+    q_json_time_s(b, next);
     buf_append_str(b, "}\n");
 }
 
@@ -652,7 +653,12 @@ static int outcome_apply(queue_t *q, MDB_txn *txn, queue_outcome_t *o, uint64_t 
         }
     }
     acct_outcome(&cx->acct, type, now_us, o->qo_msgid, &mr, &rr, dom, o, status, category, next);
-    q_admin_outcome_note(q, type, now > mr.mr_arrival ? now - mr.mr_arrival : 0);
+    /* the histogram in microseconds: message ids are the reception time in
+     * us (queue_msgid_new), mr_arrival only whole seconds */
+    uint64_t arr_us = o->qo_msgid;
+    if (arr_us / 1000000 + 60 < mr.mr_arrival || arr_us / 1000000 > mr.mr_arrival + 60)
+        arr_us = mr.mr_arrival * 1000000; /* not a time-based id (clock moved) */
+    q_admin_outcome_note(q, type, now_us > arr_us ? now_us - arr_us : 0);
     return 0;
 }
 

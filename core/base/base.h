@@ -325,6 +325,30 @@ const char *tls_cipher(tls_conn_t *t);
 /* Last error as text, for logs. */
 const char *tls_last_error(tls_conn_t *t);
 
+/* ---------------------------------------------------------------- peer text */
+/*
+ * Bytes a peer chose (replies, HELO names, headers) reach the accounting
+ * log, the control socket's JSON and sluicectl's terminal only through
+ * these (jsontext.c). JSON: valid UTF-8 passes; controls (C0, DEL, C1),
+ * U+2028/9 and bidi overrides become \uXXXX; an invalid byte becomes
+ * \ufffd. Terminal: the same characters become \xNN / \uXXXX, an invalid
+ * byte \xNN. Any thread.
+ */
+
+/* Append s[0..len) as a JSON string literal (with its quotes). */
+void json_str_append(buf_t *b, const char *s, size_t len);
+/* Append a serialised JSON text (json-c's output) with the rules above
+ * applied inside its strings; what is outside strings is copied. */
+void json_text_sanitize(buf_t *out, const char *in, size_t len);
+/* Append s[0..len) for a terminal; keep_newlines leaves "\n" as it is. */
+void tty_str_append(buf_t *b, const char *s, size_t len, bool keep_newlines);
+/* A point in time as every JSON record and answer gives it (RFC 3339, UTC,
+ * milliseconds): "2026-11-27T10:15:30.123Z". dst holds 25 bytes. */
+char *time_fmt_rfc3339(uint64_t unix_us, char *dst, size_t len);
+/* Read that form back ("...:30Z" and any number of decimals too) into unix
+ * microseconds. 0 or SL_EPARSE. */
+int time_parse_rfc3339(const char *s, uint64_t *unix_us);
+
 /* ---------------------------------------------------------------- control protocol */
 /*
  * JSON lines over the control socket (core/server/control.c, sluicectl):

@@ -83,7 +83,7 @@ void ctl_response_append(buf_t *out, struct json_object *resp)
     const char *s = json_object_to_json_string_length(
         resp, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &n);
     buf_reserve(out, n + 1);
-    buf_append(out, s, n);
+    json_text_sanitize(out, s, n); /* peer text inside: valid UTF-8, no controls */
     buf_append(out, "\n", 1);
 }
 

@@ -140,6 +140,9 @@ static void conn_send_error(ctl_conn_t *c, const char *msg);
 static void conn_read_start(ctl_conn_t *c);
 static void reply_cb(chan_t *ch, chan_node_t *first, void *arg);
 static void accept_cb(uv_stream_t *server, int status);
+static json_object *hold_new(const char *type, json_object *name, json_object *provider,
+                             const char *by, json_object *until);
+static void shaping_holds_append(control_t *ct, json_object *holds);
 
 /* ------------------------------------------------------------ helpers */
 
@@ -510,41 +513,42 @@ static void ctl_call_shutdown(control_t *ct)
         ct->ct_env.ce_shutdown(ct->ct_env.ce_arg);
 }
 
+/* Send one answer line. ctl_response_append makes every string in it
+ * valid UTF-8 without control characters: answers carry peer text (remote
+ * replies, job names) that json-c would pass through as raw bytes. */
 static void conn_send(ctl_conn_t *c, json_object *resp, bool then_shutdown)
 {
     if (c->cc_closing)
         return;
-    size_t len;
-    const char *s = json_object_to_json_string_length(
-        resp, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &len);
-    size_t off = 0;
+    buf_t line;
+    buf_init(&line, 256);
+    ctl_response_append(&line, resp);
+    size_t len = line.b_len, off = 0;
     if (c->cc_writes == 0) {
         /* Most answers fit in the socket buffer: write them now, which
          * also gets them out before a close that would cancel a queued
          * write. */
-        uv_buf_t parts[2] = {uv_buf_init((char *)s, (unsigned)len), uv_buf_init("\n", 1)};
-        int n = uv_try_write((uv_stream_t *)&c->cc_pipe, parts, 2);
+        uv_buf_t part = uv_buf_init(line.b_data, (unsigned)len);
+        int n = uv_try_write((uv_stream_t *)&c->cc_pipe, &part, 1);
         if (n < 0 && n != UV_EAGAIN) {
             log_debug("control: write: %s", uv_strerror(n));
+            buf_free(&line);
             conn_close(c);
             return;
         }
         off = n > 0 ? (size_t)n : 0;
-        if (off == len + 1) {
+        if (off == len) {
+            buf_free(&line);
             if (then_shutdown)
                 ctl_call_shutdown(c->cc_ctl);
             return;
         }
     }
     ctl_write_t *w = xcalloc(1, sizeof(*w));
-    size_t rest = len + 1 - off;
+    size_t rest = len - off;
     w->w_data = xmalloc(rest);
-    if (off < len) {
-        memcpy(w->w_data, s + off, len - off);
-        w->w_data[len - off] = '\n';
-    } else {
-        w->w_data[0] = '\n';
-    }
+    memcpy(w->w_data, line.b_data + off, rest);
+    buf_free(&line);
     w->w_shutdown = then_shutdown;
     uv_buf_t ub = uv_buf_init(w->w_data, (unsigned)rest);
     int rc = uv_write(&w->w_req, (uv_stream_t *)&c->cc_pipe, &ub, 1, conn_write_cb);
@@ -678,6 +682,21 @@ static int queue_req_start(ctl_conn_t *c, queue_req_type_t type, uint64_t msgid,
     return CTL_ASYNC;
 }
 
+/* One entry of "holds"; name, provider and until are borrowed from another
+ * object (a reference is taken) or NULL. */
+static json_object *hold_new(const char *type, json_object *name, json_object *provider,
+                             const char *by, json_object *until)
+{
+    json_object *h = json_object_new_object();
+    json_object_object_add(h, "type", json_object_new_string(type));
+    json_object_object_add(h, "name", json_object_get(name));
+    json_object_object_add(h, "provider", json_object_get(provider));
+    json_object_object_add(h, "by", json_object_new_string(by));
+    json_object_object_add(h, "until", json_object_get(until));
+    json_object_object_add(h, "persistent", json_object_new_boolean(0)); /* in memory only */
+    return h;
+}
+
 /* Build the response for a request the queue thread answered. */
 static json_object *queue_req_response(queue_req_t *r)
 {
@@ -702,6 +721,48 @@ static json_object *queue_req_response(queue_req_t *r)
     return resp;
 }
 
+/* The suspensions traffic shaping holds in memory (operator and rules),
+ * in the form of the queue's holds (docs/records.md), appended to holds. */
+static void shaping_holds_append(control_t *ct, json_object *holds)
+{
+#ifdef SLUICE_HAVE_DELIVERY
+    struct dlv *dlv = ct->ct_env.ce_dlv;
+    if (dlv == NULL || holds == NULL || !json_object_is_type(holds, json_type_array))
+        return;
+    json_object *sh = dlv_shaping_json(dlv), *v;
+    json_object *provs = json_object_object_get(sh, "providers");
+    for (size_t i = 0; i < json_object_array_length(provs); i++) {
+        json_object *p = json_object_array_get_idx(provs, i);
+        json_object *name = json_object_object_get(p, "provider");
+        if (json_object_get_boolean(json_object_object_get(p, "suspended")))
+            json_object_array_add(
+                holds, hold_new("provider", name, NULL,
+                                json_object_get_string(json_object_object_get(p, "suspended_by")),
+                                json_object_object_get(p, "suspended_until")));
+        json_object *qs = json_object_object_get(p, "queues");
+        for (size_t j = 0; j < json_object_array_length(qs); j++) {
+            json_object *q = json_object_array_get_idx(qs, j);
+            /* a rule's disable-source: this vmta skipped for this provider */
+            if ((v = json_object_object_get(q, "disabled_until")) != NULL)
+                json_object_array_add(
+                    holds, hold_new("source", json_object_object_get(q, "vmta"), name, "rule", v));
+        }
+    }
+    json_object *vms = json_object_object_get(sh, "virtual_mtas");
+    for (size_t i = 0; i < json_object_array_length(vms); i++) {
+        json_object *m = json_object_array_get_idx(vms, i);
+        if (json_object_get_boolean(json_object_object_get(m, "suspended")))
+            json_object_array_add(holds, hold_new("vmta", json_object_object_get(m, "name"), NULL,
+                                                  "operator",
+                                                  json_object_object_get(m, "suspended_until")));
+    }
+    json_object_put(sh);
+#else
+    UNUSED(ct);
+    UNUSED(holds);
+#endif
+}
+
 static void reply_cb(chan_t *ch, chan_node_t *first, void *arg)
 {
     control_t *ct = arg;
@@ -713,6 +774,8 @@ static void reply_cb(chan_t *ch, chan_node_t *first, void *arg)
         c->cc_busy = false;
         if (!c->cc_closing) {
             json_object *resp = queue_req_response(r);
+            /* every kind of suspension where holds are listed */
+            shaping_holds_append(ct, json_object_object_get(resp, "holds"));
             conn_send(c, resp, false);
             json_object_put(resp);
             if (!ct->ct_stopping)
@@ -1085,11 +1148,12 @@ static int shaping_suspend(ctl_conn_t *c, json_object *req, json_object *resp, b
             return rc;
         log_info("control: %s %s=%s%s", what, pv ? "provider" : "vmta", pv ? pv : vm,
                  dur ? " (with a duration)" : "");
-        json_object_object_add(resp, pv ? "provider" : "vmta",
-                               json_object_new_string(pv ? pv : vm));
+        /* both keys always there, the one not named null (docs/records.md) */
+        json_object_object_add(resp, "provider", pv ? json_object_new_string(pv) : NULL);
+        json_object_object_add(resp, "vmta", vm ? json_object_new_string(vm) : NULL);
         json_object_object_add(resp, resume ? "resumed" : "suspended", json_object_new_boolean(1));
-        if (!resume)
-            json_object_object_add(resp, "for", json_object_new_int64((int64_t)dur));
+        if (!resume) /* seconds; null: until resumed */
+            json_object_object_add(resp, "for", dur ? json_object_new_int64((int64_t)dur) : NULL);
         return CTL_REPLY;
     }
 #endif
@@ -1174,11 +1238,19 @@ static int cmd_bounce(ctl_conn_t *c, json_object *req, json_object *resp, char *
     return admin_req_send(c, r);
 }
 
+/* "format": "prometheus" (text 0.0.4, the default) or "openmetrics". */
 static int cmd_metrics(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen)
 {
+    const char *fmt;
+    if (arg_str(req, "format", 32, &fmt, err, errlen) < 0)
+        return SL_EPARSE;
+    if (fmt != NULL && strcmp(fmt, "prometheus") != 0 && strcmp(fmt, "openmetrics") != 0) {
+        snprintf(err, errlen, "\"format\" must be \"prometheus\" or \"openmetrics\"");
+        return SL_EPARSE;
+    }
     buf_t b;
     buf_init(&b, 8192);
-    metrics_render(&c->cc_ctl->ct_env, &b);
+    metrics_render(&c->cc_ctl->ct_env, &b, fmt != NULL && strcmp(fmt, "openmetrics") == 0);
     json_object_object_add(resp, "metrics", json_object_new_string_len(b.b_data, (int)b.b_len));
     buf_free(&b);
     return CTL_REPLY;

@@ -6,7 +6,8 @@
  *
  * A deliberately small HTTP/1.1 server on the main loop: it reads one
  * request head (at most HTTP_MAX_HEAD bytes, within HTTP_TIMEOUT_MS),
- * answers GET (or HEAD) /metrics with metrics_render(), 404 for any other
+ * answers GET (or HEAD) /metrics with metrics_render() (OpenMetrics 1.0
+ * when the Accept header names it, else the text format 0.0.4), 404 for any other
  * path, 405 for any other method, 400 for a malformed head, and closes the
  * connection after the answer (Connection: close; no keep-alive, no
  * request bodies, no chunked encoding). At most HTTP_MAX_CONNS
@@ -22,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define HTTP_MAX_HEAD 8192
 #define HTTP_MAX_CONNS 64
@@ -59,6 +61,7 @@ static void conn_close(http_conn_t *c);
 static void conn_answer(http_conn_t *c, int status, const char *reason, const char *ctype,
                         const buf_t *body, bool head_only);
 static void conn_request(http_conn_t *c);
+static bool http_accepts_openmetrics(const char *head);
 
 /* ------------------------------------------------------------ connections */
 
@@ -148,6 +151,20 @@ static void conn_answer(http_conn_t *c, int status, const char *reason, const ch
         conn_close(c);
 }
 
+/* Does the request head (NUL-terminated) have an Accept header naming
+ * application/openmetrics-text? */
+static bool http_accepts_openmetrics(const char *head)
+{
+    for (const char *l = strchr(head, '\n'); l != NULL; l = strchr(l, '\n')) {
+        l++;
+        size_t n = strcspn(l, "\r\n");
+        if (n > 7 && strncasecmp(l, "accept:", 7) == 0 &&
+            memmem(l, n, "application/openmetrics-text", 28) != NULL)
+            return true;
+    }
+    return false;
+}
+
 /* One request head is in hc_in: "METHOD SP target SP HTTP/1.x". */
 static void conn_request(http_conn_t *c)
 {
@@ -178,10 +195,17 @@ static void conn_request(http_conn_t *c)
         conn_answer(c, 404, "Not Found", "text/plain", NULL, head);
         return;
     }
+    /* OpenMetrics when the scraper asks for it (Prometheus sends
+     * "Accept: application/openmetrics-text;version=1.0.0,...;q=0.5,
+     * text/plain;version=0.0.4;q=0.4"), else the text format */
+    bool om = http_accepts_openmetrics(c->hc_in);
     buf_t body;
     buf_init(&body, 8192);
-    metrics_render(&c->hc_hm->hm_env, &body);
-    conn_answer(c, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", &body, head);
+    metrics_render(&c->hc_hm->hm_env, &body, om);
+    conn_answer(c, 200, "OK",
+                om ? "application/openmetrics-text; version=1.0.0; charset=utf-8"
+                   : "text/plain; version=0.0.4; charset=utf-8",
+                &body, head);
     buf_free(&body);
 }
 

@@ -13,10 +13,12 @@
 
 struct json_object;
 
-/* Append the Prometheus text exposition (format 0.0.4) of every counter
- * and gauge the daemon has (queue, reception, delivery, time in queue) to
- * out. Reads relaxed atomics only: never blocks. */
-void metrics_render(const control_env_t *env, buf_t *out);
+/* Append the exposition of every counter and gauge the daemon has (queue,
+ * reception, delivery, time in queue, per provider and virtual MTA) to
+ * out: the Prometheus text format 0.0.4, or OpenMetrics 1.0 (with its
+ * "# EOF") when openmetrics. Reads relaxed atomics and takes the shaping
+ * registry's lock briefly: never waits on another thread's work. */
+void metrics_render(const control_env_t *env, buf_t *out, bool openmetrics);
 
 typedef struct http_metrics http_metrics_t;
 

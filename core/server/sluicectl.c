@@ -10,7 +10,13 @@
  * commands work before this client knows how to print them.
  *
  * Exit codes: 0 ok, 1 the daemon answered ok:false, 2 usage error,
- * 3 cannot connect or talk to the daemon.
+ * 3 cannot connect or talk to the daemon, or the process listening on the
+ * socket is not root, the invoking user or --owner (peer_trusted).
+ *
+ * What comes back may hold a remote server's bytes (replies, job names):
+ * the human forms print from tty_clean()'s copy, where every string went
+ * through tty_str_append; --json prints the line through
+ * json_text_sanitize (core/base/jsontext.c, docs/records.md).
  *
  * Plain blocking sockets with a 30 s timeout; links only sluice_base.
  * Thread: single-threaded program.
@@ -22,6 +28,7 @@
 #include <inttypes.h>
 #include <json-c/json.h>
 #include <limits.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,7 +48,12 @@
 #define CTL_MAX_RESPONSE (1024u * 1024u * 1024u)
 
 static void usage(FILE *f);
-static int talk(const char *path, const char *line, buf_t *resp);
+static int talk(const char *path, const char *line, uid_t owner, buf_t *resp);
+static int peer_trusted(int fd, const char *path, uid_t owner);
+static json_object *tty_clean(json_object *v);
+static char *tty_strdup(const char *s, size_t len, bool keep_newlines);
+static uint64_t get_time(json_object *o, const char *key);
+static int utf8_cut(const char *s, int max);
 static void print_status(json_object *r);
 static void print_list(json_object *r);
 static void print_inspect(json_object *r);
@@ -78,18 +90,23 @@ static void usage(FILE *f)
           "                       remove and bounce the matching recipients (no filter:\n"
           "                       every recipient, only with --yes)\n"
           "  reload               re-read the configuration file (as SIGHUP)\n"
-          "  metrics              Prometheus text exposition of every counter\n"
+          "  metrics [--openmetrics]\n"
+          "                       every counter and gauge: Prometheus text format, or\n"
+          "                       OpenMetrics 1.0\n"
           "  providers            traffic shaping: providers, queues per virtual MTA, mode, rate\n"
           "  raw 'JSON'           send one raw request line, print the answer\n"
           "\n"
           "options:\n"
           "  -s, --socket PATH    control socket (default $SLUICE_SOCKET or " CTL_DEFAULT_SOCKET
           ")\n"
-          "  --json               print the daemon's JSON answer as-is\n"
+          "  --json               print the daemon's JSON answer (strings as valid UTF-8,\n"
+          "                       control characters escaped)\n"
+          "  --owner USER         also trust a socket served by USER (default: only root\n"
+          "                       and yourself; or $SLUICE_SOCKET_OWNER)\n"
           "  -h, --help           this help\n"
           "\n"
           "exit codes: 0 ok, 1 the daemon refused the command, 2 usage error,\n"
-          "            3 cannot connect to the daemon\n",
+          "            3 cannot connect to the daemon (or it runs as an untrusted user)\n",
           f);
 }
 
@@ -106,7 +123,38 @@ static int usage_error(const char *fmt, const char *arg)
 
 /* Connect, send line + "\n", read one answer line into resp. Returns 0 or
  * EXIT_CONNECT after printing why. */
-static int talk(const char *path, const char *line, buf_t *resp)
+/* Is the process listening on the connected socket fd one to trust? A
+ * socket in a world-writable folder can belong to anyone: its listener
+ * would read the command and could answer anything. The kernel recorded
+ * the listener's credentials at listen() (SO_PEERCRED), so this holds
+ * whatever happens to the path: trusted are root, the invoking user and
+ * owner (--owner; (uid_t)-1 = none). 0, or EXIT_CONNECT after saying why. */
+static int peer_trusted(int fd, const char *path, uid_t owner)
+{
+    struct ucred cr;
+    socklen_t len = sizeof(cr);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) != 0) {
+        fprintf(stderr, "sluicectl: %s: cannot tell who listens on it: %s\n", path,
+                strerror(errno));
+        return EXIT_CONNECT;
+    }
+    if (cr.uid == 0 || cr.uid == geteuid() || (owner != (uid_t)-1 && cr.uid == owner))
+        return 0;
+    struct passwd *pw = getpwuid(cr.uid);
+    char name[64];
+    if (pw != NULL)
+        snprintf(name, sizeof(name), "%s", pw->pw_name);
+    else
+        snprintf(name, sizeof(name), "%u", (unsigned)cr.uid);
+    fprintf(stderr,
+            "sluicectl: refusing to talk to %s: the process listening on it (pid %d) runs as "
+            "%s (uid %u), neither root nor you; if that is sluiced's user, say so with "
+            "--owner %s\n",
+            path, (int)cr.pid, name, (unsigned)cr.uid, name);
+    return EXIT_CONNECT;
+}
+
+static int talk(const char *path, const char *line, uid_t owner, buf_t *resp)
 {
     struct sockaddr_un sun = {.sun_family = AF_UNIX};
     if (strlen(path) >= sizeof(sun.sun_path)) {
@@ -132,6 +180,10 @@ static int talk(const char *path, const char *line, buf_t *resp)
         else
             fprintf(stderr, "sluicectl: cannot connect to %s: %s (is sluiced running?)\n", path,
                     strerror(e));
+        close(fd);
+        return EXIT_CONNECT;
+    }
+    if (peer_trusted(fd, path, owner) != 0) {
         close(fd);
         return EXIT_CONNECT;
     }
@@ -212,6 +264,67 @@ static const char *get_str(json_object *o, const char *key)
 {
     json_object *v = get(o, key);
     return v && !json_object_is_type(v, json_type_null) ? json_object_get_string(v) : NULL;
+}
+
+/* A point in time of the answer as unix seconds: an RFC 3339 string (the
+ * daemon's form, docs/records.md), or a number from an older daemon; 0
+ * for null or absent. */
+static uint64_t time_value(json_object *v)
+{
+    uint64_t us;
+    if (v != NULL && json_object_is_type(v, json_type_string))
+        return time_parse_rfc3339(json_object_get_string(v), &us) == 0 ? us / 1000000 : 0;
+    if (v != NULL && json_object_is_type(v, json_type_int))
+        return json_object_get_uint64(v);
+    return 0;
+}
+
+static uint64_t get_time(json_object *o, const char *key)
+{
+    return time_value(get(o, key));
+}
+
+/* s made safe for a terminal (jsontext.c): caller frees. */
+static char *tty_strdup(const char *s, size_t len, bool keep_newlines)
+{
+    buf_t b;
+    buf_init(&b, len + 1);
+    tty_str_append(&b, s, len, keep_newlines);
+    buf_append(&b, "", 1);
+    return buf_steal(&b, NULL);
+}
+
+/* A copy of v with every string and key made safe for a terminal: the
+ * human forms print only from it, so no byte a remote server or a client
+ * chose (replies, job names) reaches the terminal as a control character.
+ * Caller puts it. */
+static json_object *tty_clean(json_object *v)
+{
+    if (json_object_is_type(v, json_type_string)) {
+        char *t =
+            tty_strdup(json_object_get_string(v), (size_t)json_object_get_string_len(v), false);
+        json_object *o = json_object_new_string(t);
+        free(t);
+        return o;
+    }
+    if (json_object_is_type(v, json_type_array)) {
+        size_t n = json_object_array_length(v);
+        json_object *a = json_object_new_array_ext((int)n);
+        for (size_t i = 0; i < n; i++)
+            json_object_array_add(a, tty_clean(json_object_array_get_idx(v, i)));
+        return a;
+    }
+    if (json_object_is_type(v, json_type_object)) {
+        json_object *o = json_object_new_object();
+        json_object_object_foreach(v, key, val)
+        {
+            char *k = tty_strdup(key, strlen(key), false);
+            json_object_object_add(o, k, tty_clean(val));
+            free(k);
+        }
+        return o;
+    }
+    return json_object_get(v); /* numbers, booleans, null: nothing to show */
 }
 
 static char *fmt_time(uint64_t t, char *dst, size_t len)
@@ -417,6 +530,19 @@ static void print_status(json_object *r)
     table_print(&t);
 }
 
+/* The bytes of s to print to show at most max bytes without cutting a
+ * UTF-8 sequence in two (s is valid UTF-8: tty_clean made it so). */
+static int utf8_cut(const char *s, int max)
+{
+    int n = (int)strnlen(s, (size_t)max + 1);
+    if (n <= max)
+        return n;
+    n = max;
+    while (n > 0 && ((unsigned char)s[n] & 0xc0) == 0x80)
+        n--; /* s[n] continues a sequence that starts before it */
+    return n;
+}
+
 /* A grid of n rows of ncol owned cells (row-major) under a header line,
  * columns as wide as their widest cell (the last one is not padded, and
  * cut at last_max bytes unless 0); bit j of right aligns column j right.
@@ -435,7 +561,7 @@ static void grid_print(const char *const *hdr, int ncol, char **cells, size_t n,
         for (int j = 0; j < ncol; j++) {
             const char *c = i == 0 ? hdr[j] : cells[(i - 1) * (size_t)ncol + (size_t)j];
             if (j + 1 == ncol)
-                printf("%.*s\n", last_max > 0 && i > 0 ? last_max : INT_MAX, c);
+                printf("%.*s\n", last_max > 0 && i > 0 ? utf8_cut(c, last_max) : INT_MAX, c);
             else
                 printf(i > 0 && (right >> j & 1u) ? "%*s  " : "%-*s  ", w[j], c);
         }
@@ -465,7 +591,7 @@ static void print_list(json_object *r)
                              ? json_object_array_length(rc)
                              : get_u64(m, "rcpts");
         row[0] = xstrdup(id ? id : "?");
-        row[1] = xstrdup(fmt_time(get_u64(m, "arrival"), tmp, sizeof(tmp)));
+        row[1] = xstrdup(fmt_time(get_time(m, "arrival"), tmp, sizeof(tmp)));
         row[2] = xstrdup(ctl_fmt_bytes(get_u64(m, "size"), tmp, sizeof(tmp)));
         row[3] = xasprintf("%" PRIu64, nrcpt);
         row[4] = sender == NULL || sender[0] == '\0' ? xstrdup("<>") : xstrdup(sender);
@@ -489,8 +615,9 @@ static bool is_time_key(const char *k)
 static char *fmt_field(const char *key, json_object *v)
 {
     char tmp[64];
-    if (json_object_is_type(v, json_type_int) && is_time_key(key))
-        return xstrdup(fmt_time(json_object_get_uint64(v), tmp, sizeof(tmp)));
+    if (is_time_key(key) &&
+        (json_object_is_type(v, json_type_int) || json_object_is_type(v, json_type_string)))
+        return xstrdup(fmt_time(time_value(v), tmp, sizeof(tmp)));
     if (json_object_is_type(v, json_type_int) && strcmp(key, "size") == 0)
         return xasprintf("%" PRIu64 " (%s)", json_object_get_uint64(v),
                          ctl_fmt_bytes(json_object_get_uint64(v), tmp, sizeof(tmp)));
@@ -539,7 +666,7 @@ static void print_inspect(json_object *r)
             free(s);
         }
         printf("\n");
-        if (get(x, "last_text") != NULL || get_u64(x, "last_code") != 0) {
+        if (get_str(x, "last_text") != NULL || get_u64(x, "last_code") != 0) {
             char *resp = fmt_response(x); /* "451 4.7.1 try later" */
             printf("      last response: %s\n", resp);
             free(resp);
@@ -599,7 +726,7 @@ static int build_ops_request(const char *const *pos, int npos, const char *limit
     json_object_object_add(req, "cmd", json_object_new_string(cmd));
     const char *domain = NULL, *job = NULL, *sender = NULL, *dur = NULL, *older = NULL;
     const char *provider = NULL, *vmta = NULL;
-    bool all = false, yes = false;
+    bool all = false, yes = false, om = false;
     for (int i = 1; i < npos; i++) {
         const char *a = pos[i];
         const char **slot = NULL;
@@ -621,6 +748,8 @@ static int build_ops_request(const char *const *pos, int npos, const char *limit
             all = true;
         else if (is_opt(a, "--yes") || is_opt(a, "-y"))
             yes = true;
+        else if (is_opt(a, "--openmetrics") && strcmp(cmd, "metrics") == 0)
+            om = true;
         else if (a[0] == '-' && a[1] != '\0') {
             usage_error("unknown option %s", a);
             goto fail;
@@ -708,6 +837,8 @@ static int build_ops_request(const char *const *pos, int npos, const char *limit
         if (yes)
             json_object_object_add(req, "yes", json_object_new_boolean(1));
     }
+    if (om)
+        json_object_object_add(req, "format", json_object_new_string("openmetrics"));
     if (domain)
         json_object_object_add(req, "domain", json_object_new_string(domain));
     if (job)
@@ -752,16 +883,26 @@ static void print_holds(json_object *holds)
         return;
     }
     printf("suspended:\n");
+    /* "  domain a.example until resumed", "  provider gmail until
+     * 2026-12-02 15:00:00 (in 9m 58s)", "  source ip2 for provider yahoo
+     * until ... (by a rule)" */
     for (size_t i = 0; i < n; i++) {
         json_object *h = json_object_array_get_idx(holds, i);
         const char *type = get_str(h, "type"), *name = get_str(h, "name");
-        uint64_t until = get_u64(h, "until");
-        char tb[64];
-        if (until)
-            printf("  %-6s %s until %s\n", type ? type : "?", name ? name : "(all delivery)",
-                   fmt_time(until, tb, sizeof(tb)));
-        else
-            printf("  %-6s %s until resumed\n", type ? type : "?", name ? name : "(all delivery)");
+        const char *prov = get_str(h, "provider"), *by = get_str(h, "by");
+        uint64_t until = get_time(h, "until");
+        char tb[64], left[64] = "", ab[48];
+        if (until) {
+            uint64_t now = (uint64_t)time(NULL);
+            fmt_time(until, tb, sizeof(tb));
+            snprintf(left, sizeof(left), " (in %s)",
+                     ctl_fmt_duration(until > now ? until - now : 0, ab, sizeof(ab)));
+        } else {
+            snprintf(tb, sizeof(tb), "resumed");
+        }
+        printf("  %-6s %s%s%s until %s%s%s\n", type ? type : "?", name ? name : "(all delivery)",
+               prov ? " for provider " : "", prov ? prov : "", tb, left,
+               by && strcmp(by, "rule") == 0 ? " (by a rule)" : "");
     }
 }
 
@@ -784,7 +925,7 @@ static void print_queues(json_object *r)
         row[2] = xasprintf("%" PRIu64, get_u64(d, "messages"));
         row[3] = xasprintf("%" PRIu64, get_u64(d, "in_flight"));
         row[4] = xasprintf("%" PRIu64, get_u64(d, "deferred"));
-        row[5] = xstrdup(fmt_age(get_u64(d, "oldest"), tmp, sizeof(tmp)));
+        row[5] = xstrdup(fmt_age(get_time(d, "oldest"), tmp, sizeof(tmp)));
         json_object *s = get(d, "suspended");
         row[6] = xstrdup(s && json_object_get_boolean(s) ? "yes" : "-");
         row[7] = fmt_response(d);
@@ -813,18 +954,18 @@ static void print_queue(json_object *r)
            get_u64(d, "messages"));
     printf("in flight:     %" PRIu64 "\n", get_u64(d, "in_flight"));
     printf("deferred:      %" PRIu64 "\n", get_u64(d, "deferred"));
-    uint64_t oldest = get_u64(d, "oldest");
+    uint64_t oldest = get_time(d, "oldest");
     if (oldest)
         printf("oldest:        %s (%s ago)\n", fmt_time(oldest, tmp, sizeof(tmp)),
                fmt_age(oldest, tmp2, sizeof(tmp2)));
     else
         printf("oldest:        -\n");
-    printf("next attempt:  %s\n", fmt_time(get_u64(d, "next_attempt"), tmp, sizeof(tmp)));
+    printf("next attempt:  %s\n", fmt_time(get_time(d, "next_attempt"), tmp, sizeof(tmp)));
     char *resp = fmt_response(d);
     printf("last response: %s\n", resp);
     free(resp);
     json_object *s = get(d, "suspended");
-    uint64_t until = get_u64(d, "suspended_until");
+    uint64_t until = get_time(d, "suspended_until");
     if (s && json_object_get_boolean(s))
         printf("suspended:     yes, until %s\n",
                until ? fmt_time(until, tmp, sizeof(tmp)) : "resumed");
@@ -838,8 +979,8 @@ static void print_providers(json_object *r)
     json_object *provs = get(r, "providers");
     size_t n =
         provs && json_object_is_type(provs, json_type_array) ? json_object_array_length(provs) : 0;
-    printf("%-20s %-12s %-15s %-10s %8s %9s %9s %9s  %s\n", "PROVIDER", "VMTA", "SOURCE", "MODE",
-           "RATE/s", "CONNS", "DELIVERED", "DEFERRED", "LAST RESPONSE");
+    printf("%-20s %-12s %-15s %-10s %8s %9s %9s %9s %9s  %s\n", "PROVIDER", "VMTA", "SOURCE",
+           "MODE", "RATE/s", "CONNS", "DELIVERED", "DEFERRED", "BOUNCED", "LAST RESPONSE");
     for (size_t i = 0; i < n; i++) {
         json_object *p = json_object_array_get_idx(provs, i);
         const char *pname = get_str(p, "provider");
@@ -855,6 +996,8 @@ static void print_providers(json_object *r)
                 mode = strcmp(by, "operator") == 0 ? "SUSPENDED" : "suspended";
             else if (json_object_get_boolean(get(q, "suspended")))
                 mode = "vmta-susp"; /* the operator suspended this virtual MTA */
+            else if (get_str(q, "disabled_until") != NULL)
+                mode = "disabled"; /* a rule disabled this source for the provider */
             json_object *rate = get(q, "rate");
             char rbuf[32], cbuf[32];
             double rv = rate ? json_object_get_double(rate) : 0;
@@ -867,10 +1010,10 @@ static void print_providers(json_object *r)
                 snprintf(cbuf, sizeof(cbuf), "%" PRIu64 "/%" PRIu64, get_u64(q, "connections"), mc);
             else
                 snprintf(cbuf, sizeof(cbuf), "%" PRIu64, get_u64(q, "connections"));
-            printf("%-20s %-12s %-15s %-10s %8s %9s %9" PRIu64 " %9" PRIu64 "  %.60s\n",
+            printf("%-20s %-12s %-15s %-10s %8s %9s %9" PRIu64 " %9" PRIu64 " %9" PRIu64 "  %.*s\n",
                    pname ? pname : "?", vmta ? vmta : "-", src && *src ? src : "-",
                    mode ? mode : "?", rbuf, cbuf, get_u64(q, "delivered"), get_u64(q, "deferred"),
-                   last ? last : "");
+                   get_u64(q, "bounced"), utf8_cut(last ? last : "", 60), last ? last : "");
         }
     }
     if (n == 0)
@@ -887,8 +1030,8 @@ static bool print_ops(const char *cmd, json_object *r)
     } else if (strcmp(cmd, "queue") == 0) {
         print_queue(r);
     } else if ((strcmp(cmd, "suspend") == 0 || strcmp(cmd, "resume") == 0) &&
-               (get(r, "provider") || get(r, "vmta"))) {
-        bool pv = get(r, "provider") != NULL;
+               (get_str(r, "provider") || get_str(r, "vmta"))) {
+        bool pv = get_str(r, "provider") != NULL;
         const char *name = get_str(r, pv ? "provider" : "vmta");
         uint64_t f = get_u64(r, "for");
         char dbuf[64] = "until resumed";
@@ -929,9 +1072,6 @@ static bool print_ops(const char *cmd, json_object *r)
                        json_object_get_string(json_object_array_get_idx(a, i)));
             printf("\n");
         }
-    } else if (strcmp(cmd, "metrics") == 0) {
-        const char *m = get_str(r, "metrics");
-        fputs(m ? m : "", stdout);
     } else {
         return false;
     }
@@ -1011,6 +1151,7 @@ static int build_request(const char *const *pos, int npos, const char *limit, ch
 int main(int argc, char **argv)
 {
     const char *sock = getenv("SLUICE_SOCKET");
+    const char *owner_name = getenv("SLUICE_SOCKET_OWNER");
     bool json = false;
     const char *limit = NULL;
     const char *pos[64];
@@ -1031,6 +1172,12 @@ int main(int argc, char **argv)
             sock = argv[i];
         } else if (strncmp(a, "--socket=", 9) == 0) {
             sock = a + 9;
+        } else if (strcmp(a, "--owner") == 0) {
+            if (++i >= argc)
+                return usage_error("%s needs a user name", a);
+            owner_name = argv[i];
+        } else if (strncmp(a, "--owner=", 8) == 0) {
+            owner_name = a + 8;
         } else if (strcmp(a, "--limit") == 0 || strcmp(a, "-n") == 0) {
             if (++i >= argc)
                 return usage_error("%s needs a number", a);
@@ -1047,6 +1194,18 @@ int main(int argc, char **argv)
     }
     if (npos == 0)
         return usage_error("no command given%s", "");
+    uid_t owner = (uid_t)-1;
+    if (owner_name != NULL && owner_name[0] != '\0') {
+        struct passwd *pw = getpwnam(owner_name);
+        char *end;
+        unsigned long u = strtoul(owner_name, &end, 10);
+        if (pw != NULL)
+            owner = pw->pw_uid;
+        else if (*end == '\0' && end != owner_name)
+            owner = (uid_t)u;
+        else
+            return usage_error("--owner: no such user: %s", owner_name);
+    }
 
     const char *cmd = pos[0];
     char *line = NULL;
@@ -1056,7 +1215,7 @@ int main(int argc, char **argv)
 
     buf_t resp;
     buf_init(&resp, 65536);
-    rc = talk(sock, line, &resp);
+    rc = talk(sock, line, owner, &resp);
     free(line);
     if (rc != 0) {
         buf_free(&resp);
@@ -1065,46 +1224,70 @@ int main(int argc, char **argv)
 
     json_object *r = json_tokener_parse(resp.b_data);
     if (r == NULL || !json_object_is_type(r, json_type_object)) {
-        fprintf(stderr, "sluicectl: malformed answer from %s: %.200s\n", sock, resp.b_data);
+        char *shown = tty_strdup(resp.b_data, MIN(resp.b_len, 200), false);
+        fprintf(stderr, "sluicectl: malformed answer from %s: %s\n", sock, shown);
+        free(shown);
         json_object_put(r);
         buf_free(&resp);
         return EXIT_CONNECT;
     }
+    /* Human forms print only from h, where every string is terminal-safe. */
+    json_object *h = tty_clean(r);
     json_object *ok = get(r, "ok");
     bool is_ok = ok != NULL && json_object_get_boolean(ok);
     rc = EXIT_OK;
-    if (json) {
-        printf("%s\n", resp.b_data);
-        json_object *cons = get(r, "consistent");
-        if (!is_ok) {
-            const char *e = get_str(r, "error");
-            fprintf(stderr, "sluicectl: %s\n", e ? e : "the daemon refused the command");
-            rc = EXIT_REFUSED;
-        } else if (strcmp(cmd, "check") == 0 && cons != NULL && !json_object_get_boolean(cons)) {
-            rc = EXIT_REFUSED; /* same exit code as the human form */
-        }
-    } else if (!is_ok) {
-        const char *e = get_str(r, "error");
+    if (!is_ok) {
+        const char *e = get_str(h, "error");
         fprintf(stderr, "sluicectl: %s\n", e ? e : "the daemon refused the command");
         rc = EXIT_REFUSED;
+    }
+    if (json) {
+        /* The daemon's line, with its strings as a strict JSON reader wants
+         * them even if the daemon is older than that rule. */
+        buf_t out;
+        buf_init(&out, resp.b_len + 2);
+        json_text_sanitize(&out, resp.b_data, resp.b_len);
+        buf_append(&out, "\n", 1);
+        fwrite(out.b_data, 1, out.b_len, stdout);
+        buf_free(&out);
+        json_object *cons = get(r, "consistent");
+        if (is_ok && strcmp(cmd, "check") == 0 && cons != NULL && !json_object_get_boolean(cons))
+            rc = EXIT_REFUSED; /* same exit code as the human form */
+    } else if (!is_ok) {
+        /* said on stderr */
     } else if (strcmp(cmd, "status") == 0) {
-        print_status(r);
+        print_status(h);
     } else if (strcmp(cmd, "list") == 0) {
-        print_list(r);
+        print_list(h);
     } else if (strcmp(cmd, "inspect") == 0) {
-        print_inspect(r);
+        print_inspect(h);
     } else if (strcmp(cmd, "check") == 0) {
-        rc = print_check(r);
+        rc = print_check(h);
     } else if (strcmp(cmd, "shutdown") == 0) {
         printf("sluiced is shutting down\n");
     } else if (strcmp(cmd, "log-rotate") == 0) {
         printf("log files reopened\n");
-    } else if (print_ops(cmd, r)) {
+    } else if (strcmp(cmd, "metrics") == 0) {
+        /* the exposition's lines kept, anything else made visible */
+        json_object *m = get(r, "metrics");
+        if (m != NULL && json_object_is_type(m, json_type_string)) {
+            char *t =
+                tty_strdup(json_object_get_string(m), (size_t)json_object_get_string_len(m), true);
+            fputs(t, stdout);
+            free(t);
+        }
+    } else if (print_ops(cmd, h)) {
         /* printed */
     } else {
-        printf("%s\n", json_object_to_json_string_ext(r, JSON_C_TO_STRING_PRETTY |
-                                                             JSON_C_TO_STRING_NOSLASHESCAPE));
+        buf_t out;
+        buf_init(&out, 256);
+        const char *pretty = json_object_to_json_string_ext(r, JSON_C_TO_STRING_PRETTY |
+                                                                   JSON_C_TO_STRING_NOSLASHESCAPE);
+        json_text_sanitize(&out, pretty, strlen(pretty));
+        printf("%.*s\n", (int)out.b_len, out.b_data);
+        buf_free(&out);
     }
+    json_object_put(h);
     fflush(stdout);
     json_object_put(r);
     buf_free(&resp);

@@ -37,6 +37,10 @@ Options (all optional):
   --eom-reply [N:]TEXT    answer the final dot with TEXT (the first N
                           messages only, with N:). Repeatable, in order.
   --hangup-in-data N      close the connection after N bytes of DATA content
+  --reply-encoding ENC    encode the scripted replies (and every other reply)
+                          with ENC instead of ASCII/UTF-8: "latin-1" sends
+                          U+0000..U+00FF as those single bytes, so a test
+                          can send a raw 0xE9 or 0x9B byte in a reply
   --wire                  record every byte the client sent, raw as it came
                           off the socket (before TLS is removed), per
                           connection in DIR/wire-<n>.bin
@@ -91,6 +95,7 @@ def parse_args(argv):
     p.add_argument("--eom-reply", action="append", default=[])
     p.add_argument("--hangup-in-data", type=int)
     p.add_argument("--wire", action="store_true")
+    p.add_argument("--reply-encoding")
     return p.parse_args(argv)
 
 
@@ -168,6 +173,8 @@ class PeerSMTP(SMTP):
         code = status[:3]
         if code[:1] in ("4", "5"):
             self.st.event(ev="reply", conn=self.conn_no, reply=status)
+        if self.st.opts.reply_encoding and isinstance(status, str):
+            status = status.encode(self.st.opts.reply_encoding, "surrogateescape")
         return await super().push(status)
 
     async def smtp_STARTTLS(self, arg):

@@ -696,6 +696,7 @@ class Peer:
     no_size=True, starttls=True (a fresh self-signed certificate),
     starttls_reply, ehlo_reply, greeting, mail_reply, data_reply,
     hangup_in_data=N, wire=True, rcpt_reply=[...], eom_reply=[...],
+    reply_encoding="latin-1" (raw bytes 0x80-0xFF in replies),
     max_rcpts="N[:TEXT]". Attributes: dir, port, proc. stop() checks that
     it exited 0."""
 
@@ -853,3 +854,106 @@ def release_sluiced():
     rel = os.environ.get("SLUICE_RELEASE_BUILD")
     p = os.path.join(rel, "core/server/sluiced") if rel else None
     return p if p and os.access(p, os.X_OK) else None
+
+
+# ------------------------------------------------------------------ operator surfaces (opsb)
+# What operators and their tools read: the accounting log, the control
+# socket's JSON, sluicectl's output. Checked byte for byte, with a strict
+# JSON reader (tests/e2e/test_surfaces.py, test_records.py, test_metrics.py).
+
+# Bytes a terminal acts on: C0 controls but "\n", DEL; C1 (U+0080-U+009F)
+# and bidi controls once decoded.
+TTY_CONTROL_BYTES = set(range(0x00, 0x20)) - {0x0A} | {0x7F}
+TTY_CONTROL_CHARS = re.compile("[\u0080-\u009f\u2028-\u202e\u2066-\u2069]")
+
+
+def strict_json(raw):
+    """Parse one JSON text (bytes) as a strict reader does: valid UTF-8
+    (raises UnicodeDecodeError), no raw control byte or DEL anywhere (JSON
+    forbids them in strings; json.loads' strict mode misses DEL), no NaN /
+    Infinity, no duplicate key. Returns the value; raises ValueError."""
+    if isinstance(raw, str):
+        raw = raw.encode()
+    text = raw.decode("utf-8", errors="strict")
+    bad = sorted({b for b in raw.rstrip(b"\n") if b < 0x20 or b == 0x7F})
+    if bad:
+        raise ValueError("raw control bytes %r in %r" % (bad, raw[:300]))
+
+    def pairs(kv):
+        keys = [k for k, _ in kv]
+        if len(keys) != len(set(keys)):
+            raise ValueError("duplicate key in %r" % keys)
+        return dict(kv)
+
+    def no_const(name):
+        raise ValueError("%s is not JSON" % name)
+    return jsonlib.loads(text, object_pairs_hook=pairs, parse_constant=no_const, strict=True)
+
+
+def acct_raw_lines(acct_dir):
+    """Every line (bytes, without "\\n") of every accounting file, oldest
+    file first."""
+    out = []
+    if not os.path.isdir(acct_dir):
+        return out
+    names = sorted(os.listdir(acct_dir),
+                   key=lambda n: os.path.getmtime(os.path.join(acct_dir, n)))
+    for name in names:
+        with open(os.path.join(acct_dir, name), "rb") as f:
+            data = f.read()
+        out.extend(l for l in data.split(b"\n") if l)
+    return out
+
+
+def ctl_raw(socket_path, request, timeout=30):
+    """One control request (dict) on a fresh connection; the answer line as
+    the daemon wrote it (bytes, without "\\n")."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(socket_path)
+        s.sendall(jsonlib.dumps(request).encode() + b"\n")
+        got = b""
+        while not got.endswith(b"\n"):
+            d = s.recv(65536)
+            if not d:
+                break
+            got += d
+    return got.rstrip(b"\n")
+
+
+def run_bytes(args, timeout=60, user=None, env=None):
+    """Like run(), with stdout and stderr kept as bytes (a terminal gets
+    bytes: whatever sluicectl prints is checked before any decoding)."""
+    args = [str(a) for a in args]
+    if user is not None:
+        args = ["setpriv", "--reuid=" + user, "--regid=nogroup", "--clear-groups"] + args
+    p = subprocess.run(args, capture_output=True, timeout=timeout, env=env)
+    return Result(args, p.returncode, p.stdout, p.stderr)
+
+
+def tty_unsafe(data):
+    """What in data (bytes a program printed) a terminal would act on or
+    cannot show: [] when it is valid UTF-8 without control bytes (but
+    newlines), C1 or bidi controls."""
+    bad = []
+    try:
+        text = data.decode("utf-8", errors="strict")
+    except UnicodeDecodeError as e:
+        bad.append("invalid UTF-8 at %d: %r" % (e.start, data[max(0, e.start - 20):e.start + 20]))
+        text = data.decode("utf-8", errors="replace")
+    for i, b in enumerate(data):
+        if b in TTY_CONTROL_BYTES:
+            bad.append("control byte 0x%02x at %d: %r" % (b, i, data[max(0, i - 20):i + 20]))
+    for m in TTY_CONTROL_CHARS.finditer(text):
+        bad.append("control character U+%04X: %r" % (ord(m.group()), text[m.start() - 20:m.end() + 20]))
+    return bad
+
+
+def unix_time(value):
+    """A point in time of our JSON (RFC 3339 UTC, "2026-11-27T10:15:30.123Z",
+    docs/records.md) as unix seconds (float); None stays None."""
+    if value is None:
+        return None
+    import datetime
+    return datetime.datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+        tzinfo=datetime.timezone.utc).timestamp()
