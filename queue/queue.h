@@ -165,6 +165,9 @@ typedef enum {
                      recipients matching qq_domain, qq_job, qq_sender and qq_older_than
                      (all that are given; none = every recipient):
                      {"bounced":N, "skipped_in_flight":N} */
+    QREQ_ROTATE,  /* rotate the accounting log (`sluicectl log-rotate`): our own rename,
+                     or a reopen when the file was moved away: {"accounting": what
+                     happened}, or qq_error when it failed */
 } queue_req_type_t;
 
 typedef struct queue_req {
@@ -262,7 +265,8 @@ void queue_set_dispatcher(queue_t *q, queue_dispatch_fn fn, void *arg);
 /* Any thread. The queue commits outcomes in batches (group commit) and
  * writes one accounting record for each. */
 void queue_outcome_submit(queue_t *q, queue_outcome_t *o);
-/* Ask the queue thread to rotate the accounting log. Any thread. */
+/* Ask the queue thread to rotate the accounting log, without an answer
+ * (the outcome is logged; QREQ_ROTATE answers). Any thread. */
 void queue_acct_rotate(queue_t *q);
 /* A reloaded configuration (the queue takes a reference). Any thread. The
  * queue thread takes it at its next wake-up: queue.* (retry schedule,

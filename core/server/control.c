@@ -101,6 +101,7 @@ static int cmd_shutdown(ctl_conn_t *c, json_object *req, json_object *resp, char
                         size_t errlen);
 static int cmd_log_rotate(ctl_conn_t *c, json_object *req, json_object *resp, char *err,
                           size_t errlen);
+static json_object *log_rotate_response(queue_req_t *r);
 /* operator commands (docs/operations.md) */
 static int cmd_queues(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen);
 static int cmd_queue(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen);
@@ -681,6 +682,8 @@ static int queue_req_start(ctl_conn_t *c, queue_req_type_t type, uint64_t msgid,
 /* Build the response for a request the queue thread answered. */
 static json_object *queue_req_response(queue_req_t *r)
 {
+    if (r->qq_type == QREQ_ROTATE)
+        return log_rotate_response(r);
     json_object *resp = json_object_new_object();
     if (r->qq_error[0] != '\0' || r->qq_result == NULL) {
         json_object_object_add(resp, "ok", json_object_new_boolean(0));
@@ -861,16 +864,42 @@ static int cmd_shutdown(ctl_conn_t *c, json_object *req, json_object *resp, char
 static int cmd_log_rotate(ctl_conn_t *c, json_object *req, json_object *resp, char *err,
                           size_t errlen)
 {
-    const control_env_t *env = &c->cc_ctl->ct_env;
-    if (env->ce_queue != NULL)
-        queue_acct_rotate(env->ce_queue);
+    /* The accounting log first, on the queue thread; the operational log
+     * when its answer is back (log_rotate_response), so that one answer
+     * reports both and comes only once both are done: logrotate's
+     * postrotate may compress the old files right after it. */
+    return queue_req_start(c, QREQ_ROTATE, 0, 0, err, errlen);
+}
+
+/* The answer to log-rotate: the queue thread's accounting outcome, then
+ * the operational log reopened here. ok:false when either failed. */
+static json_object *log_rotate_response(queue_req_t *r)
+{
+    json_object *resp = json_object_new_object();
+    char lerr[512] = "", lpath[256] = "";
+    cfg_t *cfg = cfg_current(); /* log.file needs a restart: the one log_init opened */
+    if (cfg != NULL && cfg->c_log_file != NULL)
+        snprintf(lpath, sizeof(lpath), "%s", cfg->c_log_file);
+    cfg_unref(cfg);
     int rc = log_reopen();
-    if (rc < 0) {
-        snprintf(err, errlen, "reopening the log file: %s", sl_strerror(rc));
-        return rc;
+    if (rc < 0)
+        snprintf(lerr, sizeof(lerr), "log file %s: reopen: %s", lpath, sl_strerror(rc));
+    bool ok = r->qq_error[0] == '\0' && r->qq_result != NULL && rc >= 0;
+    json_object_object_add(resp, "ok", json_object_new_boolean(ok));
+    if (!ok) {
+        char e[1024];
+        snprintf(e, sizeof(e), "%s%s%s", r->qq_error, r->qq_error[0] && lerr[0] ? "; " : "", lerr);
+        json_object_object_add(resp, "error", json_object_new_string(e));
     }
-    log_info("control: log files rotated");
-    return CTL_REPLY;
+    json_object *acct = r->qq_result ? json_object_object_get(r->qq_result, "accounting") : NULL;
+    if (acct != NULL)
+        json_object_object_add(resp, "accounting", json_object_get(acct));
+    if (rc >= 0)
+        json_object_object_add(resp, "log",
+                               json_object_new_string(lpath[0] ? "reopened" : "stderr"));
+    if (ok)
+        log_info("control: log files rotated");
+    return resp;
 }
 
 /* ------------------------------------------------------------ operator commands */
