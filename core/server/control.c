@@ -102,6 +102,7 @@ static int cmd_shutdown(ctl_conn_t *c, json_object *req, json_object *resp, char
 static int cmd_log_rotate(ctl_conn_t *c, json_object *req, json_object *resp, char *err,
                           size_t errlen);
 static json_object *log_rotate_response(queue_req_t *r);
+static bool resume_missed(queue_req_t *r);
 /* operator commands (docs/operations.md) */
 static int cmd_queues(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen);
 static int cmd_queue(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen);
@@ -685,7 +686,7 @@ static json_object *queue_req_response(queue_req_t *r)
     if (r->qq_type == QREQ_ROTATE)
         return log_rotate_response(r);
     json_object *resp = json_object_new_object();
-    if (r->qq_error[0] != '\0' || r->qq_result == NULL) {
+    if (r->qq_error[0] != '\0' || r->qq_result == NULL || resume_missed(r)) {
         json_object_object_add(resp, "ok", json_object_new_boolean(0));
         json_object_object_add(resp, "error",
                                json_object_new_string(r->qq_error[0] ? r->qq_error : "no answer"));
@@ -1143,6 +1144,22 @@ static int cmd_suspend(ctl_conn_t *c, json_object *req, json_object *resp, char 
     }
     r->qq_until = dur ? clock_now_s() + dur : 0;
     return admin_req_send(c, r);
+}
+
+/* resume of a domain or job that holds nothing: refused with qq_error set
+ * (exit 1 in sluicectl), as a provider's or a virtual MTA's resume is, so
+ * that a misspelt name never passes for a resumed one. resume --all is
+ * "make sure nothing is held": fine with nothing held. */
+static bool resume_missed(queue_req_t *r)
+{
+    if (r->qq_type != QREQ_RESUME || r->qq_all || r->qq_error[0] != '\0' || r->qq_result == NULL)
+        return false;
+    json_object *n = json_object_object_get(r->qq_result, "resumed");
+    if (n == NULL || json_object_get_int64(n) > 0)
+        return false;
+    snprintf(r->qq_error, sizeof(r->qq_error), "%s \"%.200s\" is not suspended",
+             r->qq_domain ? "domain" : "job", r->qq_domain ? r->qq_domain : r->qq_job);
+    return true;
 }
 
 static int cmd_resume(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen)
