@@ -48,21 +48,29 @@ static int acct_reopen(q_acct_t *a);
 static void acct_write(q_acct_t *a);
 static int acct_rename_free(const char *from, const char *dir, char *dst, size_t dstlen);
 
+/* mkdir -p with explicit modes, whatever the umask: the directories on the
+ * way 0755 (searchable, so that a daemon that switched user still reaches
+ * what lies below), the last one mode. Existing ones are left alone. */
 static int mkdir_p(const char *path, mode_t mode)
 {
     char tmp[1024];
     snprintf(tmp, sizeof(tmp), "%s", path);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/')
+    for (char *p = tmp + 1;; p++) {
+        if (*p != '/' && *p != '\0')
             continue;
+        char c = *p;
+        mode_t m = c == '\0' ? mode : 0755;
         *p = '\0';
-        if (mkdir(tmp, mode) != 0 && errno != EEXIST)
+        if (mkdir(tmp, m) == 0) {
+            if (chmod(tmp, m) != 0)
+                return -errno;
+        } else if (errno != EEXIST) {
             return -errno;
-        *p = '/';
+        }
+        *p = c;
+        if (c == '\0')
+            return 0;
     }
-    if (mkdir(tmp, mode) != 0 && errno != EEXIST)
-        return -errno;
-    return 0;
 }
 
 int q_mkdir_p(const char *path, mode_t mode)

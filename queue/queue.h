@@ -195,6 +195,16 @@ void queue_request(queue_t *q, queue_req_t *r);
  * Returns 0 when consistent. Used by `sluiced --check-spool`. */
 int queue_check_offline(const char *spool_path, size_t *nmsgs, size_t *nrcpts);
 
+/* One daemon per spool: take the exclusive lock on spool_path's lock file
+ * (QUEUE_LOCK_FILE, created 0640 with the holder's pid in it). 0 and the
+ * descriptor that holds it in *fd_out (keep it open while the spool is in
+ * use; queue_spool_unlock, or the process's end, drops it); SL_EBUSY when
+ * another process holds it (err names its pid), or -errno (the spool
+ * directory missing: -ENOENT). Main thread, before queue_open. */
+#define QUEUE_LOCK_FILE "sluiced.lock"
+int queue_spool_lock(const char *spool_path, int *fd_out, char *err, size_t errlen);
+void queue_spool_unlock(int fd);
+
 /* ------------------------------------------------------------------------
  * Delivery interface (queue thread <-> delivery threads), "Deliver mail".
  *

@@ -1,10 +1,18 @@
 #!/usr/bin/python3
 """Running sluiced as an operator does (docs/operations.md):
 
-- a log.file in a missing directory and a host name in
-  control.http_metrics fail `--check-config` and start-up the same way;
+- one daemon per spool: a second sluiced on the same spool.path (other
+  ports, other socket) is refused with one line naming the holder's pid,
+  and `--check-spool` refuses while the daemon runs; a SIGKILLed daemon's
+  lock never blocks the restart;
+- `--check-config` runs every check start-up runs: a log.file in a missing
+  directory, a host name in control.http_metrics, a TLS pair that does not
+  load and a shaping file that does not compile fail both the same way;
 - the TLS pair is derived from the configuration (smtp.tls.dir, by default
   beside the spool), never from the directory sluiced was started in;
+- under umask 000 every file and directory sluiced creates has its own
+  explicit mode (the certificate 0644, the key 0600, nothing writable by
+  others);
 - `resume` of something not suspended exits 1 for a domain, a job and a
   provider alike, `resume --all` exits 0.
 
@@ -23,6 +31,81 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sluicetest as st  # noqa: E402
 
 VERSION_RE = r"^%s \d+\.\d+\.\d+\n$"
+
+
+def mode(path):
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def second_daemon_conf(d, tmp):
+    """A configuration for a second daemon on d's spool: its own ports,
+    socket and accounting directory, only spool.path shared."""
+    return ('hostname = "second.test";\n'
+            'log {\n    accounting_dir = "%s/log";\n}\n'
+            'spool {\n    path = "%s";\n    map_size = 64M;\n}\n'
+            'control {\n    socket = "%s/ctl.sock";\n}\n'
+            'smtp {\n    listen = "127.0.0.1:%d";\n'
+            '    tls {\n        cert = "%s";\n        key = "%s";\n    }\n}\n'
+            'delivery {\n    smarthost = "127.0.0.1:%d";\n}\n'
+            % (tmp, d.spool, tmp, st.free_port(), d.cert, d.key, d.closed_port))
+
+
+class SpoolLock(unittest.TestCase):
+    def setUp(self):
+        self.tmp = st.make_tmpdir("operator-")
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def test_second_daemon_on_the_same_spool_is_refused(self):
+        with st.Daemon() as d:
+            d.swaks().check()
+            d.wait_queue(1)
+            conf = os.path.join(self.tmp, "second.conf")
+            with open(conf, "w") as f:
+                f.write(second_daemon_conf(d, self.tmp))
+            p = subprocess.Popen([st.SLUICED, "-c", conf], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, cwd=self.tmp)
+            try:
+                out, err = p.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                out, err = p.communicate()
+                self.fail("a second sluiced on the same spool kept running:\n" + err)
+            self.assertEqual(p.returncode, 1, err)
+            lines = [l for l in err.splitlines() if l.startswith("sluiced:")]
+            self.assertEqual(len(lines), 1, err)
+            self.assertIn("spool %s is in use by sluiced pid %d" % (d.spool, d.proc.pid),
+                          lines[0])
+            self.assertEqual(st.sanitizer_errors(err), [])
+            # it touched nothing of the first one's: its socket never existed
+            self.assertFalse(os.path.exists(os.path.join(self.tmp, "ctl.sock")))
+            # the offline check refuses as well, naming the pid
+            r = st.run([st.SLUICED, "-c", d.conf_path, "--check-spool"], timeout=120)
+            self.assertEqual(r.rc, 1, r)
+            self.assertIn("in use by sluiced pid %d" % d.proc.pid, r.err)
+            self.assertNotIn("consistent", r.out)
+            # and the first daemon is untouched
+            self.assertEqual(d.status()["queue"]["messages"], 1)
+            # stopped: the spool is free again
+            d.stop()
+            r = st.run([st.SLUICED, "-c", d.conf_path, "--check-spool"], timeout=120)
+            self.assertEqual(r.rc, 0, r)
+            self.assertIn("consistent, 1 messages", r.out)
+
+    def test_lock_of_a_killed_daemon_does_not_block_a_restart(self):
+        d = st.Daemon()
+        try:
+            d.start()
+            first = d.proc.pid
+            d.kill9()
+            d.start()
+            with open(os.path.join(d.spool, "sluiced.lock")) as f:
+                self.assertEqual(int(f.read().strip()), d.proc.pid)
+            self.assertNotEqual(d.proc.pid, first)
+            d.stop()
+        finally:
+            d.cleanup()
 
 
 class CheckConfig(unittest.TestCase):
@@ -61,6 +144,20 @@ class CheckConfig(unittest.TestCase):
         self.both_fail("control", 'http_metrics = "localhost:9192";',
                        'control.http_metrics: expected "ip:port" (an IP address, not a host '
                        'name; "" = off), got "localhost:9192"')
+
+    def test_tls_pair_that_does_not_load(self):
+        with open(self.d.cert, "w") as f:
+            f.write("-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n")
+        st.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+                "-out", self.d.key]).check()
+        os.chmod(self.d.key, 0o600)
+        self.both_fail(None, None, "smtp.tls:")
+
+    def test_shaping_file_that_does_not_compile(self):
+        path = os.path.join(self.d.dir, "shaping.conf")
+        with open(path, "w") as f:
+            f.write('providers { r { domains = ["r.test"];\n  message_rate = "fast"; } }\n')
+        self.both_fail("delivery", 'shaping = "%s";' % path, "shaping.conf:2:")
 
     def test_good_file_passes(self):
         r = st.run([st.SLUICED, "-c", self.d.conf_path, "--check-config"])
@@ -111,6 +208,40 @@ class TlsPaths(unittest.TestCase):
             self.assertEqual(sorted(os.listdir(tls)), ["cert.pem", "key.pem"])
             self.assertEqual(os.listdir(self.cwd), [])
             self.assertFalse(os.path.exists(os.path.join(self.state, "tls")))
+            d.stop()
+        finally:
+            d.cleanup()
+
+
+class Umask(unittest.TestCase):
+    def test_files_keep_their_modes_under_umask_000(self):
+        d = st.Daemon(wrapper=["sh", "-c", 'umask 000; exec "$0" "$@"'])
+        # everything sluiced makes, in directories it creates itself
+        new = os.path.join(d.dir, "new", "var")
+        text = d.default_conf().replace(d.spool, new + "/spool").replace(
+            d.acct_dir, new + "/log").replace(d.cert, new + "/tls/cert.pem").replace(
+            d.key, new + "/tls/key.pem")
+        with open(d.conf_path, "w") as f:
+            f.write(text)
+        try:
+            d.start()
+            d.swaks().check()
+            acct = os.path.join(new, "log", "acct.jsonl")
+            st.wait_for(lambda: os.path.exists(acct) and os.path.getsize(acct) > 0, 10,
+                        what="the accounting log")
+            self.assertEqual(mode(os.path.join(new, "tls", "cert.pem")), 0o644)
+            self.assertEqual(mode(os.path.join(new, "tls", "key.pem")), 0o600)
+            self.assertEqual(mode(os.path.join(new, "tls")), 0o755)
+            self.assertEqual(mode(os.path.join(new, "spool")), 0o700)
+            self.assertEqual(mode(os.path.join(new, "log")), 0o750)
+            self.assertEqual(mode(acct), 0o640)
+            self.assertEqual(mode(new), 0o755)
+            for root, dirs, files in os.walk(os.path.join(d.dir, "new")):
+                for n in dirs + files:
+                    p = os.path.join(root, n)
+                    self.assertEqual(mode(p) & 0o022, 0, "%s is %o" % (p, mode(p)))
+                    if n in files:
+                        self.assertEqual(mode(p) & 0o004, 0 if n != "cert.pem" else 0o004, p)
             d.stop()
         finally:
             d.cleanup()
