@@ -13,8 +13,9 @@
 - under umask 000 every file and directory sluiced creates has its own
   explicit mode (the certificate 0644, the key 0600, nothing writable by
   others);
-- `resume` of something not suspended exits 1 for a domain, a job and a
-  provider alike, `resume --all` exits 0.
+- the command-line tools: --version and --help everywhere, exit 2 on a
+  usage error; `resume` of something not suspended exits 1 for a domain, a
+  job and a provider alike, `resume --all` exits 0.
 
 Env: SLUICE_BUILD (binaries), SLUICE_SRC.
 """
@@ -248,6 +249,25 @@ class Umask(unittest.TestCase):
 
 
 class Cli(unittest.TestCase):
+    TOOLS = [("sluiced", st.SLUICED), ("sluicectl", st.SLUICECTL),
+             ("sluice-source", st.SOURCE), ("sluice-sink", st.SINK)]
+
+    def test_version_and_help(self):
+        for name, path in self.TOOLS:
+            for arg in ("--version", "-V") if name in ("sluiced", "sluicectl") else ("--version",):
+                r = st.run([path, arg])
+                self.assertEqual(r.rc, 0, (name, arg, r))
+                self.assertRegex(r.out, VERSION_RE % re.escape(name))
+            for arg in ("--help", "-h"):
+                r = st.run([path, arg])
+                self.assertEqual(r.rc, 0, (name, arg, r))
+                self.assertIn("usage:", r.out)
+                self.assertEqual(r.err, "")
+            r = st.run([path, "--no-such-option"])
+            self.assertEqual(r.rc, 2, (name, r))
+            self.assertEqual(r.out, "")
+            self.assertIn("usage:", r.err)
+
     def test_resume_of_what_is_not_suspended(self):
         with st.Daemon() as d:
             for args, what in ((["a.example"], 'domain "a.example" is not suspended'),
