@@ -4,6 +4,9 @@ JOBS   ?= $(shell nproc)
 BUILD  ?= build
 SAN    ?= build-san
 CONF   ?=
+# Warnings are errors in the developer and CI builds made here; a plain
+# `cmake` (a packager's build) leaves SLUICE_WERROR off.
+WERROR ?= -DSLUICE_WERROR=ON
 
 .PHONY: all deps build build-san build-daemon run test format format-check bench bench-smoke bench-accept \
 	fuzz soak clean
@@ -15,12 +18,12 @@ deps:
 
 # Release build (jemalloc, -O2): what `make run` and the benchmarks use.
 build: deps
-	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(WERROR) >/dev/null
 	@cmake --build $(BUILD) -j $(JOBS)
 
 # Sanitizer build (address + undefined, libc malloc): what `make test` uses.
 build-san: deps
-	@cmake -S . -B $(SAN) -DCMAKE_BUILD_TYPE=Debug -DSLUICE_SANITIZE=address,undefined >/dev/null
+	@cmake -S . -B $(SAN) -DCMAKE_BUILD_TYPE=Debug -DSLUICE_SANITIZE=address,undefined $(WERROR) >/dev/null
 	@cmake --build $(SAN) -j $(JOBS)
 
 run: build
@@ -33,7 +36,7 @@ test: build-san build-daemon format-check
 
 # Just the release sluiced (what `make test` needs of the release build).
 build-daemon: deps
-	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(WERROR) >/dev/null
 	@cmake --build $(BUILD) -j $(JOBS) --target sluiced
 
 format:

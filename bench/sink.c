@@ -1936,6 +1936,8 @@ static void usage(FILE *f)
                "  --profile FILE           per-provider behaviour (JSON, docs/benchmarks.md)\n"
                "  --hold                   greet no connection until SIGUSR1\n"
                "  -v, --verbose            debug log (state changes) to stderr\n"
+               "  -h, --help / --version   this help / the version, and exit\n"
+               "exit: 0 ok, 1 cannot start, 2 usage error\n"
                "Faults by recipient local part (before '@', '+tag' ignored): tempfail,\n"
                "permfail, 421, slow, drop, datafail, datareject, tempfailonce.\n");
 }
@@ -1965,6 +1967,7 @@ enum {
     OPT_SEED,
     OPT_PROFILE,
     OPT_HOLD,
+    OPT_VERSION,
 };
 
 static int parse_num(const char *s, double lo, double hi, double *out)
@@ -2006,6 +2009,7 @@ static int sink_parse_args(int argc, char **argv, sink_opts_t *o)
         {"seed", required_argument, NULL, OPT_SEED},
         {"profile", required_argument, NULL, OPT_PROFILE},
         {"hold", no_argument, NULL, OPT_HOLD},
+        {"version", no_argument, NULL, OPT_VERSION},
         {"verbose", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -2031,6 +2035,9 @@ static int sink_parse_args(int argc, char **argv, sink_opts_t *o)
             break;
         case 'h':
             usage(stdout);
+            exit(0);
+        case OPT_VERSION:
+            printf("sluice-sink %s\n", SLUICE_VERSION);
             exit(0);
         case OPT_PORT_FILE:
             o->o_port_file = optarg;

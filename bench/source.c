@@ -277,6 +277,7 @@ static void src_usage(FILE *f)
                "  --ids FILE  append the queue id of every accepted message\n"
                "  --job ID    add an X-Sluice-Job header\n"
                "  --json      print one JSON object     --8bit  8-bit UTF-8 body\n"
+               "  -h, --help  this help                 --version  the version\n"
                "exit: 0 all accepted, 1 otherwise, 2 usage error\n");
 }
 
@@ -1214,11 +1215,15 @@ int main(int argc, char **argv)
     o->o_max_seconds = 300;
     o->o_from = "bench@source.example";
 
-    enum { OPT_IDS = 256, OPT_JOB, OPT_JSON, OPT_8BIT };
+    enum { OPT_IDS = 256, OPT_JOB, OPT_JSON, OPT_8BIT, OPT_VERSION };
     static const struct option longopts[] = {
-        {"ids", required_argument, NULL, OPT_IDS}, {"job", required_argument, NULL, OPT_JOB},
-        {"json", no_argument, NULL, OPT_JSON},     {"8bit", no_argument, NULL, OPT_8BIT},
-        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
+        {"ids", required_argument, NULL, OPT_IDS},
+        {"job", required_argument, NULL, OPT_JOB},
+        {"json", no_argument, NULL, OPT_JSON},
+        {"8bit", no_argument, NULL, OPT_8BIT},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, OPT_VERSION},
+        {NULL, 0, NULL, 0},
     };
     int ch;
     uint64_t v;
@@ -1293,6 +1298,9 @@ int main(int argc, char **argv)
             break;
         case 'h':
             src_usage(stdout);
+            return 0;
+        case OPT_VERSION:
+            printf("sluice-source %s\n", SLUICE_VERSION);
             return 0;
         default:
             src_usage(stderr);

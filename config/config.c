@@ -20,6 +20,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <grp.h>
 #include <pthread.h>
 #include <pwd.h>
 #include <stddef.h>
@@ -52,6 +53,7 @@ typedef enum {
     K_RETRY,     /* c_retry / c_retry_n */
     K_RESOLVERS, /* char *, "ip[:port],..." */
     K_HOSTPORT,  /* char *, "host[:port]" (also fills c_dlv_smart) */
+    K_IPPORT,    /* char *, "" or "ip:port" with a port (an address, not a host name) */
     K_ROUTES,    /* section: "domain" = "host[:port]" */
     K_TLSMAP,    /* section: "domain" = "policy" */
     K_USERS,     /* section: name = "crypt(3) hash" */
@@ -109,7 +111,7 @@ static const key_def_t keys[] = {
 
     KEY("control.socket", K_SOCKET, c_ctl_socket, "./var/sluiced.sock"),
     KEYR("control.mode", K_MODE, c_ctl_mode, 0, 0777, "0600"),
-    KEY("control.http_metrics", K_STR, c_ctl_http, ""),
+    KEY("control.http_metrics", K_IPPORT, c_ctl_http, ""),
 
     KEY("smtp.listen", K_LISTEN, c_smtp_listen, "127.0.0.1:2525"),
     KEYR("smtp.threads", K_INT, c_smtp_threads, 1, 64, "1"),
@@ -127,8 +129,9 @@ static const key_def_t keys[] = {
     KEY("smtp.bare_newline", K_BARENL, c_smtp_bare_newline, "reject"),
     KEY("smtp.relay_networks", K_CIDRS, c_smtp_relay, "127.0.0.0/8, ::1/128"),
 
-    KEY("smtp.tls.cert", K_PATH, c_tls_cert, "./var/tls/cert.pem"),
-    KEY("smtp.tls.key", K_PATH, c_tls_key, "./var/tls/key.pem"),
+    KEY("smtp.tls.dir", K_STR, c_tls_dir, ""),
+    KEY("smtp.tls.cert", K_STR, c_tls_cert, ""),
+    KEY("smtp.tls.key", K_STR, c_tls_key, ""),
     KEY("smtp.tls.generate", K_BOOL, c_tls_generate, "true"),
 
     KEY("smtp.auth.plaintext_loopback", K_BOOL, c_auth_plaintext_loopback, "true"),
@@ -231,6 +234,9 @@ static int finish(loader_t *ld, int file_mode);
 static void cfg_free(cfg_t *c);
 static int parse_dur_ms(const char *s, uint64_t *ms);
 static int parse_dest(const char *s, char **host, int *port);
+static char *dir_of(const char *path);
+static int finish_paths(loader_t *ld);
+static const char *key_mode_problem(const cfg_t *c, const struct stat *st, char *buf, size_t len);
 
 /* cfg_set_attach(): written once at start-up, before any thread runs. */
 static cfg_attach_fn attach_fn;
@@ -255,8 +261,7 @@ static const char default_conf[] =
     "    listen = \"127.0.0.1:2525\";\n"
     "    relay_networks = [\"127.0.0.0/8\", \"::1/128\"];\n"
     "    tls {\n"
-    "        cert = \"./var/tls/cert.pem\";\n"
-    "        key = \"./var/tls/key.pem\";\n"
+    "        # cert and key: ./var/tls/cert.pem and key.pem, beside the spool\n"
     "        generate = true;   # self-signed pair on first start\n"
     "    }\n"
     "}\n"
@@ -411,6 +416,9 @@ static const char *kind_desc(const key_def_t *k, char *dst, size_t len)
         break;
     case K_HOSTPORT:
         snprintf(dst, len, "\"host[:port]\"");
+        break;
+    case K_IPPORT:
+        snprintf(dst, len, "\"ip:port\" (an IP address, not a host name; \"\" = off)");
         break;
     case K_HDRLIST:
         snprintf(dst, len, "a list of header field names such as [\"from\", \"to\"]");
@@ -738,6 +746,15 @@ static int set_value(loader_t *ld, const key_def_t *k, const cfg_node_t *n)
         if (parse_tls_policy(s, f) < 0)
             return expect_error(ld, k, n);
         return 0;
+    case K_IPPORT: {
+        sockaddr_any_t sa;
+        /* sin_port and sin6_port sit at the same offset */
+        if (s[0] != '\0' &&
+            (net_parse_hostport(s, 0, &sa) != 0 || ((struct sockaddr_in *)&sa)->sin_port == 0))
+            return expect_error(ld, k, n);
+        set_str(f, s);
+        return 0;
+    }
     case K_HOSTPORT: {
         char *host = NULL;
         int port = 0;
@@ -981,6 +998,40 @@ static int set_dkim_keys(loader_t *ld, const key_def_t *k, const cfg_node_t *sec
     return 0;
 }
 
+/*
+ * What is wrong with a private key file's mode (TLS, DKIM), or NULL. Never
+ * readable or writable by others; readable by its group only when that is
+ * the daemon's own group (`user`'s, else the one it runs as), since
+ * root:<that group> 0640 is how a daemon that switched user reads its keys
+ * again at reload (docs/operations.md); never writable by a group.
+ */
+static const char *key_mode_problem(const cfg_t *c, const struct stat *st, char *buf, size_t len)
+{
+    if (st->st_mode & (S_IROTH | S_IWOTH))
+        return "is readable by others (chmod 600)";
+    if (st->st_mode & S_IWGRP)
+        return "is writable by its group (chmod g-w)";
+    if (!(st->st_mode & S_IRGRP))
+        return NULL;
+    struct passwd *pw = c->c_user[0] != '\0' ? getpwnam(c->c_user) : NULL;
+    gid_t mine = pw != NULL ? pw->pw_gid : getegid();
+    if (st->st_gid == mine)
+        return NULL;
+    char g1[64], g2[64]; /* getgrgid's answer lives until the next call */
+    struct group *gr = getgrgid(st->st_gid);
+    if (gr != NULL)
+        snprintf(g1, sizeof(g1), "%s", gr->gr_name);
+    else
+        snprintf(g1, sizeof(g1), "%u", (unsigned)st->st_gid);
+    if ((gr = getgrgid(mine)) != NULL)
+        snprintf(g2, sizeof(g2), "%s", gr->gr_name);
+    else
+        snprintf(g2, sizeof(g2), "%u", (unsigned)mine);
+    snprintf(buf, len, "is readable by group %s, which is not sluiced's (chgrp %s, or chmod 600)",
+             g1, g2);
+    return buf;
+}
+
 /* The dkim section's checks across keys and on the file system. The key
  * files' contents are dkim/'s business (dkim_cfg_attach). */
 static int finish_dkim(loader_t *ld)
@@ -1053,9 +1104,11 @@ static int finish_dkim(loader_t *ld)
                      dk->dk_selector, dk->dk_file);
             return SL_ECONFIG;
         }
-        if (st.st_mode & (S_IROTH | S_IWOTH)) {
-            ld_error(ld, dk->dk_line, "dkim.keys.%s.%s: key %s: is readable by others (chmod 600)",
-                     dk->dk_domain, dk->dk_selector, dk->dk_file);
+        char why[256];
+        const char *bad = key_mode_problem(c, &st, why, sizeof(why));
+        if (bad != NULL) {
+            ld_error(ld, dk->dk_line, "dkim.keys.%s.%s: key %s: %s", dk->dk_domain, dk->dk_selector,
+                     dk->dk_file, bad);
             return SL_ECONFIG;
         }
     }
@@ -1208,6 +1261,63 @@ static int walk_section(loader_t *ld, const cfg_node_t *sec, const char *prefix)
     return 0;
 }
 
+/* The directory part of path ("." when it has none); caller frees. */
+static char *dir_of(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    if (slash == NULL)
+        return xstrdup(".");
+    if (slash == path)
+        return xstrdup("/");
+    return xstrndup(path, (size_t)(slash - path));
+}
+
+/*
+ * Paths worked out from others, and paths start-up would trip on. The TLS
+ * pair lives in smtp.tls.dir, by default beside the spool
+ * (<parent of spool.path>/tls), so that a configuration whose paths are
+ * all absolute never writes into the directory sluiced was started in.
+ * The log file's directory must exist: sluiced creates the directories of
+ * its spool, accounting log and control socket, but a log file goes where
+ * the operator's log tree is (log_init would fail on a missing one).
+ */
+static int finish_paths(loader_t *ld)
+{
+    cfg_t *c = ld->l_cfg;
+#define LINE(f) (ld->l_line[find_key(f) - keys])
+    if (c->c_tls_dir[0] == '\0') {
+        char *parent = dir_of(c->c_spool_path);
+        free(c->c_tls_dir);
+        c->c_tls_dir = strcmp(parent, "/") == 0 ? xstrdup("/tls") : xasprintf("%s/tls", parent);
+        free(parent);
+    }
+    if (c->c_tls_cert[0] == '\0') {
+        free(c->c_tls_cert);
+        c->c_tls_cert = xasprintf("%s/cert.pem", c->c_tls_dir);
+    }
+    if (c->c_tls_key[0] == '\0') {
+        free(c->c_tls_key);
+        c->c_tls_key = xasprintf("%s/key.pem", c->c_tls_dir);
+    }
+    if (c->c_log_file[0] != '\0') {
+        struct stat st;
+        char *dir = dir_of(c->c_log_file);
+        bool dir_ok = stat(dir, &st) == 0 && S_ISDIR(st.st_mode);
+        if (!dir_ok)
+            ld_error(ld, LINE("log.file"), "log.file: directory \"%s\" does not exist (create it)",
+                     dir);
+        free(dir);
+        if (!dir_ok)
+            return SL_ECONFIG;
+        if (stat(c->c_log_file, &st) == 0 && !S_ISREG(st.st_mode)) {
+            ld_error(ld, LINE("log.file"), "log.file: \"%s\" is not a regular file", c->c_log_file);
+            return SL_ECONFIG;
+        }
+    }
+#undef LINE
+    return 0;
+}
+
 /* Checks that involve several keys or the file system. */
 static int finish(loader_t *ld, int file_mode)
 {
@@ -1223,6 +1333,8 @@ static int finish(loader_t *ld, int file_mode)
     }
     if (c->c_dlv_helo[0] == '\0')
         set_str(&c->c_dlv_helo, c->c_hostname);
+    if (finish_paths(ld) < 0)
+        return SL_ECONFIG;
 
     /* generate = true makes a pair only when both files are missing */
     bool has_cert = access(c->c_tls_cert, F_OK) == 0;
@@ -1239,9 +1351,11 @@ static int finish(loader_t *ld, int file_mode)
         }
     }
     struct stat kst; /* a private key others can read is no longer private */
-    if (has_key && stat(c->c_tls_key, &kst) == 0 && (kst.st_mode & 0004)) {
-        ld_error(ld, LINE("smtp.tls.key"), "smtp.tls.key: \"%s\" is readable by others (chmod 600)",
-                 c->c_tls_key);
+    char why[256];
+    const char *bad;
+    if (has_key && stat(c->c_tls_key, &kst) == 0 &&
+        (bad = key_mode_problem(c, &kst, why, sizeof(why))) != NULL) {
+        ld_error(ld, LINE("smtp.tls.key"), "smtp.tls.key: \"%s\" %s", c->c_tls_key, bad);
         return SL_ECONFIG;
     }
     if (c->c_dlv_ca_file[0] != '\0' && access(c->c_dlv_ca_file, R_OK) != 0) {
@@ -1383,6 +1497,7 @@ static void cfg_free(cfg_t *c)
     for (size_t i = 0; i < ARRAY_SIZE(strs); i++)
         free(*strs[i]);
     free(c->c_ctl_http);
+    free(c->c_tls_dir);
     for (int i = 0; i < c->c_nusers; i++) {
         free(c->c_users[i].cu_name);
         free(c->c_users[i].cu_hash);

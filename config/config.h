@@ -70,7 +70,7 @@ typedef struct cfg {
     /* control { } */
     char *c_ctl_socket; /* socket = "./var/sluiced.sock" */
     int c_ctl_mode;     /* mode = 0600 */
-    char *c_ctl_http;   /* http_metrics = "" (off) or "127.0.0.1:9090": GET /metrics */
+    char *c_ctl_http;   /* http_metrics = "" (off) or "127.0.0.1:9090" (ip:port): GET /metrics */
 
     /* smtp { } : reception */
     int c_smtp_nlisten;
@@ -95,8 +95,9 @@ typedef struct cfg {
     net_cidr_t c_smtp_relay[CFG_MAX_NETS]; /* relay_networks = ["127.0.0.0/8", "::1/128"] */
 
     /* smtp { tls { } } */
-    char *c_tls_cert;    /* cert = "./var/tls/cert.pem" */
-    char *c_tls_key;     /* key  = "./var/tls/key.pem" */
+    char *c_tls_dir;     /* dir = "" (= <parent of spool.path>/tls, "./var/tls") */
+    char *c_tls_cert;    /* cert = "" (= <tls dir>/cert.pem) */
+    char *c_tls_key;     /* key  = "" (= <tls dir>/key.pem) */
     bool c_tls_generate; /* generate = true: make a self-signed pair if both are missing */
 
     /* smtp { auth { } } */

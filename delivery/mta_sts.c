@@ -1099,8 +1099,8 @@ static void sts_fetch_closed_cb(uv_handle_t *h)
         f->f_tcp_closing = false;
         if (!f->f_done) { /* connect failed: the next address */
             f->f_ai++;
+            sts_fetch_connect(f); /* before the release: f must outlive the call */
             sts_fetch_release(f);
-            sts_fetch_connect(f);
             return;
         }
     }
@@ -1115,6 +1115,8 @@ static void sts_fetch_finish(sts_fetch_t *f, sts_policy_t *pol, const char *why)
         sts_policy_unref(pol);
         return;
     }
+    if (pol == NULL && why == NULL) /* never: every failure names itself */
+        why = "failed";
     f->f_done = true;
     uv_timer_stop(&f->f_timer);
     uv_close((uv_handle_t *)&f->f_timer, sts_fetch_closed_cb);

@@ -635,7 +635,7 @@ static void session_conn_error(dlv_session_t *s, int code, const char *status, c
     dlv_dest_t *de = s->s_dest;
     s->s_err_code = code;
     snprintf(s->s_err_status, sizeof(s->s_err_status), "%s", status);
-    snprintf(s->s_err_text, sizeof(s->s_err_text), "%s", text);
+    snprintf(s->s_err_text, sizeof(s->s_err_text), "%.*s", (int)sizeof(s->s_err_text) - 1, text);
     log_info("delivery: %s: %s", de->de_domain, log_esc(text)); /* holds the peer's reply */
     s->s_tries++;
     if (s->s_addr + 1 < de->de_naddr && s->s_tries < DLV_MAX_TRIES && !s->s_t->t_stopping) {

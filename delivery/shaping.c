@@ -1609,6 +1609,12 @@ int dlv_shaping_suspend_sh(dlv_shaping_t *sh, const char *provider, const char *
     if (vmta != NULL) {
         for (int v = 0; v < sh->sh_nvmtas; v++) {
             if (strcasecmp(sh->sh_vmtas[v].vm_name, vmta) == 0) {
+                uint64_t was = atomic_load(&sh->sh_vmta_suspend[v]);
+                if (until_us == 0 && !shp_op_suspended(was, clock_mono_us())) {
+                    /* resume of what is not suspended: refused, as for a domain */
+                    snprintf(err, errlen, "virtual MTA \"%s\" is not suspended", vmta);
+                    return SL_ENOTFOUND;
+                }
                 atomic_store(&sh->sh_vmta_suspend[v], until_us);
                 log_info("shaping: provider=* vmta=%s event=%s %s", sh->sh_vmtas[v].vm_name,
                          until_us ? "suspend" : "resume", d);
@@ -1640,7 +1646,9 @@ int dlv_shaping_suspend_sh(dlv_shaping_t *sh, const char *provider, const char *
         pv = shp_provider_get_locked(sh, rule, provider);
         atomic_fetch_sub(&pv->pv_refs, 1); /* held by the registry, not a destination */
     }
-    if (pv == NULL) {
+    uint64_t was = pv != NULL ? atomic_load(&pv->pv_op_until) : 0;
+    if (pv == NULL || (until_us == 0 && !shp_op_suspended(was, clock_mono_us()))) {
+        /* resume of what is not suspended: refused, as for a domain */
         uv_mutex_unlock(&sh->sh_lock);
         snprintf(err, errlen, "provider \"%s\" is not suspended", provider);
         return SL_ENOTFOUND;

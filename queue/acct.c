@@ -3,9 +3,20 @@
  *
  * The queue thread builds the records of one committed transaction in one
  * buffer (q_acct_buf) and writes them with one write(2) (q_acct_flush),
- * after the commit that made the events durable. When the file passes
- * max_size, or on request, it is renamed to acct-YYYYmmddTHHMMSS.jsonl and
- * a fresh one is opened, between two writes, so no record is lost or cut.
+ * after the commit that made the events durable.
+ *
+ * Rotation, between two writes so that no record is lost or cut, two ways:
+ * - our own: when the file passes max_size, or on request (`sluicectl
+ *   log-rotate`) while acct.jsonl is still the file we write, it is renamed
+ *   to acct-YYYYmmddTHHMMSS[-N].jsonl and a fresh one is opened. An empty
+ *   file is not rotated (no empty rotated files).
+ * - logrotate's: the file was moved away (or replaced by logrotate's
+ *   `create`); on request we notice that acct.jsonl is no longer the file
+ *   we write (device and inode) and just reopen the path. Records written
+ *   before the request are in the moved file, later ones in the new one.
+ * A rotation that fails is reported to the requester (log-rotate answers
+ * ok:false) and, when it was size-triggered, tried again a minute later
+ * rather than at every write.
  * Thread: queue thread only (q_acct_open also from main before start).
  */
 #include "queue/queue_int.h"
@@ -26,28 +37,40 @@ struct q_acct {
     int a_fd;
     uint64_t a_size;
     uint64_t a_max;
+    uint64_t a_retry_us; /* a failed size rotation: not again before (mono us) */
     buf_t a_buf;
 };
+
+#define ACCT_RETRY_US (60ULL * 1000000) /* a failed size rotation is retried after */
 
 static int mkdir_p(const char *path, mode_t mode);
 static int acct_reopen(q_acct_t *a);
 static void acct_write(q_acct_t *a);
+static int acct_rename_free(const char *from, const char *dir, char *dst, size_t dstlen);
 
+/* mkdir -p with explicit modes, whatever the umask: the directories on the
+ * way 0755 (searchable, so that a daemon that switched user still reaches
+ * what lies below), the last one mode. Existing ones are left alone. */
 static int mkdir_p(const char *path, mode_t mode)
 {
     char tmp[1024];
     snprintf(tmp, sizeof(tmp), "%s", path);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/')
+    for (char *p = tmp + 1;; p++) {
+        if (*p != '/' && *p != '\0')
             continue;
+        char c = *p;
+        mode_t m = c == '\0' ? mode : 0755;
         *p = '\0';
-        if (mkdir(tmp, mode) != 0 && errno != EEXIST)
+        if (mkdir(tmp, m) == 0) {
+            if (chmod(tmp, m) != 0)
+                return -errno;
+        } else if (errno != EEXIST) {
             return -errno;
-        *p = '/';
+        }
+        *p = c;
+        if (c == '\0')
+            return 0;
     }
-    if (mkdir(tmp, mode) != 0 && errno != EEXIST)
-        return -errno;
-    return 0;
 }
 
 int q_mkdir_p(const char *path, mode_t mode)
@@ -134,33 +157,108 @@ static void acct_write(q_acct_t *a)
 void q_acct_flush(q_acct_t *a)
 {
     acct_write(a);
-    if (a->a_max > 0 && a->a_size >= a->a_max)
-        q_acct_rotate(a);
+    if (a->a_max == 0 || a->a_size < a->a_max)
+        return;
+    uint64_t now = clock_mono_us();
+    if (now < a->a_retry_us)
+        return; /* failed a moment ago: one error line a minute, not one per write */
+    char msg[1400];
+    if (q_acct_rotate(a, msg, sizeof(msg)) != 0) {
+        log_error("acct: %s (size rotation tried again in %llu s)", msg,
+                  (unsigned long long)(ACCT_RETRY_US / 1000000));
+        a->a_retry_us = now + ACCT_RETRY_US;
+        return;
+    }
+    a->a_retry_us = 0;
+    log_info("acct: %s", msg);
 }
 
-int q_acct_rotate(q_acct_t *a)
+/* rename(2) from to dir/acct-STAMP[-N].jsonl, a name nobody has taken:
+ * RENAME_NOREPLACE, so that two rotations in one second never overwrite
+ * each other's file. The name used in dst. 0 or -errno. */
+static int acct_rename_free(const char *from, const char *dir, char *dst, size_t dstlen)
 {
-    acct_write(a);
-    char stamp[32], dst[1200];
+    char stamp[32];
     time_t now = time(NULL);
     struct tm tm;
     gmtime_r(&now, &tm);
     strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%S", &tm);
-    snprintf(dst, sizeof(dst), "%s/acct-%s.jsonl", a->a_dir, stamp);
-    for (int n = 1; access(dst, F_OK) == 0 && n < 10000; n++)
-        snprintf(dst, sizeof(dst), "%s/acct-%s-%d.jsonl", a->a_dir, stamp, n);
-    if (rename(a->a_path, dst) != 0) {
-        int e = errno;
-        log_error("acct: rotate %s -> %s: %s", a->a_path, dst, strerror(e));
-        return -e;
+    for (int n = 0; n < 10000; n++) {
+        if (n == 0)
+            snprintf(dst, dstlen, "%s/acct-%s.jsonl", dir, stamp);
+        else
+            snprintf(dst, dstlen, "%s/acct-%s-%d.jsonl", dir, stamp, n);
+        int rc = renameat2(AT_FDCWD, from, AT_FDCWD, dst, RENAME_NOREPLACE);
+        if (rc != 0 && errno == EINVAL) { /* a file system without it */
+            if (access(dst, F_OK) == 0)
+                continue;
+            rc = rename(from, dst);
+        }
+        if (rc == 0)
+            return 0;
+        if (errno != EEXIST)
+            return -errno;
     }
-    int rc = acct_reopen(a);
+    return -EEXIST;
+}
+
+int q_acct_rotate(q_acct_t *a, char *msg, size_t msglen)
+{
+    acct_write(a);
+    struct stat cur, disk;
+    bool have_cur = a->a_fd >= 0 && fstat(a->a_fd, &cur) == 0;
+    bool same = have_cur && stat(a->a_path, &disk) == 0 && disk.st_dev == cur.st_dev &&
+                disk.st_ino == cur.st_ino;
+    if (!same) {
+        /* Moved away (logrotate, mv) or replaced (logrotate's `create`):
+         * what we wrote so far is in the moved file; go on in a new one. */
+        int rc = acct_reopen(a);
+        if (rc != 0) {
+            snprintf(msg, msglen, "reopen %s: %s (still writing to the file it was)", a->a_path,
+                     strerror(-rc));
+            return rc;
+        }
+        snprintf(msg, msglen, "%s was moved away: reopened", a->a_path);
+        return 0;
+    }
+    if (cur.st_size == 0) {
+        snprintf(msg, msglen, "%s is empty: not rotated", a->a_path);
+        return 0;
+    }
+    char dst[1200];
+    int rc = acct_rename_free(a->a_path, a->a_dir, dst, sizeof(dst));
     if (rc != 0) {
-        log_error("acct: reopen %s: %s", a->a_path, strerror(-rc));
+        snprintf(msg, msglen, "rotate %s: %s", a->a_path, strerror(-rc));
         return rc;
     }
-    log_info("acct: rotated to %s", dst);
+    rc = acct_reopen(a);
+    if (rc != 0) {
+        /* The records keep going to the renamed file: nothing is lost, and
+         * the next rotation sees the path free and reopens it. */
+        snprintf(msg, msglen, "rotated to %s, but reopening %s failed: %s", dst, a->a_path,
+                 strerror(-rc));
+        return rc;
+    }
+    snprintf(msg, msglen, "rotated to %s", dst);
     return 0;
+}
+
+void q_acct_rotate_req(q_acct_t *a, queue_req_t *r)
+{
+    char msg[1400];
+    r->qq_result = NULL;
+    r->qq_error[0] = '\0';
+    int rc = q_acct_rotate(a, msg, sizeof(msg));
+    if (rc != 0) {
+        log_error("acct: %s", msg);
+        snprintf(r->qq_error, sizeof(r->qq_error), "accounting log: %.*s",
+                 (int)sizeof(r->qq_error) - 17, msg);
+        return;
+    }
+    log_info("acct: %s", msg);
+    a->a_retry_us = 0;
+    r->qq_result = json_object_new_object();
+    json_object_object_add(r->qq_result, "accounting", json_object_new_string(msg));
 }
 
 /* ------------------------------------------------------------ JSON helpers

@@ -305,8 +305,13 @@ static void queue_closed_cb(uv_handle_t *h)
 static void queue_wake_cb(uv_async_t *h)
 {
     queue_t *q = h->data;
-    if (atomic_exchange(&q->q_rotate, 0))
-        q_acct_rotate(q->q_acct);
+    if (atomic_exchange(&q->q_rotate, 0)) {
+        char msg[1400];
+        if (q_acct_rotate(q->q_acct, msg, sizeof(msg)) != 0)
+            log_error("acct: %s", msg);
+        else
+            log_info("acct: %s", msg);
+    }
     queue_take_config(q);
     if (!atomic_load(&q->q_stopping))
         return;
@@ -943,7 +948,10 @@ static void queue_req_cb(chan_t *ch, chan_node_t *first, void *arg)
     while (first) {
         chan_node_t *next = first->cn_next;
         queue_req_t *r = (queue_req_t *)first;
-        if (!q_admin_request(arg, r)) { /* operator requests answer themselves */
+        if (r->qq_type == QREQ_ROTATE) { /* `sluicectl log-rotate` (acct.c) */
+            q_acct_rotate_req(((queue_t *)arg)->q_acct, r);
+            chan_push(r->qq_reply, &r->qq_node);
+        } else if (!q_admin_request(arg, r)) { /* operator requests answer themselves */
             queue_req_do(arg, r);
             chan_push(r->qq_reply, &r->qq_node);
         }

@@ -167,6 +167,9 @@ typedef enum {
                      recipients matching qq_domain, qq_job, qq_sender and qq_older_than
                      (all that are given; none = every recipient):
                      {"bounced":N, "skipped_in_flight":N} */
+    QREQ_ROTATE,  /* rotate the accounting log (`sluicectl log-rotate`): our own rename,
+                     or a reopen when the file was moved away: {"accounting": what
+                     happened}, or qq_error when it failed */
 } queue_req_type_t;
 
 typedef struct queue_req {
@@ -193,6 +196,16 @@ void queue_request(queue_t *q, queue_req_t *r);
  * it read-only and runs the QREQ_CHECK logic. Prints problems to stderr.
  * Returns 0 when consistent. Used by `sluiced --check-spool`. */
 int queue_check_offline(const char *spool_path, size_t *nmsgs, size_t *nrcpts);
+
+/* One daemon per spool: take the exclusive lock on spool_path's lock file
+ * (QUEUE_LOCK_FILE, created 0640 with the holder's pid in it). 0 and the
+ * descriptor that holds it in *fd_out (keep it open while the spool is in
+ * use; queue_spool_unlock, or the process's end, drops it); SL_EBUSY when
+ * another process holds it (err names its pid), or -errno (the spool
+ * directory missing: -ENOENT). Main thread, before queue_open. */
+#define QUEUE_LOCK_FILE "sluiced.lock"
+int queue_spool_lock(const char *spool_path, int *fd_out, char *err, size_t errlen);
+void queue_spool_unlock(int fd);
 
 /* ------------------------------------------------------------------------
  * Delivery interface (queue thread <-> delivery threads), "Deliver mail".
@@ -264,7 +277,8 @@ void queue_set_dispatcher(queue_t *q, queue_dispatch_fn fn, void *arg);
 /* Any thread. The queue commits outcomes in batches (group commit) and
  * writes one accounting record for each. */
 void queue_outcome_submit(queue_t *q, queue_outcome_t *o);
-/* Ask the queue thread to rotate the accounting log. Any thread. */
+/* Ask the queue thread to rotate the accounting log, without an answer
+ * (the outcome is logged; QREQ_ROTATE answers). Any thread. */
 void queue_acct_rotate(queue_t *q);
 /* A reloaded configuration (the queue takes a reference). Any thread. The
  * queue thread takes it at its next wake-up: queue.* (retry schedule,

@@ -97,8 +97,14 @@ void q_acct_close(q_acct_t *a);
  * write(2) and rotates when the file grew past max_size. */
 buf_t *q_acct_buf(q_acct_t *a);
 void q_acct_flush(q_acct_t *a);
-/* Rename acct.jsonl to acct-YYYYmmddTHHMMSS[-N].jsonl and open a new one. */
-int q_acct_rotate(q_acct_t *a);
+/* Rotate (acct.c's header): rename acct.jsonl to
+ * acct-YYYYmmddTHHMMSS[-N].jsonl and open a new one, or reopen the path
+ * when the file was moved away, or nothing when it is empty. 0, or -errno;
+ * what happened (or went wrong) in msg either way. */
+int q_acct_rotate(q_acct_t *a, char *msg, size_t msglen);
+/* QREQ_ROTATE: q_acct_rotate with the outcome in r (qq_result
+ * {"accounting": what happened}, or qq_error). */
+void q_acct_rotate_req(q_acct_t *a, queue_req_t *r);
 
 /* mkdir -p; 0 or -errno. */
 int q_mkdir_p(const char *path, mode_t mode);

@@ -4,17 +4,27 @@
  *   q_msg_encode / q_msg_decode     the `msg` record (docs/spool.md)
  *   q_rcpt_encode / q_rcpt_decode   the `rcpt` record
  *   q_check_txn                     QREQ_CHECK and queue_check_offline
+ *   queue_spool_lock / _unlock      one daemon per spool (sluiced.lock)
  *
  * Keys are big-endian so that LMDB cursors walk them in numeric order.
- * Thread: pure functions, any thread; q_check_txn on the txn's thread.
+ * Thread: pure functions, any thread; q_check_txn on the txn's thread;
+ * the lock on the main thread.
  */
 #include "queue/queue_int.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <time.h>
+#include <unistd.h>
 
 static void put16(buf_t *b, const char *s, size_t len);
 static bool get16(const uint8_t **p, const uint8_t *end, const char **s, uint16_t *len);
+static long lock_holder_pid(int fd);
 
 void q_be64(uint8_t *p, uint64_t v)
 {
@@ -343,4 +353,82 @@ done:
     json_object_object_add(res, "due", json_object_new_int64((int64_t)ndue));
     json_object_object_add(res, "problems", probs);
     return res;
+}
+
+/* ------------------------------------------------------------ the spool lock */
+
+/* The pid a lock holder wrote into the lock file, or 0 when there is none
+ * (yet: the holder writes it just after taking the lock, so wait a little
+ * for it, a bounded number of times). */
+static long lock_holder_pid(int fd)
+{
+    for (int i = 0; i < 20; i++) {
+        char b[32];
+        ssize_t n = pread(fd, b, sizeof(b) - 1, 0);
+        if (n > 0) {
+            b[n] = '\0';
+            long pid = strtol(b, NULL, 10);
+            if (pid > 0)
+                return pid;
+        }
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    return 0;
+}
+
+/*
+ * An exclusive flock(2) on <spool>/sluiced.lock, as Postfix's master.lock:
+ * the kernel drops it when the process ends, however it ends, so a lock
+ * file left by a crash never blocks a restart. The holder's pid is written
+ * into the file for the message of the one that is refused. A spool the
+ * caller may not write (an offline check as another user) is locked
+ * through a read-only descriptor when the file exists.
+ */
+int queue_spool_lock(const char *spool_path, int *fd_out, char *err, size_t errlen)
+{
+    char path[1100];
+    snprintf(path, sizeof(path), "%s/" QUEUE_LOCK_FILE, spool_path);
+    bool writable = true;
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0640);
+    int e = errno;
+    if (fd < 0 && (e == EACCES || e == EROFS)) {
+        writable = false;
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    }
+    if (fd < 0) {
+        snprintf(err, errlen, "spool %s: lock file %s: %s", spool_path, path, strerror(e));
+        return -e;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        e = errno;
+        if (e == EWOULDBLOCK) {
+            long pid = lock_holder_pid(fd);
+            if (pid > 0)
+                snprintf(err, errlen, "spool %s is in use by sluiced pid %ld (lock file %s)",
+                         spool_path, pid, path);
+            else
+                snprintf(err, errlen, "spool %s is in use by another sluiced (lock file %s)",
+                         spool_path, path);
+        } else {
+            snprintf(err, errlen, "spool %s: lock %s: %s", spool_path, path, strerror(e));
+        }
+        close(fd);
+        return e == EWOULDBLOCK ? SL_EBUSY : -e;
+    }
+    if (writable) {
+        char b[32];
+        int n = snprintf(b, sizeof(b), "%ld\n", (long)getpid());
+        if (ftruncate(fd, 0) != 0 || pwrite(fd, b, (size_t)n, 0) != n)
+            log_warn("spool %s: cannot write the pid into %s: %s", spool_path, path,
+                     strerror(errno));
+    }
+    *fd_out = fd;
+    return 0;
+}
+
+void queue_spool_unlock(int fd)
+{
+    if (fd >= 0)
+        close(fd); /* drops the flock; the file stays, as Postfix's master.lock */
 }

@@ -155,7 +155,8 @@ void tls_ctx_free(void *ctx)
     SSL_CTX_free(ctx);
 }
 
-/* mkdir -p of the directory holding file. */
+/* mkdir -p of the directory holding file, each new directory 0755 whatever
+ * the umask: it holds a public certificate and a key that is 0600 itself. */
 static int mkdir_parents(const char *file)
 {
     char path[4096];
@@ -164,17 +165,21 @@ static int mkdir_parents(const char *file)
     if (slash == NULL || slash == path)
         return 0;
     *slash = '\0';
-    for (char *p = path + 1; *p; p++) {
-        if (*p != '/')
+    for (char *p = path + 1;; p++) {
+        if (*p != '/' && *p != '\0')
             continue;
+        char c = *p;
         *p = '\0';
-        if (mkdir(path, 0755) != 0 && errno != EEXIST)
+        if (mkdir(path, 0755) == 0) {
+            if (chmod(path, 0755) != 0)
+                return -errno;
+        } else if (errno != EEXIST) {
             return -errno;
-        *p = '/';
+        }
+        *p = c;
+        if (c == '\0')
+            return 0;
     }
-    if (mkdir(path, 0755) != 0 && errno != EEXIST)
-        return -errno;
-    return 0;
 }
 
 int tls_selfsigned_create(const char *cert_file, const char *key_file, const char *hostname,
@@ -245,7 +250,8 @@ int tls_selfsigned_create(const char *cert_file, const char *key_file, const cha
     if (X509_sign(x, pkey, EVP_sha256()) == 0)
         goto ssl_fail;
 
-    /* The key: created 0600 from the start, never world-readable. */
+    /* Explicit modes, whatever the umask: the key is created 0600 and never
+     * readable by anyone else, the certificate (public) 0644. */
     int fd = open(key_file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0 || (f = fdopen(fd, "w")) == NULL) {
         rc = -errno;
@@ -255,19 +261,27 @@ int tls_selfsigned_create(const char *cert_file, const char *key_file, const cha
         goto fail;
     }
     fchmod(fd, 0600);
-    if (PEM_write_PrivateKey(f, pkey, NULL, NULL, 0, NULL, NULL) != 1 || fclose(f) != 0) {
-        f = NULL;
+    bool wrote = PEM_write_PrivateKey(f, pkey, NULL, NULL, 0, NULL, NULL) == 1;
+    if (fclose(f) != 0) /* closed either way: f must not be closed again below */
+        wrote = false;
+    f = NULL;
+    if (!wrote) {
         snprintf(err, errlen, "%s: write failed", key_file);
         goto fail;
     }
-    f = fopen(cert_file, "we");
-    if (f == NULL) {
+    fd = open(cert_file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0 || fchmod(fd, 0644) != 0 || (f = fdopen(fd, "w")) == NULL) {
         rc = -errno;
+        if (fd >= 0)
+            close(fd);
         snprintf(err, errlen, "%s: %s", cert_file, strerror(-rc));
         goto fail;
     }
-    if (PEM_write_X509(f, x) != 1 || fclose(f) != 0) {
-        f = NULL;
+    wrote = PEM_write_X509(f, x) == 1;
+    if (fclose(f) != 0)
+        wrote = false;
+    f = NULL;
+    if (!wrote) {
         snprintf(err, errlen, "%s: write failed", cert_file);
         goto fail;
     }

@@ -101,6 +101,8 @@ static int cmd_shutdown(ctl_conn_t *c, json_object *req, json_object *resp, char
                         size_t errlen);
 static int cmd_log_rotate(ctl_conn_t *c, json_object *req, json_object *resp, char *err,
                           size_t errlen);
+static json_object *log_rotate_response(queue_req_t *r);
+static bool resume_missed(queue_req_t *r);
 /* operator commands (docs/operations.md) */
 static int cmd_queues(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen);
 static int cmd_queue(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen);
@@ -700,8 +702,10 @@ static json_object *hold_new(const char *type, json_object *name, json_object *p
 /* Build the response for a request the queue thread answered. */
 static json_object *queue_req_response(queue_req_t *r)
 {
+    if (r->qq_type == QREQ_ROTATE)
+        return log_rotate_response(r);
     json_object *resp = json_object_new_object();
-    if (r->qq_error[0] != '\0' || r->qq_result == NULL) {
+    if (r->qq_error[0] != '\0' || r->qq_result == NULL || resume_missed(r)) {
         json_object_object_add(resp, "ok", json_object_new_boolean(0));
         json_object_object_add(resp, "error",
                                json_object_new_string(r->qq_error[0] ? r->qq_error : "no answer"));
@@ -924,16 +928,42 @@ static int cmd_shutdown(ctl_conn_t *c, json_object *req, json_object *resp, char
 static int cmd_log_rotate(ctl_conn_t *c, json_object *req, json_object *resp, char *err,
                           size_t errlen)
 {
-    const control_env_t *env = &c->cc_ctl->ct_env;
-    if (env->ce_queue != NULL)
-        queue_acct_rotate(env->ce_queue);
+    /* The accounting log first, on the queue thread; the operational log
+     * when its answer is back (log_rotate_response), so that one answer
+     * reports both and comes only once both are done: logrotate's
+     * postrotate may compress the old files right after it. */
+    return queue_req_start(c, QREQ_ROTATE, 0, 0, err, errlen);
+}
+
+/* The answer to log-rotate: the queue thread's accounting outcome, then
+ * the operational log reopened here. ok:false when either failed. */
+static json_object *log_rotate_response(queue_req_t *r)
+{
+    json_object *resp = json_object_new_object();
+    char lerr[512] = "", lpath[256] = "";
+    cfg_t *cfg = cfg_current(); /* log.file needs a restart: the one log_init opened */
+    if (cfg != NULL && cfg->c_log_file != NULL)
+        snprintf(lpath, sizeof(lpath), "%s", cfg->c_log_file);
+    cfg_unref(cfg);
     int rc = log_reopen();
-    if (rc < 0) {
-        snprintf(err, errlen, "reopening the log file: %s", sl_strerror(rc));
-        return rc;
+    if (rc < 0)
+        snprintf(lerr, sizeof(lerr), "log file %s: reopen: %s", lpath, sl_strerror(rc));
+    bool ok = r->qq_error[0] == '\0' && r->qq_result != NULL && rc >= 0;
+    json_object_object_add(resp, "ok", json_object_new_boolean(ok));
+    if (!ok) {
+        char e[1024];
+        snprintf(e, sizeof(e), "%s%s%s", r->qq_error, r->qq_error[0] && lerr[0] ? "; " : "", lerr);
+        json_object_object_add(resp, "error", json_object_new_string(e));
     }
-    log_info("control: log files rotated");
-    return CTL_REPLY;
+    json_object *acct = r->qq_result ? json_object_object_get(r->qq_result, "accounting") : NULL;
+    if (acct != NULL)
+        json_object_object_add(resp, "accounting", json_object_get(acct));
+    if (rc >= 0)
+        json_object_object_add(resp, "log",
+                               json_object_new_string(lpath[0] ? "reopened" : "stderr"));
+    if (ok)
+        log_info("control: log files rotated");
+    return resp;
 }
 
 /* ------------------------------------------------------------ operator commands */
@@ -1178,6 +1208,22 @@ static int cmd_suspend(ctl_conn_t *c, json_object *req, json_object *resp, char 
     }
     r->qq_until = dur ? clock_now_s() + dur : 0;
     return admin_req_send(c, r);
+}
+
+/* resume of a domain or job that holds nothing: refused with qq_error set
+ * (exit 1 in sluicectl), as a provider's or a virtual MTA's resume is, so
+ * that a misspelt name never passes for a resumed one. resume --all is
+ * "make sure nothing is held": fine with nothing held. */
+static bool resume_missed(queue_req_t *r)
+{
+    if (r->qq_type != QREQ_RESUME || r->qq_all || r->qq_error[0] != '\0' || r->qq_result == NULL)
+        return false;
+    json_object *n = json_object_object_get(r->qq_result, "resumed");
+    if (n == NULL || json_object_get_int64(n) > 0)
+        return false;
+    snprintf(r->qq_error, sizeof(r->qq_error), "%s \"%.200s\" is not suspended",
+             r->qq_domain ? "domain" : "job", r->qq_domain ? r->qq_domain : r->qq_job);
+    return true;
 }
 
 static int cmd_resume(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen)

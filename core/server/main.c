@@ -1,13 +1,18 @@
 /*
  * main.c - sluiced: start-up, signals and orderly shutdown.
  *
- * Start-up order: config -> log -> spool (queue_open) -> SMTP listeners
- * bound (smtp_server_new) -> delivery threads created (dlv_new) -> control
- * socket -> privileges dropped (`user`, when started as root) -> threads
+ * Start-up order: umask 027 -> config, checked as --check-config checks it
+ * (daemon_check_config) -> log -> the directories sluiced writes, created
+ * for `user` (daemon_make_dirs) -> the spool lock (one daemon per spool)
+ * -> spool (queue_open) -> SMTP listeners bound (smtp_server_new) ->
+ * delivery threads created (dlv_new) -> control socket -> privileges
+ * dropped (`user`, when started as root) and what the daemon must still
+ * read and write checked as that user (daemon_check_reread, _dirs) -> threads
  * started (queue, delivery, reception) -> main loop.
- * Every start-up failure (bad config, port taken, spool not writable,
- * control socket in use) is one clear line on stderr and exit status 1
- * (2 for a configuration error), before any thread runs.
+ * Every start-up failure (bad config, port taken, spool not writable or in
+ * use by another sluiced, control socket in use) is one clear line on
+ * stderr and exit status 1 (2 for a configuration error), before any
+ * thread runs. docs/operations.md has the file layout for `user`.
  *
  * Shutdown (SIGTERM/SIGINT or `sluicectl shutdown`): reception stops
  * accepting and lets sessions in DATA finish (bounded grace), delivery
@@ -25,6 +30,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <grp.h>
 #include <pwd.h>
@@ -34,6 +40,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define SHUTDOWN_GRACE_MS 10000
@@ -54,6 +61,13 @@ typedef struct daemon_state {
     bool d_stopping;
 } daemon_state_t;
 
+/* The `user` sluiced runs as (resolved once, before anything is created). */
+typedef struct daemon_user {
+    bool du_switch; /* started as root with `user` set: create for it, then switch */
+    uid_t du_uid;
+    gid_t du_gid;
+} daemon_user_t;
+
 static void usage(FILE *f);
 static void daemon_shutdown(void *arg);
 static void daemon_stop_now(uv_idle_t *h);
@@ -62,7 +76,16 @@ static void sighup_cb(uv_signal_t *h, int signum);
 static void close_walk_cb(uv_handle_t *h, void *arg);
 static int dkim_sign_tool(cfg_t *cfg, const char *path);
 static int chown_dir(const char *path, uid_t uid, gid_t gid, char *err, size_t errlen);
-static int daemon_drop_privileges(const cfg_t *cfg, char *err, size_t errlen);
+static int daemon_check_config(const cfg_t *cfg, char *err, size_t errlen);
+static int daemon_user(const cfg_t *cfg, daemon_user_t *u, char *err, size_t errlen);
+static int mkdir_owned(const char *what, const char *path, mode_t mode, const daemon_user_t *u,
+                       char *err, size_t errlen);
+static int daemon_make_dirs(const cfg_t *cfg, const daemon_user_t *u, char *err, size_t errlen);
+static int daemon_drop_privileges(const cfg_t *cfg, const daemon_user_t *u, char *err,
+                                  size_t errlen);
+static int daemon_check_reread(const cfg_t *cfg, char *err, size_t errlen);
+static int daemon_check_dirs(const cfg_t *cfg, char *err, size_t errlen);
+static int check_config_as_user(const cfg_t *cfg, const daemon_user_t *u, char *err, size_t errlen);
 static int daemon_fd_budget(daemon_state_t *d, char *err, size_t errlen);
 
 static void usage(FILE *f)
@@ -70,11 +93,15 @@ static void usage(FILE *f)
     fprintf(f, "usage: sluiced [-c FILE] [--check-config] [--check-spool] "
                "[--print-default-config] [--version]\n"
                "  -c FILE                 configuration file (default: the embedded default)\n"
-               "  --check-config          validate the configuration and exit\n"
+               "  --check-config          validate the configuration as start-up does and exit\n"
                "  --check-spool           check the spool's integrity (daemon stopped) and exit\n"
                "  --dkim-sign FILE        sign the message in FILE (- = stdin) with the\n"
                "                          configured DKIM keys, print it signed and exit\n"
-               "  --print-default-config  print the embedded default configuration\n");
+               "  --print-default-config  print the embedded default configuration\n"
+               "  -V, --version           print the version and exit\n"
+               "  -h, --help              this help\n"
+               "exit status: 0 ok, 1 start-up or spool check failed, 2 configuration or\n"
+               "usage error\n");
 }
 
 /* Ask for shutdown from a callback: the real work runs from an idle
@@ -153,14 +180,51 @@ static int chown_dir(const char *path, uid_t uid, gid_t gid, char *err, size_t e
     return rc;
 }
 
-/* With `user` set and started as root: once the ports are bound and the
- * files opened, hand the spool, the accounting directory, the control
- * socket and the log file to that user, then switch to it for good
- * (groups, gid, uid: in this order, since setgid needs root). Runs before
- * any thread starts, so every thread runs as the user. Not started as
- * root: only that same user is accepted. */
-static int daemon_drop_privileges(const cfg_t *cfg, char *err, size_t errlen)
+/*
+ * Everything start-up checks in a configuration before it creates, binds or
+ * opens anything: `--check-config` runs exactly this, and start-up runs it
+ * first, so a file the check passes fails at start only for a reason of
+ * the moment (a port taken, the spool in use, a directory not writable).
+ * cfg_load has already checked syntax, types, ranges, files that must
+ * exist, the log file's directory and the DKIM keys; here are the parts it
+ * cannot reach: the TLS pair (loaded when both files exist; with neither
+ * and `generate`, start-up makes one), the bounce rules and the traffic
+ * shaping file (compiled, as dlv_new and reload compile them).
+ */
+static int daemon_check_config(const cfg_t *cfg, char *err, size_t errlen)
 {
+    char e[768];
+    bool hc = access(cfg->c_tls_cert, F_OK) == 0, hk = access(cfg->c_tls_key, F_OK) == 0;
+    if (hc && hk) {
+        void *ctx = tls_server_ctx_new(cfg->c_tls_cert, cfg->c_tls_key, e, sizeof(e));
+        if (ctx == NULL) {
+            snprintf(err, errlen, "%s: smtp.tls: %s", cfg->c_file, e);
+            return SL_ECONFIG;
+        }
+        tls_ctx_free(ctx);
+    }
+#ifdef SLUICE_HAVE_DELIVERY
+    /* the rules' "loaded" line belongs to start-up, not to every check */
+    int lvl = log_level_current;
+    log_level_current = MAX(lvl, LOG_WARN);
+    int rc = dlv_shaping_check(cfg->c_dlv_shaping, e, sizeof(e));
+    if (rc == 0)
+        rc = dlv_rules_install(cfg, e, sizeof(e));
+    log_level_current = lvl;
+    if (rc != 0) {
+        snprintf(err, errlen, "%s", e);
+        return SL_ECONFIG;
+    }
+#endif
+    return 0;
+}
+
+/* Resolve `user`. Started as root: sluiced creates its directories for that
+ * user and switches to it. Started as that user: nothing to switch. As any
+ * other user: an error, since nothing it writes would belong to `user`. */
+static int daemon_user(const cfg_t *cfg, daemon_user_t *u, char *err, size_t errlen)
+{
+    memset(u, 0, sizeof(*u));
     if (cfg->c_user[0] == '\0')
         return 0;
     struct passwd *pw = getpwnam(cfg->c_user);
@@ -168,14 +232,106 @@ static int daemon_drop_privileges(const cfg_t *cfg, char *err, size_t errlen)
         snprintf(err, errlen, "user \"%s\": no such user", cfg->c_user);
         return -ENOENT;
     }
-    uid_t uid = pw->pw_uid;
-    gid_t gid = pw->pw_gid;
     if (geteuid() != 0) {
-        if (geteuid() == uid)
+        if (geteuid() == pw->pw_uid)
             return 0;
         snprintf(err, errlen, "user \"%s\": cannot switch user, not started as root", cfg->c_user);
         return -EPERM;
     }
+    u->du_switch = true;
+    u->du_uid = pw->pw_uid;
+    u->du_gid = pw->pw_gid;
+    return 0;
+}
+
+/* mkdir -p with explicit modes, whatever the umask: the directories on the
+ * way are made 0755 (root's, and searchable, so that the user can reach
+ * what lies below), the last one `mode` and, when it is new and there is a
+ * user to switch to, that user's. An existing directory is left as it is. */
+static int mkdir_owned(const char *what, const char *path, mode_t mode, const daemon_user_t *u,
+                       char *err, size_t errlen)
+{
+    char *p = xstrdup(path);
+    int rc = 0;
+    for (char *s = p + 1; *s != '\0'; s++) {
+        if (*s != '/')
+            continue;
+        *s = '\0';
+        if (mkdir(p, 0755) == 0)
+            rc = chmod(p, 0755) != 0 ? -errno : 0;
+        else if (errno != EEXIST)
+            rc = -errno;
+        *s = '/';
+        if (rc != 0)
+            goto out;
+    }
+    if (mkdir(p, mode) == 0) {
+        if (chmod(p, mode) != 0 || (u->du_switch && chown(p, u->du_uid, u->du_gid) != 0))
+            rc = -errno;
+    } else if (errno != EEXIST) {
+        rc = -errno;
+    }
+out:
+    if (rc != 0)
+        snprintf(err, errlen, "%s %s: cannot create %s: %s", what, path, p, strerror(-rc));
+    free(p);
+    return rc;
+}
+
+/*
+ * The directories sluiced writes in, made before anything is opened: the
+ * spool (0700: its lock is taken before it is opened), and with a user to
+ * switch to, for that user, the accounting log (0750) and the control
+ * socket's directory (0750, where the socket is created and removed).
+ * Shortest path first, so that one which holds another (./var, the
+ * socket's directory, holds ./var/spool) is made with its owner before the
+ * other is made in it. Without a switch the modules make the other two
+ * (with the same modes) as they open them.
+ */
+static int daemon_make_dirs(const cfg_t *cfg, const daemon_user_t *u, char *err, size_t errlen)
+{
+    if (!u->du_switch)
+        return mkdir_owned("spool", cfg->c_spool_path, 0700, u, err, errlen);
+    typedef struct {
+        const char *what;
+        char *path;
+        mode_t mode;
+    } dir_t;
+    dir_t dirs[3];
+    int n = 0;
+    dirs[n++] = (dir_t){"spool", xstrdup(cfg->c_spool_path), 0700};
+    dirs[n++] = (dir_t){"accounting log", xstrdup(cfg->c_acct_dir), 0750};
+    const char *slash = strrchr(cfg->c_ctl_socket, '/');
+    if (slash != NULL && slash != cfg->c_ctl_socket)
+        dirs[n++] = (dir_t){"control socket",
+                            xstrndup(cfg->c_ctl_socket, (size_t)(slash - cfg->c_ctl_socket)), 0750};
+    for (int i = 1; i < n; i++) /* insertion sort by length: three entries */
+        for (int j = i; j > 0 && strlen(dirs[j].path) < strlen(dirs[j - 1].path); j--) {
+            dir_t t = dirs[j];
+            dirs[j] = dirs[j - 1];
+            dirs[j - 1] = t;
+        }
+    int rc = 0;
+    for (int i = 0; i < n; i++) {
+        if (rc == 0)
+            rc = mkdir_owned(dirs[i].what, dirs[i].path, dirs[i].mode, u, err, errlen);
+        free(dirs[i].path);
+    }
+    return rc;
+}
+
+/* With `user` set and started as root: once the ports are bound and the
+ * files opened, hand the spool, the accounting directory, the control
+ * socket and the log file to that user, then switch to it for good
+ * (groups, gid, uid: in this order, since setgid needs root). Runs before
+ * any thread starts, so every thread runs as the user. */
+static int daemon_drop_privileges(const cfg_t *cfg, const daemon_user_t *u, char *err,
+                                  size_t errlen)
+{
+    if (!u->du_switch)
+        return 0;
+    uid_t uid = u->du_uid;
+    gid_t gid = u->du_gid;
     if (chown_dir(cfg->c_spool_path, uid, gid, err, errlen) != 0 ||
         chown_dir(cfg->c_acct_dir, uid, gid, err, errlen) != 0 ||
         chown_dir(cfg->c_ctl_socket, uid, gid, err, errlen) != 0 ||
@@ -191,6 +347,124 @@ static int daemon_drop_privileges(const cfg_t *cfg, char *err, size_t errlen)
     }
     log_info("running as user %s (uid %u, gid %u)", cfg->c_user, (unsigned)uid, (unsigned)gid);
     return 0;
+}
+
+/*
+ * Right after the switch, as the user: what the daemon will need later is
+ * tried now, so that a layout that cannot work stops start-up with the
+ * file to fix rather than failing a reload or a rotation hours later.
+ * daemon_check_reread: reading the files a reload reads again (the
+ * configuration, DKIM keys, bounce rules, shaping file: root:<group> 0640
+ * is the layout, docs/operations.md); a configuration error (exit 2), which
+ * --check-config finds too (check_config_as_user).
+ * daemon_check_dirs: writing the spool and the accounting directory (an
+ * error), the control socket's directory (else the socket stays behind at
+ * shutdown; the next start replaces it) and the log file's (else a log
+ * moved away cannot be reopened): warnings.
+ */
+static int daemon_check_reread(const cfg_t *cfg, char *err, size_t errlen)
+{
+    const char *reread[4 + CFG_MAX_DKIM_KEYS];
+    int n = 0;
+    if (strcmp(cfg->c_file, "(default)") != 0)
+        reread[n++] = cfg->c_file;
+    for (int i = 0; i < cfg->c_dkim_nkeys && n < (int)ARRAY_SIZE(reread) - 2; i++)
+        reread[n++] = cfg->c_dkim_keys[i].dk_file;
+    if (cfg->c_dlv_bounce_rules[0] != '\0')
+        reread[n++] = cfg->c_dlv_bounce_rules;
+    if (cfg->c_dlv_shaping[0] != '\0')
+        reread[n++] = cfg->c_dlv_shaping;
+    for (int i = 0; i < n; i++) {
+        if (access(reread[i], R_OK) != 0) {
+            snprintf(err, errlen,
+                     "user \"%s\" cannot read %s (%s), which a reload reads again: make it "
+                     "root:<the user's group> 0640",
+                     cfg->c_user, reread[i], strerror(errno));
+            return -EACCES;
+        }
+    }
+    return 0;
+}
+
+static int daemon_check_dirs(const cfg_t *cfg, char *err, size_t errlen)
+{
+    const char *user = cfg->c_user;
+    const char *write[] = {cfg->c_spool_path, cfg->c_acct_dir};
+    for (size_t i = 0; i < ARRAY_SIZE(write); i++) {
+        if (access(write[i], W_OK | X_OK) != 0) {
+            snprintf(err, errlen,
+                     "user \"%s\" cannot write in %s (%s): every directory above it must be "
+                     "searchable by that user",
+                     user, write[i], strerror(errno));
+            return -EACCES;
+        }
+    }
+    const char *files[] = {cfg->c_ctl_socket, cfg->c_log_file};
+    const char *what[] = {"the control socket stays behind at shutdown",
+                          "a log file moved away by logrotate cannot be reopened"};
+    for (size_t i = 0; i < ARRAY_SIZE(files); i++) {
+        if (files[i][0] == '\0')
+            continue;
+        const char *slash = strrchr(files[i], '/');
+        char *dir = slash == NULL       ? xstrdup(".")
+                    : slash == files[i] ? xstrdup("/")
+                                        : xstrndup(files[i], (size_t)(slash - files[i]));
+        if (access(dir, W_OK | X_OK) != 0)
+            log_warn("user \"%s\" cannot write in %s (%s): %s", user, dir, strerror(errno),
+                     what[i]);
+        free(dir);
+    }
+    return 0;
+}
+
+/* --check-config as root with `user`: daemon_check_reread, as start-up
+ * runs it after the switch, in a child that switches (the parent stays
+ * root and switches nothing). The child's message comes back on a pipe. */
+static int check_config_as_user(const cfg_t *cfg, const daemon_user_t *u, char *err, size_t errlen)
+{
+    int fds[2];
+    if (pipe(fds) != 0) {
+        snprintf(err, errlen, "--check-config: pipe: %s", strerror(errno));
+        return -errno;
+    }
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) {
+        snprintf(err, errlen, "--check-config: fork: %s", strerror(errno));
+        close(fds[0]);
+        close(fds[1]);
+        return -EAGAIN;
+    }
+    if (pid == 0) {
+        close(fds[0]);
+        char e[1024] = "";
+        int rc = 1;
+        if (initgroups(cfg->c_user, u->du_gid) != 0 || setgid(u->du_gid) != 0 ||
+            setuid(u->du_uid) != 0)
+            snprintf(e, sizeof(e), "user \"%s\": cannot switch: %s", cfg->c_user, strerror(errno));
+        else
+            rc = daemon_check_reread(cfg, e, sizeof(e)) != 0;
+        if (rc != 0 && write(fds[1], e, strlen(e)) < 0)
+            rc = 2;
+        _exit(rc);
+    }
+    close(fds[1]);
+    size_t got = 0;
+    ssize_t n;
+    err[0] = '\0';
+    while (got + 1 < errlen &&
+           ((n = read(fds[0], err + got, errlen - got - 1)) > 0 || (n < 0 && errno == EINTR)))
+        got += n > 0 ? (size_t)n : 0;
+    err[got] = '\0';
+    close(fds[0]);
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        return 0;
+    if (err[0] == '\0')
+        snprintf(err, errlen, "--check-config: the check as user \"%s\" failed", cfg->c_user);
+    return -EACCES;
 }
 
 /* --dkim-sign: the operator's check of the dkim section. Exit 0 when the
@@ -303,6 +577,10 @@ int main(int argc, char **argv)
     const char *conf = NULL, *dkim_sign_path = NULL;
     bool check = false, check_spool = false;
     int ch;
+    /* Whatever umask the service manager or shell left: no file of ours is
+     * ever writable by its group or readable by others unless created so
+     * (every file and directory gets an explicit mode as well). */
+    umask(027);
     while ((ch = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
         switch (ch) {
         case 'c':
@@ -351,16 +629,41 @@ int main(int argc, char **argv)
     }
     if (dkim_sign_path != NULL)
         return dkim_sign_tool(cfg, dkim_sign_path);
+    if ((check || !check_spool) && daemon_check_config(cfg, err, sizeof(err)) != 0) {
+        fprintf(stderr, "sluiced: %s\n", err);
+        cfg_unref(cfg);
+        return 2;
+    }
     if (check) {
+        /* As root with `user`: also what start-up checks after the switch.
+         * Not as root: start-up would refuse to switch, a matter of how it
+         * is started rather than of the file. */
+        daemon_user_t cu;
+        if (daemon_user(cfg, &cu, err, sizeof(err)) == 0 && cu.du_switch &&
+            check_config_as_user(cfg, &cu, err, sizeof(err)) != 0) {
+            fprintf(stderr, "sluiced: %s\n", err);
+            cfg_unref(cfg);
+            return 2;
+        }
         printf("%s: configuration ok\n", cfg->c_file);
         cfg_unref(cfg);
         return 0;
     }
     if (check_spool) {
+        /* Never beside a running daemon: its view would be a moving one,
+         * and it might find problems that are only writes in progress. */
+        int lock_fd = -1;
+        if (queue_spool_lock(cfg->c_spool_path, &lock_fd, err, sizeof(err)) == SL_EBUSY) {
+            fprintf(stderr, "sluiced: --check-spool: %s; stop it first, or run `sluicectl check`\n",
+                    err);
+            cfg_unref(cfg);
+            return 1;
+        }
         size_t nm = 0, nr = 0;
         rc = queue_check_offline(cfg->c_spool_path, &nm, &nr);
         printf("spool %s: %s, %zu messages, %zu recipients\n", cfg->c_spool_path,
                rc == 0 ? "consistent" : "PROBLEMS FOUND", nm, nr);
+        queue_spool_unlock(lock_fd);
         cfg_unref(cfg);
         return rc == 0 ? 0 : 1;
     }
@@ -379,7 +682,13 @@ int main(int argc, char **argv)
     uv_loop_init(d.d_loop);
     d.d_cfg = cfg;
     rc = 1;
+    daemon_user_t user;
+    int lock_fd = -1;
 
+    if (daemon_user(cfg, &user, err, sizeof(err)) != 0 ||
+        daemon_make_dirs(cfg, &user, err, sizeof(err)) != 0 ||
+        queue_spool_lock(cfg->c_spool_path, &lock_fd, err, sizeof(err)) != 0)
+        goto fail;
     if (queue_open(cfg, &d.d_queue, err, sizeof(err)) != 0)
         goto fail;
     if (smtp_server_new(cfg, d.d_queue, &d.d_smtp, err, sizeof(err)) != 0)
@@ -401,7 +710,13 @@ int main(int argc, char **argv)
     };
     if (control_start(cfg, &env, &d.d_ctl, err, sizeof(err)) != 0)
         goto fail;
-    if (daemon_drop_privileges(cfg, err, sizeof(err)) != 0)
+    if (daemon_drop_privileges(cfg, &user, err, sizeof(err)) != 0)
+        goto fail;
+    if (user.du_switch && daemon_check_reread(cfg, err, sizeof(err)) != 0) {
+        rc = 2; /* the configuration names files its user cannot read */
+        goto fail;
+    }
+    if (user.du_switch && daemon_check_dirs(cfg, err, sizeof(err)) != 0)
         goto fail;
 
     uv_signal_init(d.d_loop, &d.d_sigterm);
@@ -462,6 +777,7 @@ fail:
     dlv_free(d.d_dlv);
 #endif
     queue_free(d.d_queue);
+    queue_spool_unlock(lock_fd); /* after the spool is closed */
     cfg_set_current(NULL);
     cfg_unref(cfg);
     if (rc == 0)

@@ -103,6 +103,7 @@ static void usage(FILE *f)
           "                       control characters escaped)\n"
           "  --owner USER         also trust a socket served by USER (default: only root\n"
           "                       and yourself; or $SLUICE_SOCKET_OWNER)\n"
+          "  -V, --version        print the version and exit\n"
           "  -h, --help           this help\n"
           "\n"
           "exit codes: 0 ok, 1 the daemon refused the command, 2 usage error,\n"
@@ -1163,6 +1164,9 @@ int main(int argc, char **argv)
         const char *a = argv[i];
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0 || strcmp(a, "help") == 0) {
             usage(stdout);
+            return EXIT_OK;
+        } else if ((strcmp(a, "-V") == 0 || strcmp(a, "--version") == 0) && npos == 0) {
+            printf("sluicectl %s\n", SLUICE_VERSION);
             return EXIT_OK;
         } else if (strcmp(a, "--json") == 0 || strcmp(a, "-j") == 0) {
             json = true;

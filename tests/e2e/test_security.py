@@ -62,8 +62,8 @@ class Security(unittest.TestCase):
         with open(d.conf_path, "w") as f:
             f.write(d.default_conf() + 'user = "nobody";\n')
         try:
-            d.start()
-            self.assertIn("running as user nobody", d.stderr())
+            d.start()  # returns once the ports answer: the switch comes just after
+            st.wait_for(lambda: "running as user nobody" in d.stderr(), 30, what="the switch")
             ids = proc_ids(d.proc.pid)
             self.assertEqual(ids["Uid"], [str(nobody.pw_uid)] * 4, ids)
             self.assertEqual(ids["Gid"], [str(nobody.pw_gid)] * 4, ids)
