@@ -19,6 +19,7 @@
  */
 #include "delivery/delivery_int.h"
 
+#include <assert.h>
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -132,6 +133,9 @@ static void session_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 static void session_write_cb(uv_write_t *req, int status);
 static void session_timer_cb(uv_timer_t *t);
 static void session_timer(dlv_session_t *s, uint64_t seconds);
+static void session_wire_write(dlv_session_t *s, buf_t *b, bool body);
+static void session_flush_tls(dlv_session_t *s, bool body);
+static void session_out(dlv_session_t *s, buf_t *b, bool body);
 static void session_send(dlv_session_t *s, const char *p, size_t n);
 static void session_send_body(dlv_session_t *s);
 static void session_process_input(dlv_session_t *s);
@@ -426,7 +430,10 @@ static void session_timer_cb(uv_timer_t *t)
     session_lost(s, text);
 }
 
-static void session_write_buf(dlv_session_t *s, buf_t *b, bool body)
+/* The socket itself: b (consumed) is already in its on-the-wire form,
+ * plaintext before STARTTLS or TLS records after it. Only session_out and
+ * session_flush_tls call this. */
+static void session_wire_write(dlv_session_t *s, buf_t *b, bool body)
 {
     if (b->b_len == 0) {
         buf_free(b);
@@ -469,44 +476,52 @@ static void session_write_cb(uv_write_t *req, int status)
         session_timer(s, S_CFG(s)->c_to_data_done);
 }
 
+/* TLS records the engine has ready (handshake, alerts, encrypted data). */
 static void session_flush_tls(dlv_session_t *s, bool body)
 {
     buf_t b;
     buf_init(&b, 0);
     tls_pending_out(s->s_tls, &b);
-    session_write_buf(s, &b, body);
+    session_wire_write(s, &b, body);
 }
 
-static void session_send(dlv_session_t *s, const char *p, size_t n)
+/* Every SMTP byte the client sends (commands and the body) goes out here,
+ * and only here: once STARTTLS was answered 220 (s_tls set), through the
+ * TLS layer, never to the socket (RFC 3207 4.2; a lock-step RCPT written
+ * straight to the socket once went out in the clear). Consumes b. */
+static void session_out(dlv_session_t *s, buf_t *b, bool body)
 {
-    if (s->s_tls != NULL && s->s_tls_done) {
-        if (tls_write(s->s_tls, p, n) < 0) {
-            session_lost(s, "TLS write failed");
-            return;
-        }
-        session_flush_tls(s, false);
+    if (s->s_tls == NULL) {
+        session_wire_write(s, b, body);
         return;
     }
+    /* Nothing is sent between STARTTLS and the end of the handshake: a
+     * caller that does is a bug (the server would read it as TLS). */
+    assert(s->s_tls_done);
+    int rc = s->s_tls_done ? tls_write(s->s_tls, b->b_data, b->b_len) : -1;
+    buf_free(b);
+    if (rc < 0) {
+        session_lost(s, "TLS write failed");
+        return;
+    }
+    session_flush_tls(s, body);
+}
+
+/* One command (or a few, pipelined) from memory: see session_out. */
+static void session_send(dlv_session_t *s, const char *p, size_t n)
+{
     buf_t b;
     buf_init(&b, n);
     buf_append(&b, p, n);
-    session_write_buf(s, &b, false);
+    session_out(s, &b, false);
 }
 
-/* The dot-stuffed body (s_body) goes out as one write. */
+/* The dot-stuffed body (s_body) goes out as one write: see session_out. */
 static void session_send_body(dlv_session_t *s)
 {
-    if (s->s_tls != NULL && s->s_tls_done) {
-        if (tls_write(s->s_tls, s->s_body.b_data, s->s_body.b_len) < 0) {
-            session_lost(s, "TLS write failed");
-            return;
-        }
-        buf_reset(&s->s_body);
-        session_flush_tls(s, true);
-        return;
-    }
-    session_write_buf(s, &s->s_body, true);
+    buf_t b = s->s_body;
     buf_init(&s->s_body, 0);
+    session_out(s, &b, true);
 }
 
 static void session_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf)
@@ -887,7 +902,7 @@ static void session_on_reply(dlv_session_t *s)
             buf_t b;
             buf_init(&b, 256);
             session_send_rcpt(s, &b, s->s_first);
-            session_write_buf(s, &b, false);
+            session_out(s, &b, false);
         }
         s->s_ri = 0;
         dlv_session_enter_state(s, S_RCPT);
@@ -909,7 +924,7 @@ static void session_on_reply(dlv_session_t *s)
                 buf_t b;
                 buf_init(&b, 256);
                 session_send_rcpt(s, &b, s->s_first + s->s_ri);
-                session_write_buf(s, &b, false);
+                session_out(s, &b, false);
             }
             session_timer(s, S_CFG(s)->c_to_rcpt);
             return;
@@ -1207,12 +1222,7 @@ static void session_start_txn(dlv_session_t *s)
             session_send_rcpt(s, &b, s->s_first + i);
         buf_append(&b, "DATA\r\n", 6);
     }
-    if (s->s_tls != NULL && s->s_tls_done) {
-        session_send(s, b.b_data, b.b_len);
-        buf_free(&b);
-    } else {
-        session_write_buf(s, &b, false);
-    }
+    session_out(s, &b, false);
     if (s->s_closing)
         return;
     dlv_session_enter_state(s, S_MAIL);

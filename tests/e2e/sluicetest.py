@@ -812,3 +812,62 @@ def cleartext_after_starttls(wire):
             return wire[p:p + 200]
         p += 5 + int.from_bytes(wire[p + 3:p + 5], "big")
     return b""
+
+
+# ------------------------------------------------------------------ wire: sluice's SMTP client
+# against receivers we did not write (tests/e2e/test_peers*.py)
+
+WIRE_QUEUE = ('queue {\n    retry = "1s,1s,2s";\n    retry_jitter = 0;\n'
+              '    scan_interval = 100ms;\n}\n')
+
+
+def wire_daemon(routes, delivery="", extra_conf="", smtp_extra="", log_level="info"):
+    """A Daemon (not started) that routes each domain of routes (domain ->
+    port on 127.0.0.1, or "host:port") with a fast retry schedule; delivery
+    lines go inside delivery { }, extra_conf at the top level."""
+    r = {k: (v if isinstance(v, str) else "127.0.0.1:%d" % v) for k, v in routes.items()}
+    d = Daemon(routes=r, log_level=log_level, smtp_extra=smtp_extra)
+    text = d.default_conf(log_level, smtp_extra)
+    text = text.replace("delivery {\n", "delivery {\n" + delivery, 1)
+    with open(d.conf_path, "w") as f:
+        f.write(text + WIRE_QUEUE + extra_conf)
+    return d
+
+
+def wire_message(frm, to, subject="wire test", body=b"Hello.\r\n", headers=b""):
+    """A message (bytes, CRLF) with the usual fields, extra headers, body."""
+    return (("From: <%s>\r\nTo: <%s>\r\nSubject: %s\r\n"
+             "Date: Fri, 27 Nov 2026 07:00:00 +0000\r\nMessage-ID: <%s@s.example>\r\n"
+             % (frm, to, subject, re.sub(r"\W", "-", subject))).encode()
+            + headers + b"\r\n" + body)
+
+
+def wire_submit(d, rcpts, msg, frm="sender@s.example", mail_options=(), timeout=120):
+    """Submit msg (bytes) to d over SMTP; mail_options e.g. ["BODY=8BITMIME"]."""
+    with d.smtp(timeout=timeout) as c:
+        c.ehlo()
+        c.sendmail(frm, rcpts, msg, mail_options=list(mail_options))
+
+
+def strip_received(raw):
+    """raw without its first header field, which must be the Received
+    field sluice adds (continuation lines included): what was submitted."""
+    assert raw.startswith(b"Received:"), raw[:120]
+    i = raw.index(b"\r\n") + 2
+    while raw[i:i + 1] in (b" ", b"\t"):
+        i = raw.index(b"\r\n", i) + 2
+    return raw[i:]
+
+
+def acct_records(d, type_=None, rcpt=None):
+    """d's accounting records of one type (and recipient)."""
+    return [r for r in d.accounting()
+            if (type_ is None or r.get("type") == type_)
+            and (rcpt is None or r.get("recipient") == rcpt)]
+
+
+def wait_acct(d, type_, rcpt=None, n=1, timeout=30):
+    """Wait for at least n accounting records of type_ (for rcpt)."""
+    return wait_for(lambda: len(acct_records(d, type_, rcpt)) >= n and
+                    acct_records(d, type_, rcpt), timeout,
+                    what="%d %s record(s) for %s" % (n, type_, rcpt))

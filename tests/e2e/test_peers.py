@@ -1,0 +1,105 @@
+#!/usr/bin/python3
+"""sluice's SMTP client on the wire, against a receiver we did not write.
+
+The receiver is aiosmtpd (tests/e2e/peer_smtp.py, st.Peer), with and
+without PIPELINING and STARTTLS; with wire=True it records every byte the
+client sent, raw, so a test can check that nothing went in the clear after
+STARTTLS. Assertions are on what the peer stored, the bytes on the wire,
+the accounting log and `sluicectl providers`.
+Run: SLUICE_BUILD=... /usr/bin/python3 tests/e2e/test_peers.py
+"""
+import os
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sluicetest as st  # noqa: E402
+
+
+class PeerCase(unittest.TestCase):
+
+    def setUp(self):
+        self.cleanups = []
+
+    def tearDown(self):
+        for fn in reversed(self.cleanups):
+            try:
+                fn()
+            except Exception:
+                pass
+
+    def peer(self, **kw):
+        p = st.Peer(**kw)
+        self.cleanups.append(lambda: p.stop(check=False))
+        return p
+
+    def daemon(self, routes, **kw):
+        d = st.wire_daemon(routes, **kw)
+        self.cleanups.append(d.cleanup)
+        d.start()
+        return d
+
+
+class StartTls(PeerCase):
+    """Finding 1: every byte after STARTTLS goes through TLS, on the
+    lock-step path (no PIPELINING) as on the pipelined one."""
+
+    def deliver_over_tls(self, pipelining, rcpts):
+        p = self.peer(starttls=True, wire=True, pipelining=pipelining)
+        d = self.daemon({"a.example": p.port})
+        msg = st.wire_message("sender@s.example", rcpts[0], body=b"Over TLS.\r\n")
+        st.wire_submit(d, rcpts, msg)
+        rec, raw = p.wait_messages(1)[0]
+        self.assertIsNotNone(rec["tls"], rec)
+        self.assertEqual(sorted(r["addr"] for r in rec["rcpts"]), sorted(rcpts))
+        self.assertEqual(st.strip_received(raw), msg)
+        for r in rcpts:
+            a = st.wait_acct(d, "delivery", r)[0]
+            self.assertTrue(a["tls"].startswith("TLSv1."), a)
+        d.wait_queue(0)
+        d.stop()
+        wires = p.wires()
+        self.assertEqual(len(wires), 1, wires)
+        w = wires[0]
+        self.assertIn(b"STARTTLS\r\n", w)
+        self.assertEqual(st.cleartext_after_starttls(w), b"")
+        # the clear part is EHLO and STARTTLS, nothing else
+        clear = w[:w.index(b"STARTTLS\r\n")]
+        self.assertEqual(clear.count(b"\r\n"), 1, clear)
+        self.assertTrue(clear.startswith(b"EHLO "), clear)
+        return p
+
+    def test_starttls_without_pipelining(self):
+        self.deliver_over_tls(False, ["ann@a.example", "bob@a.example", "cy@a.example"])
+
+    def test_starttls_with_pipelining(self):
+        self.deliver_over_tls(True, ["ann@a.example", "bob@a.example", "cy@a.example"])
+
+    def test_neither_starttls_nor_pipelining_lock_step_on_the_wire(self):
+        """The plain lock-step dialogue, byte for byte: one command per
+        reply, the body dot-stuffed, nothing else."""
+        p = self.peer(wire=True)
+        d = self.daemon({"a.example": p.port})
+        rcpts = ["ann@a.example", "bob@a.example"]
+        body = b"Plain.\r\n.leading dot\r\n"
+        msg = st.wire_message("sender@s.example", rcpts[0], body=body)
+        st.wire_submit(d, rcpts, msg)
+        rec, raw = p.wait_messages(1)[0]
+        self.assertIsNone(rec["tls"])
+        self.assertEqual(st.strip_received(raw), msg)
+        st.wait_acct(d, "delivery", n=2)
+        d.stop()
+        w = p.wires()[0]
+        stuffed = raw.replace(b"\r\n.", b"\r\n..")
+        want = (b"MAIL FROM:<sender@s.example> SIZE=%d\r\nRCPT TO:<ann@a.example>\r\n"
+                b"RCPT TO:<bob@a.example>\r\nDATA\r\n" % len(raw)) + stuffed + b".\r\n"
+        self.assertTrue(w.startswith(b"EHLO "), w[:100])
+        after_ehlo = w[w.index(b"\r\n") + 2:]
+        self.assertEqual(after_ehlo[:len(want)], want)
+        self.assertIn(after_ehlo[len(want):], (b"", b"QUIT\r\n"))
+        self.assertNotIn(b"STARTTLS", w)
+
+
+if __name__ == "__main__":
+    unittest.main()
