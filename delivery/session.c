@@ -1074,7 +1074,12 @@ static void session_tls_failed(dlv_session_t *s, const char *why)
         session_policy_fail(s, cert && de->de_policy == CFG_TLS_VERIFY ? "4.7.5" : "4.7.4", why);
         return;
     }
-    /* opportunistic: a new plaintext connection to the same host */
+    /* opportunistic: a new plaintext connection to the same host. STARTTLS
+     * refused (no TLS yet): the server still speaks SMTP, so say QUIT
+     * first (RFC 5321 4.1.1.10); a failed handshake leaves nothing to say
+     * it to. */
+    if (s->s_tls == NULL && s->s_state == S_STARTTLS)
+        session_send(s, "QUIT\r\n", 6);
     log_warn("delivery: %s: TLS with %s[%s] failed (%s); retrying without TLS", de->de_domain,
              S_HOST(s), s->s_mx_ip, why);
     dlv_sts_testing_failure(de, S_HOST(s), why); /* MTA-STS testing */

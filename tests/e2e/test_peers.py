@@ -100,6 +100,28 @@ class StartTls(PeerCase):
         self.assertIn(after_ehlo[len(want):], (b"", b"QUIT\r\n"))
         self.assertNotIn(b"STARTTLS", w)
 
+    def test_starttls_454_quits_then_delivers_in_plaintext(self):
+        """Finding 8: a 454 to STARTTLS gets a QUIT on that connection
+        (RFC 5321 4.1.1.10), then opportunistic TLS delivers in plaintext."""
+        p = self.peer(starttls=True, starttls_reply="454 4.7.0 TLS not available now",
+                      wire=True)
+        d = self.daemon({"a.example": p.port})
+        msg = st.wire_message("sender@s.example", "ann@a.example")
+        st.wire_submit(d, ["ann@a.example"], msg)
+        rec, raw = p.wait_messages(1)[0]
+        self.assertIsNone(rec["tls"])
+        self.assertEqual(st.strip_received(raw), msg)
+        a = st.wait_acct(d, "delivery", "ann@a.example")[0]
+        self.assertFalse(a.get("tls"), a)
+        d.stop()
+        wires = p.wires()
+        self.assertGreaterEqual(len(wires), 2, wires)
+        first = wires[0].split(b"\r\n")
+        self.assertTrue(first[0].startswith(b"EHLO "), first)
+        self.assertEqual(first[1:], [b"STARTTLS", b"QUIT", b""])
+        self.assertNotIn(b"STARTTLS", wires[1])
+        self.assertIn(b"RCPT TO:<ann@a.example>\r\n", wires[1])
+
 
 if __name__ == "__main__":
     unittest.main()
