@@ -143,6 +143,7 @@ static void session_on_reply(dlv_session_t *s);
 static void session_conn_error(dlv_session_t *s, int code, const char *status, const char *text);
 static void session_reply_conn_error(dlv_session_t *s, int code, const char *phase, bool quit);
 static void session_lost(dlv_session_t *s, const char *text);
+static void session_abort(dlv_session_t *s, const char *status, const char *text, bool quit);
 static void session_close(dlv_session_t *s);
 static void session_quit(dlv_session_t *s);
 static void session_ready(dlv_session_t *s);
@@ -684,31 +685,42 @@ static void session_lost(dlv_session_t *s, const char *text)
         break;
     }
     if (s->s_qd != NULL) {
-        /* every recipient without a final answer is deferred: nothing lost */
         snprintf(buf, sizeof(buf), "%s with %s[%s] %s: %s",
                  s->s_state == S_DOT ? "connection lost during DATA" : "connection lost", S_HOST(s),
                  s->s_mx_ip,
                  s->s_state == S_DOT ? "before the final reply" : "during the transaction", text);
-        queue_dispatch_t *qd = s->s_qd;
-        for (int i = s->s_first; i < qd->qd_nrcpt; i++) {
-            dlv_rres_t *r = &s->s_res[i];
-            if (r->rr_state == RR_DONE && i < s->s_first + s->s_n)
-                continue;
-            r->rr_state = RR_DONE;
-            r->rr_res = Q_OUT_DEFERRED;
-            r->rr_code = 0;
-            snprintf(r->rr_status, sizeof(r->rr_status), "4.4.2");
-            free(r->rr_text);
-            r->rr_text = xstrdup(buf);
-        }
-        s->s_n = qd->qd_nrcpt - s->s_first;
-        log_info("delivery: %s: %s", s->s_dest->de_domain, buf);
-        session_close(s);
-        session_end_txn(s, false); /* emits and frees the dispatch; no new work */
-    } else {
-        log_debug("delivery: %s[%s]: %s", S_HOST(s), s->s_mx_ip, text);
-        session_close(s);
+        session_abort(s, "4.4.2", buf, false);
+        return;
     }
+    log_debug("delivery: %s[%s]: %s", S_HOST(s), s->s_mx_ip, text);
+    session_close(s);
+    dlv_dest_kick(s->s_dest);
+}
+
+/* The dispatch in progress ends here: every recipient without a final
+ * answer (this transaction's accepted ones and those not tried yet) is
+ * deferred with status and text, nothing is lost; the connection closes,
+ * after a QUIT when the server still reads commands (quit). */
+static void session_abort(dlv_session_t *s, const char *status, const char *text, bool quit)
+{
+    queue_dispatch_t *qd = s->s_qd;
+    for (int i = s->s_first; i < qd->qd_nrcpt; i++) {
+        dlv_rres_t *r = &s->s_res[i];
+        if (r->rr_state == RR_DONE && i < s->s_first + s->s_n)
+            continue;
+        r->rr_state = RR_DONE;
+        r->rr_res = Q_OUT_DEFERRED;
+        r->rr_code = 0;
+        snprintf(r->rr_status, sizeof(r->rr_status), "%s", status);
+        free(r->rr_text);
+        r->rr_text = xstrdup(text);
+    }
+    s->s_n = qd->qd_nrcpt - s->s_first;
+    log_info("delivery: %s: %s", s->s_dest->de_domain, text);
+    if (quit && !s->s_tcp_closing)
+        session_send(s, "QUIT\r\n", 6);
+    session_close(s);
+    session_end_txn(s, false); /* emits and frees the dispatch; no new work */
     dlv_dest_kick(s->s_dest);
 }
 
@@ -954,6 +966,17 @@ static void session_on_reply(dlv_session_t *s)
                 s->s_discard = true;
                 session_send(s, ".\r\n", 3);
             }
+            return;
+        }
+        if (code < 400 && s->s_nacc > 0 && !s->s_mail_failed) {
+            /* RFC 5321 4.3.2: only 354 may answer DATA. A 250 here once
+             * counted as delivered with no body sent: defer instead, and
+             * leave a server that lost track of the dialogue. */
+            char text[600];
+            snprintf(text, sizeof(text),
+                     "protocol error: %s[%s] answered DATA with %d %.400s (expected 354)",
+                     S_HOST(s), s->s_mx_ip, code, s->s_text);
+            session_abort(s, "4.5.0", text, true);
             return;
         }
         if (!s->s_mail_failed)

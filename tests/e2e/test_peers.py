@@ -123,5 +123,34 @@ class StartTls(PeerCase):
         self.assertIn(b"RCPT TO:<ann@a.example>\r\n", wires[1])
 
 
+class DataReply(PeerCase):
+    """Finding 3: only 354 opens the body (RFC 5321 4.3.2)."""
+
+    def test_2xx_to_data_defers_and_sends_nothing(self):
+        for pipelining in (False, True):
+            with self.subTest(pipelining=pipelining):
+                p = self.peer(data_reply="250 2.0.0 Ok", wire=True, pipelining=pipelining)
+                d = self.daemon({"a.example": p.port})
+                msg = st.wire_message("sender@s.example", "ann@a.example",
+                                      body=b"Must not be lost.\r\n")
+                st.wire_submit(d, ["ann@a.example", "bob@a.example"], msg)
+                recs = st.wait_for(lambda: [r for r in d.accounting()
+                                            if r["type"] in ("delivery", "transient")][:2]
+                                   if len(d.accounting()) >= 3 else None,
+                                   30, what="two outcomes")
+                for r in recs:
+                    self.assertEqual(r["type"], "transient", r)
+                    self.assertEqual(r["status"], "4.5.0", r)
+                    self.assertIn("DATA", r["text"])
+                self.assertEqual(st.acct_records(d, "delivery"), [])
+                self.assertEqual(d.status()["queue"]["messages"], 1)
+                self.assertEqual(p.messages(), [])
+                d.stop()
+                w = p.wires()[0]
+                self.assertNotIn(b"Must not be lost", w)
+                self.assertTrue(w.endswith(b"DATA\r\nQUIT\r\n"), w[-200:])
+                self.assertEqual(d.exit_code, 0)
+
+
 if __name__ == "__main__":
     unittest.main()
