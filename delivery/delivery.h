@@ -79,7 +79,8 @@ void dlv_set_config(dlv_t *d, cfg_t *cfg, bool reroute);
  *     "suspended_for" (s), "queues":[{"vmta", "source_ip", "mode"
  *     ("normal" | "backoff" | "recovering"), "rate" (msgs/s in force, 0 =
  *     no limit), "connections", "max_connections" (0 = no limit),
- *     "disabled_for" (s), "delivered", "deferred", "backoffs",
+ *     "disabled_for" (s), "delivered", "deferred" (4xx replies that
+ *     decided recipients' fates), "bounced" (5xx ones), "backoffs",
  *     "last_response"}]}],
  *    "virtual_mtas":[{"name", "source_ip", "ehlo"}]}
  * Providers appear once a destination of theirs has been seen. Any thread

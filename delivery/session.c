@@ -110,6 +110,7 @@ struct dlv_session {
     int s_msgs;
     int s_vmta;        /* virtual MTA: source address, EHLO name (shaping.c) */
     bool s_shp_bounce; /* a shaping rule says the current reply bounces */
+    bool s_judged;     /* the current reply went to the shaping hooks */
     uint64_t s_born;
     /* the last connection-level error, for dlv_dest_conn_failed */
     int s_err_code;
@@ -157,6 +158,7 @@ static void session_tls_start(dlv_session_t *s);
 static void session_tls_step(dlv_session_t *s);
 static void session_tls_failed(dlv_session_t *s, const char *why);
 static void session_policy_fail(dlv_session_t *s, const char *status, const char *text);
+static void session_judge(dlv_session_t *s, int code);
 
 static const cfg_t *S_CFG(const dlv_session_t *s)
 {
@@ -636,6 +638,9 @@ static void session_process_input(dlv_session_t *s)
  * QUIT when quit is set). */
 static void session_reply_conn_error(dlv_session_t *s, int code, const char *phase, bool quit)
 {
+    /* the provider refusing the connection (e.g. "421 4.7.0 [TSS04]" in the
+     * greeting): the fate of every recipient waiting for it */
+    session_judge(s, code);
     char text[1024];
     snprintf(text, sizeof(text), "%s[%s]:%d %s: %d %.400s", S_HOST(s), s->s_mx_ip, s->s_port, phase,
              code, s->s_text);
@@ -820,9 +825,29 @@ static void session_send_ehlo(dlv_session_t *s, bool helo)
     session_timer(s, S_CFG(s)->c_to_ehlo);
 }
 
+/* The current reply decides the fate of recipients (it is an outcome, or
+ * a refusal of the connection): it goes to the shaping hooks, once per
+ * reply however many recipients it decides. Replies that decide nothing
+ * (STARTTLS, RSET, QUIT, DATA and the final dot of a transaction nobody
+ * was accepted in, RCPT after a refused MAIL) never reach them: they are
+ * not the provider's verdict on our mail. */
+static void session_judge(dlv_session_t *s, int code)
+{
+    if (s->s_judged)
+        return;
+    s->s_judged = true;
+    if (code >= 400)
+        s->s_shp_bounce = dlv_shp_reply(s->s_dest, s->s_vmta, code, s->s_reply.sr_status,
+                                        s->s_text) == DLV_SHP_BOUNCE;
+    else if (s->s_state == S_DOT && code / 100 == 2)
+        dlv_shp_delivered(s->s_dest, s->s_vmta);
+}
+
+/* Recipient i's outcome is the current reply. */
 static void session_record(dlv_session_t *s, int i, int code)
 {
     dlv_rres_t *r = &s->s_res[i];
+    session_judge(s, code);
     r->rr_state = RR_DONE;
     r->rr_res = dlv_result_for_code(code);
     r->rr_code = code;
@@ -862,9 +887,8 @@ static void session_send_rcpt(dlv_session_t *s, buf_t *b, int i)
 static void session_on_reply(dlv_session_t *s)
 {
     int code = s->s_reply.sr_code;
-    /* shaping response rules: backoff, suspend, disable-source, ... */
-    s->s_shp_bounce = code >= 400 && dlv_shp_reply(s->s_dest, s->s_vmta, code, s->s_reply.sr_status,
-                                                   s->s_text) == DLV_SHP_BOUNCE;
+    s->s_judged = false; /* shaping sees it only if it decides a fate (session_judge) */
+    s->s_shp_bounce = false;
     switch (s->s_state) {
     case S_GREETING:
         if (code / 100 == 2) {
@@ -986,8 +1010,6 @@ static void session_on_reply(dlv_session_t *s)
         session_end_txn(s, false);
         return;
     case S_DOT:
-        if (!s->s_discard && code / 100 == 2)
-            dlv_shp_delivered(s->s_dest, s->s_vmta);
         if (!s->s_discard)
             for (int i = s->s_first; i < s->s_first + s->s_n; i++)
                 if (s->s_res[i].rr_state == RR_ACCEPTED)

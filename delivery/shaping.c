@@ -1227,7 +1227,10 @@ int shp_queue_reply(shp_queue_t *q, const char *domain, int code, const char *st
     char resp[256];
     snprintf(resp, sizeof(resp), "%d %s%s%.200s", code, status ? status : "",
              status && status[0] ? " " : "", text ? text : "");
-    atomic_fetch_add_explicit(&q->q_deferred, 1, memory_order_relaxed);
+    /* one refusal reply (session.c calls this only for replies that
+     * decide recipients' fates): 4xx defers, 5xx bounces */
+    atomic_fetch_add_explicit(code >= 500 ? &q->q_bounced : &q->q_deferred, 1,
+                              memory_order_relaxed);
     /* the rule arrays as one consistent set (a reload swaps them under
      * sh_lock; replaced arrays stay valid): only on a 4xx/5xx reply */
     uv_mutex_lock(&sh->sh_lock);
@@ -1350,6 +1353,7 @@ static json_object *shp_queue_json(shp_queue_t *q, uint64_t now)
     json_object_object_add(o, "suspended", json_object_new_boolean(shp_op_suspended(vs, now)));
     json_object_object_add(o, "delivered", json_object_new_int64((int64_t)q->q_delivered));
     json_object_object_add(o, "deferred", json_object_new_int64((int64_t)q->q_deferred));
+    json_object_object_add(o, "bounced", json_object_new_int64((int64_t)q->q_bounced));
     uv_mutex_lock(&q->q_lock);
     json_object_object_add(o, "backoffs", json_object_new_int64((int64_t)q->q_backoffs));
     json_object_object_add(o, "last_response", json_object_new_string(q->q_last));

@@ -152,5 +152,64 @@ class DataReply(PeerCase):
                 self.assertEqual(d.exit_code, 0)
 
 
+class Bookkeeping(PeerCase):
+    """Finding 2: only a reply that decides a recipient's fate reaches the
+    provider's counters, its last response and its shaping rules."""
+
+    SHAPING = ('providers { p {\n  domains = ["a.example"];\n'
+               '  rule { match = "RCPT|recipient"; code = 5xx; action = backoff; }\n'
+               '  rule { match = "^2"; action = backoff; }\n} }\n')
+
+    def daemon_with_rules(self, peer):
+        path = os.path.join(peer.dir, "shaping.conf")
+        with open(path, "w") as f:
+            f.write(self.SHAPING)
+        return self.daemon({"a.example": peer.port}, delivery='    shaping = "%s";\n' % path)
+
+    def provider_queue(self, d):
+        r = d.ctl("providers", json=True)
+        self.assertEqual(r.rc, 0, r)
+        for p in r.data["providers"]:
+            if p["provider"] == "p":
+                return p["queues"][0]
+        self.fail("provider p not listed: %r" % r.data)
+
+    def check_all_refused(self, **peer_kw):
+        p = self.peer(pipelining=True, rcpt_reply=["*=550 5.1.1 No such user here"], **peer_kw)
+        d = self.daemon_with_rules(p)
+        msg = st.wire_message("sender@s.example", "ann@a.example")
+        st.wire_submit(d, ["ann@a.example", "bob@a.example"], msg)
+        for r in st.wait_acct(d, "bounce", n=2):
+            self.assertEqual(r["status"], "5.1.1", r)
+            self.assertEqual(r["code"], 550, r)
+        # the DATA reply has been read once the session is idle again
+        st.wait_for(lambda: d.status()["delivery"]["transactions"] >= 1, 20,
+                    what="the transaction to end")
+        q = self.provider_queue(d)
+        self.assertEqual(q["last_response"], "550 5.1.1 No such user here", q)
+        self.assertEqual((q["deferred"], q["bounced"], q["delivered"]), (0, 2, 0), q)
+        self.assertEqual([r for r in d.accounting() if r["type"] == "shaping"], [])
+        out = d.ctl("providers")
+        self.assertIn("550 5.1.1 No such user here", out.out)
+        self.assertEqual(st.acct_records(d, "delivery"), [])
+        d.stop()
+        return p
+
+    def test_data_reply_after_every_rcpt_refused_is_not_an_outcome(self):
+        # aiosmtpd answers the pipelined DATA "503 5.5.1 Error: need RCPT command"
+        p = self.check_all_refused()
+        self.assertTrue(any(e.get("reply", "").startswith("503") for e in p.events()),
+                        p.events())
+
+    def test_354_to_nobody_gets_an_empty_message_not_counted(self):
+        # a broken server says 354 with no recipient: RFC 2920 3.1, the
+        # client ends the data at once; its 250 delivers nothing
+        p = self.check_all_refused(data_no_rcpts="250 2.0.0 Ok, delivered to nobody")
+        ev = [e for e in p.events() if e["ev"] == "data_no_rcpts"]
+        self.assertEqual(len(ev), 1, p.events())
+        self.assertEqual(ev[0]["content"], "")
+        self.assertEqual(p.messages(), [])
+
+
 if __name__ == "__main__":
     unittest.main()
