@@ -48,7 +48,9 @@ static const char *const dlv_sstate_names[] = {
     "MAIL",    "RCPT",     "DATA", "DOT",  "RSET",     "QUIT", "CLOSED",
 };
 
-enum { RR_PENDING = 0, RR_ACCEPTED, RR_DONE };
+/* A recipient of the dispatch: not tried yet (or carried over to the next
+ * transaction), accepted at RCPT, outcome known, outcome reported. */
+enum { RR_PENDING = 0, RR_ACCEPTED, RR_DONE, RR_SENT };
 
 typedef struct dlv_rres {
     int rr_state;
@@ -97,10 +99,12 @@ struct dlv_session {
     /* transaction */
     queue_dispatch_t *s_qd;
     dlv_rres_t *s_res;
-    int s_first; /* first recipient of the transaction */
-    int s_n;     /* recipients in the transaction */
-    int s_ri;    /* next RCPT reply expected */
-    int s_nacc;
+    int *s_txn;     /* recipient indexes of the transaction, in RCPT order */
+    int s_n;        /* recipients in the transaction */
+    int s_ri;       /* next RCPT reply expected (index into s_txn) */
+    int s_nacc;     /* accepted at RCPT */
+    int s_pend;     /* no recipient below this index is RR_PENDING */
+    int s_rcpt_cap; /* learned from "too many recipients" (0 = none) */
     bool s_pipelined;
     bool s_mail_failed;
     bool s_discard;
@@ -236,6 +240,7 @@ static void session_reset_conn_state(dlv_session_t *s)
     }
     s->s_tls_done = false;
     s->s_tls_ver[0] = s->s_cipher[0] = '\0';
+    s->s_rcpt_cap = 0;
     buf_reset(&s->s_in);
     s->s_inpos = 0;
     smtp_reply_reset(&s->s_reply);
@@ -384,6 +389,8 @@ void dlv_session_shutdown(dlv_session_t *s)
             free(s->s_res[i].rr_text);
         free(s->s_res);
         s->s_res = NULL;
+        free(s->s_txn);
+        s->s_txn = NULL;
         queue_dispatch_free(s->s_qd);
         s->s_qd = NULL;
         session_close(s);
@@ -709,9 +716,13 @@ static void session_lost(dlv_session_t *s, const char *text)
 static void session_abort(dlv_session_t *s, const char *status, const char *text, bool quit)
 {
     queue_dispatch_t *qd = s->s_qd;
-    for (int i = s->s_first; i < qd->qd_nrcpt; i++) {
+    s->s_n = 0;
+    for (int i = 0; i < qd->qd_nrcpt; i++) {
         dlv_rres_t *r = &s->s_res[i];
-        if (r->rr_state == RR_DONE && i < s->s_first + s->s_n)
+        if (r->rr_state == RR_SENT)
+            continue;
+        s->s_txn[s->s_n++] = i;
+        if (r->rr_state == RR_DONE) /* refused at RCPT: that answer stands */
             continue;
         r->rr_state = RR_DONE;
         r->rr_res = Q_OUT_DEFERRED;
@@ -720,7 +731,6 @@ static void session_abort(dlv_session_t *s, const char *status, const char *text
         free(r->rr_text);
         r->rr_text = xstrdup(text);
     }
-    s->s_n = qd->qd_nrcpt - s->s_first;
     log_info("delivery: %s: %s", s->s_dest->de_domain, text);
     if (quit && !s->s_tcp_closing)
         session_send(s, "QUIT\r\n", 6);
@@ -843,6 +853,18 @@ static void session_judge(dlv_session_t *s, int code)
         dlv_shp_delivered(s->s_dest, s->s_vmta);
 }
 
+/* A 552 to RCPT is temporary (RFC 5321 4.5.3.1.10, as Postfix has it):
+ * the current reply is recorded as 452 with a 4.x.x status, and its text
+ * says so. */
+static void session_rcpt_552(dlv_session_t *s)
+{
+    size_t n = strlen(s->s_text);
+    snprintf(s->s_text + n, sizeof(s->s_text) - n, " (552%s%s at RCPT: temporary)",
+             s->s_reply.sr_status[0] ? " " : "", s->s_reply.sr_status);
+    if (s->s_reply.sr_status[0] == '5')
+        s->s_reply.sr_status[0] = '4';
+}
+
 /* Recipient i's outcome is the current reply. */
 static void session_record(dlv_session_t *s, int i, int code)
 {
@@ -928,8 +950,8 @@ static void session_on_reply(dlv_session_t *s)
     case S_MAIL:
         if (code / 100 != 2) {
             s->s_mail_failed = true;
-            for (int i = s->s_first; i < s->s_first + s->s_n; i++)
-                session_record(s, i, code);
+            for (int k = 0; k < s->s_n; k++)
+                session_record(s, s->s_txn[k], code);
             if (!s->s_pipelined) {
                 session_end_txn(s, false);
                 return;
@@ -937,7 +959,7 @@ static void session_on_reply(dlv_session_t *s)
         } else if (!s->s_pipelined) {
             buf_t b;
             buf_init(&b, 256);
-            session_send_rcpt(s, &b, s->s_first);
+            session_send_rcpt(s, &b, s->s_txn[0]);
             session_out(s, &b, false);
         }
         s->s_ri = 0;
@@ -945,13 +967,25 @@ static void session_on_reply(dlv_session_t *s)
         session_timer(s, S_CFG(s)->c_to_rcpt);
         return;
     case S_RCPT: {
-        int i = s->s_first + s->s_ri;
+        int i = s->s_txn[s->s_ri];
         if (!s->s_mail_failed) {
             if (code / 100 == 2) {
                 s->s_res[i].rr_state = RR_ACCEPTED;
                 s->s_nacc++;
+            } else if ((code == 452 || code == 552) && s->s_nacc > 0) {
+                /* Too many recipients (RFC 5321 4.5.3.1.10; 552 is RFC
+                 * 821's code for it): the recipient stays pending and goes
+                 * in the next transaction, which holds no more than this
+                 * server took. With nobody accepted yet it is a refusal of
+                 * this recipient (e.g. over quota): recorded below. */
+                if (s->s_rcpt_cap == 0 || s->s_nacc < s->s_rcpt_cap)
+                    s->s_rcpt_cap = s->s_nacc;
+                if (!s->s_pipelined) /* the rest would get the same answer */
+                    s->s_n = s->s_ri + 1;
             } else {
-                session_record(s, i, code);
+                if (code == 552) /* RFC 5321 4.5.3.1.10: temporary */
+                    session_rcpt_552(s);
+                session_record(s, i, code == 552 ? 452 : code);
             }
         }
         s->s_ri++;
@@ -959,7 +993,7 @@ static void session_on_reply(dlv_session_t *s)
             if (!s->s_pipelined) {
                 buf_t b;
                 buf_init(&b, 256);
-                session_send_rcpt(s, &b, s->s_first + s->s_ri);
+                session_send_rcpt(s, &b, s->s_txn[s->s_ri]);
                 session_out(s, &b, false);
             }
             session_timer(s, S_CFG(s)->c_to_rcpt);
@@ -1004,16 +1038,16 @@ static void session_on_reply(dlv_session_t *s)
             return;
         }
         if (!s->s_mail_failed)
-            for (int i = s->s_first; i < s->s_first + s->s_n; i++)
-                if (s->s_res[i].rr_state == RR_ACCEPTED)
-                    session_record(s, i, code);
+            for (int k = 0; k < s->s_n; k++)
+                if (s->s_res[s->s_txn[k]].rr_state == RR_ACCEPTED)
+                    session_record(s, s->s_txn[k], code);
         session_end_txn(s, false);
         return;
     case S_DOT:
         if (!s->s_discard)
-            for (int i = s->s_first; i < s->s_first + s->s_n; i++)
-                if (s->s_res[i].rr_state == RR_ACCEPTED)
-                    session_record(s, i, code);
+            for (int k = 0; k < s->s_n; k++)
+                if (s->s_res[s->s_txn[k]].rr_state == RR_ACCEPTED)
+                    session_record(s, s->s_txn[k], code);
         session_end_txn(s, true);
         return;
     case S_RSET:
@@ -1194,7 +1228,8 @@ void dlv_session_take(dlv_session_t *s, queue_dispatch_t *qd)
     s->s_idle = false;
     s->s_qd = qd;
     s->s_res = xcalloc((size_t)MAX(qd->qd_nrcpt, 1), sizeof(dlv_rres_t));
-    s->s_first = 0;
+    s->s_txn = xcalloc((size_t)MAX(qd->qd_nrcpt, 1), sizeof(int));
+    s->s_pend = 0;
     s->s_n = 0;
     if ((qd->qd_flags & Q_F_SMTPUTF8) && !s->x_smtputf8) {
         /* RFC 6531 3.4: no downgrade here */
@@ -1224,6 +1259,7 @@ static void session_fail_dispatch(dlv_session_t *s, queue_result_t res, const ch
         r->rr_code = 0;
         snprintf(r->rr_status, sizeof(r->rr_status), "%s", status);
         r->rr_text = xstrdup(text);
+        s->s_txn[i] = i;
     }
     s->s_n = qd->qd_nrcpt;
     session_end_txn(s, true);
@@ -1242,7 +1278,13 @@ static void session_start_txn(dlv_session_t *s)
     int max = dlv_shp_max_rcpt(s->s_dest, s->s_vmta);
     if (max <= 0)
         max = 100;
-    s->s_n = MIN(qd->qd_nrcpt - s->s_first, max);
+    if (s->s_rcpt_cap > 0 && s->s_rcpt_cap < max)
+        max = s->s_rcpt_cap;
+    s->s_n = 0;
+    for (int i = s->s_pend; i < qd->qd_nrcpt && s->s_n < max; i++)
+        if (s->s_res[i].rr_state == RR_PENDING)
+            s->s_txn[s->s_n++] = i;
+    assert(s->s_n > 0);
     s->s_ri = 0;
     s->s_nacc = 0;
     s->s_mail_failed = false;
@@ -1268,8 +1310,8 @@ static void session_start_txn(dlv_session_t *s)
     }
     buf_append(&b, "\r\n", 2);
     if (s->s_pipelined) { /* RFC 2920: MAIL, RCPTs, DATA in one go */
-        for (int i = 0; i < s->s_n; i++)
-            session_send_rcpt(s, &b, s->s_first + i);
+        for (int k = 0; k < s->s_n; k++)
+            session_send_rcpt(s, &b, s->s_txn[k]);
         buf_append(&b, "DATA\r\n", 6);
     }
     session_out(s, &b, false);
@@ -1292,8 +1334,11 @@ static void session_log_txn(dlv_session_t *s)
     const char *st = NULL, *text = NULL;
     const char *sts = dlv_sts_mode(s->s_dest); /* MTA-STS mode applied, or NULL */
     int code = 0;
-    for (int i = s->s_first; i < s->s_first + s->s_n; i++) {
+    for (int k = 0; k < s->s_n; k++) {
+        int i = s->s_txn[k];
         dlv_rres_t *r = &s->s_res[i];
+        if (r->rr_state == RR_PENDING) /* carried over to the next transaction */
+            continue;
         if (r->rr_res != Q_OUT_DELIVERED) {
             log_info("%s to=<%s> relay=%s[%s]:%d tls=%s%s%s dsn=%s status=%s (%d %s)", ids,
                      qd->qd_rcpts[i].qo_addr, S_HOST(s), s->s_mx_ip, s->s_port,
@@ -1316,8 +1361,9 @@ static void session_log_txn(dlv_session_t *s)
     buf_free(&to);
 }
 
-/* The transaction [s_first, s_first + s_n) is over: report it. completed =
- * the server saw the end of it (final dot reply), else RSET is due. */
+/* The transaction s_txn is over: report it (a recipient carried over to
+ * the next one stays pending). completed = the server saw the end of it
+ * (final dot reply), else RSET is due. */
 static void session_end_txn(dlv_session_t *s, bool completed)
 {
     queue_dispatch_t *qd = s->s_qd;
@@ -1329,9 +1375,9 @@ static void session_end_txn(dlv_session_t *s, bool completed)
                      s->s_tls_done ? s->s_cipher : "",
                      retry,
                      dlv_sts_mode(s->s_dest)};
-    for (int i = s->s_first; i < s->s_first + s->s_n; i++) {
-        dlv_rres_t *r = &s->s_res[i];
-        if (r->rr_state != RR_DONE) { /* accepted at RCPT, no final answer: defer */
+    for (int k = 0; k < s->s_n; k++) {
+        dlv_rres_t *r = &s->s_res[s->s_txn[k]];
+        if (r->rr_state == RR_ACCEPTED) { /* no final answer: defer */
             r->rr_state = RR_DONE;
             r->rr_res = Q_OUT_DEFERRED;
             snprintf(r->rr_status, sizeof(r->rr_status), "4.4.2");
@@ -1340,18 +1386,23 @@ static void session_end_txn(dlv_session_t *s, bool completed)
         }
     }
     session_log_txn(s);
-    for (int i = s->s_first; i < s->s_first + s->s_n; i++) {
+    for (int k = 0; k < s->s_n; k++) {
+        int i = s->s_txn[k];
         dlv_rres_t *r = &s->s_res[i];
+        if (r->rr_state == RR_PENDING)
+            continue;
         dlv_outcome(s->s_t, qd, i, r->rr_res, r->rr_code, r->rr_status, r->rr_text, &w);
         free(r->rr_text);
         r->rr_text = NULL;
+        r->rr_state = RR_SENT;
     }
     atomic_fetch_add_explicit(&S_STATS(s)->ds_transactions, 1, memory_order_relaxed);
     if (!completed)
         s->s_need_rset = true;
-    s->s_first += s->s_n;
     s->s_n = 0;
-    if (s->s_first < qd->qd_nrcpt && !s->s_closing) {
+    while (s->s_pend < qd->qd_nrcpt && s->s_res[s->s_pend].rr_state != RR_PENDING)
+        s->s_pend++;
+    if (s->s_pend < qd->qd_nrcpt && !s->s_closing) {
         session_start_txn(s);
         return;
     }
@@ -1362,6 +1413,8 @@ static void session_finish_dispatch(dlv_session_t *s)
 {
     free(s->s_res);
     s->s_res = NULL;
+    free(s->s_txn);
+    s->s_txn = NULL;
     queue_dispatch_free(s->s_qd);
     s->s_qd = NULL;
     s->s_msgs++;

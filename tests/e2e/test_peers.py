@@ -211,5 +211,65 @@ class Bookkeeping(PeerCase):
         self.assertEqual(p.messages(), [])
 
 
+class TooManyRecipients(PeerCase):
+    """Finding 4: "too many recipients" at RCPT (452, or 552 as RFC 821
+    had it: RFC 5321 4.5.3.1.10) is temporary, and the refused recipients
+    go in the next transaction on the same connection at once."""
+
+    RCPTS = ["r%d@a.example" % i for i in range(1, 6)]
+
+    def check_split(self, reply, pipelining):
+        p = self.peer(max_rcpts="2:" + reply, pipelining=pipelining, wire=True)
+        d = self.daemon({"a.example": p.port})
+        msg = st.wire_message("sender@s.example", self.RCPTS[0], body=b"Split me.\r\n")
+        st.wire_submit(d, self.RCPTS, msg)
+        msgs = p.wait_messages(3)
+        st.wait_acct(d, "delivery", n=5)
+        d.wait_queue(0)
+        self.assertEqual([[r["addr"] for r in rec["rcpts"]] for rec, _ in msgs],
+                         [self.RCPTS[0:2], self.RCPTS[2:4], self.RCPTS[4:5]])
+        self.assertEqual(len({rec["conn"] for rec, _ in msgs}), 1, msgs)  # one connection
+        for _, raw in msgs:
+            self.assertEqual(st.strip_received(raw), msg)
+        # nothing was deferred or bounced: no retry interval was waited
+        self.assertEqual([r for r in d.accounting() if r["type"] in ("transient", "bounce")],
+                         [])
+        d.stop()
+        w = b"".join(p.wires())
+        # the second transaction holds no more than the server took in the first
+        # (pipelined: 5 + 2 + 1; lock-step stops at the first refusal: 3 + 2 + 1)
+        self.assertEqual(w.count(b"RCPT TO:"), 8 if pipelining else 6)
+        return p
+
+    def test_552_too_many_recipients_is_temporary_lock_step(self):
+        self.check_split("552 5.5.3 Too many recipients", False)
+
+    def test_452_too_many_recipients_pipelined(self):
+        self.check_split("452 4.5.3 Too many recipients", True)
+
+    def test_552_without_enhanced_code_pipelined(self):
+        self.check_split("552 Too many recipients", True)
+
+    def test_452_with_nobody_accepted_is_a_deferral(self):
+        """The first recipient of a transaction refused 452 (over quota,
+        or a server that takes nobody) is deferred, not tried again and
+        again on the same connection."""
+        p = self.peer(rcpt_reply=["r1@a.example=452 4.2.2 Mailbox full, try later",
+                                  "r2@a.example=552 5.2.2 Mailbox full"], wire=True)
+        d = self.daemon({"a.example": p.port})
+        msg = st.wire_message("sender@s.example", self.RCPTS[0])
+        st.wire_submit(d, self.RCPTS[:3], msg)
+        rec, _ = p.wait_messages(1)[0]
+        self.assertEqual([r["addr"] for r in rec["rcpts"]], ["r3@a.example"])
+        t1 = st.wait_acct(d, "transient", "r1@a.example")[0]
+        self.assertEqual((t1["code"], t1["status"]), (452, "4.2.2"))
+        t2 = st.wait_acct(d, "transient", "r2@a.example")[0]
+        self.assertEqual((t2["code"], t2["status"]), (452, "4.2.2"), t2)  # 552 -> 452
+        self.assertEqual(t2["text"], "Mailbox full (552 5.2.2 at RCPT: temporary)")
+        self.assertEqual(st.acct_records(d, "bounce"), [])
+        d.stop()
+        self.assertEqual(p.wires()[0].count(b"MAIL FROM:"), 1)
+
+
 if __name__ == "__main__":
     unittest.main()
