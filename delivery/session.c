@@ -80,6 +80,7 @@ struct dlv_session {
     int s_tries;
     /* server extensions (EHLO) */
     bool x_pipelining, x_8bitmime, x_smtputf8, x_starttls, x_dsn, x_size;
+    uint64_t x_size_max; /* SIZE n (RFC 1870), 0 = no limit given */
     /* TLS */
     tls_conn_t *s_tls;
     bool s_tls_done;
@@ -154,6 +155,7 @@ static void session_quit(dlv_session_t *s);
 static void session_ready(dlv_session_t *s);
 static void session_fail_dispatch(dlv_session_t *s, queue_result_t res, const char *status,
                                   const char *text);
+static size_t session_msg_size(const dlv_session_t *s);
 static void session_next_work(dlv_session_t *s);
 static void session_start_txn(dlv_session_t *s);
 static void session_end_txn(dlv_session_t *s, bool completed);
@@ -234,6 +236,7 @@ dlv_session_t *dlv_session_new(dlv_dest_t *de, int vmta)
 static void session_reset_conn_state(dlv_session_t *s)
 {
     s->x_pipelining = s->x_8bitmime = s->x_smtputf8 = s->x_starttls = s->x_dsn = s->x_size = false;
+    s->x_size_max = 0;
     if (s->s_tls) {
         tls_conn_free(s->s_tls);
         s->s_tls = NULL;
@@ -761,9 +764,25 @@ static void session_policy_fail(dlv_session_t *s, const char *status, const char
 
 /* ------------------------------------------------------------ replies */
 
+/* "SIZE" [SP number] (RFC 1870 4): the number is the largest message the
+ * server takes; none, 0 or not a number: no fixed limit. */
+static void session_parse_size(dlv_session_t *s, const char *p, size_t n)
+{
+    s->x_size = true;
+    size_t i = 0;
+    while (i < n && p[i] == ' ')
+        i++;
+    uint64_t v = 0;
+    size_t digits = 0;
+    for (; i < n && p[i] >= '0' && p[i] <= '9' && digits < 19; i++, digits++)
+        v = v * 10 + (uint64_t)(p[i] - '0');
+    s->x_size_max = i == n && digits > 0 ? v : 0;
+}
+
 static void session_parse_ehlo(dlv_session_t *s)
 {
     s->x_pipelining = s->x_8bitmime = s->x_smtputf8 = s->x_starttls = s->x_dsn = s->x_size = false;
+    s->x_size_max = 0;
     const buf_t *t = &s->s_reply.sr_text;
     size_t i = 0;
     bool first = true;
@@ -794,7 +813,7 @@ static void session_parse_ehlo(dlv_session_t *s)
         else if (strcmp(kw, "DSN") == 0)
             s->x_dsn = true;
         else if (strcmp(kw, "SIZE") == 0)
-            s->x_size = true;
+            session_parse_size(s, line + k, len - k);
     }
 }
 
@@ -869,6 +888,9 @@ static void session_rcpt_552(dlv_session_t *s)
 static void session_record(dlv_session_t *s, int i, int code)
 {
     dlv_rres_t *r = &s->s_res[i];
+    /* RFC 1870 6.1, 6.2: a bare 552 to MAIL or to the data is "too big" */
+    if (code == 552 && s->s_reply.sr_status[0] == '\0' && s->s_state != S_RCPT)
+        snprintf(s->s_reply.sr_status, sizeof(s->s_reply.sr_status), "5.3.4");
     session_judge(s, code);
     r->rr_state = RR_DONE;
     r->rr_res = dlv_result_for_code(code);
@@ -1244,7 +1266,23 @@ void dlv_session_take(dlv_session_t *s, queue_dispatch_t *qd)
         session_fail_dispatch(s, Q_OUT_DEFERRED, "4.3.0", why); /* never unsigned */
         return;
     }
+    size_t size = session_msg_size(s);
+    if (s->x_size_max > 0 && size > s->x_size_max) {
+        /* RFC 1870 6.1: not worth a transaction the server will refuse */
+        char text[512];
+        snprintf(text, sizeof(text), "message size %zu exceeds size limit %llu of server %s[%s]",
+                 size, (unsigned long long)s->x_size_max, S_HOST(s), s->s_mx_ip);
+        session_fail_dispatch(s, Q_OUT_BOUNCED, "5.3.4", text);
+        return;
+    }
     session_start_txn(s);
+}
+
+/* What the message is on the wire, dot-stuffing aside (RFC 1870 SIZE): the
+ * DKIM-Signature fields and the content. */
+static size_t session_msg_size(const dlv_session_t *s)
+{
+    return s->s_dkim.b_len + s->s_qd->qd_body_len;
 }
 
 /* Every recipient of the dispatch gets this local outcome (no transaction). */
@@ -1299,7 +1337,7 @@ static void session_start_txn(dlv_session_t *s)
     if ((qd->qd_flags & Q_F_SMTPUTF8) && s->x_smtputf8)
         buf_append_str(&b, " SMTPUTF8");
     if (s->x_size)
-        buf_printf(&b, " SIZE=%zu", qd->qd_body_len + s->s_dkim.b_len);
+        buf_printf(&b, " SIZE=%zu", session_msg_size(s));
     if (s->x_dsn) {
         if (qd->qd_flags & Q_F_RET_FULL)
             buf_append_str(&b, " RET=FULL");

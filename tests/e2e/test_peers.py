@@ -271,5 +271,45 @@ class TooManyRecipients(PeerCase):
         self.assertEqual(p.wires()[0].count(b"MAIL FROM:"), 1)
 
 
+class Size(PeerCase):
+    """Finding 7: the SIZE the server advertises (RFC 1870) is honoured."""
+
+    def test_larger_than_advertised_size_bounces_locally(self):
+        p = self.peer(size=1000, wire=True)
+        d = self.daemon({"a.example": p.port})
+        big = st.wire_message("sender@s.example", "big@a.example", subject="big",
+                              body=b"x" * 70 + b"\r\n" + (b"y" * 70 + b"\r\n") * 70)
+        small = st.wire_message("sender@s.example", "small@a.example", subject="small",
+                                body=b"short\r\n")
+        st.wire_submit(d, ["big@a.example"], big)
+        b = st.wait_acct(d, "bounce", "big@a.example")[0]
+        self.assertEqual(b["status"], "5.3.4", b)
+        self.assertRegex(b["text"], r"^message size \d+ exceeds size limit 1000 of server ")
+        self.assertEqual(b["category"], "content-related")
+        st.wire_submit(d, ["small@a.example"], small)
+        rec, raw = p.wait_messages(1)[0]
+        self.assertEqual(st.strip_received(raw), small)
+        self.assertIn("SIZE=%d" % len(raw), " ".join(rec["mail_params"]))
+        st.wait_acct(d, "delivery", "small@a.example")
+        d.stop()
+        w = b"".join(p.wires())
+        self.assertNotIn(b"big@a.example", w)  # no transaction was opened for it
+        self.assertEqual(w.count(b"MAIL FROM:"), 1)
+
+    def test_bare_552_is_5_3_4(self):
+        """A 552 without an enhanced status, at MAIL or at the end of the
+        data, is RFC 1870's "too big": 5.3.4, not 5.0.0."""
+        for kw in ({"mail_reply": "552 Message size exceeds fixed limit"},
+                   {"eom_reply": ["552 Message too large"]}):
+            with self.subTest(**kw):
+                p = self.peer(**kw)
+                d = self.daemon({"a.example": p.port})
+                st.wire_submit(d, ["ann@a.example"],
+                               st.wire_message("sender@s.example", "ann@a.example"))
+                b = st.wait_acct(d, "bounce", "ann@a.example")[0]
+                self.assertEqual((b["code"], b["status"]), (552, "5.3.4"), b)
+                d.stop()
+
+
 if __name__ == "__main__":
     unittest.main()
