@@ -18,6 +18,7 @@
  * in the last close callback of its handles.
  */
 #include "delivery/delivery_int.h"
+#include "delivery/mime7bit_int.h"
 
 #include <assert.h>
 #include <ctype.h>
@@ -111,7 +112,11 @@ struct dlv_session {
     bool s_discard;
     bool s_need_rset;
     buf_t s_body;
-    buf_t s_dkim; /* DKIM-Signature fields of the dispatch (dlv_dkim_prepare) */
+    buf_t s_dkim;      /* DKIM-Signature fields of the dispatch (dlv_dkim_prepare) */
+    buf_t s_copy;      /* the 7-bit copy for a server without 8BITMIME (mime7bit.c) */
+    const char *s_msg; /* the message for this server: qd_body or s_copy */
+    size_t s_msg_len;
+    bool s_8bit; /* qd_body holds 8-bit bytes */
     int s_msgs;
     int s_vmta;        /* virtual MTA: source address, EHLO name (shaping.c) */
     bool s_shp_bounce; /* a shaping rule says the current reply bounces */
@@ -156,6 +161,11 @@ static void session_ready(dlv_session_t *s);
 static void session_fail_dispatch(dlv_session_t *s, queue_result_t res, const char *status,
                                   const char *text);
 static size_t session_msg_size(const dlv_session_t *s);
+static bool session_utf8_ascii_copy(dlv_session_t *s);
+static bool session_convert_7bit(dlv_session_t *s);
+static void session_local_outcome(dlv_session_t *s, int i, queue_result_t res, const char *status,
+                                  const char *text);
+static void session_report(dlv_session_t *s);
 static void session_next_work(dlv_session_t *s);
 static void session_start_txn(dlv_session_t *s);
 static void session_end_txn(dlv_session_t *s, bool completed);
@@ -224,6 +234,7 @@ dlv_session_t *dlv_session_new(dlv_dest_t *de, int vmta)
     buf_init(&s->s_in, 0);
     buf_init(&s->s_body, 0);
     buf_init(&s->s_dkim, 0);
+    buf_init(&s->s_copy, 0);
     s->s_no_tls = de->de_policy == CFG_TLS_DISABLED ||
                   (de->de_policy == CFG_TLS_OPPORTUNISTIC && de->de_notls_until > clock_mono_us());
     uv_timer_init(&s->s_t->t_loop, &s->s_timer);
@@ -330,6 +341,7 @@ static void session_handle_closed_cb(uv_handle_t *h)
     buf_free(&s->s_in);
     buf_free(&s->s_body);
     buf_free(&s->s_dkim);
+    buf_free(&s->s_copy);
     smtp_reply_free(&s->s_reply);
     free(s);
 }
@@ -1040,7 +1052,7 @@ static void session_on_reply(dlv_session_t *s)
                 buf_reset(&s->s_body);
                 /* signature fields: CRLF lines, none starts with '.' */
                 buf_append(&s->s_body, s->s_dkim.b_data, s->s_dkim.b_len);
-                smtp_dot_stuff(&s->s_body, s->s_qd->qd_body, s->s_qd->qd_body_len);
+                smtp_dot_stuff(&s->s_body, s->s_msg, s->s_msg_len);
                 session_send_body(s);
             } else { /* pipelined, nobody accepted, yet 354: send an empty message */
                 s->s_discard = true;
@@ -1253,16 +1265,16 @@ void dlv_session_take(dlv_session_t *s, queue_dispatch_t *qd)
     s->s_txn = xcalloc((size_t)MAX(qd->qd_nrcpt, 1), sizeof(int));
     s->s_pend = 0;
     s->s_n = 0;
-    if ((qd->qd_flags & Q_F_SMTPUTF8) && !s->x_smtputf8) {
-        /* RFC 6531 3.4: no downgrade here */
-        char text[512];
-        snprintf(text, sizeof(text), "SMTPUTF8 required but not offered by %s[%s]", S_HOST(s),
-                 s->s_mx_ip);
-        session_fail_dispatch(s, Q_OUT_BOUNCED, "5.6.7", text);
+    s->s_msg = qd->qd_body;
+    s->s_msg_len = qd->qd_body_len;
+    s->s_8bit = mime7_has_8bit(qd->qd_body, qd->qd_body_len);
+    if ((qd->qd_flags & Q_F_SMTPUTF8) && !s->x_smtputf8 && !session_utf8_ascii_copy(s))
         return;
-    }
+    if (s->s_8bit && !s->x_8bitmime && !session_convert_7bit(s))
+        return;
+    /* signed as sent: the 7-bit copy when there is one */
     char why[160];
-    if (dlv_dkim_prepare(S_CFG(s), qd, &s->s_dkim, why, sizeof(why)) < 0) {
+    if (dlv_dkim_prepare(S_CFG(s), qd, s->s_msg, s->s_msg_len, &s->s_dkim, why, sizeof(why)) < 0) {
         session_fail_dispatch(s, Q_OUT_DEFERRED, "4.3.0", why); /* never unsigned */
         return;
     }
@@ -1282,24 +1294,102 @@ void dlv_session_take(dlv_session_t *s, queue_dispatch_t *qd)
  * DKIM-Signature fields and the content. */
 static size_t session_msg_size(const dlv_session_t *s)
 {
-    return s->s_dkim.b_len + s->s_qd->qd_body_len;
+    return s->s_dkim.b_len + s->s_msg_len;
 }
 
-/* Every recipient of the dispatch gets this local outcome (no transaction). */
+/* SMTPUTF8 was asked for and the server does not offer it (RFC 6531 3.4:
+ * addresses are never downgraded). The copy needs SMTPUTF8 only when its
+ * envelope or header fields are not ASCII (Postfix's rule): a non-ASCII
+ * sender or header bounces every recipient 5.6.7; otherwise a recipient
+ * whose own address is not ASCII bounces 5.6.7 alone and the others go
+ * without SMTPUTF8. False when no recipient is left (the dispatch is over). */
+static bool session_utf8_ascii_copy(dlv_session_t *s)
+{
+    queue_dispatch_t *qd = s->s_qd;
+    char text[512];
+    const char *what = mime7_has_8bit(qd->qd_sender, strlen(qd->qd_sender)) ? "sender address"
+                       : mime7_has_8bit(qd->qd_body, mime7_header_len(qd->qd_body, qd->qd_body_len))
+                           ? "header fields"
+                           : NULL;
+    if (what != NULL) {
+        snprintf(text, sizeof(text), "SMTPUTF8 required (non-ASCII %s) but not offered by %s[%s]",
+                 what, S_HOST(s), s->s_mx_ip);
+        session_fail_dispatch(s, Q_OUT_BOUNCED, "5.6.7", text);
+        return false;
+    }
+    snprintf(text, sizeof(text),
+             "SMTPUTF8 required (non-ASCII recipient address) but not offered by %s[%s]", S_HOST(s),
+             s->s_mx_ip);
+    s->s_n = 0;
+    for (int i = 0; i < qd->qd_nrcpt; i++) {
+        if (!mime7_has_8bit(qd->qd_rcpts[i].qo_addr, strlen(qd->qd_rcpts[i].qo_addr)))
+            continue;
+        session_local_outcome(s, i, Q_OUT_BOUNCED, "5.6.7", text);
+    }
+    if (s->s_n == 0)
+        return true;
+    bool left = s->s_n < qd->qd_nrcpt;
+    session_report(s);
+    s->s_n = 0;
+    if (!left)
+        session_finish_dispatch(s);
+    return left;
+}
+
+/* The message has 8-bit content and the server does not offer 8BITMIME
+ * (RFC 6152 3): a 7-bit copy (quoted-printable) goes instead, or, when
+ * none can be made, every recipient bounces 5.6.3. False when the dispatch
+ * is over. */
+static bool session_convert_7bit(dlv_session_t *s)
+{
+    char why[200], text[512];
+    buf_reset(&s->s_copy);
+    int rc = mime7_convert(s->s_qd->qd_body, s->s_qd->qd_body_len, &s->s_copy, why, sizeof(why));
+    if (rc < 0) {
+        buf_free(&s->s_copy);
+        snprintf(text, sizeof(text),
+                 "8-bit message cannot be converted to 7-bit for %s[%s], which does not offer "
+                 "8BITMIME: %s",
+                 S_HOST(s), s->s_mx_ip, why);
+        session_fail_dispatch(s, Q_OUT_BOUNCED, "5.6.3", text);
+        return false;
+    }
+    s->s_msg = s->s_copy.b_data;
+    s->s_msg_len = s->s_copy.b_len;
+    if (log_level_current <= LOG_DEBUG) {
+        char ids[17];
+        queue_msgid_fmt(s->s_qd->qd_msgid, ids);
+        log_debug("%s converted to 7-bit for %s[%s] (%zu -> %zu bytes)", ids, S_HOST(s), s->s_mx_ip,
+                  s->s_qd->qd_body_len, s->s_msg_len);
+    }
+    return true;
+}
+
+/* Recipient i gets an outcome decided here, not by a reply; it joins
+ * s_txn to be reported. */
+static void session_local_outcome(dlv_session_t *s, int i, queue_result_t res, const char *status,
+                                  const char *text)
+{
+    dlv_rres_t *r = &s->s_res[i];
+    r->rr_state = RR_DONE;
+    r->rr_res = res;
+    r->rr_code = 0;
+    snprintf(r->rr_status, sizeof(r->rr_status), "%s", status);
+    free(r->rr_text);
+    r->rr_text = xstrdup(text);
+    s->s_txn[s->s_n++] = i;
+}
+
+/* Every recipient of the dispatch still without an outcome gets this local
+ * one (no transaction). */
 static void session_fail_dispatch(dlv_session_t *s, queue_result_t res, const char *status,
                                   const char *text)
 {
     queue_dispatch_t *qd = s->s_qd;
-    for (int i = 0; i < qd->qd_nrcpt; i++) {
-        dlv_rres_t *r = &s->s_res[i];
-        r->rr_state = RR_DONE;
-        r->rr_res = res;
-        r->rr_code = 0;
-        snprintf(r->rr_status, sizeof(r->rr_status), "%s", status);
-        r->rr_text = xstrdup(text);
-        s->s_txn[i] = i;
-    }
-    s->s_n = qd->qd_nrcpt;
+    s->s_n = 0;
+    for (int i = 0; i < qd->qd_nrcpt; i++)
+        if (s->s_res[i].rr_state == RR_PENDING)
+            session_local_outcome(s, i, res, status, text);
     session_end_txn(s, true);
 }
 
@@ -1331,8 +1421,9 @@ static void session_start_txn(dlv_session_t *s)
     buf_t b;
     buf_init(&b, 256 + (size_t)(s->s_pipelined ? s->s_n : 1) * 80);
     buf_printf(&b, "MAIL FROM:<%s>", qd->qd_sender);
-    /* 8BITMIME flagged but not offered: sent as is (documented choice) */
-    if ((qd->qd_flags & Q_F_8BITMIME) && s->x_8bitmime)
+    /* what is sent is 8-bit, declared or not (a 7-bit copy was made for a
+     * server without 8BITMIME) */
+    if ((qd->qd_flags & Q_F_8BITMIME || s->s_8bit) && s->x_8bitmime)
         buf_append_str(&b, " BODY=8BITMIME");
     if ((qd->qd_flags & Q_F_SMTPUTF8) && s->x_smtputf8)
         buf_append_str(&b, " SMTPUTF8");
@@ -1405,14 +1496,6 @@ static void session_log_txn(dlv_session_t *s)
 static void session_end_txn(dlv_session_t *s, bool completed)
 {
     queue_dispatch_t *qd = s->s_qd;
-    uint64_t retry = dlv_shp_retry_at(s->s_dest, s->s_vmta); /* later in backoff */
-    dlv_where_t w = {S_HOST(s),
-                     s->s_mx_ip,
-                     s->s_src_ip,
-                     s->s_tls_done ? s->s_tls_ver : "",
-                     s->s_tls_done ? s->s_cipher : "",
-                     retry,
-                     dlv_sts_mode(s->s_dest)};
     for (int k = 0; k < s->s_n; k++) {
         dlv_rres_t *r = &s->s_res[s->s_txn[k]];
         if (r->rr_state == RR_ACCEPTED) { /* no final answer: defer */
@@ -1423,17 +1506,7 @@ static void session_end_txn(dlv_session_t *s, bool completed)
             r->rr_text = xstrdup("transaction aborted");
         }
     }
-    session_log_txn(s);
-    for (int k = 0; k < s->s_n; k++) {
-        int i = s->s_txn[k];
-        dlv_rres_t *r = &s->s_res[i];
-        if (r->rr_state == RR_PENDING)
-            continue;
-        dlv_outcome(s->s_t, qd, i, r->rr_res, r->rr_code, r->rr_status, r->rr_text, &w);
-        free(r->rr_text);
-        r->rr_text = NULL;
-        r->rr_state = RR_SENT;
-    }
+    session_report(s);
     atomic_fetch_add_explicit(&S_STATS(s)->ds_transactions, 1, memory_order_relaxed);
     if (!completed)
         s->s_need_rset = true;
@@ -1447,6 +1520,32 @@ static void session_end_txn(dlv_session_t *s, bool completed)
     session_finish_dispatch(s);
 }
 
+/* Log and hand to the queue the outcome of every recipient of s_txn that
+ * has one (a recipient carried over to the next transaction has none). */
+static void session_report(dlv_session_t *s)
+{
+    queue_dispatch_t *qd = s->s_qd;
+    uint64_t retry = dlv_shp_retry_at(s->s_dest, s->s_vmta); /* later in backoff */
+    dlv_where_t w = {S_HOST(s),
+                     s->s_mx_ip,
+                     s->s_src_ip,
+                     s->s_tls_done ? s->s_tls_ver : "",
+                     s->s_tls_done ? s->s_cipher : "",
+                     retry,
+                     dlv_sts_mode(s->s_dest)};
+    session_log_txn(s);
+    for (int k = 0; k < s->s_n; k++) {
+        int i = s->s_txn[k];
+        dlv_rres_t *r = &s->s_res[i];
+        if (r->rr_state == RR_PENDING)
+            continue;
+        dlv_outcome(s->s_t, qd, i, r->rr_res, r->rr_code, r->rr_status, r->rr_text, &w);
+        free(r->rr_text);
+        r->rr_text = NULL;
+        r->rr_state = RR_SENT;
+    }
+}
+
 static void session_finish_dispatch(dlv_session_t *s)
 {
     free(s->s_res);
@@ -1458,6 +1557,9 @@ static void session_finish_dispatch(dlv_session_t *s)
     s->s_msgs++;
     buf_reset(&s->s_body);
     buf_reset(&s->s_dkim);
+    buf_free(&s->s_copy); /* may be large: not kept for the next message */
+    s->s_msg = NULL;
+    s->s_msg_len = 0;
     if (s->s_closing)
         return;
     dlv_session_enter_state(s, S_READY);
