@@ -821,14 +821,18 @@ WIRE_QUEUE = ('queue {\n    retry = "1s,1s,2s";\n    retry_jitter = 0;\n'
               '    scan_interval = 100ms;\n}\n')
 
 
-def wire_daemon(routes, delivery="", extra_conf="", smtp_extra="", log_level="info"):
+def wire_daemon(routes, delivery="", extra_conf="", smtp_extra="", log_level="info",
+                map_size=None):
     """A Daemon (not started) that routes each domain of routes (domain ->
     port on 127.0.0.1, or "host:port") with a fast retry schedule; delivery
-    lines go inside delivery { }, extra_conf at the top level."""
+    lines go inside delivery { }, extra_conf at the top level; map_size
+    (e.g. "1G") replaces the spool's 64M."""
     r = {k: (v if isinstance(v, str) else "127.0.0.1:%d" % v) for k, v in routes.items()}
     d = Daemon(routes=r, log_level=log_level, smtp_extra=smtp_extra)
     text = d.default_conf(log_level, smtp_extra)
     text = text.replace("delivery {\n", "delivery {\n" + delivery, 1)
+    if map_size:
+        text = text.replace("map_size = 64M;", "map_size = %s;" % map_size, 1)
     with open(d.conf_path, "w") as f:
         f.write(text + WIRE_QUEUE + extra_conf)
     return d
@@ -871,3 +875,75 @@ def wait_acct(d, type_, rcpt=None, n=1, timeout=30):
     return wait_for(lambda: len(acct_records(d, type_, rcpt)) >= n and
                     acct_records(d, type_, rcpt), timeout,
                     what="%d %s record(s) for %s" % (n, type_, rcpt))
+
+
+class PostfixSink:
+    """Postfix's smtp-sink (/usr/sbin/smtp-sink), a receiver we did not
+    write, storing each transaction in DIR/store/<n>.<random> (-d). args:
+    extra options (e.g. "-8": no 8BITMIME, "-p": no PIPELINING).
+    messages() returns the stored content of each complete file: smtp-sink
+    writes lines with LF only, after its own X-* fields and a three-line
+    Received field, and one empty line at the end."""
+
+    def __init__(self, *args):
+        self.dir = make_tmpdir("smtp-sink-")
+        self.store = os.path.join(self.dir, "store")
+        os.mkdir(self.store)
+        os.chmod(self.store, 0o777)  # written by the user "nobody"
+        self.errf = open(os.path.join(self.dir, "stderr"), "w+")
+        for attempt in range(5):  # the port may be taken before smtp-sink binds it
+            self.port = free_port()
+            self.proc = subprocess.Popen(
+                ["/usr/sbin/smtp-sink", "-u", "nobody", "-d", self.store + "/%M.", *args,
+                 "127.0.0.1:%d" % self.port, "100"],
+                stdout=subprocess.DEVNULL, stderr=self.errf)
+            try:
+                wait_for(lambda: self.proc.poll() is not None or
+                         tcp_connectable("127.0.0.1", self.port), 10, what="smtp-sink")
+            except TimeoutError:
+                pass
+            if self.proc.poll() is None:
+                return
+        raise RuntimeError("smtp-sink did not start")
+
+    def messages(self):
+        """[(envelope dict, content bytes)] of the files whose transaction
+        is complete (they end with the empty line), oldest first. envelope:
+        {"helo", "mail" (the MAIL arguments), "rcpts" (RCPT arguments)}."""
+        out = []
+        paths = sorted(glob.glob(os.path.join(self.store, "*")), key=os.path.getmtime)
+        for p in paths:
+            with open(p, "rb") as f:
+                data = f.read()
+            head, sep, rest = data.partition(b"\nReceived: ")
+            if not sep or not data.endswith(b"\n\n"):
+                continue
+            env = {"rcpts": []}
+            for line in head.split(b"\n"):
+                k, _, v = line.partition(b": ")
+                if k == b"X-Helo-Args":
+                    env["helo"] = v.decode()
+                elif k == b"X-Mail-Args":
+                    env["mail"] = v.decode()
+                elif k == b"X-Rcpt-Args":
+                    env["rcpts"].append(v.decode())
+            # smtp-sink's Received: three lines, the last one its time stamp
+            body = rest.split(b"\n", 3)[3]
+            out.append((env, body[:-1]))
+        return out
+
+    def wait_messages(self, n, timeout=60):
+        return wait_for(lambda: len(self.messages()) >= n and self.messages(), timeout,
+                        what="%d messages at smtp-sink" % n)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.errf.close()
+        if not keep_tmp():
+            shutil.rmtree(self.dir, ignore_errors=True)
