@@ -822,17 +822,20 @@ WIRE_QUEUE = ('queue {\n    retry = "1s,1s,2s";\n    retry_jitter = 0;\n'
 
 
 def wire_daemon(routes, delivery="", extra_conf="", smtp_extra="", log_level="info",
-                map_size=None):
+                map_size=None, by_mx=False):
     """A Daemon (not started) that routes each domain of routes (domain ->
     port on 127.0.0.1, or "host:port") with a fast retry schedule; delivery
     lines go inside delivery { }, extra_conf at the top level; map_size
-    (e.g. "1G") replaces the spool's 64M."""
+    (e.g. "1G") replaces the spool's 64M; by_mx drops the smart host, so
+    that other domains are routed by MX (set delivery.resolvers)."""
     r = {k: (v if isinstance(v, str) else "127.0.0.1:%d" % v) for k, v in routes.items()}
     d = Daemon(routes=r, log_level=log_level, smtp_extra=smtp_extra)
     text = d.default_conf(log_level, smtp_extra)
     text = text.replace("delivery {\n", "delivery {\n" + delivery, 1)
     if map_size:
         text = text.replace("map_size = 64M;", "map_size = %s;" % map_size, 1)
+    if by_mx:
+        text = re.sub(r"\n\s*smarthost\s*=[^;\n]*;", "", text)
     with open(d.conf_path, "w") as f:
         f.write(text + WIRE_QUEUE + extra_conf)
     return d
