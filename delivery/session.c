@@ -13,6 +13,14 @@
  * reply is checked before the body goes out. A connection lost before the
  * reply to the final dot defers every recipient of the transaction.
  *
+ * Every byte leaves through session_out(), which goes through TLS once
+ * STARTTLS succeeded. What the server advertised is honoured when a
+ * dispatch is taken (dlv_session_take): SMTPUTF8 per recipient, a 7-bit
+ * copy for a server without 8BITMIME (mime7bit.c), then DKIM over what is
+ * sent, then its SIZE. A transaction is a list of recipients: those a
+ * server refuses as "too many" (452/552) go in the next one. Only replies
+ * that decide a recipient's fate reach the shaping hooks (session_judge).
+ *
  * Thread: a session belongs to its destination's delivery thread. It owns
  * its dispatch until every recipient has an outcome; its memory is freed
  * in the last close callback of its handles.
