@@ -1072,7 +1072,7 @@ static void session_on_reply(dlv_session_t *s)
             /* RFC 5321 4.3.2: only 354 may answer DATA. A 250 here once
              * counted as delivered with no body sent: defer instead, and
              * leave a server that lost track of the dialogue. */
-            char text[600];
+            char text[1024];
             snprintf(text, sizeof(text),
                      "protocol error: %s[%s] answered DATA with %d %.400s (expected 354)",
                      S_HOST(s), s->s_mx_ip, code, s->s_text);
@@ -1350,7 +1350,7 @@ static bool session_utf8_ascii_copy(dlv_session_t *s)
  * is over. */
 static bool session_convert_7bit(dlv_session_t *s)
 {
-    char why[200], text[512];
+    char why[200], text[640];
     buf_reset(&s->s_copy);
     int rc = mime7_convert(s->s_qd->qd_body, s->s_qd->qd_body_len, &s->s_copy, why, sizeof(why));
     if (rc < 0) {
