@@ -82,7 +82,8 @@ void dlv_set_config(dlv_t *d, cfg_t *cfg, bool reroute);
  *     "mode" ("normal" | "backoff" | "recovering"), "rate" (msgs/s in
  *     force, null = no limit), "connections", "max_connections" (null = no
  *     limit), "disabled_until" (time | null), "suspended", "delivered",
- *     "deferred", "bounced", "backoffs", "last_response"}]}],
+ *     "deferred" (4xx replies that decided
+ *     recipients' fates), "bounced" (5xx ones), "backoffs", "last_response"}]}],
  *    "virtual_mtas":[{"name", "source_ip", "ehlo", "suspended",
  *     "suspended_until", "delivered", "deferred", "bounced" (every
  *     provider since start, those no longer listed included)}]}

@@ -176,13 +176,14 @@ bool dlv_session_connecting(const dlv_session_t *s);
 
 /* ----------------------------------------------------------- dkim_sign.c */
 
-/* Sign qd's message with cfg's DKIM signer: out gets the DKIM-Signature
+/* Sign msg[0..len) (qd's message as this session sends it: stored, or its
+ * 7-bit copy) with cfg's DKIM signer: out gets the DKIM-Signature
  * fields to put in front of the body (empty when nothing signs). Returns
  * the number of signatures, or a negative code with a reason in why and a
  * log line: the caller defers every recipient (4.3.0), never sends the
  * message unsigned. */
-int dlv_dkim_prepare(const cfg_t *cfg, const queue_dispatch_t *qd, buf_t *out, char *why,
-                     size_t whylen);
+int dlv_dkim_prepare(const cfg_t *cfg, const queue_dispatch_t *qd, const char *msg, size_t len,
+                     buf_t *out, char *why, size_t whylen);
 
 /* ------------------------------------------------------------ shaping.c
  * Traffic shaping hooks (shaping_int.h has the rest). All on the

@@ -2,8 +2,10 @@
  * delivery/dkim_sign.c - DKIM at delivery: dlv_dkim_prepare() signs the
  * message of a dispatch once per delivery attempt, when a session takes the
  * dispatch, before MAIL FROM (so SIZE= counts the signatures and a signing
- * failure never opens a transaction). The session keeps the returned
- * DKIM-Signature fields for every transaction of that dispatch (more than
+ * failure never opens a transaction). What it signs is what the session
+ * sends: the stored message, or its 7-bit copy for a server without
+ * 8BITMIME (mime7bit.c), so that the signature verifies at the receiver. The session keeps the
+ * returned DKIM-Signature fields for every transaction of that dispatch (more than
  * max_rcpt_per_transaction recipients) and puts them in front of the body
  * before dot-stuffing.
  *
@@ -17,14 +19,14 @@
 
 #include <stdio.h>
 
-int dlv_dkim_prepare(const cfg_t *cfg, const queue_dispatch_t *qd, buf_t *out, char *why,
-                     size_t whylen)
+int dlv_dkim_prepare(const cfg_t *cfg, const queue_dispatch_t *qd, const char *msg, size_t len,
+                     buf_t *out, char *why, size_t whylen)
 {
     const dkim_signer_t *signer = dkim_cfg_signer(cfg);
     buf_reset(out);
     if (signer == NULL)
         return 0;
-    int rc = dkim_sign(signer, qd->qd_body, qd->qd_body_len, out);
+    int rc = dkim_sign(signer, msg, len, out);
     if (rc >= 0)
         return rc;
     char ids[17];

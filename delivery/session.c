@@ -13,12 +13,22 @@
  * reply is checked before the body goes out. A connection lost before the
  * reply to the final dot defers every recipient of the transaction.
  *
+ * Every byte leaves through session_out(), which goes through TLS once
+ * STARTTLS succeeded. What the server advertised is honoured when a
+ * dispatch is taken (dlv_session_take): SMTPUTF8 per recipient, a 7-bit
+ * copy for a server without 8BITMIME (mime7bit.c), then DKIM over what is
+ * sent, then its SIZE. A transaction is a list of recipients: those a
+ * server refuses as "too many" (452/552) go in the next one. Only replies
+ * that decide a recipient's fate reach the shaping hooks (session_judge).
+ *
  * Thread: a session belongs to its destination's delivery thread. It owns
  * its dispatch until every recipient has an outcome; its memory is freed
  * in the last close callback of its handles.
  */
 #include "delivery/delivery_int.h"
+#include "delivery/mime7bit_int.h"
 
+#include <assert.h>
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,7 +57,9 @@ static const char *const dlv_sstate_names[] = {
     "MAIL",    "RCPT",     "DATA", "DOT",  "RSET",     "QUIT", "CLOSED",
 };
 
-enum { RR_PENDING = 0, RR_ACCEPTED, RR_DONE };
+/* A recipient of the dispatch: not tried yet (or carried over to the next
+ * transaction), accepted at RCPT, outcome known, outcome reported. */
+enum { RR_PENDING = 0, RR_ACCEPTED, RR_DONE, RR_SENT };
 
 typedef struct dlv_rres {
     int rr_state;
@@ -77,6 +89,7 @@ struct dlv_session {
     int s_tries;
     /* server extensions (EHLO) */
     bool x_pipelining, x_8bitmime, x_smtputf8, x_starttls, x_dsn, x_size;
+    uint64_t x_size_max; /* SIZE n (RFC 1870), 0 = no limit given */
     /* TLS */
     tls_conn_t *s_tls;
     bool s_tls_done;
@@ -96,19 +109,26 @@ struct dlv_session {
     /* transaction */
     queue_dispatch_t *s_qd;
     dlv_rres_t *s_res;
-    int s_first; /* first recipient of the transaction */
-    int s_n;     /* recipients in the transaction */
-    int s_ri;    /* next RCPT reply expected */
-    int s_nacc;
+    int *s_txn;     /* recipient indexes of the transaction, in RCPT order */
+    int s_n;        /* recipients in the transaction */
+    int s_ri;       /* next RCPT reply expected (index into s_txn) */
+    int s_nacc;     /* accepted at RCPT */
+    int s_pend;     /* no recipient below this index is RR_PENDING */
+    int s_rcpt_cap; /* learned from "too many recipients" (0 = none) */
     bool s_pipelined;
     bool s_mail_failed;
     bool s_discard;
     bool s_need_rset;
     buf_t s_body;
-    buf_t s_dkim; /* DKIM-Signature fields of the dispatch (dlv_dkim_prepare) */
+    buf_t s_dkim;      /* DKIM-Signature fields of the dispatch (dlv_dkim_prepare) */
+    buf_t s_copy;      /* the 7-bit copy for a server without 8BITMIME (mime7bit.c) */
+    const char *s_msg; /* the message for this server: qd_body or s_copy */
+    size_t s_msg_len;
+    bool s_8bit; /* qd_body holds 8-bit bytes */
     int s_msgs;
     int s_vmta;        /* virtual MTA: source address, EHLO name (shaping.c) */
     bool s_shp_bounce; /* a shaping rule says the current reply bounces */
+    bool s_judged;     /* the current reply went to the shaping hooks */
     uint64_t s_born;
     /* the last connection-level error, for dlv_dest_conn_failed */
     int s_err_code;
@@ -132,6 +152,9 @@ static void session_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 static void session_write_cb(uv_write_t *req, int status);
 static void session_timer_cb(uv_timer_t *t);
 static void session_timer(dlv_session_t *s, uint64_t seconds);
+static void session_wire_write(dlv_session_t *s, buf_t *b, bool body);
+static void session_flush_tls(dlv_session_t *s, bool body);
+static void session_out(dlv_session_t *s, buf_t *b, bool body);
 static void session_send(dlv_session_t *s, const char *p, size_t n);
 static void session_send_body(dlv_session_t *s);
 static void session_process_input(dlv_session_t *s);
@@ -139,11 +162,18 @@ static void session_on_reply(dlv_session_t *s);
 static void session_conn_error(dlv_session_t *s, int code, const char *status, const char *text);
 static void session_reply_conn_error(dlv_session_t *s, int code, const char *phase, bool quit);
 static void session_lost(dlv_session_t *s, const char *text);
+static void session_abort(dlv_session_t *s, const char *status, const char *text, bool quit);
 static void session_close(dlv_session_t *s);
 static void session_quit(dlv_session_t *s);
 static void session_ready(dlv_session_t *s);
 static void session_fail_dispatch(dlv_session_t *s, queue_result_t res, const char *status,
                                   const char *text);
+static size_t session_msg_size(const dlv_session_t *s);
+static bool session_utf8_ascii_copy(dlv_session_t *s);
+static bool session_convert_7bit(dlv_session_t *s);
+static void session_local_outcome(dlv_session_t *s, int i, queue_result_t res, const char *status,
+                                  const char *text);
+static void session_report(dlv_session_t *s);
 static void session_next_work(dlv_session_t *s);
 static void session_start_txn(dlv_session_t *s);
 static void session_end_txn(dlv_session_t *s, bool completed);
@@ -152,6 +182,7 @@ static void session_tls_start(dlv_session_t *s);
 static void session_tls_step(dlv_session_t *s);
 static void session_tls_failed(dlv_session_t *s, const char *why);
 static void session_policy_fail(dlv_session_t *s, const char *status, const char *text);
+static void session_judge(dlv_session_t *s, int code);
 
 static const cfg_t *S_CFG(const dlv_session_t *s)
 {
@@ -211,6 +242,7 @@ dlv_session_t *dlv_session_new(dlv_dest_t *de, int vmta)
     buf_init(&s->s_in, 0);
     buf_init(&s->s_body, 0);
     buf_init(&s->s_dkim, 0);
+    buf_init(&s->s_copy, 0);
     s->s_no_tls = de->de_policy == CFG_TLS_DISABLED ||
                   (de->de_policy == CFG_TLS_OPPORTUNISTIC && de->de_notls_until > clock_mono_us());
     uv_timer_init(&s->s_t->t_loop, &s->s_timer);
@@ -223,12 +255,14 @@ dlv_session_t *dlv_session_new(dlv_dest_t *de, int vmta)
 static void session_reset_conn_state(dlv_session_t *s)
 {
     s->x_pipelining = s->x_8bitmime = s->x_smtputf8 = s->x_starttls = s->x_dsn = s->x_size = false;
+    s->x_size_max = 0;
     if (s->s_tls) {
         tls_conn_free(s->s_tls);
         s->s_tls = NULL;
     }
     s->s_tls_done = false;
     s->s_tls_ver[0] = s->s_cipher[0] = '\0';
+    s->s_rcpt_cap = 0;
     buf_reset(&s->s_in);
     s->s_inpos = 0;
     smtp_reply_reset(&s->s_reply);
@@ -315,6 +349,7 @@ static void session_handle_closed_cb(uv_handle_t *h)
     buf_free(&s->s_in);
     buf_free(&s->s_body);
     buf_free(&s->s_dkim);
+    buf_free(&s->s_copy);
     smtp_reply_free(&s->s_reply);
     free(s);
 }
@@ -377,6 +412,8 @@ void dlv_session_shutdown(dlv_session_t *s)
             free(s->s_res[i].rr_text);
         free(s->s_res);
         s->s_res = NULL;
+        free(s->s_txn);
+        s->s_txn = NULL;
         queue_dispatch_free(s->s_qd);
         s->s_qd = NULL;
         session_close(s);
@@ -426,7 +463,10 @@ static void session_timer_cb(uv_timer_t *t)
     session_lost(s, text);
 }
 
-static void session_write_buf(dlv_session_t *s, buf_t *b, bool body)
+/* The socket itself: b (consumed) is already in its on-the-wire form,
+ * plaintext before STARTTLS or TLS records after it. Only session_out and
+ * session_flush_tls call this. */
+static void session_wire_write(dlv_session_t *s, buf_t *b, bool body)
 {
     if (b->b_len == 0) {
         buf_free(b);
@@ -469,44 +509,52 @@ static void session_write_cb(uv_write_t *req, int status)
         session_timer(s, S_CFG(s)->c_to_data_done);
 }
 
+/* TLS records the engine has ready (handshake, alerts, encrypted data). */
 static void session_flush_tls(dlv_session_t *s, bool body)
 {
     buf_t b;
     buf_init(&b, 0);
     tls_pending_out(s->s_tls, &b);
-    session_write_buf(s, &b, body);
+    session_wire_write(s, &b, body);
 }
 
-static void session_send(dlv_session_t *s, const char *p, size_t n)
+/* Every SMTP byte the client sends (commands and the body) goes out here,
+ * and only here: once STARTTLS was answered 220 (s_tls set), through the
+ * TLS layer, never to the socket (RFC 3207 4.2; a lock-step RCPT written
+ * straight to the socket once went out in the clear). Consumes b. */
+static void session_out(dlv_session_t *s, buf_t *b, bool body)
 {
-    if (s->s_tls != NULL && s->s_tls_done) {
-        if (tls_write(s->s_tls, p, n) < 0) {
-            session_lost(s, "TLS write failed");
-            return;
-        }
-        session_flush_tls(s, false);
+    if (s->s_tls == NULL) {
+        session_wire_write(s, b, body);
         return;
     }
+    /* Nothing is sent between STARTTLS and the end of the handshake: a
+     * caller that does is a bug (the server would read it as TLS). */
+    assert(s->s_tls_done);
+    int rc = s->s_tls_done ? tls_write(s->s_tls, b->b_data, b->b_len) : -1;
+    buf_free(b);
+    if (rc < 0) {
+        session_lost(s, "TLS write failed");
+        return;
+    }
+    session_flush_tls(s, body);
+}
+
+/* One command (or a few, pipelined) from memory: see session_out. */
+static void session_send(dlv_session_t *s, const char *p, size_t n)
+{
     buf_t b;
     buf_init(&b, n);
     buf_append(&b, p, n);
-    session_write_buf(s, &b, false);
+    session_out(s, &b, false);
 }
 
-/* The dot-stuffed body (s_body) goes out as one write. */
+/* The dot-stuffed body (s_body) goes out as one write: see session_out. */
 static void session_send_body(dlv_session_t *s)
 {
-    if (s->s_tls != NULL && s->s_tls_done) {
-        if (tls_write(s->s_tls, s->s_body.b_data, s->s_body.b_len) < 0) {
-            session_lost(s, "TLS write failed");
-            return;
-        }
-        buf_reset(&s->s_body);
-        session_flush_tls(s, true);
-        return;
-    }
-    session_write_buf(s, &s->s_body, true);
+    buf_t b = s->s_body;
     buf_init(&s->s_body, 0);
+    session_out(s, &b, true);
 }
 
 static void session_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf)
@@ -620,6 +668,9 @@ static void session_process_input(dlv_session_t *s)
  * QUIT when quit is set). */
 static void session_reply_conn_error(dlv_session_t *s, int code, const char *phase, bool quit)
 {
+    /* the provider refusing the connection (e.g. "421 4.7.0 [TSS04]" in the
+     * greeting): the fate of every recipient waiting for it */
+    session_judge(s, code);
     char text[1024];
     snprintf(text, sizeof(text), "%s[%s]:%d %s: %d %.400s", S_HOST(s), s->s_mx_ip, s->s_port, phase,
              code, s->s_text);
@@ -669,31 +720,45 @@ static void session_lost(dlv_session_t *s, const char *text)
         break;
     }
     if (s->s_qd != NULL) {
-        /* every recipient without a final answer is deferred: nothing lost */
         snprintf(buf, sizeof(buf), "%s with %s[%s] %s: %s",
                  s->s_state == S_DOT ? "connection lost during DATA" : "connection lost", S_HOST(s),
                  s->s_mx_ip,
                  s->s_state == S_DOT ? "before the final reply" : "during the transaction", text);
-        queue_dispatch_t *qd = s->s_qd;
-        for (int i = s->s_first; i < qd->qd_nrcpt; i++) {
-            dlv_rres_t *r = &s->s_res[i];
-            if (r->rr_state == RR_DONE && i < s->s_first + s->s_n)
-                continue;
-            r->rr_state = RR_DONE;
-            r->rr_res = Q_OUT_DEFERRED;
-            r->rr_code = 0;
-            snprintf(r->rr_status, sizeof(r->rr_status), "4.4.2");
-            free(r->rr_text);
-            r->rr_text = xstrdup(buf);
-        }
-        s->s_n = qd->qd_nrcpt - s->s_first;
-        log_info("delivery: %s: %s", s->s_dest->de_domain, log_esc(buf));
-        session_close(s);
-        session_end_txn(s, false); /* emits and frees the dispatch; no new work */
-    } else {
-        log_debug("delivery: %s[%s]: %s", S_HOST(s), s->s_mx_ip, log_esc(text));
-        session_close(s);
+        session_abort(s, "4.4.2", buf, false);
+        return;
     }
+    log_debug("delivery: %s[%s]: %s", S_HOST(s), s->s_mx_ip, log_esc(text));
+    session_close(s);
+    dlv_dest_kick(s->s_dest);
+}
+
+/* The dispatch in progress ends here: every recipient without a final
+ * answer (this transaction's accepted ones and those not tried yet) is
+ * deferred with status and text, nothing is lost; the connection closes,
+ * after a QUIT when the server still reads commands (quit). */
+static void session_abort(dlv_session_t *s, const char *status, const char *text, bool quit)
+{
+    queue_dispatch_t *qd = s->s_qd;
+    s->s_n = 0;
+    for (int i = 0; i < qd->qd_nrcpt; i++) {
+        dlv_rres_t *r = &s->s_res[i];
+        if (r->rr_state == RR_SENT)
+            continue;
+        s->s_txn[s->s_n++] = i;
+        if (r->rr_state == RR_DONE) /* refused at RCPT: that answer stands */
+            continue;
+        r->rr_state = RR_DONE;
+        r->rr_res = Q_OUT_DEFERRED;
+        r->rr_code = 0;
+        snprintf(r->rr_status, sizeof(r->rr_status), "%s", status);
+        free(r->rr_text);
+        r->rr_text = xstrdup(text);
+    }
+    log_info("delivery: %s: %s", s->s_dest->de_domain, log_esc(text));
+    if (quit && !s->s_tcp_closing)
+        session_send(s, "QUIT\r\n", 6);
+    session_close(s);
+    session_end_txn(s, false); /* emits and frees the dispatch; no new work */
     dlv_dest_kick(s->s_dest);
 }
 
@@ -719,9 +784,25 @@ static void session_policy_fail(dlv_session_t *s, const char *status, const char
 
 /* ------------------------------------------------------------ replies */
 
+/* "SIZE" [SP number] (RFC 1870 4): the number is the largest message the
+ * server takes; none, 0 or not a number: no fixed limit. */
+static void session_parse_size(dlv_session_t *s, const char *p, size_t n)
+{
+    s->x_size = true;
+    size_t i = 0;
+    while (i < n && p[i] == ' ')
+        i++;
+    uint64_t v = 0;
+    size_t digits = 0;
+    for (; i < n && p[i] >= '0' && p[i] <= '9' && digits < 19; i++, digits++)
+        v = v * 10 + (uint64_t)(p[i] - '0');
+    s->x_size_max = i == n && digits > 0 ? v : 0;
+}
+
 static void session_parse_ehlo(dlv_session_t *s)
 {
     s->x_pipelining = s->x_8bitmime = s->x_smtputf8 = s->x_starttls = s->x_dsn = s->x_size = false;
+    s->x_size_max = 0;
     const buf_t *t = &s->s_reply.sr_text;
     size_t i = 0;
     bool first = true;
@@ -752,7 +833,7 @@ static void session_parse_ehlo(dlv_session_t *s)
         else if (strcmp(kw, "DSN") == 0)
             s->x_dsn = true;
         else if (strcmp(kw, "SIZE") == 0)
-            s->x_size = true;
+            session_parse_size(s, line + k, len - k);
     }
 }
 
@@ -793,9 +874,44 @@ static void session_send_ehlo(dlv_session_t *s, bool helo)
     session_timer(s, S_CFG(s)->c_to_ehlo);
 }
 
+/* The current reply decides the fate of recipients (it is an outcome, or
+ * a refusal of the connection): it goes to the shaping hooks, once per
+ * reply however many recipients it decides. Replies that decide nothing
+ * (STARTTLS, RSET, QUIT, DATA and the final dot of a transaction nobody
+ * was accepted in, RCPT after a refused MAIL) never reach them: they are
+ * not the provider's verdict on our mail. */
+static void session_judge(dlv_session_t *s, int code)
+{
+    if (s->s_judged)
+        return;
+    s->s_judged = true;
+    if (code >= 400)
+        s->s_shp_bounce = dlv_shp_reply(s->s_dest, s->s_vmta, code, s->s_reply.sr_status,
+                                        s->s_text) == DLV_SHP_BOUNCE;
+    else if (s->s_state == S_DOT && code / 100 == 2)
+        dlv_shp_delivered(s->s_dest, s->s_vmta);
+}
+
+/* A 552 to RCPT is temporary (RFC 5321 4.5.3.1.10, as Postfix has it):
+ * the current reply is recorded as 452 with a 4.x.x status, and its text
+ * says so. */
+static void session_rcpt_552(dlv_session_t *s)
+{
+    size_t n = strlen(s->s_text);
+    snprintf(s->s_text + n, sizeof(s->s_text) - n, " (552%s%s at RCPT: temporary)",
+             s->s_reply.sr_status[0] ? " " : "", s->s_reply.sr_status);
+    if (s->s_reply.sr_status[0] == '5')
+        s->s_reply.sr_status[0] = '4';
+}
+
+/* Recipient i's outcome is the current reply. */
 static void session_record(dlv_session_t *s, int i, int code)
 {
     dlv_rres_t *r = &s->s_res[i];
+    /* RFC 1870 6.1, 6.2: a bare 552 to MAIL or to the data is "too big" */
+    if (code == 552 && s->s_reply.sr_status[0] == '\0' && s->s_state != S_RCPT)
+        snprintf(s->s_reply.sr_status, sizeof(s->s_reply.sr_status), "5.3.4");
+    session_judge(s, code);
     r->rr_state = RR_DONE;
     r->rr_res = dlv_result_for_code(code);
     r->rr_code = code;
@@ -835,9 +951,8 @@ static void session_send_rcpt(dlv_session_t *s, buf_t *b, int i)
 static void session_on_reply(dlv_session_t *s)
 {
     int code = s->s_reply.sr_code;
-    /* shaping response rules: backoff, suspend, disable-source, ... */
-    s->s_shp_bounce = code >= 400 && dlv_shp_reply(s->s_dest, s->s_vmta, code, s->s_reply.sr_status,
-                                                   s->s_text) == DLV_SHP_BOUNCE;
+    s->s_judged = false; /* shaping sees it only if it decides a fate (session_judge) */
+    s->s_shp_bounce = false;
     switch (s->s_state) {
     case S_GREETING:
         if (code / 100 == 2) {
@@ -877,8 +992,8 @@ static void session_on_reply(dlv_session_t *s)
     case S_MAIL:
         if (code / 100 != 2) {
             s->s_mail_failed = true;
-            for (int i = s->s_first; i < s->s_first + s->s_n; i++)
-                session_record(s, i, code);
+            for (int k = 0; k < s->s_n; k++)
+                session_record(s, s->s_txn[k], code);
             if (!s->s_pipelined) {
                 session_end_txn(s, false);
                 return;
@@ -886,21 +1001,33 @@ static void session_on_reply(dlv_session_t *s)
         } else if (!s->s_pipelined) {
             buf_t b;
             buf_init(&b, 256);
-            session_send_rcpt(s, &b, s->s_first);
-            session_write_buf(s, &b, false);
+            session_send_rcpt(s, &b, s->s_txn[0]);
+            session_out(s, &b, false);
         }
         s->s_ri = 0;
         dlv_session_enter_state(s, S_RCPT);
         session_timer(s, S_CFG(s)->c_to_rcpt);
         return;
     case S_RCPT: {
-        int i = s->s_first + s->s_ri;
+        int i = s->s_txn[s->s_ri];
         if (!s->s_mail_failed) {
             if (code / 100 == 2) {
                 s->s_res[i].rr_state = RR_ACCEPTED;
                 s->s_nacc++;
+            } else if ((code == 452 || code == 552) && s->s_nacc > 0) {
+                /* Too many recipients (RFC 5321 4.5.3.1.10; 552 is RFC
+                 * 821's code for it): the recipient stays pending and goes
+                 * in the next transaction, which holds no more than this
+                 * server took. With nobody accepted yet it is a refusal of
+                 * this recipient (e.g. over quota): recorded below. */
+                if (s->s_rcpt_cap == 0 || s->s_nacc < s->s_rcpt_cap)
+                    s->s_rcpt_cap = s->s_nacc;
+                if (!s->s_pipelined) /* the rest would get the same answer */
+                    s->s_n = s->s_ri + 1;
             } else {
-                session_record(s, i, code);
+                if (code == 552) /* RFC 5321 4.5.3.1.10: temporary */
+                    session_rcpt_552(s);
+                session_record(s, i, code == 552 ? 452 : code);
             }
         }
         s->s_ri++;
@@ -908,8 +1035,8 @@ static void session_on_reply(dlv_session_t *s)
             if (!s->s_pipelined) {
                 buf_t b;
                 buf_init(&b, 256);
-                session_send_rcpt(s, &b, s->s_first + s->s_ri);
-                session_write_buf(s, &b, false);
+                session_send_rcpt(s, &b, s->s_txn[s->s_ri]);
+                session_out(s, &b, false);
             }
             session_timer(s, S_CFG(s)->c_to_rcpt);
             return;
@@ -933,7 +1060,7 @@ static void session_on_reply(dlv_session_t *s)
                 buf_reset(&s->s_body);
                 /* signature fields: CRLF lines, none starts with '.' */
                 buf_append(&s->s_body, s->s_dkim.b_data, s->s_dkim.b_len);
-                smtp_dot_stuff(&s->s_body, s->s_qd->qd_body, s->s_qd->qd_body_len);
+                smtp_dot_stuff(&s->s_body, s->s_msg, s->s_msg_len);
                 session_send_body(s);
             } else { /* pipelined, nobody accepted, yet 354: send an empty message */
                 s->s_discard = true;
@@ -941,19 +1068,28 @@ static void session_on_reply(dlv_session_t *s)
             }
             return;
         }
+        if (code < 400 && s->s_nacc > 0 && !s->s_mail_failed) {
+            /* RFC 5321 4.3.2: only 354 may answer DATA. A 250 here once
+             * counted as delivered with no body sent: defer instead, and
+             * leave a server that lost track of the dialogue. */
+            char text[1024];
+            snprintf(text, sizeof(text),
+                     "protocol error: %s[%s] answered DATA with %d %.400s (expected 354)",
+                     S_HOST(s), s->s_mx_ip, code, s->s_text);
+            session_abort(s, "4.5.0", text, true);
+            return;
+        }
         if (!s->s_mail_failed)
-            for (int i = s->s_first; i < s->s_first + s->s_n; i++)
-                if (s->s_res[i].rr_state == RR_ACCEPTED)
-                    session_record(s, i, code);
+            for (int k = 0; k < s->s_n; k++)
+                if (s->s_res[s->s_txn[k]].rr_state == RR_ACCEPTED)
+                    session_record(s, s->s_txn[k], code);
         session_end_txn(s, false);
         return;
     case S_DOT:
-        if (!s->s_discard && code / 100 == 2)
-            dlv_shp_delivered(s->s_dest, s->s_vmta);
         if (!s->s_discard)
-            for (int i = s->s_first; i < s->s_first + s->s_n; i++)
-                if (s->s_res[i].rr_state == RR_ACCEPTED)
-                    session_record(s, i, code);
+            for (int k = 0; k < s->s_n; k++)
+                if (s->s_res[s->s_txn[k]].rr_state == RR_ACCEPTED)
+                    session_record(s, s->s_txn[k], code);
         session_end_txn(s, true);
         return;
     case S_RSET:
@@ -1059,7 +1195,12 @@ static void session_tls_failed(dlv_session_t *s, const char *why)
         session_policy_fail(s, cert && de->de_policy == CFG_TLS_VERIFY ? "4.7.5" : "4.7.4", why);
         return;
     }
-    /* opportunistic: a new plaintext connection to the same host */
+    /* opportunistic: a new plaintext connection to the same host. STARTTLS
+     * refused (no TLS yet): the server still speaks SMTP, so say QUIT
+     * first (RFC 5321 4.1.1.10); a failed handshake leaves nothing to say
+     * it to. */
+    if (s->s_tls == NULL && s->s_state == S_STARTTLS)
+        session_send(s, "QUIT\r\n", 6);
     log_warn("delivery: %s: TLS with %s[%s] failed (%s); retrying without TLS", de->de_domain,
              S_HOST(s), s->s_mx_ip, why);
     dlv_sts_testing_failure(de, S_HOST(s), why); /* MTA-STS testing */
@@ -1129,38 +1270,134 @@ void dlv_session_take(dlv_session_t *s, queue_dispatch_t *qd)
     s->s_idle = false;
     s->s_qd = qd;
     s->s_res = xcalloc((size_t)MAX(qd->qd_nrcpt, 1), sizeof(dlv_rres_t));
-    s->s_first = 0;
+    s->s_txn = xcalloc((size_t)MAX(qd->qd_nrcpt, 1), sizeof(int));
+    s->s_pend = 0;
     s->s_n = 0;
-    if ((qd->qd_flags & Q_F_SMTPUTF8) && !s->x_smtputf8) {
-        /* RFC 6531 3.4: no downgrade here */
-        char text[512];
-        snprintf(text, sizeof(text), "SMTPUTF8 required but not offered by %s[%s]", S_HOST(s),
-                 s->s_mx_ip);
-        session_fail_dispatch(s, Q_OUT_BOUNCED, "5.6.7", text);
+    s->s_msg = qd->qd_body;
+    s->s_msg_len = qd->qd_body_len;
+    s->s_8bit = mime7_has_8bit(qd->qd_body, qd->qd_body_len);
+    if ((qd->qd_flags & Q_F_SMTPUTF8) && !s->x_smtputf8 && !session_utf8_ascii_copy(s))
+        return;
+    if (s->s_8bit && !s->x_8bitmime && !session_convert_7bit(s))
+        return;
+    /* signed as sent: the 7-bit copy when there is one */
+    char why[160];
+    if (dlv_dkim_prepare(S_CFG(s), qd, s->s_msg, s->s_msg_len, &s->s_dkim, why, sizeof(why)) < 0) {
+        session_fail_dispatch(s, Q_OUT_DEFERRED, "4.3.0", why); /* never unsigned */
         return;
     }
-    char why[160];
-    if (dlv_dkim_prepare(S_CFG(s), qd, &s->s_dkim, why, sizeof(why)) < 0) {
-        session_fail_dispatch(s, Q_OUT_DEFERRED, "4.3.0", why); /* never unsigned */
+    size_t size = session_msg_size(s);
+    if (s->x_size_max > 0 && size > s->x_size_max) {
+        /* RFC 1870 6.1: not worth a transaction the server will refuse */
+        char text[512];
+        snprintf(text, sizeof(text), "message size %zu exceeds size limit %llu of server %s[%s]",
+                 size, (unsigned long long)s->x_size_max, S_HOST(s), s->s_mx_ip);
+        session_fail_dispatch(s, Q_OUT_BOUNCED, "5.3.4", text);
         return;
     }
     session_start_txn(s);
 }
 
-/* Every recipient of the dispatch gets this local outcome (no transaction). */
+/* What the message is on the wire, dot-stuffing aside (RFC 1870 SIZE): the
+ * DKIM-Signature fields and the content. */
+static size_t session_msg_size(const dlv_session_t *s)
+{
+    return s->s_dkim.b_len + s->s_msg_len;
+}
+
+/* SMTPUTF8 was asked for and the server does not offer it (RFC 6531 3.4:
+ * addresses are never downgraded). The copy needs SMTPUTF8 only when its
+ * envelope or header fields are not ASCII (Postfix's rule): a non-ASCII
+ * sender or header bounces every recipient 5.6.7; otherwise a recipient
+ * whose own address is not ASCII bounces 5.6.7 alone and the others go
+ * without SMTPUTF8. False when no recipient is left (the dispatch is over). */
+static bool session_utf8_ascii_copy(dlv_session_t *s)
+{
+    queue_dispatch_t *qd = s->s_qd;
+    char text[512];
+    const char *what = mime7_has_8bit(qd->qd_sender, strlen(qd->qd_sender)) ? "sender address"
+                       : mime7_has_8bit(qd->qd_body, mime7_header_len(qd->qd_body, qd->qd_body_len))
+                           ? "header fields"
+                           : NULL;
+    if (what != NULL) {
+        snprintf(text, sizeof(text), "SMTPUTF8 required (non-ASCII %s) but not offered by %s[%s]",
+                 what, S_HOST(s), s->s_mx_ip);
+        session_fail_dispatch(s, Q_OUT_BOUNCED, "5.6.7", text);
+        return false;
+    }
+    snprintf(text, sizeof(text),
+             "SMTPUTF8 required (non-ASCII recipient address) but not offered by %s[%s]", S_HOST(s),
+             s->s_mx_ip);
+    s->s_n = 0;
+    for (int i = 0; i < qd->qd_nrcpt; i++) {
+        if (!mime7_has_8bit(qd->qd_rcpts[i].qo_addr, strlen(qd->qd_rcpts[i].qo_addr)))
+            continue;
+        session_local_outcome(s, i, Q_OUT_BOUNCED, "5.6.7", text);
+    }
+    if (s->s_n == 0)
+        return true;
+    bool left = s->s_n < qd->qd_nrcpt;
+    session_report(s);
+    s->s_n = 0;
+    if (!left)
+        session_finish_dispatch(s);
+    return left;
+}
+
+/* The message has 8-bit content and the server does not offer 8BITMIME
+ * (RFC 6152 3): a 7-bit copy (quoted-printable) goes instead, or, when
+ * none can be made, every recipient bounces 5.6.3. False when the dispatch
+ * is over. */
+static bool session_convert_7bit(dlv_session_t *s)
+{
+    char why[200], text[640];
+    buf_reset(&s->s_copy);
+    int rc = mime7_convert(s->s_qd->qd_body, s->s_qd->qd_body_len, &s->s_copy, why, sizeof(why));
+    if (rc < 0) {
+        buf_free(&s->s_copy);
+        snprintf(text, sizeof(text),
+                 "8-bit message cannot be converted to 7-bit for %s[%s], which does not offer "
+                 "8BITMIME: %s",
+                 S_HOST(s), s->s_mx_ip, why);
+        session_fail_dispatch(s, Q_OUT_BOUNCED, "5.6.3", text);
+        return false;
+    }
+    s->s_msg = s->s_copy.b_data;
+    s->s_msg_len = s->s_copy.b_len;
+    if (log_level_current <= LOG_DEBUG) {
+        char ids[17];
+        queue_msgid_fmt(s->s_qd->qd_msgid, ids);
+        log_debug("%s converted to 7-bit for %s[%s] (%zu -> %zu bytes)", ids, S_HOST(s), s->s_mx_ip,
+                  s->s_qd->qd_body_len, s->s_msg_len);
+    }
+    return true;
+}
+
+/* Recipient i gets an outcome decided here, not by a reply; it joins
+ * s_txn to be reported. */
+static void session_local_outcome(dlv_session_t *s, int i, queue_result_t res, const char *status,
+                                  const char *text)
+{
+    dlv_rres_t *r = &s->s_res[i];
+    r->rr_state = RR_DONE;
+    r->rr_res = res;
+    r->rr_code = 0;
+    snprintf(r->rr_status, sizeof(r->rr_status), "%s", status);
+    free(r->rr_text);
+    r->rr_text = xstrdup(text);
+    s->s_txn[s->s_n++] = i;
+}
+
+/* Every recipient of the dispatch still without an outcome gets this local
+ * one (no transaction). */
 static void session_fail_dispatch(dlv_session_t *s, queue_result_t res, const char *status,
                                   const char *text)
 {
     queue_dispatch_t *qd = s->s_qd;
-    for (int i = 0; i < qd->qd_nrcpt; i++) {
-        dlv_rres_t *r = &s->s_res[i];
-        r->rr_state = RR_DONE;
-        r->rr_res = res;
-        r->rr_code = 0;
-        snprintf(r->rr_status, sizeof(r->rr_status), "%s", status);
-        r->rr_text = xstrdup(text);
-    }
-    s->s_n = qd->qd_nrcpt;
+    s->s_n = 0;
+    for (int i = 0; i < qd->qd_nrcpt; i++)
+        if (s->s_res[i].rr_state == RR_PENDING)
+            session_local_outcome(s, i, res, status, text);
     session_end_txn(s, true);
 }
 
@@ -1177,7 +1414,13 @@ static void session_start_txn(dlv_session_t *s)
     int max = dlv_shp_max_rcpt(s->s_dest, s->s_vmta);
     if (max <= 0)
         max = 100;
-    s->s_n = MIN(qd->qd_nrcpt - s->s_first, max);
+    if (s->s_rcpt_cap > 0 && s->s_rcpt_cap < max)
+        max = s->s_rcpt_cap;
+    s->s_n = 0;
+    for (int i = s->s_pend; i < qd->qd_nrcpt && s->s_n < max; i++)
+        if (s->s_res[i].rr_state == RR_PENDING)
+            s->s_txn[s->s_n++] = i;
+    assert(s->s_n > 0);
     s->s_ri = 0;
     s->s_nacc = 0;
     s->s_mail_failed = false;
@@ -1186,13 +1429,14 @@ static void session_start_txn(dlv_session_t *s)
     buf_t b;
     buf_init(&b, 256 + (size_t)(s->s_pipelined ? s->s_n : 1) * 80);
     buf_printf(&b, "MAIL FROM:<%s>", qd->qd_sender);
-    /* 8BITMIME flagged but not offered: sent as is (documented choice) */
-    if ((qd->qd_flags & Q_F_8BITMIME) && s->x_8bitmime)
+    /* what is sent is 8-bit, declared or not (a 7-bit copy was made for a
+     * server without 8BITMIME) */
+    if ((qd->qd_flags & Q_F_8BITMIME || s->s_8bit) && s->x_8bitmime)
         buf_append_str(&b, " BODY=8BITMIME");
     if ((qd->qd_flags & Q_F_SMTPUTF8) && s->x_smtputf8)
         buf_append_str(&b, " SMTPUTF8");
     if (s->x_size)
-        buf_printf(&b, " SIZE=%zu", qd->qd_body_len + s->s_dkim.b_len);
+        buf_printf(&b, " SIZE=%zu", session_msg_size(s));
     if (s->x_dsn) {
         if (qd->qd_flags & Q_F_RET_FULL)
             buf_append_str(&b, " RET=FULL");
@@ -1203,16 +1447,11 @@ static void session_start_txn(dlv_session_t *s)
     }
     buf_append(&b, "\r\n", 2);
     if (s->s_pipelined) { /* RFC 2920: MAIL, RCPTs, DATA in one go */
-        for (int i = 0; i < s->s_n; i++)
-            session_send_rcpt(s, &b, s->s_first + i);
+        for (int k = 0; k < s->s_n; k++)
+            session_send_rcpt(s, &b, s->s_txn[k]);
         buf_append(&b, "DATA\r\n", 6);
     }
-    if (s->s_tls != NULL && s->s_tls_done) {
-        session_send(s, b.b_data, b.b_len);
-        buf_free(&b);
-    } else {
-        session_write_buf(s, &b, false);
-    }
+    session_out(s, &b, false);
     if (s->s_closing)
         return;
     dlv_session_enter_state(s, S_MAIL);
@@ -1232,8 +1471,11 @@ static void session_log_txn(dlv_session_t *s)
     const char *st = NULL, *text = NULL;
     const char *sts = dlv_sts_mode(s->s_dest); /* MTA-STS mode applied, or NULL */
     int code = 0;
-    for (int i = s->s_first; i < s->s_first + s->s_n; i++) {
+    for (int k = 0; k < s->s_n; k++) {
+        int i = s->s_txn[k];
         dlv_rres_t *r = &s->s_res[i];
+        if (r->rr_state == RR_PENDING) /* carried over to the next transaction */
+            continue;
         if (r->rr_res != Q_OUT_DELIVERED) {
             log_info("%s to=<%s> relay=%s[%s]:%d tls=%s%s%s dsn=%s status=%s (%d %s)", ids,
                      qd->qd_rcpts[i].qo_addr, S_HOST(s), s->s_mx_ip, s->s_port,
@@ -1256,9 +1498,39 @@ static void session_log_txn(dlv_session_t *s)
     buf_free(&to);
 }
 
-/* The transaction [s_first, s_first + s_n) is over: report it. completed =
- * the server saw the end of it (final dot reply), else RSET is due. */
+/* The transaction s_txn is over: report it (a recipient carried over to
+ * the next one stays pending). completed = the server saw the end of it
+ * (final dot reply), else RSET is due. */
 static void session_end_txn(dlv_session_t *s, bool completed)
+{
+    queue_dispatch_t *qd = s->s_qd;
+    for (int k = 0; k < s->s_n; k++) {
+        dlv_rres_t *r = &s->s_res[s->s_txn[k]];
+        if (r->rr_state == RR_ACCEPTED) { /* no final answer: defer */
+            r->rr_state = RR_DONE;
+            r->rr_res = Q_OUT_DEFERRED;
+            snprintf(r->rr_status, sizeof(r->rr_status), "4.4.2");
+            free(r->rr_text);
+            r->rr_text = xstrdup("transaction aborted");
+        }
+    }
+    session_report(s);
+    atomic_fetch_add_explicit(&S_STATS(s)->ds_transactions, 1, memory_order_relaxed);
+    if (!completed)
+        s->s_need_rset = true;
+    s->s_n = 0;
+    while (s->s_pend < qd->qd_nrcpt && s->s_res[s->s_pend].rr_state != RR_PENDING)
+        s->s_pend++;
+    if (s->s_pend < qd->qd_nrcpt && !s->s_closing) {
+        session_start_txn(s);
+        return;
+    }
+    session_finish_dispatch(s);
+}
+
+/* Log and hand to the queue the outcome of every recipient of s_txn that
+ * has one (a recipient carried over to the next transaction has none). */
+static void session_report(dlv_session_t *s)
 {
     queue_dispatch_t *qd = s->s_qd;
     uint64_t retry = dlv_shp_retry_at(s->s_dest, s->s_vmta); /* later in backoff */
@@ -1269,44 +1541,33 @@ static void session_end_txn(dlv_session_t *s, bool completed)
                      s->s_tls_done ? s->s_cipher : "",
                      retry,
                      dlv_sts_mode(s->s_dest)};
-    for (int i = s->s_first; i < s->s_first + s->s_n; i++) {
-        dlv_rres_t *r = &s->s_res[i];
-        if (r->rr_state != RR_DONE) { /* accepted at RCPT, no final answer: defer */
-            r->rr_state = RR_DONE;
-            r->rr_res = Q_OUT_DEFERRED;
-            snprintf(r->rr_status, sizeof(r->rr_status), "4.4.2");
-            free(r->rr_text);
-            r->rr_text = xstrdup("transaction aborted");
-        }
-    }
     session_log_txn(s);
-    for (int i = s->s_first; i < s->s_first + s->s_n; i++) {
+    for (int k = 0; k < s->s_n; k++) {
+        int i = s->s_txn[k];
         dlv_rres_t *r = &s->s_res[i];
+        if (r->rr_state == RR_PENDING)
+            continue;
         dlv_outcome(s->s_t, qd, i, r->rr_res, r->rr_code, r->rr_status, r->rr_text, &w);
         free(r->rr_text);
         r->rr_text = NULL;
+        r->rr_state = RR_SENT;
     }
-    atomic_fetch_add_explicit(&S_STATS(s)->ds_transactions, 1, memory_order_relaxed);
-    if (!completed)
-        s->s_need_rset = true;
-    s->s_first += s->s_n;
-    s->s_n = 0;
-    if (s->s_first < qd->qd_nrcpt && !s->s_closing) {
-        session_start_txn(s);
-        return;
-    }
-    session_finish_dispatch(s);
 }
 
 static void session_finish_dispatch(dlv_session_t *s)
 {
     free(s->s_res);
     s->s_res = NULL;
+    free(s->s_txn);
+    s->s_txn = NULL;
     queue_dispatch_free(s->s_qd);
     s->s_qd = NULL;
     s->s_msgs++;
     buf_reset(&s->s_body);
     buf_reset(&s->s_dkim);
+    buf_free(&s->s_copy); /* may be large: not kept for the next message */
+    s->s_msg = NULL;
+    s->s_msg_len = 0;
     if (s->s_closing)
         return;
     dlv_session_enter_state(s, S_READY);

@@ -1235,7 +1235,10 @@ int shp_queue_reply(shp_queue_t *q, const char *domain, int code, const char *st
     char resp[256];
     snprintf(resp, sizeof(resp), "%d %s%s%.200s", code, status ? status : "",
              status && status[0] ? " " : "", text ? text : "");
-    atomic_fetch_add_explicit(&q->q_deferred, 1, memory_order_relaxed);
+    /* one refusal reply (session.c calls this only for replies that
+     * decide recipients' fates): 4xx defers, 5xx bounces */
+    atomic_fetch_add_explicit(code >= 500 ? &q->q_bounced : &q->q_deferred, 1,
+                              memory_order_relaxed);
     /* the rule arrays as one consistent set (a reload swaps them under
      * sh_lock; replaced arrays stay valid): only on a 4xx/5xx reply */
     uv_mutex_lock(&sh->sh_lock);

@@ -34,6 +34,10 @@ Options (all optional):
   --max-rcpts N[:TEXT]    refuse RCPT beyond N per transaction (default
                           reply "452 4.5.3 Too many recipients")
   --data-reply TEXT       answer DATA with TEXT instead of 354
+  --data-no-rcpts TEXT    a broken server: answer DATA with 354 even when no
+                          recipient was accepted, read the content to the
+                          dot (recorded as an event "data_no_rcpts" with
+                          its bytes, latin-1) and answer TEXT
   --eom-reply [N:]TEXT    answer the final dot with TEXT (the first N
                           messages only, with N:). Repeatable, in order.
   --hangup-in-data N      close the connection after N bytes of DATA content
@@ -92,6 +96,7 @@ def parse_args(argv):
     p.add_argument("--rcpt-reply", action="append", default=[])
     p.add_argument("--max-rcpts")
     p.add_argument("--data-reply")
+    p.add_argument("--data-no-rcpts")
     p.add_argument("--eom-reply", action="append", default=[])
     p.add_argument("--hangup-in-data", type=int)
     p.add_argument("--wire", action="store_true")
@@ -237,6 +242,20 @@ class PeerSMTP(SMTP):
 
     @syntax("DATA")
     async def smtp_DATA(self, arg):
+        if (self.st.opts.data_no_rcpts and not self.envelope.rcpt_tos
+                and self.envelope.mail_from is not None):
+            await self.push("354 End data with <CR><LF>.<CR><LF>")
+            got = b""
+            while len(got) < (1 << 20):
+                line = await self._reader.readline()
+                if not line:
+                    break
+                if line == b".\r\n":
+                    break
+                got += line
+            self.st.event(ev="data_no_rcpts", conn=self.conn_no, content=got.decode("latin-1"))
+            self._set_post_data_state()
+            return await self.push(self.st.opts.data_no_rcpts)
         if self.st.opts.data_reply and self.envelope.rcpt_tos:
             text = self.st.opts.data_reply
             await self.push(text)

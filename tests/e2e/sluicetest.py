@@ -694,7 +694,7 @@ class Peer:
     Keyword switches map to peer_smtp.py's options (see its docstring):
     pipelining=True, no_8bitmime=True, smtputf8=True, dsn=True, size=N,
     no_size=True, starttls=True (a fresh self-signed certificate),
-    starttls_reply, ehlo_reply, greeting, mail_reply, data_reply,
+    starttls_reply, ehlo_reply, greeting, mail_reply, data_reply, data_no_rcpts,
     hangup_in_data=N, wire=True, rcpt_reply=[...], eom_reply=[...],
     reply_encoding="latin-1" (raw bytes 0x80-0xFF in replies),
     max_rcpts="N[:TEXT]". Attributes: dir, port, proc. stop() checks that
@@ -957,3 +957,131 @@ def unix_time(value):
     import datetime
     return datetime.datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
         tzinfo=datetime.timezone.utc).timestamp()
+
+
+# ------------------------------------------------------------------ wire: sluice's SMTP client
+# against receivers we did not write (tests/e2e/test_peers*.py)
+
+WIRE_QUEUE = ('queue {\n    retry = "1s,1s,2s";\n    retry_jitter = 0;\n'
+              '    scan_interval = 100ms;\n}\n')
+
+
+def wire_daemon(routes, delivery="", extra_conf="", smtp_extra="", log_level="info",
+                map_size=None, by_mx=False):
+    """A Daemon (not started) that routes each domain of routes (domain ->
+    port on 127.0.0.1, or "host:port") with a fast retry schedule; delivery
+    lines go inside delivery { }, extra_conf at the top level; map_size
+    (e.g. "1G") replaces the spool's 64M; by_mx drops the smart host, so
+    that other domains are routed by MX (set delivery.resolvers)."""
+    r = {k: (v if isinstance(v, str) else "127.0.0.1:%d" % v) for k, v in routes.items()}
+    d = Daemon(routes=r, log_level=log_level, smtp_extra=smtp_extra)
+    text = d.default_conf(log_level, smtp_extra)
+    text = text.replace("delivery {\n", "delivery {\n" + delivery, 1)
+    if map_size:
+        text = text.replace("map_size = 64M;", "map_size = %s;" % map_size, 1)
+    if by_mx:
+        text = re.sub(r"\n\s*smarthost\s*=[^;\n]*;", "", text)
+    with open(d.conf_path, "w") as f:
+        f.write(text + WIRE_QUEUE + extra_conf)
+    return d
+
+
+def wire_message(frm, to, subject="wire test", body=b"Hello.\r\n", headers=b""):
+    """A message (bytes, CRLF) with the usual fields, extra headers, body."""
+    return (("From: <%s>\r\nTo: <%s>\r\nSubject: %s\r\n"
+             "Date: Fri, 27 Nov 2026 07:00:00 +0000\r\nMessage-ID: <%s@s.example>\r\n"
+             % (frm, to, subject, re.sub(r"\W", "-", subject))).encode()
+            + headers + b"\r\n" + body)
+
+
+def wire_submit(d, rcpts, msg, frm="sender@s.example", mail_options=(), timeout=120):
+    """Submit msg (bytes) to d over SMTP; mail_options e.g. ["BODY=8BITMIME"]."""
+    with d.smtp(timeout=timeout) as c:
+        c.ehlo()
+        c.sendmail(frm, rcpts, msg, mail_options=list(mail_options))
+
+
+def acct_records(d, type_=None, rcpt=None):
+    """d's accounting records of one type (and recipient)."""
+    return [r for r in d.accounting()
+            if (type_ is None or r.get("type") == type_)
+            and (rcpt is None or r.get("recipient") == rcpt)]
+
+
+def wait_acct(d, type_, rcpt=None, n=1, timeout=30):
+    """Wait for at least n accounting records of type_ (for rcpt)."""
+    return wait_for(lambda: len(acct_records(d, type_, rcpt)) >= n and
+                    acct_records(d, type_, rcpt), timeout,
+                    what="%d %s record(s) for %s" % (n, type_, rcpt))
+
+
+class PostfixSink:
+    """Postfix's smtp-sink (/usr/sbin/smtp-sink), a receiver we did not
+    write, storing each transaction in DIR/store/<n>.<random> (-d). args:
+    extra options (e.g. "-8": no 8BITMIME, "-p": no PIPELINING).
+    messages() returns the stored content of each complete file: smtp-sink
+    writes lines with LF only, after its own X-* fields and a three-line
+    Received field, and one empty line at the end."""
+
+    def __init__(self, *args):
+        self.dir = make_tmpdir("smtp-sink-")
+        self.store = os.path.join(self.dir, "store")
+        os.mkdir(self.store)
+        os.chmod(self.store, 0o777)  # written by the user "nobody"
+        self.errf = open(os.path.join(self.dir, "stderr"), "w+")
+        for attempt in range(5):  # the port may be taken before smtp-sink binds it
+            self.port = free_port()
+            self.proc = subprocess.Popen(
+                ["/usr/sbin/smtp-sink", "-u", "nobody", "-d", self.store + "/%M.", *args,
+                 "127.0.0.1:%d" % self.port, "100"],
+                stdout=subprocess.DEVNULL, stderr=self.errf)
+            try:
+                wait_for(lambda: self.proc.poll() is not None or
+                         tcp_connectable("127.0.0.1", self.port), 10, what="smtp-sink")
+            except TimeoutError:
+                pass
+            if self.proc.poll() is None:
+                return
+        raise RuntimeError("smtp-sink did not start")
+
+    def messages(self):
+        """[(envelope dict, content bytes)] of the files whose transaction
+        is complete (they end with the empty line), oldest first. envelope:
+        {"helo", "mail" (the MAIL arguments), "rcpts" (RCPT arguments)}."""
+        out = []
+        paths = sorted(glob.glob(os.path.join(self.store, "*")), key=os.path.getmtime)
+        for p in paths:
+            with open(p, "rb") as f:
+                data = f.read()
+            head, sep, rest = data.partition(b"\nReceived: ")
+            if not sep or not data.endswith(b"\n\n"):
+                continue
+            env = {"rcpts": []}
+            for line in head.split(b"\n"):
+                k, _, v = line.partition(b": ")
+                if k == b"X-Helo-Args":
+                    env["helo"] = v.decode()
+                elif k == b"X-Mail-Args":
+                    env["mail"] = v.decode()
+                elif k == b"X-Rcpt-Args":
+                    env["rcpts"].append(v.decode())
+            # smtp-sink's Received: three lines, the last one its time stamp
+            body = rest.split(b"\n", 3)[3]
+            out.append((env, body[:-1]))
+        return out
+
+    def wait_messages(self, n, timeout=60):
+        return wait_for(lambda: len(self.messages()) >= n and self.messages(), timeout,
+                        what="%d messages at smtp-sink" % n)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.errf.close()
+        if not keep_tmp():
+            shutil.rmtree(self.dir, ignore_errors=True)

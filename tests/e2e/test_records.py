@@ -166,7 +166,7 @@ class RecordsTest(unittest.TestCase):
                     what="the admin_bounce record")
         cls.ask("ctl/resume", {"cmd": "resume", "domain": "hold.test"})
         cls.ask("ctl/reload", {"cmd": "reload"})
-        cls.ask("ctl/ok", {"cmd": "log-rotate"})
+        cls.ask("ctl/log-rotate", {"cmd": "log-rotate"})
         cls.ask("ctl/metrics", {"cmd": "metrics"})
         cls.ask("ctl/error", {"cmd": "nosuch"})
         cls.ask("ctl/error", {"cmd": "inspect", "id": "0000000000000001"})
