@@ -812,3 +812,113 @@ def cleartext_after_starttls(wire):
             return wire[p:p + 200]
         p += 5 + int.from_bytes(wire[p + 3:p + 5], "big")
     return b""
+
+
+# ------------------------------------------------------------------ routing and DSNs
+# (the routing/DSN area: FakeDns for answers dnsmasq cannot give)
+
+class FakeDns:
+    """A small authoritative DNS server on 127.0.0.1:<free UDP port> (a
+    thread), for answers dnsmasq cannot give: a null MX or two root MX,
+    any TTL (0 included), NXDOMAIN or SERVFAIL for chosen names.
+
+    records: {(name, type): [value, ...]}; type "MX" takes (pref, host) or
+    (pref, host, ttl) (host "" is the root: (0, "") is a null MX); "A" and
+    "AAAA" take "address" or ("address", ttl). nxdomain: names answered
+    NXDOMAIN; servfail: names answered SERVFAIL. ttl: the TTL of records
+    given without one; neg_ttl: the TTL (and minimum) of the SOA record in
+    the authority section of NXDOMAIN and NODATA answers (RFC 2308). Any
+    other question gets NOERROR without answers (NODATA).
+
+    queries: every (name, type) asked, in order; count(name, type) counts
+    them. stop() ends the thread and closes the socket."""
+
+    TYPES = {1: "A", 2: "NS", 6: "SOA", 15: "MX", 16: "TXT", 28: "AAAA"}
+
+    def __init__(self, records=None, nxdomain=(), servfail=(), ttl=300, neg_ttl=300):
+        import threading
+        self.records = dict(records or {})
+        self.nxdomain = set(nxdomain)
+        self.servfail = set(servfail)
+        self.ttl, self.neg_ttl = ttl, neg_ttl
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.queries = []
+        self.stopping = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def count(self, name, type_=None):
+        """How many questions for name (of type_, any type when None)."""
+        return sum(1 for n, t in list(self.queries) if n == name and (type_ is None or t == type_))
+
+    @staticmethod
+    def encode_name(name):
+        out = b""
+        for label in [l for l in name.split(".") if l]:
+            out += bytes([len(label)]) + label.encode()
+        return out + b"\x00"
+
+    def _rdata(self, qtype, v):
+        import struct
+        if qtype == 15:
+            return struct.pack(">H", v[0]) + self.encode_name(v[1])
+        if qtype == 28:
+            return socket.inet_pton(socket.AF_INET6, v)
+        return socket.inet_aton(v)
+
+    def answer(self, q):
+        """The reply to one query packet (bytes)."""
+        import struct
+        i, labels = 12, []
+        while q[i] != 0:
+            n = q[i]
+            labels.append(q[i + 1:i + 1 + n].decode().lower())
+            i += 1 + n
+        name = ".".join(labels)
+        qtype = struct.unpack(">H", q[i + 1:i + 3])[0]
+        question = q[12:i + 5]
+        tname = self.TYPES.get(qtype, qtype)
+        self.queries.append((name, tname))
+        rcode = 3 if name in self.nxdomain else 2 if name in self.servfail else 0
+        answers, count = b"", 0
+        for v in self.records.get((name, tname), []) if rcode == 0 else []:
+            ttl = self.ttl
+            if qtype == 15 and len(v) == 3:
+                ttl, v = v[2], v[:2]
+            elif qtype != 15 and isinstance(v, tuple):
+                v, ttl = v
+            rdata = self._rdata(qtype, v)
+            answers += b"\xc0\x0c" + struct.pack(">HHIH", qtype, 1, ttl, len(rdata)) + rdata
+            count += 1
+        auth, nauth = b"", 0
+        if rcode == 3 or (rcode == 0 and count == 0):
+            # RFC 2308: the SOA of the zone says how long the negative answer holds
+            soa = (self.encode_name("ns.invalid") + self.encode_name("hostmaster.invalid") +
+                   struct.pack(">IIIII", 1, 3600, 600, 86400, self.neg_ttl))
+            auth = (b"\xc0\x0c" + struct.pack(">HHIH", 6, 1, self.neg_ttl, len(soa)) + soa)
+            nauth = 1
+        flags = 0x8400 | (struct.unpack(">H", q[2:4])[0] & 0x0100) | 0x0080 | rcode
+        return (q[:2] + struct.pack(">HHHHH", flags, 1, count, nauth, 0) + question + answers +
+                auth)
+
+    def _serve(self):
+        while not self.stopping:
+            try:
+                q, addr = self.sock.recvfrom(512)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            try:
+                self.sock.sendto(self.answer(q), addr)
+            except Exception:
+                pass
+
+    def stop(self):
+        self.stopping = True
+        self.thread.join(5)
+        self.sock.close()
+
