@@ -579,22 +579,30 @@ void dlv_dest_conn_failed(dlv_dest_t *de, int code, const char *status, const ch
 
 /* ------------------------------------------------------------- routes */
 
+/* The route failed: cache the failure (at least DLV_RFAIL_MIN_TTL, so that
+ * a TTL of 0 cannot make every kick ask DNS again) and settle the
+ * recipients that were waiting for it now, before anything kicks the
+ * destination again: a kick with an expired failure would start another
+ * lookup instead of applying it, and those recipients would never get an
+ * outcome (a delivery thread spinning on DNS). */
 static void dlv_route_fail(dlv_dest_t *de, queue_result_t res, int code, const char *status,
                            const char *text, uint32_t ttl)
 {
     const cfg_t *cfg = de->de_t->t_cfg;
     if (ttl > cfg->c_dlv_dns_cache_max)
         ttl = (uint32_t)cfg->c_dlv_dns_cache_max;
+    if (ttl < DLV_RFAIL_MIN_TTL)
+        ttl = DLV_RFAIL_MIN_TTL;
     de->de_rstate = DLV_RT_FAILED;
-    de->de_rfresh = true;
+    de->de_rfresh = false; /* used right here */
     de->de_rexpire = dlv_mono() + (uint64_t)ttl * 1000000ULL;
     de->de_fail_result = res;
     de->de_fail_code = code;
     snprintf(de->de_fail_status, sizeof(de->de_fail_status), "%s", status);
     free(de->de_fail_text);
     de->de_fail_text = xstrdup(text);
-    log_info("delivery: route %s: %s %s", de->de_domain, status, text);
-    dlv_dest_kick(de);
+    log_info("delivery: route %s: %s %s (cached %us)", de->de_domain, status, text, ttl);
+    dlv_dest_fail_pending(de, res, code, status, text);
 }
 
 static void dlv_route_ready(dlv_dest_t *de, dlv_addr_t *addrs, int n, uint32_t ttl)

@@ -1,0 +1,126 @@
+#!/usr/bin/python3
+"""End-to-end tests of MX routing (RFC 5321 5.1, RFC 7505) and of the
+scheduler's hand-off, against st.FakeDns (answers dnsmasq cannot give:
+null MX, two root MX, TTL 0, SERVFAIL) and aiosmtpd peers (st.Peer).
+
+What a route failure must do: settle the recipients it was resolving at
+once (bounce or defer), be cached for a while whatever the TTL, and never
+make a delivery thread ask DNS in a loop. Each spin check counts the DNS
+questions and the daemon's route log lines over a bounded time.
+"""
+import os
+import re
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sluicetest as st  # noqa: E402
+from test_delivery import make_daemon, send, wait_acct  # noqa: E402
+
+FAST_QUEUE = ('queue {\n    retry = "1s,1s,2s";\n    retry_jitter = 0;\n    scan_interval = 100ms;\n'
+              '    dsn = false;\n}\n')
+
+# At most this many DNS questions for one name in the observation window:
+# a spinning thread asks thousands of times a second.
+SPIN_LIMIT = 12
+
+
+def resolvers(dns, port=None):
+    s = '    resolvers = "127.0.0.1:%d";\n' % dns.port
+    if port is not None:
+        s += "    port = %d;\n" % port
+    return s
+
+
+class RoutingTest(unittest.TestCase):
+
+    def setUp(self):
+        self.cleanups = []
+
+    def tearDown(self):
+        for fn in reversed(self.cleanups):
+            try:
+                fn()
+            except Exception:
+                pass
+
+    def dns(self, records=None, **kw):
+        d = st.FakeDns(records, **kw)
+        self.cleanups.append(d.stop)
+        return d
+
+    def peer(self, **kw):
+        p = st.Peer(prefix="route-peer-", **kw)
+        self.cleanups.append(lambda: p.stop(check=False))
+        return p
+
+    def daemon(self, **kw):
+        kw.setdefault("queue", FAST_QUEUE)
+        d = make_daemon(**kw)
+        self.cleanups.append(d.cleanup)
+        d.start()
+        return d
+
+    def route_lines(self, d, domain):
+        return len(re.findall(r"route %s: " % re.escape(domain), d.stderr()))
+
+    def assert_no_spin(self, d, dns, names, domains, seconds=3.0):
+        """Over `seconds`, each DNS name is asked about at most SPIN_LIMIT
+        times and the daemon logs at most SPIN_LIMIT route lines for each
+        destination domain."""
+        q0 = {n: dns.count(n) for n in names}
+        l0 = {m: self.route_lines(d, m) for m in domains}
+        time.sleep(seconds)
+        for n in names:
+            self.assertLessEqual(dns.count(n) - q0[n], SPIN_LIMIT,
+                                 "%s asked %d times in %.0f s" % (n, dns.count(n) - q0[n], seconds))
+        for m in domains:
+            self.assertLessEqual(self.route_lines(d, m) - l0[m], SPIN_LIMIT,
+                                 "%d route lines for %s" % (self.route_lines(d, m) - l0[m], m))
+
+    # -- finding: a null MX with TTL 0 made a delivery thread spin
+
+    def test_null_mx_ttl0_bounces_without_spinning(self):
+        dns = self.dns({("nullmx.test", "MX"): [(0, "", 0)]})
+        d = self.daemon(delivery=resolvers(dns))
+        send(d, ["x@nullmx.test"])
+        rec = wait_acct(d, "bounce", "x@nullmx.test", timeout=15)[0]
+        self.assertEqual(rec["status"], "5.1.10")
+        self.assertEqual(rec["code"], 556)
+        self.assertEqual(rec["category"], "bad-domain")
+        d.wait_queue(0)
+        # a second message while the failure is cached: bounced from the cache
+        n0 = dns.count("nullmx.test", "MX")
+        send(d, ["y@nullmx.test"])
+        wait_acct(d, "bounce", "y@nullmx.test", timeout=15)
+        self.assertLessEqual(dns.count("nullmx.test", "MX") - n0, 1)
+        self.assert_no_spin(d, dns, ["nullmx.test"], ["nullmx.test"])
+        self.assertLessEqual(dns.count("nullmx.test", "MX"), 4)
+        d.stop()
+
+    def test_route_failures_with_ttl0_settle_and_never_spin(self):
+        """NXDOMAIN, no MX and no address, SERVFAIL: every answer with TTL
+        0; each recipient gets its outcome and DNS is asked a bounded number
+        of times while mail keeps coming."""
+        dns = self.dns({}, nxdomain={"nx.test"}, servfail={"servfail.test"},
+                       ttl=0, neg_ttl=0)
+        d = self.daemon(delivery=resolvers(dns))
+        cases = {"nx.test": ("bounce", "5.1.2"), "noaddr.test": ("bounce", "5.1.2"),
+                 "servfail.test": ("transient", "4.4.3")}
+        for dom in cases:
+            send(d, ["u@" + dom])
+        for dom, (typ, status) in cases.items():
+            rec = wait_acct(d, typ, "u@" + dom, timeout=15)[0]
+            self.assertEqual(rec["status"], status, rec)
+        # more mail for the same domains while the failures are cached
+        for dom in cases:
+            send(d, ["v@" + dom])
+        for dom, (typ, _) in cases.items():
+            wait_acct(d, typ, "v@" + dom, timeout=15)
+        self.assert_no_spin(d, dns, list(cases), list(cases))
+        d.stop()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
