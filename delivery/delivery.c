@@ -726,6 +726,15 @@ static void dlv_mx_cb(void *arg, dns_status_t st, const dns_mx_t *mx, int n, uin
         k++;
     }
     de->de_nmx = k;
+    if (k == 0) {
+        /* MX records, none of them usable (e.g. "MX 0 ." and "MX 10 ."): as
+         * a null MX (RFC 7505 3; RFC 5321 5.1 never falls back to A then) */
+        dlv_mx_scratch_free(de);
+        snprintf(text, sizeof(text), "Domain %s does not accept mail (no usable MX host, %d MX)",
+                 de->de_domain, n);
+        dlv_route_fail(de, Q_OUT_BOUNCED, 556, "5.1.10", text, ttl);
+        return;
+    }
     de->de_mx_ttl = ttl;
     de->de_mx_waiting = k;
     for (int i = 0; i < k; i++) {

@@ -121,6 +121,20 @@ class RoutingTest(unittest.TestCase):
         self.assert_no_spin(d, dns, list(cases), list(cases))
         d.stop()
 
+    # -- finding: "MX present, none usable" hung the destination
+
+    def test_two_root_mx_bounce_5_1_10(self):
+        dns = self.dns({("roots.test", "MX"): [(0, ""), (10, "")]})
+        d = self.daemon(delivery=resolvers(dns))
+        send(d, ["x@roots.test"])
+        rec = wait_acct(d, "bounce", "x@roots.test", timeout=15)[0]
+        self.assertEqual(rec["status"], "5.1.10")
+        self.assertEqual(rec["category"], "bad-domain")
+        self.assertEqual(dns.count("roots.test", "A"), 0)  # MX present: never the A record
+        d.wait_queue(0)
+        self.assert_no_spin(d, dns, ["roots.test"], ["roots.test"])
+        d.stop()
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
