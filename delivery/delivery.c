@@ -747,7 +747,10 @@ static void dlv_mx_cb(void *arg, dns_status_t st, const dns_mx_t *mx, int n, uin
     }
 }
 
-/* All MX host lookups answered: the route is the addresses in MX order. */
+/* All MX host lookups answered: the route is the addresses in MX order.
+ * Without any address: a temporary failure of any lookup defers (4.4.3);
+ * when every host is authoritatively absent (NXDOMAIN, or no A/AAAA) the
+ * recipients bounce 5.4.4, as Postfix and Exim do - no retry for days. */
 static void dlv_mx_done(dlv_dest_t *de, bool implicit)
 {
     int total = 0;
@@ -765,12 +768,15 @@ static void dlv_mx_done(dlv_dest_t *de, bool implicit)
                      de->de_domain);
             dlv_route_fail(de, Q_OUT_BOUNCED, 0, "5.1.2", text, de->de_mx_ttl);
         } else if (tempfail) {
-            snprintf(text, sizeof(text), "DNS lookup of the MX hosts of %s failed", de->de_domain);
+            snprintf(text, sizeof(text), "DNS lookup of the MX hosts of %s failed: %s",
+                     de->de_domain, dns_status_str(DNS_TEMPFAIL));
             dlv_route_fail(de, Q_OUT_DEFERRED, 0, "4.4.3", text, DLV_TEMPFAIL_CACHE);
         } else {
-            snprintf(text, sizeof(text), "No address for any MX host of %s (first: %s)",
-                     de->de_domain, de->de_nmx ? de->de_mx[0].dm_host : "?");
-            dlv_route_fail(de, Q_OUT_DEFERRED, 0, "4.4.4", text, DLV_TEMPFAIL_CACHE * 12);
+            snprintf(text, sizeof(text),
+                     "Host or domain name not found: no MX host of %s has an address (%s: %s%s)",
+                     de->de_domain, de->de_nmx ? de->de_mx[0].dm_host : "?", dns_status_str(st),
+                     de->de_nmx > 1 ? ", ..." : "");
+            dlv_route_fail(de, Q_OUT_BOUNCED, 0, "5.4.4", text, de->de_mx_ttl);
         }
         dlv_mx_scratch_free(de);
         return;

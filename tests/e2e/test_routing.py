@@ -16,7 +16,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sluicetest as st  # noqa: E402
-from test_delivery import make_daemon, send, wait_acct  # noqa: E402
+from test_delivery import acct, make_daemon, send, wait_acct  # noqa: E402
 
 FAST_QUEUE = ('queue {\n    retry = "1s,1s,2s";\n    retry_jitter = 0;\n    scan_interval = 100ms;\n'
               '    dsn = false;\n}\n')
@@ -100,14 +100,15 @@ class RoutingTest(unittest.TestCase):
         d.stop()
 
     def test_route_failures_with_ttl0_settle_and_never_spin(self):
-        """NXDOMAIN, no MX and no address, SERVFAIL: every answer with TTL
-        0; each recipient gets its outcome and DNS is asked a bounded number
-        of times while mail keeps coming."""
-        dns = self.dns({}, nxdomain={"nx.test"}, servfail={"servfail.test"},
+        """NXDOMAIN, no MX and no address, SERVFAIL, MX hosts that do not
+        exist: every answer with TTL 0; each recipient gets its outcome and
+        DNS is asked a bounded number of times while mail keeps coming."""
+        dns = self.dns({("nohost.test", "MX"): [(10, "mx.nohost.test", 0)]},
+                       nxdomain={"nx.test", "mx.nohost.test"}, servfail={"servfail.test"},
                        ttl=0, neg_ttl=0)
         d = self.daemon(delivery=resolvers(dns))
         cases = {"nx.test": ("bounce", "5.1.2"), "noaddr.test": ("bounce", "5.1.2"),
-                 "servfail.test": ("transient", "4.4.3")}
+                 "servfail.test": ("transient", "4.4.3"), "nohost.test": ("bounce", "5.4.4")}
         for dom in cases:
             send(d, ["u@" + dom])
         for dom, (typ, status) in cases.items():
@@ -118,7 +119,7 @@ class RoutingTest(unittest.TestCase):
             send(d, ["v@" + dom])
         for dom, (typ, _) in cases.items():
             wait_acct(d, typ, "v@" + dom, timeout=15)
-        self.assert_no_spin(d, dns, list(cases), list(cases))
+        self.assert_no_spin(d, dns, list(cases) + ["mx.nohost.test"], list(cases))
         d.stop()
 
     # -- finding: "MX present, none usable" hung the destination
@@ -133,6 +134,27 @@ class RoutingTest(unittest.TestCase):
         self.assertEqual(dns.count("roots.test", "A"), 0)  # MX present: never the A record
         d.wait_queue(0)
         self.assert_no_spin(d, dns, ["roots.test"], ["roots.test"])
+        d.stop()
+
+    # -- finding: MX hosts that do not exist
+
+    def test_mx_hosts_nxdomain_bounce_tempfail_defers(self):
+        dns = self.dns({("gone.test", "MX"): [(10, "mx1.gone.test"), (20, "mx2.gone.test")],
+                        ("half.test", "MX"): [(10, "mx1.half.test"), (20, "mx2.half.test")],
+                        ("gone.test", "A"): ["127.0.0.1"]},
+                       nxdomain={"mx1.gone.test", "mx2.gone.test", "mx1.half.test"},
+                       servfail={"mx2.half.test"})
+        d = self.daemon(delivery=resolvers(dns))
+        send(d, ["u@gone.test"])
+        send(d, ["u@half.test"])
+        rec = wait_acct(d, "bounce", "u@gone.test", timeout=15)[0]
+        self.assertEqual(rec["status"], "5.4.4")
+        self.assertEqual(rec["category"], "bad-domain")
+        self.assertIn("mx1.gone.test", rec["text"])
+        self.assertEqual(dns.count("gone.test", "A"), 0)  # MX present: no implicit MX
+        rec = wait_acct(d, "transient", "u@half.test", timeout=15)[0]
+        self.assertEqual(rec["status"], "4.4.3")
+        self.assertEqual(acct(d, "bounce", "u@half.test"), [])
         d.stop()
 
 
