@@ -291,7 +291,7 @@ void q_sched_scan(queue_t *q)
     uint64_t cur_id = 0;
     q_msg_rec_t mr;
     bool have_msg = false, reached_end = true;
-    size_t examined = 0, dispatched = 0;
+    size_t examined = 0, dispatched = 0, skipped_size = 0;
     MDB_val k, v;
     int rc;
     if (q->q_scan_resume) {
@@ -352,10 +352,15 @@ void q_sched_scan(queue_t *q)
         if (g == NULL) {
             /* queue.active_size: the bodies copied for delivery threads
              * (each delivery holds one or two more copies); one message
-             * always goes, however big. */
+             * always goes, however big. A message that does not fit now
+             * is passed over, not waited behind: the bytes in flight may
+             * belong to a destination that takes minutes to answer, and
+             * smaller messages for healthy ones must not wait for it. It
+             * goes at a later scan, once enough has come back. */
             if (q->q_active_bytes > 0 && q->q_active_bytes + mr.mr_body_len > active_size) {
                 reached_end = false;
-                break;
+                skipped_size++;
+                continue;
             }
             char *body = malloc(mr.mr_body_len + 1);
             if (body == NULL) { /* ulimit -v: try again at the next scan */
@@ -407,9 +412,10 @@ void q_sched_scan(queue_t *q)
     scan_flush(q, groups, &ng);
     mdb_cursor_close(cur);
     mdb_txn_abort(txn);
-    if (dispatched)
-        log_debug("queue: scan examined=%zu dispatched=%zu in_flight=%d end=%d", examined,
-                  dispatched, q->q_active_total, reached_end);
+    if (dispatched || skipped_size)
+        log_debug("queue: scan examined=%zu dispatched=%zu in_flight=%d end=%d"
+                  " over_active_size=%zu",
+                  examined, dispatched, q->q_active_total, reached_end, skipped_size);
 }
 
 static void kick_cb(uv_timer_t *t)

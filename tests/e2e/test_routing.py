@@ -16,7 +16,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sluicetest as st  # noqa: E402
-from test_delivery import acct, make_daemon, send, wait_acct  # noqa: E402
+from test_delivery import RawServer, acct, make_daemon, send, wait_acct  # noqa: E402
 
 FAST_QUEUE = ('queue {\n    retry = "1s,1s,2s";\n    retry_jitter = 0;\n    scan_interval = 100ms;\n'
               '    dsn = false;\n}\n')
@@ -155,6 +155,30 @@ class RoutingTest(unittest.TestCase):
         rec = wait_acct(d, "transient", "u@half.test", timeout=15)[0]
         self.assertEqual(rec["status"], "4.4.3")
         self.assertEqual(acct(d, "bounce", "u@half.test"), [])
+        d.stop()
+
+    def test_scheduler_passes_over_a_message_that_does_not_fit(self):
+        """queue.active_size is held by a message whose destination never
+        answers; a big message to a healthy domain does not fit beside it,
+        and a small one behind the big one must go all the same."""
+        silent = RawServer("silent")  # accepts, never greets
+        self.cleanups.append(silent.stop)
+        peer = self.peer()
+        d = self.daemon(routes={"hang.test": "127.0.0.1:%d" % silent.port,
+                                "ok.test": "127.0.0.1:%d" % peer.port},
+                        delivery="    greeting_timeout = 5m;\n",
+                        queue='queue {\n    retry = "1s";\n    retry_jitter = 0;\n'
+                              '    scan_interval = 100ms;\n    active_size = 1M;\n'
+                              '    dsn = false;\n}\n')
+        big = "x" * 76 + "\r\n"
+        big_body = big * (600 * 1024 // len(big))
+        send(d, ["a@hang.test"], body=big_body, subject="hung big")
+        st.wait_for(lambda: silent.conns, 15, what="the connection to the silent server")
+        send(d, ["b@ok.test"], body=big_body, subject="healthy big")
+        send(d, ["c@ok.test"], subject="healthy small")
+        msgs = peer.wait_messages(1, timeout=20)
+        self.assertIn(b"Subject: healthy small", msgs[0][1])
+        self.assertEqual(acct(d, "delivery", "a@hang.test"), [])  # still hanging
         d.stop()
 
 
