@@ -181,6 +181,62 @@ class RoutingTest(unittest.TestCase):
         self.assertEqual(acct(d, "delivery", "a@hang.test"), [])  # still hanging
         d.stop()
 
+    # -- README promises: implicit MX, SERVFAIL defers, exponential retry
+
+    def test_implicit_mx_delivers_to_the_domain_address(self):
+        peer = self.peer()
+        dns = self.dns({("plain.test", "A"): ["127.0.0.1"]})  # no MX: NODATA
+        d = self.daemon(delivery=resolvers(dns, peer.port))
+        sent = send(d, ["bob@plain.test"])
+        rec, raw = peer.wait_messages(1)[0]
+        self.assertEqual([r["addr"] for r in rec["rcpts"]], ["bob@plain.test"])
+        self.assertTrue(raw.endswith(sent), raw[-200:])
+        rec = wait_acct(d, "delivery", "bob@plain.test")[0]
+        self.assertEqual(rec["mx"], "plain.test")
+        self.assertEqual(rec["mx_ip"], "127.0.0.1")
+        asked = [t for n, t in dns.queries if n == "plain.test"]
+        self.assertEqual(asked[0], "MX")  # MX first, then the implicit MX's address
+        self.assertIn("A", asked)
+        d.wait_queue(0)
+        d.stop()
+
+    def test_servfail_defers_and_keeps_the_message(self):
+        dns = self.dns(servfail={"sf.test"})
+        d = self.daemon(delivery=resolvers(dns))
+        send(d, ["u@sf.test"])
+        recs = wait_acct(d, "transient", "u@sf.test", n=2, timeout=20)
+        self.assertEqual([r["status"] for r in recs[:2]], ["4.4.3", "4.4.3"])
+        self.assertIn("temporary failure", recs[0]["text"])
+        self.assertEqual(acct(d, "bounce"), [])
+        self.assertEqual(d.status()["queue"]["messages"], 1)
+        d.stop()
+
+    def test_exponential_retry_schedule(self):
+        """queue.retry empty: retry_initial doubling up to retry_max; the
+        accounting log's next_attempt and the attempt times follow it."""
+        d = self.daemon(routes={"down.test": "127.0.0.1:%d" % st.free_port()},
+                        delivery="    dead_after_failures = 1000;\n",
+                        queue='queue {\n    retry_initial = 1s;\n    retry_max = 4s;\n'
+                              '    retry_jitter = 0;\n    scan_interval = 100ms;\n'
+                              '    dsn = false;\n}\n')
+        send(d, ["u@down.test"])
+        recs = wait_acct(d, "transient", "u@down.test", n=5, timeout=40)[:5]
+        self.assertEqual([r["attempt"] for r in recs], [1, 2, 3, 4, 5])
+
+        def unix(r):
+            import datetime
+            t = datetime.datetime.strptime(r["time"], "%Y-%m-%dT%H:%M:%S.%fZ")
+            return t.replace(tzinfo=datetime.timezone.utc).timestamp()
+        want = [1, 2, 4, 4, 4]
+        for r, delay in zip(recs, want):
+            self.assertEqual(r["next_attempt"] - int(unix(r)), delay, r)
+        for a, b, delay in zip(recs, recs[1:], want):
+            gap = unix(b) - unix(a)
+            # due at a whole second: up to 1 s early, scan and load late
+            self.assertGreaterEqual(gap, delay - 1.0, (a, b))
+            self.assertLessEqual(gap, delay + 3.0, (a, b))
+        d.stop()
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
