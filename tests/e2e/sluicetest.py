@@ -815,7 +815,8 @@ def cleartext_after_starttls(wire):
 
 
 # ------------------------------------------------------------------ routing and DSNs
-# (the routing/DSN area: FakeDns for answers dnsmasq cannot give)
+# (the routing/DSN area: FakeDns for answers dnsmasq cannot give, and
+# check_dsn, the RFC 3464 checker every test that receives a DSN calls)
 
 class FakeDns:
     """A small authoritative DNS server on 127.0.0.1:<free UDP port> (a
@@ -922,3 +923,165 @@ class FakeDns:
         self.thread.join(5)
         self.sock.close()
 
+
+class DsnReport:
+    """A DSN parsed by check_dsn(): msg (the email.message.Message),
+    human (the text/plain part, str), report_type (the second part's
+    content type), per_message (dict: field name in lower case -> value),
+    recipients (list of such dicts, one per recipient block), returned
+    (the third part's payload as bytes, or None) and returned_type."""
+
+    def __init__(self, msg, human, report_type, per_message, recipients, returned,
+                 returned_type):
+        self.msg, self.human, self.report_type = msg, human, report_type
+        self.per_message, self.recipients = per_message, recipients
+        self.returned, self.returned_type = returned, returned_type
+
+    def recipient(self, addr):
+        """The block whose Final-Recipient is addr (raises KeyError)."""
+        for r in self.recipients:
+            if r["final-recipient"].split(";", 1)[1].strip().lower() == addr.lower():
+                return r
+        raise KeyError(addr)
+
+
+def _dsn_fields(block):
+    """'Name: value' lines (with folded continuations) -> ordered dict with
+    lower-case names; a repeated field is an error (RFC 3464 2.1)."""
+    fields, last = {}, None
+    for line in block.split("\n"):
+        line = line.rstrip("\r")
+        if not line:
+            continue
+        if line[0] in " \t":
+            if last is None:
+                raise AssertionError("DSN: continuation line without a field: %r" % line)
+            fields[last] += " " + line.strip()
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or not re.match(r"^[A-Za-z0-9-]+$", name):
+            raise AssertionError("DSN: not a header field: %r" % line)
+        last = name.lower()
+        if last in fields:
+            raise AssertionError("DSN: field %s given twice in a block" % name)
+        fields[last] = value.strip()
+    return fields
+
+
+def _dsn_typed(value, what):
+    """'type; text' (RFC 3464 2.1.2 / 2.3.x): check the form, return (type, text)."""
+    typ, sep, text = value.partition(";")
+    if not sep or not re.match(r"^[A-Za-z0-9-]+$", typ.strip()) or not text.strip():
+        raise AssertionError("DSN: %s is not 'type; value': %r" % (what, value))
+    return typ.strip().lower(), text.strip()
+
+
+def check_dsn(raw, ret=None):
+    """Parse a DSN as received (bytes) with Python's email package and check
+    it against RFC 3464 (RFC 6533 for message/global-delivery-status, RFC
+    6522 for multipart/report, RFC 3834 Auto-Submitted); raise
+    AssertionError naming what is wrong, else return a DsnReport.
+
+    Checked: multipart/report; report-type=delivery-status with a
+    text/plain first part, a message/delivery-status (7-bit) or
+    message/global-delivery-status second part and an optional third part
+    (text/rfc822-headers, message/rfc822, message/global-headers or
+    message/global); per message: Reporting-MTA and Arrival-Date; per
+    recipient: Final-Recipient, Action (failed, delayed, delivered,
+    relayed, expanded) and Status (class 2 for delivered/relayed/expanded,
+    4 or 5 for failed, 4 for delayed), and the form of Original-Recipient,
+    Remote-MTA, Diagnostic-Code, Last-Attempt-Date when present. With ret
+    ("full" or "hdrs"), the third part must be the whole message or its
+    headers only."""
+    import email
+    import email.utils
+    from email import policy
+    if isinstance(raw, str):
+        raw = raw.encode()
+    msg = email.message_from_bytes(raw, policy=policy.compat32)
+    if msg.defects:
+        raise AssertionError("DSN: MIME defects: %r" % msg.defects)
+    for h in ("From", "To", "Date", "Subject", "Message-ID"):
+        if msg.get(h) is None:
+            raise AssertionError("DSN: no %s header" % h)
+    if email.utils.parsedate_tz(msg["Date"]) is None:
+        raise AssertionError("DSN: Date does not parse: %r" % msg["Date"])
+    if (msg.get("Auto-Submitted") or "").lower() != "auto-replied":
+        raise AssertionError("DSN: Auto-Submitted is not auto-replied (RFC 3834)")
+    if msg.get_content_type() != "multipart/report":
+        raise AssertionError("DSN: content type %s" % msg.get_content_type())
+    if (msg.get_param("report-type") or "").lower() != "delivery-status":
+        raise AssertionError("DSN: report-type is %r" % msg.get_param("report-type"))
+    parts = msg.get_payload()
+    if not isinstance(parts, list) or len(parts) not in (2, 3):
+        raise AssertionError("DSN: %s parts, wanted 2 or 3" % (
+            len(parts) if isinstance(parts, list) else "no"))
+    if parts[0].get_content_type() != "text/plain":
+        raise AssertionError("DSN: first part is %s" % parts[0].get_content_type())
+    human = parts[0].get_payload(decode=True).decode("utf-8", "replace")
+    report_type = parts[1].get_content_type()
+    if report_type not in ("message/delivery-status", "message/global-delivery-status"):
+        raise AssertionError("DSN: second part is %s" % report_type)
+    # the report's text exactly as sent: between the part's blank line and
+    # the next boundary
+    boundary = msg.get_boundary()
+    chunks = raw.split(b"\r\n--" + boundary.encode())
+    body = chunks[2] if len(chunks) > 2 else b""
+    body = body.split(b"\r\n\r\n", 1)[1] if b"\r\n\r\n" in body else b""
+    if report_type == "message/delivery-status" and any(c > 127 for c in body):
+        raise AssertionError("DSN: 8-bit text in message/delivery-status (RFC 6533 wants "
+                             "message/global-delivery-status)")
+    blocks = [b for b in re.split(r"\r?\n\r?\n", body.decode("utf-8")) if b.strip()]
+    if len(blocks) < 2:
+        raise AssertionError("DSN: %d blocks in the report, wanted per-message + recipients"
+                             % len(blocks))
+    per_message = _dsn_fields(blocks[0])
+    if "reporting-mta" not in per_message:
+        raise AssertionError("DSN: no Reporting-MTA")
+    _dsn_typed(per_message["reporting-mta"], "Reporting-MTA")
+    if "arrival-date" not in per_message:
+        raise AssertionError("DSN: no Arrival-Date")
+    if email.utils.parsedate_tz(per_message["arrival-date"]) is None:
+        raise AssertionError("DSN: Arrival-Date does not parse")
+    recipients = []
+    for b in blocks[1:]:
+        f = _dsn_fields(b)
+        for need in ("final-recipient", "action", "status"):
+            if need not in f:
+                raise AssertionError("DSN: recipient block without %s: %r" % (need, f))
+        _dsn_typed(f["final-recipient"], "Final-Recipient")
+        if "original-recipient" in f:
+            _dsn_typed(f["original-recipient"], "Original-Recipient")
+        action = f["action"].lower()
+        m = re.match(r"^([245])\.\d{1,3}\.\d{1,3}$", f["status"])
+        if not m:
+            raise AssertionError("DSN: Status %r is not an RFC 3463 code" % f["status"])
+        want = {"failed": "45", "delayed": "4", "delivered": "2", "relayed": "2",
+                "expanded": "2"}.get(action)
+        if want is None:
+            raise AssertionError("DSN: Action %r" % f["action"])
+        if m.group(1) not in want:
+            raise AssertionError("DSN: Action %s with Status %s" % (action, f["status"]))
+        if "remote-mta" in f:
+            _dsn_typed(f["remote-mta"], "Remote-MTA")
+        if "diagnostic-code" in f:
+            _dsn_typed(f["diagnostic-code"], "Diagnostic-Code")
+        if "last-attempt-date" in f and email.utils.parsedate_tz(f["last-attempt-date"]) is None:
+            raise AssertionError("DSN: Last-Attempt-Date does not parse")
+        recipients.append(f)
+    returned, returned_type = None, None
+    if len(parts) == 3:
+        returned_type = parts[2].get_content_type()
+        kinds = {"text/rfc822-headers": "hdrs", "message/global-headers": "hdrs",
+                 "message/rfc822": "full", "message/global": "full"}
+        if returned_type not in kinds:
+            raise AssertionError("DSN: third part is %s" % returned_type)
+        tail = chunks[3] if len(chunks) > 3 else b""
+        returned = tail.split(b"\r\n\r\n", 1)[1] if b"\r\n\r\n" in tail else b""
+        if ret is not None and kinds[returned_type] != ret:
+            raise AssertionError("DSN: returned %s, wanted RET=%s" % (returned_type, ret))
+        if kinds[returned_type] == "hdrs" and b"\r\n\r\n" in returned.rstrip(b"\r\n"):
+            raise AssertionError("DSN: returned headers carry a body")
+    elif ret is not None:
+        raise AssertionError("DSN: nothing returned, wanted RET=%s" % ret)
+    return DsnReport(msg, human, report_type, per_message, recipients, returned, returned_type)

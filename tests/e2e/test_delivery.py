@@ -300,6 +300,8 @@ class DeliveryTest(unittest.TestCase):
         self.assertIn("multipart/report", text)
         self.assertIn("permfail@a.example", text)
         self.assertIn("5.1.1", text)
+        rep = st.check_dsn(raw, ret="hdrs")  # RFC 3464, parsed with the email package
+        self.assertEqual(rep.recipient("permfail@a.example")["status"], "5.1.1")
         d.wait_queue(0)
         d.stop()
 
