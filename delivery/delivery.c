@@ -874,6 +874,7 @@ void dlv_outcome(dlv_thread_t *t, const queue_dispatch_t *qd, int i, queue_resul
         snprintf(o->qo_tls, sizeof(o->qo_tls), "%s", w->w_tls ? w->w_tls : "");
         snprintf(o->qo_cipher, sizeof(o->qo_cipher), "%s", w->w_cipher ? w->w_cipher : "");
         snprintf(o->qo_mta_sts, sizeof(o->qo_mta_sts), "%s", w->w_mta_sts ? w->w_mta_sts : "");
+        o->qo_peer_dsn = w->w_peer_dsn; /* a success DSN is then the next hop's to send */
         if (res == Q_OUT_DEFERRED)
             o->qo_retry_at = w->w_retry_at;
     }

@@ -149,6 +149,7 @@ typedef struct dlv_where {
     const char *w_cipher;
     uint64_t w_retry_at;   /* deferred: earliest next attempt (unix s), 0 = the schedule's */
     const char *w_mta_sts; /* MTA-STS mode that applied ("enforce", "testing") or NULL */
+    bool w_peer_dsn;       /* the server offered DSN: NOTIFY and ORCPT went on with the RCPT */
 } dlv_where_t;
 
 /* Submit one recipient's outcome and count it. */

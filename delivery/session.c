@@ -1268,7 +1268,8 @@ static void session_end_txn(dlv_session_t *s, bool completed)
                      s->s_tls_done ? s->s_tls_ver : "",
                      s->s_tls_done ? s->s_cipher : "",
                      retry,
-                     dlv_sts_mode(s->s_dest)};
+                     dlv_sts_mode(s->s_dest),
+                     s->x_dsn};
     for (int i = s->s_first; i < s->s_first + s->s_n; i++) {
         dlv_rres_t *r = &s->s_res[i];
         if (r->rr_state != RR_DONE) { /* accepted at RCPT, no final answer: defer */
