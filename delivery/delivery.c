@@ -579,22 +579,30 @@ void dlv_dest_conn_failed(dlv_dest_t *de, int code, const char *status, const ch
 
 /* ------------------------------------------------------------- routes */
 
+/* The route failed: cache the failure (at least DLV_RFAIL_MIN_TTL, so that
+ * a TTL of 0 cannot make every kick ask DNS again) and settle the
+ * recipients that were waiting for it now, before anything kicks the
+ * destination again: a kick with an expired failure would start another
+ * lookup instead of applying it, and those recipients would never get an
+ * outcome (a delivery thread spinning on DNS). */
 static void dlv_route_fail(dlv_dest_t *de, queue_result_t res, int code, const char *status,
                            const char *text, uint32_t ttl)
 {
     const cfg_t *cfg = de->de_t->t_cfg;
     if (ttl > cfg->c_dlv_dns_cache_max)
         ttl = (uint32_t)cfg->c_dlv_dns_cache_max;
+    if (ttl < DLV_RFAIL_MIN_TTL)
+        ttl = DLV_RFAIL_MIN_TTL;
     de->de_rstate = DLV_RT_FAILED;
-    de->de_rfresh = true;
+    de->de_rfresh = false; /* used right here */
     de->de_rexpire = dlv_mono() + (uint64_t)ttl * 1000000ULL;
     de->de_fail_result = res;
     de->de_fail_code = code;
     snprintf(de->de_fail_status, sizeof(de->de_fail_status), "%s", status);
     free(de->de_fail_text);
     de->de_fail_text = xstrdup(text);
-    log_info("delivery: route %s: %s %s", de->de_domain, status, log_esc(text));
-    dlv_dest_kick(de);
+    log_info("delivery: route %s: %s %s (cached %us)", de->de_domain, status, log_esc(text), ttl);
+    dlv_dest_fail_pending(de, res, code, status, text);
 }
 
 static void dlv_route_ready(dlv_dest_t *de, dlv_addr_t *addrs, int n, uint32_t ttl)
@@ -718,6 +726,15 @@ static void dlv_mx_cb(void *arg, dns_status_t st, const dns_mx_t *mx, int n, uin
         k++;
     }
     de->de_nmx = k;
+    if (k == 0) {
+        /* MX records, none of them usable (e.g. "MX 0 ." and "MX 10 ."): as
+         * a null MX (RFC 7505 3; RFC 5321 5.1 never falls back to A then) */
+        dlv_mx_scratch_free(de);
+        snprintf(text, sizeof(text), "Domain %s does not accept mail (no usable MX host, %d MX)",
+                 de->de_domain, n);
+        dlv_route_fail(de, Q_OUT_BOUNCED, 556, "5.1.10", text, ttl);
+        return;
+    }
     de->de_mx_ttl = ttl;
     de->de_mx_waiting = k;
     for (int i = 0; i < k; i++) {
@@ -730,7 +747,10 @@ static void dlv_mx_cb(void *arg, dns_status_t st, const dns_mx_t *mx, int n, uin
     }
 }
 
-/* All MX host lookups answered: the route is the addresses in MX order. */
+/* All MX host lookups answered: the route is the addresses in MX order.
+ * Without any address: a temporary failure of any lookup defers (4.4.3);
+ * when every host is authoritatively absent (NXDOMAIN, or no A/AAAA) the
+ * recipients bounce 5.4.4, as Postfix and Exim do - no retry for days. */
 static void dlv_mx_done(dlv_dest_t *de, bool implicit)
 {
     int total = 0;
@@ -748,12 +768,15 @@ static void dlv_mx_done(dlv_dest_t *de, bool implicit)
                      de->de_domain);
             dlv_route_fail(de, Q_OUT_BOUNCED, 0, "5.1.2", text, de->de_mx_ttl);
         } else if (tempfail) {
-            snprintf(text, sizeof(text), "DNS lookup of the MX hosts of %s failed", de->de_domain);
+            snprintf(text, sizeof(text), "DNS lookup of the MX hosts of %s failed: %s",
+                     de->de_domain, dns_status_str(DNS_TEMPFAIL));
             dlv_route_fail(de, Q_OUT_DEFERRED, 0, "4.4.3", text, DLV_TEMPFAIL_CACHE);
         } else {
-            snprintf(text, sizeof(text), "No address for any MX host of %s (first: %s)",
-                     de->de_domain, de->de_nmx ? de->de_mx[0].dm_host : "?");
-            dlv_route_fail(de, Q_OUT_DEFERRED, 0, "4.4.4", text, DLV_TEMPFAIL_CACHE * 12);
+            snprintf(text, sizeof(text),
+                     "Host or domain name not found: no MX host of %s has an address (%s: %s%s)",
+                     de->de_domain, de->de_nmx ? de->de_mx[0].dm_host : "?", dns_status_str(st),
+                     de->de_nmx > 1 ? ", ..." : "");
+            dlv_route_fail(de, Q_OUT_BOUNCED, 0, "5.4.4", text, de->de_mx_ttl);
         }
         dlv_mx_scratch_free(de);
         return;
@@ -851,6 +874,7 @@ void dlv_outcome(dlv_thread_t *t, const queue_dispatch_t *qd, int i, queue_resul
         snprintf(o->qo_tls, sizeof(o->qo_tls), "%s", w->w_tls ? w->w_tls : "");
         snprintf(o->qo_cipher, sizeof(o->qo_cipher), "%s", w->w_cipher ? w->w_cipher : "");
         snprintf(o->qo_mta_sts, sizeof(o->qo_mta_sts), "%s", w->w_mta_sts ? w->w_mta_sts : "");
+        o->qo_peer_dsn = w->w_peer_dsn; /* a success DSN is then the next hop's to send */
         if (res == Q_OUT_DEFERRED)
             o->qo_retry_at = w->w_retry_at;
     }

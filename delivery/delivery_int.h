@@ -23,6 +23,7 @@
 #define DLV_RBUF 16384       /* read buffer per session */
 #define DLV_START_CONNS 2    /* slow start: connections opened at first */
 #define DLV_TEMPFAIL_CACHE 5 /* seconds a DNS temporary failure is remembered */
+#define DLV_RFAIL_MIN_TTL 5  /* floor of any cached route failure, whatever the DNS TTL */
 #define DLV_NOTLS_TIME 600   /* seconds to skip opportunistic TLS after it failed */
 
 typedef struct dlv_thread dlv_thread_t;
@@ -148,6 +149,7 @@ typedef struct dlv_where {
     const char *w_cipher;
     uint64_t w_retry_at;   /* deferred: earliest next attempt (unix s), 0 = the schedule's */
     const char *w_mta_sts; /* MTA-STS mode that applied ("enforce", "testing") or NULL */
+    bool w_peer_dsn;       /* the server offered DSN: NOTIFY and ORCPT went on with the RCPT */
 } dlv_where_t;
 
 /* Submit one recipient's outcome and count it. */

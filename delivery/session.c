@@ -1540,7 +1540,8 @@ static void session_report(dlv_session_t *s)
                      s->s_tls_done ? s->s_tls_ver : "",
                      s->s_tls_done ? s->s_cipher : "",
                      retry,
-                     dlv_sts_mode(s->s_dest)};
+                     dlv_sts_mode(s->s_dest),
+                     s->x_dsn};
     session_log_txn(s);
     for (int k = 0; k < s->s_n; k++) {
         int i = s->s_txn[k];

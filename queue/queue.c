@@ -118,6 +118,7 @@ void queue_msg_in_free(queue_msg_in_t *m)
     free(m->qm_sender);
     free(m->qm_job);
     free(m->qm_envid);
+    free(m->qm_dsn_job);
     free(m->qm_auth_user);
     for (int i = 0; i < m->qm_nrcpt; i++) {
         free(m->qm_rcpts[i].qr_addr);
@@ -321,6 +322,7 @@ static void queue_wake_cb(uv_async_t *h)
     chan_close(q->q_ch_out);
     chan_close(q->q_ch_req);
     queue_commit_pending(q); /* what the closes handed over */
+    q_sched_stop(q);         /* outcomes held for a DSN: applied, the DSNs written */
     queue_acks_sync(q);
     uv_close((uv_handle_t *)&q->q_commit_check, queue_closed_cb);
     uv_close((uv_handle_t *)&q->q_commit_idle, queue_closed_cb);
@@ -580,6 +582,9 @@ int q_insert_msg(queue_t *q, MDB_txn *txn, const queue_msg_in_t *m)
         .mr_auth_len = (uint16_t)(m->qm_auth_user ? strlen(m->qm_auth_user) : 0),
         .mr_ip = m->qm_client_ip,
         .mr_ip_len = (uint16_t)strnlen(m->qm_client_ip, sizeof(m->qm_client_ip)),
+        .mr_dsn_for = m->qm_dsn_for,
+        .mr_dsn_job = m->qm_dsn_job,
+        .mr_dsn_job_len = (uint16_t)(m->qm_dsn_job ? strlen(m->qm_dsn_job) : 0),
         .mr_body = NULL, /* copied below, straight into the reserved value */
         .mr_body_len = (uint32_t)m->qm_body.b_len,
     };

@@ -39,6 +39,7 @@ typedef struct queue queue_t;
 #define Q_F_SMTPUTF8 0x02 /* SMTPUTF8 given */
 #define Q_F_RET_FULL 0x04 /* RET=FULL */
 #define Q_F_RET_HDRS 0x08 /* RET=HDRS */
+#define Q_F_DSN 0x10      /* a DSN sluice wrote: the msg record names the message it reports */
 
 typedef struct queue_rcpt_in {
     char *qr_addr;     /* owned */
@@ -66,6 +67,8 @@ typedef struct queue_msg_in {
     buf_t qm_body;             /* the message as it will be delivered: header lines
                                   (Received first) + blank line + body; CRLF line
                                   ends; NOT dot-stuffed */
+    uint64_t qm_dsn_for;       /* Q_F_DSN: the message this DSN reports (sched.c) */
+    char *qm_dsn_job;          /* Q_F_DSN: that message's job, owned or NULL */
     /* set by the queue thread before the push back */
     int qm_status; /* 0 committed and durable; SL_EFULL (452 4.3.1);
                       SL_ESPOOL (451 4.3.0) */
@@ -264,6 +267,9 @@ typedef struct queue_outcome {
     char qo_mta_sts[12];  /* MTA-STS mode that applied: "enforce", "testing" or "" */
     uint64_t qo_retry_at; /* deferred: earliest next attempt (unix s), 0 = schedule */
     bool qo_admin;        /* bounced by the operator (QREQ_BOUNCE): "admin_bounce" */
+    bool qo_peer_dsn;     /* the next hop offered DSN (RFC 3461): NOTIFY went on with the
+                             message, so a success is that hop's to report, not ours */
+    uint8_t qo_sched;     /* the queue thread's own marks (sched.c); 0 when submitted */
 } queue_outcome_t;
 
 void queue_outcome_free(queue_outcome_t *o);

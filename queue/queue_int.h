@@ -43,6 +43,9 @@ typedef struct q_msg_rec {
     uint16_t mr_auth_len;
     const char *mr_ip;
     uint16_t mr_ip_len;
+    uint64_t mr_dsn_for; /* Q_F_DSN: the message this DSN reports */
+    const char *mr_dsn_job;
+    uint16_t mr_dsn_job_len;
     const char *mr_body;
     uint32_t mr_body_len;
 } q_msg_rec_t;
@@ -66,6 +69,8 @@ typedef struct q_rcpt_rec {
     uint16_t rr_addr_len;
     const char *rr_orcpt;
     uint16_t rr_orcpt_len;
+    const char *rr_mx; /* the server that gave the last reply (rr_code), or none */
+    uint16_t rr_mx_len;
 } q_rcpt_rec_t;
 
 void q_be64(uint8_t *p, uint64_t v);
@@ -236,6 +241,9 @@ void q_outcomes_process(queue_t *q, chan_node_t *first);
  * release their in-flight entries (frees the outcomes). */
 int q_outcomes_apply(queue_t *q, MDB_txn *txn, chan_node_t *first, size_t n);
 void q_outcomes_done(queue_t *q, chan_node_t *first, size_t n, bool committed);
+/* The queue is stopping: the outcomes held for their message's DSN
+ * (delivery rounds, sched.c) are applied now, in their own transaction. */
+void q_sched_stop(queue_t *q);
 uint64_t q_retry_delay(queue_t *q, uint32_t attempts);
 
 #endif /* SLUICE_QUEUE_INT_H */

@@ -106,14 +106,21 @@ void q_msg_encode(buf_t *b, const q_msg_rec_t *r)
     q_be64(h + 2, r->mr_arrival);
     q_be32(h + 10, r->mr_nrcpt);
     q_be32(h + Q_MSG_PENDING_OFF, r->mr_pending);
-    buf_reserve(b, sizeof(h) + 14 + r->mr_sender_len + r->mr_job_len + r->mr_envid_len +
-                       r->mr_auth_len + r->mr_ip_len + (r->mr_body ? r->mr_body_len : 0));
+    buf_reserve(b, sizeof(h) + 24 + r->mr_sender_len + r->mr_job_len + r->mr_envid_len +
+                       r->mr_auth_len + r->mr_ip_len + r->mr_dsn_job_len +
+                       (r->mr_body ? r->mr_body_len : 0));
     buf_append(b, h, sizeof(h));
     put16(b, r->mr_sender, r->mr_sender_len);
     put16(b, r->mr_job, r->mr_job_len);
     put16(b, r->mr_envid, r->mr_envid_len);
     put16(b, r->mr_auth, r->mr_auth_len);
     put16(b, r->mr_ip, r->mr_ip_len);
+    if (r->mr_flags & Q_F_DSN) { /* a DSN: the message it reports, and its job */
+        uint8_t id[8];
+        q_be64(id, r->mr_dsn_for);
+        buf_append(b, id, 8);
+        put16(b, r->mr_dsn_job, r->mr_dsn_job_len);
+    }
     uint8_t bl[4];
     q_be32(bl, r->mr_body_len);
     buf_append(b, bl, 4);
@@ -132,6 +139,7 @@ void q_msg_rebase(q_msg_rec_t *r, const void *from, const void *to)
     REBASE(mr_envid)
     REBASE(mr_auth)
     REBASE(mr_ip)
+    REBASE(mr_dsn_job)
 #undef REBASE
 }
 
@@ -165,8 +173,20 @@ int q_msg_decode(const void *data, size_t len, q_msg_rec_t *r)
     if (!get16(&p, end, &r->mr_sender, &r->mr_sender_len) ||
         !get16(&p, end, &r->mr_job, &r->mr_job_len) ||
         !get16(&p, end, &r->mr_envid, &r->mr_envid_len) ||
-        !get16(&p, end, &r->mr_auth, &r->mr_auth_len) ||
-        !get16(&p, end, &r->mr_ip, &r->mr_ip_len) || end - p < 4)
+        !get16(&p, end, &r->mr_auth, &r->mr_auth_len) || !get16(&p, end, &r->mr_ip, &r->mr_ip_len))
+        return SL_EPARSE;
+    r->mr_dsn_for = 0;
+    r->mr_dsn_job = NULL;
+    r->mr_dsn_job_len = 0;
+    if (r->mr_flags & Q_F_DSN) {
+        if (end - p < 8)
+            return SL_EPARSE;
+        r->mr_dsn_for = q_rd64(p);
+        p += 8;
+        if (!get16(&p, end, &r->mr_dsn_job, &r->mr_dsn_job_len))
+            return SL_EPARSE;
+    }
+    if (end - p < 4)
         return SL_EPARSE;
     r->mr_body_len = q_rd32(p);
     p += 4;
@@ -192,6 +212,7 @@ void q_rcpt_encode(buf_t *b, const q_rcpt_rec_t *r)
     put16(b, r->rr_text, MIN(r->rr_text_len, Q_TEXT_MAX));
     put16(b, r->rr_addr, r->rr_addr_len);
     put16(b, r->rr_orcpt, r->rr_orcpt_len);
+    put16(b, r->rr_mx, r->rr_mx_len);
 }
 
 int q_rcpt_decode(const void *data, size_t len, q_rcpt_rec_t *r)
@@ -211,7 +232,14 @@ int q_rcpt_decode(const void *data, size_t len, q_rcpt_rec_t *r)
     p += r->rr_status_len;
     if (!get16(&p, end, &r->rr_text, &r->rr_text_len) ||
         !get16(&p, end, &r->rr_addr, &r->rr_addr_len) ||
-        !get16(&p, end, &r->rr_orcpt, &r->rr_orcpt_len) || p != end || r->rr_addr_len == 0)
+        !get16(&p, end, &r->rr_orcpt, &r->rr_orcpt_len) || r->rr_addr_len == 0)
+        return SL_EPARSE;
+    /* the last reply's server came later: records written before have none */
+    r->rr_mx = NULL;
+    r->rr_mx_len = 0;
+    if (p != end && !get16(&p, end, &r->rr_mx, &r->rr_mx_len))
+        return SL_EPARSE;
+    if (p != end)
         return SL_EPARSE;
     return 0;
 }

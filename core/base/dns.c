@@ -141,6 +141,12 @@ int dns_resolver_new(uv_loop_t *loop, const char *servers, unsigned timeout_ms, 
         opt.tries = tries;
         mask |= ARES_OPT_TRIES;
     }
+    /* Mail domains and MX hosts are absolute names: no search list from
+     * resolv.conf (a "search corp.example" would turn an MX host that does
+     * not exist into a question about mx.example.org.corp.example). */
+    opt.domains = NULL;
+    opt.ndomains = 0;
+    mask |= ARES_OPT_DOMAINS;
     int st = ares_init_options(&r->r_chan, &opt, mask);
     if (st != ARES_SUCCESS) {
         snprintf(err, errlen, "c-ares init: %s", ares_strerror(st));

@@ -1085,3 +1085,276 @@ class PostfixSink:
         self.errf.close()
         if not keep_tmp():
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ routing and DSNs
+# (the routing/DSN area: FakeDns for answers dnsmasq cannot give, and
+# check_dsn, the RFC 3464 checker every test that receives a DSN calls)
+
+class FakeDns:
+    """A small authoritative DNS server on 127.0.0.1:<free UDP port> (a
+    thread), for answers dnsmasq cannot give: a null MX or two root MX,
+    any TTL (0 included), NXDOMAIN or SERVFAIL for chosen names.
+
+    records: {(name, type): [value, ...]}; type "MX" takes (pref, host) or
+    (pref, host, ttl) (host "" is the root: (0, "") is a null MX); "A" and
+    "AAAA" take "address" or ("address", ttl). nxdomain: names answered
+    NXDOMAIN; servfail: names answered SERVFAIL. ttl: the TTL of records
+    given without one; neg_ttl: the TTL (and minimum) of the SOA record in
+    the authority section of NXDOMAIN and NODATA answers (RFC 2308). Any
+    other question gets NOERROR without answers (NODATA).
+
+    queries: every (name, type) asked, in order; count(name, type) counts
+    them. stop() ends the thread and closes the socket."""
+
+    TYPES = {1: "A", 2: "NS", 6: "SOA", 15: "MX", 16: "TXT", 28: "AAAA"}
+
+    def __init__(self, records=None, nxdomain=(), servfail=(), ttl=300, neg_ttl=300):
+        import threading
+        self.records = dict(records or {})
+        self.nxdomain = set(nxdomain)
+        self.servfail = set(servfail)
+        self.ttl, self.neg_ttl = ttl, neg_ttl
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.queries = []
+        self.stopping = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def count(self, name, type_=None):
+        """How many questions for name (of type_, any type when None)."""
+        return sum(1 for n, t in list(self.queries) if n == name and (type_ is None or t == type_))
+
+    @staticmethod
+    def encode_name(name):
+        out = b""
+        for label in [l for l in name.split(".") if l]:
+            out += bytes([len(label)]) + label.encode()
+        return out + b"\x00"
+
+    def _rdata(self, qtype, v):
+        import struct
+        if qtype == 15:
+            return struct.pack(">H", v[0]) + self.encode_name(v[1])
+        if qtype == 28:
+            return socket.inet_pton(socket.AF_INET6, v)
+        return socket.inet_aton(v)
+
+    def answer(self, q):
+        """The reply to one query packet (bytes)."""
+        import struct
+        i, labels = 12, []
+        while q[i] != 0:
+            n = q[i]
+            labels.append(q[i + 1:i + 1 + n].decode().lower())
+            i += 1 + n
+        name = ".".join(labels)
+        qtype = struct.unpack(">H", q[i + 1:i + 3])[0]
+        question = q[12:i + 5]
+        tname = self.TYPES.get(qtype, qtype)
+        self.queries.append((name, tname))
+        rcode = 3 if name in self.nxdomain else 2 if name in self.servfail else 0
+        answers, count = b"", 0
+        for v in self.records.get((name, tname), []) if rcode == 0 else []:
+            ttl = self.ttl
+            if qtype == 15 and len(v) == 3:
+                ttl, v = v[2], v[:2]
+            elif qtype != 15 and isinstance(v, tuple):
+                v, ttl = v
+            rdata = self._rdata(qtype, v)
+            answers += b"\xc0\x0c" + struct.pack(">HHIH", qtype, 1, ttl, len(rdata)) + rdata
+            count += 1
+        auth, nauth = b"", 0
+        if rcode == 3 or (rcode == 0 and count == 0):
+            # RFC 2308: the SOA of the zone says how long the negative answer holds
+            soa = (self.encode_name("ns.invalid") + self.encode_name("hostmaster.invalid") +
+                   struct.pack(">IIIII", 1, 3600, 600, 86400, self.neg_ttl))
+            auth = (b"\xc0\x0c" + struct.pack(">HHIH", 6, 1, self.neg_ttl, len(soa)) + soa)
+            nauth = 1
+        flags = 0x8400 | (struct.unpack(">H", q[2:4])[0] & 0x0100) | 0x0080 | rcode
+        return (q[:2] + struct.pack(">HHHHH", flags, 1, count, nauth, 0) + question + answers +
+                auth)
+
+    def _serve(self):
+        while not self.stopping:
+            try:
+                q, addr = self.sock.recvfrom(512)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            try:
+                self.sock.sendto(self.answer(q), addr)
+            except Exception:
+                pass
+
+    def stop(self):
+        self.stopping = True
+        self.thread.join(5)
+        self.sock.close()
+
+
+class DsnReport:
+    """A DSN parsed by check_dsn(): msg (the email.message.Message),
+    human (the text/plain part, str), report_type (the second part's
+    content type), per_message (dict: field name in lower case -> value),
+    recipients (list of such dicts, one per recipient block), returned
+    (the third part's payload as bytes, or None) and returned_type."""
+
+    def __init__(self, msg, human, report_type, per_message, recipients, returned,
+                 returned_type):
+        self.msg, self.human, self.report_type = msg, human, report_type
+        self.per_message, self.recipients = per_message, recipients
+        self.returned, self.returned_type = returned, returned_type
+
+    def recipient(self, addr):
+        """The block whose Final-Recipient is addr (raises KeyError)."""
+        for r in self.recipients:
+            if r["final-recipient"].split(";", 1)[1].strip().lower() == addr.lower():
+                return r
+        raise KeyError(addr)
+
+
+def _dsn_fields(block):
+    """'Name: value' lines (with folded continuations) -> ordered dict with
+    lower-case names; a repeated field is an error (RFC 3464 2.1)."""
+    fields, last = {}, None
+    for line in block.split("\n"):
+        line = line.rstrip("\r")
+        if not line:
+            continue
+        if line[0] in " \t":
+            if last is None:
+                raise AssertionError("DSN: continuation line without a field: %r" % line)
+            fields[last] += " " + line.strip()
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or not re.match(r"^[A-Za-z0-9-]+$", name):
+            raise AssertionError("DSN: not a header field: %r" % line)
+        last = name.lower()
+        if last in fields:
+            raise AssertionError("DSN: field %s given twice in a block" % name)
+        fields[last] = value.strip()
+    return fields
+
+
+def _dsn_typed(value, what):
+    """'type; text' (RFC 3464 2.1.2 / 2.3.x): check the form, return (type, text)."""
+    typ, sep, text = value.partition(";")
+    if not sep or not re.match(r"^[A-Za-z0-9-]+$", typ.strip()) or not text.strip():
+        raise AssertionError("DSN: %s is not 'type; value': %r" % (what, value))
+    return typ.strip().lower(), text.strip()
+
+
+def check_dsn(raw, ret=None):
+    """Parse a DSN as received (bytes) with Python's email package and check
+    it against RFC 3464 (RFC 6533 for message/global-delivery-status, RFC
+    6522 for multipart/report, RFC 3834 Auto-Submitted); raise
+    AssertionError naming what is wrong, else return a DsnReport.
+
+    Checked: multipart/report; report-type=delivery-status with a
+    text/plain first part, a message/delivery-status (7-bit) or
+    message/global-delivery-status second part and an optional third part
+    (text/rfc822-headers, message/rfc822, message/global-headers or
+    message/global); per message: Reporting-MTA and Arrival-Date; per
+    recipient: Final-Recipient, Action (failed, delayed, delivered,
+    relayed, expanded) and Status (class 2 for delivered/relayed/expanded,
+    4 or 5 for failed, 4 for delayed), and the form of Original-Recipient,
+    Remote-MTA, Diagnostic-Code, Last-Attempt-Date when present. With ret
+    ("full" or "hdrs"), the third part must be the whole message or its
+    headers only."""
+    import email
+    import email.utils
+    from email import policy
+    if isinstance(raw, str):
+        raw = raw.encode()
+    msg = email.message_from_bytes(raw, policy=policy.compat32)
+    if msg.defects:
+        raise AssertionError("DSN: MIME defects: %r" % msg.defects)
+    for h in ("From", "To", "Date", "Subject", "Message-ID"):
+        if msg.get(h) is None:
+            raise AssertionError("DSN: no %s header" % h)
+    if email.utils.parsedate_tz(msg["Date"]) is None:
+        raise AssertionError("DSN: Date does not parse: %r" % msg["Date"])
+    if (msg.get("Auto-Submitted") or "").lower() != "auto-replied":
+        raise AssertionError("DSN: Auto-Submitted is not auto-replied (RFC 3834)")
+    if msg.get_content_type() != "multipart/report":
+        raise AssertionError("DSN: content type %s" % msg.get_content_type())
+    if (msg.get_param("report-type") or "").lower() != "delivery-status":
+        raise AssertionError("DSN: report-type is %r" % msg.get_param("report-type"))
+    parts = msg.get_payload()
+    if not isinstance(parts, list) or len(parts) not in (2, 3):
+        raise AssertionError("DSN: %s parts, wanted 2 or 3" % (
+            len(parts) if isinstance(parts, list) else "no"))
+    if parts[0].get_content_type() != "text/plain":
+        raise AssertionError("DSN: first part is %s" % parts[0].get_content_type())
+    human = parts[0].get_payload(decode=True).decode("utf-8", "replace")
+    report_type = parts[1].get_content_type()
+    if report_type not in ("message/delivery-status", "message/global-delivery-status"):
+        raise AssertionError("DSN: second part is %s" % report_type)
+    # the report's text exactly as sent: between the part's blank line and
+    # the next boundary
+    boundary = msg.get_boundary()
+    chunks = raw.split(b"\r\n--" + boundary.encode())
+    body = chunks[2] if len(chunks) > 2 else b""
+    body = body.split(b"\r\n\r\n", 1)[1] if b"\r\n\r\n" in body else b""
+    if report_type == "message/delivery-status" and any(c > 127 for c in body):
+        raise AssertionError("DSN: 8-bit text in message/delivery-status (RFC 6533 wants "
+                             "message/global-delivery-status)")
+    blocks = [b for b in re.split(r"\r?\n\r?\n", body.decode("utf-8")) if b.strip()]
+    if len(blocks) < 2:
+        raise AssertionError("DSN: %d blocks in the report, wanted per-message + recipients"
+                             % len(blocks))
+    per_message = _dsn_fields(blocks[0])
+    if "reporting-mta" not in per_message:
+        raise AssertionError("DSN: no Reporting-MTA")
+    _dsn_typed(per_message["reporting-mta"], "Reporting-MTA")
+    if "arrival-date" not in per_message:
+        raise AssertionError("DSN: no Arrival-Date")
+    if email.utils.parsedate_tz(per_message["arrival-date"]) is None:
+        raise AssertionError("DSN: Arrival-Date does not parse")
+    recipients = []
+    for b in blocks[1:]:
+        f = _dsn_fields(b)
+        for need in ("final-recipient", "action", "status"):
+            if need not in f:
+                raise AssertionError("DSN: recipient block without %s: %r" % (need, f))
+        _dsn_typed(f["final-recipient"], "Final-Recipient")
+        if "original-recipient" in f:
+            _dsn_typed(f["original-recipient"], "Original-Recipient")
+        action = f["action"].lower()
+        m = re.match(r"^([245])\.\d{1,3}\.\d{1,3}$", f["status"])
+        if not m:
+            raise AssertionError("DSN: Status %r is not an RFC 3463 code" % f["status"])
+        want = {"failed": "45", "delayed": "4", "delivered": "2", "relayed": "2",
+                "expanded": "2"}.get(action)
+        if want is None:
+            raise AssertionError("DSN: Action %r" % f["action"])
+        if m.group(1) not in want:
+            raise AssertionError("DSN: Action %s with Status %s" % (action, f["status"]))
+        if "remote-mta" in f:
+            _dsn_typed(f["remote-mta"], "Remote-MTA")
+        if "diagnostic-code" in f:
+            _dsn_typed(f["diagnostic-code"], "Diagnostic-Code")
+        if "last-attempt-date" in f and email.utils.parsedate_tz(f["last-attempt-date"]) is None:
+            raise AssertionError("DSN: Last-Attempt-Date does not parse")
+        recipients.append(f)
+    returned, returned_type = None, None
+    if len(parts) == 3:
+        returned_type = parts[2].get_content_type()
+        kinds = {"text/rfc822-headers": "hdrs", "message/global-headers": "hdrs",
+                 "message/rfc822": "full", "message/global": "full"}
+        if returned_type not in kinds:
+            raise AssertionError("DSN: third part is %s" % returned_type)
+        tail = chunks[3] if len(chunks) > 3 else b""
+        returned = tail.split(b"\r\n\r\n", 1)[1] if b"\r\n\r\n" in tail else b""
+        if ret is not None and kinds[returned_type] != ret:
+            raise AssertionError("DSN: returned %s, wanted RET=%s" % (returned_type, ret))
+        if kinds[returned_type] == "hdrs" and b"\r\n\r\n" in returned.rstrip(b"\r\n"):
+            raise AssertionError("DSN: returned headers carry a body")
+    elif ret is not None:
+        raise AssertionError("DSN: nothing returned, wanted RET=%s" % ret)
+    return DsnReport(msg, human, report_type, per_message, recipients, returned, returned_type)

@@ -3,8 +3,8 @@
 
 Real processes on loopback: the daemon ($SLUICE_BUILD/core/server/sluiced),
 the receiving sink ($SLUICE_BUILD/bench/sluice-sink --store), dnsmasq for
-MX records, and for answers dnsmasq cannot give (null MX "MX 0 .") a tiny
-UDP DNS responder written here with struct. Assertions are on what the sink
+MX records, and for answers dnsmasq cannot give (null MX "MX 0 .") the
+small UDP DNS responder st.FakeDns. Assertions are on what the sink
 stored (.eml + .json) and on the accounting log (acct JSON lines).
 Every process started here is stopped by pid before the test ends.
 """
@@ -12,7 +12,6 @@ import re
 import os
 import shutil
 import socket
-import struct
 import sys
 import threading
 import time
@@ -26,73 +25,7 @@ FAST_QUEUE = 'queue {\n    retry = "1s,1s,2s";\n    retry_jitter = 0;\n    scan_
 
 # ------------------------------------------------------------------ helpers
 
-class FakeDns:
-    """A minimal authoritative UDP DNS responder on 127.0.0.1 (a thread).
-    records: {(name, "MX"|"A"): [...]} with MX values (pref, host) (host ""
-    = the root, i.e. null MX) and A values "1.2.3.4"; nxdomain: set of names.
-    Other questions get NOERROR with no answer (NODATA)."""
-
-    TYPES = {1: "A", 15: "MX", 28: "AAAA"}
-
-    def __init__(self, records, nxdomain=()):
-        self.records = records
-        self.nxdomain = set(nxdomain)
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.1)
-        self.port = self.sock.getsockname()[1]
-        self.queries = []
-        self.stopping = False
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-        self.thread.start()
-
-    @staticmethod
-    def encode_name(name):
-        out = b""
-        for label in [l for l in name.split(".") if l]:
-            out += bytes([len(label)]) + label.encode()
-        return out + b"\x00"
-
-    def answer(self, q):
-        i, labels = 12, []
-        while q[i] != 0:
-            n = q[i]
-            labels.append(q[i + 1:i + 1 + n].decode().lower())
-            i += 1 + n
-        name = ".".join(labels)
-        qtype = struct.unpack(">H", q[i + 1:i + 3])[0]
-        question = q[12:i + 5]
-        self.queries.append((name, self.TYPES.get(qtype, qtype)))
-        rcode = 3 if name in self.nxdomain else 0
-        answers = b""
-        count = 0
-        for v in self.records.get((name, self.TYPES.get(qtype)), []) if rcode == 0 else []:
-            if qtype == 15:
-                rdata = struct.pack(">H", v[0]) + self.encode_name(v[1])
-            else:
-                rdata = socket.inet_aton(v)
-            answers += b"\xc0\x0c" + struct.pack(">HHIH", qtype, 1, 300, len(rdata)) + rdata
-            count += 1
-        flags = 0x8400 | (struct.unpack(">H", q[2:4])[0] & 0x0100) | 0x0080 | rcode
-        return q[:2] + struct.pack(">HHHHH", flags, 1, count, 0, 0) + question + answers
-
-    def serve(self):
-        while not self.stopping:
-            try:
-                q, addr = self.sock.recvfrom(512)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            try:
-                self.sock.sendto(self.answer(q), addr)
-            except Exception:
-                pass
-
-    def stop(self):
-        self.stopping = True
-        self.thread.join(5)
-        self.sock.close()
+FakeDns = st.FakeDns  # moved to sluicetest.py (null MX, TTLs, SERVFAIL)
 
 
 class RawServer:
@@ -367,6 +300,8 @@ class DeliveryTest(unittest.TestCase):
         self.assertIn("multipart/report", text)
         self.assertIn("permfail@a.example", text)
         self.assertIn("5.1.1", text)
+        rep = st.check_dsn(raw, ret="hdrs")  # RFC 3464, parsed with the email package
+        self.assertEqual(rep.recipient("permfail@a.example")["status"], "5.1.1")
         d.wait_queue(0)
         d.stop()
 

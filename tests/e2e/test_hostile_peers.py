@@ -177,6 +177,7 @@ class HostilePeers(unittest.TestCase):
             st.wait_for(lambda: servers["bounces.test"].message_count() >= 1, 30,
                         what="the DSN")
             self.assertIn(b"multipart/report", servers["bounces.test"].messages[0]["data"])
+            st.check_dsn(servers["bounces.test"].messages[0]["data"])  # RFC 3464
             # verify + wrong name: deferred again, never delivered
             st.wait_for(lambda: len(acct(d, "transient", "u@mismatch.test")) >= 2, 20,
                         what="a second deferral for the mismatch")

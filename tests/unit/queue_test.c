@@ -795,15 +795,9 @@ static void test_bounce_expire_dsn(void **state)
     assert_true(strncmp(ds, "Reporting-MTA: dns; mta.test\r\n", 30) == 0);
     assert_non_null(strstr(ds, "Arrival-Date: "));
     assert_non_null(strstr(ds, "Final-Recipient: rfc822; rcpt0@example.org\r\n"));
-    /* rcpt2 shares the DSN when both outcomes landed in one batch (the usual
-     * case); otherwise it gets its own, right after */
-    queue_dispatch_t *dsn2 = NULL;
-    if (strstr(ds, "Final-Recipient: rfc822; rcpt2@example.org\r\n") == NULL) {
-        dsn2 = tdisp_pop(&t, 5000);
-        assert_non_null(dsn2);
-        assert_non_null(strstr(dsn2->qd_body, "Final-Recipient: rfc822; rcpt2@example.org\r\n"));
-    }
-    int ndsn = dsn2 ? 2 : 1;
+    /* rcpt2 shares it: one DSN per message per delivery round, however
+     * the outcomes were batched */
+    assert_non_null(strstr(ds, "Final-Recipient: rfc822; rcpt2@example.org\r\n"));
     assert_null(strstr(ds, "rcpt1@example.org")); /* delivered: not reported */
     assert_non_null(strstr(ds, "Action: failed\r\nStatus: 5.1.1\r\n"));
     assert_non_null(strstr(ds, "Remote-MTA: dns; mx.example.org\r\n"));
@@ -827,10 +821,6 @@ static void test_bounce_expire_dsn(void **state)
     pthread_mutex_unlock(&t.lock);
     queue_outcome_submit(q, mkout(dsn->qd_msgid, 0, Q_OUT_BOUNCED, 550, "5.1.1", "gone"));
     queue_dispatch_free(dsn);
-    if (dsn2) {
-        queue_outcome_submit(q, mkout(dsn2->qd_msgid, 0, Q_OUT_BOUNCED, 550, "5.1.1", "gone"));
-        queue_dispatch_free(dsn2);
-    }
     wait_rcpts(q, 0);
     assert_null(tdisp_pop(&t, 300));
 
@@ -846,13 +836,246 @@ static void test_bounce_expire_dsn(void **state)
     assert_non_null(ds);
     assert_non_null(strstr(ds, "Status: 4.4.7\r\n"));
     assert_non_null(strstr(ds, "Action: failed\r\n"));
+    /* the reply as the server gave it, not with the expiry's status */
+    assert_non_null(strstr(ds, "Diagnostic-Code: smtp; 451 4.3.0 try later\r\n"));
     answer(q, &t, dsn, Q_OUT_DELIVERED);
     wait_rcpts(q, 0);
     assert_check_ok(q, 0, 0);
     queue_stop(q);
-    assert_int_equal(acct_count("bounce", NULL), 2 + ndsn);
+    assert_int_equal(acct_count("bounce", NULL), 2 + 1);
     assert_int_equal(acct_count("expired", NULL), 1);
     assert_int_equal(acct_count("delivery", NULL), 2);
+    queue_free(q);
+    tdisp_destroy(&t);
+    cfg_unref(c);
+}
+
+/* Submit one message built by the caller and wait for its commit. */
+static void submit_one(queue_t *q, queue_msg_in_t *m)
+{
+    waiter_t w;
+    memset(&w, 0, sizeof(w));
+    assert_int_equal(uv_loop_init(&w.loop), 0);
+    w.want = 1;
+    w.ch = chan_new(&w.loop, waiter_cb, &w);
+    m->qm_reply = w.ch;
+    queue_submit(q, m);
+    uv_run(&w.loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&w.loop), 0);
+    assert_int_equal(w.ok, 1);
+}
+
+/* The last accounting record of type (caller puts), or NULL. */
+static json_object *acct_last(const char *type)
+{
+    char path[400];
+    snprintf(path, sizeof(path), "%s/log/acct.jsonl", tmpdir);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    char *line = NULL;
+    size_t cap = 0;
+    json_object *found = NULL;
+    while (getline(&line, &cap, f) > 0) {
+        json_object *o = json_tokener_parse(line), *v;
+        if (o && json_object_object_get_ex(o, "type", &v) &&
+            strcmp(json_object_get_string(v), type) == 0) {
+            json_object_put(found);
+            found = o;
+        } else {
+            json_object_put(o);
+        }
+    }
+    free(line);
+    fclose(f);
+    return found;
+}
+
+static int count_str(const char *hay, const char *needle)
+{
+    int n = 0;
+    for (const char *p = hay; (p = strstr(p, needle)) != NULL; p += strlen(needle))
+        n++;
+    return n;
+}
+
+/* Outcomes of one message that come back in many batches, some while
+ * others are still out, make one DSN, written when the last comes back
+ * (its delivery round ends); its accounting records name the message
+ * and the job they report on. */
+static void test_dsn_one_per_round(void **state)
+{
+    (void)state;
+    cfg_t *c = mkcfg();
+    free(c->c_hostname);
+    c->c_hostname = xstrdup("mta.test");
+    queue_t *q = open_q(c);
+    tdisp_t t;
+    tdisp_init(&t);
+    queue_set_dispatcher(q, tdisp_fn, &t);
+    assert_int_equal(queue_start(q), 0);
+    waiter_t w;
+    submit_n(q, &w, 1, 40, "example.org", 200, 0);
+    uint64_t id = w.ids[0];
+    free(w.ids);
+    queue_dispatch_t *d = tdisp_pop(&t, 3000);
+    assert_non_null(d);
+    assert_int_equal(d->qd_nrcpt, 40);
+    pthread_mutex_lock(&t.lock);
+    t.in_flight -= 40;
+    pthread_mutex_unlock(&t.lock);
+    /* 30 bounce, 5 are delivered, 5 deferred; one at a time, with pauses
+     * so that they land in many outcome batches */
+    for (int i = 0; i < 40; i++) {
+        queue_result_t r = i < 30 ? Q_OUT_BOUNCED : i < 35 ? Q_OUT_DELIVERED : Q_OUT_DEFERRED;
+        queue_outcome_submit(
+            q, r == Q_OUT_BOUNCED     ? mkout(id, (uint32_t)i, r, 550, "5.1.1", "no such user")
+               : r == Q_OUT_DELIVERED ? mkout(id, (uint32_t)i, r, 250, "2.0.0", "ok")
+                                      : mkout(id, (uint32_t)i, r, 451, "4.3.0", "later"));
+        if (i % 4 == 0)
+            usleep(20000);
+        if (i == 20) { /* the round is not over: nothing yet */
+            usleep(100000);
+            assert_null(tdisp_pop(&t, 100));
+            assert_int_equal(acct_count("bounce", NULL), 0);
+        }
+    }
+    queue_dispatch_free(d);
+    queue_dispatch_t *dsn = tdisp_pop(&t, 5000);
+    assert_non_null(dsn);
+    assert_string_equal(dsn->qd_sender, "");
+    assert_int_equal(count_str(dsn->qd_body, "Final-Recipient: "), 30);
+    assert_int_equal(count_str(dsn->qd_body, "Action: failed\r\n"), 30);
+    assert_null(strstr(dsn->qd_body, "rcpt35@"));              /* deferred: not reported */
+    assert_non_null(strstr(dsn->qd_body, "Undelivered Mail")); /* the subject */
+    assert_int_equal(acct_count("bounce", NULL), 30);
+    /* the DSN's own records: linked to what it reports */
+    answer(q, &t, dsn, Q_OUT_DELIVERED);
+    assert_null(tdisp_pop(&t, 300)); /* one DSN, not one per batch */
+    for (int i = 0; i < 200 && acct_count("delivery", NULL) < 6; i++)
+        usleep(10000);
+    queue_stop(q);
+    json_object *o = acct_last("delivery");
+    assert_non_null(o);
+    json_object *df;
+    assert_true(json_object_object_get_ex(o, "dsn_for", &df));
+    char idbuf[17];
+    assert_string_equal(jstr(df, "msgid"), queue_msgid_fmt(id, idbuf));
+    assert_string_equal(jstr(df, "job"), "job-\"7\"");
+    assert_string_equal(jstr(o, "sender"), "");
+    json_object_put(o);
+    queue_free(q);
+    tdisp_destroy(&t);
+    cfg_unref(c);
+}
+
+/* The fields of a DSN: ENVID and ORCPT decoded from xtext (and left
+ * encoded when decoding would put a line break in a header), "relayed"
+ * for NOTIFY=SUCCESS to a next hop without DSN and nothing when it has
+ * DSN, a local failure without "host ... said" nor Remote-MTA, and at
+ * expiry the last reply a server gave, not the last local deferral. */
+static void test_dsn_fields(void **state)
+{
+    (void)state;
+    cfg_t *c = mkcfg();
+    c->c_max_age = 3600;
+    free(c->c_hostname);
+    c->c_hostname = xstrdup("mta.test");
+    queue_t *q = open_q(c);
+    tdisp_t t;
+    tdisp_init(&t);
+    queue_set_dispatcher(q, tdisp_fn, &t);
+    assert_int_equal(queue_start(q), 0);
+
+    queue_msg_in_t *m = mkmsg(5, "example.org", 200, 0);
+    uint64_t id = m->qm_id;
+    m->qm_envid = xstrdup("QQ+2B1+3Dx");
+    m->qm_rcpts[0].qr_orcpt = xstrdup("rfc822;a+2Bb@example.org");
+    m->qm_rcpts[0].qr_notify = Q_NOTIFY_FAILURE;
+    m->qm_rcpts[1].qr_orcpt = xstrdup("rfc822;evil+0D+0AX-Injected:+20yes@example.org");
+    m->qm_rcpts[2].qr_notify = Q_NOTIFY_SUCCESS; /* next hop without DSN: relayed */
+    m->qm_rcpts[3].qr_notify = Q_NOTIFY_SUCCESS; /* next hop with DSN: its own report */
+    m->qm_rcpts[4].qr_notify = Q_NOTIFY_NEVER;   /* bounces silently */
+    submit_one(q, m);
+    queue_dispatch_t *d = tdisp_pop(&t, 3000);
+    assert_non_null(d);
+    assert_int_equal(d->qd_nrcpt, 5);
+    pthread_mutex_lock(&t.lock);
+    t.in_flight -= 5;
+    pthread_mutex_unlock(&t.lock);
+    queue_outcome_submit(q, mkout(id, 0, Q_OUT_BOUNCED, 550, "5.1.1", "no such user"));
+    queue_outcome_t *lo = mkout(id, 1, Q_OUT_BOUNCED, 0, "5.6.7", "SMTPUTF8 required");
+    lo->qo_code = 0; /* decided here: no server said it */
+    queue_outcome_submit(q, lo);
+    queue_outcome_submit(q, mkout(id, 2, Q_OUT_DELIVERED, 250, "2.0.0", "ok"));
+    queue_outcome_t *po = mkout(id, 3, Q_OUT_DELIVERED, 250, "2.0.0", "ok");
+    po->qo_peer_dsn = true;
+    queue_outcome_submit(q, po);
+    queue_outcome_submit(q, mkout(id, 4, Q_OUT_BOUNCED, 550, "5.1.1", "no such user"));
+    queue_dispatch_free(d);
+    queue_dispatch_t *dsn = tdisp_pop(&t, 5000);
+    assert_non_null(dsn);
+    const char *b = dsn->qd_body;
+    const char *ds = part(b, "Content-Type: message/delivery-status");
+    assert_non_null(ds);
+    assert_true(
+        strncmp(ds, "Original-Envelope-Id: QQ+1=x\r\nReporting-MTA: dns; mta.test\r\n", 59) == 0);
+    assert_non_null(strstr(ds, "Original-Recipient: rfc822; a+b@example.org\r\n"
+                               "Final-Recipient: rfc822; rcpt0@example.org\r\n"));
+    /* a CR LF inside would start a header field: kept as sent */
+    assert_non_null(strstr(ds, "Original-Recipient: rfc822; "
+                               "evil+0D+0AX-Injected:+20yes@example.org\r\n"));
+    assert_null(strstr(b, "\r\nX-Injected"));
+    /* the local failure: sluice's words, no remote MTA */
+    const char *r1 = strstr(ds, "Final-Recipient: rfc822; rcpt1@example.org\r\n");
+    assert_non_null(r1);
+    const char *r1end = strstr(r1, "\r\n\r\n");
+    assert_non_null(r1end);
+    assert_non_null(strstr(r1, "Diagnostic-Code: X-Sluice; SMTPUTF8 required\r\n"));
+    const char *rm = strstr(r1, "Remote-MTA:");
+    assert_true(rm == NULL || rm > r1end);
+    assert_non_null(strstr(b, "<rcpt1@example.org>: SMTPUTF8 required\r\n"));
+    assert_non_null(strstr(b, "<rcpt0@example.org>: host mx.example.org said: 550 5.1.1 no such "
+                              "user\r\n"));
+    /* relayed (no DSN at the next hop), and nothing for the one with DSN
+     * or with NOTIFY=NEVER */
+    assert_non_null(strstr(ds, "Final-Recipient: rfc822; rcpt2@example.org\r\n"
+                               "Action: relayed\r\nStatus: 2.0.0\r\n"
+                               "Remote-MTA: dns; mx.example.org\r\n"));
+    assert_null(strstr(ds, "rcpt3@"));
+    assert_null(strstr(ds, "rcpt4@"));
+    answer(q, &t, dsn, Q_OUT_DELIVERED);
+    assert_null(tdisp_pop(&t, 300));
+
+    /* expiry: a server's 451, then local deferrals, then the deadline */
+    queue_msg_in_t *m2 = mkmsg(1, "example.org", 200, clock_now_s() - 3600 + 2);
+    uint64_t id2 = m2->qm_id;
+    submit_one(q, m2);
+    d = tdisp_pop(&t, 3000);
+    assert_non_null(d);
+    answer(q, &t, d, Q_OUT_DEFERRED); /* 451 4.3.0 try later, from mx.example.org */
+    d = tdisp_pop(&t, 6000);          /* at the deadline, one last try */
+    assert_non_null(d);
+    assert_int_equal(d->qd_msgid, id2);
+    pthread_mutex_lock(&t.lock);
+    t.in_flight -= 1;
+    pthread_mutex_unlock(&t.lock);
+    queue_outcome_t *down = mkout(id2, 0, Q_OUT_DEFERRED, 0, "4.4.1", "destination marked down");
+    free(down->qo_mx);
+    down->qo_mx = NULL;
+    queue_outcome_submit(q, down);
+    queue_dispatch_free(d);
+    dsn = tdisp_pop(&t, 5000);
+    assert_non_null(dsn);
+    ds = part(dsn->qd_body, "Content-Type: message/delivery-status");
+    assert_non_null(ds);
+    assert_non_null(strstr(ds, "Action: failed\r\nStatus: 4.4.7\r\n"
+                               "Remote-MTA: dns; mx.example.org\r\n"
+                               "Diagnostic-Code: smtp; 451 4.3.0 try later\r\n"));
+    assert_non_null(strstr(dsn->qd_body, "(last attempt: destination marked down)"));
+    answer(q, &t, dsn, Q_OUT_DELIVERED);
+    wait_rcpts(q, 0);
+    assert_check_ok(q, 0, 0);
+    queue_stop(q);
     queue_free(q);
     tdisp_destroy(&t);
     cfg_unref(c);
@@ -991,6 +1214,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_deliver_removes, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_defer_schedule, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_bounce_expire_dsn, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_dsn_one_per_round, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_dsn_fields, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_active_window, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_restart_redispatch, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_bench_group_commit, setup_dir, teardown_dir),
