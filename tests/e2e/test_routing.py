@@ -224,12 +224,11 @@ class RoutingTest(unittest.TestCase):
         self.assertEqual([r["attempt"] for r in recs], [1, 2, 3, 4, 5])
 
         def unix(r):
-            import datetime
-            t = datetime.datetime.strptime(r["time"], "%Y-%m-%dT%H:%M:%S.%fZ")
-            return t.replace(tzinfo=datetime.timezone.utc).timestamp()
+            return st.unix_time(r["time"])
         want = [1, 2, 4, 4, 4]
         for r, delay in zip(recs, want):
-            self.assertEqual(r["next_attempt"] - int(unix(r)), delay, r)
+            # the retry is due at a whole second: the record's second + delay
+            self.assertEqual(st.unix_time(r["next_attempt"]) - int(unix(r)), delay, r)
         for a, b, delay in zip(recs, recs[1:], want):
             gap = unix(b) - unix(a)
             # due at a whole second: up to 1 s early, scan and load late
