@@ -213,7 +213,7 @@ struct queue {
 };
 
 /* Debug builds check that queue-thread-only code runs there. */
-#define Q_ASSERT_QUEUE_THREAD(q) assert(pthread_equal(pthread_self(), (q)->q_tid))
+#define Q_ASSERT_QUEUE_THREAD(q) SL_ASSERT_ON_THREAD((q)->q_tid)
 
 /* Grow the map (doubling up to max_size) after MDB_MAP_FULL. 0 when grown,
  * SL_EFULL at the maximum. Queue thread, no transaction open. */

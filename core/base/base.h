@@ -61,6 +61,26 @@ enum {
 /* A static string for a project code or a negative errno. Any thread. */
 const char *sl_strerror(int err);
 
+/* ------------------------------------------------------------- assertions
+ *
+ * A broken invariant is a bug (STYLE.md's third tier): SL_ASSERT logs the
+ * expression with file:line and aborts, so that it dumps core, in every
+ * build (Postfix's msg_panic, Redis's serverAssert). SL_DEBUG_ASSERT is
+ * compiled out with NDEBUG (release builds): for checks on a hot path, such
+ * as the thread-ownership notes below. SL_ASSERT_ON_THREAD(tid): the caller
+ * runs on thread tid ("delivery thread only", "reception thread only",
+ * "queue thread only" in a function's Thread: note). */
+_Noreturn void sl_assert_fail(const char *expr, const char *file, int line, const char *func);
+#define SL_ASSERT(cond)                                                                            \
+    (LIKELY(cond) ? (void)0 : sl_assert_fail(#cond, __FILE__, __LINE__, __func__))
+#ifdef NDEBUG
+#define SL_DEBUG_ASSERT(cond) ((void)0)
+#else
+#define SL_DEBUG_ASSERT(cond) SL_ASSERT(cond)
+#endif
+#define SL_ASSERT_ON_THREAD(tid)                                                                   \
+    SL_DEBUG_ASSERT(uv_thread_equal(&(uv_thread_t){uv_thread_self()}, &(tid)))
+
 /* ---------------------------------------------------------------- memory */
 
 /* Allocate or abort ("x" = aborts instead of failing). Any thread. */

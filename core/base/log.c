@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
@@ -164,4 +165,10 @@ const char *log_escn(const char *s, size_t len)
 const char *log_esc(const char *s)
 {
     return s == NULL ? "" : log_escn(s, strlen(s));
+}
+
+void sl_assert_fail(const char *expr, const char *file, int line, const char *func)
+{
+    log_write(LOG_ERROR, "assertion failed: %s (%s:%d, %s)", expr, file, line, func);
+    abort();
 }
