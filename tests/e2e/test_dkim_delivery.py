@@ -355,4 +355,4 @@ class DkimDelivery(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    st.main()

@@ -25,7 +25,10 @@ import unittest
 
 import dkim
 
-BUILD = os.environ.get("SLUICE_BUILD", "build")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sluicetest as st  # noqa: E402
+
+BUILD = st.BUILD
 TOOL = os.path.join(BUILD, "bench", "dkim-bench")
 
 CRLF = b"\r\n"
@@ -321,4 +324,4 @@ class DkimVerify(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    st.main()

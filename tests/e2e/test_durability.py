@@ -52,4 +52,4 @@ class Durability(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    st.main()

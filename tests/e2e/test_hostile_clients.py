@@ -365,4 +365,4 @@ class StarvedLoop(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    st.main()

@@ -204,4 +204,4 @@ class HostilePeers(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    st.main()

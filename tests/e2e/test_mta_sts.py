@@ -392,4 +392,4 @@ class MtaStsTest(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    st.main()

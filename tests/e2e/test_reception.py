@@ -289,4 +289,4 @@ class ReceptionHeadersAndSpool(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    st.main()

@@ -355,4 +355,4 @@ class Resources(unittest.TestCase):
                   file=sys.stderr)
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    st.main()

@@ -134,4 +134,4 @@ class Security(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    st.main()

@@ -463,4 +463,4 @@ class ShapingTest(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main()
+    st.main()

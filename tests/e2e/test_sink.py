@@ -14,11 +14,15 @@ import smtplib
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 import unittest
 
-BUILD = os.environ.get("SLUICE_BUILD", os.path.join(os.path.dirname(__file__), "../../build"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sluicetest as st  # noqa: E402
+
+BUILD = st.BUILD
 SINK = os.path.join(BUILD, "bench", "sluice-sink")
 
 
@@ -354,4 +358,4 @@ class SinkTest(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    st.main()

@@ -120,4 +120,4 @@ class SourceSmoke(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    st.main()
