@@ -461,7 +461,8 @@ class Daemon:
     Attributes: dir, conf_path, spool, ctl_socket, acct_dir, cert, key,
     smtp_port, smtp_host, stderr_path, proc, exit_code. smtp_port and
     closed_port are reserved with free_port() until cleanup(): the daemon
-    finds its port again after a restart.
+    finds its port again after a restart. start() returns once sluiced said
+    it is ready.
 
     In a unittest, self.addCleanup(d.close) stops it at the end of the test
     and fails the test unless it exited 0 without a sanitizer report.
@@ -511,13 +512,23 @@ class Daemon:
 
     # -- process control
 
+    READY = " ready: config="  # sluiced's last start-up line (log level info)
+
     def start(self, timeout=30, wait=True):
         """Start sluiced -c conf_path (stderr to stderr_path) and, with
-        wait, return once the control socket and the SMTP port answer.
-        Raises RuntimeError with the daemon's stderr if it exits first."""
+        wait, return once the control socket and the SMTP port answer and
+        the daemon has logged that it is ready (every thread started, the
+        privileges dropped; not awaited when the configuration logs at warn
+        or error only). Raises RuntimeError with the daemon's stderr if it
+        exits first."""
         if self.proc is not None and self.proc.poll() is None:
             raise RuntimeError("already running")
         self.exit_code = None
+        readies = self.stderr().count(self.READY)
+        with open(self.conf_path) as f:
+            # the ready line is not on stderr with a log file or above info
+            quiet = re.search(r"(?m)^\s*(level\s*=\s*\"?(warn|error)\b|file\s*=)",
+                              f.read()) is not None
         self._err = open(self.stderr_path, "ab")
         self.proc = subprocess.Popen(self.wrapper + [self.sluiced, "-c", self.conf_path],
                                      stdin=subprocess.DEVNULL,
@@ -528,6 +539,12 @@ class Daemon:
             try:
                 wait_for_socket(self.ctl_socket, timeout, self.proc)
                 wait_for_port(self.smtp_host, self.smtp_port, timeout, self.proc)
+                if not quiet:
+                    def ready():
+                        if self.proc.poll() is not None:
+                            raise RuntimeError("sluiced exited with %s" % self.proc.returncode)
+                        return self.stderr().count(self.READY) > readies
+                    wait_for(ready, timeout, what="sluiced's ready line")
             except (RuntimeError, TimeoutError) as e:
                 self.kill9()
                 raise RuntimeError("sluiced did not start: %s\n--- stderr ---\n%s"
