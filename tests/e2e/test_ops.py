@@ -151,7 +151,7 @@ class OpsTest(unittest.TestCase):
         d = self.daemon()
         self.ctl_json(d, "suspend", "--all")
         r = st.run([st.SOURCE, "-s", "127.0.0.1:%d" % d.smtp_port, "-n", "700", "-r", "100",
-                    "-d", "7", "-c", "4", "-S", "300", "-f", "src@example.com"], timeout=240)
+                    "-d", "7", "-c", "4", "-S", "300", "-f", "src@example.com"], timeout=120)
         self.assertEqual(r.rc, 0, r)
         t0 = time.monotonic()
         q = self.ctl_json(d, "queues")

@@ -109,7 +109,7 @@ class Resources(unittest.TestCase):
             self.assertEqual(res2.get("accepted"), 200, res2)
             # and after a restart everything acknowledged is still there
             d.stop()
-            r = st.run([st.SLUICED, "-c", d.conf_path, "--check-spool"], timeout=120)
+            r = st.run([st.SLUICED, "-c", d.conf_path, "--check-spool"], timeout=60)
             self.assertEqual(r.rc, 0, r.out + r.err)
             d.start()
             queued = {m["id"] for m in d.request({"cmd": "list", "limit": 1000000},
@@ -313,7 +313,7 @@ class Resources(unittest.TestCase):
         for t in threads:
             t.start()
         for t in threads:
-            t.join(180)
+            t.join(120)
         return codes
 
     @staticmethod
