@@ -952,7 +952,7 @@ class Peer:
     Keyword switches map to peer_smtp.py's options (see its docstring):
     pipelining=True, no_8bitmime=True, smtputf8=True, dsn=True, size=N,
     no_size=True, starttls=True (a fresh self-signed certificate),
-    starttls_reply, ehlo_reply, greeting, mail_reply, data_reply,
+    starttls_reply, ehlo_reply, greeting, greeting_delay=SECONDS, mail_reply, data_reply,
     hangup_in_data=N, wire=True, rcpt_reply=[...], eom_reply=[...],
     max_rcpts="N[:TEXT]". Attributes: dir, port, proc. stop() checks that
     it exited 0."""
