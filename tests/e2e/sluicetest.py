@@ -184,10 +184,24 @@ def keep_tmp():
     return os.environ.get("SLUICE_KEEP_TMP", "") not in ("", "0")
 
 
+_base_tmp = None  # this test file's own directory for its temporary directories
+
+
 def make_tmpdir(prefix="sluice-e2e-"):
     """A new temporary directory (mode 0755, so that a test can run a
-    client as another user inside it). The caller removes it (rmtree)."""
-    d = tempfile.mkdtemp(prefix=prefix)
+    client as another user inside it). The caller removes it (rmtree).
+
+    It lives in a directory of this test file's own (/tmp/sluice-tests-*,
+    removed at exit unless SLUICE_KEEP_TMP=1): another suite on this
+    machine that cleans up /tmp/sluiced-* or /tmp/sink-* cannot remove a
+    running test's spool or log, and a killed test leaves one directory."""
+    global _base_tmp
+    if _base_tmp is None:
+        _base_tmp = tempfile.mkdtemp(prefix="sluice-tests-")
+        os.chmod(_base_tmp, 0o755)
+        if not keep_tmp():
+            atexit.register(shutil.rmtree, _base_tmp, True)
+    d = tempfile.mkdtemp(prefix=prefix, dir=_base_tmp)
     os.chmod(d, 0o755)
     return d
 

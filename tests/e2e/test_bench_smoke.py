@@ -52,7 +52,7 @@ class SinkProfile(unittest.TestCase):
     """sluice-sink --profile and --hold, which the scenarios rely on."""
 
     def setUp(self):
-        self.dir = tempfile.mkdtemp(prefix="sink-profile-")
+        self.dir = st.make_tmpdir("sink-profile-")
         prof = {"providers": [
             {"name": "big", "domains": ["big.example", "*.big.example"], "max_conns": 1,
              "rate_per_conn": 1, "rate": 0.1, "tempfail_pct": 0, "permfail_pct": 0,
@@ -167,6 +167,7 @@ class BenchSmoke(unittest.TestCase):
         for tool in ("/usr/sbin/postfix", "/usr/bin/gnuplot"):
             if not os.access(tool, os.X_OK):
                 raise AssertionError("%s is missing: .ci/deps installs it (make deps)" % tool)
+        # directly under /tmp: Postfix's socket paths below it must stay under 108 bytes
         cls.out = tempfile.mkdtemp(prefix="bench-smoke-")
         cmd = ["/usr/bin/python3", os.path.join(SRC, "bench", "run"), "--smoke", "--runs", "1",
                "--no-install", "--build-dir", BUILD, "--no-build", "--out", cls.out] + SCENARIOS

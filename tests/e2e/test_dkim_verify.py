@@ -109,7 +109,7 @@ class DkimVerify(unittest.TestCase):
     def setUpClass(cls):
         if not os.access(TOOL, os.X_OK):
             raise RuntimeError("%s is not built: add dkim-bench to bench/CMakeLists.txt" % TOOL)
-        cls.dir = tempfile.mkdtemp(prefix="dkim_e2e.")
+        cls.dir = st.make_tmpdir("dkim_e2e.")
         cls.rsa = os.path.join(cls.dir, "rsa.pem")
         cls.ed = os.path.join(cls.dir, "ed.pem")
         cls.esp = os.path.join(cls.dir, "esp.pem")

@@ -30,7 +30,7 @@ class Sink:
     """One sluice-sink process with its own temporary directory."""
 
     def __init__(self, *args):
-        self.dir = tempfile.mkdtemp(prefix="sink-test-")
+        self.dir = st.make_tmpdir("sink-test-")
         self.store = os.path.join(self.dir, "store")
         self.summary = os.path.join(self.dir, "summary.json")
         self.log = os.path.join(self.dir, "events.jsonl")
