@@ -225,7 +225,10 @@ def free_port(host="127.0.0.1", below=None):
       - with no server on it, a connection is refused at once (RST): a
         closed port, e.g. a route that must defer.
     below: a port under this number (e.g. 1024: root only), tried upwards
-    from 700."""
+    from 700.
+    A server that binds it without SO_REUSEADDR (a plain socket.bind, a
+    socketserver.TCPServer) gets EADDRINUSE: release_port() first, or bind
+    port 0 and read the port back, as Sink and Peer do."""
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
     candidates = [0] if below is None else range(700, below)
     for port in candidates:

@@ -63,7 +63,7 @@ class Security(unittest.TestCase):
         ids = proc_ids(d.proc.pid)
         self.assertEqual(ids["Uid"], want, ids)
         self.assertEqual(ids["Gid"], [str(nobody.pw_gid)] * 4, ids)
-        self.assertNotIn("0", ids.get("Groups", []))
+        self.assertNotIn("0", ids["Groups"])
         for tid in os.listdir("/proc/%d/task" % d.proc.pid):  # every thread
             with open("/proc/%d/task/%s/status" % (d.proc.pid, tid)) as f:
                 uid_line = [l for l in f if l.startswith("Uid:")][0]
