@@ -384,12 +384,17 @@ class ShapingTest(unittest.TestCase):
         to domains of their own (the defaults): every message arrives
         exactly once, and the daemon's stop is clean (under the TSan build:
         no race between a reload and the threads reading the limits)."""
+        # The sink answers [RL] to a quarter of the provider's recipients
+        # whatever the pace (its rate limit alone is never reached when a
+        # loaded machine delivers slower than 6/s: no backoff, seen here).
         profile = os.path.join(self.tmp, "profile.json")
         with open(profile, "w") as f:
             json.dump({"providers": [{
                 "name": "rl", "domains": ["*.rl.test"], "rate": 6,
-                "rate_text": "421 4.7.0 [RL] rate limited, try again later"}]}, f)
-        sink = self.sink("--profile", profile)
+                "rate_text": "421 4.7.0 [RL] rate limited, try again later",
+                "tempfail_pct": 25,
+                "tempfail_text": "421 4.7.0 [RL] rate limited, try again later"}]}, f)
+        sink = self.sink("--profile", profile, "--seed", "7")
         conf = ('global { max_connections = %d; }\n'
                 'defaults { max_messages_per_connection = 1; recover_after = 2;\n'
                 '  recover_factor = 2; backoff { max_connections = %d; message_rate = "%s";\n'
