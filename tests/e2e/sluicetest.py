@@ -119,7 +119,7 @@ class _Result(unittest.TextTestResult):
         super().startTestRun()
 
 
-def _watchdog(budget):
+def _watchdog(budget, name):
     """Within budget seconds the file must be done. At the budget, the
     running test fails with a TimeoutError where it waits (its cleanups
     stop its processes) and no further test starts; 30 s later, whatever
@@ -128,7 +128,7 @@ def _watchdog(budget):
     leaving its daemons running."""
     def hard():
         print("\n%s: still running 30 s after its %d s budget: killing everything"
-              % (os.path.basename(sys.argv[0]), budget), file=sys.stderr, flush=True)
+              % (name, budget), file=sys.stderr, flush=True)
         _kill_leftovers()
         os._exit(1)
 
@@ -153,7 +153,7 @@ def main(module="__main__", argv=None):
     TIMEOUT), a watchdog fails the file 30 s before ctest would kill it."""
     budget = int(os.environ.get("SLUICE_TEST_TIMEOUT", "0") or 0)
     if budget > 60:
-        _watchdog(budget - 30)
+        _watchdog(budget - 30, getattr(module, "__file__", None) or sys.argv[0])
     prog = unittest.main(module=module, argv=argv, exit=False, verbosity=2,
                          testRunner=unittest.TextTestRunner(resultclass=_Result, verbosity=2))
     signal.alarm(0)
@@ -355,8 +355,7 @@ def runnable_by_anyone(path):
     if not path.startswith(os.path.abspath(BUILD) + os.sep):
         return path
     if path not in _copies:
-        d = make_tmpdir("sluice-bin-")
-        atexit.register(shutil.rmtree, d, True)
+        d = make_tmpdir("sluice-bin-")  # removed at exit with the file's directory
         dst = os.path.join(d, os.path.basename(path))
         shutil.copy2(path, dst)
         os.chmod(dst, 0o755)

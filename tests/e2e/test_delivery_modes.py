@@ -21,21 +21,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sluicetest as st  # noqa: E402
-
-FAST_QUEUE = ('queue {\n    retry = "1s,1s,2s";\n    retry_jitter = 0;\n'
-              '    scan_interval = 100ms;\n}\n')
-
-
-def send(d, rcpts, sender="sender@s.example", subject="modes"):
-    msg = ("From: <%s>\r\nTo: <%s>\r\nSubject: %s\r\n\r\nbody\r\n"
-           % (sender, rcpts[0], subject)).encode()
-    with d.smtp() as c:
-        c.sendmail(sender, rcpts, msg)
-
-
-def acct(d, type_, rcpt=None):
-    return [r for r in d.accounting()
-            if r.get("type") == type_ and (rcpt is None or r.get("recipient") == rcpt)]
+from test_delivery import acct, make_daemon, send  # noqa: E402
 
 
 class DeliveryModes(unittest.TestCase):
@@ -46,16 +32,11 @@ class DeliveryModes(unittest.TestCase):
         return p
 
     def daemon(self, delivery="", smarthost=None, routes=None):
-        """A daemon with these delivery lines; smarthost: "host:port" or
-        None (the generated one: a closed port)."""
-        d = st.Daemon(routes=routes if routes is not None else {})
-        text = d.default_conf()
+        """A daemon with these delivery lines and routes, and smarthost
+        ("host:port") if given."""
         if smarthost is not None:
-            text = text.replace('smarthost = "127.0.0.1:%d"' % d.closed_port,
-                                'smarthost = "%s"' % smarthost, 1)
-        text = text.replace("delivery {\n", "delivery {\n" + delivery, 1) + FAST_QUEUE
-        with open(d.conf_path, "w") as f:
-            f.write(text)
+            delivery += '    smarthost = "%s";\n' % smarthost
+        d = make_daemon(routes=routes, delivery=delivery)
         self.addCleanup(d.close)
         d.start()
         return d

@@ -27,29 +27,15 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sluicetest as st  # noqa: E402
+from test_delivery import FAST_QUEUE  # noqa: E402
+from test_shaping import check_not_faster, inject  # noqa: E402
 
-FAST_QUEUE = ('queue {\n    retry = "1s,1s,2s";\n    retry_jitter = 0;\n'
-              '    scan_interval = 100ms;\n}\n')
 VMTAS = ('virtual_mtas {\n'
          '  a { source = "127.0.0.2"; ehlo = "a.sluice.test"; }\n'
          '  b { source = "127.0.0.3"; ehlo = "b.sluice.test"; }\n'
          '  c { source = "127.0.0.4"; ehlo = "c.sluice.test"; }\n'
          '}\n')
 PASSWORD = "pool secret"
-
-
-def inject(d, n, domain, local="u", headers="", login=None):
-    """n messages of one recipient each over one SMTP session (AUTH as
-    login=(user, password) when given). Returns the recipients."""
-    rcpts = ["%s%d@%s" % (local, i, domain) for i in range(n)]
-    with d.smtp() as c:
-        c.ehlo("inject.example")
-        if login:
-            c.login(*login)
-        for r in rcpts:
-            c.sendmail("s@s.example", [r], ("From: <s@s.example>\r\nTo: <%s>\r\nSubject: %s\r\n"
-                                            "%s\r\nbody\r\n" % (r, r, headers)).encode())
-    return rcpts
 
 
 class ShapingLimits(unittest.TestCase):
@@ -93,13 +79,6 @@ class ShapingLimits(unittest.TestCase):
             return len(t) >= n and t
         return st.wait_for(read, 15, what="%d connect events in the sink's log" % n)
 
-    def assert_not_faster(self, times, rate, t0, what):
-        """The k-th (from 0) of times not before t0 + (k - 2) / rate: a token
-        bucket of `rate`/s with a tolerance of two tokens allows no more."""
-        for k, t in enumerate(sorted(times)):
-            self.assertGreaterEqual(t - t0, (k - 2) / rate,
-                                    "%s: event %d after %.2fs at %g/s" % (what, k, t - t0, rate))
-
     # -- messages per connection
 
     def test_max_messages_per_connection(self):
@@ -138,7 +117,7 @@ class ShapingLimits(unittest.TestCase):
         sink.wait_messages(10, timeout=60)
         times = self.connects(sink, 10)
         self.assertEqual(len(times), 10)
-        self.assert_not_faster(times, 2, t0, "connection_rate 2/s")
+        check_not_faster(self, times, 2, t0, "connection_rate 2/s")
 
     # -- provider totals across virtual MTAs
 
@@ -176,7 +155,7 @@ class ShapingLimits(unittest.TestCase):
         inject(d, 16, "tmr.test")
         msgs = sink.wait_messages(16, timeout=60)
         self.assertEqual({m[0]["client_ip"] for m in msgs}, {"127.0.0.2", "127.0.0.3"})
-        self.assert_not_faster([m[0]["time"] for m in msgs], 5, t0, "total_message_rate 5/s")
+        check_not_faster(self, [m[0]["time"] for m in msgs], 5, t0, "total_message_rate 5/s")
 
     def test_total_connection_rate(self):
         """Two virtual MTAs, connection_rate 20/s each, total 2/s, one
@@ -190,7 +169,7 @@ class ShapingLimits(unittest.TestCase):
         inject(d, 10, "tcr.test")
         msgs = sink.wait_messages(10, timeout=60)
         self.assertEqual({m[0]["client_ip"] for m in msgs}, {"127.0.0.2", "127.0.0.3"})
-        self.assert_not_faster(self.connects(sink, 10), 2, t0, "total_connection_rate 2/s")
+        check_not_faster(self, self.connects(sink, 10), 2, t0, "total_connection_rate 2/s")
 
     # -- choosing the pool
 
@@ -205,10 +184,10 @@ class ShapingLimits(unittest.TestCase):
                                    '        }\n    }\n' % hashed)
         login = ("alice", PASSWORD)
         inject(d, 2, "pool.test", local="default")
-        inject(d, 2, "pool.test", local="header", headers="X-Sluice-Pool: pc\r\n")
+        inject(d, 2, "pool.test", local="header", pool="pc")
         inject(d, 2, "pool.test", local="user", login=login)
-        inject(d, 2, "pool.test", local="both", headers="X-Sluice-Pool: pc\r\n", login=login)
-        inject(d, 2, "pool.test", local="unknown", headers="X-Sluice-Pool: nosuch\r\n")
+        inject(d, 2, "pool.test", local="both", pool="pc", login=login)
+        inject(d, 2, "pool.test", local="unknown", pool="nosuch")
         msgs = sink.wait_messages(10, timeout=60)
         d.wait_queue(0)
         want = {"default": ("127.0.0.2", "a.sluice.test"),   # default_pool
