@@ -223,13 +223,17 @@ class ShapingTest(unittest.TestCase):
         sink = self.sink("--slow-ms", "300", "--summary", summary)
         d = self.daemon({"conn.test": "127.0.0.1:%d" % sink.port},
                         'providers { c { domains = ["conn.test"]; max_connections = 2; } }\n')
-        inject(d, 24, "conn.test", local="slow")
+        inject(d, 24, "conn.test", local="slow+")  # slow+N: the sink's slow fault
         sink.wait_messages(24, timeout=60)
         d.stop()
         sink.stop()
         with open(summary) as f:
             s = json.load(f)
         self.assertEqual(s["messages"], 24)
+        # the premise: the replies were slow (the local part must be
+        # "slow" or "slow+tag" for the sink), so 24 messages over 2
+        # connections took at least 11 x 300 ms
+        self.assertGreaterEqual(s["last_message_time"] - s["first_message_time"], 11 * 0.3, s)
         self.assertLessEqual(s["concurrent_max"], 2, s)
         self.assertEqual(s["concurrent_max"], 2, s)  # the cap is used, not just respected
 

@@ -131,7 +131,7 @@ class ShapingLimits(unittest.TestCase):
                         VMTAS + 'pools { ab { members = [a, b]; } }\ndefault_pool = ab;\n'
                         'providers { tot { domains = ["tot.test"]; max_connections = 3;\n'
                         '  total_max_connections = 4; } }\n')
-        inject(d, 30, "tot.test", local="slow")
+        inject(d, 30, "tot.test", local="slow+")  # slow+N: the sink's slow fault
         msgs = sink.wait_messages(30, timeout=90)
         d.wait_queue(0)
         self.assertEqual({m[0]["client_ip"] for m in msgs}, {"127.0.0.2", "127.0.0.3"})
@@ -140,6 +140,9 @@ class ShapingLimits(unittest.TestCase):
         with open(summary) as f:
             s = json.load(f)
         self.assertEqual(s["messages"], 30)
+        # the premise: slow replies (300 ms each), so 30 messages over 4
+        # connections took at least 7 x 300 ms
+        self.assertGreaterEqual(s["last_message_time"] - s["first_message_time"], 7 * 0.3, s)
         self.assertEqual(s["concurrent_max"], 4, s)
 
     def test_total_message_rate(self):
