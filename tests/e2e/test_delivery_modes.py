@@ -16,7 +16,6 @@ connection events) and on the accounting log.
 """
 import os
 import sys
-import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -14,12 +14,10 @@ keys stay), and `sluiced --dkim-sign`.
 Run: SLUICE_BUILD=... /usr/bin/python3 tests/e2e/test_dkim_delivery.py
 """
 import base64
-import glob
 import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import unittest
