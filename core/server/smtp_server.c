@@ -497,11 +497,14 @@ static void sess_pause(sess_t *s)
 
 /* Replies went out: a session paused because its client did not read them
  * goes on once they are down to OUT_LOW (a whole batch may be written at
- * once, without a write callback: hence the loop). */
+ * once, without a write callback: hence the loop). The client read what
+ * it was sent, so it is not idle: the idle timeout runs again from here (a
+ * client that reads nothing never gets this far). */
 static void sess_drained(sess_t *s)
 {
     while (s->se_wpaused && !s->se_closing && !s->se_shutting && sess_out_pending(s) <= OUT_LOW) {
         s->se_wpaused = false;
+        s->se_last = uv_now(&s->se_thr->t_loop);
         sess_process(s);
         sess_flush(s);
     }
@@ -1738,6 +1741,10 @@ static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
     }
     sess_process(s);
     sess_flush(s);
+    /* sess_process may have paused at OUT_HIGH with the replies still in
+     * se_out; when the flush hands them all to the kernel at once there is
+     * no write callback to resume the session: see here whether it can. */
+    sess_drained(s);
 }
 
 /* ------------------------------------------------------------ timer */
