@@ -63,24 +63,32 @@ typedef enum {
 
 typedef struct key_def {
     const char *k_path;
+    cfg_apply_t k_apply; /* reload: applies at once, or needs a restart */
     kind_t k_kind;
     size_t k_off;
     uint64_t k_min, k_max;
     const char *k_default; /* as written in a file; NULL for sections */
 } key_def_t;
 
+/* The reload column: LIVE, the running daemon takes a new value at once
+ * (every reader looks at the current snapshot, or takes the new one when
+ * reload hands it over); RESTART, the value is read at start-up only, so
+ * reload keeps the running one in the new snapshot and says so
+ * (needs_restart). */
+#define LIVE CFG_APPLY_LIVE
+#define RESTART CFG_APPLY_RESTART
 #define OFF(f) offsetof(cfg_t, f)
-#define KEY(p, kind, f, def)                                                                       \
+#define KEY(p, apply, kind, f, def)                                                                \
     {                                                                                              \
-        p, kind, OFF(f), 0, 0, def                                                                 \
+        p, apply, kind, OFF(f), 0, 0, def                                                          \
     }
-#define KEYR(p, kind, f, lo, hi, def)                                                              \
+#define KEYR(p, apply, kind, f, lo, hi, def)                                                       \
     {                                                                                              \
-        p, kind, OFF(f), lo, hi, def                                                               \
+        p, apply, kind, OFF(f), lo, hi, def                                                        \
     }
-#define SEC(p, kind)                                                                               \
+#define SEC(p, apply, kind)                                                                        \
     {                                                                                              \
-        p, kind, 0, 0, 0, NULL                                                                     \
+        p, apply, kind, 0, 0, 0, NULL                                                              \
     }
 #define KB 1024ULL
 #define MB (1024ULL * KB)
@@ -90,113 +98,116 @@ typedef struct key_def {
 #define HOUR (60ULL * MIN_S)
 #define DAY (24ULL * HOUR)
 
-/* Every key sluice knows: the single source of types, ranges and defaults.
- * config.h's comments and sluice.conf.example repeat these defaults; the
- * unit test checks the example names every key. */
+/* Every key sluice knows: the single source of paths, reload behaviour,
+ * types, ranges and defaults. config.h's comments and sluice.conf.example
+ * repeat these defaults; the unit test checks the example names every key
+ * and that every key says how reload treats it. */
 static const key_def_t keys[] = {
-    KEY("hostname", K_HOSTNAME, c_hostname, ""),
-    KEY("user", K_STR, c_user, ""),
+    KEY("hostname", RESTART, K_HOSTNAME, c_hostname, ""),
+    KEY("user", RESTART, K_STR, c_user, ""),
 
-    KEY("log.level", K_LEVEL, c_log_level, "info"),
-    KEY("log.file", K_STR, c_log_file, ""),
-    KEY("log.accounting_dir", K_PATH, c_acct_dir, "./var/log"),
-    KEYR("log.accounting_max_size", K_SIZE, c_acct_max_size, MB, TB, "256M"),
+    KEY("log.level", LIVE, K_LEVEL, c_log_level, "info"),
+    KEY("log.file", RESTART, K_STR, c_log_file, ""),
+    KEY("log.accounting_dir", RESTART, K_PATH, c_acct_dir, "./var/log"),
+    KEYR("log.accounting_max_size", RESTART, K_SIZE, c_acct_max_size, MB, TB, "256M"),
 
-    KEY("spool.path", K_PATH, c_spool_path, "./var/spool"),
-    KEY("spool.sync", K_SYNC, c_spool_sync, "fsync"),
-    KEYR("spool.map_size", K_SIZE, c_spool_map_size, 16 * MB, 64 * TB, "1G"),
-    KEYR("spool.max_size", K_SIZE, c_spool_max_size, 16 * MB, 64 * TB, "64G"),
-    KEYR("spool.high_water", K_INT, c_spool_high_water, 1, 100, "90"),
-    KEYR("spool.commit_batch", K_INT, c_spool_batch, 1, 1000000, "1024"),
+    KEY("spool.path", RESTART, K_PATH, c_spool_path, "./var/spool"),
+    KEY("spool.sync", RESTART, K_SYNC, c_spool_sync, "fsync"),
+    KEYR("spool.map_size", RESTART, K_SIZE, c_spool_map_size, 16 * MB, 64 * TB, "1G"),
+    KEYR("spool.max_size", RESTART, K_SIZE, c_spool_max_size, 16 * MB, 64 * TB, "64G"),
+    KEYR("spool.high_water", LIVE, K_INT, c_spool_high_water, 1, 100, "90"),
+    KEYR("spool.commit_batch", LIVE, K_INT, c_spool_batch, 1, 1000000, "1024"),
 
-    KEY("control.socket", K_SOCKET, c_ctl_socket, "./var/sluiced.sock"),
-    KEYR("control.mode", K_MODE, c_ctl_mode, 0, 0777, "0600"),
-    KEY("control.http_metrics", K_IPPORT, c_ctl_http, ""),
+    KEY("control.socket", RESTART, K_SOCKET, c_ctl_socket, "./var/sluiced.sock"),
+    KEYR("control.mode", RESTART, K_MODE, c_ctl_mode, 0, 0777, "0600"),
+    KEY("control.http_metrics", RESTART, K_IPPORT, c_ctl_http, ""),
 
-    KEY("smtp.listen", K_LISTEN, c_smtp_listen, "127.0.0.1:2525"),
-    KEYR("smtp.threads", K_INT, c_smtp_threads, 1, 64, "1"),
-    KEYR("smtp.max_message_size", K_SIZE, c_smtp_max_message_size, KB, 4 * GB, "50M"),
-    KEYR("smtp.max_recipients", K_INT, c_smtp_max_recipients, 1, 100000, "1000"),
-    KEYR("smtp.max_line_length", K_INT, c_smtp_max_line, 1000, 1048576, "1000"),
-    KEYR("smtp.max_connections", K_INT, c_smtp_max_connections, 1, 1000000, "2000"),
-    KEYR("smtp.max_connections_per_ip", K_INT, c_smtp_max_conn_per_ip, 1, 1000000, "200"),
-    KEYR("smtp.max_commands_before_mail", K_INT, c_smtp_max_commands_before_mail, 1, 100000, "20"),
-    KEYR("smtp.max_errors", K_INT, c_smtp_max_errors, 1, 100000, "10"),
-    KEYR("smtp.idle_timeout", K_DUR, c_smtp_idle_timeout, 1, DAY, "5m"),
-    KEYR("smtp.data_timeout", K_DUR, c_smtp_data_timeout, 1, DAY, "10m"),
-    KEYR("smtp.max_pending", K_INT, c_smtp_max_pending, 1, 10000000, "5000"),
-    KEYR("smtp.max_memory", K_SIZE, c_smtp_max_memory, MB, TB, "512M"),
-    KEY("smtp.bare_newline", K_BARENL, c_smtp_bare_newline, "reject"),
-    KEY("smtp.relay_networks", K_CIDRS, c_smtp_relay, "127.0.0.0/8, ::1/128"),
-
-    KEY("smtp.tls.dir", K_STR, c_tls_dir, ""),
-    KEY("smtp.tls.cert", K_STR, c_tls_cert, ""),
-    KEY("smtp.tls.key", K_STR, c_tls_key, ""),
-    KEY("smtp.tls.generate", K_BOOL, c_tls_generate, "true"),
-
-    KEY("smtp.auth.plaintext_loopback", K_BOOL, c_auth_plaintext_loopback, "true"),
-    KEYR("smtp.auth.fail_delay", K_DUR_MS, c_auth_fail_delay, 0, 60000, "1s"),
-    KEYR("smtp.auth.lockout_failures", K_INT, c_auth_lockout_failures, 1, 1000000, "5"),
-    KEYR("smtp.auth.lockout_window", K_DUR, c_auth_lockout_window, 1, 7 * DAY, "10m"),
-    KEYR("smtp.auth.lockout_time", K_DUR, c_auth_lockout_time, 1, 7 * DAY, "15m"),
-    SEC("smtp.auth.users", K_USERS),
-
-    KEY("queue.retry", K_RETRY, c_retry, ""),
-    KEYR("queue.retry_initial", K_DUR, c_retry_initial, 1, 30 * DAY, "5m"),
-    KEYR("queue.retry_max", K_DUR, c_retry_max, 1, 30 * DAY, "4h"),
-    KEYR("queue.retry_jitter", K_INT, c_retry_jitter, 0, 100, "20"),
-    KEYR("queue.max_age", K_DUR, c_max_age, MIN_S, 365 * DAY, "5d"),
-    KEY("queue.dsn", K_BOOL, c_dsn, "true"),
-    KEYR("queue.active_window", K_INT, c_active_window, 1, 10000000, "2000"),
-    KEYR("queue.active_total", K_INT, c_active_total, 1, 100000000, "100000"),
-    KEYR("queue.active_size", K_SIZE, c_active_size, MB, TB, "256M"),
-    KEYR("queue.scan_interval", K_DUR_MS, c_scan_interval_ms, 10, HOUR * 1000, "1s"),
-
-    KEYR("delivery.threads", K_INT, c_dlv_threads, 0, 256, "0"),
-    KEYR("delivery.port", K_INT, c_dlv_port, 1, 65535, "25"),
-    KEY("delivery.resolvers", K_RESOLVERS, c_dlv_resolvers, ""),
-    KEY("delivery.smarthost", K_HOSTPORT, c_dlv_smarthost, ""),
-    SEC("delivery.routes", K_ROUTES),
-    KEY("delivery.tls", K_TLSPOL, c_dlv_tls_default, "opportunistic"),
-    SEC("delivery.tls_policy", K_TLSMAP),
-    KEY("delivery.ca_file", K_STR, c_dlv_ca_file, ""),
-    KEY("delivery.helo_name", K_HOSTNAME, c_dlv_helo, ""),
-    KEY("delivery.bounce_rules", K_STR, c_dlv_bounce_rules, ""),
-    KEY("delivery.shaping", K_STR, c_dlv_shaping, ""),
-    KEYR("delivery.max_rcpt_per_transaction", K_INT, c_dlv_max_rcpt_per_txn, 1, 100000, "100"),
-    KEYR("delivery.max_connections_per_destination", K_INT, c_dlv_max_conn_per_dest, 1, 100000,
+    KEY("smtp.listen", RESTART, K_LISTEN, c_smtp_listen, "127.0.0.1:2525"),
+    KEYR("smtp.threads", RESTART, K_INT, c_smtp_threads, 1, 64, "1"),
+    KEYR("smtp.max_message_size", LIVE, K_SIZE, c_smtp_max_message_size, KB, 4 * GB, "50M"),
+    KEYR("smtp.max_recipients", LIVE, K_INT, c_smtp_max_recipients, 1, 100000, "1000"),
+    KEYR("smtp.max_line_length", LIVE, K_INT, c_smtp_max_line, 1000, 1048576, "1000"),
+    KEYR("smtp.max_connections", LIVE, K_INT, c_smtp_max_connections, 1, 1000000, "2000"),
+    KEYR("smtp.max_connections_per_ip", LIVE, K_INT, c_smtp_max_conn_per_ip, 1, 1000000, "200"),
+    KEYR("smtp.max_commands_before_mail", LIVE, K_INT, c_smtp_max_commands_before_mail, 1, 100000,
          "20"),
-    KEYR("delivery.max_messages_per_connection", K_INT, c_dlv_max_msgs_per_conn, 1, 100000000,
-         "1000"),
-    KEYR("delivery.connection_reuse_time", K_DUR, c_dlv_conn_reuse_time, 0, DAY, "300s"),
-    KEYR("delivery.idle_time", K_DUR, c_dlv_idle_time, 0, HOUR, "2s"),
-    KEYR("delivery.dns_cache_max_ttl", K_DUR, c_dlv_dns_cache_max, 0, 7 * DAY, "1h"),
-    KEYR("delivery.dead_after_failures", K_INT, c_dlv_dead_after, 1, 100000, "5"),
-    KEYR("delivery.dead_time", K_DUR, c_dlv_dead_time, 1, 7 * DAY, "5m"),
-    KEY("delivery.mta_sts", K_BOOL, c_dlv_mta_sts, "true"),
-    KEYR("delivery.mta_sts_port", K_INT, c_dlv_mta_sts_port, 1, 65535, "443"),
-    KEYR("delivery.connect_timeout", K_DUR, c_to_connect, 1, HOUR, "30s"),
-    KEYR("delivery.greeting_timeout", K_DUR, c_to_greeting, 1, HOUR, "5m"),
-    KEYR("delivery.ehlo_timeout", K_DUR, c_to_ehlo, 1, HOUR, "5m"),
-    KEYR("delivery.starttls_timeout", K_DUR, c_to_starttls, 1, HOUR, "2m"),
-    KEYR("delivery.mail_timeout", K_DUR, c_to_mail, 1, HOUR, "5m"),
-    KEYR("delivery.rcpt_timeout", K_DUR, c_to_rcpt, 1, HOUR, "5m"),
-    KEYR("delivery.data_timeout", K_DUR, c_to_data, 1, HOUR, "2m"),
-    KEYR("delivery.data_block_timeout", K_DUR, c_to_data_block, 1, HOUR, "3m"),
-    KEYR("delivery.data_done_timeout", K_DUR, c_to_data_done, 1, HOUR, "10m"),
-    KEYR("delivery.quit_timeout", K_DUR, c_to_quit, 1, HOUR, "10s"),
+    KEYR("smtp.max_errors", LIVE, K_INT, c_smtp_max_errors, 1, 100000, "10"),
+    KEYR("smtp.idle_timeout", LIVE, K_DUR, c_smtp_idle_timeout, 1, DAY, "5m"),
+    KEYR("smtp.data_timeout", LIVE, K_DUR, c_smtp_data_timeout, 1, DAY, "10m"),
+    KEYR("smtp.max_pending", LIVE, K_INT, c_smtp_max_pending, 1, 10000000, "5000"),
+    KEYR("smtp.max_memory", LIVE, K_SIZE, c_smtp_max_memory, MB, TB, "512M"),
+    KEY("smtp.bare_newline", LIVE, K_BARENL, c_smtp_bare_newline, "reject"),
+    KEY("smtp.relay_networks", LIVE, K_CIDRS, c_smtp_relay, "127.0.0.0/8, ::1/128"),
 
-    KEY("dkim.sign_from_domain", K_BOOL, c_dkim_sign_from, "true"),
-    KEY("dkim.esp_domain", K_HOSTNAME, c_dkim_esp_domain, ""),
-    KEY("dkim.canonicalization", K_STR, c_dkim_canon, "relaxed/relaxed"),
-    KEY("dkim.algorithm", K_STR, c_dkim_alg, "any"),
-    KEY("dkim.headers", K_HDRLIST, c_dkim_headers,
+    KEY("smtp.tls.dir", RESTART, K_STR, c_tls_dir, ""),
+    KEY("smtp.tls.cert", RESTART, K_STR, c_tls_cert, ""),
+    KEY("smtp.tls.key", RESTART, K_STR, c_tls_key, ""),
+    KEY("smtp.tls.generate", RESTART, K_BOOL, c_tls_generate, "true"),
+
+    KEY("smtp.auth.plaintext_loopback", LIVE, K_BOOL, c_auth_plaintext_loopback, "true"),
+    KEYR("smtp.auth.fail_delay", LIVE, K_DUR_MS, c_auth_fail_delay, 0, 60000, "1s"),
+    KEYR("smtp.auth.lockout_failures", LIVE, K_INT, c_auth_lockout_failures, 1, 1000000, "5"),
+    KEYR("smtp.auth.lockout_window", LIVE, K_DUR, c_auth_lockout_window, 1, 7 * DAY, "10m"),
+    KEYR("smtp.auth.lockout_time", LIVE, K_DUR, c_auth_lockout_time, 1, 7 * DAY, "15m"),
+    SEC("smtp.auth.users", LIVE, K_USERS),
+
+    KEY("queue.retry", LIVE, K_RETRY, c_retry, ""),
+    KEYR("queue.retry_initial", LIVE, K_DUR, c_retry_initial, 1, 30 * DAY, "5m"),
+    KEYR("queue.retry_max", LIVE, K_DUR, c_retry_max, 1, 30 * DAY, "4h"),
+    KEYR("queue.retry_jitter", LIVE, K_INT, c_retry_jitter, 0, 100, "20"),
+    KEYR("queue.max_age", LIVE, K_DUR, c_max_age, MIN_S, 365 * DAY, "5d"),
+    KEY("queue.dsn", LIVE, K_BOOL, c_dsn, "true"),
+    KEYR("queue.active_window", LIVE, K_INT, c_active_window, 1, 10000000, "2000"),
+    KEYR("queue.active_total", LIVE, K_INT, c_active_total, 1, 100000000, "100000"),
+    KEYR("queue.active_size", LIVE, K_SIZE, c_active_size, MB, TB, "256M"),
+    KEYR("queue.scan_interval", LIVE, K_DUR_MS, c_scan_interval_ms, 10, HOUR * 1000, "1s"),
+
+    KEYR("delivery.threads", RESTART, K_INT, c_dlv_threads, 0, 256, "0"),
+    KEYR("delivery.port", LIVE, K_INT, c_dlv_port, 1, 65535, "25"),
+    KEY("delivery.resolvers", RESTART, K_RESOLVERS, c_dlv_resolvers, ""),
+    KEY("delivery.smarthost", LIVE, K_HOSTPORT, c_dlv_smarthost, ""),
+    SEC("delivery.routes", LIVE, K_ROUTES),
+    KEY("delivery.tls", LIVE, K_TLSPOL, c_dlv_tls_default, "opportunistic"),
+    SEC("delivery.tls_policy", LIVE, K_TLSMAP),
+    KEY("delivery.ca_file", RESTART, K_STR, c_dlv_ca_file, ""),
+    KEY("delivery.helo_name", RESTART, K_HOSTNAME, c_dlv_helo, ""),
+    KEY("delivery.bounce_rules", LIVE, K_STR, c_dlv_bounce_rules, ""),
+    KEY("delivery.shaping", LIVE, K_STR, c_dlv_shaping, ""),
+    KEYR("delivery.max_rcpt_per_transaction", LIVE, K_INT, c_dlv_max_rcpt_per_txn, 1, 100000,
+         "100"),
+    KEYR("delivery.max_connections_per_destination", LIVE, K_INT, c_dlv_max_conn_per_dest, 1,
+         100000, "20"),
+    KEYR("delivery.max_messages_per_connection", LIVE, K_INT, c_dlv_max_msgs_per_conn, 1, 100000000,
+         "1000"),
+    KEYR("delivery.connection_reuse_time", LIVE, K_DUR, c_dlv_conn_reuse_time, 0, DAY, "300s"),
+    KEYR("delivery.idle_time", LIVE, K_DUR, c_dlv_idle_time, 0, HOUR, "2s"),
+    KEYR("delivery.dns_cache_max_ttl", LIVE, K_DUR, c_dlv_dns_cache_max, 0, 7 * DAY, "1h"),
+    KEYR("delivery.dead_after_failures", LIVE, K_INT, c_dlv_dead_after, 1, 100000, "5"),
+    KEYR("delivery.dead_time", LIVE, K_DUR, c_dlv_dead_time, 1, 7 * DAY, "5m"),
+    KEY("delivery.mta_sts", RESTART, K_BOOL, c_dlv_mta_sts, "true"),
+    KEYR("delivery.mta_sts_port", RESTART, K_INT, c_dlv_mta_sts_port, 1, 65535, "443"),
+    KEYR("delivery.connect_timeout", LIVE, K_DUR, c_to_connect, 1, HOUR, "30s"),
+    KEYR("delivery.greeting_timeout", LIVE, K_DUR, c_to_greeting, 1, HOUR, "5m"),
+    KEYR("delivery.ehlo_timeout", LIVE, K_DUR, c_to_ehlo, 1, HOUR, "5m"),
+    KEYR("delivery.starttls_timeout", LIVE, K_DUR, c_to_starttls, 1, HOUR, "2m"),
+    KEYR("delivery.mail_timeout", LIVE, K_DUR, c_to_mail, 1, HOUR, "5m"),
+    KEYR("delivery.rcpt_timeout", LIVE, K_DUR, c_to_rcpt, 1, HOUR, "5m"),
+    KEYR("delivery.data_timeout", LIVE, K_DUR, c_to_data, 1, HOUR, "2m"),
+    KEYR("delivery.data_block_timeout", LIVE, K_DUR, c_to_data_block, 1, HOUR, "3m"),
+    KEYR("delivery.data_done_timeout", LIVE, K_DUR, c_to_data_done, 1, HOUR, "10m"),
+    KEYR("delivery.quit_timeout", LIVE, K_DUR, c_to_quit, 1, HOUR, "10s"),
+
+    KEY("dkim.sign_from_domain", LIVE, K_BOOL, c_dkim_sign_from, "true"),
+    KEY("dkim.esp_domain", LIVE, K_HOSTNAME, c_dkim_esp_domain, ""),
+    KEY("dkim.canonicalization", LIVE, K_STR, c_dkim_canon, "relaxed/relaxed"),
+    KEY("dkim.algorithm", LIVE, K_STR, c_dkim_alg, "any"),
+    KEY("dkim.headers", LIVE, K_HDRLIST, c_dkim_headers,
         "from, to, subject, date, message-id, mime-version, content-type, list-unsubscribe, "
         "list-unsubscribe-post, reply-to, cc, in-reply-to, references, feedback-id"),
-    KEY("dkim.oversign", K_HDRLIST, c_dkim_oversign, "from"),
-    KEY("dkim.timestamp", K_BOOL, c_dkim_timestamp, "true"),
-    KEYR("dkim.expire", K_DUR, c_dkim_expire, 0, 365 * DAY, "0"),
-    SEC("dkim.keys", K_DKIMKEYS),
+    KEY("dkim.oversign", LIVE, K_HDRLIST, c_dkim_oversign, "from"),
+    KEY("dkim.timestamp", LIVE, K_BOOL, c_dkim_timestamp, "true"),
+    KEYR("dkim.expire", LIVE, K_DUR, c_dkim_expire, 0, 365 * DAY, "0"),
+    SEC("dkim.keys", LIVE, K_DKIMKEYS),
 };
 
 #define NKEYS ((int)ARRAY_SIZE(keys))
@@ -1766,4 +1777,169 @@ const char *cfg_key_name(int i, const char **default_text)
     if (default_text != NULL)
         *default_text = keys[i].k_default;
     return keys[i].k_path;
+}
+
+/* ------------------------------------------------------------ reload column */
+
+cfg_apply_t cfg_key_apply(int i)
+{
+    return i >= 0 && i < NKEYS ? keys[i].k_apply : CFG_APPLY_UNSET;
+}
+
+static bool str_ne(const char *a, const char *b)
+{
+    return strcmp(a ? a : "", b ? b : "") != 0;
+}
+
+static bool strv_ne(char *const *a, char *const *b)
+{
+    for (; a != NULL && b != NULL && *a != NULL && *b != NULL; a++, b++)
+        if (strcmp(*a, *b) != 0)
+            return true;
+    return (a != NULL && *a != NULL) != (b != NULL && *b != NULL);
+}
+
+/* The sections and lists: one field each, compared entry by entry. */
+static bool section_changed(kind_t kind, const cfg_t *a, const cfg_t *b)
+{
+    switch (kind) {
+    case K_LISTEN:
+        return a->c_smtp_nlisten != b->c_smtp_nlisten ||
+               memcmp(a->c_smtp_listen, b->c_smtp_listen,
+                      (size_t)b->c_smtp_nlisten * sizeof(b->c_smtp_listen[0])) != 0;
+    case K_CIDRS:
+        return a->c_smtp_nrelay != b->c_smtp_nrelay ||
+               memcmp(a->c_smtp_relay, b->c_smtp_relay,
+                      (size_t)b->c_smtp_nrelay * sizeof(b->c_smtp_relay[0])) != 0;
+    case K_RETRY:
+        return a->c_retry_n != b->c_retry_n ||
+               memcmp(a->c_retry, b->c_retry, (size_t)b->c_retry_n * sizeof(b->c_retry[0])) != 0;
+    case K_USERS:
+        if (a->c_nusers != b->c_nusers)
+            return true;
+        for (int i = 0; i < b->c_nusers; i++)
+            if (strcmp(a->c_users[i].cu_name, b->c_users[i].cu_name) != 0 ||
+                strcmp(a->c_users[i].cu_hash, b->c_users[i].cu_hash) != 0)
+                return true;
+        return false;
+    case K_ROUTES:
+        if (a->c_dlv_nroutes != b->c_dlv_nroutes)
+            return true;
+        for (int i = 0; i < b->c_dlv_nroutes; i++) {
+            const struct cfg_route *x = &a->c_dlv_routes[i], *y = &b->c_dlv_routes[i];
+            if (strcmp(x->r_domain, y->r_domain) != 0 || x->r_port != y->r_port ||
+                str_ne(x->r_host, y->r_host))
+                return true;
+        }
+        return false;
+    case K_TLSMAP:
+        if (a->c_dlv_ntls != b->c_dlv_ntls)
+            return true;
+        for (int i = 0; i < b->c_dlv_ntls; i++)
+            if (strcmp(a->c_dlv_tls[i].tp_domain, b->c_dlv_tls[i].tp_domain) != 0 ||
+                a->c_dlv_tls[i].tp_policy != b->c_dlv_tls[i].tp_policy)
+                return true;
+        return false;
+    case K_DKIMKEYS:
+        if (a->c_dkim_nkeys != b->c_dkim_nkeys)
+            return true;
+        for (int i = 0; i < b->c_dkim_nkeys; i++) {
+            const cfg_dkim_key_t *x = &a->c_dkim_keys[i], *y = &b->c_dkim_keys[i];
+            if (strcmp(x->dk_domain, y->dk_domain) != 0 ||
+                strcmp(x->dk_selector, y->dk_selector) != 0 || strcmp(x->dk_file, y->dk_file) != 0)
+                return true;
+        }
+        return false;
+    default:
+        abort(); /* not a section: a bug in the caller */
+    }
+}
+
+bool cfg_key_changed(int i, const cfg_t *a, const cfg_t *b)
+{
+    if (i < 0 || i >= NKEYS)
+        return false;
+    const key_def_t *k = &keys[i];
+    const void *fa = (const char *)a + k->k_off, *fb = (const char *)b + k->k_off;
+    switch (k->k_kind) {
+    case K_STR:
+    case K_PATH:
+    case K_SOCKET:
+    case K_HOSTNAME:
+    case K_RESOLVERS:
+    case K_HOSTPORT:
+    case K_IPPORT:
+        return str_ne(*(char *const *)fa, *(char *const *)fb);
+    case K_INT:
+    case K_MODE:
+    case K_TLSPOL:
+        return *(const int *)fa != *(const int *)fb;
+    case K_LEVEL:
+        return *(const log_level_t *)fa != *(const log_level_t *)fb;
+    case K_SYNC:
+        return *(const cfg_sync_t *)fa != *(const cfg_sync_t *)fb;
+    case K_BARENL:
+        return *(const cfg_barenl_t *)fa != *(const cfg_barenl_t *)fb;
+    case K_SIZE:
+    case K_DUR:
+    case K_DUR_MS:
+        return *(const uint64_t *)fa != *(const uint64_t *)fb;
+    case K_BOOL:
+        return *(const bool *)fa != *(const bool *)fb;
+    case K_HDRLIST:
+        return strv_ne(*(char **const *)fa, *(char **const *)fb);
+    default:
+        return section_changed(k->k_kind, a, b);
+    }
+}
+
+/* Keep one RESTART key's running value. The kinds below are those a
+ * RESTART key may have: config_test changes every RESTART key and checks
+ * that reload keeps it. */
+static void keep_value(const key_def_t *k, cfg_t *nc, const cfg_t *old)
+{
+    void *fn = (char *)nc + k->k_off;
+    const void *fo = (const char *)old + k->k_off;
+    switch (k->k_kind) {
+    case K_STR:
+    case K_PATH:
+    case K_SOCKET:
+    case K_HOSTNAME:
+    case K_RESOLVERS:
+    case K_IPPORT: {
+        char **dst = fn;
+        const char *src = *(char *const *)fo;
+        free(*dst);
+        *dst = src ? xstrdup(src) : NULL;
+        return;
+    }
+    case K_INT:
+    case K_MODE:
+        *(int *)fn = *(const int *)fo;
+        return;
+    case K_SYNC:
+        *(cfg_sync_t *)fn = *(const cfg_sync_t *)fo;
+        return;
+    case K_SIZE:
+    case K_DUR:
+    case K_DUR_MS:
+        *(uint64_t *)fn = *(const uint64_t *)fo;
+        return;
+    case K_BOOL:
+        *(bool *)fn = *(const bool *)fo;
+        return;
+    case K_LISTEN:
+        nc->c_smtp_nlisten = old->c_smtp_nlisten;
+        memcpy(nc->c_smtp_listen, old->c_smtp_listen, sizeof(nc->c_smtp_listen));
+        return;
+    default:
+        abort(); /* a RESTART key of a kind not kept: a bug in the schema */
+    }
+}
+
+void cfg_keep_restart(cfg_t *nc, const cfg_t *old)
+{
+    for (int i = 0; i < NKEYS; i++)
+        if (keys[i].k_apply == CFG_APPLY_RESTART)
+            keep_value(&keys[i], nc, old);
 }

@@ -32,7 +32,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <json-c/json.h>
-#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1309,149 +1308,24 @@ static int cmd_reload(ctl_conn_t *c, json_object *req, json_object *resp, char *
 
 /* ------------------------------------------------------------ reload */
 
-typedef enum { D_INT, D_U64, D_BOOL, D_STR } diff_kind_t;
-
-/* Keys compared field by field. live: takes effect at once (reception
- * reads its snapshot per session; log.level is one global); the others
- * are read at start-up by a module that keeps its own snapshot, so a
- * change there needs a restart (and the old value stays in force). */
-static const struct diff_key {
-    const char *dk_name;
-    size_t dk_off;
-    diff_kind_t dk_kind;
-    bool dk_live;
-} diff_keys[] = {
-#define DK(n, f, k, live)                                                                          \
-    {                                                                                              \
-        n, offsetof(cfg_t, f), k, live                                                             \
-    }
-    DK("hostname", c_hostname, D_STR, false),
-    DK("log.level", c_log_level, D_INT, true),
-    DK("log.file", c_log_file, D_STR, false),
-    DK("log.accounting_dir", c_acct_dir, D_STR, false),
-    DK("log.accounting_max_size", c_acct_max_size, D_U64, false),
-    DK("spool.path", c_spool_path, D_STR, false),
-    DK("spool.sync", c_spool_sync, D_INT, false),
-    DK("spool.map_size", c_spool_map_size, D_U64, false),
-    DK("spool.max_size", c_spool_max_size, D_U64, false),
-    DK("spool.high_water", c_spool_high_water, D_INT, true),
-    DK("spool.commit_batch", c_spool_batch, D_INT, true),
-    DK("control.socket", c_ctl_socket, D_STR, false),
-    DK("control.mode", c_ctl_mode, D_INT, false),
-    DK("control.http_metrics", c_ctl_http, D_STR, false),
-    DK("smtp.threads", c_smtp_threads, D_INT, false),
-    DK("smtp.max_message_size", c_smtp_max_message_size, D_U64, true),
-    DK("smtp.max_recipients", c_smtp_max_recipients, D_INT, true),
-    DK("smtp.max_line_length", c_smtp_max_line, D_INT, true),
-    DK("smtp.max_connections", c_smtp_max_connections, D_INT, true),
-    DK("smtp.max_connections_per_ip", c_smtp_max_conn_per_ip, D_INT, true),
-    DK("smtp.max_commands_before_mail", c_smtp_max_commands_before_mail, D_INT, true),
-    DK("smtp.max_errors", c_smtp_max_errors, D_INT, true),
-    DK("smtp.idle_timeout", c_smtp_idle_timeout, D_U64, true),
-    DK("smtp.data_timeout", c_smtp_data_timeout, D_U64, true),
-    DK("smtp.max_pending", c_smtp_max_pending, D_INT, true),
-    DK("smtp.max_memory", c_smtp_max_memory, D_U64, true),
-    DK("smtp.bare_newline", c_smtp_bare_newline, D_INT, true),
-    DK("smtp.tls.cert", c_tls_cert, D_STR, false),
-    DK("smtp.tls.key", c_tls_key, D_STR, false),
-    DK("smtp.tls.generate", c_tls_generate, D_BOOL, false),
-    DK("smtp.auth.plaintext_loopback", c_auth_plaintext_loopback, D_BOOL, true),
-    DK("smtp.auth.fail_delay", c_auth_fail_delay, D_U64, true),
-    DK("smtp.auth.lockout_failures", c_auth_lockout_failures, D_INT, true),
-    DK("smtp.auth.lockout_window", c_auth_lockout_window, D_U64, true),
-    DK("smtp.auth.lockout_time", c_auth_lockout_time, D_U64, true),
-    DK("queue.retry_initial", c_retry_initial, D_U64, true),
-    DK("queue.retry_max", c_retry_max, D_U64, true),
-    DK("queue.retry_jitter", c_retry_jitter, D_INT, true),
-    DK("queue.max_age", c_max_age, D_U64, true),
-    DK("queue.dsn", c_dsn, D_BOOL, true),
-    DK("queue.active_window", c_active_window, D_INT, true),
-    DK("queue.active_total", c_active_total, D_INT, true),
-    DK("queue.active_size", c_active_size, D_U64, true),
-    DK("queue.scan_interval", c_scan_interval_ms, D_U64, true),
-    DK("delivery.threads", c_dlv_threads, D_INT, false),
-    DK("delivery.port", c_dlv_port, D_INT, true),
-    DK("delivery.resolvers", c_dlv_resolvers, D_STR, false),
-    DK("delivery.smarthost", c_dlv_smarthost, D_STR, true),
-    DK("delivery.tls", c_dlv_tls_default, D_INT, true),
-    DK("delivery.ca_file", c_dlv_ca_file, D_STR, false),
-    DK("delivery.helo_name", c_dlv_helo, D_STR, false),
-    DK("delivery.max_rcpt_per_transaction", c_dlv_max_rcpt_per_txn, D_INT, true),
-    DK("delivery.max_connections_per_destination", c_dlv_max_conn_per_dest, D_INT, true),
-    DK("delivery.max_messages_per_connection", c_dlv_max_msgs_per_conn, D_INT, true),
-    DK("delivery.connection_reuse_time", c_dlv_conn_reuse_time, D_U64, true),
-    DK("delivery.idle_time", c_dlv_idle_time, D_U64, true),
-    DK("delivery.dns_cache_max_ttl", c_dlv_dns_cache_max, D_U64, true),
-    DK("delivery.dead_after_failures", c_dlv_dead_after, D_INT, true),
-    DK("delivery.dead_time", c_dlv_dead_time, D_U64, true),
-    DK("delivery.mta_sts", c_dlv_mta_sts, D_BOOL, false),
-    DK("delivery.mta_sts_port", c_dlv_mta_sts_port, D_INT, false),
-    DK("delivery.connect_timeout", c_to_connect, D_U64, true),
-    DK("delivery.greeting_timeout", c_to_greeting, D_U64, true),
-    DK("delivery.ehlo_timeout", c_to_ehlo, D_U64, true),
-    DK("delivery.starttls_timeout", c_to_starttls, D_U64, true),
-    DK("delivery.mail_timeout", c_to_mail, D_U64, true),
-    DK("delivery.rcpt_timeout", c_to_rcpt, D_U64, true),
-    DK("delivery.data_timeout", c_to_data, D_U64, true),
-    DK("delivery.data_block_timeout", c_to_data_block, D_U64, true),
-    DK("delivery.data_done_timeout", c_to_data_done, D_U64, true),
-    DK("delivery.quit_timeout", c_to_quit, D_U64, true),
-#undef DK
-};
-
-static bool diff_field(const cfg_t *a, const cfg_t *b, const struct diff_key *k)
-{
-    const char *pa = (const char *)a + k->dk_off, *pb = (const char *)b + k->dk_off;
-    switch (k->dk_kind) {
-    case D_INT:
-        return *(const int *)pa != *(const int *)pb;
-    case D_U64:
-        return *(const uint64_t *)pa != *(const uint64_t *)pb;
-    case D_BOOL:
-        return *(const bool *)pa != *(const bool *)pb;
-    case D_STR: {
-        const char *sa = *(char *const *)pa, *sb = *(char *const *)pb;
-        return strcmp(sa ? sa : "", sb ? sb : "") != 0;
-    }
-    }
-    return false;
-}
-
+/* Add name to arr (and to the log line) unless it is there already. */
 static void diff_add(json_object *arr, buf_t *log, const char *name)
 {
+    for (size_t i = 0; i < json_object_array_length(arr); i++)
+        if (strcmp(json_object_get_string(json_object_array_get_idx(arr, i)), name) == 0)
+            return;
     json_object_array_add(arr, json_object_new_string(name));
     buf_printf(log, "%s%s", log->b_len ? "," : "", name);
 }
 
-/* Keys whose change needs a restart keep their old value in the new
- * snapshot where reception could read them (it gets the snapshot). */
-static void keep_old(cfg_t *nc, const cfg_t *old)
+/* Did the key at path change between a and b? */
+static bool key_changed(const char *path, const cfg_t *a, const cfg_t *b)
 {
-    nc->c_smtp_nlisten = old->c_smtp_nlisten;
-    memcpy(nc->c_smtp_listen, old->c_smtp_listen, sizeof(nc->c_smtp_listen));
-    nc->c_smtp_threads = old->c_smtp_threads;
-    nc->c_tls_generate = old->c_tls_generate;
-    /* the queue reads these from its config at run time */
-    nc->c_spool_sync = old->c_spool_sync;
-    nc->c_spool_map_size = old->c_spool_map_size;
-    nc->c_spool_max_size = old->c_spool_max_size;
-    nc->c_acct_max_size = old->c_acct_max_size;
-    /* and these the delivery threads set up at start */
-    nc->c_dlv_threads = old->c_dlv_threads;
-    nc->c_dlv_mta_sts = old->c_dlv_mta_sts;
-    nc->c_dlv_mta_sts_port = old->c_dlv_mta_sts_port;
-    char **strs[][2] = {{&nc->c_tls_cert, (char **)&old->c_tls_cert},
-                        {&nc->c_tls_key, (char **)&old->c_tls_key},
-                        {&nc->c_hostname, (char **)&old->c_hostname},
-                        {&nc->c_spool_path, (char **)&old->c_spool_path},
-                        {&nc->c_acct_dir, (char **)&old->c_acct_dir},
-                        {&nc->c_dlv_resolvers, (char **)&old->c_dlv_resolvers},
-                        {&nc->c_dlv_ca_file, (char **)&old->c_dlv_ca_file},
-                        {&nc->c_dlv_helo, (char **)&old->c_dlv_helo}};
-    for (size_t i = 0; i < ARRAY_SIZE(strs); i++) {
-        free(*strs[i][0]);
-        *strs[i][0] = *strs[i][1] ? xstrdup(*strs[i][1]) : NULL;
-    }
+    const char *name;
+    for (int i = 0; (name = cfg_key_name(i, NULL)) != NULL; i++)
+        if (strcmp(name, path) == 0)
+            return cfg_key_changed(i, a, b);
+    abort(); /* not a key of the schema: a bug here */
 }
 
 int control_reload(control_t *ct, json_object *resp, char *err, size_t errlen)
@@ -1483,51 +1357,23 @@ int control_reload(control_t *ct, json_object *resp, char *err, size_t errlen)
         return SL_ECONFIG;
     }
 #endif
+    /* every key whose value changed, by the schema's reload column */
     json_object *applied = json_object_new_array(), *restart = json_object_new_array();
     buf_t la, lr;
     buf_init(&la, 256);
     buf_init(&lr, 256);
-    for (size_t i = 0; i < ARRAY_SIZE(diff_keys); i++)
-        if (diff_field(old, nc, &diff_keys[i]))
-            diff_add(diff_keys[i].dk_live ? applied : restart, diff_keys[i].dk_live ? &la : &lr,
-                     diff_keys[i].dk_name);
-    /* lists and sections */
-    if (old->c_smtp_nlisten != nc->c_smtp_nlisten ||
-        memcmp(old->c_smtp_listen, nc->c_smtp_listen,
-               (size_t)nc->c_smtp_nlisten * sizeof(nc->c_smtp_listen[0])) != 0)
-        diff_add(restart, &lr, "smtp.listen");
-    if (old->c_smtp_nrelay != nc->c_smtp_nrelay ||
-        memcmp(old->c_smtp_relay, nc->c_smtp_relay,
-               (size_t)nc->c_smtp_nrelay * sizeof(nc->c_smtp_relay[0])) != 0)
-        diff_add(applied, &la, "smtp.relay_networks");
-    bool users = old->c_nusers != nc->c_nusers;
-    for (int i = 0; !users && i < nc->c_nusers; i++)
-        users = strcmp(old->c_users[i].cu_name, nc->c_users[i].cu_name) != 0 ||
-                strcmp(old->c_users[i].cu_hash, nc->c_users[i].cu_hash) != 0;
-    if (users)
-        diff_add(applied, &la, "smtp.auth.users");
-    if (old->c_retry_n != nc->c_retry_n ||
-        memcmp(old->c_retry, nc->c_retry, (size_t)nc->c_retry_n * sizeof(nc->c_retry[0])) != 0)
-        diff_add(applied, &la, "queue.retry");
-    bool routes = old->c_dlv_nroutes != nc->c_dlv_nroutes;
-    for (int i = 0; !routes && i < nc->c_dlv_nroutes; i++) {
-        const struct cfg_route *x = &old->c_dlv_routes[i], *y = &nc->c_dlv_routes[i];
-        routes = strcmp(x->r_domain, y->r_domain) != 0 || x->r_port != y->r_port ||
-                 strcmp(x->r_host ? x->r_host : "", y->r_host ? y->r_host : "") != 0;
+    const char *name;
+    for (int i = 0; (name = cfg_key_name(i, NULL)) != NULL; i++) {
+        if (!cfg_key_changed(i, old, nc))
+            continue;
+        bool live = cfg_key_apply(i) == CFG_APPLY_LIVE;
+        diff_add(live ? applied : restart, live ? &la : &lr, name);
     }
-    if (routes)
-        diff_add(applied, &la, "delivery.routes");
-    bool tls = old->c_dlv_ntls != nc->c_dlv_ntls;
-    for (int i = 0; !tls && i < nc->c_dlv_ntls; i++)
-        tls = strcmp(old->c_dlv_tls[i].tp_domain, nc->c_dlv_tls[i].tp_domain) != 0 ||
-              old->c_dlv_tls[i].tp_policy != nc->c_dlv_tls[i].tp_policy;
-    if (tls)
-        diff_add(applied, &la, "delivery.tls_policy");
     /* delivery threads: destinations resolve their route again */
-    bool reroute = routes || tls || old->c_dlv_port != nc->c_dlv_port ||
-                   old->c_dlv_tls_default != nc->c_dlv_tls_default ||
-                   strcmp(old->c_dlv_smarthost ? old->c_dlv_smarthost : "",
-                          nc->c_dlv_smarthost ? nc->c_dlv_smarthost : "") != 0;
+    bool reroute = key_changed("delivery.routes", old, nc) ||
+                   key_changed("delivery.tls_policy", old, nc) ||
+                   key_changed("delivery.port", old, nc) || key_changed("delivery.tls", old, nc) ||
+                   key_changed("delivery.smarthost", old, nc);
 
 #ifdef SLUICE_HAVE_DELIVERY
     if (dlv != NULL) { /* the files are read again even when their names did not change */
@@ -1540,7 +1386,7 @@ int control_reload(control_t *ct, json_object *resp, char *err, size_t errlen)
             diff_add(restart, &lr, "delivery.shaping virtual_mtas/pools");
     }
 #endif
-    keep_old(nc, old);
+    cfg_keep_restart(nc, old); /* nothing half-applies */
     if (nc->c_log_level != old->c_log_level)
         __atomic_store_n(&log_level_current, (int)nc->c_log_level, __ATOMIC_RELAXED);
     if (ct->ct_env.ce_smtp != NULL)
