@@ -23,9 +23,7 @@
  * Thread: main thread only (everything runs on ce_loop).
  */
 #include "core/server/ops_int.h"
-#ifdef SLUICE_HAVE_DELIVERY
 #include "delivery/delivery.h"
-#endif
 
 #include <assert.h>
 #include <ctype.h>
@@ -728,7 +726,6 @@ static json_object *queue_req_response(queue_req_t *r)
  * in the form of the queue's holds (docs/records.md), appended to holds. */
 static void shaping_holds_append(control_t *ct, json_object *holds)
 {
-#ifdef SLUICE_HAVE_DELIVERY
     struct dlv *dlv = ct->ct_env.ce_dlv;
     if (dlv == NULL || holds == NULL || !json_object_is_type(holds, json_type_array))
         return;
@@ -760,10 +757,6 @@ static void shaping_holds_append(control_t *ct, json_object *holds)
                                                   json_object_object_get(m, "suspended_until")));
     }
     json_object_put(sh);
-#else
-    UNUSED(ct);
-    UNUSED(holds);
-#endif
 }
 
 static void reply_cb(chan_t *ch, chan_node_t *first, void *arg)
@@ -848,7 +841,6 @@ static int cmd_status(ctl_conn_t *c, json_object *req, json_object *resp, char *
         add_u64(s, "memory_refused", u64_load(&ss->ss_mem_refused));
         json_object_object_add(resp, "smtp", s);
     }
-#ifdef SLUICE_HAVE_DELIVERY
     if (env->ce_dlv != NULL) {
         const dlv_stats_t *ds = dlv_stats(env->ce_dlv);
         json_object *o = json_object_new_object();
@@ -866,7 +858,6 @@ static int cmd_status(ctl_conn_t *c, json_object *req, json_object *resp, char *
         add_u64(o, "destinations_down", u64_load(&ds->ds_dests_down));
         json_object_object_add(resp, "delivery", o);
     }
-#endif
     return CTL_REPLY;
 }
 
@@ -1170,7 +1161,6 @@ static int shaping_suspend(ctl_conn_t *c, json_object *req, json_object *resp, b
         snprintf(err, errlen, "%s: the name must not be empty", what);
         return SL_EPARSE;
     }
-#ifdef SLUICE_HAVE_DELIVERY
     struct dlv *dlv = c->cc_ctl->ct_env.ce_dlv;
     if (dlv != NULL) {
         if ((rc = dlv_shaping_suspend(dlv, pv, vm, dur, resume, err, errlen)) != 0)
@@ -1185,7 +1175,6 @@ static int shaping_suspend(ctl_conn_t *c, json_object *req, json_object *resp, b
             json_object_object_add(resp, "for", dur ? json_object_new_int64((int64_t)dur) : NULL);
         return CTL_REPLY;
     }
-#endif
     UNUSED(c);
     snprintf(err, errlen, "delivery is not running");
     return SL_ENOTFOUND;
@@ -1345,7 +1334,6 @@ int control_reload(control_t *ct, json_object *resp, char *err, size_t errlen)
         cfg_unref(old);
         return SL_ECONFIG;
     }
-#ifdef SLUICE_HAVE_DELIVERY
     /* traffic shaping and bounce rules: checked before anything changes */
     struct dlv *dlv = ct->ct_env.ce_dlv;
     if (dlv != NULL && (dlv_shaping_check(nc->c_dlv_shaping, lerr, sizeof(lerr)) != 0 ||
@@ -1356,7 +1344,6 @@ int control_reload(control_t *ct, json_object *resp, char *err, size_t errlen)
         cfg_unref(old);
         return SL_ECONFIG;
     }
-#endif
     /* every key whose value changed, by the schema's reload column */
     json_object *applied = json_object_new_array(), *restart = json_object_new_array();
     buf_t la, lr;
@@ -1375,7 +1362,6 @@ int control_reload(control_t *ct, json_object *resp, char *err, size_t errlen)
                    key_changed("delivery.port", old, nc) || key_changed("delivery.tls", old, nc) ||
                    key_changed("delivery.smarthost", old, nc);
 
-#ifdef SLUICE_HAVE_DELIVERY
     if (dlv != NULL) { /* the files are read again even when their names did not change */
         bool vm = false;
         if (dlv_shaping_reload(dlv, nc->c_dlv_shaping, &vm, lerr, sizeof(lerr)) != 0)
@@ -1385,7 +1371,6 @@ int control_reload(control_t *ct, json_object *resp, char *err, size_t errlen)
         if (vm)
             diff_add(restart, &lr, "delivery.shaping virtual_mtas/pools");
     }
-#endif
     cfg_keep_restart(nc, old); /* nothing half-applies */
     if (nc->c_log_level != old->c_log_level)
         __atomic_store_n(&log_level_current, (int)nc->c_log_level, __ATOMIC_RELAXED);
@@ -1394,10 +1379,8 @@ int control_reload(control_t *ct, json_object *resp, char *err, size_t errlen)
     if (ct->ct_env.ce_queue != NULL)
         queue_set_config(ct->ct_env.ce_queue, nc);
     (void)reroute;
-#ifdef SLUICE_HAVE_DELIVERY
     if (dlv != NULL)
         dlv_set_config(dlv, nc, reroute);
-#endif
     log_info("config reloaded from %s: applied=[%.*s] needs_restart=[%.*s]", file, (int)la.b_len,
              la.b_data, (int)lr.b_len, lr.b_data);
     if (resp != NULL) {
@@ -1421,8 +1404,7 @@ static int cmd_providers(ctl_conn_t *c, json_object *req, json_object *resp, cha
                          size_t errlen)
 {
     UNUSED(req);
-#ifdef SLUICE_HAVE_DELIVERY
-    void *dlv = c->cc_ctl->ct_env.ce_dlv;
+    struct dlv *dlv = c->cc_ctl->ct_env.ce_dlv;
     if (dlv != NULL) {
         json_object *o = dlv_shaping_json(dlv);
         json_object_object_foreach(o, key, val)
@@ -1432,7 +1414,6 @@ static int cmd_providers(ctl_conn_t *c, json_object *req, json_object *resp, cha
         json_object_put(o);
         return CTL_REPLY;
     }
-#endif
     UNUSED(c);
     snprintf(err, errlen, "delivery is not running");
     return -1;
