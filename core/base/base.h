@@ -80,6 +80,12 @@ _Noreturn void sl_assert_fail(const char *expr, const char *file, int line, cons
 #endif
 #define SL_ASSERT_ON_THREAD(tid)                                                                   \
     SL_DEBUG_ASSERT(uv_thread_equal(&(uv_thread_t){uv_thread_self()}, &(tid)))
+/* The process's main thread: the one that runs main() (sluiced's main
+ * loop, control socket, start-up and shutdown), recorded before main() runs.
+ * SL_ASSERT_MAIN_THREAD(): the caller runs there ("Main thread." in a
+ * Thread: note). Any thread. */
+const uv_thread_t *sl_main_thread(void);
+#define SL_ASSERT_MAIN_THREAD() SL_ASSERT_ON_THREAD(*sl_main_thread())
 
 /* ---------------------------------------------------------------- memory */
 
