@@ -141,6 +141,7 @@ static void adm_reply(queue_req_t *r)
 
 bool q_admin_request(queue_t *q, queue_req_t *r)
 {
+    Q_ASSERT_QUEUE_THREAD(q);
     if (r->qq_type < QREQ_QUEUES || r->qq_type > QREQ_BOUNCE)
         return false;
     r->qq_result = NULL;
@@ -189,6 +190,7 @@ bool q_admin_request(queue_t *q, queue_req_t *r)
 static void adm_idle_cb(uv_idle_t *h)
 {
     q_admin_t *a = h->data;
+    Q_ASSERT_QUEUE_THREAD(a->a_q);
     adm_job_t *j = a->a_jobs;
     if (j == NULL || atomic_load(&a->a_q->q_stopping)) {
         uv_idle_stop(h);
@@ -678,6 +680,7 @@ static void adm_closed_cb(uv_handle_t *h)
 
 void q_admin_stop(queue_t *q)
 {
+    Q_ASSERT_QUEUE_THREAD(q);
     q_admin_t *a = q->q_admin;
     if (a == NULL)
         return;

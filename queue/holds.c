@@ -80,6 +80,7 @@ static q_holds_t *holds_get(queue_t *q)
 
 void q_holds_free(queue_t *q)
 {
+    SL_ASSERT_MAIN_THREAD();
     q_holds_t *hs = q->q_holds;
     if (hs == NULL)
         return;

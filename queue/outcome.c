@@ -69,6 +69,7 @@ const uint64_t queue_lat_bounds[Q_LAT_NBUCKETS] = {
 
 void q_outcomes_init(queue_t *q)
 {
+    SL_ASSERT_MAIN_THREAD();
     q->q_octx = xcalloc(1, sizeof(outcome_ctx_t));
     q->q_octx->dsns = q_dsns_new();
     buf_init(&q->q_octx->acct, 4096);
@@ -76,6 +77,7 @@ void q_outcomes_init(queue_t *q)
 
 void q_outcomes_free(queue_t *q)
 {
+    SL_ASSERT_MAIN_THREAD();
     outcome_ctx_t *cx = q->q_octx;
     if (cx == NULL)
         return;

@@ -19,7 +19,6 @@
  */
 #include "queue/queue_int.h"
 
-#include <assert.h>
 #include <errno.h>
 #include <json-c/json.h>
 #include <sched.h>
@@ -55,6 +54,7 @@ static void queue_take_config(queue_t *q);
 
 int queue_open(cfg_t *cfg, queue_t **out, char *err, size_t errlen)
 {
+    SL_ASSERT_MAIN_THREAD();
     queue_t *q = xcalloc(1, sizeof(*q));
     MDB_txn *txn = NULL;
     const char *path = cfg->c_spool_path;
@@ -172,7 +172,8 @@ fail:
 
 int queue_start(queue_t *q)
 {
-    assert(!q->q_started);
+    SL_ASSERT_MAIN_THREAD();
+    SL_ASSERT(!q->q_started);
     int rc = uv_loop_init(&q->q_loop);
     if (rc != 0)
         return rc;
@@ -217,7 +218,7 @@ static void *queue_thread_main(void *arg)
     int rc = uv_loop_close(&q->q_loop);
     if (rc != 0)
         log_error("queue: uv_loop_close: %s", uv_strerror(rc));
-    assert(rc == 0);
+    SL_DEBUG_ASSERT(rc == 0);
     return NULL;
 }
 
@@ -229,6 +230,7 @@ static void queue_closed_cb(uv_handle_t *h)
 static void queue_wake_cb(uv_async_t *h)
 {
     queue_t *q = h->data;
+    Q_ASSERT_QUEUE_THREAD(q);
     if (atomic_exchange(&q->q_rotate, 0)) {
         char msg[1400];
         if (q_acct_rotate(q->q_acct, msg, sizeof(msg)) != 0)
@@ -262,6 +264,7 @@ static void queue_wake_cb(uv_async_t *h)
 
 void queue_stop(queue_t *q)
 {
+    SL_ASSERT_MAIN_THREAD();
     if (q == NULL || !q->q_started)
         return;
     atomic_store(&q->q_stopping, 1);
@@ -280,6 +283,7 @@ void queue_stop(queue_t *q)
 
 void queue_free(queue_t *q)
 {
+    SL_ASSERT_MAIN_THREAD();
     if (q == NULL)
         return;
     queue_stop(q);
@@ -372,6 +376,7 @@ void queue_set_config(queue_t *q, cfg_t *cfg)
 /* Queue thread: take a config queue_set_config left. */
 static void queue_take_config(queue_t *q)
 {
+    Q_ASSERT_QUEUE_THREAD(q);
     pthread_mutex_lock(&q->q_cfg_lock);
     cfg_t *nc = q->q_cfg_next;
     q->q_cfg_next = NULL;
@@ -447,6 +452,7 @@ static void queue_idle_cb(uv_idle_t *h)
 static void queue_commit_check_cb(uv_check_t *h)
 {
     queue_t *q = h->data;
+    Q_ASSERT_QUEUE_THREAD(q);
     if (q->q_sub_head != NULL || q->q_out_head != NULL) {
         queue_commit_pending(q);
     } else if (q->q_ack_head != NULL) {
@@ -680,6 +686,7 @@ static void queue_acct_received(queue_t *q, const queue_msg_in_t *m, uint64_t no
 static void queue_sub_cb(chan_t *ch, chan_node_t *first, void *arg)
 {
     queue_t *q = arg;
+    Q_ASSERT_QUEUE_THREAD(q);
     UNUSED(ch);
     list_append(&q->q_sub_head, &q->q_sub_tail, first);
     uv_check_start(&q->q_commit_check, queue_commit_check_cb);
@@ -688,6 +695,7 @@ static void queue_sub_cb(chan_t *ch, chan_node_t *first, void *arg)
 static void queue_out_cb(chan_t *ch, chan_node_t *first, void *arg)
 {
     queue_t *q = arg;
+    Q_ASSERT_QUEUE_THREAD(q);
     UNUSED(ch);
     list_append(&q->q_out_head, &q->q_out_tail, first);
     uv_check_start(&q->q_commit_check, queue_commit_check_cb);
@@ -722,6 +730,7 @@ void queue_acct_event(queue_t *q, const char *json_line)
 static void queue_acct_ev_cb(chan_t *ch, chan_node_t *first, void *arg)
 {
     queue_t *q = arg;
+    Q_ASSERT_QUEUE_THREAD(q);
     UNUSED(ch);
     buf_t *b = q_acct_buf(q->q_acct);
     while (first) {
@@ -737,6 +746,7 @@ static void queue_acct_ev_cb(chan_t *ch, chan_node_t *first, void *arg)
 static void queue_timer_cb(uv_timer_t *t)
 {
     queue_t *q = t->data;
+    Q_ASSERT_QUEUE_THREAD(q);
     if (q->q_dispatch && !atomic_load(&q->q_stopping))
         q_sched_scan(q);
 }
@@ -744,6 +754,7 @@ static void queue_timer_cb(uv_timer_t *t)
 static void queue_req_cb(chan_t *ch, chan_node_t *first, void *arg)
 {
     UNUSED(ch);
+    Q_ASSERT_QUEUE_THREAD((queue_t *)arg);
     while (first) {
         chan_node_t *next = first->cn_next;
         queue_req_t *r = (queue_req_t *)first;

@@ -17,7 +17,6 @@
 
 #include "queue/queue.h"
 
-#include <assert.h>
 #include <lmdb.h>
 #include <pthread.h>
 #include <sys/types.h>

@@ -51,6 +51,7 @@ static uint64_t mix64(uint64_t x)
 
 void q_sched_init(queue_t *q)
 {
+    SL_ASSERT_MAIN_THREAD();
     q->q_flight_cap = 1024;
     q->q_flight = xcalloc(q->q_flight_cap, sizeof(q_flight_t));
     q->q_doms_cap = 256;
@@ -59,6 +60,7 @@ void q_sched_init(queue_t *q)
 
 void q_sched_free(queue_t *q)
 {
+    SL_ASSERT_MAIN_THREAD();
     for (size_t i = 0; i < q->q_rounds_cap; i++) {
         while (q->q_rounds[i] != NULL) { /* q_outcomes_stop applied what was held */
             q_round_t *r = q->q_rounds[i];
@@ -454,6 +456,7 @@ static void kick_cb(uv_timer_t *t)
 
 void q_sched_kick(queue_t *q)
 {
+    Q_ASSERT_QUEUE_THREAD(q);
     if (q->q_dispatch == NULL || atomic_load(&q->q_stopping))
         return;
     uint64_t since = clock_mono_us() - q->q_last_scan_us;

@@ -569,6 +569,7 @@ static long lock_holder_pid(int fd)
  */
 int queue_spool_lock(const char *spool_path, int *fd_out, char *err, size_t errlen)
 {
+    SL_ASSERT_MAIN_THREAD();
     char path[1100];
     snprintf(path, sizeof(path), "%s/" QUEUE_LOCK_FILE, spool_path);
     bool writable = true;

@@ -325,6 +325,7 @@ static void render_shaping(met_t *m, struct dlv *dlv)
 
 void metrics_render(const control_env_t *env, buf_t *out, bool openmetrics)
 {
+    SL_ASSERT_MAIN_THREAD();
     met_t m = {.m_out = out, .m_om = openmetrics};
     uint64_t now = env->ce_start_us > 1000000000000000ull ? clock_now_us() : clock_mono_us();
     if (openmetrics) {

@@ -23,7 +23,6 @@
  */
 #include "core/base/base.h"
 
-#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <json-c/json.h>
@@ -552,7 +551,7 @@ static void grid_print(const char *const *hdr, int ncol, char **cells, size_t n,
                        int last_max)
 {
     int w[16];
-    assert(ncol <= (int)ARRAY_SIZE(w));
+    SL_ASSERT(ncol <= (int)ARRAY_SIZE(w));
     for (int j = 0; j < ncol; j++)
         w[j] = (int)strlen(hdr[j]);
     for (size_t i = 0; i < n * (size_t)ncol; i++)
