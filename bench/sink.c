@@ -194,7 +194,7 @@ typedef struct sink {
     uv_signal_t s_sigterm, s_sigint, s_sigusr1;
     uv_timer_t s_quit_timer, s_stats_timer, s_tick_timer;
     bool s_stopping;
-    void *s_tls_ctx;
+    tls_ctx_t *s_tls_ctx;
     FILE *s_log;
     buf_t s_line; /* scratch for log lines */
     sink_conn_t *s_conns;

@@ -135,7 +135,7 @@ struct src {
     uv_loop_t *s_loop;
     uv_timer_t s_tick;
     sockaddr_any_t s_addr;
-    void *s_tls_ctx;
+    tls_ctx_t *s_tls_ctx;
     src_conn_t *s_conns;
     src_wreq_t *s_wfree;
     FILE *s_ids;

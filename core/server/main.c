@@ -188,7 +188,7 @@ static int daemon_check_config(const cfg_t *cfg, char *err, size_t errlen)
     char e[768];
     bool hc = access(cfg->c_tls_cert, F_OK) == 0, hk = access(cfg->c_tls_key, F_OK) == 0;
     if (hc && hk) {
-        void *ctx = tls_server_ctx_new(cfg->c_tls_cert, cfg->c_tls_key, e, sizeof(e));
+        tls_ctx_t *ctx = tls_server_ctx_new(cfg->c_tls_cert, cfg->c_tls_key, e, sizeof(e));
         if (ctx == NULL) {
             snprintf(err, errlen, "%s: smtp.tls: %s", cfg->c_file, e);
             return SL_ECONFIG;

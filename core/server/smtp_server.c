@@ -196,7 +196,7 @@ struct smtp_server {
     atomic_uint_fast64_t s_cap_quiet;  /* refusals since then, not logged one by one */
     cfg_t *s_cfg;
     queue_t *s_q;
-    void *s_tls;
+    tls_ctx_t *s_tls;
     int s_nthr;
     smtp_thread_t *s_thr;
     bool s_started;
@@ -1078,7 +1078,7 @@ static void auth_done(sess_t *s, const char *user, const char *pass)
 
 static void cmd_starttls(sess_t *s)
 {
-    void *ctx = s->se_thr->t_srv->s_tls;
+    tls_ctx_t *ctx = s->se_thr->t_srv->s_tls;
     if (ctx == NULL) {
         sess_error(s, "502 5.5.1 Error: command not implemented");
         return;
