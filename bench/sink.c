@@ -1981,6 +1981,8 @@ static int parse_num(const char *s, double lo, double hi, double *out)
     return 0;
 }
 
+/* Long: one case per option, in the order of the usage text, each with its
+ * range check; a table would need a callback per option for the checks. */
 static int sink_parse_args(int argc, char **argv, sink_opts_t *o)
 {
     static const struct option longopts[] = {

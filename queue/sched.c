@@ -291,6 +291,79 @@ static char *dupn(const char *s, size_t n)
     return s ? xstrndup(s, n) : NULL;
 }
 
+/* A dispatch of message id (mr, decoded in the scan's txn) to domain dom,
+ * with body, a copy of the stored message the caller allocated (its size
+ * plus a NUL). Its recipients come with group_add_rcpt. */
+static queue_dispatch_t *dispatch_new(uint64_t id, const char *dom, const q_msg_rec_t *mr,
+                                      char *body)
+{
+    queue_dispatch_t *qd = xcalloc(1, sizeof(*qd));
+    qd->qd_msgid = id;
+    qd->qd_domain = xstrdup(dom);
+    qd->qd_sender = xstrndup(mr->mr_sender ? mr->mr_sender : "", mr->mr_sender_len);
+    qd->qd_job = dupn(mr->mr_job, mr->mr_job_len);
+    qd->qd_envid = dupn(mr->mr_envid, mr->mr_envid_len);
+    qd->qd_auth_user = dupn(mr->mr_auth, mr->mr_auth_len);
+    qd->qd_flags = mr->mr_flags;
+    qd->qd_arrival = mr->mr_arrival;
+    qd->qd_body = body;
+    memcpy(qd->qd_body, mr->mr_body, mr->mr_body_len);
+    qd->qd_body[mr->mr_body_len] = '\0';
+    qd->qd_body_len = mr->mr_body_len;
+    return qd;
+}
+
+static void group_add_rcpt(scan_group_t *g, uint32_t idx, const q_rcpt_rec_t *rr)
+{
+    queue_dispatch_t *qd = g->sg_d;
+    if (qd->qd_nrcpt == g->sg_cap) {
+        g->sg_cap = g->sg_cap ? g->sg_cap * 2 : 4;
+        qd->qd_rcpts = xrealloc(qd->qd_rcpts, (size_t)g->sg_cap * sizeof(queue_rcpt_out_t));
+    }
+    qd->qd_rcpts[qd->qd_nrcpt++] = (queue_rcpt_out_t){
+        .qo_idx = idx,
+        .qo_addr = xstrndup(rr->rr_addr, rr->rr_addr_len),
+        .qo_orcpt = dupn(rr->rr_orcpt, rr->rr_orcpt_len),
+        .qo_notify = rr->rr_notify,
+        .qo_attempts = rr->rr_attempts,
+    };
+}
+
+/* queue.active_size in force: the configured one, capped under ulimit -v
+ * (looked at again every second: prlimit may lower it at run time). */
+static uint64_t scan_active_size(queue_t *q)
+{
+    const cfg_t *c = q->q_cfg;
+    if (q->q_last_scan_us >= q->q_as_when + 1000000) {
+        q->q_as_when = q->q_last_scan_us;
+        q->q_as_cap = mem_budget_cap(c->c_active_size, q->q_active_bytes);
+        atomic_store_explicit(&q->q_stats.qs_active_limit, q->q_as_cap, memory_order_relaxed);
+    }
+    return MIN(c->c_active_size, q->q_as_cap);
+}
+
+/* Message id's record, decoded into *mr (borrowed from txn); false when it
+ * is gone or does not decode. */
+static bool scan_msg(queue_t *q, MDB_txn *txn, uint64_t id, q_msg_rec_t *mr)
+{
+    uint8_t mk[Q_MSG_KEY_LEN];
+    q_msg_key(mk, id);
+    MDB_val mkv = {Q_MSG_KEY_LEN, mk}, mv;
+    return mdb_get(txn, q->q_dbi_msg, &mkv, &mv) == 0 &&
+           q_msg_decode(mv.mv_data, mv.mv_size, mr) == 0;
+}
+
+/* The recipient record a due key (next, msgid, idx) names, decoded into
+ * *rr (borrowed from txn); false when it is gone or does not decode. */
+static bool scan_rcpt(queue_t *q, MDB_txn *txn, const uint8_t *due_key, q_rcpt_rec_t *rr)
+{
+    uint8_t rk[Q_RCPT_KEY_LEN];
+    memcpy(rk, due_key + 8, Q_RCPT_KEY_LEN);
+    MDB_val rkv = {Q_RCPT_KEY_LEN, rk}, rv;
+    return mdb_get(txn, q->q_dbi_rcpt, &rkv, &rv) == 0 &&
+           q_rcpt_decode(rv.mv_data, rv.mv_size, rr) == 0;
+}
+
 void q_sched_scan(queue_t *q)
 {
     if (q->q_dispatch == NULL || q->q_env == NULL)
@@ -300,12 +373,7 @@ void q_sched_scan(queue_t *q)
     int window = c->c_active_window > 0 ? c->c_active_window : 2000;
     int total = c->c_active_total > 0 ? c->c_active_total : 100000;
     q->q_last_scan_us = clock_mono_us();
-    if (q->q_last_scan_us >= q->q_as_when + 1000000) { /* prlimit may lower it at run time */
-        q->q_as_when = q->q_last_scan_us;
-        q->q_as_cap = mem_budget_cap(c->c_active_size, q->q_active_bytes);
-        atomic_store_explicit(&q->q_stats.qs_active_limit, q->q_as_cap, memory_order_relaxed);
-    }
-    uint64_t active_size = MIN(c->c_active_size, q->q_as_cap);
+    uint64_t active_size = scan_active_size(q);
     if (q->q_active_total >= total || q_holds_held(q, NULL, 0, NULL, 0)) /* `suspend --all` */
         return;
     uint64_t now = clock_now_s();
@@ -352,20 +420,10 @@ void q_sched_scan(queue_t *q)
         if (id != cur_id) {
             scan_flush(q, groups, &ng);
             cur_id = id;
-            uint8_t mk[Q_MSG_KEY_LEN];
-            q_msg_key(mk, id);
-            MDB_val mkv = {Q_MSG_KEY_LEN, mk}, mv;
-            have_msg = mdb_get(txn, q->q_dbi_msg, &mkv, &mv) == 0 &&
-                       q_msg_decode(mv.mv_data, mv.mv_size, &mr) == 0;
+            have_msg = scan_msg(q, txn, id, &mr);
         }
-        if (!have_msg)
-            continue;
-        uint8_t rk[Q_RCPT_KEY_LEN];
-        memcpy(rk, kp + 8, Q_RCPT_KEY_LEN);
-        MDB_val rkv = {Q_RCPT_KEY_LEN, rk}, rv;
         q_rcpt_rec_t rr;
-        if (mdb_get(txn, q->q_dbi_rcpt, &rkv, &rv) != 0 ||
-            q_rcpt_decode(rv.mv_data, rv.mv_size, &rr) != 0)
+        if (!have_msg || !scan_rcpt(q, txn, kp, &rr))
             continue;
         if (q_holds_held(q, rr.rr_addr, rr.rr_addr_len, mr.mr_job, mr.mr_job_len))
             continue; /* domain or job suspended: stays due */
@@ -403,36 +461,12 @@ void q_sched_scan(queue_t *q)
             if (ng == (int)ARRAY_SIZE(groups))
                 scan_flush(q, groups, &ng);
             g = &groups[ng++];
-            queue_dispatch_t *qd = xcalloc(1, sizeof(*qd));
-            qd->qd_msgid = id;
-            qd->qd_domain = xstrdup(dom);
-            qd->qd_sender = xstrndup(mr.mr_sender ? mr.mr_sender : "", mr.mr_sender_len);
-            qd->qd_job = dupn(mr.mr_job, mr.mr_job_len);
-            qd->qd_envid = dupn(mr.mr_envid, mr.mr_envid_len);
-            qd->qd_auth_user = dupn(mr.mr_auth, mr.mr_auth_len);
-            qd->qd_flags = mr.mr_flags;
-            qd->qd_arrival = mr.mr_arrival;
-            qd->qd_body = body;
-            memcpy(qd->qd_body, mr.mr_body, mr.mr_body_len);
-            qd->qd_body[mr.mr_body_len] = '\0';
-            qd->qd_body_len = mr.mr_body_len;
             g->sg_dom = d;
-            g->sg_d = qd;
+            g->sg_d = dispatch_new(id, dom, &mr, body);
             g->sg_cap = 0;
             charge = mr.mr_body_len;
         }
-        queue_dispatch_t *qd = g->sg_d;
-        if (qd->qd_nrcpt == g->sg_cap) {
-            g->sg_cap = g->sg_cap ? g->sg_cap * 2 : 4;
-            qd->qd_rcpts = xrealloc(qd->qd_rcpts, (size_t)g->sg_cap * sizeof(queue_rcpt_out_t));
-        }
-        qd->qd_rcpts[qd->qd_nrcpt++] = (queue_rcpt_out_t){
-            .qo_idx = idx,
-            .qo_addr = xstrndup(rr.rr_addr, rr.rr_addr_len),
-            .qo_orcpt = dupn(rr.rr_orcpt, rr.rr_orcpt_len),
-            .qo_notify = rr.rr_notify,
-            .qo_attempts = rr.rr_attempts,
-        };
+        group_add_rcpt(g, idx, &rr);
         flight_add(q, id, idx, d, charge);
         dispatched++;
         if (q->q_active_total >= total) {

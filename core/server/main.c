@@ -547,6 +547,10 @@ out:
     return rc;
 }
 
+/* Long: sluiced's life in the order it happens - options, the one-shot
+ * modes, the start-up sequence of the file header, the main loop, the
+ * shutdown - read top to bottom; every step is one call, the length is each
+ * step's own error exit. */
 int main(int argc, char **argv)
 {
     enum { OPT_CHECK = 256, OPT_CHECK_SPOOL, OPT_PRINT_DEFAULT, OPT_VERSION, OPT_DKIM_SIGN };
