@@ -18,7 +18,8 @@
  * every new connection wait for its greeting until SIGUSR1 (a backlog
  * builds up in the client, then drains at once).
  *
- * Main parts: sink_main() (options, listeners, signals, the loop),
+ * Main parts: main() (options through sink_parse_args(), listeners,
+ * signals, the loop),
  * sink_conn_* (one SMTP session: read, line/DATA parsing, replies, TLS),
  * sink_prov_* (the profile), sink_map_* (string-keyed counters),
  * sink_summary_write().

@@ -2,9 +2,9 @@
  * config/config_int.h - private to config/: the schema's types, the load in
  * progress, and the interfaces between config/'s files. A file calls only
  * the files below it, never back (tests/arch/layers.py checks it):
+ *     diff.c                 the reload column (reads config.c's schema)
  *     config.c               the schema table, the walk, the load
- *     diff.c, dkimkeys.c     the reload column; the dkim { } section
- *     snapshot.c             references, the current snapshot
+ *     dkimkeys.c, snapshot.c the dkim { } section; references, current
  *     values.c               one value: parsers, checks, lookups, errors
  *     parse.c                the syntax (config.h's cfg_tree_*)
  * Nothing outside config/ includes this.

@@ -164,7 +164,8 @@ typedef enum {
                      0 = until resumed); persisted in the meta db: {"holds":[...]} */
     QREQ_RESUME,  /* drop the hold on qq_domain / qq_job / qq_all: {"resumed":N, "holds":[...]} */
     QREQ_HOLDS,   /* the holds in force: {"holds":[{"type", "name", "provider", "by",
-                     "until", "persistent"}]} (control.c adds the shaping ones) */
+                     "until", "persistent"}]} (core/server/commands.c adds the
+                     shaping ones) */
     QREQ_RETRY,   /* deferred recipients of qq_domain (or all) due now: {"rescheduled":N} */
     QREQ_BOUNCE,  /* remove and bounce (accounting "admin_bounce", DSN as for a bounce) the
                      recipients matching qq_domain, qq_job, qq_sender and qq_older_than
