@@ -14,8 +14,8 @@
  * they stay due on disk and go out at the first scan after the hold ends
  * (admin.c rescans from the oldest entry after a resume).
  *
- * Calls spool.c only (q_map_grow, the key encodings): the scheduler and
- * admin.c call here, never the other way round.
+ * Calls spool.c (q_map_grow, the key encodings) and acct.c (q_jtime_s)
+ * only: the scheduler and admin.c call here, never the other way round.
  * Thread: queue thread only; q_holds_free on the main thread once the
  * queue thread has ended.
  */
