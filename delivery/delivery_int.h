@@ -56,7 +56,7 @@ struct dlv_thread {
     uv_async_t t_stop_async;
     uv_timer_t t_sweep;
     dns_resolver_t *t_dns;
-    void *t_tls_ctx;
+    tls_ctx_t *t_tls_ctx;
     char t_tls_err[256];  /* why t_tls_ctx is NULL */
     dlv_dest_t **t_dests; /* hash table by domain */
     size_t t_ndests;
@@ -119,7 +119,7 @@ struct dlv_dest {
     uint64_t de_dead_until;  /* monotonic us */
     uint64_t de_notls_until; /* monotonic us */
     uint64_t de_last_used;   /* monotonic us */
-    void *de_tls_session;
+    tls_session_t *de_tls_session;
     bool de_kicking;
     bool de_rekick;
     dlv_sts_dest_t *de_sts; /* MTA-STS state (mta_sts.c), NULL when not looked up */

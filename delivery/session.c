@@ -388,7 +388,7 @@ static void session_close(dlv_session_t *s)
         atomic_fetch_sub_explicit(&S_STATS(s)->ds_conn_open, 1, memory_order_relaxed);
     }
     if (s->s_tls != NULL && s->s_tls_done) { /* keep the session for resumption */
-        void *sess = tls_conn_get_session(s->s_tls);
+        tls_session_t *sess = tls_conn_get_session(s->s_tls);
         if (sess != NULL) {
             if (de->de_tls_session)
                 tls_session_free(de->de_tls_session);

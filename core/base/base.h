@@ -80,6 +80,12 @@ _Noreturn void sl_assert_fail(const char *expr, const char *file, int line, cons
 #endif
 #define SL_ASSERT_ON_THREAD(tid)                                                                   \
     SL_DEBUG_ASSERT(uv_thread_equal(&(uv_thread_t){uv_thread_self()}, &(tid)))
+/* The process's main thread: the one that runs main() (sluiced's main
+ * loop, control socket, start-up and shutdown), recorded before main() runs.
+ * SL_ASSERT_MAIN_THREAD(): the caller runs there ("Main thread." in a
+ * Thread: note). Any thread. */
+const uv_thread_t *sl_main_thread(void);
+#define SL_ASSERT_MAIN_THREAD() SL_ASSERT_ON_THREAD(*sl_main_thread())
 
 /* ---------------------------------------------------------------- memory */
 
@@ -303,27 +309,33 @@ void smtp_dot_stuff(buf_t *dst, const char *src, size_t len);
  * with tls_write(), and send whatever tls_pending_out() returns.
  */
 typedef struct tls_conn tls_conn_t;
+/* A context (certificate, key, verification store, settings): built once,
+ * shared by any threads, freed with tls_ctx_free. */
+typedef struct tls_ctx tls_ctx_t;
+/* A client session kept for resumption (per destination). */
+typedef struct tls_session tls_session_t;
 
 /* Server context from PEM files. NULL and *err set on failure. */
-void *tls_server_ctx_new(const char *cert_file, const char *key_file, char *err, size_t errlen);
+tls_ctx_t *tls_server_ctx_new(const char *cert_file, const char *key_file, char *err,
+                              size_t errlen);
 /* Generate a self-signed certificate and key for hostname (first start). */
 int tls_selfsigned_create(const char *cert_file, const char *key_file, const char *hostname,
                           char *err, size_t errlen);
-void tls_ctx_free(void *ctx);
+void tls_ctx_free(tls_ctx_t *ctx);
 
 /* Client context: verify_ca = CA file for "verify" policies (NULL = the
  * system store). Keeps a session cache so that tls_conn_new_client can
  * resume sessions per destination (see tls_session_*). */
-void *tls_client_ctx_new(const char *ca_file, char *err, size_t errlen);
+tls_ctx_t *tls_client_ctx_new(const char *ca_file, char *err, size_t errlen);
 
-tls_conn_t *tls_conn_new_server(void *ctx);
+tls_conn_t *tls_conn_new_server(tls_ctx_t *ctx);
 /* sni: server name to send (and to check when verify is true). */
-tls_conn_t *tls_conn_new_client(void *ctx, const char *sni, bool verify);
+tls_conn_t *tls_conn_new_client(tls_ctx_t *ctx, const char *sni, bool verify);
 /* Session resumption (client): the session to offer before the handshake,
  * and the one to keep after it (caller frees with tls_session_free). */
-void tls_conn_set_session(tls_conn_t *t, void *session);
-void *tls_conn_get_session(tls_conn_t *t);
-void tls_session_free(void *session);
+void tls_conn_set_session(tls_conn_t *t, tls_session_t *session);
+tls_session_t *tls_conn_get_session(tls_conn_t *t);
+void tls_session_free(tls_session_t *session);
 bool tls_conn_resumed(tls_conn_t *t);
 /* Peer certificate verification result (client with verify): 0 ok, or an
  * X509 error code; text in tls_last_error. */
