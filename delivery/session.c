@@ -892,9 +892,22 @@ static void session_judge(dlv_session_t *s, int code)
         dlv_shp_delivered(s->s_dest, s->s_vmta);
 }
 
-/* A 552 to RCPT is temporary (RFC 5321 4.5.3.1.10, as Postfix has it):
- * the current reply is recorded as 452 with a 4.x.x status, and its text
- * says so. */
+/* Does the current reply (a 552 to RCPT) say "too many recipients"? Its
+ * enhanced status 5.5.3, or no status and those words. RFC 5321
+ * 4.5.3.1.10 makes only that 552 temporary (RFC 821 used 552 for it); a
+ * 552 with a mailbox status ("5.2.2 over quota") refuses the recipient, as
+ * Postfix keeps it (smtp_proto.c leaves 552 alone: "too much mail data"
+ * must not become a recoverable error). */
+static bool session_too_many(const dlv_session_t *s)
+{
+    const char *st = s->s_reply.sr_status;
+    if (st[0] != '\0')
+        return strcmp(st, "5.5.3") == 0;
+    return strcasestr(s->s_text, "too many recipients") != NULL;
+}
+
+/* A 552 "too many recipients" to RCPT is temporary: the current reply is
+ * recorded as 452 with a 4.x.x status, and its text says so. */
 static void session_rcpt_552(dlv_session_t *s)
 {
     size_t n = strlen(s->s_text);
@@ -1024,10 +1037,11 @@ static void session_on_reply(dlv_session_t *s)
                     s->s_rcpt_cap = s->s_nacc;
                 if (!s->s_pipelined) /* the rest would get the same answer */
                     s->s_n = s->s_ri + 1;
+            } else if (code == 552 && session_too_many(s)) {
+                session_rcpt_552(s); /* RFC 5321 4.5.3.1.10: temporary */
+                session_record(s, i, 452);
             } else {
-                if (code == 552) /* RFC 5321 4.5.3.1.10: temporary */
-                    session_rcpt_552(s);
-                session_record(s, i, code == 552 ? 452 : code);
+                session_record(s, i, code);
             }
         }
         s->s_ri++;
