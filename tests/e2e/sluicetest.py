@@ -303,13 +303,32 @@ def wait_for_socket(path, timeout=10.0, proc=None):
     wait_for(ready, timeout, what="control socket " + path)
 
 
-def wait_for_port(host, port, timeout=10.0, proc=None):
-    """Wait until host:port accepts TCP connections (see wait_for_socket)."""
+def smtp_greets(host, port):
+    """True when an SMTP server on host:port accepted a connection and
+    said something (its greeting, or a 421): unlike a bare connect, the
+    server has then taken the connection off its accept queue, so the probe
+    cannot be counted later, as a session the test did not open."""
+    try:
+        with socket.create_connection((host, port), timeout=5) as s:
+            s.settimeout(5)
+            try:
+                return s.recv(512) != b""
+            except socket.timeout:
+                return False
+    except OSError:
+        return False
+
+
+def wait_for_port(host, port, timeout=10.0, proc=None, smtp=False):
+    """Wait until host:port accepts TCP connections (see wait_for_socket);
+    with smtp, until the server there has greeted a probe (smtp_greets)."""
+    probe = smtp_greets if smtp else tcp_connectable
+
     def ready():
         if proc is not None and proc.poll() is not None:
             raise RuntimeError("process exited with %s before %s:%d was ready"
                                % (proc.returncode, host, port))
-        return tcp_connectable(host, port)
+        return probe(host, port)
     wait_for(ready, timeout, what="%s:%d" % (host, port))
 
 
@@ -554,7 +573,7 @@ class Daemon:
         if wait:
             try:
                 wait_for_socket(self.ctl_socket, timeout, self.proc)
-                wait_for_port(self.smtp_host, self.smtp_port, timeout, self.proc)
+                wait_for_port(self.smtp_host, self.smtp_port, timeout, self.proc, smtp=True)
                 if not quiet:
                     def ready():
                         if self.proc.poll() is not None:
