@@ -33,8 +33,8 @@ static void dlv_sweep_cb(uv_timer_t *h);
 static dlv_dest_t *dlv_dest_get(dlv_thread_t *t, const char *domain);
 static void dlv_dest_free(dlv_dest_t *de);
 static void dlv_route_start(dlv_dest_t *de);
-static void dlv_route_fail(dlv_dest_t *de, queue_result_t res, int code, const char *status,
-                           const char *text, uint32_t ttl);
+static void dlv_route_fail(dlv_dest_t *de, int code, const char *status, const char *text,
+                           uint32_t ttl);
 static void dlv_mx_cb(void *arg, dns_status_t st, const dns_mx_t *mx, int n, uint32_t ttl);
 static void dlv_addr_cb(void *arg, dns_status_t st, const sockaddr_any_t *addrs, int n,
                         uint32_t ttl);
@@ -483,20 +483,31 @@ queue_dispatch_t *dlv_dest_pop(dlv_dest_t *de)
     return dlv_shp_pop_any(de);
 }
 
-void dlv_dest_fail_pending(dlv_dest_t *de, queue_result_t res, int code, const char *status,
-                           const char *text)
+void dlv_dest_fail_pending(dlv_dest_t *de, const dlv_verdict_t *v)
 {
+    dlv_where_t w = {.w_mta_sts = dlv_sts_mode(de)}; /* e.g. 4.7.5 no MX matches */
     queue_dispatch_t *qd;
     while ((qd = dlv_dest_pop(de)) != NULL) {
-        char ids[17];
-        log_info("%s to=%s%s relay=none dsn=%s status=%s (%s)", queue_msgid_fmt(qd->qd_msgid, ids),
-                 qd->qd_nrcpt > 0 ? qd->qd_rcpts[0].qo_addr : "?", qd->qd_nrcpt > 1 ? ",..." : "",
-                 status, res == Q_OUT_BOUNCED ? "bounced" : "deferred", log_esc(text));
-        dlv_where_t w = {.w_mta_sts = dlv_sts_mode(de)}; /* e.g. 4.7.5 no MX matches */
         for (int i = 0; i < qd->qd_nrcpt; i++)
-            dlv_outcome(de->de_t, qd, i, res, code, status, text, &w);
+            dlv_report(de->de_t, qd, i, &v->v_res, v->v_text, &w);
         queue_dispatch_free(qd);
     }
+}
+
+void dlv_dest_fail_pending_with(dlv_dest_t *de, int code, const char *status, const char *text,
+                                uint64_t retry_at)
+{
+    if (de->de_npending == 0)
+        return;
+    dlv_reply_t r = {.rp_stage = DLV_STAGE_DEST,
+                     .rp_code = code,
+                     .rp_status = status,
+                     .rp_text = text,
+                     .rp_domain = de->de_domain,
+                     .rp_retry_at = retry_at};
+    dlv_verdict_t v;
+    dlv_judge(&r, &v);
+    dlv_dest_fail_pending(de, &v);
 }
 
 void dlv_dest_kick(dlv_dest_t *de)
@@ -516,7 +527,7 @@ void dlv_dest_kick(dlv_dest_t *de)
         if (de->de_npending == 0)
             continue; /* to the rekick test */
         if (de->de_dead_until > now) {
-            dlv_dest_fail_pending(de, Q_OUT_DEFERRED, 0, "4.4.1", "destination marked down");
+            dlv_dest_fail_pending_with(de, 0, "4.4.1", "destination marked down", 0);
             continue; /* to the rekick test */
         }
         if (de->de_rstate == DLV_RT_RESOLVING)
@@ -530,8 +541,8 @@ void dlv_dest_kick(dlv_dest_t *de)
             atomic_fetch_add_explicit(&t->t_d->d_stats.ds_dns_cache_hits, 1, memory_order_relaxed);
         de->de_rfresh = false;
         if (de->de_rstate == DLV_RT_FAILED) {
-            dlv_dest_fail_pending(de, de->de_fail_result, de->de_fail_code, de->de_fail_status,
-                                  de->de_fail_text);
+            dlv_dest_fail_pending_with(de, de->de_fail_code, de->de_fail_status, de->de_fail_text,
+                                       0);
             continue; /* to the rekick test */
         }
         /* MTA-STS (mta_sts.c): held while the policy is looked up; enforce
@@ -553,7 +564,7 @@ void dlv_dest_conn_ok(dlv_dest_t *de)
         de->de_limit++;
 }
 
-void dlv_dest_conn_failed(dlv_dest_t *de, int code, const char *status, const char *text)
+void dlv_dest_conn_failed(dlv_dest_t *de, const dlv_verdict_t *v)
 {
     dlv_thread_t *t = de->de_t;
     const cfg_t *cfg = t->t_cfg;
@@ -568,13 +579,13 @@ void dlv_dest_conn_failed(dlv_dest_t *de, int code, const char *status, const ch
         atomic_fetch_add_explicit(&t->t_d->d_stats.ds_dests_down, 1, memory_order_relaxed);
         log_warn("delivery: %s marked down for %llus after %d connection failures (%s)",
                  de->de_domain, (unsigned long long)cfg->c_dlv_dead_time, cfg->c_dlv_dead_after,
-                 text);
-        dlv_dest_fail_pending(de, Q_OUT_DEFERRED, 0, "4.4.1", "destination marked down");
+                 v->v_text);
+        dlv_dest_fail_pending_with(de, 0, "4.4.1", "destination marked down", 0);
         return;
     }
     /* no other connection will take the backlog: defer it now */
     if (de->de_sessions == NULL)
-        dlv_dest_fail_pending(de, Q_OUT_DEFERRED, code, status, text);
+        dlv_dest_fail_pending(de, v);
 }
 
 /* ------------------------------------------------------------- routes */
@@ -585,8 +596,8 @@ void dlv_dest_conn_failed(dlv_dest_t *de, int code, const char *status, const ch
  * destination again: a kick with an expired failure would start another
  * lookup instead of applying it, and those recipients would never get an
  * outcome (a delivery thread spinning on DNS). */
-static void dlv_route_fail(dlv_dest_t *de, queue_result_t res, int code, const char *status,
-                           const char *text, uint32_t ttl)
+static void dlv_route_fail(dlv_dest_t *de, int code, const char *status, const char *text,
+                           uint32_t ttl)
 {
     const cfg_t *cfg = de->de_t->t_cfg;
     if (ttl > cfg->c_dlv_dns_cache_max)
@@ -596,13 +607,12 @@ static void dlv_route_fail(dlv_dest_t *de, queue_result_t res, int code, const c
     de->de_rstate = DLV_RT_FAILED;
     de->de_rfresh = false; /* used right here */
     de->de_rexpire = dlv_mono() + (uint64_t)ttl * 1000000ULL;
-    de->de_fail_result = res;
     de->de_fail_code = code;
     snprintf(de->de_fail_status, sizeof(de->de_fail_status), "%s", status);
     free(de->de_fail_text);
     de->de_fail_text = xstrdup(text);
     log_info("delivery: route %s: %s %s (cached %us)", de->de_domain, status, log_esc(text), ttl);
-    dlv_dest_fail_pending(de, res, code, status, text);
+    dlv_dest_fail_pending_with(de, code, status, text, 0);
 }
 
 static void dlv_route_ready(dlv_dest_t *de, dlv_addr_t *addrs, int n, uint32_t ttl)
@@ -701,18 +711,18 @@ static void dlv_mx_cb(void *arg, dns_status_t st, const dns_mx_t *mx, int n, uin
     case DNS_NXDOMAIN:
         snprintf(text, sizeof(text), "Host or domain name not found (%s: %s)", de->de_domain,
                  dns_status_str(st));
-        dlv_route_fail(de, Q_OUT_BOUNCED, 0, "5.1.2", text, ttl);
+        dlv_route_fail(de, 0, "5.1.2", text, ttl);
         return;
     default:
         snprintf(text, sizeof(text), "DNS lookup of MX for %s failed: %s", de->de_domain,
                  dns_status_str(st));
-        dlv_route_fail(de, Q_OUT_DEFERRED, 0, "4.4.3", text, DLV_TEMPFAIL_CACHE);
+        dlv_route_fail(de, 0, "4.4.3", text, DLV_TEMPFAIL_CACHE);
         return;
     }
     if (dns_mx_is_null(mx, n)) {
         snprintf(text, sizeof(text), "Domain %s does not accept mail (null MX, RFC 7505)",
                  de->de_domain);
-        dlv_route_fail(de, Q_OUT_BOUNCED, 556, "5.1.10", text, ttl);
+        dlv_route_fail(de, 556, "5.1.10", text, ttl);
         return;
     }
     dlv_mx_scratch_free(de);
@@ -732,7 +742,7 @@ static void dlv_mx_cb(void *arg, dns_status_t st, const dns_mx_t *mx, int n, uin
         dlv_mx_scratch_free(de);
         snprintf(text, sizeof(text), "Domain %s does not accept mail (no usable MX host, %d MX)",
                  de->de_domain, n);
-        dlv_route_fail(de, Q_OUT_BOUNCED, 556, "5.1.10", text, ttl);
+        dlv_route_fail(de, 556, "5.1.10", text, ttl);
         return;
     }
     de->de_mx_ttl = ttl;
@@ -766,17 +776,17 @@ static void dlv_mx_done(dlv_dest_t *de, bool implicit)
         if (implicit && (st == DNS_NXDOMAIN || st == DNS_NODATA)) {
             snprintf(text, sizeof(text), "Host or domain name not found (%s: no MX, no address)",
                      de->de_domain);
-            dlv_route_fail(de, Q_OUT_BOUNCED, 0, "5.1.2", text, de->de_mx_ttl);
+            dlv_route_fail(de, 0, "5.1.2", text, de->de_mx_ttl);
         } else if (tempfail) {
             snprintf(text, sizeof(text), "DNS lookup of the MX hosts of %s failed: %s",
                      de->de_domain, dns_status_str(DNS_TEMPFAIL));
-            dlv_route_fail(de, Q_OUT_DEFERRED, 0, "4.4.3", text, DLV_TEMPFAIL_CACHE);
+            dlv_route_fail(de, 0, "4.4.3", text, DLV_TEMPFAIL_CACHE);
         } else {
             snprintf(text, sizeof(text),
                      "Host or domain name not found: no MX host of %s has an address (%s: %s%s)",
                      de->de_domain, de->de_nmx ? de->de_mx[0].dm_host : "?", dns_status_str(st),
                      de->de_nmx > 1 ? ", ..." : "");
-            dlv_route_fail(de, Q_OUT_BOUNCED, 0, "5.4.4", text, de->de_mx_ttl);
+            dlv_route_fail(de, 0, "5.4.4", text, de->de_mx_ttl);
         }
         dlv_mx_scratch_free(de);
         return;
@@ -809,8 +819,7 @@ static void dlv_addr_cb(void *arg, dns_status_t st, const sockaddr_any_t *addrs,
         if (st != DNS_OK) {
             char text[512];
             snprintf(text, sizeof(text), "static route host lookup failed: %s", dns_status_str(st));
-            dlv_route_fail(de, Q_OUT_DEFERRED, 0, st == DNS_TEMPFAIL ? "4.4.3" : "4.4.4", text,
-                           DLV_TEMPFAIL_CACHE);
+            dlv_route_fail(de, 0, st == DNS_TEMPFAIL ? "4.4.3" : "4.4.4", text, DLV_TEMPFAIL_CACHE);
             return;
         }
         const struct cfg_route *rt = cfg_route_for(de->de_t->t_cfg, de->de_domain);
@@ -835,59 +844,4 @@ static void dlv_addr_cb(void *arg, dns_status_t st, const sockaddr_any_t *addrs,
     }
     if (--de->de_mx_waiting == 0)
         dlv_mx_done(de, slot == -2);
-}
-
-/* ------------------------------------------------------------- outcomes */
-
-void dlv_outcome(dlv_thread_t *t, const queue_dispatch_t *qd, int i, queue_result_t res, int code,
-                 const char *status, const char *text, const dlv_where_t *w)
-{
-    dlv_stats_t *st = &t->t_d->d_stats;
-    queue_outcome_t *o = xcalloc(1, sizeof(*o));
-    o->qo_msgid = qd->qd_msgid;
-    o->qo_idx = qd->qd_rcpts[i].qo_idx;
-    o->qo_result = res;
-    o->qo_code = code;
-    if (code != 0)
-        dlv_status_for_reply(code, status, o->qo_status);
-    else if (status != NULL && status[0] != '\0')
-        snprintf(o->qo_status, sizeof(o->qo_status), "%s", status);
-    else
-        snprintf(o->qo_status, sizeof(o->qo_status), "%s",
-                 res == Q_OUT_BOUNCED     ? "5.0.0"
-                 : res == Q_OUT_DELIVERED ? "2.0.0"
-                                          : "4.0.0");
-    o->qo_text = text ? xstrdup(text) : NULL;
-    if (res != Q_OUT_DELIVERED) {
-        /* The rules decide the category and whether a 4xx that names a
-         * permanent failure (some providers' "user unknown") bounces now. */
-        dlv_verdict_t v;
-        dlv_classify_reply(code, o->qo_status, text, qd->qd_domain, w ? w->w_mx : NULL, &v);
-        if (v.v_bounce && res == Q_OUT_DEFERRED && code >= 400 && code < 500)
-            o->qo_result = res = Q_OUT_BOUNCED;
-        o->qo_category = xstrdup(v.v_category);
-    }
-    if (w != NULL) {
-        o->qo_mx = w->w_mx ? xstrdup(w->w_mx) : NULL;
-        snprintf(o->qo_mx_ip, sizeof(o->qo_mx_ip), "%s", w->w_mx_ip ? w->w_mx_ip : "");
-        snprintf(o->qo_src_ip, sizeof(o->qo_src_ip), "%s", w->w_src_ip ? w->w_src_ip : "");
-        snprintf(o->qo_tls, sizeof(o->qo_tls), "%s", w->w_tls ? w->w_tls : "");
-        snprintf(o->qo_cipher, sizeof(o->qo_cipher), "%s", w->w_cipher ? w->w_cipher : "");
-        snprintf(o->qo_mta_sts, sizeof(o->qo_mta_sts), "%s", w->w_mta_sts ? w->w_mta_sts : "");
-        o->qo_peer_dsn = w->w_peer_dsn; /* a success DSN is then the next hop's to send */
-        if (res == Q_OUT_DEFERRED)
-            o->qo_retry_at = w->w_retry_at;
-    }
-    switch (res) {
-    case Q_OUT_DELIVERED:
-        atomic_fetch_add_explicit(&st->ds_delivered, 1, memory_order_relaxed);
-        break;
-    case Q_OUT_DEFERRED:
-        atomic_fetch_add_explicit(&st->ds_deferred, 1, memory_order_relaxed);
-        break;
-    case Q_OUT_BOUNCED:
-        atomic_fetch_add_explicit(&st->ds_bounced, 1, memory_order_relaxed);
-        break;
-    }
-    queue_outcome_submit(t->t_d->d_queue, o);
 }

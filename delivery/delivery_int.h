@@ -31,6 +31,7 @@ typedef struct dlv_dest dlv_dest_t;
 typedef struct dlv_session dlv_session_t;
 typedef struct dlv_shaping dlv_shaping_t;     /* shaping_int.h */
 typedef struct shp_dest shp_dest_t;           /* shaping.c */
+typedef struct shp_queue shp_queue_t;         /* shaping_int.h: a (provider, virtual MTA) queue */
 typedef struct dlv_sts_cache dlv_sts_cache_t; /* mta_sts.c */
 typedef struct dlv_sts_dest dlv_sts_dest_t;   /* mta_sts.c */
 
@@ -98,8 +99,7 @@ struct dlv_dest {
     uint64_t de_rstart;  /* clock_mono_us() when the route lookup started */
     dlv_addr_t *de_addrs;
     int de_naddr;
-    queue_result_t de_fail_result; /* DLV_RT_FAILED: what every recipient gets */
-    int de_fail_code;
+    int de_fail_code; /* DLV_RT_FAILED: the failure every recipient gets (dlv_judge) */
     char de_fail_status[16];
     char *de_fail_text;
     /* MX resolution in progress */
@@ -125,36 +125,133 @@ struct dlv_dest {
     dlv_sts_dest_t *de_sts; /* MTA-STS state (mta_sts.c), NULL when not looked up */
 };
 
+/* ------------------------------------------------------------ trouble.c
+ * The reply judge (after Postfix's smtp_trouble.c): every reply of a
+ * receiving server, and every failure decided without one, goes to
+ * dlv_judge(), which says what follows from it. Nothing else classifies. */
+
+/* Where the reply came from. The stage decides which replies are outcomes:
+ * a reply that decides no recipient's fate (220 greeting, 250 to EHLO,
+ * RCPT, 354, a DATA or final-dot reply of a transaction nobody was
+ * accepted in, an RCPT reply after a refused MAIL, STARTTLS, RSET, QUIT)
+ * is "not an outcome" and never reaches the shaping rules. */
+typedef enum {
+    DLV_STAGE_DEST = 0, /* the destination's backlog, no connection: route (DNS), dead site,
+                         * TLS policy, MTA-STS, a held provider; code 0 or the route's */
+    DLV_STAGE_CONNECT,  /* a connection that failed before the session was ready, without a
+                         * reply: connect, timeout, lost, TLS (code 0) */
+    DLV_STAGE_GREETING, /* the server's 220 */
+    DLV_STAGE_EHLO,     /* the first EHLO: a 5xx means HELO next */
+    DLV_STAGE_EHLO_TLS, /* EHLO again after STARTTLS */
+    DLV_STAGE_HELO,
+    DLV_STAGE_STARTTLS,
+    DLV_STAGE_MAIL,
+    DLV_STAGE_RCPT,
+    DLV_STAGE_DATA,
+    DLV_STAGE_DOT,   /* the reply to the final dot */
+    DLV_STAGE_LOCAL, /* the dispatch in a session, decided here: 5.6.7, 5.3.4, 5.6.3, DKIM,
+                      * a connection lost in a transaction (code 0) */
+    DLV_STAGE_OTHER, /* RSET, QUIT, a reply nobody asked for */
+} dlv_stage_t;
+
+typedef enum {
+    DLV_FATE_NONE = 0, /* not an outcome: the dialogue goes on */
+    DLV_FATE_NEXT_TXN, /* RCPT "too many recipients": this one goes in the next transaction */
+    DLV_FATE_DELIVERED,
+    DLV_FATE_DEFERRED,
+    DLV_FATE_BOUNCED,
+} dlv_fate_t;
+
+/* A reply (or a failure without one), as dlv_judge() reads it. */
+typedef struct dlv_reply {
+    dlv_stage_t rp_stage;
+    int rp_code;           /* 0: no reply */
+    const char *rp_status; /* the enhanced status as given; "" or NULL: none */
+    const char *rp_text;   /* the reply's text on one line (or the failure's) */
+    const char *rp_domain; /* the recipient domain */
+    const char *rp_mx;     /* the host that answered (or was tried); NULL: none */
+    const char *rp_mx_ip;
+    int rp_port;
+    shp_queue_t *rp_q;    /* its (provider, virtual MTA) queue; NULL: no shaping */
+    int rp_accepted;      /* RCPT, DATA, DOT: recipients accepted in the transaction */
+    bool rp_mail_refused; /* RCPT, DATA: MAIL was refused */
+    uint64_t rp_retry_at; /* DEST: a retry time the caller knows (unix s), 0 = none */
+} dlv_reply_t;
+
+/* What one recipient's outcome is. */
+typedef struct dlv_result {
+    dlv_fate_t rs_fate;
+    int rs_code;             /* the code as recorded (0: none) */
+    char rs_status[16];      /* the enhanced status as recorded */
+    const char *rs_category; /* the bounce category (static); NULL when delivered */
+    uint64_t rs_retry_at;    /* deferred: earliest next attempt (unix s), 0 = the schedule's */
+} dlv_result_t;
+
+#define DLV_TEXT_MAX 1280
+
+/* Everything that follows from a reply. */
+typedef struct dlv_verdict {
+    dlv_result_t v_res;
+    char v_text[DLV_TEXT_MAX]; /* the text as recorded (empty when not an outcome) */
+    const char *v_rule;        /* the bounce rule that classified ("file:line"), or NULL */
+    int v_signal;              /* the shaping rule's action that fired (shp_action_t), 0 none */
+    bool v_abort;              /* a protocol error: the session must end (QUIT) */
+} dlv_verdict_t;
+
+/* Judge reply r into *v. Applies the shaping rules of r->rp_q to the
+ * replies that decide a fate (its counters, backoff, suspension; the
+ * caller acts on the destination's part of v_signal with dlv_shp_signal).
+ * Delivery thread (rp_q's provider is shared: any thread holding it). */
+void dlv_judge(const dlv_reply_t *r, dlv_verdict_t *v);
+/* The judge's classification step alone (tests, dlv_classify): the active
+ * bounce rules, then the built-in table; always fills *out (h_category
+ * never NULL). Without mx, a connection-level failure's text
+ * ("host[ip]:port greeting: 421 ...") gives the host that refused. Any
+ * thread. */
+struct dlv_rule_hit;
+void dlv_classify_reply(int code, const char *status, const char *text, const char *domain,
+                        const char *mx, struct dlv_rule_hit *out);
+/* The outcome for a reply given its rule hit: dlv_result_for_code(), except
+ * a 4xx whose rule says "bounce" is Q_OUT_BOUNCED. Any thread. */
+queue_result_t dlv_result_for_verdict(int code, const struct dlv_rule_hit *h);
+
+/* Where an outcome happened: the connection fields of the record and of
+ * the delivery log line. */
+typedef struct dlv_where {
+    const char *w_mx; /* NULL: no connection ("relay=none") */
+    const char *w_mx_ip;
+    int w_port;
+    const char *w_src_ip;
+    const char *w_tls;
+    const char *w_cipher;
+    const char *w_mta_sts; /* MTA-STS mode that applied ("enforce", "testing") or NULL */
+    bool w_peer_dsn;       /* the server offered DSN: NOTIFY and ORCPT went on with the RCPT */
+} dlv_where_t;
+
+/* Recipient i of qd has outcome res (text: its text): write the one
+ * delivery log line, count it and hand it to the queue. Delivery thread. */
+void dlv_report(dlv_thread_t *t, const queue_dispatch_t *qd, int i, const dlv_result_t *res,
+                const char *text, const dlv_where_t *w);
+
 /* ----------------------------------------------------------- delivery.c */
 
 /* Hand out work / open connections / apply route failures. */
 void dlv_dest_kick(dlv_dest_t *de);
 /* Pop the next pending dispatch, or NULL. */
 queue_dispatch_t *dlv_dest_pop(dlv_dest_t *de);
-/* A session could not get through to any address (connect, greeting). */
-void dlv_dest_conn_failed(dlv_dest_t *de, int code, const char *status, const char *text);
+/* A session could not get through to any address (connect, greeting): v
+ * is the judge's verdict on its last error (trouble.c). */
+void dlv_dest_conn_failed(dlv_dest_t *de, const dlv_verdict_t *v);
 /* A session reached the ready state. */
 void dlv_dest_conn_ok(dlv_dest_t *de);
-/* Every pending dispatch of de gets this outcome (route failure, dead site,
- * TLS policy). */
-void dlv_dest_fail_pending(dlv_dest_t *de, queue_result_t res, int code, const char *status,
-                           const char *text);
-
-/* Where an outcome happened: fills the outcome's connection fields. */
-typedef struct dlv_where {
-    const char *w_mx;
-    const char *w_mx_ip;
-    const char *w_src_ip;
-    const char *w_tls;
-    const char *w_cipher;
-    uint64_t w_retry_at;   /* deferred: earliest next attempt (unix s), 0 = the schedule's */
-    const char *w_mta_sts; /* MTA-STS mode that applied ("enforce", "testing") or NULL */
-    bool w_peer_dsn;       /* the server offered DSN: NOTIFY and ORCPT went on with the RCPT */
-} dlv_where_t;
-
-/* Submit one recipient's outcome and count it. */
-void dlv_outcome(dlv_thread_t *t, const queue_dispatch_t *qd, int i, queue_result_t res, int code,
-                 const char *status, const char *text, const dlv_where_t *w);
+/* Every pending dispatch of de gets the fate of verdict v (route failure,
+ * dead site, TLS policy, a held provider). */
+void dlv_dest_fail_pending(dlv_dest_t *de, const dlv_verdict_t *v);
+/* The same with a verdict judged here: stage DLV_STAGE_DEST, no reply
+ * (code 0 unless the route has one, e.g. 556 for a null MX). retry_at:
+ * unix s, 0 = the schedule's. */
+void dlv_dest_fail_pending_with(dlv_dest_t *de, int code, const char *status, const char *text,
+                                uint64_t retry_at);
 
 /* ------------------------------------------------------------ session.c */
 
@@ -191,8 +288,6 @@ int dlv_dkim_prepare(const cfg_t *cfg, const queue_dispatch_t *qd, const char *m
  * Traffic shaping hooks (shaping_int.h has the rest). All on the
  * destination's delivery thread unless noted. */
 
-#define DLV_SHP_BOUNCE 1 /* dlv_shp_reply: this recipient bounces */
-
 /* Destination life: after de_domain is set / before de is freed (frees
  * the backlog) / at thread stop (closes the throttle timer). */
 void dlv_shp_dest_init(dlv_dest_t *de);
@@ -219,14 +314,14 @@ int dlv_shp_max_rcpt(dlv_dest_t *de, int vmta);
 const char *dlv_shp_helo(dlv_dest_t *de, int vmta);
 /* Bind the TCP handle to vmta's source address. 0 or a libuv error. */
 int dlv_shp_bind(dlv_dest_t *de, int vmta, uv_tcp_t *tcp);
-/* A reply with code >= 400: response rules (backoff, suspend, ...);
- * returns DLV_SHP_BOUNCE or 0. */
-int dlv_shp_reply(dlv_dest_t *de, int vmta, int code, const char *status, const char *text);
-/* A message accepted (final 2xx): counts towards recovery from backoff. */
-void dlv_shp_delivered(dlv_dest_t *de, int vmta);
-/* Earliest retry (unix s) for a deferral on vmta's queue: later in
- * backoff (backoff.retry), else 0. */
-uint64_t dlv_shp_retry_at(dlv_dest_t *de, int vmta);
+/* The (provider, vmta) queue a reply of a session of de from vmta goes to
+ * (dlv_reply_t's rp_q): looked up at each reply, since a reload may move
+ * the destination to another provider. */
+shp_queue_t *dlv_shp_queue(dlv_dest_t *de, int vmta);
+/* Act on the destination's part of a verdict's shaping signal: defer-queue
+ * defers the backlog now; suspend and disable-source move it on (other
+ * sources) or defer it at the next kick. */
+void dlv_shp_signal(dlv_dest_t *de, int signal);
 /* de's provider name (NULL before it is known). */
 const char *dlv_shp_provider(const dlv_dest_t *de);
 

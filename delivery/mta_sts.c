@@ -914,7 +914,7 @@ bool dlv_sts_gate(dlv_dest_t *de)
     if (!sd->sd_applied)
         sts_apply(de);
     if (sd->sd_nomatch) {
-        dlv_dest_fail_pending(de, Q_OUT_DEFERRED, 0, "4.7.5", sd->sd_why);
+        dlv_dest_fail_pending_with(de, 0, "4.7.5", sd->sd_why, 0);
         return false;
     }
     return true;

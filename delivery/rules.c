@@ -14,7 +14,7 @@
  *
  * Main functions: dlv_rules_parse/load/free (any thread), dlv_rules_match
  * (any thread), dlv_rules_install (main thread) / dlv_rules_active (any
- * thread), dlv_classify_reply, dlv_result_for_verdict.
+ * thread). The judge (trouble.c) is what asks them about a reply.
  *
  * Ownership: a set owns its strings and compiled patterns. The active set
  * is published with an atomic pointer; a replaced set is kept on a list
@@ -673,7 +673,7 @@ static uint64_t rules_provider_mask(const dlv_rules_t *rs, const char *domain, c
 /* The host of a connection-level failure's text, "host[ip]:port phase: ..."
  * (session.c writes it for a refused greeting, EHLO or HELO, whose caller
  * has no MX host to give): its length, 0 when text does not start so. */
-static size_t rules_text_host(const char *text, char out[256])
+size_t dlv_rules_text_host(const char *text, char out[256])
 {
     if (text == NULL)
         return 0;
@@ -737,7 +737,7 @@ static bool rules_status_match(const rules_rule_t *ru, const int st[3])
 }
 
 bool dlv_rules_match(const dlv_rules_t *r, int code, const char *status, const char *text,
-                     const char *domain, const char *mx, dlv_verdict_t *out)
+                     const char *domain, const char *mx, dlv_rule_hit_t *out)
 {
     if (r == NULL || code < 400 || code > 599)
         return false;
@@ -780,10 +780,10 @@ bool dlv_rules_match(const dlv_rules_t *r, int code, const char *status, const c
             if (pcre2_match(ru->ru_re, (PCRE2_SPTR)text, tlen, 0, 0, md, r->rs_mctx) < 0)
                 continue;
         }
-        out->v_category = ru->ru_category;
-        out->v_bounce = ru->ru_bounce;
-        out->v_rule = ru->ru_where;
-        out->v_provider = ru->ru_provider >= 0 ? r->rs_providers[ru->ru_provider].pv_name : NULL;
+        out->h_category = ru->ru_category;
+        out->h_bounce = ru->ru_bounce;
+        out->h_rule = ru->ru_where;
+        out->h_provider = ru->ru_provider >= 0 ? r->rs_providers[ru->ru_provider].pv_name : NULL;
         hit = true;
     }
     pcre2_match_data_free(md);
@@ -840,28 +840,4 @@ void dlv_rules_shutdown(void)
         rules_retired = next;
     }
     pthread_mutex_unlock(&rules_lock);
-}
-
-/* ------------------------------------------------------- classification */
-
-void dlv_classify_reply(int code, const char *status, const char *text, const char *domain,
-                        const char *mx, dlv_verdict_t *out)
-{
-    char host[256];
-    if ((mx == NULL || mx[0] == '\0') && rules_text_host(text, host) > 0)
-        mx = host; /* a refused greeting or EHLO names the host that refused */
-    if (code >= 400 && code <= 599 &&
-        dlv_rules_match(dlv_rules_active(), code, status, text, domain, mx, out))
-        return;
-    out->v_category = dlv_classify_builtin(code, status, text);
-    out->v_bounce = false;
-    out->v_rule = NULL;
-    out->v_provider = NULL;
-}
-
-queue_result_t dlv_result_for_verdict(int code, const dlv_verdict_t *v)
-{
-    if (code >= 400 && code <= 499 && v != NULL && v->v_bounce)
-        return Q_OUT_BOUNCED;
-    return dlv_result_for_code(code);
 }

@@ -30,12 +30,12 @@
 typedef struct dlv_rules dlv_rules_t;
 
 /* What the rules say about one reply. */
-typedef struct dlv_verdict {
-    const char *v_category; /* one of the 17 categories; a static string */
-    bool v_bounce;          /* the rule's action is "bounce": fail a 4xx now */
-    const char *v_rule;     /* "file:line" of the matching rule, NULL = built-in table */
-    const char *v_provider; /* the matching rule's provider, or NULL */
-} dlv_verdict_t;
+typedef struct dlv_rule_hit {
+    const char *h_category; /* one of the 17 categories; a static string */
+    bool h_bounce;          /* the rule's action is "bounce": fail a 4xx now */
+    const char *h_rule;     /* "file:line" of the matching rule, NULL = built-in table */
+    const char *h_provider; /* the matching rule's provider, or NULL */
+} dlv_rule_hit_t;
 
 /* Parse and compile rules from text (len bytes; name is used in messages).
  * 0 and *out, or SL_ECONFIG with "name:line: what" in err. Any thread. */
@@ -69,7 +69,7 @@ const char *dlv_rules_default_text(void);
  * *out when a rule matched; false (and *out untouched) otherwise, and always
  * for codes outside 400..599. Any thread; no allocation unless a regex runs. */
 bool dlv_rules_match(const dlv_rules_t *r, int code, const char *status, const char *text,
-                     const char *domain, const char *mx, dlv_verdict_t *out);
+                     const char *domain, const char *mx, dlv_rule_hit_t *out);
 
 /* dlv_rules_install() (delivery.h) loads the rules file cfg names
  * (delivery.bounce_rules; "" = built-in) and makes it the active set. */
@@ -79,15 +79,10 @@ const dlv_rules_t *dlv_rules_active(void);
  * the default again. Only when no thread classifies (tests, exit). */
 void dlv_rules_shutdown(void);
 
-/* Classify a reply with the active rules, then the built-in table: always
- * fills *out (v_category never NULL). Without mx, a connection-level
- * failure's text ("host[ip]:port greeting: 421 ...") gives the host that
- * refused. Any thread. */
-void dlv_classify_reply(int code, const char *status, const char *text, const char *domain,
-                        const char *mx, dlv_verdict_t *out);
-/* The outcome for a reply given its verdict: dlv_result_for_code(), except a
- * 4xx whose rule says "bounce" is Q_OUT_BOUNCED. Any thread. */
-queue_result_t dlv_result_for_verdict(int code, const dlv_verdict_t *v);
+/* The host of a connection-level failure's text, "host[ip]:port phase: ..."
+ * (session.c writes it for a refused greeting, EHLO or HELO): its length,
+ * 0 when text does not start so. Any thread. */
+size_t dlv_rules_text_host(const char *text, char out[256]);
 
 /* classify.c: the built-in table (status first, then fixed words). A static
  * string. Any thread. */

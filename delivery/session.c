@@ -18,8 +18,10 @@
  * dispatch is taken (dlv_session_take): SMTPUTF8 per recipient, a 7-bit
  * copy for a server without 8BITMIME (mime7bit.c), then DKIM over what is
  * sent, then its SIZE. A transaction is a list of recipients: those a
- * server refuses as "too many" (452/552) go in the next one. Only replies
- * that decide a recipient's fate reach the shaping hooks (session_judge).
+ * server refuses as "too many" (452/552) go in the next one. Every reply
+ * goes to the judge (trouble.c, session_judge): its verdict says whose fate
+ * the reply decides, if anyone's, and the session records it; the
+ * outcomes go out through dlv_report at the end of each transaction.
  *
  * Thread: a session belongs to its destination's delivery thread. It owns
  * its dispatch until every recipient has an outcome; its memory is freed
@@ -63,10 +65,8 @@ enum { RR_PENDING = 0, RR_ACCEPTED, RR_DONE, RR_SENT };
 
 typedef struct dlv_rres {
     int rr_state;
-    queue_result_t rr_res;
-    int rr_code;
-    char rr_status[16];
-    char *rr_text; /* owned */
+    dlv_result_t rr_res; /* RR_DONE: the judge's result */
+    char *rr_text;       /* owned */
 } dlv_rres_t;
 
 struct dlv_session {
@@ -126,14 +126,9 @@ struct dlv_session {
     size_t s_msg_len;
     bool s_8bit; /* qd_body holds 8-bit bytes */
     int s_msgs;
-    int s_vmta;        /* virtual MTA: source address, EHLO name (shaping.c) */
-    bool s_shp_bounce; /* a shaping rule says the current reply bounces */
-    bool s_judged;     /* the current reply went to the shaping hooks */
+    int s_vmta; /* virtual MTA: source address, EHLO name (shaping.c) */
     uint64_t s_born;
-    /* the last connection-level error, for dlv_dest_conn_failed */
-    int s_err_code;
-    char s_err_status[16];
-    char s_err_text[512];
+    dlv_verdict_t s_err; /* the last connection-level error, for dlv_dest_conn_failed */
     char s_rbuf[DLV_RBUF];
 };
 
@@ -159,20 +154,20 @@ static void session_send(dlv_session_t *s, const char *p, size_t n);
 static void session_send_body(dlv_session_t *s);
 static void session_process_input(dlv_session_t *s);
 static void session_on_reply(dlv_session_t *s);
-static void session_conn_error(dlv_session_t *s, int code, const char *status, const char *text);
-static void session_reply_conn_error(dlv_session_t *s, int code, const char *phase, bool quit);
+static void session_conn_error(dlv_session_t *s, const dlv_verdict_t *v);
+static void session_conn_fail(dlv_session_t *s, const char *status, const char *text);
+static void session_reply_conn_error(dlv_session_t *s, const dlv_verdict_t *v, bool quit);
 static void session_lost(dlv_session_t *s, const char *text);
-static void session_abort(dlv_session_t *s, const char *status, const char *text, bool quit);
+static void session_abort(dlv_session_t *s, const dlv_verdict_t *v, bool quit);
 static void session_close(dlv_session_t *s);
 static void session_quit(dlv_session_t *s);
 static void session_ready(dlv_session_t *s);
-static void session_fail_dispatch(dlv_session_t *s, queue_result_t res, const char *status,
-                                  const char *text);
+static void session_fail_dispatch(dlv_session_t *s, const char *status, const char *text);
 static size_t session_msg_size(const dlv_session_t *s);
 static bool session_utf8_ascii_copy(dlv_session_t *s);
 static bool session_convert_7bit(dlv_session_t *s);
-static void session_local_outcome(dlv_session_t *s, int i, queue_result_t res, const char *status,
-                                  const char *text);
+static void session_local(dlv_session_t *s, const char *status, const char *text, dlv_verdict_t *v);
+static void session_record(dlv_session_t *s, int i, const dlv_verdict_t *v);
 static void session_report(dlv_session_t *s);
 static void session_next_work(dlv_session_t *s);
 static void session_start_txn(dlv_session_t *s);
@@ -182,7 +177,7 @@ static void session_tls_start(dlv_session_t *s);
 static void session_tls_step(dlv_session_t *s);
 static void session_tls_failed(dlv_session_t *s, const char *why);
 static void session_policy_fail(dlv_session_t *s, const char *status, const char *text);
-static void session_judge(dlv_session_t *s, int code);
+static void session_judge(dlv_session_t *s, dlv_verdict_t *v);
 
 static const cfg_t *S_CFG(const dlv_session_t *s)
 {
@@ -293,7 +288,7 @@ static void session_connect(dlv_session_t *s)
         char text[512];
         snprintf(text, sizeof(text), "bind source address for %s[%s]:%d: %s", S_HOST(s), s->s_mx_ip,
                  s->s_port, uv_strerror(brc));
-        session_conn_error(s, 0, "4.4.1", text);
+        session_conn_fail(s, "4.4.1", text);
         return;
     }
     s->s_creq.data = s;
@@ -302,7 +297,7 @@ static void session_connect(dlv_session_t *s)
         char text[512];
         snprintf(text, sizeof(text), "connect to %s[%s]:%d: %s", S_HOST(s), s->s_mx_ip, s->s_port,
                  uv_strerror(rc));
-        session_conn_error(s, 0, "4.4.1", text);
+        session_conn_fail(s, "4.4.1", text);
         return;
     }
     session_timer(s, S_CFG(s)->c_to_connect);
@@ -317,7 +312,7 @@ static void session_connect_cb(uv_connect_t *req, int status)
         char text[512];
         snprintf(text, sizeof(text), "connect to %s[%s]:%d: %s", S_HOST(s), s->s_mx_ip, s->s_port,
                  uv_strerror(status));
-        session_conn_error(s, 0, "4.4.1", text);
+        session_conn_fail(s, "4.4.1", text);
         return;
     }
     s->s_connected = true;
@@ -662,32 +657,40 @@ static void session_process_input(dlv_session_t *s)
 
 /* ------------------------------------------------------------ failures */
 
-/* Before the session was ready: this address failed; try the next one. */
-/* A refusal before any transaction (greeting, EHLO, HELO): the reply,
- * with where it came from, becomes the session's connection error (after a
- * QUIT when quit is set). */
-static void session_reply_conn_error(dlv_session_t *s, int code, const char *phase, bool quit)
+/* A refusal before any transaction (greeting, EHLO, HELO): the judge's
+ * verdict on it becomes the session's connection error (after a QUIT when
+ * quit is set). */
+static void session_reply_conn_error(dlv_session_t *s, const dlv_verdict_t *v, bool quit)
 {
-    /* the provider refusing the connection (e.g. "421 4.7.0 [TSS04]" in the
-     * greeting): the fate of every recipient waiting for it */
-    session_judge(s, code);
-    char text[1024];
-    snprintf(text, sizeof(text), "%s[%s]:%d %s: %d %.400s", S_HOST(s), s->s_mx_ip, s->s_port, phase,
-             code, s->s_text);
-    char st[16];
-    dlv_status_for_reply(code, s->s_reply.sr_status, st);
     if (quit)
         session_send(s, "QUIT\r\n", 6);
-    session_conn_error(s, code, st, text);
+    session_conn_error(s, v);
 }
 
-static void session_conn_error(dlv_session_t *s, int code, const char *status, const char *text)
+/* Before the session was ready, without a reply (connect, timeout, TLS):
+ * this address failed. */
+static void session_conn_fail(dlv_session_t *s, const char *status, const char *text)
+{
+    dlv_reply_t r = {.rp_stage = DLV_STAGE_CONNECT,
+                     .rp_status = status,
+                     .rp_text = text,
+                     .rp_domain = s->s_dest->de_domain,
+                     .rp_mx = S_HOST(s),
+                     .rp_mx_ip = s->s_mx_ip,
+                     .rp_port = s->s_port};
+    dlv_verdict_t v;
+    dlv_judge(&r, &v);
+    session_conn_error(s, &v);
+}
+
+/* This address failed: try the next one; after the last, the destination
+ * hears of the last error. */
+static void session_conn_error(dlv_session_t *s, const dlv_verdict_t *v)
 {
     dlv_dest_t *de = s->s_dest;
-    s->s_err_code = code;
-    snprintf(s->s_err_status, sizeof(s->s_err_status), "%s", status);
-    snprintf(s->s_err_text, sizeof(s->s_err_text), "%.*s", (int)sizeof(s->s_err_text) - 1, text);
-    log_info("delivery: %s: %s", de->de_domain, log_esc(text)); /* holds the peer's reply */
+    if (v != &s->s_err)
+        s->s_err = *v;
+    log_info("delivery: %s: %s", de->de_domain, log_esc(v->v_text)); /* holds the peer's reply */
     s->s_tries++;
     if (s->s_addr + 1 < de->de_naddr && s->s_tries < DLV_MAX_TRIES && !s->s_t->t_stopping) {
         s->s_addr++;
@@ -695,7 +698,7 @@ static void session_conn_error(dlv_session_t *s, int code, const char *status, c
         return;
     }
     session_close(s);
-    dlv_dest_conn_failed(de, s->s_err_code, s->s_err_status, s->s_err_text);
+    dlv_dest_conn_failed(de, &s->s_err);
 }
 
 /* Connection lost, timed out, or the server spoke nonsense. */
@@ -711,7 +714,7 @@ static void session_lost(dlv_session_t *s, const char *text)
     case S_HELO:
     case S_STARTTLS:
         snprintf(buf, sizeof(buf), "%s[%s]:%d: %s", S_HOST(s), s->s_mx_ip, s->s_port, text);
-        session_conn_error(s, 0, "4.4.2", buf);
+        session_conn_fail(s, "4.4.2", buf);
         return;
     case S_TLS:
         session_tls_failed(s, text);
@@ -724,7 +727,9 @@ static void session_lost(dlv_session_t *s, const char *text)
                  s->s_state == S_DOT ? "connection lost during DATA" : "connection lost", S_HOST(s),
                  s->s_mx_ip,
                  s->s_state == S_DOT ? "before the final reply" : "during the transaction", text);
-        session_abort(s, "4.4.2", buf, false);
+        dlv_verdict_t v;
+        session_local(s, "4.4.2", buf, &v);
+        session_abort(s, &v, false);
         return;
     }
     log_debug("delivery: %s[%s]: %s", S_HOST(s), s->s_mx_ip, log_esc(text));
@@ -733,10 +738,10 @@ static void session_lost(dlv_session_t *s, const char *text)
 }
 
 /* The dispatch in progress ends here: every recipient without a final
- * answer (this transaction's accepted ones and those not tried yet) is
- * deferred with status and text, nothing is lost; the connection closes,
- * after a QUIT when the server still reads commands (quit). */
-static void session_abort(dlv_session_t *s, const char *status, const char *text, bool quit)
+ * answer (this transaction's accepted ones and those not tried yet) gets
+ * verdict v (a deferral), nothing is lost; the connection closes, after a
+ * QUIT when the server still reads commands (quit). */
+static void session_abort(dlv_session_t *s, const dlv_verdict_t *v, bool quit)
 {
     queue_dispatch_t *qd = s->s_qd;
     s->s_n = 0;
@@ -747,14 +752,9 @@ static void session_abort(dlv_session_t *s, const char *status, const char *text
         s->s_txn[s->s_n++] = i;
         if (r->rr_state == RR_DONE) /* refused at RCPT: that answer stands */
             continue;
-        r->rr_state = RR_DONE;
-        r->rr_res = Q_OUT_DEFERRED;
-        r->rr_code = 0;
-        snprintf(r->rr_status, sizeof(r->rr_status), "%s", status);
-        free(r->rr_text);
-        r->rr_text = xstrdup(text);
+        session_record(s, i, v);
     }
-    log_info("delivery: %s: %s", s->s_dest->de_domain, log_esc(text));
+    log_info("delivery: %s: %s", s->s_dest->de_domain, log_esc(v->v_text));
     if (quit && !s->s_tcp_closing)
         session_send(s, "QUIT\r\n", 6);
     session_close(s);
@@ -779,7 +779,7 @@ static void session_policy_fail(dlv_session_t *s, const char *status, const char
     if (s->s_tls_done || s->s_tls == NULL)
         session_quit(s);
     session_close(s);
-    dlv_dest_fail_pending(de, Q_OUT_DEFERRED, 0, status, buf);
+    dlv_dest_fail_pending_with(de, 0, status, buf, 0);
 }
 
 /* ------------------------------------------------------------ replies */
@@ -874,52 +874,64 @@ static void session_send_ehlo(dlv_session_t *s, bool helo)
     session_timer(s, S_CFG(s)->c_to_ehlo);
 }
 
-/* The current reply decides the fate of recipients (it is an outcome, or
- * a refusal of the connection): it goes to the shaping hooks, once per
- * reply however many recipients it decides. Replies that decide nothing
- * (STARTTLS, RSET, QUIT, DATA and the final dot of a transaction nobody
- * was accepted in, RCPT after a refused MAIL) never reach them: they are
- * not the provider's verdict on our mail. */
-static void session_judge(dlv_session_t *s, int code)
+/* Every reply goes to the judge (trouble.c), once, whatever it decides:
+ * the verdict says whether it is an outcome (and for whom: MAIL's for the
+ * transaction, RCPT's for its recipient, DATA's and the dot's for the
+ * accepted ones, a refusal's for the connection), and the shaping signal
+ * it raised is acted on here for the destination. */
+static void session_judge(dlv_session_t *s, dlv_verdict_t *v)
 {
-    if (s->s_judged)
-        return;
-    s->s_judged = true;
-    if (code >= 400)
-        s->s_shp_bounce = dlv_shp_reply(s->s_dest, s->s_vmta, code, s->s_reply.sr_status,
-                                        s->s_text) == DLV_SHP_BOUNCE;
-    else if (s->s_state == S_DOT && code / 100 == 2)
-        dlv_shp_delivered(s->s_dest, s->s_vmta);
+    static const dlv_stage_t stage_of[] = {
+        [S_CONNECT] = DLV_STAGE_OTHER,     [S_GREETING] = DLV_STAGE_GREETING,
+        [S_EHLO] = DLV_STAGE_EHLO,         [S_HELO] = DLV_STAGE_HELO,
+        [S_STARTTLS] = DLV_STAGE_STARTTLS, [S_TLS] = DLV_STAGE_OTHER,
+        [S_READY] = DLV_STAGE_OTHER,       [S_MAIL] = DLV_STAGE_MAIL,
+        [S_RCPT] = DLV_STAGE_RCPT,         [S_DATA] = DLV_STAGE_DATA,
+        [S_DOT] = DLV_STAGE_DOT,           [S_RSET] = DLV_STAGE_OTHER,
+        [S_QUIT] = DLV_STAGE_OTHER,        [S_CLOSED] = DLV_STAGE_OTHER,
+    };
+    dlv_stage_t stage = stage_of[s->s_state];
+    if (stage == DLV_STAGE_EHLO && s->s_tls_done)
+        stage = DLV_STAGE_EHLO_TLS; /* no HELO fallback after STARTTLS */
+    dlv_reply_t r = {.rp_stage = stage,
+                     .rp_code = s->s_reply.sr_code,
+                     .rp_status = s->s_reply.sr_status,
+                     .rp_text = s->s_text,
+                     .rp_domain = s->s_dest->de_domain,
+                     .rp_mx = S_HOST(s),
+                     .rp_mx_ip = s->s_mx_ip,
+                     .rp_port = s->s_port,
+                     .rp_q = dlv_shp_queue(s->s_dest, s->s_vmta),
+                     .rp_accepted = s->s_state == S_DOT && s->s_discard ? 0 : s->s_nacc,
+                     .rp_mail_refused = s->s_mail_failed};
+    dlv_judge(&r, v);
+    if (v->v_signal != 0)
+        dlv_shp_signal(s->s_dest, v->v_signal);
 }
 
-/* A 552 to RCPT is temporary (RFC 5321 4.5.3.1.10, as Postfix has it):
- * the current reply is recorded as 452 with a 4.x.x status, and its text
- * says so. */
-static void session_rcpt_552(dlv_session_t *s)
+/* A failure decided here for the dispatch in hand (no reply): the judge's
+ * verdict on it. */
+static void session_local(dlv_session_t *s, const char *status, const char *text, dlv_verdict_t *v)
 {
-    size_t n = strlen(s->s_text);
-    snprintf(s->s_text + n, sizeof(s->s_text) - n, " (552%s%s at RCPT: temporary)",
-             s->s_reply.sr_status[0] ? " " : "", s->s_reply.sr_status);
-    if (s->s_reply.sr_status[0] == '5')
-        s->s_reply.sr_status[0] = '4';
+    dlv_reply_t r = {.rp_stage = DLV_STAGE_LOCAL,
+                     .rp_status = status,
+                     .rp_text = text,
+                     .rp_domain = s->s_dest->de_domain,
+                     .rp_mx = S_HOST(s),
+                     .rp_mx_ip = s->s_mx_ip,
+                     .rp_port = s->s_port,
+                     .rp_q = dlv_shp_queue(s->s_dest, s->s_vmta)};
+    dlv_judge(&r, v);
 }
 
-/* Recipient i's outcome is the current reply. */
-static void session_record(dlv_session_t *s, int i, int code)
+/* Recipient i's outcome is verdict v. */
+static void session_record(dlv_session_t *s, int i, const dlv_verdict_t *v)
 {
     dlv_rres_t *r = &s->s_res[i];
-    /* RFC 1870 6.1, 6.2: a bare 552 to MAIL or to the data is "too big" */
-    if (code == 552 && s->s_reply.sr_status[0] == '\0' && s->s_state != S_RCPT)
-        snprintf(s->s_reply.sr_status, sizeof(s->s_reply.sr_status), "5.3.4");
-    session_judge(s, code);
     r->rr_state = RR_DONE;
-    r->rr_res = dlv_result_for_code(code);
-    r->rr_code = code;
-    dlv_status_for_reply(code, s->s_reply.sr_status, r->rr_status);
+    r->rr_res = v->v_res;
     free(r->rr_text);
-    r->rr_text = xstrdup(s->s_text);
-    if (s->s_shp_bounce && r->rr_res == Q_OUT_DEFERRED) /* shaping rule: bounce-recipient */
-        r->rr_res = Q_OUT_BOUNCED;
+    r->rr_text = xstrdup(v->v_text);
 }
 
 static void session_send_rcpt(dlv_session_t *s, buf_t *b, int i)
@@ -951,14 +963,14 @@ static void session_send_rcpt(dlv_session_t *s, buf_t *b, int i)
 static void session_on_reply(dlv_session_t *s)
 {
     int code = s->s_reply.sr_code;
-    s->s_judged = false; /* shaping sees it only if it decides a fate (session_judge) */
-    s->s_shp_bounce = false;
+    dlv_verdict_t v;
+    session_judge(s, &v);
     switch (s->s_state) {
     case S_GREETING:
         if (code / 100 == 2) {
             session_send_ehlo(s, false);
         } else {
-            session_reply_conn_error(s, code, "greeting", true);
+            session_reply_conn_error(s, &v, true);
         }
         return;
     case S_EHLO:
@@ -968,7 +980,7 @@ static void session_on_reply(dlv_session_t *s)
         } else if (code / 100 == 5 && !s->s_tls_done) {
             session_send_ehlo(s, true);
         } else {
-            session_reply_conn_error(s, code, "EHLO", false);
+            session_reply_conn_error(s, &v, false);
         }
         return;
     case S_HELO:
@@ -977,7 +989,7 @@ static void session_on_reply(dlv_session_t *s)
             s->x_starttls = s->x_pipelining = s->x_8bitmime = s->x_smtputf8 = s->x_dsn = false;
             session_after_ehlo(s);
         } else {
-            session_reply_conn_error(s, code, "HELO", false);
+            session_reply_conn_error(s, &v, false);
         }
         return;
     case S_STARTTLS:
@@ -993,7 +1005,7 @@ static void session_on_reply(dlv_session_t *s)
         if (code / 100 != 2) {
             s->s_mail_failed = true;
             for (int k = 0; k < s->s_n; k++)
-                session_record(s, s->s_txn[k], code);
+                session_record(s, s->s_txn[k], &v);
             if (!s->s_pipelined) {
                 session_end_txn(s, false);
                 return;
@@ -1014,20 +1026,18 @@ static void session_on_reply(dlv_session_t *s)
             if (code / 100 == 2) {
                 s->s_res[i].rr_state = RR_ACCEPTED;
                 s->s_nacc++;
-            } else if ((code == 452 || code == 552) && s->s_nacc > 0) {
-                /* Too many recipients (RFC 5321 4.5.3.1.10; 552 is RFC
-                 * 821's code for it): the recipient stays pending and goes
-                 * in the next transaction, which holds no more than this
+            } else if (v.v_res.rs_fate == DLV_FATE_NEXT_TXN) {
+                /* Too many recipients (452, or RFC 821's 552, once someone
+                 * was accepted): the recipient stays pending and goes in
+                 * the next transaction, which holds no more than this
                  * server took. With nobody accepted yet it is a refusal of
-                 * this recipient (e.g. over quota): recorded below. */
+                 * this recipient (e.g. over quota), recorded below. */
                 if (s->s_rcpt_cap == 0 || s->s_nacc < s->s_rcpt_cap)
                     s->s_rcpt_cap = s->s_nacc;
                 if (!s->s_pipelined) /* the rest would get the same answer */
                     s->s_n = s->s_ri + 1;
             } else {
-                if (code == 552) /* RFC 5321 4.5.3.1.10: temporary */
-                    session_rcpt_552(s);
-                session_record(s, i, code == 552 ? 452 : code);
+                session_record(s, i, &v); /* a 552 is recorded as 452 (temporary) */
             }
         }
         s->s_ri++;
@@ -1068,28 +1078,21 @@ static void session_on_reply(dlv_session_t *s)
             }
             return;
         }
-        if (code < 400 && s->s_nacc > 0 && !s->s_mail_failed) {
-            /* RFC 5321 4.3.2: only 354 may answer DATA. A 250 here once
-             * counted as delivered with no body sent: defer instead, and
-             * leave a server that lost track of the dialogue. */
-            char text[1024];
-            snprintf(text, sizeof(text),
-                     "protocol error: %s[%s] answered DATA with %d %.400s (expected 354)",
-                     S_HOST(s), s->s_mx_ip, code, s->s_text);
-            session_abort(s, "4.5.0", text, true);
+        if (v.v_abort) { /* anything but 354 or a refusal: a protocol error (the judge) */
+            session_abort(s, &v, true);
             return;
         }
-        if (!s->s_mail_failed)
+        if (v.v_res.rs_fate != DLV_FATE_NONE)
             for (int k = 0; k < s->s_n; k++)
                 if (s->s_res[s->s_txn[k]].rr_state == RR_ACCEPTED)
-                    session_record(s, s->s_txn[k], code);
+                    session_record(s, s->s_txn[k], &v);
         session_end_txn(s, false);
         return;
     case S_DOT:
-        if (!s->s_discard)
+        if (v.v_res.rs_fate != DLV_FATE_NONE)
             for (int k = 0; k < s->s_n; k++)
                 if (s->s_res[s->s_txn[k]].rr_state == RR_ACCEPTED)
-                    session_record(s, s->s_txn[k], code);
+                    session_record(s, s->s_txn[k], &v);
         session_end_txn(s, true);
         return;
     case S_RSET:
@@ -1208,7 +1211,7 @@ static void session_tls_failed(dlv_session_t *s, const char *why)
     s->s_no_tls = true;
     s->s_tries++;
     if (s->s_tries >= DLV_MAX_TRIES) {
-        session_conn_error(s, 0, "4.7.0", why);
+        session_conn_fail(s, "4.7.0", why);
         return;
     }
     session_reconnect(s);
@@ -1283,7 +1286,7 @@ void dlv_session_take(dlv_session_t *s, queue_dispatch_t *qd)
     /* signed as sent: the 7-bit copy when there is one */
     char why[160];
     if (dlv_dkim_prepare(S_CFG(s), qd, s->s_msg, s->s_msg_len, &s->s_dkim, why, sizeof(why)) < 0) {
-        session_fail_dispatch(s, Q_OUT_DEFERRED, "4.3.0", why); /* never unsigned */
+        session_fail_dispatch(s, "4.3.0", why); /* never unsigned */
         return;
     }
     size_t size = session_msg_size(s);
@@ -1292,7 +1295,7 @@ void dlv_session_take(dlv_session_t *s, queue_dispatch_t *qd)
         char text[512];
         snprintf(text, sizeof(text), "message size %zu exceeds size limit %llu of server %s[%s]",
                  size, (unsigned long long)s->x_size_max, S_HOST(s), s->s_mx_ip);
-        session_fail_dispatch(s, Q_OUT_BOUNCED, "5.3.4", text);
+        session_fail_dispatch(s, "5.3.4", text);
         return;
     }
     session_start_txn(s);
@@ -1322,17 +1325,21 @@ static bool session_utf8_ascii_copy(dlv_session_t *s)
     if (what != NULL) {
         snprintf(text, sizeof(text), "SMTPUTF8 required (non-ASCII %s) but not offered by %s[%s]",
                  what, S_HOST(s), s->s_mx_ip);
-        session_fail_dispatch(s, Q_OUT_BOUNCED, "5.6.7", text);
+        session_fail_dispatch(s, "5.6.7", text);
         return false;
     }
     snprintf(text, sizeof(text),
              "SMTPUTF8 required (non-ASCII recipient address) but not offered by %s[%s]", S_HOST(s),
              s->s_mx_ip);
     s->s_n = 0;
+    dlv_verdict_t v;
     for (int i = 0; i < qd->qd_nrcpt; i++) {
         if (!mime7_has_8bit(qd->qd_rcpts[i].qo_addr, strlen(qd->qd_rcpts[i].qo_addr)))
             continue;
-        session_local_outcome(s, i, Q_OUT_BOUNCED, "5.6.7", text);
+        if (s->s_n == 0)
+            session_local(s, "5.6.7", text, &v);
+        session_record(s, i, &v);
+        s->s_txn[s->s_n++] = i;
     }
     if (s->s_n == 0)
         return true;
@@ -1359,7 +1366,7 @@ static bool session_convert_7bit(dlv_session_t *s)
                  "8-bit message cannot be converted to 7-bit for %s[%s], which does not offer "
                  "8BITMIME: %s",
                  S_HOST(s), s->s_mx_ip, why);
-        session_fail_dispatch(s, Q_OUT_BOUNCED, "5.6.3", text);
+        session_fail_dispatch(s, "5.6.3", text);
         return false;
     }
     s->s_msg = s->s_copy.b_data;
@@ -1373,31 +1380,20 @@ static bool session_convert_7bit(dlv_session_t *s)
     return true;
 }
 
-/* Recipient i gets an outcome decided here, not by a reply; it joins
- * s_txn to be reported. */
-static void session_local_outcome(dlv_session_t *s, int i, queue_result_t res, const char *status,
-                                  const char *text)
-{
-    dlv_rres_t *r = &s->s_res[i];
-    r->rr_state = RR_DONE;
-    r->rr_res = res;
-    r->rr_code = 0;
-    snprintf(r->rr_status, sizeof(r->rr_status), "%s", status);
-    free(r->rr_text);
-    r->rr_text = xstrdup(text);
-    s->s_txn[s->s_n++] = i;
-}
-
 /* Every recipient of the dispatch still without an outcome gets this local
- * one (no transaction). */
-static void session_fail_dispatch(dlv_session_t *s, queue_result_t res, const char *status,
-                                  const char *text)
+ * one, decided here (no transaction): it joins s_txn to be reported. */
+static void session_fail_dispatch(dlv_session_t *s, const char *status, const char *text)
 {
     queue_dispatch_t *qd = s->s_qd;
+    dlv_verdict_t v;
+    session_local(s, status, text, &v);
     s->s_n = 0;
-    for (int i = 0; i < qd->qd_nrcpt; i++)
-        if (s->s_res[i].rr_state == RR_PENDING)
-            session_local_outcome(s, i, res, status, text);
+    for (int i = 0; i < qd->qd_nrcpt; i++) {
+        if (s->s_res[i].rr_state == RR_PENDING) {
+            session_record(s, i, &v);
+            s->s_txn[s->s_n++] = i;
+        }
+    }
     session_end_txn(s, true);
 }
 
@@ -1458,60 +1454,21 @@ static void session_start_txn(dlv_session_t *s)
     session_timer(s, cfg->c_to_mail);
 }
 
-/* Log one line per outcome kind of the transaction. */
-static void session_log_txn(dlv_session_t *s)
-{
-    if (log_level_current > LOG_INFO)
-        return;
-    queue_dispatch_t *qd = s->s_qd;
-    char ids[17];
-    queue_msgid_fmt(qd->qd_msgid, ids);
-    buf_t to;
-    buf_init(&to, 128);
-    const char *st = NULL, *text = NULL;
-    const char *sts = dlv_sts_mode(s->s_dest); /* MTA-STS mode applied, or NULL */
-    int code = 0;
-    for (int k = 0; k < s->s_n; k++) {
-        int i = s->s_txn[k];
-        dlv_rres_t *r = &s->s_res[i];
-        if (r->rr_state == RR_PENDING) /* carried over to the next transaction */
-            continue;
-        if (r->rr_res != Q_OUT_DELIVERED) {
-            log_info("%s to=<%s> relay=%s[%s]:%d tls=%s%s%s dsn=%s status=%s (%d %s)", ids,
-                     qd->qd_rcpts[i].qo_addr, S_HOST(s), s->s_mx_ip, s->s_port,
-                     s->s_tls_done ? s->s_tls_ver : "none", sts ? " mta_sts=" : "", sts ? sts : "",
-                     r->rr_status, r->rr_res == Q_OUT_BOUNCED ? "bounced" : "deferred", r->rr_code,
-                     log_esc(r->rr_text)); /* the peer's reply: escaped */
-            continue;
-        }
-        buf_printf(&to, "%s<%s>", to.b_len ? "," : "", qd->qd_rcpts[i].qo_addr);
-        st = r->rr_status;
-        text = r->rr_text;
-        code = r->rr_code;
-    }
-    if (to.b_len > 0) {
-        buf_append(&to, "", 1);
-        log_info("%s to=%s relay=%s[%s]:%d tls=%s%s%s dsn=%s status=sent (%d %s)", ids, to.b_data,
-                 S_HOST(s), s->s_mx_ip, s->s_port, s->s_tls_done ? s->s_tls_ver : "none",
-                 sts ? " mta_sts=" : "", sts ? sts : "", st, code, log_esc(text));
-    }
-    buf_free(&to);
-}
-
 /* The transaction s_txn is over: report it (a recipient carried over to
  * the next one stays pending). completed = the server saw the end of it
  * (final dot reply), else RSET is due. */
 static void session_end_txn(dlv_session_t *s, bool completed)
 {
     queue_dispatch_t *qd = s->s_qd;
+    bool judged = false;
+    dlv_verdict_t v;
     for (int k = 0; k < s->s_n; k++) {
         dlv_rres_t *r = &s->s_res[s->s_txn[k]];
         if (r->rr_state == RR_ACCEPTED) { /* no final answer: defer */
-            r->rr_state = RR_DONE;
-            r->rr_res = Q_OUT_DEFERRED;
-            snprintf(r->rr_status, sizeof(r->rr_status), "4.4.2");
-            free(r->rr_text);
-            r->rr_text = xstrdup("transaction aborted");
+            if (!judged)
+                session_local(s, "4.4.2", "transaction aborted", &v);
+            judged = true;
+            session_record(s, s->s_txn[k], &v);
         }
     }
     session_report(s);
@@ -1533,22 +1490,20 @@ static void session_end_txn(dlv_session_t *s, bool completed)
 static void session_report(dlv_session_t *s)
 {
     queue_dispatch_t *qd = s->s_qd;
-    uint64_t retry = dlv_shp_retry_at(s->s_dest, s->s_vmta); /* later in backoff */
-    dlv_where_t w = {S_HOST(s),
-                     s->s_mx_ip,
-                     s->s_src_ip,
-                     s->s_tls_done ? s->s_tls_ver : "",
-                     s->s_tls_done ? s->s_cipher : "",
-                     retry,
-                     dlv_sts_mode(s->s_dest),
-                     s->x_dsn};
-    session_log_txn(s);
+    dlv_where_t w = {.w_mx = S_HOST(s),
+                     .w_mx_ip = s->s_mx_ip,
+                     .w_port = s->s_port,
+                     .w_src_ip = s->s_src_ip,
+                     .w_tls = s->s_tls_done ? s->s_tls_ver : "",
+                     .w_cipher = s->s_tls_done ? s->s_cipher : "",
+                     .w_mta_sts = dlv_sts_mode(s->s_dest),
+                     .w_peer_dsn = s->x_dsn};
     for (int k = 0; k < s->s_n; k++) {
         int i = s->s_txn[k];
         dlv_rres_t *r = &s->s_res[i];
         if (r->rr_state == RR_PENDING)
             continue;
-        dlv_outcome(s->s_t, qd, i, r->rr_res, r->rr_code, r->rr_status, r->rr_text, &w);
+        dlv_report(s->s_t, qd, i, &r->rr_res, r->rr_text, &w);
         free(r->rr_text);
         r->rr_text = NULL;
         r->rr_state = RR_SENT;

@@ -1100,6 +1100,16 @@ static const char *shp_vmta_name(const shp_queue_t *q)
     return q->q_pv->pv_sh->sh_vmtas[q->q_vmta].vm_name;
 }
 
+uint64_t shp_queue_retry_at(shp_queue_t *q)
+{
+    if (atomic_load_explicit(&q->q_mode, memory_order_relaxed) == SHP_NORMAL)
+        return 0;
+    uv_mutex_lock(&q->q_lock);
+    uint64_t r = q->q_lim.l_bo_retry;
+    uv_mutex_unlock(&q->q_lock);
+    return r == 0 ? 0 : clock_now_s() + r;
+}
+
 double shp_queue_rate(shp_queue_t *q)
 {
     uint64_t iv = atomic_load(&q->q_msg.b_interval);
@@ -1991,25 +2001,27 @@ void dlv_shp_conn_release(dlv_dest_t *de, int vmta)
         shp_dest_timer(sd, 1000);
 }
 
-/* Defer every dispatch of pool p (all pools when p < 0) with a retry time. */
+/* Defer every dispatch of pool p (all pools when p < 0) with a retry time
+ * (the judge's verdict on a held backlog). */
 static void shp_defer_pool(dlv_dest_t *de, int p, uint64_t retry_at, const char *status,
                            const char *text)
 {
     shp_dest_t *sd = de->de_shp;
-    dlv_where_t w = {0};
-    w.w_retry_at = retry_at;
+    dlv_reply_t r = {.rp_stage = DLV_STAGE_DEST,
+                     .rp_status = status,
+                     .rp_text = text,
+                     .rp_domain = de->de_domain,
+                     .rp_retry_at = retry_at};
+    dlv_verdict_t v;
+    dlv_judge(&r, &v);
+    dlv_where_t w = {.w_mta_sts = dlv_sts_mode(de)};
     for (int i = 0; i < sd->sd_sh->sh_npools; i++) {
         if (p >= 0 && i != p)
             continue;
         queue_dispatch_t *qd;
         while ((qd = shp_pool_pop(de, &sd->sd_pq[i])) != NULL) {
-            char ids[17];
-            log_info("%s to=%s%s relay=none dsn=%s status=deferred (%s)",
-                     queue_msgid_fmt(qd->qd_msgid, ids),
-                     qd->qd_nrcpt > 0 ? qd->qd_rcpts[0].qo_addr : "?",
-                     qd->qd_nrcpt > 1 ? ",..." : "", status, log_esc(text));
-            for (int r = 0; r < qd->qd_nrcpt; r++)
-                dlv_outcome(de->de_t, qd, r, Q_OUT_DEFERRED, 0, status, text, &w);
+            for (int k = 0; k < qd->qd_nrcpt; k++)
+                dlv_report(de->de_t, qd, k, &v.v_res, v.v_text, &w);
             queue_dispatch_free(qd);
         }
     }
@@ -2206,12 +2218,15 @@ int dlv_shp_bind(dlv_dest_t *de, int vmta, uv_tcp_t *tcp)
     return shp_vmta_bind(de->de_shp->sd_sh, vmta, tcp);
 }
 
-int dlv_shp_reply(dlv_dest_t *de, int vmta, int code, const char *status, const char *text)
+shp_queue_t *dlv_shp_queue(dlv_dest_t *de, int vmta)
+{
+    return shp_q(de->de_shp, vmta);
+}
+
+void dlv_shp_signal(dlv_dest_t *de, int signal)
 {
     shp_dest_t *sd = de->de_shp;
-    uint64_t now = clock_mono_us();
-    int act = shp_queue_reply(shp_q(sd, vmta), de->de_domain, code, status, text, now);
-    switch (act) {
+    switch (signal) {
     case SHP_A_DEFER_QUEUE:
         shp_defer_pool(de, -1, 0, "4.7.0", "destination deferred by shaping rule");
         break;
@@ -2223,22 +2238,6 @@ int dlv_shp_reply(dlv_dest_t *de, int vmta, int code, const char *status, const 
     default:
         break;
     }
-    return act == SHP_A_BOUNCE_RCPT ? DLV_SHP_BOUNCE : 0;
-}
-
-void dlv_shp_delivered(dlv_dest_t *de, int vmta)
-{
-    shp_queue_success(shp_q(de->de_shp, vmta), clock_mono_us());
-}
-
-uint64_t dlv_shp_retry_at(dlv_dest_t *de, int vmta)
-{
-    shp_dest_t *sd = de->de_shp;
-    shp_queue_t *q = shp_q(sd, vmta);
-    if (atomic_load_explicit(&q->q_mode, memory_order_relaxed) == SHP_NORMAL ||
-        sd->sd_pvlim.l_bo_retry == 0)
-        return 0;
-    return clock_now_s() + sd->sd_pvlim.l_bo_retry;
 }
 
 const char *dlv_shp_provider(const dlv_dest_t *de)

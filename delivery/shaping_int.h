@@ -276,6 +276,9 @@ void shp_queue_success(shp_queue_t *q, uint64_t now_us);
 /* Enter backoff / normal (rules and operator). Any thread. */
 void shp_queue_backoff(shp_queue_t *q, const char *why, uint64_t now_us);
 void shp_queue_normal(shp_queue_t *q, const char *why, uint64_t now_us);
+/* Earliest retry (unix s) of a deferral on q: backoff.retry from now while
+ * q is in backoff or recovering, else 0 (the schedule's). Any thread. */
+uint64_t shp_queue_retry_at(shp_queue_t *q);
 /* Message rate in force on q (per second, 0 = unlimited). */
 double shp_queue_rate(shp_queue_t *q);
 

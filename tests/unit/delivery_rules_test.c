@@ -8,6 +8,7 @@
  * files fail with file:line, provider matching by domain and MX, the
  * "bounce" action on 4xx, installing a rules file, concurrent use.
  */
+#include "delivery/delivery_int.h" /* dlv_classify_reply: the judge's classification */
 #include "delivery/rules_int.h"
 
 #include <pthread.h>
@@ -94,9 +95,9 @@ static int shipped_rule_lines(int **out)
 }
 
 /* The line a verdict's rule is on ("name:LINE"), 0 for the built-in table. */
-static int verdict_line(const dlv_verdict_t *v)
+static int verdict_line(const dlv_rule_hit_t *v)
 {
-    const char *colon = v->v_rule ? strrchr(v->v_rule, ':') : NULL;
+    const char *colon = v->h_rule ? strrchr(v->h_rule, ':') : NULL;
     return colon ? atoi(colon + 1) : 0;
 }
 
@@ -140,17 +141,17 @@ static bool golden_line(const char *path, int lineno, char *l, int per_cat[], in
         dlv_status_for_reply(code, status, st);
     else
         snprintf(st, sizeof(st), "%s", status);
-    dlv_verdict_t v;
+    dlv_rule_hit_t v;
     dlv_classify_reply(code, st, f[2], domain, mx, &v);
     *rule_line = verdict_line(&v);
     bool hard = dlv_result_for_verdict(code, &v) == Q_OUT_BOUNCED;
-    if (strcmp(v.v_category, f[3]) != 0 || hard != want_hard) {
-        print_error("%s:%d: got %s/%s, want %s/%s (rule %s)\n", path, lineno, v.v_category,
-                    hard ? "hard" : "soft", f[3], f[4], v.v_rule ? v.v_rule : "built-in");
+    if (strcmp(v.h_category, f[3]) != 0 || hard != want_hard) {
+        print_error("%s:%d: got %s/%s, want %s/%s (rule %s)\n", path, lineno, v.h_category,
+                    hard ? "hard" : "soft", f[3], f[4], v.h_rule ? v.h_rule : "built-in");
         return false;
     }
     /* dlv_classify (no provider known) agrees when no provider rule decided */
-    if (v.v_provider == NULL && strcmp(dlv_classify(code, st, f[2]), v.v_category) != 0) {
+    if (v.h_provider == NULL && strcmp(dlv_classify(code, st, f[2]), v.h_category) != 0) {
         print_error("%s:%d: dlv_classify disagrees\n", path, lineno);
         return false;
     }
@@ -315,34 +316,34 @@ static void test_provider_and_bounce(void **state)
         dlv_rules_parse("c.conf", custom_rules, strlen(custom_rules), &r, err, sizeof(err)), 0);
     assert_int_equal(dlv_rules_nproviders(r), 1);
     assert_int_equal(dlv_rules_nrules(r), 3);
-    dlv_verdict_t v;
+    dlv_rule_hit_t v;
     memset(&v, 0, sizeof(v));
 
     /* by recipient domain (any case), by subdomain glob, by MX (trailing dot) */
     assert_true(dlv_rules_match(r, 451, "4.7.1", "No Such User here", "ACME.example", NULL, &v));
-    assert_string_equal(v.v_category, "bad-mailbox");
-    assert_true(v.v_bounce);
-    assert_string_equal(v.v_provider, "acme");
-    assert_string_equal(v.v_rule, "c.conf:4");
+    assert_string_equal(v.h_category, "bad-mailbox");
+    assert_true(v.h_bounce);
+    assert_string_equal(v.h_provider, "acme");
+    assert_string_equal(v.h_rule, "c.conf:4");
     assert_int_equal(dlv_result_for_verdict(451, &v), Q_OUT_BOUNCED);
     assert_true(dlv_rules_match(r, 450, "4.7.0", "no such person", "eu.acme.example", NULL, &v));
-    assert_true(v.v_bounce);
+    assert_true(v.h_bounce);
     assert_true(dlv_rules_match(r, 450, "4.7.0", "no such person", "hosted.example",
                                 "mx1.AcmeMX.net.", &v));
-    assert_true(v.v_bounce);
+    assert_true(v.h_bounce);
 
     /* the MX host decides when it is known: acme's domain reached through
      * another host (a smart host, a static route) is not acme's reply */
     memset(&v, 0, sizeof(v));
     assert_false(dlv_rules_match(r, 451, "4.7.1", "no such user", "acme.example",
                                  "smarthost.example.net", &v));
-    assert_null(v.v_category);
+    assert_null(v.h_category);
 
     /* another provider's reply: not this rule, so a 4xx stays soft */
     memset(&v, 0, sizeof(v));
     assert_false(
         dlv_rules_match(r, 451, "4.7.1", "no such user", "other.example", "mx.other.net", &v));
-    assert_null(v.v_category);
+    assert_null(v.h_category);
     /* wrong status for the rule */
     assert_false(dlv_rules_match(r, 451, "4.2.0", "no such user", "acme.example", NULL, &v));
     /* a status whose class contradicts the code counts as x.0.0 */
@@ -350,9 +351,9 @@ static void test_provider_and_bounce(void **state)
 
     /* code patterns: 45x and 421 but not 552 */
     assert_true(dlv_rules_match(r, 452, NULL, "mailbox FULL", NULL, NULL, &v));
-    assert_string_equal(v.v_category, "quota-issues");
-    assert_false(v.v_bounce);
-    assert_null(v.v_provider);
+    assert_string_equal(v.h_category, "quota-issues");
+    assert_false(v.h_bounce);
+    assert_null(v.h_provider);
     assert_int_equal(dlv_result_for_verdict(452, &v), Q_OUT_DEFERRED);
     assert_true(dlv_rules_match(r, 421, "", "inbox full", NULL, NULL, &v));
     assert_false(dlv_rules_match(r, 552, "", "inbox full", NULL, NULL, &v));
@@ -365,8 +366,8 @@ static void test_provider_and_bounce(void **state)
     assert_false(dlv_rules_match(r, 0, "4.1.1", "", NULL, NULL, &v));
 
     /* the decision: bounce only turns 4xx hard; 5xx and 2xx as the code says */
-    dlv_verdict_t hard = {.v_category = "bad-mailbox", .v_bounce = true};
-    dlv_verdict_t soft = {.v_category = "other", .v_bounce = false};
+    dlv_rule_hit_t hard = {.h_category = "bad-mailbox", .h_bounce = true};
+    dlv_rule_hit_t soft = {.h_category = "other", .h_bounce = false};
     assert_int_equal(dlv_result_for_verdict(450, &hard), Q_OUT_BOUNCED);
     assert_int_equal(dlv_result_for_verdict(421, &hard), Q_OUT_BOUNCED);
     assert_int_equal(dlv_result_for_verdict(450, &soft), Q_OUT_DEFERRED);
@@ -391,9 +392,9 @@ static void test_match_limit(void **state)
     memset(text, 'a', 40);
     text[40] = 'b';
     text[41] = '\0';
-    dlv_verdict_t v;
+    dlv_rule_hit_t v;
     assert_true(dlv_rules_match(r, 550, "", text, NULL, NULL, &v));
-    assert_string_equal(v.v_category, "other");
+    assert_string_equal(v.h_category, "other");
     dlv_rules_free(r);
 }
 
@@ -419,10 +420,10 @@ static void test_install(void **state)
     assert_ptr_not_equal(dlv_rules_active(), before);
     assert_string_equal(dlv_classify(550, "5.1.1", "custom words"), "virus-related");
     /* what the custom file does not cover: the built-in table */
-    dlv_verdict_t v;
+    dlv_rule_hit_t v;
     dlv_classify_reply(550, "5.1.1", "User unknown", NULL, NULL, &v);
-    assert_string_equal(v.v_category, "bad-mailbox");
-    assert_null(v.v_rule);
+    assert_string_equal(v.h_category, "bad-mailbox");
+    assert_null(v.h_rule);
 
     /* a broken file: error with file:line, the active set stays */
     const dlv_rules_t *active = dlv_rules_active();
@@ -452,12 +453,12 @@ static void *classify_thread(void *arg)
 {
     long *bad = arg;
     for (int i = 0; i < 3000; i++) {
-        dlv_verdict_t v;
+        dlv_rule_hit_t v;
         dlv_classify_reply(i % 2 ? 550 : 421, i % 2 ? "5.5.0" : "4.7.0",
                            i % 2 ? "Requested action not taken: mailbox unavailable (S2017062302)"
                                  : "[TSS04] Messages from 192.0.2.1 temporarily deferred",
                            i % 2 ? "hotmail.com" : "yahoo.com", NULL, &v);
-        if (strcmp(v.v_category, i % 2 ? "bad-mailbox" : "spam-related") != 0)
+        if (strcmp(v.h_category, i % 2 ? "bad-mailbox" : "spam-related") != 0)
             (*bad)++;
     }
     return NULL;
@@ -507,11 +508,11 @@ static void test_shaping_providers(void **state)
     assert_int_equal(
         dlv_rules_parse_with("r.conf", rules, strlen(rules), path, &r, err, sizeof(err)), 0);
     assert_int_equal(dlv_rules_nproviders(r), 2);
-    dlv_verdict_t v;
+    dlv_rule_hit_t v;
     assert_true(dlv_rules_match(r, 550, "5.7.1", "acme words", NULL, "mx2.acmemx.net.", &v));
-    assert_string_equal(v.v_provider, "acme");
+    assert_string_equal(v.h_provider, "acme");
     assert_true(dlv_rules_match(r, 550, "5.7.1", "shared def", "gmail.com", NULL, &v));
-    assert_string_equal(v.v_provider, "google");
+    assert_string_equal(v.h_provider, "google");
     /* the operator's google has no mx patterns: the shipped ones are gone */
     assert_false(dlv_rules_match(r, 550, "5.7.1", "shared def", "x.example", "a.l.google.com", &v));
     dlv_rules_free(r);
