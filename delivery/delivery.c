@@ -214,6 +214,27 @@ const dlv_stats_t *dlv_stats(const dlv_t *d)
     return &d->d_stats;
 }
 
+/* The bounce rules cfg names (delivery.bounce_rules; "" = built-in), their
+ * providers looked up in the shaping rule set cfg names (the shipped
+ * providers.conf and delivery.shaping: a provider is defined once for
+ * both): the active set from now on. Main thread. */
+int dlv_rules_install(const cfg_t *cfg, char *err, size_t errlen)
+{
+    dlv_shaping_t *sh = NULL;
+    if (dlv_shaping_new(cfg ? cfg->c_dlv_shaping : NULL, NULL, NULL, &sh, err, errlen) != 0)
+        return SL_ECONFIG;
+    dlv_rules_t *r = NULL;
+    int rc = dlv_rules_load(cfg ? cfg->c_dlv_bounce_rules : NULL, shp_provider_lookup, sh, &r, err,
+                            errlen);
+    dlv_shaping_free(sh);
+    if (rc != 0)
+        return SL_ECONFIG;
+    log_info("delivery: bounce rules %s: %d providers, %d rules", dlv_rules_name(r),
+             dlv_rules_nproviders(r), dlv_rules_nrules(r));
+    dlv_rules_set(r, false);
+    return 0;
+}
+
 /* ------------------------------------------------------------- threads */
 
 /* Queue thread: pick the domain's thread and push. */

@@ -211,6 +211,10 @@ void dlv_judge(const dlv_reply_t *r, dlv_verdict_t *v);
 struct dlv_rule_hit;
 void dlv_classify_reply(int code, const char *status, const char *text, const char *domain,
                         const char *mx, struct dlv_rule_hit *out);
+/* The bounce rules in force: the installed set, else the built-in one with
+ * the shipped providers (made on first need). Any thread. */
+struct dlv_rules;
+const struct dlv_rules *dlv_rules_in_force(void);
 /* The outcome for a reply given its rule hit: dlv_result_for_code(), except
  * a 4xx whose rule says "bounce" is Q_OUT_BOUNCED. Any thread. */
 queue_result_t dlv_result_for_verdict(int code, const struct dlv_rule_hit *h);

@@ -30,13 +30,10 @@
  */
 #include "delivery/shaping_int.h"
 
-#define PCRE2_CODE_UNIT_WIDTH 8
-#include <pcre2.h>
-
 #include <ctype.h>
 #include <errno.h>
-#include <fnmatch.h>
 #include <json-c/json.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -447,26 +444,18 @@ static int shp_limits_parse(const cfg_node_t *sec, const char *name, shp_limits_
     return 0;
 }
 
-/* A string or a list of strings into an owned array. */
-static int shp_strings(const cfg_node_t *n, const char *name, char ***out, int *nout, char *err,
-                       size_t errlen)
+/* domains / mx: a string or a list of host patterns (a key given again
+ * replaces the first). */
+static int shp_hosts(const cfg_node_t *n, const char *name, rules_hosts_t *out, char *err,
+                     size_t errlen)
 {
     if (n->n_type == CFG_NODE_SECTION)
         return cfg_error(err, errlen, name, n->n_line, "%s: expected a string or a list", n->n_key);
-    int cnt = n->n_type == CFG_NODE_STR ? 1 : 0;
-    for (const cfg_node_t *c = n->n_type == CFG_NODE_LIST ? n->n_child : NULL; c; c = c->n_next)
-        cnt++;
-    char **v = xcalloc((size_t)cnt + 1, sizeof(*v));
-    int i = 0;
+    rules_hosts_free(out);
     if (n->n_type == CFG_NODE_STR)
-        v[i++] = xstrdup(n->n_str);
+        rules_hosts_add(out, n->n_str);
     for (const cfg_node_t *c = n->n_type == CFG_NODE_LIST ? n->n_child : NULL; c; c = c->n_next)
-        v[i++] = xstrdup(c->n_str);
-    for (int j = 0; j < *nout; j++)
-        free((*out)[j]);
-    free(*out);
-    *out = v;
-    *nout = cnt;
+        rules_hosts_add(out, c->n_str);
     return 0;
 }
 
@@ -491,10 +480,10 @@ static int shp_rule_parse(const cfg_node_t *sec, const char *name, shp_rule_t *r
         if (strcmp(k, "match") == 0) {
             match = v;
         } else if (strcmp(k, "code") == 0) {
-            if (strlen(v) != 3 || (v[0] != '4' && v[0] != '5'))
+            r->r_test.t_ncodes = 0; /* given again: the last one */
+            if (rules_test_code(&r->r_test, v) != 0)
                 return cfg_error(err, errlen, name, n->n_line,
                                  "rule.code: expected a 4xx/5xx code such as 421 or 4xx");
-            memcpy(r->r_code, v, 4);
         } else if (strcmp(k, "action") == 0) {
             static const struct {
                 const char *n;
@@ -535,39 +524,24 @@ static int shp_rule_parse(const cfg_node_t *sec, const char *name, shp_rule_t *r
         return cfg_error(err, errlen, name, sec->n_line, "rule: needs an action");
     if ((r->r_action == SHP_A_SUSPEND || r->r_action == SHP_A_DISABLE_SRC) && r->r_duration_us == 0)
         r->r_duration_us = 15 * 60 * 1000000ULL;
-    int ec;
-    PCRE2_SIZE eo;
-    pcre2_code *re = pcre2_compile((PCRE2_SPTR)match, PCRE2_ZERO_TERMINATED,
-                                   PCRE2_CASELESS | PCRE2_UTF, &ec, &eo, NULL);
-    if (re == NULL) {
-        PCRE2_UCHAR msg[256];
-        pcre2_get_error_message(ec, msg, sizeof(msg));
-        return cfg_error(err, errlen, name, sec->n_line, "rule.match: bad regex at offset %zu: %s",
-                         (size_t)eo, (const char *)msg);
-    }
-    (void)pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);
-    r->r_re = re;
+    char why[300];
+    if (rules_re_get(match, RULES_RE_UTF, &r->r_test.t_re, why, sizeof(why)) != 0)
+        return cfg_error(err, errlen, name, sec->n_line, "rule.match: bad regex %s", why);
+    r->r_test.t_re_line = true;
     r->r_src = xstrdup(match);
     return 0;
 }
 
 static void shp_rule_free(shp_rule_t *r)
 {
-    if (r->r_re)
-        pcre2_code_free(r->r_re);
+    rules_test_free(&r->r_test);
     free(r->r_where);
     free(r->r_src);
 }
 
 static void shp_prule_free(shp_prule_t *p)
 {
-    free(p->pr_name);
-    for (int i = 0; i < p->pr_ndomains; i++)
-        free(p->pr_domains[i]);
-    free(p->pr_domains);
-    for (int i = 0; i < p->pr_nmx; i++)
-        free(p->pr_mx[i]);
-    free(p->pr_mx);
+    rules_provider_free(&p->pr_hosts);
     for (int i = 0; i < p->pr_nrules; i++)
         shp_rule_free(&p->pr_rules[i]);
     free(p->pr_rules);
@@ -591,7 +565,7 @@ static int shp_rules_add(const cfg_node_t *n, const char *name, shp_rule_t **rul
 static int shp_provider_parse(const cfg_node_t *sec, const char *name, shp_prule_t *p, char *err,
                               size_t errlen)
 {
-    p->pr_name = xstrdup(sec->n_key);
+    p->pr_hosts.pv_name = xstrdup(sec->n_key);
     if (sec->n_type != CFG_NODE_SECTION)
         return cfg_error(err, errlen, name, sec->n_line, "providers.%s: expected a section",
                          sec->n_key);
@@ -601,9 +575,9 @@ static int shp_provider_parse(const cfg_node_t *sec, const char *name, shp_prule
     for (const cfg_node_t *n = sec->n_child; n != NULL; n = n->n_next) {
         const char *k = n->n_key;
         if (strcmp(k, "domains") == 0) {
-            rc = shp_strings(n, name, &p->pr_domains, &p->pr_ndomains, err, errlen);
+            rc = shp_hosts(n, name, &p->pr_hosts.pv_domains, err, errlen);
         } else if (strcmp(k, "mx") == 0) {
-            rc = shp_strings(n, name, &p->pr_mx, &p->pr_nmx, err, errlen);
+            rc = shp_hosts(n, name, &p->pr_hosts.pv_mx, err, errlen);
         } else if (strcmp(k, "rule") == 0) {
             rc = shp_rules_add(n, name, &p->pr_rules, &p->pr_nrules, err, errlen);
         } else if (strcmp(k, "per_domain") == 0) {
@@ -638,7 +612,7 @@ static int shp_provider_parse(const cfg_node_t *sec, const char *name, shp_prule
         if (rc != 0)
             return rc;
     }
-    if (p->pr_ndomains == 0 && p->pr_nmx == 0)
+    if (p->pr_hosts.pv_domains.rh_n == 0 && p->pr_hosts.pv_mx.rh_n == 0)
         return cfg_error(err, errlen, name, sec->n_line,
                          "providers.%s: needs domains = [...] or mx = [...] patterns", sec->n_key);
     return 0;
@@ -712,7 +686,8 @@ static int shp_load_tree(dlv_shaping_t *sh, const cfg_node_t *root, const char *
     for (int i = 0; i < sh->sh_nprules; i++) {
         bool replaced = false;
         for (int j = 0; j < nmine; j++)
-            replaced |= strcasecmp(mine[j].pr_name, sh->sh_prules[i].pr_name) == 0;
+            replaced |=
+                strcasecmp(mine[j].pr_hosts.pv_name, sh->sh_prules[i].pr_hosts.pv_name) == 0;
         if (replaced) {
             shp_prule_free(&sh->sh_prules[i]);
             continue;
@@ -908,52 +883,56 @@ void dlv_shaping_free(dlv_shaping_t *sh)
 
 /* ------------------------------------------------------------ matching */
 
-static bool shp_pattern(const char *pat, const char *name)
+const rules_provider_t *shp_provider_lookup(void *arg, const char *name)
 {
-    return fnmatch(pat, name, FNM_CASEFOLD) == 0;
+    const dlv_shaping_t *sh = arg;
+    for (int i = 0; i < sh->sh_nprules; i++)
+        if (strcasecmp(sh->sh_prules[i].pr_hosts.pv_name, name) == 0)
+            return &sh->sh_prules[i].pr_hosts;
+    return NULL;
+}
+
+static dlv_shaping_t *shp_shipped_sh;
+static pthread_once_t shp_shipped_once = PTHREAD_ONCE_INIT;
+
+static void shp_shipped_make(void)
+{
+    char err[512];
+    if (dlv_shaping_new_text(NULL, NULL, NULL, NULL, &shp_shipped_sh, err, sizeof(err)) != 0)
+        sl_assert_fail(err, __FILE__, __LINE__, __func__); /* the unit tests load it: a bug */
+}
+
+const dlv_shaping_t *shp_shipped(void)
+{
+    pthread_once(&shp_shipped_once, shp_shipped_make);
+    return shp_shipped_sh;
 }
 
 const shp_prule_t *shp_match_domain(const dlv_shaping_t *sh, const char *domain)
 {
+    char d[256];
+    size_t len = rules_host_norm(domain, d);
     for (int i = 0; i < sh->sh_nprules; i++)
-        for (int j = 0; j < sh->sh_prules[i].pr_ndomains; j++)
-            if (shp_pattern(sh->sh_prules[i].pr_domains[j], domain))
-                return &sh->sh_prules[i];
+        if (rules_hosts_match(&sh->sh_prules[i].pr_hosts.pv_domains, d, len))
+            return &sh->sh_prules[i];
     return NULL;
 }
 
 const shp_prule_t *shp_match_mx(const dlv_shaping_t *sh, const char *mx)
 {
-    char host[256];
-    snprintf(host, sizeof(host), "%s", mx);
-    size_t n = strlen(host);
-    if (n > 0 && host[n - 1] == '.')
-        host[n - 1] = '\0';
+    char m[256];
+    size_t len = rules_host_norm(mx, m);
     for (int i = 0; i < sh->sh_nprules; i++)
-        for (int j = 0; j < sh->sh_prules[i].pr_nmx; j++)
-            if (shp_pattern(sh->sh_prules[i].pr_mx[j], host))
-                return &sh->sh_prules[i];
+        if (rules_hosts_match(&sh->sh_prules[i].pr_hosts.pv_mx, m, len))
+            return &sh->sh_prules[i];
     return NULL;
 }
 
 bool shp_rule_match(const shp_rule_t *r, int code, const char *status, const char *text)
 {
-    char cs[4];
-    snprintf(cs, sizeof(cs), "%03d", code);
-    if (r->r_code[0] != '\0')
-        for (int i = 0; i < 3; i++)
-            if (r->r_code[i] != 'x' && r->r_code[i] != 'X' && r->r_code[i] != cs[i])
-                return false;
-    char line[1200];
-    int n = snprintf(line, sizeof(line), "%s %s%s%s", cs, status ? status : "",
-                     status && status[0] ? " " : "", text ? text : "");
-    if (n < 0)
-        return false;
-    size_t len = MIN((size_t)n, sizeof(line) - 1);
-    pcre2_match_data *md = pcre2_match_data_create_from_pattern(r->r_re, NULL);
-    int rc = pcre2_match(r->r_re, (PCRE2_SPTR)line, len, 0, 0, md, NULL);
-    pcre2_match_data_free(md);
-    return rc >= 0;
+    rules_reply_t rep;
+    rules_reply_init(&rep, code, status, text, SIZE_MAX);
+    return rules_test_match(&r->r_test, &rep);
 }
 
 /* ------------------------------------------------------------ providers */
@@ -981,7 +960,7 @@ static void shp_queue_apply(shp_queue_t *q, double rate, int conns)
 static shp_provider_t *shp_provider_get_locked(dlv_shaping_t *sh, const shp_prule_t *rule,
                                                const char *domain)
 {
-    const char *name = rule ? rule->pr_name : domain;
+    const char *name = rule ? rule->pr_hosts.pv_name : domain;
     size_t b = shp_hash(name) & (sh->sh_reg_cap - 1);
     shp_provider_t *pv;
     for (pv = sh->sh_reg[b]; pv; pv = pv->pv_next)
@@ -1259,9 +1238,11 @@ int shp_queue_reply(shp_queue_t *q, const char *domain, int code, const char *st
     int npr = pr ? pr->pr_nrules : 0;
     const shp_rule_t *hit = NULL;
     int hit_i = -1;
+    rules_reply_t rep; /* its "CODE STATUS TEXT" line is built once, for the first regex */
+    rules_reply_init(&rep, code, status, text, SIZE_MAX);
     for (int i = 0; i < npr + ndr && hit == NULL; i++) {
         const shp_rule_t *r = i < npr ? &pr->pr_rules[i] : &drules[i - npr];
-        if (shp_rule_match(r, code, status, text)) {
+        if (rules_test_match(&r->r_test, &rep)) {
             hit = r;
             hit_i = i;
         }
@@ -1534,7 +1515,7 @@ static void shp_install_locked(dlv_shaping_t *sh, dlv_shaping_t *nsh)
         for (shp_provider_t *pv = sh->sh_reg[i]; pv; pv = pv->pv_next) {
             const shp_prule_t *rule = NULL;
             for (int k = 0; pv->pv_rule != NULL && k < sh->sh_nprules; k++)
-                if (strcasecmp(sh->sh_prules[k].pr_name, pv->pv_name) == 0)
+                if (strcasecmp(sh->sh_prules[k].pr_hosts.pv_name, pv->pv_name) == 0)
                     rule = &sh->sh_prules[k];
             pv->pv_rule = rule; /* a provider no longer configured: defaults */
             pv->pv_lim = rule ? rule->pr_lim : sh->sh_defaults;
@@ -1648,7 +1629,7 @@ int dlv_shaping_suspend_sh(dlv_shaping_t *sh, const char *provider, const char *
          * (kept in the registry while suspended) */
         const shp_prule_t *rule = NULL;
         for (int k = 0; k < sh->sh_nprules && rule == NULL; k++)
-            if (strcasecmp(sh->sh_prules[k].pr_name, provider) == 0)
+            if (strcasecmp(sh->sh_prules[k].pr_hosts.pv_name, provider) == 0)
                 rule = &sh->sh_prules[k];
         if (rule == NULL && strchr(provider, '.') == NULL) {
             uv_mutex_unlock(&sh->sh_lock);

@@ -31,6 +31,7 @@
 #define SLUICE_DELIVERY_SHAPING_INT_H
 
 #include "delivery/delivery_int.h"
+#include "delivery/rules_int.h" /* the one rule engine: host patterns, reply tests */
 
 #define SHP_MAX_VMTAS 64
 #define SHP_MAX_POOLS 64
@@ -108,8 +109,7 @@ typedef enum {
 } shp_action_t;
 
 typedef struct shp_rule {
-    void *r_re;     /* pcre2_code: on "CODE STATUS TEXT", caseless */
-    char r_code[4]; /* "421", "4xx", "" = any */
+    rules_test_t r_test; /* code = "421" / "4xx"; match = regex on "CODE STATUS TEXT" */
     shp_action_t r_action;
     uint64_t r_duration_us;
     int r_count;          /* threshold: r_count hits ... */
@@ -120,7 +120,7 @@ typedef struct shp_rule {
 
 /* Parse "3 in 5m" / "immediate". 0 or SL_EPARSE. */
 int shp_trigger_parse(const char *s, int *count, uint64_t *window_us);
-/* Does rule r match a reply? status may be "" (then "code.0.0" class). */
+/* Does rule r match a reply? status may be "" or NULL. */
 bool shp_rule_match(const shp_rule_t *r, int code, const char *status, const char *text);
 
 /* ------------------------------------------------------------ config */
@@ -146,13 +146,9 @@ typedef struct shp_domrule {
 } shp_domrule_t;
 
 typedef struct shp_prule {
-    char *pr_name;
-    char **pr_domains; /* fnmatch patterns, caseless */
-    int pr_ndomains;
-    char **pr_mx; /* "*.google.com": MX host name patterns */
-    int pr_nmx;
-    shp_limits_t pr_own; /* keys the provider sets */
-    shp_limits_t pr_lim; /* resolved over the defaults */
+    rules_provider_t pr_hosts; /* name, domains and "*.google.com" MX patterns (rules.c) */
+    shp_limits_t pr_own;       /* keys the provider sets */
+    shp_limits_t pr_lim;       /* resolved over the defaults */
     shp_rule_t *pr_rules;
     int pr_nrules;
     shp_domrule_t *pr_doms;
@@ -251,6 +247,15 @@ int dlv_shaping_new_text(const char *builtin, const char *name, const char *text
 void dlv_shaping_free(dlv_shaping_t *sh);
 /* The shipped config/providers.conf (a copy kept equal by the unit test). */
 extern const char shp_builtin_text[];
+
+/* The providers of sh as the bounce rules look them up (a
+ * dlv_rules_lookup_fn; arg: the dlv_shaping_t): their host patterns by
+ * name, or NULL. Any thread (sh not shared, or its rule set not replaced
+ * meanwhile). */
+const rules_provider_t *shp_provider_lookup(void *arg, const char *name);
+/* The shipped providers.conf alone, compiled once (the built-in bounce
+ * rules' providers). Never freed. Any thread. */
+const dlv_shaping_t *shp_shipped(void);
 
 /* Provider rule for a recipient domain (domain patterns), or NULL. */
 const shp_prule_t *shp_match_domain(const dlv_shaping_t *sh, const char *domain);

@@ -61,6 +61,22 @@ static dlv_fate_t trouble_fate(queue_result_t r)
 
 /* ------------------------------------------------------- classification */
 
+const dlv_rules_t *dlv_rules_in_force(void)
+{
+    const dlv_rules_t *r = dlv_rules_active();
+    if (LIKELY(r != NULL))
+        return r;
+    /* the built-in rules with the shipped providers, until
+     * dlv_rules_install sets the configured ones */
+    dlv_rules_t *nr = NULL;
+    char err[512];
+    if (dlv_rules_load(NULL, shp_provider_lookup, (void *)shp_shipped(), &nr, err, sizeof(err)) !=
+        0) /* the shipped file is checked by the unit tests: a bug */
+        sl_assert_fail(err, __FILE__, __LINE__, __func__);
+    dlv_rules_set(nr, true);
+    return dlv_rules_active();
+}
+
 void dlv_classify_reply(int code, const char *status, const char *text, const char *domain,
                         const char *mx, dlv_rule_hit_t *out)
 {
@@ -68,7 +84,7 @@ void dlv_classify_reply(int code, const char *status, const char *text, const ch
     if ((mx == NULL || mx[0] == '\0') && dlv_rules_text_host(text, host) > 0)
         mx = host; /* a refused greeting or EHLO names the host that refused */
     if (code >= 400 && code <= 599 &&
-        dlv_rules_match(dlv_rules_active(), code, status, text, domain, mx, out))
+        dlv_rules_match(dlv_rules_in_force(), code, status, text, domain, mx, out))
         return;
     out->h_category = dlv_classify_builtin(code, status, text);
     out->h_bounce = false;

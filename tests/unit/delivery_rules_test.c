@@ -10,6 +10,7 @@
  */
 #include "delivery/delivery_int.h" /* dlv_classify_reply: the judge's classification */
 #include "delivery/rules_int.h"
+#include "delivery/shaping_int.h" /* the shipped providers */
 
 #include <pthread.h>
 #include <setjmp.h>
@@ -196,7 +197,7 @@ static void test_golden(void **state)
             unreached++;
         }
     }
-    assert_int_equal(nrules, dlv_rules_nrules(dlv_rules_active())); /* the scan saw them all */
+    assert_int_equal(nrules, dlv_rules_nrules(dlv_rules_in_force())); /* the scan saw them all */
     free(rules);
     free(hits);
     if (failures > 0)
@@ -227,8 +228,9 @@ static void test_default_is_shipped_file(void **state)
     /* it loads, and loading the file by path gives the same set */
     char err[512] = "";
     dlv_rules_t *a = NULL, *b = NULL;
-    assert_int_equal(dlv_rules_load(NULL, &a, err, sizeof(err)), 0);
-    assert_int_equal(dlv_rules_load(path, &b, err, sizeof(err)), 0);
+    void *shipped = (void *)shp_shipped();
+    assert_int_equal(dlv_rules_load(NULL, shp_provider_lookup, shipped, &a, err, sizeof(err)), 0);
+    assert_int_equal(dlv_rules_load(path, shp_provider_lookup, shipped, &b, err, sizeof(err)), 0);
     assert_int_equal(dlv_rules_nrules(a), dlv_rules_nrules(b));
     assert_int_equal(dlv_rules_nproviders(a), 8);
     assert_true(dlv_rules_nrules(a) > 60);
@@ -282,7 +284,8 @@ static void test_malformed(void **state)
         const bad_case_t *c = &bad_cases[i];
         char err[512] = "";
         dlv_rules_t *r = NULL;
-        int rc = dlv_rules_parse("r.conf", c->text, strlen(c->text), &r, err, sizeof(err));
+        int rc =
+            dlv_rules_parse("r.conf", c->text, strlen(c->text), NULL, NULL, &r, err, sizeof(err));
         if (rc != SL_ECONFIG || r != NULL)
             fail_msg("case \"%s\": accepted", c->name);
         if (strncmp(err, c->want, strlen(c->want)) != 0)
@@ -291,7 +294,8 @@ static void test_malformed(void **state)
     /* a file that is not there */
     char err[512] = "";
     dlv_rules_t *r = NULL;
-    assert_int_equal(dlv_rules_load("/nonexistent/rules.conf", &r, err, sizeof(err)), SL_ECONFIG);
+    assert_int_equal(dlv_rules_load("/nonexistent/rules.conf", NULL, NULL, &r, err, sizeof(err)),
+                     SL_ECONFIG);
     assert_string_equal(err, "/nonexistent/rules.conf: No such file or directory");
     assert_null(r);
 }
@@ -312,8 +316,9 @@ static void test_provider_and_bounce(void **state)
     (void)state;
     char err[512] = "";
     dlv_rules_t *r = NULL;
-    assert_int_equal(
-        dlv_rules_parse("c.conf", custom_rules, strlen(custom_rules), &r, err, sizeof(err)), 0);
+    assert_int_equal(dlv_rules_parse("c.conf", custom_rules, strlen(custom_rules), NULL, NULL, &r,
+                                     err, sizeof(err)),
+                     0);
     assert_int_equal(dlv_rules_nproviders(r), 1);
     assert_int_equal(dlv_rules_nrules(r), 3);
     dlv_rule_hit_t v;
@@ -387,7 +392,7 @@ static void test_match_limit(void **state)
                     "rule { category = other; }\n";
     char err[512] = "";
     dlv_rules_t *r = NULL;
-    assert_int_equal(dlv_rules_parse("m.conf", t, strlen(t), &r, err, sizeof(err)), 0);
+    assert_int_equal(dlv_rules_parse("m.conf", t, strlen(t), NULL, NULL, &r, err, sizeof(err)), 0);
     char text[64];
     memset(text, 'a', 40);
     text[40] = 'b';
@@ -414,7 +419,7 @@ static void test_install(void **state)
     memset(&cfg, 0, sizeof(cfg));
     cfg.c_dlv_bounce_rules = path;
     char err[512] = "";
-    const dlv_rules_t *before = dlv_rules_active();
+    const dlv_rules_t *before = dlv_rules_in_force();
     assert_string_equal(dlv_classify(550, "5.1.1", "custom words"), "bad-mailbox");
     assert_int_equal(dlv_rules_install(&cfg, err, sizeof(err)), 0);
     assert_ptr_not_equal(dlv_rules_active(), before);
@@ -482,7 +487,8 @@ static void test_threads(void **state)
 /* A rule's provider from the traffic shaping definitions: the shipped
  * providers.conf (google, by domain and by MX) and an operator's
  * delivery.shaping file (its own provider, and its google replacing the
- * shipped one); a broken shaping file fails with its file:line. */
+ * shipped one), looked up in the shaping's own rule set; a broken shaping
+ * file fails dlv_rules_install with its file:line. */
 static void test_shaping_providers(void **state)
 {
     (void)state;
@@ -493,8 +499,10 @@ static void test_shaping_providers(void **state)
         "rule { provider = acme; text = 'acme words'; category = other; }\n";
     dlv_rules_t *r = NULL;
     /* shipped only: acme is unknown */
-    assert_int_not_equal(
-        dlv_rules_parse_with("r.conf", rules, strlen(rules), NULL, &r, err, sizeof(err)), 0);
+    void *shipped = (void *)shp_shipped();
+    assert_int_not_equal(dlv_rules_parse("r.conf", rules, strlen(rules), shp_provider_lookup,
+                                         shipped, &r, err, sizeof(err)),
+                         0);
     assert_non_null(strstr(err, "r.conf:2: rule: provider \"acme\" is not defined"));
     char path[] = "/tmp/rules-shaping-XXXXXX";
     int fd = mkstemp(path);
@@ -505,8 +513,12 @@ static void test_shaping_providers(void **state)
                               "}\n";
     assert_int_equal(write(fd, shp, strlen(shp)), (ssize_t)strlen(shp));
     close(fd);
-    assert_int_equal(
-        dlv_rules_parse_with("r.conf", rules, strlen(rules), path, &r, err, sizeof(err)), 0);
+    dlv_shaping_t *sh = NULL;
+    assert_int_equal(dlv_shaping_new(path, NULL, NULL, &sh, err, sizeof(err)), 0);
+    assert_int_equal(dlv_rules_parse("r.conf", rules, strlen(rules), shp_provider_lookup, sh, &r,
+                                     err, sizeof(err)),
+                     0);
+    dlv_shaping_free(sh); /* the rules copied what they use */
     assert_int_equal(dlv_rules_nproviders(r), 2);
     dlv_rule_hit_t v;
     assert_true(dlv_rules_match(r, 550, "5.7.1", "acme words", NULL, "mx2.acmemx.net.", &v));
@@ -517,22 +529,65 @@ static void test_shaping_providers(void **state)
     assert_false(dlv_rules_match(r, 550, "5.7.1", "shared def", "x.example", "a.l.google.com", &v));
     dlv_rules_free(r);
     /* shipped google: by MX too */
-    assert_int_equal(dlv_rules_parse_with("r.conf", rules,
-                                          strstr(rules, "rule { provider = acme") - rules, NULL, &r,
-                                          err, sizeof(err)),
+    assert_int_equal(dlv_rules_parse("r.conf", rules,
+                                     strstr(rules, "rule { provider = acme") - rules,
+                                     shp_provider_lookup, shipped, &r, err, sizeof(err)),
                      0);
     assert_true(dlv_rules_match(r, 550, "5.7.1", "shared def", "x.example", "a.l.google.com", &v));
     dlv_rules_free(r);
-    /* a broken shaping file */
+    /* through dlv_rules_install: the shaping file cfg names; a broken one
+     * fails with its file:line and the active set stays */
+    char rpath[] = "/tmp/rules-rules-XXXXXX";
+    fd = mkstemp(rpath);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, rules, strlen(rules)), (ssize_t)strlen(rules));
+    close(fd);
+    cfg_t cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.c_dlv_bounce_rules = rpath;
+    cfg.c_dlv_shaping = path;
+    assert_int_equal(dlv_rules_install(&cfg, err, sizeof(err)), 0);
+    assert_string_equal(dlv_classify(550, "5.7.1", "acme words"), "other");
+    const dlv_rules_t *active = dlv_rules_active();
     FILE *f = fopen(path, "w");
     fputs("providers {\n  acme { message_rate = \"x\"; }\n}\n", f);
     fclose(f);
-    assert_int_not_equal(
-        dlv_rules_parse_with("r.conf", rules, strlen(rules), path, &r, err, sizeof(err)), 0);
+    assert_int_not_equal(dlv_rules_install(&cfg, err, sizeof(err)), 0);
     char want[64];
     snprintf(want, sizeof(want), "%s:2", path);
     assert_non_null(strstr(err, want));
+    assert_ptr_equal(dlv_rules_active(), active);
     unlink(path);
+    unlink(rpath);
+    dlv_rules_shutdown();
+}
+
+/* The regex cache: a pattern compiled for two rule sets is compiled once;
+ * the last set to go takes it with it. */
+static void test_regex_cache(void **state)
+{
+    (void)state;
+    dlv_rules_shutdown();
+    size_t base = rules_re_cached();
+    const char *t = "rule { text = 'cache me (once|twice)'; category = other; }\n";
+    char err[512] = "";
+    dlv_rules_t *a = NULL, *b = NULL;
+    assert_int_equal(dlv_rules_parse("a.conf", t, strlen(t), NULL, NULL, &a, err, sizeof(err)), 0);
+    assert_int_equal(rules_re_cached(), base + 1);
+    assert_int_equal(dlv_rules_parse("b.conf", t, strlen(t), NULL, NULL, &b, err, sizeof(err)), 0);
+    assert_int_equal(rules_re_cached(), base + 1);
+    /* a shaping rule with the same pattern: UTF-8 on its line, another entry */
+    rules_re_t *re = NULL;
+    assert_int_equal(rules_re_get("(?:cache me (once|twice))", RULES_RE_UTF, &re, err, sizeof(err)),
+                     0);
+    assert_int_equal(rules_re_cached(), base + 2);
+    rules_re_put(re);
+    dlv_rules_free(a);
+    assert_int_equal(rules_re_cached(), base + 1);
+    dlv_rule_hit_t v;
+    assert_true(dlv_rules_match(b, 550, "", "Cache me TWICE", NULL, NULL, &v));
+    dlv_rules_free(b);
+    assert_int_equal(rules_re_cached(), base);
 }
 
 int main(void)
@@ -543,6 +598,7 @@ int main(void)
         cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_provider_and_bounce),
         cmocka_unit_test(test_shaping_providers),
+        cmocka_unit_test(test_regex_cache),
         cmocka_unit_test(test_match_limit),
         cmocka_unit_test(test_install),
         cmocka_unit_test(test_threads),

@@ -192,7 +192,7 @@ static void test_hierarchy(void **state)
     dlv_shaping_t *sh = load(hier_conf);
     const shp_prule_t *big = shp_match_domain(sh, "big.example");
     assert_non_null(big);
-    assert_string_equal(big->pr_name, "big");
+    assert_string_equal(big->pr_hosts.pv_name, "big");
     assert_int_equal(big->pr_lim.l_max_conn, 7);       /* from defaults */
     assert_int_equal(big->pr_lim.l_msg_rate.r_n, 600); /* its own */
     assert_int_equal(big->pr_lim.l_bo_max_conn, 1);    /* defaults' backoff */
@@ -248,7 +248,7 @@ static void test_mx_matching(void **state)
     };
     for (size_t i = 0; i < sizeof(mx) / sizeof(mx[0]); i++) {
         const shp_prule_t *p = shp_match_mx(sh, mx[i].mx);
-        const char *got = p ? p->pr_name : NULL;
+        const char *got = p ? p->pr_hosts.pv_name : NULL;
         if ((got == NULL) != (mx[i].provider == NULL) || (got && strcmp(got, mx[i].provider) != 0))
             fail_msg("mx %s: %s, want %s", mx[i].mx, got ? got : "none",
                      mx[i].provider ? mx[i].provider : "none");
@@ -261,7 +261,7 @@ static void test_mx_matching(void **state)
                {"example.com", NULL},    {"notgmail.com", NULL}};
     for (size_t i = 0; i < sizeof(dom) / sizeof(dom[0]); i++) {
         const shp_prule_t *p = shp_match_domain(sh, dom[i].d);
-        const char *got = p ? p->pr_name : NULL;
+        const char *got = p ? p->pr_hosts.pv_name : NULL;
         if ((got == NULL) != (dom[i].provider == NULL) ||
             (got && strcmp(got, dom[i].provider) != 0))
             fail_msg("domain %s: %s, want %s", dom[i].d, got ? got : "none",
@@ -302,7 +302,7 @@ static void test_rule_matching(void **state)
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         const shp_prule_t *p = NULL;
         for (int k = 0; k < sh->sh_nprules; k++)
-            if (strcmp(sh->sh_prules[k].pr_name, cases[i].provider) == 0)
+            if (strcmp(sh->sh_prules[k].pr_hosts.pv_name, cases[i].provider) == 0)
                 p = &sh->sh_prules[k];
         assert_non_null(p);
         int got = 0;
