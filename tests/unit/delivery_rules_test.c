@@ -547,7 +547,10 @@ static void test_shaping_providers(void **state)
     cfg.c_dlv_bounce_rules = rpath;
     cfg.c_dlv_shaping = path;
     assert_int_equal(dlv_rules_install(&cfg, err, sizeof(err)), 0);
-    assert_string_equal(dlv_classify(550, "5.7.1", "acme words"), "other");
+    dlv_rule_hit_t h;
+    dlv_classify_reply(550, "5.7.1", "acme words", "acme.example", NULL, &h);
+    assert_string_equal(h.h_category, "other");
+    assert_string_equal(h.h_provider, "acme");
     const dlv_rules_t *active = dlv_rules_active();
     FILE *f = fopen(path, "w");
     fputs("providers {\n  acme { message_rate = \"x\"; }\n}\n", f);
