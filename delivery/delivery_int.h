@@ -30,7 +30,7 @@ typedef struct dlv_thread dlv_thread_t;
 typedef struct dlv_dest dlv_dest_t;
 typedef struct dlv_session dlv_session_t;
 typedef struct dlv_shaping dlv_shaping_t;     /* shaping_int.h */
-typedef struct shp_dest shp_dest_t;           /* shaping.c */
+typedef struct shp_dest shp_dest_t;           /* dest.c: backlog, throttles */
 typedef struct shp_queue shp_queue_t;         /* shaping_int.h: a (provider, virtual MTA) queue */
 typedef struct dlv_sts_cache dlv_sts_cache_t; /* mta_sts.c */
 typedef struct dlv_sts_dest dlv_sts_dest_t;   /* mta_sts.c */
@@ -44,7 +44,7 @@ struct dlv {
     atomic_bool d_stopping;
     atomic_int d_dispatching; /* dispatcher calls in progress (see dlv_stop) */
     bool d_started;
-    dlv_shaping_t *d_shaping; /* providers, vmtas, throttles (shaping.c) */
+    dlv_shaping_t *d_shaping; /* the provider registry (providers.c) */
 };
 
 struct dlv_thread {
@@ -77,6 +77,17 @@ struct dlv_thread {
     uint64_t t_cfg_epoch; /* clock_mono_us() of the last rerouting reload, 0 = none */
 };
 
+/* FNV-1a of a domain: its thread (dispatch) and its bucket (table). */
+static inline uint64_t dlv_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
 typedef struct dlv_addr {
     char *da_host; /* MX host name (or the route's host) */
     sockaddr_any_t da_sa;
@@ -89,7 +100,7 @@ struct dlv_dest {
     dlv_thread_t *de_t;
     char *de_domain;
     int de_policy; /* CFG_TLS_* */
-    /* pending dispatches: by pool and job in de_shp (shaping.c) */
+    /* pending dispatches: by pool and job in de_shp (dest.c) */
     shp_dest_t *de_shp;
     int de_npending;
     /* route */
@@ -200,7 +211,7 @@ typedef struct dlv_verdict {
 
 /* Judge reply r into *v. Applies the shaping rules of r->rp_q to the
  * replies that decide a fate (its counters, backoff, suspension; the
- * caller acts on the destination's part of v_signal with dlv_shp_signal).
+ * caller acts on the destination's part of v_signal with dlv_dest_signal).
  * Delivery thread (rp_q's provider is shared: any thread holding it). */
 void dlv_judge(const dlv_reply_t *r, dlv_verdict_t *v);
 /* The judge's classification step alone (tests, dlv_classify): the active
@@ -237,11 +248,17 @@ typedef struct dlv_where {
 void dlv_report(dlv_thread_t *t, const queue_dispatch_t *qd, int i, const dlv_result_t *res,
                 const char *text, const dlv_where_t *w);
 
-/* ----------------------------------------------------------- delivery.c */
+/* ------------------------------------------------------------ dest.c
+ * Destinations. All on the destination's delivery thread. */
 
+/* The thread's destination for domain (created on first use). */
+dlv_dest_t *dlv_dest_get(dlv_thread_t *t, const char *domain);
+/* Add a dispatch to the backlog (its pool, its job); counts de_npending. */
+void dlv_dest_enqueue(dlv_dest_t *de, queue_dispatch_t *qd);
 /* Hand out work / open connections / apply route failures. */
 void dlv_dest_kick(dlv_dest_t *de);
-/* Pop the next pending dispatch, or NULL. */
+/* Pop the next pending dispatch, or NULL (no throttle: failing or freeing
+ * the backlog). */
 queue_dispatch_t *dlv_dest_pop(dlv_dest_t *de);
 /* A session could not get through to any address (connect, greeting): v
  * is the judge's verdict on its last error (trouble.c). */
@@ -256,11 +273,42 @@ void dlv_dest_fail_pending(dlv_dest_t *de, const dlv_verdict_t *v);
  * unix s, 0 = the schedule's. */
 void dlv_dest_fail_pending_with(dlv_dest_t *de, int code, const char *status, const char *text,
                                 uint64_t retry_at);
+/* The next dispatch for an idle session of vmta, or NULL (a timer kicks
+ * the destination when a token is due); *quit: the session should QUIT
+ * (source disabled, provider suspended, over a lowered connection cap). */
+queue_dispatch_t *dlv_dest_next(dlv_dest_t *de, int vmta, bool *quit);
+/* A session of vmta closed (dlv_session_new's connection was counted). */
+void dlv_dest_conn_release(dlv_dest_t *de, int vmta);
+/* Per-session limits and identity of vmta for de's provider. */
+int dlv_dest_max_msgs(dlv_dest_t *de, int vmta);
+int dlv_dest_max_rcpt(dlv_dest_t *de, int vmta);
+const char *dlv_dest_helo(dlv_dest_t *de, int vmta);
+/* Bind the TCP handle to vmta's source address. 0 or a libuv error. */
+int dlv_dest_bind(dlv_dest_t *de, int vmta, uv_tcp_t *tcp);
+/* The (provider, vmta) queue a reply of a session of de from vmta goes to
+ * (dlv_reply_t's rp_q): looked up at each reply, since a reload may move
+ * the destination to another provider. */
+shp_queue_t *dlv_dest_queue(dlv_dest_t *de, int vmta);
+/* Act on the destination's part of a verdict's shaping signal: defer-queue
+ * defers the backlog now; suspend and disable-source move it on (other
+ * sources) or defer it at the next kick. */
+void dlv_dest_signal(dlv_dest_t *de, int signal);
+/* A reload changed routes or TLS policies after a session born at `born`
+ * (clock_mono_us) connected: it QUITs instead of taking more work. */
+bool dlv_dest_session_stale(const dlv_dest_t *de, uint64_t born);
+/* The thread's table (delivery.c): forget destinations idle for a minute
+ * (every 10 s); free them all (after the loop closed); drop the backlogs
+ * unreported and shut the sessions down (stop); take a rerouting reload
+ * (t_cfg is the new snapshot: TLS policies, idle sessions QUIT). */
+void dlv_dest_sweep(dlv_thread_t *t);
+void dlv_dest_free_all(dlv_thread_t *t);
+void dlv_dest_shutdown_all(dlv_thread_t *t);
+void dlv_dest_reconfig_all(dlv_thread_t *t);
 
 /* ------------------------------------------------------------ session.c */
 
 /* Open a new connection for de (to de_addrs[0], then the next ones) from
- * virtual MTA vmta (shaping.c has counted it: dlv_shp_conn_release when it
+ * virtual MTA vmta (dest.c has counted it: dlv_dest_conn_release when it
  * closes). */
 dlv_session_t *dlv_session_new(dlv_dest_t *de, int vmta);
 /* The session's virtual MTA. */
@@ -288,47 +336,6 @@ bool dlv_session_connecting(const dlv_session_t *s);
 int dlv_dkim_prepare(const cfg_t *cfg, const queue_dispatch_t *qd, const char *msg, size_t len,
                      buf_t *out, char *why, size_t whylen);
 
-/* ------------------------------------------------------------ shaping.c
- * Traffic shaping hooks (shaping_int.h has the rest). All on the
- * destination's delivery thread unless noted. */
-
-/* Destination life: after de_domain is set / before de is freed (frees
- * the backlog) / at thread stop (closes the throttle timer). */
-void dlv_shp_dest_init(dlv_dest_t *de);
-void dlv_shp_dest_free(dlv_dest_t *de);
-void dlv_shp_dest_stop(dlv_dest_t *de);
-/* The route is ready: the provider by MX host name (MX rollup). */
-void dlv_shp_route_ready(dlv_dest_t *de);
-/* Add a dispatch to the backlog (its pool, its job); counts de_npending. */
-void dlv_shp_enqueue(dlv_dest_t *de, queue_dispatch_t *qd);
-/* Any pending dispatch, no throttle (failing or freeing the backlog). */
-queue_dispatch_t *dlv_shp_pop_any(dlv_dest_t *de);
-/* Hand work to idle sessions and open connections within the throttles;
- * arms a timer for the next token when one says wait. */
-void dlv_shp_kick(dlv_dest_t *de);
-/* The next dispatch for an idle session of vmta, or NULL (a timer kicks
- * the destination when a token is due); *quit: the session should QUIT
- * (source disabled, provider suspended, over a lowered connection cap). */
-queue_dispatch_t *dlv_shp_next(dlv_dest_t *de, int vmta, bool *quit);
-/* A session of vmta closed. */
-void dlv_shp_conn_release(dlv_dest_t *de, int vmta);
-/* Per-session limits and identity of vmta for de's provider. */
-int dlv_shp_max_msgs(dlv_dest_t *de, int vmta);
-int dlv_shp_max_rcpt(dlv_dest_t *de, int vmta);
-const char *dlv_shp_helo(dlv_dest_t *de, int vmta);
-/* Bind the TCP handle to vmta's source address. 0 or a libuv error. */
-int dlv_shp_bind(dlv_dest_t *de, int vmta, uv_tcp_t *tcp);
-/* The (provider, vmta) queue a reply of a session of de from vmta goes to
- * (dlv_reply_t's rp_q): looked up at each reply, since a reload may move
- * the destination to another provider. */
-shp_queue_t *dlv_shp_queue(dlv_dest_t *de, int vmta);
-/* Act on the destination's part of a verdict's shaping signal: defer-queue
- * defers the backlog now; suspend and disable-source move it on (other
- * sources) or defer it at the next kick. */
-void dlv_shp_signal(dlv_dest_t *de, int signal);
-/* de's provider name (NULL before it is known). */
-const char *dlv_shp_provider(const dlv_dest_t *de);
-
 /* ------------------------------------------------------------ mta_sts.c
  * MTA-STS (RFC 8461) for destinations routed by MX. All on the
  * destination's delivery thread. */
@@ -353,9 +360,6 @@ void dlv_sts_thread_free(dlv_thread_t *t);
 const char *dlv_sts_mode(const dlv_dest_t *de);
 /* Enforce mode rules de's TLS (de_policy was set to verify by it). */
 bool dlv_sts_enforced(const dlv_dest_t *de);
-/* A reload changed routes or TLS policies after a session born at `born`
- * (clock_mono_us) connected: it QUITs instead of taking more work. */
-bool dlv_cfg_session_stale(const dlv_dest_t *de, uint64_t born);
 /* Testing mode: log (warn) a failure enforce mode would have deferred. */
 void dlv_sts_testing_failure(const dlv_dest_t *de, const char *host, const char *what);
 /* A session connected at born (monotonic us) predates the policy in force

@@ -126,7 +126,7 @@ struct dlv_session {
     size_t s_msg_len;
     bool s_8bit; /* qd_body holds 8-bit bytes */
     int s_msgs;
-    int s_vmta; /* virtual MTA: source address, EHLO name (shaping.c) */
+    int s_vmta; /* virtual MTA: source address, EHLO name (vmta.c) */
     uint64_t s_born;
     dlv_verdict_t s_err; /* the last connection-level error, for dlv_dest_conn_failed */
     char s_rbuf[DLV_RBUF];
@@ -283,7 +283,7 @@ static void session_connect(dlv_session_t *s)
     s->s_tcp_open = true;
     s->s_handles++;
     uv_tcp_nodelay(&s->s_tcp, 1);
-    int brc = dlv_shp_bind(de, s->s_vmta, &s->s_tcp); /* the virtual MTA's source address */
+    int brc = dlv_dest_bind(de, s->s_vmta, &s->s_tcp); /* the virtual MTA's source address */
     if (brc != 0) {
         char text[512];
         snprintf(text, sizeof(text), "bind source address for %s[%s]:%d: %s", S_HOST(s), s->s_mx_ip,
@@ -377,7 +377,7 @@ static void session_close(dlv_session_t *s)
         }
     }
     de->de_nconn--;
-    dlv_shp_conn_release(de, s->s_vmta);
+    dlv_dest_conn_release(de, s->s_vmta);
     if (s->s_connected) {
         s->s_connected = false;
         atomic_fetch_sub_explicit(&S_STATS(s)->ds_conn_open, 1, memory_order_relaxed);
@@ -868,7 +868,7 @@ static void session_send_ehlo(dlv_session_t *s, bool helo)
 {
     char cmd[300];
     int n = snprintf(cmd, sizeof(cmd), "%s %s\r\n", helo ? "HELO" : "EHLO",
-                     dlv_shp_helo(s->s_dest, s->s_vmta));
+                     dlv_dest_helo(s->s_dest, s->s_vmta));
     session_send(s, cmd, (size_t)n);
     dlv_session_enter_state(s, helo ? S_HELO : S_EHLO);
     session_timer(s, S_CFG(s)->c_to_ehlo);
@@ -901,12 +901,12 @@ static void session_judge(dlv_session_t *s, dlv_verdict_t *v)
                      .rp_mx = S_HOST(s),
                      .rp_mx_ip = s->s_mx_ip,
                      .rp_port = s->s_port,
-                     .rp_q = dlv_shp_queue(s->s_dest, s->s_vmta),
+                     .rp_q = dlv_dest_queue(s->s_dest, s->s_vmta),
                      .rp_accepted = s->s_state == S_DOT && s->s_discard ? 0 : s->s_nacc,
                      .rp_mail_refused = s->s_mail_failed};
     dlv_judge(&r, v);
     if (v->v_signal != 0)
-        dlv_shp_signal(s->s_dest, v->v_signal);
+        dlv_dest_signal(s->s_dest, v->v_signal);
 }
 
 /* A failure decided here for the dispatch in hand (no reply): the judge's
@@ -920,7 +920,7 @@ static void session_local(dlv_session_t *s, const char *status, const char *text
                      .rp_mx = S_HOST(s),
                      .rp_mx_ip = s->s_mx_ip,
                      .rp_port = s->s_port,
-                     .rp_q = dlv_shp_queue(s->s_dest, s->s_vmta)};
+                     .rp_q = dlv_dest_queue(s->s_dest, s->s_vmta)};
     dlv_judge(&r, v);
 }
 
@@ -1238,7 +1238,7 @@ static void session_next_work(dlv_session_t *s)
     dlv_dest_t *de = s->s_dest;
     if (s->s_closing || s->s_t->t_stopping)
         return;
-    int max_msgs = dlv_shp_max_msgs(de, s->s_vmta);
+    int max_msgs = dlv_dest_max_msgs(de, s->s_vmta);
     if (max_msgs > 0 && s->s_msgs >= max_msgs) {
         session_quit(s);
         return;
@@ -1247,13 +1247,13 @@ static void session_next_work(dlv_session_t *s)
         session_quit(s);
         return;
     }
-    if (dlv_sts_session_stale(de, s->s_born) || /* MTA-STS policy changed since it connected */
-        dlv_cfg_session_stale(de, s->s_born)) { /* or a reload changed routes / TLS policies */
+    if (dlv_sts_session_stale(de, s->s_born) ||  /* MTA-STS policy changed since it connected */
+        dlv_dest_session_stale(de, s->s_born)) { /* or a reload changed routes / TLS policies */
         session_quit(s);
         return;
     }
     bool quit = false;
-    queue_dispatch_t *qd = dlv_shp_next(de, s->s_vmta, &quit); /* within the throttles */
+    queue_dispatch_t *qd = dlv_dest_next(de, s->s_vmta, &quit); /* within the throttles */
     if (qd != NULL) {
         dlv_session_take(s, qd);
         return;
@@ -1407,7 +1407,7 @@ static void session_start_txn(dlv_session_t *s)
         session_timer(s, cfg->c_to_mail);
         return;
     }
-    int max = dlv_shp_max_rcpt(s->s_dest, s->s_vmta);
+    int max = dlv_dest_max_rcpt(s->s_dest, s->s_vmta);
     if (max <= 0)
         max = 100;
     if (s->s_rcpt_cap > 0 && s->s_rcpt_cap < max)

@@ -70,8 +70,8 @@ const dlv_rules_t *dlv_rules_in_force(void)
      * dlv_rules_install sets the configured ones */
     dlv_rules_t *nr = NULL;
     char err[512];
-    if (dlv_rules_load(NULL, shp_provider_lookup, (void *)shp_shipped(), &nr, err, sizeof(err)) !=
-        0) /* the shipped file is checked by the unit tests: a bug */
+    if (dlv_rules_load(NULL, shp_provider_lookup, (void *)shp_conf_shipped(), &nr, err,
+                       sizeof(err)) != 0) /* the shipped file is checked by the unit tests: a bug */
         sl_assert_fail(err, __FILE__, __LINE__, __func__);
     dlv_rules_set(nr, true);
     return dlv_rules_active();

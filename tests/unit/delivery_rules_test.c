@@ -228,7 +228,7 @@ static void test_default_is_shipped_file(void **state)
     /* it loads, and loading the file by path gives the same set */
     char err[512] = "";
     dlv_rules_t *a = NULL, *b = NULL;
-    void *shipped = (void *)shp_shipped();
+    void *shipped = (void *)shp_conf_shipped();
     assert_int_equal(dlv_rules_load(NULL, shp_provider_lookup, shipped, &a, err, sizeof(err)), 0);
     assert_int_equal(dlv_rules_load(path, shp_provider_lookup, shipped, &b, err, sizeof(err)), 0);
     assert_int_equal(dlv_rules_nrules(a), dlv_rules_nrules(b));
@@ -499,7 +499,7 @@ static void test_shaping_providers(void **state)
         "rule { provider = acme; text = 'acme words'; category = other; }\n";
     dlv_rules_t *r = NULL;
     /* shipped only: acme is unknown */
-    void *shipped = (void *)shp_shipped();
+    void *shipped = (void *)shp_conf_shipped();
     assert_int_not_equal(dlv_rules_parse("r.conf", rules, strlen(rules), shp_provider_lookup,
                                          shipped, &r, err, sizeof(err)),
                          0);
@@ -513,12 +513,12 @@ static void test_shaping_providers(void **state)
                               "}\n";
     assert_int_equal(write(fd, shp, strlen(shp)), (ssize_t)strlen(shp));
     close(fd);
-    dlv_shaping_t *sh = NULL;
-    assert_int_equal(dlv_shaping_new(path, NULL, NULL, &sh, err, sizeof(err)), 0);
-    assert_int_equal(dlv_rules_parse("r.conf", rules, strlen(rules), shp_provider_lookup, sh, &r,
+    shp_conf_t *sc = NULL;
+    assert_int_equal(shp_conf_load(path, &sc, err, sizeof(err)), 0);
+    assert_int_equal(dlv_rules_parse("r.conf", rules, strlen(rules), shp_provider_lookup, sc, &r,
                                      err, sizeof(err)),
                      0);
-    dlv_shaping_free(sh); /* the rules copied what they use */
+    shp_conf_free(sc); /* the rules copied what they use */
     assert_int_equal(dlv_rules_nproviders(r), 2);
     dlv_rule_hit_t v;
     assert_true(dlv_rules_match(r, 550, "5.7.1", "acme words", NULL, "mx2.acmemx.net.", &v));

@@ -184,10 +184,11 @@ static const row_t rows[] = {
 static void judge_row(const row_t *w)
 {
     char err[512] = "";
-    dlv_shaping_t *sh = NULL;
-    if (dlv_shaping_new_text(NULL, "own.conf", own_conf, NULL, &sh, err, sizeof(err)) != 0)
+    shp_conf_t *c = NULL;
+    if (shp_conf_parse(NULL, "own.conf", own_conf, &c, err, sizeof(err)) != 0)
         fail_msg("shaping: %s", err);
-    shp_provider_t *pv = shp_provider_get(sh, shp_match_domain(sh, w->domain), w->domain);
+    dlv_shaping_t *sh = dlv_shaping_new(c, NULL);
+    shp_provider_t *pv = shp_provider_get(sh, shp_match_domain(sh->sh_conf, w->domain), w->domain);
     shp_queue_t *q = &pv->pv_q[0];
     if (w->in_backoff)
         shp_queue_backoff(q, "test", clock_mono_us());
@@ -259,10 +260,11 @@ static void test_last_response(void **state)
 {
     (void)state;
     char err[512] = "";
-    dlv_shaping_t *sh = NULL;
-    assert_int_equal(dlv_shaping_new_text(NULL, "own.conf", own_conf, NULL, &sh, err, sizeof(err)),
-                     0);
-    shp_provider_t *pv = shp_provider_get(sh, shp_match_domain(sh, "p.example"), "p.example");
+    shp_conf_t *c = NULL;
+    assert_int_equal(shp_conf_parse(NULL, "own.conf", own_conf, &c, err, sizeof(err)), 0);
+    dlv_shaping_t *sh = dlv_shaping_new(c, NULL);
+    shp_provider_t *pv =
+        shp_provider_get(sh, shp_match_domain(sh->sh_conf, "p.example"), "p.example");
     shp_queue_t *q = &pv->pv_q[0];
     dlv_reply_t r = {.rp_stage = DLV_STAGE_DATA,
                      .rp_code = 554,
