@@ -65,6 +65,7 @@ struct dlv_thread {
     bool t_stopping;
     const char *t_helo;
     dlv_sts_cache_t *t_sts; /* MTA-STS policy cache (mta_sts.c), NULL until used */
+    http_client_t *t_http;  /* HTTPS for MTA-STS policies (sts_fetch.c), NULL until used */
     /* reload (dlv_set_config): the main thread leaves t_cfg_next, the
      * thread takes it in dlv_cfg_cb. Replaced snapshots stay referenced
      * until dlv_free: state may still point into them. */
@@ -342,14 +343,15 @@ int dlv_dkim_prepare(const cfg_t *cfg, const queue_dispatch_t *qd, const char *m
 
 /* The route is being resolved by MX: look up _mta-sts.<domain> beside it
  * (nothing when delivery.mta_sts is off or tls_policy { } names the
- * domain). */
-void dlv_sts_route_start(dlv_dest_t *de);
-/* Before handing out work on a ready route: true to go on; false while
- * the policy is being looked up or fetched (the lookup kicks de when it
- * ends) or when enforce mode leaves no MX host (pending recipients were
- * deferred 4.7.5). Applies the policy once per route: filters de_addrs,
- * sets de_policy (enforce = verify). */
-bool dlv_sts_gate(dlv_dest_t *de);
+ * domain); kick(de) when the policy in force is known. */
+void dlv_sts_route_start(dlv_dest_t *de, void (*kick)(dlv_dest_t *de));
+/* Before handing out work on a ready route: go on; hold while the policy
+ * is being looked up or fetched (kick comes when it ends); or defer the
+ * pending recipients (4.7.5, *why) when enforce mode leaves no MX host.
+ * Applies the policy once per route: filters de_addrs, sets de_policy
+ * (enforce = verify). */
+typedef enum { DLV_STS_GO = 0, DLV_STS_HOLD, DLV_STS_DEFER } dlv_sts_gate_t;
+dlv_sts_gate_t dlv_sts_gate(dlv_dest_t *de, const char **why);
 /* Destination freed / thread stopping (closes fetches) / thread ended
  * (frees the cache; after the loop closed). */
 void dlv_sts_dest_free(dlv_dest_t *de);

@@ -237,7 +237,11 @@ void dlv_dest_kick(dlv_dest_t *de)
         }
         /* MTA-STS (mta_sts.c): held while the policy is looked up; enforce
          * keeps the matching MX hosts or defers */
-        if (!dlv_sts_gate(de))
+        const char *why = NULL;
+        dlv_sts_gate_t g = dlv_sts_gate(de, &why);
+        if (g == DLV_STS_DEFER)
+            dlv_dest_fail_pending_with(de, 0, "4.7.5", why, 0);
+        if (g != DLV_STS_GO)
             continue; /* to the rekick test */
         /* work for idle connections, then new ones gradually, within the
          * throttles (shaping.c) */
@@ -367,7 +371,7 @@ static void dlv_route_start(dlv_dest_t *de)
         return;
     }
     de->de_port = cfg->c_dlv_port;
-    dlv_sts_route_start(de); /* MTA-STS: the _mta-sts TXT lookup beside the MX one */
+    dlv_sts_route_start(de, dlv_dest_kick); /* MTA-STS: the _mta-sts TXT lookup beside the MX one */
     atomic_fetch_add_explicit(&t->t_d->d_stats.ds_dns_lookups, 1, memory_order_relaxed);
     dns_query_mx(t->t_dns, de->de_domain, dlv_mx_cb, de);
 }
