@@ -99,7 +99,7 @@ static pcre2_match_context *re_mctx;
 static pthread_once_t re_mctx_once = PTHREAD_ONCE_INIT;
 
 /* The shipped config/bounce-rules.conf, embedded at build time (generated
- * by delivery/embed_rules.cmake). */
+ * by delivery/embed_text.cmake). */
 extern const char dlv_rules_builtin_text[];
 
 static int rules_strings(const cfg_node_t *n, const char *name, const char *what, char ***out,

@@ -48,7 +48,7 @@ static void load_fails(const char *text, const char *want)
         fail_msg("error \"%s\" does not say \"%s\"", err, want);
 }
 
-/* The C copy of config/providers.conf equals the file and loads. */
+/* The compiled-in copy of config/providers.conf is the file's, and loads. */
 static void test_builtin_equals_file(void **state)
 {
     (void)state;
@@ -62,8 +62,8 @@ static void test_builtin_equals_file(void **state)
     fclose(f);
     text[n] = '\0';
     if (strcmp(text, shp_builtin_text) != 0)
-        fail_msg("delivery/providers_builtin.c differs from config/providers.conf: run "
-                 "/usr/bin/python3 delivery/gen_providers_builtin.py");
+        fail_msg("the compiled-in providers differ from config/providers.conf: rebuild (the "
+                 "build embeds it, delivery/embed_text.cmake)");
     dlv_shaping_t *sh = load(NULL);
     assert_true(sh->sh_conf->sc_nprules >= 10);
     assert_int_equal(sh->sh_nvmtas, 1);
