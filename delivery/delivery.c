@@ -1,17 +1,20 @@
 /*
- * delivery.c - delivery threads, the dispatcher, destinations and routes.
+ * delivery.c - the delivery threads: life cycle, the dispatcher, the
+ * inbox, reload, and the module's public calls on shaping and bounce
+ * rules.
  *
  * dlv_new() builds N thread contexts (loop, inbox channel, c-ares resolver,
- * TLS client context); the dispatcher (queue thread) hashes qd_domain to a
- * thread and pushes the dispatch onto its inbox. On its loop, a dispatch
- * joins its destination's FIFO; dlv_dest_kick() resolves the route (static
- * route, MX + A/AAAA, implicit MX, null MX), hands work to idle sessions
- * and opens new ones (slow start, up to c_dlv_max_conn_per_dest), or
- * applies a route failure / dead-site verdict to everything pending.
- * Outcomes go back with queue_outcome_submit().
+ * TLS client context) and the provider registry (providers.c) from the
+ * shaping rule set (shaping_conf.c); the dispatcher (queue thread) hashes
+ * qd_domain to a thread and pushes the dispatch onto its inbox. On its
+ * loop, a dispatch joins its destination's backlog (dest.c), which does
+ * the rest; outcomes go back from the judge (trouble.c, dlv_report).
+ * dlv_set_config() hands a reloaded snapshot to each thread; a rerouting
+ * one makes every destination resolve again (dlv_dest_reconfig_all).
  *
- * Main functions: dlv_new/dlv_start/dlv_stop/dlv_free (main thread),
- * dlv_dispatch (queue thread), the rest on the owning delivery thread.
+ * Main functions: dlv_new/dlv_start/dlv_stop/dlv_free, dlv_set_config,
+ * dlv_rules_install, dlv_shaping_check/reload/suspend/json (main thread),
+ * dlv_dispatch (queue thread), the callbacks on the owning delivery thread.
  */
 #include "delivery/delivery_int.h"
 #include "delivery/rules_int.h"
@@ -310,6 +313,7 @@ static void dlv_inbox_cb(chan_t *ch, chan_node_t *first, void *arg)
 static void dlv_thread_main(void *arg)
 {
     dlv_thread_t *t = arg;
+    t->t_self = uv_thread_self(); /* before anything checks DLV_ASSERT_ON_LOOP */
     char name[16];
     snprintf(name, sizeof(name), "dlv%d", t->t_idx);
     log_thread_name(name);

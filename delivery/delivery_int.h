@@ -1,13 +1,15 @@
 /*
- * delivery/delivery_int.h - private structures of the delivery module,
- * shared by delivery.c (threads, destinations, routes, outcomes) and
- * session.c (the SMTP client state machine). Never included from outside
- * delivery/.
+ * delivery/delivery_int.h - private structures and calls of the delivery
+ * module (docs/architecture.md has the map): the threads (delivery.c),
+ * the reply judge (trouble.c), destinations (dest.c), sessions (session.c,
+ * commands.c, prepare.c) and MTA-STS (mta_sts.c). Never included from
+ * outside delivery/ (tests aside).
  *
  * Ownership: a thread owns its destinations; a destination owns its
  * pending dispatches and its sessions; a session owns the dispatch it is
- * working on until every recipient has an outcome. Everything here is
- * touched only by the owning delivery thread.
+ * working on until every recipient has an outcome. Everything here but
+ * struct dlv's shared parts (stats, the provider registry) is touched only
+ * by the owning delivery thread (DLV_ASSERT_ON_LOOP).
  */
 #ifndef SLUICE_DELIVERY_INT_H
 #define SLUICE_DELIVERY_INT_H
@@ -52,7 +54,8 @@ struct dlv_thread {
     cfg_t *t_cfg;
     int t_idx;
     uv_loop_t t_loop;
-    uv_thread_t t_tid;
+    uv_thread_t t_tid;  /* the main thread's handle (join) */
+    uv_thread_t t_self; /* the thread's own id, set first thing on it (DLV_ASSERT_ON_LOOP) */
     chan_t *t_inbox;
     uv_async_t t_stop_async;
     uv_timer_t t_sweep;
@@ -88,6 +91,12 @@ static inline uint64_t dlv_hash(const char *s)
     }
     return h;
 }
+
+/* The caller runs on the delivery thread that owns t: the "delivery thread
+ * only" / "the destination's thread" of a Thread: note, checked at the
+ * entry of the functions that carry it (debug builds; SL_ASSERT_ON_THREAD,
+ * core/base/base.h). */
+#define DLV_ASSERT_ON_LOOP(t) SL_ASSERT_ON_THREAD((t)->t_self)
 
 typedef struct dlv_addr {
     char *da_host; /* MX host name (or the route's host) */
@@ -213,7 +222,8 @@ typedef struct dlv_verdict {
 /* Judge reply r into *v. Applies the shaping rules of r->rp_q to the
  * replies that decide a fate (its counters, backoff, suspension; the
  * caller acts on the destination's part of v_signal with dlv_dest_signal).
- * Delivery thread (rp_q's provider is shared: any thread holding it). */
+ * Any thread (sluiced calls it on the reply's delivery thread; rp_q's
+ * provider is shared and locks what it changes). */
 void dlv_judge(const dlv_reply_t *r, dlv_verdict_t *v);
 /* The judge's classification step alone (tests, dlv_classify): the active
  * bounce rules, then the built-in table; always fills *out (h_category
@@ -245,7 +255,8 @@ typedef struct dlv_where {
 } dlv_where_t;
 
 /* Recipient i of qd has outcome res (text: its text): write the one
- * delivery log line, count it and hand it to the queue. Delivery thread. */
+ * delivery log line, count it and hand it to the queue. Delivery thread
+ * t only. */
 void dlv_report(dlv_thread_t *t, const queue_dispatch_t *qd, int i, const dlv_result_t *res,
                 const char *text, const dlv_where_t *w);
 
@@ -297,7 +308,7 @@ void dlv_dest_signal(dlv_dest_t *de, int signal);
 /* A reload changed routes or TLS policies after a session born at `born`
  * (clock_mono_us) connected: it QUITs instead of taking more work. */
 bool dlv_dest_session_stale(const dlv_dest_t *de, uint64_t born);
-/* The thread's table (delivery.c): forget destinations idle for a minute
+/* The thread's table, for delivery.c: forget destinations idle for a minute
  * (every 10 s); free them all (after the loop closed); drop the backlogs
  * unreported and shut the sessions down (stop); take a rerouting reload
  * (t_cfg is the new snapshot: TLS policies, idle sessions QUIT). */
@@ -306,7 +317,8 @@ void dlv_dest_free_all(dlv_thread_t *t);
 void dlv_dest_shutdown_all(dlv_thread_t *t);
 void dlv_dest_reconfig_all(dlv_thread_t *t);
 
-/* ------------------------------------------------------------ session.c */
+/* ------------------------------------------------------------ session.c
+ * The SMTP client. All on the destination's delivery thread. */
 
 /* Open a new connection for de (to de_addrs[0], then the next ones) from
  * virtual MTA vmta (dest.c has counted it: dlv_dest_conn_release when it
@@ -326,16 +338,54 @@ dlv_session_t *dlv_session_next(const dlv_session_t *s);
 /* Sessions that have not reached the ready state yet. */
 bool dlv_session_connecting(const dlv_session_t *s);
 
-/* ----------------------------------------------------------- dkim_sign.c */
+/* ------------------------------------------------------------ commands.c */
 
-/* Sign msg[0..len) (qd's message as this session sends it: stored, or its
- * 7-bit copy) with cfg's DKIM signer: out gets the DKIM-Signature
- * fields to put in front of the body (empty when nothing signs). Returns
- * the number of signatures, or a negative code with a reason in why and a
- * log line: the caller defers every recipient (4.3.0), never sends the
- * message unsigned. */
-int dlv_dkim_prepare(const cfg_t *cfg, const queue_dispatch_t *qd, const char *msg, size_t len,
-                     buf_t *out, char *why, size_t whylen);
+/* The service extensions an EHLO reply advertises. */
+typedef struct dlv_ehlo {
+    bool x_pipelining, x_8bitmime, x_smtputf8, x_starttls, x_dsn, x_size;
+    uint64_t x_size_max; /* SIZE n (RFC 1870), 0 = no limit given */
+} dlv_ehlo_t;
+
+/* Read the keywords of an EHLO reply's text (its lines after the first,
+ * joined by "\n") into *x. Any thread. */
+void dlv_ehlo_parse(const buf_t *text, dlv_ehlo_t *x);
+/* Append "MAIL FROM:<...> [BODY=8BITMIME] [SMTPUTF8] [SIZE=n] [RET=] [ENVID=]"
+ * CRLF for qd to a server offering x (body_8bit: what is sent has 8-bit
+ * bytes; size: what is sent, RFC 1870). Any thread. */
+void dlv_cmd_mail(buf_t *b, const queue_dispatch_t *qd, const dlv_ehlo_t *x, bool body_8bit,
+                  size_t size);
+/* Append "RCPT TO:<...> [NOTIFY=] [ORCPT=]" CRLF (DSN parameters only to a
+ * server offering DSN). Any thread. */
+void dlv_cmd_rcpt(buf_t *b, const queue_rcpt_out_t *r, const dlv_ehlo_t *x);
+
+/* ------------------------------------------------------------ prepare.c
+ * A dispatch's message as one server gets it. The session's delivery
+ * thread. */
+
+typedef struct dlv_msg {
+    const char *m_msg; /* what is sent: qd_body, or m_copy's bytes */
+    size_t m_len;
+    bool m_8bit;  /* the stored message holds 8-bit bytes */
+    buf_t m_copy; /* the 7-bit copy for a server without 8BITMIME (mime7bit.c) */
+    buf_t m_dkim; /* the DKIM-Signature fields (CRLF lines) that go first */
+} dlv_msg_t;
+
+/* SMTPUTF8 asked for and not offered: what of qd needs it whatever the
+ * recipient ("sender address", "header fields"), or NULL (then only
+ * recipients whose own address is not ASCII, dlv_msg_rcpt_utf8). */
+const char *dlv_msg_utf8_need(const queue_dispatch_t *qd);
+bool dlv_msg_rcpt_utf8(const queue_dispatch_t *qd, int i);
+/* Make qd's message for a server offering x (host[ip] for the texts): a
+ * 7-bit copy without 8BITMIME, DKIM over what is sent (a signing failure
+ * is logged), SIZE checked. 0 and *m ready, or -1 with the local failure
+ * every recipient left gets (status and text: 5.6.3, 4.3.0 DKIM, 5.3.4). */
+int dlv_msg_prepare(const cfg_t *cfg, const queue_dispatch_t *qd, const dlv_ehlo_t *x,
+                    const char *host, const char *ip, dlv_msg_t *m, char status[16], char *text,
+                    size_t textlen);
+/* What is on the wire, dot-stuffing aside (RFC 1870 SIZE). */
+size_t dlv_msg_size(const dlv_msg_t *m);
+/* The dispatch is over: keep the buffers' memory, drop the copy. */
+void dlv_msg_done(dlv_msg_t *m);
 
 /* ------------------------------------------------------------ mta_sts.c
  * MTA-STS (RFC 8461) for destinations routed by MX. All on the

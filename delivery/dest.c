@@ -100,6 +100,7 @@ static uint64_t shp_now_ns(void)
 
 dlv_dest_t *dlv_dest_get(dlv_thread_t *t, const char *domain)
 {
+    DLV_ASSERT_ON_LOOP(t);
     size_t b = dlv_hash(domain) & (t->t_dest_cap - 1);
     for (dlv_dest_t *de = t->t_dests[b]; de; de = de->de_hnext)
         if (strcmp(de->de_domain, domain) == 0)
@@ -170,11 +171,13 @@ static void dlv_dest_free(dlv_dest_t *de)
 
 queue_dispatch_t *dlv_dest_pop(dlv_dest_t *de)
 {
+    DLV_ASSERT_ON_LOOP(de->de_t);
     return shp_pop_any(de);
 }
 
 void dlv_dest_fail_pending(dlv_dest_t *de, const dlv_verdict_t *v)
 {
+    DLV_ASSERT_ON_LOOP(de->de_t);
     dlv_where_t w = {.w_mta_sts = dlv_sts_mode(de)}; /* e.g. 4.7.5 no MX matches */
     queue_dispatch_t *qd;
     while ((qd = dlv_dest_pop(de)) != NULL) {
@@ -187,6 +190,7 @@ void dlv_dest_fail_pending(dlv_dest_t *de, const dlv_verdict_t *v)
 void dlv_dest_fail_pending_with(dlv_dest_t *de, int code, const char *status, const char *text,
                                 uint64_t retry_at)
 {
+    DLV_ASSERT_ON_LOOP(de->de_t);
     if (de->de_npending == 0)
         return;
     dlv_reply_t r = {.rp_stage = DLV_STAGE_DEST,
@@ -202,6 +206,7 @@ void dlv_dest_fail_pending_with(dlv_dest_t *de, int code, const char *status, co
 
 void dlv_dest_kick(dlv_dest_t *de)
 {
+    DLV_ASSERT_ON_LOOP(de->de_t);
     dlv_thread_t *t = de->de_t;
     if (t->t_stopping)
         return;
@@ -244,7 +249,7 @@ void dlv_dest_kick(dlv_dest_t *de)
         if (g != DLV_STS_GO)
             continue; /* to the rekick test */
         /* work for idle connections, then new ones gradually, within the
-         * throttles (shaping.c) */
+         * throttles (shp_kick) */
         shp_kick(de);
     } while (de->de_rekick);
     de->de_kicking = false;
@@ -252,6 +257,7 @@ void dlv_dest_kick(dlv_dest_t *de)
 
 void dlv_dest_conn_ok(dlv_dest_t *de)
 {
+    DLV_ASSERT_ON_LOOP(de->de_t);
     const cfg_t *cfg = de->de_t->t_cfg;
     de->de_failures = 0;
     if (de->de_limit < cfg->c_dlv_max_conn_per_dest)
@@ -260,6 +266,7 @@ void dlv_dest_conn_ok(dlv_dest_t *de)
 
 void dlv_dest_conn_failed(dlv_dest_t *de, const dlv_verdict_t *v)
 {
+    DLV_ASSERT_ON_LOOP(de->de_t);
     dlv_thread_t *t = de->de_t;
     const cfg_t *cfg = t->t_cfg;
     atomic_fetch_add_explicit(&t->t_d->d_stats.ds_conn_failed, 1, memory_order_relaxed);
@@ -607,7 +614,7 @@ static inline void shp_dest_check(shp_dest_t *sd)
         shp_dest_refresh(sd);
 }
 
-void shp_dest_init(dlv_dest_t *de)
+static void shp_dest_init(dlv_dest_t *de)
 {
     dlv_shaping_t *sh = de->de_t->t_d->d_shaping;
     shp_dest_t *sd = xcalloc(1, sizeof(*sd));
@@ -617,7 +624,7 @@ void shp_dest_init(dlv_dest_t *de)
     shp_dest_route(sd, false);
 }
 
-void shp_route_ready(dlv_dest_t *de)
+static void shp_route_ready(dlv_dest_t *de)
 {
     shp_dest_t *sd = de->de_shp;
     if (sd->sd_final)
@@ -635,7 +642,7 @@ static void shp_timer_closed_cb(uv_handle_t *h)
     free(h);
 }
 
-void shp_dest_stop(dlv_dest_t *de)
+static void shp_dest_stop(dlv_dest_t *de)
 {
     shp_dest_t *sd = de->de_shp;
     if (sd != NULL && sd->sd_timer != NULL) {
@@ -645,7 +652,7 @@ void shp_dest_stop(dlv_dest_t *de)
     }
 }
 
-void shp_dest_free(dlv_dest_t *de)
+static void shp_dest_free(dlv_dest_t *de)
 {
     shp_dest_t *sd = de->de_shp;
     if (sd == NULL)
@@ -705,6 +712,7 @@ static bool shp_job_eq(const char *a, const char *b)
 
 void dlv_dest_enqueue(dlv_dest_t *de, queue_dispatch_t *qd)
 {
+    DLV_ASSERT_ON_LOOP(de->de_t);
     shp_dest_t *sd = de->de_shp;
     int p = shp_pool_for(sd->sd_sh->sh_vm, qd);
     shp_poolq_t *pq = &sd->sd_pq[p];
@@ -848,6 +856,7 @@ static uint64_t shp_conn_acquire(shp_dest_t *sd, int v)
 
 void dlv_dest_conn_release(dlv_dest_t *de, int vmta)
 {
+    DLV_ASSERT_ON_LOOP(de->de_t);
     shp_dest_t *sd = de->de_shp;
     atomic_fetch_sub(&shp_q(sd, vmta)->q_nconn, 1);
     atomic_fetch_sub(&sd->sd_pv->pv_nconn, 1);
@@ -911,7 +920,7 @@ static queue_dispatch_t *shp_next_for(shp_dest_t *sd, int v, uint64_t *wait)
     return NULL;
 }
 
-void shp_kick(dlv_dest_t *de)
+static void shp_kick(dlv_dest_t *de)
 {
     shp_dest_t *sd = de->de_shp;
     dlv_shaping_t *sh = sd->sd_sh;
@@ -1020,6 +1029,7 @@ void shp_kick(dlv_dest_t *de)
 
 queue_dispatch_t *dlv_dest_next(dlv_dest_t *de, int vmta, bool *quit)
 {
+    DLV_ASSERT_ON_LOOP(de->de_t);
     shp_dest_t *sd = de->de_shp;
     uint64_t now = clock_mono_us();
     shp_queue_t *q = shp_q(sd, vmta);
@@ -1051,6 +1061,7 @@ static const shp_limits_t *shp_lim(dlv_dest_t *de)
 
 int dlv_dest_max_msgs(dlv_dest_t *de, int vmta)
 {
+    DLV_ASSERT_ON_LOOP(de->de_t);
     UNUSED(vmta);
     shp_dest_check(de->de_shp); /* a reload's max_messages_per_connection: now */
     int n = shp_lim(de)->l_max_msgs;
@@ -1059,6 +1070,7 @@ int dlv_dest_max_msgs(dlv_dest_t *de, int vmta)
 
 int dlv_dest_max_rcpt(dlv_dest_t *de, int vmta)
 {
+    DLV_ASSERT_ON_LOOP(de->de_t);
     UNUSED(vmta);
     int n = shp_lim(de)->l_max_rcpt;
     return n > 0 ? n : de->de_t->t_cfg->c_dlv_max_rcpt_per_txn;
@@ -1066,22 +1078,26 @@ int dlv_dest_max_rcpt(dlv_dest_t *de, int vmta)
 
 const char *dlv_dest_helo(dlv_dest_t *de, int vmta)
 {
+    DLV_ASSERT_ON_LOOP(de->de_t);
     const char *h = shp_vmta(de->de_shp->sd_sh, vmta)->vm_ehlo;
     return h ? h : de->de_t->t_helo;
 }
 
 int dlv_dest_bind(dlv_dest_t *de, int vmta, uv_tcp_t *tcp)
 {
+    DLV_ASSERT_ON_LOOP(de->de_t);
     return shp_vmta_bind(shp_vmta(de->de_shp->sd_sh, vmta), tcp);
 }
 
 shp_queue_t *dlv_dest_queue(dlv_dest_t *de, int vmta)
 {
+    DLV_ASSERT_ON_LOOP(de->de_t);
     return shp_q(de->de_shp, vmta);
 }
 
 void dlv_dest_signal(dlv_dest_t *de, int signal)
 {
+    DLV_ASSERT_ON_LOOP(de->de_t);
     shp_dest_t *sd = de->de_shp;
     switch (signal) {
     case SHP_A_DEFER_QUEUE:
@@ -1101,6 +1117,7 @@ void dlv_dest_signal(dlv_dest_t *de, int signal)
 
 void dlv_dest_sweep(dlv_thread_t *t)
 {
+    DLV_ASSERT_ON_LOOP(t);
     uint64_t now = clock_mono_us();
     for (size_t i = 0; i < t->t_dest_cap; i++) {
         dlv_dest_t **pp = &t->t_dests[i];
@@ -1122,6 +1139,7 @@ void dlv_dest_sweep(dlv_thread_t *t)
 
 void dlv_dest_free_all(dlv_thread_t *t)
 {
+    DLV_ASSERT_ON_LOOP(t);
     for (size_t i = 0; i < t->t_dest_cap; i++) {
         while (t->t_dests[i] != NULL) {
             dlv_dest_t *de = t->t_dests[i];
@@ -1134,6 +1152,7 @@ void dlv_dest_free_all(dlv_thread_t *t)
 
 void dlv_dest_shutdown_all(dlv_thread_t *t)
 {
+    DLV_ASSERT_ON_LOOP(t);
     for (size_t i = 0; i < t->t_dest_cap; i++) {
         for (dlv_dest_t *de = t->t_dests[i]; de; de = de->de_hnext) {
             while (de->de_npending > 0) {
@@ -1154,6 +1173,7 @@ void dlv_dest_shutdown_all(dlv_thread_t *t)
 
 void dlv_dest_reconfig_all(dlv_thread_t *t)
 {
+    DLV_ASSERT_ON_LOOP(t);
     const cfg_t *nc = t->t_cfg;
     for (size_t i = 0; i < t->t_dest_cap; i++)
         for (dlv_dest_t *de = t->t_dests[i]; de; de = de->de_hnext) {
@@ -1177,5 +1197,6 @@ void dlv_dest_reconfig_all(dlv_thread_t *t)
 
 bool dlv_dest_session_stale(const dlv_dest_t *de, uint64_t born)
 {
+    DLV_ASSERT_ON_LOOP(de->de_t);
     return born < de->de_t->t_cfg_epoch;
 }

@@ -208,6 +208,7 @@ static sts_policy_t *sts_entry_live(sts_entry_t *e)
 
 void dlv_sts_thread_stop(dlv_thread_t *t)
 {
+    DLV_ASSERT_ON_LOOP(t);
     dlv_sts_cache_t *c = t->t_sts;
     for (size_t b = 0; c != NULL && b < c->sc_cap; b++) {
         for (sts_entry_t *e = c->sc_tab[b]; e; e = e->e_next) {
@@ -248,6 +249,7 @@ static void sts_dest_enter_state(dlv_sts_dest_t *sd, sts_dstate_t st)
 
 void dlv_sts_route_start(dlv_dest_t *de, void (*kick)(dlv_dest_t *de))
 {
+    DLV_ASSERT_ON_LOOP(de->de_t);
     dlv_thread_t *t = de->de_t;
     const cfg_t *cfg = t->t_cfg;
     dlv_sts_dest_t *sd = de->de_sts;
@@ -375,6 +377,7 @@ static void sts_resolve(dlv_sts_dest_t *sd, sts_policy_t *pol, const char *id)
 
 dlv_sts_gate_t dlv_sts_gate(dlv_dest_t *de, const char **why)
 {
+    DLV_ASSERT_ON_LOOP(de->de_t);
     dlv_sts_dest_t *sd = de->de_sts;
     if (sd == NULL || sd->sd_state == SD_OFF)
         return DLV_STS_GO;
@@ -481,6 +484,7 @@ static void sts_apply(dlv_dest_t *de)
 
 void dlv_sts_dest_free(dlv_dest_t *de)
 {
+    DLV_ASSERT_ON_LOOP(de->de_t);
     dlv_sts_dest_t *sd = de->de_sts;
     if (sd == NULL)
         return;
@@ -495,6 +499,7 @@ void dlv_sts_dest_free(dlv_dest_t *de)
 
 const char *dlv_sts_mode(const dlv_dest_t *de)
 {
+    DLV_ASSERT_ON_LOOP(de->de_t);
     const dlv_sts_dest_t *sd = de->de_sts;
     if (sd == NULL || sd->sd_state == SD_OFF || sd->sd_mode == STS_MODE_NONE)
         return NULL;
@@ -503,6 +508,7 @@ const char *dlv_sts_mode(const dlv_dest_t *de)
 
 bool dlv_sts_enforced(const dlv_dest_t *de)
 {
+    DLV_ASSERT_ON_LOOP(de->de_t);
     const dlv_sts_dest_t *sd = de->de_sts;
     return sd != NULL && sd->sd_state != SD_OFF && sd->sd_mode == STS_MODE_ENFORCE &&
            de->de_policy == CFG_TLS_VERIFY;
@@ -510,6 +516,7 @@ bool dlv_sts_enforced(const dlv_dest_t *de)
 
 void dlv_sts_testing_failure(const dlv_dest_t *de, const char *host, const char *what)
 {
+    DLV_ASSERT_ON_LOOP(de->de_t);
     const dlv_sts_dest_t *sd = de->de_sts;
     if (sd == NULL || sd->sd_state == SD_OFF || sd->sd_mode != STS_MODE_TESTING)
         return;
@@ -519,6 +526,7 @@ void dlv_sts_testing_failure(const dlv_dest_t *de, const char *host, const char 
 
 bool dlv_sts_session_stale(const dlv_dest_t *de, uint64_t born)
 {
+    DLV_ASSERT_ON_LOOP(de->de_t);
     const dlv_sts_dest_t *sd = de->de_sts;
     return sd != NULL && born < sd->sd_epoch;
 }

@@ -365,7 +365,7 @@ struct json_object *shp_registry_json(dlv_shaping_t *sh);
  * shaping file (the tree's root) into c. 0 or SL_ECONFIG. */
 int shp_vmta_config(shp_conf_t *c, const void *root, const char *name, char *err, size_t errlen);
 /* The pool of a dispatch: X-Sluice-Pool (the header is removed from the
- * body), else the AUTH user's pool, else the default. Delivery thread. */
+ * body), else the AUTH user's pool, else the default. The destination's thread. */
 int shp_pool_for(const shp_conf_t *c, queue_dispatch_t *qd);
 /* Remove every "X-Sluice-Pool:" field from the header of qd's body and
  * return the first one's value in val (or "" when none). */

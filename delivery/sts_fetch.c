@@ -139,6 +139,7 @@ static void sts_fetch_addr_cb(void *arg, dns_status_t st, const sockaddr_any_t *
 
 sts_fetch_t *sts_fetch_start(dlv_thread_t *t, const char *domain, sts_fetch_cb cb, void *arg)
 {
+    DLV_ASSERT_ON_LOOP(t);
     sts_fetch_t *f = xcalloc(1, sizeof(*f));
     f->f_t = t;
     f->f_cb = cb;
@@ -175,6 +176,8 @@ sts_fetch_t *sts_fetch_start(dlv_thread_t *t, const char *domain, sts_fetch_cb c
 
 void sts_fetch_cancel(sts_fetch_t *f)
 {
+    if (f != NULL)
+        DLV_ASSERT_ON_LOOP(f->f_t);
     if (f == NULL)
         return;
     f->f_cb = NULL;
@@ -183,6 +186,7 @@ void sts_fetch_cancel(sts_fetch_t *f)
 
 void sts_fetch_thread_stop(dlv_thread_t *t)
 {
+    DLV_ASSERT_ON_LOOP(t);
     http_client_free(t->t_http); /* its handles close on the loop's last turns */
     t->t_http = NULL;
 }

@@ -31,7 +31,8 @@
  * dlv_classify_reply, dlv_result_for_verdict, dlv_classify (any thread).
  *
  * Thread: dlv_judge runs on the delivery thread that owns the reply; the
- * queue it shapes is shared (shaping.c takes its locks). No state here.
+ * queue it shapes is shared (providers.c takes its locks); dlv_judge itself
+ * checks no thread (the unit test calls it alone). No state here.
  */
 #include "delivery/delivery_int.h"
 #include "delivery/rules_int.h"
@@ -295,6 +296,7 @@ static void trouble_log(const queue_dispatch_t *qd, int i, const dlv_result_t *r
 void dlv_report(dlv_thread_t *t, const queue_dispatch_t *qd, int i, const dlv_result_t *res,
                 const char *text, const dlv_where_t *w)
 {
+    DLV_ASSERT_ON_LOOP(t);
     SL_ASSERT(res->rs_fate == DLV_FATE_DELIVERED || res->rs_fate == DLV_FATE_DEFERRED ||
               res->rs_fate == DLV_FATE_BOUNCED);
     dlv_stats_t *st = &t->t_d->d_stats;

@@ -4,15 +4,18 @@
  * round robin with weights = [...]). A message picks its pool by its
  * X-Sluice-Pool header (removed before delivery, so before DKIM signing),
  * else by the SMTP AUTH user who submitted it (pool_users), else the
- * default pool.
+ * default pool. Virtual MTAs and pools are part of the shaping rule set
+ * (shaping_conf.c calls shp_vmta_config); the registry keeps the start-up
+ * set's (a reload does not change them).
  *
  *   virtual_mtas { mta1 { source = "192.0.2.10"; ehlo = "mta1.example.net"; } }
  *   pools { bulk { members = ["mta1", "mta2"]; weights = [3, 1]; } }
  *   default_pool = bulk;
  *   pool_users { alice = bulk; }
  *
- * Thread: shp_vmta_config at load (any thread); the rest on a delivery
- * thread (the pool round-robin state belongs to the destination).
+ * Thread: shp_vmta_config at load (any thread); shp_pool_for changes the
+ * dispatch (the header goes), on its destination's thread (dest.c checks
+ * it); shp_pool_pick's state is the destination's; shp_vmta_bind any.
  */
 #include "delivery/shaping_int.h"
 
