@@ -502,8 +502,9 @@ static void shp_event(shp_queue_t *q, shp_provider_t *pv, const char *event, con
     json_object_put(o);
 }
 
-/* Install rule set c in sh (sh_lock held): the one in force is kept on
- * sh_confs, since threads may still point into it. */
+/* Install rule set c in sh (sh_lock held). It joins sh_confs, where the
+ * ones it replaces stay until the registry goes: threads may still point
+ * into them (a provider's rule, a destination's per_domain limits). */
 static void shp_install_locked(dlv_shaping_t *sh, shp_conf_t *c)
 {
     c->sc_next = sh->sh_confs;
