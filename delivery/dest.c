@@ -547,7 +547,7 @@ static void dlv_addr_cb(void *arg, dns_status_t st, const sockaddr_any_t *addrs,
         dlv_mx_done(de, slot == -2);
 }
 
-/* ================================================== destinations (thread) */
+/* ------------------------------------------------------------- provider and throttles */
 
 static shp_queue_t *shp_q(shp_dest_t *sd, int v)
 {
