@@ -482,4 +482,56 @@ void dns_query_txt(dns_resolver_t *r, const char *name, dns_txt_cb cb, void *arg
 int dns_parse_txt(const unsigned char *abuf, int alen, char ***out, int *n, uint32_t *ttl);
 void dns_txt_array_free(char **txt, int n);
 
+/* ---------------------------------------------------------------- HTTP client */
+/*
+ * HTTP(S) GET on a libuv loop: libcurl's multi interface driven by the
+ * loop (core/base/http_client.c). One client per loop; every function
+ * below is called on that loop's thread. A request's callback always runs
+ * later on the loop, never inside http_get(), exactly once unless the
+ * request is cancelled. TLS: the peer's certificate chain (the CA file
+ * given, else the system store) and its name are verified; redirects are
+ * not followed (a 3xx is the answer); no proxy is used.
+ */
+typedef struct http_client http_client_t;
+typedef struct http_request http_request_t;
+
+typedef struct http_get_opts {
+    const char *hg_url;     /* "https://host[:port]/path" */
+    const char *hg_ca_file; /* PEM CA file; NULL or "": the system store */
+    const char *hg_host;    /* with hg_addrs: the URL's host and port, already resolved, */
+    int hg_port;            /* pinned to these addresses (tried in order; no DNS by curl) */
+    const sockaddr_any_t *hg_addrs;
+    int hg_naddrs;
+    size_t hg_max_body;     /* a larger body fails the request; 0: no bound */
+    uint64_t hg_timeout_ms; /* the whole request; 0: none */
+    const char *hg_accept;  /* the Accept header, or NULL */
+    bool hg_allow_http;     /* plain http:// too (tests); else https only */
+} http_get_opts_t;
+
+typedef struct http_response {
+    int hr_status;               /* the HTTP status, 0 when none came */
+    const char *hr_content_type; /* as the server gave it, or NULL */
+    const char *hr_body;         /* NUL-terminated ("" when none) */
+    size_t hr_len;
+    const char *hr_error; /* NULL: the response is complete; else why not ("timed out",
+                           * "response body larger than N bytes", the TLS or
+                           * connection error) */
+} http_response_t;
+
+/* r and everything in it are borrowed for the duration of the call. */
+typedef void (*http_done_cb)(void *arg, const http_response_t *r);
+
+/* A client on loop. 0, or SL_ECONFIG with err set (libcurl unusable).
+ * Loop thread (or before the loop runs). */
+int http_client_new(uv_loop_t *loop, http_client_t **out, char *err, size_t errlen);
+/* Cancel every request in flight (their callbacks never run) and close
+ * the handles; the memory goes in the last close callback, so the loop
+ * must run once more. Not from a request's callback. NULL allowed. */
+void http_client_free(http_client_t *c);
+/* Start a GET (o is copied). The request, or NULL when libcurl could not
+ * start one. */
+http_request_t *http_get(http_client_t *c, const http_get_opts_t *o, http_done_cb cb, void *arg);
+/* Stop a request in flight: its callback never runs. NULL allowed. */
+void http_request_cancel(http_request_t *r);
+
 #endif /* SLUICE_BASE_H */
