@@ -23,6 +23,7 @@
  * Thread: main thread only (everything runs on ce_loop).
  */
 #include "core/server/ops_int.h"
+#include "core/server/notify_int.h"
 #ifdef SLUICE_HAVE_DELIVERY
 #include "delivery/delivery.h"
 #endif
@@ -1304,7 +1305,7 @@ static int cmd_metrics(ctl_conn_t *c, json_object *req, json_object *resp, char 
 
 static int cmd_reload(ctl_conn_t *c, json_object *req, json_object *resp, char *err, size_t errlen)
 {
-    return control_reload(c->cc_ctl, resp, err, errlen);
+    return srv_reload(c->cc_ctl, resp, err, errlen); /* control_reload, systemd told */
 }
 
 /* ------------------------------------------------------------ reload */
