@@ -1213,10 +1213,11 @@ int main(int argc, char **argv)
         return usage_error("no command given%s", "");
     uid_t owner = (uid_t)-1;
     if ((owner_name == NULL || owner_name[0] == '\0') && CTL_DEFAULT_OWNER[0] != '\0') {
-        /* The package's system user, when there is one: only root makes
-         * system users, so it is no one a user could plant a socket as. */
+        /* The package's system user, when there is one: a system account
+         * (below Debian's first user uid, 1000) is root's doing, no one a
+         * local user could plant a socket as. */
         struct passwd *pw = getpwnam(CTL_DEFAULT_OWNER);
-        if (pw != NULL)
+        if (pw != NULL && pw->pw_uid > 0 && pw->pw_uid < 1000)
             owner = pw->pw_uid;
     } else if (owner_name != NULL && owner_name[0] != '\0') {
         struct passwd *pw = getpwnam(owner_name);
