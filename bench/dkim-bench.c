@@ -20,8 +20,9 @@
  *   -i AUID -q -S                i= tag, q=dns/txt, h= separated by " : "
  *
  * Single-threaded; exits 0 on success, 1 on a signing error, 2 on usage or
- * configuration errors. The operator-facing version of `sign` is
- * dkim_sign_file(), to be exposed as `sluicectl dkim-test`.
+ * configuration errors. `sign` and the operator's `sluiced -c FILE
+ * --dkim-sign MSG` both go through dkim_sign_file(); sluiced signs with the
+ * keys of its configuration, `sign` with the keys given here.
  */
 #include "dkim/dkim.h"
 

@@ -18,7 +18,8 @@
  * every new connection wait for its greeting until SIGUSR1 (a backlog
  * builds up in the client, then drains at once).
  *
- * Main parts: sink_main() (options, listeners, signals, the loop),
+ * Main parts: main() (options through sink_parse_args(), listeners,
+ * signals, the loop),
  * sink_conn_* (one SMTP session: read, line/DATA parsing, replies, TLS),
  * sink_prov_* (the profile), sink_map_* (string-keyed counters),
  * sink_summary_write().
@@ -194,7 +195,7 @@ typedef struct sink {
     uv_signal_t s_sigterm, s_sigint, s_sigusr1;
     uv_timer_t s_quit_timer, s_stats_timer, s_tick_timer;
     bool s_stopping;
-    void *s_tls_ctx;
+    tls_ctx_t *s_tls_ctx;
     FILE *s_log;
     buf_t s_line; /* scratch for log lines */
     sink_conn_t *s_conns;
@@ -1981,6 +1982,8 @@ static int parse_num(const char *s, double lo, double hi, double *out)
     return 0;
 }
 
+/* Long: one case per option, in the order of the usage text, each with its
+ * range check; a table would need a callback per option for the checks. */
 static int sink_parse_args(int argc, char **argv, sink_opts_t *o)
 {
     static const struct option longopts[] = {

@@ -135,7 +135,7 @@ struct src {
     uv_loop_t *s_loop;
     uv_timer_t s_tick;
     sockaddr_any_t s_addr;
-    void *s_tls_ctx;
+    tls_ctx_t *s_tls_ctx;
     src_conn_t *s_conns;
     src_wreq_t *s_wfree;
     FILE *s_ids;
@@ -609,6 +609,8 @@ static bool src_is_server_close(int code)
     return code == 421;
 }
 
+/* Long: the client's state machine, one case per state, read top to bottom
+ * next to RFC 5321's command order. */
 static void src_on_reply(src_conn_t *c, int code, const char *line, size_t len)
 {
     src_t *s = c->sc_src;
@@ -1201,6 +1203,8 @@ static void src_free(src_t *s)
         fclose(s->s_ids);
 }
 
+/* Long: options, set-up, the run and its report, in the order they happen;
+ * each step's error exit makes the length. */
 int main(int argc, char **argv)
 {
     static src_t src;

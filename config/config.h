@@ -290,6 +290,21 @@ const struct cfg_route *cfg_route_for(const cfg_t *c, const char *domain);
  * key. Any thread. */
 const char *cfg_key_name(int i, const char **default_text);
 
+/* How reload treats a key (the schema's reload column, docs/operations.md):
+ * LIVE, the running daemon takes the new value at once; RESTART, it is read
+ * at start-up only and keeps its running value until a restart. UNSET is
+ * never in the schema (the unit test checks). */
+typedef enum { CFG_APPLY_UNSET = 0, CFG_APPLY_LIVE, CFG_APPLY_RESTART } cfg_apply_t;
+/* The i-th key's reload column (CFG_APPLY_UNSET past the last key). Any
+ * thread. */
+cfg_apply_t cfg_key_apply(int i);
+/* True when the i-th key has a different value in a and b. Any thread. */
+bool cfg_key_changed(int i, const cfg_t *a, const cfg_t *b);
+/* Reload: give nc (a snapshot nobody shares yet) old's value of every key
+ * whose column is RESTART, so that no thread ever half-applies one. Any
+ * thread. */
+void cfg_keep_restart(cfg_t *nc, const cfg_t *old);
+
 /* ------------------------------------------------------------ the syntax tree
  *
  * What config/parse.c builds from a file in the config syntax, for the

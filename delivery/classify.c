@@ -1,14 +1,13 @@
 /*
- * classify.c - what an SMTP reply means for a recipient: delivered,
- * deferred or bounced, and into which PowerMTA-style bounce category it
- * falls. The one place that interprets reply codes (STYLE.md: Postfix's
- * smtp_trouble.c).
+ * classify.c - the built-in bounce classification table: the PowerMTA
+ * categories, reply code -> result, and the enhanced status an outcome
+ * records. A leaf: it calls nothing of delivery/.
  *
- * dlv_classify() asks the loaded rules first (rules.c; the shipped
- * config/bounce-rules.conf unless delivery.bounce_rules names another
- * file) and uses this built-in table for what no rule matches and for
- * local failures (code 0). The precedence, most specific first, is the
- * same in both (docs/bounce-rules.md, "Order"):
+ * The judge (trouble.c, the one place that interprets a reply) asks the
+ * loaded rules first (rules.c; the shipped config/bounce-rules.conf unless
+ * delivery.bounce_rules names another file) and uses this table for what
+ * no rule matches and for local failures (code 0). The precedence, most
+ * specific first, is the same in both (docs/bounce-rules.md, "Order"):
  *
  *   1. provider rules, for replies from that provider's MX hosts (the MX
  *      host that answered decides when it is known, else the recipient
@@ -227,13 +226,6 @@ const char *dlv_classify_builtin(int code, const char *status, const char *text)
             return r->cr_category;
     }
     return dlv_classify_text(text);
-}
-
-const char *dlv_classify(int code, const char *status, const char *text)
-{
-    dlv_verdict_t v;
-    dlv_classify_reply(code, status, text, NULL, NULL, &v);
-    return v.v_category;
 }
 
 /* PowerMTA's 17 bounce categories (STANDARDS.md), the only names a rule may

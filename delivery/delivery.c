@@ -1,21 +1,26 @@
 /*
- * delivery.c - delivery threads, the dispatcher, destinations and routes.
+ * delivery.c - the delivery threads: life cycle, the dispatcher, the
+ * inbox, reload, and the module's public calls on shaping and bounce
+ * rules.
  *
  * dlv_new() builds N thread contexts (loop, inbox channel, c-ares resolver,
- * TLS client context); the dispatcher (queue thread) hashes qd_domain to a
- * thread and pushes the dispatch onto its inbox. On its loop, a dispatch
- * joins its destination's FIFO; dlv_dest_kick() resolves the route (static
- * route, MX + A/AAAA, implicit MX, null MX), hands work to idle sessions
- * and opens new ones (slow start, up to c_dlv_max_conn_per_dest), or
- * applies a route failure / dead-site verdict to everything pending.
- * Outcomes go back with queue_outcome_submit().
+ * TLS client context) and the provider registry (providers.c) from the
+ * shaping rule set (shaping_conf.c); the dispatcher (queue thread) hashes
+ * qd_domain to a thread and pushes the dispatch onto its inbox. On its
+ * loop, a dispatch joins its destination's backlog (dest.c), which does
+ * the rest; outcomes go back from the judge (trouble.c, dlv_report).
+ * dlv_set_config() hands a reloaded snapshot to each thread; a rerouting
+ * one makes every destination resolve again (dlv_dest_reconfig_all).
  *
- * Main functions: dlv_new/dlv_start/dlv_stop/dlv_free (main thread),
- * dlv_dispatch (queue thread), the rest on the owning delivery thread.
+ * Main functions: dlv_new/dlv_start/dlv_stop/dlv_free, dlv_set_config,
+ * dlv_rules_install, dlv_shaping_check/reload/suspend/json (main thread),
+ * dlv_dispatch (queue thread), the callbacks on the owning delivery thread.
  */
 #include "delivery/delivery_int.h"
 #include "delivery/rules_int.h"
-#include "delivery/shaping_int.h" /* dlv_shaping_new / dlv_shaping_free */
+#include "delivery/shaping_int.h" /* the shaping rule set and the provider registry */
+
+#include <json-c/json.h>
 
 #include <arpa/inet.h>
 #include <sched.h>
@@ -30,29 +35,6 @@ static void dlv_thread_main(void *arg);
 static void dlv_stop_cb(uv_async_t *h);
 static void dlv_cfg_cb(uv_async_t *h);
 static void dlv_sweep_cb(uv_timer_t *h);
-static dlv_dest_t *dlv_dest_get(dlv_thread_t *t, const char *domain);
-static void dlv_dest_free(dlv_dest_t *de);
-static void dlv_route_start(dlv_dest_t *de);
-static void dlv_route_fail(dlv_dest_t *de, queue_result_t res, int code, const char *status,
-                           const char *text, uint32_t ttl);
-static void dlv_mx_cb(void *arg, dns_status_t st, const dns_mx_t *mx, int n, uint32_t ttl);
-static void dlv_addr_cb(void *arg, dns_status_t st, const sockaddr_any_t *addrs, int n,
-                        uint32_t ttl);
-
-static uint64_t dlv_mono(void)
-{
-    return clock_mono_us();
-}
-
-static uint64_t dlv_hash(const char *s)
-{
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
-    for (; *s; s++) {
-        h ^= (unsigned char)*s;
-        h *= 1099511628211ULL;
-    }
-    return h;
-}
 
 /* ------------------------------------------------------------- life cycle */
 
@@ -70,11 +52,16 @@ int dlv_new(cfg_t *cfg, queue_t *q, dlv_t **out, char *err, size_t errlen)
         n = nc > 0 ? (int)nc : 1;
     }
     d->d_nthreads = n;
-    if (dlv_shaping_new(cfg->c_dlv_shaping, NULL, q, &d->d_shaping, err, errlen) != 0) {
+    shp_conf_t *sc = NULL;
+    if (shp_conf_load(cfg->c_dlv_shaping, &sc, err, errlen) != 0) {
         cfg_unref(d->d_cfg);
         free(d);
         return SL_ECONFIG;
     }
+    log_info("shaping: %d provider rule(s), %d virtual MTA(s), %d pool(s)%s%s", sc->sc_nprules,
+             sc->sc_nvmtas, sc->sc_npools, cfg->c_dlv_shaping[0] ? " from " : "",
+             cfg->c_dlv_shaping);
+    d->d_shaping = dlv_shaping_new(sc, q);
     d->d_threads = xcalloc((size_t)n, sizeof(dlv_thread_t));
     int i;
     for (i = 0; i < n; i++) {
@@ -214,6 +201,75 @@ const dlv_stats_t *dlv_stats(const dlv_t *d)
     return &d->d_stats;
 }
 
+/* The bounce rules cfg names (delivery.bounce_rules; "" = built-in), their
+ * providers looked up in the shaping rule set cfg names (the shipped
+ * providers.conf and delivery.shaping: a provider is defined once for
+ * both): the active set from now on. Main thread. */
+int dlv_rules_install(const cfg_t *cfg, char *err, size_t errlen)
+{
+    shp_conf_t *sc = NULL;
+    if (shp_conf_load(cfg ? cfg->c_dlv_shaping : NULL, &sc, err, errlen) != 0)
+        return SL_ECONFIG;
+    dlv_rules_t *r = NULL;
+    int rc = dlv_rules_load(cfg ? cfg->c_dlv_bounce_rules : NULL, shp_provider_lookup, sc, &r, err,
+                            errlen);
+    shp_conf_free(sc); /* the rules copied the patterns they use */
+    if (rc != 0)
+        return SL_ECONFIG;
+    log_info("delivery: bounce rules %s: %d providers, %d rules", dlv_rules_name(r),
+             dlv_rules_nproviders(r), dlv_rules_nrules(r));
+    dlv_rules_set(r, false);
+    return 0;
+}
+
+/* ------------------------------------------------------------- shaping */
+
+json_object *dlv_shaping_json(dlv_t *d)
+{
+    if (d == NULL || d->d_shaping == NULL) {
+        json_object *root = json_object_new_object();
+        json_object_object_add(root, "providers", json_object_new_array());
+        json_object_object_add(root, "virtual_mtas", json_object_new_array());
+        return root;
+    }
+    return shp_registry_json(d->d_shaping);
+}
+
+int dlv_shaping_check(const char *path, char *err, size_t errlen)
+{
+    shp_conf_t *sc = NULL;
+    if (shp_conf_load(path, &sc, err, errlen) != 0)
+        return SL_ECONFIG;
+    shp_conf_free(sc);
+    return 0;
+}
+
+int dlv_shaping_reload(dlv_t *d, const char *path, bool *vmtas_changed, char *err, size_t errlen)
+{
+    if (d == NULL || d->d_shaping == NULL) {
+        snprintf(err, errlen, "delivery is not running");
+        return SL_ENOTFOUND;
+    }
+    shp_conf_t *sc = NULL;
+    if (shp_conf_load(path, &sc, err, errlen) != 0)
+        return SL_ECONFIG;
+    bool changed = shp_registry_install(d->d_shaping, sc, path);
+    if (vmtas_changed != NULL)
+        *vmtas_changed = changed;
+    return 0;
+}
+
+int dlv_shaping_suspend(dlv_t *d, const char *provider, const char *vmta, uint64_t for_s,
+                        bool resume, char *err, size_t errlen)
+{
+    if (d == NULL || d->d_shaping == NULL) {
+        snprintf(err, errlen, "delivery is not running");
+        return SL_ENOTFOUND;
+    }
+    uint64_t until = resume ? 0 : for_s ? clock_mono_us() + for_s * 1000000ULL : UINT64_MAX;
+    return shp_registry_suspend(d->d_shaping, provider, vmta, until, err, errlen);
+}
+
 /* ------------------------------------------------------------- threads */
 
 /* Queue thread: pick the domain's thread and push. */
@@ -244,7 +300,7 @@ static void dlv_inbox_cb(chan_t *ch, chan_node_t *first, void *arg)
         }
         atomic_fetch_add_explicit(&t->t_d->d_stats.ds_dispatches, 1, memory_order_relaxed);
         dlv_dest_t *de = dlv_dest_get(t, qd->qd_domain);
-        dlv_shp_enqueue(de, qd); /* by pool and job; counts de_npending */
+        dlv_dest_enqueue(de, qd); /* by pool and job; counts de_npending */
         /* a burst for one domain is kicked once */
         if (last != NULL && last != de)
             dlv_dest_kick(last);
@@ -257,43 +313,18 @@ static void dlv_inbox_cb(chan_t *ch, chan_node_t *first, void *arg)
 static void dlv_thread_main(void *arg)
 {
     dlv_thread_t *t = arg;
+    t->t_self = uv_thread_self(); /* before anything checks DLV_ASSERT_ON_LOOP */
     char name[16];
     snprintf(name, sizeof(name), "dlv%d", t->t_idx);
     log_thread_name(name);
     uv_timer_start(&t->t_sweep, dlv_sweep_cb, 10000, 10000);
     uv_run(&t->t_loop, UV_RUN_DEFAULT);
     /* every handle is closed: free what is left */
-    for (size_t i = 0; i < t->t_dest_cap; i++) {
-        while (t->t_dests[i] != NULL) {
-            dlv_dest_t *de = t->t_dests[i];
-            t->t_dests[i] = de->de_hnext;
-            dlv_dest_free(de);
-        }
-    }
+    dlv_dest_free_all(t);
     dlv_sts_thread_free(t); /* MTA-STS policy cache */
     int rc = uv_loop_close(&t->t_loop);
     if (rc != 0)
         log_error("delivery: uv_loop_close: %s", uv_strerror(rc));
-}
-
-static void dlv_walk_sessions_shutdown(dlv_thread_t *t)
-{
-    for (size_t i = 0; i < t->t_dest_cap; i++) {
-        for (dlv_dest_t *de = t->t_dests[i]; de; de = de->de_hnext) {
-            while (de->de_npending > 0) {
-                queue_dispatch_t *qd = dlv_dest_pop(de);
-                queue_dispatch_free(qd); /* unreported: retried after restart */
-            }
-            dlv_shp_dest_stop(de);
-            dlv_session_t *s = de->de_sessions;
-            while (s != NULL) {
-                /* shutdown may unlink s; take next first */
-                dlv_session_t *next = dlv_session_next(s);
-                dlv_session_shutdown(s);
-                s = next;
-            }
-        }
-    }
 }
 
 /* Loop thread: stop everything; the loop ends when the last handle closed. */
@@ -309,7 +340,7 @@ static void dlv_stop_cb(uv_async_t *h)
     uv_close((uv_handle_t *)&t->t_sweep, NULL);
     uv_close((uv_handle_t *)&t->t_stop_async, NULL);
     uv_close((uv_handle_t *)&t->t_cfg_async, NULL);
-    dlv_walk_sessions_shutdown(t);
+    dlv_dest_shutdown_all(t); /* backlogs dropped unreported, sessions QUIT or closed */
 }
 
 /* ------------------------------------------------------------- reload */
@@ -355,539 +386,14 @@ static void dlv_cfg_cb(uv_async_t *h)
     /* routes or TLS policies changed: every destination resolves again at
      * its next use, takes its TLS policy from the new snapshot (MTA-STS
      * enforce keeps verify), idle sessions QUIT now and busy ones opened
-     * before QUIT when their transaction is done (dlv_cfg_session_stale) */
+     * before QUIT when their transaction is done (dlv_dest_session_stale) */
     t->t_cfg_epoch = clock_mono_us();
-    for (size_t i = 0; i < t->t_dest_cap; i++)
-        for (dlv_dest_t *de = t->t_dests[i]; de; de = de->de_hnext) {
-            int want =
-                dlv_sts_enforced(de) ? CFG_TLS_VERIFY : cfg_tls_policy_for(nc, de->de_domain);
-            if (want != de->de_policy) {
-                de->de_policy = want;
-                if (de->de_tls_session != NULL) { /* resumed, it would skip a now required check */
-                    tls_session_free(de->de_tls_session);
-                    de->de_tls_session = NULL;
-                }
-            }
-            for (dlv_session_t *s = de->de_sessions, *next; s != NULL; s = next) {
-                next = dlv_session_next(s); /* shutdown may unlink s */
-                if (dlv_session_idle(s))
-                    dlv_session_shutdown(s); /* QUIT now; busy ones after their transaction */
-            }
-            dlv_dest_kick(de);
-        }
+    dlv_dest_reconfig_all(t);
     log_info("delivery: configuration reloaded; routes and TLS policies apply to new connections");
-}
-
-bool dlv_cfg_session_stale(const dlv_dest_t *de, uint64_t born)
-{
-    return born < de->de_t->t_cfg_epoch;
 }
 
 /* Every 10 s: forget destinations with nothing to do. */
 static void dlv_sweep_cb(uv_timer_t *h)
 {
-    dlv_thread_t *t = h->data;
-    uint64_t now = dlv_mono();
-    for (size_t i = 0; i < t->t_dest_cap; i++) {
-        dlv_dest_t **pp = &t->t_dests[i];
-        while (*pp != NULL) {
-            dlv_dest_t *de = *pp;
-            bool busy = de->de_npending > 0 || de->de_nconn > 0 ||
-                        de->de_rstate == DLV_RT_RESOLVING || de->de_dead_until > now ||
-                        now - de->de_last_used < 60 * 1000000ULL;
-            if (busy) {
-                pp = &de->de_hnext;
-                continue;
-            }
-            *pp = de->de_hnext;
-            t->t_ndests--;
-            dlv_dest_free(de);
-        }
-    }
-}
-
-/* ------------------------------------------------------------- destinations */
-
-static dlv_dest_t *dlv_dest_get(dlv_thread_t *t, const char *domain)
-{
-    size_t b = dlv_hash(domain) & (t->t_dest_cap - 1);
-    for (dlv_dest_t *de = t->t_dests[b]; de; de = de->de_hnext)
-        if (strcmp(de->de_domain, domain) == 0)
-            return de;
-    if (t->t_ndests >= t->t_dest_cap) { /* grow: rehash */
-        size_t cap = t->t_dest_cap * 2;
-        dlv_dest_t **nt = xcalloc(cap, sizeof(*nt));
-        for (size_t i = 0; i < t->t_dest_cap; i++) {
-            while (t->t_dests[i]) {
-                dlv_dest_t *de = t->t_dests[i];
-                t->t_dests[i] = de->de_hnext;
-                size_t nb = dlv_hash(de->de_domain) & (cap - 1);
-                de->de_hnext = nt[nb];
-                nt[nb] = de;
-            }
-        }
-        free(t->t_dests);
-        t->t_dests = nt;
-        t->t_dest_cap = cap;
-        b = dlv_hash(domain) & (cap - 1);
-    }
-    dlv_dest_t *de = xcalloc(1, sizeof(*de));
-    de->de_t = t;
-    de->de_domain = xstrdup(domain);
-    de->de_policy = cfg_tls_policy_for(t->t_cfg, domain);
-    de->de_limit = MIN(DLV_START_CONNS, MAX(1, t->t_cfg->c_dlv_max_conn_per_dest));
-    de->de_last_used = dlv_mono();
-    dlv_shp_dest_init(de);
-    de->de_hnext = t->t_dests[b];
-    t->t_dests[b] = de;
-    t->t_ndests++;
-    return de;
-}
-
-static void dlv_addrs_free(dlv_addr_t *a, int n)
-{
-    if (a == NULL)
-        return;
-    for (int i = 0; i < n; i++)
-        free(a[i].da_host);
-    free(a);
-}
-
-static void dlv_mx_scratch_free(dlv_dest_t *de)
-{
-    for (int i = 0; i < DLV_MAX_MX; i++) {
-        dlv_addrs_free(de->de_mx_addrs[i], de->de_mx_naddr[i]);
-        de->de_mx_addrs[i] = NULL;
-        de->de_mx_naddr[i] = 0;
-    }
-    dns_mx_array_free(de->de_mx, de->de_nmx);
-    de->de_mx = NULL;
-    de->de_nmx = 0;
-}
-
-static void dlv_dest_free(dlv_dest_t *de)
-{
-    dlv_shp_dest_free(de); /* and the backlog */
-    dlv_sts_dest_free(de); /* MTA-STS state */
-    dlv_addrs_free(de->de_addrs, de->de_naddr);
-    dlv_mx_scratch_free(de);
-    free(de->de_fail_text);
-    if (de->de_tls_session)
-        tls_session_free(de->de_tls_session);
-    free(de->de_domain);
-    free(de);
-}
-
-queue_dispatch_t *dlv_dest_pop(dlv_dest_t *de)
-{
-    return dlv_shp_pop_any(de);
-}
-
-void dlv_dest_fail_pending(dlv_dest_t *de, queue_result_t res, int code, const char *status,
-                           const char *text)
-{
-    queue_dispatch_t *qd;
-    while ((qd = dlv_dest_pop(de)) != NULL) {
-        char ids[17];
-        log_info("%s to=%s%s relay=none dsn=%s status=%s (%s)", queue_msgid_fmt(qd->qd_msgid, ids),
-                 qd->qd_nrcpt > 0 ? qd->qd_rcpts[0].qo_addr : "?", qd->qd_nrcpt > 1 ? ",..." : "",
-                 status, res == Q_OUT_BOUNCED ? "bounced" : "deferred", log_esc(text));
-        dlv_where_t w = {.w_mta_sts = dlv_sts_mode(de)}; /* e.g. 4.7.5 no MX matches */
-        for (int i = 0; i < qd->qd_nrcpt; i++)
-            dlv_outcome(de->de_t, qd, i, res, code, status, text, &w);
-        queue_dispatch_free(qd);
-    }
-}
-
-void dlv_dest_kick(dlv_dest_t *de)
-{
-    dlv_thread_t *t = de->de_t;
-    if (t->t_stopping)
-        return;
-    if (de->de_kicking) {
-        de->de_rekick = true;
-        return;
-    }
-    de->de_kicking = true;
-    do {
-        de->de_rekick = false;
-        uint64_t now = dlv_mono();
-        de->de_last_used = now;
-        if (de->de_npending == 0)
-            continue; /* to the rekick test */
-        if (de->de_dead_until > now) {
-            dlv_dest_fail_pending(de, Q_OUT_DEFERRED, 0, "4.4.1", "destination marked down");
-            continue; /* to the rekick test */
-        }
-        if (de->de_rstate == DLV_RT_RESOLVING)
-            continue; /* to the rekick test */
-        if (de->de_rstate == DLV_RT_NONE || de->de_rexpire <= now ||
-            de->de_rstart < t->t_cfg_epoch) { /* expired, or a reload changed routes */
-            dlv_route_start(de);              /* may answer at once: rekick */
-            continue;                         /* to the rekick test */
-        }
-        if (!de->de_rfresh)
-            atomic_fetch_add_explicit(&t->t_d->d_stats.ds_dns_cache_hits, 1, memory_order_relaxed);
-        de->de_rfresh = false;
-        if (de->de_rstate == DLV_RT_FAILED) {
-            dlv_dest_fail_pending(de, de->de_fail_result, de->de_fail_code, de->de_fail_status,
-                                  de->de_fail_text);
-            continue; /* to the rekick test */
-        }
-        /* MTA-STS (mta_sts.c): held while the policy is looked up; enforce
-         * keeps the matching MX hosts or defers */
-        if (!dlv_sts_gate(de))
-            continue; /* to the rekick test */
-        /* work for idle connections, then new ones gradually, within the
-         * throttles (shaping.c) */
-        dlv_shp_kick(de);
-    } while (de->de_rekick);
-    de->de_kicking = false;
-}
-
-void dlv_dest_conn_ok(dlv_dest_t *de)
-{
-    const cfg_t *cfg = de->de_t->t_cfg;
-    de->de_failures = 0;
-    if (de->de_limit < cfg->c_dlv_max_conn_per_dest)
-        de->de_limit++;
-}
-
-void dlv_dest_conn_failed(dlv_dest_t *de, int code, const char *status, const char *text)
-{
-    dlv_thread_t *t = de->de_t;
-    const cfg_t *cfg = t->t_cfg;
-    atomic_fetch_add_explicit(&t->t_d->d_stats.ds_conn_failed, 1, memory_order_relaxed);
-    de->de_failures++;
-    de->de_limit = MAX(1, MIN(de->de_limit, DLV_START_CONNS));
-    if (t->t_stopping)
-        return;
-    if (cfg->c_dlv_dead_after > 0 && de->de_failures >= cfg->c_dlv_dead_after) {
-        de->de_dead_until = dlv_mono() + cfg->c_dlv_dead_time * 1000000ULL;
-        de->de_failures = 0;
-        atomic_fetch_add_explicit(&t->t_d->d_stats.ds_dests_down, 1, memory_order_relaxed);
-        log_warn("delivery: %s marked down for %llus after %d connection failures (%s)",
-                 de->de_domain, (unsigned long long)cfg->c_dlv_dead_time, cfg->c_dlv_dead_after,
-                 text);
-        dlv_dest_fail_pending(de, Q_OUT_DEFERRED, 0, "4.4.1", "destination marked down");
-        return;
-    }
-    /* no other connection will take the backlog: defer it now */
-    if (de->de_sessions == NULL)
-        dlv_dest_fail_pending(de, Q_OUT_DEFERRED, code, status, text);
-}
-
-/* ------------------------------------------------------------- routes */
-
-/* The route failed: cache the failure (at least DLV_RFAIL_MIN_TTL, so that
- * a TTL of 0 cannot make every kick ask DNS again) and settle the
- * recipients that were waiting for it now, before anything kicks the
- * destination again: a kick with an expired failure would start another
- * lookup instead of applying it, and those recipients would never get an
- * outcome (a delivery thread spinning on DNS). */
-static void dlv_route_fail(dlv_dest_t *de, queue_result_t res, int code, const char *status,
-                           const char *text, uint32_t ttl)
-{
-    const cfg_t *cfg = de->de_t->t_cfg;
-    if (ttl > cfg->c_dlv_dns_cache_max)
-        ttl = (uint32_t)cfg->c_dlv_dns_cache_max;
-    if (ttl < DLV_RFAIL_MIN_TTL)
-        ttl = DLV_RFAIL_MIN_TTL;
-    de->de_rstate = DLV_RT_FAILED;
-    de->de_rfresh = false; /* used right here */
-    de->de_rexpire = dlv_mono() + (uint64_t)ttl * 1000000ULL;
-    de->de_fail_result = res;
-    de->de_fail_code = code;
-    snprintf(de->de_fail_status, sizeof(de->de_fail_status), "%s", status);
-    free(de->de_fail_text);
-    de->de_fail_text = xstrdup(text);
-    log_info("delivery: route %s: %s %s (cached %us)", de->de_domain, status, log_esc(text), ttl);
-    dlv_dest_fail_pending(de, res, code, status, text);
-}
-
-static void dlv_route_ready(dlv_dest_t *de, dlv_addr_t *addrs, int n, uint32_t ttl)
-{
-    const cfg_t *cfg = de->de_t->t_cfg;
-    if (ttl > cfg->c_dlv_dns_cache_max)
-        ttl = (uint32_t)cfg->c_dlv_dns_cache_max;
-    dlv_addrs_free(de->de_addrs, de->de_naddr);
-    de->de_addrs = addrs;
-    de->de_naddr = n;
-    de->de_rstate = DLV_RT_READY;
-    de->de_rfresh = true;
-    de->de_rexpire = dlv_mono() + (uint64_t)MAX(ttl, 1) * 1000000ULL;
-    dlv_shp_route_ready(de); /* the provider by MX host name */
-    if (log_level_current <= LOG_DEBUG) {
-        char ip[64];
-        for (int i = 0; i < n; i++)
-            log_debug("delivery: route %s #%d %s[%s] ttl=%u", de->de_domain, i, addrs[i].da_host,
-                      net_ntop((struct sockaddr *)&addrs[i].da_sa, ip, sizeof(ip)), ttl);
-    }
-    dlv_dest_kick(de);
-}
-
-/* Resolution context of one host lookup. */
-typedef struct dlv_lookup {
-    dlv_dest_t *lk_dest;
-    int lk_slot; /* MX index, or -1 for a static route host, -2 implicit MX */
-} dlv_lookup_t;
-
-static void dlv_route_start(dlv_dest_t *de)
-{
-    dlv_thread_t *t = de->de_t;
-    const cfg_t *cfg = t->t_cfg;
-    de->de_rstate = DLV_RT_RESOLVING;
-    de->de_rstart = clock_mono_us();
-    const struct cfg_route *rt = cfg_route_for(cfg, de->de_domain);
-    if (rt != NULL) {
-        de->de_port = rt->r_port > 0 ? rt->r_port : cfg->c_dlv_port;
-        sockaddr_any_t sa;
-        const char *h = rt->r_host;
-        char lit[256];
-        /* "[::1]" style literals */
-        if (h[0] == '[' && strlen(h) < sizeof(lit)) {
-            snprintf(lit, sizeof(lit), "%s", h + 1);
-            char *e = strchr(lit, ']');
-            if (e)
-                *e = '\0';
-            h = lit;
-        }
-        if (net_parse_hostport(h, de->de_port, &sa) == 0) {
-            dlv_addr_t *a = xcalloc(1, sizeof(*a));
-            a->da_host = xstrdup(h);
-            a->da_sa = sa;
-            dlv_route_ready(de, a, 1, (uint32_t)cfg->c_dlv_dns_cache_max);
-            return;
-        }
-        dlv_lookup_t *lk = xcalloc(1, sizeof(*lk));
-        lk->lk_dest = de;
-        lk->lk_slot = -1;
-        atomic_fetch_add_explicit(&t->t_d->d_stats.ds_dns_lookups, 1, memory_order_relaxed);
-        dns_query_addr(t->t_dns, rt->r_host, de->de_port, dlv_addr_cb, lk);
-        return;
-    }
-    de->de_port = cfg->c_dlv_port;
-    dlv_sts_route_start(de); /* MTA-STS: the _mta-sts TXT lookup beside the MX one */
-    atomic_fetch_add_explicit(&t->t_d->d_stats.ds_dns_lookups, 1, memory_order_relaxed);
-    dns_query_mx(t->t_dns, de->de_domain, dlv_mx_cb, de);
-}
-
-static void dlv_mx_cb(void *arg, dns_status_t st, const dns_mx_t *mx, int n, uint32_t ttl)
-{
-    dlv_dest_t *de = arg;
-    dlv_thread_t *t = de->de_t;
-    if (st == DNS_CANCELLED || t->t_stopping) {
-        de->de_rstate = DLV_RT_NONE;
-        return;
-    }
-    char text[512];
-    switch (st) {
-    case DNS_OK:
-        break;
-    case DNS_NODATA: { /* no MX: implicit MX, the domain's own A/AAAA (RFC 5321 5.1) */
-        dlv_mx_scratch_free(de);
-        de->de_mx = xcalloc(1, sizeof(dns_mx_t));
-        de->de_mx[0].dm_host = xstrdup(de->de_domain);
-        de->de_nmx = 1;
-        de->de_mx_waiting = 1;
-        de->de_mx_ttl = ttl;
-        dlv_lookup_t *lk = xcalloc(1, sizeof(*lk));
-        lk->lk_dest = de;
-        lk->lk_slot = -2;
-        atomic_fetch_add_explicit(&t->t_d->d_stats.ds_dns_lookups, 1, memory_order_relaxed);
-        dns_query_addr(t->t_dns, de->de_domain, de->de_port, dlv_addr_cb, lk);
-        return;
-    }
-    case DNS_NXDOMAIN:
-        snprintf(text, sizeof(text), "Host or domain name not found (%s: %s)", de->de_domain,
-                 dns_status_str(st));
-        dlv_route_fail(de, Q_OUT_BOUNCED, 0, "5.1.2", text, ttl);
-        return;
-    default:
-        snprintf(text, sizeof(text), "DNS lookup of MX for %s failed: %s", de->de_domain,
-                 dns_status_str(st));
-        dlv_route_fail(de, Q_OUT_DEFERRED, 0, "4.4.3", text, DLV_TEMPFAIL_CACHE);
-        return;
-    }
-    if (dns_mx_is_null(mx, n)) {
-        snprintf(text, sizeof(text), "Domain %s does not accept mail (null MX, RFC 7505)",
-                 de->de_domain);
-        dlv_route_fail(de, Q_OUT_BOUNCED, 556, "5.1.10", text, ttl);
-        return;
-    }
-    dlv_mx_scratch_free(de);
-    int k = 0;
-    de->de_mx = xcalloc((size_t)MIN(n, DLV_MAX_MX), sizeof(dns_mx_t));
-    for (int i = 0; i < n && k < DLV_MAX_MX; i++) {
-        if (mx[i].dm_host[0] == '\0')
-            continue; /* a stray "." among real MX records */
-        de->de_mx[k].dm_host = xstrdup(mx[i].dm_host);
-        de->de_mx[k].dm_pref = mx[i].dm_pref;
-        k++;
-    }
-    de->de_nmx = k;
-    if (k == 0) {
-        /* MX records, none of them usable (e.g. "MX 0 ." and "MX 10 ."): as
-         * a null MX (RFC 7505 3; RFC 5321 5.1 never falls back to A then) */
-        dlv_mx_scratch_free(de);
-        snprintf(text, sizeof(text), "Domain %s does not accept mail (no usable MX host, %d MX)",
-                 de->de_domain, n);
-        dlv_route_fail(de, Q_OUT_BOUNCED, 556, "5.1.10", text, ttl);
-        return;
-    }
-    de->de_mx_ttl = ttl;
-    de->de_mx_waiting = k;
-    for (int i = 0; i < k; i++) {
-        de->de_mx_st[i] = DNS_TEMPFAIL;
-        dlv_lookup_t *lk = xcalloc(1, sizeof(*lk));
-        lk->lk_dest = de;
-        lk->lk_slot = i;
-        atomic_fetch_add_explicit(&t->t_d->d_stats.ds_dns_lookups, 1, memory_order_relaxed);
-        dns_query_addr(t->t_dns, de->de_mx[i].dm_host, de->de_port, dlv_addr_cb, lk);
-    }
-}
-
-/* All MX host lookups answered: the route is the addresses in MX order.
- * Without any address: a temporary failure of any lookup defers (4.4.3);
- * when every host is authoritatively absent (NXDOMAIN, or no A/AAAA) the
- * recipients bounce 5.4.4, as Postfix and Exim do - no retry for days. */
-static void dlv_mx_done(dlv_dest_t *de, bool implicit)
-{
-    int total = 0;
-    bool tempfail = false;
-    for (int i = 0; i < de->de_nmx; i++) {
-        total += de->de_mx_naddr[i];
-        if (de->de_mx_st[i] == DNS_TEMPFAIL)
-            tempfail = true;
-    }
-    if (total == 0) {
-        char text[512];
-        dns_status_t st = de->de_mx_st[0];
-        if (implicit && (st == DNS_NXDOMAIN || st == DNS_NODATA)) {
-            snprintf(text, sizeof(text), "Host or domain name not found (%s: no MX, no address)",
-                     de->de_domain);
-            dlv_route_fail(de, Q_OUT_BOUNCED, 0, "5.1.2", text, de->de_mx_ttl);
-        } else if (tempfail) {
-            snprintf(text, sizeof(text), "DNS lookup of the MX hosts of %s failed: %s",
-                     de->de_domain, dns_status_str(DNS_TEMPFAIL));
-            dlv_route_fail(de, Q_OUT_DEFERRED, 0, "4.4.3", text, DLV_TEMPFAIL_CACHE);
-        } else {
-            snprintf(text, sizeof(text),
-                     "Host or domain name not found: no MX host of %s has an address (%s: %s%s)",
-                     de->de_domain, de->de_nmx ? de->de_mx[0].dm_host : "?", dns_status_str(st),
-                     de->de_nmx > 1 ? ", ..." : "");
-            dlv_route_fail(de, Q_OUT_BOUNCED, 0, "5.4.4", text, de->de_mx_ttl);
-        }
-        dlv_mx_scratch_free(de);
-        return;
-    }
-    int n = MIN(total, DLV_MAX_ADDRS), k = 0;
-    dlv_addr_t *a = xcalloc((size_t)n, sizeof(*a));
-    for (int i = 0; i < de->de_nmx && k < n; i++)
-        for (int j = 0; j < de->de_mx_naddr[i] && k < n; j++) {
-            a[k].da_host = xstrdup(de->de_mx[i].dm_host);
-            a[k].da_sa = de->de_mx_addrs[i][j].da_sa;
-            k++;
-        }
-    uint32_t ttl = de->de_mx_ttl;
-    dlv_mx_scratch_free(de);
-    dlv_route_ready(de, a, k, ttl);
-}
-
-static void dlv_addr_cb(void *arg, dns_status_t st, const sockaddr_any_t *addrs, int n,
-                        uint32_t ttl)
-{
-    dlv_lookup_t *lk = arg;
-    dlv_dest_t *de = lk->lk_dest;
-    int slot = lk->lk_slot;
-    free(lk);
-    if (st == DNS_CANCELLED || de->de_t->t_stopping) {
-        de->de_rstate = DLV_RT_NONE;
-        return;
-    }
-    if (slot == -1) { /* static route host name */
-        if (st != DNS_OK) {
-            char text[512];
-            snprintf(text, sizeof(text), "static route host lookup failed: %s", dns_status_str(st));
-            dlv_route_fail(de, Q_OUT_DEFERRED, 0, st == DNS_TEMPFAIL ? "4.4.3" : "4.4.4", text,
-                           DLV_TEMPFAIL_CACHE);
-            return;
-        }
-        const struct cfg_route *rt = cfg_route_for(de->de_t->t_cfg, de->de_domain);
-        int k = MIN(n, DLV_MAX_ADDRS);
-        dlv_addr_t *a = xcalloc((size_t)k, sizeof(*a));
-        for (int i = 0; i < k; i++) {
-            a[i].da_host = xstrdup(rt ? rt->r_host : de->de_domain);
-            a[i].da_sa = addrs[i];
-        }
-        dlv_route_ready(de, a, k, ttl);
-        return;
-    }
-    int i = slot == -2 ? 0 : slot;
-    de->de_mx_st[i] = st;
-    if (st == DNS_OK && n > 0) {
-        de->de_mx_addrs[i] = xcalloc((size_t)n, sizeof(dlv_addr_t));
-        for (int j = 0; j < n; j++)
-            de->de_mx_addrs[i][j].da_sa = addrs[j];
-        de->de_mx_naddr[i] = n;
-        if (ttl < de->de_mx_ttl)
-            de->de_mx_ttl = ttl;
-    }
-    if (--de->de_mx_waiting == 0)
-        dlv_mx_done(de, slot == -2);
-}
-
-/* ------------------------------------------------------------- outcomes */
-
-void dlv_outcome(dlv_thread_t *t, const queue_dispatch_t *qd, int i, queue_result_t res, int code,
-                 const char *status, const char *text, const dlv_where_t *w)
-{
-    dlv_stats_t *st = &t->t_d->d_stats;
-    queue_outcome_t *o = xcalloc(1, sizeof(*o));
-    o->qo_msgid = qd->qd_msgid;
-    o->qo_idx = qd->qd_rcpts[i].qo_idx;
-    o->qo_result = res;
-    o->qo_code = code;
-    if (code != 0)
-        dlv_status_for_reply(code, status, o->qo_status);
-    else if (status != NULL && status[0] != '\0')
-        snprintf(o->qo_status, sizeof(o->qo_status), "%s", status);
-    else
-        snprintf(o->qo_status, sizeof(o->qo_status), "%s",
-                 res == Q_OUT_BOUNCED     ? "5.0.0"
-                 : res == Q_OUT_DELIVERED ? "2.0.0"
-                                          : "4.0.0");
-    o->qo_text = text ? xstrdup(text) : NULL;
-    if (res != Q_OUT_DELIVERED) {
-        /* The rules decide the category and whether a 4xx that names a
-         * permanent failure (some providers' "user unknown") bounces now. */
-        dlv_verdict_t v;
-        dlv_classify_reply(code, o->qo_status, text, qd->qd_domain, w ? w->w_mx : NULL, &v);
-        if (v.v_bounce && res == Q_OUT_DEFERRED && code >= 400 && code < 500)
-            o->qo_result = res = Q_OUT_BOUNCED;
-        o->qo_category = xstrdup(v.v_category);
-    }
-    if (w != NULL) {
-        o->qo_mx = w->w_mx ? xstrdup(w->w_mx) : NULL;
-        snprintf(o->qo_mx_ip, sizeof(o->qo_mx_ip), "%s", w->w_mx_ip ? w->w_mx_ip : "");
-        snprintf(o->qo_src_ip, sizeof(o->qo_src_ip), "%s", w->w_src_ip ? w->w_src_ip : "");
-        snprintf(o->qo_tls, sizeof(o->qo_tls), "%s", w->w_tls ? w->w_tls : "");
-        snprintf(o->qo_cipher, sizeof(o->qo_cipher), "%s", w->w_cipher ? w->w_cipher : "");
-        snprintf(o->qo_mta_sts, sizeof(o->qo_mta_sts), "%s", w->w_mta_sts ? w->w_mta_sts : "");
-        o->qo_peer_dsn = w->w_peer_dsn; /* a success DSN is then the next hop's to send */
-        if (res == Q_OUT_DEFERRED)
-            o->qo_retry_at = w->w_retry_at;
-    }
-    switch (res) {
-    case Q_OUT_DELIVERED:
-        atomic_fetch_add_explicit(&st->ds_delivered, 1, memory_order_relaxed);
-        break;
-    case Q_OUT_DEFERRED:
-        atomic_fetch_add_explicit(&st->ds_deferred, 1, memory_order_relaxed);
-        break;
-    case Q_OUT_BOUNCED:
-        atomic_fetch_add_explicit(&st->ds_bounced, 1, memory_order_relaxed);
-        break;
-    }
-    queue_outcome_submit(t->t_d->d_queue, o);
+    dlv_dest_sweep(h->data);
 }

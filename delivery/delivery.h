@@ -73,7 +73,7 @@ const dlv_stats_t *dlv_stats(const dlv_t *d);
  * values (the caller keeps them in cfg). */
 void dlv_set_config(dlv_t *d, cfg_t *cfg, bool reroute);
 
-/* Traffic shaping state for `sluicectl providers` (delivery/shaping.c,
+/* Traffic shaping state for `sluicectl providers` (delivery/providers.c,
  * docs/shaping.md; the schema is in docs/records.md): a new json-c object
  * the caller puts,
  *   {"providers":[{"provider", "configured", "destinations", "connections",

@@ -1,13 +1,15 @@
 /*
- * delivery/delivery_int.h - private structures of the delivery module,
- * shared by delivery.c (threads, destinations, routes, outcomes) and
- * session.c (the SMTP client state machine). Never included from outside
- * delivery/.
+ * delivery/delivery_int.h - private structures and calls of the delivery
+ * module (docs/architecture.md has the map): the threads (delivery.c),
+ * the reply judge (trouble.c), destinations (dest.c), sessions (session.c,
+ * commands.c, prepare.c) and MTA-STS (mta_sts.c). Never included from
+ * outside delivery/ (tests aside).
  *
  * Ownership: a thread owns its destinations; a destination owns its
  * pending dispatches and its sessions; a session owns the dispatch it is
- * working on until every recipient has an outcome. Everything here is
- * touched only by the owning delivery thread.
+ * working on until every recipient has an outcome. Everything here but
+ * struct dlv's shared parts (stats, the provider registry) is touched only
+ * by the owning delivery thread (DLV_ASSERT_ON_LOOP).
  */
 #ifndef SLUICE_DELIVERY_INT_H
 #define SLUICE_DELIVERY_INT_H
@@ -30,7 +32,8 @@ typedef struct dlv_thread dlv_thread_t;
 typedef struct dlv_dest dlv_dest_t;
 typedef struct dlv_session dlv_session_t;
 typedef struct dlv_shaping dlv_shaping_t;     /* shaping_int.h */
-typedef struct shp_dest shp_dest_t;           /* shaping.c */
+typedef struct shp_dest shp_dest_t;           /* dest.c: backlog, throttles */
+typedef struct shp_queue shp_queue_t;         /* shaping_int.h: a (provider, virtual MTA) queue */
 typedef struct dlv_sts_cache dlv_sts_cache_t; /* mta_sts.c */
 typedef struct dlv_sts_dest dlv_sts_dest_t;   /* mta_sts.c */
 
@@ -43,7 +46,7 @@ struct dlv {
     atomic_bool d_stopping;
     atomic_int d_dispatching; /* dispatcher calls in progress (see dlv_stop) */
     bool d_started;
-    dlv_shaping_t *d_shaping; /* providers, vmtas, throttles (shaping.c) */
+    dlv_shaping_t *d_shaping; /* the provider registry (providers.c) */
 };
 
 struct dlv_thread {
@@ -51,12 +54,13 @@ struct dlv_thread {
     cfg_t *t_cfg;
     int t_idx;
     uv_loop_t t_loop;
-    uv_thread_t t_tid;
+    uv_thread_t t_tid;  /* the main thread's handle (join) */
+    uv_thread_t t_self; /* the thread's own id, set first thing on it (DLV_ASSERT_ON_LOOP) */
     chan_t *t_inbox;
     uv_async_t t_stop_async;
     uv_timer_t t_sweep;
     dns_resolver_t *t_dns;
-    void *t_tls_ctx;
+    tls_ctx_t *t_tls_ctx;
     char t_tls_err[256];  /* why t_tls_ctx is NULL */
     dlv_dest_t **t_dests; /* hash table by domain */
     size_t t_ndests;
@@ -64,6 +68,7 @@ struct dlv_thread {
     bool t_stopping;
     const char *t_helo;
     dlv_sts_cache_t *t_sts; /* MTA-STS policy cache (mta_sts.c), NULL until used */
+    http_client_t *t_http;  /* HTTPS for MTA-STS policies (sts_fetch.c), NULL until used */
     /* reload (dlv_set_config): the main thread leaves t_cfg_next, the
      * thread takes it in dlv_cfg_cb. Replaced snapshots stay referenced
      * until dlv_free: state may still point into them. */
@@ -75,6 +80,23 @@ struct dlv_thread {
     int t_ncfg_old;
     uint64_t t_cfg_epoch; /* clock_mono_us() of the last rerouting reload, 0 = none */
 };
+
+/* FNV-1a of a domain: its thread (dispatch) and its bucket (table). */
+static inline uint64_t dlv_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+/* The caller runs on the delivery thread that owns t: the "delivery thread
+ * only" / "the destination's thread" of a Thread: note, checked at the
+ * entry of the functions that carry it (debug builds; SL_ASSERT_ON_THREAD,
+ * core/base/base.h). */
+#define DLV_ASSERT_ON_LOOP(t) SL_ASSERT_ON_THREAD((t)->t_self)
 
 typedef struct dlv_addr {
     char *da_host; /* MX host name (or the route's host) */
@@ -88,7 +110,7 @@ struct dlv_dest {
     dlv_thread_t *de_t;
     char *de_domain;
     int de_policy; /* CFG_TLS_* */
-    /* pending dispatches: by pool and job in de_shp (shaping.c) */
+    /* pending dispatches: by pool and job in de_shp (dest.c) */
     shp_dest_t *de_shp;
     int de_npending;
     /* route */
@@ -98,8 +120,7 @@ struct dlv_dest {
     uint64_t de_rstart;  /* clock_mono_us() when the route lookup started */
     dlv_addr_t *de_addrs;
     int de_naddr;
-    queue_result_t de_fail_result; /* DLV_RT_FAILED: what every recipient gets */
-    int de_fail_code;
+    int de_fail_code; /* DLV_RT_FAILED: the failure every recipient gets (dlv_judge) */
     char de_fail_status[16];
     char *de_fail_text;
     /* MX resolution in progress */
@@ -119,47 +140,188 @@ struct dlv_dest {
     uint64_t de_dead_until;  /* monotonic us */
     uint64_t de_notls_until; /* monotonic us */
     uint64_t de_last_used;   /* monotonic us */
-    void *de_tls_session;
+    tls_session_t *de_tls_session;
     bool de_kicking;
     bool de_rekick;
     dlv_sts_dest_t *de_sts; /* MTA-STS state (mta_sts.c), NULL when not looked up */
 };
 
-/* ----------------------------------------------------------- delivery.c */
+/* ------------------------------------------------------------ trouble.c
+ * The reply judge (after Postfix's smtp_trouble.c): every reply of a
+ * receiving server, and every failure decided without one, goes to
+ * dlv_judge(), which says what follows from it. Nothing else classifies. */
 
-/* Hand out work / open connections / apply route failures. */
-void dlv_dest_kick(dlv_dest_t *de);
-/* Pop the next pending dispatch, or NULL. */
-queue_dispatch_t *dlv_dest_pop(dlv_dest_t *de);
-/* A session could not get through to any address (connect, greeting). */
-void dlv_dest_conn_failed(dlv_dest_t *de, int code, const char *status, const char *text);
-/* A session reached the ready state. */
-void dlv_dest_conn_ok(dlv_dest_t *de);
-/* Every pending dispatch of de gets this outcome (route failure, dead site,
- * TLS policy). */
-void dlv_dest_fail_pending(dlv_dest_t *de, queue_result_t res, int code, const char *status,
-                           const char *text);
+/* Where the reply came from. The stage decides which replies are outcomes:
+ * a reply that decides no recipient's fate (220 greeting, 250 to EHLO,
+ * RCPT, 354, a DATA or final-dot reply of a transaction nobody was
+ * accepted in, an RCPT reply after a refused MAIL, STARTTLS, RSET, QUIT)
+ * is "not an outcome" and never reaches the shaping rules. */
+typedef enum {
+    DLV_STAGE_DEST = 0, /* the destination's backlog, no connection: route (DNS), dead site,
+                         * TLS policy, MTA-STS, a held provider; code 0 or the route's */
+    DLV_STAGE_CONNECT,  /* a connection that failed before the session was ready, without a
+                         * reply: connect, timeout, lost, TLS (code 0) */
+    DLV_STAGE_GREETING, /* the server's 220 */
+    DLV_STAGE_EHLO,     /* the first EHLO: a 5xx means HELO next */
+    DLV_STAGE_EHLO_TLS, /* EHLO again after STARTTLS */
+    DLV_STAGE_HELO,
+    DLV_STAGE_STARTTLS,
+    DLV_STAGE_MAIL,
+    DLV_STAGE_RCPT,
+    DLV_STAGE_DATA,
+    DLV_STAGE_DOT,   /* the reply to the final dot */
+    DLV_STAGE_LOCAL, /* the dispatch in a session, decided here: 5.6.7, 5.3.4, 5.6.3, DKIM,
+                      * a connection lost in a transaction (code 0) */
+    DLV_STAGE_OTHER, /* RSET, QUIT, a reply nobody asked for */
+} dlv_stage_t;
 
-/* Where an outcome happened: fills the outcome's connection fields. */
+typedef enum {
+    DLV_FATE_NONE = 0, /* not an outcome: the dialogue goes on */
+    DLV_FATE_NEXT_TXN, /* RCPT "too many recipients": this one goes in the next transaction */
+    DLV_FATE_DELIVERED,
+    DLV_FATE_DEFERRED,
+    DLV_FATE_BOUNCED,
+} dlv_fate_t;
+
+/* A reply (or a failure without one), as dlv_judge() reads it. */
+typedef struct dlv_reply {
+    dlv_stage_t rp_stage;
+    int rp_code;           /* 0: no reply */
+    const char *rp_status; /* the enhanced status as given; "" or NULL: none */
+    const char *rp_text;   /* the reply's text on one line (or the failure's) */
+    const char *rp_domain; /* the recipient domain */
+    const char *rp_mx;     /* the host that answered (or was tried); NULL: none */
+    const char *rp_mx_ip;
+    int rp_port;
+    shp_queue_t *rp_q;    /* its (provider, virtual MTA) queue; NULL: no shaping */
+    int rp_accepted;      /* RCPT, DATA, DOT: recipients accepted in the transaction */
+    bool rp_mail_refused; /* RCPT, DATA: MAIL was refused */
+    uint64_t rp_retry_at; /* DEST: a retry time the caller knows (unix s), 0 = none */
+} dlv_reply_t;
+
+/* What one recipient's outcome is. */
+typedef struct dlv_result {
+    dlv_fate_t rs_fate;
+    int rs_code;             /* the code as recorded (0: none) */
+    char rs_status[16];      /* the enhanced status as recorded */
+    const char *rs_category; /* the bounce category (static); NULL when delivered */
+    uint64_t rs_retry_at;    /* deferred: earliest next attempt (unix s), 0 = the schedule's */
+} dlv_result_t;
+
+#define DLV_TEXT_MAX 1280
+
+/* Everything that follows from a reply. */
+typedef struct dlv_verdict {
+    dlv_result_t v_res;
+    char v_text[DLV_TEXT_MAX]; /* the text as recorded (empty when not an outcome) */
+    const char *v_rule;        /* the bounce rule that classified ("file:line"), or NULL */
+    int v_signal;              /* the shaping rule's action that fired (shp_action_t), 0 none */
+    bool v_abort;              /* a protocol error: the session must end (QUIT) */
+} dlv_verdict_t;
+
+/* Judge reply r into *v. Applies the shaping rules of r->rp_q to the
+ * replies that decide a fate (its counters, backoff, suspension; the
+ * caller acts on the destination's part of v_signal with dlv_dest_signal).
+ * Any thread (sluiced calls it on the reply's delivery thread; rp_q's
+ * provider is shared and locks what it changes). */
+void dlv_judge(const dlv_reply_t *r, dlv_verdict_t *v);
+/* The judge's classification step alone (tests, dlv_classify): the active
+ * bounce rules, then the built-in table; always fills *out (h_category
+ * never NULL). Without mx, a connection-level failure's text
+ * ("host[ip]:port greeting: 421 ...") gives the host that refused. Any
+ * thread. */
+struct dlv_rule_hit;
+void dlv_classify_reply(int code, const char *status, const char *text, const char *domain,
+                        const char *mx, struct dlv_rule_hit *out);
+/* The bounce rules in force: the installed set, else the built-in one with
+ * the shipped providers (made on first need). Any thread. */
+struct dlv_rules;
+const struct dlv_rules *dlv_rules_in_force(void);
+/* The outcome for a reply given its rule hit: dlv_result_for_code(), except
+ * a 4xx whose rule says "bounce" is Q_OUT_BOUNCED. Any thread. */
+queue_result_t dlv_result_for_verdict(int code, const struct dlv_rule_hit *h);
+
+/* Where an outcome happened: the connection fields of the record and of
+ * the delivery log line. */
 typedef struct dlv_where {
-    const char *w_mx;
+    const char *w_mx; /* NULL: no connection ("relay=none") */
     const char *w_mx_ip;
+    int w_port;
     const char *w_src_ip;
     const char *w_tls;
     const char *w_cipher;
-    uint64_t w_retry_at;   /* deferred: earliest next attempt (unix s), 0 = the schedule's */
     const char *w_mta_sts; /* MTA-STS mode that applied ("enforce", "testing") or NULL */
     bool w_peer_dsn;       /* the server offered DSN: NOTIFY and ORCPT went on with the RCPT */
 } dlv_where_t;
 
-/* Submit one recipient's outcome and count it. */
-void dlv_outcome(dlv_thread_t *t, const queue_dispatch_t *qd, int i, queue_result_t res, int code,
-                 const char *status, const char *text, const dlv_where_t *w);
+/* Recipient i of qd has outcome res (text: its text): write the one
+ * delivery log line, count it and hand it to the queue. Delivery thread
+ * t only. */
+void dlv_report(dlv_thread_t *t, const queue_dispatch_t *qd, int i, const dlv_result_t *res,
+                const char *text, const dlv_where_t *w);
 
-/* ------------------------------------------------------------ session.c */
+/* ------------------------------------------------------------ dest.c
+ * Destinations. All on the destination's delivery thread. */
+
+/* The thread's destination for domain (created on first use). */
+dlv_dest_t *dlv_dest_get(dlv_thread_t *t, const char *domain);
+/* Add a dispatch to the backlog (its pool, its job); counts de_npending. */
+void dlv_dest_enqueue(dlv_dest_t *de, queue_dispatch_t *qd);
+/* Hand out work / open connections / apply route failures. */
+void dlv_dest_kick(dlv_dest_t *de);
+/* Pop the next pending dispatch, or NULL (no throttle: failing or freeing
+ * the backlog). */
+queue_dispatch_t *dlv_dest_pop(dlv_dest_t *de);
+/* A session could not get through to any address (connect, greeting): v
+ * is the judge's verdict on its last error (trouble.c). */
+void dlv_dest_conn_failed(dlv_dest_t *de, const dlv_verdict_t *v);
+/* A session reached the ready state. */
+void dlv_dest_conn_ok(dlv_dest_t *de);
+/* Every pending dispatch of de gets the fate of verdict v (route failure,
+ * dead site, TLS policy, a held provider). */
+void dlv_dest_fail_pending(dlv_dest_t *de, const dlv_verdict_t *v);
+/* The same with a verdict judged here: stage DLV_STAGE_DEST, no reply
+ * (code 0 unless the route has one, e.g. 556 for a null MX). retry_at:
+ * unix s, 0 = the schedule's. */
+void dlv_dest_fail_pending_with(dlv_dest_t *de, int code, const char *status, const char *text,
+                                uint64_t retry_at);
+/* The next dispatch for an idle session of vmta, or NULL (a timer kicks
+ * the destination when a token is due); *quit: the session should QUIT
+ * (source disabled, provider suspended, over a lowered connection cap). */
+queue_dispatch_t *dlv_dest_next(dlv_dest_t *de, int vmta, bool *quit);
+/* A session of vmta closed (dlv_session_new's connection was counted). */
+void dlv_dest_conn_release(dlv_dest_t *de, int vmta);
+/* Per-session limits and identity of vmta for de's provider. */
+int dlv_dest_max_msgs(dlv_dest_t *de, int vmta);
+int dlv_dest_max_rcpt(dlv_dest_t *de, int vmta);
+const char *dlv_dest_helo(dlv_dest_t *de, int vmta);
+/* Bind the TCP handle to vmta's source address. 0 or a libuv error. */
+int dlv_dest_bind(dlv_dest_t *de, int vmta, uv_tcp_t *tcp);
+/* The (provider, vmta) queue a reply of a session of de from vmta goes to
+ * (dlv_reply_t's rp_q): looked up at each reply, since a reload may move
+ * the destination to another provider. */
+shp_queue_t *dlv_dest_queue(dlv_dest_t *de, int vmta);
+/* Act on the destination's part of a verdict's shaping signal: defer-queue
+ * defers the backlog now; suspend and disable-source move it on (other
+ * sources) or defer it at the next kick. */
+void dlv_dest_signal(dlv_dest_t *de, int signal);
+/* A reload changed routes or TLS policies after a session born at `born`
+ * (clock_mono_us) connected: it QUITs instead of taking more work. */
+bool dlv_dest_session_stale(const dlv_dest_t *de, uint64_t born);
+/* The thread's table, for delivery.c: forget destinations idle for a minute
+ * (every 10 s); free them all (after the loop closed); drop the backlogs
+ * unreported and shut the sessions down (stop); take a rerouting reload
+ * (t_cfg is the new snapshot: TLS policies, idle sessions QUIT). */
+void dlv_dest_sweep(dlv_thread_t *t);
+void dlv_dest_free_all(dlv_thread_t *t);
+void dlv_dest_shutdown_all(dlv_thread_t *t);
+void dlv_dest_reconfig_all(dlv_thread_t *t);
+
+/* ------------------------------------------------------------ session.c
+ * The SMTP client. All on the destination's delivery thread. */
 
 /* Open a new connection for de (to de_addrs[0], then the next ones) from
- * virtual MTA vmta (shaping.c has counted it: dlv_shp_conn_release when it
+ * virtual MTA vmta (dest.c has counted it: dlv_dest_conn_release when it
  * closes). */
 dlv_session_t *dlv_session_new(dlv_dest_t *de, int vmta);
 /* The session's virtual MTA. */
@@ -176,59 +338,54 @@ dlv_session_t *dlv_session_next(const dlv_session_t *s);
 /* Sessions that have not reached the ready state yet. */
 bool dlv_session_connecting(const dlv_session_t *s);
 
-/* ----------------------------------------------------------- dkim_sign.c */
+/* ------------------------------------------------------------ commands.c */
 
-/* Sign msg[0..len) (qd's message as this session sends it: stored, or its
- * 7-bit copy) with cfg's DKIM signer: out gets the DKIM-Signature
- * fields to put in front of the body (empty when nothing signs). Returns
- * the number of signatures, or a negative code with a reason in why and a
- * log line: the caller defers every recipient (4.3.0), never sends the
- * message unsigned. */
-int dlv_dkim_prepare(const cfg_t *cfg, const queue_dispatch_t *qd, const char *msg, size_t len,
-                     buf_t *out, char *why, size_t whylen);
+/* The service extensions an EHLO reply advertises. */
+typedef struct dlv_ehlo {
+    bool x_pipelining, x_8bitmime, x_smtputf8, x_starttls, x_dsn, x_size;
+    uint64_t x_size_max; /* SIZE n (RFC 1870), 0 = no limit given */
+} dlv_ehlo_t;
 
-/* ------------------------------------------------------------ shaping.c
- * Traffic shaping hooks (shaping_int.h has the rest). All on the
- * destination's delivery thread unless noted. */
+/* Read the keywords of an EHLO reply's text (its lines after the first,
+ * joined by "\n") into *x. Any thread. */
+void dlv_ehlo_parse(const buf_t *text, dlv_ehlo_t *x);
+/* Append "MAIL FROM:<...> [BODY=8BITMIME] [SMTPUTF8] [SIZE=n] [RET=] [ENVID=]"
+ * CRLF for qd to a server offering x (body_8bit: what is sent has 8-bit
+ * bytes; size: what is sent, RFC 1870). Any thread. */
+void dlv_cmd_mail(buf_t *b, const queue_dispatch_t *qd, const dlv_ehlo_t *x, bool body_8bit,
+                  size_t size);
+/* Append "RCPT TO:<...> [NOTIFY=] [ORCPT=]" CRLF (DSN parameters only to a
+ * server offering DSN). Any thread. */
+void dlv_cmd_rcpt(buf_t *b, const queue_rcpt_out_t *r, const dlv_ehlo_t *x);
 
-#define DLV_SHP_BOUNCE 1 /* dlv_shp_reply: this recipient bounces */
+/* ------------------------------------------------------------ prepare.c
+ * A dispatch's message as one server gets it. The session's delivery
+ * thread. */
 
-/* Destination life: after de_domain is set / before de is freed (frees
- * the backlog) / at thread stop (closes the throttle timer). */
-void dlv_shp_dest_init(dlv_dest_t *de);
-void dlv_shp_dest_free(dlv_dest_t *de);
-void dlv_shp_dest_stop(dlv_dest_t *de);
-/* The route is ready: the provider by MX host name (MX rollup). */
-void dlv_shp_route_ready(dlv_dest_t *de);
-/* Add a dispatch to the backlog (its pool, its job); counts de_npending. */
-void dlv_shp_enqueue(dlv_dest_t *de, queue_dispatch_t *qd);
-/* Any pending dispatch, no throttle (failing or freeing the backlog). */
-queue_dispatch_t *dlv_shp_pop_any(dlv_dest_t *de);
-/* Hand work to idle sessions and open connections within the throttles;
- * arms a timer for the next token when one says wait. */
-void dlv_shp_kick(dlv_dest_t *de);
-/* The next dispatch for an idle session of vmta, or NULL (a timer kicks
- * the destination when a token is due); *quit: the session should QUIT
- * (source disabled, provider suspended, over a lowered connection cap). */
-queue_dispatch_t *dlv_shp_next(dlv_dest_t *de, int vmta, bool *quit);
-/* A session of vmta closed. */
-void dlv_shp_conn_release(dlv_dest_t *de, int vmta);
-/* Per-session limits and identity of vmta for de's provider. */
-int dlv_shp_max_msgs(dlv_dest_t *de, int vmta);
-int dlv_shp_max_rcpt(dlv_dest_t *de, int vmta);
-const char *dlv_shp_helo(dlv_dest_t *de, int vmta);
-/* Bind the TCP handle to vmta's source address. 0 or a libuv error. */
-int dlv_shp_bind(dlv_dest_t *de, int vmta, uv_tcp_t *tcp);
-/* A reply with code >= 400: response rules (backoff, suspend, ...);
- * returns DLV_SHP_BOUNCE or 0. */
-int dlv_shp_reply(dlv_dest_t *de, int vmta, int code, const char *status, const char *text);
-/* A message accepted (final 2xx): counts towards recovery from backoff. */
-void dlv_shp_delivered(dlv_dest_t *de, int vmta);
-/* Earliest retry (unix s) for a deferral on vmta's queue: later in
- * backoff (backoff.retry), else 0. */
-uint64_t dlv_shp_retry_at(dlv_dest_t *de, int vmta);
-/* de's provider name (NULL before it is known). */
-const char *dlv_shp_provider(const dlv_dest_t *de);
+typedef struct dlv_msg {
+    const char *m_msg; /* what is sent: qd_body, or m_copy's bytes */
+    size_t m_len;
+    bool m_8bit;  /* the stored message holds 8-bit bytes */
+    buf_t m_copy; /* the 7-bit copy for a server without 8BITMIME (mime7bit.c) */
+    buf_t m_dkim; /* the DKIM-Signature fields (CRLF lines) that go first */
+} dlv_msg_t;
+
+/* SMTPUTF8 asked for and not offered: what of qd needs it whatever the
+ * recipient ("sender address", "header fields"), or NULL (then only
+ * recipients whose own address is not ASCII, dlv_msg_rcpt_utf8). */
+const char *dlv_msg_utf8_need(const queue_dispatch_t *qd);
+bool dlv_msg_rcpt_utf8(const queue_dispatch_t *qd, int i);
+/* Make qd's message for a server offering x (host[ip] for the texts): a
+ * 7-bit copy without 8BITMIME, DKIM over what is sent (a signing failure
+ * is logged), SIZE checked. 0 and *m ready, or -1 with the local failure
+ * every recipient left gets (status and text: 5.6.3, 4.3.0 DKIM, 5.3.4). */
+int dlv_msg_prepare(const cfg_t *cfg, const queue_dispatch_t *qd, const dlv_ehlo_t *x,
+                    const char *host, const char *ip, dlv_msg_t *m, char status[16], char *text,
+                    size_t textlen);
+/* What is on the wire, dot-stuffing aside (RFC 1870 SIZE). */
+size_t dlv_msg_size(const dlv_msg_t *m);
+/* The dispatch is over: keep the buffers' memory, drop the copy. */
+void dlv_msg_done(dlv_msg_t *m);
 
 /* ------------------------------------------------------------ mta_sts.c
  * MTA-STS (RFC 8461) for destinations routed by MX. All on the
@@ -236,14 +393,15 @@ const char *dlv_shp_provider(const dlv_dest_t *de);
 
 /* The route is being resolved by MX: look up _mta-sts.<domain> beside it
  * (nothing when delivery.mta_sts is off or tls_policy { } names the
- * domain). */
-void dlv_sts_route_start(dlv_dest_t *de);
-/* Before handing out work on a ready route: true to go on; false while
- * the policy is being looked up or fetched (the lookup kicks de when it
- * ends) or when enforce mode leaves no MX host (pending recipients were
- * deferred 4.7.5). Applies the policy once per route: filters de_addrs,
- * sets de_policy (enforce = verify). */
-bool dlv_sts_gate(dlv_dest_t *de);
+ * domain); kick(de) when the policy in force is known. */
+void dlv_sts_route_start(dlv_dest_t *de, void (*kick)(dlv_dest_t *de));
+/* Before handing out work on a ready route: go on; hold while the policy
+ * is being looked up or fetched (kick comes when it ends); or defer the
+ * pending recipients (4.7.5, *why) when enforce mode leaves no MX host.
+ * Applies the policy once per route: filters de_addrs, sets de_policy
+ * (enforce = verify). */
+typedef enum { DLV_STS_GO = 0, DLV_STS_HOLD, DLV_STS_DEFER } dlv_sts_gate_t;
+dlv_sts_gate_t dlv_sts_gate(dlv_dest_t *de, const char **why);
 /* Destination freed / thread stopping (closes fetches) / thread ended
  * (frees the cache; after the loop closed). */
 void dlv_sts_dest_free(dlv_dest_t *de);
@@ -254,9 +412,6 @@ void dlv_sts_thread_free(dlv_thread_t *t);
 const char *dlv_sts_mode(const dlv_dest_t *de);
 /* Enforce mode rules de's TLS (de_policy was set to verify by it). */
 bool dlv_sts_enforced(const dlv_dest_t *de);
-/* A reload changed routes or TLS policies after a session born at `born`
- * (clock_mono_us) connected: it QUITs instead of taking more work. */
-bool dlv_cfg_session_stale(const dlv_dest_t *de, uint64_t born);
 /* Testing mode: log (warn) a failure enforce mode would have deferred. */
 void dlv_sts_testing_failure(const dlv_dest_t *de, const char *host, const char *what);
 /* A session connected at born (monotonic us) predates the policy in force

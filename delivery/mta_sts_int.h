@@ -1,12 +1,17 @@
 /*
- * delivery/mta_sts_int.h - the parts of MTA-STS (RFC 8461, delivery/mta_sts.c)
- * that need no loop: the _mta-sts TXT record, the policy file, the HTTP
- * response that carries it, and MX pattern matching. Shared by mta_sts.c,
- * its unit test (tests/unit/delivery_mta_sts_test.c) and its fuzz target.
+ * delivery/mta_sts_int.h - MTA-STS (RFC 8461) in three parts:
+ *   - sts_parse.c: what needs no loop: the _mta-sts TXT record, the policy
+ *     file, the checks on the HTTP response that carries it, MX pattern
+ *     matching (pure; unit test tests/unit/delivery_mta_sts_test.c, fuzz
+ *     target tests/fuzz/fuzz_mta_sts.c);
+ *   - sts_fetch.c: the HTTPS fetch of a policy on a delivery thread's loop
+ *     (core/base/http_client.c, libcurl);
+ *   - mta_sts.c: the policy cache and the gate in front of a destination
+ *     (dlv_sts_*, delivery_int.h).
  * Never included from outside delivery/ (tests aside).
  *
- * Thread: every function here is pure (any thread); a policy belongs to
- * one delivery thread (its refcount is not atomic).
+ * Thread: the parsers are pure (any thread); a policy belongs to one
+ * delivery thread (its refcount is not atomic), and so does a fetch.
  */
 #ifndef SLUICE_MTA_STS_INT_H
 #define SLUICE_MTA_STS_INT_H
@@ -16,7 +21,6 @@
 #define STS_ID_MAX 32             /* RFC 8461 3.1: id= 1*32(ALPHA / DIGIT) */
 #define STS_MAX_AGE_MAX 31557600U /* RFC 8461 3.2: at most a year */
 #define STS_BODY_MAX 65536        /* policy body bound (RFC 8461 3.3 suggests 64 KiB) */
-#define STS_HEAD_MAX 16384        /* HTTP status line and headers */
 
 typedef enum { STS_MODE_NONE = 0, STS_MODE_TESTING, STS_MODE_ENFORCE } sts_mode_t;
 
@@ -61,14 +65,29 @@ bool sts_mx_pattern_match(const char *pattern, const char *host);
 /* host matches one of p's mx patterns. */
 bool sts_policy_mx_match(const sts_policy_t *p, const char *host);
 
-/* Parse the HTTP/1.x response to the policy GET (RFC 8461 3.3): status 200
- * only (no redirects), Content-Type text/plain (parameters allowed), the
- * body by Content-Length, chunked, or up to the end of the connection,
- * at most STS_BODY_MAX bytes. resp[0, len) is what has arrived; eof: the
- * connection has ended. Returns 1 with *body / *blen (pointing into resp,
- * or into scratch when chunked) when the response is complete, 0 when more
- * is needed (never when eof), SL_EPARSE with why when it is unacceptable. */
-int sts_http_parse(const char *resp, size_t len, bool eof, buf_t *scratch, const char **body,
-                   size_t *blen, char *why, size_t whylen);
+/* The response to the policy GET (RFC 8461 3.3): status 200 only (no
+ * redirects), Content-Type text/plain (parameters allowed; content_type
+ * NULL: none given). 0, or SL_EPARSE with why. */
+int sts_response_check(int status, const char *content_type, char *why, size_t whylen);
+
+/* ------------------------------------------------------------ sts_fetch.c */
+
+typedef struct sts_fetch sts_fetch_t;
+struct dlv_thread;
+
+/* A fetch is over: pol is a new reference (the callee keeps or unrefs it),
+ * or NULL with why ("timed out", "HTTP status 404", ...). */
+typedef void (*sts_fetch_cb)(void *arg, sts_policy_t *pol, const char *why);
+
+/* Fetch https://mta-sts.<domain>/.well-known/mta-sts.txt (port
+ * delivery.mta_sts_port) on t's loop: the host's addresses from t's
+ * resolver, then a GET through t's HTTP client (delivery.ca_file or the
+ * system store; 64 KiB; 10 s for the whole fetch). cb runs once, later on
+ * the loop, unless the fetch is cancelled. Delivery thread. */
+sts_fetch_t *sts_fetch_start(struct dlv_thread *t, const char *domain, sts_fetch_cb cb, void *arg);
+/* Stop a fetch in flight: its callback never runs. */
+void sts_fetch_cancel(sts_fetch_t *f);
+/* The thread stops: its HTTP client goes (every fetch was cancelled). */
+void sts_fetch_thread_stop(struct dlv_thread *t);
 
 #endif /* SLUICE_MTA_STS_INT_H */

@@ -1,36 +1,43 @@
 /*
- * delivery/shaping_int.h - private to delivery/: traffic shaping. Providers
- * (MX rollup), virtual MTAs and pools, throttles shared across delivery
- * threads (token buckets, connection counts), backoff response rules with
- * gradual recovery, per-job fair share of a destination's backlog.
+ * delivery/shaping_int.h - private to delivery/: traffic shaping, in two
+ * modules.
  *
- * Configuration (docs/shaping.md): the shipped config/providers.conf
- * (compiled in: shp_builtin_text) with the operator's delivery.shaping file
- * laid over it. dlv_new() compiles both into one dlv_shaping_t, which lives
- * as long as the dlv_t (one per configuration snapshot).
+ * The rule set (shaping_conf.c, with vmta.c for virtual MTAs and pools):
+ * the shipped config/providers.conf (compiled in: shp_builtin_text) with the
+ * operator's delivery.shaping file laid over it (docs/shaping.md), parsed
+ * into one immutable shp_conf_t: defaults, global limits, providers (their
+ * host patterns, limits, response rules, per_domain rules), virtual MTAs,
+ * pools. Nothing in it changes once parsed; a reload parses a new one.
  *
- * Sharing: a provider's state (shp_provider_t) and its queues (one per
- * virtual MTA: PowerMTA's domain/vmta pairs) are shared by every delivery
- * thread whose domains roll up to that provider. Hot-path fields are
- * atomics (token buckets: one CAS on a 64-bit theoretical arrival time;
- * connection counts: atomic inc/dec). A per-queue mutex guards only mode
- * changes (backoff, recovery steps, rule thresholds), which are rare. The
- * provider registry (name -> provider) has a mutex taken when a destination
- * is created or first routed, and by dlv_shaping_json(); never per message.
- * Per-destination state (shp_dest_t: the pending backlog by pool and job, a
- * timer for the next token) belongs to the destination's thread.
+ * The provider registry (providers.c, dlv_shaping_t): the state that the
+ * rule set drives, shared by every delivery thread whose domains roll up
+ * to a provider: token buckets, connection counts, each (provider, virtual
+ * MTA) queue's mode (backoff and gradual recovery), suspensions, counters,
+ * the JSON for `sluicectl providers`, and the installation of a new rule
+ * set on reload. Hot-path fields are atomics (token buckets: one CAS on a
+ * 64-bit theoretical arrival time; connection counts: atomic inc/dec). A
+ * per-queue mutex guards only mode changes (backoff, recovery steps, rule
+ * thresholds), which are rare. The registry's mutex (sh_lock) is taken
+ * when a destination is created or first routed, on a 4xx/5xx reply, by
+ * dlv_shaping_json() and by a reload; never per message.
  *
- * Limits and reload: a reload (dlv_shaping_reload) rewrites a provider's
- * limits (pv_lim) under the registry mutex. Nothing reads pv_lim without
- * it: each queue keeps a copy under its own mutex (q_lim, set in the same
- * critical section), each destination a copy it takes under the registry
- * mutex when it notices the new generation (sh_gen). Rule arrays are never
- * written in place: a reload installs new ones and keeps the old.
+ * Limits and reload: a reload installs a new rule set (sh_conf) and
+ * rewrites each provider's limits (pv_lim) under sh_lock. Nothing reads
+ * pv_lim without it: each queue keeps a copy under its own mutex (q_lim,
+ * set in the same critical section), each destination a copy it takes
+ * under sh_lock when it notices the new generation (sh_gen). A replaced
+ * rule set is kept until the registry is freed (threads may still point
+ * into it). Virtual MTAs and pools stay those of the start-up rule set
+ * (sh_vm): they need a restart.
+ *
+ * The per-destination backlog and hand-off to sessions that use them are
+ * the destination's (dest.c).
  */
 #ifndef SLUICE_DELIVERY_SHAPING_INT_H
 #define SLUICE_DELIVERY_SHAPING_INT_H
 
 #include "delivery/delivery_int.h"
+#include "delivery/rules_int.h" /* the one rule engine: host patterns, reply tests */
 
 #define SHP_MAX_VMTAS 64
 #define SHP_MAX_POOLS 64
@@ -93,6 +100,25 @@ typedef struct shp_limits {
     double l_rec_factor;    /* recover_factor: rate multiplier per step (> 1) */
 } shp_limits_t;
 
+/* l_set bits */
+enum {
+    L_MAX_CONN = 1 << 0,
+    L_MAX_MSGS = 1 << 1,
+    L_MAX_RCPT = 1 << 2,
+    L_MSG_RATE = 1 << 3,
+    L_CONN_RATE = 1 << 4,
+    L_TOTAL_CONN = 1 << 5,
+    L_TOTAL_MSG = 1 << 6,
+    L_TOTAL_CR = 1 << 7,
+    L_BO_MAX_CONN = 1 << 8,
+    L_BO_MSG = 1 << 9,
+    L_BO_CR = 1 << 10,
+    L_BO_RETRY = 1 << 11,
+    L_REC_AFTER = 1 << 12,
+    L_REC_QUIET = 1 << 13,
+    L_REC_FACTOR = 1 << 14,
+};
+
 /* dst gets every key src sets (src over dst). */
 void shp_limits_overlay(shp_limits_t *dst, const shp_limits_t *src);
 
@@ -108,8 +134,7 @@ typedef enum {
 } shp_action_t;
 
 typedef struct shp_rule {
-    void *r_re;     /* pcre2_code: on "CODE STATUS TEXT", caseless */
-    char r_code[4]; /* "421", "4xx", "" = any */
+    rules_test_t r_test; /* code = "421" / "4xx"; match = regex on "CODE STATUS TEXT" */
     shp_action_t r_action;
     uint64_t r_duration_us;
     int r_count;          /* threshold: r_count hits ... */
@@ -120,7 +145,7 @@ typedef struct shp_rule {
 
 /* Parse "3 in 5m" / "immediate". 0 or SL_EPARSE. */
 int shp_trigger_parse(const char *s, int *count, uint64_t *window_us);
-/* Does rule r match a reply? status may be "" (then "code.0.0" class). */
+/* Does rule r match a reply? status may be "" or NULL. */
 bool shp_rule_match(const shp_rule_t *r, int code, const char *status, const char *text);
 
 /* ------------------------------------------------------------ config */
@@ -146,47 +171,77 @@ typedef struct shp_domrule {
 } shp_domrule_t;
 
 typedef struct shp_prule {
-    char *pr_name;
-    char **pr_domains; /* fnmatch patterns, caseless */
-    int pr_ndomains;
-    char **pr_mx; /* "*.google.com": MX host name patterns */
-    int pr_nmx;
-    shp_limits_t pr_own; /* keys the provider sets */
-    shp_limits_t pr_lim; /* resolved over the defaults */
+    rules_provider_t pr_hosts; /* name, domains and "*.google.com" MX patterns (rules.c) */
+    shp_limits_t pr_own;       /* keys the provider sets */
+    shp_limits_t pr_lim;       /* resolved over the defaults */
     shp_rule_t *pr_rules;
     int pr_nrules;
     shp_domrule_t *pr_doms;
     int pr_ndoms;
 } shp_prule_t;
 
+/* The rule set: immutable once parsed (shaping_conf.c, vmta.c). */
+typedef struct shp_conf {
+    shp_vmta_t sc_vmtas[SHP_MAX_VMTAS];
+    int sc_nvmtas; /* >= 1: an implicit "default" when none is configured */
+    shp_pool_t sc_pools[SHP_MAX_POOLS];
+    int sc_npools; /* >= 1 */
+    int sc_default_pool;
+    char **sc_pool_users; /* pairs: user, pool name; NULL-terminated */
+    int *sc_pool_user_idx;
+    int sc_npool_users;
+    shp_limits_t sc_defaults; /* resolved, every key set */
+    shp_rule_t *sc_rules;     /* defaults' rules: after a provider's own */
+    int sc_nrules;
+    shp_prule_t *sc_prules; /* operator's first, then the shipped ones */
+    int sc_nprules;
+    shp_limits_t sc_global;   /* global { }: l_max_conn, l_msg_rate, l_conn_rate (l_set) */
+    struct shp_conf *sc_next; /* the registry's list of replaced rule sets */
+} shp_conf_t;
+
+/* Parse the shaping configuration: the shipped text (builtin NULL: the
+ * compiled-in providers.conf), then text over it (name for messages; NULL:
+ * none). 0 and *out (caller frees with shp_conf_free), or SL_ECONFIG with
+ * "file:line: what". Any thread. */
+int shp_conf_parse(const char *builtin, const char *name, const char *text, shp_conf_t **out,
+                   char *err, size_t errlen);
+/* The same with the operator's file at path (NULL / "": the shipped
+ * providers only). */
+int shp_conf_load(const char *path, shp_conf_t **out, char *err, size_t errlen);
+void shp_conf_free(shp_conf_t *c);
+/* The shipped providers.conf alone, parsed once (the built-in bounce
+ * rules' providers). Never freed. Any thread. */
+const shp_conf_t *shp_conf_shipped(void);
+/* The shipped config/providers.conf, compiled in (the build embeds it). */
+extern const char shp_builtin_text[];
+/* The providers of a rule set as the bounce rules look them up (a
+ * dlv_rules_lookup_fn; arg: the shp_conf_t): their host patterns by name,
+ * or NULL. */
+const rules_provider_t *shp_provider_lookup(void *arg, const char *name);
+/* Provider rule for a recipient domain (domain patterns), or NULL. */
+const shp_prule_t *shp_match_domain(const shp_conf_t *c, const char *domain);
+/* Provider rule for an MX host name (trailing dot allowed), or NULL. */
+const shp_prule_t *shp_match_mx(const shp_conf_t *c, const char *mx);
+/* Do a and b have the same virtual MTAs, pools and pool choice? */
+bool shp_conf_vmtas_same(const shp_conf_t *a, const shp_conf_t *b);
+
+/* ------------------------------------------------------------ registry */
+
 typedef struct shp_provider shp_provider_t;
 
 struct dlv_shaping {
-    queue_t *sh_queue; /* accounting records; NULL in unit tests */
-    const char *sh_helo;
-    shp_vmta_t sh_vmtas[SHP_MAX_VMTAS];
-    int sh_nvmtas; /* >= 1: an implicit "default" when none is configured */
-    shp_pool_t sh_pools[SHP_MAX_POOLS];
-    int sh_npools; /* >= 1 */
-    int sh_default_pool;
-    char **sh_pool_users; /* pairs: user, pool name; NULL-terminated */
-    int *sh_pool_user_idx;
-    int sh_npool_users;
-    shp_limits_t sh_defaults; /* resolved, every key set */
-    shp_rule_t *sh_rules;     /* defaults' rules: after a provider's own */
-    int sh_nrules;
-    shp_prule_t *sh_prules; /* operator's first, then the shipped ones */
-    int sh_nprules;
+    queue_t *sh_queue;         /* accounting records; NULL in unit tests */
+    const shp_conf_t *sh_vm;   /* the start-up rule set: virtual MTAs and pools */
+    int sh_nvmtas;             /* sh_vm's */
+    const shp_conf_t *sh_conf; /* the rules and limits in force (sh_lock; a reload replaces it) */
+    shp_conf_t *sh_confs;      /* every rule set it had (sc_next): freed with the registry */
     /* global limits */
     _Atomic int sh_global_conn; /* a reload stores it; read lock-free */
     _Atomic int sh_global_nconn;
     shp_bucket_t sh_global_msg;
     shp_bucket_t sh_global_cr;
-    /* reload (dlv_shaping_reload): the generation destinations compare
-     * against, and the rule arrays replaced by earlier reloads (a thread may
-     * still read them; freed with the dlv_shaping_t) */
+    /* reload (dlv_shaping_reload): the generation destinations compare against */
     _Atomic uint32_t sh_gen;
-    struct shp_retired *sh_retired;
     /* operator suspensions of a virtual MTA (all providers): monotonic us */
     _Atomic uint64_t sh_vmta_suspend[SHP_MAX_VMTAS];
     /* the counters (delivered, deferred, bounced) of providers freed by
@@ -240,31 +295,33 @@ struct shp_provider {
     shp_queue_t *pv_q;                 /* [sh_nvmtas] */
 };
 
-/* Compile the shaping configuration: the shipped text, then the file at
- * path over it (NULL / "" = none). 0, or SL_ECONFIG with "file:line: what".
- * Any thread. */
-int dlv_shaping_new(const char *path, const char *helo, queue_t *q, dlv_shaping_t **out, char *err,
-                    size_t errlen);
-/* Same from text (tests): builtin may be NULL (then the shipped text). */
-int dlv_shaping_new_text(const char *builtin, const char *name, const char *text, queue_t *q,
-                         dlv_shaping_t **out, char *err, size_t errlen);
+/* A registry for rule set c (ownership passes; it is also the start-up
+ * rule set: virtual MTAs and pools). q: accounting records (NULL in unit
+ * tests). Any thread. */
+dlv_shaping_t *dlv_shaping_new(shp_conf_t *c, queue_t *q);
 void dlv_shaping_free(dlv_shaping_t *sh);
-/* The shipped config/providers.conf (a copy kept equal by the unit test). */
-extern const char shp_builtin_text[];
+/* The start-up rule set's virtual MTA v (the same for the registry's life). */
+const shp_vmta_t *shp_vmta(const dlv_shaping_t *sh, int v);
 
-/* Provider rule for a recipient domain (domain patterns), or NULL. */
-const shp_prule_t *shp_match_domain(const dlv_shaping_t *sh, const char *domain);
-/* Provider rule for an MX host name (trailing dot allowed), or NULL. */
-const shp_prule_t *shp_match_mx(const dlv_shaping_t *sh, const char *mx);
 /* Find or create a provider's shared state (name of the rule, or the
- * domain when rule is NULL) and take a reference. Any thread. */
+ * domain when rule is NULL) and take a reference. With _locked: sh_lock
+ * held (rule from sh_conf, matched under the same lock). Any thread. */
 shp_provider_t *shp_provider_get(dlv_shaping_t *sh, const shp_prule_t *rule, const char *domain);
+shp_provider_t *shp_provider_get_locked(dlv_shaping_t *sh, const shp_prule_t *rule,
+                                        const char *domain);
 void shp_provider_put(shp_provider_t *pv);
 /* The limits in force for a domain of pv: its domain rule's, else pv's.
  * sh_lock held (or one thread): borrowed, pv's may change once it is
  * released, so callers on delivery threads copy them. */
 const shp_limits_t *shp_limits_for(const shp_provider_t *pv, const char *domain,
                                    const shp_limits_t **own);
+/* Set a bucket to rate r. Any thread. */
+void shp_bucket_rate(shp_bucket_t *b, const shp_rate_t *r);
+/* An operator's suspension (until_us, monotonic) is in force at now. */
+static inline bool shp_op_suspended(uint64_t until_us, uint64_t now_us)
+{
+    return until_us != 0 && until_us > now_us;
+}
 
 /* A reply (code >= 400) on queue q: the first matching rule (provider's,
  * then defaults') whose trigger fires is applied. Returns its action, or 0.
@@ -276,50 +333,40 @@ void shp_queue_success(shp_queue_t *q, uint64_t now_us);
 /* Enter backoff / normal (rules and operator). Any thread. */
 void shp_queue_backoff(shp_queue_t *q, const char *why, uint64_t now_us);
 void shp_queue_normal(shp_queue_t *q, const char *why, uint64_t now_us);
+/* Earliest retry (unix s) of a deferral on q: backoff.retry from now while
+ * q is in backoff or recovering, else 0 (the schedule's). Any thread. */
+uint64_t shp_queue_retry_at(shp_queue_t *q);
 /* Message rate in force on q (per second, 0 = unlimited). */
 double shp_queue_rate(shp_queue_t *q);
 
-/* Reload: compile the shaping file at path (NULL / "" = only the shipped
- * text) and install its defaults, provider rules, response rules and
- * global limits in sh, atomically for every thread (under sh_lock). The
- * providers' state (connections, backoff mode, counters, suspensions) is
- * kept; their limits become the new ones (a queue in backoff keeps its
- * level, capped at the new normal rate). Destinations pick the change up
- * at their next decision (their provider is matched again once they have
- * no connection). Virtual MTAs and pools are not changed by a reload:
- * *vmtas_changed (may be NULL) says the file changed them (a restart
- * applies them). 0, or SL_ECONFIG with "file:line: what" and sh unchanged.
+/* Reload: install rule set c (ownership passes) in sh: its defaults,
+ * provider rules, response rules and global limits, atomically for every
+ * thread (under sh_lock). The providers' state (connections, backoff mode,
+ * counters, suspensions) is kept; their limits become the new ones (a queue
+ * in backoff keeps its level, capped at the new normal rate). Destinations
+ * pick the change up at their next decision (their provider is matched
+ * again once they have no connection). Virtual MTAs and pools are not
+ * changed by a reload: returns whether c's differ (a restart applies them).
  * Any thread (the control's main thread). */
-int dlv_shaping_reload_sh(dlv_shaping_t *sh, const char *path, bool *vmtas_changed, char *err,
-                          size_t errlen);
-/* Same from text (tests; builtin NULL = the shipped text). */
-int dlv_shaping_reload_text(dlv_shaping_t *sh, const char *builtin, const char *name,
-                            const char *text, bool *vmtas_changed, char *err, size_t errlen);
+bool shp_registry_install(dlv_shaping_t *sh, shp_conf_t *c, const char *from);
 /* Operator suspend (until_us: monotonic; UINT64_MAX = until resumed) or
  * resume (until_us 0) of a provider (by name: a configured provider or a
  * destination domain of its own) or of a virtual MTA (by name: for every
- * provider). 0, or SL_ENOTFOUND-like negative code with err set. Any thread. */
-int dlv_shaping_suspend_sh(dlv_shaping_t *sh, const char *provider, const char *vmta,
-                           uint64_t until_us, char *err, size_t errlen);
-
-/* The same on the running delivery's shaping (declared for core/server in
- * core/server/ops_int.h). dlv_shaping_suspend: for_s 0 = until resumed;
- * resume clears the operator's suspension. */
-int dlv_shaping_reload(dlv_t *d, const char *path, bool *vmtas_changed, char *err, size_t errlen);
-/* Compile the shaping file at path (as dlv_shaping_new) only to check it. */
-int dlv_shaping_check(const char *path, char *err, size_t errlen);
-int dlv_shaping_suspend(dlv_t *d, const char *provider, const char *vmta, uint64_t for_s,
-                        bool resume, char *err, size_t errlen);
+ * provider). 0, or SL_ENOTFOUND with err set. Any thread. */
+int shp_registry_suspend(dlv_shaping_t *sh, const char *provider, const char *vmta,
+                         uint64_t until_us, char *err, size_t errlen);
+/* The state of every provider seen so far (dlv_shaping_json's document,
+ * delivery.h). Any thread. */
+struct json_object *shp_registry_json(dlv_shaping_t *sh);
 
 /* ------------------------------------------------------------ vmta.c */
 
 /* Parse the virtual_mtas / pools / pool_users / default_pool entries of a
- * shaping file (the tree's root) into sh. 0 or SL_ECONFIG. */
-int shp_vmta_config(dlv_shaping_t *sh, const void *root, const char *name, char *err,
-                    size_t errlen);
+ * shaping file (the tree's root) into c. 0 or SL_ECONFIG. */
+int shp_vmta_config(shp_conf_t *c, const void *root, const char *name, char *err, size_t errlen);
 /* The pool of a dispatch: X-Sluice-Pool (the header is removed from the
- * body), else the AUTH user's pool, else the default. Delivery thread. */
-int shp_pool_for(const dlv_shaping_t *sh, queue_dispatch_t *qd);
+ * body), else the AUTH user's pool, else the default. The destination's thread. */
+int shp_pool_for(const shp_conf_t *c, queue_dispatch_t *qd);
 /* Remove every "X-Sluice-Pool:" field from the header of qd's body and
  * return the first one's value in val (or "" when none). */
 void shp_strip_pool_header(queue_dispatch_t *qd, char *val, size_t vallen);
@@ -328,11 +375,6 @@ void shp_strip_pool_header(queue_dispatch_t *qd, char *val, size_t vallen);
 int shp_pool_pick(const shp_pool_t *p, int *cw, const bool *allowed);
 /* Bind a libuv TCP handle to the vmta's source address (no-op without
  * one). 0 or a libuv error. */
-int shp_vmta_bind(const dlv_shaping_t *sh, int vmta, uv_tcp_t *tcp);
-
-/* ------------------------------------------------------------ destinations */
-
-/* Per-destination state (delivery thread). */
-typedef struct shp_dest shp_dest_t;
+int shp_vmta_bind(const shp_vmta_t *vm, uv_tcp_t *tcp);
 
 #endif /* SLUICE_DELIVERY_SHAPING_INT_H */

@@ -4,15 +4,18 @@
  * round robin with weights = [...]). A message picks its pool by its
  * X-Sluice-Pool header (removed before delivery, so before DKIM signing),
  * else by the SMTP AUTH user who submitted it (pool_users), else the
- * default pool.
+ * default pool. Virtual MTAs and pools are part of the shaping rule set
+ * (shaping_conf.c calls shp_vmta_config); the registry keeps the start-up
+ * set's (a reload does not change them).
  *
  *   virtual_mtas { mta1 { source = "192.0.2.10"; ehlo = "mta1.example.net"; } }
  *   pools { bulk { members = ["mta1", "mta2"]; weights = [3, 1]; } }
  *   default_pool = bulk;
  *   pool_users { alice = bulk; }
  *
- * Thread: shp_vmta_config at load (any thread); the rest on a delivery
- * thread (the pool round-robin state belongs to the destination).
+ * Thread: shp_vmta_config at load (any thread); shp_pool_for changes the
+ * dispatch (the header goes), on its destination's thread (dest.c checks
+ * it); shp_pool_pick's state is the destination's; shp_vmta_bind any.
  */
 #include "delivery/shaping_int.h"
 
@@ -21,23 +24,23 @@
 #include <string.h>
 #include <strings.h>
 
-static int vm_find(const dlv_shaping_t *sh, const char *name)
+static int vm_find(const shp_conf_t *c, const char *name)
 {
-    for (int i = 0; i < sh->sh_nvmtas; i++)
-        if (strcasecmp(sh->sh_vmtas[i].vm_name, name) == 0)
+    for (int i = 0; i < c->sc_nvmtas; i++)
+        if (strcasecmp(c->sc_vmtas[i].vm_name, name) == 0)
             return i;
     return -1;
 }
 
-static int pool_find(const dlv_shaping_t *sh, const char *name)
+static int pool_find(const shp_conf_t *c, const char *name)
 {
-    for (int i = 0; i < sh->sh_npools; i++)
-        if (strcasecmp(sh->sh_pools[i].po_name, name) == 0)
+    for (int i = 0; i < c->sc_npools; i++)
+        if (strcasecmp(c->sc_pools[i].po_name, name) == 0)
             return i;
     return -1;
 }
 
-static int vm_parse_vmtas(dlv_shaping_t *sh, const cfg_node_t *sec, const char *name, char *err,
+static int vm_parse_vmtas(shp_conf_t *c, const cfg_node_t *sec, const char *name, char *err,
                           size_t errlen)
 {
     if (sec->n_type != CFG_NODE_SECTION)
@@ -48,13 +51,13 @@ static int vm_parse_vmtas(dlv_shaping_t *sh, const cfg_node_t *sec, const char *
                              "virtual_mtas.%s: expected a section { source = \"ip\"; ehlo = "
                              "\"name\"; }",
                              v->n_key);
-        if (vm_find(sh, v->n_key) >= 0)
+        if (vm_find(c, v->n_key) >= 0)
             return cfg_error(err, errlen, name, v->n_key_line, "virtual_mtas.%s: defined twice",
                              v->n_key);
-        if (sh->sh_nvmtas == SHP_MAX_VMTAS)
+        if (c->sc_nvmtas == SHP_MAX_VMTAS)
             return cfg_error(err, errlen, name, v->n_key_line, "too many virtual MTAs (at most %d)",
                              SHP_MAX_VMTAS);
-        shp_vmta_t *vm = &sh->sh_vmtas[sh->sh_nvmtas++];
+        shp_vmta_t *vm = &c->sc_vmtas[c->sc_nvmtas++];
         vm->vm_name = xstrdup(v->n_key);
         for (const cfg_node_t *e = v->n_child; e != NULL; e = e->n_next) {
             if (e->n_type != CFG_NODE_STR)
@@ -81,7 +84,7 @@ static int vm_parse_vmtas(dlv_shaping_t *sh, const cfg_node_t *sec, const char *
     return 0;
 }
 
-static int vm_parse_pools(dlv_shaping_t *sh, const cfg_node_t *sec, const char *name, char *err,
+static int vm_parse_pools(shp_conf_t *c, const cfg_node_t *sec, const char *name, char *err,
                           size_t errlen)
 {
     if (sec->n_type != CFG_NODE_SECTION)
@@ -90,12 +93,12 @@ static int vm_parse_pools(dlv_shaping_t *sh, const cfg_node_t *sec, const char *
         if (p->n_type != CFG_NODE_SECTION)
             return cfg_error(err, errlen, name, p->n_line,
                              "pools.%s: expected a section { members = [...]; }", p->n_key);
-        if (pool_find(sh, p->n_key) >= 0)
+        if (pool_find(c, p->n_key) >= 0)
             return cfg_error(err, errlen, name, p->n_key_line, "pools.%s: defined twice", p->n_key);
-        if (sh->sh_npools == SHP_MAX_POOLS)
+        if (c->sc_npools == SHP_MAX_POOLS)
             return cfg_error(err, errlen, name, p->n_key_line, "too many pools (at most %d)",
                              SHP_MAX_POOLS);
-        shp_pool_t *po = &sh->sh_pools[sh->sh_npools++];
+        shp_pool_t *po = &c->sc_pools[c->sc_npools++];
         po->po_name = xstrdup(p->n_key);
         int nweights = 0;
         for (const cfg_node_t *e = p->n_child; e != NULL; e = e->n_next) {
@@ -115,7 +118,7 @@ static int vm_parse_pools(dlv_shaping_t *sh, const cfg_node_t *sec, const char *
                     return cfg_error(err, errlen, name, e->n_line, "pools.%s: too many members",
                                      p->n_key);
                 if (members) {
-                    int v = vm_find(sh, it->n_str);
+                    int v = vm_find(c, it->n_str);
                     if (v < 0)
                         return cfg_error(err, errlen, name, e->n_line,
                                          "pools.%s: no virtual MTA \"%.60s\" in virtual_mtas",
@@ -146,8 +149,7 @@ static int vm_parse_pools(dlv_shaping_t *sh, const cfg_node_t *sec, const char *
     return 0;
 }
 
-int shp_vmta_config(dlv_shaping_t *sh, const void *rootp, const char *name, char *err,
-                    size_t errlen)
+int shp_vmta_config(shp_conf_t *c, const void *rootp, const char *name, char *err, size_t errlen)
 {
     const cfg_node_t *root = rootp;
     const cfg_node_t *vm = NULL, *pools = NULL, *def = NULL, *users = NULL;
@@ -164,21 +166,21 @@ int shp_vmta_config(dlv_shaping_t *sh, const void *rootp, const char *name, char
         *slot = n;
     }
     int rc;
-    if (vm != NULL && (rc = vm_parse_vmtas(sh, vm, name, err, errlen)) != 0)
+    if (vm != NULL && (rc = vm_parse_vmtas(c, vm, name, err, errlen)) != 0)
         return rc;
-    if (pools != NULL && (rc = vm_parse_pools(sh, pools, name, err, errlen)) != 0)
+    if (pools != NULL && (rc = vm_parse_pools(c, pools, name, err, errlen)) != 0)
         return rc;
-    if (pools == NULL && sh->sh_nvmtas > 0) { /* every vmta, one "default" pool */
-        shp_pool_t *p = &sh->sh_pools[sh->sh_npools++];
+    if (pools == NULL && c->sc_nvmtas > 0) { /* every vmta, one "default" pool */
+        shp_pool_t *p = &c->sc_pools[c->sc_npools++];
         p->po_name = xstrdup("default");
-        for (int i = 0; i < sh->sh_nvmtas; i++) {
+        for (int i = 0; i < c->sc_nvmtas; i++) {
             p->po_members[i] = i;
             p->po_weight[i] = 1;
         }
-        p->po_n = sh->sh_nvmtas;
+        p->po_n = c->sc_nvmtas;
     }
     if (def != NULL) {
-        if (def->n_type != CFG_NODE_STR || (sh->sh_default_pool = pool_find(sh, def->n_str)) < 0)
+        if (def->n_type != CFG_NODE_STR || (c->sc_default_pool = pool_find(c, def->n_str)) < 0)
             return cfg_error(err, errlen, name, def->n_line, "default_pool: no such pool in pools");
     }
     if (users != NULL) {
@@ -188,17 +190,17 @@ int shp_vmta_config(dlv_shaping_t *sh, const void *rootp, const char *name, char
         int n = 0;
         for (const cfg_node_t *u = users->n_child; u != NULL; u = u->n_next)
             n++;
-        sh->sh_pool_users = xcalloc((size_t)(2 * n + 1), sizeof(char *));
-        sh->sh_pool_user_idx = xcalloc((size_t)(n + 1), sizeof(int));
+        c->sc_pool_users = xcalloc((size_t)(2 * n + 1), sizeof(char *));
+        c->sc_pool_user_idx = xcalloc((size_t)(n + 1), sizeof(int));
         for (const cfg_node_t *u = users->n_child; u != NULL; u = u->n_next) {
-            int p = u->n_type == CFG_NODE_STR ? pool_find(sh, u->n_str) : -1;
+            int p = u->n_type == CFG_NODE_STR ? pool_find(c, u->n_str) : -1;
             if (p < 0)
                 return cfg_error(err, errlen, name, u->n_line,
                                  "pool_users.%s: expected the name of a pool in pools", u->n_key);
-            int i = sh->sh_npool_users++;
-            sh->sh_pool_users[2 * i] = xstrdup(u->n_key);
-            sh->sh_pool_users[2 * i + 1] = xstrdup(u->n_str);
-            sh->sh_pool_user_idx[i] = p;
+            int i = c->sc_npool_users++;
+            c->sc_pool_users[2 * i] = xstrdup(u->n_key);
+            c->sc_pool_users[2 * i + 1] = xstrdup(u->n_str);
+            c->sc_pool_user_idx[i] = p;
         }
     }
     return 0;
@@ -248,24 +250,23 @@ void shp_strip_pool_header(queue_dispatch_t *qd, char *val, size_t vallen)
     qd->qd_body_len = len;
 }
 
-int shp_pool_for(const dlv_shaping_t *sh, queue_dispatch_t *qd)
+int shp_pool_for(const shp_conf_t *c, queue_dispatch_t *qd)
 {
     char val[128];
     shp_strip_pool_header(qd, val, sizeof(val));
     if (val[0] != '\0') {
-        int p = pool_find(sh, val);
+        int p = pool_find(c, val);
         if (p >= 0)
             return p;
         char ids[17];
         log_warn("%s: X-Sluice-Pool: no pool \"%s\"; using pool %s",
-                 queue_msgid_fmt(qd->qd_msgid, ids), val,
-                 sh->sh_pools[sh->sh_default_pool].po_name);
+                 queue_msgid_fmt(qd->qd_msgid, ids), val, c->sc_pools[c->sc_default_pool].po_name);
     } else if (qd->qd_auth_user != NULL) {
-        for (int i = 0; i < sh->sh_npool_users; i++)
-            if (strcmp(sh->sh_pool_users[2 * i], qd->qd_auth_user) == 0)
-                return sh->sh_pool_user_idx[i];
+        for (int i = 0; i < c->sc_npool_users; i++)
+            if (strcmp(c->sc_pool_users[2 * i], qd->qd_auth_user) == 0)
+                return c->sc_pool_user_idx[i];
     }
-    return sh->sh_default_pool;
+    return c->sc_default_pool;
 }
 
 /* Smooth weighted round robin (nginx): every allowed member gains its
@@ -288,9 +289,8 @@ int shp_pool_pick(const shp_pool_t *p, int *cw, const bool *allowed)
     return p->po_members[best];
 }
 
-int shp_vmta_bind(const dlv_shaping_t *sh, int vmta, uv_tcp_t *tcp)
+int shp_vmta_bind(const shp_vmta_t *vm, uv_tcp_t *tcp)
 {
-    const shp_vmta_t *vm = &sh->sh_vmtas[vmta];
     if (vm->vm_source == NULL)
         return 0;
     return uv_tcp_bind(tcp, (const struct sockaddr *)&vm->vm_sa, 0);

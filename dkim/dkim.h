@@ -182,7 +182,8 @@ void dkim_signer_free(dkim_signer_t *s);
 int dkim_sign(const dkim_signer_t *s, const char *msg, size_t len, buf_t *out);
 
 /*
- * The operator tool behind `sluicectl dkim-test`: read the message file at
+ * The operator tool behind `sluiced -c FILE --dkim-sign MSG` (and
+ * dkim-bench's `sign`): read the message file at
  * in_path (or stdin for "-"), sign it and write the signed message (the
  * signatures then the message) to out_fd. Returns dkim_sign()'s count or a
  * negative code with a message in err. Any thread.

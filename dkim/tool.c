@@ -1,6 +1,7 @@
 /*
  * dkim/tool.c - dkim_sign_file(), the operator's "sign this file and show
- * me" tool behind `sluicectl dkim-test` (and bench/dkim-bench's `sign`).
+ * me" tool behind `sluiced -c FILE --dkim-sign MSG` (core/server/main.c,
+ * with the keys of that configuration) and bench/dkim-bench's `sign`.
  * Thread: any.
  */
 #include "dkim/dkim_int.h"

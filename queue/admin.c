@@ -2,15 +2,8 @@
  * queue/admin.c - operator requests on the queue thread (docs/operations.md).
  *
  *   q_admin_request     QUEUES / SUSPEND / RESUME / HOLDS / RETRY / BOUNCE
- *   q_admin_hold_all    scheduler: is every delivery suspended?
- *   q_admin_held        scheduler: is this recipient's domain or job suspended?
- *   q_admin_outcome_note  outcome counters and the time-in-queue histogram
- *
- * Holds (suspensions) live in memory on the queue thread and in the meta
- * db ("hold:*", "hold:d:<domain>", "hold:j:<job>" -> until, 8 bytes BE, 0 =
- * until resumed), so they survive a restart; one with an end time expires
- * by itself. The scheduler skips held recipients: they stay due on disk
- * and go out at the first scan after the hold ends.
+ *                       (the holds themselves are holds.c's)
+ *   q_admin_stop        answer what is still in progress when the queue stops
  *
  * The long requests walk the spool by cursor and never block the queue
  * thread for long: each turn of the loop (a uv_idle handle) examines at
@@ -23,18 +16,17 @@
  * kept on the insert path, so reception pays nothing for this.
  * RETRY rewrites the future `due` entries (and the rcpt's next attempt) to
  * now, ADM_BATCH per write transaction. BOUNCE feeds matching recipients to
- * q_outcomes_process() as operator bounces (qo_admin), so that accounting
- * ("admin_bounce"), DSNs and the message records follow the normal bounce
- * path; recipients in flight are skipped (their attempt decides) and
- * counted; messages that arrive after the request (including the DSNs it
- * creates) are never touched.
+ * q_outcomes_process() (outcome.c) as operator bounces (qo_admin), so that
+ * accounting ("admin_bounce"), DSNs and the message records follow the
+ * normal bounce path; recipients in flight are skipped (their attempt
+ * decides) and counted; messages that arrive after the request (including
+ * the DSNs it creates) are never touched.
  *
- * State: struct queue has no slot for this module, and everything here runs
- * on the queue thread, which belongs to exactly one queue: the state hangs
- * off a thread-local pointer, created on first use, freed by q_admin_stop.
- * Thread: queue thread only (queue_lat_bounds is read-only data).
+ * State: the jobs in progress and their idle handle, in q->q_admin,
+ * created on the first request and freed by q_admin_stop.
+ * Thread: queue thread only.
  */
-#include "queue/admin_int.h"
+#include "queue/queue_int.h"
 
 #include <ctype.h>
 #include <json-c/json.h>
@@ -46,21 +38,6 @@
 #define ADM_SCAN_CHUNK 65536 /* records examined per loop turn */
 #define ADM_BATCH 4096       /* recipients rewritten or bounced per turn */
 #define ADM_DEFAULT_TOP 20
-#define ADM_MAX_HOLDS 10000
-#define ADM_HOLD_PREFIX "hold:"
-
-/* microseconds: 50 ms .. 1 day (docs/operations.md) */
-const uint64_t queue_lat_bounds[Q_LAT_NBUCKETS] = {
-    50000ull,      100000ull,      250000ull,      500000ull,    1000000ull,   5000000ull,
-    10000000ull,   30000000ull,    60000000ull,    300000000ull, 900000000ull, 1800000000ull,
-    3600000000ull, 14400000000ull, 86400000000ull, UINT64_MAX,
-};
-
-typedef struct adm_hold {
-    char h_type;      /* 'd' domain, 'j' job, '*' everything */
-    char *h_name;     /* owned; NULL for '*' */
-    uint64_t h_until; /* unix s; 0 = until resumed */
-} adm_hold_t;
 
 /* QUEUES: one recipient domain's aggregate. */
 typedef struct adm_dom {
@@ -97,8 +74,6 @@ typedef struct adm_job {
 
 typedef struct q_admin {
     queue_t *a_q;
-    adm_hold_t *a_holds;
-    int a_nholds, a_capholds;
     uv_idle_t a_idle;
     adm_job_t *a_jobs;
     adm_job_t **a_tail;
@@ -108,12 +83,6 @@ static q_admin_t *adm_get(queue_t *q);
 static void adm_closed_cb(uv_handle_t *h);
 static void adm_idle_cb(uv_idle_t *h);
 static void adm_reply(queue_req_t *r);
-static int holds_load(q_admin_t *a);
-static int holds_save(q_admin_t *a);
-static json_object *holds_json(q_admin_t *a);
-static void hold_expire(q_admin_t *a, uint64_t now);
-static void req_suspend(q_admin_t *a, queue_req_t *r);
-static void req_resume(q_admin_t *a, queue_req_t *r);
 static bool job_step(q_admin_t *a, adm_job_t *j);
 static bool step_queues(q_admin_t *a, adm_job_t *j);
 static bool step_retry(q_admin_t *a, adm_job_t *j);
@@ -160,7 +129,6 @@ static q_admin_t *adm_get(queue_t *q)
     uv_idle_init(&q->q_loop, &a->a_idle);
     a->a_idle.data = a;
     q->q_admin = a;
-    holds_load(a);
     return a;
 }
 
@@ -169,272 +137,11 @@ static void adm_reply(queue_req_t *r)
     chan_push(r->qq_reply, &r->qq_node);
 }
 
-/* ------------------------------------------------------------ holds */
-
-static void hold_free(adm_hold_t *h)
-{
-    free(h->h_name);
-    h->h_name = NULL;
-}
-
-static void hold_add(q_admin_t *a, char type, const char *name, size_t nlen, uint64_t until)
-{
-    for (int i = 0; i < a->a_nholds; i++) {
-        adm_hold_t *h = &a->a_holds[i];
-        if (h->h_type == type &&
-            (type == '*' || (strlen(h->h_name) == nlen && memcmp(h->h_name, name, nlen) == 0))) {
-            h->h_until = until;
-            return;
-        }
-    }
-    if (a->a_nholds == a->a_capholds) {
-        a->a_capholds = a->a_capholds ? a->a_capholds * 2 : 8;
-        a->a_holds = xrealloc(a->a_holds, (size_t)a->a_capholds * sizeof(adm_hold_t));
-    }
-    a->a_holds[a->a_nholds++] = (adm_hold_t){
-        .h_type = type,
-        .h_name = type == '*' ? NULL : xstrndup(name, nlen),
-        .h_until = until,
-    };
-}
-
-static void hold_del(q_admin_t *a, int i)
-{
-    hold_free(&a->a_holds[i]);
-    a->a_holds[i] = a->a_holds[--a->a_nholds];
-}
-
-/* Drop holds whose time is up (in memory; holds_save drops them on disk). */
-static void hold_expire(q_admin_t *a, uint64_t now)
-{
-    for (int i = 0; i < a->a_nholds;) {
-        adm_hold_t *h = &a->a_holds[i];
-        if (h->h_until != 0 && now >= h->h_until) {
-            log_info("queue: hold on %s%s expired", h->h_type == 'j' ? "job " : "",
-                     h->h_name ? h->h_name : "all delivery");
-            hold_del(a, i);
-            continue;
-        }
-        i++;
-    }
-}
-
-static int holds_load(q_admin_t *a)
-{
-    queue_t *q = a->a_q;
-    MDB_txn *txn;
-    MDB_cursor *c;
-    uint64_t now = clock_now_s();
-    if (mdb_txn_begin(q->q_env, NULL, MDB_RDONLY, &txn) != 0)
-        return SL_ESPOOL;
-    if (mdb_cursor_open(txn, q->q_dbi_meta, &c) != 0) {
-        mdb_txn_abort(txn);
-        return SL_ESPOOL;
-    }
-    size_t pl = strlen(ADM_HOLD_PREFIX);
-    MDB_val k = {pl, ADM_HOLD_PREFIX}, v;
-    for (int rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
-         rc == 0 && k.mv_size > pl && memcmp(k.mv_data, ADM_HOLD_PREFIX, pl) == 0;
-         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-        const char *p = (const char *)k.mv_data + pl;
-        size_t n = k.mv_size - pl;
-        uint64_t until = v.mv_size == 8 ? q_rd64(v.mv_data) : 0;
-        if (until != 0 && until <= now)
-            continue;
-        if (n == 1 && p[0] == '*')
-            hold_add(a, '*', NULL, 0, until);
-        else if (n > 2 && (p[0] == 'd' || p[0] == 'j') && p[1] == ':')
-            hold_add(a, p[0], p + 2, n - 2, until);
-    }
-    mdb_cursor_close(c);
-    mdb_txn_abort(txn);
-    if (a->a_nholds > 0)
-        log_info("queue: %d delivery hold%s in force (sluicectl suspended)", a->a_nholds,
-                 a->a_nholds == 1 ? "" : "s");
-    return 0;
-}
-
-/* Rewrite every "hold:" key of the meta db from memory, in one write txn. */
-static int holds_save(q_admin_t *a)
-{
-    queue_t *q = a->a_q;
-    size_t pl = strlen(ADM_HOLD_PREFIX);
-    int rc = 0;
-    for (int attempt = 0; attempt < 4; attempt++) {
-        MDB_txn *txn = NULL;
-        MDB_cursor *c = NULL;
-        buf_t old; /* the keys on disk now: length byte + key */
-        buf_init(&old, 256);
-        if ((rc = mdb_txn_begin(q->q_env, NULL, 0, &txn)) != 0) {
-            buf_free(&old);
-            return rc;
-        }
-        if ((rc = mdb_cursor_open(txn, q->q_dbi_meta, &c)) == 0) {
-            MDB_val k = {pl, ADM_HOLD_PREFIX}, v;
-            for (int g = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
-                 g == 0 && k.mv_size >= pl && k.mv_size < 256 &&
-                 memcmp(k.mv_data, ADM_HOLD_PREFIX, pl) == 0;
-                 g = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-                uint8_t l = (uint8_t)k.mv_size;
-                buf_append(&old, &l, 1);
-                buf_append(&old, k.mv_data, k.mv_size);
-            }
-            mdb_cursor_close(c);
-        }
-        for (size_t off = 0; rc == 0 && off < old.b_len;) {
-            uint8_t l = (uint8_t)old.b_data[off];
-            MDB_val dk = {l, old.b_data + off + 1};
-            rc = mdb_del(txn, q->q_dbi_meta, &dk, NULL);
-            off += 1 + l;
-        }
-        buf_free(&old);
-        for (int i = 0; rc == 0 && i < a->a_nholds; i++) {
-            adm_hold_t *h = &a->a_holds[i];
-            char key[512];
-            int kl = h->h_type == '*' ? snprintf(key, sizeof(key), "%s*", ADM_HOLD_PREFIX)
-                                      : snprintf(key, sizeof(key), "%s%c:%s", ADM_HOLD_PREFIX,
-                                                 h->h_type, h->h_name);
-            uint8_t val[8];
-            q_be64(val, h->h_until);
-            MDB_val hk = {(size_t)MIN(kl, 255), key}, hv = {8, val};
-            rc = mdb_put(txn, q->q_dbi_meta, &hk, &hv, 0);
-        }
-        if (rc == 0)
-            rc = mdb_txn_commit(txn);
-        else
-            mdb_txn_abort(txn);
-        if (rc == MDB_MAP_FULL && q_map_grow(q) == 0)
-            continue;
-        break;
-    }
-    return rc;
-}
-
-static json_object *holds_json(q_admin_t *a)
-{
-    json_object *arr = json_object_new_array();
-    for (int i = 0; i < a->a_nholds; i++) {
-        adm_hold_t *h = &a->a_holds[i];
-        json_object *o = json_object_new_object();
-        json_object_object_add(o, "type",
-                               json_object_new_string(h->h_type == 'd'   ? "domain"
-                                                      : h->h_type == 'j' ? "job"
-                                                                         : "all"));
-        json_object_object_add(o, "name", h->h_name ? json_object_new_string(h->h_name) : NULL);
-        /* the same keys as the shaping suspensions control.c adds to
-         * `suspended` (docs/records.md) */
-        json_object_object_add(o, "provider", NULL);
-        json_object_object_add(o, "by", json_object_new_string("operator"));
-        json_object_object_add(o, "until", q_jtime_s(h->h_until)); /* null: until resumed */
-        json_object_object_add(o, "persistent", json_object_new_boolean(1));
-        json_object_array_add(arr, o);
-    }
-    return arr;
-}
-
-bool q_admin_hold_all(queue_t *q)
-{
-    q_admin_t *a = adm_get(q);
-    if (a == NULL || a->a_nholds == 0)
-        return false;
-    uint64_t now = clock_now_s();
-    hold_expire(a, now);
-    for (int i = 0; i < a->a_nholds; i++)
-        if (a->a_holds[i].h_type == '*')
-            return true;
-    return false;
-}
-
-bool q_admin_held(queue_t *q, const char *addr, size_t addr_len, const char *job, size_t job_len)
-{
-    q_admin_t *a = q->q_admin;
-    if (a == NULL || a->a_nholds == 0)
-        return false;
-    uint64_t now = clock_now_s();
-    size_t dl;
-    const char *d = addr_dom(addr, addr_len, &dl);
-    for (int i = 0; i < a->a_nholds; i++) {
-        const adm_hold_t *h = &a->a_holds[i];
-        if (h->h_until != 0 && now >= h->h_until)
-            continue;
-        if (h->h_type == '*')
-            return true;
-        if (h->h_type == 'd' && dom_eq(h->h_name, d, dl))
-            return true;
-        if (h->h_type == 'j' && job != NULL && strlen(h->h_name) == job_len &&
-            memcmp(h->h_name, job, job_len) == 0)
-            return true;
-    }
-    return false;
-}
-
-static void req_suspend(q_admin_t *a, queue_req_t *r)
-{
-    if (r->qq_all)
-        hold_add(a, '*', NULL, 0, r->qq_until);
-    else if (r->qq_domain && r->qq_domain[0])
-        hold_add(a, 'd', r->qq_domain, strlen(r->qq_domain), r->qq_until);
-    else if (r->qq_job && r->qq_job[0])
-        hold_add(a, 'j', r->qq_job, strlen(r->qq_job), r->qq_until);
-    else {
-        snprintf(r->qq_error, sizeof(r->qq_error), "suspend needs a domain, a job or all");
-        return;
-    }
-    if (a->a_nholds > ADM_MAX_HOLDS) {
-        hold_del(a, a->a_nholds - 1);
-        snprintf(r->qq_error, sizeof(r->qq_error), "too many holds (at most %d)", ADM_MAX_HOLDS);
-        return;
-    }
-    hold_expire(a, clock_now_s());
-    int rc = holds_save(a);
-    if (rc != 0)
-        log_error("spool %s: saving holds: %s (in force until restart)", a->a_q->q_path,
-                  mdb_strerror(rc));
-    log_info("queue: suspended %s%s%s until=%llu", r->qq_all ? "all delivery" : "",
-             r->qq_domain && !r->qq_all ? r->qq_domain : "",
-             r->qq_job && !r->qq_all && !r->qq_domain ? r->qq_job : "",
-             (unsigned long long)r->qq_until);
-    r->qq_result = json_object_new_object();
-    json_object_object_add(r->qq_result, "holds", holds_json(a));
-}
-
-static void req_resume(q_admin_t *a, queue_req_t *r)
-{
-    int n = 0;
-    for (int i = 0; i < a->a_nholds;) {
-        adm_hold_t *h = &a->a_holds[i];
-        bool m = r->qq_all ||
-                 (h->h_type == 'd' && r->qq_domain && strcasecmp(h->h_name, r->qq_domain) == 0) ||
-                 (h->h_type == 'j' && r->qq_job && strcmp(h->h_name, r->qq_job) == 0);
-        if (m) {
-            hold_del(a, i);
-            n++;
-            continue;
-        }
-        i++;
-    }
-    hold_expire(a, clock_now_s());
-    int rc = holds_save(a);
-    if (rc != 0)
-        log_error("spool %s: saving holds: %s", a->a_q->q_path, mdb_strerror(rc));
-    log_info("queue: resumed %s%s (%d hold%s removed)", r->qq_all ? "all delivery" : "",
-             r->qq_all      ? ""
-             : r->qq_domain ? r->qq_domain
-             : r->qq_job    ? r->qq_job
-                            : "?",
-             n, n == 1 ? "" : "s");
-    r->qq_result = json_object_new_object();
-    json_object_object_add(r->qq_result, "resumed", json_object_new_int(n));
-    json_object_object_add(r->qq_result, "holds", holds_json(a));
-    /* Held recipients are due already: scan from the oldest again. */
-    a->a_q->q_scan_resume = false;
-    q_sched_kick(a->a_q);
-}
-
 /* ------------------------------------------------------------ requests */
 
 bool q_admin_request(queue_t *q, queue_req_t *r)
 {
+    Q_ASSERT_QUEUE_THREAD(q);
     if (r->qq_type < QREQ_QUEUES || r->qq_type > QREQ_BOUNCE)
         return false;
     r->qq_result = NULL;
@@ -447,17 +154,18 @@ bool q_admin_request(queue_t *q, queue_req_t *r)
     }
     switch (r->qq_type) {
     case QREQ_SUSPEND:
-        req_suspend(a, r);
+        q_holds_suspend(q, r);
         adm_reply(r);
         return true;
     case QREQ_RESUME:
-        req_resume(a, r);
+        q_holds_resume(q, r);
+        /* Held recipients are due already: scan from the oldest again. */
+        q->q_scan_resume = false;
+        q_sched_kick(q);
         adm_reply(r);
         return true;
     case QREQ_HOLDS:
-        hold_expire(a, clock_now_s());
-        r->qq_result = json_object_new_object();
-        json_object_object_add(r->qq_result, "holds", holds_json(a));
+        q_holds_list(q, r);
         adm_reply(r);
         return true;
     default:
@@ -482,6 +190,7 @@ bool q_admin_request(queue_t *q, queue_req_t *r)
 static void adm_idle_cb(uv_idle_t *h)
 {
     q_admin_t *a = h->data;
+    Q_ASSERT_QUEUE_THREAD(a->a_q);
     adm_job_t *j = a->a_jobs;
     if (j == NULL || atomic_load(&a->a_q->q_stopping)) {
         uv_idle_stop(h);
@@ -647,18 +356,8 @@ static json_object *agg_json(q_admin_t *a, const adm_dom_t *x, const char *name)
     json_object_object_add(o, "last_text",
                            resp ? q_jstr_opt(x->ad_text, strlen(x->ad_text)) : NULL);
     /* is it held? (a job hold is not a domain's) */
-    bool held = false;
-    uint64_t until = 0;
-    uint64_t now = clock_now_s();
-    for (int i = 0; i < a->a_nholds; i++) {
-        const adm_hold_t *h = &a->a_holds[i];
-        if (h->h_until != 0 && now >= h->h_until)
-            continue;
-        if (h->h_type == '*' || (h->h_type == 'd' && strcasecmp(h->h_name, name) == 0)) {
-            held = true;
-            until = h->h_until;
-        }
-    }
+    uint64_t until;
+    bool held = q_holds_domain(a->a_q, name, &until);
     json_object_object_add(o, "suspended", json_object_new_boolean(held));
     json_object_object_add(o, "suspended_until", q_jtime_s(held ? until : 0));
     return o;
@@ -701,7 +400,7 @@ static void queues_result(q_admin_t *a, adm_job_t *j)
     json_object_object_add(res, "domains", arr);
     json_object_object_add(res, "total_domains", json_object_new_int64((int64_t)n));
     json_object_object_add(res, "total_recipients", json_object_new_int64((int64_t)j->j_total));
-    json_object_object_add(res, "holds", holds_json(a));
+    json_object_object_add(res, "holds", q_holds_json(q));
     r->qq_result = res;
 }
 
@@ -976,15 +675,12 @@ static void job_free(adm_job_t *j)
 
 static void adm_closed_cb(uv_handle_t *h)
 {
-    q_admin_t *a = h->data;
-    for (int i = 0; i < a->a_nholds; i++)
-        hold_free(&a->a_holds[i]);
-    free(a->a_holds);
-    free(a);
+    free(h->data);
 }
 
 void q_admin_stop(queue_t *q)
 {
+    Q_ASSERT_QUEUE_THREAD(q);
     q_admin_t *a = q->q_admin;
     if (a == NULL)
         return;
@@ -1001,40 +697,4 @@ void q_admin_stop(queue_t *q)
     a->a_jobs = NULL;
     uv_idle_stop(&a->a_idle);
     uv_close((uv_handle_t *)&a->a_idle, adm_closed_cb);
-}
-
-/* ------------------------------------------------------------ metrics */
-
-void q_admin_outcome_note(queue_t *q, const char *type, uint64_t queued_us)
-{
-    queue_stats_t *s = &q->q_stats;
-    atomic_uint_fast64_t *ctr = NULL;
-    switch (type[0]) {
-    case 'd': /* delivery */
-        ctr = &s->qs_out_delivered;
-        for (int i = 0; i < Q_LAT_NBUCKETS; i++) {
-            if (queued_us <= queue_lat_bounds[i]) {
-                atomic_fetch_add_explicit(&s->qs_lat_bucket[i], 1, memory_order_relaxed);
-                break;
-            }
-        }
-        atomic_fetch_add_explicit(&s->qs_lat_sum, queued_us, memory_order_relaxed);
-        atomic_fetch_add_explicit(&s->qs_lat_count, 1, memory_order_relaxed);
-        break;
-    case 't': /* transient */
-        ctr = &s->qs_out_transient;
-        break;
-    case 'b': /* bounce */
-        ctr = &s->qs_out_bounced;
-        break;
-    case 'e': /* expired */
-        ctr = &s->qs_out_expired;
-        break;
-    case 'a': /* admin_bounce */
-        ctr = &s->qs_out_admin_bounced;
-        break;
-    default:
-        return;
-    }
-    atomic_fetch_add_explicit(ctr, 1, memory_order_relaxed);
 }

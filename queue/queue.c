@@ -4,7 +4,6 @@
  *   queue_open / queue_start / queue_stop / queue_free   life cycle
  *   queue_submit        reception -> queue thread (group commit, reply)
  *   queue_request       control socket -> queue thread (LIST/INSPECT/CHECK)
- *   queue_msgid_*       message ids
  *
  * The queue thread owns a libuv loop with three MPSC channels, one per
  * message kind (submissions, control requests, delivery outcomes), so no
@@ -15,19 +14,17 @@
  * pushed back to their submitters.
  *
  * Thread: queue_open/start/stop/free on the main thread; queue_submit,
- * queue_request, queue_outcome_submit, queue_acct_rotate, queue_stats,
- * queue_msgid_* from any thread; everything static runs on the queue thread.
+ * queue_request, queue_outcome_submit, queue_acct_rotate, queue_stats
+ * from any thread; everything static runs on the queue thread.
  */
-#include "queue/admin_int.h"
+#include "queue/queue_int.h"
 
-#include <assert.h>
 #include <errno.h>
 #include <json-c/json.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -53,86 +50,11 @@ static bool queue_enter(queue_t *q);
 static void queue_leave(queue_t *q);
 static void queue_take_config(queue_t *q);
 
-static atomic_uint_fast64_t msgid_last;
-
-/* ------------------------------------------------------------ message ids */
-
-uint64_t queue_msgid_new(void)
-{
-    uint64_t now = clock_now_us();
-    uint64_t old = atomic_load_explicit(&msgid_last, memory_order_relaxed);
-    uint64_t id;
-    do {
-        id = MAX(old + 1, now);
-    } while (!atomic_compare_exchange_weak(&msgid_last, &old, id));
-    return id;
-}
-
-/* Make sure ids never go below what a previous run left in the spool. */
-static void msgid_seen(uint64_t id)
-{
-    uint64_t old = atomic_load(&msgid_last);
-    while (old < id && !atomic_compare_exchange_weak(&msgid_last, &old, id))
-        ;
-}
-
-char *queue_msgid_fmt(uint64_t id, char *dst)
-{
-    static const char hex[] = "0123456789ABCDEF";
-    for (int i = 15; i >= 0; i--) {
-        dst[i] = hex[id & 15];
-        id >>= 4;
-    }
-    dst[16] = '\0';
-    return dst;
-}
-
-int queue_msgid_parse(const char *s, uint64_t *out)
-{
-    uint64_t v = 0;
-    if (s == NULL)
-        return SL_EPARSE;
-    for (int i = 0; i < 16; i++) {
-        char c = s[i];
-        int d;
-        if (c >= '0' && c <= '9')
-            d = c - '0';
-        else if (c >= 'A' && c <= 'F')
-            d = c - 'A' + 10;
-        else if (c >= 'a' && c <= 'f')
-            d = c - 'a' + 10;
-        else
-            return SL_EPARSE;
-        v = v << 4 | (uint64_t)d;
-    }
-    if (s[16] != '\0')
-        return SL_EPARSE;
-    *out = v;
-    return 0;
-}
-
-void queue_msg_in_free(queue_msg_in_t *m)
-{
-    if (m == NULL)
-        return;
-    free(m->qm_sender);
-    free(m->qm_job);
-    free(m->qm_envid);
-    free(m->qm_dsn_job);
-    free(m->qm_auth_user);
-    for (int i = 0; i < m->qm_nrcpt; i++) {
-        free(m->qm_rcpts[i].qr_addr);
-        free(m->qm_rcpts[i].qr_orcpt);
-    }
-    free(m->qm_rcpts);
-    buf_free(&m->qm_body);
-    free(m);
-}
-
 /* ------------------------------------------------------------ open / close */
 
 int queue_open(cfg_t *cfg, queue_t **out, char *err, size_t errlen)
 {
+    SL_ASSERT_MAIN_THREAD();
     queue_t *q = xcalloc(1, sizeof(*q));
     MDB_txn *txn = NULL;
     const char *path = cfg->c_spool_path;
@@ -221,7 +143,7 @@ int queue_open(cfg_t *cfg, queue_t **out, char *err, size_t errlen)
     MDB_cursor *cur;
     if (mdb_cursor_open(txn, q->q_dbi_msg, &cur) == 0) {
         if (mdb_cursor_get(cur, &k, &v, MDB_LAST) == 0 && k.mv_size == Q_MSG_KEY_LEN)
-            msgid_seen(q_rd64(k.mv_data));
+            q_msgid_seen(q_rd64(k.mv_data));
         mdb_cursor_close(cur);
     }
     rc = mdb_txn_commit(txn);
@@ -236,6 +158,7 @@ int queue_open(cfg_t *cfg, queue_t **out, char *err, size_t errlen)
     if (q_acct_open(cfg->c_acct_dir, cfg->c_acct_max_size, &q->q_acct, err, errlen) != 0)
         goto fail;
     q_sched_init(q);
+    q_outcomes_init(q);
     log_info("spool %s: %zu messages, %zu recipients, map %llu MB", path, s1.ms_entries,
              s2.ms_entries, (unsigned long long)(q->q_map_size >> 20));
     *out = q;
@@ -249,7 +172,8 @@ fail:
 
 int queue_start(queue_t *q)
 {
-    assert(!q->q_started);
+    SL_ASSERT_MAIN_THREAD();
+    SL_ASSERT(!q->q_started);
     int rc = uv_loop_init(&q->q_loop);
     if (rc != 0)
         return rc;
@@ -294,7 +218,7 @@ static void *queue_thread_main(void *arg)
     int rc = uv_loop_close(&q->q_loop);
     if (rc != 0)
         log_error("queue: uv_loop_close: %s", uv_strerror(rc));
-    assert(rc == 0);
+    SL_DEBUG_ASSERT(rc == 0);
     return NULL;
 }
 
@@ -306,6 +230,7 @@ static void queue_closed_cb(uv_handle_t *h)
 static void queue_wake_cb(uv_async_t *h)
 {
     queue_t *q = h->data;
+    Q_ASSERT_QUEUE_THREAD(q);
     if (atomic_exchange(&q->q_rotate, 0)) {
         char msg[1400];
         if (q_acct_rotate(q->q_acct, msg, sizeof(msg)) != 0)
@@ -322,7 +247,7 @@ static void queue_wake_cb(uv_async_t *h)
     chan_close(q->q_ch_out);
     chan_close(q->q_ch_req);
     queue_commit_pending(q); /* what the closes handed over */
-    q_sched_stop(q);         /* outcomes held for a DSN: applied, the DSNs written */
+    q_outcomes_stop(q);      /* outcomes held for a DSN: applied, the DSNs written */
     queue_acks_sync(q);
     uv_close((uv_handle_t *)&q->q_commit_check, queue_closed_cb);
     uv_close((uv_handle_t *)&q->q_commit_idle, queue_closed_cb);
@@ -339,6 +264,7 @@ static void queue_wake_cb(uv_async_t *h)
 
 void queue_stop(queue_t *q)
 {
+    SL_ASSERT_MAIN_THREAD();
     if (q == NULL || !q->q_started)
         return;
     atomic_store(&q->q_stopping, 1);
@@ -357,13 +283,16 @@ void queue_stop(queue_t *q)
 
 void queue_free(queue_t *q)
 {
+    SL_ASSERT_MAIN_THREAD();
     if (q == NULL)
         return;
     queue_stop(q);
     if (q->q_env)
         mdb_env_close(q->q_env);
     q_acct_close(q->q_acct);
+    q_holds_free(q);
     q_sched_free(q);
+    q_outcomes_free(q);
     buf_free(&q->q_scratch);
     buf_free(&q->q_scratch2);
     if (q->q_cfg)
@@ -447,6 +376,7 @@ void queue_set_config(queue_t *q, cfg_t *cfg)
 /* Queue thread: take a config queue_set_config left. */
 static void queue_take_config(queue_t *q)
 {
+    Q_ASSERT_QUEUE_THREAD(q);
     pthread_mutex_lock(&q->q_cfg_lock);
     cfg_t *nc = q->q_cfg_next;
     q->q_cfg_next = NULL;
@@ -495,137 +425,6 @@ uint64_t queue_pending(const queue_t *q)
     return atomic_load_explicit(&q->q_stats.qs_pending, memory_order_relaxed);
 }
 
-/* ------------------------------------------------------------ spool writes */
-
-void q_stats_refresh(queue_t *q)
-{
-    /* Live pages of every database, not the high-water page number: LMDB
-     * reuses freed pages but never lowers me_last_pgno, so a spool that
-     * filled once and drained would otherwise look full forever. */
-    MDB_envinfo info;
-    mdb_env_info(q->q_env, &info);
-    uint64_t used = ((uint64_t)info.me_last_pgno + 1) * q->q_psize;
-    MDB_txn *txn;
-    if (mdb_txn_begin(q->q_env, NULL, MDB_RDONLY, &txn) == 0) {
-        MDB_dbi dbis[] = {q->q_dbi_msg, q->q_dbi_rcpt, q->q_dbi_due, q->q_dbi_meta};
-        uint64_t pages = 4; /* two meta pages, the main and free DB roots */
-        for (size_t i = 0; i < ARRAY_SIZE(dbis); i++) {
-            MDB_stat ms;
-            if (mdb_stat(txn, dbis[i], &ms) == 0)
-                pages += ms.ms_branch_pages + ms.ms_leaf_pages + ms.ms_overflow_pages;
-        }
-        mdb_txn_abort(txn);
-        used = MIN(used, pages * q->q_psize);
-    }
-    uint64_t max = q->q_cfg->c_spool_max_size;
-    atomic_store_explicit(&q->q_stats.qs_used, used, memory_order_relaxed);
-    atomic_store_explicit(&q->q_stats.qs_map_size, q->q_map_size, memory_order_relaxed);
-    atomic_store_explicit(&q->q_stats.qs_fill_pct, max ? (int)(used * 100 / max) : 0,
-                          memory_order_relaxed);
-}
-
-int q_map_grow(queue_t *q)
-{
-    uint64_t max = q->q_cfg->c_spool_max_size;
-    if (q->q_map_size >= max)
-        return SL_EFULL;
-    uint64_t want = MIN(q->q_map_size * 2, max);
-    /* LMDB unmaps the old map before it maps the new one, and a failed
-     * mmap (ulimit -v) leaves the environment with no map at all. Make
-     * sure the address space is there first (with the old map still in
-     * place, so this asks for more than the growth needs); without it the
-     * spool stays its size and reception answers 452 4.3.1. */
-    void *probe = mmap(NULL, want, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (probe == MAP_FAILED) {
-        log_error("spool %s: cannot grow map to %llu MB: %s", q->q_path,
-                  (unsigned long long)(want >> 20), strerror(errno));
-        return SL_EFULL;
-    }
-    munmap(probe, want);
-    int rc = mdb_env_set_mapsize(q->q_env, want);
-    if (rc != 0) {
-        /* Another thread took the address space between the probe and
-         * LMDB's mmap: the environment has no map now and cannot be
-         * used. Everything committed is on disk; a restart reopens it. */
-        log_error("spool %s: grow map to %llu: %s; the spool is unusable until a restart",
-                  q->q_path, (unsigned long long)want, mdb_strerror(rc));
-        _exit(70);
-    }
-    MDB_envinfo info;
-    mdb_env_info(q->q_env, &info);
-    q->q_map_size = info.me_mapsize;
-    log_info("spool %s: map grown to %llu MB", q->q_path,
-             (unsigned long long)(q->q_map_size >> 20));
-    q_stats_refresh(q);
-    return 0;
-}
-
-int q_insert_msg(queue_t *q, MDB_txn *txn, const queue_msg_in_t *m)
-{
-    buf_t *b = &q->q_scratch;
-    uint8_t key[Q_DUE_KEY_LEN];
-    int rc;
-
-    buf_reset(b);
-    q_msg_rec_t mr = {
-        .mr_flags = m->qm_flags,
-        .mr_arrival = m->qm_arrival,
-        .mr_nrcpt = (uint32_t)m->qm_nrcpt,
-        .mr_pending = (uint32_t)m->qm_nrcpt,
-        .mr_sender = m->qm_sender,
-        .mr_sender_len = (uint16_t)(m->qm_sender ? strlen(m->qm_sender) : 0),
-        .mr_job = m->qm_job,
-        .mr_job_len = (uint16_t)(m->qm_job ? strlen(m->qm_job) : 0),
-        .mr_envid = m->qm_envid,
-        .mr_envid_len = (uint16_t)(m->qm_envid ? strlen(m->qm_envid) : 0),
-        .mr_auth = m->qm_auth_user,
-        .mr_auth_len = (uint16_t)(m->qm_auth_user ? strlen(m->qm_auth_user) : 0),
-        .mr_ip = m->qm_client_ip,
-        .mr_ip_len = (uint16_t)strnlen(m->qm_client_ip, sizeof(m->qm_client_ip)),
-        .mr_dsn_for = m->qm_dsn_for,
-        .mr_dsn_job = m->qm_dsn_job,
-        .mr_dsn_job_len = (uint16_t)(m->qm_dsn_job ? strlen(m->qm_dsn_job) : 0),
-        .mr_body = NULL, /* copied below, straight into the reserved value */
-        .mr_body_len = (uint32_t)m->qm_body.b_len,
-    };
-    q_msg_encode(b, &mr);
-    q_msg_key(key, m->qm_id);
-    MDB_val k = {Q_MSG_KEY_LEN, key};
-    MDB_val v = {b->b_len + m->qm_body.b_len, NULL};
-    if ((rc = mdb_put(txn, q->q_dbi_msg, &k, &v, MDB_RESERVE)) != 0)
-        return rc;
-    memcpy(v.mv_data, b->b_data, b->b_len);
-    if (m->qm_body.b_len)
-        memcpy((char *)v.mv_data + b->b_len, m->qm_body.b_data, m->qm_body.b_len);
-
-    for (int i = 0; i < m->qm_nrcpt; i++) {
-        const queue_rcpt_in_t *r = &m->qm_rcpts[i];
-        q_rcpt_rec_t rr = {
-            .rr_notify = r->qr_notify,
-            .rr_next = m->qm_arrival,
-            .rr_addr = r->qr_addr,
-            .rr_addr_len = (uint16_t)strlen(r->qr_addr),
-            .rr_orcpt = r->qr_orcpt,
-            .rr_orcpt_len = (uint16_t)(r->qr_orcpt ? strlen(r->qr_orcpt) : 0),
-        };
-        buf_reset(b);
-        q_rcpt_encode(b, &rr);
-        q_rcpt_key(key, m->qm_id, (uint32_t)i);
-        k.mv_size = Q_RCPT_KEY_LEN;
-        v.mv_size = b->b_len;
-        v.mv_data = b->b_data;
-        if ((rc = mdb_put(txn, q->q_dbi_rcpt, &k, &v, 0)) != 0)
-            return rc;
-        q_due_key(key, m->qm_arrival, m->qm_id, (uint32_t)i);
-        k.mv_size = Q_DUE_KEY_LEN;
-        v.mv_size = 0;
-        v.mv_data = "";
-        if ((rc = mdb_put(txn, q->q_dbi_due, &k, &v, 0)) != 0)
-            return rc;
-    }
-    return 0;
-}
-
 /*
  * Group commit. The channel callbacks only collect (queue_sub_cb,
  * queue_out_cb); the check handle runs once libuv has handled every
@@ -653,6 +452,7 @@ static void queue_idle_cb(uv_idle_t *h)
 static void queue_commit_check_cb(uv_check_t *h)
 {
     queue_t *q = h->data;
+    Q_ASSERT_QUEUE_THREAD(q);
     if (q->q_sub_head != NULL || q->q_out_head != NULL) {
         queue_commit_pending(q);
     } else if (q->q_ack_head != NULL) {
@@ -886,6 +686,7 @@ static void queue_acct_received(queue_t *q, const queue_msg_in_t *m, uint64_t no
 static void queue_sub_cb(chan_t *ch, chan_node_t *first, void *arg)
 {
     queue_t *q = arg;
+    Q_ASSERT_QUEUE_THREAD(q);
     UNUSED(ch);
     list_append(&q->q_sub_head, &q->q_sub_tail, first);
     uv_check_start(&q->q_commit_check, queue_commit_check_cb);
@@ -894,6 +695,7 @@ static void queue_sub_cb(chan_t *ch, chan_node_t *first, void *arg)
 static void queue_out_cb(chan_t *ch, chan_node_t *first, void *arg)
 {
     queue_t *q = arg;
+    Q_ASSERT_QUEUE_THREAD(q);
     UNUSED(ch);
     list_append(&q->q_out_head, &q->q_out_tail, first);
     uv_check_start(&q->q_commit_check, queue_commit_check_cb);
@@ -928,6 +730,7 @@ void queue_acct_event(queue_t *q, const char *json_line)
 static void queue_acct_ev_cb(chan_t *ch, chan_node_t *first, void *arg)
 {
     queue_t *q = arg;
+    Q_ASSERT_QUEUE_THREAD(q);
     UNUSED(ch);
     buf_t *b = q_acct_buf(q->q_acct);
     while (first) {
@@ -943,6 +746,7 @@ static void queue_acct_ev_cb(chan_t *ch, chan_node_t *first, void *arg)
 static void queue_timer_cb(uv_timer_t *t)
 {
     queue_t *q = t->data;
+    Q_ASSERT_QUEUE_THREAD(q);
     if (q->q_dispatch && !atomic_load(&q->q_stopping))
         q_sched_scan(q);
 }
@@ -950,6 +754,7 @@ static void queue_timer_cb(uv_timer_t *t)
 static void queue_req_cb(chan_t *ch, chan_node_t *first, void *arg)
 {
     UNUSED(ch);
+    Q_ASSERT_QUEUE_THREAD((queue_t *)arg);
     while (first) {
         chan_node_t *next = first->cn_next;
         queue_req_t *r = (queue_req_t *)first;

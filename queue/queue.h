@@ -67,7 +67,7 @@ typedef struct queue_msg_in {
     buf_t qm_body;             /* the message as it will be delivered: header lines
                                   (Received first) + blank line + body; CRLF line
                                   ends; NOT dot-stuffed */
-    uint64_t qm_dsn_for;       /* Q_F_DSN: the message this DSN reports (sched.c) */
+    uint64_t qm_dsn_for;       /* Q_F_DSN: the message this DSN reports (dsn.c) */
     char *qm_dsn_job;          /* Q_F_DSN: that message's job, owned or NULL */
     /* set by the queue thread before the push back */
     int qm_status; /* 0 committed and durable; SL_EFULL (452 4.3.1);
@@ -104,7 +104,7 @@ typedef struct queue_stats {
     atomic_uint_fast64_t qs_errors;       /* failed commits */
     atomic_uint_fast64_t qs_active_bytes; /* message bytes handed to delivery (queue.active_size) */
     atomic_uint_fast64_t qs_active_limit; /* queue.active_size in force (ulimit -v may cap it) */
-    /* Outcomes applied (queue/admin.c counts them as they are committed)
+    /* Outcomes applied (queue/outcome.c counts them as they are committed)
      * and the time in queue of delivered recipients, for `metrics`. */
     atomic_uint_fast64_t qs_out_delivered;
     atomic_uint_fast64_t qs_out_transient;
@@ -164,7 +164,8 @@ typedef enum {
                      0 = until resumed); persisted in the meta db: {"holds":[...]} */
     QREQ_RESUME,  /* drop the hold on qq_domain / qq_job / qq_all: {"resumed":N, "holds":[...]} */
     QREQ_HOLDS,   /* the holds in force: {"holds":[{"type", "name", "provider", "by",
-                     "until", "persistent"}]} (control.c adds the shaping ones) */
+                     "until", "persistent"}]} (core/server/commands.c adds the
+                     shaping ones) */
     QREQ_RETRY,   /* deferred recipients of qq_domain (or all) due now: {"rescheduled":N} */
     QREQ_BOUNCE,  /* remove and bounce (accounting "admin_bounce", DSN as for a bounce) the
                      recipients matching qq_domain, qq_job, qq_sender and qq_older_than
@@ -269,7 +270,7 @@ typedef struct queue_outcome {
     bool qo_admin;        /* bounced by the operator (QREQ_BOUNCE): "admin_bounce" */
     bool qo_peer_dsn;     /* the next hop offered DSN (RFC 3461): NOTIFY went on with the
                              message, so a success is that hop's to report, not ours */
-    uint8_t qo_sched;     /* the queue thread's own marks (sched.c); 0 when submitted */
+    uint8_t qo_sched;     /* the queue thread's own marks (outcome.c); 0 when submitted */
 } queue_outcome_t;
 
 void queue_outcome_free(queue_outcome_t *o);

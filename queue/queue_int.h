@@ -1,6 +1,15 @@
 /*
- * queue/queue_int.h - private to queue/: the queue handle, spool record
- * encodings (see docs/spool.md), the accounting log and the scheduler.
+ * queue/queue_int.h - private to queue/: the queue handle and the
+ * interfaces between queue/'s files, one section per file. A file calls
+ * only files on a lower line, never back (docs/architecture.md, "queue/
+ * and core/server"; tests/arch/layers.py checks it):
+ *     queue.c                    the thread, its channels, group commit
+ *     admin.c                    operator requests
+ *     outcome.c                  outcomes -> spool, retry, accounting
+ *     sched.c, dsn.c             scan and in-flight set; DSN messages
+ *     holds.c                    delivery holds
+ *     spool.c, acct.c, chanmsg.c records and writes; accounting log; frees
+ *     msgid.c                    message ids
  * Nothing outside queue/ includes this.
  */
 #ifndef SLUICE_QUEUE_INT_H
@@ -8,7 +17,6 @@
 
 #include "queue/queue.h"
 
-#include <assert.h>
 #include <lmdb.h>
 #include <pthread.h>
 #include <sys/types.h>
@@ -149,7 +157,8 @@ struct queue {
     cfg_t *q_cfg;
     MDB_env *q_env;
     MDB_dbi q_dbi_msg, q_dbi_rcpt, q_dbi_due, q_dbi_meta;
-    struct q_admin *q_admin; /* operator requests and holds (admin.c), queue thread */
+    struct q_admin *q_admin; /* operator requests in progress (admin.c), queue thread */
+    struct q_holds *q_holds; /* delivery holds (holds.c), queue thread */
     uint64_t q_map_size;
     unsigned q_psize;
     char q_path[1024];
@@ -187,7 +196,7 @@ struct queue {
     chan_node_t *q_sub_head, *q_sub_tail;
     chan_node_t *q_out_head, *q_out_tail;
     chan_node_t *q_ack_head, *q_ack_tail;
-    struct outcome_ctx *q_octx; /* sched.c's outcome batch state */
+    struct outcome_ctx *q_octx; /* outcome.c's batch state */
 
     /* scratch, queue thread */
     buf_t q_scratch;
@@ -203,6 +212,8 @@ struct queue {
     size_t q_flight_used; /* live + tombstones */
     q_dom_t **q_doms;
     size_t q_doms_cap;
+    struct q_round **q_rounds; /* rounds by msgid (hash chains) */
+    size_t q_rounds_cap, q_rounds_n;
     int q_active_total;
     uint64_t q_active_bytes; /* bodies in flight (f_bytes summed), queue.active_size */
     uint64_t q_as_cap;       /* queue.active_size capped under ulimit -v */
@@ -215,6 +226,8 @@ struct queue {
 /* Debug builds check that queue-thread-only code runs there. */
 #define Q_ASSERT_QUEUE_THREAD(q) SL_ASSERT_ON_THREAD((q)->q_tid)
 
+/* ------------------------------------------------------------ spool (spool.c) */
+
 /* Grow the map (doubling up to max_size) after MDB_MAP_FULL. 0 when grown,
  * SL_EFULL at the maximum. Queue thread, no transaction open. */
 int q_map_grow(queue_t *q);
@@ -226,13 +239,95 @@ struct json_object *q_check_txn(queue_t *q, MDB_txn *txn, bool *ok);
 int q_insert_msg(queue_t *q, MDB_txn *txn, const queue_msg_in_t *m);
 /* Does message id still have a recipient record (in txn)? */
 int q_msg_has_rcpts(queue_t *q, MDB_txn *txn, uint64_t id, bool *more);
+/* The lower-cased domain of addr (after its last '@') into dst (dlen
+ * bytes, NUL-terminated; "" without an '@'); returns its length. */
+size_t q_addr_domain(const char *addr, size_t len, char *dst, size_t dlen);
 
-/* Scheduler (sched.c), queue thread. */
+/* Message ids (msgid.c): ids never go below id from now on (queue_open:
+ * the last message a previous run left in the spool). Any thread. */
+void q_msgid_seen(uint64_t id);
+
+/* ------------------------------------------------------------ holds (holds.c) */
+
+typedef struct q_holds q_holds_t;
+
+/* The scheduler's one question. With addr: is this recipient held - its
+ * domain (after the last '@' of addr) or its message's job suspended, or
+ * every delivery? Without (addr NULL): is every delivery held (`suspend
+ * --all`)? The scan asks that first, once per scan, and the holds whose
+ * time is up are dropped then. Loads the persisted holds on first use; costs
+ * a load and a compare when nothing is suspended. Queue thread. */
+bool q_holds_held(queue_t *q, const char *addr, size_t addr_len, const char *job, size_t job_len);
+/* QUEUES: is domain held (a domain hold or `--all`), and until when (0:
+ * until resumed)? Queue thread. */
+bool q_holds_domain(queue_t *q, const char *domain, uint64_t *until);
+/* Every hold as the JSON array of `suspended` (docs/records.md); caller
+ * puts. Queue thread. */
+struct json_object *q_holds_json(queue_t *q);
+/* QREQ_SUSPEND / QREQ_RESUME / QREQ_HOLDS: change or list the holds (and
+ * save them in the meta db); the answer in r->qq_result or r->qq_error.
+ * q_holds_resume returns how many holds it removed: the caller rescans.
+ * Queue thread. */
+void q_holds_suspend(queue_t *q, queue_req_t *r);
+int q_holds_resume(queue_t *q, queue_req_t *r);
+void q_holds_list(queue_t *q, queue_req_t *r);
+/* Free the holds in memory (they stay in the spool). Main thread, after
+ * the queue thread has ended. */
+void q_holds_free(queue_t *q);
+
+/* ------------------------------------------------------------ scheduler (sched.c) */
+
+/*
+ * A message with recipients in flight: sched.c keeps one per message from
+ * its first dispatched recipient until its last one is released
+ * (q_flight_del). Its delivery round lasts that long: outcome.c holds the
+ * outcomes a DSN reports (bounced, expired, relayed) on it, their
+ * recipients kept in flight, and applies them together - one DSN - in the
+ * batch that brings back the last of the others.
+ */
+typedef struct q_round {
+    struct q_round *r_next; /* hash chain (sched.c) */
+    uint64_t r_msgid;
+    int r_inflight; /* recipients in flight (sched.c: their flight entries) */
+    /* outcome.c's */
+    int r_nheld;         /* of r_inflight, outcomes held in r_held */
+    chan_node_t *r_held; /* queue_outcome_t, linked by cn_next */
+    chan_node_t *r_held_tail;
+    uint64_t r_gen;            /* the batch r_seen and r_ends are about */
+    int r_seen;                /* outcomes of this message in that batch */
+    bool r_ends;               /* the round ends with that batch */
+    struct q_round *r_touched; /* the next round that batch touched */
+} q_round_t;
+
+/* Every function of sched.c runs on the queue thread. */
 void q_sched_init(queue_t *q);
+/* Frees the in-flight set, the domain counters and the rounds (with any
+ * outcome still held). Main thread, after the queue thread has ended. */
 void q_sched_free(queue_t *q);
 void q_sched_scan(queue_t *q);
 /* Scan soon (now, or within Q_KICK_MIN_US of the last scan). */
 void q_sched_kick(queue_t *q);
+/* True while (msgid, idx) is in flight (dispatched, no outcome yet). */
+bool q_sched_in_flight(queue_t *q, uint64_t id, uint32_t idx);
+/* Release (msgid, idx) from flight: its domain's counter, the bytes it
+ * charged, and its round when it was the last (nothing may be held on it
+ * then). Nothing when it is not in flight. */
+void q_flight_del(queue_t *q, uint64_t id, uint32_t idx);
+/* The round of message id, or NULL when none of its recipients is in
+ * flight. */
+q_round_t *q_round_find(queue_t *q, uint64_t id);
+/* Call fn on every round. fn must not add or drop rounds. */
+void q_rounds_foreach(queue_t *q, void (*fn)(q_round_t *r, void *arg), void *arg);
+
+/* ------------------------------------------------------------ outcomes (outcome.c) */
+
+/* Every function of outcome.c runs on the queue thread, but
+ * q_outcomes_init (queue_open) and q_outcomes_free (queue_free): main
+ * thread, while the queue thread does not run. */
+void q_outcomes_init(queue_t *q);
+void q_outcomes_free(queue_t *q);
+/* Outcomes in their own write transactions, durable before return; frees
+ * them. */
 void q_outcomes_process(queue_t *q, chan_node_t *first);
 /* The two halves of q_outcomes_process, for a transaction shared with
  * submissions: apply n outcomes (and the DSNs they cause) inside txn, 0 or
@@ -242,8 +337,45 @@ void q_outcomes_process(queue_t *q, chan_node_t *first);
 int q_outcomes_apply(queue_t *q, MDB_txn *txn, chan_node_t *first, size_t n);
 void q_outcomes_done(queue_t *q, chan_node_t *first, size_t n, bool committed);
 /* The queue is stopping: the outcomes held for their message's DSN
- * (delivery rounds, sched.c) are applied now, in their own transaction. */
-void q_sched_stop(queue_t *q);
+ * (delivery rounds) are applied now, in their own transaction. */
+void q_outcomes_stop(queue_t *q);
+/* Delay in seconds before the next attempt after `attempts` attempts. */
 uint64_t q_retry_delay(queue_t *q, uint32_t attempts);
+
+/* A reply a server gave (not sluice's own diagnostic, which has no MX
+ * host: route failures, local failures, connections that failed). */
+static inline bool q_outcome_is_reply(const queue_outcome_t *o)
+{
+    return o->qo_code != 0 && o->qo_mx != NULL && o->qo_mx[0] != '\0';
+}
+
+/* ------------------------------------------------------------ DSNs (dsn.c) */
+
+/* The DSNs one batch of outcomes creates; queue thread. */
+typedef struct q_dsns q_dsns_t;
+q_dsns_t *q_dsns_new(void);
+void q_dsns_free(q_dsns_t *dl);
+/* Report recipient rr of message id (mr, whose body is read here: call it
+ * before the txn writes) in its message's DSN: failed (bounced, or
+ * expired), or relayed. */
+void q_dsns_add(q_dsns_t *dl, uint64_t id, const q_msg_rec_t *mr, const q_rcpt_rec_t *rr,
+                const queue_outcome_t *o, bool relayed, bool expired);
+/* Insert each DSN as a new message from <> to the sender inside txn; 0 or
+ * an LMDB error. *inserted counts the messages (one recipient each). */
+int q_dsns_insert(queue_t *q, MDB_txn *txn, q_dsns_t *dl, uint64_t now_us, int *inserted);
+/* Forget the DSNs (the batch was committed or aborted). */
+void q_dsns_reset(q_dsns_t *dl);
+
+/* ------------------------------------------------------------ operator requests (admin.c) */
+
+/* Take an operator request (QREQ_QUEUES and after). Returns false for the
+ * other types (queue.c answers them). When it returns true, admin.c owns
+ * the request until it pushes it back onto qq_reply (at once for the short
+ * ones, after the last chunk for QUEUES / RETRY / BOUNCE). Queue thread. */
+bool q_admin_request(queue_t *q, queue_req_t *r);
+/* The queue is stopping: answer every request still in progress with
+ * "queue is stopping", close admin.c's handle and free its state. Called
+ * after the request channel has been drained. Queue thread. */
+void q_admin_stop(queue_t *q);
 
 #endif /* SLUICE_QUEUE_INT_H */

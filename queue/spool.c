@@ -1,17 +1,23 @@
 /*
- * queue/spool.c - spool record encodings and the integrity check.
+ * queue/spool.c - the spool's records and the writes every other queue/
+ * file builds on; a leaf of queue/ (it calls no other file of it).
  *
  *   q_msg_encode / q_msg_decode     the `msg` record (docs/spool.md)
  *   q_rcpt_encode / q_rcpt_decode   the `rcpt` record
+ *   q_insert_msg                    msg + rcpt + due records of a new message
+ *   q_map_grow / q_stats_refresh    map growth after MDB_MAP_FULL, fill level
  *   q_check_txn                     QREQ_CHECK and queue_check_offline
  *   queue_spool_lock / _unlock      one daemon per spool (sluiced.lock)
  *
  * Keys are big-endian so that LMDB cursors walk them in numeric order.
- * Thread: pure functions, any thread; q_check_txn on the txn's thread;
- * the lock on the main thread.
+ * Thread: the encodings are pure, any thread; q_insert_msg, q_map_grow and
+ * q_stats_refresh on the queue thread (q_stats_refresh also from
+ * queue_open on the main thread, before the queue thread starts);
+ * q_check_txn on the txn's thread; the lock on the main thread.
  */
 #include "queue/queue_int.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <json-c/json.h>
@@ -19,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -141,6 +148,22 @@ void q_msg_rebase(q_msg_rec_t *r, const void *from, const void *to)
     REBASE(mr_ip)
     REBASE(mr_dsn_job)
 #undef REBASE
+}
+
+size_t q_addr_domain(const char *addr, size_t len, char *dst, size_t dlen)
+{
+    const char *at = NULL;
+    for (size_t i = len; i > 0; i--)
+        if (addr[i - 1] == '@') {
+            at = addr + i;
+            break;
+        }
+    size_t n = 0;
+    if (at)
+        for (; at < addr + len && n + 1 < dlen; at++)
+            dst[n++] = (char)tolower((unsigned char)*at);
+    dst[n] = '\0';
+    return n;
 }
 
 int q_msg_has_rcpts(queue_t *q, MDB_txn *txn, uint64_t id, bool *more)
@@ -383,6 +406,137 @@ done:
     return res;
 }
 
+/* ------------------------------------------------------------ writes and map growth */
+
+void q_stats_refresh(queue_t *q)
+{
+    /* Live pages of every database, not the high-water page number: LMDB
+     * reuses freed pages but never lowers me_last_pgno, so a spool that
+     * filled once and drained would otherwise look full forever. */
+    MDB_envinfo info;
+    mdb_env_info(q->q_env, &info);
+    uint64_t used = ((uint64_t)info.me_last_pgno + 1) * q->q_psize;
+    MDB_txn *txn;
+    if (mdb_txn_begin(q->q_env, NULL, MDB_RDONLY, &txn) == 0) {
+        MDB_dbi dbis[] = {q->q_dbi_msg, q->q_dbi_rcpt, q->q_dbi_due, q->q_dbi_meta};
+        uint64_t pages = 4; /* two meta pages, the main and free DB roots */
+        for (size_t i = 0; i < ARRAY_SIZE(dbis); i++) {
+            MDB_stat ms;
+            if (mdb_stat(txn, dbis[i], &ms) == 0)
+                pages += ms.ms_branch_pages + ms.ms_leaf_pages + ms.ms_overflow_pages;
+        }
+        mdb_txn_abort(txn);
+        used = MIN(used, pages * q->q_psize);
+    }
+    uint64_t max = q->q_cfg->c_spool_max_size;
+    atomic_store_explicit(&q->q_stats.qs_used, used, memory_order_relaxed);
+    atomic_store_explicit(&q->q_stats.qs_map_size, q->q_map_size, memory_order_relaxed);
+    atomic_store_explicit(&q->q_stats.qs_fill_pct, max ? (int)(used * 100 / max) : 0,
+                          memory_order_relaxed);
+}
+
+int q_map_grow(queue_t *q)
+{
+    uint64_t max = q->q_cfg->c_spool_max_size;
+    if (q->q_map_size >= max)
+        return SL_EFULL;
+    uint64_t want = MIN(q->q_map_size * 2, max);
+    /* LMDB unmaps the old map before it maps the new one, and a failed
+     * mmap (ulimit -v) leaves the environment with no map at all. Make
+     * sure the address space is there first (with the old map still in
+     * place, so this asks for more than the growth needs); without it the
+     * spool stays its size and reception answers 452 4.3.1. */
+    void *probe = mmap(NULL, want, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (probe == MAP_FAILED) {
+        log_error("spool %s: cannot grow map to %llu MB: %s", q->q_path,
+                  (unsigned long long)(want >> 20), strerror(errno));
+        return SL_EFULL;
+    }
+    munmap(probe, want);
+    int rc = mdb_env_set_mapsize(q->q_env, want);
+    if (rc != 0) {
+        /* Another thread took the address space between the probe and
+         * LMDB's mmap: the environment has no map now and cannot be
+         * used. Everything committed is on disk; a restart reopens it. */
+        log_error("spool %s: grow map to %llu: %s; the spool is unusable until a restart",
+                  q->q_path, (unsigned long long)want, mdb_strerror(rc));
+        _exit(70);
+    }
+    MDB_envinfo info;
+    mdb_env_info(q->q_env, &info);
+    q->q_map_size = info.me_mapsize;
+    log_info("spool %s: map grown to %llu MB", q->q_path,
+             (unsigned long long)(q->q_map_size >> 20));
+    q_stats_refresh(q);
+    return 0;
+}
+
+int q_insert_msg(queue_t *q, MDB_txn *txn, const queue_msg_in_t *m)
+{
+    buf_t *b = &q->q_scratch;
+    uint8_t key[Q_DUE_KEY_LEN];
+    int rc;
+
+    buf_reset(b);
+    q_msg_rec_t mr = {
+        .mr_flags = m->qm_flags,
+        .mr_arrival = m->qm_arrival,
+        .mr_nrcpt = (uint32_t)m->qm_nrcpt,
+        .mr_pending = (uint32_t)m->qm_nrcpt,
+        .mr_sender = m->qm_sender,
+        .mr_sender_len = (uint16_t)(m->qm_sender ? strlen(m->qm_sender) : 0),
+        .mr_job = m->qm_job,
+        .mr_job_len = (uint16_t)(m->qm_job ? strlen(m->qm_job) : 0),
+        .mr_envid = m->qm_envid,
+        .mr_envid_len = (uint16_t)(m->qm_envid ? strlen(m->qm_envid) : 0),
+        .mr_auth = m->qm_auth_user,
+        .mr_auth_len = (uint16_t)(m->qm_auth_user ? strlen(m->qm_auth_user) : 0),
+        .mr_ip = m->qm_client_ip,
+        .mr_ip_len = (uint16_t)strnlen(m->qm_client_ip, sizeof(m->qm_client_ip)),
+        .mr_dsn_for = m->qm_dsn_for,
+        .mr_dsn_job = m->qm_dsn_job,
+        .mr_dsn_job_len = (uint16_t)(m->qm_dsn_job ? strlen(m->qm_dsn_job) : 0),
+        .mr_body = NULL, /* copied below, straight into the reserved value */
+        .mr_body_len = (uint32_t)m->qm_body.b_len,
+    };
+    q_msg_encode(b, &mr);
+    q_msg_key(key, m->qm_id);
+    MDB_val k = {Q_MSG_KEY_LEN, key};
+    MDB_val v = {b->b_len + m->qm_body.b_len, NULL};
+    if ((rc = mdb_put(txn, q->q_dbi_msg, &k, &v, MDB_RESERVE)) != 0)
+        return rc;
+    memcpy(v.mv_data, b->b_data, b->b_len);
+    if (m->qm_body.b_len)
+        memcpy((char *)v.mv_data + b->b_len, m->qm_body.b_data, m->qm_body.b_len);
+
+    for (int i = 0; i < m->qm_nrcpt; i++) {
+        const queue_rcpt_in_t *r = &m->qm_rcpts[i];
+        q_rcpt_rec_t rr = {
+            .rr_notify = r->qr_notify,
+            .rr_next = m->qm_arrival,
+            .rr_addr = r->qr_addr,
+            .rr_addr_len = (uint16_t)strlen(r->qr_addr),
+            .rr_orcpt = r->qr_orcpt,
+            .rr_orcpt_len = (uint16_t)(r->qr_orcpt ? strlen(r->qr_orcpt) : 0),
+        };
+        buf_reset(b);
+        q_rcpt_encode(b, &rr);
+        q_rcpt_key(key, m->qm_id, (uint32_t)i);
+        k.mv_size = Q_RCPT_KEY_LEN;
+        v.mv_size = b->b_len;
+        v.mv_data = b->b_data;
+        if ((rc = mdb_put(txn, q->q_dbi_rcpt, &k, &v, 0)) != 0)
+            return rc;
+        q_due_key(key, m->qm_arrival, m->qm_id, (uint32_t)i);
+        k.mv_size = Q_DUE_KEY_LEN;
+        v.mv_size = 0;
+        v.mv_data = "";
+        if ((rc = mdb_put(txn, q->q_dbi_due, &k, &v, 0)) != 0)
+            return rc;
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------ the spool lock */
 
 /* The pid a lock holder wrote into the lock file, or 0 when there is none
@@ -415,6 +569,7 @@ static long lock_holder_pid(int fd)
  */
 int queue_spool_lock(const char *spool_path, int *fd_out, char *err, size_t errlen)
 {
+    SL_ASSERT_MAIN_THREAD();
     char path[1100];
     snprintf(path, sizeof(path), "%s/" QUEUE_LOCK_FILE, spool_path);
     bool writable = true;

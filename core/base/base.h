@@ -80,6 +80,12 @@ _Noreturn void sl_assert_fail(const char *expr, const char *file, int line, cons
 #endif
 #define SL_ASSERT_ON_THREAD(tid)                                                                   \
     SL_DEBUG_ASSERT(uv_thread_equal(&(uv_thread_t){uv_thread_self()}, &(tid)))
+/* The process's main thread: the one that runs main() (sluiced's main
+ * loop, control socket, start-up and shutdown), recorded before main() runs.
+ * SL_ASSERT_MAIN_THREAD(): the caller runs there ("Main thread." in a
+ * Thread: note). Any thread. */
+const uv_thread_t *sl_main_thread(void);
+#define SL_ASSERT_MAIN_THREAD() SL_ASSERT_ON_THREAD(*sl_main_thread())
 
 /* ---------------------------------------------------------------- memory */
 
@@ -303,27 +309,33 @@ void smtp_dot_stuff(buf_t *dst, const char *src, size_t len);
  * with tls_write(), and send whatever tls_pending_out() returns.
  */
 typedef struct tls_conn tls_conn_t;
+/* A context (certificate, key, verification store, settings): built once,
+ * shared by any threads, freed with tls_ctx_free. */
+typedef struct tls_ctx tls_ctx_t;
+/* A client session kept for resumption (per destination). */
+typedef struct tls_session tls_session_t;
 
 /* Server context from PEM files. NULL and *err set on failure. */
-void *tls_server_ctx_new(const char *cert_file, const char *key_file, char *err, size_t errlen);
+tls_ctx_t *tls_server_ctx_new(const char *cert_file, const char *key_file, char *err,
+                              size_t errlen);
 /* Generate a self-signed certificate and key for hostname (first start). */
 int tls_selfsigned_create(const char *cert_file, const char *key_file, const char *hostname,
                           char *err, size_t errlen);
-void tls_ctx_free(void *ctx);
+void tls_ctx_free(tls_ctx_t *ctx);
 
 /* Client context: verify_ca = CA file for "verify" policies (NULL = the
  * system store). Keeps a session cache so that tls_conn_new_client can
  * resume sessions per destination (see tls_session_*). */
-void *tls_client_ctx_new(const char *ca_file, char *err, size_t errlen);
+tls_ctx_t *tls_client_ctx_new(const char *ca_file, char *err, size_t errlen);
 
-tls_conn_t *tls_conn_new_server(void *ctx);
+tls_conn_t *tls_conn_new_server(tls_ctx_t *ctx);
 /* sni: server name to send (and to check when verify is true). */
-tls_conn_t *tls_conn_new_client(void *ctx, const char *sni, bool verify);
+tls_conn_t *tls_conn_new_client(tls_ctx_t *ctx, const char *sni, bool verify);
 /* Session resumption (client): the session to offer before the handshake,
  * and the one to keep after it (caller frees with tls_session_free). */
-void tls_conn_set_session(tls_conn_t *t, void *session);
-void *tls_conn_get_session(tls_conn_t *t);
-void tls_session_free(void *session);
+void tls_conn_set_session(tls_conn_t *t, tls_session_t *session);
+tls_session_t *tls_conn_get_session(tls_conn_t *t);
+void tls_session_free(tls_session_t *session);
 bool tls_conn_resumed(tls_conn_t *t);
 /* Peer certificate verification result (client with verify): 0 ok, or an
  * X509 error code; text in tls_last_error. */
@@ -469,5 +481,57 @@ void dns_query_txt(dns_resolver_t *r, const char *name, dns_txt_cb cb, void *arg
  * and an owned array (dns_txt_array_free; NULL when n is 0), or SL_EPARSE. */
 int dns_parse_txt(const unsigned char *abuf, int alen, char ***out, int *n, uint32_t *ttl);
 void dns_txt_array_free(char **txt, int n);
+
+/* ---------------------------------------------------------------- HTTP client */
+/*
+ * HTTP(S) GET on a libuv loop: libcurl's multi interface driven by the
+ * loop (core/base/http_client.c). One client per loop; every function
+ * below is called on that loop's thread. A request's callback always runs
+ * later on the loop, never inside http_get(), exactly once unless the
+ * request is cancelled. TLS: the peer's certificate chain (the CA file
+ * given, else the system store) and its name are verified; redirects are
+ * not followed (a 3xx is the answer); no proxy is used.
+ */
+typedef struct http_client http_client_t;
+typedef struct http_request http_request_t;
+
+typedef struct http_get_opts {
+    const char *hg_url;     /* "https://host[:port]/path" */
+    const char *hg_ca_file; /* PEM CA file; NULL or "": the system store */
+    const char *hg_host;    /* with hg_addrs: the URL's host and port, already resolved, */
+    int hg_port;            /* pinned to these addresses (tried in order; no DNS by curl) */
+    const sockaddr_any_t *hg_addrs;
+    int hg_naddrs;
+    size_t hg_max_body;     /* a larger body fails the request; 0: no bound */
+    uint64_t hg_timeout_ms; /* the whole request; 0: none */
+    const char *hg_accept;  /* the Accept header, or NULL */
+    bool hg_allow_http;     /* plain http:// too (tests); else https only */
+} http_get_opts_t;
+
+typedef struct http_response {
+    int hr_status;               /* the HTTP status, 0 when none came */
+    const char *hr_content_type; /* as the server gave it, or NULL */
+    const char *hr_body;         /* NUL-terminated ("" when none) */
+    size_t hr_len;
+    const char *hr_error; /* NULL: the response is complete; else why not ("timed out",
+                           * "response body larger than N bytes", the TLS or
+                           * connection error) */
+} http_response_t;
+
+/* r and everything in it are borrowed for the duration of the call. */
+typedef void (*http_done_cb)(void *arg, const http_response_t *r);
+
+/* A client on loop. 0, or SL_ECONFIG with err set (libcurl unusable).
+ * Loop thread (or before the loop runs). */
+int http_client_new(uv_loop_t *loop, http_client_t **out, char *err, size_t errlen);
+/* Cancel every request in flight (their callbacks never run) and close
+ * the handles; the memory goes in the last close callback, so the loop
+ * must run once more. Not from a request's callback. NULL allowed. */
+void http_client_free(http_client_t *c);
+/* Start a GET (o is copied). The request, or NULL when libcurl could not
+ * start one. */
+http_request_t *http_get(http_client_t *c, const http_get_opts_t *o, http_done_cb cb, void *arg);
+/* Stop a request in flight: its callback never runs. NULL allowed. */
+void http_request_cancel(http_request_t *r);
 
 #endif /* SLUICE_BASE_H */

@@ -7,6 +7,9 @@
  * an AUTH identity, a header value, a remote server's reply) safe to print
  * in a line: a peer must not be able to start a line of its own, nor send
  * control sequences to the terminal of the operator who reads the log.
+ *
+ * sl_assert_fail() (SL_ASSERT) and sl_main_thread() (SL_ASSERT_MAIN_THREAD)
+ * live here too: base.h's assertions.
  */
 #include "core/base/base.h"
 
@@ -171,4 +174,20 @@ void sl_assert_fail(const char *expr, const char *file, int line, const char *fu
 {
     log_write(LOG_ERROR, "assertion failed: %s (%s:%d, %s)", expr, file, line, func);
     abort();
+}
+
+/* Written once, by the loader's constructor pass on the thread that will
+ * run main(), before any other thread exists; read-only afterwards. It sits
+ * here, beside sl_assert_fail, so that every program that can assert links
+ * it (a static library keeps only the objects whose symbols are used). */
+static uv_thread_t sl_main_tid;
+
+__attribute__((constructor)) static void sl_main_tid_init(void)
+{
+    sl_main_tid = uv_thread_self();
+}
+
+const uv_thread_t *sl_main_thread(void)
+{
+    return &sl_main_tid;
 }

@@ -72,6 +72,25 @@ static void ssl_err_text(char *dst, size_t len, const char *what);
 static int mkdir_parents(const char *file);
 static tls_conn_t *conn_new(SSL_CTX *ctx, bool server);
 
+/* tls_ctx_t and tls_session_t are OpenSSL's SSL_CTX and SSL_SESSION under
+ * names of our own: base.h stays free of OpenSSL's headers, and a caller
+ * can no longer pass one for the other (both were void * once). The
+ * conversions are here and nowhere else. */
+static SSL_CTX *ssl_ctx(tls_ctx_t *c)
+{
+    return (SSL_CTX *)(void *)c;
+}
+
+static tls_ctx_t *our_ctx(SSL_CTX *c)
+{
+    return (tls_ctx_t *)(void *)c;
+}
+
+static SSL_SESSION *ssl_session(tls_session_t *s)
+{
+    return (SSL_SESSION *)(void *)s;
+}
+
 /* The newest queued OpenSSL error as "what: reason"; clears the queue. */
 static void ssl_err_text(char *dst, size_t len, const char *what)
 {
@@ -86,7 +105,7 @@ static void ssl_err_text(char *dst, size_t len, const char *what)
     ERR_clear_error();
 }
 
-void *tls_server_ctx_new(const char *cert_file, const char *key_file, char *err, size_t errlen)
+tls_ctx_t *tls_server_ctx_new(const char *cert_file, const char *key_file, char *err, size_t errlen)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
     if (ctx == NULL) {
@@ -116,13 +135,13 @@ void *tls_server_ctx_new(const char *cert_file, const char *key_file, char *err,
         ssl_err_text(err, errlen, "key does not match certificate");
         goto fail;
     }
-    return ctx;
+    return our_ctx(ctx);
 fail:
     SSL_CTX_free(ctx);
     return NULL;
 }
 
-void *tls_client_ctx_new(const char *ca_file, char *err, size_t errlen)
+tls_ctx_t *tls_client_ctx_new(const char *ca_file, char *err, size_t errlen)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
     if (ctx == NULL) {
@@ -147,12 +166,12 @@ void *tls_client_ctx_new(const char *ca_file, char *err, size_t errlen)
         SSL_CTX_free(ctx);
         return NULL;
     }
-    return ctx;
+    return our_ctx(ctx);
 }
 
-void tls_ctx_free(void *ctx)
+void tls_ctx_free(tls_ctx_t *ctx)
 {
-    SSL_CTX_free(ctx);
+    SSL_CTX_free(ssl_ctx(ctx));
 }
 
 /* mkdir -p of the directory holding file, each new directory 0755 whatever
@@ -325,14 +344,14 @@ static tls_conn_t *conn_new(SSL_CTX *ctx, bool server)
     return t;
 }
 
-tls_conn_t *tls_conn_new_server(void *ctx)
+tls_conn_t *tls_conn_new_server(tls_ctx_t *ctx)
 {
-    return conn_new(ctx, true);
+    return conn_new(ssl_ctx(ctx), true);
 }
 
-tls_conn_t *tls_conn_new_client(void *ctx, const char *sni, bool verify)
+tls_conn_t *tls_conn_new_client(tls_ctx_t *ctx, const char *sni, bool verify)
 {
-    tls_conn_t *t = conn_new(ctx, false);
+    tls_conn_t *t = conn_new(ssl_ctx(ctx), false);
     if (t == NULL)
         return NULL;
     if (sni != NULL && sni[0] != '\0') {
@@ -352,25 +371,25 @@ tls_conn_t *tls_conn_new_client(void *ctx, const char *sni, bool verify)
     return t;
 }
 
-void tls_conn_set_session(tls_conn_t *t, void *session)
+void tls_conn_set_session(tls_conn_t *t, tls_session_t *session)
 {
     if (session != NULL)
-        SSL_set_session(t->tc_ssl, session);
+        SSL_set_session(t->tc_ssl, ssl_session(session));
 }
 
-void *tls_conn_get_session(tls_conn_t *t)
+tls_session_t *tls_conn_get_session(tls_conn_t *t)
 {
     SSL_SESSION *s = SSL_get1_session(t->tc_ssl);
     if (s != NULL && !SSL_SESSION_is_resumable(s)) {
         SSL_SESSION_free(s);
         return NULL;
     }
-    return s;
+    return (tls_session_t *)(void *)s;
 }
 
-void tls_session_free(void *session)
+void tls_session_free(tls_session_t *session)
 {
-    SSL_SESSION_free(session);
+    SSL_SESSION_free(ssl_session(session));
 }
 
 bool tls_conn_resumed(tls_conn_t *t)

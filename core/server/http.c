@@ -95,6 +95,7 @@ static void conn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b)
 
 static void conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
 {
+    SL_ASSERT_MAIN_THREAD();
     http_conn_t *c = s->data;
     if (nread == 0)
         return;
@@ -211,6 +212,7 @@ static void conn_request(http_conn_t *c)
 
 static void accept_cb(uv_stream_t *server, int status)
 {
+    SL_ASSERT_MAIN_THREAD();
     http_metrics_t *hm = server->data;
     if (status < 0) {
         log_warn("http_metrics %s: accept: %s", hm->hm_addr, uv_strerror(status));
@@ -244,6 +246,7 @@ static void accept_cb(uv_stream_t *server, int status)
 /* Close connections that did not send a request head in time. */
 static void sweep_cb(uv_timer_t *t)
 {
+    SL_ASSERT_MAIN_THREAD();
     http_metrics_t *hm = t->data;
     uint64_t now = clock_mono_us();
     for (http_conn_t *c = hm->hm_conns; c; c = c->hc_next)
@@ -267,6 +270,7 @@ static void hm_closed_cb(uv_handle_t *h)
 int http_metrics_start(const char *addr, const control_env_t *env, http_metrics_t **out, char *err,
                        size_t errlen)
 {
+    SL_ASSERT_MAIN_THREAD();
     sockaddr_any_t sa;
     if (net_parse_hostport(addr, 0, &sa) != 0 ||
         ((struct sockaddr_in *)&sa)->sin_port == 0) { /* same offset for v6 */
@@ -299,6 +303,7 @@ int http_metrics_start(const char *addr, const control_env_t *env, http_metrics_
 
 void http_metrics_stop(http_metrics_t *hm)
 {
+    SL_ASSERT_MAIN_THREAD();
     if (hm == NULL || hm->hm_stopping)
         return;
     hm->hm_stopping = true;

@@ -28,12 +28,8 @@
  * Thread: everything here runs on the main thread.
  */
 #include "core/server/notify_int.h"
-#ifdef SLUICE_HAVE_DELIVERY
 #include "delivery/delivery.h"
-#endif
-#ifdef SLUICE_HAVE_DKIM
 #include "dkim/dkim.h"
-#endif
 
 #include <dirent.h>
 #include <errno.h>
@@ -65,9 +61,7 @@ typedef struct daemon_state {
     cfg_t *d_cfg;
     queue_t *d_queue;
     smtp_server_t *d_smtp;
-#ifdef SLUICE_HAVE_DELIVERY
     dlv_t *d_dlv;
-#endif
     control_t *d_ctl;
     uv_signal_t d_sigterm;
     uv_signal_t d_sigint;
@@ -145,9 +139,7 @@ static void daemon_stop_now(uv_idle_t *h)
     srv_notify_stopping();
     uint64_t t0 = clock_mono_us();
     smtp_server_stop(d->d_smtp, SHUTDOWN_GRACE_MS);
-#ifdef SLUICE_HAVE_DELIVERY
     dlv_stop(d->d_dlv);
-#endif
     queue_stop(d->d_queue);
     control_stop(d->d_ctl);
     d->d_ctl = NULL;
@@ -161,7 +153,7 @@ static void sighup_cb(uv_signal_t *h, int signum)
     char err[1024];
     log_info("signal %d (SIGHUP): reloading the configuration", signum);
     if (d->d_ctl != NULL && !d->d_stopping)
-        srv_reload(d->d_ctl, NULL, err, sizeof(err)); /* logs the outcome */
+        control_reload(d->d_ctl, NULL, err, sizeof(err)); /* logs the outcome */
 }
 
 static void signal_cb(uv_signal_t *h, int signum)
@@ -213,14 +205,13 @@ static int daemon_check_config(const cfg_t *cfg, char *err, size_t errlen)
     char e[768];
     bool hc = access(cfg->c_tls_cert, F_OK) == 0, hk = access(cfg->c_tls_key, F_OK) == 0;
     if (hc && hk) {
-        void *ctx = tls_server_ctx_new(cfg->c_tls_cert, cfg->c_tls_key, e, sizeof(e));
+        tls_ctx_t *ctx = tls_server_ctx_new(cfg->c_tls_cert, cfg->c_tls_key, e, sizeof(e));
         if (ctx == NULL) {
             snprintf(err, errlen, "%s: smtp.tls: %s", cfg->c_file, e);
             return SL_ECONFIG;
         }
         tls_ctx_free(ctx);
     }
-#ifdef SLUICE_HAVE_DELIVERY
     /* the rules' "loaded" line belongs to start-up, not to every check */
     int lvl = log_level_current;
     log_level_current = MAX(lvl, LOG_WARN);
@@ -232,7 +223,6 @@ static int daemon_check_config(const cfg_t *cfg, char *err, size_t errlen)
         snprintf(err, errlen, "%s", e);
         return SL_ECONFIG;
     }
-#endif
     return 0;
 }
 
@@ -555,7 +545,6 @@ static int daemon_fd_budget(daemon_state_t *d, char *err, size_t errlen)
 static int dkim_sign_tool(cfg_t *cfg, const char *path)
 {
     int rc = 2;
-#ifdef SLUICE_HAVE_DKIM
     char err[1024];
     const dkim_signer_t *signer = dkim_cfg_signer(cfg);
     if (signer == NULL) {
@@ -571,13 +560,14 @@ static int dkim_sign_tool(cfg_t *cfg, const char *path)
             n == 0 ? ": no key for the From domain and no esp_domain" : "");
     rc = n > 0 ? 0 : 1;
 out:
-#else
-    fprintf(stderr, "sluiced: --dkim-sign: built without dkim/\n");
-#endif
     cfg_unref(cfg);
     return rc;
 }
 
+/* Long: sluiced's life in the order it happens - options, the one-shot
+ * modes, the start-up sequence of the file header, the main loop, the
+ * shutdown - read top to bottom; every step is one call, the length is each
+ * step's own error exit. */
 int main(int argc, char **argv)
 {
     enum { OPT_CHECK = 256, OPT_CHECK_SPOOL, OPT_PRINT_DEFAULT, OPT_VERSION, OPT_DKIM_SIGN };
@@ -635,11 +625,9 @@ int main(int argc, char **argv)
 
     char err[1024] = "";
     cfg_t *cfg = NULL;
-#ifdef SLUICE_HAVE_DKIM
     /* every load (this one, reload) parses the DKIM keys into the snapshot:
      * a bad key stops start-up and refuses a reload */
     cfg_set_attach(dkim_cfg_attach);
-#endif
     /* Installed, with no -c: the configuration file of the layout. Missing,
      * it is a configuration error like any other, said with the way out. */
     if (conf == NULL && cfg_layout() == CFG_LAYOUT_FHS)
@@ -722,10 +710,8 @@ int main(int argc, char **argv)
         goto fail;
     if (smtp_server_new(cfg, d.d_queue, &d.d_smtp, err, sizeof(err)) != 0)
         goto fail;
-#ifdef SLUICE_HAVE_DELIVERY
     if (dlv_new(cfg, d.d_queue, &d.d_dlv, err, sizeof(err)) != 0)
         goto fail;
-#endif
     control_env_t env = {
         .ce_loop = d.d_loop,
         .ce_queue = d.d_queue,
@@ -733,9 +719,7 @@ int main(int argc, char **argv)
         .ce_start_us = clock_now_us(),
         .ce_shutdown = daemon_shutdown,
         .ce_arg = &d,
-#ifdef SLUICE_HAVE_DELIVERY
         .ce_dlv = d.d_dlv,
-#endif
     };
     if (control_start(cfg, &env, &d.d_ctl, err, sizeof(err)) != 0)
         goto fail;
@@ -767,12 +751,10 @@ int main(int argc, char **argv)
         log_error("cannot start the queue thread");
         abort();
     }
-#ifdef SLUICE_HAVE_DELIVERY
     if (dlv_start(d.d_dlv) != 0) {
         log_error("cannot start the delivery threads");
         abort();
     }
-#endif
     if (smtp_server_start(d.d_smtp) != 0) {
         log_error("cannot start the reception threads");
         abort();
@@ -806,9 +788,7 @@ fail:
         log_warn("main loop closed with handles open: %s", uv_strerror(lrc));
     free(d.d_loop);
     smtp_server_free(d.d_smtp);
-#ifdef SLUICE_HAVE_DELIVERY
     dlv_free(d.d_dlv);
-#endif
     queue_free(d.d_queue);
     queue_spool_unlock(lock_fd); /* after the spool is closed */
     cfg_set_current(NULL);

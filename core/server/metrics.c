@@ -20,10 +20,8 @@
  * Thread: main thread.
  */
 #include "core/server/ops_int.h"
-#ifdef SLUICE_HAVE_DELIVERY
 #include "delivery/delivery.h"
 #include <json-c/json.h>
-#endif
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -173,7 +171,6 @@ static void render_smtp(met_t *m, const smtp_server_stats_t *ss)
         ld(&ss->ss_mem_refused));
 }
 
-#ifdef SLUICE_HAVE_DELIVERY
 static void render_dlv(met_t *m, const dlv_stats_t *ds)
 {
     one(m, "sluice_delivery_connections_open", "gauge", "Open outbound SMTP connections.",
@@ -325,10 +322,10 @@ static void render_shaping(met_t *m, struct dlv *dlv)
     free(rows);
     json_object_put(sh);
 }
-#endif
 
 void metrics_render(const control_env_t *env, buf_t *out, bool openmetrics)
 {
+    SL_ASSERT_MAIN_THREAD();
     met_t m = {.m_out = out, .m_om = openmetrics};
     uint64_t now = env->ce_start_us > 1000000000000000ull ? clock_now_us() : clock_mono_us();
     if (openmetrics) {
@@ -343,12 +340,10 @@ void metrics_render(const control_env_t *env, buf_t *out, bool openmetrics)
         render_queue(&m, queue_stats(env->ce_queue));
     if (env->ce_smtp != NULL)
         render_smtp(&m, smtp_server_stats(env->ce_smtp));
-#ifdef SLUICE_HAVE_DELIVERY
     if (env->ce_dlv != NULL) {
         render_dlv(&m, dlv_stats(env->ce_dlv));
         render_shaping(&m, env->ce_dlv);
     }
-#endif
     if (openmetrics)
         buf_append_str(out, "# EOF\n");
 }

@@ -42,14 +42,10 @@ void srv_notify_stopping(void)
     srv_notify("STOPPING=1\nSTATUS=shutting down");
 }
 
-int srv_reload(control_t *ct, struct json_object *resp, char *err, size_t errlen)
+void srv_notify_reloading(void)
 {
     char m[128];
     snprintf(m, sizeof(m), "RELOADING=1\nMONOTONIC_USEC=%" PRIu64 "\nSTATUS=reloading",
              clock_mono_us());
     srv_notify(m);
-    int rc = control_reload(ct, resp, err, errlen);
-    srv_notify_ready(rc == 0 ? "running; configuration reloaded"
-                             : "running; reload refused, the configuration is unchanged");
-    return rc;
 }

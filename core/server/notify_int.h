@@ -1,7 +1,6 @@
 /*
  * core/server/notify_int.h - private to core/server: telling the service
- * manager (systemd, Type=notify) what state sluiced is in, and the reload
- * that both SIGHUP and `sluicectl reload` run.
+ * manager (systemd, Type=notify) what state sluiced is in.
  *
  * Without libsystemd at build time (SLUICE_HAVE_SYSTEMD unset) or without
  * $NOTIFY_SOCKET at run time these send nothing. docs/operations.md,
@@ -19,9 +18,9 @@
 void srv_notify_ready(const char *status);
 /* STOPPING=1: shutdown has begun. */
 void srv_notify_stopping(void);
-/* control_reload() between RELOADING=1 (with MONOTONIC_USEC, which
- * systemd 253 wants) and READY=1, so that `systemctl reload` waits for its
- * end whichever way it was asked for. Same contract as control_reload. */
-int srv_reload(control_t *ct, struct json_object *resp, char *err, size_t errlen);
+/* RELOADING=1 with MONOTONIC_USEC (which systemd 253 wants): a reload
+ * begins; READY=1 (srv_notify_ready) says it is over. reload.c's
+ * ctl_reload sends both, for SIGHUP and `sluicectl reload` alike. */
+void srv_notify_reloading(void);
 
 #endif /* SLUICE_NOTIFY_INT_H */

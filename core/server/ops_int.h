@@ -2,7 +2,8 @@
  * core/server/ops_int.h - private to core/server: the operator's side
  * channels next to the control socket: Prometheus metrics (metrics.c), the
  * optional HTTP /metrics listener (http.c) and configuration reload
- * (control.c). See docs/operations.md.
+ * (control_reload in control.c, the work in reload.c). See
+ * docs/operations.md.
  *
  * Thread: main thread (the main loop) for everything here.
  */

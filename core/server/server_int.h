@@ -65,7 +65,7 @@ typedef struct control_env {
     uv_loop_t *ce_loop; /* the main loop */
     queue_t *ce_queue;
     smtp_server_t *ce_smtp;
-    void *ce_dlv;                   /* dlv_t * when built with delivery (SLUICE_HAVE_DELIVERY) */
+    struct dlv *ce_dlv;             /* the delivery threads (delivery.h's dlv_t) */
     uint64_t ce_start_us;           /* start time, for uptime */
     void (*ce_shutdown)(void *arg); /* ask the daemon to shut down */
     void *ce_arg;

@@ -28,7 +28,6 @@
 #include "core/base/base.h"
 #include "config/config.h" /* the layouts' paths: macros only, nothing linked */
 
-#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <json-c/json.h>
@@ -565,7 +564,7 @@ static void grid_print(const char *const *hdr, int ncol, char **cells, size_t n,
                        int last_max)
 {
     int w[16];
-    assert(ncol <= (int)ARRAY_SIZE(w));
+    SL_ASSERT(ncol <= (int)ARRAY_SIZE(w));
     for (int j = 0; j < ncol; j++)
         w[j] = (int)strlen(hdr[j]);
     for (size_t i = 0; i < n * (size_t)ncol; i++)
@@ -721,7 +720,9 @@ static bool is_opt(const char *a, const char *name)
 
 /* The request for an operator command (queues, queue, suspend, resume,
  * suspended, retry, bounce, reload, metrics): 1 and *out, 0 when cmd is not
- * one of them, -1 after printing a usage error. */
+ * one of them, -1 after printing a usage error.
+ * Long: one branch per command, each next to its arguments as the usage
+ * text lists them; split up they would only be read side by side. */
 static int build_ops_request(const char *const *pos, int npos, const char *limit, json_object **out)
 {
     const char *cmd = pos[0];
@@ -1162,6 +1163,9 @@ static int build_request(const char *const *pos, int npos, const char *limit, ch
 
 /* ------------------------------------------------------------ main */
 
+/* Long: the options, then one dispatch per kind of command, each ending in
+ * one of the four exit codes of the file header; kept in one place so that
+ * every exit can be checked against that list at a glance. */
 int main(int argc, char **argv)
 {
     const char *sock = getenv("SLUICE_SOCKET");

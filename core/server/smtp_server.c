@@ -93,6 +93,10 @@ enum { AUTH_MECH_PLAIN = 1, AUTH_MECH_LOGIN };
 
 typedef struct smtp_thread smtp_thread_t;
 
+/* Debug builds check that reception-thread code runs on the thread that
+ * owns the loop (t_self): at every libuv callback, where that code starts. */
+#define SMTP_ASSERT_ON_LOOP(t) SL_ASSERT_ON_THREAD((t)->t_self)
+
 typedef struct sess {
     uv_tcp_t se_tcp;
     uv_timer_t se_timer;
@@ -168,7 +172,8 @@ struct smtp_thread {
     smtp_server_t *t_srv;
     int t_idx;
     uv_loop_t t_loop;
-    uv_thread_t t_tid;
+    uv_thread_t t_tid;  /* uv_thread_create's handle, for the join */
+    uv_thread_t t_self; /* set by the thread itself before its loop runs */
     int t_nlisten;
     uv_tcp_t t_listen[CFG_MAX_LISTEN];
     chan_t *t_chan;
@@ -191,7 +196,7 @@ struct smtp_server {
     atomic_uint_fast64_t s_cap_quiet;  /* refusals since then, not logged one by one */
     cfg_t *s_cfg;
     queue_t *s_q;
-    void *s_tls;
+    tls_ctx_t *s_tls;
     int s_nthr;
     smtp_thread_t *s_thr;
     bool s_started;
@@ -279,6 +284,7 @@ static void write_cb(uv_write_t *req, int status)
 {
     wreq_t *w = (wreq_t *)req;
     sess_t *s = w->w_sess;
+    SMTP_ASSERT_ON_LOOP(s->se_thr);
     free(w);
     if (s->se_closing)
         return;
@@ -351,6 +357,7 @@ static void sess_flush(sess_t *s)
 static void handle_closed_cb(uv_handle_t *h)
 {
     sess_t *s = h->data;
+    SMTP_ASSERT_ON_LOOP(s->se_thr);
     s->se_handles--;
     sess_maybe_free(s);
 }
@@ -497,11 +504,14 @@ static void sess_pause(sess_t *s)
 
 /* Replies went out: a session paused because its client did not read them
  * goes on once they are down to OUT_LOW (a whole batch may be written at
- * once, without a write callback: hence the loop). */
+ * once, without a write callback: hence the loop). The client read what
+ * it was sent, so it is not idle: the idle timeout runs again from here (a
+ * client that reads nothing never gets this far). */
 static void sess_drained(sess_t *s)
 {
     while (s->se_wpaused && !s->se_closing && !s->se_shutting && sess_out_pending(s) <= OUT_LOW) {
         s->se_wpaused = false;
+        s->se_last = uv_now(&s->se_thr->t_loop);
         sess_process(s);
         sess_flush(s);
     }
@@ -1071,7 +1081,7 @@ static void auth_done(sess_t *s, const char *user, const char *pass)
 
 static void cmd_starttls(sess_t *s)
 {
-    void *ctx = s->se_thr->t_srv->s_tls;
+    tls_ctx_t *ctx = s->se_thr->t_srv->s_tls;
     if (ctx == NULL) {
         sess_error(s, "502 5.5.1 Error: command not implemented");
         return;
@@ -1518,6 +1528,7 @@ static void data_done(sess_t *s)
 static void queue_reply_cb(chan_t *ch, chan_node_t *first, void *arg)
 {
     smtp_thread_t *t = arg;
+    SMTP_ASSERT_ON_LOOP(t);
     smtp_server_stats_t *st = &t->t_srv->s_stats;
     for (chan_node_t *n = first, *next; n != NULL; n = next) {
         next = n->cn_next;
@@ -1690,6 +1701,7 @@ static void tls_handshake_step(sess_t *s)
 static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
 {
     sess_t *s = st->data;
+    SMTP_ASSERT_ON_LOOP(s->se_thr);
     if (n < 0) {
         if (n != UV_EOF)
             log_debug("smtp client=%s read: %s", s->se_ip, uv_strerror((int)n));
@@ -1738,6 +1750,10 @@ static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
     }
     sess_process(s);
     sess_flush(s);
+    /* sess_process may have paused at OUT_HIGH with the replies still in
+     * se_out; when the flush hands them all to the kernel at once there is
+     * no write callback to resume the session: see here whether it can. */
+    sess_drained(s);
 }
 
 /* ------------------------------------------------------------ timer */
@@ -1772,6 +1788,7 @@ static void sess_timer_set(sess_t *s, uint64_t ms)
 static void sess_timer_cb(uv_timer_t *h)
 {
     sess_t *s = h->data;
+    SMTP_ASSERT_ON_LOOP(s->se_thr);
     if (s->se_closing)
         return;
     const cfg_t *cfg = s->se_cfg;
@@ -1841,6 +1858,7 @@ static void fd_cap_log(smtp_thread_t *t, sess_t *s, int cap)
 static void listen_cb(uv_stream_t *server, int status)
 {
     smtp_thread_t *t = server->data;
+    SMTP_ASSERT_ON_LOOP(t);
     smtp_server_t *srv = t->t_srv;
     if (status < 0) {
         log_warn("smtp accept: %s", uv_strerror(status));
@@ -1943,6 +1961,7 @@ static void thread_maybe_finish(smtp_thread_t *t)
 static void grace_cb(uv_timer_t *h)
 {
     smtp_thread_t *t = h->data;
+    SMTP_ASSERT_ON_LOOP(t);
     int n = 0;
     for (sess_t *s = t->t_sessions; s != NULL; s = s->se_next) {
         if (!s->se_closing) {
@@ -1958,6 +1977,7 @@ static void grace_cb(uv_timer_t *h)
 static void stop_async_cb(uv_async_t *h)
 {
     smtp_thread_t *t = h->data;
+    SMTP_ASSERT_ON_LOOP(t);
     if (t->t_stopping)
         return;
     t->t_stopping = true;
@@ -1983,6 +2003,7 @@ static void stop_async_cb(uv_async_t *h)
 static void thread_main(void *arg)
 {
     smtp_thread_t *t = arg;
+    t->t_self = uv_thread_self();
     char name[16];
     snprintf(name, sizeof(name), "smtp%d", t->t_idx);
     log_thread_name(name);
@@ -2139,6 +2160,7 @@ static void thread_teardown_unstarted(smtp_thread_t *t)
 
 int smtp_server_new(cfg_t *cfg, queue_t *q, smtp_server_t **out, char *err, size_t errlen)
 {
+    SL_ASSERT_MAIN_THREAD();
     smtp_server_t *srv = xcalloc(1, sizeof(*srv));
     int ninit = 0;
     pthread_mutex_init(&srv->s_cfg_lock, NULL);
@@ -2180,6 +2202,7 @@ fail:
 
 int smtp_server_start(smtp_server_t *s)
 {
+    SL_ASSERT_MAIN_THREAD();
     uint64_t cap = mem_budget_cap(s->s_cfg->c_smtp_max_memory, 0);
     if (cap < s->s_cfg->c_smtp_max_memory)
         log_warn("smtp: address space limit (ulimit -v): smtp.max_memory capped at %llu MB",
@@ -2202,6 +2225,7 @@ int smtp_server_start(smtp_server_t *s)
 
 void smtp_server_stop(smtp_server_t *s, uint64_t grace_ms)
 {
+    SL_ASSERT_MAIN_THREAD();
     if (s == NULL || !s->s_started || s->s_stopped)
         return;
     atomic_store(&s->s_grace_ms, grace_ms);
@@ -2214,6 +2238,7 @@ void smtp_server_stop(smtp_server_t *s, uint64_t grace_ms)
 
 void smtp_server_free(smtp_server_t *s)
 {
+    SL_ASSERT_MAIN_THREAD();
     if (s == NULL)
         return;
     if (s->s_started && !s->s_stopped)
@@ -2241,6 +2266,7 @@ void smtp_server_set_conn_cap(smtp_server_t *s, int cap, uint64_t nofile)
 
 void smtp_server_set_config(smtp_server_t *s, cfg_t *cfg)
 {
+    SL_ASSERT_MAIN_THREAD();
     cfg_t *nc = cfg_ref(cfg);
     pthread_mutex_lock(&s->s_cfg_lock);
     cfg_t *old = s->s_cfg;

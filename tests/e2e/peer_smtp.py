@@ -25,6 +25,7 @@ Options (all optional):
   --starttls-reply TEXT   answer STARTTLS with TEXT (e.g. "454 4.7.0 no")
   --ehlo-reply TEXT       answer EHLO with TEXT (e.g. "502 5.5.1 no EHLO")
   --greeting TEXT         the greeting line (default "220 NAME ESMTP")
+  --greeting-delay SECS   wait this long after accepting before the greeting
   --mail-reply TEXT       answer every MAIL with TEXT
   --rcpt-reply GLOB=[N:]TEXT
                           answer RCPT TO addresses matching GLOB (fnmatch,
@@ -55,8 +56,10 @@ What it writes to DIR:
                    "mail_params" (list, as sent), "rcpts": [{"addr",
                    "params"}], "size", "file" (the raw content, dots
                    unstuffed, in DIR), "eom_reply"}
-  events.jsonl    one line per reply sent that was not 2xx/3xx, and per
-                  connection opened/closed: for tests that check retries
+  events.jsonl    one line per reply sent that was not 2xx/3xx, per EHLO
+                  received, and per connection opened/closed, each with
+                  "t" (time.time() when it happened): for tests that check
+                  retries and the order of connections
   msg-<n>.eml     each message's content exactly as received
 
 Stops cleanly on SIGTERM (exit 0).
@@ -69,6 +72,7 @@ import os
 import signal
 import ssl
 import sys
+import time
 
 from aiosmtpd.smtp import SMTP, MISSING, syntax
 
@@ -92,6 +96,7 @@ def parse_args(argv):
     p.add_argument("--starttls-reply")
     p.add_argument("--ehlo-reply")
     p.add_argument("--greeting")
+    p.add_argument("--greeting-delay", type=float, default=0.0)
     p.add_argument("--mail-reply")
     p.add_argument("--rcpt-reply", action="append", default=[])
     p.add_argument("--max-rcpts")
@@ -129,6 +134,7 @@ class State:
         self.ev_log = open(os.path.join(opts.out, "events.jsonl"), "a", buffering=1)
 
     def event(self, **kw):
+        kw["t"] = time.time()
         self.ev_log.write(json.dumps(kw) + "\n")
 
     def rcpt_reply(self, addr):
@@ -173,6 +179,8 @@ class PeerSMTP(SMTP):
     async def push(self, status):
         if not self.greeted:
             self.greeted = True
+            if self.st.opts.greeting_delay > 0:
+                await asyncio.sleep(self.st.opts.greeting_delay)
             if self.st.opts.greeting:
                 status = self.st.opts.greeting
         code = status[:3]
@@ -189,6 +197,7 @@ class PeerSMTP(SMTP):
 
     @syntax("EHLO hostname")
     async def smtp_EHLO(self, hostname):
+        self.st.event(ev="ehlo", conn=self.conn_no, name=hostname)
         if self.st.opts.ehlo_reply:
             return await self.push(self.st.opts.ehlo_reply)
         return await super().smtp_EHLO(hostname)

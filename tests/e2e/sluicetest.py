@@ -18,11 +18,18 @@ wrote (accounting log, operational log). Use it from a test like this::
             # not 0 or a sanitizer reported an error; the temp dir is removed
 
 Environment: SLUICE_BUILD (build dir, default ../../build), SLUICE_SRC
-(source dir), SLUICE_KEEP_TMP=1 keeps temporary directories for debugging.
+(source dir), SLUICE_KEEP_TMP=1 keeps temporary directories for debugging,
+SLUICE_TEST_TIMEOUT (seconds, set by ctest: the file's budget, see main()).
 Runs under Debian's /usr/bin/python3; only the standard library is used.
 
-Nothing here leaves a process behind: every Daemon still running when the
-interpreter exits is killed (atexit).
+Run a test file with main() (tests/e2e/runner.py does it for ctest): a
+skipped test makes the file exit 77, which ctest reports as Skipped, never
+as Passed. A precondition the suite cannot do without (root, a package of
+.ci/deps, the release build) skips with require_root() or fails.
+
+Nothing here leaves a process behind: every Daemon, Sink, Peer and Dnsmasq
+still running when the interpreter exits is killed (atexit), and so is
+everything when the file overruns its budget.
 """
 import atexit
 import glob
@@ -34,8 +41,12 @@ import signal
 import smtplib
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
+import traceback
+import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.environ.get("SLUICE_SRC", os.path.abspath(os.path.join(HERE, "../..")))
@@ -54,6 +65,11 @@ SANITIZER_RE = re.compile(r"ERROR: (Address|Leak|Thread)Sanitizer|runtime error:
                           r"WARNING: ThreadSanitizer")
 
 _running = set()  # Daemons started and not yet stopped, killed at exit
+_children = set()  # other helpers' Popen objects (sinks, peers, dnsmasq), killed at exit
+
+# The exit status of a test file in which a test was skipped: ctest's
+# SKIP_RETURN_CODE (tests/CMakeLists.txt), so that a skip is never "Passed".
+SKIP_EXIT = 77
 
 
 @atexit.register
@@ -63,6 +79,102 @@ def _kill_leftovers():
             d.kill9()
         except Exception:
             pass
+    for p in list(_children):
+        try:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+        except Exception:
+            pass
+        _children.discard(p)
+
+
+def _spawn(args, **kw):
+    """subprocess.Popen, remembered so that nothing outlives the test file."""
+    p = subprocess.Popen(args, **kw)
+    _children.add(p)
+    return p
+
+
+def _reap(proc, timeout=10):
+    """SIGTERM proc, SIGKILL after timeout seconds; returns its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    _children.discard(proc)
+    return proc.returncode
+
+
+# ------------------------------------------------------------------ running a test file
+
+class _Result(unittest.TextTestResult):
+    current = None  # the result of the running file, for the watchdog
+
+    def startTestRun(self):
+        _Result.current = self
+        super().startTestRun()
+
+
+def _watchdog(budget, name):
+    """Within budget seconds the file must be done. At the budget, the
+    running test fails with a TimeoutError where it waits (its cleanups
+    stop its processes) and no further test starts; 30 s later, whatever
+    still runs is killed and the file exits 1. Either way the output says
+    so, instead of ctest killing the file silently at its TIMEOUT and
+    leaving its daemons running."""
+    def hard():
+        print("\n%s: still running 30 s after its %d s budget: killing everything"
+              % (name, budget), file=sys.stderr, flush=True)
+        _kill_leftovers()
+        os._exit(1)
+
+    def soft(signum, frame):
+        if _Result.current is not None:
+            _Result.current.stop()
+        t = threading.Timer(30, hard)
+        t.daemon = True
+        t.start()
+        raise TimeoutError("the test file overran its budget of %d s (SLUICE_TEST_TIMEOUT): "
+                           "this test was waiting here:\n%s"
+                           % (budget, "".join(traceback.format_stack(frame))))
+    signal.signal(signal.SIGALRM, soft)
+    signal.alarm(budget)
+
+
+def main(module="__main__", argv=None):
+    """Run a test module's tests (all, or those named on the command line,
+    as unittest.main does) and exit: 0 when every test ran and passed, 1
+    on a failure or when no test ran, SKIP_EXIT (77) when a test was
+    skipped, listing why. With SLUICE_TEST_TIMEOUT set (ctest sets its
+    TIMEOUT), a watchdog fails the file 30 s before ctest would kill it."""
+    budget = int(os.environ.get("SLUICE_TEST_TIMEOUT", "0") or 0)
+    if budget > 60:
+        _watchdog(budget - 30, getattr(module, "__file__", None) or sys.argv[0])
+    prog = unittest.main(module=module, argv=argv, exit=False, verbosity=2,
+                         testRunner=unittest.TextTestRunner(resultclass=_Result, verbosity=2))
+    signal.alarm(0)
+    r = prog.result
+    if not r.wasSuccessful():
+        sys.exit(1)
+    if r.testsRun == 0:
+        print("no test ran", file=sys.stderr)
+        sys.exit(1)
+    if r.skipped:
+        for test, why in r.skipped:
+            print("SKIPPED %s: %s" % (test.id(), why), file=sys.stderr)
+        sys.exit(SKIP_EXIT)
+    sys.exit(0)
+
+
+def require_root(why):
+    """Skip the calling test unless it runs as root (the file then exits
+    77: ctest shows it as Skipped, and CI fails on a skip)."""
+    if os.geteuid() != 0:
+        raise unittest.SkipTest("needs root: " + why)
 
 
 # ------------------------------------------------------------------ basics
@@ -72,22 +184,80 @@ def keep_tmp():
     return os.environ.get("SLUICE_KEEP_TMP", "") not in ("", "0")
 
 
+_base_tmp = None  # this test file's own directory for its temporary directories
+
+
 def make_tmpdir(prefix="sluice-e2e-"):
     """A new temporary directory (mode 0755, so that a test can run a
-    client as another user inside it). The caller removes it (rmtree)."""
-    d = tempfile.mkdtemp(prefix=prefix)
+    client as another user inside it). The caller removes it (rmtree).
+
+    It lives in a directory of this test file's own (/tmp/sluice-tests-*,
+    removed at exit unless SLUICE_KEEP_TMP=1): another suite on this
+    machine that cleans up /tmp/sluiced-* or /tmp/sink-* cannot remove a
+    running test's spool or log, and a killed test leaves one directory."""
+    global _base_tmp
+    if _base_tmp is None:
+        _base_tmp = tempfile.mkdtemp(prefix="sluice-tests-")
+        os.chmod(_base_tmp, 0o755)
+        if not keep_tmp():
+            atexit.register(shutil.rmtree, _base_tmp, True)
+    d = tempfile.mkdtemp(prefix=prefix, dir=_base_tmp)
     os.chmod(d, 0o755)
     return d
 
 
-def free_port(host="127.0.0.1"):
-    """A TCP port that was free a moment ago on host (bind port 0, read it
-    back, close). Another process may take it before you bind it: callers
-    that can retry on "address already in use" should."""
+_held = {}  # (host, port) -> the socket that holds it (free_port)
+
+
+def free_port(host="127.0.0.1", below=None):
+    """A TCP port on host reserved for this test file until release_port()
+    (or exit), so that nothing else takes it between now and the moment
+    our server binds it, and none of our ports is ever someone else's.
+
+    The port is held by a socket bound to it (exclusively: a socket of
+    another test doing the same cannot bind it) that then sets
+    SO_REUSEADDR and never listens. While it is held:
+      - a server of ours that binds it with SO_REUSEADDR (sluiced, the
+        sinks and libuv servers, aiosmtpd, smtp-sink, http.server) listens
+        on it normally, also again after a restart;
+      - no other socket can bind it without SO_REUSEADDR, a bind to port 0
+        never returns it, and no outgoing connection uses it;
+      - with no server on it, a connection is refused at once (RST): a
+        closed port, e.g. a route that must defer.
+    below: a port under this number (e.g. 1024: root only), tried upwards
+    from 700.
+    A server that binds it without SO_REUSEADDR (a plain socket.bind, a
+    socketserver.TCPServer) gets EADDRINUSE: release_port() first, or bind
+    port 0 and read the port back, as Sink and Peer do."""
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(fam, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    candidates = [0] if below is None else range(700, below)
+    for port in candidates:
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        try:
+            s.bind((host, port))
+        except OSError:
+            s.close()
+            continue
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        port = s.getsockname()[1]
+        _held[(host, port)] = s
+        return port
+    raise RuntimeError("no free port below %s on %s" % (below, host))
+
+
+def release_port(port, host="127.0.0.1"):
+    """Give back a port of free_port()."""
+    s = _held.pop((host, port), None)
+    if s is not None:
+        s.close()
+
+
+def udp_blackhole():
+    """(socket, port): a UDP port on 127.0.0.1 that receives and never
+    answers (a DNS server that does not reply). Close the socket when done."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    return s, s.getsockname()[1]
 
 
 def wait_for(pred, timeout=10.0, interval=0.02, what="condition"):
@@ -133,13 +303,32 @@ def wait_for_socket(path, timeout=10.0, proc=None):
     wait_for(ready, timeout, what="control socket " + path)
 
 
-def wait_for_port(host, port, timeout=10.0, proc=None):
-    """Wait until host:port accepts TCP connections (see wait_for_socket)."""
+def smtp_greets(host, port):
+    """True when an SMTP server on host:port accepted a connection and
+    said something (its greeting, or a 421): unlike a bare connect, the
+    server has then taken the connection off its accept queue, so the probe
+    cannot be counted later, as a session the test did not open."""
+    try:
+        with socket.create_connection((host, port), timeout=5) as s:
+            s.settimeout(5)
+            try:
+                return s.recv(512) != b""
+            except socket.timeout:
+                return False
+    except OSError:
+        return False
+
+
+def wait_for_port(host, port, timeout=10.0, proc=None, smtp=False):
+    """Wait until host:port accepts TCP connections (see wait_for_socket);
+    with smtp, until the server there has greeted a probe (smtp_greets)."""
+    probe = smtp_greets if smtp else tcp_connectable
+
     def ready():
         if proc is not None and proc.poll() is not None:
             raise RuntimeError("process exited with %s before %s:%d was ready"
                                % (proc.returncode, host, port))
-        return tcp_connectable(host, port)
+        return probe(host, port)
     wait_for(ready, timeout, what="%s:%d" % (host, port))
 
 
@@ -170,13 +359,43 @@ class Result:
         return "Result(rc=%d, out=%r, err=%r)" % (self.rc, self.out[:200], self.err[:200])
 
 
+_copies = {}  # binary of the build -> its copy that every user can run
+
+
+def runnable_by_anyone(path):
+    """path, or for a binary of the build a copy of it in a directory every
+    user can read (made once per test file, removed at exit). A checkout
+    in a home directory (/root is 0700) cannot be reached by another user:
+    running build/.../sluicectl as nobody there fails before main() (the
+    kernel or ld.so is refused the path), which says nothing about sluice.
+    The binaries link sluice's own libraries statically, so the copy is
+    the same program."""
+    path = os.path.abspath(path)
+    if not path.startswith(os.path.abspath(BUILD) + os.sep):
+        return path
+    if path not in _copies:
+        d = make_tmpdir("sluice-bin-")  # removed at exit with the file's directory
+        dst = os.path.join(d, os.path.basename(path))
+        shutil.copy2(path, dst)
+        os.chmod(dst, 0o755)
+        _copies[path] = dst
+    return _copies[path]
+
+
+def as_user(args, user):
+    """args run as user (group nogroup, no supplementary groups) through
+    setpriv, with a build binary replaced by runnable_by_anyone()."""
+    args = [str(a) for a in args]
+    return (["setpriv", "--reuid=" + user, "--regid=nogroup", "--clear-groups",
+             runnable_by_anyone(args[0])] + args[1:])
+
+
 def run(args, timeout=60, user=None, env=None, input=None):
     """Run a command, capture text output, return a Result. user="nobody"
-    runs it through setpriv as that user (group nogroup, no supplementary
-    groups)."""
+    runs it as that user (as_user())."""
     args = [str(a) for a in args]
     if user is not None:
-        args = ["setpriv", "--reuid=" + user, "--regid=nogroup", "--clear-groups"] + args
+        args = as_user(args, user)
     p = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env,
                        input=input)
     return Result(args, p.returncode, p.stdout, p.stderr)
@@ -275,7 +494,13 @@ class Daemon:
     and mail stays queued). smtp_extra: text put inside smtp { }.
 
     Attributes: dir, conf_path, spool, ctl_socket, acct_dir, cert, key,
-    smtp_port, smtp_host, stderr_path, proc, exit_code.
+    smtp_port, smtp_host, stderr_path, proc, exit_code. smtp_port and
+    closed_port are reserved with free_port() until cleanup(): the daemon
+    finds its port again after a restart. start() returns once sluiced said
+    it is ready.
+
+    In a unittest, self.addCleanup(d.close) stops it at the end of the test
+    and fails the test unless it exited 0 without a sanitizer report.
     """
 
     def __init__(self, tmpdir=None, extra_conf="", conf_text=None, log_level="info",
@@ -322,13 +547,23 @@ class Daemon:
 
     # -- process control
 
+    READY = " ready: config="  # sluiced's last start-up line (log level info)
+
     def start(self, timeout=30, wait=True):
         """Start sluiced -c conf_path (stderr to stderr_path) and, with
-        wait, return once the control socket and the SMTP port answer.
-        Raises RuntimeError with the daemon's stderr if it exits first."""
+        wait, return once the control socket and the SMTP port answer and
+        the daemon has logged that it is ready (every thread started, the
+        privileges dropped; not awaited when the configuration logs at warn
+        or error only). Raises RuntimeError with the daemon's stderr if it
+        exits first."""
         if self.proc is not None and self.proc.poll() is None:
             raise RuntimeError("already running")
         self.exit_code = None
+        readies = self.stderr().count(self.READY)
+        with open(self.conf_path) as f:
+            # the ready line is not on stderr with a log file or above info
+            quiet = re.search(r"(?m)^\s*(level\s*=\s*\"?(warn|error)\b|file\s*=)",
+                              f.read()) is not None
         self._err = open(self.stderr_path, "ab")
         self.proc = subprocess.Popen(self.wrapper + [self.sluiced, "-c", self.conf_path],
                                      stdin=subprocess.DEVNULL,
@@ -338,7 +573,13 @@ class Daemon:
         if wait:
             try:
                 wait_for_socket(self.ctl_socket, timeout, self.proc)
-                wait_for_port(self.smtp_host, self.smtp_port, timeout, self.proc)
+                wait_for_port(self.smtp_host, self.smtp_port, timeout, self.proc, smtp=True)
+                if not quiet:
+                    def ready():
+                        if self.proc.poll() is not None:
+                            raise RuntimeError("sluiced exited with %s" % self.proc.returncode)
+                        return self.stderr().count(self.READY) > readies
+                    wait_for(ready, timeout, what="sluiced's ready line")
             except (RuntimeError, TimeoutError) as e:
                 self.kill9()
                 raise RuntimeError("sluiced did not start: %s\n--- stderr ---\n%s"
@@ -390,11 +631,25 @@ class Daemon:
                                     self.stderr()[-20000:]))
 
     def cleanup(self):
-        """Kill if still running and remove the directory if it was ours."""
+        """Kill if still running, give back the reserved ports and remove the
+        directory if it was ours."""
         if self.running():
             self.kill9()
+        release_port(self.smtp_port, self.smtp_host)
+        release_port(self.closed_port)
         if self._own_dir and not keep_tmp():
             shutil.rmtree(self.dir, ignore_errors=True)
+
+    def close(self):
+        """The end of a test (addCleanup(d.close)): a daemon still running is
+        stopped with SIGTERM and must exit 0 without a sanitizer report
+        (AssertionError otherwise); then cleanup(). A daemon the test killed
+        on purpose (kill9) is left as it is."""
+        try:
+            if self.running():
+                self.stop(check=True)
+        finally:
+            self.cleanup()
 
     def __enter__(self):
         if not self.running():
@@ -560,7 +815,7 @@ class Dnsmasq:
                     raise
 
     def start(self, *opts):
-        self.proc = subprocess.Popen(
+        self.proc = _spawn(
             ["dnsmasq", "--no-daemon", "--port=%d" % self.port, "--listen-address=127.0.0.1",
              "--bind-interfaces", "--no-resolv", "--no-hosts", "--log-facility=-"] + list(opts),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -576,13 +831,38 @@ class Dnsmasq:
         self.start(*opts)
 
     def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            _reap(self.proc)
+
+
+class NetNs:
+    """A private network namespace with nothing in it but a loopback
+    interface (up): a test that needs a fixed port, e.g. the default
+    configuration's 127.0.0.1:2525, gets it there whatever else runs on
+    this machine, and nothing inside reaches the network. Needs root.
+    cmd(args) is args run inside it (nsenter); Unix sockets (the control
+    socket) are files and work from outside as usual. stop() ends it."""
+
+    def __init__(self):
+        require_root("a private network namespace (unshare --net)")
+        self.proc = _spawn(["unshare", "--net", "--", "sh", "-c",
+                            "ip link set lo up && exec sleep 3600"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise RuntimeError("unshare --net failed: %s" % self.proc.stderr.read().decode())
+            with open("/proc/%d/comm" % self.proc.pid) as f:
+                return f.read().strip() == "sleep"  # lo is up
+        wait_for(ready, 10, what="the network namespace")
+        self.path = "/proc/%d/ns/net" % self.proc.pid
+
+    def cmd(self, args):
+        return ["nsenter", "--net=" + self.path, "--"] + [str(a) for a in args]
+
+    def stop(self):
+        _reap(self.proc)
+        self.proc.stderr.close()
 
 
 def udp_dns_answers(port):
@@ -604,9 +884,10 @@ class Sink:
     """One sluice-sink storing every message (--store) on 127.0.0.1.
 
     args: extra sink arguments (e.g. "--no-starttls", "--tls-generate", DIR).
-    port: 0 = any free port (read back from --port-file). Attributes: dir,
-    store, port, proc. stop() ends it and removes dir (unless
-    SLUICE_KEEP_TMP=1)."""
+    port: 0 = any free port (read back from --port-file), or a port of
+    free_port(). Attributes: dir, store, port, proc. stop() ends it (SIGTERM),
+    fails unless it exited 0 without a sanitizer report, and removes dir
+    (unless SLUICE_KEEP_TMP=1). In a unittest: self.addCleanup(sink.stop)."""
 
     def __init__(self, *args, port=0, prefix="sink-"):
         self.dir = make_tmpdir(prefix)
@@ -615,11 +896,14 @@ class Sink:
         self.errf = open(os.path.join(self.dir, "stderr"), "w+")
         cmd = [SINK, "-l", "127.0.0.1:%d" % port, "--port-file", port_file, "--store",
                self.store, "--hostname", "sink.test"] + list(args)
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.errf)
+        self.proc = _spawn(cmd, stdout=subprocess.DEVNULL, stderr=self.errf)
+        self.exit_code = None
 
         def ready():
             if self.proc.poll() is not None:
-                raise RuntimeError("sink exited: %s" % self.proc.returncode)
+                self.errf.seek(0)
+                raise RuntimeError("sink exited %s: %s" % (self.proc.returncode,
+                                                           self.errf.read()[-2000:]))
             if not os.path.exists(port_file):
                 return False
             with open(port_file) as f:
@@ -658,17 +942,26 @@ class Sink:
         return wait_for(lambda: len(self.messages()) >= n and self.messages(), timeout,
                         what="%d messages at the sink" % n)
 
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.errf.close()
-        if not keep_tmp():
-            shutil.rmtree(self.dir, ignore_errors=True)
+    def stop(self, check=True):
+        """SIGTERM and wait (idempotent). With check, AssertionError unless
+        it exited 0 with no sanitizer report in its stderr."""
+        if self.exit_code is None:
+            self.exit_code = _reap(self.proc)
+            self.errf.seek(0)
+            self._err_text = self.errf.read()
+            self.errf.close()
+            if not keep_tmp():
+                shutil.rmtree(self.dir, ignore_errors=True)
+        bad = sanitizer_errors(self._err_text)
+        if check and (self.exit_code != 0 or bad):
+            raise AssertionError("sluice-sink exited %s%s\n%s" % (
+                self.exit_code, " (sanitizer report)" if bad else "", self._err_text[-5000:]))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.stop(check=exc_type is None)
 
 
 # ------------------------------------------------------------------ a peer we did not write
@@ -694,7 +987,8 @@ class Peer:
     Keyword switches map to peer_smtp.py's options (see its docstring):
     pipelining=True, no_8bitmime=True, smtputf8=True, dsn=True, size=N,
     no_size=True, starttls=True (a fresh self-signed certificate),
-    starttls_reply, ehlo_reply, greeting, mail_reply, data_reply, data_no_rcpts,
+    starttls_reply, ehlo_reply, greeting, greeting_delay=SECONDS, mail_reply,
+    data_reply, data_no_rcpts,
     hangup_in_data=N, wire=True, rcpt_reply=[...], eom_reply=[...],
     reply_encoding="latin-1" (raw bytes 0x80-0xFF in replies),
     max_rcpts="N[:TEXT]". Attributes: dir, port, proc. stop() checks that
@@ -721,7 +1015,7 @@ class Peer:
                 cmd += [opt, str(v)]
         self.cmd = cmd
         self.errf = open(os.path.join(self.dir, "stderr"), "w+")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.errf)
+        self.proc = _spawn(cmd, stdout=subprocess.DEVNULL, stderr=self.errf)
 
         def ready():
             if self.proc.poll() is not None:
@@ -773,21 +1067,16 @@ class Peer:
         return out
 
     def stop(self, check=True):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.errf.seek(0)
-        err = self.errf.read()
-        self.errf.close()
+        if not self.errf.closed:
+            _reap(self.proc)
+            self.errf.seek(0)
+            self._err_text = self.errf.read()
+            self.errf.close()
+            if not keep_tmp():
+                shutil.rmtree(self.dir, ignore_errors=True)
         rc = self.proc.returncode
-        if not keep_tmp():
-            shutil.rmtree(self.dir, ignore_errors=True)
         if check and rc != 0:
-            raise AssertionError("peer_smtp.py exited %s: %s" % (rc, err[-2000:]))
+            raise AssertionError("peer_smtp.py exited %s: %s" % (rc, self._err_text[-2000:]))
 
     def __enter__(self):
         return self

@@ -125,31 +125,23 @@ def strip_received(raw):
 # ------------------------------------------------------------------ tests
 
 class DeliveryTest(unittest.TestCase):
-
-    def setUp(self):
-        self.cleanups = []
-
-    def tearDown(self):
-        for fn in reversed(self.cleanups):
-            try:
-                fn()
-            except Exception:
-                pass
+    # Cleanups (addCleanup) run even when the test failed, each one's error
+    # is reported: a daemon or a sink that does not exit 0 fails the test.
 
     def tmpdir(self):
         d = st.make_tmpdir("dlv-tls-")
         if not st.keep_tmp():
-            self.cleanups.append(lambda: shutil.rmtree(d, ignore_errors=True))
+            self.addCleanup(shutil.rmtree, d, True)
         return d
 
     def sink(self, *args):
         s = st.Sink(*args, prefix="dlv-sink-")
-        self.cleanups.append(s.stop)
+        self.addCleanup(s.stop)
         return s
 
     def daemon(self, **kw):
         d = make_daemon(**kw)
-        self.cleanups.append(d.cleanup)
+        self.addCleanup(d.close)
         d.start()
         return d
 
@@ -192,8 +184,12 @@ class DeliveryTest(unittest.TestCase):
         send(d, ["dave@a.example"])
         rec = wait_acct(d, "transient", "dave@a.example")[0]
         self.assertEqual(rec["status"], "4.7.4")
-        time.sleep(0.5)
-        self.assertEqual(sink.messages(), [])  # never sent in plaintext
+        # never sent in plaintext, not even on a retry (retry 1 s): wait for
+        # the second and third attempts to have failed the same way
+        recs = wait_acct(d, "transient", "dave@a.example", n=3)
+        self.assertEqual([r["status"] for r in recs], ["4.7.4"] * len(recs))
+        self.assertEqual(sink.messages(), [])
+        self.assertEqual(acct(d, "delivery"), [])
         d.stop()
 
     def test_tls_verify_untrusted_certificate_defers(self):
@@ -201,10 +197,12 @@ class DeliveryTest(unittest.TestCase):
         d = self.daemon(routes={"a.example": "127.0.0.1:%d" % sink.port},
                         delivery='    tls_policy {\n        "a.example" = verify;\n    }\n')
         send(d, ["vera@a.example"])
-        rec = wait_acct(d, "transient", "vera@a.example")[0]
-        self.assertIn(rec["status"], ("4.7.5", "4.7.4"))
-        time.sleep(0.5)
-        self.assertEqual(sink.messages(), [])  # no fallback to plaintext
+        # no fallback to plaintext, not on a retry either (retry 1 s)
+        recs = wait_acct(d, "transient", "vera@a.example", n=3)
+        self.assertEqual([r["status"] for r in recs], ["4.7.5"] * len(recs), recs)
+        self.assertRegex(recs[0]["text"], r"(?i)certificate")
+        self.assertEqual(sink.messages(), [])
+        self.assertEqual(acct(d, "delivery"), [])
         d.stop()
 
     def test_several_recipients_one_transaction(self):
@@ -212,12 +210,12 @@ class DeliveryTest(unittest.TestCase):
         d = self.daemon(routes={"a.example": "127.0.0.1:%d" % sink.port})
         rcpts = ["r1@a.example", "r2@a.example", "r3@a.example"]
         send(d, rcpts)
-        msgs = sink.wait_messages(1)
-        time.sleep(0.5)
+        recs = wait_acct(d, "delivery", n=3)
+        d.wait_queue(0)  # every recipient has its outcome: nothing more will be sent
         msgs = sink.messages()
-        self.assertEqual(len(msgs), 1)
+        self.assertEqual(len(msgs), 1)  # one transaction, not three
         self.assertEqual(sorted(msgs[0][0]["rcpts"]), rcpts)
-        wait_acct(d, "delivery", n=3)
+        self.assertEqual(sorted(r["recipient"] for r in recs), rcpts)
         d.stop()
 
     # -- DNS
@@ -225,10 +223,10 @@ class DeliveryTest(unittest.TestCase):
     def test_mx_fallback_when_first_mx_refuses(self):
         sink = self.sink("--no-starttls")
         dns = st.Dnsmasq("--mx-host=a.example,mx1.a.example,10",
-                      "--mx-host=a.example,mx2.a.example,20",
-                      "--host-record=mx1.a.example,127.0.0.2",
-                      "--host-record=mx2.a.example,127.0.0.1")
-        self.cleanups.append(dns.stop)
+                         "--mx-host=a.example,mx2.a.example,20",
+                         "--host-record=mx1.a.example,127.0.0.2",
+                         "--host-record=mx2.a.example,127.0.0.1")
+        self.addCleanup(dns.stop)
         d = self.daemon(delivery='    resolvers = "127.0.0.1:%d";\n    port = %d;\n'
                         % (dns.port, sink.port))
         send(d, ["erin@a.example"])
@@ -237,12 +235,14 @@ class DeliveryTest(unittest.TestCase):
         rec = wait_acct(d, "delivery", "erin@a.example")[0]
         self.assertEqual(rec["mx"], "mx2.a.example")
         self.assertEqual(rec["mx_ip"], "127.0.0.1")
-        self.assertIn("127.0.0.2", d.stderr())  # the first MX was tried
+        # the first MX was tried (its address refuses: nothing listens on
+        # 127.0.0.2 at the sink's port) before the second
+        self.assertRegex(d.stderr(), r"mx1\.a\.example\[127\.0\.0\.2\]")
         d.stop()
 
     def test_null_mx_and_nxdomain_bounce(self):
         dns = FakeDns({("null.example", "MX"): [(0, "")]}, nxdomain={"nx.example"})
-        self.cleanups.append(dns.stop)
+        self.addCleanup(dns.stop)
         d = self.daemon(delivery='    resolvers = "127.0.0.1:%d";\n' % dns.port,
                         queue=FAST_QUEUE.replace("}", "    dsn = false;\n}"))
         send(d, ["x@null.example"])
@@ -259,10 +259,8 @@ class DeliveryTest(unittest.TestCase):
         d.stop()
 
     def test_dns_failure_defers(self):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind(("127.0.0.1", 0))
-        dead = s.getsockname()[1]
-        s.close()  # nothing answers there
+        s, dead = st.udp_blackhole()  # a DNS server that never answers
+        self.addCleanup(s.close)
         d = self.daemon(delivery='    resolvers = "127.0.0.1:%d";\n' % dead)
         send(d, ["z@unresolvable.example"])
         rec = wait_acct(d, "transient", "z@unresolvable.example")[0]
@@ -320,7 +318,7 @@ class DeliveryTest(unittest.TestCase):
 
     def test_endless_reply_defers(self):
         srv = RawServer("endless")
-        self.cleanups.append(srv.stop)
+        self.addCleanup(srv.stop)
         d = self.daemon(routes={"a.example": "127.0.0.1:%d" % srv.port})
         send(d, ["long@a.example"])
         rec = wait_acct(d, "transient", "long@a.example")[0]
@@ -330,7 +328,7 @@ class DeliveryTest(unittest.TestCase):
 
     def test_silent_server_times_out(self):
         srv = RawServer("silent")
-        self.cleanups.append(srv.stop)
+        self.addCleanup(srv.stop)
         d = self.daemon(routes={"a.example": "127.0.0.1:%d" % srv.port},
                         delivery="    greeting_timeout = 1s;\n")
         t0 = time.monotonic()
@@ -342,10 +340,8 @@ class DeliveryTest(unittest.TestCase):
         d.stop()
 
     def test_dead_destination_marked_down(self):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.bind(("127.0.0.1", 0))
-        closed = s.getsockname()[1]
-        s.close()
+        closed = st.free_port()  # held, nobody listens: refused
+        self.addCleanup(st.release_port, closed)
         d = self.daemon(routes={"down.example": "127.0.0.1:%d" % closed},
                         delivery="    dead_after_failures = 2;\n    dead_time = 1m;\n")
         send(d, ["a@down.example"])
@@ -401,4 +397,4 @@ class DeliveryTest(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    st.main()

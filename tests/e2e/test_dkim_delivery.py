@@ -14,15 +14,12 @@ keys stay), and `sluiced --dkim-sign`.
 Run: SLUICE_BUILD=... /usr/bin/python3 tests/e2e/test_dkim_delivery.py
 """
 import base64
-import glob
 import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import unittest
 
 import dkim
@@ -59,6 +56,36 @@ def strip_received(raw):
     while raw[i:i + 1] in (b" ", b"\t"):
         i = raw.index(b"\r\n", i) + 2
     return raw[i:]
+
+
+def der_int(v):
+    b = v.to_bytes(max(1, (v.bit_length() + 8) // 8), "big")
+    n = len(b)
+    return b"\x02" + (bytes([n]) if n < 128 else bytes([0x82, n >> 8, n & 0xff])) + b
+
+
+def key_that_cannot_sign(good, path):
+    """Write to path the RSA key of the PEM file good with its prime p set
+    to 0 (PKCS#1 RSAPrivateKey, DER by hand). It parses as a 2048-bit RSA
+    private key, so start-up accepts it, but OpenSSL fails every signature
+    with it: a signing failure at run time."""
+    text = subprocess.run(["openssl", "rsa", "-in", good, "-noout", "-text"], check=True,
+                          capture_output=True, text=True).stdout
+
+    def field(name):
+        m = re.search(name + r":\s*\n((?:\s+[0-9a-f:]+\n)+)", text)
+        return int(re.sub(r"[:\s]", "", m.group(1)), 16)
+    ints = [0, field("modulus"), 65537, field("privateExponent"), 0, field("prime2"),
+            field("exponent1"), field("exponent2"), field("coefficient")]
+    self_check = re.search(r"publicExponent: (\d+)", text)
+    assert self_check and int(self_check.group(1)) == 65537, text[:300]
+    body = b"".join(der_int(v) for v in ints)
+    der = b"\x30\x82" + len(body).to_bytes(2, "big") + body
+    b64 = base64.b64encode(der).decode()
+    with open(path, "w") as f:
+        f.write("-----BEGIN RSA PRIVATE KEY-----\n%s\n-----END RSA PRIVATE KEY-----\n"
+                % "\n".join(b64[i:i + 64] for i in range(0, len(b64), 64)))
+    os.chmod(path, 0o600)
 
 
 def message(frm, to, body, subject="dkim test"):
@@ -101,16 +128,6 @@ class DkimDelivery(unittest.TestCase):
         if not st.keep_tmp():
             shutil.rmtree(cls.dir, ignore_errors=True)
 
-    def setUp(self):
-        self.cleanups = []
-
-    def tearDown(self):
-        for fn in reversed(self.cleanups):
-            try:
-                fn()
-            except Exception:
-                pass
-
     # -- helpers
 
     def dnsfunc(self, name, timeout=5):
@@ -129,13 +146,13 @@ class DkimDelivery(unittest.TestCase):
 
     def sink(self):
         s = st.Sink("--no-starttls", prefix="dkim-sink-")
-        self.cleanups.append(s.stop)
+        self.addCleanup(s.stop)
         return s
 
     def daemon(self, sink, dkim_conf, start=True):
         d = st.Daemon(routes={"a.example": "127.0.0.1:%d" % sink.port},
                       extra_conf=dkim_conf + FAST_QUEUE)
-        self.cleanups.append(d.cleanup)
+        self.addCleanup(d.close)
         if start:
             d.start()
         return d
@@ -202,8 +219,7 @@ class DkimDelivery(unittest.TestCase):
         rcpts = ["r1@a.example", "r2@a.example", "r3@a.example"]
         sent = self.send(d, rcpts)
         sink.wait_messages(1)
-        d.wait_queue(0)
-        time.sleep(0.5)
+        d.wait_queue(0)  # every recipient has its outcome: nothing more will be sent
         msgs = sink.messages()
         self.assertEqual(len(msgs), 1, [m[0] for m in msgs])
         env, raw = msgs[0]
@@ -259,6 +275,40 @@ class DkimDelivery(unittest.TestCase):
         _, raw = sink.wait_messages(1)[0]
         self.assertEqual(split_signatures(raw)[0], [])
         self.assertEqual(strip_received(raw), sent)
+        d.wait_queue(0)
+        d.stop()
+
+    def test_signing_failure_at_run_time_defers(self):
+        """README: "a signing failure at run time defers, never sends
+        unsigned". The RSA key loads (start-up and --check-config accept
+        it) but cannot sign: every attempt defers 4.3.0 and nothing reaches
+        the sink, not even with the Ed25519 signature alone; a reload with a
+        good key in the same file sends it, signed twice."""
+        sink = self.sink()
+        path = os.path.join(self.dir, "cannot-sign.pem")
+        key_that_cannot_sign(self.keys["rsa"], path)
+        d = self.daemon(sink, self.dkim_conf(rsa=path))
+        sent = self.send(d, ["held@a.example"])
+        def deferrals():
+            return [r for r in d.accounting()
+                    if r.get("type") == "transient" and r["recipient"] == "held@a.example"]
+        recs = st.wait_for(lambda: len(deferrals()) >= 3 and deferrals(), 30,
+                           what="three deferred attempts")
+        for r in recs:
+            self.assertEqual(r["status"], "4.3.0", r)
+            self.assertIn("DKIM signing failed", r["text"])
+        self.assertEqual(sink.messages(), [])
+        self.assertEqual([r for r in d.accounting() if r.get("type") == "delivery"], [])
+        self.assertRegex(d.stderr(), r"dkim=failed .*not sent unsigned")
+        self.assertEqual(d.status()["queue"]["messages"], 1)
+        # the operator replaces the key and reloads: the message goes out signed
+        shutil.copy(self.keys["rsa"], path)
+        os.chmod(path, 0o600)
+        r = d.request({"cmd": "reload"}, timeout=30)
+        self.assertTrue(r.get("ok"), r)
+        _, raw = sink.wait_messages(1, timeout=30)[0]
+        self.verify(raw, self.BOTH)
+        self.assert_unchanged(raw, sent)
         d.wait_queue(0)
         d.stop()
 
@@ -355,4 +405,4 @@ class DkimDelivery(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    st.main()

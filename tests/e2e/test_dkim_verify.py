@@ -20,12 +20,14 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import unittest
 
 import dkim
 
-BUILD = os.environ.get("SLUICE_BUILD", "build")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sluicetest as st  # noqa: E402
+
+BUILD = st.BUILD
 TOOL = os.path.join(BUILD, "bench", "dkim-bench")
 
 CRLF = b"\r\n"
@@ -106,7 +108,7 @@ class DkimVerify(unittest.TestCase):
     def setUpClass(cls):
         if not os.access(TOOL, os.X_OK):
             raise RuntimeError("%s is not built: add dkim-bench to bench/CMakeLists.txt" % TOOL)
-        cls.dir = tempfile.mkdtemp(prefix="dkim_e2e.")
+        cls.dir = st.make_tmpdir("dkim_e2e.")
         cls.rsa = os.path.join(cls.dir, "rsa.pem")
         cls.ed = os.path.join(cls.dir, "ed.pem")
         cls.esp = os.path.join(cls.dir, "esp.pem")
@@ -321,4 +323,4 @@ class DkimVerify(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    st.main()

@@ -26,17 +26,17 @@ class Durability(unittest.TestCase):
             st.wait_for(lambda: os.path.exists(ids_file) and os.path.getsize(ids_file) > 17 * 2000,
                         timeout=60, what="2000 acknowledged messages")
             d.kill9()
-            src.wait(timeout=120)
+            src.wait(timeout=60)  # it stops when the daemon dies
             with open(ids_file) as f:
                 acked = [l.strip() for l in f if l.strip()]
             self.assertGreater(len(acked), 2000)
             self.assertEqual(len(acked), len(set(acked)), "duplicate queue ids")
 
-            r = st.run([st.SLUICED, "-c", d.conf_path, "--check-spool"], timeout=120)
+            r = st.run([st.SLUICED, "-c", d.conf_path, "--check-spool"], timeout=60)
             self.assertEqual(r.rc, 0, r.out + r.err)
 
             d.start()
-            listing = d.request({"cmd": "list", "limit": 1000000}, timeout=120)
+            listing = d.request({"cmd": "list", "limit": 1000000}, timeout=60)
             self.assertTrue(listing["ok"], listing)
             queued = {m["id"] for m in listing["messages"]}
             missing = [i for i in acked if i not in queued]
@@ -44,7 +44,7 @@ class Durability(unittest.TestCase):
             st_ = d.status()["queue"]
             self.assertEqual(st_["messages"], len(queued))
             self.assertEqual(st_["recipients"], 2 * len(queued))
-            chk = d.request({"cmd": "check"}, timeout=120)
+            chk = d.request({"cmd": "check"}, timeout=60)
             self.assertTrue(chk.get("ok"), chk)
             d.stop()
         finally:
@@ -52,4 +52,4 @@ class Durability(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    st.main()

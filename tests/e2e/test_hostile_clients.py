@@ -221,24 +221,24 @@ class HostileClients(unittest.TestCase):
                 codes.append(code)
         t = threading.Thread(target=reader, daemon=True)
         t.start()
-        try:
-            for k in range(0, n, 1000):
-                c.send(b"".join(b"RCPT TO:<r%d@example.test>\r\n" % i
-                                for i in range(k, k + 1000)))
-        except OSError:
-            pass  # closed for too many errors: fine, the limit held
-        t.join(60)
-        accepted = codes.count(250)
-        self.assertLessEqual(accepted, MAX_RCPT)
-        self.assertGreater(accepted, 0)
-        self.assertTrue(452 in codes or len(codes) < n, "no RCPT was refused")
-        if len(codes) == n:  # still open: the message goes in with MAX_RCPT recipients
-            self.assertEqual(c.cmd("DATA")[0], 354)
-            code, text = c.cmd("Subject: flood\r\n\r\nbody\r\n.")
-            self.assertEqual(code, 250, text)
-            qid = st.queue_id_from_swaks(text)
-            msg = self.d.request({"cmd": "inspect", "id": qid})["message"]
-            self.assertEqual(len(msg["recipients"]), accepted)
+        for k in range(0, n, 1000):
+            c.send(b"".join(b"RCPT TO:<r%d@example.test>\r\n" % i
+                            for i in range(k, k + 1000)))
+        t.join(120)
+        # RFC 5321 4.5.3.1.10: "452 too many recipients" is not a client
+        # error: the session stays open, the first MAX_RCPT are accepted,
+        # every other RCPT gets 452, and the message goes in with those.
+        self.assertEqual(len(codes), n, "the session ended after %d replies" % len(codes))
+        self.assertEqual(codes.count(250), MAX_RCPT)
+        self.assertEqual(codes.count(452), n - MAX_RCPT)
+        self.assertEqual(codes[:MAX_RCPT], [250] * MAX_RCPT)
+        self.assertEqual(c.cmd("DATA")[0], 354)
+        code, text = c.cmd("Subject: flood\r\n\r\nbody\r\n.")
+        self.assertEqual(code, 250, text)
+        qid = st.queue_id_from_swaks(text)
+        msg = self.d.request({"cmd": "inspect", "id": qid})["message"]
+        self.assertEqual([r["addr"] for r in msg["recipients"]],
+                         ["r%d@example.test" % i for i in range(MAX_RCPT)])
 
     def test_auth_brute_force_lockout(self):
         # the right password works from a fresh address
@@ -261,15 +261,15 @@ class HostileClients(unittest.TestCase):
                 results.append(c.cmd("AUTH PLAIN " + bad)[0])
             finally:
                 c.close()
-        self.assertEqual(results[:3], [535, 535, 535], results)
-        self.assertNotIn(235, results)
+        # three failures (535 5.7.8), then the address is locked out (454)
+        self.assertEqual(results, [535] * 3 + [454] * 9, results)
         # the lockout holds for the right password too
         c = self.client("127.0.0.6")
-        code, _ = c.reply()
-        if code == 220:
-            c.cmd("EHLO brute.example")
-            code, text = c.cmd("AUTH PLAIN " + creds)
-        self.assertNotIn(code, (220, 235, 250), "locked-out address authenticated")
+        self.assertEqual(c.reply()[0], 220)
+        self.assertEqual(c.cmd("EHLO brute.example")[0], 250)
+        code, text = c.cmd("AUTH PLAIN " + creds)
+        self.assertEqual(code, 454, "locked-out address: %r" % text)
+        self.assertIn("4.7.0", text)
 
     def test_many_connections_from_one_address(self):
         conns = []
@@ -284,12 +284,15 @@ class HostileClients(unittest.TestCase):
                 refused += 1
         self.assertEqual(greeted, PER_IP)
         self.assertEqual(refused, 2 * PER_IP)
-        # closing some lets new ones in
+        # closing some lets new ones in (once the daemon has seen them go;
+        # a probe refused meanwhile is closed by the daemon at once)
         for c in conns[:5]:
             c.close()
-        time.sleep(0.3)
-        c = self.client("127.0.0.5")
-        self.assertEqual(c.reply()[0], 220)
+
+        def greeted_again():
+            p = self.client("127.0.0.5")
+            return p.reply()[0] == 220
+        st.wait_for(greeted_again, 10, interval=0.1, what="a new connection from 127.0.0.5")
 
     def test_starttls_then_garbage(self):
         c = self.client("127.0.0.9")
@@ -333,36 +336,51 @@ class StarvedLoop(unittest.TestCase):
     idle: libuv runs due timers before it polls for input."""
 
     def test_waiting_input_is_read_before_the_idle_timeout(self):
+        # The hash's cost is calibrated on this machine, whose load varies:
+        # when the check did not hold the loop past the idle timeout, the
+        # scenario proves nothing, so it is run again with a costlier hash
+        # (a bounded number of times).
+        for target in (4.0, 8.0, 16.0):
+            waited, code, text = self.stall_once(target)
+            if waited > 2.0:
+                break
+        self.assertGreater(waited, 2.0, "the hash check never held the loop up past the "
+                           "idle timeout (last %.2fs): the test proves nothing" % waited)
+        self.assertEqual(code, 250, "NOOP sent 0.5 s into the idle timeout got %r after "
+                         "%.2fs" % (text, waited))
+        print("loop held up %.2fs; the waiting NOOP was answered %r" % (waited, text.strip()),
+              file=sys.stderr)
+
+    def stall_once(self, seconds):
+        """One run: b's AUTH holds the loop for about `seconds` while a's
+        NOOP waits in the socket. Returns (a's wait, its code, its text)."""
         smtp_extra = ("    idle_timeout = 2s;\n"
                       "    auth {\n        fail_delay = 0;\n"
                       "        users {\n            slow = \"%s\";\n        }\n    }\n"
-                      % slow_hash("pw", 4.0))
+                      % slow_hash("pw", seconds))
         d = st.Daemon(smtp_extra=smtp_extra)
         os.chmod(d.conf_path, 0o600)
         with d:
             a = st.RawClient(d.smtp_port, "127.0.0.3")
             b = st.RawClient(d.smtp_port, "127.0.0.4")
-            self.addCleanup(a.close)
-            self.addCleanup(b.close)
-            self.assertEqual(a.reply()[0], 220)
-            self.assertEqual(b.reply()[0], 220)
-            self.assertEqual(b.cmd("EHLO b.example")[0], 250)
-            self.assertEqual(a.cmd("EHLO a.example")[0], 250)
-            t0 = time.monotonic()  # a's idle timer runs from here (2 s)
-            b.send(b"AUTH PLAIN " + base64.b64encode(b"\0slow\0pw") + b"\r\n")
-            time.sleep(0.5)
-            a.send(b"NOOP\r\n")  # 0.5 s into a 2 s timeout, while the loop checks b's hash
-            code, text = a.reply()
-            waited = time.monotonic() - t0
-            self.assertEqual(b.reply()[0], 235)
-            self.assertGreater(waited, 2.0, "the hash check did not hold the loop up past the "
-                               "idle timeout (%.2fs): the test proves nothing" % waited)
-            self.assertEqual(code, 250, "NOOP sent 0.5 s into the idle timeout got %r after "
-                             "%.2fs" % (text, waited))
-            self.assertEqual(a.cmd("QUIT")[0], 221)
-            print("loop held up %.2fs; the waiting NOOP was answered %r" % (waited, text.strip()),
-                  file=sys.stderr)
-
+            try:
+                self.assertEqual(a.reply()[0], 220)
+                self.assertEqual(b.reply()[0], 220)
+                self.assertEqual(b.cmd("EHLO b.example")[0], 250)
+                self.assertEqual(a.cmd("EHLO a.example")[0], 250)
+                t0 = time.monotonic()  # a's idle timer runs from here (2 s)
+                b.send(b"AUTH PLAIN " + base64.b64encode(b"\0slow\0pw") + b"\r\n")
+                time.sleep(0.5)
+                a.send(b"NOOP\r\n")  # 0.5 s into a 2 s timeout, while the loop checks b's hash
+                code, text = a.reply()
+                waited = time.monotonic() - t0
+                self.assertEqual(b.reply()[0], 235)
+                if code == 250:
+                    self.assertEqual(a.cmd("QUIT")[0], 221)
+            finally:
+                a.close()
+                b.close()
+        return waited, code, text
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    st.main()

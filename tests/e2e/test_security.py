@@ -15,7 +15,6 @@ tested in test_control.py.)
 """
 import os
 import pwd
-import socket
 import sys
 import unittest
 
@@ -24,18 +23,6 @@ import sluicetest as st  # noqa: E402
 
 HASH = "$6$abcdefgh$ltjgWl6579NluT/Vi1nwEvcil.G5Nbc4NiXZaNGStk8PSwGfQv72N2CKPPrVACtLtip/" \
        "cZ/1GM/O6IND4WQhG."
-
-
-def low_free_port():
-    """A free TCP port below 1024 on 127.0.0.1 (root only)."""
-    for port in range(700, 1000):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no free port below 1024")
 
 
 def owner(path):
@@ -54,42 +41,49 @@ def proc_ids(pid):
 
 
 class Security(unittest.TestCase):
-    @unittest.skipUnless(os.geteuid() == 0, "the privilege drop needs root")
     def test_privilege_drop_to_nobody(self):
+        st.require_root("the privilege drop")
         nobody = pwd.getpwnam("nobody")
+        want = [str(nobody.pw_uid)] * 4
         d = st.Daemon(extra_conf='user = "nobody";\n')
-        d.smtp_port = low_free_port()
+        self.addCleanup(d.close)
+        st.release_port(d.smtp_port)
+        d.smtp_port = st.free_port(below=1024)  # only root may bind it
         with open(d.conf_path, "w") as f:
             f.write(d.default_conf() + 'user = "nobody";\n')
-        try:
-            d.start()  # returns once the ports answer: the switch comes just after
-            st.wait_for(lambda: "running as user nobody" in d.stderr(), 30, what="the switch")
-            ids = proc_ids(d.proc.pid)
-            self.assertEqual(ids["Uid"], [str(nobody.pw_uid)] * 4, ids)
-            self.assertEqual(ids["Gid"], [str(nobody.pw_gid)] * 4, ids)
-            self.assertNotIn("0", ids.get("Groups", []))
-            for tid in os.listdir("/proc/%d/task" % d.proc.pid):  # every thread
-                with open("/proc/%d/task/%s/status" % (d.proc.pid, tid)) as f:
-                    uid_line = [l for l in f if l.startswith("Uid:")][0]
-                self.assertEqual(uid_line.split()[1:], [str(nobody.pw_uid)] * 4)
-            # mail flows; the spool and the accounting log belong to nobody
-            d.swaks().check()
-            d.wait_queue(1)
-            for name in os.listdir(d.spool):
-                self.assertEqual(owner(os.path.join(d.spool, name)), "nobody", name)
-            self.assertEqual(owner(d.spool), "nobody")
-            st.wait_for(lambda: os.listdir(d.acct_dir), 10, what="the accounting log")
-            for name in os.listdir(d.acct_dir):
-                self.assertEqual(owner(os.path.join(d.acct_dir, name)), "nobody", name)
-            self.assertEqual(d.ctl("status").rc, 0)
-            d.stop()
-            # a second start (as root again) reuses the spool and drops again
+
+        def start_and_wait_for_drop(n):
+            # The ports and the control socket are open before the drop (that
+            # is the point): check the ids once the daemon says it dropped.
             d.start()
-            self.assertEqual(d.status()["queue"]["messages"], 1)
-            self.assertEqual(proc_ids(d.proc.pid)["Uid"][0], str(nobody.pw_uid))
-            d.stop()
-        finally:
-            d.cleanup()
+            st.wait_for(lambda: d.stderr().count("running as user nobody") == n, 30,
+                        what="the privilege drop's log line")
+
+        start_and_wait_for_drop(1)
+        ids = proc_ids(d.proc.pid)
+        self.assertEqual(ids["Uid"], want, ids)
+        self.assertEqual(ids["Gid"], [str(nobody.pw_gid)] * 4, ids)
+        self.assertNotIn("0", ids["Groups"])
+        for tid in os.listdir("/proc/%d/task" % d.proc.pid):  # every thread
+            with open("/proc/%d/task/%s/status" % (d.proc.pid, tid)) as f:
+                uid_line = [l for l in f if l.startswith("Uid:")][0]
+            self.assertEqual(uid_line.split()[1:], want, tid)
+        # mail flows; the spool and the accounting log belong to nobody
+        d.swaks().check()
+        d.wait_queue(1)
+        for name in os.listdir(d.spool):
+            self.assertEqual(owner(os.path.join(d.spool, name)), "nobody", name)
+        self.assertEqual(owner(d.spool), "nobody")
+        st.wait_for(lambda: os.listdir(d.acct_dir), 10, what="the accounting log")
+        for name in os.listdir(d.acct_dir):
+            self.assertEqual(owner(os.path.join(d.acct_dir, name)), "nobody", name)
+        self.assertEqual(d.ctl("status").rc, 0)
+        d.stop()
+        # a second start (as root again) reuses the spool and drops again
+        start_and_wait_for_drop(2)
+        self.assertEqual(d.status()["queue"]["messages"], 1)
+        self.assertEqual(proc_ids(d.proc.pid)["Uid"], want)
+        d.stop()
 
     def test_unknown_user_is_a_config_error(self):
         d = st.Daemon(extra_conf='user = "no-such-user-sluice";\n')
@@ -134,4 +128,4 @@ class Security(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    st.main()

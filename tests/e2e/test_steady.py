@@ -11,13 +11,16 @@ balance departures. After a warm-up, the daemon's VmRSS, its open file
 descriptors, the spool's used bytes and the recipients in the queue are
 sampled every two seconds: the second half of the samples must not rise
 above the first half (small slack for allocator noise). Then the load
-stops, the queue drains, and the accounting log must hold a final record
-(delivery, bounce or expired) for every recipient of every acknowledged
-message. The daemon must exit cleanly: in sanitizer builds LeakSanitizer
-runs at exit, so this is also the leak check of a short soak.
+stops, the queue drains (within max_age: nothing can stay longer), and
+the accounting log must hold a final record (delivery, bounce or expired)
+for every recipient of every acknowledged message, and exactly one
+delivery record per recipient the sink accepted. The daemon and the sink
+must exit cleanly: in sanitizer builds LeakSanitizer runs at exit, so
+this is also the leak check of a short soak.
 
 The short version here runs SLUICE_STEADY_SECONDS (default 60) after a
-20 s warm-up; tests/soak/run runs steady() for minutes on the release build.
+20 s warm-up, well inside ctest's 300 s; tests/soak/run runs steady() for
+minutes on the release build.
 """
 import json
 import os
@@ -58,16 +61,18 @@ def flat(first, second, ratio, slack):
     return max(second) <= max(first) * ratio + slack
 
 
-def steady(seconds, warmup=20, rate=100, log=lambda s: None, max_age="1m"):
+def steady(seconds, warmup=20, rate=100, log=lambda s: None, max_age=60):
     """Run the steady load; returns a report dict (samples, verdicts,
-    counts). Raises AssertionError on a lost recipient or an unclean exit."""
+    counts). Raises AssertionError on an unclean exit of the daemon or the
+    sink. max_age: seconds, queue.max_age (the drain takes no longer)."""
     tmp = st.make_tmpdir("sluice-steady-")
     sink_log = os.path.join(tmp, "sink.summary")
-    sink = subprocess.Popen(
+    sink_err = open(os.path.join(tmp, "sink.stderr"), "w+")
+    sink = st._spawn(
         [st.SINK, "-l", "127.0.0.1:0", "--port-file", os.path.join(tmp, "sink.port"),
          "--hostname", "sink.test", "--no-starttls", "--tempfail-pct", "20",
          "--permfail-pct", "5", "--seed", "7", "--summary", sink_log],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdout=subprocess.DEVNULL, stderr=sink_err)
     d = None
     try:
         port_file = os.path.join(tmp, "sink.port")
@@ -84,7 +89,7 @@ def steady(seconds, warmup=20, rate=100, log=lambda s: None, max_age="1m"):
         os.makedirs(os.path.join(tmp, "daemon"))
         d = st.Daemon(tmpdir=os.path.join(tmp, "daemon"), routes=routes, env=sanitizer_env(),
                       extra_conf='queue {\n    retry = "1s,2s,3s";\n    retry_jitter = 0;\n'
-                                 '    scan_interval = 200ms;\n    max_age = %s;\n}\n' % max_age)
+                                 '    scan_interval = 200ms;\n    max_age = %ds;\n}\n' % max_age)
         d.start()
         ids = os.path.join(tmp, "acked.ids")
         samples = []
@@ -116,8 +121,9 @@ def steady(seconds, warmup=20, rate=100, log=lambda s: None, max_age="1m"):
                                1.25, 2 << 20),
             "rcpts": flat([s["rcpts"] for s in a], [s["rcpts"] for s in b], 1.5, 200),
         }
-        # drain: every recipient gets its final record
-        st.wait_for(lambda: d.status()["queue"]["messages"] == 0, 300, interval=0.5,
+        # drain: every recipient gets its final record, at the latest when its
+        # message expires (max_age after the last injection)
+        st.wait_for(lambda: d.status()["queue"]["messages"] == 0, max_age + 30, interval=0.5,
                     what="the queue to drain")
         with open(ids) as f:
             acked = [l.strip().upper() for l in f if l.strip()]
@@ -129,15 +135,23 @@ def steady(seconds, warmup=20, rate=100, log=lambda s: None, max_age="1m"):
                 final.setdefault(rec["msgid"].upper(), set()).add(rec["recipient"])
         lost = [i for i in acked if len(final.get(i, ())) != RCPTS]
         d.stop()  # exit code 0 and no sanitizer (LeakSanitizer) report
+        rc = st._reap(sink)
+        sink_err.seek(0)
+        err = sink_err.read()
+        if rc != 0 or st.sanitizer_errors(err):
+            raise AssertionError("sluice-sink exited %s:\n%s" % (rc, err[-3000:]))
+        with open(sink_log) as f:
+            sink_rcpts = json.load(f)["recipients"]
         return {"seconds": seconds, "rate": rate, "acked": len(acked), "records": kinds,
+                "sink_recipients": sink_rcpts,
                 "lost": lost, "samples": samples, "flat": verdict,
                 "first_half_max": {k: max(s[k] for s in a) for k in verdict},
                 "second_half_max": {k: max(s[k] for s in b) for k in verdict}}
     finally:
         if d is not None:
             d.cleanup()
-        sink.terminate()
-        sink.wait(10)
+        st._reap(sink)
+        sink_err.close()
         if not st.keep_tmp():
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -152,10 +166,12 @@ class Steady(unittest.TestCase):
         self.assertEqual(rep["lost"], [], "recipients without a final accounting record")
         self.assertGreater(rep["records"].get("transient", 0), 0, "the sink never tempfailed")
         self.assertGreater(rep["records"].get("bounce", 0), 0, "the sink never permfailed")
+        # each recipient the sink accepted (DSNs included) has one delivery record
+        self.assertEqual(rep["records"].get("delivery", 0), rep["sink_recipients"])
         for k, ok in rep["flat"].items():
             self.assertTrue(ok, "%s grew under steady load: first half max %s, second half max "
                             "%s" % (k, rep["first_half_max"][k], rep["second_half_max"][k]))
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    st.main()

@@ -1,17 +1,19 @@
 /*
  * tests/fuzz/fuzz_mta_sts.c - fuzz target: the MTA-STS parsers that read
- * the network (delivery/mta_sts_int.h, core/base/dns.c). The first input
- * byte picks one: 0 the TXT answer packet (dns_parse_txt, then every
- * record through sts_txt_select), 1 the policy file (sts_policy_parse and
- * MX matching), 2/3 the HTTP response (sts_http_parse, 3 = at the end of
- * the connection; a complete body goes on to the policy parser), 4 one
- * TXT record (sts_txt_record_parse). The rest is the input.
+ * the network (delivery/sts_parse.c, core/base/dns.c), linked with them
+ * alone. The first input byte picks one: 0 the TXT answer packet
+ * (dns_parse_txt, then every record through sts_txt_select), 1 the policy
+ * file (sts_policy_parse and MX matching), 2 the response checks
+ * (sts_response_check on a Content-Type; libcurl reads the HTTP itself),
+ * 3 MX pattern matching (pattern NUL host), 4 one TXT record
+ * (sts_txt_record_parse). The rest is the input.
  *
  * Thread: single-threaded.
  */
 #include "delivery/mta_sts_int.h"
 
 #include <stdlib.h>
+#include <strings.h>
 #include <string.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -58,20 +60,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     case 1:
         policy((const char *)p, n);
         return 0;
-    case 2:
-    case 3: {
-        buf_t scratch;
-        buf_init(&scratch, 0);
-        const char *body = NULL;
-        size_t blen = 0;
+    case 2: {
+        char *ct = malloc(n + 1); /* a C string, as libcurl gives it */
+        memcpy(ct, p, n);
+        ct[n] = '\0';
         char why[200];
-        if (sts_http_parse((const char *)p, n, data[0] % 5 == 3, &scratch, &body, &blen, why,
-                           sizeof(why)) == 1) {
-            if (blen > STS_BODY_MAX)
-                abort();
-            policy(body, blen);
-        }
-        buf_free(&scratch);
+        if (sts_response_check(200, ct, why, sizeof(why)) == 0 && strncasecmp(ct, "text/plain", 10))
+            abort();
+        free(ct);
+        return 0;
+    }
+    case 3: { /* "pattern" NUL "host" */
+        char *buf = malloc(n + 2);
+        memcpy(buf, p, n);
+        buf[n] = buf[n + 1] = '\0';
+        const char *host = buf + strlen(buf) + 1; /* "" when there is no NUL */
+        (void)sts_mx_pattern_match(buf, host);
+        free(buf);
         return 0;
     }
     default: {

@@ -953,6 +953,135 @@ static void test_current_threads(void **state)
     cfg_set_current(NULL);
 }
 
+/* ------------------------------------------------------------ reload column */
+
+/* The keys reload answers as needs_restart (docs/operations.md): those the
+ * daemon reads at start-up only. Every other key applies at once. */
+static const char *const restart_keys[] = {
+    "hostname",
+    "user",
+    "log.file",
+    "log.accounting_dir",
+    "log.accounting_max_size",
+    "spool.path",
+    "spool.sync",
+    "spool.map_size",
+    "spool.max_size",
+    "control.socket",
+    "control.mode",
+    "control.http_metrics",
+    "smtp.listen",
+    "smtp.threads",
+    "smtp.tls.dir",
+    "smtp.tls.cert",
+    "smtp.tls.key",
+    "smtp.tls.generate",
+    "delivery.threads",
+    "delivery.resolvers",
+    "delivery.ca_file",
+    "delivery.helo_name",
+    "delivery.mta_sts",
+    "delivery.mta_sts_port",
+};
+
+static bool is_restart_key(const char *name)
+{
+    for (size_t i = 0; i < sizeof(restart_keys) / sizeof(restart_keys[0]); i++)
+        if (strcmp(restart_keys[i], name) == 0)
+            return true;
+    return false;
+}
+
+/* Every key of the schema has its reload column set, and it says RESTART
+ * exactly for the documented keys. */
+static void test_reload_column(void **state)
+{
+    const char *name;
+    int i;
+    for (i = 0; (name = cfg_key_name(i, NULL)) != NULL; i++) {
+        cfg_apply_t a = cfg_key_apply(i);
+        if (a != CFG_APPLY_LIVE && a != CFG_APPLY_RESTART)
+            fail_msg("%s: the schema does not say how reload treats it", name);
+        if ((a == CFG_APPLY_RESTART) != is_restart_key(name))
+            fail_msg("%s: reload column %s, docs/operations.md says %s", name,
+                     a == CFG_APPLY_RESTART ? "RESTART" : "LIVE",
+                     is_restart_key(name) ? "needs a restart" : "applied at once");
+    }
+    assert_true(i > 80);
+    assert_int_equal(cfg_key_apply(i), CFG_APPLY_UNSET);
+    assert_int_equal(cfg_key_apply(-1), CFG_APPLY_UNSET);
+}
+
+static int key_index(const char *path)
+{
+    const char *name;
+    for (int i = 0; (name = cfg_key_name(i, NULL)) != NULL; i++)
+        if (strcmp(name, path) == 0)
+            return i;
+    fail_msg("no key %s", path);
+    return -1;
+}
+
+/* A file that changes every RESTART key (and two LIVE ones) against the
+ * defaults: cfg_key_changed sees each change, and cfg_keep_restart gives
+ * the new snapshot back the running value of every RESTART key, and only
+ * of those. */
+static void test_reload_keeps_restart_keys(void **state)
+{
+    char dir[] = "/tmp/sluice-reload-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char tls[600], cert[700], key[700], ca[700];
+    snprintf(tls, sizeof(tls), "%s/tls", dir);
+    snprintf(cert, sizeof(cert), "%s/cert.pem", tls);
+    snprintf(key, sizeof(key), "%s/key.pem", tls);
+    snprintf(ca, sizeof(ca), "%s/ca.pem", dir);
+    assert_int_equal(mkdir(tls, 0700), 0);
+    const char *files[] = {cert, key, ca};
+    for (size_t i = 0; i < 3; i++) {
+        FILE *f = fopen(files[i], "w");
+        assert_non_null(f);
+        fputs("not parsed here\n", f);
+        fclose(f);
+        chmod(files[i], 0600);
+    }
+    char text[4096];
+    snprintf(text, sizeof(text),
+             "hostname = \"other.example\";\nuser = \"root\";\n"
+             "log { file = \"%s/sluice.log\"; accounting_dir = \"%s/acct\";"
+             " accounting_max_size = 1G; level = debug; }\n"
+             "spool { path = \"%s/spool\"; sync = none; map_size = 2G; max_size = 128G; }\n"
+             "control { socket = \"%s/s.sock\"; mode = 0660; http_metrics = \"127.0.0.1:9999\"; }\n"
+             "smtp { listen = \"127.0.0.1:2600\"; threads = 2; max_recipients = 7;\n"
+             "  tls { dir = \"%s\"; generate = false; } }\n"
+             "delivery { threads = 4; resolvers = \"127.0.0.1:5353\"; ca_file = \"%s\";\n"
+             "  helo_name = \"helo.example\"; mta_sts = false; mta_sts_port = 8443; }\n",
+             dir, dir, dir, dir, tls, ca);
+    cfg_t *old = load_ok("");
+    cfg_t *nc = load_ok(text);
+    const char *name;
+    for (int i = 0; (name = cfg_key_name(i, NULL)) != NULL; i++)
+        if (cfg_key_apply(i) == CFG_APPLY_RESTART && !cfg_key_changed(i, old, nc))
+            fail_msg("%s: this test does not change it (add it to the file above)", name);
+    assert_true(cfg_key_changed(key_index("smtp.max_recipients"), old, nc));
+    assert_true(cfg_key_changed(key_index("log.level"), old, nc));
+
+    cfg_keep_restart(nc, old);
+    for (int i = 0; (name = cfg_key_name(i, NULL)) != NULL; i++)
+        if (cfg_key_apply(i) == CFG_APPLY_RESTART && cfg_key_changed(i, old, nc))
+            fail_msg("%s: reload did not keep the running value", name);
+    assert_true(cfg_key_changed(key_index("smtp.max_recipients"), old, nc));
+    assert_true(cfg_key_changed(key_index("log.level"), old, nc));
+    assert_int_equal(nc->c_smtp_max_recipients, 7);
+    assert_string_equal(nc->c_spool_path, old->c_spool_path);
+    assert_int_equal(nc->c_smtp_nlisten, old->c_smtp_nlisten);
+    cfg_unref(nc);
+    cfg_unref(old);
+    for (size_t i = 0; i < 3; i++)
+        unlink(files[i]);
+    rmdir(tls);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -965,6 +1094,7 @@ int main(void)
         cmocka_unit_test(test_duration_list),     cmocka_unit_test(test_routes),
         cmocka_unit_test(test_tls_policy),        cmocka_unit_test(test_refcount),
         cmocka_unit_test(test_current_threads),   cmocka_unit_test(test_dkim),
+        cmocka_unit_test(test_reload_column),     cmocka_unit_test(test_reload_keeps_restart_keys),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

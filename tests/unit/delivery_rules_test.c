@@ -8,7 +8,9 @@
  * files fail with file:line, provider matching by domain and MX, the
  * "bounce" action on 4xx, installing a rules file, concurrent use.
  */
+#include "delivery/delivery_int.h" /* dlv_classify_reply: the judge's classification */
 #include "delivery/rules_int.h"
+#include "delivery/shaping_int.h" /* the shipped providers */
 
 #include <pthread.h>
 #include <setjmp.h>
@@ -94,9 +96,9 @@ static int shipped_rule_lines(int **out)
 }
 
 /* The line a verdict's rule is on ("name:LINE"), 0 for the built-in table. */
-static int verdict_line(const dlv_verdict_t *v)
+static int verdict_line(const dlv_rule_hit_t *v)
 {
-    const char *colon = v->v_rule ? strrchr(v->v_rule, ':') : NULL;
+    const char *colon = v->h_rule ? strrchr(v->h_rule, ':') : NULL;
     return colon ? atoi(colon + 1) : 0;
 }
 
@@ -140,17 +142,17 @@ static bool golden_line(const char *path, int lineno, char *l, int per_cat[], in
         dlv_status_for_reply(code, status, st);
     else
         snprintf(st, sizeof(st), "%s", status);
-    dlv_verdict_t v;
+    dlv_rule_hit_t v;
     dlv_classify_reply(code, st, f[2], domain, mx, &v);
     *rule_line = verdict_line(&v);
     bool hard = dlv_result_for_verdict(code, &v) == Q_OUT_BOUNCED;
-    if (strcmp(v.v_category, f[3]) != 0 || hard != want_hard) {
-        print_error("%s:%d: got %s/%s, want %s/%s (rule %s)\n", path, lineno, v.v_category,
-                    hard ? "hard" : "soft", f[3], f[4], v.v_rule ? v.v_rule : "built-in");
+    if (strcmp(v.h_category, f[3]) != 0 || hard != want_hard) {
+        print_error("%s:%d: got %s/%s, want %s/%s (rule %s)\n", path, lineno, v.h_category,
+                    hard ? "hard" : "soft", f[3], f[4], v.h_rule ? v.h_rule : "built-in");
         return false;
     }
     /* dlv_classify (no provider known) agrees when no provider rule decided */
-    if (v.v_provider == NULL && strcmp(dlv_classify(code, st, f[2]), v.v_category) != 0) {
+    if (v.h_provider == NULL && strcmp(dlv_classify(code, st, f[2]), v.h_category) != 0) {
         print_error("%s:%d: dlv_classify disagrees\n", path, lineno);
         return false;
     }
@@ -195,7 +197,7 @@ static void test_golden(void **state)
             unreached++;
         }
     }
-    assert_int_equal(nrules, dlv_rules_nrules(dlv_rules_active())); /* the scan saw them all */
+    assert_int_equal(nrules, dlv_rules_nrules(dlv_rules_in_force())); /* the scan saw them all */
     free(rules);
     free(hits);
     if (failures > 0)
@@ -226,8 +228,9 @@ static void test_default_is_shipped_file(void **state)
     /* it loads, and loading the file by path gives the same set */
     char err[512] = "";
     dlv_rules_t *a = NULL, *b = NULL;
-    assert_int_equal(dlv_rules_load(NULL, &a, err, sizeof(err)), 0);
-    assert_int_equal(dlv_rules_load(path, &b, err, sizeof(err)), 0);
+    void *shipped = (void *)shp_conf_shipped();
+    assert_int_equal(dlv_rules_load(NULL, shp_provider_lookup, shipped, &a, err, sizeof(err)), 0);
+    assert_int_equal(dlv_rules_load(path, shp_provider_lookup, shipped, &b, err, sizeof(err)), 0);
     assert_int_equal(dlv_rules_nrules(a), dlv_rules_nrules(b));
     assert_int_equal(dlv_rules_nproviders(a), 8);
     assert_true(dlv_rules_nrules(a) > 60);
@@ -281,7 +284,8 @@ static void test_malformed(void **state)
         const bad_case_t *c = &bad_cases[i];
         char err[512] = "";
         dlv_rules_t *r = NULL;
-        int rc = dlv_rules_parse("r.conf", c->text, strlen(c->text), &r, err, sizeof(err));
+        int rc =
+            dlv_rules_parse("r.conf", c->text, strlen(c->text), NULL, NULL, &r, err, sizeof(err));
         if (rc != SL_ECONFIG || r != NULL)
             fail_msg("case \"%s\": accepted", c->name);
         if (strncmp(err, c->want, strlen(c->want)) != 0)
@@ -290,7 +294,8 @@ static void test_malformed(void **state)
     /* a file that is not there */
     char err[512] = "";
     dlv_rules_t *r = NULL;
-    assert_int_equal(dlv_rules_load("/nonexistent/rules.conf", &r, err, sizeof(err)), SL_ECONFIG);
+    assert_int_equal(dlv_rules_load("/nonexistent/rules.conf", NULL, NULL, &r, err, sizeof(err)),
+                     SL_ECONFIG);
     assert_string_equal(err, "/nonexistent/rules.conf: No such file or directory");
     assert_null(r);
 }
@@ -311,38 +316,39 @@ static void test_provider_and_bounce(void **state)
     (void)state;
     char err[512] = "";
     dlv_rules_t *r = NULL;
-    assert_int_equal(
-        dlv_rules_parse("c.conf", custom_rules, strlen(custom_rules), &r, err, sizeof(err)), 0);
+    assert_int_equal(dlv_rules_parse("c.conf", custom_rules, strlen(custom_rules), NULL, NULL, &r,
+                                     err, sizeof(err)),
+                     0);
     assert_int_equal(dlv_rules_nproviders(r), 1);
     assert_int_equal(dlv_rules_nrules(r), 3);
-    dlv_verdict_t v;
+    dlv_rule_hit_t v;
     memset(&v, 0, sizeof(v));
 
     /* by recipient domain (any case), by subdomain glob, by MX (trailing dot) */
     assert_true(dlv_rules_match(r, 451, "4.7.1", "No Such User here", "ACME.example", NULL, &v));
-    assert_string_equal(v.v_category, "bad-mailbox");
-    assert_true(v.v_bounce);
-    assert_string_equal(v.v_provider, "acme");
-    assert_string_equal(v.v_rule, "c.conf:4");
+    assert_string_equal(v.h_category, "bad-mailbox");
+    assert_true(v.h_bounce);
+    assert_string_equal(v.h_provider, "acme");
+    assert_string_equal(v.h_rule, "c.conf:4");
     assert_int_equal(dlv_result_for_verdict(451, &v), Q_OUT_BOUNCED);
     assert_true(dlv_rules_match(r, 450, "4.7.0", "no such person", "eu.acme.example", NULL, &v));
-    assert_true(v.v_bounce);
+    assert_true(v.h_bounce);
     assert_true(dlv_rules_match(r, 450, "4.7.0", "no such person", "hosted.example",
                                 "mx1.AcmeMX.net.", &v));
-    assert_true(v.v_bounce);
+    assert_true(v.h_bounce);
 
     /* the MX host decides when it is known: acme's domain reached through
      * another host (a smart host, a static route) is not acme's reply */
     memset(&v, 0, sizeof(v));
     assert_false(dlv_rules_match(r, 451, "4.7.1", "no such user", "acme.example",
                                  "smarthost.example.net", &v));
-    assert_null(v.v_category);
+    assert_null(v.h_category);
 
     /* another provider's reply: not this rule, so a 4xx stays soft */
     memset(&v, 0, sizeof(v));
     assert_false(
         dlv_rules_match(r, 451, "4.7.1", "no such user", "other.example", "mx.other.net", &v));
-    assert_null(v.v_category);
+    assert_null(v.h_category);
     /* wrong status for the rule */
     assert_false(dlv_rules_match(r, 451, "4.2.0", "no such user", "acme.example", NULL, &v));
     /* a status whose class contradicts the code counts as x.0.0 */
@@ -350,9 +356,9 @@ static void test_provider_and_bounce(void **state)
 
     /* code patterns: 45x and 421 but not 552 */
     assert_true(dlv_rules_match(r, 452, NULL, "mailbox FULL", NULL, NULL, &v));
-    assert_string_equal(v.v_category, "quota-issues");
-    assert_false(v.v_bounce);
-    assert_null(v.v_provider);
+    assert_string_equal(v.h_category, "quota-issues");
+    assert_false(v.h_bounce);
+    assert_null(v.h_provider);
     assert_int_equal(dlv_result_for_verdict(452, &v), Q_OUT_DEFERRED);
     assert_true(dlv_rules_match(r, 421, "", "inbox full", NULL, NULL, &v));
     assert_false(dlv_rules_match(r, 552, "", "inbox full", NULL, NULL, &v));
@@ -365,8 +371,8 @@ static void test_provider_and_bounce(void **state)
     assert_false(dlv_rules_match(r, 0, "4.1.1", "", NULL, NULL, &v));
 
     /* the decision: bounce only turns 4xx hard; 5xx and 2xx as the code says */
-    dlv_verdict_t hard = {.v_category = "bad-mailbox", .v_bounce = true};
-    dlv_verdict_t soft = {.v_category = "other", .v_bounce = false};
+    dlv_rule_hit_t hard = {.h_category = "bad-mailbox", .h_bounce = true};
+    dlv_rule_hit_t soft = {.h_category = "other", .h_bounce = false};
     assert_int_equal(dlv_result_for_verdict(450, &hard), Q_OUT_BOUNCED);
     assert_int_equal(dlv_result_for_verdict(421, &hard), Q_OUT_BOUNCED);
     assert_int_equal(dlv_result_for_verdict(450, &soft), Q_OUT_DEFERRED);
@@ -386,14 +392,14 @@ static void test_match_limit(void **state)
                     "rule { category = other; }\n";
     char err[512] = "";
     dlv_rules_t *r = NULL;
-    assert_int_equal(dlv_rules_parse("m.conf", t, strlen(t), &r, err, sizeof(err)), 0);
+    assert_int_equal(dlv_rules_parse("m.conf", t, strlen(t), NULL, NULL, &r, err, sizeof(err)), 0);
     char text[64];
     memset(text, 'a', 40);
     text[40] = 'b';
     text[41] = '\0';
-    dlv_verdict_t v;
+    dlv_rule_hit_t v;
     assert_true(dlv_rules_match(r, 550, "", text, NULL, NULL, &v));
-    assert_string_equal(v.v_category, "other");
+    assert_string_equal(v.h_category, "other");
     dlv_rules_free(r);
 }
 
@@ -413,16 +419,16 @@ static void test_install(void **state)
     memset(&cfg, 0, sizeof(cfg));
     cfg.c_dlv_bounce_rules = path;
     char err[512] = "";
-    const dlv_rules_t *before = dlv_rules_active();
+    const dlv_rules_t *before = dlv_rules_in_force();
     assert_string_equal(dlv_classify(550, "5.1.1", "custom words"), "bad-mailbox");
     assert_int_equal(dlv_rules_install(&cfg, err, sizeof(err)), 0);
     assert_ptr_not_equal(dlv_rules_active(), before);
     assert_string_equal(dlv_classify(550, "5.1.1", "custom words"), "virus-related");
     /* what the custom file does not cover: the built-in table */
-    dlv_verdict_t v;
+    dlv_rule_hit_t v;
     dlv_classify_reply(550, "5.1.1", "User unknown", NULL, NULL, &v);
-    assert_string_equal(v.v_category, "bad-mailbox");
-    assert_null(v.v_rule);
+    assert_string_equal(v.h_category, "bad-mailbox");
+    assert_null(v.h_rule);
 
     /* a broken file: error with file:line, the active set stays */
     const dlv_rules_t *active = dlv_rules_active();
@@ -452,12 +458,12 @@ static void *classify_thread(void *arg)
 {
     long *bad = arg;
     for (int i = 0; i < 3000; i++) {
-        dlv_verdict_t v;
+        dlv_rule_hit_t v;
         dlv_classify_reply(i % 2 ? 550 : 421, i % 2 ? "5.5.0" : "4.7.0",
                            i % 2 ? "Requested action not taken: mailbox unavailable (S2017062302)"
                                  : "[TSS04] Messages from 192.0.2.1 temporarily deferred",
                            i % 2 ? "hotmail.com" : "yahoo.com", NULL, &v);
-        if (strcmp(v.v_category, i % 2 ? "bad-mailbox" : "spam-related") != 0)
+        if (strcmp(v.h_category, i % 2 ? "bad-mailbox" : "spam-related") != 0)
             (*bad)++;
     }
     return NULL;
@@ -481,7 +487,8 @@ static void test_threads(void **state)
 /* A rule's provider from the traffic shaping definitions: the shipped
  * providers.conf (google, by domain and by MX) and an operator's
  * delivery.shaping file (its own provider, and its google replacing the
- * shipped one); a broken shaping file fails with its file:line. */
+ * shipped one), looked up in the shaping's own rule set; a broken shaping
+ * file fails dlv_rules_install with its file:line. */
 static void test_shaping_providers(void **state)
 {
     (void)state;
@@ -492,8 +499,10 @@ static void test_shaping_providers(void **state)
         "rule { provider = acme; text = 'acme words'; category = other; }\n";
     dlv_rules_t *r = NULL;
     /* shipped only: acme is unknown */
-    assert_int_not_equal(
-        dlv_rules_parse_with("r.conf", rules, strlen(rules), NULL, &r, err, sizeof(err)), 0);
+    void *shipped = (void *)shp_conf_shipped();
+    assert_int_not_equal(dlv_rules_parse("r.conf", rules, strlen(rules), shp_provider_lookup,
+                                         shipped, &r, err, sizeof(err)),
+                         0);
     assert_non_null(strstr(err, "r.conf:2: rule: provider \"acme\" is not defined"));
     char path[] = "/tmp/rules-shaping-XXXXXX";
     int fd = mkstemp(path);
@@ -504,34 +513,84 @@ static void test_shaping_providers(void **state)
                               "}\n";
     assert_int_equal(write(fd, shp, strlen(shp)), (ssize_t)strlen(shp));
     close(fd);
-    assert_int_equal(
-        dlv_rules_parse_with("r.conf", rules, strlen(rules), path, &r, err, sizeof(err)), 0);
+    shp_conf_t *sc = NULL;
+    assert_int_equal(shp_conf_load(path, &sc, err, sizeof(err)), 0);
+    assert_int_equal(dlv_rules_parse("r.conf", rules, strlen(rules), shp_provider_lookup, sc, &r,
+                                     err, sizeof(err)),
+                     0);
+    shp_conf_free(sc); /* the rules copied what they use */
     assert_int_equal(dlv_rules_nproviders(r), 2);
-    dlv_verdict_t v;
+    dlv_rule_hit_t v;
     assert_true(dlv_rules_match(r, 550, "5.7.1", "acme words", NULL, "mx2.acmemx.net.", &v));
-    assert_string_equal(v.v_provider, "acme");
+    assert_string_equal(v.h_provider, "acme");
     assert_true(dlv_rules_match(r, 550, "5.7.1", "shared def", "gmail.com", NULL, &v));
-    assert_string_equal(v.v_provider, "google");
+    assert_string_equal(v.h_provider, "google");
     /* the operator's google has no mx patterns: the shipped ones are gone */
     assert_false(dlv_rules_match(r, 550, "5.7.1", "shared def", "x.example", "a.l.google.com", &v));
     dlv_rules_free(r);
     /* shipped google: by MX too */
-    assert_int_equal(dlv_rules_parse_with("r.conf", rules,
-                                          strstr(rules, "rule { provider = acme") - rules, NULL, &r,
-                                          err, sizeof(err)),
+    assert_int_equal(dlv_rules_parse("r.conf", rules,
+                                     strstr(rules, "rule { provider = acme") - rules,
+                                     shp_provider_lookup, shipped, &r, err, sizeof(err)),
                      0);
     assert_true(dlv_rules_match(r, 550, "5.7.1", "shared def", "x.example", "a.l.google.com", &v));
     dlv_rules_free(r);
-    /* a broken shaping file */
+    /* through dlv_rules_install: the shaping file cfg names; a broken one
+     * fails with its file:line and the active set stays */
+    char rpath[] = "/tmp/rules-rules-XXXXXX";
+    fd = mkstemp(rpath);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, rules, strlen(rules)), (ssize_t)strlen(rules));
+    close(fd);
+    cfg_t cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.c_dlv_bounce_rules = rpath;
+    cfg.c_dlv_shaping = path;
+    assert_int_equal(dlv_rules_install(&cfg, err, sizeof(err)), 0);
+    dlv_rule_hit_t h;
+    dlv_classify_reply(550, "5.7.1", "acme words", "acme.example", NULL, &h);
+    assert_string_equal(h.h_category, "other");
+    assert_string_equal(h.h_provider, "acme");
+    const dlv_rules_t *active = dlv_rules_active();
     FILE *f = fopen(path, "w");
     fputs("providers {\n  acme { message_rate = \"x\"; }\n}\n", f);
     fclose(f);
-    assert_int_not_equal(
-        dlv_rules_parse_with("r.conf", rules, strlen(rules), path, &r, err, sizeof(err)), 0);
+    assert_int_not_equal(dlv_rules_install(&cfg, err, sizeof(err)), 0);
     char want[64];
     snprintf(want, sizeof(want), "%s:2", path);
     assert_non_null(strstr(err, want));
+    assert_ptr_equal(dlv_rules_active(), active);
     unlink(path);
+    unlink(rpath);
+    dlv_rules_shutdown();
+}
+
+/* The regex cache: a pattern compiled for two rule sets is compiled once;
+ * the last set to go takes it with it. */
+static void test_regex_cache(void **state)
+{
+    (void)state;
+    dlv_rules_shutdown();
+    size_t base = rules_re_cached();
+    const char *t = "rule { text = 'cache me (once|twice)'; category = other; }\n";
+    char err[512] = "";
+    dlv_rules_t *a = NULL, *b = NULL;
+    assert_int_equal(dlv_rules_parse("a.conf", t, strlen(t), NULL, NULL, &a, err, sizeof(err)), 0);
+    assert_int_equal(rules_re_cached(), base + 1);
+    assert_int_equal(dlv_rules_parse("b.conf", t, strlen(t), NULL, NULL, &b, err, sizeof(err)), 0);
+    assert_int_equal(rules_re_cached(), base + 1);
+    /* a shaping rule with the same pattern: UTF-8 on its line, another entry */
+    rules_re_t *re = NULL;
+    assert_int_equal(rules_re_get("(?:cache me (once|twice))", RULES_RE_UTF, &re, err, sizeof(err)),
+                     0);
+    assert_int_equal(rules_re_cached(), base + 2);
+    rules_re_put(re);
+    dlv_rules_free(a);
+    assert_int_equal(rules_re_cached(), base + 1);
+    dlv_rule_hit_t v;
+    assert_true(dlv_rules_match(b, 550, "", "Cache me TWICE", NULL, NULL, &v));
+    dlv_rules_free(b);
+    assert_int_equal(rules_re_cached(), base);
 }
 
 int main(void)
@@ -542,6 +601,7 @@ int main(void)
         cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_provider_and_bounce),
         cmocka_unit_test(test_shaping_providers),
+        cmocka_unit_test(test_regex_cache),
         cmocka_unit_test(test_match_limit),
         cmocka_unit_test(test_install),
         cmocka_unit_test(test_threads),

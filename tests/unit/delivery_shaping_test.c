@@ -16,27 +16,39 @@
 
 #include <cmocka.h>
 
+/* A registry for the shipped providers with text over them. */
 static dlv_shaping_t *load(const char *text)
 {
     char err[512] = "";
-    dlv_shaping_t *sh = NULL;
-    int rc = dlv_shaping_new_text(NULL, "test.conf", text, NULL, &sh, err, sizeof(err));
+    shp_conf_t *c = NULL;
+    int rc = shp_conf_parse(NULL, "test.conf", text, &c, err, sizeof(err));
     if (rc != 0)
         fail_msg("load: %s", err);
-    return sh;
+    return dlv_shaping_new(c, NULL);
+}
+
+/* A reload of sh with text: 0 and *vm (virtual MTAs changed), or the
+ * parser's error. */
+static int reload(dlv_shaping_t *sh, const char *name, const char *text, bool *vm, char *err,
+                  size_t errlen)
+{
+    shp_conf_t *c = NULL;
+    if (shp_conf_parse(NULL, name, text, &c, err, errlen) != 0)
+        return SL_ECONFIG;
+    *vm = shp_registry_install(sh, c, name);
+    return 0;
 }
 
 static void load_fails(const char *text, const char *want)
 {
     char err[512] = "";
-    dlv_shaping_t *sh = NULL;
-    assert_int_equal(dlv_shaping_new_text(NULL, "bad.conf", text, NULL, &sh, err, sizeof(err)),
-                     SL_ECONFIG);
+    shp_conf_t *c = NULL;
+    assert_int_equal(shp_conf_parse(NULL, "bad.conf", text, &c, err, sizeof(err)), SL_ECONFIG);
     if (strstr(err, want) == NULL)
         fail_msg("error \"%s\" does not say \"%s\"", err, want);
 }
 
-/* The C copy of config/providers.conf equals the file and loads. */
+/* The compiled-in copy of config/providers.conf is the file's, and loads. */
 static void test_builtin_equals_file(void **state)
 {
     (void)state;
@@ -50,12 +62,12 @@ static void test_builtin_equals_file(void **state)
     fclose(f);
     text[n] = '\0';
     if (strcmp(text, shp_builtin_text) != 0)
-        fail_msg("delivery/providers_builtin.c differs from config/providers.conf: run "
-                 "/usr/bin/python3 delivery/gen_providers_builtin.py");
+        fail_msg("the compiled-in providers differ from config/providers.conf: rebuild (the "
+                 "build embeds it, delivery/embed_text.cmake)");
     dlv_shaping_t *sh = load(NULL);
-    assert_true(sh->sh_nprules >= 10);
+    assert_true(sh->sh_conf->sc_nprules >= 10);
     assert_int_equal(sh->sh_nvmtas, 1);
-    assert_int_equal(sh->sh_npools, 1);
+    assert_int_equal(sh->sh_vm->sc_npools, 1);
     dlv_shaping_free(sh);
 }
 
@@ -190,9 +202,9 @@ static void test_hierarchy(void **state)
 {
     (void)state;
     dlv_shaping_t *sh = load(hier_conf);
-    const shp_prule_t *big = shp_match_domain(sh, "big.example");
+    const shp_prule_t *big = shp_match_domain(sh->sh_conf, "big.example");
     assert_non_null(big);
-    assert_string_equal(big->pr_name, "big");
+    assert_string_equal(big->pr_hosts.pv_name, "big");
     assert_int_equal(big->pr_lim.l_max_conn, 7);       /* from defaults */
     assert_int_equal(big->pr_lim.l_msg_rate.r_n, 600); /* its own */
     assert_int_equal(big->pr_lim.l_bo_max_conn, 1);    /* defaults' backoff */
@@ -209,13 +221,13 @@ static void test_hierarchy(void **state)
     assert_int_equal(l->l_max_conn, 7);
     shp_provider_put(pv);
     /* the operator's google replaces the shipped one (its mx patterns too) */
-    const shp_prule_t *g = shp_match_domain(sh, "gmail.com");
+    const shp_prule_t *g = shp_match_domain(sh->sh_conf, "gmail.com");
     assert_non_null(g);
     assert_int_equal(g->pr_lim.l_max_conn, 3);
-    assert_null(shp_match_domain(sh, "googlemail.com"));
-    assert_null(shp_match_mx(sh, "gmail-smtp-in.l.google.com"));
+    assert_null(shp_match_domain(sh->sh_conf, "googlemail.com"));
+    assert_null(shp_match_mx(sh->sh_conf, "gmail-smtp-in.l.google.com"));
     /* an unmatched destination: a provider of its own with the defaults */
-    assert_null(shp_match_domain(sh, "example.org"));
+    assert_null(shp_match_domain(sh->sh_conf, "example.org"));
     shp_provider_t *own_pv = shp_provider_get(sh, NULL, "example.org");
     assert_string_equal(own_pv->pv_name, "example.org");
     assert_int_equal(own_pv->pv_lim.l_max_conn, 7);
@@ -247,8 +259,8 @@ static void test_mx_matching(void **state)
         {"google.com.evil.example", NULL},
     };
     for (size_t i = 0; i < sizeof(mx) / sizeof(mx[0]); i++) {
-        const shp_prule_t *p = shp_match_mx(sh, mx[i].mx);
-        const char *got = p ? p->pr_name : NULL;
+        const shp_prule_t *p = shp_match_mx(sh->sh_conf, mx[i].mx);
+        const char *got = p ? p->pr_hosts.pv_name : NULL;
         if ((got == NULL) != (mx[i].provider == NULL) || (got && strcmp(got, mx[i].provider) != 0))
             fail_msg("mx %s: %s, want %s", mx[i].mx, got ? got : "none",
                      mx[i].provider ? mx[i].provider : "none");
@@ -260,8 +272,8 @@ static void test_mx_matching(void **state)
                {"me.com", "apple"},      {"web.de", "gmx"},
                {"example.com", NULL},    {"notgmail.com", NULL}};
     for (size_t i = 0; i < sizeof(dom) / sizeof(dom[0]); i++) {
-        const shp_prule_t *p = shp_match_domain(sh, dom[i].d);
-        const char *got = p ? p->pr_name : NULL;
+        const shp_prule_t *p = shp_match_domain(sh->sh_conf, dom[i].d);
+        const char *got = p ? p->pr_hosts.pv_name : NULL;
         if ((got == NULL) != (dom[i].provider == NULL) ||
             (got && strcmp(got, dom[i].provider) != 0))
             fail_msg("domain %s: %s, want %s", dom[i].d, got ? got : "none",
@@ -301,14 +313,14 @@ static void test_rule_matching(void **state)
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         const shp_prule_t *p = NULL;
-        for (int k = 0; k < sh->sh_nprules; k++)
-            if (strcmp(sh->sh_prules[k].pr_name, cases[i].provider) == 0)
-                p = &sh->sh_prules[k];
+        for (int k = 0; k < sh->sh_conf->sc_nprules; k++)
+            if (strcmp(sh->sh_conf->sc_prules[k].pr_hosts.pv_name, cases[i].provider) == 0)
+                p = &sh->sh_conf->sc_prules[k];
         assert_non_null(p);
         int got = 0;
-        for (int k = 0; k < p->pr_nrules + sh->sh_nrules && got == 0; k++) {
+        for (int k = 0; k < p->pr_nrules + sh->sh_conf->sc_nrules && got == 0; k++) {
             const shp_rule_t *r =
-                k < p->pr_nrules ? &p->pr_rules[k] : &sh->sh_rules[k - p->pr_nrules];
+                k < p->pr_nrules ? &p->pr_rules[k] : &sh->sh_conf->sc_rules[k - p->pr_nrules];
             if (shp_rule_match(r, cases[i].code, cases[i].status, cases[i].text))
                 got = (int)r->r_action;
         }
@@ -338,7 +350,8 @@ static void test_triggers_and_actions(void **state)
 {
     (void)state;
     dlv_shaping_t *sh = load(rec_conf);
-    shp_provider_t *pv = shp_provider_get(sh, shp_match_domain(sh, "p.example"), "p.example");
+    shp_provider_t *pv =
+        shp_provider_get(sh, shp_match_domain(sh->sh_conf, "p.example"), "p.example");
     shp_queue_t *q = &pv->pv_q[0];
     uint64_t t = 1000000000ULL;
     assert_int_equal(atomic_load(&q->q_mode), SHP_NORMAL);
@@ -383,7 +396,8 @@ static void test_recovery_steps(void **state)
 {
     (void)state;
     dlv_shaping_t *sh = load(rec_conf);
-    shp_provider_t *pv = shp_provider_get(sh, shp_match_domain(sh, "p.example"), "p.example");
+    shp_provider_t *pv =
+        shp_provider_get(sh, shp_match_domain(sh->sh_conf, "p.example"), "p.example");
     shp_queue_t *q = &pv->pv_q[0];
     uint64_t t = 1000000000ULL;
     shp_queue_backoff(q, "test", t);
@@ -452,8 +466,8 @@ static void test_pools(void **state)
     (void)state;
     dlv_shaping_t *sh = load(pool_conf);
     assert_int_equal(sh->sh_nvmtas, 3);
-    assert_int_equal(sh->sh_npools, 2);
-    assert_string_equal(sh->sh_vmtas[1].vm_ehlo, "b.example.net");
+    assert_int_equal(sh->sh_vm->sc_npools, 2);
+    assert_string_equal(sh->sh_vm->sc_vmtas[1].vm_ehlo, "b.example.net");
     /* round robin */
     int cw[SHP_MAX_VMTAS] = {0};
     bool all[SHP_MAX_VMTAS];
@@ -461,42 +475,42 @@ static void test_pools(void **state)
         all[i] = true;
     int seq[4];
     for (int i = 0; i < 4; i++)
-        seq[i] = shp_pool_pick(&sh->sh_pools[0], cw, all);
+        seq[i] = shp_pool_pick(&sh->sh_vm->sc_pools[0], cw, all);
     assert_int_equal(seq[0] + seq[1], 1);
     assert_int_equal(seq[2] + seq[3], 1);
     assert_int_not_equal(seq[0], seq[1]);
     /* weighted 3:1:1, smooth */
     int cw2[SHP_MAX_VMTAS] = {0}, cnt[3] = {0};
     for (int i = 0; i < 50; i++)
-        cnt[shp_pool_pick(&sh->sh_pools[1], cw2, all)]++;
+        cnt[shp_pool_pick(&sh->sh_vm->sc_pools[1], cw2, all)]++;
     assert_int_equal(cnt[0], 30);
     assert_int_equal(cnt[1], 10);
     assert_int_equal(cnt[2], 10);
     /* a disabled member is skipped; none allowed: -1 */
     all[0] = false;
     for (int i = 0; i < 5; i++)
-        assert_int_equal(shp_pool_pick(&sh->sh_pools[0], cw, all), 1);
+        assert_int_equal(shp_pool_pick(&sh->sh_vm->sc_pools[0], cw, all), 1);
     all[1] = false;
-    assert_int_equal(shp_pool_pick(&sh->sh_pools[0], cw, all), -1);
+    assert_int_equal(shp_pool_pick(&sh->sh_vm->sc_pools[0], cw, all), -1);
     /* pool choice: header (stripped), AUTH user, default */
     queue_dispatch_t *qd = mk_qd(
         "From: a@x\r\nX-Sluice-Pool: heavy\r\nSubject: s\r\n\r\nX-Sluice-Pool: body\r\n", "alice");
-    assert_int_equal(shp_pool_for(sh, qd), 1);
+    assert_int_equal(shp_pool_for(sh->sh_vm, qd), 1);
     assert_string_equal(qd->qd_body, "From: a@x\r\nSubject: s\r\n\r\nX-Sluice-Pool: body\r\n");
     assert_int_equal(qd->qd_body_len, strlen(qd->qd_body));
     queue_dispatch_free(qd);
     qd = mk_qd("x-sluice-pool:  bulk \r\n\tfolded\r\nFrom: a@x\r\n\r\nbody\r\n", "alice");
-    assert_int_equal(shp_pool_for(sh, qd), 0);
+    assert_int_equal(shp_pool_for(sh->sh_vm, qd), 0);
     assert_string_equal(qd->qd_body, "From: a@x\r\n\r\nbody\r\n");
     queue_dispatch_free(qd);
     qd = mk_qd("From: a@x\r\n\r\nbody\r\n", "alice");
-    assert_int_equal(shp_pool_for(sh, qd), 1);
+    assert_int_equal(shp_pool_for(sh->sh_vm, qd), 1);
     queue_dispatch_free(qd);
     qd = mk_qd("From: a@x\r\n\r\nbody\r\n", NULL);
-    assert_int_equal(shp_pool_for(sh, qd), 0);
+    assert_int_equal(shp_pool_for(sh->sh_vm, qd), 0);
     queue_dispatch_free(qd);
     qd = mk_qd("X-Sluice-Pool: nosuch\r\n\r\nbody\r\n", NULL);
-    assert_int_equal(shp_pool_for(sh, qd), 0);
+    assert_int_equal(shp_pool_for(sh->sh_vm, qd), 0);
     assert_string_equal(qd->qd_body, "\r\nbody\r\n");
     queue_dispatch_free(qd);
     dlv_shaping_free(sh);
@@ -530,51 +544,49 @@ static void test_reload(void **state)
     bool vm = true;
     dlv_shaping_t *sh = load("providers { r { domains = [\"r.example\"]; message_rate = \"5/s\";\n"
                              "  max_connections = 2; } }\n");
-    const shp_prule_t *rule = shp_match_domain(sh, "r.example");
+    const shp_prule_t *rule = shp_match_domain(sh->sh_conf, "r.example");
     shp_provider_t *pv = shp_provider_get(sh, rule, "r.example");
     assert_float_equal(shp_queue_rate(&pv->pv_q[0]), 5.0, 0.01);
     atomic_store(&pv->pv_q[0].q_delivered, 42);
     uint32_t gen = atomic_load(&sh->sh_gen);
-    assert_int_equal(dlv_shaping_reload_text(sh, NULL, "new.conf",
-                                             "providers { r { domains = [\"r.example\", "
-                                             "\"r2.example\"]; message_rate = \"20/s\"; } }\n",
-                                             &vm, err, sizeof(err)),
+    assert_int_equal(reload(sh, "new.conf",
+                            "providers { r { domains = [\"r.example\", "
+                            "\"r2.example\"]; message_rate = \"20/s\"; } }\n",
+                            &vm, err, sizeof(err)),
                      0);
     assert_false(vm);
     assert_int_equal(atomic_load(&sh->sh_gen), gen + 1);
     /* the same provider object, its counters kept, its limits new */
-    assert_ptr_equal(pv->pv_rule, shp_match_domain(sh, "r2.example"));
+    assert_ptr_equal(pv->pv_rule, shp_match_domain(sh->sh_conf, "r2.example"));
     assert_float_equal(shp_queue_rate(&pv->pv_q[0]), 20.0, 0.01);
     assert_int_equal(atomic_load(&pv->pv_q[0].q_max_conn), pv->pv_lim.l_max_conn);
     assert_int_equal(atomic_load(&pv->pv_q[0].q_delivered), 42);
-    assert_ptr_equal(shp_provider_get(sh, shp_match_domain(sh, "r.example"), "r.example"), pv);
+    assert_ptr_equal(shp_provider_get(sh, shp_match_domain(sh->sh_conf, "r.example"), "r.example"),
+                     pv);
     shp_provider_put(pv);
     /* a queue in backoff stays in backoff, at the new backoff rate */
     shp_queue_backoff(&pv->pv_q[0], "test", 1000);
-    assert_int_equal(dlv_shaping_reload_text(
-                         sh, NULL, "new.conf",
-                         "providers { r { domains = [\"r.example\"]; message_rate = \"20/s\";\n"
-                         "  backoff { message_rate = \"2/s\"; } } }\n",
-                         &vm, err, sizeof(err)),
+    assert_int_equal(reload(sh, "new.conf",
+                            "providers { r { domains = [\"r.example\"]; message_rate = \"20/s\";\n"
+                            "  backoff { message_rate = \"2/s\"; } } }\n",
+                            &vm, err, sizeof(err)),
                      0);
     assert_int_equal(atomic_load(&pv->pv_q[0].q_mode), SHP_BACKOFF);
     assert_float_equal(shp_queue_rate(&pv->pv_q[0]), 2.0, 0.01);
     /* broken: refused with file:line, nothing changes */
     gen = atomic_load(&sh->sh_gen);
-    assert_int_not_equal(dlv_shaping_reload_text(sh, NULL, "bad.conf",
-                                                 "providers { r {\n  message_rate = \"x\"; } }\n",
-                                                 &vm, err, sizeof(err)),
+    assert_int_not_equal(reload(sh, "bad.conf", "providers { r {\n  message_rate = \"x\"; } }\n",
+                                &vm, err, sizeof(err)),
                          0);
     assert_non_null(strstr(err, "bad.conf:2"));
     assert_int_equal(atomic_load(&sh->sh_gen), gen);
     assert_float_equal(shp_queue_rate(&pv->pv_q[0]), 2.0, 0.01);
     /* virtual MTAs: reported, not changed */
-    assert_int_equal(dlv_shaping_reload_text(sh, NULL, "vm.conf",
-                                             "virtual_mtas { x { source = \"127.0.0.2\"; } }\n",
-                                             &vm, err, sizeof(err)),
+    assert_int_equal(reload(sh, "vm.conf", "virtual_mtas { x { source = \"127.0.0.2\"; } }\n", &vm,
+                            err, sizeof(err)),
                      0);
     assert_true(vm);
-    assert_string_equal(sh->sh_vmtas[0].vm_name, "default");
+    assert_string_equal(sh->sh_vm->sc_vmtas[0].vm_name, "default");
     shp_provider_put(pv);
     dlv_shaping_free(sh);
 }
@@ -586,24 +598,25 @@ static void test_operator_suspend(void **state)
     char err[512] = "";
     dlv_shaping_t *sh = load("virtual_mtas { a { } b { } }\n"
                              "providers { p { domains = [\"p.example\"]; } }\n");
-    assert_int_equal(dlv_shaping_suspend_sh(sh, "p", NULL, UINT64_MAX, err, sizeof(err)), 0);
-    shp_provider_t *pv = shp_provider_get(sh, shp_match_domain(sh, "p.example"), "p.example");
+    assert_int_equal(shp_registry_suspend(sh, "p", NULL, UINT64_MAX, err, sizeof(err)), 0);
+    shp_provider_t *pv =
+        shp_provider_get(sh, shp_match_domain(sh->sh_conf, "p.example"), "p.example");
     assert_int_equal(atomic_load(&pv->pv_op_until), UINT64_MAX); /* created suspended */
-    assert_int_equal(dlv_shaping_suspend_sh(sh, "P", NULL, 0, err, sizeof(err)), 0);
+    assert_int_equal(shp_registry_suspend(sh, "P", NULL, 0, err, sizeof(err)), 0);
     assert_int_equal(atomic_load(&pv->pv_op_until), 0);
     /* a domain of its own stays in the registry while suspended */
-    assert_int_equal(dlv_shaping_suspend_sh(sh, "own.example", NULL, UINT64_MAX, err, sizeof(err)),
+    assert_int_equal(shp_registry_suspend(sh, "own.example", NULL, UINT64_MAX, err, sizeof(err)),
                      0);
     shp_provider_t *own = shp_provider_get(sh, NULL, "own.example");
     shp_provider_put(own);
     assert_ptr_equal(shp_provider_get(sh, NULL, "own.example"), own);
     shp_provider_put(own);
-    assert_int_equal(dlv_shaping_suspend_sh(sh, "nosuch", NULL, UINT64_MAX, err, sizeof(err)),
+    assert_int_equal(shp_registry_suspend(sh, "nosuch", NULL, UINT64_MAX, err, sizeof(err)),
                      SL_ENOTFOUND);
-    assert_int_equal(dlv_shaping_suspend_sh(sh, NULL, "b", 123, err, sizeof(err)), 0);
+    assert_int_equal(shp_registry_suspend(sh, NULL, "b", 123, err, sizeof(err)), 0);
     assert_int_equal(atomic_load(&sh->sh_vmta_suspend[1]), 123);
     assert_int_equal(atomic_load(&sh->sh_vmta_suspend[0]), 0);
-    assert_int_equal(dlv_shaping_suspend_sh(sh, NULL, "zz", 123, err, sizeof(err)), SL_ENOTFOUND);
+    assert_int_equal(shp_registry_suspend(sh, NULL, "zz", 123, err, sizeof(err)), SL_ENOTFOUND);
     shp_provider_put(pv);
     dlv_shaping_free(sh);
 }

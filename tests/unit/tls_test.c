@@ -21,8 +21,8 @@ typedef struct fixture {
     char dir[64];
     char cert[128];
     char key[128];
-    void *sctx;
-    void *cctx;
+    tls_ctx_t *sctx;
+    tls_ctx_t *cctx;
 } fixture_t;
 
 static int setup(void **state)
@@ -115,7 +115,7 @@ static void test_selfsigned(void **state)
     /* a missing file is a clear error */
     char bad[160];
     snprintf(bad, sizeof(bad), "%s/nope.pem", f->dir);
-    void *x = tls_server_ctx_new(bad, f->key, err, sizeof(err));
+    tls_ctx_t *x = tls_server_ctx_new(bad, f->key, err, sizeof(err));
     assert_null(x);
     assert_non_null(strstr(err, "nope.pem"));
 }
@@ -167,7 +167,7 @@ static void test_handshake_data_resume(void **state)
 
     /* TLS 1.3 tickets arrive after the handshake: reading made the client
      * process them, so the session is resumable now */
-    void *sess = tls_conn_get_session(c);
+    tls_session_t *sess = tls_conn_get_session(c);
     assert_non_null(sess);
     tls_conn_free(c);
     tls_conn_free(s);
@@ -204,7 +204,7 @@ static void test_verify_failures(void **state)
 
     /* opportunistic (no verify) against an untrusted certificate: the
      * handshake succeeds and the result says why it would not verify */
-    void *sys = tls_client_ctx_new(NULL, err, sizeof(err));
+    tls_ctx_t *sys = tls_client_ctx_new(NULL, err, sizeof(err));
     assert_non_null(sys);
     c = tls_conn_new_client(sys, "mx.test.example", false);
     s = tls_conn_new_server(f->sctx);

@@ -1,0 +1,626 @@
+/*
+ * queue/outcome.c - what a delivery attempt's outcome does to the spool.
+ *
+ *   q_outcomes_apply    outcomes -> spool writes inside a write txn: remove
+ *                       the recipient (delivered, bounced, expired) or
+ *                       reschedule it (deferred), accounting records, DSNs
+ *   q_outcomes_done     after the commit: counters, accounting log, release
+ *                       the recipients from flight
+ *   q_outcomes_process  outcomes in their own transactions (operator
+ *                       bounces, the fallback of a shared txn that failed)
+ *   q_outcomes_stop     the queue stops: what rounds held is applied
+ *   q_retry_delay       the retry schedule
+ *
+ * Rounds: the outcomes a DSN will report (bounced, expired, relayed) are
+ * held on their message's round (sched.c) until the round ends - no
+ * recipient of the message left in flight but held ones - and applied
+ * then, together: one DSN per message per round (dsn.c). Held outcomes are
+ * not in the spool yet: after a crash their recipients are tried again, as
+ * for any outcome not committed.
+ *
+ * Calls sched.c (the in-flight set and its rounds), dsn.c, acct.c, spool.c,
+ * msgid.c and chanmsg.c; queue.c and admin.c call here.
+ * Thread: queue thread only (queue_lat_bounds is read-only data).
+ */
+#include "queue/queue_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Outcome marks (queue_outcome_t.qo_sched). */
+#define Q_OS_HELD 0x01 /* held for its message's DSN: nothing of it written yet */
+
+/* The batch being applied (q->q_octx). */
+typedef struct outcome_ctx {
+    q_dsns_t *dsns;          /* the DSNs the batch creates */
+    int64_t d_msgs, d_rcpts; /* change of the spool's counts, once committed */
+    buf_t acct;              /* its accounting records, written once committed */
+    uint64_t gen;            /* the batch: rounds it touched have r_gen == gen */
+    q_round_t *touched;
+    queue_outcome_t **held; /* its outcomes held (Q_OS_HELD) */
+    size_t nheld, capheld;
+    bool closing; /* q_outcomes_stop: nothing is held any more */
+} outcome_ctx_t;
+
+/* What an outcome makes of its recipient. */
+typedef struct fate {
+    const char *f_type;     /* accounting record type */
+    const char *f_status;   /* enhanced status code */
+    const char *f_category; /* bounce category */
+    uint64_t f_next;        /* deferred: the next attempt (unix s); 0 = final */
+    bool f_expired;
+} fate_t;
+
+static int outcome_apply(queue_t *q, MDB_txn *txn, queue_outcome_t *o, uint64_t now_us,
+                         outcome_ctx_t *cx, bool may_hold);
+static void outcome_fate(queue_t *q, const queue_outcome_t *o, const q_msg_rec_t *mr,
+                         const q_rcpt_rec_t *rr, uint64_t now, fate_t *f);
+static int outcome_write(queue_t *q, MDB_txn *txn, outcome_ctx_t *cx, const queue_outcome_t *o,
+                         const q_rcpt_rec_t *rr, uint64_t next);
+static void outcome_note(queue_t *q, const char *type, uint64_t queued_us);
+
+/* microseconds: 50 ms .. 1 day (docs/operations.md) */
+const uint64_t queue_lat_bounds[Q_LAT_NBUCKETS] = {
+    50000ull,      100000ull,      250000ull,      500000ull,    1000000ull,   5000000ull,
+    10000000ull,   30000000ull,    60000000ull,    300000000ull, 900000000ull, 1800000000ull,
+    3600000000ull, 14400000000ull, 86400000000ull, UINT64_MAX,
+};
+
+void q_outcomes_init(queue_t *q)
+{
+    SL_ASSERT_MAIN_THREAD();
+    q->q_octx = xcalloc(1, sizeof(outcome_ctx_t));
+    q->q_octx->dsns = q_dsns_new();
+    buf_init(&q->q_octx->acct, 4096);
+}
+
+void q_outcomes_free(queue_t *q)
+{
+    SL_ASSERT_MAIN_THREAD();
+    outcome_ctx_t *cx = q->q_octx;
+    if (cx == NULL)
+        return;
+    q_dsns_free(cx->dsns);
+    buf_free(&cx->acct);
+    free(cx->held);
+    free(cx);
+    q->q_octx = NULL;
+}
+
+/* ------------------------------------------------------------ retry policy */
+
+static uint64_t q_rand_next(queue_t *q)
+{
+    uint64_t x = q->q_rand;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    q->q_rand = x;
+    return x;
+}
+
+/* Delay before the next attempt after `attempts` attempts (>= 1): the
+ * explicit list (the last value repeats) as given, or the exponential
+ * default (retry_initial doubling, clamped at retry_max) with +/- jitter
+ * percent so that a burst of deferrals does not come back as one burst. */
+uint64_t q_retry_delay(queue_t *q, uint32_t attempts)
+{
+    const cfg_t *c = q->q_cfg;
+    if (attempts == 0)
+        attempts = 1;
+    if (c->c_retry_n > 0)
+        return c->c_retry[MIN((int)attempts - 1, c->c_retry_n - 1)];
+    uint64_t d = c->c_retry_initial ? c->c_retry_initial : 300;
+    uint64_t max = c->c_retry_max ? c->c_retry_max : 4 * 3600;
+    for (uint32_t i = 1; i < attempts && d < max; i++)
+        d *= 2;
+    if (d > max)
+        d = max;
+    if (c->c_retry_jitter > 0) {
+        uint64_t span = d * (uint64_t)c->c_retry_jitter / 100;
+        if (span > 0) {
+            uint64_t r = q_rand_next(q) % (2 * span + 1);
+            d = d - span + r;
+        }
+    }
+    return d ? d : 1;
+}
+
+/* ------------------------------------------------------------ one outcome */
+
+/* One outcome record. Every key is always there, in one form per kind of
+ * field (docs/records.md): null for what does not apply (no MX reached, no
+ * TLS, no reply code, no next attempt), never "" or 0. */
+static void acct_outcome(buf_t *b, const char *type, uint64_t now_us, uint64_t id,
+                         const q_msg_rec_t *mr, const q_rcpt_rec_t *rr, const char *domain,
+                         const queue_outcome_t *o, const char *status, const char *category,
+                         uint64_t next)
+{
+    char idbuf[17];
+    buf_printf(b, "{\"type\":\"%s\",\"time\":", type);
+    q_json_time(b, now_us);
+    buf_append_str(b, ",\"msgid\":\"");
+    buf_append(b, queue_msgid_fmt(id, idbuf), 16);
+    buf_append_str(b, "\",\"job\":");
+    q_json_opt(b, mr->mr_job, mr->mr_job_len);
+    buf_append_str(b, ",\"dsn_for\":"); /* a DSN: the message (and job) it reports */
+    if (mr->mr_flags & Q_F_DSN) {
+        buf_append_str(b, "{\"msgid\":\"");
+        buf_append(b, queue_msgid_fmt(mr->mr_dsn_for, idbuf), 16);
+        buf_append_str(b, "\",\"job\":");
+        q_json_opt(b, mr->mr_dsn_job, mr->mr_dsn_job_len);
+        buf_append_str(b, "}");
+    } else {
+        buf_append_str(b, "null");
+    }
+    buf_append_str(b, ",\"sender\":");
+    q_json_str(b, mr->mr_sender ? mr->mr_sender : "", mr->mr_sender_len);
+    buf_append_str(b, ",\"recipient\":");
+    q_json_str(b, rr->rr_addr, rr->rr_addr_len);
+    buf_append_str(b, ",\"domain\":");
+    q_json_optz(b, domain);
+    buf_append_str(b, ",\"mx\":");
+    q_json_optz(b, o->qo_mx);
+    buf_append_str(b, ",\"mx_ip\":");
+    q_json_optz(b, o->qo_mx_ip);
+    buf_append_str(b, ",\"src_ip\":");
+    q_json_optz(b, o->qo_src_ip);
+    buf_append_str(b, ",\"tls\":");
+    q_json_optz(b, o->qo_tls);
+    buf_append_str(b, ",\"cipher\":");
+    q_json_optz(b, o->qo_cipher);
+    buf_append_str(b, ",\"mta_sts\":");
+    q_json_optz(b, o->qo_mta_sts);
+    uint64_t now_s = now_us / 1000000;
+    buf_printf(b, ",\"attempt\":%u,\"queued_seconds\":%llu,\"code\":", rr->rr_attempts + 1,
+               (unsigned long long)(now_s > mr->mr_arrival ? now_s - mr->mr_arrival : 0));
+    q_json_code(b, o->qo_code);
+    buf_append_str(b, ",\"status\":");
+    q_json_optz(b, status);
+    buf_append_str(b, ",\"text\":");
+    q_json_optz(b, o->qo_text);
+    buf_append_str(b, ",\"category\":");
+    q_json_optz(b, category);
+    buf_append_str(b, ",\"next_attempt\":");
+    q_json_time_s(b, next);
+    buf_append_str(b, "}\n");
+}
+
+/* A DSN for this recipient's failure (RFC 3461 4.1: FAILURE when NOTIFY
+ * was not given), never for the null sender. */
+static bool dsn_wanted(queue_t *q, const q_msg_rec_t *mr, const q_rcpt_rec_t *rr)
+{
+    if (!q->q_cfg->c_dsn || mr->mr_sender_len == 0)
+        return false; /* never bounce a bounce */
+    if (rr->rr_notify == 0)
+        return true;
+    return (rr->rr_notify & Q_NOTIFY_FAILURE) && !(rr->rr_notify & Q_NOTIFY_NEVER);
+}
+
+/* A "relayed" DSN for this delivery (RFC 3461 5.2.2): NOTIFY=SUCCESS, and
+ * the next hop did not offer DSN, so nobody after us will report it. */
+static bool dsn_relayed_wanted(queue_t *q, const q_msg_rec_t *mr, const q_rcpt_rec_t *rr,
+                               const queue_outcome_t *o)
+{
+    return q->q_cfg->c_dsn && mr->mr_sender_len > 0 && !o->qo_peer_dsn &&
+           (rr->rr_notify & Q_NOTIFY_SUCCESS) && !(rr->rr_notify & Q_NOTIFY_NEVER);
+}
+
+/* An outcome of the batch being applied: its round (counted as seen in
+ * this batch), or NULL when its recipient is not in flight (an operator
+ * bounce, a duplicate) or the queue is stopping: applied at once then. */
+static q_round_t *round_touch(queue_t *q, outcome_ctx_t *cx, const queue_outcome_t *o)
+{
+    if (cx->closing || !q_sched_in_flight(q, o->qo_msgid, o->qo_idx))
+        return NULL;
+    q_round_t *r = q_round_find(q, o->qo_msgid);
+    if (r == NULL)
+        return NULL;
+    if (r->r_gen != cx->gen) {
+        r->r_gen = cx->gen;
+        r->r_seen = 0;
+        r->r_ends = false;
+        r->r_touched = cx->touched;
+        cx->touched = r;
+    }
+    r->r_seen++;
+    return r;
+}
+
+/* The recipient's fate: delivered, deferred to f_next, bounced, or expired
+ * (a deferral past queue.max_age), with its record type, status and
+ * category. */
+static void outcome_fate(queue_t *q, const queue_outcome_t *o, const q_msg_rec_t *mr,
+                         const q_rcpt_rec_t *rr, uint64_t now, fate_t *f)
+{
+    *f = (fate_t){.f_type = "delivery", .f_status = o->qo_status, .f_category = o->qo_category};
+    if (o->qo_result == Q_OUT_DEFERRED) {
+        uint64_t deadline = mr->mr_arrival + q->q_cfg->c_max_age;
+        if (q->q_cfg->c_max_age > 0 && now >= deadline) {
+            f->f_expired = true;
+        } else {
+            f->f_next = now + q_retry_delay(q, rr->rr_attempts + 1);
+            if (o->qo_retry_at > f->f_next)
+                f->f_next = o->qo_retry_at;
+            if (q->q_cfg->c_max_age > 0 && f->f_next > deadline)
+                f->f_next = deadline; /* one last try at the deadline, then expire */
+            f->f_type = "transient";
+        }
+    } else if (o->qo_result == Q_OUT_BOUNCED) {
+        f->f_type = o->qo_admin ? "admin_bounce" : "bounce";
+        if (f->f_category == NULL)
+            f->f_category = "other";
+    }
+    if (f->f_expired) {
+        f->f_type = "expired";
+        f->f_status = "4.4.7";
+        f->f_category = "message-expired";
+    }
+}
+
+/* The spool writes of one outcome: its due entry goes; a deferred
+ * recipient comes back with its next attempt (next), a final one goes with
+ * its message when it was the last. */
+static int outcome_write(queue_t *q, MDB_txn *txn, outcome_ctx_t *cx, const queue_outcome_t *o,
+                         const q_rcpt_rec_t *rr, uint64_t next)
+{
+    uint8_t mk[Q_MSG_KEY_LEN], rk[Q_RCPT_KEY_LEN], dk[Q_DUE_KEY_LEN];
+    MDB_val k, v;
+    int rc;
+    q_msg_key(mk, o->qo_msgid);
+    q_rcpt_key(rk, o->qo_msgid, o->qo_idx);
+    q_due_key(dk, rr->rr_next, o->qo_msgid, o->qo_idx);
+    k = (MDB_val){Q_DUE_KEY_LEN, dk};
+    rc = mdb_del(txn, q->q_dbi_due, &k, NULL);
+    if (rc != 0 && rc != MDB_NOTFOUND)
+        return rc;
+
+    if (next) {
+        q_rcpt_rec_t nr = *rr;
+        nr.rr_attempts = rr->rr_attempts + 1;
+        nr.rr_next = next;
+        /* The last reply a server gave stays, with that server, until
+         * another server replies: a local deferral afterwards (destination
+         * marked down, connection refused, DNS) does not replace it, so
+         * that the DSN at expiry quotes what the receiver said. Without a
+         * reply yet, the latest local diagnostic is kept. */
+        if (q_outcome_is_reply(o) || rr->rr_code == 0 || rr->rr_mx_len == 0) {
+            nr.rr_code = (uint16_t)o->qo_code;
+            nr.rr_status = o->qo_status;
+            nr.rr_status_len = (uint8_t)strnlen(o->qo_status, sizeof(o->qo_status));
+            nr.rr_text = o->qo_text;
+            nr.rr_text_len = (uint16_t)(o->qo_text ? MIN(strlen(o->qo_text), Q_TEXT_MAX) : 0);
+            nr.rr_mx = q_outcome_is_reply(o) ? o->qo_mx : NULL;
+            nr.rr_mx_len = (uint16_t)(nr.rr_mx ? MIN(strlen(nr.rr_mx), 255) : 0);
+        }
+        buf_t *b = &cx->acct; /* borrow a buffer for the encoding: append then cut */
+        size_t mark = b->b_len;
+        q_rcpt_encode(b, &nr);
+        MDB_val rv = {b->b_len - mark, b->b_data + mark};
+        k = (MDB_val){Q_RCPT_KEY_LEN, rk};
+        rc = mdb_put(txn, q->q_dbi_rcpt, &k, &rv, 0);
+        b->b_len = mark;
+        if (rc != 0)
+            return rc;
+        q_due_key(dk, next, o->qo_msgid, o->qo_idx);
+        k = (MDB_val){Q_DUE_KEY_LEN, dk};
+        v = (MDB_val){0, ""};
+        return mdb_put(txn, q->q_dbi_due, &k, &v, 0);
+    }
+    /* final: delivered, bounced or expired */
+    k = (MDB_val){Q_RCPT_KEY_LEN, rk};
+    if ((rc = mdb_del(txn, q->q_dbi_rcpt, &k, NULL)) != 0)
+        return rc;
+    cx->d_rcpts--;
+    bool more;
+    if ((rc = q_msg_has_rcpts(q, txn, o->qo_msgid, &more)) != 0)
+        return rc;
+    if (!more) {
+        k = (MDB_val){Q_MSG_KEY_LEN, mk};
+        if ((rc = mdb_del(txn, q->q_dbi_msg, &k, NULL)) != 0)
+            return rc;
+        cx->d_msgs--;
+    }
+    return 0;
+}
+
+/* Apply one outcome inside txn. With may_hold, an outcome a DSN will
+ * report is only marked Q_OS_HELD (nothing written): its round applies
+ * it later. Returns 0 or an LMDB error (the whole batch is then retried
+ * or dropped). */
+static int outcome_apply(queue_t *q, MDB_txn *txn, queue_outcome_t *o, uint64_t now_us,
+                         outcome_ctx_t *cx, bool may_hold)
+{
+    uint8_t mk[Q_MSG_KEY_LEN], rk[Q_RCPT_KEY_LEN];
+    MDB_val k, v;
+    q_msg_rec_t mr;
+    q_rcpt_rec_t rr;
+    int rc;
+    char idbuf[17];
+
+    /* Copies: records are written below in the same txn, which may move
+     * the pages the decoded pointers point into. Only the msg record's
+     * head is copied: its body (up to smtp.max_message_size) is read in
+     * place, before the first write, and only for a DSN. The msg record
+     * itself is never rewritten: it goes with its last recipient. */
+    q_msg_key(mk, o->qo_msgid);
+    k = (MDB_val){Q_MSG_KEY_LEN, mk};
+    if ((rc = mdb_get(txn, q->q_dbi_msg, &k, &v)) != 0) {
+        if (rc != MDB_NOTFOUND)
+            return rc;
+        log_debug("%s: outcome for a message not in the spool (idx %u)",
+                  queue_msgid_fmt(o->qo_msgid, idbuf), o->qo_idx);
+        return 0;
+    }
+    if (q_msg_decode(v.mv_data, v.mv_size, &mr) != 0)
+        return 0;
+    size_t head = (size_t)(mr.mr_body - (const char *)v.mv_data);
+    buf_reset(&q->q_scratch);
+    buf_append(&q->q_scratch, v.mv_data, head);
+    q_msg_rebase(&mr, v.mv_data, q->q_scratch.b_data); /* the body stays in the map */
+    q_rcpt_key(rk, o->qo_msgid, o->qo_idx);
+    k = (MDB_val){Q_RCPT_KEY_LEN, rk};
+    if ((rc = mdb_get(txn, q->q_dbi_rcpt, &k, &v)) != 0) {
+        if (rc != MDB_NOTFOUND)
+            return rc;
+        log_debug("%s: duplicate outcome for idx %u", queue_msgid_fmt(o->qo_msgid, idbuf),
+                  o->qo_idx);
+        return 0;
+    }
+    buf_reset(&q->q_scratch2);
+    buf_append(&q->q_scratch2, v.mv_data, v.mv_size);
+    if (q_rcpt_decode(q->q_scratch2.b_data, q->q_scratch2.b_len, &rr) != 0)
+        return 0;
+    char dom[256];
+    q_addr_domain(rr.rr_addr, rr.rr_addr_len, dom, sizeof(dom));
+
+    fate_t f;
+    outcome_fate(q, o, &mr, &rr, now_us / 1000000, &f);
+    bool failed =
+        !f.f_next && (o->qo_result == Q_OUT_BOUNCED || f.f_expired) && dsn_wanted(q, &mr, &rr);
+    bool relayed = o->qo_result == Q_OUT_DELIVERED && dsn_relayed_wanted(q, &mr, &rr, o);
+    if ((failed || relayed) && may_hold) {
+        o->qo_sched |= Q_OS_HELD; /* for the round's one DSN */
+        return 0;
+    }
+    if (failed || relayed) /* copies from the body first */
+        q_dsns_add(cx->dsns, o->qo_msgid, &mr, &rr, o, relayed, f.f_expired);
+    mr.mr_body = NULL;
+    if ((rc = outcome_write(q, txn, cx, o, &rr, f.f_next)) != 0)
+        return rc;
+    acct_outcome(&cx->acct, f.f_type, now_us, o->qo_msgid, &mr, &rr, dom, o, f.f_status,
+                 f.f_category, f.f_next);
+    /* the histogram in microseconds: message ids are the reception time in
+     * us (queue_msgid_new), mr_arrival only whole seconds */
+    uint64_t arr_us = o->qo_msgid;
+    if (arr_us / 1000000 + 60 < mr.mr_arrival || arr_us / 1000000 > mr.mr_arrival + 60)
+        arr_us = mr.mr_arrival * 1000000; /* not a time-based id (clock moved) */
+    outcome_note(q, f.f_type, now_us > arr_us ? now_us - arr_us : 0);
+    return 0;
+}
+
+/* ------------------------------------------------------------ batches */
+
+int q_outcomes_apply(queue_t *q, MDB_txn *txn, chan_node_t *first, size_t n)
+{
+    outcome_ctx_t *cx = q->q_octx;
+    Q_ASSERT_QUEUE_THREAD(q);
+    buf_reset(&cx->acct);
+    q_dsns_reset(cx->dsns);
+    cx->d_msgs = cx->d_rcpts = 0;
+    cx->gen++; /* this call may repeat the previous one (a full map): start afresh */
+    cx->touched = NULL;
+    cx->nheld = 0;
+    uint64_t now_us = clock_now_us();
+    int rc = 0;
+    chan_node_t *node = first;
+    for (size_t i = 0; i < n; i++, node = node->cn_next)
+        ((queue_outcome_t *)node)->qo_sched = 0;
+    node = first;
+    for (size_t i = 0; rc == 0 && i < n; i++, node = node->cn_next) {
+        queue_outcome_t *o = (queue_outcome_t *)node;
+        q_round_t *r = round_touch(q, cx, o);
+        rc = outcome_apply(q, txn, o, now_us, cx, r != NULL);
+        if (rc == 0 && (o->qo_sched & Q_OS_HELD)) {
+            if (cx->nheld == cx->capheld) {
+                cx->capheld = cx->capheld ? cx->capheld * 2 : 64;
+                cx->held = xrealloc(cx->held, cx->capheld * sizeof(*cx->held));
+            }
+            cx->held[cx->nheld++] = o;
+        }
+    }
+    /* The rounds this batch ends (none of their recipients left in flight
+     * but the held ones): what they held, earlier batches' first, goes
+     * into one DSN per message now. */
+    for (q_round_t *r = cx->touched; rc == 0 && r != NULL; r = r->r_touched) {
+        if (r->r_inflight - r->r_nheld - r->r_seen > 0)
+            continue; /* the round goes on */
+        r->r_ends = true;
+        for (chan_node_t *h = r->r_held; rc == 0 && h != NULL; h = h->cn_next)
+            rc = outcome_apply(q, txn, (queue_outcome_t *)h, now_us, cx, false);
+    }
+    for (size_t i = 0; rc == 0 && i < cx->nheld; i++) {
+        queue_outcome_t *o = cx->held[i];
+        q_round_t *r = q_round_find(q, o->qo_msgid);
+        if (r != NULL && r->r_ends) {
+            o->qo_sched &= (uint8_t)~Q_OS_HELD;
+            rc = outcome_apply(q, txn, o, now_us, cx, false);
+        }
+    }
+    /* DSNs go in the same txn: a new message from <> to the sender */
+    if (rc == 0) {
+        int made = 0;
+        rc = q_dsns_insert(q, txn, cx->dsns, now_us, &made);
+        cx->d_msgs += made;
+        cx->d_rcpts += made;
+    }
+    return rc;
+}
+
+void q_outcomes_done(queue_t *q, chan_node_t *first, size_t n, bool committed)
+{
+    outcome_ctx_t *cx = q->q_octx;
+    Q_ASSERT_QUEUE_THREAD(q);
+    if (committed) {
+        atomic_fetch_add_explicit(&q->q_stats.qs_msgs, (uint64_t)cx->d_msgs, memory_order_relaxed);
+        atomic_fetch_add_explicit(&q->q_stats.qs_rcpts, (uint64_t)cx->d_rcpts,
+                                  memory_order_relaxed);
+        buf_append(q_acct_buf(q->q_acct), cx->acct.b_data, cx->acct.b_len);
+    }
+    /* Rounds that ended: what they held from earlier batches is done
+     * (applied; or, not committed, still due and tried again). Their
+     * rounds stay: this batch's outcomes are still counted in flight. */
+    for (q_round_t *r = cx->touched; r != NULL; r = r->r_touched) {
+        if (!r->r_ends)
+            continue;
+        chan_node_t *h = r->r_held;
+        r->r_held = r->r_held_tail = NULL;
+        r->r_nheld = 0;
+        r->r_ends = false;
+        while (h != NULL) {
+            chan_node_t *hn = h->cn_next;
+            queue_outcome_t *o = (queue_outcome_t *)h;
+            q_flight_del(q, o->qo_msgid, o->qo_idx);
+            queue_outcome_free(o);
+            h = hn;
+        }
+    }
+    cx->touched = NULL;
+    cx->nheld = 0;
+    /* Not committed: the recipients stay due and are tried again. */
+    chan_node_t *node = first;
+    for (size_t i = 0; i < n; i++) {
+        chan_node_t *next = node->cn_next;
+        queue_outcome_t *o = (queue_outcome_t *)node;
+        q_round_t *r = NULL;
+        if (committed && (o->qo_sched & Q_OS_HELD))
+            r = q_round_find(q, o->qo_msgid);
+        if (r != NULL) { /* its round goes on: held, its recipient still in flight */
+            node->cn_next = NULL;
+            if (r->r_held_tail)
+                r->r_held_tail->cn_next = node;
+            else
+                r->r_held = node;
+            r->r_held_tail = node;
+            r->r_nheld++;
+        } else {
+            q_flight_del(q, o->qo_msgid, o->qo_idx);
+            queue_outcome_free(o);
+        }
+        node = next;
+    }
+    buf_reset(&cx->acct);
+    q_dsns_reset(cx->dsns);
+}
+
+/* q_outcomes_stop: take what a round holds onto the list at arg. */
+static void round_take_held(q_round_t *r, void *arg)
+{
+    chan_node_t **ends = arg; /* [0] head, [1] tail */
+    if (r->r_held == NULL)
+        return;
+    if (ends[1])
+        ends[1]->cn_next = r->r_held;
+    else
+        ends[0] = r->r_held;
+    ends[1] = r->r_held_tail;
+    r->r_held = r->r_held_tail = NULL;
+    r->r_nheld = 0;
+}
+
+void q_outcomes_stop(queue_t *q)
+{
+    Q_ASSERT_QUEUE_THREAD(q);
+    chan_node_t *ends[2] = {NULL, NULL};
+    q_rounds_foreach(q, round_take_held, ends);
+    /* the rest of those rounds will not come back (delivery stopped
+     * first): apply what they held, with its DSNs, rather than try
+     * recipients again that already have their outcome */
+    q->q_octx->closing = true;
+    if (ends[0] != NULL)
+        q_outcomes_process(q, ends[0]);
+}
+
+/* Outcomes in their own transactions (operator bounces; the fallback when
+ * a transaction shared with submissions failed). Durable before return. */
+void q_outcomes_process(queue_t *q, chan_node_t *first)
+{
+    Q_ASSERT_QUEUE_THREAD(q);
+    size_t batch = q->q_cfg->c_spool_batch > 0 ? (size_t)q->q_cfg->c_spool_batch : 1024;
+    while (first != NULL) {
+        chan_node_t *end = first;
+        size_t n = 0;
+        while (end != NULL && n < batch) {
+            end = end->cn_next;
+            n++;
+        }
+        int rc;
+        for (;;) {
+            MDB_txn *txn = NULL;
+            rc = mdb_txn_begin(q->q_env, NULL, 0, &txn);
+            if (rc == 0)
+                rc = q_outcomes_apply(q, txn, first, n);
+            if (rc == 0)
+                rc = mdb_txn_commit(txn);
+            else if (txn)
+                mdb_txn_abort(txn);
+            if (rc == MDB_MAP_FULL && q_map_grow(q) == 0)
+                continue;
+            break;
+        }
+        if (rc == 0 && q->q_cfg->c_spool_sync != CFG_SYNC_NONE)
+            rc = mdb_env_sync(q->q_env, 1); /* MDB_NOMETASYNC: make it durable now */
+        if (rc == 0) {
+            atomic_fetch_add_explicit(&q->q_stats.qs_commits, 1, memory_order_relaxed);
+            q_stats_refresh(q);
+        } else {
+            atomic_fetch_add_explicit(&q->q_stats.qs_errors, 1, memory_order_relaxed);
+            log_error("spool %s: commit of %zu outcomes failed: %s", q->q_path, n,
+                      mdb_strerror(rc));
+        }
+        q_outcomes_done(q, first, n, rc == 0);
+        q_acct_flush(q->q_acct);
+        first = end;
+    }
+    q_sched_kick(q);
+}
+
+/* ------------------------------------------------------------ metrics */
+
+/* Count one applied outcome for metrics: type is the accounting record
+ * type; queued_us the message's time in queue in microseconds (histogram
+ * for deliveries: sub-second times count). */
+static void outcome_note(queue_t *q, const char *type, uint64_t queued_us)
+{
+    queue_stats_t *s = &q->q_stats;
+    atomic_uint_fast64_t *ctr = NULL;
+    switch (type[0]) {
+    case 'd': /* delivery */
+        ctr = &s->qs_out_delivered;
+        for (int i = 0; i < Q_LAT_NBUCKETS; i++) {
+            if (queued_us <= queue_lat_bounds[i]) {
+                atomic_fetch_add_explicit(&s->qs_lat_bucket[i], 1, memory_order_relaxed);
+                break;
+            }
+        }
+        atomic_fetch_add_explicit(&s->qs_lat_sum, queued_us, memory_order_relaxed);
+        atomic_fetch_add_explicit(&s->qs_lat_count, 1, memory_order_relaxed);
+        break;
+    case 't': /* transient */
+        ctr = &s->qs_out_transient;
+        break;
+    case 'b': /* bounce */
+        ctr = &s->qs_out_bounced;
+        break;
+    case 'e': /* expired */
+        ctr = &s->qs_out_expired;
+        break;
+    case 'a': /* admin_bounce */
+        ctr = &s->qs_out_admin_bounced;
+        break;
+    default:
+        return;
+    }
+    atomic_fetch_add_explicit(ctr, 1, memory_order_relaxed);
+}
