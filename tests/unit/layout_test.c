@@ -6,7 +6,8 @@
  * - the installed layout changes exactly the four paths, its default text
  *   (the shipped /etc/sluice/sluice.conf) loads and states them;
  * - docs/man/sluice.conf.5 has an entry for every key of the schema with
- *   the installed default as the schema writes it, and no entry for a key
+ *   the installed default as the schema writes it and what reload does with
+ *   it (the schema's reload column, cfg_key_apply), and no entry for a key
  *   the schema does not have: the manual cannot drift from config.c.
  *
  * Data: $SLUICE_SRC/docs/man/sluice.conf.5.
@@ -154,6 +155,16 @@ static void test_manual_lists_every_key(void **state)
         const char *n1 = strstr(next, "\n.It "), *n2 = strstr(next, "\n.El");
         const char *stop = n1 == NULL ? n2 : n2 == NULL ? n1 : n1 < n2 ? n1 : n2;
         assert_non_null(stop);
+        /* how reload treats it, as the schema's reload column says */
+        const char *want_reload = cfg_key_apply(i) == CFG_APPLY_LIVE
+                                      ? "\nReload:\\~applied at once\n"
+                                      : "\nReload:\\~needs a restart\n";
+        const char *r = strstr(next, "\nReload:\\~");
+        if (r == NULL || r > stop)
+            fail_msg("sluice.conf.5: \"%s\" has no \"Reload:\\~\" line", key);
+        if (strncmp(r, want_reload, strlen(want_reload)) != 0)
+            fail_msg("sluice.conf.5: \"%s\": the manual says %.*s, the schema's reload column %s",
+                     key, (int)strcspn(r + 1, "\n"), r + 1, want_reload + 1);
         const char *d = strstr(next, "\nDefault:\\~");
         if (def == NULL) { /* a section: no single default */
             if (d != NULL && d < stop)
