@@ -20,7 +20,9 @@ an operator would find it.
   the user nobody standing in for sluice): after logrotate's rename and
   its postrotate `sluicectl log-rotate`, every record written before is in
   the rotated file, every one after in the new one, none lost; the
-  operational log likewise.
+  operational log likewise; then the unit's ExecReload, run as the
+  daemon's user, rereads the configuration (root:<group> 0640) and
+  `sluicectl log-rotate` works as that user too.
 
 Runs as root (as make test does): the daemon switches to nobody.
 Env: SLUICE_BUILD (binaries), SLUICE_SRC.
@@ -322,7 +324,32 @@ class Install(unittest.TestCase):
         self.assertNotIn("after0@example.test", read(oplog + ".1"))
         self.assertEqual(os.stat(oplog).st_uid, NOBODY.pw_uid)
         self.assertEqual(os.stat(acct).st_uid, NOBODY.pw_uid)
+        self.check_reload_as_the_user(d, oplog)
         d.stop()
+
+    def check_reload_as_the_user(self, d, oplog):
+        """The unit's ExecReload runs as its User= (nobody here): the
+        installed sluicectl reaches the socket, and the daemon, which
+        dropped root, rereads the configuration root:<its group> 0640 as
+        the package ships it; a live key changes at once."""
+        os.chown(d.conf_path, 0, NOBODY.pw_gid)
+        os.chmod(d.conf_path, 0o640)
+        conf = read(d.conf_path)
+        self.assertIn("log {\n", conf)
+        with open(d.conf_path, "w") as f:
+            f.write(conf.replace("log {\n", 'log {\n    level = "debug";\n', 1))
+        unit = unit_values(read(self.root + "/lib/systemd/system/sluiced.service"))
+        reload = unit["ExecReload"][0].split()
+        self.assertEqual(reload[0], "/usr/bin/sluicectl")
+        reload = [self.ctl] + [d.ctl_socket if a == "/run/sluice/sluiced.sock" else a
+                               for a in reload[1:]]
+        r = st.run(reload, user="nobody")
+        self.assertEqual(r.rc, 0, r)
+        st.wait_for(lambda: "applied=[log.level," in read(oplog), 30,
+                    what="the reload in the operational log")
+        # and log-rotate, as the same user
+        r = st.run([self.ctl, "-s", d.ctl_socket, "log-rotate"], user="nobody")
+        self.assertEqual(r.rc, 0, r)
 
 
 if __name__ == "__main__":
