@@ -19,10 +19,11 @@ an operator would find it.
 - the shipped logrotate file, pointed at a running installed sluiced (as
   the user nobody standing in for sluice): after logrotate's rename and
   its postrotate `sluicectl log-rotate`, every record written before is in
-  the rotated file, every one after in the new one, none lost; the
-  operational log likewise; then the unit's ExecReload, run as the
-  daemon's user, rereads the configuration (root:<group> 0640) and
-  `sluicectl log-rotate` works as that user too.
+  the rotated file, every one after in the new one, and with a client
+  sending all through the rotation every record is in one of the two
+  files exactly once, none lost; the operational log likewise; then the
+  unit's ExecReload, run as the daemon's user, rereads the configuration
+  (root:<group> 0640) and `sluicectl log-rotate` works as that user too.
 
 Runs as root (as make test does): the daemon switches to nobody.
 Env: SLUICE_BUILD (binaries), SLUICE_SRC.
@@ -35,9 +36,11 @@ import os
 import pwd
 import re
 import shutil
+import smtplib
 import stat
 import subprocess
 import sys
+import threading
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -102,6 +105,36 @@ BENCH_FILES = {
     "/usr/share/doc/sluice-bench/copyright": 0o644,
     "/usr/share/doc/sluice-bench/changelog.gz": 0o644,
 }
+
+
+class Injector(threading.Thread):
+    """One SMTP session that sends message after message (to during00@,
+    during01@, ...) until stop is set, then two more, at most 500; sent
+    lists the accepted recipients, error keeps what went wrong."""
+
+    def __init__(self, host, port):
+        super().__init__(daemon=True)
+        self.host, self.port = host, port
+        self.stop = threading.Event()
+        self.sent = []
+        self.error = None
+
+    def run(self):
+        try:
+            with smtplib.SMTP(self.host, self.port, timeout=60) as s:
+                extra = 0
+                for i in range(500):
+                    a = "during%03d@example.test" % i
+                    s.sendmail("sender@example.com", [a],
+                               b"From: sender@example.com\r\nTo: %s\r\n"
+                               b"Subject: during the rotation\r\n\r\nx\r\n" % a.encode())
+                    self.sent.append(a)
+                    if self.stop.is_set():
+                        extra += 1
+                        if extra == 2:
+                            break
+        except Exception as e:  # reported by the test, not lost in a thread
+            self.error = repr(e)
 
 
 class Install(unittest.TestCase):
@@ -304,21 +337,38 @@ class Install(unittest.TestCase):
         self.assertNotIn("error", r.out + r.err)
         # once, as cron would (forced: "daily" has not passed); the daemon
         # runs as nobody, which the installed sluicectl trusts when told
+        # while a client goes on sending: whatever the daemon writes between
+        # logrotate's rename and the reopen goes to the renamed file
         env = dict(os.environ, SLUICE_SOCKET_OWNER="nobody")
+        sender = Injector(d.smtp_host, d.smtp_port)
+        sender.start()
+        # its first record is in acct.jsonl before logrotate starts, its
+        # last two are sent after the postrotate reopen has returned
+        st.wait_for(lambda: sender.error or (sender.sent and sender.sent[0] in received()),
+                    30, what="the client's first record")
         r = st.run([LOGROTATE, "-f", "-s", state, lr_conf], env=env)
+        sender.stop.set()
+        sender.join(120)
+        self.assertFalse(sender.is_alive(), "the client did not finish in 120 s")
+        self.assertIsNone(sender.error)
         self.assertEqual((r.rc, r.err), (0, ""))
         self.assertEqual(sorted(os.listdir(logdir)),
                          ["acct.jsonl", "acct.jsonl.1", "sluiced.log", "sluiced.log.1"])
-        rotated = [json.loads(l) for l in read(acct + ".1").splitlines()]
-        self.assertEqual(sorted(a for r in rotated if r["type"] == "received" for a in r["rcpts"]),
-                         before)
+        during = sender.sent
         after = ["after%d@example.test" % i for i in range(2)]
         for a in after:
             d.swaks(to=a).check()
-        st.wait_for(lambda: received() == sorted(before + after), 30, what="5 received records")
-        new = [json.loads(l) for l in read(acct).splitlines()]
-        self.assertEqual(sorted(a for r in new if r["type"] == "received" for a in r["rcpts"]),
-                         after)
+        # every record once, in one of the two files: none lost, none twice
+        want = sorted(before + during + after)
+        st.wait_for(lambda: received() == want, 30, what="%d received records" % len(want))
+
+        def rcpts(path):
+            recs = [json.loads(l) for l in read(path).splitlines()]
+            return {a for r in recs if r["type"] == "received" for a in r["rcpts"]}
+        old_file, new_file = rcpts(acct + ".1"), rcpts(acct)
+        self.assertTrue(set(before + during[:1]) <= old_file, old_file)
+        self.assertTrue(set(during[-2:] + after) <= new_file, new_file)
+        self.assertEqual(rcpts(acct + ".1") & rcpts(acct), set())
         # the operational log goes on in the new file, which is the user's
         st.wait_for(lambda: "after1@example.test" in read(oplog), 30, what="oplog after rotation")
         self.assertNotIn("after0@example.test", read(oplog + ".1"))
