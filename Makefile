@@ -3,13 +3,14 @@
 JOBS   ?= $(shell nproc)
 BUILD  ?= build
 SAN    ?= build-san
+DEB    ?= build-deb
 CONF   ?=
 # Warnings are errors in the developer and CI builds made here; a plain
 # `cmake` (a packager's build) leaves SLUICE_WERROR off.
 WERROR ?= -DSLUICE_WERROR=ON
 
 .PHONY: all deps build build-san build-daemon run test format format-check bench bench-smoke bench-accept \
-	fuzz soak clean
+	fuzz soak clean deb test-package
 
 all: build
 
@@ -70,5 +71,21 @@ fuzz: deps
 soak: build
 	@SLUICE_BUILD=$(BUILD) tests/soak/run --minutes $(or $(SOAK_MINUTES),30)
 
+# Debian packages (CPack's DEB generator): $(DEB)/sluice_<version>_amd64.deb
+# and sluice-bench_<version>_amd64.deb, the installed layout, built as a
+# packager would (no -Werror), stripped. docs/operations.md, "Deploying".
+deb: deps
+	@cmake -S . -B $(DEB) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_INSTALL_PREFIX=/usr >/dev/null
+	@cmake --build $(DEB) -j $(JOBS) --target sluiced-fhs sluicectl-fhs sluice-source sluice-sink \
+		sluice-install-files
+	@cd $(DEB) && { cpack -G DEB > cpack.log 2>&1 || { cat cpack.log; exit 1; }; }
+	@ls -1 $(DEB)/*.deb
+
+# The .deb on a fresh Debian 12 root (tests/package/test-package): install,
+# run as the unit does, operate, purge. Root, and the network once
+# (debootstrap, cached in /var/tmp); not part of `make test`.
+test-package: deb
+	@tests/package/test-package $(DEB)
+
 clean:
-	rm -rf $(BUILD) $(SAN)
+	rm -rf $(BUILD) $(SAN) $(DEB)

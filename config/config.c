@@ -57,7 +57,9 @@
 /* Every key sluice knows: the single source of paths, reload behaviour,
  * types, ranges and defaults. config.h's comments and sluice.conf.example
  * repeat these defaults; the unit test checks the example names every key
- * and that every key says how reload treats it. */
+ * and that every key says how reload treats it. The paths of the installed
+ * layout are in layout_defaults below; the manual, sluice.conf(5), lists
+ * every key with its installed default (tests/unit/layout_test.c). */
 static const key_def_t keys[] = {
     KEY("hostname", RESTART, K_HOSTNAME, c_hostname, ""),
     KEY("user", RESTART, K_STR, c_user, ""),
@@ -178,9 +180,12 @@ static int set_map(loader_t *ld, const key_def_t *k, const cfg_node_t *sec);
 static int finish(loader_t *ld, int file_mode);
 static char *dir_of(const char *path);
 static int finish_paths(loader_t *ld);
+static const char *key_default(const key_def_t *k);
 
-/* cfg_set_attach(): written once at start-up, before any thread runs. */
+/* cfg_set_attach(), cfg_set_layout(): written once at start-up, before
+ * any thread runs. */
 static cfg_attach_fn attach_fn;
+static cfg_layout_t layout = CFG_LAYOUT_BUILD;
 
 void cfg_set_attach(cfg_attach_fn fn)
 {
@@ -215,14 +220,88 @@ static const char default_conf[] =
     "    accounting_dir = \"./var/log\";\n"
     "}\n";
 
+/* The installed layout's /etc/sluice/sluice.conf (the build writes it from
+ * `sluiced --print-default-config` of the installed binary, so the shipped
+ * file and this text are one). It restates the layout's paths so that an
+ * operator reads them in the file, and sets what a service differs in:
+ * port 25 and the `sluice` user. */
+static const char fhs_conf[] =
+    "# " CFG_FHS_CONFIG " - the configuration of sluiced, see sluice.conf(5).\n"
+    "#\n"
+    "# A key not set here keeps its default: sluice.conf(5) lists every key, and\n"
+    "# /usr/share/doc/sluice/examples/sluice.conf.example sets each one to its\n"
+    "# default with a comment. Check a change with `sluiced --check-config` and\n"
+    "# apply it with `systemctl reload sluiced` (the answer lists what needs a\n"
+    "# restart). `sluiced --print-default-config` prints this file as shipped.\n"
+    "\n"
+    "# The user sluiced runs as: the systemd unit starts it as this user; started\n"
+    "# as root by hand, it switches to it once its ports are bound.\n"
+    "user = \"" CFG_FHS_USER "\";\n"
+    "\n"
+    "spool {\n"
+    "    path = \"" CFG_FHS_SPOOL "\";\n"
+    "}\n"
+    "\n"
+    "smtp {\n"
+    "    # Where your own systems inject mail: loopback only until you add the\n"
+    "    # address they reach and the networks that may relay.\n"
+    "    listen = \"127.0.0.1:25\";\n"
+    "    relay_networks = [\"127.0.0.0/8\", \"::1/128\"];\n"
+    "    tls {\n"
+    "        dir = \"" CFG_FHS_TLS_DIR "\";\n"
+    "        generate = true;   # self-signed cert.pem and key.pem there at first start\n"
+    "    }\n"
+    "}\n"
+    "\n"
+    "control {\n"
+    "    socket = \"" CFG_FHS_SOCKET "\";   # sluicectl's default\n"
+    "}\n"
+    "\n"
+    "log {\n"
+    "    # The operational log goes to stderr, the journal under systemd\n"
+    "    # (journalctl -u sluiced); /etc/logrotate.d/sluice also rotates this file:\n"
+    "    # file = \"" CFG_FHS_LOG_DIR "/sluiced.log\";\n"
+    "    accounting_dir = \"" CFG_FHS_LOG_DIR "\";\n"
+    "}\n";
+
+/* The defaults the layout changes; every other key has one default. */
+static const struct {
+    const char *ld_key, *ld_fhs;
+} layout_defaults[] = {
+    {"log.accounting_dir", CFG_FHS_LOG_DIR},
+    {"spool.path", CFG_FHS_SPOOL},
+    {"control.socket", CFG_FHS_SOCKET},
+    {"smtp.tls.dir", CFG_FHS_TLS_DIR},
+};
+
+void cfg_set_layout(cfg_layout_t l)
+{
+    layout = l;
+}
+
+cfg_layout_t cfg_layout(void)
+{
+    return layout;
+}
+
+static const char *key_default(const key_def_t *k)
+{
+    if (layout == CFG_LAYOUT_FHS)
+        for (size_t i = 0; i < ARRAY_SIZE(layout_defaults); i++)
+            if (strcmp(layout_defaults[i].ld_key, k->k_path) == 0)
+                return layout_defaults[i].ld_fhs;
+    return k->k_default;
+}
+
 const char *cfg_default_text(void)
 {
-    return default_conf;
+    return layout == CFG_LAYOUT_FHS ? fhs_conf : default_conf;
 }
 
 int cfg_default(cfg_t **out, char *err, size_t errlen)
 {
-    return load_text("(default)", default_conf, sizeof(default_conf) - 1, -1, out, err, errlen);
+    const char *text = cfg_default_text();
+    return load_text("(default)", text, strlen(text), -1, out, err, errlen);
 }
 
 /* ------------------------------------------------------------ the schema */
@@ -843,7 +922,7 @@ static int load_text(const char *name, const char *text, size_t len, int file_mo
     for (int i = 0; i < NKEYS; i++) {
         if (keys[i].k_default == NULL)
             continue;
-        cfg_node_t d = {.n_type = CFG_NODE_STR, .n_str = (char *)keys[i].k_default};
+        cfg_node_t d = {.n_type = CFG_NODE_STR, .n_str = (char *)key_default(&keys[i])};
         if (set_value(&ld, &keys[i], &d) < 0)
             goto fail; /* a bad default: the unit test catches it */
     }
@@ -925,6 +1004,6 @@ const char *cfg_key_name(int i, const char **default_text)
     if (i < 0 || i >= NKEYS)
         return NULL;
     if (default_text != NULL)
-        *default_text = keys[i].k_default;
+        *default_text = keys[i].k_default != NULL ? key_default(&keys[i]) : NULL;
     return keys[i].k_path;
 }

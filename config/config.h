@@ -205,10 +205,39 @@ int cfg_load(const char *path, cfg_t **out, char *err, size_t errlen);
 /* Parse from a string (used for the embedded default and by tests); name is
  * used in error messages. */
 int cfg_load_string(const char *name, const char *text, cfg_t **out, char *err, size_t errlen);
-/* The embedded default configuration (what `sluiced` runs with no -c). */
+/* The embedded default configuration of the layout (cfg_set_layout): what
+ * `sluiced` runs with no -c in the build tree. */
 int cfg_default(cfg_t **out, char *err, size_t errlen);
-/* The embedded default's text, for `sluiced --print-default-config`. */
+/* The layout's default text, for `sluiced --print-default-config`: the
+ * build tree's embedded default, or the /etc/sluice/sluice.conf an
+ * installed sluice ships. */
 const char *cfg_default_text(void);
+
+/*
+ * Compiled-in default paths come in two layouts (docs/operations.md,
+ * "Deploying"). CFG_LAYOUT_BUILD: everything under ./var, for `make run`
+ * and the tests; `sluiced` with no -c runs on the embedded default.
+ * CFG_LAYOUT_FHS: the paths of an installed sluiced (the binaries that
+ * `cmake --install` and the Debian package install); `sluiced` with no -c
+ * reads CFG_FHS_CONFIG. The layout changes the defaults of spool.path,
+ * log.accounting_dir, control.socket and smtp.tls.dir, and the default
+ * text; sluicectl (which does not link config/) takes its socket from
+ * the same macros. The systemd unit, the logrotate file and the package's
+ * scripts (config/systemd, config/logrotate, config/debian) name the same
+ * paths; tests/e2e/test_install.py checks that they agree.
+ */
+typedef enum { CFG_LAYOUT_BUILD = 0, CFG_LAYOUT_FHS } cfg_layout_t;
+#define CFG_BUILD_SOCKET "./var/sluiced.sock"
+#define CFG_FHS_CONFIG "/etc/sluice/sluice.conf"
+#define CFG_FHS_SPOOL "/var/spool/sluice"
+#define CFG_FHS_LOG_DIR "/var/log/sluice"
+#define CFG_FHS_SOCKET "/run/sluice/sluiced.sock"
+#define CFG_FHS_TLS_DIR "/var/lib/sluice/tls"
+#define CFG_FHS_USER "sluice" /* the system user the package creates */
+/* Choose the layout of every later load (default CFG_LAYOUT_BUILD). Main
+ * thread, once, before any load and before any other thread runs. */
+void cfg_set_layout(cfg_layout_t layout);
+cfg_layout_t cfg_layout(void);
 
 /* Attach an object built from c by a module config cannot depend on (the
  * DKIM signer, built from c's dkim section): freed with free_fn when the
@@ -257,7 +286,8 @@ const struct cfg_route *cfg_route_for(const cfg_t *c, const char *domain);
 
 /* The schema's keys, for docs and tests: the i-th key's dotted path
  * ("smtp.tls.cert") with *default_text set to its default as written in a
- * config file, or NULL when i is past the last key. Any thread. */
+ * config file (in the layout in force), or NULL when i is past the last
+ * key. Any thread. */
 const char *cfg_key_name(int i, const char **default_text);
 
 /* How reload treats a key (the schema's reload column, docs/operations.md):

@@ -13,6 +13,13 @@
  * use by another sluiced, control socket in use) is one clear line on
  * stderr and exit status 1 (2 for a configuration error), before any
  * thread runs. docs/operations.md has the file layout for `user`.
+ * Under systemd (Type=notify) it says READY=1 once all of that is done,
+ * RELOADING=1 ... READY=1 around a reload, STOPPING=1 at shutdown
+ * (notify.c).
+ *
+ * The compiled-in layout (config.h): this file is built twice, as the build
+ * tree's sluiced (./var, the embedded default with no -c) and, with
+ * SLUICE_LAYOUT_FHS, as the installed one (no -c reads CFG_FHS_CONFIG).
  *
  * Shutdown (SIGTERM/SIGINT or `sluicectl shutdown`): reception stops
  * accepting and lets sessions in DATA finish (bounded grace), delivery
@@ -20,7 +27,7 @@
  *
  * Thread: everything here runs on the main thread.
  */
-#include "core/server/ops_int.h"
+#include "core/server/notify_int.h"
 #include "delivery/delivery.h"
 #include "dkim/dkim.h"
 
@@ -40,6 +47,14 @@
 #include <unistd.h>
 
 #define SHUTDOWN_GRACE_MS 10000
+
+#ifdef SLUICE_LAYOUT_FHS
+#define DAEMON_LAYOUT CFG_LAYOUT_FHS
+#define DAEMON_CONF_HELP "default: " CFG_FHS_CONFIG
+#else
+#define DAEMON_LAYOUT CFG_LAYOUT_BUILD
+#define DAEMON_CONF_HELP "default: the embedded default"
+#endif
 
 typedef struct daemon_state {
     uv_loop_t *d_loop;
@@ -86,12 +101,13 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: sluiced [-c FILE] [--check-config] [--check-spool] "
                "[--print-default-config] [--version]\n"
-               "  -c FILE                 configuration file (default: the embedded default)\n"
+               "  -c FILE                 configuration file (" DAEMON_CONF_HELP ")\n"
                "  --check-config          validate the configuration as start-up does and exit\n"
                "  --check-spool           check the spool's integrity (daemon stopped) and exit\n"
                "  --dkim-sign FILE        sign the message in FILE (- = stdin) with the\n"
                "                          configured DKIM keys, print it signed and exit\n"
-               "  --print-default-config  print the embedded default configuration\n"
+               "  --print-default-config  print the default configuration (the embedded\n"
+               "                          one, or the installed file as shipped)\n"
                "  -V, --version           print the version and exit\n"
                "  -h, --help              this help\n"
                "exit status: 0 ok, 1 start-up or spool check failed, 2 configuration or\n"
@@ -120,6 +136,7 @@ static void daemon_stop_now(uv_idle_t *h)
     daemon_state_t *d = h->data;
     uv_idle_stop(h);
     log_info("shutting down: reception stops accepting");
+    srv_notify_stopping();
     uint64_t t0 = clock_mono_us();
     smtp_server_stop(d->d_smtp, SHUTDOWN_GRACE_MS);
     dlv_stop(d->d_dlv);
@@ -571,6 +588,7 @@ int main(int argc, char **argv)
      * ever writable by its group or readable by others unless created so
      * (every file and directory gets an explicit mode as well). */
     umask(027);
+    cfg_set_layout(DAEMON_LAYOUT);
     while ((ch = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
         switch (ch) {
         case 'c':
@@ -610,9 +628,20 @@ int main(int argc, char **argv)
     /* every load (this one, reload) parses the DKIM keys into the snapshot:
      * a bad key stops start-up and refuses a reload */
     cfg_set_attach(dkim_cfg_attach);
+    /* Installed, with no -c: the configuration file of the layout. Missing,
+     * it is a configuration error like any other, said with the way out. */
+    if (conf == NULL && cfg_layout() == CFG_LAYOUT_FHS)
+        conf = CFG_FHS_CONFIG;
     int rc = conf ? cfg_load(conf, &cfg, err, sizeof(err)) : cfg_default(&cfg, err, sizeof(err));
     if (rc != 0) {
         fprintf(stderr, "sluiced: %s\n", err);
+        if (cfg_layout() == CFG_LAYOUT_FHS && strcmp(conf, CFG_FHS_CONFIG) == 0 &&
+            access(conf, F_OK) != 0)
+            fprintf(stderr,
+                    "sluiced: %s is the installed configuration: `sluiced "
+                    "--print-default-config > %s` writes it as shipped, or name another with "
+                    "-c FILE\n",
+                    conf, conf);
         return 2;
     }
     if (dkim_sign_path != NULL)
@@ -735,6 +764,10 @@ int main(int argc, char **argv)
              SLUICE_VERSION, cfg->c_file, cfg->c_spool_path,
              (unsigned long long)atomic_load(&qs->qs_msgs),
              (unsigned long long)atomic_load(&qs->qs_rcpts), cfg->c_ctl_socket);
+    char status[256];
+    snprintf(status, sizeof(status), "running; %llu messages queued at start",
+             (unsigned long long)atomic_load(&qs->qs_msgs));
+    srv_notify_ready(status);
 
     uv_run(d.d_loop, UV_RUN_DEFAULT);
 

@@ -10,6 +10,7 @@
  * Thread: main thread only.
  */
 #include "core/server/control_int.h"
+#include "core/server/notify_int.h"
 #include "delivery/delivery.h"
 
 #include <json-c/json.h>
@@ -37,9 +38,8 @@ static bool key_changed(const char *path, const cfg_t *a, const cfg_t *b)
     abort(); /* not a key of the schema: a bug here */
 }
 
-int ctl_reload(const control_env_t *env, json_object *resp, char *err, size_t errlen)
+static int reload_run(const control_env_t *env, json_object *resp, char *err, size_t errlen)
 {
-    SL_ASSERT_MAIN_THREAD();
     char lerr[1024];
     cfg_t *old = cfg_current(), *nc = NULL;
     if (old == NULL) {
@@ -117,4 +117,17 @@ int ctl_reload(const control_env_t *env, json_object *resp, char *err, size_t er
     cfg_set_current(nc); /* takes over our reference */
     cfg_unref(old);
     return CTL_REPLY;
+}
+
+/* Under systemd (Type=notify) the reload is bracketed by RELOADING=1 and
+ * READY=1, so that `systemctl reload` waits for its end whichever way it was
+ * asked for (the unit's ExecReload, SIGHUP, `sluicectl reload`). */
+int ctl_reload(const control_env_t *env, json_object *resp, char *err, size_t errlen)
+{
+    SL_ASSERT_MAIN_THREAD();
+    srv_notify_reloading();
+    int rc = reload_run(env, resp, err, errlen);
+    srv_notify_ready(rc == CTL_REPLY ? "running; configuration reloaded"
+                                     : "running; reload refused, the configuration is unchanged");
+    return rc;
 }

@@ -19,9 +19,14 @@
  * json_text_sanitize (core/base/jsontext.c, docs/records.md).
  *
  * Plain blocking sockets with a 30 s timeout; links only sluice_base.
+ * Built twice, as sluiced is (main.c): the build tree's sluicectl looks for
+ * ./var/sluiced.sock, the installed one (SLUICE_LAYOUT_FHS) for
+ * /run/sluice/sluiced.sock and also trusts the package's `sluice` user,
+ * which the systemd unit runs sluiced as.
  * Thread: single-threaded program.
  */
 #include "core/base/base.h"
+#include "config/config.h" /* the layouts' paths: macros only, nothing linked */
 
 #include <errno.h>
 #include <inttypes.h>
@@ -42,7 +47,15 @@
 #define EXIT_USAGE 2
 #define EXIT_CONNECT 3
 
-#define CTL_DEFAULT_SOCKET "./var/sluiced.sock"
+#ifdef SLUICE_LAYOUT_FHS
+#define CTL_DEFAULT_SOCKET CFG_FHS_SOCKET
+#define CTL_DEFAULT_OWNER CFG_FHS_USER /* trusted when that user exists */
+#define CTL_OWNER_HELP ", and " CFG_FHS_USER
+#else
+#define CTL_DEFAULT_SOCKET CFG_BUILD_SOCKET
+#define CTL_DEFAULT_OWNER ""
+#define CTL_OWNER_HELP ""
+#endif
 #define CTL_TIMEOUT_S 30
 #define CTL_MAX_RESPONSE (1024u * 1024u * 1024u)
 
@@ -101,7 +114,7 @@ static void usage(FILE *f)
           "  --json               print the daemon's JSON answer (strings as valid UTF-8,\n"
           "                       control characters escaped)\n"
           "  --owner USER         also trust a socket served by USER (default: only root\n"
-          "                       and yourself; or $SLUICE_SOCKET_OWNER)\n"
+          "                       and yourself" CTL_OWNER_HELP "; or $SLUICE_SOCKET_OWNER)\n"
           "  -V, --version        print the version and exit\n"
           "  -h, --help           this help\n"
           "\n"
@@ -1203,7 +1216,14 @@ int main(int argc, char **argv)
     if (npos == 0)
         return usage_error("no command given%s", "");
     uid_t owner = (uid_t)-1;
-    if (owner_name != NULL && owner_name[0] != '\0') {
+    if ((owner_name == NULL || owner_name[0] == '\0') && CTL_DEFAULT_OWNER[0] != '\0') {
+        /* The package's system user, when there is one: a system account
+         * (below Debian's first user uid, 1000) is root's doing, no one a
+         * local user could plant a socket as. */
+        struct passwd *pw = getpwnam(CTL_DEFAULT_OWNER);
+        if (pw != NULL && pw->pw_uid > 0 && pw->pw_uid < 1000)
+            owner = pw->pw_uid;
+    } else if (owner_name != NULL && owner_name[0] != '\0') {
         struct passwd *pw = getpwnam(owner_name);
         char *end;
         unsigned long u = strtoul(owner_name, &end, 10);

@@ -1647,3 +1647,71 @@ def check_dsn(raw, ret=None):
     elif ret is not None:
         raise AssertionError("DSN: nothing returned, wanted RET=%s" % ret)
     return DsnReport(msg, human, report_type, per_message, recipients, returned, returned_type)
+
+
+# ------------------------------------------------------------------ deploy (issue 13)
+# The installed tree and the service manager's side of sluiced, for
+# tests/e2e/test_install.py and test_service.py: `cmake --install` of the
+# build tree into a DESTDIR, and a stand-in for systemd's notification
+# socket (sd_notify, the Type=notify protocol).
+
+def install_tree(destdir, component=None, prefix="/usr", build=None):
+    """cmake --install of the build tree (SLUICE_BUILD) into destdir (as
+    DESTDIR) with prefix; only component ("sluice", "bench") when given.
+    Raises AssertionError if it fails; returns the Result."""
+    args = ["cmake", "--install", build or BUILD, "--prefix", prefix]
+    if component:
+        args += ["--component", component]
+    return run(args, timeout=120, env=dict(os.environ, DESTDIR=destdir)).check()
+
+
+class NotifySocket:
+    """systemd's end of sd_notify(3): an AF_UNIX datagram socket at
+    directory/notify.sock. Give the daemon env() (NOTIFY_SOCKET); wait()
+    returns the next message that has KEY (=value), as a dict of its
+    KEY=VALUE lines. Every message received is kept in messages, in order."""
+
+    def __init__(self, directory):
+        self.path = os.path.join(directory, "notify.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        os.chmod(self.path, 0o777)  # as systemd's: a daemon that dropped root sends too
+        self.messages = []
+        self._next = 0
+
+    def env(self, base=None):
+        return dict(base if base is not None else os.environ, NOTIFY_SOCKET=self.path)
+
+    def _recv(self, timeout):
+        self.sock.settimeout(max(timeout, 0.001))
+        data = self.sock.recv(65536)
+        msg = {}
+        for line in data.decode("utf-8", "replace").split("\n"):
+            if "=" in line:
+                k, v = line.split("=", 1)
+                msg[k] = v
+        self.messages.append(msg)
+        return msg
+
+    def wait(self, key, value=None, timeout=30.0):
+        """The next message (after those already returned) with key, and
+        value if given; raises TimeoutError naming what it got instead."""
+        deadline = time.monotonic() + timeout
+        while True:
+            while self._next < len(self.messages):
+                m = self.messages[self._next]
+                self._next += 1
+                if key in m and (value is None or m[key] == value):
+                    return m
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no %s%s from the daemon within %.0fs; got %r"
+                                   % (key, "" if value is None else "=" + value, timeout,
+                                      self.messages))
+            try:
+                self._recv(left)
+            except socket.timeout:
+                pass
+
+    def close(self):
+        self.sock.close()
