@@ -101,6 +101,7 @@ typedef struct inj_op inj_op_t;
 
 typedef struct hreq {
     h2o_req_t *rq_req;
+    char *rq_user; /* the smtp.auth.users name of HTTP basic (request pool), or NULL */
     struct httpd *rq_h;
     httpd_ip_t *rq_ip;
     inj_op_t *rq_op;
@@ -281,8 +282,9 @@ static void ip_sweep(struct httpd *h)
 /* ------------------------------------------------------------ authentication */
 
 /* The scopes the request's Authorization grants (0: none, *why says why). */
-static unsigned auth_scopes(h2o_req_t *req, const cfg_t *cfg, const char *ip, const char **why)
+static unsigned auth_scopes(hreq_t *rq, const cfg_t *cfg, const char *ip, const char **why)
 {
+    h2o_req_t *req = rq->rq_req;
     ssize_t i = h2o_find_header(&req->headers, H2O_TOKEN_AUTHORIZATION, -1);
     *why = "an Authorization header is required (Bearer token or Basic)";
     if (i < 0)
@@ -322,6 +324,8 @@ static unsigned auth_scopes(h2o_req_t *req, const cfg_t *cfg, const char *ip, co
             log_warn("http client=%s basic auth failed user=%s", ip, log_esc(dec));
             return 0;
         }
+        rq->rq_user = h2o_mem_alloc_pool(&req->pool, strlen(dec) + 1);
+        memcpy(rq->rq_user, dec, strlen(dec) + 1);
         return CFG_SCOPE_INJECT;
     }
     *why = "unsupported authorization scheme (Bearer or Basic)";
@@ -498,7 +502,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         goto out;
     }
     const char *why;
-    unsigned scopes = auth_scopes(req, cfg, ip, &why);
+    unsigned scopes = auth_scopes(rq, cfg, ip, &why);
     if (scopes == 0) {
         h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_WWW_AUTHENTICATE, NULL,
                        H2O_STRLIT("Bearer realm=\"sluice\""));
@@ -632,10 +636,12 @@ static bool inject_backpressure(hreq_t *rq, const cfg_t *cfg)
     return false;
 }
 
-static queue_msg_in_t *msg_new(struct httpd *h, const inj_req_t *r, uint64_t id, const char *ip,
+static queue_msg_in_t *msg_new(hreq_t *rq, const inj_req_t *r, uint64_t id, const char *ip,
                                buf_t *body, bool eightbit)
 {
+    struct httpd *h = rq->rq_h;
     queue_msg_in_t *m = xcalloc(1, sizeof(*m));
+    m->qm_auth_user = rq->rq_user ? xstrdup(rq->rq_user) : NULL; /* as SMTP AUTH's */
     m->qm_id = id;
     m->qm_arrival = clock_now_s();
     m->qm_sender = xstrdup(r->ir_sender);
@@ -698,7 +704,7 @@ static void inject_start(hreq_t *rq, const cfg_t *cfg, bool tls)
             buf_free(&body);
             rc = 0;
         } else if (rc == 0) {
-            msgs[0] = msg_new(h, r, cx.ic_msgid, ip, &body, eb);
+            msgs[0] = msg_new(rq, r, cx.ic_msgid, ip, &body, eb);
             for (int i = 0; i < r->ir_nrcpt; i++)
                 msg_add_rcpt(msgs[0], &r->ir_rcpts[i]);
             built = 1;
@@ -710,7 +716,7 @@ static void inject_start(hreq_t *rq, const cfg_t *cfg, bool tls)
         buf_init(&body, 4096);
         if ((rc = inj_render(r, i, &cx, &body, &eb, &e)) != 0)
             break;
-        msgs[i] = msg_new(h, r, cx.ic_msgid, ip, &body, eb);
+        msgs[i] = msg_new(rq, r, cx.ic_msgid, ip, &body, eb);
         msg_add_rcpt(msgs[i], &r->ir_rcpts[i]);
         built++;
     }

@@ -118,6 +118,11 @@ class HttpAdmin(unittest.TestCase):
                                  headers={"Authorization": good})
         self.assertEqual(s, 200, ans)
         self.assertEqual(ans["success_count"], 1)
+        # the accounting record names the user, as for SMTP AUTH
+        rec = st.wait_for(lambda: [r for r in self.d.accounting() if r["type"] == "received"
+                                   and r["msgid"] == ans["message_ids"][0]], 30,
+                          what="the received record")
+        self.assertEqual((rec[0]["auth_user"], rec[0]["client_ip"]), ("alice", "127.0.0.1"))
         s, h, ans = st.http_json(self.port, "POST", "/api/inject/v1", SIMPLE,
                                  headers={"Authorization": bad})
         self.assertEqual((s, ans["error"]["code"]), (401, "unauthorized"))

@@ -23,8 +23,20 @@ import sys
 import threading
 import unittest
 
+import jsonschema
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sluicetest as st  # noqa: E402
+from test_records import load_schemas  # noqa: E402
+
+SCHEMAS, STORE = load_schemas()
+
+
+def check_answer(status, ans):
+    """Validate an injection answer against docs/records.md's schema."""
+    name = "http/inject" if status == 200 else "http/error"
+    registry = jsonschema.RefResolver.from_schema(SCHEMAS[name], store=STORE)
+    jsonschema.Draft202012Validator(SCHEMAS[name], resolver=registry).validate(ans)
 
 INJ = "tok-inject-0123456789abcdef"
 READ = "tok-read-0123456789abcdef"
@@ -63,7 +75,9 @@ class HttpInject(unittest.TestCase):
             cls.sink.stop()
 
     def inject(self, body, token=INJ, **kw):
-        return st.http_json(self.http_port, "POST", "/api/inject/v1", body, token, **kw)
+        s, h, ans = st.http_json(self.http_port, "POST", "/api/inject/v1", body, token, **kw)
+        check_answer(s, ans)
+        return s, h, ans
 
     def test_1000_recipients_with_substitutions(self):
         n = 1000
