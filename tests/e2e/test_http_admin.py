@@ -132,6 +132,27 @@ class HttpAdmin(unittest.TestCase):
         self.assertEqual(s, 403)
 
 
+class HttpTokensReload(unittest.TestCase):
+    def test_reload_changes_tokens_at_once(self):
+        port = st.free_port()
+        old, new = "tok-old-0123456789abcdef", "tok-new-0123456789abcdef"
+        d = st.Daemon(extra_conf=st.http_conf(port, tokens={old: "read"}))
+        self.addCleanup(d.close)
+        d.start()
+        self.assertEqual(st.http_call(port, "GET", "/api/admin/v1/status", token=old)[0], 200)
+        self.assertEqual(st.http_call(port, "GET", "/api/admin/v1/status", token=new)[0], 401)
+        with open(d.conf_path) as f:
+            conf = f.read()
+        with open(d.conf_path, "w") as f:
+            f.write(conf.replace(st.http_conf(port, tokens={old: "read"}),
+                                 st.http_conf(port, tokens={new: "read"})))
+        r = d.ctl("--json", "reload")
+        self.assertEqual(r.rc, 0, r.err)
+        self.assertIn("http.tokens", json.loads(r.out)["applied"])
+        self.assertEqual(st.http_call(port, "GET", "/api/admin/v1/status", token=new)[0], 200)
+        self.assertEqual(st.http_call(port, "GET", "/api/admin/v1/status", token=old)[0], 401)
+
+
 class HttpTlsAndTools(unittest.TestCase):
     def test_curl_over_https_and_hash_token(self):
         r = st.run([st.SLUICED, "--hash-token", "inject,read"])
