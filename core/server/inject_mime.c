@@ -202,22 +202,28 @@ static bool is_ascii(const char *s, size_t len)
 }
 
 /* An RFC 2047 encoded-word sequence for value, B encoding: each word at
- * most 75 characters, split between UTF-8 characters, one per folded line
- * (col is the column the first word starts at). */
+ * most 75 characters, split between UTF-8 characters, one per folded line,
+ * each line within 76 columns (RFC 2047 §2); col is the column the first
+ * word starts at (after "Subject: "). */
 static void words_encode(buf_t *out, const char *value, size_t len, size_t col)
 {
     static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     size_t i = 0;
     bool first = true;
+    if (col + 12 + 8 > 76) { /* no room for a word of a 4-byte character */
+        buf_append_str(out, "\r\n ");
+        col = 1;
+    }
     while (i < len || first) {
-        size_t n = MIN(len - i, 45); /* 45 bytes -> 60 base64 characters + 12 */
+        /* 12 characters of "=?UTF-8?B?" "?=", 4 of base64 per 3 bytes */
+        size_t room = 3 * ((76 - col - 12) / 4);
+        size_t n = MIN(len - i, MIN(room, 45));
         while (n > 0 && i + n < len && ((unsigned char)value[i + n] & 0xC0) == 0x80)
             n--; /* do not split a UTF-8 sequence */
         if (n == 0 && i < len)
-            n = MIN(len - i, 45);
+            n = MIN(len - i, 3);
         if (!first)
             buf_append_str(out, "\r\n ");
-        (void)col;
         buf_append_str(out, "=?UTF-8?B?");
         const unsigned char *p = (const unsigned char *)value + i;
         for (size_t k = 0; k < n; k += 3) {
@@ -233,6 +239,7 @@ static void words_encode(buf_t *out, const char *value, size_t len, size_t col)
         buf_append_str(out, "?=");
         i += n;
         first = false;
+        col = 1;
     }
 }
 
@@ -273,7 +280,7 @@ static void header_encode(buf_t *out, const char *name, const char *value, size_
 }
 
 /* A display name and address: "Name" <a@b>, or =?UTF-8?B?...?= <a@b>. */
-static void addr_format(buf_t *out, const char *name, size_t len, const char *email)
+static void addr_format(buf_t *out, const char *name, size_t len, const char *email, size_t col)
 {
     if (name == NULL || len == 0) {
         buf_append_str(out, email);
@@ -288,7 +295,7 @@ static void addr_format(buf_t *out, const char *name, size_t len, const char *em
         }
         buf_append_str(out, "\"");
     } else {
-        words_encode(out, name, len, 0);
+        words_encode(out, name, len, col);
     }
     buf_printf(out, " <%s>", email);
 }
@@ -589,20 +596,20 @@ static int render_builder(rnd_t *x, buf_t *out)
                              "content.from.name has a line break");
             goto out;
         }
-        addr_format(out, a.b_data, a.b_len, bget(from, "email"));
+        addr_format(out, a.b_data, a.b_len, bget(from, "email"), 6);
         buf_append_str(out, "\r\n");
     }
     if (rt != NULL && !has_header(h, "Reply-To")) {
         buf_append_str(out, "Reply-To: ");
         const char *nm = bget(rt, "name");
-        addr_format(out, nm, nm ? strlen(nm) : 0, bget(rt, "email"));
+        addr_format(out, nm, nm ? strlen(nm) : 0, bget(rt, "email"), 10);
         buf_append_str(out, "\r\n");
     }
     if (!has_header(h, "To")) {
         buf_append_str(out, "To: ");
         if (x->ri >= 0) {
             const inj_rcpt_t *rp = &x->r->ir_rcpts[x->ri];
-            addr_format(out, rp->ir_name, rp->ir_name ? strlen(rp->ir_name) : 0, rp->ir_email);
+            addr_format(out, rp->ir_name, rp->ir_name ? strlen(rp->ir_name) : 0, rp->ir_email, 4);
         } else
             buf_append_str(out, "undisclosed-recipients:;");
         buf_append_str(out, "\r\n");

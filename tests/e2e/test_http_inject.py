@@ -41,6 +41,7 @@ def check_answer(status, ans):
 INJ = "tok-inject-0123456789abcdef"
 READ = "tok-read-0123456789abcdef"
 ATTACHMENT = bytes(range(256)) * 20  # every byte value, 5 KiB
+LONG_SUBJECT = "Ünïcödé sübjéct, lóng enough to need several encoded words " * 4
 
 
 def builder(**kw):
@@ -131,8 +132,9 @@ class HttpInject(unittest.TestCase):
     def test_shared_message_when_nothing_differs(self):
         rcpts = [{"email": "shared%d@example.test" % i} for i in range(3)]
         body = {"envelope_sender": "s@s.example", "recipients": rcpts,
-                "content": {"from": {"email": "s@s.example"}, "subject": "Same for all",
-                            "text_body": "Ünïcode body\n"}}
+                "content": {"from": {"email": "s@s.example"}, "subject": LONG_SUBJECT,
+                            "text_body": "Ünïcode body\n",
+                            "headers": {"X-Words": " ".join(["word"] * 100)}}}
         status, _, ans = self.inject(body)
         self.assertEqual(status, 200, ans)
         self.assertEqual(ans["success_count"], 3)
@@ -148,6 +150,13 @@ class HttpInject(unittest.TestCase):
         self.assertEqual(sorted(env["rcpts"]), sorted(r["email"] for r in rcpts))
         m = email.message_from_bytes(raw, policy=email.policy.default)
         self.assertEqual(str(m["To"]), "undisclosed-recipients:;")
+        # long headers: RFC 2047 words and folding keep every header line
+        # within 78 columns (RFC 5322 §2.1.1), and they parse back whole
+        self.assertEqual(str(m["Subject"]), LONG_SUBJECT)
+        self.assertEqual(str(m["X-Words"]), " ".join(["word"] * 100))
+        head = raw.split(b"\r\n\r\n", 1)[0]
+        for line in head.split(b"\r\n")[2:]:  # after the Received header
+            self.assertLessEqual(len(line), 78, line)
         self.assertEqual(m["Content-Transfer-Encoding"], "quoted-printable")
         self.assertEqual(crlf(m.get_content()), "Ünïcode body\n")
 
