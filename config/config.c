@@ -80,6 +80,16 @@ static const key_def_t keys[] = {
     KEYR("control.mode", RESTART, K_MODE, c_ctl_mode, 0, 0777, "0600"),
     KEY("control.http_metrics", RESTART, K_IPPORT, c_ctl_http, ""),
 
+    KEY("http.listen", RESTART, K_IPPORT, c_http_listen, ""),
+    KEY("http.tls", RESTART, K_BOOL, c_http_tls, "false"),
+    KEYR("http.max_body", RESTART, K_SIZE, c_http_max_body, KB, 4 * GB, "32M"),
+    KEYR("http.max_recipients", LIVE, K_INT, c_http_max_recipients, 1, 1000000, "10000"),
+    KEYR("http.max_requests_per_ip", LIVE, K_INT, c_http_max_requests_per_ip, 1, 100000, "16"),
+    KEYR("http.rate_per_ip", LIVE, K_INT, c_http_rate_per_ip, 1, 10000000, "100"),
+    KEYR("http.timeout", RESTART, K_DUR, c_http_timeout, 1, HOUR, "30s"),
+    KEY("http.basic_auth", LIVE, K_BOOL, c_http_basic_auth, "true"),
+    SEC("http.tokens", LIVE, K_TOKENS),
+
     KEY("smtp.listen", RESTART, K_LISTEN, c_smtp_listen, "127.0.0.1:2525"),
     KEYR("smtp.threads", RESTART, K_INT, c_smtp_threads, 1, 64, "1"),
     KEYR("smtp.max_message_size", LIVE, K_SIZE, c_smtp_max_message_size, KB, 4 * GB, "50M"),
@@ -327,7 +337,7 @@ static bool is_section_path(const char *path)
 static bool is_map(const key_def_t *k)
 {
     return k->k_kind == K_ROUTES || k->k_kind == K_TLSMAP || k->k_kind == K_USERS ||
-           k->k_kind == K_DKIMKEYS;
+           k->k_kind == K_TOKENS || k->k_kind == K_DKIMKEYS;
 }
 
 /* ------------------------------------------------------------ setters */
@@ -618,6 +628,24 @@ static int set_map(loader_t *ld, const key_def_t *k, const cfg_node_t *sec)
             cfg_user_t *u = &c->c_users[c->c_nusers++];
             u->cu_name = xstrdup(key);
             u->cu_hash = xstrdup(val);
+            continue;
+        }
+        if (k->k_kind == K_TOKENS) {
+            if (c->c_http_ntokens == CFG_MAX_TOKENS) {
+                ld_error(ld, e->n_key_line, "%s: too many tokens (at most %d)", k->k_path,
+                         CFG_MAX_TOKENS);
+                return SL_ECONFIG;
+            }
+            cfg_token_t *t = &c->c_http_tokens[c->c_http_ntokens];
+            if (cfg_parse_token(val, t->tk_hash, &t->tk_scopes) < 0) {
+                ld_error(ld, e->n_line,
+                         "%s.%s: expected \"scopes:sha256 hex\" such as \"inject,read:9f86...\" "
+                         "(scopes inject, read, admin; make one with `sluiced --hash-token`)",
+                         k->k_path, key);
+                return SL_ECONFIG;
+            }
+            t->tk_name = xstrdup(key);
+            c->c_http_ntokens++;
             continue;
         }
         /* domains: "example.org", or ".example.org" (subdomains) in tls_policy */

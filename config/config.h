@@ -27,6 +27,12 @@
 #define CFG_MAX_USERS 256
 #define CFG_MAX_DKIM_KEYS 256
 #define CFG_MAX_DKIM_HEADERS 64
+#define CFG_MAX_TOKENS 256
+
+/* http.tokens scopes (docs/http-api.md) */
+#define CFG_SCOPE_INJECT 0x01 /* POST /api/inject/v1 */
+#define CFG_SCOPE_READ 0x02   /* the admin API's read verbs, /metrics */
+#define CFG_SCOPE_ADMIN 0x04  /* the admin API's changing verbs (admin implies read) */
 
 typedef enum { CFG_SYNC_FSYNC = 0, CFG_SYNC_NONE } cfg_sync_t;
 /* smtp.bare_newline: a bare LF or CR in DATA is refused, or made CRLF */
@@ -36,6 +42,13 @@ typedef struct cfg_user {
     char *cu_name;
     char *cu_hash; /* crypt(3) hash: "$6$salt$..." / "$5$..." / "$y$..." */
 } cfg_user_t;
+
+/* http.tokens { platform = "inject,read:<sha256 hex>"; } */
+typedef struct cfg_token {
+    char *tk_name;
+    unsigned char tk_hash[32]; /* SHA-256 of the token */
+    unsigned tk_scopes;        /* CFG_SCOPE_* */
+} cfg_token_t;
 
 /* dkim.keys { "example.com" { s1 = "/etc/sluice/dkim/example.com.pem"; } } */
 typedef struct cfg_dkim_key {
@@ -71,6 +84,18 @@ typedef struct cfg {
     char *c_ctl_socket; /* socket = "./var/sluiced.sock" */
     int c_ctl_mode;     /* mode = 0600 */
     char *c_ctl_http;   /* http_metrics = "" (off) or "127.0.0.1:9090" (ip:port): GET /metrics */
+
+    /* http { } : the HTTP API (core/server/httpd.c, docs/http-api.md) */
+    char *c_http_listen;            /* listen = "" (off) or "127.0.0.1:8025" */
+    bool c_http_tls;                /* tls = false: HTTPS with smtp.tls's certificate */
+    uint64_t c_http_max_body;       /* max_body = 32M: larger request bodies get 413 */
+    int c_http_max_recipients;      /* max_recipients = 10000 per injection request */
+    int c_http_max_requests_per_ip; /* max_requests_per_ip = 16 at once */
+    int c_http_rate_per_ip;         /* rate_per_ip = 100 requests/s (burst as many) */
+    uint64_t c_http_timeout;        /* timeout = 30s: request head and body */
+    bool c_http_basic_auth;         /* basic_auth = true: smtp.auth.users may inject */
+    int c_http_ntokens;
+    cfg_token_t c_http_tokens[CFG_MAX_TOKENS]; /* tokens { name = "scopes:sha256"; } */
 
     /* smtp { } : reception */
     int c_smtp_nlisten;
@@ -271,6 +296,9 @@ void cfg_set_current(cfg_t *c);
 /* Parse helpers, exposed for other modules' rule files and tests. */
 int cfg_parse_duration(const char *s, uint64_t *seconds); /* "30s" "5m" "1h" "5d" "90" */
 int cfg_parse_size(const char *s, uint64_t *bytes);       /* "512" "64K" "50M" "16G" */
+/* An http.tokens value "inject,read:<64 hex digits>": the scopes
+ * (CFG_SCOPE_*, admin implies read) and the SHA-256 of the token. */
+int cfg_parse_token(const char *s, unsigned char hash[32], unsigned *scopes);
 /* Parse "5m,10m,30m" into at most max seconds values. Returns the count or
  * SL_EPARSE. */
 int cfg_parse_duration_list(const char *s, uint64_t *out, int max);

@@ -42,6 +42,7 @@ typedef enum {
     K_ROUTES,    /* section: "domain" = "host[:port]" */
     K_TLSMAP,    /* section: "domain" = "policy" */
     K_USERS,     /* section: name = "crypt(3) hash" */
+    K_TOKENS,    /* section: name = "scope,scope:sha256 hex" */
     K_HDRLIST,   /* char ** (NULL-terminated): header field names, lower case */
     K_DKIMKEYS,  /* section: "domain" { selector = "key.pem"; } */
 } kind_t;

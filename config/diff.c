@@ -54,6 +54,15 @@ static bool section_changed(kind_t kind, const cfg_t *a, const cfg_t *b)
                 strcmp(a->c_users[i].cu_hash, b->c_users[i].cu_hash) != 0)
                 return true;
         return false;
+    case K_TOKENS:
+        if (a->c_http_ntokens != b->c_http_ntokens)
+            return true;
+        for (int i = 0; i < b->c_http_ntokens; i++)
+            if (strcmp(a->c_http_tokens[i].tk_name, b->c_http_tokens[i].tk_name) != 0 ||
+                memcmp(a->c_http_tokens[i].tk_hash, b->c_http_tokens[i].tk_hash, 32) != 0 ||
+                a->c_http_tokens[i].tk_scopes != b->c_http_tokens[i].tk_scopes)
+                return true;
+        return false;
     case K_ROUTES:
         if (a->c_dlv_nroutes != b->c_dlv_nroutes)
             return true;

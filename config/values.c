@@ -144,6 +144,7 @@ static const char *kind_desc(const key_def_t *k, char *dst, size_t len)
     case K_ROUTES:
     case K_TLSMAP:
     case K_USERS:
+    case K_TOKENS:
     case K_DKIMKEYS:
         snprintf(dst, len, "a section { ... }");
         break;
@@ -343,6 +344,46 @@ int cfg_parse_duration(const char *s, uint64_t *seconds)
     if (cfg_parse_dur_ms(s, &ms) < 0 || ms % 1000 != 0)
         return SL_EPARSE;
     *seconds = ms / 1000;
+    return 0;
+}
+
+int cfg_parse_token(const char *s, unsigned char hash[32], unsigned *scopes)
+{
+    const char *colon = strrchr(s, ':');
+    if (colon == NULL || strlen(colon + 1) != 64)
+        return SL_EPARSE;
+    unsigned sc = 0;
+    for (const char *p = s; p < colon;) {
+        size_t n = strcspn(p, ",:");
+        if (n == 6 && strncmp(p, "inject", 6) == 0)
+            sc |= CFG_SCOPE_INJECT;
+        else if (n == 4 && strncmp(p, "read", 4) == 0)
+            sc |= CFG_SCOPE_READ;
+        else if (n == 5 && strncmp(p, "admin", 5) == 0)
+            sc |= CFG_SCOPE_ADMIN | CFG_SCOPE_READ;
+        else
+            return SL_EPARSE;
+        p += n;
+        if (*p == ',')
+            p++;
+    }
+    if (sc == 0)
+        return SL_EPARSE;
+    for (int i = 0; i < 32; i++) {
+        int v = 0;
+        for (int k = 0; k < 2; k++) {
+            char c = colon[1 + 2 * i + k];
+            int d = c >= '0' && c <= '9'   ? c - '0'
+                    : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                    : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                           : -1;
+            if (d < 0)
+                return SL_EPARSE;
+            v = v * 16 + d;
+        }
+        hash[i] = (unsigned char)v;
+    }
+    *scopes = sc;
     return 0;
 }
 

@@ -322,6 +322,9 @@ tls_ctx_t *tls_server_ctx_new(const char *cert_file, const char *key_file, char 
 int tls_selfsigned_create(const char *cert_file, const char *key_file, const char *hostname,
                           char *err, size_t errlen);
 void tls_ctx_free(tls_ctx_t *ctx);
+/* The OpenSSL SSL_CTX * behind ctx (borrowed), for a library that runs
+ * its own TLS on it (h2o in core/server/httpd.c). */
+void *tls_ctx_ssl(tls_ctx_t *ctx);
 
 /* Client context: verify_ca = CA file for "verify" policies (NULL = the
  * system store). Keeps a session cache so that tls_conn_new_client can

@@ -169,6 +169,11 @@ tls_ctx_t *tls_client_ctx_new(const char *ca_file, char *err, size_t errlen)
     return our_ctx(ctx);
 }
 
+void *tls_ctx_ssl(tls_ctx_t *ctx)
+{
+    return ssl_ctx(ctx);
+}
+
 void tls_ctx_free(tls_ctx_t *ctx)
 {
     SSL_CTX_free(ssl_ctx(ctx));

@@ -63,16 +63,24 @@ static int cmd_providers(const ctl_ctx_t *x, json_object *req, json_object *resp
 static json_object *log_rotate_response(queue_req_t *r);
 static bool resume_missed(queue_req_t *r);
 
+/* The verbs. scope is what the HTTP admin API asks of a token
+ * (/api/admin/v1/<verb>, docs/http-api.md): CTL_READ for verbs that only
+ * look, CTL_ADMIN (the default when a line leaves it out) for verbs that
+ * change something. One line per verb, formatted one per line so that a
+ * new verb is a one-line change. */
 static const struct ctl_cmd {
     const char *name;
     ctl_handler_fn fn;
+    ctl_scope_t scope;
 } ctl_cmds[] = {
-    {"status", cmd_status},       {"list", cmd_list},           {"inspect", cmd_inspect},
-    {"check", cmd_check},         {"shutdown", cmd_shutdown},   {"log-rotate", cmd_log_rotate},
-    {"queues", cmd_queues},       {"queue", cmd_queue},         {"suspend", cmd_suspend},
-    {"resume", cmd_resume},       {"suspended", cmd_suspended}, {"retry", cmd_retry},
-    {"bounce", cmd_bounce},       {"reload", cmd_reload},       {"metrics", cmd_metrics},
-    {"providers", cmd_providers},
+    {"status", cmd_status, CTL_READ},       {"list", cmd_list, CTL_READ},
+    {"inspect", cmd_inspect, CTL_READ},     {"check", cmd_check, CTL_READ},
+    {"shutdown", cmd_shutdown, CTL_ADMIN},  {"log-rotate", cmd_log_rotate, CTL_ADMIN},
+    {"queues", cmd_queues, CTL_READ},       {"queue", cmd_queue, CTL_READ},
+    {"suspend", cmd_suspend, CTL_ADMIN},    {"resume", cmd_resume, CTL_ADMIN},
+    {"suspended", cmd_suspended, CTL_READ}, {"retry", cmd_retry, CTL_ADMIN},
+    {"bounce", cmd_bounce, CTL_ADMIN},      {"reload", cmd_reload, CTL_ADMIN},
+    {"metrics", cmd_metrics, CTL_READ},     {"providers", cmd_providers, CTL_READ},
 };
 
 ctl_handler_fn ctl_cmd_find(const char *name)
@@ -81,6 +89,14 @@ ctl_handler_fn ctl_cmd_find(const char *name)
         if (strcmp(ctl_cmds[i].name, name) == 0)
             return ctl_cmds[i].fn;
     return NULL;
+}
+
+ctl_scope_t ctl_cmd_scope(const char *name)
+{
+    for (size_t i = 0; i < ARRAY_SIZE(ctl_cmds); i++)
+        if (strcmp(ctl_cmds[i].name, name) == 0)
+            return ctl_cmds[i].scope;
+    return CTL_ADMIN;
 }
 
 /* ------------------------------------------------------------ helpers */

@@ -55,7 +55,7 @@ struct control {
     int ct_pending; /* queue requests in flight */
     bool ct_stopping;
     bool ct_shutdown_called;
-    http_metrics_t *ct_http; /* control.http_metrics, or NULL */
+    chan_t *ct_http_reply; /* queue requests of the HTTP admin API come back here */
 };
 
 struct ctl_conn {
@@ -91,6 +91,7 @@ static void conn_read_start(ctl_conn_t *c);
 static void reply_cb(chan_t *ch, chan_node_t *first, void *arg);
 static void accept_cb(uv_stream_t *server, int status);
 static void queue_req_send(ctl_conn_t *c, queue_req_t *r);
+static void http_reply_cb(chan_t *ch, chan_node_t *first, void *arg);
 
 /* ------------------------------------------------------------ helpers */
 
@@ -236,15 +237,11 @@ int control_start(cfg_t *cfg, const control_env_t *env, control_t **out, char *e
         abort(); /* only fails on a bad fd or loop: a bug */
     ct->ct_server.data = ct;
     ct->ct_reply = chan_new(env->ce_loop, reply_cb, ct);
+    ct->ct_http_reply = chan_new(env->ce_loop, http_reply_cb, ct);
     /* Already listening: uv_listen only starts watching the fd. */
     if (uv_listen((uv_stream_t *)&ct->ct_server, 64, accept_cb) != 0)
         abort();
     log_info("control socket listening path=%s mode=%04o", path, (unsigned)mode);
-    if (cfg->c_ctl_http != NULL && cfg->c_ctl_http[0] != '\0' &&
-        (rc = http_metrics_start(cfg->c_ctl_http, env, &ct->ct_http, err, errlen)) != 0) {
-        control_stop(ct); /* its handles close when the caller runs the loop */
-        return rc;
-    }
     *out = ct;
     return 0;
 fail:
@@ -268,8 +265,6 @@ void control_stop(control_t *ct)
     if (ct->ct_stopping)
         return;
     ct->ct_stopping = true;
-    http_metrics_stop(ct->ct_http);
-    ct->ct_http = NULL;
     /* Unlink only our own socket file: a newer daemon may own the path. */
     struct stat st;
     if (stat(ct->ct_path, &st) == 0 && st.st_dev == ct->ct_dev && st.st_ino == ct->ct_ino)
@@ -283,6 +278,10 @@ void control_stop(control_t *ct)
      * keeps it out of the daemon's final uv_walk. */
     chan_close(ct->ct_reply);
     ct->ct_reply = NULL;
+    /* The same for the HTTP admin API's answers, which go to the HTTP
+     * thread: main.c stops it (httpd_stop) right after this. */
+    chan_close(ct->ct_http_reply);
+    ct->ct_http_reply = NULL;
     SL_ASSERT(ct->ct_pending == 0 && "control_stop() before queue_stop() with a request in flight");
     for (ctl_conn_t *c = ct->ct_conns; c != NULL; c = c->cc_next)
         conn_close(c);
@@ -295,6 +294,7 @@ static void ctl_unref(control_t *ct)
     if (--ct->ct_refs > 0)
         return;
     chan_close(ct->ct_reply); /* NULL after control_stop */
+    chan_close(ct->ct_http_reply);
     free(ct->ct_path);
     free(ct->ct_hostname);
     free(ct);
@@ -623,6 +623,79 @@ static void reply_cb(chan_t *ch, chan_node_t *first, void *arg)
         ctl_queue_req_free(r);
         ct->ct_pending--;
         conn_unref(c);
+        ctl_unref(ct);
+    }
+    ctl_unref(ct);
+}
+
+/* ------------------------------------------------------------ HTTP admin API */
+
+/* A queue request of the HTTP admin API: who gets the answer. */
+typedef struct ctl_http_wait {
+    control_done_fn hw_done;
+    void *hw_arg;
+} ctl_http_wait_t;
+
+static void http_done_error(control_done_fn done, void *arg, const char *msg)
+{
+    json_object *e = json_object_new_object();
+    json_object_object_add(e, "ok", json_object_new_boolean(0));
+    json_object_object_add(e, "error", json_object_new_string(msg));
+    done(arg, e);
+    json_object_put(e);
+}
+
+void control_call(control_t *ct, json_object *req, control_done_fn done, void *arg)
+{
+    SL_ASSERT_MAIN_THREAD();
+    json_object *c = NULL;
+    const char *cmd = json_object_object_get_ex(req, "cmd", &c) ? json_object_get_string(c) : "";
+    ctl_handler_fn fn = ctl_cmd_find(cmd ? cmd : "");
+    if (ct->ct_stopping || fn == NULL) {
+        http_done_error(done, arg, ct->ct_stopping ? "shutting down" : "unknown command");
+        return;
+    }
+    log_debug("control: http cmd=%s", cmd);
+    json_object *resp = json_object_new_object();
+    json_object_object_add(resp, "ok", json_object_new_boolean(1));
+    char err[512] = "";
+    ctl_ctx_t x = {.cx_env = &ct->ct_env, .cx_hostname = ct->ct_hostname};
+    queue_req_t *qr = NULL;
+    int rc = fn(&x, req, resp, &qr, err, sizeof(err));
+    if (rc < 0) {
+        http_done_error(done, arg, err[0] ? err : sl_strerror(rc));
+    } else if (rc == CTL_ASYNC) {
+        ctl_http_wait_t *w = xcalloc(1, sizeof(*w));
+        w->hw_done = done;
+        w->hw_arg = arg;
+        qr->qq_reply = ct->ct_http_reply;
+        qr->qq_ctx = w;
+        ct->ct_refs++;
+        ct->ct_pending++;
+        queue_request(ct->ct_env.ce_queue, qr);
+    } else {
+        done(arg, resp);
+        if (rc == CTL_REPLY_SHUTDOWN)
+            ctl_call_shutdown(ct);
+    }
+    json_object_put(resp);
+}
+
+static void http_reply_cb(chan_t *ch, chan_node_t *first, void *arg)
+{
+    SL_ASSERT_MAIN_THREAD();
+    control_t *ct = arg;
+    ct->ct_refs++; /* stay alive through the walk */
+    for (chan_node_t *n = first, *next; n != NULL; n = next) {
+        next = n->cn_next;
+        queue_req_t *r = (queue_req_t *)n;
+        ctl_http_wait_t *w = r->qq_ctx;
+        json_object *resp = ctl_queue_answer(&ct->ct_env, r);
+        w->hw_done(w->hw_arg, resp);
+        json_object_put(resp);
+        free(w);
+        ctl_queue_req_free(r);
+        ct->ct_pending--;
         ctl_unref(ct);
     }
     ctl_unref(ct);

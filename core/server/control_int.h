@@ -37,6 +37,9 @@ typedef int (*ctl_handler_fn)(const ctl_ctx_t *x, json_object *req, json_object 
 
 /* The handler of command name, or NULL for an unknown command. */
 ctl_handler_fn ctl_cmd_find(const char *name);
+/* What the HTTP admin API asks of a caller for command name: CTL_READ or
+ * CTL_ADMIN (also for an unknown name). Any thread (a constant table). */
+ctl_scope_t ctl_cmd_scope(const char *name);
 /* The answer line's object for a request the queue thread has answered
  * (caller puts); it may set r->qq_error. */
 json_object *ctl_queue_answer(const control_env_t *env, queue_req_t *r);

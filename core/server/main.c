@@ -35,6 +35,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
 #include <grp.h>
 #include <pwd.h>
 #include <signal.h>
@@ -63,6 +65,7 @@ typedef struct daemon_state {
     smtp_server_t *d_smtp;
     dlv_t *d_dlv;
     control_t *d_ctl;
+    httpd_t *d_httpd; /* the HTTP server, or NULL */
     uv_signal_t d_sigterm;
     uv_signal_t d_sigint;
     uv_signal_t d_sighup; /* reload, as `sluicectl reload` */
@@ -76,6 +79,34 @@ typedef struct daemon_user {
     uid_t du_uid;
     gid_t du_gid;
 } daemon_user_t;
+
+/* --hash-token: 32 random bytes as 64 hex digits (the token) and the
+ * http.tokens line that admits it (its SHA-256), docs/http-api.md. */
+static int hash_token(const char *scopes)
+{
+    unsigned char raw[32], md[SHA256_DIGEST_LENGTH], chk[32];
+    char tok[65], hex[65];
+    unsigned sc;
+    if (RAND_bytes(raw, sizeof(raw)) != 1) {
+        fprintf(stderr, "sluiced: --hash-token: no random bytes\n");
+        return 1;
+    }
+    for (int i = 0; i < 32; i++)
+        snprintf(tok + 2 * i, 3, "%02x", raw[i]);
+    SHA256((const unsigned char *)tok, 64, md);
+    for (int i = 0; i < 32; i++)
+        snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    char *val = xasprintf("%s:%s", scopes, hex);
+    if (cfg_parse_token(val, chk, &sc) != 0) {
+        fprintf(stderr, "sluiced: --hash-token: scopes are a list of inject, read, admin "
+                        "(e.g. \"inject,read\")\n");
+        free(val);
+        return 2;
+    }
+    printf("token: %s\nhttp.tokens entry: name = \"%s\";\n", tok, val);
+    free(val);
+    return 0;
+}
 
 static void usage(FILE *f);
 static void daemon_shutdown(void *arg);
@@ -108,6 +139,8 @@ static void usage(FILE *f)
                "                          configured DKIM keys, print it signed and exit\n"
                "  --print-default-config  print the default configuration (the embedded\n"
                "                          one, or the installed file as shipped)\n"
+               "  --hash-token [SCOPES]   print a new HTTP API token and its http.tokens\n"
+               "                          value (SCOPES: inject, read, admin; default inject)\n"
                "  -V, --version           print the version and exit\n"
                "  -h, --help              this help\n"
                "exit status: 0 ok, 1 start-up or spool check failed, 2 configuration or\n"
@@ -143,6 +176,8 @@ static void daemon_stop_now(uv_idle_t *h)
     queue_stop(d->d_queue);
     control_stop(d->d_ctl);
     d->d_ctl = NULL;
+    httpd_stop(d->d_httpd); /* after control_stop: see ops_int.h */
+    d->d_httpd = NULL;
     log_info("shutdown complete in %llu ms", (unsigned long long)(clock_mono_us() - t0) / 1000);
     uv_walk(d->d_loop, close_walk_cb, NULL);
 }
@@ -570,13 +605,21 @@ out:
  * step's own error exit. */
 int main(int argc, char **argv)
 {
-    enum { OPT_CHECK = 256, OPT_CHECK_SPOOL, OPT_PRINT_DEFAULT, OPT_VERSION, OPT_DKIM_SIGN };
+    enum {
+        OPT_CHECK = 256,
+        OPT_CHECK_SPOOL,
+        OPT_PRINT_DEFAULT,
+        OPT_VERSION,
+        OPT_DKIM_SIGN,
+        OPT_HASH_TOKEN
+    };
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
         {"check-config", no_argument, NULL, OPT_CHECK},
         {"check-spool", no_argument, NULL, OPT_CHECK_SPOOL},
         {"dkim-sign", required_argument, NULL, OPT_DKIM_SIGN},
         {"print-default-config", no_argument, NULL, OPT_PRINT_DEFAULT},
+        {"hash-token", optional_argument, NULL, OPT_HASH_TOKEN},
         {"version", no_argument, NULL, OPT_VERSION},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -606,6 +649,10 @@ int main(int argc, char **argv)
         case OPT_PRINT_DEFAULT:
             fputs(cfg_default_text(), stdout);
             return 0;
+        case OPT_HASH_TOKEN:
+            return hash_token(optarg                                      ? optarg
+                              : (optind < argc && argv[optind][0] != '-') ? argv[optind++]
+                                                                          : "inject");
         case 'V':
         case OPT_VERSION:
             printf("sluiced %s\n", SLUICE_VERSION);
@@ -723,6 +770,8 @@ int main(int argc, char **argv)
     };
     if (control_start(cfg, &env, &d.d_ctl, err, sizeof(err)) != 0)
         goto fail;
+    if (httpd_start(cfg, &env, d.d_ctl, &d.d_httpd, err, sizeof(err)) != 0)
+        goto fail;
     if (daemon_drop_privileges(cfg, &user, err, sizeof(err)) != 0)
         goto fail;
     if (user.du_switch && daemon_check_reread(cfg, err, sizeof(err)) != 0) {
@@ -779,6 +828,8 @@ fail:
         control_stop(d.d_ctl);
         d.d_ctl = NULL;
     }
+    httpd_stop(d.d_httpd);
+    d.d_httpd = NULL;
     if (uv_loop_alive(d.d_loop) || rc != 0) {
         uv_walk(d.d_loop, close_walk_cb, NULL);
         uv_run(d.d_loop, UV_RUN_DEFAULT);

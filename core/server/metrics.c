@@ -5,7 +5,7 @@
  * outcomes by type, the time in queue of delivered recipients as a
  * histogram, and per provider and virtual MTA the traffic shaping counters
  * (dlv_shaping_json). Served by the `metrics` control command and by the
- * optional HTTP listener (http.c). docs/operations.md lists every family.
+ * HTTP server (httpd.c, via the main thread). docs/operations.md lists every family.
  *
  *   metrics_render   append the whole exposition to a buffer
  *

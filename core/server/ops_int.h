@@ -1,11 +1,12 @@
 /*
  * core/server/ops_int.h - private to core/server: the operator's side
  * channels next to the control socket: Prometheus metrics (metrics.c), the
- * optional HTTP /metrics listener (http.c) and configuration reload
+ * HTTP server (httpd.c: the HTTP API and /metrics) and configuration reload
  * (control_reload in control.c, the work in reload.c). See
  * docs/operations.md.
  *
- * Thread: main thread (the main loop) for everything here.
+ * Thread: main thread (the main loop) for everything here (httpd.c's own
+ * thread is its business).
  */
 #ifndef SLUICE_OPS_INT_H
 #define SLUICE_OPS_INT_H
@@ -21,17 +22,34 @@ struct json_object;
  * registry's lock briefly: never waits on another thread's work. */
 void metrics_render(const control_env_t *env, buf_t *out, bool openmetrics);
 
-typedef struct http_metrics http_metrics_t;
+/* Which token scope the HTTP admin API asks for a command (commands.c's
+ * table): CTL_ADMIN is the default, so a verb nobody classified is not
+ * open to read-only tokens. */
+typedef enum { CTL_ADMIN = 0, CTL_READ = 1 } ctl_scope_t;
 
-/* Listen on addr ("127.0.0.1:9090", "[::1]:9090") on env->ce_loop and
- * answer GET /metrics with metrics_render() (HTTP/1.1, Connection: close;
- * 404 for other paths, 405 for other methods). 0, or a negative code with
- * err set ("http_metrics 127.0.0.1:9090: address already in use"). */
-int http_metrics_start(const char *addr, const control_env_t *env, http_metrics_t **out, char *err,
-                       size_t errlen);
-/* Close the listener and every connection (their memory goes once the
- * loop runs their close callbacks). NULL is fine. */
-void http_metrics_stop(http_metrics_t *h);
+/* Run one control command for the HTTP admin API: req is the same object
+ * a control socket line holds ({"cmd": ..., ...}; borrowed). done gets the
+ * same answer object ({"ok": true, ...} or {"ok": false, "error": ...};
+ * borrowed for the call) on the main thread, at once or when the queue
+ * thread has answered. Main thread. */
+typedef void (*control_done_fn)(void *arg, struct json_object *resp);
+void control_call(control_t *ct, struct json_object *req, control_done_fn done, void *arg);
+
+typedef struct httpd httpd_t;
+
+/* The HTTP server (httpd.c, docs/http-api.md): binds http.listen (the API:
+ * injection, admin, /metrics with a token) and control.http_metrics (GET
+ * /metrics only, no authentication) here, so that a port in use is a
+ * start-up error, then runs h2o on its own thread and loop. Either
+ * address may be "" (off); with both off *out is NULL. Main thread. */
+int httpd_start(const cfg_t *cfg, const control_env_t *env, control_t *ct, httpd_t **out, char *err,
+                size_t errlen);
+/* Stop accepting, answer what is in flight, close every connection, join
+ * the thread and free. Call after queue_stop (every injection then has
+ * its answer) and right after control_stop (which hands the admin
+ * answers still owed to this thread; ct is freed only once the main loop
+ * runs again). NULL is fine. Main thread. */
+void httpd_stop(httpd_t *h);
 
 /* Re-read the configuration file the daemon was started with. A file
  * that does not load keeps the running configuration: returns SL_ECONFIG

@@ -1715,3 +1715,58 @@ class NotifySocket:
 
     def close(self):
         self.sock.close()
+
+
+# ------------------------------------------------------------------ the HTTP API (#16)
+
+HTTP_TOKENS = {  # token -> scopes, hashed into http.tokens by http_conf()
+    "tok-inject-0123456789abcdef": "inject",
+    "tok-read-0123456789abcdef": "read",
+    "tok-admin-0123456789abcdef": "admin",
+    "tok-all-0123456789abcdef": "inject,admin",
+}
+
+
+def http_conf(port, extra="", tokens=None):
+    """An http { } block listening on 127.0.0.1:port with HTTP_TOKENS (or
+    tokens) stored as SHA-256, plus extra lines inside the block."""
+    import hashlib
+    toks = HTTP_TOKENS if tokens is None else tokens
+    lines = "".join('        t%d = "%s:%s";\n' % (i, sc, hashlib.sha256(t.encode()).hexdigest())
+                    for i, (t, sc) in enumerate(sorted(toks.items())))
+    return ('http {\n    listen = "127.0.0.1:%d";\n%s    tokens {\n%s    }\n}\n'
+            % (port, extra, lines))
+
+
+def http_call(port, method, path, body=None, token=None, ctype="application/json",
+              headers=None, timeout=60, host="127.0.0.1", tls_context=None):
+    """One request with http.client: returns (status, {header: value}
+    lower-cased, body bytes). body: a dict/list (sent as JSON), str or
+    bytes. token: a bearer token (or None)."""
+    import http.client
+    if isinstance(body, (dict, list)):
+        body = jsonlib.dumps(body).encode()
+    elif isinstance(body, str):
+        body = body.encode()
+    hdrs = dict(headers or {})
+    if token is not None:
+        hdrs["Authorization"] = "Bearer " + token
+    if body is not None and ctype is not None:
+        hdrs["Content-Type"] = ctype
+    if tls_context is not None:
+        c = http.client.HTTPSConnection(host, port, timeout=timeout, context=tls_context)
+    else:
+        c = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        c.request(method, path, body=body, headers=hdrs)
+        r = c.getresponse()
+        data = r.read()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, data
+    finally:
+        c.close()
+
+
+def http_json(port, method, path, body=None, token=None, **kw):
+    """http_call() whose answer is JSON: (status, headers, parsed body)."""
+    s, h, data = http_call(port, method, path, body, token, **kw)
+    return s, h, jsonlib.loads(data) if data else None

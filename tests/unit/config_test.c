@@ -970,6 +970,10 @@ static const char *const restart_keys[] = {
     "control.socket",
     "control.mode",
     "control.http_metrics",
+    "http.listen",
+    "http.tls",
+    "http.max_body",
+    "http.timeout",
     "smtp.listen",
     "smtp.threads",
     "smtp.tls.dir",
@@ -1051,6 +1055,7 @@ static void test_reload_keeps_restart_keys(void **state)
              " accounting_max_size = 1G; level = debug; }\n"
              "spool { path = \"%s/spool\"; sync = none; map_size = 2G; max_size = 128G; }\n"
              "control { socket = \"%s/s.sock\"; mode = 0660; http_metrics = \"127.0.0.1:9999\"; }\n"
+             "http { listen = \"127.0.0.1:8025\"; tls = true; max_body = 1M; timeout = 5s; }\n"
              "smtp { listen = \"127.0.0.1:2600\"; threads = 2; max_recipients = 7;\n"
              "  tls { dir = \"%s\"; generate = false; } }\n"
              "delivery { threads = 4; resolvers = \"127.0.0.1:5353\"; ca_file = \"%s\";\n"
