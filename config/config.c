@@ -66,6 +66,7 @@ static const key_def_t keys[] = {
     KEY("log.file", RESTART, K_STR, c_log_file, ""),
     KEY("log.accounting_dir", RESTART, K_PATH, c_acct_dir, "./var/log"),
     KEYR("log.accounting_max_size", RESTART, K_SIZE, c_acct_max_size, MB, TB, "256M"),
+    KEY("log.header_fields", LIVE, K_HDRLIST, c_acct_headers, ""),
 
     KEY("spool.path", RESTART, K_PATH, c_spool_path, "./var/spool"),
     KEY("spool.sync", RESTART, K_SYNC, c_spool_sync, "fsync"),
@@ -164,6 +165,8 @@ static const key_def_t keys[] = {
     KEY("dkim.timestamp", LIVE, K_BOOL, c_dkim_timestamp, "true"),
     KEYR("dkim.expire", LIVE, K_DUR, c_dkim_expire, 0, 365 * DAY, "0"),
     SEC("dkim.keys", LIVE, K_DKIMKEYS),
+
+    SEC("events.webhooks", RESTART, K_WEBHOOKS),
 };
 
 #define NKEYS ((int)ARRAY_SIZE(keys))
@@ -248,7 +251,7 @@ static bool is_section_path(const char *path)
 static bool is_map(const key_def_t *k)
 {
     return k->k_kind == K_ROUTES || k->k_kind == K_TLSMAP || k->k_kind == K_USERS ||
-           k->k_kind == K_DKIMKEYS;
+           k->k_kind == K_DKIMKEYS || k->k_kind == K_WEBHOOKS;
 }
 
 /* ------------------------------------------------------------ setters */
@@ -404,6 +407,8 @@ static int set_value(loader_t *ld, const key_def_t *k, const cfg_node_t *n)
             return ld_expect_error(ld, k, n);
         if (k->k_kind == K_DKIMKEYS)
             return ld_set_dkim_keys(ld, k, n);
+        if (k->k_kind == K_WEBHOOKS)
+            return ld_set_webhooks(ld, k, n);
         return set_map(ld, k, n);
     }
     if (k->k_kind == K_HDRLIST)

@@ -49,6 +49,7 @@ void cfg_free(cfg_t *c)
     free(c->c_dkim_canon);
     free(c->c_dkim_alg);
     cfg_strv_free(c->c_dkim_headers);
+    cfg_strv_free(c->c_acct_headers);
     cfg_strv_free(c->c_dkim_oversign);
     for (int i = 0; i < c->c_dkim_nkeys; i++) {
         free(c->c_dkim_keys[i].dk_domain);
@@ -56,6 +57,7 @@ void cfg_free(cfg_t *c)
         free(c->c_dkim_keys[i].dk_file);
     }
     free(c->c_dkim_keys);
+    cfg_webhooks_free(c->c_webhooks, c->c_nwebhooks);
     free(c);
 }
 

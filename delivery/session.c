@@ -1374,7 +1374,9 @@ static void session_report(dlv_session_t *s)
                      .w_tls = s->s_tls_done ? s->s_tls_ver : "",
                      .w_cipher = s->s_tls_done ? s->s_cipher : "",
                      .w_mta_sts = dlv_sts_mode(s->s_dest),
-                     .w_peer_dsn = s->s_x.x_dsn};
+                     .w_peer_dsn = s->s_x.x_dsn,
+                     .w_txn_rcpts = s->s_n};
+    dlv_dest_names(s->s_dest, qd, s->s_vmta, &w);
     for (int k = 0; k < s->s_n; k++) {
         int i = s->s_txn[k];
         dlv_rres_t *r = &s->s_res[i];
