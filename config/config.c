@@ -67,6 +67,7 @@ static const key_def_t keys[] = {
     KEY("log.accounting_dir", RESTART, K_PATH, c_acct_dir, "./var/log"),
     KEYR("log.accounting_max_size", RESTART, K_SIZE, c_acct_max_size, MB, TB, "256M"),
     KEY("log.header_fields", LIVE, K_HDRLIST, c_acct_headers, ""),
+    KEY("log.accounting_format", RESTART, K_STR, c_acct_format, "jsonl"),
 
     KEY("spool.path", RESTART, K_PATH, c_spool_path, "./var/spool"),
     KEY("spool.sync", RESTART, K_SYNC, c_spool_sync, "fsync"),

@@ -73,6 +73,7 @@ typedef struct cfg {
     char *c_log_file;         /* file = ""  (stderr) */
     char *c_acct_dir;         /* accounting_dir = "./var/log" */
     uint64_t c_acct_max_size; /* accounting_max_size = 256M: rotate when bigger */
+    char *c_acct_format;      /* accounting_format = "jsonl" | "pmta-csv" | "both" */
     char **c_acct_headers;    /* header_fields = [] (NULL-terminated, lower case): header
                                  fields copied into every outcome record */
 

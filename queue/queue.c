@@ -158,7 +158,8 @@ int queue_open(cfg_t *cfg, queue_t **out, char *err, size_t errlen)
     atomic_store(&q->q_stats.qs_max_size, max);
     q_stats_refresh(q);
 
-    if (q_acct_open(cfg->c_acct_dir, cfg->c_acct_max_size, &q->q_acct, err, errlen) != 0)
+    if (q_acct_open(cfg->c_acct_dir, cfg->c_acct_max_size, cfg->c_acct_format, cfg->c_acct_headers,
+                    &q->q_acct, err, errlen) != 0)
         goto fail;
     q_sched_init(q);
     q_outcomes_init(q);

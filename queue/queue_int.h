@@ -113,9 +113,17 @@ int q_rcpt_decode(const void *p, size_t len, q_rcpt_rec_t *r);
 
 typedef struct q_acct q_acct_t;
 
-/* Open (mkdir -p dir, append to dir/acct.jsonl). Queue thread (or main
- * before it starts). */
-int q_acct_open(const char *dir, uint64_t max_size, q_acct_t **out, char *err, size_t errlen);
+/* Open (mkdir -p dir, append to dir/acct.jsonl and/or dir/acct.csv as
+ * format - log.accounting_format: "jsonl", "pmta-csv" or "both" - says;
+ * hdrs: the CSV's header_* columns, borrowed for the handle's life).
+ * Queue thread (or main before it starts). */
+int q_acct_open(const char *dir, uint64_t max_size, const char *format, char **hdrs, q_acct_t **out,
+                char *err, size_t errlen);
+/* pmtacsv.c: PowerMTA accounting CSV (docs/events.md). The header line;
+ * the rows of the JSON record lines in [lines, lines+len) (records
+ * PowerMTA has no letter for are left out). Any thread. */
+void q_pmta_csv_header(buf_t *b, char **hdrs);
+void q_pmta_csv_rows(buf_t *b, const char *lines, size_t len, char **hdrs);
 void q_acct_close(q_acct_t *a);
 /* The buffer records are built in; q_acct_flush writes it with one
  * write(2) and rotates when the file grew past max_size. */

@@ -721,7 +721,7 @@ class Daemon:
         recs = []
         if not os.path.isdir(self.acct_dir):
             return recs
-        files = sorted(os.listdir(self.acct_dir),
+        files = sorted((n for n in os.listdir(self.acct_dir) if not n.endswith(".csv")),
                        key=lambda n: os.path.getmtime(os.path.join(self.acct_dir, n)))
         for name in files:
             with open(os.path.join(self.acct_dir, name), errors="replace") as f:
@@ -1187,7 +1187,7 @@ def acct_raw_lines(acct_dir):
     out = []
     if not os.path.isdir(acct_dir):
         return out
-    names = sorted(os.listdir(acct_dir),
+    names = sorted((n for n in os.listdir(acct_dir) if not n.endswith(".csv")),
                    key=lambda n: os.path.getmtime(os.path.join(acct_dir, n)))
     for name in names:
         with open(os.path.join(acct_dir, name), "rb") as f:

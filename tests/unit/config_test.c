@@ -963,6 +963,7 @@ static const char *const restart_keys[] = {
     "log.file",
     "log.accounting_dir",
     "log.accounting_max_size",
+    "log.accounting_format",
     "spool.path",
     "spool.sync",
     "spool.map_size",
@@ -1049,7 +1050,7 @@ static void test_reload_keeps_restart_keys(void **state)
     snprintf(text, sizeof(text),
              "hostname = \"other.example\";\nuser = \"root\";\n"
              "log { file = \"%s/sluice.log\"; accounting_dir = \"%s/acct\";"
-             " accounting_max_size = 1G; level = debug; }\n"
+             " accounting_max_size = 1G; level = debug; accounting_format = both; }\n"
              "spool { path = \"%s/spool\"; sync = none; map_size = 2G; max_size = 128G; }\n"
              "control { socket = \"%s/s.sock\"; mode = 0660; http_metrics = \"127.0.0.1:9999\"; }\n"
              "smtp { listen = \"127.0.0.1:2600\"; threads = 2; max_recipients = 7;\n"
