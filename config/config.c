@@ -759,6 +759,14 @@ static int finish(loader_t *ld, int file_mode)
     cfg_t *c = ld->l_cfg;
 #define LINE(f) ld_line(ld, f)
 
+    if (strcmp(c->c_acct_format, "jsonl") != 0 && strcmp(c->c_acct_format, "pmta-csv") != 0 &&
+        strcmp(c->c_acct_format, "both") != 0) {
+        ld_error(ld, LINE("log.accounting_format"),
+                 "log.accounting_format: expected jsonl, pmta-csv or both, got \"%.60s\"",
+                 c->c_acct_format);
+        return SL_ECONFIG;
+    }
+
     if (c->c_hostname[0] == '\0') {
         char h[256];
         if (gethostname(h, sizeof(h)) != 0 || h[0] == '\0')

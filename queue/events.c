@@ -7,7 +7,8 @@
  * transaction that commits its event (an outcome's record in the
  * outcome's transaction; the records that are not outcomes - received,
  * shaping, suspended, resumed, tls_failure, webhook_parked - in the next
- * group commit after they were written to the file). Each webhook's
+ * group commit after they were written to the file, at the latest with
+ * the periodic scan's, queue.scan_interval). Each webhook's
  * position (the last sequence it acknowledged, and the batches it parked)
  * is kept in `evcursor`, written by the queue thread in a group commit
  * after the webhook thread moved it. Entries every webhook is past are
@@ -259,10 +260,24 @@ bool q_events_want_txn(const queue_t *q)
 void q_record_emit(queue_t *q, const char *lines, size_t len)
 {
     buf_append(q_acct_buf(q->q_acct), lines, len);
-    if (q->q_ev != NULL) {
+    if (q->q_ev != NULL) /* with the next group commit, or the periodic scan's */
         buf_append(&q->q_ev->ev_pend, lines, len);
-        uv_async_send(&q->q_wake); /* the wake-up starts a commit for it (queue.c) */
+}
+
+/* Does any webhook take records of this type? A record nobody takes is
+ * not stored: the stream's cost is the bytes it adds to the group commit
+ * (docs/benchmarks.md, "Events"). */
+static bool ev_type_stored(const q_events_t *ev, const char *type, size_t tl)
+{
+    for (int i = 0; i < ev->ev_n; i++) {
+        char **t = ev->ev_wh[i].w_cfg->wh_types;
+        if (t == NULL)
+            return true;
+        for (; *t != NULL; t++)
+            if (strlen(*t) == tl && memcmp(*t, type, tl) == 0)
+                return true;
     }
+    return false;
 }
 
 /* One record line (without its newline) at the txn's next sequence. */
@@ -270,6 +285,8 @@ static int ev_put_line(q_events_t *ev, MDB_txn *txn, const char *line, size_t le
 {
     const char *type = "";
     size_t tl = ev_line_type(line, len, &type);
+    if (!ev_type_stored(ev, type, tl))
+        return 0;
     uint8_t key[8];
     q_be64(key, ev->ev_txn_next);
     MDB_val k = {8, key}, v = {9 + tl + len, NULL};
@@ -420,9 +437,11 @@ static void ev_thread_kick(q_events_t *ev)
 static void ev_wh_moved(ev_wh_t *w)
 {
     w->w_gen++;
+    /* no wake-up: the cursor rides with the queue's next group commit, or
+     * its periodic scan (queue.scan_interval) starts one; a wake-up per
+     * acknowledged batch would cost a commit and an fsync each when the
+     * queue is busy (measured: bench/run-events) */
     atomic_store(&w->w_ev->ev_dirty, 1);
-    /* the queue thread's wake-up: it starts a commit for it (queue.c) */
-    uv_async_send(&w->w_ev->ev_q->q_wake);
 }
 
 static bool ev_type_wanted(const ev_wh_t *w, const char *type, size_t tl)

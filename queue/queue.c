@@ -771,6 +771,8 @@ static void queue_timer_cb(uv_timer_t *t)
     Q_ASSERT_QUEUE_THREAD(q);
     if (q->q_dispatch && !atomic_load(&q->q_stopping))
         q_sched_scan(q);
+    if (q_events_want_txn(q)) /* stream records or cursors no commit took yet */
+        uv_check_start(&q->q_commit_check, queue_commit_check_cb);
 }
 
 static void queue_req_cb(chan_t *ch, chan_node_t *first, void *arg)

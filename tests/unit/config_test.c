@@ -528,6 +528,32 @@ typedef struct bad_case {
 } bad_case_t;
 
 static const bad_case_t bad_cases[] = {
+    /* events (#14) */
+    {"accounting format", "log {\n accounting_format = csv;\n}\n",
+     "t.conf:2: log.accounting_format: expected jsonl, pmta-csv or both, got \"csv\""},
+    {"webhook without url", "events { webhooks { h { secret = \"0123456789abcdef\"; } } }\n",
+     "t.conf:1: events.webhooks.h: url is required"},
+    {"webhook short secret",
+     "events { webhooks { h { url = \"https://x.example/\"; secret = \"short\"; } } }\n",
+     "t.conf:1: events.webhooks.h: secret is required (16 characters or more)"},
+    {"webhook plain http off loopback",
+     "events { webhooks {\n h { url = \"http://x.example/\"; secret = \"0123456789abcdef\"; }\n"
+     "} }\n",
+     "t.conf:2: events.webhooks.h.url: expected an https:// URL (http:// only to loopback)"},
+    {"webhook bad batch",
+     "events { webhooks { h {\n url = \"https://x/\"; secret = \"0123456789abcdef\";\n"
+     " batch = 0; } } }\n",
+     "t.conf:3: events.webhooks.h.batch: expected 1..10000 records"},
+    {"webhook unknown key",
+     "events { webhooks { h {\n url = \"https://x/\"; secret = \"0123456789abcdef\";\n"
+     " batches = 5; } } }\n",
+     "t.conf:3: unknown key \"events.webhooks.h.batches\""},
+    {"webhook bad type",
+     "events { webhooks { h {\n url = \"https://x/\";\n"
+     " secret = \"0123456789abcdef\"; types = [\"Delivery\"]; } } }\n",
+     "t.conf:3: events.webhooks.h.types: \"Delivery\" is not a record type"},
+    {"webhook not a section", "events { webhooks { h = \"https://x/\"; } }\n",
+     "events.webhooks.h: expected a section with a new name"},
     {"unknown key with suggestion", "smtp {\n  max_mesage_size = 10M;\n}\n",
      "t.conf:2: unknown key \"smtp.max_mesage_size\" (did you mean \"max_message_size\"?)"},
     {"key in the wrong section", "\n\nmax_message_size = 10M\n",
@@ -851,6 +877,32 @@ static void test_routes(void **state)
     cfg_unref(c);
 }
 
+static void test_webhooks(void **state)
+{
+    cfg_t *c =
+        load_ok("events { webhooks {\n"
+                " crm { url = \"https://crm.example/hook\"; secret = \"0123456789abcdef\";\n"
+                "  types = [\"delivery\", \"bounce\"]; batch = 50; max_latency = 250ms;\n"
+                "  retry_initial = 2s; retry_max = 1m; }\n"
+                " local { url = \"http://127.0.0.1:8080/\"; secret = \"fedcba9876543210\"; }\n"
+                "} }\n");
+    assert_int_equal(c->c_nwebhooks, 2);
+    const cfg_webhook_t *w = &c->c_webhooks[0];
+    assert_string_equal(w->wh_name, "crm");
+    assert_string_equal(w->wh_types[0], "delivery");
+    assert_string_equal(w->wh_types[1], "bounce");
+    assert_null(w->wh_types[2]);
+    assert_int_equal(w->wh_batch, 50);
+    assert_int_equal(w->wh_max_latency_ms, 250);
+    assert_int_equal(w->wh_retry_initial_ms, 2000);
+    assert_int_equal(w->wh_retry_max_ms, 60000);
+    w = &c->c_webhooks[1];
+    assert_null(w->wh_types); /* every type */
+    assert_int_equal(w->wh_batch, 100);
+    assert_int_equal(w->wh_max_latency_ms, 1000);
+    cfg_unref(c);
+}
+
 static void test_tls_policy(void **state)
 {
     cfg_t *c = load_ok("delivery {\n tls = required\n tls_policy {\n"
@@ -1099,6 +1151,7 @@ int main(void)
         cmocka_unit_test(test_tls_policy),        cmocka_unit_test(test_refcount),
         cmocka_unit_test(test_current_threads),   cmocka_unit_test(test_dkim),
         cmocka_unit_test(test_reload_column),     cmocka_unit_test(test_reload_keeps_restart_keys),
+        cmocka_unit_test(test_webhooks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
