@@ -68,6 +68,8 @@ static const key_def_t keys[] = {
     KEY("log.file", RESTART, K_STR, c_log_file, ""),
     KEY("log.accounting_dir", RESTART, K_PATH, c_acct_dir, "./var/log"),
     KEYR("log.accounting_max_size", RESTART, K_SIZE, c_acct_max_size, MB, TB, "256M"),
+    KEY("log.header_fields", LIVE, K_HDRLIST, c_acct_headers, ""),
+    KEY("log.accounting_format", RESTART, K_STR, c_acct_format, "jsonl"),
 
     KEY("spool.path", RESTART, K_PATH, c_spool_path, "./var/spool"),
     KEY("spool.sync", RESTART, K_SYNC, c_spool_sync, "fsync"),
@@ -176,6 +178,8 @@ static const key_def_t keys[] = {
     KEY("dkim.timestamp", LIVE, K_BOOL, c_dkim_timestamp, "true"),
     KEYR("dkim.expire", LIVE, K_DUR, c_dkim_expire, 0, 365 * DAY, "0"),
     SEC("dkim.keys", LIVE, K_DKIMKEYS),
+
+    SEC("events.webhooks", RESTART, K_WEBHOOKS),
 };
 
 #define NKEYS ((int)ARRAY_SIZE(keys))
@@ -337,7 +341,7 @@ static bool is_section_path(const char *path)
 static bool is_map(const key_def_t *k)
 {
     return k->k_kind == K_ROUTES || k->k_kind == K_TLSMAP || k->k_kind == K_USERS ||
-           k->k_kind == K_TOKENS || k->k_kind == K_DKIMKEYS;
+           k->k_kind == K_TOKENS || k->k_kind == K_DKIMKEYS || k->k_kind == K_WEBHOOKS;
 }
 
 /* ------------------------------------------------------------ setters */
@@ -493,6 +497,8 @@ static int set_value(loader_t *ld, const key_def_t *k, const cfg_node_t *n)
             return ld_expect_error(ld, k, n);
         if (k->k_kind == K_DKIMKEYS)
             return ld_set_dkim_keys(ld, k, n);
+        if (k->k_kind == K_WEBHOOKS)
+            return ld_set_webhooks(ld, k, n);
         return set_map(ld, k, n);
     }
     if (k->k_kind == K_HDRLIST)
@@ -859,6 +865,14 @@ static int finish(loader_t *ld, int file_mode)
 {
     cfg_t *c = ld->l_cfg;
 #define LINE(f) ld_line(ld, f)
+
+    if (strcmp(c->c_acct_format, "jsonl") != 0 && strcmp(c->c_acct_format, "pmta-csv") != 0 &&
+        strcmp(c->c_acct_format, "both") != 0) {
+        ld_error(ld, LINE("log.accounting_format"),
+                 "log.accounting_format: expected jsonl, pmta-csv or both, got \"%.60s\"",
+                 c->c_acct_format);
+        return SL_ECONFIG;
+    }
 
     if (c->c_hostname[0] == '\0') {
         char h[256];

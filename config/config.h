@@ -49,6 +49,20 @@ typedef struct cfg_token {
     unsigned char tk_hash[32]; /* SHA-256 of the token */
     unsigned tk_scopes;        /* CFG_SCOPE_* */
 } cfg_token_t;
+/* One webhook of events.webhooks (docs/events.md). */
+#define CFG_MAX_WEBHOOKS 16
+typedef struct cfg_webhook {
+    char *wh_name;
+    char *wh_url;                 /* https://..., or http:// to loopback */
+    char *wh_secret;              /* the HMAC-SHA256 key (16 characters or more) */
+    char *wh_ca_file;             /* PEM CA file for the endpoint, or NULL: the system store */
+    char **wh_types;              /* record types it takes (NULL-terminated); NULL: every type */
+    int wh_batch;                 /* batch = 100 records per POST at most */
+    uint64_t wh_max_latency_ms;   /* max_latency = 1s: a partial batch waits no longer */
+    uint64_t wh_timeout_ms;       /* timeout = 30s: one POST */
+    uint64_t wh_retry_initial_ms; /* retry_initial = 1s: first retry delay, doubling ... */
+    uint64_t wh_retry_max_ms;     /* retry_max = 10m: ... up to this */
+} cfg_webhook_t;
 
 /* dkim.keys { "example.com" { s1 = "/etc/sluice/dkim/example.com.pem"; } } */
 typedef struct cfg_dkim_key {
@@ -71,6 +85,9 @@ typedef struct cfg {
     char *c_log_file;         /* file = ""  (stderr) */
     char *c_acct_dir;         /* accounting_dir = "./var/log" */
     uint64_t c_acct_max_size; /* accounting_max_size = 256M: rotate when bigger */
+    char *c_acct_format;      /* accounting_format = "jsonl" | "pmta-csv" | "both" */
+    char **c_acct_headers;    /* header_fields = [] (NULL-terminated, lower case): header
+                                 fields copied into every outcome record */
 
     /* spool { } */
     char *c_spool_path;        /* path = "./var/spool" */
@@ -210,6 +227,10 @@ typedef struct cfg {
     uint64_t c_dkim_expire;  /* expire = 0 (seconds; x= = t= + expire; 0 = no x=) */
     int c_dkim_nkeys;
     cfg_dkim_key_t *c_dkim_keys; /* keys { }: owned array of c_dkim_nkeys */
+
+    /* events { webhooks { NAME { ... } } } (config/webhooks.c, docs/events.md) */
+    int c_nwebhooks;
+    cfg_webhook_t *c_webhooks; /* owned array of c_nwebhooks */
 
     /* Objects other modules build from this snapshot (config cannot include
      * them): see cfg_ext_set(). */

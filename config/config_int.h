@@ -45,6 +45,7 @@ typedef enum {
     K_TOKENS,    /* section: name = "scope,scope:sha256 hex" */
     K_HDRLIST,   /* char ** (NULL-terminated): header field names, lower case */
     K_DKIMKEYS,  /* section: "domain" { selector = "key.pem"; } */
+    K_WEBHOOKS,  /* section: name { url = ...; secret = ...; ... } (webhooks.c) */
 } kind_t;
 
 typedef struct key_def {
@@ -107,6 +108,11 @@ int ld_set_hdrlist(loader_t *ld, const key_def_t *k, const cfg_node_t *n);
 int ld_set_dkim_keys(loader_t *ld, const key_def_t *k, const cfg_node_t *sec);
 /* The dkim section's checks across keys and on the file system. */
 int ld_finish_dkim(loader_t *ld);
+/* webhooks.c: events.webhooks; compare, copy and free the array. */
+int ld_set_webhooks(loader_t *ld, const key_def_t *k, const cfg_node_t *sec);
+bool cfg_webhooks_differ(const cfg_t *a, const cfg_t *b);
+cfg_webhook_t *cfg_webhooks_dup(const cfg_webhook_t *v, int n);
+void cfg_webhooks_free(cfg_webhook_t *v, int n);
 /* What is wrong with a private key file's mode (TLS, DKIM), or NULL; buf
  * may hold the text. */
 const char *cfg_key_mode_problem(const cfg_t *c, const struct stat *st, char *buf, size_t len);

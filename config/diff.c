@@ -91,6 +91,8 @@ static bool section_changed(kind_t kind, const cfg_t *a, const cfg_t *b)
                 return true;
         }
         return false;
+    case K_WEBHOOKS:
+        return cfg_webhooks_differ(a, b);
     default:
         abort(); /* not a section: a bug in the caller */
     }
@@ -174,6 +176,11 @@ static void keep_value(const key_def_t *k, cfg_t *nc, const cfg_t *old)
     case K_LISTEN:
         nc->c_smtp_nlisten = old->c_smtp_nlisten;
         memcpy(nc->c_smtp_listen, old->c_smtp_listen, sizeof(nc->c_smtp_listen));
+        return;
+    case K_WEBHOOKS:
+        cfg_webhooks_free(nc->c_webhooks, nc->c_nwebhooks);
+        nc->c_webhooks = cfg_webhooks_dup(old->c_webhooks, old->c_nwebhooks);
+        nc->c_nwebhooks = old->c_nwebhooks;
         return;
     default:
         abort(); /* a RESTART key of a kind not kept: a bug in the schema */

@@ -32,6 +32,7 @@ void cfg_free(cfg_t *c)
     free(c->c_http_listen);
     for (int i = 0; i < c->c_http_ntokens; i++)
         free(c->c_http_tokens[i].tk_name);
+    free(c->c_acct_format);
     free(c->c_tls_dir);
     for (int i = 0; i < c->c_nusers; i++) {
         free(c->c_users[i].cu_name);
@@ -52,6 +53,7 @@ void cfg_free(cfg_t *c)
     free(c->c_dkim_canon);
     free(c->c_dkim_alg);
     cfg_strv_free(c->c_dkim_headers);
+    cfg_strv_free(c->c_acct_headers);
     cfg_strv_free(c->c_dkim_oversign);
     for (int i = 0; i < c->c_dkim_nkeys; i++) {
         free(c->c_dkim_keys[i].dk_domain);
@@ -59,6 +61,7 @@ void cfg_free(cfg_t *c)
         free(c->c_dkim_keys[i].dk_file);
     }
     free(c->c_dkim_keys);
+    cfg_webhooks_free(c->c_webhooks, c->c_nwebhooks);
     free(c);
 }
 

@@ -146,6 +146,7 @@ static const char *kind_desc(const key_def_t *k, char *dst, size_t len)
     case K_USERS:
     case K_TOKENS:
     case K_DKIMKEYS:
+    case K_WEBHOOKS:
         snprintf(dst, len, "a section { ... }");
         break;
     default:

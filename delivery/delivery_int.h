@@ -252,7 +252,17 @@ typedef struct dlv_where {
     const char *w_cipher;
     const char *w_mta_sts; /* MTA-STS mode that applied ("enforce", "testing") or NULL */
     bool w_peer_dsn;       /* the server offered DSN: NOTIFY and ORCPT went on with the RCPT */
+    /* for the records: NULL / 0 when none applies (dlv_dest_names) */
+    const char *w_vmta;
+    const char *w_pool;
+    const char *w_provider;
+    int w_txn_rcpts; /* recipients in the SMTP transaction */
 } dlv_where_t;
+
+/* Fill w's virtual MTA (vmta < 0: none), the pool qd was queued in and
+ * the destination's provider; borrowed names, valid on de's thread until
+ * the next reload. Delivery thread of de. */
+void dlv_dest_names(dlv_dest_t *de, const queue_dispatch_t *qd, int vmta, dlv_where_t *w);
 
 /* Recipient i of qd has outcome res (text: its text): write the one
  * delivery log line, count it and hand it to the queue. Delivery thread

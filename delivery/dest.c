@@ -181,6 +181,7 @@ void dlv_dest_fail_pending(dlv_dest_t *de, const dlv_verdict_t *v)
     dlv_where_t w = {.w_mta_sts = dlv_sts_mode(de)}; /* e.g. 4.7.5 no MX matches */
     queue_dispatch_t *qd;
     while ((qd = dlv_dest_pop(de)) != NULL) {
+        dlv_dest_names(de, qd, -1, &w);
         for (int i = 0; i < qd->qd_nrcpt; i++)
             dlv_report(de->de_t, qd, i, &v->v_res, v->v_text, &w);
         queue_dispatch_free(qd);
@@ -715,6 +716,7 @@ void dlv_dest_enqueue(dlv_dest_t *de, queue_dispatch_t *qd)
     DLV_ASSERT_ON_LOOP(de->de_t);
     shp_dest_t *sd = de->de_shp;
     int p = shp_pool_for(sd->sd_sh->sh_vm, qd);
+    qd->qd_pool = p; /* for its records: the pool header is gone from the body now */
     shp_poolq_t *pq = &sd->sd_pq[p];
     shp_job_t *j;
     for (j = pq->pq_jobs; j; j = j->j_next)
@@ -886,6 +888,7 @@ static void shp_defer_pool(dlv_dest_t *de, int p, uint64_t retry_at, const char 
             continue;
         queue_dispatch_t *qd;
         while ((qd = shp_pool_pop(de, &sd->sd_pq[i])) != NULL) {
+            dlv_dest_names(de, qd, -1, &w);
             for (int k = 0; k < qd->qd_nrcpt; k++)
                 dlv_report(de->de_t, qd, k, &v.v_res, v.v_text, &w);
             queue_dispatch_free(qd);
@@ -1087,6 +1090,18 @@ int dlv_dest_bind(dlv_dest_t *de, int vmta, uv_tcp_t *tcp)
 {
     DLV_ASSERT_ON_LOOP(de->de_t);
     return shp_vmta_bind(shp_vmta(de->de_shp->sd_sh, vmta), tcp);
+}
+
+void dlv_dest_names(dlv_dest_t *de, const queue_dispatch_t *qd, int vmta, dlv_where_t *w)
+{
+    DLV_ASSERT_ON_LOOP(de->de_t);
+    shp_dest_t *sd = de->de_shp;
+    const shp_conf_t *vm = sd->sd_sh->sh_vm;
+    w->w_vmta = vmta >= 0 && vmta < vm->sc_nvmtas ? shp_vmta(sd->sd_sh, vmta)->vm_name : NULL;
+    w->w_pool = qd != NULL && qd->qd_pool >= 0 && qd->qd_pool < vm->sc_npools
+                    ? vm->sc_pools[qd->qd_pool].po_name
+                    : NULL;
+    w->w_provider = sd->sd_pv != NULL ? sd->sd_pv->pv_name : NULL;
 }
 
 shp_queue_t *dlv_dest_queue(dlv_dest_t *de, int vmta)

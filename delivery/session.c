@@ -32,6 +32,7 @@
 
 #include <assert.h>
 #include <ctype.h>
+#include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -760,6 +761,36 @@ static void session_abort(dlv_session_t *s, const dlv_verdict_t *v, bool quit)
     dlv_dest_kick(s->s_dest);
 }
 
+/* The tls_failure record (docs/records.md): TLS with this host failed
+ * or fell short of the policy; action says what sluice did about it
+ * ("deferred": the recipients wait, "plaintext": opportunistic TLS goes on
+ * without). One per failed connection. */
+static void session_tls_record(dlv_session_t *s, const char *policy, const char *action,
+                               const char *reason)
+{
+    dlv_where_t w = {0};
+    dlv_dest_names(s->s_dest, s->s_qd, s->s_vmta, &w);
+    json_object *o = json_object_new_object();
+    char ts[32];
+    json_object_object_add(o, "type", json_object_new_string("tls_failure"));
+    json_object_object_add(
+        o, "time", json_object_new_string(time_fmt_rfc3339(clock_now_us(), ts, sizeof(ts))));
+    json_object_object_add(o, "domain", json_object_new_string(s->s_dest->de_domain));
+    json_object_object_add(o, "mx", json_object_new_string(S_HOST(s)));
+    json_object_object_add(o, "mx_ip", s->s_mx_ip[0] ? json_object_new_string(s->s_mx_ip) : NULL);
+    json_object_object_add(o, "src_ip",
+                           s->s_src_ip[0] ? json_object_new_string(s->s_src_ip) : NULL);
+    json_object_object_add(o, "vmta", w.w_vmta ? json_object_new_string(w.w_vmta) : NULL);
+    json_object_object_add(o, "provider",
+                           w.w_provider ? json_object_new_string(w.w_provider) : NULL);
+    json_object_object_add(o, "policy", json_object_new_string(policy));
+    json_object_object_add(o, "action", json_object_new_string(action));
+    json_object_object_add(o, "reason", json_object_new_string(reason));
+    queue_acct_event(s->s_t->t_d->d_queue,
+                     json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+    json_object_put(o);
+}
+
 static void session_policy_fail(dlv_session_t *s, const char *status, const char *text)
 {
     char buf[640];
@@ -773,6 +804,11 @@ static void session_policy_fail(dlv_session_t *s, const char *status, const char
              : s->s_dest->de_policy == CFG_TLS_VERIFY ? "verify"
                                                       : "required",
              buf + pre);
+    session_tls_record(s,
+                       sts                                      ? "mta-sts"
+                       : s->s_dest->de_policy == CFG_TLS_VERIFY ? "verify"
+                                                                : "required",
+                       "deferred", text);
     dlv_dest_t *de = s->s_dest;
     if (s->s_tls_done || s->s_tls == NULL)
         session_quit(s);
@@ -1153,6 +1189,7 @@ static void session_tls_failed(dlv_session_t *s, const char *why)
         session_send(s, "QUIT\r\n", 6);
     log_warn("delivery: %s: TLS with %s[%s] failed (%s); retrying without TLS", de->de_domain,
              S_HOST(s), s->s_mx_ip, why);
+    session_tls_record(s, "opportunistic", "plaintext", why);
     dlv_sts_testing_failure(de, S_HOST(s), why); /* MTA-STS testing */
     de->de_notls_until = clock_mono_us() + DLV_NOTLS_TIME * 1000000ULL;
     s->s_no_tls = true;
@@ -1374,7 +1411,9 @@ static void session_report(dlv_session_t *s)
                      .w_tls = s->s_tls_done ? s->s_tls_ver : "",
                      .w_cipher = s->s_tls_done ? s->s_cipher : "",
                      .w_mta_sts = dlv_sts_mode(s->s_dest),
-                     .w_peer_dsn = s->s_x.x_dsn};
+                     .w_peer_dsn = s->s_x.x_dsn,
+                     .w_txn_rcpts = s->s_n};
+    dlv_dest_names(s->s_dest, qd, s->s_vmta, &w);
     for (int k = 0; k < s->s_n; k++) {
         int i = s->s_txn[k];
         dlv_rres_t *r = &s->s_res[i];

@@ -347,6 +347,10 @@ void dlv_report(dlv_thread_t *t, const queue_dispatch_t *qd, int i, const dlv_re
         snprintf(o->qo_cipher, sizeof(o->qo_cipher), "%s", w->w_cipher ? w->w_cipher : "");
         snprintf(o->qo_mta_sts, sizeof(o->qo_mta_sts), "%s", w->w_mta_sts ? w->w_mta_sts : "");
         o->qo_peer_dsn = w->w_peer_dsn; /* a success DSN is then the next hop's to send */
+        snprintf(o->qo_vmta, sizeof(o->qo_vmta), "%s", w->w_vmta ? w->w_vmta : "");
+        snprintf(o->qo_pool, sizeof(o->qo_pool), "%s", w->w_pool ? w->w_pool : "");
+        snprintf(o->qo_provider, sizeof(o->qo_provider), "%s", w->w_provider ? w->w_provider : "");
+        o->qo_txn_rcpts = w->w_txn_rcpts > 0 ? (uint32_t)w->w_txn_rcpts : 0;
     }
     trouble_log(qd, i, res, text, w);
     queue_outcome_submit(t->t_d->d_queue, o);

@@ -34,11 +34,14 @@
 struct q_acct {
     char a_dir[1024];
     char a_path[1100];
-    int a_fd;
+    const char *a_ext; /* "jsonl" or "csv": the file name's and rotated names' suffix */
+    int a_fd;          /* -1: this file is not written (log.accounting_format) */
     uint64_t a_size;
     uint64_t a_max;
     uint64_t a_retry_us; /* a failed size rotation: not again before (mono us) */
     buf_t a_buf;
+    struct q_acct *a_csv; /* the PowerMTA CSV file beside it (pmtacsv.c's rows), or NULL */
+    char **a_hdrs;        /* the CSV's header_* columns (log.header_fields at start) */
 };
 
 #define ACCT_RETRY_US (60ULL * 1000000) /* a failed size rotation is retried after */
@@ -46,7 +49,8 @@ struct q_acct {
 static int mkdir_p(const char *path, mode_t mode);
 static int acct_reopen(q_acct_t *a);
 static void acct_write(q_acct_t *a);
-static int acct_rename_free(const char *from, const char *dir, char *dst, size_t dstlen);
+static int acct_rename_free(const char *from, const char *dir, const char *ext, char *dst,
+                            size_t dstlen);
 
 /* mkdir -p with explicit modes, whatever the umask: the directories on the
  * way 0755 (searchable, so that a daemon that switched user still reaches
@@ -88,26 +92,67 @@ static int acct_reopen(q_acct_t *a)
     if (a->a_fd >= 0)
         close(a->a_fd);
     a->a_fd = fd;
+    if (a->a_size == 0 && strcmp(a->a_ext, "csv") == 0) {
+        /* a new CSV file starts with its header line (importers key on it) */
+        buf_t h;
+        buf_init(&h, 512);
+        q_pmta_csv_header(&h, a->a_hdrs);
+        ssize_t w = write(fd, h.b_data, h.b_len);
+        if (w > 0)
+            a->a_size = (uint64_t)w;
+        buf_free(&h);
+    }
     return 0;
 }
 
-int q_acct_open(const char *dir, uint64_t max_size, q_acct_t **out, char *err, size_t errlen)
+static q_acct_t *acct_new(const char *dir, const char *ext, uint64_t max_size)
 {
     q_acct_t *a = xcalloc(1, sizeof(*a));
     a->a_fd = -1;
     a->a_max = max_size;
+    a->a_ext = ext;
     snprintf(a->a_dir, sizeof(a->a_dir), "%s", dir && *dir ? dir : ".");
-    snprintf(a->a_path, sizeof(a->a_path), "%s/acct.jsonl", a->a_dir);
+    snprintf(a->a_path, sizeof(a->a_path), "%s/acct.%s", a->a_dir, ext);
     buf_init(&a->a_buf, 4096);
-    int rc = mkdir_p(a->a_dir, 0750);
+    return a;
+}
+
+int q_acct_open(const char *dir, uint64_t max_size, const char *format, char **hdrs, q_acct_t **out,
+                char *err, size_t errlen)
+{
+    q_acct_t *a = acct_new(dir, "jsonl", max_size);
+    bool jsonl = format == NULL || *format == '\0' || strcmp(format, "jsonl") == 0 ||
+                 strcmp(format, "both") == 0;
+    bool csv = format != NULL && (strcmp(format, "pmta-csv") == 0 || strcmp(format, "both") == 0);
+    int rc;
+    if (!jsonl && !csv) {
+        snprintf(err, errlen,
+                 "log.accounting_format: expected \"jsonl\", \"pmta-csv\" or "
+                 "\"both\", got \"%.60s\"",
+                 format);
+        goto fail;
+    }
+    rc = mkdir_p(a->a_dir, 0750);
     if (rc != 0) {
         snprintf(err, errlen, "accounting log %s: cannot create: %s", a->a_dir, strerror(-rc));
         goto fail;
     }
-    rc = acct_reopen(a);
-    if (rc != 0) {
+    if (jsonl && (rc = acct_reopen(a)) != 0) {
         snprintf(err, errlen, "accounting log %s: %s", a->a_path, strerror(-rc));
         goto fail;
+    }
+    if (csv) {
+        a->a_csv = acct_new(dir, "csv", max_size);
+        size_t nh = 0;
+        while (hdrs != NULL && hdrs[nh] != NULL)
+            nh++;
+        a->a_csv->a_hdrs = xcalloc(nh + 1, sizeof(char *)); /* the columns stay the start's */
+        for (size_t i = 0; i < nh; i++)
+            a->a_csv->a_hdrs[i] = xstrdup(hdrs[i]);
+        if ((rc = acct_reopen(a->a_csv)) != 0) {
+            snprintf(err, errlen, "accounting log %s: %s", a->a_csv->a_path, strerror(-rc));
+            goto fail;
+        }
     }
     *out = a;
     return 0;
@@ -121,6 +166,10 @@ void q_acct_close(q_acct_t *a)
     if (a == NULL)
         return;
     q_acct_flush(a);
+    q_acct_close(a->a_csv);
+    for (char **h = a->a_hdrs; h != NULL && *h != NULL; h++)
+        free(*h);
+    free(a->a_hdrs);
     if (a->a_fd >= 0)
         close(a->a_fd);
     buf_free(&a->a_buf);
@@ -132,9 +181,16 @@ buf_t *q_acct_buf(q_acct_t *a)
     return &a->a_buf;
 }
 
-/* One write(2) of every record built since the last one. */
+/* One write(2) of every record built since the last one (and the CSV
+ * rows made of them). */
 static void acct_write(q_acct_t *a)
 {
+    if (a->a_csv != NULL && a->a_buf.b_len > 0) {
+        q_pmta_csv_rows(&a->a_csv->a_buf, a->a_buf.b_data, a->a_buf.b_len, a->a_csv->a_hdrs);
+        acct_write(a->a_csv);
+    }
+    if (a->a_fd < 0)
+        buf_reset(&a->a_buf); /* log.accounting_format = "pmta-csv": no JSON file */
     if (a->a_buf.b_len == 0 || a->a_fd < 0)
         return;
     const char *p = a->a_buf.b_data;
@@ -157,7 +213,8 @@ static void acct_write(q_acct_t *a)
 void q_acct_flush(q_acct_t *a)
 {
     acct_write(a);
-    if (a->a_max == 0 || a->a_size < a->a_max)
+    if (a->a_max == 0 ||
+        (a->a_size < a->a_max && (a->a_csv == NULL || a->a_csv->a_size < a->a_max)))
         return;
     uint64_t now = clock_mono_us();
     if (now < a->a_retry_us)
@@ -176,7 +233,8 @@ void q_acct_flush(q_acct_t *a)
 /* rename(2) from to dir/acct-STAMP[-N].jsonl, a name nobody has taken:
  * RENAME_NOREPLACE, so that two rotations in one second never overwrite
  * each other's file. The name used in dst. 0 or -errno. */
-static int acct_rename_free(const char *from, const char *dir, char *dst, size_t dstlen)
+static int acct_rename_free(const char *from, const char *dir, const char *ext, char *dst,
+                            size_t dstlen)
 {
     char stamp[32];
     time_t now = time(NULL);
@@ -185,9 +243,9 @@ static int acct_rename_free(const char *from, const char *dir, char *dst, size_t
     strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%S", &tm);
     for (int n = 0; n < 10000; n++) {
         if (n == 0)
-            snprintf(dst, dstlen, "%s/acct-%s.jsonl", dir, stamp);
+            snprintf(dst, dstlen, "%s/acct-%s.%s", dir, stamp, ext);
         else
-            snprintf(dst, dstlen, "%s/acct-%s-%d.jsonl", dir, stamp, n);
+            snprintf(dst, dstlen, "%s/acct-%s-%d.%s", dir, stamp, n, ext);
         int rc = renameat2(AT_FDCWD, from, AT_FDCWD, dst, RENAME_NOREPLACE);
         if (rc != 0 && errno == EINVAL) { /* a file system without it */
             if (access(dst, F_OK) == 0)
@@ -202,9 +260,31 @@ static int acct_rename_free(const char *from, const char *dir, char *dst, size_t
     return -EEXIST;
 }
 
+/* q_acct_rotate of one file. */
+static int acct_rotate_one(q_acct_t *a, char *msg, size_t msglen);
+
 int q_acct_rotate(q_acct_t *a, char *msg, size_t msglen)
 {
     acct_write(a);
+    int rc = 0;
+    msg[0] = '\0';
+    if (a->a_fd >= 0)
+        rc = acct_rotate_one(a, msg, msglen);
+    if (a->a_csv != NULL) {
+        size_t n = strlen(msg);
+        if (n > 0 && n + 2 < msglen) {
+            msg[n++] = ';';
+            msg[n++] = ' ';
+        }
+        int crc = acct_rotate_one(a->a_csv, msg + n, msglen - n);
+        if (rc == 0)
+            rc = crc;
+    }
+    return rc;
+}
+
+static int acct_rotate_one(q_acct_t *a, char *msg, size_t msglen)
+{
     struct stat cur, disk;
     bool have_cur = a->a_fd >= 0 && fstat(a->a_fd, &cur) == 0;
     bool same = have_cur && stat(a->a_path, &disk) == 0 && disk.st_dev == cur.st_dev &&
@@ -226,7 +306,7 @@ int q_acct_rotate(q_acct_t *a, char *msg, size_t msglen)
         return 0;
     }
     char dst[1200];
-    int rc = acct_rename_free(a->a_path, a->a_dir, dst, sizeof(dst));
+    int rc = acct_rename_free(a->a_path, a->a_dir, a->a_ext, dst, sizeof(dst));
     if (rc != 0) {
         snprintf(msg, msglen, "rotate %s: %s", a->a_path, strerror(-rc));
         return rc;

@@ -304,6 +304,32 @@ json_object *q_holds_json(queue_t *q)
 
 /* ------------------------------------------------------------ requests */
 
+/* The record of an operator's suspend or resume (docs/records.md):
+ * scope and name of the hold, its end (suspended; null: until resumed)
+ * or how many holds went (resumed). */
+static void holds_record(queue_t *q, const queue_req_t *r, bool suspend, int removed)
+{
+    buf_t b;
+    buf_init(&b, 256);
+    buf_printf(&b, "{\"type\":\"%s\",\"time\":", suspend ? "suspended" : "resumed");
+    q_json_time(&b, clock_now_us());
+    const char *scope = r->qq_all ? "all" : r->qq_domain && r->qq_domain[0] ? "domain" : "job";
+    const char *name = r->qq_all                         ? NULL
+                       : r->qq_domain && r->qq_domain[0] ? r->qq_domain
+                                                         : r->qq_job;
+    buf_printf(&b, ",\"scope\":\"%s\",\"name\":", scope);
+    q_json_optz(&b, name);
+    buf_append_str(&b, ",\"by\":\"operator\",\"until\":");
+    if (suspend)
+        q_json_time_s(&b, r->qq_until);
+    else
+        buf_append_str(&b, "null");
+    buf_printf(&b, ",\"holds_removed\":%d}\n", suspend ? 0 : removed);
+    q_record_emit(q, b.b_data, b.b_len);
+    q_acct_flush(q->q_acct);
+    buf_free(&b);
+}
+
 void q_holds_suspend(queue_t *q, queue_req_t *r)
 {
     Q_ASSERT_QUEUE_THREAD(q);
@@ -332,6 +358,7 @@ void q_holds_suspend(queue_t *q, queue_req_t *r)
              r->qq_domain && !r->qq_all ? r->qq_domain : "",
              r->qq_job && !r->qq_all && !r->qq_domain ? r->qq_job : "",
              (unsigned long long)r->qq_until);
+    holds_record(q, r, true, 0);
     r->qq_result = json_object_new_object();
     json_object_object_add(r->qq_result, "holds", q_holds_json(q));
 }
@@ -363,6 +390,7 @@ int q_holds_resume(queue_t *q, queue_req_t *r)
              : r->qq_job    ? r->qq_job
                             : "?",
              n, n == 1 ? "" : "s");
+    holds_record(q, r, false, n);
     r->qq_result = json_object_new_object();
     json_object_object_add(r->qq_result, "resumed", json_object_new_int(n));
     json_object_object_add(r->qq_result, "holds", q_holds_json(q));

@@ -129,6 +129,22 @@ uint64_t q_retry_delay(queue_t *q, uint32_t attempts)
 
 /* ------------------------------------------------------------ one outcome */
 
+/* The RFC 3464 2.3.3 action a DSN would give this record's recipient, as
+ * PowerMTA's dsnAction does: a delivery to the next hop is "relayed" (the
+ * receiving MTA, not sluice, knows about the mailbox), a deferral
+ * "delayed", every final failure "failed". */
+static const char *acct_dsn_action(const char *type)
+{
+    switch (type[0]) {
+    case 'd':
+        return "relayed";
+    case 't':
+        return "delayed";
+    default: /* bounce, expired, admin_bounce */
+        return "failed";
+    }
+}
+
 /* One outcome record. Every key is always there, in one form per kind of
  * field (docs/records.md): null for what does not apply (no MX reached, no
  * TLS, no reply code, no next attempt), never "" or 0. */
@@ -184,6 +200,26 @@ static void acct_outcome(buf_t *b, const char *type, uint64_t now_us, uint64_t i
     q_json_optz(b, category);
     buf_append_str(b, ",\"next_attempt\":");
     q_json_time_s(b, next);
+    buf_append_str(b, ",\"vmta\":");
+    q_json_optz(b, o->qo_vmta);
+    buf_append_str(b, ",\"pool\":");
+    q_json_optz(b, o->qo_pool);
+    buf_append_str(b, ",\"provider\":");
+    q_json_optz(b, o->qo_provider);
+    buf_printf(b, ",\"size\":%u,\"arrival\":", mr->mr_body_len);
+    q_json_time_s(b, mr->mr_arrival);
+    buf_append_str(b, ",\"message_id\":");
+    q_json_opt(b, mr->mr_hdr_msgid, mr->mr_hdr_msgid_len);
+    buf_append_str(b, ",\"envid\":");
+    q_json_opt(b, mr->mr_envid, mr->mr_envid_len);
+    buf_append_str(b, ",\"orcpt\":");
+    q_json_opt(b, rr->rr_orcpt, rr->rr_orcpt_len);
+    buf_printf(b, ",\"txn_recipients\":%u,\"dsn_action\":\"%s\",\"headers\":", o->qo_txn_rcpts,
+               acct_dsn_action(type));
+    if (mr->mr_hdrs_len >= 2) /* a JSON object q_insert_msg wrote */
+        buf_append(b, mr->mr_hdrs, mr->mr_hdrs_len);
+    else
+        buf_append_str(b, "{}");
     buf_append_str(b, "}\n");
 }
 
@@ -455,6 +491,9 @@ int q_outcomes_apply(queue_t *q, MDB_txn *txn, chan_node_t *first, size_t n)
         cx->d_msgs += made;
         cx->d_rcpts += made;
     }
+    /* the records go into the event stream in the same txn (events.c) */
+    if (rc == 0)
+        rc = q_events_put(q, txn, cx->acct.b_data, cx->acct.b_len);
     return rc;
 }
 
@@ -560,11 +599,16 @@ void q_outcomes_process(queue_t *q, chan_node_t *first)
             MDB_txn *txn = NULL;
             rc = mdb_txn_begin(q->q_env, NULL, 0, &txn);
             if (rc == 0)
+                rc = q_events_txn_begin(q, txn);
+            if (rc == 0)
                 rc = q_outcomes_apply(q, txn, first, n);
+            if (rc == 0)
+                rc = q_events_txn_seal(q, txn);
             if (rc == 0)
                 rc = mdb_txn_commit(txn);
             else if (txn)
                 mdb_txn_abort(txn);
+            q_events_txn_end(q, rc == 0);
             if (rc == MDB_MAP_FULL && q_map_grow(q) == 0)
                 continue;
             break;

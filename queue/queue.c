@@ -66,6 +66,7 @@ int queue_open(cfg_t *cfg, queue_t **out, char *err, size_t errlen)
     snprintf(q->q_path, sizeof(q->q_path), "%s", path);
     buf_init(&q->q_scratch, 4096);
     buf_init(&q->q_scratch2, 4096);
+    buf_init(&q->q_scratch_hdr, 1024);
     q->q_rand = clock_now_us() | 1;
     atomic_store(&q->q_stopping, 1); /* producers are refused until queue_start */
 
@@ -88,7 +89,7 @@ int queue_open(cfg_t *cfg, queue_t **out, char *err, size_t errlen)
     if (stat(data, &st) == 0 && (uint64_t)st.st_size > map)
         map = (uint64_t)st.st_size;
 
-    if ((rc = mdb_env_create(&q->q_env)) != 0 || (rc = mdb_env_set_maxdbs(q->q_env, 8)) != 0 ||
+    if ((rc = mdb_env_create(&q->q_env)) != 0 || (rc = mdb_env_set_maxdbs(q->q_env, 16)) != 0 ||
         (rc = mdb_env_set_mapsize(q->q_env, map)) != 0) {
         snprintf(err, errlen, "spool %s: %s", path, mdb_strerror(rc));
         goto fail;
@@ -131,6 +132,8 @@ int queue_open(cfg_t *cfg, queue_t **out, char *err, size_t errlen)
         snprintf(err, errlen, "spool %s: unknown spool version", path);
         goto fail;
     }
+    if (rc == 0 && q_events_open(q, txn, err, errlen) != 0)
+        goto fail;
     if (rc != 0) {
         snprintf(err, errlen, "spool %s: %s", path, mdb_strerror(rc));
         goto fail;
@@ -155,7 +158,8 @@ int queue_open(cfg_t *cfg, queue_t **out, char *err, size_t errlen)
     atomic_store(&q->q_stats.qs_max_size, max);
     q_stats_refresh(q);
 
-    if (q_acct_open(cfg->c_acct_dir, cfg->c_acct_max_size, &q->q_acct, err, errlen) != 0)
+    if (q_acct_open(cfg->c_acct_dir, cfg->c_acct_max_size, cfg->c_acct_format, cfg->c_acct_headers,
+                    &q->q_acct, err, errlen) != 0)
         goto fail;
     q_sched_init(q);
     q_outcomes_init(q);
@@ -200,6 +204,8 @@ int queue_start(queue_t *q)
         log_warn("queue: address space limit (ulimit -v): queue.active_size capped at %llu MB",
                  (unsigned long long)(q->q_as_cap >> 20));
     atomic_store(&q->q_stats.qs_active_limit, q->q_as_cap);
+    if ((rc = q_events_start(q)) != 0)
+        return rc;
     rc = pthread_create(&q->q_thread, NULL, queue_thread_main, q);
     if (rc != 0)
         return -rc;
@@ -239,6 +245,8 @@ static void queue_wake_cb(uv_async_t *h)
             log_info("acct: %s", msg);
     }
     queue_take_config(q);
+    if (q_events_want_txn(q)) /* records waiting for the stream, a webhook's cursor moved */
+        uv_check_start(&q->q_commit_check, queue_commit_check_cb);
     if (!atomic_load(&q->q_stopping))
         return;
     /* chan_close hands every message still queued to its callback first,
@@ -267,6 +275,7 @@ void queue_stop(queue_t *q)
     SL_ASSERT_MAIN_THREAD();
     if (q == NULL || !q->q_started)
         return;
+    q_events_stop(q); /* first: its last cursors go into the queue's last commit */
     atomic_store(&q->q_stopping, 1);
     /* wait until no producer is between its check and its push */
     while (atomic_load(&q->q_users) > 0)
@@ -293,8 +302,10 @@ void queue_free(queue_t *q)
     q_holds_free(q);
     q_sched_free(q);
     q_outcomes_free(q);
+    q_events_free(q);
     buf_free(&q->q_scratch);
     buf_free(&q->q_scratch2);
+    buf_free(&q->q_scratch_hdr);
     if (q->q_cfg)
         cfg_unref(q->q_cfg);
     if (q->q_cfg_next)
@@ -453,7 +464,7 @@ static void queue_commit_check_cb(uv_check_t *h)
 {
     queue_t *q = h->data;
     Q_ASSERT_QUEUE_THREAD(q);
-    if (q->q_sub_head != NULL || q->q_out_head != NULL) {
+    if (q->q_sub_head != NULL || q->q_out_head != NULL || q_events_want_txn(q)) {
         queue_commit_pending(q);
     } else if (q->q_ack_head != NULL) {
         /* nothing came in during the last commit: sync it on its own */
@@ -504,7 +515,9 @@ static void queue_commit_pending(queue_t *q)
 {
     Q_ASSERT_QUEUE_THREAD(q);
     size_t batch = q->q_cfg->c_spool_batch > 0 ? (size_t)q->q_cfg->c_spool_batch : 1024;
-    while (q->q_sub_head != NULL || q->q_out_head != NULL) {
+    bool ev = q_events_want_txn(q); /* one transaction for the stream alone, at least */
+    while (q->q_sub_head != NULL || q->q_out_head != NULL || ev) {
+        ev = false;
         chan_node_t *subs = q->q_sub_head, *outs = q->q_out_head;
         size_t ns = list_cut(&q->q_sub_head, &q->q_sub_tail, batch);
         size_t no = list_cut(&q->q_out_head, &q->q_out_tail, batch);
@@ -542,15 +555,20 @@ static int queue_txn(queue_t *q, chan_node_t *subs, size_t ns, chan_node_t *outs
     for (;;) {
         MDB_txn *txn = NULL;
         int rc = mdb_txn_begin(q->q_env, NULL, 0, &txn);
+        if (rc == 0)
+            rc = q_events_txn_begin(q, txn);
         chan_node_t *node = subs;
         for (size_t i = 0; rc == 0 && i < ns; i++, node = node->cn_next)
             rc = q_insert_msg(q, txn, (queue_msg_in_t *)node);
         if (rc == 0 && no > 0)
             rc = q_outcomes_apply(q, txn, outs, no);
         if (rc == 0)
+            rc = q_events_txn_seal(q, txn);
+        if (rc == 0)
             rc = mdb_txn_commit(txn);
         else if (txn)
             mdb_txn_abort(txn);
+        q_events_txn_end(q, rc == 0);
         if (rc == MDB_MAP_FULL && q_map_grow(q) == 0)
             continue;
         if (rc == 0)
@@ -655,7 +673,9 @@ static void queue_acks_sync(queue_t *q)
 
 static void queue_acct_received(queue_t *q, const queue_msg_in_t *m, uint64_t now_us)
 {
-    buf_t *b = q_acct_buf(q->q_acct);
+    buf_t rec;
+    buf_init(&rec, 512);
+    buf_t *b = &rec;
     char id[17];
     buf_append_str(b, "{\"type\":\"received\",\"time\":");
     q_json_time(b, now_us);
@@ -678,6 +698,8 @@ static void queue_acct_received(queue_t *q, const queue_msg_in_t *m, uint64_t no
     buf_append_str(b, ",\"envid\":");
     q_json_optz(b, m->qm_envid);
     buf_append_str(b, "}\n");
+    q_record_emit(q, rec.b_data, rec.b_len);
+    buf_free(&rec);
 }
 
 /* ------------------------------------------------------------ queue thread */
@@ -732,12 +754,12 @@ static void queue_acct_ev_cb(chan_t *ch, chan_node_t *first, void *arg)
     queue_t *q = arg;
     Q_ASSERT_QUEUE_THREAD(q);
     UNUSED(ch);
-    buf_t *b = q_acct_buf(q->q_acct);
     while (first) {
         q_acct_ev_t *e = (q_acct_ev_t *)first;
         first = first->cn_next;
-        buf_append_str(b, e->ae_line);
-        buf_append(b, "\n", 1);
+        size_t n = strlen(e->ae_line);
+        e->ae_line[n] = '\n'; /* the NUL's byte: the text stays within its allocation */
+        q_record_emit(q, e->ae_line, n + 1);
         free(e);
     }
     q_acct_flush(q->q_acct);
@@ -749,6 +771,8 @@ static void queue_timer_cb(uv_timer_t *t)
     Q_ASSERT_QUEUE_THREAD(q);
     if (q->q_dispatch && !atomic_load(&q->q_stopping))
         q_sched_scan(q);
+    if (q_events_want_txn(q)) /* stream records or cursors no commit took yet */
+        uv_check_start(&q->q_commit_check, queue_commit_check_cb);
 }
 
 static void queue_req_cb(chan_t *ch, chan_node_t *first, void *arg)
@@ -792,7 +816,7 @@ static json_object *queue_msg_json(queue_t *q, MDB_txn *txn, uint64_t id, const 
     json_object_object_add(o, "size", json_object_new_int64(mr.mr_body_len));
     json_object_object_add(o, "job", q_jstr_opt(mr.mr_job, mr.mr_job_len));
     if (detail) {
-        json_object_object_add(o, "flags", json_object_new_int(mr.mr_flags));
+        json_object_object_add(o, "flags", json_object_new_int(mr.mr_flags & ~Q_F_HDRS));
         json_object_object_add(o, "envid", q_jstr_opt(mr.mr_envid, mr.mr_envid_len));
         json_object_object_add(o, "auth_user", q_jstr_opt(mr.mr_auth, mr.mr_auth_len));
         json_object_object_add(o, "client_ip", q_jstr_opt(mr.mr_ip, mr.mr_ip_len));

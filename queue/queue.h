@@ -243,6 +243,7 @@ typedef struct queue_dispatch {
     queue_rcpt_out_t *qd_rcpts; /* owned array */
     char *qd_body;              /* owned copy of the stored message (not dot-stuffed) */
     size_t qd_body_len;
+    int qd_pool; /* delivery's (dest.c): the pool it was queued in, -1 before */
 } queue_dispatch_t;
 
 void queue_dispatch_free(queue_dispatch_t *d);
@@ -270,7 +271,12 @@ typedef struct queue_outcome {
     bool qo_admin;        /* bounced by the operator (QREQ_BOUNCE): "admin_bounce" */
     bool qo_peer_dsn;     /* the next hop offered DSN (RFC 3461): NOTIFY went on with the
                              message, so a success is that hop's to report, not ours */
-    uint8_t qo_sched;     /* the queue thread's own marks (outcome.c); 0 when submitted */
+    /* for the records (docs/records.md): "" when none applies */
+    char qo_vmta[64];      /* the virtual MTA of the connection */
+    char qo_pool[64];      /* the pool the message was queued in */
+    char qo_provider[64];  /* the shaping provider of the destination */
+    uint32_t qo_txn_rcpts; /* recipients in the SMTP transaction (0: none was opened) */
+    uint8_t qo_sched;      /* the queue thread's own marks (outcome.c); 0 when submitted */
 } queue_outcome_t;
 
 void queue_outcome_free(queue_outcome_t *o);
@@ -299,5 +305,13 @@ void queue_set_config(queue_t *q, cfg_t *cfg);
  * that are not outcomes, e.g. type "shaping" (delivery/shaping.c). Copied;
  * dropped when the queue is stopping. Any thread. */
 void queue_acct_event(queue_t *q, const char *json_line);
+
+/* `sluicectl events`: the stream's head and each webhook's cursor, lag,
+ * in flight, parked batches, counters and last error (docs/records.md,
+ * ctl/events); caller puts. Any thread. */
+struct json_object *queue_events_json(queue_t *q);
+/* `sluicectl events unpark NAME`: send the parked batches of webhook name
+ * again; how many there are in *nparked. 0 or SL_ENOTFOUND. Any thread. */
+int queue_events_unpark(queue_t *q, const char *name, int *nparked);
 
 #endif /* SLUICE_QUEUE_H */

@@ -8,6 +8,7 @@
  *     outcome.c                  outcomes -> spool, retry, accounting
  *     sched.c, dsn.c             scan and in-flight set; DSN messages
  *     holds.c                    delivery holds
+ *     events.c                   the event stream in the spool, the webhook thread
  *     spool.c, acct.c, chanmsg.c records and writes; accounting log; frees
  *     msgid.c                    message ids
  * Nothing outside queue/ includes this.
@@ -54,11 +55,21 @@ typedef struct q_msg_rec {
     uint64_t mr_dsn_for; /* Q_F_DSN: the message this DSN reports */
     const char *mr_dsn_job;
     uint16_t mr_dsn_job_len;
+    /* Q_F_HDRS: taken from the header at reception (q_insert_msg), for the
+     * records; absent (NULL, 0) in records written before */
+    const char *mr_hdr_msgid; /* the Message-ID field's value, unfolded */
+    uint16_t mr_hdr_msgid_len;
+    const char *mr_hdrs; /* log.header_fields as a JSON object ("{}" for none) */
+    uint16_t mr_hdrs_len;
     const char *mr_body;
     uint32_t mr_body_len;
 } q_msg_rec_t;
 
 #define Q_MSG_PENDING_OFF 14 /* offset of the pending count (u32 BE) */
+/* A msg record flag of the spool's own (beside queue.h's Q_F_*): the
+ * record holds mr_hdr_msgid and mr_hdrs. */
+#define Q_F_HDRS 0x80
+#define Q_HDR_VALUE_MAX 998 /* a header value kept for the records, at most (RFC 5322 2.1.1) */
 
 /* Point the strings of a record decoded at `from` into a copy of its head
  * at `to` (the body pointer is left alone). */
@@ -102,9 +113,17 @@ int q_rcpt_decode(const void *p, size_t len, q_rcpt_rec_t *r);
 
 typedef struct q_acct q_acct_t;
 
-/* Open (mkdir -p dir, append to dir/acct.jsonl). Queue thread (or main
- * before it starts). */
-int q_acct_open(const char *dir, uint64_t max_size, q_acct_t **out, char *err, size_t errlen);
+/* Open (mkdir -p dir, append to dir/acct.jsonl and/or dir/acct.csv as
+ * format - log.accounting_format: "jsonl", "pmta-csv" or "both" - says;
+ * hdrs: the CSV's header_* columns, borrowed for the handle's life).
+ * Queue thread (or main before it starts). */
+int q_acct_open(const char *dir, uint64_t max_size, const char *format, char **hdrs, q_acct_t **out,
+                char *err, size_t errlen);
+/* pmtacsv.c: PowerMTA accounting CSV (docs/events.md). The header line;
+ * the rows of the JSON record lines in [lines, lines+len) (records
+ * PowerMTA has no letter for are left out). Any thread. */
+void q_pmta_csv_header(buf_t *b, char **hdrs);
+void q_pmta_csv_rows(buf_t *b, const char *lines, size_t len, char **hdrs);
 void q_acct_close(q_acct_t *a);
 /* The buffer records are built in; q_acct_flush writes it with one
  * write(2) and rotates when the file grew past max_size. */
@@ -185,6 +204,7 @@ struct queue {
     atomic_int q_high_water;    /* spool.high_water, read by reception threads */
 
     q_acct_t *q_acct;
+    struct q_events *q_ev; /* the event stream and its webhooks (events.c), or NULL */
 
     /* group commit (queue.c), queue thread: what the channels handed over,
      * written in one transaction per loop iteration by q_commit_check; and
@@ -201,6 +221,7 @@ struct queue {
     /* scratch, queue thread */
     buf_t q_scratch;
     buf_t q_scratch2;
+    buf_t q_scratch_hdr; /* q_insert_msg's header capture */
     uint64_t q_rand;
 
     /* scheduler, queue thread */
@@ -348,6 +369,33 @@ static inline bool q_outcome_is_reply(const queue_outcome_t *o)
 {
     return o->qo_code != 0 && o->qo_mx != NULL && o->qo_mx[0] != '\0';
 }
+
+/* ------------------------------------------------------------ events (events.c) */
+
+/* Without events.webhooks none of these does anything (q->q_ev NULL). */
+/* Open the `events` and `evcursor` dbs in queue_open's txn, find the
+ * sequence and the cursors again. 0 or SL_ESPOOL (err set). Main thread. */
+int q_events_open(queue_t *q, MDB_txn *txn, char *err, size_t errlen);
+/* Start / stop the webhook thread (stop: before the queue thread stops,
+ * so that its last cursors go into the queue's last commit). Main thread. */
+int q_events_start(queue_t *q);
+void q_events_stop(queue_t *q);
+void q_events_free(queue_t *q);
+/* In every write transaction of the queue thread: begin (the records
+ * waiting, the cursors that moved, trimming), put (record lines, the
+ * outcomes' own), seal (the sequence's high mark, last before the
+ * commit), end (after the commit or the abort). 0 or an LMDB error. */
+int q_events_txn_begin(queue_t *q, MDB_txn *txn);
+int q_events_put(queue_t *q, MDB_txn *txn, const char *lines, size_t len);
+int q_events_txn_seal(queue_t *q, MDB_txn *txn);
+void q_events_txn_end(queue_t *q, bool committed);
+/* Is there something for a transaction of its own (records waiting, a
+ * cursor moved)? */
+bool q_events_want_txn(const queue_t *q);
+/* A record that is not an outcome (lines end with '\n'): to the
+ * accounting log's buffer, and to the stream with the next commit.
+ * Queue thread. */
+void q_record_emit(queue_t *q, const char *lines, size_t len);
 
 /* ------------------------------------------------------------ DSNs (dsn.c) */
 

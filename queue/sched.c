@@ -304,12 +304,13 @@ static queue_dispatch_t *dispatch_new(uint64_t id, const char *dom, const q_msg_
     qd->qd_job = dupn(mr->mr_job, mr->mr_job_len);
     qd->qd_envid = dupn(mr->mr_envid, mr->mr_envid_len);
     qd->qd_auth_user = dupn(mr->mr_auth, mr->mr_auth_len);
-    qd->qd_flags = mr->mr_flags;
+    qd->qd_flags = mr->mr_flags & (uint8_t)~Q_F_HDRS;
     qd->qd_arrival = mr->mr_arrival;
     qd->qd_body = body;
     memcpy(qd->qd_body, mr->mr_body, mr->mr_body_len);
     qd->qd_body[mr->mr_body_len] = '\0';
     qd->qd_body_len = mr->mr_body_len;
+    qd->qd_pool = -1;
     return qd;
 }
 

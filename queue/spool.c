@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <time.h>
@@ -113,9 +114,9 @@ void q_msg_encode(buf_t *b, const q_msg_rec_t *r)
     q_be64(h + 2, r->mr_arrival);
     q_be32(h + 10, r->mr_nrcpt);
     q_be32(h + Q_MSG_PENDING_OFF, r->mr_pending);
-    buf_reserve(b, sizeof(h) + 24 + r->mr_sender_len + r->mr_job_len + r->mr_envid_len +
-                       r->mr_auth_len + r->mr_ip_len + r->mr_dsn_job_len +
-                       (r->mr_body ? r->mr_body_len : 0));
+    buf_reserve(b, sizeof(h) + 28 + r->mr_sender_len + r->mr_job_len + r->mr_envid_len +
+                       r->mr_auth_len + r->mr_ip_len + r->mr_dsn_job_len + r->mr_hdr_msgid_len +
+                       r->mr_hdrs_len + (r->mr_body ? r->mr_body_len : 0));
     buf_append(b, h, sizeof(h));
     put16(b, r->mr_sender, r->mr_sender_len);
     put16(b, r->mr_job, r->mr_job_len);
@@ -127,6 +128,10 @@ void q_msg_encode(buf_t *b, const q_msg_rec_t *r)
         q_be64(id, r->mr_dsn_for);
         buf_append(b, id, 8);
         put16(b, r->mr_dsn_job, r->mr_dsn_job_len);
+    }
+    if (r->mr_flags & Q_F_HDRS) {
+        put16(b, r->mr_hdr_msgid, r->mr_hdr_msgid_len);
+        put16(b, r->mr_hdrs, r->mr_hdrs_len);
     }
     uint8_t bl[4];
     q_be32(bl, r->mr_body_len);
@@ -147,6 +152,8 @@ void q_msg_rebase(q_msg_rec_t *r, const void *from, const void *to)
     REBASE(mr_auth)
     REBASE(mr_ip)
     REBASE(mr_dsn_job)
+    REBASE(mr_hdr_msgid)
+    REBASE(mr_hdrs)
 #undef REBASE
 }
 
@@ -209,6 +216,11 @@ int q_msg_decode(const void *data, size_t len, q_msg_rec_t *r)
         if (!get16(&p, end, &r->mr_dsn_job, &r->mr_dsn_job_len))
             return SL_EPARSE;
     }
+    r->mr_hdr_msgid = r->mr_hdrs = NULL;
+    r->mr_hdr_msgid_len = r->mr_hdrs_len = 0;
+    if ((r->mr_flags & Q_F_HDRS) && (!get16(&p, end, &r->mr_hdr_msgid, &r->mr_hdr_msgid_len) ||
+                                     !get16(&p, end, &r->mr_hdrs, &r->mr_hdrs_len)))
+        return SL_EPARSE;
     if (end - p < 4)
         return SL_EPARSE;
     r->mr_body_len = q_rd32(p);
@@ -471,15 +483,92 @@ int q_map_grow(queue_t *q)
     return 0;
 }
 
+/* The value of the first header field `name` (lower case) of the message
+ * head in [p, end), unfolded (RFC 5322 2.2.3) and trimmed, at most
+ * Q_HDR_VALUE_MAX bytes, into out (reset first). False when absent. */
+static bool hdr_value(const char *p, const char *end, const char *name, buf_t *out)
+{
+    size_t nl = strlen(name);
+    buf_reset(out);
+    while (p < end) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        const char *le = eol ? eol : end;
+        if (le == p || (le == p + 1 && *p == '\r'))
+            return false; /* the blank line: the head ends */
+        if ((size_t)(le - p) > nl && p[nl] == ':' && strncasecmp(p, name, nl) == 0) {
+            const char *v = p + nl + 1;
+            for (;;) { /* this line, then its continuations */
+                const char *ve = le > v && le[-1] == '\r' ? le - 1 : le;
+                buf_append(out, v, (size_t)(ve - v));
+                if (le >= end || le + 1 >= end || (le[1] != ' ' && le[1] != '\t'))
+                    break;
+                v = le + 1;
+                eol = memchr(v, '\n', (size_t)(end - v));
+                le = eol ? eol : end;
+            }
+            size_t a = 0, z = out->b_len;
+            while (a < z && (out->b_data[a] == ' ' || out->b_data[a] == '\t'))
+                a++;
+            while (z > a && (out->b_data[z - 1] == ' ' || out->b_data[z - 1] == '\t'))
+                z--;
+            z = MIN(z, a + Q_HDR_VALUE_MAX);
+            memmove(out->b_data, out->b_data + a, z - a);
+            out->b_len = z - a;
+            return true;
+        }
+        p = le + 1;
+    }
+    return false;
+}
+
+/* Message-ID and log.header_fields, once, at reception: into hb as
+ * "<message-id>" then the JSON object; the lengths in *idlen, *hlen. */
+static void hdr_capture(const cfg_t *c, const queue_msg_in_t *m, buf_t *hb, size_t *idlen,
+                        size_t *hlen)
+{
+    const char *p = m->qm_body.b_data, *end = p + m->qm_body.b_len;
+    buf_t v;
+    buf_init(&v, 256);
+    buf_reset(hb);
+    if (hdr_value(p, end, "message-id", &v))
+        buf_append(hb, v.b_data, v.b_len);
+    *idlen = hb->b_len;
+    buf_append(hb, "{", 1);
+    for (char **h = c->c_acct_headers; h != NULL && *h != NULL; h++) {
+        if (h != c->c_acct_headers)
+            buf_append(hb, ",", 1);
+        q_json_strz(hb, *h);
+        buf_append(hb, ":", 1);
+        if (hdr_value(p, end, *h, &v) && v.b_len > 0)
+            q_json_str(hb, v.b_data, v.b_len);
+        else
+            buf_append(hb, "null", 4);
+    }
+    buf_append(hb, "}", 1);
+    *hlen = hb->b_len - *idlen;
+    buf_free(&v);
+}
+
 int q_insert_msg(queue_t *q, MDB_txn *txn, const queue_msg_in_t *m)
 {
     buf_t *b = &q->q_scratch;
     uint8_t key[Q_DUE_KEY_LEN];
     int rc;
 
+    size_t idlen = 0, hlen = 0;
+    hdr_capture(q->q_cfg, m, &q->q_scratch_hdr, &idlen, &hlen);
+    if (hlen > UINT16_MAX) { /* 64 fields of 998 bytes could pass it: values go, names stay */
+        q->q_scratch_hdr.b_len = idlen;
+        buf_append_str(&q->q_scratch_hdr, "{}");
+        hlen = 2;
+    }
     buf_reset(b);
     q_msg_rec_t mr = {
-        .mr_flags = m->qm_flags,
+        .mr_flags = (uint8_t)(m->qm_flags | Q_F_HDRS),
+        .mr_hdr_msgid = q->q_scratch_hdr.b_data,
+        .mr_hdr_msgid_len = (uint16_t)idlen,
+        .mr_hdrs = q->q_scratch_hdr.b_data + idlen,
+        .mr_hdrs_len = (uint16_t)hlen,
         .mr_arrival = m->qm_arrival,
         .mr_nrcpt = (uint32_t)m->qm_nrcpt,
         .mr_pending = (uint32_t)m->qm_nrcpt,

@@ -509,6 +509,11 @@ typedef struct http_get_opts {
     uint64_t hg_timeout_ms; /* the whole request; 0: none */
     const char *hg_accept;  /* the Accept header, or NULL */
     bool hg_allow_http;     /* plain http:// too (tests); else https only */
+    /* a POST instead of a GET (the webhooks): the body (copied) and extra
+     * header lines ("Name: value"), NULL-terminated; NULL: none */
+    const char *hg_post;
+    size_t hg_post_len;
+    const char *const *hg_headers;
 } http_get_opts_t;
 
 typedef struct http_response {
@@ -516,9 +521,10 @@ typedef struct http_response {
     const char *hr_content_type; /* as the server gave it, or NULL */
     const char *hr_body;         /* NUL-terminated ("" when none) */
     size_t hr_len;
-    const char *hr_error; /* NULL: the response is complete; else why not ("timed out",
-                           * "response body larger than N bytes", the TLS or
-                           * connection error) */
+    const char *hr_error;    /* NULL: the response is complete; else why not ("timed out",
+                              * "response body larger than N bytes", the TLS or
+                              * connection error) */
+    uint64_t hr_retry_after; /* Retry-After (RFC 9110 10.2.3) in seconds from now, 0: none */
 } http_response_t;
 
 /* r and everything in it are borrowed for the duration of the call. */
@@ -531,8 +537,8 @@ int http_client_new(uv_loop_t *loop, http_client_t **out, char *err, size_t errl
  * the handles; the memory goes in the last close callback, so the loop
  * must run once more. Not from a request's callback. NULL allowed. */
 void http_client_free(http_client_t *c);
-/* Start a GET (o is copied). The request, or NULL when libcurl could not
- * start one. */
+/* Start a GET, or a POST with o->hg_post (o is copied). The request, or
+ * NULL when libcurl could not start one. */
 http_request_t *http_get(http_client_t *c, const http_get_opts_t *o, http_done_cb cb, void *arg);
 /* Stop a request in flight: its callback never runs. NULL allowed. */
 void http_request_cancel(http_request_t *r);

@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 typedef struct http_sock {
     struct http_sock *hs_next; /* the client's list */
@@ -120,6 +121,19 @@ static void http_finish(http_request_t *r, CURLcode rc)
     resp.hr_body = r->r_body.b_data;
     resp.hr_len = r->r_body.b_len - 1;
     resp.hr_error = rc == CURLE_OK ? NULL : why;
+    struct curl_header *ra = NULL;
+    if (status > 0 &&
+        curl_easy_header(r->r_easy, "Retry-After", 0, CURLH_HEADER, -1, &ra) == CURLHE_OK) {
+        char *end = NULL;
+        unsigned long long secs = strtoull(ra->value, &end, 10);
+        if (end != ra->value && *end == '\0') {
+            resp.hr_retry_after = secs;
+        } else { /* an HTTP-date */
+            time_t when = curl_getdate(ra->value, NULL);
+            time_t now = time(NULL);
+            resp.hr_retry_after = when > now ? (uint64_t)(when - now) : 0;
+        }
+    }
     *r->r_pprev = r->r_next;
     if (r->r_next)
         r->r_next->r_pprev = r->r_pprev;
@@ -322,7 +336,14 @@ http_request_t *http_get(http_client_t *c, const http_get_opts_t *o, http_done_c
         char h[256];
         snprintf(h, sizeof(h), "Accept: %s", o->hg_accept);
         r->r_headers = curl_slist_append(NULL, h);
+    }
+    for (const char *const *h = o->hg_headers; h != NULL && *h != NULL; h++)
+        r->r_headers = curl_slist_append(r->r_headers, *h);
+    if (r->r_headers != NULL)
         curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->r_headers);
+    if (o->hg_post != NULL) {
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)o->hg_post_len);
+        curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, o->hg_post);
     }
     if (o->hg_host != NULL && o->hg_naddrs > 0) {
         r->r_resolve = http_resolve_list(o);

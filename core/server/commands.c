@@ -60,6 +60,8 @@ static int cmd_metrics(const ctl_ctx_t *x, json_object *req, json_object *resp, 
                        char *err, size_t errlen);
 static int cmd_providers(const ctl_ctx_t *x, json_object *req, json_object *resp, queue_req_t **qr,
                          char *err, size_t errlen);
+static int cmd_events(const ctl_ctx_t *x, json_object *req, json_object *resp, queue_req_t **qr,
+                      char *err, size_t errlen);
 static json_object *log_rotate_response(queue_req_t *r);
 static bool resume_missed(queue_req_t *r);
 
@@ -81,6 +83,7 @@ static const struct ctl_cmd {
     {"suspended", cmd_suspended, CTL_READ}, {"retry", cmd_retry, CTL_ADMIN},
     {"bounce", cmd_bounce, CTL_ADMIN},      {"reload", cmd_reload, CTL_ADMIN},
     {"metrics", cmd_metrics, CTL_READ},     {"providers", cmd_providers, CTL_READ},
+    {"events", cmd_events, CTL_ADMIN}, /* admin: "unpark" changes the stream */
 };
 
 ctl_handler_fn ctl_cmd_find(const char *name)
@@ -621,6 +624,38 @@ static int cmd_metrics(const ctl_ctx_t *x, json_object *req, json_object *resp, 
     metrics_render(x->cx_env, &b, fmt != NULL && strcmp(fmt, "openmetrics") == 0);
     json_object_object_add(resp, "metrics", json_object_new_string_len(b.b_data, (int)b.b_len));
     buf_free(&b);
+    return CTL_REPLY;
+}
+
+/* The event stream and its webhooks (docs/events.md); with "unpark":
+ * NAME, that webhook's parked batches are sent again first. */
+static int cmd_events(const ctl_ctx_t *x, json_object *req, json_object *resp, queue_req_t **qr,
+                      char *err, size_t errlen)
+{
+    queue_t *q = x->cx_env->ce_queue;
+    if (q == NULL) {
+        snprintf(err, errlen, "the queue is not running");
+        return SL_EBUSY;
+    }
+    const char *name;
+    if (arg_str(req, "unpark", 64, &name, err, errlen) < 0)
+        return SL_EPARSE;
+    if (name != NULL) {
+        int n = 0;
+        if (queue_events_unpark(q, name, &n) != 0) {
+            snprintf(err, errlen, "no webhook \"%s\"", name);
+            return SL_ENOTFOUND;
+        }
+        json_object_object_add(resp, "unparked", json_object_new_int(n));
+    } else {
+        json_object_object_add(resp, "unparked", NULL);
+    }
+    json_object *o = queue_events_json(q);
+    json_object_object_foreach(o, k, v)
+    {
+        json_object_object_add(resp, k, json_object_get(v));
+    }
+    json_object_put(o);
     return CTL_REPLY;
 }
 

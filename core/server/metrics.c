@@ -323,6 +323,49 @@ static void render_shaping(met_t *m, struct dlv *dlv)
     json_object_put(sh);
 }
 
+/* The event stream and its webhooks (queue_events_json): one series per
+ * configured webhook (at most CFG_MAX_WEBHOOKS). */
+static void render_events(met_t *m, queue_t *q)
+{
+    json_object *o = queue_events_json(q);
+    json_object *v, *whs = NULL;
+    json_object_object_get_ex(o, "webhooks", &whs);
+    size_t n = whs ? json_object_array_length(whs) : 0;
+    json_object_object_get_ex(o, "head", &v);
+    one(m, "sluice_events_head", "gauge", "Sequence of the last record in the event stream.",
+        (uint64_t)json_object_get_int64(v));
+    static const struct {
+        const char *name, *type, *key, *help;
+    } fams[] = {
+        {"sluice_webhook_lag_records", "gauge", "lag_records",
+         "Records of the stream past the webhook's cursor."},
+        {"sluice_webhook_lag_seconds", "gauge", "lag_seconds",
+         "Age of the oldest record past the webhook's cursor."},
+        {"sluice_webhook_in_flight", "gauge", "in_flight", "Records in the POST in flight."},
+        {"sluice_webhook_sent_records_total", "counter", "sent_records",
+         "Records acknowledged (2xx) since start."},
+        {"sluice_webhook_failures_total", "counter", "failures",
+         "POSTs that failed (error, 4xx, 5xx) since start."},
+        {"sluice_webhook_parked_total", "counter", "parked_batches",
+         "Batches parked (a 4xx other than 408/429) since start."},
+        {"sluice_webhook_parked_batches", "gauge", "parked",
+         "Batches parked now, waiting for `sluicectl events unpark`."},
+    };
+    for (size_t f = 0; f < ARRAY_SIZE(fams); f++) {
+        family(m, fams[f].name, fams[f].type, fams[f].help);
+        for (size_t i = 0; i < n; i++) {
+            json_object *w = json_object_array_get_idx(whs, i), *name = NULL, *val = NULL;
+            json_object_object_get_ex(w, "name", &name);
+            json_object_object_get_ex(w, fams[f].key, &val);
+            uint64_t x = json_object_is_type(val, json_type_array)
+                             ? json_object_array_length(val)
+                             : (uint64_t)json_object_get_int64(val);
+            labelled(m, fams[f].name, "webhook", json_object_get_string(name), x);
+        }
+    }
+    json_object_put(o);
+}
+
 void metrics_render(const control_env_t *env, buf_t *out, bool openmetrics)
 {
     SL_ASSERT_MAIN_THREAD();
@@ -336,8 +379,10 @@ void metrics_render(const control_env_t *env, buf_t *out, bool openmetrics)
     buf_printf(out, "sluice_build_info{version=\"%s\"} 1\n", SLUICE_VERSION);
     one(&m, "sluice_uptime_seconds", "gauge", "Seconds since sluiced started.",
         now > env->ce_start_us ? (now - env->ce_start_us) / 1000000u : 0);
-    if (env->ce_queue != NULL)
+    if (env->ce_queue != NULL) {
         render_queue(&m, queue_stats(env->ce_queue));
+        render_events(&m, env->ce_queue);
+    }
     if (env->ce_smtp != NULL)
         render_smtp(&m, smtp_server_stats(env->ce_smtp));
     if (env->ce_dlv != NULL) {

@@ -106,6 +106,8 @@ static void usage(FILE *f)
           "                       every counter and gauge: Prometheus text format, or\n"
           "                       OpenMetrics 1.0\n"
           "  providers            traffic shaping: providers, queues per virtual MTA, mode, rate\n"
+          "  events [unpark NAME] the event stream's webhooks: cursor, lag, in flight, parked,\n"
+          "                       last error; unpark: send NAME's parked batches again\n"
           "  raw 'JSON'           send one raw request line, print the answer\n"
           "\n"
           "options:\n"
@@ -1035,10 +1037,44 @@ static void print_providers(json_object *r)
         printf("no provider has had traffic yet\n");
 }
 
+/* `events`: one line per webhook. */
+static void print_events(json_object *r)
+{
+    json_object *whs = get(r, "webhooks");
+    size_t n = whs ? json_object_array_length(whs) : 0;
+    if (get(r, "unparked") != NULL)
+        printf("unparked: %" PRIu64 " batches sent again\n", get_u64(r, "unparked"));
+    printf("stream head: %" PRIu64 "\n", get_u64(r, "head"));
+    if (n == 0) {
+        printf("no webhook is configured (events.webhooks)\n");
+        return;
+    }
+    printf("%-16s %10s %10s %8s %9s %7s %12s  %s\n", "WEBHOOK", "CURSOR", "LAG", "LAG_S",
+           "IN_FLIGHT", "PARKED", "SENT", "LAST_ERROR");
+    for (size_t i = 0; i < n; i++) {
+        json_object *w = json_object_array_get_idx(whs, i);
+        json_object *pk = get(w, "parked");
+        const char *le = get_str(w, "last_error");
+        printf("%-16s %10" PRIu64 " %10" PRIu64 " %8" PRIu64 " %9" PRIu64 " %7zu %12" PRIu64
+               "  %.*s\n",
+               get_str(w, "name") ? get_str(w, "name") : "?", get_u64(w, "cursor"),
+               get_u64(w, "lag_records"), get_u64(w, "lag_seconds"), get_u64(w, "in_flight"),
+               pk ? json_object_array_length(pk) : 0, get_u64(w, "sent_records"),
+               utf8_cut(le ? le : "-", 60), le ? le : "-");
+        for (size_t k = 0; pk != NULL && k < json_object_array_length(pk); k++) {
+            json_object *p = json_object_array_get_idx(pk, k);
+            printf("  parked: records %" PRIu64 "-%" PRIu64 " (sluicectl events unpark %s)\n",
+                   get_u64(p, "first"), get_u64(p, "last"), get_str(w, "name"));
+        }
+    }
+}
+
 /* Human output of the operator commands; false when cmd is not one. */
 static bool print_ops(const char *cmd, json_object *r)
 {
-    if (strcmp(cmd, "queues") == 0) {
+    if (strcmp(cmd, "events") == 0) {
+        print_events(r);
+    } else if (strcmp(cmd, "queues") == 0) {
         print_queues(r);
     } else if (strcmp(cmd, "providers") == 0) {
         print_providers(r);
@@ -1105,6 +1141,20 @@ static int build_request(const char *const *pos, int npos, const char *limit, ch
         if (strchr(pos[1], '\n') != NULL)
             return usage_error("raw: the request must be a single line%s", "");
         *line = xstrdup(pos[1]);
+        return 0;
+    }
+    if (strcmp(cmd, "events") == 0) { /* events [unpark NAME] */
+        json_object *req = json_object_new_object();
+        json_object_object_add(req, "cmd", json_object_new_string("events"));
+        if (nargs == 2 && strcmp(pos[1], "unpark") == 0) {
+            json_object_object_add(req, "unpark", json_object_new_string(pos[2]));
+        } else if (nargs != 0 || limit != NULL) {
+            json_object_put(req);
+            return usage_error("usage: events [unpark NAME]%s", "");
+        }
+        *line = xstrdup(json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN |
+                                                                JSON_C_TO_STRING_NOSLASHESCAPE));
+        json_object_put(req);
         return 0;
     }
     json_object *ops = NULL;

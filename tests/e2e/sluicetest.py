@@ -33,6 +33,8 @@ everything when the file overruns its budget.
 """
 import atexit
 import glob
+import hashlib
+import hmac
 import json as jsonlib
 import os
 import re
@@ -719,7 +721,7 @@ class Daemon:
         recs = []
         if not os.path.isdir(self.acct_dir):
             return recs
-        files = sorted(os.listdir(self.acct_dir),
+        files = sorted((n for n in os.listdir(self.acct_dir) if not n.endswith(".csv")),
                        key=lambda n: os.path.getmtime(os.path.join(self.acct_dir, n)))
         for name in files:
             with open(os.path.join(self.acct_dir, name), errors="replace") as f:
@@ -1185,7 +1187,7 @@ def acct_raw_lines(acct_dir):
     out = []
     if not os.path.isdir(acct_dir):
         return out
-    names = sorted(os.listdir(acct_dir),
+    names = sorted((n for n in os.listdir(acct_dir) if not n.endswith(".csv")),
                    key=lambda n: os.path.getmtime(os.path.join(acct_dir, n)))
     for name in names:
         with open(os.path.join(acct_dir, name), "rb") as f:
@@ -1770,3 +1772,137 @@ def http_json(port, method, path, body=None, token=None, **kw):
     """http_call() whose answer is JSON: (status, headers, parsed body)."""
     s, h, data = http_call(port, method, path, body, token, **kw)
     return s, h, jsonlib.loads(data) if data else None
+
+# ------------------------------------------------------------------ events: webhooks (#14)
+
+class WebhookReceiver:
+    """An HTTPS endpoint for sluice's webhooks on 127.0.0.1 (Python's
+    http.server with ssl, HTTP/1.1 keep-alive), with its own certificate
+    (IP SAN 127.0.0.1; the file is also the CA sluice is given: ca_file).
+
+    Each POST is checked: Content-Type, X-Sluice-Timestamp, and
+    X-Sluice-Signature "v1=" + HMAC-SHA256(secret, timestamp + "." + body)
+    as docs/events.md says a receiver must; a bad signature is answered 401
+    and counted in bad_signatures. Then it answers as told: status (200 by
+    default; set_status(500) fails every request until set back),
+    retry_after (a Retry-After header with the answer), delay (seconds
+    before answering). Every request is kept in requests as a dict: time,
+    status answered, sequence (first, last) from X-Sluice-Sequence,
+    records (the parsed JSON array), connection (the client's port: keep-
+    alive shows as one port for many requests)."""
+
+    def __init__(self, secret):
+        import http.server
+        import ssl
+        import threading
+        self.secret = secret.encode()
+        self.dir = make_tmpdir("webhook-")
+        self.cert = os.path.join(self.dir, "cert.pem")
+        self.key = os.path.join(self.dir, "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-subj", "/CN=127.0.0.1", "-addext",
+                        "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                        "-addext", "basicConstraints=critical,CA:TRUE",
+                        "-keyout", self.key, "-out", self.cert], check=True,
+                       capture_output=True)
+        self.lock = threading.Lock()
+        self.requests = []
+        self.bad_signatures = 0
+        self.status = 200
+        self.retry_after = None
+        self.delay = 0.0
+        self.fail_next = []  # statuses for the next requests, one each, before status
+        recv = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(n)
+                ts = self.headers.get("X-Sluice-Timestamp", "")
+                sig = self.headers.get("X-Sluice-Signature", "")
+                want = "v1=" + hmac.new(recv.secret, ts.encode() + b"." + body,
+                                        hashlib.sha256).hexdigest()
+                seq = self.headers.get("X-Sluice-Sequence", "0-0").split("-")
+                ok_sig = (hmac.compare_digest(sig, want) and ts.isdigit()
+                          and abs(time.time() - int(ts)) < 300
+                          and self.headers.get("Content-Type") == "application/json")
+                with recv.lock:
+                    if not ok_sig:
+                        recv.bad_signatures += 1
+                        status = 401
+                    elif recv.fail_next:
+                        status = recv.fail_next.pop(0)
+                    else:
+                        status = recv.status
+                    retry_after = recv.retry_after
+                    delay = recv.delay
+                if delay:
+                    time.sleep(delay)
+                try:
+                    records = jsonlib.loads(body)
+                except ValueError:
+                    records = None
+                with recv.lock:
+                    recv.requests.append({"time": time.time(), "status": status,
+                                          "sequence": (int(seq[0]), int(seq[1])),
+                                          "records": records,
+                                          "webhook": self.headers.get("X-Sluice-Webhook"),
+                                          "connection": self.client_address[1]})
+                out = b"ok" if status < 300 else b"no"
+                self.send_response(status)
+                if retry_after is not None and status >= 300:
+                    self.send_header("Retry-After", str(retry_after))
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address):
+                pass  # a client killed mid-request (the kill -9 test): not news
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(self.cert, self.key)
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        self.url = "https://127.0.0.1:%d/hook" % self.port
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def set_status(self, status, retry_after=None):
+        with self.lock:
+            self.status = status
+            self.retry_after = retry_after
+
+    def ok_records(self):
+        """The records of the requests answered 2xx, in arrival order."""
+        with self.lock:
+            return [r for q in self.requests if 200 <= q["status"] < 300
+                    for r in (q["records"] or [])]
+
+    def all_requests(self):
+        with self.lock:
+            return list(self.requests)
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        if not keep_tmp():
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def webhook_conf(name, url, secret, ca_file, types=None, batch=100, max_latency="200ms",
+                 extra=""):
+    """An events { webhooks { name { ... } } } block for Daemon(extra_conf=)."""
+    t = "" if types is None else "types = [%s];\n" % ", ".join('"%s"' % x for x in types)
+    return ('events {\n    webhooks {\n        %s {\n            url = "%s";\n'
+            '            secret = "%s";\n            ca_file = "%s";\n            batch = %d;\n'
+            '            max_latency = %s;\n            %s            %s\n        }\n    }\n}\n'
+            % (name, url, secret, ca_file, batch, max_latency, t, extra))

@@ -81,10 +81,17 @@ class RecordsTest(unittest.TestCase):
                                        "*@dis.test=451 4.7.1 listed here",
                                        "*@susp.test=421 4.7.0 go away"])
         peer = "127.0.0.1:%d" % cls.peer.port
+        # a webhook whose first batch is refused (400): a webhook_parked
+        # record, and the stream's records are the file's (#14)
+        cls.recv = st.WebhookReceiver("records-secret-0123456789")
+        cls.recv.fail_next = [400]
         cls.d = st.Daemon(routes={"example.test": peer, "example.com": peer, "dis.test": peer,
                                   "susp.test": peer, "hold.test": "127.0.0.1:%d" % st.free_port()},
                           extra_conf='queue {\n    max_age = 1m;\n    retry = "2s";\n'
-                                     '    retry_jitter = 0;\n    scan_interval = 100ms;\n}\n')
+                                     '    retry_jitter = 0;\n    scan_interval = 100ms;\n}\n'
+                                     + st.webhook_conf("rec", cls.recv.url,
+                                                       "records-secret-0123456789",
+                                                       cls.recv.cert, batch=5))
         try:
             shaping = os.path.join(cls.d.dir, "shaping.conf")
             with open(shaping, "w") as f:
@@ -93,7 +100,8 @@ class RecordsTest(unittest.TestCase):
                 conf = f.read()
             with open(cls.d.conf_path, "w") as f:
                 f.write(conf.replace("delivery {\n", 'delivery {\n    shaping = "%s";\n' % shaping,
-                                     1))
+                                     1).replace("log {\n", 'log {\n    header_fields = '
+                                                '["X-Campaign-Id", "X-Customer"];\n', 1))
             cls.d.start()
             cls.run_scenario()
         except Exception:
@@ -109,7 +117,9 @@ class RecordsTest(unittest.TestCase):
 
     @classmethod
     def send(cls, rcpts, job=None, **kw):
-        head = "From: sender@example.com\r\nSubject: records\r\n"
+        head = ("From: sender@example.com\r\nSubject: records\r\n"
+                "Message-ID: <%s@records.test>\r\nX-Campaign-Id: camp-%s\r\n"
+                % (rcpts[0].split("@")[0], job or "none"))
         if job:
             head += "X-Sluice-Job: %s\r\n" % job
         with cls.d.smtp() as s:
@@ -153,6 +163,10 @@ class RecordsTest(unittest.TestCase):
         cls.ask("ctl/queues", {"cmd": "queues"})
         cls.ask("ctl/queue", {"cmd": "queue", "domain": "dis.test"})
         cls.ask("ctl/providers", {"cmd": "providers"})
+        st.wait_for(lambda: any(r["type"] == "webhook_parked" for r in cls.acct()), 30,
+                    what="the webhook_parked record")
+        cls.ask("ctl/events", {"cmd": "events"})
+        cls.ask("ctl/events", {"cmd": "events", "unpark": "rec"})
         cls.ask("ctl/suspend-shaping", {"cmd": "suspend", "provider": "peerprov", "for": "10m"})
         cls.ask("ctl/suspend-shaping", {"cmd": "suspend", "vmta": "v1"})
         cls.ask("ctl/suspended", {"cmd": "suspended"})
@@ -182,6 +196,7 @@ class RecordsTest(unittest.TestCase):
         finally:
             cls.d.cleanup()
             cls.peer.stop()
+            cls.recv.stop()
 
     def validate(self, name, value, where):
         v = jsonschema.Draft202012Validator(
@@ -199,11 +214,49 @@ class RecordsTest(unittest.TestCase):
         seen = {}
         for r in recs:
             t = r.get("type")
-            name = {"received": "acct/received", "shaping": "acct/shaping"}.get(t, "acct/outcome")
+            name = {"received": "acct/received", "shaping": "acct/shaping",
+                    "suspended": "acct/suspended", "resumed": "acct/suspended",
+                    "webhook_parked": "acct/webhook_parked"}.get(t, "acct/outcome")
             self.validate(name, r, "accounting record %s" % t)
             seen[t] = seen.get(t, 0) + 1
         self.assertEqual(set(seen), {"received", "delivery", "transient", "bounce", "expired",
-                                     "admin_bounce", "shaping"}, seen)
+                                     "admin_bounce", "shaping", "suspended", "resumed",
+                                     "webhook_parked"}, seen)
+
+    def test_the_webhook_got_the_records_of_the_file(self):
+        # every record the webhook acknowledged is one of the file's, byte
+        # for byte as JSON; the refused first batch was parked
+        recs = self.acct()
+        got = [r for q in self.recv.all_requests() for r in (q["records"] or [])]
+        self.assertTrue(got)
+        self.assertTrue(all(r in recs for r in got), [r for r in got if r not in recs][:2])
+        self.assertEqual(self.recv.bad_signatures, 0)
+        self.assertEqual([q["status"] for q in self.recv.all_requests()][0], 400)
+
+    def test_the_fields_platforms_key_on(self):
+        recs = self.acct()
+        ok = [r for r in recs if r["type"] == "delivery" and r["recipient"] == "ok1@example.test"]
+        self.assertEqual(len(ok), 1, recs)
+        r = ok[0]
+        self.assertEqual((r["vmta"], r["pool"], r["provider"], r["message_id"], r["dsn_action"],
+                          r["txn_recipients"], r["headers"]),
+                         ("v1", "main", "peerprov", "<ok1@records.test>", "relayed", 2,
+                          {"x-campaign-id": "camp-j1", "x-customer": None}))
+        rcv = [x for x in recs if x["type"] == "received" and x["msgid"] == r["msgid"]][0]
+        self.assertEqual(r["size"], rcv["size"])
+        self.assertEqual(st.unix_time(r["arrival"]) // 1, st.unix_time(rcv["time"]) // 1)
+        ab = [x for x in recs if x["type"] == "admin_bounce"][0]
+        self.assertEqual((ab["envid"], ab["orcpt"], ab["dsn_action"], ab["vmta"], ab["pool"],
+                          ab["txn_recipients"]),
+                         ("env-1", "rfc822;orig@hold.test", "failed", None, None, 0))
+        tr = [x for x in recs if x["type"] == "transient"]
+        self.assertTrue(tr and all(x["dsn_action"] == "delayed" for x in tr))
+        ex = [x for x in recs if x["type"] == "expired"]
+        self.assertTrue(ex and all(x["dsn_action"] == "failed" for x in ex))
+        susp = [(x["type"], x["scope"], x["name"], x["until"] is not None, x["holds_removed"])
+                for x in recs if x["type"] in ("suspended", "resumed")]
+        self.assertEqual(susp, [("suspended", "domain", "hold.test", True, 0),
+                                ("resumed", "domain", "hold.test", False, 1)])
 
     def test_every_control_answer_matches_its_schema(self):
         names = set()

@@ -528,6 +528,32 @@ typedef struct bad_case {
 } bad_case_t;
 
 static const bad_case_t bad_cases[] = {
+    /* events (#14) */
+    {"accounting format", "log {\n accounting_format = csv;\n}\n",
+     "t.conf:2: log.accounting_format: expected jsonl, pmta-csv or both, got \"csv\""},
+    {"webhook without url", "events { webhooks { h { secret = \"0123456789abcdef\"; } } }\n",
+     "t.conf:1: events.webhooks.h: url is required"},
+    {"webhook short secret",
+     "events { webhooks { h { url = \"https://x.example/\"; secret = \"short\"; } } }\n",
+     "t.conf:1: events.webhooks.h: secret is required (16 characters or more)"},
+    {"webhook plain http off loopback",
+     "events { webhooks {\n h { url = \"http://x.example/\"; secret = \"0123456789abcdef\"; }\n"
+     "} }\n",
+     "t.conf:2: events.webhooks.h.url: expected an https:// URL (http:// only to loopback)"},
+    {"webhook bad batch",
+     "events { webhooks { h {\n url = \"https://x/\"; secret = \"0123456789abcdef\";\n"
+     " batch = 0; } } }\n",
+     "t.conf:3: events.webhooks.h.batch: expected 1..10000 records"},
+    {"webhook unknown key",
+     "events { webhooks { h {\n url = \"https://x/\"; secret = \"0123456789abcdef\";\n"
+     " batches = 5; } } }\n",
+     "t.conf:3: unknown key \"events.webhooks.h.batches\""},
+    {"webhook bad type",
+     "events { webhooks { h {\n url = \"https://x/\";\n"
+     " secret = \"0123456789abcdef\"; types = [\"Delivery\"]; } } }\n",
+     "t.conf:3: events.webhooks.h.types: \"Delivery\" is not a record type"},
+    {"webhook not a section", "events { webhooks { h = \"https://x/\"; } }\n",
+     "events.webhooks.h: expected a section with a new name"},
     {"unknown key with suggestion", "smtp {\n  max_mesage_size = 10M;\n}\n",
      "t.conf:2: unknown key \"smtp.max_mesage_size\" (did you mean \"max_message_size\"?)"},
     {"key in the wrong section", "\n\nmax_message_size = 10M\n",
@@ -851,6 +877,32 @@ static void test_routes(void **state)
     cfg_unref(c);
 }
 
+static void test_webhooks(void **state)
+{
+    cfg_t *c =
+        load_ok("events { webhooks {\n"
+                " crm { url = \"https://crm.example/hook\"; secret = \"0123456789abcdef\";\n"
+                "  types = [\"delivery\", \"bounce\"]; batch = 50; max_latency = 250ms;\n"
+                "  retry_initial = 2s; retry_max = 1m; }\n"
+                " local { url = \"http://127.0.0.1:8080/\"; secret = \"fedcba9876543210\"; }\n"
+                "} }\n");
+    assert_int_equal(c->c_nwebhooks, 2);
+    const cfg_webhook_t *w = &c->c_webhooks[0];
+    assert_string_equal(w->wh_name, "crm");
+    assert_string_equal(w->wh_types[0], "delivery");
+    assert_string_equal(w->wh_types[1], "bounce");
+    assert_null(w->wh_types[2]);
+    assert_int_equal(w->wh_batch, 50);
+    assert_int_equal(w->wh_max_latency_ms, 250);
+    assert_int_equal(w->wh_retry_initial_ms, 2000);
+    assert_int_equal(w->wh_retry_max_ms, 60000);
+    w = &c->c_webhooks[1];
+    assert_null(w->wh_types); /* every type */
+    assert_int_equal(w->wh_batch, 100);
+    assert_int_equal(w->wh_max_latency_ms, 1000);
+    cfg_unref(c);
+}
+
 static void test_tls_policy(void **state)
 {
     cfg_t *c = load_ok("delivery {\n tls = required\n tls_policy {\n"
@@ -963,6 +1015,7 @@ static const char *const restart_keys[] = {
     "log.file",
     "log.accounting_dir",
     "log.accounting_max_size",
+    "log.accounting_format",
     "spool.path",
     "spool.sync",
     "spool.map_size",
@@ -986,6 +1039,7 @@ static const char *const restart_keys[] = {
     "delivery.helo_name",
     "delivery.mta_sts",
     "delivery.mta_sts_port",
+    "events.webhooks",
 };
 
 static bool is_restart_key(const char *name)
@@ -1052,14 +1106,16 @@ static void test_reload_keeps_restart_keys(void **state)
     snprintf(text, sizeof(text),
              "hostname = \"other.example\";\nuser = \"root\";\n"
              "log { file = \"%s/sluice.log\"; accounting_dir = \"%s/acct\";"
-             " accounting_max_size = 1G; level = debug; }\n"
+             " accounting_max_size = 1G; level = debug; accounting_format = both; }\n"
              "spool { path = \"%s/spool\"; sync = none; map_size = 2G; max_size = 128G; }\n"
              "control { socket = \"%s/s.sock\"; mode = 0660; http_metrics = \"127.0.0.1:9999\"; }\n"
              "http { listen = \"127.0.0.1:8025\"; tls = true; max_body = 1M; timeout = 5s; }\n"
              "smtp { listen = \"127.0.0.1:2600\"; threads = 2; max_recipients = 7;\n"
              "  tls { dir = \"%s\"; generate = false; } }\n"
              "delivery { threads = 4; resolvers = \"127.0.0.1:5353\"; ca_file = \"%s\";\n"
-             "  helo_name = \"helo.example\"; mta_sts = false; mta_sts_port = 8443; }\n",
+             "  helo_name = \"helo.example\"; mta_sts = false; mta_sts_port = 8443; }\n"
+             "events { webhooks { h { url = \"https://127.0.0.1/x\";"
+             " secret = \"0123456789abcdef\"; } } }\n",
              dir, dir, dir, dir, tls, ca);
     cfg_t *old = load_ok("");
     cfg_t *nc = load_ok(text);
@@ -1100,6 +1156,7 @@ int main(void)
         cmocka_unit_test(test_tls_policy),        cmocka_unit_test(test_refcount),
         cmocka_unit_test(test_current_threads),   cmocka_unit_test(test_dkim),
         cmocka_unit_test(test_reload_column),     cmocka_unit_test(test_reload_keeps_restart_keys),
+        cmocka_unit_test(test_webhooks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
