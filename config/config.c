@@ -164,6 +164,17 @@ static const key_def_t keys[] = {
     KEY("dkim.timestamp", LIVE, K_BOOL, c_dkim_timestamp, "true"),
     KEYR("dkim.expire", LIVE, K_DUR, c_dkim_expire, 0, 365 * DAY, "0"),
     SEC("dkim.keys", LIVE, K_DKIMKEYS),
+
+    /* the suppression list (queue/suppress.c, docs/bounces-in.md) */
+    KEY("suppression.enabled", LIVE, K_BOOL, c_supp_enabled, "false"),
+    KEY("suppression.action", LIVE, K_STR, c_supp_action, "reject"),
+    KEY("suppression.categories", LIVE, K_HDRLIST, c_supp_categories,
+        "bad-mailbox, bad-domain, inactive-mailbox"),
+    KEY("suppression.complaints", LIVE, K_BOOL, c_supp_complaints, "true"),
+    KEY("suppression.scope", LIVE, K_STR, c_supp_scope, "global"),
+    KEYR("suppression.expire_bounces", LIVE, K_DUR, c_supp_expire_bounces, 0, 3650 * DAY, "0"),
+    KEYR("suppression.expire_complaints", LIVE, K_DUR, c_supp_expire_complaints, 0, 3650 * DAY,
+         "0"),
 };
 
 #define NKEYS ((int)ARRAY_SIZE(keys))
@@ -823,6 +834,18 @@ static int finish(loader_t *ld, int file_mode)
     }
     if (ld_finish_dkim(ld) < 0)
         return SL_ECONFIG;
+    if (strcmp(c->c_supp_action, "reject") != 0 && strcmp(c->c_supp_action, "drop") != 0) {
+        ld_error(ld, LINE("suppression.action"),
+                 "suppression.action: expected \"reject\" or \"drop\", got \"%.40s\"",
+                 c->c_supp_action);
+        return SL_ECONFIG;
+    }
+    if (strcmp(c->c_supp_scope, "global") != 0 && strcmp(c->c_supp_scope, "auth_user") != 0) {
+        ld_error(ld, LINE("suppression.scope"),
+                 "suppression.scope: expected \"global\" or \"auth_user\", got \"%.40s\"",
+                 c->c_supp_scope);
+        return SL_ECONFIG;
+    }
 #undef LINE
     return 0;
 }

@@ -186,6 +186,15 @@ typedef struct cfg {
     int c_dkim_nkeys;
     cfg_dkim_key_t *c_dkim_keys; /* keys { }: owned array of c_dkim_nkeys */
 
+    /* suppression { } : the suppression list (queue/suppress.c) */
+    bool c_supp_enabled;            /* enabled = false: enforce at RCPT, feed from bounces */
+    char *c_supp_action;            /* action = "reject" (550 5.7.1) | "drop" (250, no delivery) */
+    char **c_supp_categories;       /* categories = bad-mailbox, bad-domain, inactive-mailbox */
+    bool c_supp_complaints;         /* complaints = true: every ARF complaint suppresses */
+    char *c_supp_scope;             /* scope = "global" | "auth_user" */
+    uint64_t c_supp_expire_bounces; /* expire_bounces = 0 (seconds, 0 = never) */
+    uint64_t c_supp_expire_complaints; /* expire_complaints = 0 */
+
     /* Objects other modules build from this snapshot (config cannot include
      * them): see cfg_ext_set(). */
     void *c_ext[4];

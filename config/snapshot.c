@@ -50,6 +50,9 @@ void cfg_free(cfg_t *c)
     free(c->c_dkim_alg);
     cfg_strv_free(c->c_dkim_headers);
     cfg_strv_free(c->c_dkim_oversign);
+    free(c->c_supp_action);
+    free(c->c_supp_scope);
+    cfg_strv_free(c->c_supp_categories);
     for (int i = 0; i < c->c_dkim_nkeys; i++) {
         free(c->c_dkim_keys[i].dk_domain);
         free(c->c_dkim_keys[i].dk_selector);

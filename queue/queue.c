@@ -62,6 +62,11 @@ int queue_open(cfg_t *cfg, queue_t **out, char *err, size_t errlen)
 
     q->q_cfg = cfg_ref(cfg);
     pthread_mutex_init(&q->q_cfg_lock, NULL);
+    pthread_rwlockattr_t rwa; /* a waiting map growth must not starve behind lookups */
+    pthread_rwlockattr_init(&rwa);
+    pthread_rwlockattr_setkind_np(&rwa, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&q->q_map_lock, &rwa);
+    pthread_rwlockattr_destroy(&rwa);
     atomic_store(&q->q_high_water, cfg->c_spool_high_water);
     snprintf(q->q_path, sizeof(q->q_path), "%s", path);
     buf_init(&q->q_scratch, 4096);
@@ -117,7 +122,8 @@ int queue_open(cfg_t *cfg, queue_t **out, char *err, size_t errlen)
         (rc = mdb_dbi_open(txn, "msg", MDB_CREATE, &q->q_dbi_msg)) != 0 ||
         (rc = mdb_dbi_open(txn, "rcpt", MDB_CREATE, &q->q_dbi_rcpt)) != 0 ||
         (rc = mdb_dbi_open(txn, "due", MDB_CREATE, &q->q_dbi_due)) != 0 ||
-        (rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &q->q_dbi_meta)) != 0) {
+        (rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &q->q_dbi_meta)) != 0 ||
+        (rc = q_supp_open(q, txn)) != 0) {
         snprintf(err, errlen, "spool %s: %s", path, mdb_strerror(rc));
         goto fail;
     }
@@ -293,6 +299,7 @@ void queue_free(queue_t *q)
     q_holds_free(q);
     q_sched_free(q);
     q_outcomes_free(q);
+    q_supp_free(q);
     buf_free(&q->q_scratch);
     buf_free(&q->q_scratch2);
     if (q->q_cfg)
@@ -300,6 +307,7 @@ void queue_free(queue_t *q)
     if (q->q_cfg_next)
         cfg_unref(q->q_cfg_next);
     pthread_mutex_destroy(&q->q_cfg_lock);
+    pthread_rwlock_destroy(&q->q_map_lock);
     free(q);
 }
 
@@ -761,6 +769,8 @@ static void queue_req_cb(chan_t *ch, chan_node_t *first, void *arg)
         if (r->qq_type == QREQ_ROTATE) { /* `sluicectl log-rotate` (acct.c) */
             q_acct_rotate_req(((queue_t *)arg)->q_acct, r);
             chan_push(r->qq_reply, &r->qq_node);
+        } else if (r->qq_type == QREQ_SUPPRESS) { /* suppress.c answers (or frees) */
+            q_supp_request(arg, r);
         } else if (!q_admin_request(arg, r)) { /* operator requests answer themselves */
             queue_req_do(arg, r);
             chan_push(r->qq_reply, &r->qq_node);

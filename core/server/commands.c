@@ -67,12 +67,15 @@ static const struct ctl_cmd {
     const char *name;
     ctl_handler_fn fn;
 } ctl_cmds[] = {
-    {"status", cmd_status},       {"list", cmd_list},           {"inspect", cmd_inspect},
-    {"check", cmd_check},         {"shutdown", cmd_shutdown},   {"log-rotate", cmd_log_rotate},
-    {"queues", cmd_queues},       {"queue", cmd_queue},         {"suspend", cmd_suspend},
-    {"resume", cmd_resume},       {"suspended", cmd_suspended}, {"retry", cmd_retry},
-    {"bounce", cmd_bounce},       {"reload", cmd_reload},       {"metrics", cmd_metrics},
-    {"providers", cmd_providers},
+    {"status", cmd_status},         {"list", cmd_list},
+    {"inspect", cmd_inspect},       {"check", cmd_check},
+    {"shutdown", cmd_shutdown},     {"log-rotate", cmd_log_rotate},
+    {"queues", cmd_queues},         {"queue", cmd_queue},
+    {"suspend", cmd_suspend},       {"resume", cmd_resume},
+    {"suspended", cmd_suspended},   {"retry", cmd_retry},
+    {"bounce", cmd_bounce},         {"reload", cmd_reload},
+    {"metrics", cmd_metrics},       {"providers", cmd_providers},
+    {"suppress", ctl_cmd_suppress},
 };
 
 ctl_handler_fn ctl_cmd_find(const char *name)
@@ -730,5 +733,6 @@ void ctl_queue_req_free(queue_req_t *r)
     free(r->qq_domain);
     free(r->qq_job);
     free(r->qq_sender);
+    queue_supp_req_free(r->qq_supp);
     free(r);
 }

@@ -336,8 +336,15 @@ void metrics_render(const control_env_t *env, buf_t *out, bool openmetrics)
     buf_printf(out, "sluice_build_info{version=\"%s\"} 1\n", SLUICE_VERSION);
     one(&m, "sluice_uptime_seconds", "gauge", "Seconds since sluiced started.",
         now > env->ce_start_us ? (now - env->ce_start_us) / 1000000u : 0);
-    if (env->ce_queue != NULL)
+    if (env->ce_queue != NULL) {
         render_queue(&m, queue_stats(env->ce_queue));
+        uint64_t entries, hits;
+        queue_supp_stats(env->ce_queue, &entries, &hits);
+        one(&m, "sluice_suppression_entries", "gauge",
+            "Entries in the suppression list (expired ones until overwritten).", entries);
+        one(&m, "sluice_suppression_hits_total", "counter",
+            "Recipients found on the suppression list (rejected or dropped).", hits);
+    }
     if (env->ce_smtp != NULL)
         render_smtp(&m, smtp_server_stats(env->ce_smtp));
     if (env->ce_dlv != NULL) {
