@@ -165,6 +165,12 @@ static const key_def_t keys[] = {
     KEYR("dkim.expire", LIVE, K_DUR, c_dkim_expire, 0, 365 * DAY, "0"),
     SEC("dkim.keys", LIVE, K_DKIMKEYS),
 
+    /* VERP return paths (core/base/verp.c, delivery/session.c, docs/bounces-in.md) */
+    KEY("bounces.verp", LIVE, K_BOOL, c_verp, "false"),
+    KEY("bounces.domain", LIVE, K_HOSTNAME, c_bounce_domain, ""),
+    KEY("bounces.verp_key_file", LIVE, K_STR, c_verp_key_file, ""),
+    KEYR("bounces.verp_max_age", LIVE, K_DUR, c_verp_max_age, DAY, 3650 * DAY, "30d"),
+
     /* the suppression list (queue/suppress.c, docs/bounces-in.md) */
     KEY("suppression.enabled", LIVE, K_BOOL, c_supp_enabled, "false"),
     KEY("suppression.action", LIVE, K_STR, c_supp_action, "reject"),
@@ -758,6 +764,51 @@ static int finish_paths(loader_t *ld)
     return 0;
 }
 
+/* bounces { }: the VERP key is read here, so that start-up, reload and
+ * --check-config refuse a missing, unreadable, malformed or world-readable
+ * key the way they refuse a DKIM key. */
+static int finish_verp(loader_t *ld)
+{
+    cfg_t *c = ld->l_cfg;
+#define LINE(f) ld_line(ld, f)
+    if (c->c_verp_key_file[0] != '\0') {
+        const char *f = c->c_verp_key_file;
+        struct stat st;
+        char why[256], buf[256];
+        const char *bad;
+        FILE *fp = fopen(f, "re");
+        if (fp == NULL || fstat(fileno(fp), &st) != 0) {
+            ld_error(ld, LINE("bounces.verp_key_file"), "bounces.verp_key_file: \"%s\": %s", f,
+                     strerror(errno));
+            if (fp)
+                fclose(fp);
+            return SL_ECONFIG;
+        }
+        size_t n = fread(buf, 1, sizeof(buf), fp);
+        fclose(fp);
+        if ((bad = cfg_key_mode_problem(c, &st, why, sizeof(why))) != NULL) {
+            ld_error(ld, LINE("bounces.verp_key_file"), "bounces.verp_key_file: \"%s\" %s", f, bad);
+            return SL_ECONFIG;
+        }
+        if (verp_key_parse((const uint8_t *)buf, n, c->c_verp_key) != 0) {
+            ld_error(ld, LINE("bounces.verp_key_file"),
+                     "bounces.verp_key_file: \"%s\" must hold 32 random bytes, raw or as 64 hex "
+                     "digits (openssl rand -hex 32)",
+                     f);
+            return SL_ECONFIG;
+        }
+        c->c_verp_key_loaded = true;
+    }
+    if (c->c_verp && (c->c_bounce_domain[0] == '\0' || !c->c_verp_key_loaded)) {
+        ld_error(ld, LINE("bounces.verp"),
+                 "bounces.verp needs bounces.domain and "
+                 "bounces.verp_key_file");
+        return SL_ECONFIG;
+    }
+#undef LINE
+    return 0;
+}
+
 /* Checks that involve several keys or the file system. */
 static int finish(loader_t *ld, int file_mode)
 {
@@ -833,6 +884,8 @@ static int finish(loader_t *ld, int file_mode)
         return SL_ECONFIG;
     }
     if (ld_finish_dkim(ld) < 0)
+        return SL_ECONFIG;
+    if (finish_verp(ld) < 0)
         return SL_ECONFIG;
     if (strcmp(c->c_supp_action, "reject") != 0 && strcmp(c->c_supp_action, "drop") != 0) {
         ld_error(ld, LINE("suppression.action"),

@@ -186,6 +186,14 @@ typedef struct cfg {
     int c_dkim_nkeys;
     cfg_dkim_key_t *c_dkim_keys; /* keys { }: owned array of c_dkim_nkeys */
 
+    /* bounces { } : VERP return paths (core/base/verp.c) */
+    bool c_verp;                      /* verp = false: MAIL FROM:<bounces+TOKEN@domain> */
+    char *c_bounce_domain;            /* domain = "": the bounce domain */
+    char *c_verp_key_file;            /* verp_key_file = "": 32 random bytes (or 64 hex) */
+    uint64_t c_verp_max_age;          /* verp_max_age = 30d: a token is good this long */
+    uint8_t c_verp_key[VERP_KEY_LEN]; /* read from verp_key_file at load */
+    bool c_verp_key_loaded;
+
     /* suppression { } : the suppression list (queue/suppress.c) */
     bool c_supp_enabled;            /* enabled = false: enforce at RCPT, feed from bounces */
     char *c_supp_action;            /* action = "reject" (550 5.7.1) | "drop" (250, no delivery) */
