@@ -170,6 +170,9 @@ static const key_def_t keys[] = {
     KEY("bounces.domain", LIVE, K_HOSTNAME, c_bounce_domain, ""),
     KEY("bounces.verp_key_file", LIVE, K_STR, c_verp_key_file, ""),
     KEYR("bounces.verp_max_age", LIVE, K_DUR, c_verp_max_age, DAY, 3650 * DAY, "30d"),
+    KEY("bounces.inbound", LIVE, K_BOOL, c_bounce_inbound, "false"),
+    KEY("bounces.quarantine_dir", LIVE, K_PATH, c_bounce_quarantine, "./var/quarantine"),
+    KEYR("bounces.quarantine_max", LIVE, K_INT, c_bounce_quarantine_max, 0, 1000000, "1000"),
 
     /* the suppression list (queue/suppress.c, docs/bounces-in.md) */
     KEY("suppression.enabled", LIVE, K_BOOL, c_supp_enabled, "false"),
@@ -798,6 +801,10 @@ static int finish_verp(loader_t *ld)
             return SL_ECONFIG;
         }
         c->c_verp_key_loaded = true;
+    }
+    if (c->c_bounce_inbound && c->c_bounce_domain[0] == '\0') {
+        ld_error(ld, LINE("bounces.inbound"), "bounces.inbound needs bounces.domain");
+        return SL_ECONFIG;
     }
     if (c->c_verp && (c->c_bounce_domain[0] == '\0' || !c->c_verp_key_loaded)) {
         ld_error(ld, LINE("bounces.verp"),

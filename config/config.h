@@ -193,6 +193,9 @@ typedef struct cfg {
     uint64_t c_verp_max_age;          /* verp_max_age = 30d: a token is good this long */
     uint8_t c_verp_key[VERP_KEY_LEN]; /* read from verp_key_file at load */
     bool c_verp_key_loaded;
+    bool c_bounce_inbound;       /* inbound = false: accept reports for the bounce domain */
+    char *c_bounce_quarantine;   /* quarantine_dir = "./var/quarantine" */
+    int c_bounce_quarantine_max; /* quarantine_max = 1000 files */
 
     /* suppression { } : the suppression list (queue/suppress.c) */
     bool c_supp_enabled;            /* enabled = false: enforce at RCPT, feed from bounces */

@@ -55,6 +55,7 @@ void cfg_free(cfg_t *c)
     free(c->c_supp_action);
     free(c->c_bounce_domain);
     free(c->c_verp_key_file);
+    free(c->c_bounce_quarantine);
     OPENSSL_cleanse(c->c_verp_key, sizeof(c->c_verp_key));
     free(c->c_supp_scope);
     cfg_strv_free(c->c_supp_categories);

@@ -354,6 +354,29 @@ void queue_request(queue_t *q, queue_req_t *r)
     queue_leave(q);
 }
 
+void queue_supp_report(queue_t *q, const char *addr, const char *scope, const char *reason,
+                       const char *source)
+{
+    queue_req_t *r = xcalloc(1, sizeof(*r));
+    queue_supp_req_t *sr = xcalloc(1, sizeof(*sr));
+    r->qq_type = QREQ_SUPPRESS; /* no qq_reply: suppress.c frees it */
+    r->qq_supp = sr;
+    sr->sr_op = QSUPP_REPORT;
+    sr->sr_addrs = xcalloc(1, sizeof(char *));
+    sr->sr_addrs[0] = xstrdup(addr);
+    sr->sr_naddrs = 1;
+    sr->sr_scope = scope && scope[0] ? xstrdup(scope) : NULL;
+    sr->sr_reason = xstrdup(reason);
+    sr->sr_source = source ? xstrdup(source) : NULL;
+    if (!queue_enter(q)) {
+        queue_supp_req_free(sr);
+        free(r);
+        return;
+    }
+    chan_push(q->q_ch_req, &r->qq_node);
+    queue_leave(q);
+}
+
 void queue_outcome_submit(queue_t *q, queue_outcome_t *o)
 {
     if (!queue_enter(q)) {

@@ -342,6 +342,14 @@ int queue_supp_lookup(queue_t *q, const char *addr, const char *scope, queue_sup
 /* Entries in the list (read at open and after each write) and hits since
  * start. Any thread. */
 void queue_supp_stats(const queue_t *q, uint64_t *entries, uint64_t *hits);
+/* Feed the list from an asynchronous report (a DSN or an ARF complaint
+ * that came back, core/server/inbound.c): the queue thread adds addr when
+ * reason is one the operator chose (suppression.categories, "complaint"
+ * with suppression.complaints). Copied; dropped when the queue is
+ * stopping. Any thread. */
+void queue_supp_report(queue_t *q, const char *addr, const char *scope, const char *reason,
+                       const char *source);
+
 typedef enum {
     QSUPP_ADD = 1, /* sr_addrs with sr_scope, sr_reason, sr_expires: {"added":N} */
     QSUPP_REMOVE,  /* sr_addrs from sr_scope (NULL: every scope): {"removed":N} */

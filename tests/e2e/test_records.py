@@ -212,7 +212,9 @@ class RecordsTest(unittest.TestCase):
         for r in recs:
             t = r.get("type")
             name = {"received": "acct/received", "shaping": "acct/shaping",
-                    "suppressed": "acct/suppressed"}.get(t, "acct/outcome")
+                    "suppressed": "acct/suppressed", "remote_bounce": "acct/remote_bounce",
+                    "complaint": "acct/complaint",
+                    "inbound_unmatched": "acct/inbound_unmatched"}.get(t, "acct/outcome")
             self.validate(name, r, "accounting record %s" % t)
             seen[t] = seen.get(t, 0) + 1
         self.assertEqual(set(seen), {"received", "delivery", "transient", "bounce", "expired",
