@@ -180,6 +180,25 @@ static const key_def_t keys[] = {
     SEC("dkim.keys", LIVE, K_DKIMKEYS),
 
     SEC("events.webhooks", RESTART, K_WEBHOOKS),
+    /* VERP return paths (core/base/verp.c, delivery/session.c, docs/bounces-in.md) */
+    KEY("bounces.verp", LIVE, K_BOOL, c_verp, "false"),
+    KEY("bounces.domain", LIVE, K_HOSTNAME, c_bounce_domain, ""),
+    KEY("bounces.verp_key_file", LIVE, K_STR, c_verp_key_file, ""),
+    KEYR("bounces.verp_max_age", LIVE, K_DUR, c_verp_max_age, DAY, 3650 * DAY, "30d"),
+    KEY("bounces.inbound", LIVE, K_BOOL, c_bounce_inbound, "false"),
+    KEY("bounces.quarantine_dir", LIVE, K_PATH, c_bounce_quarantine, "./var/quarantine"),
+    KEYR("bounces.quarantine_max", LIVE, K_INT, c_bounce_quarantine_max, 0, 1000000, "1000"),
+
+    /* the suppression list (queue/suppress.c, docs/bounces-in.md) */
+    KEY("suppression.enabled", LIVE, K_BOOL, c_supp_enabled, "false"),
+    KEY("suppression.action", LIVE, K_STR, c_supp_action, "reject"),
+    KEY("suppression.categories", LIVE, K_HDRLIST, c_supp_categories,
+        "bad-mailbox, bad-domain, inactive-mailbox"),
+    KEY("suppression.complaints", LIVE, K_BOOL, c_supp_complaints, "true"),
+    KEY("suppression.scope", LIVE, K_STR, c_supp_scope, "global"),
+    KEYR("suppression.expire_bounces", LIVE, K_DUR, c_supp_expire_bounces, 0, 3650 * DAY, "0"),
+    KEYR("suppression.expire_complaints", LIVE, K_DUR, c_supp_expire_complaints, 0, 3650 * DAY,
+         "0"),
 };
 
 #define NKEYS ((int)ARRAY_SIZE(keys))
@@ -286,6 +305,7 @@ static const struct {
     {"spool.path", CFG_FHS_SPOOL},
     {"control.socket", CFG_FHS_SOCKET},
     {"smtp.tls.dir", CFG_FHS_TLS_DIR},
+    {"bounces.quarantine_dir", CFG_FHS_QUARANTINE},
 };
 
 void cfg_set_layout(cfg_layout_t l)
@@ -860,6 +880,55 @@ static int finish_paths(loader_t *ld)
     return 0;
 }
 
+/* bounces { }: the VERP key is read here, so that start-up, reload and
+ * --check-config refuse a missing, unreadable, malformed or world-readable
+ * key the way they refuse a DKIM key. */
+static int finish_verp(loader_t *ld)
+{
+    cfg_t *c = ld->l_cfg;
+#define LINE(f) ld_line(ld, f)
+    if (c->c_verp_key_file[0] != '\0') {
+        const char *f = c->c_verp_key_file;
+        struct stat st;
+        char why[256], buf[256];
+        const char *bad;
+        FILE *fp = fopen(f, "re");
+        if (fp == NULL || fstat(fileno(fp), &st) != 0) {
+            ld_error(ld, LINE("bounces.verp_key_file"), "bounces.verp_key_file: \"%s\": %s", f,
+                     strerror(errno));
+            if (fp)
+                fclose(fp);
+            return SL_ECONFIG;
+        }
+        size_t n = fread(buf, 1, sizeof(buf), fp);
+        fclose(fp);
+        if ((bad = cfg_key_mode_problem(c, &st, why, sizeof(why))) != NULL) {
+            ld_error(ld, LINE("bounces.verp_key_file"), "bounces.verp_key_file: \"%s\" %s", f, bad);
+            return SL_ECONFIG;
+        }
+        if (verp_key_parse((const uint8_t *)buf, n, c->c_verp_key) != 0) {
+            ld_error(ld, LINE("bounces.verp_key_file"),
+                     "bounces.verp_key_file: \"%s\" must hold 32 random bytes, raw or as 64 hex "
+                     "digits (openssl rand -hex 32)",
+                     f);
+            return SL_ECONFIG;
+        }
+        c->c_verp_key_loaded = true;
+    }
+    if (c->c_bounce_inbound && c->c_bounce_domain[0] == '\0') {
+        ld_error(ld, LINE("bounces.inbound"), "bounces.inbound needs bounces.domain");
+        return SL_ECONFIG;
+    }
+    if (c->c_verp && (c->c_bounce_domain[0] == '\0' || !c->c_verp_key_loaded)) {
+        ld_error(ld, LINE("bounces.verp"),
+                 "bounces.verp needs bounces.domain and "
+                 "bounces.verp_key_file");
+        return SL_ECONFIG;
+    }
+#undef LINE
+    return 0;
+}
+
 /* Checks that involve several keys or the file system. */
 static int finish(loader_t *ld, int file_mode)
 {
@@ -944,6 +1013,20 @@ static int finish(loader_t *ld, int file_mode)
     }
     if (ld_finish_dkim(ld) < 0)
         return SL_ECONFIG;
+    if (finish_verp(ld) < 0)
+        return SL_ECONFIG;
+    if (strcmp(c->c_supp_action, "reject") != 0 && strcmp(c->c_supp_action, "drop") != 0) {
+        ld_error(ld, LINE("suppression.action"),
+                 "suppression.action: expected \"reject\" or \"drop\", got \"%.40s\"",
+                 c->c_supp_action);
+        return SL_ECONFIG;
+    }
+    if (strcmp(c->c_supp_scope, "global") != 0 && strcmp(c->c_supp_scope, "auth_user") != 0) {
+        ld_error(ld, LINE("suppression.scope"),
+                 "suppression.scope: expected \"global\" or \"auth_user\", got \"%.40s\"",
+                 c->c_supp_scope);
+        return SL_ECONFIG;
+    }
 #undef LINE
     return 0;
 }

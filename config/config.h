@@ -231,6 +231,25 @@ typedef struct cfg {
     /* events { webhooks { NAME { ... } } } (config/webhooks.c, docs/events.md) */
     int c_nwebhooks;
     cfg_webhook_t *c_webhooks; /* owned array of c_nwebhooks */
+    /* bounces { } : VERP return paths (core/base/verp.c) */
+    bool c_verp;                      /* verp = false: MAIL FROM:<bounces+TOKEN@domain> */
+    char *c_bounce_domain;            /* domain = "": the bounce domain */
+    char *c_verp_key_file;            /* verp_key_file = "": 32 random bytes (or 64 hex) */
+    uint64_t c_verp_max_age;          /* verp_max_age = 30d: a token is good this long */
+    uint8_t c_verp_key[VERP_KEY_LEN]; /* read from verp_key_file at load */
+    bool c_verp_key_loaded;
+    bool c_bounce_inbound;       /* inbound = false: accept reports for the bounce domain */
+    char *c_bounce_quarantine;   /* quarantine_dir = "./var/quarantine" */
+    int c_bounce_quarantine_max; /* quarantine_max = 1000 files */
+
+    /* suppression { } : the suppression list (queue/suppress.c) */
+    bool c_supp_enabled;            /* enabled = false: enforce at RCPT, feed from bounces */
+    char *c_supp_action;            /* action = "reject" (550 5.7.1) | "drop" (250, no delivery) */
+    char **c_supp_categories;       /* categories = bad-mailbox, bad-domain, inactive-mailbox */
+    bool c_supp_complaints;         /* complaints = true: every ARF complaint suppresses */
+    char *c_supp_scope;             /* scope = "global" | "auth_user" */
+    uint64_t c_supp_expire_bounces; /* expire_bounces = 0 (seconds, 0 = never) */
+    uint64_t c_supp_expire_complaints; /* expire_complaints = 0 */
 
     /* Objects other modules build from this snapshot (config cannot include
      * them): see cfg_ext_set(). */
@@ -266,7 +285,8 @@ const char *cfg_default_text(void);
  * CFG_LAYOUT_FHS: the paths of an installed sluiced (the binaries that
  * `cmake --install` and the Debian package install); `sluiced` with no -c
  * reads CFG_FHS_CONFIG. The layout changes the defaults of spool.path,
- * log.accounting_dir, control.socket and smtp.tls.dir, and the default
+ * log.accounting_dir, control.socket, smtp.tls.dir and
+ * bounces.quarantine_dir, and the default
  * text; sluicectl (which does not link config/) takes its socket from
  * the same macros. The systemd unit, the logrotate file and the package's
  * scripts (config/systemd, config/logrotate, config/debian) name the same
@@ -279,6 +299,7 @@ typedef enum { CFG_LAYOUT_BUILD = 0, CFG_LAYOUT_FHS } cfg_layout_t;
 #define CFG_FHS_LOG_DIR "/var/log/sluice"
 #define CFG_FHS_SOCKET "/run/sluice/sluiced.sock"
 #define CFG_FHS_TLS_DIR "/var/lib/sluice/tls"
+#define CFG_FHS_QUARANTINE "/var/lib/sluice/quarantine"
 #define CFG_FHS_USER "sluice" /* the system user the package creates */
 /* Choose the layout of every later load (default CFG_LAYOUT_BUILD). Main
  * thread, once, before any load and before any other thread runs. */

@@ -8,6 +8,8 @@
  */
 #include "config/config_int.h"
 
+#include <openssl/crypto.h>
+
 #include <pthread.h>
 #include <stdlib.h>
 
@@ -55,6 +57,13 @@ void cfg_free(cfg_t *c)
     cfg_strv_free(c->c_dkim_headers);
     cfg_strv_free(c->c_acct_headers);
     cfg_strv_free(c->c_dkim_oversign);
+    free(c->c_supp_action);
+    free(c->c_bounce_domain);
+    free(c->c_verp_key_file);
+    free(c->c_bounce_quarantine);
+    OPENSSL_cleanse(c->c_verp_key, sizeof(c->c_verp_key));
+    free(c->c_supp_scope);
+    cfg_strv_free(c->c_supp_categories);
     for (int i = 0; i < c->c_dkim_nkeys; i++) {
         free(c->c_dkim_keys[i].dk_domain);
         free(c->c_dkim_keys[i].dk_selector);

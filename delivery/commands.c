@@ -65,10 +65,10 @@ void dlv_ehlo_parse(const buf_t *t, dlv_ehlo_t *x)
     }
 }
 
-void dlv_cmd_mail(buf_t *b, const queue_dispatch_t *qd, const dlv_ehlo_t *x, bool body_8bit,
-                  size_t size)
+void dlv_cmd_mail(buf_t *b, const queue_dispatch_t *qd, const char *from, const dlv_ehlo_t *x,
+                  bool body_8bit, size_t size)
 {
-    buf_printf(b, "MAIL FROM:<%s>", qd->qd_sender);
+    buf_printf(b, "MAIL FROM:<%s>", from ? from : qd->qd_sender);
     /* what is sent is 8-bit, declared or not (a 7-bit copy was made for a
      * server without 8BITMIME) */
     if ((qd->qd_flags & Q_F_8BITMIME || body_8bit) && x->x_8bitmime)

@@ -360,10 +360,11 @@ typedef struct dlv_ehlo {
  * joined by "\n") into *x. Any thread. */
 void dlv_ehlo_parse(const buf_t *text, dlv_ehlo_t *x);
 /* Append "MAIL FROM:<...> [BODY=8BITMIME] [SMTPUTF8] [SIZE=n] [RET=] [ENVID=]"
- * CRLF for qd to a server offering x (body_8bit: what is sent has 8-bit
- * bytes; size: what is sent, RFC 1870). Any thread. */
-void dlv_cmd_mail(buf_t *b, const queue_dispatch_t *qd, const dlv_ehlo_t *x, bool body_8bit,
-                  size_t size);
+ * CRLF for qd to a server offering x (from: the VERP return path, or NULL
+ * for qd's sender; body_8bit: what is sent has 8-bit bytes; size: what is
+ * sent, RFC 1870). Any thread. */
+void dlv_cmd_mail(buf_t *b, const queue_dispatch_t *qd, const char *from, const dlv_ehlo_t *x,
+                  bool body_8bit, size_t size);
 /* Append "RCPT TO:<...> [NOTIFY=] [ORCPT=]" CRLF (DSN parameters only to a
  * server offering DSN). Any thread. */
 void dlv_cmd_rcpt(buf_t *b, const queue_rcpt_out_t *r, const dlv_ehlo_t *x);

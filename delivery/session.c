@@ -1343,6 +1343,11 @@ static void session_start_txn(dlv_session_t *s)
         max = 100;
     if (s->s_rcpt_cap > 0 && s->s_rcpt_cap < max)
         max = s->s_rcpt_cap;
+    /* VERP (bounces.verp): the return path names one recipient, so one
+     * recipient per transaction; never for a DSN (its sender is <>) */
+    bool verp = cfg->c_verp && cfg->c_verp_key_loaded && qd->qd_sender[0] != '\0';
+    if (verp)
+        max = 1;
     s->s_n = 0;
     for (int i = s->s_pend; i < qd->qd_nrcpt && s->s_n < max; i++)
         if (s->s_res[i].rr_state == RR_PENDING)
@@ -1355,7 +1360,11 @@ static void session_start_txn(dlv_session_t *s)
     s->s_pipelined = s->s_x.x_pipelining;
     buf_t b;
     buf_init(&b, 256 + (size_t)(s->s_pipelined ? s->s_n : 1) * 80);
-    dlv_cmd_mail(&b, qd, &s->s_x, s->s_m.m_8bit, dlv_msg_size(&s->s_m));
+    char from[400];
+    if (verp && verp_address(cfg->c_verp_key, qd->qd_msgid, qd->qd_rcpts[s->s_txn[0]].qo_idx,
+                             clock_now_s(), cfg->c_bounce_domain, from, sizeof(from)) == 0)
+        verp = false; /* a domain too long for it: the sender as it is */
+    dlv_cmd_mail(&b, qd, verp ? from : NULL, &s->s_x, s->s_m.m_8bit, dlv_msg_size(&s->s_m));
     if (s->s_pipelined) { /* RFC 2920: MAIL, RCPTs, DATA in one go */
         for (int k = 0; k < s->s_n; k++)
             dlv_cmd_rcpt(&b, &qd->qd_rcpts[s->s_txn[k]], &s->s_x);

@@ -425,6 +425,9 @@ static int outcome_apply(queue_t *q, MDB_txn *txn, queue_outcome_t *o, uint64_t 
     mr.mr_body = NULL;
     if ((rc = outcome_write(q, txn, cx, o, &rr, f.f_next)) != 0)
         return rc;
+    if (o->qo_result == Q_OUT_BOUNCED && !o->qo_admin && !f.f_expired &&
+        (rc = q_supp_on_bounce(q, txn, o->qo_msgid, o->qo_idx, &mr, &rr, f.f_category)) != 0)
+        return rc; /* the suppression list (suppress.c) */
     acct_outcome(&cx->acct, f.f_type, now_us, o->qo_msgid, &mr, &rr, dom, o, f.f_status,
                  f.f_category, f.f_next);
     /* the histogram in microseconds: message ids are the reception time in

@@ -52,6 +52,49 @@ static void queue_take_config(queue_t *q);
 
 /* ------------------------------------------------------------ open / close */
 
+/* The LMDB environment of the spool at path: the map at least the data
+ * file's size and at most spool.max_size, the sync flags of spool.sync.
+ * 0, or -1 with err set. Main thread, from queue_open. */
+static int q_env_open(queue_t *q, const cfg_t *cfg, const char *path, uint64_t max, char *err,
+                      size_t errlen)
+{
+    int rc;
+    uint64_t map = cfg->c_spool_map_size;
+    if (max > 0 && map > max)
+        map = max;
+    char data[1100];
+    struct stat st;
+    snprintf(data, sizeof(data), "%s/data.mdb", path);
+    if (stat(data, &st) == 0 && (uint64_t)st.st_size > map)
+        map = (uint64_t)st.st_size;
+
+    if ((rc = mdb_env_create(&q->q_env)) != 0 || (rc = mdb_env_set_maxdbs(q->q_env, 16)) != 0 ||
+        (rc = mdb_env_set_mapsize(q->q_env, map)) != 0) {
+        snprintf(err, errlen, "spool %s: %s", path, mdb_strerror(rc));
+        return -1;
+    }
+    unsigned flags = MDB_NORDAHEAD | MDB_NOTLS;
+    if (cfg->c_spool_sync == CFG_SYNC_NONE)
+        flags |= MDB_NOSYNC | MDB_NOMETASYNC; /* unsafe: for comparison runs only */
+    else
+        flags |= MDB_NOMETASYNC; /* durable all the same: a 250 waits for the next data
+                                    sync, which covers the meta page (queue_acks_release) */
+    rc = mdb_env_open(q->q_env, path, flags, 0600);
+    if (rc != 0) {
+        snprintf(err, errlen, "spool %s: %s", path, rc > 0 ? strerror(rc) : mdb_strerror(rc));
+        mdb_env_close(q->q_env);
+        q->q_env = NULL;
+        return -1;
+    }
+    MDB_envinfo info;
+    MDB_stat mst;
+    mdb_env_info(q->q_env, &info);
+    mdb_env_stat(q->q_env, &mst);
+    q->q_map_size = info.me_mapsize;
+    q->q_psize = mst.ms_psize;
+    return 0;
+}
+
 int queue_open(cfg_t *cfg, queue_t **out, char *err, size_t errlen)
 {
     SL_ASSERT_MAIN_THREAD();
@@ -62,6 +105,11 @@ int queue_open(cfg_t *cfg, queue_t **out, char *err, size_t errlen)
 
     q->q_cfg = cfg_ref(cfg);
     pthread_mutex_init(&q->q_cfg_lock, NULL);
+    pthread_rwlockattr_t rwa; /* a waiting map growth must not starve behind lookups */
+    pthread_rwlockattr_init(&rwa);
+    pthread_rwlockattr_setkind_np(&rwa, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&q->q_map_lock, &rwa);
+    pthread_rwlockattr_destroy(&rwa);
     atomic_store(&q->q_high_water, cfg->c_spool_high_water);
     snprintf(q->q_path, sizeof(q->q_path), "%s", path);
     buf_init(&q->q_scratch, 4096);
@@ -80,45 +128,15 @@ int queue_open(cfg_t *cfg, queue_t **out, char *err, size_t errlen)
         goto fail;
     }
     uint64_t max = cfg->c_spool_max_size;
-    uint64_t map = cfg->c_spool_map_size;
-    if (max > 0 && map > max)
-        map = max;
-    char data[1100];
-    struct stat st;
-    snprintf(data, sizeof(data), "%s/data.mdb", path);
-    if (stat(data, &st) == 0 && (uint64_t)st.st_size > map)
-        map = (uint64_t)st.st_size;
-
-    if ((rc = mdb_env_create(&q->q_env)) != 0 || (rc = mdb_env_set_maxdbs(q->q_env, 16)) != 0 ||
-        (rc = mdb_env_set_mapsize(q->q_env, map)) != 0) {
-        snprintf(err, errlen, "spool %s: %s", path, mdb_strerror(rc));
+    if (q_env_open(q, cfg, path, max, err, errlen) != 0)
         goto fail;
-    }
-    unsigned flags = MDB_NORDAHEAD | MDB_NOTLS;
-    if (cfg->c_spool_sync == CFG_SYNC_NONE)
-        flags |= MDB_NOSYNC | MDB_NOMETASYNC; /* unsafe: for comparison runs only */
-    else
-        flags |= MDB_NOMETASYNC; /* durable all the same: a 250 waits for the next data
-                                    sync, which covers the meta page (queue_acks_release) */
-    rc = mdb_env_open(q->q_env, path, flags, 0600);
-    if (rc != 0) {
-        snprintf(err, errlen, "spool %s: %s", path, rc > 0 ? strerror(rc) : mdb_strerror(rc));
-        mdb_env_close(q->q_env);
-        q->q_env = NULL;
-        goto fail;
-    }
-    MDB_envinfo info;
-    MDB_stat mst;
-    mdb_env_info(q->q_env, &info);
-    mdb_env_stat(q->q_env, &mst);
-    q->q_map_size = info.me_mapsize;
-    q->q_psize = mst.ms_psize;
 
     if ((rc = mdb_txn_begin(q->q_env, NULL, 0, &txn)) != 0 ||
         (rc = mdb_dbi_open(txn, "msg", MDB_CREATE, &q->q_dbi_msg)) != 0 ||
         (rc = mdb_dbi_open(txn, "rcpt", MDB_CREATE, &q->q_dbi_rcpt)) != 0 ||
         (rc = mdb_dbi_open(txn, "due", MDB_CREATE, &q->q_dbi_due)) != 0 ||
-        (rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &q->q_dbi_meta)) != 0) {
+        (rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &q->q_dbi_meta)) != 0 ||
+        (rc = q_supp_open(q, txn)) != 0) {
         snprintf(err, errlen, "spool %s: %s", path, mdb_strerror(rc));
         goto fail;
     }
@@ -303,6 +321,7 @@ void queue_free(queue_t *q)
     q_sched_free(q);
     q_outcomes_free(q);
     q_events_free(q);
+    q_supp_free(q);
     buf_free(&q->q_scratch);
     buf_free(&q->q_scratch2);
     buf_free(&q->q_scratch_hdr);
@@ -311,6 +330,7 @@ void queue_free(queue_t *q)
     if (q->q_cfg_next)
         cfg_unref(q->q_cfg_next);
     pthread_mutex_destroy(&q->q_cfg_lock);
+    pthread_rwlock_destroy(&q->q_map_lock);
     free(q);
 }
 
@@ -351,6 +371,29 @@ void queue_request(queue_t *q, queue_req_t *r)
         r->qq_result = NULL;
         snprintf(r->qq_error, sizeof(r->qq_error), "queue is stopping");
         chan_push(r->qq_reply, &r->qq_node);
+        return;
+    }
+    chan_push(q->q_ch_req, &r->qq_node);
+    queue_leave(q);
+}
+
+void queue_supp_report(queue_t *q, const char *addr, const char *scope, const char *reason,
+                       const char *source)
+{
+    queue_req_t *r = xcalloc(1, sizeof(*r));
+    queue_supp_req_t *sr = xcalloc(1, sizeof(*sr));
+    r->qq_type = QREQ_SUPPRESS; /* no qq_reply: suppress.c frees it */
+    r->qq_supp = sr;
+    sr->sr_op = QSUPP_REPORT;
+    sr->sr_addrs = xcalloc(1, sizeof(char *));
+    sr->sr_addrs[0] = xstrdup(addr);
+    sr->sr_naddrs = 1;
+    sr->sr_scope = scope && scope[0] ? xstrdup(scope) : NULL;
+    sr->sr_reason = xstrdup(reason);
+    sr->sr_source = source ? xstrdup(source) : NULL;
+    if (!queue_enter(q)) {
+        queue_supp_req_free(sr);
+        free(r);
         return;
     }
     chan_push(q->q_ch_req, &r->qq_node);
@@ -785,6 +828,8 @@ static void queue_req_cb(chan_t *ch, chan_node_t *first, void *arg)
         if (r->qq_type == QREQ_ROTATE) { /* `sluicectl log-rotate` (acct.c) */
             q_acct_rotate_req(((queue_t *)arg)->q_acct, r);
             chan_push(r->qq_reply, &r->qq_node);
+        } else if (r->qq_type == QREQ_SUPPRESS) { /* suppress.c answers (or frees) */
+            q_supp_request(arg, r);
         } else if (!q_admin_request(arg, r)) { /* operator requests answer themselves */
             queue_req_do(arg, r);
             chan_push(r->qq_reply, &r->qq_node);

@@ -156,25 +156,29 @@ typedef enum {
     /* Operator requests (queue/admin.c, docs/operations.md). The long ones
      * (QUEUES, RETRY, BOUNCE) run in bounded chunks between the queue
      * thread's other work and answer when done. */
-    QREQ_QUEUES,  /* per-domain summary, top qq_limit (0 = 20) by queued recipients:
-                     {"domains":[{domain, queued, in_flight, deferred, oldest, next_attempt,
-                     last_code, last_status, last_text, suspended}], "total_domains",
-                     "total_recipients"}; with qq_domain: {"domain":{...}} for that one */
-    QREQ_SUSPEND, /* hold delivery for qq_domain, qq_job or qq_all until qq_until (unix s,
-                     0 = until resumed); persisted in the meta db: {"holds":[...]} */
-    QREQ_RESUME,  /* drop the hold on qq_domain / qq_job / qq_all: {"resumed":N, "holds":[...]} */
-    QREQ_HOLDS,   /* the holds in force: {"holds":[{"type", "name", "provider", "by",
-                     "until", "persistent"}]} (core/server/commands.c adds the
-                     shaping ones) */
-    QREQ_RETRY,   /* deferred recipients of qq_domain (or all) due now: {"rescheduled":N} */
-    QREQ_BOUNCE,  /* remove and bounce (accounting "admin_bounce", DSN as for a bounce) the
-                     recipients matching qq_domain, qq_job, qq_sender and qq_older_than
-                     (all that are given; none = every recipient):
-                     {"bounced":N, "skipped_in_flight":N} */
-    QREQ_ROTATE,  /* rotate the accounting log (`sluicectl log-rotate`): our own rename,
-                     or a reopen when the file was moved away: {"accounting": what
-                     happened}, or qq_error when it failed */
+    QREQ_QUEUES,   /* per-domain summary, top qq_limit (0 = 20) by queued recipients:
+                      {"domains":[{domain, queued, in_flight, deferred, oldest, next_attempt,
+                      last_code, last_status, last_text, suspended}], "total_domains",
+                      "total_recipients"}; with qq_domain: {"domain":{...}} for that one */
+    QREQ_SUSPEND,  /* hold delivery for qq_domain, qq_job or qq_all until qq_until (unix s,
+                      0 = until resumed); persisted in the meta db: {"holds":[...]} */
+    QREQ_RESUME,   /* drop the hold on qq_domain / qq_job / qq_all: {"resumed":N, "holds":[...]} */
+    QREQ_HOLDS,    /* the holds in force: {"holds":[{"type", "name", "provider", "by",
+                      "until", "persistent"}]} (core/server/commands.c adds the
+                      shaping ones) */
+    QREQ_RETRY,    /* deferred recipients of qq_domain (or all) due now: {"rescheduled":N} */
+    QREQ_BOUNCE,   /* remove and bounce (accounting "admin_bounce", DSN as for a bounce) the
+                      recipients matching qq_domain, qq_job, qq_sender and qq_older_than
+                      (all that are given; none = every recipient):
+                      {"bounced":N, "skipped_in_flight":N} */
+    QREQ_ROTATE,   /* rotate the accounting log (`sluicectl log-rotate`): our own rename,
+                      or a reopen when the file was moved away: {"accounting": what
+                      happened}, or qq_error when it failed */
+    QREQ_SUPPRESS, /* the suppression list (queue/suppress.c): qq_supp says what;
+                      answers in docs/records.md ("suppress") */
 } queue_req_type_t;
+
+struct queue_supp_req; /* below, with the suppression list */
 
 typedef struct queue_req {
     chan_node_t qq_node;
@@ -186,12 +190,13 @@ typedef struct queue_req {
     chan_t *qq_reply;
     void *qq_ctx;
     /* operator requests (QREQ_QUEUES and after); strings owned by the requester */
-    char *qq_domain;        /* lower-case domain or NULL */
-    char *qq_job;           /* job id or NULL */
-    char *qq_sender;        /* envelope sender or NULL ("" = the null sender) */
-    uint64_t qq_older_than; /* BOUNCE: arrived at least this many seconds ago (0 = any) */
-    uint64_t qq_until;      /* SUSPEND: unix s, 0 = until resumed */
-    bool qq_all;            /* SUSPEND/RESUME/RETRY: everything */
+    char *qq_domain;                /* lower-case domain or NULL */
+    char *qq_job;                   /* job id or NULL */
+    char *qq_sender;                /* envelope sender or NULL ("" = the null sender) */
+    uint64_t qq_older_than;         /* BOUNCE: arrived at least this many seconds ago (0 = any) */
+    uint64_t qq_until;              /* SUSPEND: unix s, 0 = until resumed */
+    bool qq_all;                    /* SUSPEND/RESUME/RETRY: everything */
+    struct queue_supp_req *qq_supp; /* SUPPRESS: owned by the requester (queue_supp_req_free) */
 } queue_req_t;
 
 void queue_request(queue_t *q, queue_req_t *r);
@@ -313,5 +318,79 @@ struct json_object *queue_events_json(queue_t *q);
 /* `sluicectl events unpark NAME`: send the parked batches of webhook name
  * again; how many there are in *nparked. 0 or SL_ENOTFOUND. Any thread. */
 int queue_events_unpark(queue_t *q, const char *name, int *nparked);
+/* ------------------------------------------------------------------------
+ * The suppression list (queue/suppress.c, docs/bounces-in.md): addresses
+ * that must not get mail, in the spool's `suppress` sub-database, keyed by
+ * (normalized address, scope). Scope "" is global; another scope is a
+ * tenant (the AUTH user). The queue thread is the only writer (bounces,
+ * complaints, the operator's requests); any thread may look up.
+ */
+#define QUEUE_SUPP_ADDR_MAX 320  /* normalized address, bytes */
+#define QUEUE_SUPP_SCOPE_MAX 128 /* scope, bytes */
+#define QUEUE_SUPP_REASON_MAX 32 /* reason: [a-z0-9-], e.g. "bad-mailbox", "complaint" */
+
+typedef struct queue_supp_entry {
+    char se_addr[QUEUE_SUPP_ADDR_MAX + 1];
+    char se_scope[QUEUE_SUPP_SCOPE_MAX + 1];   /* "" = global */
+    char se_reason[QUEUE_SUPP_REASON_MAX + 1]; /* category, "complaint", "operator", "import" */
+    char se_source[129];                       /* what put it there ("msgid/idx"), or "" */
+    uint64_t se_time;                          /* unix s */
+    uint64_t se_expires;                       /* unix s, 0 = never */
+} queue_supp_entry_t;
+
+/* addr normalized as the list keys it: lower-cased (domain and local
+ * part), a trailing dot of the domain dropped. 0, or SL_EPARSE (no '@',
+ * empty local part or domain, a control character or space, too long).
+ * Any thread. */
+int queue_supp_normalize(const queue_t *q, const char *addr, char *out, size_t outlen);
+/* Is addr suppressed (an entry in force) for scope - the global list, and
+ * that scope's when scope is neither NULL nor ""? One LMDB read
+ * transaction, no lock but a shared one against map growth: a few
+ * microseconds. Counts a hit when true. Any thread, between queue_open
+ * and queue_free. (core/server's RCPT check and the injection API use it.) */
+bool queue_suppressed(queue_t *q, const char *addr, const char *scope);
+/* The same with the entry that matched (the scoped one first) in *out:
+ * 1 found, 0 not, or SL_ESPOOL. Any thread. */
+int queue_supp_lookup(queue_t *q, const char *addr, const char *scope, queue_supp_entry_t *out);
+/* Entries in the list (read at open and after each write) and hits since
+ * start. Any thread. */
+void queue_supp_stats(const queue_t *q, uint64_t *entries, uint64_t *hits);
+/* Feed the list from an asynchronous report (a DSN or an ARF complaint
+ * that came back, core/server/inbound.c): the queue thread adds addr when
+ * reason is one the operator chose (suppression.categories, "complaint"
+ * with suppression.complaints). Copied; dropped when the queue is
+ * stopping. Any thread. */
+void queue_supp_report(queue_t *q, const char *addr, const char *scope, const char *reason,
+                       const char *source);
+
+typedef enum {
+    QSUPP_ADD = 1, /* sr_addrs with sr_scope, sr_reason, sr_expires: {"added":N} */
+    QSUPP_REMOVE,  /* sr_addrs from sr_scope (NULL: every scope): {"removed":N} */
+    QSUPP_CHECK,   /* sr_addrs[0], every scope: {"address", "suppressed", "entries":[..]} */
+    QSUPP_LIST,    /* up to sr_limit after sr_after, sr_scope/sr_reason filters:
+                      {"entries":[..], "next": cursor or null, "total": N} */
+    QSUPP_IMPORT,  /* CSV sr_file from byte sr_offset, at most sr_limit lines, committed per
+                      10,000: {"imported":N, "skipped":N, "offset":N, "done":bool,
+                      "errors":[..]} */
+    QSUPP_REPORT,  /* an asynchronous report (no answer, qq_reply NULL): sr_addrs[0],
+                      sr_scope, sr_reason, sr_source, added when the reason is one the
+                      operator chose (suppression.categories, .complaints) */
+} queue_supp_op_t;
+
+typedef struct queue_supp_req {
+    queue_supp_op_t sr_op;
+    char **sr_addrs; /* owned */
+    int sr_naddrs;
+    char *sr_scope;  /* owned or NULL */
+    char *sr_reason; /* owned or NULL */
+    uint64_t sr_expires;
+    char *sr_after; /* owned or NULL: LIST's cursor (the "next" of the last page) */
+    size_t sr_limit;
+    char *sr_file;   /* owned: IMPORT */
+    char *sr_source; /* owned or NULL: REPORT */
+    uint64_t sr_offset;
+} queue_supp_req_t;
+
+void queue_supp_req_free(queue_supp_req_t *r);
 
 #endif /* SLUICE_QUEUE_H */

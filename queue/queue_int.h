@@ -176,8 +176,12 @@ struct queue {
     cfg_t *q_cfg;
     MDB_env *q_env;
     MDB_dbi q_dbi_msg, q_dbi_rcpt, q_dbi_due, q_dbi_meta;
-    struct q_admin *q_admin; /* operator requests in progress (admin.c), queue thread */
-    struct q_holds *q_holds; /* delivery holds (holds.c), queue thread */
+    struct q_admin *q_admin;     /* operator requests in progress (admin.c), queue thread */
+    struct q_holds *q_holds;     /* delivery holds (holds.c), queue thread */
+    struct q_supp *q_supp;       /* the suppression list (suppress.c) */
+    pthread_rwlock_t q_map_lock; /* readers of other threads (suppression lookups) hold it
+                                    shared; q_map_grow exclusive: mdb_env_set_mapsize wants
+                                    no transaction open in the process */
     uint64_t q_map_size;
     unsigned q_psize;
     char q_path[1024];
@@ -425,5 +429,21 @@ bool q_admin_request(queue_t *q, queue_req_t *r);
  * "queue is stopping", close admin.c's handle and free its state. Called
  * after the request channel has been drained. Queue thread. */
 void q_admin_stop(queue_t *q);
+
+/* ------------------------------------------------------------ suppression list (suppress.c) */
+
+/* Open (create) the `suppress` sub-database inside queue_open's txn. 0 or
+ * an LMDB error. Main thread. */
+int q_supp_open(queue_t *q, MDB_txn *txn);
+/* After the environment is closed. Main thread. */
+void q_supp_free(queue_t *q);
+/* A synchronous bounce applied in txn: add the recipient when its category
+ * is one of suppression.categories (scope by suppression.scope). 0 or an
+ * LMDB error. Queue thread. */
+int q_supp_on_bounce(queue_t *q, MDB_txn *txn, uint64_t msgid, uint32_t idx, const q_msg_rec_t *mr,
+                     const q_rcpt_rec_t *rr, const char *category);
+/* QREQ_SUPPRESS: answers r and pushes it back onto qq_reply (or frees it
+ * when there is none: queue_supp_report's). Queue thread. */
+void q_supp_request(queue_t *q, queue_req_t *r);
 
 #endif /* SLUICE_QUEUE_INT_H */

@@ -465,7 +465,9 @@ int q_map_grow(queue_t *q)
         return SL_EFULL;
     }
     munmap(probe, want);
+    pthread_rwlock_wrlock(&q->q_map_lock); /* no lookup of another thread in the old map */
     int rc = mdb_env_set_mapsize(q->q_env, want);
+    pthread_rwlock_unlock(&q->q_map_lock);
     if (rc != 0) {
         /* Another thread took the address space between the probe and
          * LMDB's mmap: the environment has no map now and cannot be

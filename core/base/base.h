@@ -543,4 +543,47 @@ http_request_t *http_get(http_client_t *c, const http_get_opts_t *o, http_done_c
 /* Stop a request in flight: its callback never runs. NULL allowed. */
 void http_request_cancel(http_request_t *r);
 
+/* ------------------------------------------------------------------------
+ * VERP tokens (core/base/verp.c, docs/bounces-in.md): the return path
+ * bounces+TOKEN@<bounce domain> names the message and the recipient a
+ * bounce is about. TOKEN = base32 (RFC 4648 alphabet, lower case, no
+ * padding) of message id (8 bytes), recipient index (4), day number since
+ * the epoch (2), and the first 10 bytes of HMAC-SHA256(key, those 14
+ * bytes): 39 characters. Without the key nobody can make a token that
+ * verifies (so a forged bounce cannot suppress someone else's address).
+ * Pure functions, any thread.
+ */
+#define VERP_KEY_LEN 32
+#define VERP_TOKEN_LEN 39
+#define VERP_LOCAL_PREFIX "bounces+"
+
+typedef enum {
+    VERP_OK = 0,
+    VERP_MALFORMED = -1, /* not a token: wrong length or alphabet */
+    VERP_FORGED = -2,    /* the MAC does not verify */
+    VERP_EXPIRED = -3,   /* older than max_age (or from the future) */
+} verp_status_t;
+
+/* The token of (msgid, idx) made at now_s into dst (VERP_TOKEN_LEN + 1
+ * bytes, NUL-terminated). */
+void verp_token_make(const uint8_t key[VERP_KEY_LEN], uint64_t msgid, uint32_t idx, uint64_t now_s,
+                     char *dst);
+/* Verify tok[0..len) (case-insensitive) in constant time against key;
+ * valid for max_age_s seconds (day granularity; 0 = forever). On VERP_OK
+ * *msgid, *idx and *made_s (the day's start) are set. */
+verp_status_t verp_token_check(const uint8_t key[VERP_KEY_LEN], const char *tok, size_t len,
+                               uint64_t now_s, uint64_t max_age_s, uint64_t *msgid, uint32_t *idx,
+                               uint64_t *made_s);
+/* The VERP address of (msgid, idx) in domain into dst (dlen bytes);
+ * returns its length, 0 when it does not fit. */
+size_t verp_address(const uint8_t key[VERP_KEY_LEN], uint64_t msgid, uint32_t idx, uint64_t now_s,
+                    const char *domain, char *dst, size_t dlen);
+/* The token part of addr when it is "bounces+TOKEN@domain" (domain
+ * compared without case): 0 with *tok / *len borrowed from addr, or
+ * VERP_MALFORMED. */
+int verp_address_token(const char *addr, const char *domain, const char **tok, size_t *len);
+/* A VERP key from a file's bytes: exactly 32 raw bytes, or 64 hex digits
+ * (openssl rand -hex 32), a final newline allowed. 0 or SL_EPARSE. */
+int verp_key_parse(const uint8_t *data, size_t len, uint8_t key[VERP_KEY_LEN]);
+
 #endif /* SLUICE_BASE_H */

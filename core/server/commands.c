@@ -75,15 +75,16 @@ static const struct ctl_cmd {
     ctl_handler_fn fn;
     ctl_scope_t scope;
 } ctl_cmds[] = {
-    {"status", cmd_status, CTL_READ},       {"list", cmd_list, CTL_READ},
-    {"inspect", cmd_inspect, CTL_READ},     {"check", cmd_check, CTL_READ},
-    {"shutdown", cmd_shutdown, CTL_ADMIN},  {"log-rotate", cmd_log_rotate, CTL_ADMIN},
-    {"queues", cmd_queues, CTL_READ},       {"queue", cmd_queue, CTL_READ},
-    {"suspend", cmd_suspend, CTL_ADMIN},    {"resume", cmd_resume, CTL_ADMIN},
-    {"suspended", cmd_suspended, CTL_READ}, {"retry", cmd_retry, CTL_ADMIN},
-    {"bounce", cmd_bounce, CTL_ADMIN},      {"reload", cmd_reload, CTL_ADMIN},
-    {"metrics", cmd_metrics, CTL_READ},     {"providers", cmd_providers, CTL_READ},
-    {"events", cmd_events, CTL_ADMIN}, /* admin: "unpark" changes the stream */
+    {"status", cmd_status, CTL_READ},          {"list", cmd_list, CTL_READ},
+    {"inspect", cmd_inspect, CTL_READ},        {"check", cmd_check, CTL_READ},
+    {"shutdown", cmd_shutdown, CTL_ADMIN},     {"log-rotate", cmd_log_rotate, CTL_ADMIN},
+    {"queues", cmd_queues, CTL_READ},          {"queue", cmd_queue, CTL_READ},
+    {"suspend", cmd_suspend, CTL_ADMIN},       {"resume", cmd_resume, CTL_ADMIN},
+    {"suspended", cmd_suspended, CTL_READ},    {"retry", cmd_retry, CTL_ADMIN},
+    {"bounce", cmd_bounce, CTL_ADMIN},         {"reload", cmd_reload, CTL_ADMIN},
+    {"metrics", cmd_metrics, CTL_READ},        {"providers", cmd_providers, CTL_READ},
+    {"events", cmd_events, CTL_ADMIN},         /* admin: "unpark" changes the stream */
+    {"suppress", ctl_cmd_suppress, CTL_ADMIN}, /* admin: add, remove, import */
 };
 
 ctl_handler_fn ctl_cmd_find(const char *name)
@@ -781,5 +782,6 @@ void ctl_queue_req_free(queue_req_t *r)
     free(r->qq_domain);
     free(r->qq_job);
     free(r->qq_sender);
+    queue_supp_req_free(r->qq_supp);
     free(r);
 }

@@ -46,6 +46,11 @@ json_object *ctl_queue_answer(const control_env_t *env, queue_req_t *r);
 /* Free a queue request a handler made (its result too). NULL is fine. */
 void ctl_queue_req_free(queue_req_t *r);
 
+/* `suppress` (suppress_ctl.c): the suppression list's requests, sent to
+ * the queue thread as QREQ_SUPPRESS (docs/bounces-in.md). */
+int ctl_cmd_suppress(const ctl_ctx_t *x, json_object *req, json_object *resp, queue_req_t **qr,
+                     char *err, size_t errlen);
+
 /* Re-read the configuration (ops_int.h's control_reload, for a control
  * env). */
 int ctl_reload(const control_env_t *env, json_object *resp, char *err, size_t errlen);

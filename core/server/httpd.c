@@ -39,6 +39,7 @@
 #include "core/server/control_int.h"
 #include "core/server/inject_int.h"
 #include "core/server/smtp_int.h"
+#include "core/server/suppress_int.h"
 
 #include <h2o.h>
 #include <openssl/crypto.h>
@@ -664,6 +665,40 @@ static void msg_add_rcpt(queue_msg_in_t *m, const inj_rcpt_t *rc)
         m->qm_flags |= Q_F_SMTPUTF8;
 }
 
+/* The suppression list (docs/bounces-in.md), as SMTP's RCPT checks it:
+ * the recipients it stops leave r (whatever suppression.action says: an
+ * HTTP client gets no silent drop, it is told) and are named in *failed,
+ * with a line each in *errors (both new arrays, NULL when none). How many
+ * left. HTTP thread. */
+static int inject_suppressed(hreq_t *rq, const cfg_t *cfg, inj_req_t *r, json_object **failed,
+                             json_object **errors)
+{
+    queue_t *q = rq->rq_h->h_env.ce_queue;
+    int kept = 0, n = 0;
+    *failed = *errors = NULL;
+    for (int i = 0; i < r->ir_nrcpt; i++) {
+        queue_supp_entry_t e;
+        if (!supp_stops(q, cfg, r->ir_sender, r->ir_rcpts[i].ir_email, rq->rq_user, &e)) {
+            r->ir_rcpts[kept++] = r->ir_rcpts[i];
+            continue;
+        }
+        if (*failed == NULL) {
+            *failed = json_object_new_array();
+            *errors = json_object_new_array();
+        }
+        json_object_array_add(*failed, json_object_new_string(r->ir_rcpts[i].ir_email));
+        char *t = xasprintf("%s: recipient address suppressed (%s)", r->ir_rcpts[i].ir_email,
+                            e.se_reason);
+        json_object_array_add(*errors, json_object_new_string(t));
+        free(t);
+        log_info("http reject <%s>: suppressed reason=%s", log_esc(r->ir_rcpts[i].ir_email),
+                 e.se_reason);
+        n++;
+    }
+    r->ir_nrcpt = kept;
+    return n;
+}
+
 /* Parse, render every message (so that an error queues nothing), then
  * submit them all; the answer goes when the last is back. */
 static void inject_start(hreq_t *rq, const cfg_t *cfg, bool tls)
@@ -681,6 +716,16 @@ static void inject_start(hreq_t *rq, const cfg_t *cfg, bool tls)
     snprintf(ip, sizeof(ip), "%s", rq->rq_ip ? rq->rq_ip->ip_addr : "?");
     if (inj_parse(req->entity.base ? req->entity.base : "", req->entity.len, &lim, &r, &e) < 0) {
         send_error(req, e.ie_status, e.ie_code, e.ie_field, e.ie_message);
+        return;
+    }
+    json_object *supp_failed, *supp_errors;
+    int nsupp = inject_suppressed(rq, cfg, r, &supp_failed, &supp_errors);
+    if (nsupp > 0 && r->ir_nrcpt == 0) {
+        json_object_put(supp_failed);
+        json_object_put(supp_errors);
+        inj_req_free(r);
+        send_error(req, 422, "suppressed", "recipients",
+                   "every recipient is on the suppression list; nothing was queued");
         return;
     }
     int n = r->ir_personal ? r->ir_nrcpt : 1;
@@ -731,6 +776,8 @@ static void inject_start(hreq_t *rq, const cfg_t *cfg, bool tls)
             queue_msg_in_free(msgs[i]);
         free(msgs);
         inj_req_free(r);
+        json_object_put(supp_failed);
+        json_object_put(supp_errors);
         send_error(req, e.ie_status, e.ie_code, e.ie_field, e.ie_message);
         return;
     }
@@ -738,8 +785,9 @@ static void inject_start(hreq_t *rq, const cfg_t *cfg, bool tls)
     op->op_rq = rq;
     op->op_pending = built;
     op->op_ids = json_object_new_array();
-    op->op_failed = json_object_new_array();
-    op->op_errors = json_object_new_array();
+    op->op_failed = supp_failed ? supp_failed : json_object_new_array();
+    op->op_errors = supp_errors ? supp_errors : json_object_new_array();
+    op->op_fail_rcpts = nsupp;
     rq->rq_op = op;
     for (int i = 0; i < built; i++) {
         msgs[i]->qm_ctx = op;

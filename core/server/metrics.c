@@ -382,6 +382,12 @@ void metrics_render(const control_env_t *env, buf_t *out, bool openmetrics)
     if (env->ce_queue != NULL) {
         render_queue(&m, queue_stats(env->ce_queue));
         render_events(&m, env->ce_queue);
+        uint64_t entries, hits;
+        queue_supp_stats(env->ce_queue, &entries, &hits);
+        one(&m, "sluice_suppression_entries", "gauge",
+            "Entries in the suppression list (expired ones until overwritten).", entries);
+        one(&m, "sluice_suppression_hits_total", "counter",
+            "Recipients found on the suppression list (rejected or dropped).", hits);
     }
     if (env->ce_smtp != NULL)
         render_smtp(&m, smtp_server_stats(env->ce_smtp));

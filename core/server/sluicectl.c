@@ -27,6 +27,7 @@
  */
 #include "core/base/base.h"
 #include "config/config.h" /* the layouts' paths: macros only, nothing linked */
+#include "core/server/sluicectl_int.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -108,6 +109,11 @@ static void usage(FILE *f)
           "  providers            traffic shaping: providers, queues per virtual MTA, mode, rate\n"
           "  events [unpark NAME] the event stream's webhooks: cursor, lag, in flight, parked,\n"
           "                       last error; unpark: send NAME's parked batches again\n"
+          "  suppress add ADDR... [--scope S] [--reason R] [--expires DURATION]\n"
+          "  suppress remove ADDR... [--scope S]\n"
+          "  suppress check ADDR | list [--scope S] [--reason R] [--limit N]\n"
+          "  suppress import FILE [--scope S] [--reason R] | export [--scope S] [--reason R]\n"
+          "                       the suppression list (CSV: address,reason,time,scope)\n"
           "  raw 'JSON'           send one raw request line, print the answer\n"
           "\n"
           "options:\n"
@@ -257,6 +263,11 @@ static int talk(const char *path, const char *line, uid_t owner, buf_t *resp)
     }
     close(fd);
     return 0;
+}
+
+int sctl_talk(const char *path, const char *line, uid_t owner, buf_t *resp)
+{
+    return talk(path, line, owner, resp);
 }
 
 /* ------------------------------------------------------------ formatting */
@@ -1286,6 +1297,8 @@ int main(int argc, char **argv)
     }
 
     const char *cmd = pos[0];
+    if (strcmp(cmd, "suppress") == 0) /* several requests: sluicectl_suppress.c */
+        return sctl_suppress(sock, owner, json, limit, pos + 1, npos - 1);
     char *line = NULL;
     int rc = build_request(pos, npos, limit, &line);
     if (rc != 0)

@@ -51,6 +51,8 @@
  */
 #include "core/server/server_int.h"
 #include "core/server/smtp_int.h"
+#include "core/server/inbound_int.h"
+#include "core/server/suppress_int.h"
 
 #include <errno.h>
 #include <netinet/tcp.h>
@@ -165,7 +167,9 @@ typedef struct sess {
     bool se_bare_cr;
     uint64_t se_data_bytes;
     char *se_job;
-    size_t se_mem; /* bytes charged to the server's message memory (ss_mem_used) */
+    smtp_drops_t *se_drops; /* recipients accepted and dropped: suppressed (suppress_rcpt.c) */
+    bool se_inbound;        /* a report for the bounce domain (inbound.c): never queued */
+    size_t se_mem;          /* bytes charged to the server's message memory (ss_mem_used) */
 } sess_t;
 
 struct smtp_thread {
@@ -375,6 +379,9 @@ static void sess_txn_reset(sess_t *s)
     s->se_envid = NULL;
     free(s->se_job);
     s->se_job = NULL;
+    smtp_drops_free(s->se_drops);
+    s->se_drops = NULL;
+    s->se_inbound = false;
     s->se_flags = 0;
     s->se_size_hint = 0;
     s->se_msgid = 0;
@@ -708,6 +715,53 @@ static int parse_notify(const char *v, uint8_t *out)
     return 0;
 }
 
+/* The suppression list (suppress_rcpt.c): true when the recipient was
+ * answered here, refused (550 5.7.1) or accepted and dropped (250). */
+static bool rcpt_suppressed(sess_t *s, const char *addr)
+{
+    char reply[512];
+    switch (smtp_supp_check(s->se_thr->t_srv->s_q, s->se_cfg, s->se_sender, addr, s->se_auth_user,
+                            &s->se_drops, reply, sizeof(reply))) {
+    case SMTP_SUPP_REJECT:
+        STATS_INC(sess_stats(s), ss_rcpts_rejected);
+        sess_error(s, reply);
+        return true;
+    case SMTP_SUPP_DROP:
+        STATS_INC(sess_stats(s), ss_rcpts_accepted);
+        sess_enter_state(s, SST_RCPT);
+        sess_reply(s, "250 2.1.5 Ok");
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* A report for the bounce domain (inbound.c): 1 it is one (accepted from
+ * anyone), 0 not, -1 answered (a bad token, or mixed with other
+ * recipients: a report transaction holds reports only, so nothing in it
+ * is ever relayed). */
+static int rcpt_inbound(sess_t *s, const char *addr)
+{
+    char reply[512];
+    inbound_rcpt_t ib = inbound_rcpt_check(s->se_cfg, addr, reply, sizeof(reply));
+    if (ib == INBOUND_REFUSED) {
+        STATS_INC(sess_stats(s), ss_rcpts_rejected);
+        log_info("smtp client=%s reject RCPT <%s>: bad VERP token", s->se_ip, log_esc(addr));
+        sess_error(s, reply);
+        return -1;
+    }
+    bool is = ib == INBOUND_YES;
+    if (!is && !s->se_relay_ok && s->se_auth_user == NULL)
+        return 0; /* relaying denied, whatever came before */
+    if (s->se_nrcpt + smtp_drops_count(s->se_drops) > 0 && is != s->se_inbound) {
+        STATS_INC(sess_stats(s), ss_rcpts_rejected);
+        sess_reply(s, "452 4.5.3 Reports to the bounce domain go in a transaction of their own");
+        return -1;
+    }
+    s->se_inbound = is;
+    return is ? 1 : 0;
+}
+
 static void cmd_rcpt(sess_t *s, const smtp_cmd_t *c)
 {
     const cfg_t *cfg = s->se_cfg;
@@ -761,7 +815,10 @@ static void cmd_rcpt(sess_t *s, const smtp_cmd_t *c)
         sess_error(s, "553 5.6.7 Non-ASCII address requires SMTPUTF8");
         return;
     }
-    if (!s->se_relay_ok && s->se_auth_user == NULL) {
+    int ib = rcpt_inbound(s, addr);
+    if (ib < 0)
+        return;
+    if (ib == 0 && !s->se_relay_ok && s->se_auth_user == NULL) {
         STATS_INC(st, ss_rcpts_rejected);
         log_info("smtp client=%s reject RCPT <%s>: relaying denied", s->se_ip, log_esc(addr));
         sess_error(s, "550 5.7.1 Relaying denied");
@@ -772,6 +829,8 @@ static void cmd_rcpt(sess_t *s, const smtp_cmd_t *c)
         sess_reply(s, "452 4.5.3 Too many recipients");
         return;
     }
+    if (ib == 0 && rcpt_suppressed(s, addr))
+        return;
     if (s->se_nrcpt == s->se_rcap) {
         s->se_rcap = s->se_rcap ? s->se_rcap * 2 : 4;
         s->se_rcpts = xrealloc(s->se_rcpts, (size_t)s->se_rcap * sizeof(*s->se_rcpts));
@@ -1465,6 +1524,40 @@ static void data_lax_end(sess_t *s)
 }
 
 /* The final dot: reject, or hand the message to the queue thread. */
+/* suppression.action = drop took every recipient: the client gets its 250
+ * and nothing goes to the spool; the records say what happened. */
+static void data_all_dropped(sess_t *s)
+{
+    char id[17];
+    queue_msgid_fmt(s->se_msgid, id);
+    smtp_drops_record(s->se_thr->t_srv->s_q, s->se_drops, s->se_msgid, s->se_sender, s->se_job,
+                      s->se_ip, s->se_auth_user);
+    log_info("%s from=<%s> nrcpt=0 dropped=%d client=%s: every recipient suppressed", id,
+             log_esc(s->se_sender), smtp_drops_count(s->se_drops), s->se_ip);
+    sess_reply(s, "250 2.0.0 Ok: queued as %s", id);
+    s->se_nmsgs++;
+    s->se_nontx = 0;
+    sess_txn_reset(s);
+    mem_sync(s);
+    sess_enter_state(s, SST_READY);
+}
+
+/* A report to the bounce domain (inbound.c): recorded, never queued. */
+static void data_inbound(sess_t *s)
+{
+    char id[17];
+    queue_msgid_fmt(s->se_msgid, id);
+    inbound_msg_t m = {s->se_msgid,       s->se_rcpts[0].qr_addr, s->se_sender,
+                       s->se_body.b_data, s->se_body.b_len,       s->se_ip};
+    const char *what = inbound_process(s->se_thr->t_srv->s_q, s->se_cfg, &m);
+    sess_reply(s, "250 2.0.0 Ok: report %s (%s)", id, what);
+    s->se_nmsgs++;
+    s->se_nontx = 0;
+    sess_txn_reset(s);
+    mem_sync(s);
+    sess_enter_state(s, SST_READY);
+}
+
 static void data_done(sess_t *s)
 {
     smtp_thread_t *t = s->se_thr;
@@ -1493,6 +1586,14 @@ static void data_done(sess_t *s)
     if (s->se_no_mem) {
         STATS_INC(sess_stats(s), ss_mem_refused);
         data_reject(s, "452 4.3.1 Insufficient system storage", "no memory for the body");
+        return;
+    }
+    if (s->se_nrcpt == 0) { /* every recipient suppressed and dropped */
+        data_all_dropped(s);
+        return;
+    }
+    if (s->se_inbound) { /* a report: read here, never queued */
+        data_inbound(s);
         return;
     }
     mem_sync(s); /* the charge stays with the session until the queue answers */
@@ -1538,6 +1639,8 @@ static void queue_reply_cb(chan_t *ch, chan_node_t *first, void *arg)
         char id[17];
         queue_msgid_fmt(m->qm_id, id);
         if (m->qm_status == 0) {
+            smtp_drops_record(t->t_srv->s_q, s->se_drops, m->qm_id, m->qm_sender, m->qm_job,
+                              m->qm_client_ip, m->qm_auth_user);
             STATS_INC(st, ss_msgs_accepted);
             atomic_fetch_add_explicit(&st->ss_bytes_received, m->qm_body.b_len,
                                       memory_order_relaxed);

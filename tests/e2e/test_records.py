@@ -182,6 +182,18 @@ class RecordsTest(unittest.TestCase):
         cls.ask("ctl/reload", {"cmd": "reload"})
         cls.ask("ctl/log-rotate", {"cmd": "log-rotate"})
         cls.ask("ctl/metrics", {"cmd": "metrics"})
+        # the suppression list (#15, docs/bounces-in.md)
+        cls.ask("ctl/suppress-change", {"cmd": "suppress", "op": "add",
+                                        "addresses": ["sup@example.test"], "expires": "1d"})
+        cls.ask("ctl/suppress-check", {"cmd": "suppress", "op": "check",
+                                       "address": "sup@example.test"})
+        cls.ask("ctl/suppress-list", {"cmd": "suppress", "op": "list", "limit": 10})
+        csv_path = os.path.join(d.dir, "supp.csv")
+        with open(csv_path, "w") as f:
+            f.write("address,reason,time,scope\nimp@example.test,import,,t1\nbad\n")
+        cls.ask("ctl/suppress-import", {"cmd": "suppress", "op": "import", "file": csv_path})
+        cls.ask("ctl/suppress-change", {"cmd": "suppress", "op": "remove",
+                                        "address": "sup@example.test"})
         cls.ask("ctl/error", {"cmd": "nosuch"})
         cls.ask("ctl/error", {"cmd": "inspect", "id": "0000000000000001"})
         cls.ask("ctl/ok", {"cmd": "shutdown"})
@@ -216,7 +228,10 @@ class RecordsTest(unittest.TestCase):
             t = r.get("type")
             name = {"received": "acct/received", "shaping": "acct/shaping",
                     "suspended": "acct/suspended", "resumed": "acct/suspended",
-                    "webhook_parked": "acct/webhook_parked"}.get(t, "acct/outcome")
+                    "webhook_parked": "acct/webhook_parked",
+                    "suppressed": "acct/suppressed", "remote_bounce": "acct/remote_bounce",
+                    "complaint": "acct/complaint",
+                    "inbound_unmatched": "acct/inbound_unmatched"}.get(t, "acct/outcome")
             self.validate(name, r, "accounting record %s" % t)
             seen[t] = seen.get(t, 0) + 1
         self.assertEqual(set(seen), {"received", "delivery", "transient", "bounce", "expired",

@@ -1,0 +1,205 @@
+/*
+ * core/server/inbound.c - the reports that come back (docs/bounces-in.md):
+ * with bounces.inbound, the SMTP listener accepts mail for the bounce
+ * domain from anyone, never relays it, and reads it here: a DSN becomes a
+ * `remote_bounce` record, an ARF complaint a `complaint` record, each
+ * matched to the message and recipient by the VERP token, and feeds the
+ * suppression list; what cannot be read or matched becomes an
+ * `inbound_unmatched` record and is kept in bounces.quarantine_dir.
+ *
+ *   inbound_rcpt_check   RCPT: is it the bounce domain, is its token good
+ *   inbound_process      after the final dot: parse, match, record, feed
+ *
+ * Why only the VERP token matches: it is signed, so a report can only
+ * name a message sluice sent; a returned Message-ID or X-Sluice-Id could
+ * be made up by anyone, and the spool keeps no index of them after
+ * delivery. Such a report is recorded as unmatched (with what it says).
+ * Thread: the session's reception thread; queue_acct_event and
+ * queue_supp_report hand the records and the list's writes to the queue
+ * thread.
+ */
+#include "core/server/inbound_int.h"
+#include "core/server/report_int.h"
+#include "delivery/delivery.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static bool is_bounce_domain(const cfg_t *cfg, const char *addr)
+{
+    const char *at = strrchr(addr, '@');
+    return at != NULL && cfg->c_bounce_domain[0] != '\0' &&
+           strcasecmp(at + 1, cfg->c_bounce_domain) == 0;
+}
+
+inbound_rcpt_t inbound_rcpt_check(const cfg_t *cfg, const char *addr, char *reply, size_t rlen)
+{
+    if (!cfg->c_bounce_inbound || !is_bounce_domain(cfg, addr))
+        return INBOUND_NO;
+    const char *tok;
+    size_t len;
+    if (verp_address_token(addr, cfg->c_bounce_domain, &tok, &len) != 0)
+        return INBOUND_YES; /* fbl@, postmaster@, a bare address: read, matched or not */
+    uint64_t id, made;
+    uint32_t idx;
+    if (!cfg->c_verp_key_loaded || verp_token_check(cfg->c_verp_key, tok, len, clock_now_s(),
+                                                    cfg->c_verp_max_age, &id, &idx, &made) != 0) {
+        snprintf(reply, rlen, "550 5.7.1 <%s>: invalid or expired bounce address", log_esc(addr));
+        return INBOUND_REFUSED;
+    }
+    return INBOUND_YES;
+}
+
+/* (msgid, idx) of a VERP address in the bounce domain. */
+static bool verp_match(const cfg_t *cfg, const char *addr, uint64_t *id, uint32_t *idx)
+{
+    const char *tok;
+    size_t len;
+    uint64_t made;
+    return cfg->c_verp_key_loaded &&
+           verp_address_token(addr, cfg->c_bounce_domain, &tok, &len) == 0 &&
+           verp_token_check(cfg->c_verp_key, tok, len, clock_now_s(), cfg->c_verp_max_age, id, idx,
+                            &made) == VERP_OK;
+}
+
+static void jopt(buf_t *b, const char *key, const char *v)
+{
+    buf_printf(b, ",\"%s\":", key);
+    if (v == NULL || v[0] == '\0')
+        buf_append_str(b, "null");
+    else
+        json_str_append(b, v, strlen(v));
+}
+
+static void rec_head(buf_t *b, const char *type, uint64_t id, bool matched, uint32_t idx)
+{
+    char t[40], hex[17];
+    buf_printf(b, "{\"type\":\"%s\",\"time\":\"%s\"", type,
+               time_fmt_rfc3339(clock_now_us(), t, sizeof(t)));
+    if (matched)
+        buf_printf(b, ",\"msgid\":\"%s\",\"rcpt_index\":%u", queue_msgid_fmt(id, hex), idx);
+    else
+        buf_append_str(b, ",\"msgid\":null,\"rcpt_index\":null");
+}
+
+/* Keep the report for the operator: bounded by bounces.quarantine_max
+ * files. The file's name, or "" when it was not kept. */
+static void quarantine(const cfg_t *cfg, uint64_t id, const char *body, size_t len, char *name,
+                       size_t nlen)
+{
+    name[0] = '\0';
+    const char *dir = cfg->c_bounce_quarantine;
+    if (cfg->c_bounce_quarantine_max <= 0 || (mkdir(dir, 0700) != 0 && errno != EEXIST))
+        return;
+    DIR *d = opendir(dir);
+    int n = 0;
+    if (d == NULL)
+        return;
+    for (struct dirent *e; (e = readdir(d)) != NULL && n < cfg->c_bounce_quarantine_max;)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    if (n >= cfg->c_bounce_quarantine_max) {
+        log_warn("inbound: quarantine %s full (%d files): report not kept", dir, n);
+        return;
+    }
+    char hex[17], path[1200];
+    snprintf(path, sizeof(path), "%s/%s.eml", dir, queue_msgid_fmt(id, hex));
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return;
+    bool ok = true;
+    for (size_t off = 0; ok && off < len;) {
+        ssize_t w = write(fd, body + off, len - off);
+        ok = w > 0;
+        off += ok ? (size_t)w : 0;
+    }
+    if (close(fd) != 0 || !ok) {
+        unlink(path);
+        return;
+    }
+    snprintf(name, nlen, "%s.eml", hex);
+}
+
+/* Long: one record per kind of report, each with every key of its schema
+ * (docs/records.md) written in order; splitting them would scatter the
+ * schema's keys over several functions. */
+const char *inbound_process(queue_t *q, const cfg_t *cfg, const inbound_msg_t *m)
+{
+    report_t r;
+    report_parse(m->im_body, m->im_len, &r);
+    uint64_t id = 0;
+    uint32_t idx = 0;
+    /* the token of the address the report came to, else (ARF) of the
+     * return path the complained-about message had */
+    bool matched = verp_match(cfg, m->im_rcpt, &id, &idx) ||
+                   (r.rp_kind == REPORT_ARF && verp_match(cfg, r.rp_orig_mail_from, &id, &idx));
+    const char *rcpt = r.rp_kind == REPORT_ARF ? r.rp_orig_rcpt
+                       : r.rp_final_rcpt[0]    ? r.rp_final_rcpt
+                                               : r.rp_orig_rcpt;
+    buf_t b;
+    buf_init(&b, 1024);
+    const char *what;
+    char src[64], hex[17];
+    snprintf(src, sizeof(src), "%s/%u", queue_msgid_fmt(id, hex), idx);
+    if (matched && r.rp_kind == REPORT_ARF) {
+        rec_head(&b, "complaint", id, true, idx);
+        jopt(&b, "recipient", rcpt);
+        jopt(&b, "feedback_type", r.rp_feedback_type);
+        jopt(&b, "user_agent", r.rp_user_agent);
+        jopt(&b, "reporting_mta", r.rp_reporting_mta);
+        jopt(&b, "client_ip", m->im_client_ip);
+        buf_append_str(&b, "}");
+        if (rcpt[0] != '\0')
+            queue_supp_report(q, rcpt, "", "complaint", src);
+        what = "complaint";
+    } else if (matched && (r.rp_kind == REPORT_DSN || r.rp_kind == REPORT_TEXT) &&
+               (r.rp_kind == REPORT_TEXT || strcmp(r.rp_action, "failed") == 0)) {
+        int code = atoi(r.rp_diag);
+        const char *cat =
+            dlv_classify(code >= 400 && code < 600 ? code : 0, r.rp_status, r.rp_diag);
+        rec_head(&b, "remote_bounce", id, true, idx);
+        jopt(&b, "recipient", rcpt);
+        jopt(&b, "kind", report_kind_name(r.rp_kind));
+        jopt(&b, "status", r.rp_status);
+        jopt(&b, "category", cat);
+        jopt(&b, "diagnostic", r.rp_diag);
+        jopt(&b, "remote_mta", r.rp_remote_mta);
+        jopt(&b, "reporting_mta", r.rp_reporting_mta);
+        jopt(&b, "client_ip", m->im_client_ip);
+        buf_append_str(&b, "}");
+        if (rcpt[0] != '\0' && r.rp_status[0] == '5')
+            queue_supp_report(q, rcpt, "", cat, src);
+        what = "remote_bounce";
+    } else if (matched && r.rp_kind == REPORT_DSN) {
+        buf_free(&b);
+        return "delay or success notice"; /* delayed / delivered / relayed: nothing to do */
+    } else {
+        char file[64];
+        quarantine(cfg, m->im_id, m->im_body, m->im_len, file, sizeof(file));
+        rec_head(&b, "inbound_unmatched", 0, false, 0);
+        jopt(&b, "reason", matched ? "no status in the report" : "no valid VERP token");
+        jopt(&b, "kind", report_kind_name(r.rp_kind));
+        jopt(&b, "rcpt", m->im_rcpt);
+        jopt(&b, "sender", m->im_sender);
+        jopt(&b, "recipient", rcpt);
+        jopt(&b, "status", r.rp_status);
+        jopt(&b, "message_id", r.rp_message_id);
+        jopt(&b, "file", file);
+        jopt(&b, "client_ip", m->im_client_ip);
+        buf_printf(&b, ",\"size\":%zu}", m->im_len);
+        what = "unmatched";
+    }
+    buf_append(&b, "", 1);
+    queue_acct_event(q, b.b_data);
+    log_info("%s inbound report from client=%s to=<%s>: %s %s", queue_msgid_fmt(m->im_id, hex),
+             m->im_client_ip, log_esc(m->im_rcpt), what, log_esc(rcpt));
+    buf_free(&b);
+    return what;
+}
