@@ -29,6 +29,7 @@ void cfg_free(cfg_t *c)
     for (size_t i = 0; i < ARRAY_SIZE(strs); i++)
         free(*strs[i]);
     free(c->c_ctl_http);
+    free(c->c_dlv_dnssec_text);
     free(c->c_tls_dir);
     for (int i = 0; i < c->c_nusers; i++) {
         free(c->c_users[i].cu_name);

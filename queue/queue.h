@@ -265,12 +265,15 @@ typedef struct queue_outcome {
     char qo_src_ip[48];
     char qo_tls[24]; /* "TLSv1.3" or "" */
     char qo_cipher[64];
-    char qo_mta_sts[12];  /* MTA-STS mode that applied: "enforce", "testing" or "" */
-    uint64_t qo_retry_at; /* deferred: earliest next attempt (unix s), 0 = schedule */
-    bool qo_admin;        /* bounced by the operator (QREQ_BOUNCE): "admin_bounce" */
-    bool qo_peer_dsn;     /* the next hop offered DSN (RFC 3461): NOTIFY went on with the
-                             message, so a success is that hop's to report, not ours */
-    uint8_t qo_sched;     /* the queue thread's own marks (outcome.c); 0 when submitted */
+    char qo_mta_sts[12];     /* MTA-STS mode that applied: "enforce", "testing" or "" */
+    char qo_tls_policy[16];  /* "dane", "mta-sts", "verify", "required", "opportunistic",
+                                "none", or "" (not known) */
+    char qo_tls_failure[32]; /* a TLS refusal's RFC 8460 result type, or "" */
+    uint64_t qo_retry_at;    /* deferred: earliest next attempt (unix s), 0 = schedule */
+    bool qo_admin;           /* bounced by the operator (QREQ_BOUNCE): "admin_bounce" */
+    bool qo_peer_dsn;        /* the next hop offered DSN (RFC 3461): NOTIFY went on with the
+                                message, so a success is that hop's to report, not ours */
+    uint8_t qo_sched;        /* the queue thread's own marks (outcome.c); 0 when submitted */
 } queue_outcome_t;
 
 void queue_outcome_free(queue_outcome_t *o);

@@ -982,6 +982,8 @@ static const char *const restart_keys[] = {
     "delivery.helo_name",
     "delivery.mta_sts",
     "delivery.mta_sts_port",
+    "delivery.dnssec",
+    "delivery.dnssec_force",
 };
 
 static bool is_restart_key(const char *name)
@@ -1054,7 +1056,8 @@ static void test_reload_keeps_restart_keys(void **state)
              "smtp { listen = \"127.0.0.1:2600\"; threads = 2; max_recipients = 7;\n"
              "  tls { dir = \"%s\"; generate = false; } }\n"
              "delivery { threads = 4; resolvers = \"127.0.0.1:5353\"; ca_file = \"%s\";\n"
-             "  helo_name = \"helo.example\"; mta_sts = false; mta_sts_port = 8443; }\n",
+             "  helo_name = \"helo.example\"; mta_sts = false; mta_sts_port = 8443;\n"
+             "  dnssec = trust-ad; dnssec_force = true; }\n",
              dir, dir, dir, dir, tls, ca);
     cfg_t *old = load_ok("");
     cfg_t *nc = load_ok(text);
