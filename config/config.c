@@ -155,6 +155,10 @@ static const key_def_t keys[] = {
     KEYR("delivery.data_done_timeout", LIVE, K_DUR, c_to_data_done, 1, HOUR, "10m"),
     KEYR("delivery.quit_timeout", LIVE, K_DUR, c_to_quit, 1, HOUR, "10s"),
 
+    KEY("reports.tlsrpt.organization", LIVE, K_STR, c_tlsrpt_org, ""),
+    KEY("reports.tlsrpt.contact", LIVE, K_STR, c_tlsrpt_contact, ""),
+    KEY("reports.tlsrpt.sender", LIVE, K_STR, c_tlsrpt_sender, ""),
+
     KEY("dkim.sign_from_domain", LIVE, K_BOOL, c_dkim_sign_from, "true"),
     KEY("dkim.esp_domain", LIVE, K_HOSTNAME, c_dkim_esp_domain, ""),
     KEY("dkim.canonicalization", LIVE, K_STR, c_dkim_canon, "relaxed/relaxed"),
@@ -854,6 +858,12 @@ static int finish(loader_t *ld, int file_mode)
     }
     if (finish_dnssec(ld) < 0)
         return SL_ECONFIG;
+    if (c->c_tlsrpt_org[0] != '\0' && c->c_tlsrpt_contact[0] == '\0') {
+        ld_error(ld, LINE("reports.tlsrpt.organization"),
+                 "reports.tlsrpt: organization needs contact (RFC 8460 4.4 contact-info: an "
+                 "address or URI a receiving domain can write to)");
+        return SL_ECONFIG;
+    }
     if (c->c_retry_initial > c->c_retry_max) {
         ld_error(ld, MAX(LINE("queue.retry_initial"), LINE("queue.retry_max")),
                  "queue.retry_initial (%" PRIu64 "s) is above queue.retry_max (%" PRIu64 "s)",

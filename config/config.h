@@ -159,6 +159,10 @@ typedef struct cfg {
     int c_dlv_mta_sts_port;         /* mta_sts_port = 443: HTTPS port of the policy hosts */
     char *c_dlv_dnssec_text;        /* dnssec = "off" | "trust-ad" (as written) */
     bool c_dlv_dnssec_force;        /* dnssec_force = false: allow a non-loopback resolver */
+    /* reports { tlsrpt { } } (RFC 8460, docs/tlsrpt.md): on when organization is set */
+    char *c_tlsrpt_org;     /* organization = "": organization-name of the reports */
+    char *c_tlsrpt_contact; /* contact = "": contact-info of the reports */
+    char *c_tlsrpt_sender;  /* sender = "": From of mailed reports ("" = tlsrpt@hostname) */
     /* timeouts (seconds), RFC 5321 4.5.3.2 */
     uint64_t c_to_connect;    /* connect_timeout = 30s */
     uint64_t c_to_greeting;   /* greeting_timeout = 5m */

@@ -30,6 +30,9 @@ void cfg_free(cfg_t *c)
         free(*strs[i]);
     free(c->c_ctl_http);
     free(c->c_dlv_dnssec_text);
+    free(c->c_tlsrpt_org);
+    free(c->c_tlsrpt_contact);
+    free(c->c_tlsrpt_sender);
     free(c->c_tls_dir);
     for (int i = 0; i < c->c_nusers; i++) {
         free(c->c_users[i].cu_name);

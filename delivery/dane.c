@@ -20,7 +20,8 @@
  *     validating resolver looks the same) or the address answer failed
  *     on a secure zone: the host is not used this time (4.7.5), the next
  *     MX is tried (RFC 7672 2.2).
- * A leaf of delivery/: it calls nothing else in the module.
+ * A leaf of delivery/: it calls nothing else in the module. Also here:
+ * dlv_tlsrpt_note, the TLSRPT count of one TLS session (queue/tlsrpt.c).
  *
  * Thread: the destination's delivery thread; nothing here is shared.
  */
@@ -50,6 +51,15 @@ static void dane_addr_cb(void *arg, dns_status_t st, bool secure);
 static void dane_tlsa_cb(void *arg, dns_status_t st, bool secure, const dns_tlsa_t *t, int n,
                          uint32_t ttl);
 static void dane_finish(dane_lookup_t *dl);
+
+void dlv_tlsrpt_note(dlv_thread_t *t, const char *domain, const char *ptype, const char *result,
+                     const char *mx, const char *ip)
+{
+    DLV_ASSERT_ON_LOOP(t);
+    if (t->t_cfg->c_tlsrpt_org[0] == '\0') /* reports.tlsrpt off: nothing counted */
+        return;
+    queue_tlsrpt_note(t->t_d->d_queue, domain, ptype, result, mx, ip);
+}
 
 bool dlv_dane_usable(const dns_tlsa_t *r)
 {
@@ -84,8 +94,7 @@ void dlv_dane_unref(dlv_dane_t *dn)
     free(dn);
 }
 
-void dlv_dane_lookup(dlv_thread_t *t, const char *host, int port, dlv_dane_done_fn done,
-                     void *arg)
+void dlv_dane_lookup(dlv_thread_t *t, const char *host, int port, dlv_dane_done_fn done, void *arg)
 {
     DLV_ASSERT_ON_LOOP(t);
     dane_lookup_t *dl = xcalloc(1, sizeof(*dl));

@@ -91,7 +91,8 @@ struct dlv_session {
     dlv_ehlo_t s_x;
     /* TLS */
     tls_conn_t *s_tls;
-    dlv_dane_t *s_dane; /* the host's DANE verdict (ON or FAILED), a reference; dane.c */
+    dlv_dane_t *s_dane;     /* the host's DANE verdict (ON or FAILED), a reference; dane.c */
+    const char *s_tls_fail; /* RFC 8460 result type of the TLS failure being handled */
     bool s_tls_done;
     char s_tls_ver[24];
     char s_cipher[64];
@@ -256,6 +257,7 @@ static void session_reset_conn_state(dlv_session_t *s)
         s->s_tls = NULL;
     }
     s->s_tls_done = false;
+    s->s_tls_fail = NULL;
     s->s_tls_ver[0] = s->s_cipher[0] = '\0';
     s->s_rcpt_cap = 0;
     buf_reset(&s->s_in);
@@ -787,10 +789,22 @@ static void session_policy_fail(dlv_session_t *s, const char *status, const char
                                                       : "required",
              buf + pre);
     dlv_dest_t *de = s->s_dest;
+    const char *type = s->s_tls_fail ? s->s_tls_fail : "validation-failure";
+    if (sts)
+        dlv_tlsrpt_note(s->s_t, de->de_domain, "sts", type, S_HOST(s), s->s_mx_ip);
     if (s->s_tls_done || s->s_tls == NULL)
         session_quit(s);
     session_close(s);
-    dlv_dest_fail_pending_with(de, 0, status, buf, 0);
+    if (de->de_npending == 0)
+        return;
+    dlv_reply_t r = {.rp_stage = DLV_STAGE_DEST,
+                     .rp_status = status,
+                     .rp_text = buf,
+                     .rp_domain = de->de_domain};
+    dlv_verdict_t v;
+    dlv_judge(&r, &v);
+    v.v_tls_failure = type; /* the record says why (docs/records.md) */
+    dlv_dest_fail_pending(de, &v);
 }
 
 /* ------------------------------------------------------------ replies */
@@ -815,6 +829,7 @@ static void session_dane_fail(dlv_session_t *s, const char *type, const char *wh
     dlv_judge(&r, &v);
     v.v_tls_policy = "dane";
     v.v_tls_failure = type;
+    dlv_tlsrpt_note(s->s_t, s->s_dest->de_domain, "tlsa", type, S_HOST(s), s->s_mx_ip);
     log_warn("delivery: %s: TLS policy dane: %s", s->s_dest->de_domain, log_esc(text));
     session_reply_conn_error(s, &v, quit);
 }
@@ -852,6 +867,7 @@ static void session_after_ehlo(dlv_session_t *s)
         return;
     }
     if (!s->s_tls_done && must) {
+        s->s_tls_fail = "starttls-not-supported";
         session_policy_fail(s, "4.7.4",
                             s->s_x.x_starttls ? "TLS required but no TLS client context"
                                               : "TLS required but STARTTLS not offered");
@@ -1082,6 +1098,7 @@ static void session_on_reply(dlv_session_t *s)
         } else {
             char why[600];
             snprintf(why, sizeof(why), "STARTTLS refused: %d %.400s", code, s->s_text);
+            s->s_tls_fail = "starttls-not-supported";
             session_tls_failed(s, why);
         }
         return;
@@ -1177,6 +1194,7 @@ static void session_tls_step(dlv_session_t *s)
         long vr = tls_verify_result(s->s_tls);
         if (vr != 0) {
             char why[300];
+            s->s_tls_fail = tls_failure_type(vr);
             snprintf(why, sizeof(why), "certificate verification failed: %s",
                      tls_last_error(s->s_tls));
             session_tls_failed(s, why);
@@ -1187,6 +1205,11 @@ static void session_tls_step(dlv_session_t *s)
         tls_verify_result(s->s_tls) != 0) /* MTA-STS testing: the chain only */
         dlv_sts_testing_failure(de, S_HOST(s), tls_last_error(s->s_tls));
     s->s_tls_done = true;
+    dlv_tlsrpt_note(s->s_t, de->de_domain,
+                    s->s_dane != NULL          ? "tlsa"
+                    : dlv_sts_mode(de) != NULL ? "sts"
+                                               : "no-policy-found",
+                    NULL, S_HOST(s), s->s_mx_ip);
     snprintf(s->s_tls_ver, sizeof(s->s_tls_ver), "%s", tls_version(s->s_tls));
     snprintf(s->s_cipher, sizeof(s->s_cipher), "%s", tls_cipher(s->s_tls));
     atomic_fetch_add_explicit(&S_STATS(s)->ds_tls_sessions, 1, memory_order_relaxed);
@@ -1227,6 +1250,8 @@ static void session_tls_failed(dlv_session_t *s, const char *why)
         session_send(s, "QUIT\r\n", 6);
     log_warn("delivery: %s: TLS with %s[%s] failed (%s); retrying without TLS", de->de_domain,
              S_HOST(s), s->s_mx_ip, why);
+    dlv_tlsrpt_note(s->s_t, de->de_domain, dlv_sts_mode(de) != NULL ? "sts" : "no-policy-found",
+                    s->s_tls_fail ? s->s_tls_fail : "validation-failure", S_HOST(s), s->s_mx_ip);
     dlv_sts_testing_failure(de, S_HOST(s), why); /* MTA-STS testing */
     de->de_notls_until = clock_mono_us() + DLV_NOTLS_TIME * 1000000ULL;
     s->s_no_tls = true;

@@ -171,6 +171,8 @@ typedef enum {
                      recipients matching qq_domain, qq_job, qq_sender and qq_older_than
                      (all that are given; none = every recipient):
                      {"bounced":N, "skipped_in_flight":N} */
+    QREQ_TLSRPT,  /* TLSRPT counters (queue/tlsrpt.c) of the day qq_domain names
+                     ("YYYY-MM-DD"; NULL = today, UTC): {"day", "domains":[...]} */
     QREQ_ROTATE,  /* rotate the accounting log (`sluicectl log-rotate`): our own rename,
                      or a reopen when the file was moved away: {"accounting": what
                      happened}, or qq_error when it failed */
@@ -277,6 +279,15 @@ typedef struct queue_outcome {
 } queue_outcome_t;
 
 void queue_outcome_free(queue_outcome_t *o);
+
+/* TLSRPT (RFC 8460, docs/tlsrpt.md): one TLS session towards a host of
+ * policy domain dom, under policy type ptype ("tlsa", "sts",
+ * "no-policy-found"); result NULL or "" when it succeeded, else the RFC
+ * 8460 result type; mx / ip the receiving host (NULL: none). Counted by
+ * the queue thread and kept in the spool. The caller checks that
+ * reports.tlsrpt is on. Any thread. */
+void queue_tlsrpt_note(queue_t *q, const char *dom, const char *ptype, const char *result,
+                       const char *mx, const char *ip);
 
 /* Called on the queue thread with a dispatch it hands over (ownership
  * passes). The function must not block: it pushes onto a delivery

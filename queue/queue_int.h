@@ -157,8 +157,10 @@ struct queue {
     cfg_t *q_cfg;
     MDB_env *q_env;
     MDB_dbi q_dbi_msg, q_dbi_rcpt, q_dbi_due, q_dbi_meta;
-    struct q_admin *q_admin; /* operator requests in progress (admin.c), queue thread */
-    struct q_holds *q_holds; /* delivery holds (holds.c), queue thread */
+    MDB_dbi q_dbi_tlsrpt;      /* TLSRPT counters (tlsrpt.c) */
+    struct q_tlsrpt *q_tlsrpt; /* counters not yet written (tlsrpt.c), queue thread */
+    struct q_admin *q_admin;   /* operator requests in progress (admin.c), queue thread */
+    struct q_holds *q_holds;   /* delivery holds (holds.c), queue thread */
     uint64_t q_map_size;
     unsigned q_psize;
     char q_path[1024];
@@ -169,10 +171,11 @@ struct queue {
     pthread_t q_tid; /* the queue thread, for Q_ASSERT_QUEUE_THREAD */
     bool q_started;
     uv_loop_t q_loop;
-    chan_t *q_ch_sub;  /* queue_msg_in_t */
-    chan_t *q_ch_req;  /* queue_req_t */
-    chan_t *q_ch_out;  /* queue_outcome_t */
-    chan_t *q_ch_acct; /* queue_acct_event records */
+    chan_t *q_ch_sub;    /* queue_msg_in_t */
+    chan_t *q_ch_req;    /* queue_req_t */
+    chan_t *q_ch_out;    /* queue_outcome_t */
+    chan_t *q_ch_acct;   /* queue_acct_event records */
+    chan_t *q_ch_tlsrpt; /* queue_tlsrpt_note events */
     uv_async_t q_wake;
     uv_timer_t q_timer; /* periodic scan */
     uv_timer_t q_kick;  /* one-shot scan soon after new work */
@@ -365,6 +368,25 @@ void q_dsns_add(q_dsns_t *dl, uint64_t id, const q_msg_rec_t *mr, const q_rcpt_r
 int q_dsns_insert(queue_t *q, MDB_txn *txn, q_dsns_t *dl, uint64_t now_us, int *inserted);
 /* Forget the DSNs (the batch was committed or aborted). */
 void q_dsns_reset(q_dsns_t *dl);
+
+/* ------------------------------------------------------------ TLSRPT (tlsrpt.c) */
+
+/* One TLS session's result (result "" or NULL: it succeeded) at unix_s,
+ * counted in memory until the next q_tlsrpt_flush. Queue thread. */
+void q_tlsrpt_add(queue_t *q, uint64_t unix_s, const char *dom, const char *ptype,
+                  const char *result, const char *mx, const char *ip);
+/* Write the counters gathered since the last flush (one write txn; none
+ * when there is nothing). Queue thread, no transaction open. */
+void q_tlsrpt_flush(queue_t *q);
+void q_tlsrpt_free(queue_t *q);
+/* "YYYY-MM-DD" of unix_s, UTC. */
+void q_tlsrpt_day(uint64_t unix_s, char day[11]);
+/* A key's six parts (day, domain, policy type, result, MX, IP). */
+bool q_tlsrpt_split(const MDB_val *k, const char *parts[6], size_t lens[6]);
+/* The counters of day (and of domain only, unless NULL) as a JSON array
+ * [{domain, policies:[{policy_type, successful, failed, failures:[{
+ * result_type, receiving_mx_hostname, receiving_ip, count}]}]}]. */
+struct json_object *q_tlsrpt_json(queue_t *q, MDB_txn *txn, const char *day, const char *domain);
 
 /* ------------------------------------------------------------ operator requests (admin.c) */
 

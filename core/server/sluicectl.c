@@ -93,6 +93,7 @@ static void usage(FILE *f)
           "                       every counter and gauge: Prometheus text format, or\n"
           "                       OpenMetrics 1.0\n"
           "  providers            traffic shaping: providers, queues per virtual MTA, mode, rate\n"
+          "  tlsrpt [YYYY-MM-DD]  TLSRPT counters (RFC 8460) of today (UTC) or of that day\n"
           "  raw 'JSON'           send one raw request line, print the answer\n"
           "\n"
           "options:\n"
@@ -1022,10 +1023,40 @@ static void print_providers(json_object *r)
         printf("no provider has had traffic yet\n");
 }
 
+/* `tlsrpt`: one line per policy domain and type, then its failures. */
+static void print_tlsrpt(json_object *r)
+{
+    json_object *doms = get(r, "domains");
+    size_t nd = doms ? json_object_array_length(doms) : 0;
+    printf("TLSRPT counters of %s (UTC)\n", get_str(r, "day") ? get_str(r, "day") : "?");
+    if (nd == 0) {
+        printf("no TLS session counted\n");
+        return;
+    }
+    printf("%-40s %-16s %10s %10s\n", "DOMAIN", "POLICY", "SUCCESSFUL", "FAILED");
+    for (size_t i = 0; i < nd; i++) {
+        json_object *d = json_object_array_get_idx(doms, i), *pols = get(d, "policies");
+        for (size_t j = 0; pols && j < json_object_array_length(pols); j++) {
+            json_object *p = json_object_array_get_idx(pols, j), *fs = get(p, "failures");
+            printf("%-40s %-16s %10" PRIu64 " %10" PRIu64 "\n", get_str(d, "domain"),
+                   get_str(p, "policy_type"), get_u64(p, "successful"), get_u64(p, "failed"));
+            for (size_t k = 0; fs && k < json_object_array_length(fs); k++) {
+                json_object *f = json_object_array_get_idx(fs, k);
+                const char *mx = get_str(f, "receiving_mx_hostname");
+                const char *ip = get_str(f, "receiving_ip");
+                printf("    %-28s %s[%s] %" PRIu64 "\n", get_str(f, "result_type"), mx ? mx : "-",
+                       ip ? ip : "-", get_u64(f, "count"));
+            }
+        }
+    }
+}
+
 /* Human output of the operator commands; false when cmd is not one. */
 static bool print_ops(const char *cmd, json_object *r)
 {
-    if (strcmp(cmd, "queues") == 0) {
+    if (strcmp(cmd, "tlsrpt") == 0) {
+        print_tlsrpt(r);
+    } else if (strcmp(cmd, "queues") == 0) {
         print_queues(r);
     } else if (strcmp(cmd, "providers") == 0) {
         print_providers(r);

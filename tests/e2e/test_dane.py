@@ -29,7 +29,9 @@ FAST_QUEUE = ('queue {\n    retry = "1s,1s,2s";\n    retry_jitter = 0;\n    scan
 EXPIRED = ("20200101000000Z", "20200201000000Z")
 
 
-class DaneTest(unittest.TestCase):
+class DaneBase(unittest.TestCase):
+    """Certificates, peers on 127.0.0.x:port, FakeDns zones and a daemon
+    with trust-ad (also used by test_tlsrpt.py); no test of its own."""
 
     @classmethod
     def setUpClass(cls):
@@ -67,10 +69,10 @@ class DaneTest(unittest.TestCase):
         self.cleanups.append(d.stop)
         return d
 
-    def daemon(self, dns, extra="", dnssec="trust-ad"):
+    def daemon(self, dns, extra="", dnssec="trust-ad", top="", queue=FAST_QUEUE):
         d = make_daemon(delivery='    resolvers = "127.0.0.1:%d";\n    port = %d;\n'
                         '    dnssec = %s;\n%s' % (dns.port, self.port, dnssec, extra),
-                        queue=FAST_QUEUE)
+                        queue=queue + top)
         self.cleanups.append(d.cleanup)
         d.start()
         return d
@@ -87,6 +89,9 @@ class DaneTest(unittest.TestCase):
             r[(self.tlsa_name(h), "TLSA")] = recs
         r.update(extra or {})
         return r
+
+
+class DaneTest(DaneBase):
 
     # ---------------------------------------------------------------- cases
 

@@ -86,18 +86,17 @@ static void test_usable(void **state)
         size_t len;
         bool usable;
     } cases[] = {
-        {3, 1, 1, 32, true},  /* DANE-EE SPKI SHA2-256 */
-        {3, 0, 0, 300, true}, /* DANE-EE full certificate */
-        {2, 0, 2, 64, true},  /* DANE-TA certificate SHA2-512 */
-        {2, 1, 1, 32, true},
-        {1, 1, 1, 32, false}, /* PKIX-EE: not for SMTP (RFC 7672 3.1.3) */
-        {0, 0, 1, 32, false}, /* PKIX-TA */
-        {4, 1, 1, 32, false}, /* unknown usage */
-        {3, 2, 1, 32, false}, /* unknown selector */
-        {3, 1, 3, 32, false}, /* unknown matching type */
-        {3, 1, 1, 31, false}, /* SHA2-256 of the wrong length */
-        {3, 1, 2, 32, false}, /* SHA2-512 of the wrong length */
-        {3, 1, 0, 0, false},  /* empty exact data */
+        {3, 1, 1, 32, true},                        /* DANE-EE SPKI SHA2-256 */
+        {3, 0, 0, 300, true},                       /* DANE-EE full certificate */
+        {2, 0, 2, 64, true},                        /* DANE-TA certificate SHA2-512 */
+        {2, 1, 1, 32, true},  {1, 1, 1, 32, false}, /* PKIX-EE: not for SMTP (RFC 7672 3.1.3) */
+        {0, 0, 1, 32, false},                       /* PKIX-TA */
+        {4, 1, 1, 32, false},                       /* unknown usage */
+        {3, 2, 1, 32, false},                       /* unknown selector */
+        {3, 1, 3, 32, false},                       /* unknown matching type */
+        {3, 1, 1, 31, false},                       /* SHA2-256 of the wrong length */
+        {3, 1, 2, 32, false},                       /* SHA2-512 of the wrong length */
+        {3, 1, 0, 0, false},                        /* empty exact data */
     };
     uint8_t data[300] = {0};
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
