@@ -257,6 +257,7 @@ static void queue_wake_cb(uv_async_t *h)
     chan_close(q->q_ch_acct);
     chan_close(q->q_ch_tlsrpt);
     q_tlsrpt_flush(q); /* counters of the last period: a restart loses none */
+    q_tlsrpt_send_stop(q);
     q->q_ch_sub = q->q_ch_out = q->q_ch_req = q->q_ch_acct = q->q_ch_tlsrpt = NULL;
     q_admin_stop(q); /* answers operator requests still in progress */
     q_acct_flush(q->q_acct);
@@ -297,6 +298,7 @@ void queue_free(queue_t *q)
     q_acct_close(q->q_acct);
     q_holds_free(q);
     q_tlsrpt_free(q);
+    q_tlsrpt_send_free(q);
     q_sched_free(q);
     q_outcomes_free(q);
     buf_free(&q->q_scratch);
@@ -801,6 +803,8 @@ static void queue_timer_cb(uv_timer_t *t)
     queue_t *q = t->data;
     Q_ASSERT_QUEUE_THREAD(q);
     q_tlsrpt_flush(q); /* the TLSRPT counters of the last period, if any */
+    if (!atomic_load(&q->q_stopping))
+        q_tlsrpt_send(q, false); /* once a day: the reports of the days before */
     if (q->q_dispatch && !atomic_load(&q->q_stopping))
         q_sched_scan(q);
 }
@@ -812,7 +816,13 @@ static void queue_req_cb(chan_t *ch, chan_node_t *first, void *arg)
     while (first) {
         chan_node_t *next = first->cn_next;
         queue_req_t *r = (queue_req_t *)first;
-        if (r->qq_type == QREQ_ROTATE) { /* `sluicectl log-rotate` (acct.c) */
+        if (r->qq_type == QREQ_TLSRPT_SEND) { /* `sluicectl tlsrpt send --now` */
+            queue_t *q = arg;
+            r->qq_result = json_object_new_object();
+            json_object_object_add(r->qq_result, "reports",
+                                   json_object_new_int(q_tlsrpt_send(q, true)));
+            chan_push(r->qq_reply, &r->qq_node);
+        } else if (r->qq_type == QREQ_ROTATE) { /* `sluicectl log-rotate` (acct.c) */
             q_acct_rotate_req(((queue_t *)arg)->q_acct, r);
             chan_push(r->qq_reply, &r->qq_node);
         } else if (!q_admin_request(arg, r)) { /* operator requests answer themselves */

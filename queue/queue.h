@@ -173,9 +173,11 @@ typedef enum {
                      {"bounced":N, "skipped_in_flight":N} */
     QREQ_TLSRPT,  /* TLSRPT counters (queue/tlsrpt.c) of the day qq_domain names
                      ("YYYY-MM-DD"; NULL = today, UTC): {"day", "domains":[...]} */
-    QREQ_ROTATE,  /* rotate the accounting log (`sluicectl log-rotate`): our own rename,
-                     or a reopen when the file was moved away: {"accounting": what
-                     happened}, or qq_error when it failed */
+    QREQ_TLSRPT_SEND, /* send the pending TLSRPT reports now, today's included:
+                         {"reports": N started} */
+    QREQ_ROTATE,      /* rotate the accounting log (`sluicectl log-rotate`): our own rename,
+                         or a reopen when the file was moved away: {"accounting": what
+                         happened}, or qq_error when it failed */
 } queue_req_type_t;
 
 typedef struct queue_req {

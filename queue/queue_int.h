@@ -157,10 +157,11 @@ struct queue {
     cfg_t *q_cfg;
     MDB_env *q_env;
     MDB_dbi q_dbi_msg, q_dbi_rcpt, q_dbi_due, q_dbi_meta;
-    MDB_dbi q_dbi_tlsrpt;      /* TLSRPT counters (tlsrpt.c) */
-    struct q_tlsrpt *q_tlsrpt; /* counters not yet written (tlsrpt.c), queue thread */
-    struct q_admin *q_admin;   /* operator requests in progress (admin.c), queue thread */
-    struct q_holds *q_holds;   /* delivery holds (holds.c), queue thread */
+    MDB_dbi q_dbi_tlsrpt;                /* TLSRPT counters (tlsrpt.c) */
+    struct q_tlsrpt *q_tlsrpt;           /* counters not yet written (tlsrpt.c), queue thread */
+    struct q_tlsrpt_send *q_tlsrpt_send; /* reports being sent (tlsrpt_send.c) */
+    struct q_admin *q_admin;             /* operator requests in progress (admin.c), queue thread */
+    struct q_holds *q_holds;             /* delivery holds (holds.c), queue thread */
     uint64_t q_map_size;
     unsigned q_psize;
     char q_path[1024];
@@ -387,6 +388,26 @@ bool q_tlsrpt_split(const MDB_val *k, const char *parts[6], size_t lens[6]);
  * [{domain, policies:[{policy_type, successful, failed, failures:[{
  * result_type, receiving_mx_hostname, receiving_ip, count}]}]}]. */
 struct json_object *q_tlsrpt_json(queue_t *q, MDB_txn *txn, const char *day, const char *domain);
+
+/* ------------------------------------------------------------ TLSRPT reports (tlsrpt_send.c) */
+
+/* Send the pending reports: every (day, domain) counted before today -
+ * once per day unless now - and with now today's too. Returns how many
+ * reports were started. Queue thread. */
+int q_tlsrpt_send(queue_t *q, bool now);
+/* Close the resolver and HTTP client (stop) / free the state (free). */
+void q_tlsrpt_send_stop(queue_t *q);
+void q_tlsrpt_send_free(queue_t *q);
+/* RFC 8460 3: the mailto: and https: URIs of a "v=TLSRPTv1; rua=..." TXT
+ * record (at most 8; other schemes left out). 0 and an owned array
+ * (q_tlsrpt_uris_free), or SL_EPARSE (not a TLSRPT record, no usable URI).
+ * Pure, any thread. */
+int q_tlsrpt_txt_parse(const char *txt, char ***uris, int *n);
+void q_tlsrpt_uris_free(char **uris, int n);
+/* The RFC 8460 4.4 report of (day, domain), from the counters in txn,
+ * the date range from the day's start to end_s. Caller puts. */
+struct json_object *q_tlsrpt_report(queue_t *q, MDB_txn *txn, const char *day, const char *domain,
+                                    uint64_t end_s, const char *report_id);
 
 /* ------------------------------------------------------------ operator requests (admin.c) */
 

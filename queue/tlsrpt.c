@@ -174,8 +174,7 @@ static json_object *tr_find(json_object *arr, const char *key, const char *s, si
     size_t len = json_object_array_length(arr);
     for (size_t i = 0; i < len; i++) {
         json_object *o = json_object_array_get_idx(arr, i), *v;
-        if (json_object_object_get_ex(o, key, &v) &&
-            (size_t)json_object_get_string_len(v) == n &&
+        if (json_object_object_get_ex(o, key, &v) && (size_t)json_object_get_string_len(v) == n &&
             memcmp(json_object_get_string(v), s, n) == 0)
             return o;
     }
@@ -221,8 +220,7 @@ json_object *q_tlsrpt_json(queue_t *q, MDB_txn *txn, const char *day, const char
         json_object *pol = tr_find(pols, "policy_type", p[2], l[2]);
         if (pol == NULL) {
             pol = json_object_new_object();
-            json_object_object_add(pol, "policy_type",
-                                   json_object_new_string_len(p[2], (int)l[2]));
+            json_object_object_add(pol, "policy_type", json_object_new_string_len(p[2], (int)l[2]));
             json_object_object_add(pol, "successful", json_object_new_int64(0));
             json_object_object_add(pol, "failed", json_object_new_int64(0));
             json_object_object_add(pol, "failures", json_object_new_array());

@@ -551,6 +551,9 @@ typedef struct http_get_opts {
     uint64_t hg_timeout_ms; /* the whole request; 0: none */
     const char *hg_accept;  /* the Accept header, or NULL */
     bool hg_allow_http;     /* plain http:// too (tests); else https only */
+    const void *hg_post;    /* non-NULL: a POST of these hg_post_len bytes (copied) */
+    size_t hg_post_len;
+    const char *hg_content_type; /* the POST's Content-Type */
 } http_get_opts_t;
 
 typedef struct http_response {

@@ -663,8 +663,17 @@ static int cmd_tlsrpt(const ctl_ctx_t *x, json_object *req, json_object *resp, q
     json_object *v = NULL, *args;
     if (json_object_object_get_ex(req, "args", &args) &&
         json_object_is_type(args, json_type_array)) {
-        if (json_object_array_length(args) != 1) {
-            snprintf(err, errlen, "usage: tlsrpt [YYYY-MM-DD]");
+        size_t na = json_object_array_length(args);
+        const char *a0 = na ? json_object_get_string(json_object_array_get_idx(args, 0)) : "";
+        if (na == 2 && strcmp(a0, "send") == 0 &&
+            strcmp(json_object_get_string(json_object_array_get_idx(args, 1)), "--now") == 0) {
+            queue_req_t *r = admin_req_new(x, QREQ_TLSRPT_SEND, err, errlen);
+            if (r == NULL)
+                return SL_EBUSY;
+            return admin_req_send(qr, r);
+        }
+        if (na != 1 || strcmp(a0, "send") == 0) {
+            snprintf(err, errlen, "usage: tlsrpt [YYYY-MM-DD] | tlsrpt send --now");
             return SL_EPARSE;
         }
         v = json_object_array_get_idx(args, 0);

@@ -94,6 +94,7 @@ static void usage(FILE *f)
           "                       OpenMetrics 1.0\n"
           "  providers            traffic shaping: providers, queues per virtual MTA, mode, rate\n"
           "  tlsrpt [YYYY-MM-DD]  TLSRPT counters (RFC 8460) of today (UTC) or of that day\n"
+          "  tlsrpt send --now    send the pending TLSRPT reports, today's included\n"
           "  raw 'JSON'           send one raw request line, print the answer\n"
           "\n"
           "options:\n"
@@ -1026,6 +1027,10 @@ static void print_providers(json_object *r)
 /* `tlsrpt`: one line per policy domain and type, then its failures. */
 static void print_tlsrpt(json_object *r)
 {
+    if (get(r, "reports") != NULL) { /* tlsrpt send --now */
+        printf("%" PRIu64 " TLSRPT report(s) being sent\n", get_u64(r, "reports"));
+        return;
+    }
     json_object *doms = get(r, "domains");
     size_t nd = doms ? json_object_array_length(doms) : 0;
     printf("TLSRPT counters of %s (UTC)\n", get_str(r, "day") ? get_str(r, "day") : "?");

@@ -154,6 +154,7 @@ class RecordsTest(unittest.TestCase):
         cls.ask("ctl/queue", {"cmd": "queue", "domain": "dis.test"})
         cls.ask("ctl/providers", {"cmd": "providers"})
         cls.ask("ctl/tlsrpt", {"cmd": "tlsrpt"})  # #19: reports.tlsrpt is off here
+        cls.ask("ctl/tlsrpt-send", {"cmd": "tlsrpt", "args": ["send", "--now"]})
         cls.ask("ctl/suspend-shaping", {"cmd": "suspend", "provider": "peerprov", "for": "10m"})
         cls.ask("ctl/suspend-shaping", {"cmd": "suspend", "vmta": "v1"})
         cls.ask("ctl/suspended", {"cmd": "suspended"})
