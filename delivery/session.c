@@ -1176,6 +1176,9 @@ static void session_tls_step(dlv_session_t *s)
     if (rc < 0) {
         char why[300];
         snprintf(why, sizeof(why), "TLS handshake failed: %s", tls_last_error(s->s_tls));
+        /* a verification that failed the handshake (verify, MTA-STS): its
+         * reason, for the record and TLSRPT (certificate-expired, ...) */
+        s->s_tls_fail = tls_failure_type(tls_verify_result(s->s_tls));
         session_tls_failed(s, why);
         return;
     }

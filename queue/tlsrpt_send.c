@@ -294,9 +294,9 @@ static void tr_mail(tr_job_t *j, const char *uri)
                "--tlsrpt-%s\r\nContent-Type: application/tlsrpt+gzip\r\n"
                "Content-Transfer-Encoding: base64\r\n"
                "Content-Disposition: attachment;\r\n\tfilename=\"%s\"\r\n\r\n",
-               cfg->c_hostname, queue_msgid_fmt(m.qm_id, idb), date, from, rcpt, date,
-               j->tj_domain, cfg->c_hostname, j->tj_id, j->tj_domain, cfg->c_hostname, idb,
-               cfg->c_hostname, idb, idb, cfg->c_tlsrpt_org, j->tj_domain, idb, j->tj_file);
+               cfg->c_hostname, queue_msgid_fmt(m.qm_id, idb), date, from, rcpt, date, j->tj_domain,
+               cfg->c_hostname, j->tj_id, j->tj_domain, cfg->c_hostname, idb, cfg->c_hostname, idb,
+               idb, cfg->c_tlsrpt_org, j->tj_domain, idb, j->tj_file);
     tr_base64(b, (const unsigned char *)j->tj_gz.b_data, j->tj_gz.b_len);
     buf_printf(b, "\r\n--tlsrpt-%s--\r\n", idb);
     MDB_txn *txn;
@@ -489,7 +489,7 @@ int q_tlsrpt_send(queue_t *q, bool now)
     snprintf(ts->ts_last_day, sizeof(ts->ts_last_day), "%s", today);
     q_tlsrpt_flush(q);
     /* the (day, domain) pairs to report, read first: tr_start writes */
-    char (*pairs)[11 + 254] = NULL;
+    char(*pairs)[11 + 254] = NULL;
     int np = 0;
     MDB_txn *txn;
     if (mdb_txn_begin(q->q_env, NULL, MDB_RDONLY, &txn) != 0)

@@ -265,6 +265,40 @@ class DaneTest(DaneBase):
         self.assertEqual(bad.wires(), [])  # never connected to
         d.stop()
 
+    def test_dane_wins_over_mta_sts(self):
+        """A domain with an MTA-STS policy in enforce mode whose MX host
+        has a DANE-EE record and an expired certificate: PKIX (MTA-STS)
+        would refuse it, DANE accepts it, and DANE wins for that host (RFC
+        8461 2): delivered, tls_policy "dane", mta_sts "enforce". The same
+        domain without the AD bit (no DANE): MTA-STS defers 4.7.5 with
+        tls_failure certificate-expired and tls_policy "mta-sts"."""
+        from test_mta_sts import ENFORCE, PolicyServer
+        sts_cert = self.ca.issue("sts", ["mta-sts.both.test", "mta-sts.sts.test"])
+        pol = ENFORCE % "mx1.d.test"
+        https = PolicyServer(sts_cert[0], sts_cert[1], {"both.test": pol, "sts.test": pol})
+        self.cleanups.append(https.stop)
+        p = self.peer("127.0.0.2", self.expired)
+        tl = [(3, 1, 1, st.tlsa_data(self.expired[0], 1, 1))]
+        recs = self.zone("both.test", [(10, "mx1.d.test", "127.0.0.2")], {"mx1.d.test": tl})
+        recs.update(self.zone("sts.test", [(10, "mx1.d.test", "127.0.0.2")]))
+        for dom in ("both.test", "sts.test"):
+            recs[("_mta-sts." + dom, "TXT")] = ["v=STSv1; id=p1"]
+            recs[("mta-sts." + dom, "A")] = ["127.0.0.1"]
+        dns = self.dns(recs, secure={"both.test", "d.test"})
+        d = self.daemon(dns, extra='    ca_file = "%s";\n    mta_sts_port = %d;\n'
+                        % (self.ca.cert, https.port))
+        send(d, ["a@both.test"])
+        rec = wait_acct(d, "delivery", "a@both.test")[0]
+        self.assertEqual((rec["tls_policy"], rec["mta_sts"]), ("dane", "enforce"), rec)
+        self.assertEqual(len(p.messages()), 1)
+        self.assertEqual(https.count("both.test"), 1)  # the policy was fetched all the same
+        send(d, ["b@sts.test"])
+        rec = wait_acct(d, "transient", "b@sts.test")[0]
+        self.assertEqual((rec["status"], rec["tls_policy"], rec["mta_sts"], rec["tls_failure"]),
+                         ("4.7.5", "mta-sts", "enforce", "certificate-expired"), rec)
+        self.assertEqual(len(p.messages()), 1)
+        d.stop()
+
     def test_config_refuses_remote_resolver(self):
         """trust-ad with a resolver that is not on loopback is refused at
         load, unless forced; without resolvers too."""

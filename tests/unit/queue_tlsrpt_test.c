@@ -25,14 +25,14 @@ static void test_txt(void **state)
         {"v=TLSRPTv1;rua=mailto:a@b.example", 1, "mailto:a@b.example"},
         {"v=TLSRPTv1; rua=https://r.example/x ; ext=value", 1, "https://r.example/x"},
         {"v=TLSRPTv1; rua= mailto:a@b.example , ftp://x.example/", 1, "mailto:a@b.example"},
-        {"v=TLSRPTv1; rua=ftp://x.example/", -1, NULL},       /* no scheme of RFC 8460 */
-        {"v=TLSRPTv1; rua=http://x.example/", -1, NULL},      /* https only */
-        {"v=TLSRPTv1;", -1, NULL},                            /* no rua */
-        {"v=TLSRPTv1", -1, NULL},                             /* no field at all */
-        {"v=TLSRPTv2; rua=mailto:a@b.example", -1, NULL},     /* another version */
-        {"rua=mailto:a@b.example; v=TLSRPTv1", -1, NULL},     /* the version first */
-        {"v=tlsrptv1; rua=mailto:a@b.example", -1, NULL},     /* case-sensitive */
-        {"v=TLSRPTv1; rua=mailto:a b@c.example", -1, NULL},   /* a space in a URI */
+        {"v=TLSRPTv1; rua=ftp://x.example/", -1, NULL},     /* no scheme of RFC 8460 */
+        {"v=TLSRPTv1; rua=http://x.example/", -1, NULL},    /* https only */
+        {"v=TLSRPTv1;", -1, NULL},                          /* no rua */
+        {"v=TLSRPTv1", -1, NULL},                           /* no field at all */
+        {"v=TLSRPTv2; rua=mailto:a@b.example", -1, NULL},   /* another version */
+        {"rua=mailto:a@b.example; v=TLSRPTv1", -1, NULL},   /* the version first */
+        {"v=tlsrptv1; rua=mailto:a@b.example", -1, NULL},   /* case-sensitive */
+        {"v=TLSRPTv1; rua=mailto:a b@c.example", -1, NULL}, /* a space in a URI */
         {"", -1, NULL},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
