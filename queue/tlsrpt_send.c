@@ -41,7 +41,6 @@ typedef struct tr_job {
     char tj_file[600]; /* file name of the gzipped report (RFC 8460 5.1) */
     buf_t tj_gz;       /* the gzipped report */
     int tj_pending;    /* lookups and POSTs in flight */
-    http_request_t *tj_req[TR_MAX_URIS];
 } tr_job_t;
 
 struct q_tlsrpt_send {
@@ -299,12 +298,15 @@ static void tr_mail(tr_job_t *j, const char *uri)
                idb, cfg->c_tlsrpt_org, j->tj_domain, idb, j->tj_file);
     tr_base64(b, (const unsigned char *)j->tj_gz.b_data, j->tj_gz.b_len);
     buf_printf(b, "\r\n--tlsrpt-%s--\r\n", idb);
-    MDB_txn *txn;
+    MDB_txn *txn = NULL;
     int rc = mdb_txn_begin(q->q_env, NULL, 0, &txn);
-    if (rc == 0 && (rc = q_insert_msg(q, txn, &m)) == 0)
-        rc = mdb_txn_commit(txn);
-    else if (rc == 0 || txn != NULL)
-        mdb_txn_abort(txn);
+    if (rc == 0) {
+        rc = q_insert_msg(q, txn, &m);
+        if (rc == 0)
+            rc = mdb_txn_commit(txn); /* frees txn either way */
+        else
+            mdb_txn_abort(txn);
+    }
     buf_free(b);
     if (rc != 0) {
         log_warn("tlsrpt: %s: report %s by mail to <%s> not queued: %s", j->tj_domain, j->tj_id,
@@ -317,7 +319,7 @@ static void tr_mail(tr_job_t *j, const char *uri)
     log_info("tlsrpt: %s: report %s queued as %s to <%s>", j->tj_domain, j->tj_id, idb, rcpt);
 }
 
-static void tr_post(tr_job_t *j, const char *uri, int slot)
+static void tr_post(tr_job_t *j, const char *uri)
 {
     struct q_tlsrpt_send *ts = tr_state(j->tj_q);
     char err[256];
@@ -333,8 +335,7 @@ static void tr_post(tr_job_t *j, const char *uri, int slot)
                          .hg_post = j->tj_gz.b_data,
                          .hg_post_len = j->tj_gz.b_len,
                          .hg_content_type = "application/tlsrpt+gzip"};
-    j->tj_req[slot] = http_get(ts->ts_http, &o, tr_post_cb, j);
-    if (j->tj_req[slot] == NULL) {
+    if (http_get(ts->ts_http, &o, tr_post_cb, j) == NULL) { /* cancelled only by the free */
         log_warn("tlsrpt: %s: POST %s could not start", j->tj_domain, uri);
         return;
     }
@@ -344,8 +345,6 @@ static void tr_post(tr_job_t *j, const char *uri, int slot)
 static void tr_post_cb(void *arg, const http_response_t *r)
 {
     tr_job_t *j = arg;
-    for (int i = 0; i < TR_MAX_URIS; i++)
-        j->tj_req[i] = NULL; /* the one that answered; the others are still counted */
     if (r->hr_error == NULL && r->hr_status >= 200 && r->hr_status < 300)
         log_info("tlsrpt: %s: report %s posted (HTTP %d)", j->tj_domain, j->tj_id, r->hr_status);
     else
@@ -384,7 +383,7 @@ static void tr_txt_cb(void *arg, dns_status_t st, const char *const *txt, int n,
         if (strncasecmp(uris[i], "mailto:", 7) == 0)
             tr_mail(j, uris[i]);
         else
-            tr_post(j, uris[i], i);
+            tr_post(j, uris[i]);
     }
     q_tlsrpt_uris_free(uris, nu);
     if (j->tj_pending == 0)
