@@ -53,12 +53,12 @@ static void dane_tlsa_cb(void *arg, dns_status_t st, bool secure, const dns_tlsa
 static void dane_finish(dane_lookup_t *dl);
 
 void dlv_tlsrpt_note(dlv_thread_t *t, const char *domain, const char *ptype, const char *result,
-                     const char *mx, const char *ip)
+                     const char *reason, const char *mx, const char *ip)
 {
     DLV_ASSERT_ON_LOOP(t);
     if (t->t_cfg->c_tlsrpt_org[0] == '\0') /* reports.tlsrpt off: nothing counted */
         return;
-    queue_tlsrpt_note(t->t_d->d_queue, domain, ptype, result, mx, ip);
+    queue_tlsrpt_note(t->t_d->d_queue, domain, ptype, result, result ? reason : NULL, mx, ip);
 }
 
 bool dlv_dane_usable(const dns_tlsa_t *r)

@@ -463,10 +463,11 @@ dlv_dane_t *dlv_dane_ref(dlv_dane_t *dn); /* NULL allowed */
 void dlv_dane_unref(dlv_dane_t *dn);      /* NULL allowed */
 /* TLSRPT (RFC 8460): count one TLS session to mx/ip for policy domain
  * domain under ptype ("tlsa", "sts", "no-policy-found"); result NULL when
- * it succeeded, else its result type. Nothing when reports.tlsrpt is off.
+ * it succeeded, else its result type and reason the error in words (the
+ * report's failure-reason-code). Nothing when reports.tlsrpt is off.
  * Delivery thread t. */
 void dlv_tlsrpt_note(dlv_thread_t *t, const char *domain, const char *ptype, const char *result,
-                     const char *mx, const char *ip);
+                     const char *reason, const char *mx, const char *ip);
 /* RFC 7672 2.2 / 3.1: DANE-TA(2) or DANE-EE(3), selector 0/1, matching 0/1/2
  * with a digest of the right length. Any thread. */
 bool dlv_dane_usable(const dns_tlsa_t *r);

@@ -791,7 +791,7 @@ static void session_policy_fail(dlv_session_t *s, const char *status, const char
     dlv_dest_t *de = s->s_dest;
     const char *type = s->s_tls_fail ? s->s_tls_fail : "validation-failure";
     if (sts)
-        dlv_tlsrpt_note(s->s_t, de->de_domain, "sts", type, S_HOST(s), s->s_mx_ip);
+        dlv_tlsrpt_note(s->s_t, de->de_domain, "sts", type, text, S_HOST(s), s->s_mx_ip);
     if (s->s_tls_done || s->s_tls == NULL)
         session_quit(s);
     session_close(s);
@@ -829,7 +829,7 @@ static void session_dane_fail(dlv_session_t *s, const char *type, const char *wh
     dlv_judge(&r, &v);
     v.v_tls_policy = "dane";
     v.v_tls_failure = type;
-    dlv_tlsrpt_note(s->s_t, s->s_dest->de_domain, "tlsa", type, S_HOST(s), s->s_mx_ip);
+    dlv_tlsrpt_note(s->s_t, s->s_dest->de_domain, "tlsa", type, why, S_HOST(s), s->s_mx_ip);
     log_warn("delivery: %s: TLS policy dane: %s", s->s_dest->de_domain, log_esc(text));
     session_reply_conn_error(s, &v, quit);
 }
@@ -1212,7 +1212,7 @@ static void session_tls_step(dlv_session_t *s)
                     s->s_dane != NULL          ? "tlsa"
                     : dlv_sts_mode(de) != NULL ? "sts"
                                                : "no-policy-found",
-                    NULL, S_HOST(s), s->s_mx_ip);
+                    NULL, NULL, S_HOST(s), s->s_mx_ip);
     snprintf(s->s_tls_ver, sizeof(s->s_tls_ver), "%s", tls_version(s->s_tls));
     snprintf(s->s_cipher, sizeof(s->s_cipher), "%s", tls_cipher(s->s_tls));
     atomic_fetch_add_explicit(&S_STATS(s)->ds_tls_sessions, 1, memory_order_relaxed);
@@ -1254,7 +1254,8 @@ static void session_tls_failed(dlv_session_t *s, const char *why)
     log_warn("delivery: %s: TLS with %s[%s] failed (%s); retrying without TLS", de->de_domain,
              S_HOST(s), s->s_mx_ip, why);
     dlv_tlsrpt_note(s->s_t, de->de_domain, dlv_sts_mode(de) != NULL ? "sts" : "no-policy-found",
-                    s->s_tls_fail ? s->s_tls_fail : "validation-failure", S_HOST(s), s->s_mx_ip);
+                    s->s_tls_fail ? s->s_tls_fail : "validation-failure", why, S_HOST(s),
+                    s->s_mx_ip);
     dlv_sts_testing_failure(de, S_HOST(s), why); /* MTA-STS testing */
     de->de_notls_until = clock_mono_us() + DLV_NOTLS_TIME * 1000000ULL;
     s->s_no_tls = true;

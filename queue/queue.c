@@ -755,25 +755,28 @@ static void queue_acct_ev_cb(chan_t *ch, chan_node_t *first, void *arg)
 typedef struct q_tlsrpt_ev {
     chan_node_t te_node;
     uint64_t te_time;
-    const char *te_s[5]; /* domain, policy type, result, MX, IP: into te_text */
+    const char *te_s[6]; /* domain, policy type, result, MX, IP, reason: into te_text */
     char te_text[];
 } q_tlsrpt_ev_t;
 
 void queue_tlsrpt_note(queue_t *q, const char *dom, const char *ptype, const char *result,
-                       const char *mx, const char *ip)
+                       const char *reason, const char *mx, const char *ip)
 {
-    const char *in[5] = {dom, ptype, result, mx, ip};
-    size_t len[5], total = 0;
-    for (int i = 0; i < 5; i++) {
-        len[i] = in[i] ? strnlen(in[i], 300) : 0;
+    const char *in[6] = {dom, ptype, result, mx, ip, reason};
+    size_t len[6], total = 0;
+    for (int i = 0; i < 6; i++) {
+        len[i] = in[i] ? strnlen(in[i], i == 5 ? 64 : 300) : 0;
         total += len[i] + 1;
     }
     q_tlsrpt_ev_t *e = xmalloc(sizeof(*e) + total);
     e->te_time = clock_now_us() / 1000000;
     char *p = e->te_text;
-    for (int i = 0; i < 5; i++) {
+    for (int i = 0; i < 6; i++) {
         memcpy(p, in[i] ? in[i] : "", len[i]);
         p[len[i]] = '\0';
+        for (size_t k = 0; k < len[i]; k++) /* the reason may quote a peer: ASCII only */
+            if ((unsigned char)p[k] < ' ' || (unsigned char)p[k] > '~')
+                p[k] = '?';
         e->te_s[i] = p;
         p += len[i] + 1;
     }
@@ -793,7 +796,8 @@ static void queue_tlsrpt_cb(chan_t *ch, chan_node_t *first, void *arg)
     while (first) {
         q_tlsrpt_ev_t *e = (q_tlsrpt_ev_t *)first;
         first = first->cn_next;
-        q_tlsrpt_add(q, e->te_time, e->te_s[0], e->te_s[1], e->te_s[2], e->te_s[3], e->te_s[4]);
+        q_tlsrpt_add(q, e->te_time, e->te_s[0], e->te_s[1], e->te_s[2], e->te_s[5], e->te_s[3],
+                     e->te_s[4]);
         free(e);
     }
 }

@@ -285,11 +285,12 @@ void queue_outcome_free(queue_outcome_t *o);
 /* TLSRPT (RFC 8460, docs/tlsrpt.md): one TLS session towards a host of
  * policy domain dom, under policy type ptype ("tlsa", "sts",
  * "no-policy-found"); result NULL or "" when it succeeded, else the RFC
- * 8460 result type; mx / ip the receiving host (NULL: none). Counted by
- * the queue thread and kept in the spool. The caller checks that
- * reports.tlsrpt is on. Any thread. */
+ * 8460 result type and reason the error text (failure-reason-code; cut
+ * to 64 bytes, NULL: none); mx / ip the receiving host (NULL: none).
+ * Counted by the queue thread and kept in the spool. The caller checks
+ * that reports.tlsrpt is on. Any thread. */
 void queue_tlsrpt_note(queue_t *q, const char *dom, const char *ptype, const char *result,
-                       const char *mx, const char *ip);
+                       const char *reason, const char *mx, const char *ip);
 
 /* Called on the queue thread with a dispatch it hands over (ownership
  * passes). The function must not block: it pushes onto a delivery

@@ -375,18 +375,21 @@ void q_dsns_reset(q_dsns_t *dl);
 /* One TLS session's result (result "" or NULL: it succeeded) at unix_s,
  * counted in memory until the next q_tlsrpt_flush. Queue thread. */
 void q_tlsrpt_add(queue_t *q, uint64_t unix_s, const char *dom, const char *ptype,
-                  const char *result, const char *mx, const char *ip);
+                  const char *result, const char *reason, const char *mx, const char *ip);
 /* Write the counters gathered since the last flush (one write txn; none
  * when there is nothing). Queue thread, no transaction open. */
 void q_tlsrpt_flush(queue_t *q);
 void q_tlsrpt_free(queue_t *q);
 /* "YYYY-MM-DD" of unix_s, UTC. */
 void q_tlsrpt_day(uint64_t unix_s, char day[11]);
-/* A key's six parts (day, domain, policy type, result, MX, IP). */
-bool q_tlsrpt_split(const MDB_val *k, const char *parts[6], size_t lens[6]);
+/* A key's seven parts (day, domain, policy type, result, MX, IP, reason). */
+#define Q_TLSRPT_PARTS 7
+bool q_tlsrpt_split(const MDB_val *k, const char *parts[Q_TLSRPT_PARTS],
+                    size_t lens[Q_TLSRPT_PARTS]);
 /* The counters of day (and of domain only, unless NULL) as a JSON array
  * [{domain, policies:[{policy_type, successful, failed, failures:[{
- * result_type, receiving_mx_hostname, receiving_ip, count}]}]}]. */
+ * result_type, receiving_mx_hostname, receiving_ip, failure_reason,
+ * count}]}]}]. */
 struct json_object *q_tlsrpt_json(queue_t *q, MDB_txn *txn, const char *day, const char *domain);
 
 /* ------------------------------------------------------------ TLSRPT reports (tlsrpt_send.c) */

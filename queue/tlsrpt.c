@@ -13,7 +13,7 @@
  * (queue.scan_interval, 1 s by default) and at stop, so that a TLS session
  * costs no transaction of its own and a restart loses at most one period.
  * Key: "YYYY-MM-DD" NUL domain NUL policy type NUL result type ("" for a
- * success) NUL MX host NUL IP; value: the count (u64 BE). A calling file
+ * success) NUL MX host NUL IP NUL failure reason; value: the count (u64 BE). A calling file
  * of this one: queue.c; it calls spool.c's encodings.
  *
  * Thread: queue thread only.
@@ -42,7 +42,7 @@ struct q_tlsrpt {
 };
 
 static size_t tr_key(char *k, const char *day, const char *dom, const char *ptype,
-                     const char *result, const char *mx, const char *ip);
+                     const char *result, const char *mx, const char *ip, const char *reason);
 
 void q_tlsrpt_day(uint64_t unix_s, char day[11])
 {
@@ -54,10 +54,10 @@ void q_tlsrpt_day(uint64_t unix_s, char day[11])
 
 /* The parts joined by NULs (each cut to fit), and the length. */
 static size_t tr_key(char *k, const char *day, const char *dom, const char *ptype,
-                     const char *result, const char *mx, const char *ip)
+                     const char *result, const char *mx, const char *ip, const char *reason)
 {
-    const char *parts[] = {day, dom, ptype, result, mx, ip};
-    size_t caps[] = {10, 253, 16, 40, 253, 46};
+    const char *parts[] = {day, dom, ptype, result, mx, ip, reason};
+    size_t caps[] = {10, 253, 16, 40, 253, 46, 64};
     size_t n = 0;
     for (size_t i = 0; i < ARRAY_SIZE(parts); i++) {
         size_t l = strnlen(parts[i] ? parts[i] : "", caps[i]);
@@ -70,7 +70,7 @@ static size_t tr_key(char *k, const char *day, const char *dom, const char *ptyp
 }
 
 void q_tlsrpt_add(queue_t *q, uint64_t unix_s, const char *dom, const char *ptype,
-                  const char *result, const char *mx, const char *ip)
+                  const char *result, const char *reason, const char *mx, const char *ip)
 {
     Q_ASSERT_QUEUE_THREAD(q);
     if (q->q_tlsrpt == NULL)
@@ -78,7 +78,7 @@ void q_tlsrpt_add(queue_t *q, uint64_t unix_s, const char *dom, const char *ptyp
     struct q_tlsrpt *tr = q->q_tlsrpt;
     char day[11], k[TR_KEY_MAX];
     q_tlsrpt_day(unix_s, day);
-    size_t len = tr_key(k, day, dom, ptype, result, mx, ip);
+    size_t len = tr_key(k, day, dom, ptype, result, mx, ip, result && result[0] ? reason : "");
     uint32_t h = 2166136261u;
     for (size_t i = 0; i < len; i++)
         h = (h ^ (uint8_t)k[i]) * 16777619u;
@@ -152,13 +152,14 @@ void q_tlsrpt_free(queue_t *q)
     q->q_tlsrpt = NULL;
 }
 
-/* The NUL-separated parts of a key: 6 of them, or false. */
-bool q_tlsrpt_split(const MDB_val *k, const char *parts[6], size_t lens[6])
+/* The NUL-separated parts of a key, or false. */
+bool q_tlsrpt_split(const MDB_val *k, const char *parts[Q_TLSRPT_PARTS],
+                    size_t lens[Q_TLSRPT_PARTS])
 {
     const char *p = k->mv_data, *end = p + k->mv_size;
-    for (int i = 0; i < 6; i++) {
-        const char *z = memchr(p, '\0', (size_t)(end - p));
-        if (z == NULL && i < 5)
+    for (int i = 0; i < Q_TLSRPT_PARTS; i++) {
+        const char *z = p < end ? memchr(p, '\0', (size_t)(end - p)) : NULL;
+        if (z == NULL && i < Q_TLSRPT_PARTS - 1)
             return false;
         if (z == NULL)
             z = end;
@@ -200,8 +201,8 @@ json_object *q_tlsrpt_json(queue_t *q, MDB_txn *txn, const char *day, const char
     MDB_val k = {dl, start}, v; /* "YYYY-MM-DD" sorts just before its day's keys */
     for (int rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); rc == 0;
          rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-        const char *p[6];
-        size_t l[6];
+        const char *p[Q_TLSRPT_PARTS];
+        size_t l[Q_TLSRPT_PARTS];
         if (!q_tlsrpt_split(&k, p, l) || l[0] != dl || memcmp(p[0], day, dl) != 0)
             break;
         if (v.mv_size != 8)
@@ -237,6 +238,8 @@ json_object *q_tlsrpt_json(queue_t *q, MDB_txn *txn, const char *day, const char
                                l[4] ? json_object_new_string_len(p[4], (int)l[4]) : NULL);
         json_object_object_add(f, "receiving_ip",
                                l[5] ? json_object_new_string_len(p[5], (int)l[5]) : NULL);
+        json_object_object_add(f, "failure_reason",
+                               l[6] ? json_object_new_string_len(p[6], (int)l[6]) : NULL);
         json_object_object_add(f, "count", json_object_new_int64((int64_t)n));
         json_object_array_add(json_object_object_get(pol, "failures"), f);
     }

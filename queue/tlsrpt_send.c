@@ -184,6 +184,8 @@ json_object *q_tlsrpt_report(queue_t *q, MDB_txn *txn, const char *day, const ch
                 json_object_object_add(x, "receiving-mx-hostname", json_object_get(v));
             if ((v = json_object_object_get(f, "receiving_ip")) != NULL)
                 json_object_object_add(x, "receiving-ip", json_object_get(v));
+            if ((v = json_object_object_get(f, "failure_reason")) != NULL)
+                json_object_object_add(x, "failure-reason-code", json_object_get(v));
             json_object_object_add(x, "failed-session-count",
                                    json_object_get(json_object_object_get(f, "count")));
             json_object_array_add(fd, x);
@@ -445,8 +447,8 @@ static void tr_start(queue_t *q, const char *day, const char *domain, uint64_t e
     if (mdb_cursor_open(txn, q->q_dbi_tlsrpt, &c) == 0) {
         for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); rc == 0;
              rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-            const char *p[6];
-            size_t l[6];
+            const char *p[Q_TLSRPT_PARTS];
+            size_t l[Q_TLSRPT_PARTS];
             if (!q_tlsrpt_split(&k, p, l) || l[0] != 10 || memcmp(p[0], day, 10) != 0)
                 break;
             if (l[1] == strlen(domain) && memcmp(p[1], domain, l[1]) == 0)
@@ -498,8 +500,8 @@ int q_tlsrpt_send(queue_t *q, bool now)
         MDB_val k, v;
         for (int rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0 && np < 10000;
              rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-            const char *p[6];
-            size_t l[6];
+            const char *p[Q_TLSRPT_PARTS];
+            size_t l[Q_TLSRPT_PARTS];
             if (!q_tlsrpt_split(&k, p, l) || l[0] != 10 || l[1] == 0 || l[1] > 253)
                 continue;
             if (!now && memcmp(p[0], today, 10) >= 0)

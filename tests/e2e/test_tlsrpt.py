@@ -50,6 +50,12 @@ def policies(answer):
     return out
 
 
+def reasons(answer):
+    """{(domain, result type): failure_reason}."""
+    return {(d["domain"], f["result_type"]): f["failure_reason"]
+            for d in answer["domains"] for p in d["policies"] for f in p["failures"]}
+
+
 class TlsrptCountersTest(DaneBase):
 
     def run_mix(self):
@@ -93,6 +99,9 @@ class TlsrptCountersTest(DaneBase):
         st_validate(schemas["ctl/tlsrpt"], store, ans)
         self.assertRegex(ans["day"], r"^\d{4}-\d{2}-\d{2}$")
         self.assertEqual(policies(ans), self.expected())
+        why = reasons(ans)
+        self.assertEqual(why[("plain.test", "starttls-not-supported")], "STARTTLS not offered")
+        self.assertRegex(why[("bad.test", "validation-failure")], r"^DANE: certificate verify: .*TLSA")
         out = d.ctl("tlsrpt").check().out
         self.assertIn("TLSRPT counters of %s" % ans["day"], out)
         self.assertRegex(out, r"bad\.test\s+tlsa\s+0\s+1")
