@@ -156,6 +156,8 @@ static const key_def_t keys[] = {
     KEYR("delivery.dead_time", LIVE, K_DUR, c_dlv_dead_time, 1, 7 * DAY, "5m"),
     KEY("delivery.mta_sts", RESTART, K_BOOL, c_dlv_mta_sts, "true"),
     KEYR("delivery.mta_sts_port", RESTART, K_INT, c_dlv_mta_sts_port, 1, 65535, "443"),
+    KEY("delivery.dnssec", RESTART, K_STR, c_dlv_dnssec_text, "off"),
+    KEY("delivery.dnssec_force", RESTART, K_BOOL, c_dlv_dnssec_force, "false"),
     KEYR("delivery.connect_timeout", LIVE, K_DUR, c_to_connect, 1, HOUR, "30s"),
     KEYR("delivery.greeting_timeout", LIVE, K_DUR, c_to_greeting, 1, HOUR, "5m"),
     KEYR("delivery.ehlo_timeout", LIVE, K_DUR, c_to_ehlo, 1, HOUR, "5m"),
@@ -166,6 +168,10 @@ static const key_def_t keys[] = {
     KEYR("delivery.data_block_timeout", LIVE, K_DUR, c_to_data_block, 1, HOUR, "3m"),
     KEYR("delivery.data_done_timeout", LIVE, K_DUR, c_to_data_done, 1, HOUR, "10m"),
     KEYR("delivery.quit_timeout", LIVE, K_DUR, c_to_quit, 1, HOUR, "10s"),
+
+    KEY("reports.tlsrpt.organization", LIVE, K_STR, c_tlsrpt_org, ""),
+    KEY("reports.tlsrpt.contact", LIVE, K_STR, c_tlsrpt_contact, ""),
+    KEY("reports.tlsrpt.sender", LIVE, K_STR, c_tlsrpt_sender, ""),
 
     KEY("dkim.sign_from_domain", LIVE, K_BOOL, c_dkim_sign_from, "true"),
     KEY("dkim.esp_domain", LIVE, K_HOSTNAME, c_dkim_esp_domain, ""),
@@ -929,6 +935,54 @@ static int finish_verp(loader_t *ld)
     return 0;
 }
 
+/* delivery.dnssec: the AD bit means "validated" only when it comes from a
+ * validating resolver on this machine; from anywhere else it can be set by
+ * anyone on the path (RFC 6698 A.3, RFC 7672 2.1). So "trust-ad" wants
+ * delivery.resolvers to name loopback addresses only, unless the operator
+ * forces it (a resolver on a trusted link, or the system's resolv.conf). */
+static int finish_dnssec(loader_t *ld)
+{
+    cfg_t *c = ld->l_cfg;
+    const char *v = c->c_dlv_dnssec_text;
+    int line = ld_line(ld, "delivery.dnssec");
+    if (strcmp(v, "off") != 0 && strcmp(v, "trust-ad") != 0) {
+        ld_error(ld, line, "delivery.dnssec: expected \"off\" or \"trust-ad\", got \"%s\"", v);
+        return SL_ECONFIG;
+    }
+    if (!cfg_dnssec_trust_ad(c) || c->c_dlv_dnssec_force)
+        return 0;
+    const char *r = c->c_dlv_resolvers;
+    if (r[0] == '\0') {
+        ld_error(ld, line,
+                 "delivery.dnssec = \"trust-ad\" needs delivery.resolvers naming the validating "
+                 "resolver on loopback (e.g. \"127.0.0.1\"), or delivery.dnssec_force = true");
+        return SL_ECONFIG;
+    }
+    char item[128];
+    for (const char *p = r; *p != '\0';) {
+        size_t l = strcspn(p, ",");
+        snprintf(item, sizeof(item), "%.*s", (int)MIN(l, sizeof(item) - 1), p);
+        sockaddr_any_t sa;
+        bool loop = net_parse_hostport(item, 53, &sa) == 0 &&
+                    ((sa.ss_family == AF_INET &&
+                      (ntohl(((struct sockaddr_in *)&sa)->sin_addr.s_addr) >> 24) == 127) ||
+                     (sa.ss_family == AF_INET6 &&
+                      IN6_IS_ADDR_LOOPBACK(&((struct sockaddr_in6 *)&sa)->sin6_addr)));
+        if (!loop) {
+            ld_error(ld, line,
+                     "delivery.dnssec = \"trust-ad\": resolver \"%s\" is not on loopback; an AD "
+                     "bit from another host can be forged on the way (set delivery.dnssec_force "
+                     "= true if that resolver is on a link you trust)",
+                     item);
+            return SL_ECONFIG;
+        }
+        p += l;
+        if (*p == ',')
+            p++;
+    }
+    return 0;
+}
+
 /* Checks that involve several keys or the file system. */
 static int finish(loader_t *ld, int file_mode)
 {
@@ -990,6 +1044,14 @@ static int finish(loader_t *ld, int file_mode)
     if (c->c_dlv_shaping[0] != '\0' && access(c->c_dlv_shaping, R_OK) != 0) {
         ld_error(ld, LINE("delivery.shaping"), "delivery.shaping: file not found \"%s\"",
                  c->c_dlv_shaping);
+        return SL_ECONFIG;
+    }
+    if (finish_dnssec(ld) < 0)
+        return SL_ECONFIG;
+    if (c->c_tlsrpt_org[0] != '\0' && c->c_tlsrpt_contact[0] == '\0') {
+        ld_error(ld, LINE("reports.tlsrpt.organization"),
+                 "reports.tlsrpt: organization needs contact (RFC 8460 4.4 contact-info: an "
+                 "address or URI a receiving domain can write to)");
         return SL_ECONFIG;
     }
     if (c->c_retry_initial > c->c_retry_max) {

@@ -199,6 +199,12 @@ typedef struct cfg {
     bool c_dlv_mta_sts;             /* mta_sts = true: honor MTA-STS policies (RFC 8461) of
                                        domains delivered by MX (delivery/mta_sts.c) */
     int c_dlv_mta_sts_port;         /* mta_sts_port = 443: HTTPS port of the policy hosts */
+    char *c_dlv_dnssec_text;        /* dnssec = "off" | "trust-ad" (as written) */
+    bool c_dlv_dnssec_force;        /* dnssec_force = false: allow a non-loopback resolver */
+    /* reports { tlsrpt { } } (RFC 8460, docs/tlsrpt.md): on when organization is set */
+    char *c_tlsrpt_org;     /* organization = "": organization-name of the reports */
+    char *c_tlsrpt_contact; /* contact = "": contact-info of the reports */
+    char *c_tlsrpt_sender;  /* sender = "": From of mailed reports ("" = tlsrpt@hostname) */
     /* timeouts (seconds), RFC 5321 4.5.3.2 */
     uint64_t c_to_connect;    /* connect_timeout = 30s */
     uint64_t c_to_greeting;   /* greeting_timeout = 5m */
@@ -350,6 +356,9 @@ int cfg_tls_policy_for(const cfg_t *c, const char *domain);
 /* True when a tls_policy { } entry (exact or parent) names the domain: it
  * then wins over the domain's MTA-STS policy (delivery/mta_sts.c). */
 bool cfg_tls_policy_explicit(const cfg_t *c, const char *domain);
+/* delivery.dnssec = "trust-ad": the resolver's AD bit is trusted (DANE).
+ * Read from the text, which a reload keeps at its running value. */
+bool cfg_dnssec_trust_ad(const cfg_t *c);
 /* The static route for a domain (exact match, then the smarthost), or NULL
  * when MX lookup applies. */
 const struct cfg_route *cfg_route_for(const cfg_t *c, const char *domain);

@@ -35,6 +35,10 @@ void cfg_free(cfg_t *c)
     for (int i = 0; i < c->c_http_ntokens; i++)
         free(c->c_http_tokens[i].tk_name);
     free(c->c_acct_format);
+    free(c->c_dlv_dnssec_text);
+    free(c->c_tlsrpt_org);
+    free(c->c_tlsrpt_contact);
+    free(c->c_tlsrpt_sender);
     free(c->c_tls_dir);
     for (int i = 0; i < c->c_nusers; i++) {
         free(c->c_users[i].cu_name);

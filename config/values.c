@@ -527,6 +527,11 @@ int cfg_tls_policy_for(const cfg_t *c, const char *domain)
     return pol >= 0 ? pol : c->c_dlv_tls_default;
 }
 
+bool cfg_dnssec_trust_ad(const cfg_t *c)
+{
+    return strcmp(c->c_dlv_dnssec_text, "trust-ad") == 0;
+}
+
 bool cfg_tls_policy_explicit(const cfg_t *c, const char *domain)
 {
     return tls_policy_entry(c, domain) >= 0;

@@ -82,6 +82,9 @@ int dlv_new(cfg_t *cfg, queue_t *q, dlv_t **out, char *err, size_t errlen)
             uv_loop_close(&t->t_loop);
             goto fail;
         }
+        /* DANE (dane.c): DO on queries, AD trusted (a restart key: the
+         * resolver is made once) */
+        dns_resolver_set_dnssec(t->t_dns, cfg_dnssec_trust_ad(cfg));
         t->t_inbox = chan_new(&t->t_loop, dlv_inbox_cb, t);
         uv_async_init(&t->t_loop, &t->t_stop_async, dlv_stop_cb);
         t->t_stop_async.data = t;

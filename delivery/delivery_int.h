@@ -36,6 +36,7 @@ typedef struct shp_dest shp_dest_t;           /* dest.c: backlog, throttles */
 typedef struct shp_queue shp_queue_t;         /* shaping_int.h: a (provider, virtual MTA) queue */
 typedef struct dlv_sts_cache dlv_sts_cache_t; /* mta_sts.c */
 typedef struct dlv_sts_dest dlv_sts_dest_t;   /* mta_sts.c */
+typedef struct dlv_dane dlv_dane_t;           /* dane.c */
 
 struct dlv {
     cfg_t *d_cfg;
@@ -101,6 +102,7 @@ static inline uint64_t dlv_hash(const char *s)
 typedef struct dlv_addr {
     char *da_host; /* MX host name (or the route's host) */
     sockaddr_any_t da_sa;
+    dlv_dane_t *da_dane; /* DANE verdict of the host (a reference; dane.c), NULL: not asked */
 } dlv_addr_t;
 
 typedef enum { DLV_RT_NONE = 0, DLV_RT_RESOLVING, DLV_RT_READY, DLV_RT_FAILED } dlv_rstate_t;
@@ -127,10 +129,12 @@ struct dlv_dest {
     dns_mx_t *de_mx;
     int de_nmx;
     int de_mx_waiting;
+    bool de_mx_implicit; /* no MX: the domain's own addresses (RFC 5321 5.1) */
     uint32_t de_mx_ttl;
     dlv_addr_t *de_mx_addrs[DLV_MAX_MX];
     int de_mx_naddr[DLV_MAX_MX];
     dns_status_t de_mx_st[DLV_MAX_MX];
+    dlv_dane_t *de_mx_dane[DLV_MAX_MX]; /* DANE verdicts of the MX hosts (dane.c) */
     int de_port;
     /* pool */
     dlv_session_t *de_sessions;
@@ -217,6 +221,9 @@ typedef struct dlv_verdict {
     const char *v_rule;        /* the bounce rule that classified ("file:line"), or NULL */
     int v_signal;              /* the shaping rule's action that fired (shp_action_t), 0 none */
     bool v_abort;              /* a protocol error: the session must end (QUIT) */
+    const char *v_tls_policy;  /* set by the caller on a TLS refusal: the policy that refused
+                                * ("dane", ...), NULL = the destination's */
+    const char *v_tls_failure; /* and its RFC 8460 result type ("starttls-not-supported") */
 } dlv_verdict_t;
 
 /* Judge reply r into *v. Applies the shaping rules of r->rp_q to the
@@ -250,8 +257,11 @@ typedef struct dlv_where {
     const char *w_src_ip;
     const char *w_tls;
     const char *w_cipher;
-    const char *w_mta_sts; /* MTA-STS mode that applied ("enforce", "testing") or NULL */
-    bool w_peer_dsn;       /* the server offered DSN: NOTIFY and ORCPT went on with the RCPT */
+    const char *w_mta_sts;     /* MTA-STS mode that applied ("enforce", "testing") or NULL */
+    const char *w_tls_policy;  /* "dane", "mta-sts", "verify", "required", "opportunistic",
+                                * "none" (tls disabled); NULL: not known */
+    const char *w_tls_failure; /* a TLS refusal's RFC 8460 result type, or NULL */
+    bool w_peer_dsn;           /* the server offered DSN: NOTIFY and ORCPT went on with the RCPT */
     /* for the records: NULL / 0 when none applies (dlv_dest_names) */
     const char *w_vmta;
     const char *w_pool;
@@ -428,5 +438,49 @@ void dlv_sts_testing_failure(const dlv_dest_t *de, const char *host, const char 
 /* A session connected at born (monotonic us) predates the policy in force
  * now: it should QUIT rather than take more work. */
 bool dlv_sts_session_stale(const dlv_dest_t *de, uint64_t born);
+
+/* The TLS policy of de's current route as the record names it (dest.c):
+ * "mta-sts" (enforce), else the tls_policy in force ("verify", "required",
+ * "opportunistic", "none"). A DANE host's session says "dane" itself. */
+const char *dlv_dest_tls_policy(const dlv_dest_t *de);
+
+/* ------------------------------------------------------------ dane.c
+ * DANE (RFC 7672): the verdict on one MX host, shared by its addresses.
+ * All on the destination's delivery thread. */
+
+typedef enum {
+    DLV_DANE_NONE = 0, /* no DANE for this host: other policies apply */
+    DLV_DANE_ON,       /* usable TLSA records: TLS mandatory, authenticated by them */
+    DLV_DANE_FAILED,   /* the lookup failed in a signed zone: defer 4.7.5, next MX */
+} dlv_dane_state_t;
+
+struct dlv_dane {
+    int dn_refs;
+    dlv_dane_state_t dn_state;
+    dns_tlsa_t *dn_tlsa; /* DLV_DANE_ON: the usable records */
+    int dn_ntlsa;
+    const char *dn_failure; /* RFC 8460 result type of a failed or unusable lookup, or NULL */
+    char dn_why[200];       /* the failure in words */
+};
+
+/* Done with a lookup: dn holds one reference for the callee, NULL when the
+ * resolver was freed (thread stopping). */
+typedef void (*dlv_dane_done_fn)(void *arg, dlv_dane_t *dn);
+/* Ask whether host's address answer is secure and for its TLSA records at
+ * _<port>._tcp.<host>. The caller asks only for hosts of a secure MX
+ * answer, with delivery.dnssec = "trust-ad". */
+void dlv_dane_lookup(dlv_thread_t *t, const char *host, int port, dlv_dane_done_fn done, void *arg);
+dlv_dane_t *dlv_dane_ref(dlv_dane_t *dn); /* NULL allowed */
+void dlv_dane_unref(dlv_dane_t *dn);      /* NULL allowed */
+/* TLSRPT (RFC 8460): count one TLS session to mx/ip for policy domain
+ * domain under ptype ("tlsa", "sts", "no-policy-found"); result NULL when
+ * it succeeded, else its result type and reason the error in words (the
+ * report's failure-reason-code). Nothing when reports.tlsrpt is off.
+ * Delivery thread t. */
+void dlv_tlsrpt_note(dlv_thread_t *t, const char *domain, const char *ptype, const char *result,
+                     const char *reason, const char *mx, const char *ip);
+/* RFC 7672 2.2 / 3.1: DANE-TA(2) or DANE-EE(3), selector 0/1, matching 0/1/2
+ * with a digest of the right length. Any thread. */
+bool dlv_dane_usable(const dns_tlsa_t *r);
 
 #endif /* SLUICE_DELIVERY_INT_H */

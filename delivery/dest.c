@@ -80,7 +80,10 @@ static void dlv_dest_free(dlv_dest_t *de);
 static void dlv_route_start(dlv_dest_t *de);
 static void dlv_route_fail(dlv_dest_t *de, int code, const char *status, const char *text,
                            uint32_t ttl);
-static void dlv_mx_cb(void *arg, dns_status_t st, const dns_mx_t *mx, int n, uint32_t ttl);
+static void dlv_mx_cb(void *arg, dns_status_t st, bool secure, const dns_mx_t *mx, int n,
+                      uint32_t ttl);
+static void dlv_mx_dane_start(dlv_dest_t *de, bool secure);
+static void dlv_mx_done(dlv_dest_t *de, bool implicit);
 static void dlv_addr_cb(void *arg, dns_status_t st, const sockaddr_any_t *addrs, int n,
                         uint32_t ttl);
 static void shp_dest_init(dlv_dest_t *de);
@@ -139,8 +142,10 @@ static void dlv_addrs_free(dlv_addr_t *a, int n)
 {
     if (a == NULL)
         return;
-    for (int i = 0; i < n; i++)
+    for (int i = 0; i < n; i++) {
         free(a[i].da_host);
+        dlv_dane_unref(a[i].da_dane);
+    }
     free(a);
 }
 
@@ -150,6 +155,8 @@ static void dlv_mx_scratch_free(dlv_dest_t *de)
         dlv_addrs_free(de->de_mx_addrs[i], de->de_mx_naddr[i]);
         de->de_mx_addrs[i] = NULL;
         de->de_mx_naddr[i] = 0;
+        dlv_dane_unref(de->de_mx_dane[i]);
+        de->de_mx_dane[i] = NULL;
     }
     dns_mx_array_free(de->de_mx, de->de_nmx);
     de->de_mx = NULL;
@@ -175,10 +182,28 @@ queue_dispatch_t *dlv_dest_pop(dlv_dest_t *de)
     return shp_pop_any(de);
 }
 
+const char *dlv_dest_tls_policy(const dlv_dest_t *de)
+{
+    if (dlv_sts_enforced(de))
+        return "mta-sts";
+    switch (de->de_policy) {
+    case CFG_TLS_VERIFY:
+        return "verify";
+    case CFG_TLS_REQUIRED:
+        return "required";
+    case CFG_TLS_DISABLED:
+        return "none";
+    default:
+        return "opportunistic";
+    }
+}
+
 void dlv_dest_fail_pending(dlv_dest_t *de, const dlv_verdict_t *v)
 {
     DLV_ASSERT_ON_LOOP(de->de_t);
-    dlv_where_t w = {.w_mta_sts = dlv_sts_mode(de)}; /* e.g. 4.7.5 no MX matches */
+    dlv_where_t w = {.w_mta_sts = dlv_sts_mode(de), /* e.g. 4.7.5 no MX matches */
+                     .w_tls_policy = v->v_tls_policy ? v->v_tls_policy : dlv_dest_tls_policy(de),
+                     .w_tls_failure = v->v_tls_failure};
     queue_dispatch_t *qd;
     while ((qd = dlv_dest_pop(de)) != NULL) {
         dlv_dest_names(de, qd, -1, &w);
@@ -384,7 +409,8 @@ static void dlv_route_start(dlv_dest_t *de)
     dns_query_mx(t->t_dns, de->de_domain, dlv_mx_cb, de);
 }
 
-static void dlv_mx_cb(void *arg, dns_status_t st, const dns_mx_t *mx, int n, uint32_t ttl)
+static void dlv_mx_cb(void *arg, dns_status_t st, bool secure, const dns_mx_t *mx, int n,
+                      uint32_t ttl)
 {
     dlv_dest_t *de = arg;
     dlv_thread_t *t = de->de_t;
@@ -402,12 +428,14 @@ static void dlv_mx_cb(void *arg, dns_status_t st, const dns_mx_t *mx, int n, uin
         de->de_mx[0].dm_host = xstrdup(de->de_domain);
         de->de_nmx = 1;
         de->de_mx_waiting = 1;
+        de->de_mx_implicit = true;
         de->de_mx_ttl = ttl;
         dlv_lookup_t *lk = xcalloc(1, sizeof(*lk));
         lk->lk_dest = de;
         lk->lk_slot = -2;
         atomic_fetch_add_explicit(&t->t_d->d_stats.ds_dns_lookups, 1, memory_order_relaxed);
         dns_query_addr(t->t_dns, de->de_domain, de->de_port, dlv_addr_cb, lk);
+        dlv_mx_dane_start(de, secure); /* RFC 7672 2.2.1: the implicit MX too */
         return;
     }
     case DNS_NXDOMAIN:
@@ -449,6 +477,7 @@ static void dlv_mx_cb(void *arg, dns_status_t st, const dns_mx_t *mx, int n, uin
     }
     de->de_mx_ttl = ttl;
     de->de_mx_waiting = k;
+    de->de_mx_implicit = false;
     for (int i = 0; i < k; i++) {
         de->de_mx_st[i] = DNS_TEMPFAIL;
         dlv_lookup_t *lk = xcalloc(1, sizeof(*lk));
@@ -456,6 +485,43 @@ static void dlv_mx_cb(void *arg, dns_status_t st, const dns_mx_t *mx, int n, uin
         lk->lk_slot = i;
         atomic_fetch_add_explicit(&t->t_d->d_stats.ds_dns_lookups, 1, memory_order_relaxed);
         dns_query_addr(t->t_dns, de->de_mx[i].dm_host, de->de_port, dlv_addr_cb, lk);
+    }
+    dlv_mx_dane_start(de, secure);
+}
+
+/* DANE (dane.c): with a trusted validating resolver and a secure MX answer,
+ * the TLSA verdict of each MX host joins the lookups the route waits for.
+ * An explicit tls_policy entry for the domain wins over DANE, as it does
+ * over MTA-STS (docs/delivery.md). */
+static void dlv_mx_dane_cb(void *arg, dlv_dane_t *dn)
+{
+    dlv_lookup_t *lk = arg;
+    dlv_dest_t *de = lk->lk_dest;
+    int i = lk->lk_slot;
+    free(lk);
+    if (dn == NULL || de->de_t->t_stopping) {
+        dlv_dane_unref(dn);
+        de->de_rstate = DLV_RT_NONE;
+        return;
+    }
+    dlv_dane_unref(de->de_mx_dane[i]);
+    de->de_mx_dane[i] = dn;
+    if (--de->de_mx_waiting == 0)
+        dlv_mx_done(de, de->de_mx_implicit);
+}
+
+static void dlv_mx_dane_start(dlv_dest_t *de, bool secure)
+{
+    dlv_thread_t *t = de->de_t;
+    const cfg_t *cfg = t->t_cfg;
+    if (!secure || !cfg_dnssec_trust_ad(cfg) || cfg_tls_policy_explicit(cfg, de->de_domain))
+        return;
+    de->de_mx_waiting += de->de_nmx;
+    for (int i = 0; i < de->de_nmx; i++) {
+        dlv_lookup_t *lk = xcalloc(1, sizeof(*lk));
+        lk->lk_dest = de;
+        lk->lk_slot = i;
+        dlv_dane_lookup(t, de->de_mx[i].dm_host, de->de_port, dlv_mx_dane_cb, lk);
     }
 }
 
@@ -499,6 +565,7 @@ static void dlv_mx_done(dlv_dest_t *de, bool implicit)
         for (int j = 0; j < de->de_mx_naddr[i] && k < n; j++) {
             a[k].da_host = xstrdup(de->de_mx[i].dm_host);
             a[k].da_sa = de->de_mx_addrs[i][j].da_sa;
+            a[k].da_dane = dlv_dane_ref(de->de_mx_dane[i]);
             k++;
         }
     uint32_t ttl = de->de_mx_ttl;
@@ -882,7 +949,7 @@ static void shp_defer_pool(dlv_dest_t *de, int p, uint64_t retry_at, const char 
                      .rp_retry_at = retry_at};
     dlv_verdict_t v;
     dlv_judge(&r, &v);
-    dlv_where_t w = {.w_mta_sts = dlv_sts_mode(de)};
+    dlv_where_t w = {.w_mta_sts = dlv_sts_mode(de), .w_tls_policy = dlv_dest_tls_policy(de)};
     for (int i = 0; i < sd->sd_sh->sh_vm->sc_npools; i++) {
         if (p >= 0 && i != p)
             continue;

@@ -452,8 +452,10 @@ static void sts_apply(dlv_dest_t *de)
             dlv_addr_t *a = &de->de_addrs[i];
             if (sts_policy_mx_match(p, a->da_host))
                 de->de_addrs[kept++] = *a;
-            else
+            else {
                 free(a->da_host);
+                dlv_dane_unref(a->da_dane);
+            }
         }
         de->de_naddr = kept;
     }

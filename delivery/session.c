@@ -92,6 +92,8 @@ struct dlv_session {
     dlv_ehlo_t s_x;
     /* TLS */
     tls_conn_t *s_tls;
+    dlv_dane_t *s_dane;     /* the host's DANE verdict (ON or FAILED), a reference; dane.c */
+    const char *s_tls_fail; /* RFC 8460 result type of the TLS failure being handled */
     bool s_tls_done;
     char s_tls_ver[24];
     char s_cipher[64];
@@ -171,6 +173,8 @@ static void session_tls_start(dlv_session_t *s);
 static void session_tls_step(dlv_session_t *s);
 static void session_tls_failed(dlv_session_t *s, const char *why);
 static void session_policy_fail(dlv_session_t *s, const char *status, const char *text);
+static void session_dane_fail(dlv_session_t *s, const char *type, const char *why, bool quit);
+static const char *session_tls_policy(const dlv_session_t *s);
 static void session_judge(dlv_session_t *s, dlv_verdict_t *v);
 
 static const cfg_t *S_CFG(const dlv_session_t *s)
@@ -254,6 +258,7 @@ static void session_reset_conn_state(dlv_session_t *s)
         s->s_tls = NULL;
     }
     s->s_tls_done = false;
+    s->s_tls_fail = NULL;
     s->s_tls_ver[0] = s->s_cipher[0] = '\0';
     s->s_rcpt_cap = 0;
     buf_reset(&s->s_in);
@@ -268,6 +273,9 @@ static void session_connect(dlv_session_t *s)
         s->s_addr = 0;
     snprintf(s->s_host, sizeof(s->s_host), "%s", de->de_addrs[s->s_addr].da_host);
     s->s_sa = de->de_addrs[s->s_addr].da_sa;
+    dlv_dane_t *dn = de->de_addrs[s->s_addr].da_dane;
+    dlv_dane_unref(s->s_dane);
+    s->s_dane = dn != NULL && dn->dn_state != DLV_DANE_NONE ? dlv_dane_ref(dn) : NULL;
     const sockaddr_any_t *sa = &s->s_sa;
     net_ntop((const struct sockaddr *)sa, s->s_mx_ip, sizeof(s->s_mx_ip));
     s->s_port = ntohs(sa->ss_family == AF_INET6 ? ((const struct sockaddr_in6 *)sa)->sin6_port
@@ -287,6 +295,12 @@ static void session_connect(dlv_session_t *s)
         snprintf(text, sizeof(text), "bind source address for %s[%s]:%d: %s", S_HOST(s), s->s_mx_ip,
                  s->s_port, uv_strerror(brc));
         session_conn_fail(s, "4.4.1", text);
+        return;
+    }
+    if (s->s_dane != NULL && s->s_dane->dn_state == DLV_DANE_FAILED) {
+        /* RFC 7672 2.2: this host's TLSA records cannot be known: not
+         * used (4.7.5), the next MX is */
+        session_dane_fail(s, s->s_dane->dn_failure, s->s_dane->dn_why, false);
         return;
     }
     s->s_creq.data = s;
@@ -344,6 +358,7 @@ static void session_handle_closed_cb(uv_handle_t *h)
     buf_free(&s->s_m.m_dkim);
     buf_free(&s->s_m.m_copy);
     smtp_reply_free(&s->s_reply);
+    dlv_dane_unref(s->s_dane);
     free(s);
 }
 
@@ -810,19 +825,76 @@ static void session_policy_fail(dlv_session_t *s, const char *status, const char
                                                                 : "required",
                        "deferred", text);
     dlv_dest_t *de = s->s_dest;
+    const char *type = s->s_tls_fail ? s->s_tls_fail : "validation-failure";
+    if (sts)
+        dlv_tlsrpt_note(s->s_t, de->de_domain, "sts", type, text, S_HOST(s), s->s_mx_ip);
     if (s->s_tls_done || s->s_tls == NULL)
         session_quit(s);
     session_close(s);
-    dlv_dest_fail_pending_with(de, 0, status, buf, 0);
+    if (de->de_npending == 0)
+        return;
+    dlv_reply_t r = {.rp_stage = DLV_STAGE_DEST,
+                     .rp_status = status,
+                     .rp_text = buf,
+                     .rp_domain = de->de_domain};
+    dlv_verdict_t v;
+    dlv_judge(&r, &v);
+    v.v_tls_failure = type; /* the record says why (docs/records.md) */
+    dlv_dest_fail_pending(de, &v);
 }
 
 /* ------------------------------------------------------------ replies */
+
+/* DANE (RFC 7672 2.2): a failure at this host defers 4.7.5 and the next
+ * MX is tried (session_conn_error), never plaintext. type: the RFC 8460
+ * result type, for the record and TLSRPT. quit: the server still reads
+ * commands in the clear. */
+static void session_dane_fail(dlv_session_t *s, const char *type, const char *why, bool quit)
+{
+    char text[640];
+    snprintf(text, sizeof(text), "%s[%s]:%d: %s%s", S_HOST(s), s->s_mx_ip, s->s_port,
+             strncmp(why, "DANE", 4) == 0 ? "" : "DANE: ", why);
+    dlv_reply_t r = {.rp_stage = DLV_STAGE_CONNECT,
+                     .rp_status = "4.7.5",
+                     .rp_text = text,
+                     .rp_domain = s->s_dest->de_domain,
+                     .rp_mx = S_HOST(s),
+                     .rp_mx_ip = s->s_mx_ip,
+                     .rp_port = s->s_port};
+    dlv_verdict_t v;
+    dlv_judge(&r, &v);
+    v.v_tls_policy = "dane";
+    v.v_tls_failure = type;
+    dlv_tlsrpt_note(s->s_t, s->s_dest->de_domain, "tlsa", type, why, S_HOST(s), s->s_mx_ip);
+    session_tls_record(s, "dane", "deferred", why);
+    log_warn("delivery: %s: TLS policy dane: %s", s->s_dest->de_domain, log_esc(text));
+    session_reply_conn_error(s, &v, quit);
+}
+
+static const char *session_tls_policy(const dlv_session_t *s)
+{
+    if (s->s_dane != NULL && s->s_dane->dn_state == DLV_DANE_ON)
+        return "dane"; /* RFC 8461 2: DANE wins over MTA-STS for this host */
+    return dlv_dest_tls_policy(s->s_dest);
+}
 
 /* After EHLO/HELO: STARTTLS if the policy wants it, else ready. */
 static void session_after_ehlo(dlv_session_t *s)
 {
     dlv_dest_t *de = s->s_dest;
     int pol = de->de_policy;
+    if (!s->s_tls_done && s->s_dane != NULL) { /* DANE: TLS is mandatory */
+        if (!s->s_x.x_starttls || s->s_t->t_tls_ctx == NULL) {
+            session_dane_fail(s, "starttls-not-supported",
+                              s->s_x.x_starttls ? "no TLS client context" : "STARTTLS not offered",
+                              true);
+            return;
+        }
+        session_send(s, "STARTTLS\r\n", 10);
+        dlv_session_enter_state(s, S_STARTTLS);
+        session_timer(s, S_CFG(s)->c_to_starttls);
+        return;
+    }
     bool must = pol == CFG_TLS_REQUIRED || pol == CFG_TLS_VERIFY;
     if (!s->s_tls_done && !s->s_no_tls && pol != CFG_TLS_DISABLED && s->s_x.x_starttls &&
         s->s_t->t_tls_ctx != NULL) {
@@ -832,6 +904,7 @@ static void session_after_ehlo(dlv_session_t *s)
         return;
     }
     if (!s->s_tls_done && must) {
+        s->s_tls_fail = "starttls-not-supported";
         session_policy_fail(s, "4.7.4",
                             s->s_x.x_starttls ? "TLS required but no TLS client context"
                                               : "TLS required but STARTTLS not offered");
@@ -1062,6 +1135,7 @@ static void session_on_reply(dlv_session_t *s)
         } else {
             char why[600];
             snprintf(why, sizeof(why), "STARTTLS refused: %d %.400s", code, s->s_text);
+            s->s_tls_fail = "starttls-not-supported";
             session_tls_failed(s, why);
         }
         return;
@@ -1113,12 +1187,16 @@ static void session_tls_start(dlv_session_t *s)
     s->s_inpos = 0;
     s->s_in_reset = true;
     smtp_reply_reset(&s->s_reply);
-    s->s_tls = tls_conn_new_client(s->s_t->t_tls_ctx, S_HOST(s), verify);
+    if (s->s_dane != NULL) /* no resumption: the session was not DANE-verified */
+        s->s_tls = tls_conn_new_dane(s->s_t->t_tls_ctx, S_HOST(s), s->s_dane->dn_tlsa,
+                                     s->s_dane->dn_ntlsa);
+    else
+        s->s_tls = tls_conn_new_client(s->s_t->t_tls_ctx, S_HOST(s), verify);
     if (s->s_tls == NULL) {
         session_tls_failed(s, "cannot create TLS connection");
         return;
     }
-    if (de->de_tls_session != NULL)
+    if (de->de_tls_session != NULL && s->s_dane == NULL)
         tls_conn_set_session(s->s_tls, de->de_tls_session);
     dlv_session_enter_state(s, S_TLS);
     session_timer(s, S_CFG(s)->c_to_starttls);
@@ -1135,26 +1213,43 @@ static void session_tls_step(dlv_session_t *s)
     if (rc < 0) {
         char why[300];
         snprintf(why, sizeof(why), "TLS handshake failed: %s", tls_last_error(s->s_tls));
+        /* a verification that failed the handshake (verify, MTA-STS): its
+         * reason, for the record and TLSRPT (certificate-expired, ...) */
+        s->s_tls_fail = tls_failure_type(tls_verify_result(s->s_tls));
         session_tls_failed(s, why);
         return;
     }
     if (rc == 0)
         return;
     dlv_dest_t *de = s->s_dest;
-    if (de->de_policy == CFG_TLS_VERIFY) {
+    if (s->s_dane != NULL) {
         long vr = tls_verify_result(s->s_tls);
         if (vr != 0) {
             char why[300];
+            snprintf(why, sizeof(why), "DANE: %s", tls_last_error(s->s_tls));
+            session_dane_fail(s, tls_failure_type(vr), why, false);
+            return;
+        }
+    } else if (de->de_policy == CFG_TLS_VERIFY) {
+        long vr = tls_verify_result(s->s_tls);
+        if (vr != 0) {
+            char why[300];
+            s->s_tls_fail = tls_failure_type(vr);
             snprintf(why, sizeof(why), "certificate verification failed: %s",
                      tls_last_error(s->s_tls));
             session_tls_failed(s, why);
             return;
         }
     }
-    if (de->de_policy != CFG_TLS_VERIFY && dlv_sts_mode(de) != NULL &&
+    if (s->s_dane == NULL && de->de_policy != CFG_TLS_VERIFY && dlv_sts_mode(de) != NULL &&
         tls_verify_result(s->s_tls) != 0) /* MTA-STS testing: the chain only */
         dlv_sts_testing_failure(de, S_HOST(s), tls_last_error(s->s_tls));
     s->s_tls_done = true;
+    dlv_tlsrpt_note(s->s_t, de->de_domain,
+                    s->s_dane != NULL          ? "tlsa"
+                    : dlv_sts_mode(de) != NULL ? "sts"
+                                               : "no-policy-found",
+                    NULL, NULL, S_HOST(s), s->s_mx_ip);
     snprintf(s->s_tls_ver, sizeof(s->s_tls_ver), "%s", tls_version(s->s_tls));
     snprintf(s->s_cipher, sizeof(s->s_cipher), "%s", tls_cipher(s->s_tls));
     atomic_fetch_add_explicit(&S_STATS(s)->ds_tls_sessions, 1, memory_order_relaxed);
@@ -1176,6 +1271,12 @@ static void session_tls_step(dlv_session_t *s)
 static void session_tls_failed(dlv_session_t *s, const char *why)
 {
     dlv_dest_t *de = s->s_dest;
+    if (s->s_dane != NULL) { /* a refused STARTTLS: the server still speaks SMTP */
+        bool refused = s->s_tls == NULL && s->s_state == S_STARTTLS;
+        session_dane_fail(s, refused ? "starttls-not-supported" : "validation-failure", why,
+                          refused);
+        return;
+    }
     if (de->de_policy == CFG_TLS_REQUIRED || de->de_policy == CFG_TLS_VERIFY) {
         bool cert = strstr(why, "certificate") != NULL || strstr(why, "verif") != NULL;
         session_policy_fail(s, cert && de->de_policy == CFG_TLS_VERIFY ? "4.7.5" : "4.7.4", why);
@@ -1190,6 +1291,9 @@ static void session_tls_failed(dlv_session_t *s, const char *why)
     log_warn("delivery: %s: TLS with %s[%s] failed (%s); retrying without TLS", de->de_domain,
              S_HOST(s), s->s_mx_ip, why);
     session_tls_record(s, "opportunistic", "plaintext", why);
+    dlv_tlsrpt_note(s->s_t, de->de_domain, dlv_sts_mode(de) != NULL ? "sts" : "no-policy-found",
+                    s->s_tls_fail ? s->s_tls_fail : "validation-failure", why, S_HOST(s),
+                    s->s_mx_ip);
     dlv_sts_testing_failure(de, S_HOST(s), why); /* MTA-STS testing */
     de->de_notls_until = clock_mono_us() + DLV_NOTLS_TIME * 1000000ULL;
     s->s_no_tls = true;
@@ -1420,6 +1524,7 @@ static void session_report(dlv_session_t *s)
                      .w_tls = s->s_tls_done ? s->s_tls_ver : "",
                      .w_cipher = s->s_tls_done ? s->s_cipher : "",
                      .w_mta_sts = dlv_sts_mode(s->s_dest),
+                     .w_tls_policy = session_tls_policy(s),
                      .w_peer_dsn = s->s_x.x_dsn,
                      .w_txn_rcpts = s->s_n};
     dlv_dest_names(s->s_dest, qd, s->s_vmta, &w);

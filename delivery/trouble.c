@@ -212,6 +212,8 @@ void dlv_judge(const dlv_reply_t *r, dlv_verdict_t *v)
     v->v_rule = NULL;
     v->v_signal = 0;
     v->v_abort = false;
+    v->v_tls_policy = NULL;
+    v->v_tls_failure = NULL;
     dlv_stage_t stage = r->rp_stage;
     int code = r->rp_code;
     char status[16]; /* the reply's own, rewritten where it is recorded as another */
@@ -304,9 +306,12 @@ static void trouble_log(const queue_dispatch_t *qd, int i, const dlv_result_t *r
         snprintf(code, sizeof(code), "%d ", res->rs_code);
     const char *tls = w != NULL && w->w_tls != NULL && w->w_tls[0] ? w->w_tls : "none";
     const char *sts = w != NULL ? w->w_mta_sts : NULL;
-    log_info("%s to=<%s> relay=%s tls=%s%s%s dsn=%s status=%s (%s%s)", ids, qd->qd_rcpts[i].qo_addr,
-             relay, tls, sts ? " mta_sts=" : "", sts ? sts : "", res->rs_status,
-             trouble_fate_word(res->rs_fate), code, log_esc(text));
+    const char *dane = w != NULL && w->w_tls_policy && strcmp(w->w_tls_policy, "dane") == 0
+                           ? " tls_policy=dane"
+                           : "";
+    log_info("%s to=<%s> relay=%s tls=%s%s%s%s dsn=%s status=%s (%s%s)", ids,
+             qd->qd_rcpts[i].qo_addr, relay, tls, sts ? " mta_sts=" : "", sts ? sts : "", dane,
+             res->rs_status, trouble_fate_word(res->rs_fate), code, log_esc(text));
 }
 
 void dlv_report(dlv_thread_t *t, const queue_dispatch_t *qd, int i, const dlv_result_t *res,
@@ -346,6 +351,10 @@ void dlv_report(dlv_thread_t *t, const queue_dispatch_t *qd, int i, const dlv_re
         snprintf(o->qo_tls, sizeof(o->qo_tls), "%s", w->w_tls ? w->w_tls : "");
         snprintf(o->qo_cipher, sizeof(o->qo_cipher), "%s", w->w_cipher ? w->w_cipher : "");
         snprintf(o->qo_mta_sts, sizeof(o->qo_mta_sts), "%s", w->w_mta_sts ? w->w_mta_sts : "");
+        snprintf(o->qo_tls_policy, sizeof(o->qo_tls_policy), "%s",
+                 w->w_tls_policy ? w->w_tls_policy : "");
+        snprintf(o->qo_tls_failure, sizeof(o->qo_tls_failure), "%s",
+                 w->w_tls_failure ? w->w_tls_failure : "");
         o->qo_peer_dsn = w->w_peer_dsn; /* a success DSN is then the next hop's to send */
         snprintf(o->qo_vmta, sizeof(o->qo_vmta), "%s", w->w_vmta ? w->w_vmta : "");
         snprintf(o->qo_pool, sizeof(o->qo_pool), "%s", w->w_pool ? w->w_pool : "");

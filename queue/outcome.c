@@ -188,6 +188,10 @@ static void acct_outcome(buf_t *b, const char *type, uint64_t now_us, uint64_t i
     q_json_optz(b, o->qo_cipher);
     buf_append_str(b, ",\"mta_sts\":");
     q_json_optz(b, o->qo_mta_sts);
+    buf_append_str(b, ",\"tls_policy\":");
+    q_json_optz(b, o->qo_tls_policy);
+    buf_append_str(b, ",\"tls_failure\":");
+    q_json_optz(b, o->qo_tls_failure);
     uint64_t now_s = now_us / 1000000;
     buf_printf(b, ",\"attempt\":%u,\"queued_seconds\":%llu,\"code\":", rr->rr_attempts + 1,
                (unsigned long long)(now_s > mr->mr_arrival ? now_s - mr->mr_arrival : 0));

@@ -34,6 +34,7 @@ static void queue_sub_cb(chan_t *ch, chan_node_t *first, void *arg);
 static void queue_req_cb(chan_t *ch, chan_node_t *first, void *arg);
 static void queue_out_cb(chan_t *ch, chan_node_t *first, void *arg);
 static void queue_acct_ev_cb(chan_t *ch, chan_node_t *first, void *arg);
+static void queue_tlsrpt_cb(chan_t *ch, chan_node_t *first, void *arg);
 static void queue_wake_cb(uv_async_t *h);
 static void queue_timer_cb(uv_timer_t *t);
 static void queue_commit_check_cb(uv_check_t *h);
@@ -136,6 +137,7 @@ int queue_open(cfg_t *cfg, queue_t **out, char *err, size_t errlen)
         (rc = mdb_dbi_open(txn, "rcpt", MDB_CREATE, &q->q_dbi_rcpt)) != 0 ||
         (rc = mdb_dbi_open(txn, "due", MDB_CREATE, &q->q_dbi_due)) != 0 ||
         (rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &q->q_dbi_meta)) != 0 ||
+        (rc = mdb_dbi_open(txn, "tlsrpt", MDB_CREATE, &q->q_dbi_tlsrpt)) != 0 ||
         (rc = q_supp_open(q, txn)) != 0) {
         snprintf(err, errlen, "spool %s: %s", path, mdb_strerror(rc));
         goto fail;
@@ -205,6 +207,7 @@ int queue_start(queue_t *q)
     q->q_ch_req = chan_new(&q->q_loop, queue_req_cb, q);
     q->q_ch_out = chan_new(&q->q_loop, queue_out_cb, q);
     q->q_ch_acct = chan_new(&q->q_loop, queue_acct_ev_cb, q);
+    q->q_ch_tlsrpt = chan_new(&q->q_loop, queue_tlsrpt_cb, q);
     uv_async_init(&q->q_loop, &q->q_wake, queue_wake_cb);
     q->q_wake.data = q;
     uv_timer_init(&q->q_loop, &q->q_timer);
@@ -278,7 +281,10 @@ static void queue_wake_cb(uv_async_t *h)
     uv_close((uv_handle_t *)&q->q_commit_check, queue_closed_cb);
     uv_close((uv_handle_t *)&q->q_commit_idle, queue_closed_cb);
     chan_close(q->q_ch_acct);
-    q->q_ch_sub = q->q_ch_out = q->q_ch_req = q->q_ch_acct = NULL;
+    chan_close(q->q_ch_tlsrpt);
+    q_tlsrpt_flush(q); /* counters of the last period: a restart loses none */
+    q_tlsrpt_send_stop(q);
+    q->q_ch_sub = q->q_ch_out = q->q_ch_req = q->q_ch_acct = q->q_ch_tlsrpt = NULL;
     q_admin_stop(q); /* answers operator requests still in progress */
     q_acct_flush(q->q_acct);
     uv_timer_stop(&q->q_timer);
@@ -318,6 +324,8 @@ void queue_free(queue_t *q)
         mdb_env_close(q->q_env);
     q_acct_close(q->q_acct);
     q_holds_free(q);
+    q_tlsrpt_free(q);
+    q_tlsrpt_send_free(q);
     q_sched_free(q);
     q_outcomes_free(q);
     q_events_free(q);
@@ -808,10 +816,64 @@ static void queue_acct_ev_cb(chan_t *ch, chan_node_t *first, void *arg)
     q_acct_flush(q->q_acct);
 }
 
+/* queue_tlsrpt_note: one TLS session's result, strings after the node. */
+typedef struct q_tlsrpt_ev {
+    chan_node_t te_node;
+    uint64_t te_time;
+    const char *te_s[6]; /* domain, policy type, result, MX, IP, reason: into te_text */
+    char te_text[];
+} q_tlsrpt_ev_t;
+
+void queue_tlsrpt_note(queue_t *q, const char *dom, const char *ptype, const char *result,
+                       const char *reason, const char *mx, const char *ip)
+{
+    const char *in[6] = {dom, ptype, result, mx, ip, reason};
+    size_t len[6], total = 0;
+    for (int i = 0; i < 6; i++) {
+        len[i] = in[i] ? strnlen(in[i], i == 5 ? 64 : 300) : 0;
+        total += len[i] + 1;
+    }
+    q_tlsrpt_ev_t *e = xmalloc(sizeof(*e) + total);
+    e->te_time = clock_now_us() / 1000000;
+    char *p = e->te_text;
+    for (int i = 0; i < 6; i++) {
+        memcpy(p, in[i] ? in[i] : "", len[i]);
+        p[len[i]] = '\0';
+        for (size_t k = 0; k < len[i]; k++) /* the reason may quote a peer: ASCII only */
+            if ((unsigned char)p[k] < ' ' || (unsigned char)p[k] > '~')
+                p[k] = '?';
+        e->te_s[i] = p;
+        p += len[i] + 1;
+    }
+    if (!queue_enter(q)) {
+        free(e);
+        return;
+    }
+    chan_push(q->q_ch_tlsrpt, &e->te_node);
+    queue_leave(q);
+}
+
+static void queue_tlsrpt_cb(chan_t *ch, chan_node_t *first, void *arg)
+{
+    queue_t *q = arg;
+    Q_ASSERT_QUEUE_THREAD(q);
+    UNUSED(ch);
+    while (first) {
+        q_tlsrpt_ev_t *e = (q_tlsrpt_ev_t *)first;
+        first = first->cn_next;
+        q_tlsrpt_add(q, e->te_time, e->te_s[0], e->te_s[1], e->te_s[2], e->te_s[5], e->te_s[3],
+                     e->te_s[4]);
+        free(e);
+    }
+}
+
 static void queue_timer_cb(uv_timer_t *t)
 {
     queue_t *q = t->data;
     Q_ASSERT_QUEUE_THREAD(q);
+    q_tlsrpt_flush(q); /* the TLSRPT counters of the last period, if any */
+    if (!atomic_load(&q->q_stopping))
+        q_tlsrpt_send(q, false); /* once a day: the reports of the days before */
     if (q->q_dispatch && !atomic_load(&q->q_stopping))
         q_sched_scan(q);
     if (q_events_want_txn(q)) /* stream records or cursors no commit took yet */
@@ -825,12 +887,20 @@ static void queue_req_cb(chan_t *ch, chan_node_t *first, void *arg)
     while (first) {
         chan_node_t *next = first->cn_next;
         queue_req_t *r = (queue_req_t *)first;
-        if (r->qq_type == QREQ_ROTATE) { /* `sluicectl log-rotate` (acct.c) */
+        if (r->qq_type == QREQ_TLSRPT_SEND) { /* `sluicectl tlsrpt send --now` */
+            queue_t *q = arg;
+            r->qq_result = json_object_new_object();
+            json_object_object_add(r->qq_result, "reports",
+                                   json_object_new_int(q_tlsrpt_send(q, true)));
+            chan_push(r->qq_reply, &r->qq_node);
+        } else if (r->qq_type == QREQ_ROTATE) { /* `sluicectl log-rotate` (acct.c) */
             q_acct_rotate_req(((queue_t *)arg)->q_acct, r);
             chan_push(r->qq_reply, &r->qq_node);
         } else if (r->qq_type == QREQ_SUPPRESS) { /* suppress.c answers (or frees) */
             q_supp_request(arg, r);
         } else if (!q_admin_request(arg, r)) { /* operator requests answer themselves */
+            if (r->qq_type == QREQ_TLSRPT)
+                q_tlsrpt_flush(arg); /* what this period counted so far */
             queue_req_do(arg, r);
             chan_push(r->qq_reply, &r->qq_node);
         }
@@ -953,6 +1023,16 @@ static void queue_req_do(queue_t *q, queue_req_t *r)
     case QREQ_CHECK: {
         bool ok;
         r->qq_result = q_check_txn(q, txn, &ok);
+        break;
+    }
+    case QREQ_TLSRPT: {
+        char day[11];
+        q_tlsrpt_day(clock_now_us() / 1000000, day);
+        const char *want = r->qq_domain ? r->qq_domain : day;
+        json_object *res = json_object_new_object();
+        json_object_object_add(res, "day", json_object_new_string(want));
+        json_object_object_add(res, "domains", q_tlsrpt_json(q, txn, want, NULL));
+        r->qq_result = res;
         break;
     }
     default:

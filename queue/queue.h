@@ -176,6 +176,10 @@ typedef enum {
                       happened}, or qq_error when it failed */
     QREQ_SUPPRESS, /* the suppression list (queue/suppress.c): qq_supp says what;
                       answers in docs/records.md ("suppress") */
+    QREQ_TLSRPT,   /* TLSRPT counters (queue/tlsrpt.c) of the day qq_domain names
+                      ("YYYY-MM-DD"; NULL = today, UTC): {"day", "domains":[...]} */
+    QREQ_TLSRPT_SEND, /* send the pending TLSRPT reports now, today's included:
+                         {"reports": N started} */
 } queue_req_type_t;
 
 struct queue_supp_req; /* below, with the suppression list */
@@ -271,11 +275,14 @@ typedef struct queue_outcome {
     char qo_src_ip[48];
     char qo_tls[24]; /* "TLSv1.3" or "" */
     char qo_cipher[64];
-    char qo_mta_sts[12];  /* MTA-STS mode that applied: "enforce", "testing" or "" */
-    uint64_t qo_retry_at; /* deferred: earliest next attempt (unix s), 0 = schedule */
-    bool qo_admin;        /* bounced by the operator (QREQ_BOUNCE): "admin_bounce" */
-    bool qo_peer_dsn;     /* the next hop offered DSN (RFC 3461): NOTIFY went on with the
-                             message, so a success is that hop's to report, not ours */
+    char qo_mta_sts[12];     /* MTA-STS mode that applied: "enforce", "testing" or "" */
+    char qo_tls_policy[16];  /* "dane", "mta-sts", "verify", "required", "opportunistic",
+                                "none", or "" (not known) */
+    char qo_tls_failure[32]; /* a TLS refusal's RFC 8460 result type, or "" */
+    uint64_t qo_retry_at;    /* deferred: earliest next attempt (unix s), 0 = schedule */
+    bool qo_admin;           /* bounced by the operator (QREQ_BOUNCE): "admin_bounce" */
+    bool qo_peer_dsn;        /* the next hop offered DSN (RFC 3461): NOTIFY went on with the
+                                message, so a success is that hop's to report, not ours */
     /* for the records (docs/records.md): "" when none applies */
     char qo_vmta[64];      /* the virtual MTA of the connection */
     char qo_pool[64];      /* the pool the message was queued in */
@@ -285,6 +292,16 @@ typedef struct queue_outcome {
 } queue_outcome_t;
 
 void queue_outcome_free(queue_outcome_t *o);
+
+/* TLSRPT (RFC 8460, docs/tlsrpt.md): one TLS session towards a host of
+ * policy domain dom, under policy type ptype ("tlsa", "sts",
+ * "no-policy-found"); result NULL or "" when it succeeded, else the RFC
+ * 8460 result type and reason the error text (failure-reason-code; cut
+ * to 64 bytes, NULL: none); mx / ip the receiving host (NULL: none).
+ * Counted by the queue thread and kept in the spool. The caller checks
+ * that reports.tlsrpt is on. Any thread. */
+void queue_tlsrpt_note(queue_t *q, const char *dom, const char *ptype, const char *result,
+                       const char *reason, const char *mx, const char *ip);
 
 /* Called on the queue thread with a dispatch it hands over (ownership
  * passes). The function must not block: it pushes onto a delivery

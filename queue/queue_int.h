@@ -176,12 +176,15 @@ struct queue {
     cfg_t *q_cfg;
     MDB_env *q_env;
     MDB_dbi q_dbi_msg, q_dbi_rcpt, q_dbi_due, q_dbi_meta;
-    struct q_admin *q_admin;     /* operator requests in progress (admin.c), queue thread */
-    struct q_holds *q_holds;     /* delivery holds (holds.c), queue thread */
-    struct q_supp *q_supp;       /* the suppression list (suppress.c) */
-    pthread_rwlock_t q_map_lock; /* readers of other threads (suppression lookups) hold it
-                                    shared; q_map_grow exclusive: mdb_env_set_mapsize wants
-                                    no transaction open in the process */
+    struct q_admin *q_admin;             /* operator requests in progress (admin.c), queue thread */
+    struct q_holds *q_holds;             /* delivery holds (holds.c), queue thread */
+    struct q_supp *q_supp;               /* the suppression list (suppress.c) */
+    pthread_rwlock_t q_map_lock;         /* readers of other threads (suppression lookups) hold it
+                                            shared; q_map_grow exclusive: mdb_env_set_mapsize wants
+                                            no transaction open in the process */
+    MDB_dbi q_dbi_tlsrpt;                /* TLSRPT counters (tlsrpt.c) */
+    struct q_tlsrpt *q_tlsrpt;           /* counters not yet written (tlsrpt.c), queue thread */
+    struct q_tlsrpt_send *q_tlsrpt_send; /* reports being sent (tlsrpt_send.c) */
     uint64_t q_map_size;
     unsigned q_psize;
     char q_path[1024];
@@ -192,10 +195,11 @@ struct queue {
     pthread_t q_tid; /* the queue thread, for Q_ASSERT_QUEUE_THREAD */
     bool q_started;
     uv_loop_t q_loop;
-    chan_t *q_ch_sub;  /* queue_msg_in_t */
-    chan_t *q_ch_req;  /* queue_req_t */
-    chan_t *q_ch_out;  /* queue_outcome_t */
-    chan_t *q_ch_acct; /* queue_acct_event records */
+    chan_t *q_ch_sub;    /* queue_msg_in_t */
+    chan_t *q_ch_req;    /* queue_req_t */
+    chan_t *q_ch_out;    /* queue_outcome_t */
+    chan_t *q_ch_acct;   /* queue_acct_event records */
+    chan_t *q_ch_tlsrpt; /* queue_tlsrpt_note events */
     uv_async_t q_wake;
     uv_timer_t q_timer; /* periodic scan */
     uv_timer_t q_kick;  /* one-shot scan soon after new work */
@@ -417,6 +421,48 @@ void q_dsns_add(q_dsns_t *dl, uint64_t id, const q_msg_rec_t *mr, const q_rcpt_r
 int q_dsns_insert(queue_t *q, MDB_txn *txn, q_dsns_t *dl, uint64_t now_us, int *inserted);
 /* Forget the DSNs (the batch was committed or aborted). */
 void q_dsns_reset(q_dsns_t *dl);
+
+/* ------------------------------------------------------------ TLSRPT (tlsrpt.c) */
+
+/* One TLS session's result (result "" or NULL: it succeeded) at unix_s,
+ * counted in memory until the next q_tlsrpt_flush. Queue thread. */
+void q_tlsrpt_add(queue_t *q, uint64_t unix_s, const char *dom, const char *ptype,
+                  const char *result, const char *reason, const char *mx, const char *ip);
+/* Write the counters gathered since the last flush (one write txn; none
+ * when there is nothing). Queue thread, no transaction open. */
+void q_tlsrpt_flush(queue_t *q);
+void q_tlsrpt_free(queue_t *q);
+/* "YYYY-MM-DD" of unix_s, UTC. */
+void q_tlsrpt_day(uint64_t unix_s, char day[11]);
+/* A key's seven parts (day, domain, policy type, result, MX, IP, reason). */
+#define Q_TLSRPT_PARTS 7
+bool q_tlsrpt_split(const MDB_val *k, const char *parts[Q_TLSRPT_PARTS],
+                    size_t lens[Q_TLSRPT_PARTS]);
+/* The counters of day (and of domain only, unless NULL) as a JSON array
+ * [{domain, policies:[{policy_type, successful, failed, failures:[{
+ * result_type, receiving_mx_hostname, receiving_ip, failure_reason,
+ * count}]}]}]. */
+struct json_object *q_tlsrpt_json(queue_t *q, MDB_txn *txn, const char *day, const char *domain);
+
+/* ------------------------------------------------------------ TLSRPT reports (tlsrpt_send.c) */
+
+/* Send the pending reports: every (day, domain) counted before today -
+ * once per day unless now - and with now today's too. Returns how many
+ * reports were started. Queue thread. */
+int q_tlsrpt_send(queue_t *q, bool now);
+/* Close the resolver and HTTP client (stop) / free the state (free). */
+void q_tlsrpt_send_stop(queue_t *q);
+void q_tlsrpt_send_free(queue_t *q);
+/* RFC 8460 3: the mailto: and https: URIs of a "v=TLSRPTv1; rua=..." TXT
+ * record (at most 8; other schemes left out). 0 and an owned array
+ * (q_tlsrpt_uris_free), or SL_EPARSE (not a TLSRPT record, no usable URI).
+ * Pure, any thread. */
+int q_tlsrpt_txt_parse(const char *txt, char ***uris, int *n);
+void q_tlsrpt_uris_free(char **uris, int n);
+/* The RFC 8460 4.4 report of (day, domain), from the counters in txn,
+ * the date range from the day's start to end_s. Caller puts. */
+struct json_object *q_tlsrpt_report(queue_t *q, MDB_txn *txn, const char *day, const char *domain,
+                                    uint64_t end_s, const char *report_id);
 
 /* ------------------------------------------------------------ operator requests (admin.c) */
 

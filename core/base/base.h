@@ -337,6 +337,18 @@ tls_conn_t *tls_conn_new_client(tls_ctx_t *ctx, const char *sni, bool verify);
 /* Session resumption (client): the session to offer before the handshake,
  * and the one to keep after it (caller frees with tls_session_free). */
 void tls_conn_set_session(tls_conn_t *t, tls_session_t *session);
+struct dns_tlsa;
+/* A client connection that authenticates the server by DANE (RFC 7671,
+ * RFC 7672) with OpenSSL's DANE API: SNI and the DANE-TA name checks use
+ * host; DANE-EE(3) matches skip names. tlsa: the usable records (usages 2
+ * and 3). The handshake always completes; tls_verify_result() says
+ * whether a record matched. NULL when none of the records is usable. Any
+ * thread. */
+tls_conn_t *tls_conn_new_dane(tls_ctx_t *ctx, const char *host, const struct dns_tlsa *tlsa, int n);
+/* The RFC 8460 4.3 result type of a failed verification (a tls_verify_result
+ * code): "certificate-expired", "certificate-host-mismatch" or
+ * "validation-failure"; NULL for X509_V_OK. */
+const char *tls_failure_type(long verify_result);
 tls_session_t *tls_conn_get_session(tls_conn_t *t);
 void tls_session_free(tls_session_t *session);
 bool tls_conn_resumed(tls_conn_t *t);
@@ -444,8 +456,10 @@ typedef struct dns_mx {
 
 /* MX answer: records sorted by preference, equal preferences in random
  * order. mx is borrowed for the duration of the call. ttl = smallest TTL
- * of the answer (a negative answer gets 60). */
-typedef void (*dns_mx_cb)(void *arg, dns_status_t st, const dns_mx_t *mx, int n, uint32_t ttl);
+ * of the answer (a negative answer gets 60). secure: the answer had the AD
+ * bit and the resolver is trusted for it (dns_resolver_set_dnssec). */
+typedef void (*dns_mx_cb)(void *arg, dns_status_t st, bool secure, const dns_mx_t *mx, int n,
+                          uint32_t ttl);
 /* Address answer: IPv4 first, then IPv6, each with the given port. */
 typedef void (*dns_addr_cb)(void *arg, dns_status_t st, const sockaddr_any_t *addrs, int n,
                             uint32_t ttl);
@@ -485,6 +499,37 @@ void dns_query_txt(dns_resolver_t *r, const char *name, dns_txt_cb cb, void *arg
 int dns_parse_txt(const unsigned char *abuf, int alen, char ***out, int *n, uint32_t *ttl);
 void dns_txt_array_free(char **txt, int n);
 
+/* DNSSEC through a trusted validating resolver (RFC 7672 2.1, as Postfix's
+ * smtp_dns_support_level = dnssec): from now on queries carry EDNS0 with
+ * the DO bit and answers' AD bits are reported as "secure". Never set this
+ * for a resolver the operator does not run (an AD bit from elsewhere can
+ * be forged on the way). Loop thread. */
+void dns_resolver_set_dnssec(dns_resolver_t *r, bool on);
+
+/* One TLSA record (RFC 6698 2.1): certificate usage, selector, matching
+ * type and the association data (owned). */
+typedef struct dns_tlsa {
+    uint8_t dt_usage;
+    uint8_t dt_selector;
+    uint8_t dt_mtype;
+    size_t dt_len;
+    unsigned char *dt_data;
+} dns_tlsa_t;
+#define DNS_TLSA_MAX 32 /* records kept from one answer */
+/* TLSA answer: the records (borrowed for the call; none: DNS_NODATA),
+ * secure as for MX. A malformed record makes the answer DNS_TEMPFAIL. */
+typedef void (*dns_tlsa_cb)(void *arg, dns_status_t st, bool secure, const dns_tlsa_t *t, int n,
+                            uint32_t ttl);
+void dns_query_tlsa(dns_resolver_t *r, const char *name, dns_tlsa_cb cb, void *arg);
+/* Parse a TLSA answer packet (unit tests, fuzzing): 0 and an owned array
+ * (dns_tlsa_array_free), or SL_EPARSE. */
+int dns_parse_tlsa(const unsigned char *abuf, int alen, dns_tlsa_t **out, int *n, uint32_t *ttl);
+void dns_tlsa_array_free(dns_tlsa_t *t, int n);
+/* Is the answer for name/type (1 = A, 28 = AAAA) secure? st as usual
+ * (DNS_NODATA for an empty answer, which can be secure too). */
+typedef void (*dns_secure_cb)(void *arg, dns_status_t st, bool secure);
+void dns_query_secure(dns_resolver_t *r, const char *name, int type, dns_secure_cb cb, void *arg);
+
 /* ---------------------------------------------------------------- HTTP client */
 /*
  * HTTP(S) GET on a libuv loop: libcurl's multi interface driven by the
@@ -509,10 +554,12 @@ typedef struct http_get_opts {
     uint64_t hg_timeout_ms; /* the whole request; 0: none */
     const char *hg_accept;  /* the Accept header, or NULL */
     bool hg_allow_http;     /* plain http:// too (tests); else https only */
-    /* a POST instead of a GET (the webhooks): the body (copied) and extra
-     * header lines ("Name: value"), NULL-terminated; NULL: none */
-    const char *hg_post;
+    /* a POST instead of a GET (webhooks, TLSRPT reports): the body (copied),
+     * its Content-Type (or NULL) and extra header lines ("Name: value"),
+     * NULL-terminated; NULL: none */
+    const void *hg_post;
     size_t hg_post_len;
+    const char *hg_content_type;
     const char *const *hg_headers;
 } http_get_opts_t;
 

@@ -7,7 +7,20 @@
  * so that we get the TTL and can recognise the RFC 7505 null MX),
  * dns_query_txt() (type TXT, parsed here too: the strings of one record
  * are joined, as RFC 8461 3.1 and RFC 7208 3.3 read them) and
- * dns_query_addr() (ares_getaddrinfo, A and AAAA, CNAMEs followed).
+ * dns_query_addr() (ares_getaddrinfo, A and AAAA, CNAMEs followed),
+ * dns_query_tlsa() (type TLSA, RFC 6698, for DANE) and dns_query_secure()
+ * (whether an answer of some type is DNSSEC-secure).
+ *
+ * DNSSEC (RFC 7672 2.1): sluice validates nothing itself. With
+ * dns_resolver_set_dnssec() every MX, TXT, TLSA and "secure" query goes
+ * out with EDNS0 and the DO bit, and the AD bit of the answer is read as
+ * "validated" - which only means something for a validating resolver the
+ * operator runs and declared trusted (delivery.dnssec = "trust-ad"). The
+ * c-ares of Debian 12 (1.18) cannot set DO through ares_query (its
+ * ARES_FLAG_EDNS adds an OPT record with DO clear) and its ares_query
+ * callback hides the header, so those queries are built with
+ * ares_create_query, the DO bit set in the OPT record by hand, and sent
+ * with ares_send, whose callback gets the raw answer.
  *
  * Callbacks never run inside the call that started the query: c-ares may
  * answer at once (numeric names, hosts file, bad names), so such results
@@ -32,7 +45,7 @@ typedef struct dns_poll {
     struct dns_poll *dp_next;
 } dns_poll_t;
 
-enum { DNSQ_MX = 1, DNSQ_ADDR, DNSQ_TXT };
+enum { DNSQ_MX = 1, DNSQ_ADDR, DNSQ_TXT, DNSQ_TLSA, DNSQ_SECURE };
 
 typedef struct dns_query {
     dns_resolver_t *dq_r;
@@ -40,12 +53,16 @@ typedef struct dns_query {
     dns_mx_cb dq_mx_cb;
     dns_addr_cb dq_addr_cb;
     dns_txt_cb dq_txt_cb;
+    dns_tlsa_cb dq_tlsa_cb;
+    dns_secure_cb dq_secure_cb;
     void *dq_arg;
     int dq_port;
     bool dq_starting; /* still inside dns_query_*: park the answer */
     dns_status_t dq_st;
     dns_mx_t *dq_mx;
     char **dq_txt;
+    dns_tlsa_t *dq_tlsa;
+    bool dq_ad; /* the answer's AD bit, read only when the resolver trusts it */
     sockaddr_any_t *dq_addrs;
     int dq_n;
     uint32_t dq_ttl;
@@ -62,6 +79,7 @@ struct dns_resolver {
     dns_query_t *r_parked_tail;
     uint64_t r_queries;
     bool r_closing;
+    bool r_dnssec; /* DO on queries, AD read in answers (dns_resolver_set_dnssec) */
     int r_open_handles;
 };
 
@@ -314,9 +332,12 @@ static void dns_query_clear(dns_query_t *q)
         dns_mx_array_free(q->dq_mx, q->dq_n);
     else if (q->dq_kind == DNSQ_TXT)
         dns_txt_array_free(q->dq_txt, q->dq_n);
+    else if (q->dq_kind == DNSQ_TLSA)
+        dns_tlsa_array_free(q->dq_tlsa, q->dq_n);
     free(q->dq_addrs);
     q->dq_mx = NULL;
     q->dq_txt = NULL;
+    q->dq_tlsa = NULL;
     q->dq_addrs = NULL;
     q->dq_n = 0;
 }
@@ -325,7 +346,11 @@ static void dns_query_clear(dns_query_t *q)
 static void dns_fire(dns_query_t *q)
 {
     if (q->dq_kind == DNSQ_MX)
-        q->dq_mx_cb(q->dq_arg, q->dq_st, q->dq_mx, q->dq_n, q->dq_ttl);
+        q->dq_mx_cb(q->dq_arg, q->dq_st, q->dq_ad, q->dq_mx, q->dq_n, q->dq_ttl);
+    else if (q->dq_kind == DNSQ_TLSA)
+        q->dq_tlsa_cb(q->dq_arg, q->dq_st, q->dq_ad, q->dq_tlsa, q->dq_n, q->dq_ttl);
+    else if (q->dq_kind == DNSQ_SECURE)
+        q->dq_secure_cb(q->dq_arg, q->dq_st, q->dq_ad);
     else if (q->dq_kind == DNSQ_TXT)
         q->dq_txt_cb(q->dq_arg, q->dq_st, (const char *const *)q->dq_txt, q->dq_n, q->dq_ttl);
     else
@@ -386,6 +411,73 @@ static uint16_t get16(const unsigned char *p)
 static uint32_t get32(const unsigned char *p)
 {
     return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+/* ------------------------------------------------------------ raw queries */
+
+void dns_resolver_set_dnssec(dns_resolver_t *r, bool on)
+{
+    r->r_dnssec = on;
+}
+
+/* The status of a raw answer (ares_send does not look at the RCODE the way
+ * ares_query does), and its AD bit when the resolver is trusted. */
+static dns_status_t dns_raw_status(dns_query_t *q, int status, const unsigned char *abuf, int alen)
+{
+    dns_status_t st = dns_map_status(status);
+    q->dq_ad = false;
+    if (st != DNS_OK)
+        return st;
+    if (abuf == NULL || alen < HFIXEDSZ)
+        return DNS_TEMPFAIL;
+    int rcode = abuf[3] & 0x0f;
+    if (rcode == 3) /* NXDOMAIN */
+        st = DNS_NXDOMAIN;
+    else if (rcode != 0)
+        return DNS_TEMPFAIL;
+    /* RFC 4035 3.2.3 / RFC 6840 5.8: AD is the validating resolver's word
+     * that every record of the answer (or the denial) is secure */
+    q->dq_ad = q->dq_r->r_dnssec && (abuf[3] & 0x20) != 0;
+    return st;
+}
+
+/* Send a query for name/type with ares_send: EDNS0 with the DO bit when
+ * the resolver does DNSSEC (RFC 3225), so that a validating resolver sets
+ * AD in its answer. */
+static void dns_send(dns_query_t *q, const char *name, int type, ares_callback cb)
+{
+    dns_resolver_t *r = q->dq_r;
+    unsigned char *qbuf = NULL;
+    int qlen = 0;
+    int st = ares_create_query(name, C_IN, type, 0, 1, &qbuf, &qlen, r->r_dnssec ? 1232 : 0);
+    if (st != ARES_SUCCESS) {
+        cb(q, st, 0, NULL, 0);
+        return;
+    }
+    /* the OPT RR is last: root name, TYPE 41, CLASS (UDP size), TTL
+     * (ext-rcode, version, flags: DO is the top bit), RDLEN 0 */
+    if (r->r_dnssec && qlen >= HFIXEDSZ + 11 && qbuf[qlen - 11] == 0 &&
+        get16(qbuf + qlen - 10) == 41)
+        qbuf[qlen - 4] |= 0x80;
+    ares_send(r->r_chan, qbuf, qlen, cb, q);
+    ares_free_string(qbuf);
+}
+
+static dns_query_t *dns_query_new(dns_resolver_t *r, int kind, void *arg)
+{
+    dns_query_t *q = xcalloc(1, sizeof(*q));
+    q->dq_r = r;
+    q->dq_kind = kind;
+    q->dq_arg = arg;
+    q->dq_starting = true;
+    r->r_queries++;
+    return q;
+}
+
+static void dns_query_started(dns_query_t *q, dns_resolver_t *r)
+{
+    q->dq_starting = false;
+    dns_rearm(r);
 }
 
 /* One answer record of a reply: its type, class, TTL and RDATA (inside
@@ -497,7 +589,7 @@ static void dns_mx_done_cb(void *arg, int status, int timeouts, unsigned char *a
 {
     dns_query_t *q = arg;
     UNUSED(timeouts);
-    q->dq_st = dns_map_status(status);
+    q->dq_st = dns_raw_status(q, status, abuf, alen);
     q->dq_ttl = 60;
     if (q->dq_st == DNS_OK) {
         if (abuf == NULL || dns_parse_mx(abuf, alen, &q->dq_mx, &q->dq_n, &q->dq_ttl) != 0)
@@ -510,16 +602,10 @@ static void dns_mx_done_cb(void *arg, int status, int timeouts, unsigned char *a
 
 void dns_query_mx(dns_resolver_t *r, const char *name, dns_mx_cb cb, void *arg)
 {
-    dns_query_t *q = xcalloc(1, sizeof(*q));
-    q->dq_r = r;
-    q->dq_kind = DNSQ_MX;
+    dns_query_t *q = dns_query_new(r, DNSQ_MX, arg);
     q->dq_mx_cb = cb;
-    q->dq_arg = arg;
-    q->dq_starting = true;
-    r->r_queries++;
-    ares_query(r->r_chan, name, C_IN, T_MX, dns_mx_done_cb, q);
-    q->dq_starting = false;
-    dns_rearm(r);
+    dns_send(q, name, T_MX, dns_mx_done_cb);
+    dns_query_started(q, r);
 }
 
 /* ------------------------------------------------------------------ TXT */
@@ -591,7 +677,7 @@ static void dns_txt_done_cb(void *arg, int status, int timeouts, unsigned char *
 {
     dns_query_t *q = arg;
     UNUSED(timeouts);
-    q->dq_st = dns_map_status(status);
+    q->dq_st = dns_raw_status(q, status, abuf, alen);
     q->dq_ttl = 60;
     if (q->dq_st == DNS_OK) {
         if (abuf == NULL || dns_parse_txt(abuf, alen, &q->dq_txt, &q->dq_n, &q->dq_ttl) != 0)
@@ -604,16 +690,110 @@ static void dns_txt_done_cb(void *arg, int status, int timeouts, unsigned char *
 
 void dns_query_txt(dns_resolver_t *r, const char *name, dns_txt_cb cb, void *arg)
 {
-    dns_query_t *q = xcalloc(1, sizeof(*q));
-    q->dq_r = r;
-    q->dq_kind = DNSQ_TXT;
+    dns_query_t *q = dns_query_new(r, DNSQ_TXT, arg);
     q->dq_txt_cb = cb;
-    q->dq_arg = arg;
-    q->dq_starting = true;
-    r->r_queries++;
-    ares_query(r->r_chan, name, C_IN, T_TXT, dns_txt_done_cb, q);
-    q->dq_starting = false;
-    dns_rearm(r);
+    dns_send(q, name, T_TXT, dns_txt_done_cb);
+    dns_query_started(q, r);
+}
+
+/* ------------------------------------------------------------------ TLSA */
+
+#ifndef T_TLSA
+#define T_TLSA 52
+#endif
+
+void dns_tlsa_array_free(dns_tlsa_t *t, int n)
+{
+    if (t == NULL)
+        return;
+    for (int i = 0; i < n; i++)
+        free(t[i].dt_data);
+    free(t);
+}
+
+typedef struct tlsa_parse {
+    dns_tlsa_t *t;
+    int n;
+    uint32_t minttl;
+} tlsa_parse_t;
+
+static int tlsa_rr(const unsigned char *abuf, int alen, int type, int cls, uint32_t ttl,
+                   const unsigned char *p, int rdlen, void *arg)
+{
+    tlsa_parse_t *t = arg;
+    UNUSED(abuf);
+    UNUSED(alen);
+    if (type != T_TLSA || cls != C_IN)
+        return 0;
+    if (rdlen < 3) /* usage, selector, matching type, then the data */
+        return SL_EPARSE;
+    if (t->n >= DNS_TLSA_MAX)
+        return 0;
+    t->t = xrealloc(t->t, sizeof(*t->t) * (size_t)(t->n + 1));
+    dns_tlsa_t *r = &t->t[t->n++];
+    r->dt_usage = p[0];
+    r->dt_selector = p[1];
+    r->dt_mtype = p[2];
+    r->dt_len = (size_t)rdlen - 3;
+    r->dt_data = xmalloc(r->dt_len ? r->dt_len : 1);
+    memcpy(r->dt_data, p + 3, r->dt_len);
+    if (ttl < t->minttl)
+        t->minttl = ttl;
+    return 0;
+}
+
+int dns_parse_tlsa(const unsigned char *abuf, int alen, dns_tlsa_t **out, int *nout, uint32_t *ttl)
+{
+    tlsa_parse_t t = {NULL, 0, UINT32_MAX};
+    if (dns_walk_answers(abuf, alen, tlsa_rr, &t) != 0) {
+        dns_tlsa_array_free(t.t, t.n);
+        return SL_EPARSE;
+    }
+    *out = t.t;
+    *nout = t.n;
+    *ttl = t.minttl == UINT32_MAX ? 60 : t.minttl;
+    return 0;
+}
+
+static void dns_tlsa_done_cb(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
+{
+    dns_query_t *q = arg;
+    UNUSED(timeouts);
+    q->dq_st = dns_raw_status(q, status, abuf, alen);
+    q->dq_ttl = 60;
+    if (q->dq_st == DNS_OK) {
+        if (dns_parse_tlsa(abuf, alen, &q->dq_tlsa, &q->dq_n, &q->dq_ttl) != 0)
+            q->dq_st = DNS_TEMPFAIL; /* a malformed answer is no answer */
+        else if (q->dq_n == 0)
+            q->dq_st = DNS_NODATA;
+    }
+    dns_complete(q);
+}
+
+void dns_query_tlsa(dns_resolver_t *r, const char *name, dns_tlsa_cb cb, void *arg)
+{
+    dns_query_t *q = dns_query_new(r, DNSQ_TLSA, arg);
+    q->dq_tlsa_cb = cb;
+    dns_send(q, name, T_TLSA, dns_tlsa_done_cb);
+    dns_query_started(q, r);
+}
+
+static void dns_secure_done_cb(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
+{
+    dns_query_t *q = arg;
+    UNUSED(timeouts);
+    q->dq_st = dns_raw_status(q, status, abuf, alen);
+    if (q->dq_st == DNS_OK && get16(abuf + 6) == 0)
+        q->dq_st = DNS_NODATA;
+    dns_complete(q);
+}
+
+void dns_query_secure(dns_resolver_t *r, const char *name, int type, dns_secure_cb cb, void *arg)
+{
+    dns_query_t *q = dns_query_new(r, DNSQ_SECURE, arg);
+    q->dq_secure_cb = cb;
+    dns_send(q, name, type, dns_secure_done_cb);
+    dns_query_started(q, r);
 }
 
 /* ------------------------------------------------------------------ A/AAAA */

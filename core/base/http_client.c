@@ -332,19 +332,24 @@ http_request_t *http_get(http_client_t *c, const http_get_opts_t *o, http_done_c
         curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)o->hg_timeout_ms);
     if (o->hg_max_body > 0) /* a Content-Length above it fails before the body */
         curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)o->hg_max_body);
+    if (o->hg_post != NULL) { /* TLSRPT reports (RFC 8460 5.2): POST, the body copied */
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)o->hg_post_len);
+        curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, o->hg_post);
+        if (o->hg_content_type != NULL) {
+            char h[200];
+            snprintf(h, sizeof(h), "Content-Type: %s", o->hg_content_type);
+            r->r_headers = curl_slist_append(r->r_headers, h);
+        }
+    }
     if (o->hg_accept != NULL) {
         char h[256];
         snprintf(h, sizeof(h), "Accept: %s", o->hg_accept);
-        r->r_headers = curl_slist_append(NULL, h);
+        r->r_headers = curl_slist_append(r->r_headers, h);
     }
     for (const char *const *h = o->hg_headers; h != NULL && *h != NULL; h++)
         r->r_headers = curl_slist_append(r->r_headers, *h);
     if (r->r_headers != NULL)
         curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->r_headers);
-    if (o->hg_post != NULL) {
-        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)o->hg_post_len);
-        curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, o->hg_post);
-    }
     if (o->hg_host != NULL && o->hg_naddrs > 0) {
         r->r_resolve = http_resolve_list(o);
         curl_easy_setopt(e, CURLOPT_RESOLVE, r->r_resolve);

@@ -156,6 +156,13 @@ tls_ctx_t *tls_client_ctx_new(const char *ca_file, char *err, size_t errlen)
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
     /* Opportunistic by default; tls_conn_new_client(verify=true) enforces. */
     SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+    /* DANE (RFC 7671): the digests TLSA matching types 1 and 2 name; a
+     * connection uses it only after SSL_dane_enable (tls_conn_new_dane) */
+    if (SSL_CTX_dane_enable(ctx) <= 0) {
+        ssl_err_text(err, errlen, "SSL_CTX_dane_enable");
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
     int ok = (ca_file != NULL && ca_file[0] != '\0')
                  ? SSL_CTX_load_verify_locations(ctx, ca_file, NULL)
                  : SSL_CTX_set_default_verify_paths(ctx);
@@ -374,6 +381,63 @@ tls_conn_t *tls_conn_new_client(tls_ctx_t *ctx, const char *sni, bool verify)
     if (verify)
         SSL_set_verify(t->tc_ssl, SSL_VERIFY_PEER, NULL);
     return t;
+}
+
+tls_conn_t *tls_conn_new_dane(tls_ctx_t *ctx, const char *host, const dns_tlsa_t *tlsa, int n)
+{
+    tls_conn_t *t = conn_new(ssl_ctx(ctx), false);
+    if (t == NULL)
+        return NULL;
+    /* The TLSA base domain is the MX host name: SNI, and the reference
+     * identifier of the name checks DANE-TA(2) needs (RFC 7672 3.2.2). No
+     * partial wildcards ("mx*.example"), as RFC 7672 3.2.3 asks. */
+    if (SSL_dane_enable(t->tc_ssl, host) <= 0)
+        goto fail;
+    SSL_set_hostflags(t->tc_ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+    /* RFC 7672 3.1.1: DANE-EE(3) binds the key itself: no name checks (and
+     * OpenSSL checks no validity dates for an EE match either) */
+    SSL_dane_set_flags(t->tc_ssl, DANE_FLAG_NO_DANE_EE_NAMECHECKS);
+    int usable = 0;
+    for (int i = 0; i < n; i++) {
+        int rc = SSL_dane_tlsa_add(t->tc_ssl, tlsa[i].dt_usage, tlsa[i].dt_selector,
+                                   tlsa[i].dt_mtype, tlsa[i].dt_data, tlsa[i].dt_len);
+        if (rc > 0)
+            usable++;
+        else
+            ERR_clear_error(); /* unusable (e.g. a digest of the wrong length): skipped */
+    }
+    if (usable == 0) {
+        snprintf(t->tc_err, sizeof(t->tc_err), "no usable TLSA record");
+        goto fail;
+    }
+    /* The handshake completes whatever the verdict; the caller reads it with
+     * tls_verify_result() and says why it refuses, in its own words. */
+    SSL_set_verify(t->tc_ssl, SSL_VERIFY_NONE, NULL);
+    return t;
+fail:
+    ERR_clear_error();
+    tls_conn_free(t);
+    return NULL;
+}
+
+const char *tls_failure_type(long verify_result)
+{
+    switch (verify_result) {
+    case X509_V_OK:
+        return NULL;
+    case X509_V_ERR_CERT_HAS_EXPIRED:
+    case X509_V_ERR_CERT_NOT_YET_VALID:
+        return "certificate-expired";
+    case X509_V_ERR_HOSTNAME_MISMATCH:
+        return "certificate-host-mismatch";
+    case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
+    case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
+        return "certificate-not-trusted";
+    default: /* RFC 8460 4.3.1: a general failure of the chain (DANE: no TLSA match) */
+        return "validation-failure";
+    }
 }
 
 void tls_conn_set_session(tls_conn_t *t, tls_session_t *session)

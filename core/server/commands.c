@@ -62,6 +62,8 @@ static int cmd_providers(const ctl_ctx_t *x, json_object *req, json_object *resp
                          char *err, size_t errlen);
 static int cmd_events(const ctl_ctx_t *x, json_object *req, json_object *resp, queue_req_t **qr,
                       char *err, size_t errlen);
+static int cmd_tlsrpt(const ctl_ctx_t *x, json_object *req, json_object *resp, queue_req_t **qr,
+                      char *err, size_t errlen);
 static json_object *log_rotate_response(queue_req_t *r);
 static bool resume_missed(queue_req_t *r);
 
@@ -85,6 +87,7 @@ static const struct ctl_cmd {
     {"metrics", cmd_metrics, CTL_READ},        {"providers", cmd_providers, CTL_READ},
     {"events", cmd_events, CTL_ADMIN},         /* admin: "unpark" changes the stream */
     {"suppress", ctl_cmd_suppress, CTL_ADMIN}, /* admin: add, remove, import */
+    {"tlsrpt", cmd_tlsrpt, CTL_ADMIN},         /* admin: "send --now" sends reports */
 };
 
 ctl_handler_fn ctl_cmd_find(const char *name)
@@ -701,6 +704,50 @@ static json_object *hold_new(const char *type, json_object *name, json_object *p
     json_object_object_add(h, "until", json_object_get(until));
     json_object_object_add(h, "persistent", json_object_new_boolean(0)); /* in memory only */
     return h;
+}
+
+/* `sluicectl tlsrpt [DAY]`: the TLSRPT counters (queue/tlsrpt.c) of today
+ * (UTC) or of DAY ("YYYY-MM-DD"), given as {"day": ...} or as the one
+ * word of "args". */
+static int cmd_tlsrpt(const ctl_ctx_t *x, json_object *req, json_object *resp, queue_req_t **qr,
+                      char *err, size_t errlen)
+{
+    UNUSED(resp);
+    json_object *v = NULL, *args;
+    if (json_object_object_get_ex(req, "args", &args) &&
+        json_object_is_type(args, json_type_array)) {
+        size_t na = json_object_array_length(args);
+        const char *a0 = na ? json_object_get_string(json_object_array_get_idx(args, 0)) : "";
+        if (na == 2 && strcmp(a0, "send") == 0 &&
+            strcmp(json_object_get_string(json_object_array_get_idx(args, 1)), "--now") == 0) {
+            queue_req_t *r = admin_req_new(x, QREQ_TLSRPT_SEND, err, errlen);
+            if (r == NULL)
+                return SL_EBUSY;
+            return admin_req_send(qr, r);
+        }
+        if (na != 1 || strcmp(a0, "send") == 0) {
+            snprintf(err, errlen, "usage: tlsrpt [YYYY-MM-DD] | tlsrpt send --now");
+            return SL_EPARSE;
+        }
+        v = json_object_array_get_idx(args, 0);
+    } else {
+        json_object_object_get_ex(req, "day", &v);
+    }
+    const char *day = v ? json_object_get_string(v) : NULL;
+    if (day != NULL) {
+        int y, m, d;
+        char tail;
+        if (strlen(day) != 10 || sscanf(day, "%4d-%2d-%2d%c", &y, &m, &d, &tail) != 3 || m < 1 ||
+            m > 12 || d < 1 || d > 31) {
+            snprintf(err, errlen, "tlsrpt: a day is YYYY-MM-DD, not \"%.40s\"", day);
+            return SL_EPARSE;
+        }
+    }
+    queue_req_t *r = admin_req_new(x, QREQ_TLSRPT, err, errlen);
+    if (r == NULL)
+        return SL_EBUSY;
+    r->qq_domain = day ? xstrdup(day) : NULL;
+    return admin_req_send(qr, r);
 }
 
 /* The answer to a request the queue thread answered, as the queue put it. */

@@ -114,6 +114,8 @@ static void usage(FILE *f)
           "  suppress check ADDR | list [--scope S] [--reason R] [--limit N]\n"
           "  suppress import FILE [--scope S] [--reason R] | export [--scope S] [--reason R]\n"
           "                       the suppression list (CSV: address,reason,time,scope)\n"
+          "  tlsrpt [YYYY-MM-DD]  TLSRPT counters (RFC 8460) of today (UTC) or of that day\n"
+          "  tlsrpt send --now    send the pending TLSRPT reports, today's included\n"
           "  raw 'JSON'           send one raw request line, print the answer\n"
           "\n"
           "options:\n"
@@ -290,6 +292,22 @@ static const char *get_str(json_object *o, const char *key)
 {
     json_object *v = get(o, key);
     return v && !json_object_is_type(v, json_type_null) ? json_object_get_string(v) : NULL;
+}
+
+/* The same accessors for sluicectl's other files (sluicectl_int.h). */
+json_object *sctl_get(json_object *o, const char *key)
+{
+    return get(o, key);
+}
+
+uint64_t sctl_get_u64(json_object *o, const char *key)
+{
+    return get_u64(o, key);
+}
+
+const char *sctl_get_str(json_object *o, const char *key)
+{
+    return get_str(o, key);
 }
 
 /* A point in time of the answer as unix seconds: an RFC 3339 string (the
@@ -567,6 +585,11 @@ static int utf8_cut(const char *s, int max)
     while (n > 0 && ((unsigned char)s[n] & 0xc0) == 0x80)
         n--; /* s[n] continues a sequence that starts before it */
     return n;
+}
+
+int sctl_utf8_cut(const char *str, int max)
+{
+    return utf8_cut(str, max);
 }
 
 /* A grid of n rows of ncol owned cells (row-major) under a header line,
@@ -1048,43 +1071,15 @@ static void print_providers(json_object *r)
         printf("no provider has had traffic yet\n");
 }
 
-/* `events`: one line per webhook. */
-static void print_events(json_object *r)
-{
-    json_object *whs = get(r, "webhooks");
-    size_t n = whs ? json_object_array_length(whs) : 0;
-    if (get(r, "unparked") != NULL)
-        printf("unparked: %" PRIu64 " batches sent again\n", get_u64(r, "unparked"));
-    printf("stream head: %" PRIu64 "\n", get_u64(r, "head"));
-    if (n == 0) {
-        printf("no webhook is configured (events.webhooks)\n");
-        return;
-    }
-    printf("%-16s %10s %10s %8s %9s %7s %12s  %s\n", "WEBHOOK", "CURSOR", "LAG", "LAG_S",
-           "IN_FLIGHT", "PARKED", "SENT", "LAST_ERROR");
-    for (size_t i = 0; i < n; i++) {
-        json_object *w = json_object_array_get_idx(whs, i);
-        json_object *pk = get(w, "parked");
-        const char *le = get_str(w, "last_error");
-        printf("%-16s %10" PRIu64 " %10" PRIu64 " %8" PRIu64 " %9" PRIu64 " %7zu %12" PRIu64
-               "  %.*s\n",
-               get_str(w, "name") ? get_str(w, "name") : "?", get_u64(w, "cursor"),
-               get_u64(w, "lag_records"), get_u64(w, "lag_seconds"), get_u64(w, "in_flight"),
-               pk ? json_object_array_length(pk) : 0, get_u64(w, "sent_records"),
-               utf8_cut(le ? le : "-", 60), le ? le : "-");
-        for (size_t k = 0; pk != NULL && k < json_object_array_length(pk); k++) {
-            json_object *p = json_object_array_get_idx(pk, k);
-            printf("  parked: records %" PRIu64 "-%" PRIu64 " (sluicectl events unpark %s)\n",
-                   get_u64(p, "first"), get_u64(p, "last"), get_str(w, "name"));
-        }
-    }
-}
-
 /* Human output of the operator commands; false when cmd is not one. */
 static bool print_ops(const char *cmd, json_object *r)
 {
+    if (strcmp(cmd, "tlsrpt") == 0) {
+        sctl_print_tlsrpt(r);
+        return true;
+    }
     if (strcmp(cmd, "events") == 0) {
-        print_events(r);
+        sctl_print_events(r);
     } else if (strcmp(cmd, "queues") == 0) {
         print_queues(r);
     } else if (strcmp(cmd, "providers") == 0) {

@@ -23,4 +23,15 @@ int sctl_talk(const char *path, const char *line, uid_t owner, buf_t *resp);
 int sctl_suppress(const char *sock, uid_t owner, bool json, const char *limit,
                   const char *const *args, int nargs);
 
+/* Fields of an answer (sluicectl.c): NULL / 0 when absent. */
+struct json_object *sctl_get(struct json_object *o, const char *key);
+uint64_t sctl_get_u64(struct json_object *o, const char *key);
+const char *sctl_get_str(struct json_object *o, const char *key);
+/* How many bytes of s fit in max columns without cutting a character. */
+int sctl_utf8_cut(const char *s, int max);
+
+/* Human output (sluicectl_print.c) of `events` and `tlsrpt`. */
+void sctl_print_events(struct json_object *r);
+void sctl_print_tlsrpt(struct json_object *r);
+
 #endif /* SLUICE_SLUICECTL_INT_H */

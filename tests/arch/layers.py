@@ -51,7 +51,8 @@ TARGET = {
 }
 # Sources of a module that no target above compiles: separate programs
 # (sluicectl links core/base only).
-NOT_IN_TARGET = {"core/server/sluicectl.c", "core/server/sluicectl_suppress.c"}
+NOT_IN_TARGET = {"core/server/sluicectl.c", "core/server/sluicectl_suppress.c",
+                 "core/server/sluicectl_print.c"}
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 
 

@@ -1396,12 +1396,20 @@ class FakeDns:
     other question gets NOERROR without answers (NODATA).
 
     queries: every (name, type) asked, in order; count(name, type) counts
-    them. stop() ends the thread and closes the socket."""
+    them. stop() ends the thread and closes the socket.
 
-    TYPES = {1: "A", 2: "NS", 6: "SOA", 15: "MX", 16: "TXT", 28: "AAAA"}
+    DNSSEC as a validating resolver shows it (DANE tests): "TLSA" takes
+    (usage, selector, matching type, hex data); "TXT" takes a string.
+    secure: zones (a name and every name under it) whose answers carry the
+    AD bit - only to a query with the EDNS0 DO bit set, as unbound does;
+    do_queries lists the (name, type) asked with DO."""
 
-    def __init__(self, records=None, nxdomain=(), servfail=(), ttl=300, neg_ttl=300):
+    TYPES = {1: "A", 2: "NS", 6: "SOA", 15: "MX", 16: "TXT", 28: "AAAA", 52: "TLSA"}
+
+    def __init__(self, records=None, nxdomain=(), servfail=(), ttl=300, neg_ttl=300, secure=()):
         import threading
+        self.secure = set(secure)
+        self.do_queries = []
         self.records = dict(records or {})
         self.nxdomain = set(nxdomain)
         self.servfail = set(servfail)
@@ -1432,7 +1440,25 @@ class FakeDns:
             return struct.pack(">H", v[0]) + self.encode_name(v[1])
         if qtype == 28:
             return socket.inet_pton(socket.AF_INET6, v)
+        if qtype == 52:
+            return bytes([v[0], v[1], v[2]]) + bytes.fromhex(v[3])
+        if qtype == 16:
+            raw = v.encode()
+            return b"".join(bytes([len(raw[i:i + 255])]) + raw[i:i + 255]
+                            for i in range(0, max(len(raw), 1), 255))
         return socket.inet_aton(v)
+
+    def _is_secure(self, name):
+        return any(name == z or name.endswith("." + z) for z in self.secure)
+
+    @staticmethod
+    def _do_bit(q, end):
+        """The DO bit of the query's OPT record (after the question)."""
+        import struct
+        if struct.unpack(">H", q[10:12])[0] < 1 or len(q) < end + 11:
+            return False
+        rr = q[end:end + 11]
+        return rr[0] == 0 and struct.unpack(">H", rr[1:3])[0] == 41 and bool(rr[7] & 0x80)
 
     def answer(self, q):
         """The reply to one query packet (bytes)."""
@@ -1447,13 +1473,16 @@ class FakeDns:
         question = q[12:i + 5]
         tname = self.TYPES.get(qtype, qtype)
         self.queries.append((name, tname))
+        do = self._do_bit(q, i + 5)
+        if do:
+            self.do_queries.append((name, tname))
         rcode = 3 if name in self.nxdomain else 2 if name in self.servfail else 0
         answers, count = b"", 0
         for v in self.records.get((name, tname), []) if rcode == 0 else []:
             ttl = self.ttl
             if qtype == 15 and len(v) == 3:
                 ttl, v = v[2], v[:2]
-            elif qtype != 15 and isinstance(v, tuple):
+            elif qtype not in (15, 52) and isinstance(v, tuple):
                 v, ttl = v
             rdata = self._rdata(qtype, v)
             answers += b"\xc0\x0c" + struct.pack(">HHIH", qtype, 1, ttl, len(rdata)) + rdata
@@ -1466,6 +1495,8 @@ class FakeDns:
             auth = (b"\xc0\x0c" + struct.pack(">HHIH", 6, 1, self.neg_ttl, len(soa)) + soa)
             nauth = 1
         flags = 0x8400 | (struct.unpack(">H", q[2:4])[0] & 0x0100) | 0x0080 | rcode
+        if do and rcode != 2 and self._is_secure(name):
+            flags |= 0x0020  # AD: "validated" (RFC 4035 3.2.3)
         return (q[:2] + struct.pack(">HHHHH", flags, 1, count, nauth, 0) + question + answers +
                 auth)
 
@@ -1906,3 +1937,75 @@ def webhook_conf(name, url, secret, ca_file, types=None, batch=100, max_latency=
             '            secret = "%s";\n            ca_file = "%s";\n            batch = %d;\n'
             '            max_latency = %s;\n            %s            %s\n        }\n    }\n}\n'
             % (name, url, secret, ca_file, batch, max_latency, t, extra))
+
+
+# ------------------------------------------------------------------ DANE and TLSRPT (#19)
+
+class DaneCA:
+    """A test CA (openssl CLI, `openssl ca` so that any validity window can
+    be given) in directory, for DANE tests: issue() makes server
+    certificates, tlsa() the association data of a TLSA record."""
+
+    def __init__(self, directory, name="sluice DANE test CA"):
+        self.dir = directory
+        self.cert = os.path.join(directory, "ca.crt")
+        self.key = os.path.join(directory, "ca.key")
+        run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+             "-nodes", "-days", "2", "-subj", "/CN=" + name,
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+             "-keyout", self.key, "-out", self.cert]).check()
+        open(os.path.join(directory, "index.txt"), "w").close()
+        with open(os.path.join(directory, "serial"), "w") as f:
+            f.write("1000\n")
+
+    def issue(self, name, dns_names, start=None, end=None):
+        """A certificate for dns_names signed by the CA, valid from start to
+        end ("YYYYMMDDHHMMSSZ"; default: now for two days). Returns
+        (cert, key, chain): chain is the certificate followed by the CA's
+        (what a DANE-TA(2) server sends, RFC 7672 3.2.1)."""
+        key = os.path.join(self.dir, name + ".key")
+        csr = os.path.join(self.dir, name + ".csr")
+        crt = os.path.join(self.dir, name + ".crt")
+        cnf = os.path.join(self.dir, name + ".cnf")
+        with open(cnf, "w") as f:
+            f.write("[ca]\ndefault_ca = t\n[t]\ndatabase = %s\nnew_certs_dir = %s\n"
+                    "serial = %s\ndefault_md = sha256\npolicy = p\nx509_extensions = ext\n"
+                    "unique_subject = no\ndefault_days = 2\n[p]\ncommonName = supplied\n"
+                    "[ext]\nsubjectAltName = %s\nbasicConstraints = critical,CA:FALSE\n"
+                    "extendedKeyUsage = serverAuth\n"
+                    % (os.path.join(self.dir, "index.txt"), self.dir,
+                       os.path.join(self.dir, "serial"),
+                       ",".join("DNS:" + n for n in dns_names)))
+        run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+             "-nodes", "-subj", "/CN=" + dns_names[0], "-keyout", key, "-out", csr]).check()
+        args = ["openssl", "ca", "-batch", "-notext", "-config", cnf, "-cert", self.cert,
+                "-keyfile", self.key, "-in", csr, "-out", crt]
+        if start:
+            args += ["-startdate", start]
+        if end:
+            args += ["-enddate", end]
+        run(args).check()
+        chain = os.path.join(self.dir, name + ".chain")
+        with open(chain, "w") as f, open(crt) as a, open(self.cert) as b:
+            f.write(a.read() + b.read())
+        return crt, key, chain
+
+
+def tlsa_data(cert, selector=1, mtype=1):
+    """The hex association data of a TLSA record for cert (PEM file):
+    selector 0 = the whole certificate, 1 = its SubjectPublicKeyInfo;
+    matching type 0 = exact, 1 = SHA2-256, 2 = SHA2-512 (RFC 6698 2.1)."""
+    import hashlib
+    der = subprocess.run(["openssl", "x509", "-in", cert, "-outform", "DER"], check=True,
+                         capture_output=True).stdout
+    if selector == 1:
+        pem = subprocess.run(["openssl", "x509", "-in", cert, "-noout", "-pubkey"], check=True,
+                             capture_output=True).stdout
+        der = subprocess.run(["openssl", "pkey", "-pubin", "-outform", "DER"], input=pem,
+                             check=True, capture_output=True).stdout
+    if mtype == 1:
+        return hashlib.sha256(der).hexdigest()
+    if mtype == 2:
+        return hashlib.sha512(der).hexdigest()
+    return der.hex()

@@ -167,6 +167,8 @@ class RecordsTest(unittest.TestCase):
                     what="the webhook_parked record")
         cls.ask("ctl/events", {"cmd": "events"})
         cls.ask("ctl/events", {"cmd": "events", "unpark": "rec"})
+        cls.ask("ctl/tlsrpt", {"cmd": "tlsrpt"})  # #19: reports.tlsrpt is off here
+        cls.ask("ctl/tlsrpt-send", {"cmd": "tlsrpt", "args": ["send", "--now"]})
         cls.ask("ctl/suspend-shaping", {"cmd": "suspend", "provider": "peerprov", "for": "10m"})
         cls.ask("ctl/suspend-shaping", {"cmd": "suspend", "vmta": "v1"})
         cls.ask("ctl/suspended", {"cmd": "suspended"})

@@ -1040,6 +1040,8 @@ static const char *const restart_keys[] = {
     "delivery.mta_sts",
     "delivery.mta_sts_port",
     "events.webhooks",
+    "delivery.dnssec",
+    "delivery.dnssec_force",
 };
 
 static bool is_restart_key(const char *name)
@@ -1113,7 +1115,8 @@ static void test_reload_keeps_restart_keys(void **state)
              "smtp { listen = \"127.0.0.1:2600\"; threads = 2; max_recipients = 7;\n"
              "  tls { dir = \"%s\"; generate = false; } }\n"
              "delivery { threads = 4; resolvers = \"127.0.0.1:5353\"; ca_file = \"%s\";\n"
-             "  helo_name = \"helo.example\"; mta_sts = false; mta_sts_port = 8443; }\n"
+             "  helo_name = \"helo.example\"; mta_sts = false; mta_sts_port = 8443;\n"
+             "  dnssec = trust-ad; dnssec_force = true; }\n"
              "events { webhooks { h { url = \"https://127.0.0.1/x\";"
              " secret = \"0123456789abcdef\"; } } }\n",
              dir, dir, dir, dir, tls, ca);

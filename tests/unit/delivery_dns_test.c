@@ -184,9 +184,10 @@ typedef struct {
     uint32_t ttl;
 } result_t;
 
-static void mx_cb(void *arg, dns_status_t st, const dns_mx_t *mx, int n, uint32_t ttl)
+static void mx_cb(void *arg, dns_status_t st, bool secure, const dns_mx_t *mx, int n, uint32_t ttl)
 {
     result_t *r = arg;
+    UNUSED(secure);
     r->done++;
     r->st = st;
     r->n = n;
