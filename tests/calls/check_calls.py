@@ -20,9 +20,13 @@ Run by ctest (calls.delivery) on the sanitizer build; by hand:
         --allow dest.c:session.c --edges
 """
 import argparse
+import os
 import collections
 import subprocess
 import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "arch"))
+from layers import cycles  # noqa: E402
 
 
 def objects(lib):
@@ -63,36 +67,10 @@ def edges(objs):
 
 
 def circles(nodes, graph):
-    """Strongly connected components of more than one node (Tarjan)."""
-    index, low, stack, on, comps = {}, {}, [], set(), []
-    counter = [0]
-
-    def visit(v):
-        index[v] = low[v] = counter[0]
-        counter[0] += 1
-        stack.append(v)
-        on.add(v)
-        for w in sorted(graph[v]):
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in on:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            comp = []
-            while True:
-                w = stack.pop()
-                on.discard(w)
-                comp.append(w)
-                if w == v:
-                    break
-            if len(comp) > 1:
-                comps.append(sorted(comp))
-
-    for v in sorted(nodes):
-        if v not in index:
-            visit(v)
-    return comps
+    """Strongly connected components of more than one node: Tarjan's, the
+    same function tests/arch/layers.py checks the other directories with."""
+    full = {v: set(graph.get(v, ())) for v in nodes}
+    return cycles(full)
 
 
 def main():
