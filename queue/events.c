@@ -351,7 +351,7 @@ static int ev_trim(q_events_t *ev, MDB_txn *txn)
     return rc == MDB_NOTFOUND || rc == 0 ? 0 : rc;
 }
 
-int q_events_txn_begin(queue_t *q, MDB_txn *txn)
+static int q_events_txn_begin(queue_t *q, MDB_txn *txn)
 {
     q_events_t *ev = q->q_ev;
     if (ev == NULL)
@@ -392,7 +392,7 @@ int q_events_txn_begin(queue_t *q, MDB_txn *txn)
     return rc;
 }
 
-int q_events_txn_seal(queue_t *q, MDB_txn *txn)
+static int q_events_txn_seal(queue_t *q, MDB_txn *txn)
 {
     q_events_t *ev = q->q_ev;
     if (ev == NULL || ev->ev_txn_next == ev->ev_next)
@@ -403,7 +403,7 @@ int q_events_txn_seal(queue_t *q, MDB_txn *txn)
     return mdb_put(txn, ev->ev_dbi_cur, &k, &v, 0);
 }
 
-void q_events_txn_end(queue_t *q, bool committed)
+static void q_events_txn_end(queue_t *q, bool committed)
 {
     q_events_t *ev = q->q_ev;
     if (ev == NULL)
@@ -422,6 +422,28 @@ void q_events_txn_end(queue_t *q, bool committed)
         ev->ev_next = ev->ev_txn_next;
         atomic_store(&ev->ev_head, ev->ev_next - 1);
         ev_thread_kick(ev);
+    }
+}
+
+int q_events_write(queue_t *q, q_write_fn fn, void *arg)
+{
+    for (;;) {
+        MDB_txn *txn = NULL;
+        int rc = mdb_txn_begin(q->q_env, NULL, 0, &txn);
+        if (rc == 0)
+            rc = q_events_txn_begin(q, txn);
+        if (rc == 0)
+            rc = fn(q, txn, arg);
+        if (rc == 0)
+            rc = q_events_txn_seal(q, txn);
+        if (rc == 0)
+            rc = mdb_txn_commit(txn);
+        else if (txn)
+            mdb_txn_abort(txn);
+        q_events_txn_end(q, rc == 0);
+        if (rc == MDB_MAP_FULL && q_map_grow(q) == 0)
+            continue;
+        return rc;
     }
 }
 

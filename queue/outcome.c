@@ -588,6 +588,17 @@ void q_outcomes_stop(queue_t *q)
         q_outcomes_process(q, ends[0]);
 }
 
+typedef struct outcomes_batch {
+    chan_node_t *ob_first;
+    size_t ob_n;
+} outcomes_batch_t;
+
+static int outcomes_write(queue_t *q, MDB_txn *txn, void *arg)
+{
+    outcomes_batch_t *ob = arg;
+    return q_outcomes_apply(q, txn, ob->ob_first, ob->ob_n);
+}
+
 /* Outcomes in their own transactions (operator bounces; the fallback when
  * a transaction shared with submissions failed). Durable before return. */
 void q_outcomes_process(queue_t *q, chan_node_t *first)
@@ -601,25 +612,8 @@ void q_outcomes_process(queue_t *q, chan_node_t *first)
             end = end->cn_next;
             n++;
         }
-        int rc;
-        for (;;) {
-            MDB_txn *txn = NULL;
-            rc = mdb_txn_begin(q->q_env, NULL, 0, &txn);
-            if (rc == 0)
-                rc = q_events_txn_begin(q, txn);
-            if (rc == 0)
-                rc = q_outcomes_apply(q, txn, first, n);
-            if (rc == 0)
-                rc = q_events_txn_seal(q, txn);
-            if (rc == 0)
-                rc = mdb_txn_commit(txn);
-            else if (txn)
-                mdb_txn_abort(txn);
-            q_events_txn_end(q, rc == 0);
-            if (rc == MDB_MAP_FULL && q_map_grow(q) == 0)
-                continue;
-            break;
-        }
+        outcomes_batch_t ob = {first, n};
+        int rc = q_events_write(q, outcomes_write, &ob);
         if (rc == 0 && q->q_cfg->c_spool_sync != CFG_SYNC_NONE)
             rc = mdb_env_sync(q->q_env, 1); /* MDB_NOMETASYNC: make it durable now */
         if (rc == 0) {

@@ -598,36 +598,35 @@ static void queue_commit_pending(queue_t *q)
     q_sched_kick(q);
 }
 
-/* One write transaction with ns submissions and no outcomes; on
- * MDB_MAP_FULL the map grows and it starts over. 0 or an LMDB error
+typedef struct queue_batch {
+    chan_node_t *qb_subs, *qb_outs;
+    size_t qb_ns, qb_no;
+} queue_batch_t;
+
+static int queue_batch_write(queue_t *q, MDB_txn *txn, void *arg)
+{
+    queue_batch_t *b = arg;
+    int rc = 0;
+    chan_node_t *node = b->qb_subs;
+    for (size_t i = 0; rc == 0 && i < b->qb_ns; i++, node = node->cn_next)
+        rc = q_insert_msg(q, txn, (queue_msg_in_t *)node);
+    if (rc == 0 && b->qb_no > 0)
+        rc = q_outcomes_apply(q, txn, b->qb_outs, b->qb_no);
+    return rc;
+}
+
+/* One write transaction: the ns submissions and the no outcomes (q_events_write:
+ * on MDB_MAP_FULL the map grows and it starts over). 0 or an LMDB error
  * (then nothing of it was written). */
 static int queue_txn(queue_t *q, chan_node_t *subs, size_t ns, chan_node_t *outs, size_t no)
 {
-    for (;;) {
-        MDB_txn *txn = NULL;
-        int rc = mdb_txn_begin(q->q_env, NULL, 0, &txn);
-        if (rc == 0)
-            rc = q_events_txn_begin(q, txn);
-        chan_node_t *node = subs;
-        for (size_t i = 0; rc == 0 && i < ns; i++, node = node->cn_next)
-            rc = q_insert_msg(q, txn, (queue_msg_in_t *)node);
-        if (rc == 0 && no > 0)
-            rc = q_outcomes_apply(q, txn, outs, no);
-        if (rc == 0)
-            rc = q_events_txn_seal(q, txn);
-        if (rc == 0)
-            rc = mdb_txn_commit(txn);
-        else if (txn)
-            mdb_txn_abort(txn);
-        q_events_txn_end(q, rc == 0);
-        if (rc == MDB_MAP_FULL && q_map_grow(q) == 0)
-            continue;
-        if (rc == 0)
-            atomic_fetch_add_explicit(&q->q_stats.qs_commits, 1, memory_order_relaxed);
-        else
-            atomic_fetch_add_explicit(&q->q_stats.qs_errors, 1, memory_order_relaxed);
-        return rc;
-    }
+    queue_batch_t b = {.qb_subs = subs, .qb_outs = outs, .qb_ns = ns, .qb_no = no};
+    int rc = q_events_write(q, queue_batch_write, &b);
+    if (rc == 0)
+        atomic_fetch_add_explicit(&q->q_stats.qs_commits, 1, memory_order_relaxed);
+    else
+        atomic_fetch_add_explicit(&q->q_stats.qs_errors, 1, memory_order_relaxed);
+    return rc;
 }
 
 /* A commit error that means "no space": a full map, a full disk or quota,

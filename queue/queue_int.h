@@ -389,14 +389,17 @@ int q_events_open(queue_t *q, MDB_txn *txn, char *err, size_t errlen);
 int q_events_start(queue_t *q);
 void q_events_stop(queue_t *q);
 void q_events_free(queue_t *q);
-/* In every write transaction of the queue thread: begin (the records
- * waiting, the cursors that moved, trimming), put (record lines, the
- * outcomes' own), seal (the sequence's high mark, last before the
- * commit), end (after the commit or the abort). 0 or an LMDB error. */
-int q_events_txn_begin(queue_t *q, MDB_txn *txn);
+/* The queue thread's write transactions that carry the event stream
+ * (submissions, outcomes): one transaction with the stream's part around
+ * fn's writes (the records waiting, the cursors that moved, trimming
+ * before; the sequence's high mark last), committed; on MDB_MAP_FULL the
+ * map grows and it starts over. 0 or an LMDB error (then nothing of it
+ * was written). Queue thread. */
+typedef int (*q_write_fn)(queue_t *q, MDB_txn *txn, void *arg);
+int q_events_write(queue_t *q, q_write_fn fn, void *arg);
+/* Record lines (the outcomes' own) into the stream, inside fn's
+ * transaction. 0 or an LMDB error. */
 int q_events_put(queue_t *q, MDB_txn *txn, const char *lines, size_t len);
-int q_events_txn_seal(queue_t *q, MDB_txn *txn);
-void q_events_txn_end(queue_t *q, bool committed);
 /* Is there something for a transaction of its own (records waiting, a
  * cursor moved)? */
 bool q_events_want_txn(const queue_t *q);
