@@ -186,6 +186,9 @@ static const key_def_t keys[] = {
     SEC("dkim.keys", LIVE, K_DKIMKEYS),
 
     SEC("events.webhooks", RESTART, K_WEBHOOKS),
+    /* the backlog bound of the event stream (queue/events.c, docs/events.md) */
+    KEYR("events.max_backlog", LIVE, K_INT, c_ev_max_backlog, 0, 1000000000, "0"),
+    KEYR("events.max_backlog_age", LIVE, K_DUR, c_ev_max_backlog_age, 0, 365 * DAY, "0"),
     /* VERP return paths (core/base/verp.c, delivery/session.c, docs/bounces-in.md) */
     KEY("bounces.verp", LIVE, K_BOOL, c_verp, "false"),
     KEY("bounces.domain", LIVE, K_HOSTNAME, c_bounce_domain, ""),

@@ -236,7 +236,9 @@ typedef struct cfg {
 
     /* events { webhooks { NAME { ... } } } (config/webhooks.c, docs/events.md) */
     int c_nwebhooks;
-    cfg_webhook_t *c_webhooks; /* owned array of c_nwebhooks */
+    cfg_webhook_t *c_webhooks;     /* owned array of c_nwebhooks */
+    int c_ev_max_backlog;          /* max_backlog = 0: records kept per webhook (0: no bound) */
+    uint64_t c_ev_max_backlog_age; /* max_backlog_age = 0: seconds (0: no bound) */
     /* bounces { } : VERP return paths (core/base/verp.c) */
     bool c_verp;                      /* verp = false: MAIL FROM:<bounces+TOKEN@domain> */
     char *c_bounce_domain;            /* domain = "": the bounce domain */

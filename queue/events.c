@@ -67,6 +67,8 @@ typedef struct ev_wh {
     char w_last_error[256];
     uint64_t w_last_error_at; /* unix us */
     int w_in_flight;          /* records in the POST in flight */
+    uint64_t w_flight_from;   /* its first sequence (the bound keeps it: w_in_flight > 0) */
+    uint64_t w_dropped;       /* records the backlog bound dropped since start */
     uint64_t w_sent_records, w_sent_batches, w_failures, w_parked_batches;
     /* webhook thread */
     uv_timer_t w_timer;
@@ -90,7 +92,7 @@ typedef struct q_events {
     atomic_uint_fast64_t ev_head; /* last committed sequence: any thread */
     buf_t ev_pend;                /* queue thread: records waiting for the next txn */
     size_t ev_pend_txn;           /* bytes of ev_pend the open txn wrote */
-    uint64_t ev_dropped;          /* queue thread: nothing yet */
+    uint64_t ev_bound_at;         /* queue thread: mono us of the last age check */
     ev_wh_t *ev_wh;
     int ev_n;
     pthread_mutex_t ev_lock;
@@ -107,6 +109,8 @@ typedef struct q_events {
 
 static void ev_thread_kick(q_events_t *ev);
 static void ev_wh_try(ev_wh_t *w);
+static void ev_wh_moved(ev_wh_t *w);
+static bool ev_type_wanted(const ev_wh_t *w, const char *type, size_t tl);
 
 /* ------------------------------------------------------------ encoding */
 
@@ -253,8 +257,28 @@ void q_events_free(queue_t *q)
 
 bool q_events_want_txn(const queue_t *q)
 {
-    const q_events_t *ev = q->q_ev;
-    return ev != NULL && (ev->ev_pend.b_len > 0 || atomic_load(&ev->ev_dirty));
+    q_events_t *ev = q->q_ev;
+    if (ev == NULL)
+        return false;
+    if (ev->ev_pend.b_len > 0 || atomic_load(&ev->ev_dirty))
+        return true;
+    /* the backlog bound (ev_bound) with no record coming: checked once a
+     * second while a webhook lags past it (or at all, for the age bound) */
+    const cfg_t *c = q->q_cfg;
+    if ((c->c_ev_max_backlog == 0 && c->c_ev_max_backlog_age == 0) ||
+        clock_mono_us() - ev->ev_bound_at < 1000000)
+        return false;
+    uint64_t head = atomic_load(&ev->ev_head), lag = 0;
+    pthread_mutex_lock(&ev->ev_lock);
+    for (int i = 0; i < ev->ev_n; i++) {
+        const ev_wh_t *w = &ev->ev_wh[i];
+        lag = MAX(lag, head - MIN(head, w->w_nparked > 0 ? w->w_parked[0].from - 1 : head));
+        lag = MAX(lag, head - MIN(head, w->w_cursor));
+    }
+    pthread_mutex_unlock(&ev->ev_lock);
+    /* the age of the backlog is in the spool: ev_bound reads it */
+    return (c->c_ev_max_backlog > 0 && lag > (uint64_t)c->c_ev_max_backlog) ||
+           (c->c_ev_max_backlog_age > 0 && lag > 0);
 }
 
 void q_record_emit(queue_t *q, const char *lines, size_t len)
@@ -351,6 +375,131 @@ static int ev_trim(q_events_t *ev, MDB_txn *txn)
     return rc == MDB_NOTFOUND || rc == 0 ? 0 : rc;
 }
 
+/* What the bound dropped of one webhook's backlog (ev_bound). */
+typedef struct ev_drop {
+    uint64_t first, last, count;
+} ev_drop_t;
+
+/* Is seq owed to w (past its cursor, or in a parked range)? ev_lock held. */
+static bool ev_owed(const ev_wh_t *w, uint64_t seq)
+{
+    if (seq > w->w_cursor)
+        return true;
+    for (int j = 0; j < w->w_nparked; j++)
+        if (seq >= w->w_parked[j].from && seq <= w->w_parked[j].to)
+            return true;
+    return false;
+}
+
+/* w no longer owes anything up to `upto`: the cursor and the parked
+ * ranges move past it. ev_lock held. */
+static void ev_wh_skip_to(ev_wh_t *w, uint64_t upto)
+{
+    int k = 0;
+    for (int j = 0; j < w->w_nparked; j++) {
+        ev_range_t r = w->w_parked[j];
+        if (r.to <= upto)
+            continue;
+        if (r.from <= upto)
+            r.from = upto + 1;
+        w->w_parked[k++] = r;
+    }
+    w->w_nparked = k;
+    if (w->w_cursor < upto)
+        w->w_cursor = upto;
+    ev_wh_moved(w);
+}
+
+/* The record of what the bound dropped (docs/records.md, events_dropped). */
+static void ev_dropped_record(queue_t *q, const ev_wh_t *w, const ev_drop_t *d, const char *why)
+{
+    buf_t b;
+    buf_init(&b, 256);
+    buf_append_str(&b, "{\"type\":\"events_dropped\",\"time\":");
+    q_json_time(&b, clock_now_us());
+    buf_append_str(&b, ",\"webhook\":");
+    q_json_strz(&b, w->w_cfg->wh_name);
+    buf_printf(&b, ",\"first\":%llu,\"last\":%llu,\"count\":%llu,\"reason\":\"%s\"}\n",
+               (unsigned long long)d->first, (unsigned long long)d->last,
+               (unsigned long long)d->count, why);
+    q_record_emit(q, b.b_data, b.b_len); /* the stream takes it with the next commit */
+    buf_free(&b);
+    log_error("events: webhook %s: backlog over events.%s: records %llu-%llu dropped (%llu of its "
+              "types)",
+              w->w_cfg->wh_name, why, (unsigned long long)d->first, (unsigned long long)d->last,
+              (unsigned long long)d->count);
+}
+
+/* The backlog bound (events.max_backlog records, events.max_backlog_age):
+ * the oldest entries beyond it go even when a webhook has not had them
+ * (at most EV_TRIM_MAX per transaction), and each webhook that was owed
+ * some gets an events_dropped record. The batch in flight is kept (its
+ * answer decides; the bound may be exceeded by one batch meanwhile).
+ * ev_lock is held throughout, so the webhook thread cannot start a POST
+ * of entries being dropped (ev_post checks its cursor under the lock). */
+static int ev_bound(queue_t *q, q_events_t *ev, MDB_txn *txn)
+{
+    const cfg_t *cfg = q->q_cfg;
+    uint64_t head = ev->ev_txn_next - 1;
+    uint64_t cut = 0, age_cut = 0; /* entries below cut, or older than age_cut, go */
+    if (cfg->c_ev_max_backlog > 0 && head >= (uint64_t)cfg->c_ev_max_backlog)
+        cut = head + 1 - (uint64_t)cfg->c_ev_max_backlog;
+    if (cfg->c_ev_max_backlog > 0 || cfg->c_ev_max_backlog_age > 0)
+        ev->ev_bound_at = clock_mono_us();
+    if (cfg->c_ev_max_backlog_age > 0)
+        age_cut = clock_now_us() - cfg->c_ev_max_backlog_age * 1000000;
+    if (cut == 0 && age_cut == 0)
+        return 0;
+    ev_drop_t drop[CFG_MAX_WEBHOOKS] = {{0, 0, 0}};
+    bool by_count = false;
+    uint64_t upto = 0;
+    pthread_mutex_lock(&ev->ev_lock);
+    uint64_t keep = UINT64_MAX; /* the batches in flight */
+    for (int i = 0; i < ev->ev_n; i++)
+        if (ev->ev_wh[i].w_in_flight > 0)
+            keep = MIN(keep, ev->ev_wh[i].w_flight_from);
+    MDB_cursor *c = NULL;
+    int rc = mdb_cursor_open(txn, ev->ev_dbi, &c);
+    MDB_val k, v;
+    for (int n = 0; rc == 0 && n < EV_TRIM_MAX; n++) {
+        if ((rc = mdb_cursor_get(c, &k, &v, MDB_FIRST)) != 0)
+            break;
+        if (k.mv_size != 8 || v.mv_size < 9 || v.mv_size < 9u + ((uint8_t *)v.mv_data)[8])
+            break;
+        uint64_t seq = q_rd64(k.mv_data), t = q_rd64(v.mv_data);
+        if (seq >= keep || !(seq < cut || t < age_cut))
+            break;
+        by_count |= seq < cut;
+        const char *type = (const char *)v.mv_data + 9;
+        size_t tl = ((uint8_t *)v.mv_data)[8];
+        for (int i = 0; i < ev->ev_n; i++) {
+            ev_wh_t *w = &ev->ev_wh[i];
+            if (!ev_owed(w, seq) || !ev_type_wanted(w, type, tl))
+                continue;
+            if (drop[i].count++ == 0)
+                drop[i].first = seq;
+            drop[i].last = seq;
+        }
+        upto = seq;
+        rc = mdb_cursor_del(c, 0);
+    }
+    if (rc == 0 || rc == MDB_NOTFOUND) {
+        rc = 0;
+        for (int i = 0; upto > 0 && i < ev->ev_n; i++) {
+            ev_wh_skip_to(&ev->ev_wh[i], upto);
+            ev->ev_wh[i].w_dropped += drop[i].count;
+        }
+    }
+    pthread_mutex_unlock(&ev->ev_lock);
+    if (c != NULL)
+        mdb_cursor_close(c);
+    for (int i = 0; rc == 0 && i < ev->ev_n; i++)
+        if (drop[i].count > 0)
+            ev_dropped_record(q, &ev->ev_wh[i], &drop[i],
+                              by_count ? "max_backlog" : "max_backlog_age");
+    return rc;
+}
+
 static int q_events_txn_begin(queue_t *q, MDB_txn *txn)
 {
     q_events_t *ev = q->q_ev;
@@ -366,6 +515,8 @@ static int q_events_txn_begin(queue_t *q, MDB_txn *txn)
     pthread_mutex_unlock(&ev->ev_lock);
     ev->ev_pend_txn = ev->ev_pend.b_len;
     int rc = q_events_put(q, txn, ev->ev_pend.b_data, ev->ev_pend.b_len);
+    if (rc == 0)
+        rc = ev_bound(q, ev, txn);
     if (rc != 0)
         return rc;
     if (!atomic_exchange(&ev->ev_dirty, 0))
@@ -675,9 +826,19 @@ static void ev_timer_cb(uv_timer_t *t)
     ev_wh_try(t->data);
 }
 
-/* POST w_body (n records, range r) to w. */
-static void ev_post(ev_wh_t *w, ev_range_t r, int n, bool unpark)
+/* POST w_body (n records, range r, read from `from` on) to w; false when
+ * the backlog bound dropped entries of it meanwhile (ev_bound): read again. */
+static bool ev_post(ev_wh_t *w, ev_range_t r, uint64_t from, int n, bool unpark)
 {
+    pthread_mutex_lock(&w->w_ev->ev_lock);
+    bool stale = unpark ? w->w_nparked == 0 || w->w_parked[0].from != from : w->w_cursor >= from;
+    if (!stale) {
+        w->w_in_flight = n;
+        w->w_flight_from = from;
+    }
+    pthread_mutex_unlock(&w->w_ev->ev_lock);
+    if (stale)
+        return false;
     char ts[24], sig[2 * EVP_MAX_MD_SIZE + 1];
     snprintf(ts, sizeof(ts), "%llu", (unsigned long long)time(NULL));
     unsigned char mac[EVP_MAX_MD_SIZE];
@@ -712,9 +873,6 @@ static void ev_post(ev_wh_t *w, ev_range_t r, int n, bool unpark)
     };
     w->w_batch = r;
     w->w_batch_unpark = unpark;
-    pthread_mutex_lock(&w->w_ev->ev_lock);
-    w->w_in_flight = n;
-    pthread_mutex_unlock(&w->w_ev->ev_lock);
     w->w_req = http_get(w->w_ev->ev_http, &o, ev_done_cb, w);
     if (w->w_req == NULL) {
         pthread_mutex_lock(&w->w_ev->ev_lock);
@@ -724,6 +882,7 @@ static void ev_post(ev_wh_t *w, ev_range_t r, int n, bool unpark)
         w->w_not_before = clock_mono_us() + w->w_cfg->wh_retry_initial_ms * 1000;
         uv_timer_start(&w->w_timer, ev_timer_cb, w->w_cfg->wh_retry_initial_ms, 0);
     }
+    return true;
 }
 
 /* Send w's next batch if it may: nothing in flight, not backing off, a
@@ -795,8 +954,8 @@ static void ev_wh_try(ev_wh_t *w)
             }
         }
         uint64_t first = !unpark && w->w_span_from != 0 ? w->w_span_from : from;
-        ev_post(w, (ev_range_t){first, to}, n, unpark);
-        return;
+        if (ev_post(w, (ev_range_t){first, to}, from, n, unpark))
+            return;
     }
 }
 
@@ -882,6 +1041,7 @@ struct json_object *queue_events_json(queue_t *q)
     uint64_t head = ev ? atomic_load(&ev->ev_head) : 0;
     json_object_object_add(o, "head", json_object_new_int64((int64_t)head));
     if (ev == NULL) {
+        json_object_object_add(o, "stored", json_object_new_int(0));
         json_object_object_add(o, "webhooks", arr);
         return o;
     }
@@ -913,6 +1073,7 @@ struct json_object *queue_events_json(queue_t *q)
         json_object_object_add(j, "failures", json_object_new_int64((int64_t)w->w_failures));
         json_object_object_add(j, "parked_batches",
                                json_object_new_int64((int64_t)w->w_parked_batches));
+        json_object_object_add(j, "dropped_records", json_object_new_int64((int64_t)w->w_dropped));
         json_object_object_add(j, "last_error",
                                w->w_last_error[0] ? json_object_new_string(w->w_last_error) : NULL);
         json_object_object_add(j, "last_error_at",
@@ -922,7 +1083,9 @@ struct json_object *queue_events_json(queue_t *q)
     pthread_mutex_unlock(&ev->ev_lock);
     /* lag in seconds: the age of the first record past each cursor */
     MDB_txn *txn;
+    MDB_stat ms = {0};
     if (mdb_txn_begin(q->q_env, NULL, MDB_RDONLY, &txn) == 0) {
+        mdb_stat(txn, ev->ev_dbi, &ms); /* the entries the spool keeps */
         MDB_cursor *c;
         if (mdb_cursor_open(txn, ev->ev_dbi, &c) == 0) {
             uint64_t now = clock_now_us();
@@ -944,6 +1107,7 @@ struct json_object *queue_events_json(queue_t *q)
         }
         mdb_txn_abort(txn);
     }
+    json_object_object_add(o, "stored", json_object_new_int64((int64_t)ms.ms_entries));
     json_object_object_add(o, "webhooks", arr);
     return o;
 }

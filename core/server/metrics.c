@@ -350,6 +350,8 @@ static void render_events(met_t *m, queue_t *q)
          "Batches parked (a 4xx other than 408/429) since start."},
         {"sluice_webhook_parked_batches", "gauge", "parked",
          "Batches parked now, waiting for `sluicectl events unpark`."},
+        {"sluice_events_dropped_total", "counter", "dropped_records",
+         "Records dropped unsent by the backlog bound (events.max_backlog) since start."},
     };
     for (size_t f = 0; f < ARRAY_SIZE(fams); f++) {
         family(m, fams[f].name, fams[f].type, fams[f].help);

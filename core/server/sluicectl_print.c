@@ -17,7 +17,8 @@ void sctl_print_events(json_object *r)
     size_t n = whs ? json_object_array_length(whs) : 0;
     if (sctl_get(r, "unparked") != NULL)
         printf("unparked: %" PRIu64 " batches sent again\n", sctl_get_u64(r, "unparked"));
-    printf("stream head: %" PRIu64 "\n", sctl_get_u64(r, "head"));
+    printf("stream head: %" PRIu64 ", stored: %" PRIu64 "\n", sctl_get_u64(r, "head"),
+           sctl_get_u64(r, "stored"));
     if (n == 0) {
         printf("no webhook is configured (events.webhooks)\n");
         return;
@@ -39,6 +40,10 @@ void sctl_print_events(json_object *r)
             printf("  parked: records %" PRIu64 "-%" PRIu64 " (sluicectl events unpark %s)\n",
                    sctl_get_u64(p, "first"), sctl_get_u64(p, "last"), sctl_get_str(w, "name"));
         }
+        if (sctl_get_u64(w, "dropped_records") > 0)
+            printf("  dropped: %" PRIu64 " records unsent (events.max_backlog, events_dropped "
+                   "records)\n",
+                   sctl_get_u64(w, "dropped_records"));
     }
 }
 

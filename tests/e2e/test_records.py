@@ -231,6 +231,7 @@ class RecordsTest(unittest.TestCase):
             name = {"received": "acct/received", "shaping": "acct/shaping",
                     "suspended": "acct/suspended", "resumed": "acct/suspended",
                     "webhook_parked": "acct/webhook_parked",
+                    "events_dropped": "acct/events_dropped",
                     "suppressed": "acct/suppressed", "remote_bounce": "acct/remote_bounce",
                     "complaint": "acct/complaint",
                     "inbound_unmatched": "acct/inbound_unmatched"}.get(t, "acct/outcome")
