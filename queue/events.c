@@ -28,17 +28,17 @@
  *   q_events_open / q_events_start / q_events_stop / q_events_free
  *   q_events_txn_begin / q_events_put / q_events_txn_end   (queue thread)
  *   q_record_emit      a record that is not an outcome (queue thread)
- *   queue_events_json / queue_events_unpark                (any thread)
+ *   queue_events_json / queue_events_unpark / queue_events_replay (any thread)
+ *
+ * `events replay` (the accounting files sent again, a stream of its own
+ * beside a webhook's) is evreplay.c's; this file starts it on the thread.
  *
  * Calls acct.c and spool.c. Thread: as noted per function; the shared
  * part (ev_lock) is the per-webhook state both threads and the control
  * thread read.
  */
-#include "queue/queue_int.h"
+#include "queue/events_int.h"
 
-#include <json-c/json.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,6 +81,10 @@ typedef struct ev_wh {
     uint64_t w_not_before; /* mono us: backoff */
     buf_t w_body;
     atomic_int w_unpark;
+    /* `events replay`: asked (shared), run on the webhook thread */
+    bool w_rp_asked;
+    uint64_t w_rp_since, w_rp_until;
+    ev_replay_t *w_rp;
 } ev_wh_t;
 
 typedef struct q_events {
@@ -149,21 +153,6 @@ static bool ev_cur_decode(ev_wh_t *w, const MDB_val *v)
         w->w_parked[i].to = q_rd64(p + 18 + 16 * i);
     }
     return true;
-}
-
-/* The type of a record line ({"type":"delivery",...}): every record
- * starts so (acct.c, outcome.c, queue.c, json-c with "type" added first). */
-static size_t ev_line_type(const char *line, size_t len, const char **type)
-{
-    static const char pre[] = "{\"type\":\"";
-    if (len < sizeof(pre) || memcmp(line, pre, sizeof(pre) - 1) != 0)
-        return 0;
-    const char *t = line + sizeof(pre) - 1;
-    const char *e = memchr(t, '"', len - (sizeof(pre) - 1));
-    if (e == NULL || e - t > 32)
-        return 0;
-    *type = t;
-    return (size_t)(e - t);
 }
 
 /* ------------------------------------------------------------ queue thread */
@@ -244,8 +233,10 @@ void q_events_free(queue_t *q)
     q_events_t *ev = q->q_ev;
     if (ev == NULL)
         return;
-    for (int i = 0; i < ev->ev_n; i++)
+    for (int i = 0; i < ev->ev_n; i++) {
         buf_free(&ev->ev_wh[i].w_body);
+        ev_replay_free(ev->ev_wh[i].w_rp);
+    }
     free(ev->ev_wh);
     buf_free(&ev->ev_pend);
     buf_free(&ev->ev_xrec);
@@ -308,7 +299,7 @@ static bool ev_type_stored(const q_events_t *ev, const char *type, size_t tl)
 static int ev_put_line(q_events_t *ev, MDB_txn *txn, const char *line, size_t len, uint64_t now)
 {
     const char *type = "";
-    size_t tl = ev_line_type(line, len, &type);
+    size_t tl = q_ev_line_type(line, len, &type);
     if (!ev_type_stored(ev, type, tl))
         return 0;
     uint8_t key[8];
@@ -619,12 +610,7 @@ static void ev_wh_moved(ev_wh_t *w)
 
 static bool ev_type_wanted(const ev_wh_t *w, const char *type, size_t tl)
 {
-    if (w->w_cfg->wh_types == NULL)
-        return true;
-    for (char **t = w->w_cfg->wh_types; *t != NULL; t++)
-        if (strlen(*t) == tl && memcmp(*t, type, tl) == 0)
-            return true;
-    return false;
+    return q_ev_type_taken(w->w_cfg, type, tl);
 }
 
 /* Read the next batch of w from the stream, from `from` up to `limit`
@@ -682,16 +668,6 @@ static int ev_read_batch(ev_wh_t *w, uint64_t from, uint64_t limit, uint64_t *to
     mdb_cursor_close(c);
     mdb_txn_abort(txn);
     return rc;
-}
-
-static void ev_hex(const unsigned char *in, size_t n, char *out)
-{
-    static const char hx[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = hx[in[i] >> 4];
-        out[2 * i + 1] = hx[in[i] & 15];
-    }
-    out[2 * n] = '\0';
 }
 
 static void ev_set_error(ev_wh_t *w, const char *fmt, ...) PRINTF_LIKE(2, 3);
@@ -839,20 +815,8 @@ static bool ev_post(ev_wh_t *w, ev_range_t r, uint64_t from, int n, bool unpark)
     pthread_mutex_unlock(&w->w_ev->ev_lock);
     if (stale)
         return false;
-    char ts[24], sig[2 * EVP_MAX_MD_SIZE + 1];
-    snprintf(ts, sizeof(ts), "%llu", (unsigned long long)time(NULL));
-    unsigned char mac[EVP_MAX_MD_SIZE];
-    unsigned int maclen = 0;
-    buf_t signed_text;
-    buf_init(&signed_text, w->w_body.b_len + 32);
-    buf_append_str(&signed_text, ts);
-    buf_append(&signed_text, ".", 1);
-    buf_append(&signed_text, w->w_body.b_data, w->w_body.b_len);
-    const char *key = w->w_cfg->wh_secret;
-    HMAC(EVP_sha256(), key, (int)strlen(key), (const unsigned char *)signed_text.b_data,
-         signed_text.b_len, mac, &maclen);
-    buf_free(&signed_text);
-    ev_hex(mac, maclen, sig);
+    char ts[24], sig[EV_SIG_MAX];
+    q_ev_sign(w->w_cfg, w->w_body.b_data, w->w_body.b_len, ts, sig);
     char h_ts[64], h_sig[2 * EVP_MAX_MD_SIZE + 40], h_seq[80], h_name[120];
     snprintf(h_ts, sizeof(h_ts), "X-Sluice-Timestamp: %s", ts);
     snprintf(h_sig, sizeof(h_sig), "X-Sluice-Signature: v1=%s", sig);
@@ -968,14 +932,23 @@ static void ev_wake_cb(uv_async_t *h)
             uv_timer_stop(&w->w_timer);
             uv_close((uv_handle_t *)&w->w_timer, NULL);
             w->w_req = NULL; /* http_client_free cancels it */
+            ev_replay_stop(w->w_rp);
         }
         http_client_free(ev->ev_http);
         ev->ev_http = NULL;
         uv_close((uv_handle_t *)&ev->ev_wake, NULL);
         return;
     }
-    for (int i = 0; i < ev->ev_n; i++)
-        ev_wh_try(&ev->ev_wh[i]);
+    for (int i = 0; i < ev->ev_n; i++) {
+        ev_wh_t *w = &ev->ev_wh[i];
+        pthread_mutex_lock(&ev->ev_lock);
+        bool rp = w->w_rp_asked;
+        w->w_rp_asked = false;
+        pthread_mutex_unlock(&ev->ev_lock);
+        if (rp)
+            ev_replay_start(w->w_rp, w->w_rp_since, w->w_rp_until);
+        ev_wh_try(w);
+    }
 }
 
 static void *ev_thread_main(void *arg)
@@ -1009,8 +982,11 @@ int q_events_start(queue_t *q)
     uv_async_init(&ev->ev_loop, &ev->ev_wake, ev_wake_cb);
     ev->ev_wake.data = ev;
     for (int i = 0; i < ev->ev_n; i++) {
-        uv_timer_init(&ev->ev_loop, &ev->ev_wh[i].w_timer);
-        ev->ev_wh[i].w_timer.data = &ev->ev_wh[i];
+        ev_wh_t *w = &ev->ev_wh[i];
+        uv_timer_init(&ev->ev_loop, &w->w_timer);
+        w->w_timer.data = w;
+        w->w_rp = ev_replay_new(&ev->ev_loop, ev->ev_http, w->w_cfg, ev->ev_cfg->c_acct_dir,
+                                &ev->ev_lock);
     }
     rc = pthread_create(&ev->ev_thread, NULL, ev_thread_main, ev);
     if (rc != 0)
@@ -1078,6 +1054,7 @@ struct json_object *queue_events_json(queue_t *q)
                                w->w_last_error[0] ? json_object_new_string(w->w_last_error) : NULL);
         json_object_object_add(j, "last_error_at",
                                w->w_last_error_at ? q_jtime_s(w->w_last_error_at / 1000000) : NULL);
+        json_object_object_add(j, "replay", ev_replay_json(w->w_rp));
         json_object_array_add(arr, j);
     }
     pthread_mutex_unlock(&ev->ev_lock);
@@ -1127,4 +1104,39 @@ int queue_events_unpark(queue_t *q, const char *name, int *nparked)
         return 0;
     }
     return SL_ENOTFOUND;
+}
+
+int queue_events_replay(queue_t *q, const char *name, uint64_t since_us, uint64_t until_us,
+                        char *err, size_t errlen)
+{
+    q_events_t *ev = q->q_ev;
+    ev_wh_t *w = NULL;
+    for (int i = 0; ev != NULL && i < ev->ev_n && w == NULL; i++)
+        if (strcmp(ev->ev_wh[i].w_cfg->wh_name, name) == 0)
+            w = &ev->ev_wh[i];
+    if (w == NULL) {
+        snprintf(err, errlen, "no webhook \"%s\"", name);
+        return SL_ENOTFOUND;
+    }
+    const char *fmt = ev->ev_cfg->c_acct_format;
+    if (fmt != NULL && strcmp(fmt, "pmta-csv") == 0) {
+        snprintf(err, errlen,
+                 "log.accounting_format is pmta-csv: replay reads the JSON lines files "
+                 "(acct*.jsonl); write them too with accounting_format = both");
+        return SL_ECONFIG;
+    }
+    pthread_mutex_lock(&ev->ev_lock);
+    bool busy = w->w_rp_asked || ev_replay_running(w->w_rp);
+    if (!busy) {
+        w->w_rp_asked = true;
+        w->w_rp_since = since_us;
+        w->w_rp_until = until_us;
+    }
+    pthread_mutex_unlock(&ev->ev_lock);
+    if (busy) {
+        snprintf(err, errlen, "a replay to \"%s\" is running (sluicectl events shows it)", name);
+        return SL_EBUSY;
+    }
+    ev_thread_kick(ev);
+    return 0;
 }

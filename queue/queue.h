@@ -335,6 +335,13 @@ struct json_object *queue_events_json(queue_t *q);
 /* `sluicectl events unpark NAME`: send the parked batches of webhook name
  * again; how many there are in *nparked. 0 or SL_ENOTFOUND. Any thread. */
 int queue_events_unpark(queue_t *q, const char *name, int *nparked);
+/* `sluicectl events replay NAME --since T [--until T]`: send the records
+ * of the accounting files in [since_us, until_us] to webhook name again,
+ * as a stream of its own (docs/events.md). 0, or SL_ENOTFOUND, SL_EBUSY (a
+ * replay of it is running), SL_ECONFIG (no JSON accounting file) with err
+ * set. Any thread. */
+int queue_events_replay(queue_t *q, const char *name, uint64_t since_us, uint64_t until_us,
+                        char *err, size_t errlen);
 /* ------------------------------------------------------------------------
  * The suppression list (queue/suppress.c, docs/bounces-in.md): addresses
  * that must not get mail, in the spool's `suppress` sub-database, keyed by

@@ -631,8 +631,57 @@ static int cmd_metrics(const ctl_ctx_t *x, json_object *req, json_object *resp, 
     return CTL_REPLY;
 }
 
+/* A point in time of `events replay`: RFC 3339 in UTC (the records' form)
+ * or unix seconds. */
+static int events_time(json_object *req, const char *key, uint64_t *us, char *err, size_t errlen)
+{
+    const char *v;
+    int rc = arg_str(req, key, 64, &v, err, errlen);
+    if (rc <= 0)
+        return rc;
+    char *end;
+    unsigned long long sec = strtoull(v, &end, 10);
+    if (*v >= '0' && *v <= '9' && *end == '\0' && sec < 1ull << 40) {
+        *us = (uint64_t)sec * 1000000;
+        return 1;
+    }
+    if (time_parse_rfc3339(v, us) == 0)
+        return 1;
+    snprintf(err, errlen,
+             "\"%s\": expected a time as 2026-12-02T17:00:00Z or unix seconds, got \"%s\"", key, v);
+    return SL_EPARSE;
+}
+
+/* `events replay NAME --since T [--until T]` (docs/events.md). */
+static int events_replay(queue_t *q, const char *name, json_object *req, json_object *resp,
+                         char *err, size_t errlen)
+{
+    uint64_t since = 0, until = clock_now_us();
+    int rc = events_time(req, "since", &since, err, errlen);
+    if (rc == 0) {
+        snprintf(err, errlen, "events replay: --since TIME is required");
+        return SL_EPARSE;
+    }
+    if (rc < 0 || events_time(req, "until", &until, err, errlen) < 0)
+        return SL_EPARSE;
+    if (until < since) {
+        snprintf(err, errlen, "events replay: --until is before --since");
+        return SL_EPARSE;
+    }
+    if ((rc = queue_events_replay(q, name, since, until, err, errlen)) != 0)
+        return rc;
+    json_object *o = json_object_new_object();
+    char t[40];
+    json_object_object_add(o, "webhook", json_object_new_string(name));
+    json_object_object_add(o, "since", json_object_new_string(time_fmt_rfc3339(since, t, 40)));
+    json_object_object_add(o, "until", json_object_new_string(time_fmt_rfc3339(until, t, 40)));
+    json_object_object_add(resp, "replay_started", o);
+    return 0;
+}
+
 /* The event stream and its webhooks (docs/events.md); with "unpark":
- * NAME, that webhook's parked batches are sent again first. */
+ * NAME, that webhook's parked batches are sent again first; with
+ * "replay": NAME, its records since "since" are sent again. */
 static int cmd_events(const ctl_ctx_t *x, json_object *req, json_object *resp, queue_req_t **qr,
                       char *err, size_t errlen)
 {
@@ -641,9 +690,16 @@ static int cmd_events(const ctl_ctx_t *x, json_object *req, json_object *resp, q
         snprintf(err, errlen, "the queue is not running");
         return SL_EBUSY;
     }
-    const char *name;
-    if (arg_str(req, "unpark", 64, &name, err, errlen) < 0)
+    const char *name, *rname;
+    if (arg_str(req, "unpark", 64, &name, err, errlen) < 0 ||
+        arg_str(req, "replay", 64, &rname, err, errlen) < 0)
         return SL_EPARSE;
+    json_object_object_add(resp, "replay_started", NULL);
+    if (rname != NULL) {
+        int rc = events_replay(q, rname, req, resp, err, errlen);
+        if (rc != 0)
+            return rc;
+    }
     if (name != NULL) {
         int n = 0;
         if (queue_events_unpark(q, name, &n) != 0) {

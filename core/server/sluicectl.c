@@ -109,6 +109,8 @@ static void usage(FILE *f)
           "  providers            traffic shaping: providers, queues per virtual MTA, mode, rate\n"
           "  events [unpark NAME] the event stream's webhooks: cursor, lag, in flight, parked,\n"
           "                       last error; unpark: send NAME's parked batches again\n"
+          "  events replay NAME --since TIME [--until TIME]\n"
+          "                       send NAME the accounting files' records of that time again\n"
           "  suppress add ADDR... [--scope S] [--reason R] [--expires DURATION]\n"
           "  suppress remove ADDR... [--scope S]\n"
           "  suppress check ADDR | list [--scope S] [--reason R] [--limit N]\n"
@@ -1149,20 +1151,12 @@ static int build_request(const char *const *pos, int npos, const char *limit, ch
         *line = xstrdup(pos[1]);
         return 0;
     }
-    if (strcmp(cmd, "events") == 0) { /* events [unpark NAME] */
-        json_object *req = json_object_new_object();
-        json_object_object_add(req, "cmd", json_object_new_string("events"));
-        if (nargs == 2 && strcmp(pos[1], "unpark") == 0) {
-            json_object_object_add(req, "unpark", json_object_new_string(pos[2]));
-        } else if (nargs != 0 || limit != NULL) {
-            json_object_put(req);
-            return usage_error("usage: events [unpark NAME]%s", "");
-        }
-        *line = xstrdup(json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN |
-                                                                JSON_C_TO_STRING_NOSLASHESCAPE));
-        json_object_put(req);
-        return 0;
-    }
+    if (strcmp(cmd, "events") == 0) /* sluicectl_print.c */
+        return sctl_events_request(pos + 1, nargs, limit, line) == 0
+                   ? 0
+                   : usage_error("usage: events [unpark NAME | replay NAME --since TIME "
+                                 "[--until TIME]]%s",
+                                 "");
     json_object *ops = NULL;
     int orc = build_ops_request(pos, npos, limit, &ops);
     if (orc < 0)

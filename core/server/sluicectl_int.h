@@ -30,6 +30,10 @@ const char *sctl_get_str(struct json_object *o, const char *key);
 /* How many bytes of s fit in max columns without cutting a character. */
 int sctl_utf8_cut(const char *s, int max);
 
+/* The request of `events [unpark NAME | replay NAME --since T [--until T]]`
+ * (args: the words after "events") in *line (caller frees); -1: a usage
+ * error. sluicectl_print.c. */
+int sctl_events_request(const char *const *args, int nargs, const char *limit, char **line);
 /* Human output (sluicectl_print.c) of `events` and `tlsrpt`. */
 void sctl_print_events(struct json_object *r);
 void sctl_print_tlsrpt(struct json_object *r);

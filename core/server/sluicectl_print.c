@@ -9,6 +9,35 @@
 #include <inttypes.h>
 #include <json-c/json.h>
 #include <stdio.h>
+#include <string.h>
+
+int sctl_events_request(const char *const *args, int nargs, const char *limit, char **line)
+{
+    json_object *req = json_object_new_object();
+    json_object_object_add(req, "cmd", json_object_new_string("events"));
+    bool ok = limit == NULL && (nargs == 0 || nargs == 2 || nargs == 4 || nargs == 6);
+    if (ok && nargs == 2 && strcmp(args[0], "unpark") == 0) {
+        json_object_object_add(req, "unpark", json_object_new_string(args[1]));
+    } else if (ok && nargs >= 4 && strcmp(args[0], "replay") == 0) {
+        json_object_object_add(req, "replay", json_object_new_string(args[1]));
+        for (int i = 2; ok && i + 1 < nargs; i += 2) {
+            const char *key = strcmp(args[i], "--since") == 0   ? "since"
+                              : strcmp(args[i], "--until") == 0 ? "until"
+                                                                : NULL;
+            ok = key != NULL && !json_object_object_get_ex(req, key, NULL);
+            if (ok)
+                json_object_object_add(req, key, json_object_new_string(args[i + 1]));
+        }
+        ok = ok && json_object_object_get_ex(req, "since", NULL);
+    } else if (nargs != 0) {
+        ok = false;
+    }
+    if (ok)
+        *line = xstrdup(json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN |
+                                                                JSON_C_TO_STRING_NOSLASHESCAPE));
+    json_object_put(req);
+    return ok ? 0 : -1;
+}
 
 /* `events`: one line per webhook. */
 void sctl_print_events(json_object *r)
@@ -17,6 +46,10 @@ void sctl_print_events(json_object *r)
     size_t n = whs ? json_object_array_length(whs) : 0;
     if (sctl_get(r, "unparked") != NULL)
         printf("unparked: %" PRIu64 " batches sent again\n", sctl_get_u64(r, "unparked"));
+    json_object *rs = sctl_get(r, "replay_started");
+    if (rs != NULL)
+        printf("replay to %s started: records from %s to %s\n", sctl_get_str(rs, "webhook"),
+               sctl_get_str(rs, "since"), sctl_get_str(rs, "until"));
     printf("stream head: %" PRIu64 ", stored: %" PRIu64 "\n", sctl_get_u64(r, "head"),
            sctl_get_u64(r, "stored"));
     if (n == 0) {
@@ -39,6 +72,15 @@ void sctl_print_events(json_object *r)
             json_object *p = json_object_array_get_idx(pk, k);
             printf("  parked: records %" PRIu64 "-%" PRIu64 " (sluicectl events unpark %s)\n",
                    sctl_get_u64(p, "first"), sctl_get_u64(p, "last"), sctl_get_str(w, "name"));
+        }
+        json_object *rp = sctl_get(w, "replay");
+        if (rp != NULL) {
+            const char *e = sctl_get_str(rp, "last_error");
+            printf("  replay: %s, records from %s to %s: %" PRIu64 " sent, file %" PRIu64
+                   " of %" PRIu64 "%s%s\n",
+                   sctl_get_str(rp, "state"), sctl_get_str(rp, "since"), sctl_get_str(rp, "until"),
+                   sctl_get_u64(rp, "sent_records"), sctl_get_u64(rp, "files_read"),
+                   sctl_get_u64(rp, "files"), e ? ", last error: " : "", e ? e : "");
         }
         if (sctl_get_u64(w, "dropped_records") > 0)
             printf("  dropped: %" PRIu64 " records unsent (events.max_backlog, events_dropped "

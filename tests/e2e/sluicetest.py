@@ -1820,7 +1820,8 @@ class WebhookReceiver:
     before answering). Every request is kept in requests as a dict: time,
     status answered, sequence (first, last) from X-Sluice-Sequence,
     records (the parsed JSON array), connection (the client's port: keep-
-    alive shows as one port for many requests)."""
+    alive shows as one port for many requests), replay (X-Sluice-Replay,
+    None when absent: `events replay`)."""
 
     def __init__(self, secret):
         import http.server
@@ -1883,6 +1884,7 @@ class WebhookReceiver:
                                           "sequence": (int(seq[0]), int(seq[1])),
                                           "records": records,
                                           "webhook": self.headers.get("X-Sluice-Webhook"),
+                                          "replay": self.headers.get("X-Sluice-Replay"),
                                           "connection": self.client_address[1]})
                 out = b"ok" if status < 300 else b"no"
                 self.send_response(status)
@@ -1913,10 +1915,11 @@ class WebhookReceiver:
             self.retry_after = retry_after
 
     def ok_records(self):
-        """The records of the requests answered 2xx, in arrival order."""
+        """The records of the requests answered 2xx, in arrival order (the
+        stream's: replayed requests left out)."""
         with self.lock:
             return [r for q in self.requests if 200 <= q["status"] < 300
-                    for r in (q["records"] or [])]
+                    and q.get("replay") is None for r in (q["records"] or [])]
 
     def all_requests(self):
         with self.lock:
