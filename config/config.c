@@ -127,6 +127,7 @@ static const key_def_t keys[] = {
     KEYR("queue.retry_jitter", LIVE, K_INT, c_retry_jitter, 0, 100, "20"),
     KEYR("queue.max_age", LIVE, K_DUR, c_max_age, MIN_S, 365 * DAY, "5d"),
     KEY("queue.dsn", LIVE, K_BOOL, c_dsn, "true"),
+    KEYR("queue.dsn_max_delay", LIVE, K_DUR, c_dsn_max_delay, 1, DAY, "60s"),
     KEYR("queue.active_window", LIVE, K_INT, c_active_window, 1, 10000000, "2000"),
     KEYR("queue.active_total", LIVE, K_INT, c_active_total, 1, 100000000, "100000"),
     KEYR("queue.active_size", LIVE, K_SIZE, c_active_size, MB, TB, "256M"),

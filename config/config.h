@@ -160,6 +160,7 @@ typedef struct cfg {
     int c_retry_jitter;          /* retry_jitter = 20 (percent, +/-) */
     uint64_t c_max_age;          /* max_age = 5d: then expire (bounce message-expired) */
     bool c_dsn;                  /* dsn = true: RFC 3464 bounces to the envelope sender */
+    uint64_t c_dsn_max_delay;    /* dsn_max_delay = 60s: a DSN waits for its round no longer */
     int c_active_window;         /* active_window = 2000: recipients in flight per destination */
     int c_active_total;          /* active_total = 100000: recipients in flight in all */
     uint64_t c_active_size;      /* active_size = 256M: message bytes handed to delivery

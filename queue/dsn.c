@@ -7,10 +7,18 @@
  *                   batch's write transaction (q_insert_msg)
  *   q_dsns_reset    forget the batch's DSNs (after its commit or abort)
  *
- * One DSN per message per batch: outcome.c holds the outcomes a DSN reports
- * until their message's delivery round ends (docs/delivery.md), so that in
- * practice one round gives one DSN. The DSN quotes the receiver's reply and
- * its server (Remote-MTA), or sluice's own diagnostic when there was none.
+ *   q_dsn_mark      what the DSN will say of one recipient, durably (the
+ *                   `dsn` sub-db), in its outcome's transaction
+ *   q_dsn_flush     a message's marks into its DSN, deleted
+ *   q_dsn_marked / q_dsn_list   which messages have marks
+ *
+ * One DSN per message per round: outcome.c applies every outcome at once
+ * and marks what a DSN reports; the message's DSN is built from its marks
+ * when its delivery round ends (docs/delivery.md), or after
+ * queue.dsn_max_delay, or at start-up for marks a crash left. The message
+ * record stays while it has marks (the DSN returns its header or body).
+ * The DSN quotes the receiver's reply and its server (Remote-MTA), or
+ * sluice's own diagnostic when there was none.
  * Calls spool.c and msgid.c only.
  * Thread: queue thread only.
  */
@@ -127,8 +135,8 @@ static char *dsn_reply_str(int code, const char *status, size_t slen, const char
     return buf_steal(&b, NULL);
 }
 
-void q_dsns_add(q_dsns_t *dl, uint64_t id, const q_msg_rec_t *mr, const q_rcpt_rec_t *rr,
-                const queue_outcome_t *o, bool relayed, bool expired)
+/* The DSN of message id in dl, made from mr (its body copied) if new. */
+static dsn_t *dsn_for(q_dsns_t *dl, uint64_t id, const q_msg_rec_t *mr)
 {
     dsn_t *d = NULL;
     for (int i = dl->dl_n - 1; i >= 0; i--)
@@ -159,8 +167,13 @@ void q_dsns_add(q_dsns_t *dl, uint64_t id, const q_msg_rec_t *mr, const q_rcpt_r
         d->ds_orig = xstrndup(body, len);
         d->ds_orig_len = len;
     }
-    d->ds_rcpts = xrealloc(d->ds_rcpts, (size_t)(d->ds_n + 1) * sizeof(dsn_rcpt_t));
-    dsn_rcpt_t *r = &d->ds_rcpts[d->ds_n++];
+    return d;
+}
+
+/* What the DSN says of recipient rr after outcome o: *r, owned. */
+static void dsn_rcpt_make(const q_rcpt_rec_t *rr, const queue_outcome_t *o, bool relayed,
+                          bool expired, dsn_rcpt_t *r)
+{
     memset(r, 0, sizeof(*r));
     r->dr_addr = xstrndup(rr->rr_addr, rr->rr_addr_len);
     r->dr_orcpt = dupn(rr->rr_orcpt, rr->rr_orcpt_len);
@@ -189,8 +202,185 @@ void q_dsns_add(q_dsns_t *dl, uint64_t id, const q_msg_rec_t *mr, const q_rcpt_r
                      : o->qo_status[0] == '5' || o->qo_status[0] == '4' ? o->qo_status
                                                                         : "5.0.0";
     snprintf(r->dr_status, sizeof(r->dr_status), "%s", st);
-    if (!relayed)
+}
+
+static void dsn_push(dsn_t *d, const dsn_rcpt_t *r)
+{
+    d->ds_rcpts = xrealloc(d->ds_rcpts, (size_t)(d->ds_n + 1) * sizeof(dsn_rcpt_t));
+    d->ds_rcpts[d->ds_n++] = *r;
+    if (!r->dr_relayed)
         d->ds_nfailed++;
+}
+
+void q_dsns_add(q_dsns_t *dl, uint64_t id, const q_msg_rec_t *mr, const q_rcpt_rec_t *rr,
+                const queue_outcome_t *o, bool relayed, bool expired)
+{
+    dsn_t *d = dsn_for(dl, id, mr);
+    dsn_rcpt_t r;
+    dsn_rcpt_make(rr, o, relayed, expired, &r);
+    dsn_push(d, &r);
+}
+
+/* ------------------------------------------------------------ durable marks */
+
+/* A mark's value: version (1), time (8, unix us), flags (1: relayed 1,
+ * expired 2), status (16, NUL-padded), then addr, orcpt, mx, reply, local:
+ * each a 16-bit length (0xffff: none) and its bytes. */
+#define DSN_MARK_VERSION 1
+#define DSN_MARK_HEAD 26
+
+static void mark_key(uint8_t k[12], uint64_t id, uint32_t idx)
+{
+    q_be64(k, id);
+    q_be32(k + 8, idx);
+}
+
+static void mark_str(buf_t *b, const char *s)
+{
+    uint8_t l[2];
+    size_t n = s ? MIN(strlen(s), 0xfffe) : 0xffff;
+    l[0] = (uint8_t)(n >> 8);
+    l[1] = (uint8_t)n;
+    buf_append(b, l, 2);
+    if (s != NULL)
+        buf_append(b, s, n);
+}
+
+int q_dsn_mark(queue_t *q, MDB_txn *txn, uint64_t id, uint32_t idx, const q_rcpt_rec_t *rr,
+               const queue_outcome_t *o, bool relayed, bool expired, uint64_t now_us)
+{
+    dsn_rcpt_t r;
+    dsn_rcpt_make(rr, o, relayed, expired, &r);
+    buf_t b;
+    buf_init(&b, 256);
+    uint8_t h[DSN_MARK_HEAD] = {DSN_MARK_VERSION};
+    q_be64(h + 1, now_us);
+    h[9] = (uint8_t)((relayed ? 1 : 0) | (expired ? 2 : 0));
+    memcpy(h + 10, r.dr_status, MIN(strlen(r.dr_status), 16));
+    buf_append(&b, h, sizeof(h));
+    const char *strs[] = {r.dr_addr, r.dr_orcpt, r.dr_mx, r.dr_reply, r.dr_local};
+    for (size_t i = 0; i < ARRAY_SIZE(strs); i++)
+        mark_str(&b, strs[i]);
+    uint8_t key[12];
+    mark_key(key, id, idx);
+    MDB_val k = {12, key}, v = {b.b_len, b.b_data};
+    int rc = mdb_put(txn, q->q_dbi_dsn, &k, &v, 0);
+    buf_free(&b);
+    free(r.dr_addr);
+    free(r.dr_orcpt);
+    free(r.dr_mx);
+    free(r.dr_reply);
+    free(r.dr_local);
+    return rc;
+}
+
+/* A mark's value into *r (owned) and its time; false when malformed. */
+static bool mark_decode(const MDB_val *v, dsn_rcpt_t *r, uint64_t *t)
+{
+    const uint8_t *p = v->mv_data, *end = p + v->mv_size;
+    memset(r, 0, sizeof(*r));
+    if (v->mv_size < DSN_MARK_HEAD || p[0] != DSN_MARK_VERSION)
+        return false;
+    *t = q_rd64(p + 1);
+    r->dr_relayed = p[9] & 1;
+    r->dr_expired = (p[9] & 2) != 0;
+    memcpy(r->dr_status, p + 10, 15);
+    p += DSN_MARK_HEAD;
+    char **strs[] = {&r->dr_addr, &r->dr_orcpt, &r->dr_mx, &r->dr_reply, &r->dr_local};
+    for (size_t i = 0; i < ARRAY_SIZE(strs); i++) {
+        if (end - p < 2)
+            return false;
+        size_t n = (size_t)p[0] << 8 | p[1];
+        p += 2;
+        if (n == 0xffff)
+            continue;
+        if ((size_t)(end - p) < n)
+            return false;
+        *strs[i] = xstrndup((const char *)p, n);
+        p += n;
+    }
+    return r->dr_addr != NULL;
+}
+
+int q_dsn_flush(queue_t *q, MDB_txn *txn, q_dsns_t *dl, uint64_t id, bool *gone)
+{
+    char idbuf[17];
+    *gone = false;
+    uint8_t mk[Q_MSG_KEY_LEN];
+    q_msg_key(mk, id);
+    MDB_val k = {Q_MSG_KEY_LEN, mk}, v;
+    q_msg_rec_t mr;
+    int rc = mdb_get(txn, q->q_dbi_msg, &k, &v);
+    if (rc != 0 && rc != MDB_NOTFOUND)
+        return rc;
+    bool have = rc == 0 && q_msg_decode(v.mv_data, v.mv_size, &mr) == 0;
+    dsn_t *d = NULL;
+    MDB_cursor *c;
+    if ((rc = mdb_cursor_open(txn, q->q_dbi_dsn, &c)) != 0)
+        return rc;
+    uint8_t key[12];
+    mark_key(key, id, 0);
+    k = (MDB_val){12, key};
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+         rc == 0 && k.mv_size == 12 && q_rd64(k.mv_data) == id;
+         rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE)) {
+        dsn_rcpt_t r;
+        uint64_t t;
+        if (!have || !mark_decode(&v, &r, &t)) {
+            log_error("%s: DSN mark of recipient %u %s: dropped", queue_msgid_fmt(id, idbuf),
+                      q_rd32((const uint8_t *)k.mv_data + 8),
+                      have ? "unreadable" : "without its message");
+        } else {
+            if (d == NULL) /* the body is copied before the first write */
+                d = dsn_for(dl, id, &mr);
+            dsn_push(d, &r);
+        }
+        if ((rc = mdb_cursor_del(c, 0)) != 0)
+            break;
+        k = (MDB_val){12, key};
+    }
+    mdb_cursor_close(c);
+    if (rc != 0 && rc != MDB_NOTFOUND)
+        return rc;
+    if (!have)
+        return 0;
+    bool more;
+    if ((rc = q_msg_has_rcpts(q, txn, id, &more)) != 0)
+        return rc;
+    if (!more) { /* the last recipient went before its DSN: the message goes now */
+        k = (MDB_val){Q_MSG_KEY_LEN, mk};
+        if ((rc = mdb_del(txn, q->q_dbi_msg, &k, NULL)) != 0)
+            return rc;
+        *gone = true;
+    }
+    return 0;
+}
+
+int q_dsn_list(queue_t *q, MDB_txn *txn, uint64_t *ids, uint64_t *oldest, int max, int *n)
+{
+    MDB_cursor *c;
+    *n = 0;
+    int rc = mdb_cursor_open(txn, q->q_dbi_dsn, &c);
+    if (rc != 0)
+        return rc;
+    MDB_val k, v;
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != 12 || v.mv_size < DSN_MARK_HEAD)
+            continue;
+        uint64_t id = q_rd64(k.mv_data), t = q_rd64((const uint8_t *)v.mv_data + 1);
+        if (*n > 0 && ids[*n - 1] == id) {
+            oldest[*n - 1] = MIN(oldest[*n - 1], t);
+            continue;
+        }
+        if (*n == max)
+            break;
+        ids[*n] = id;
+        oldest[*n] = t;
+        (*n)++;
+    }
+    mdb_cursor_close(c);
+    return rc == 0 || rc == MDB_NOTFOUND ? 0 : rc;
 }
 
 void q_dsns_reset(q_dsns_t *dl)

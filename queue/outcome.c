@@ -8,15 +8,19 @@
  *                       the recipients from flight
  *   q_outcomes_process  outcomes in their own transactions (operator
  *                       bounces, the fallback of a shared txn that failed)
- *   q_outcomes_stop     the queue stops: what rounds held is applied
+ *   q_outcomes_sweep    DSNs whose round is over, or waited too long, or that a
+ *                       crash left (the periodic scan, start-up, stop)
+ *   q_outcomes_stop     the queue stops: every DSN marked is built
  *   q_retry_delay       the retry schedule
  *
- * Rounds: the outcomes a DSN will report (bounced, expired, relayed) are
- * held on their message's round (sched.c) until the round ends - no
- * recipient of the message left in flight but held ones - and applied
- * then, together: one DSN per message per round (dsn.c). Held outcomes are
- * not in the spool yet: after a crash their recipients are tried again, as
- * for any outcome not committed.
+ * Every outcome is applied at once, its record with it (Postfix's way):
+ * one that a DSN will report (bounced, expired, relayed) also leaves a
+ * durable mark in the same transaction (dsn.c), and its message record
+ * stays while it has marks. The message's one DSN is built from its marks
+ * when its delivery round (sched.c) ends - no recipient of it left in
+ * flight -, in that batch's transaction; a message that keeps cycling gets
+ * it after queue.dsn_max_delay (q_outcomes_sweep), and marks a crash left
+ * are built at the next start.
  *
  * Calls sched.c (the in-flight set and its rounds), dsn.c, acct.c, spool.c,
  * msgid.c and chanmsg.c; queue.c and admin.c call here.
@@ -29,7 +33,8 @@
 #include <string.h>
 
 /* Outcome marks (queue_outcome_t.qo_sched). */
-#define Q_OS_HELD 0x01 /* held for its message's DSN: nothing of it written yet */
+#define Q_OS_MARKED 0x01 /* its DSN mark was written: the DSN is due when ready */
+#define Q_SWEEP_MAX 256  /* messages whose DSN a sweep transaction builds, at most */
 
 /* The batch being applied (q->q_octx). */
 typedef struct outcome_ctx {
@@ -38,9 +43,7 @@ typedef struct outcome_ctx {
     buf_t acct;              /* its accounting records, written once committed */
     uint64_t gen;            /* the batch: rounds it touched have r_gen == gen */
     q_round_t *touched;
-    queue_outcome_t **held; /* its outcomes held (Q_OS_HELD) */
-    size_t nheld, capheld;
-    bool closing; /* q_outcomes_stop: nothing is held any more */
+    bool closing; /* q_outcomes_stop: every DSN is built at once */
 } outcome_ctx_t;
 
 /* What an outcome makes of its recipient. */
@@ -53,7 +56,7 @@ typedef struct fate {
 } fate_t;
 
 static int outcome_apply(queue_t *q, MDB_txn *txn, queue_outcome_t *o, uint64_t now_us,
-                         outcome_ctx_t *cx, bool may_hold);
+                         outcome_ctx_t *cx);
 static void outcome_fate(queue_t *q, const queue_outcome_t *o, const q_msg_rec_t *mr,
                          const q_rcpt_rec_t *rr, uint64_t now, fate_t *f);
 static int outcome_write(queue_t *q, MDB_txn *txn, outcome_ctx_t *cx, const queue_outcome_t *o,
@@ -83,7 +86,6 @@ void q_outcomes_free(queue_t *q)
         return;
     q_dsns_free(cx->dsns);
     buf_free(&cx->acct);
-    free(cx->held);
     free(cx);
     q->q_octx = NULL;
 }
@@ -356,6 +358,10 @@ static int outcome_write(queue_t *q, MDB_txn *txn, outcome_ctx_t *cx, const queu
     bool more;
     if ((rc = q_msg_has_rcpts(q, txn, o->qo_msgid, &more)) != 0)
         return rc;
+    if (!more && (o->qo_sched & Q_OS_MARKED)) /* its DSN returns it: q_dsn_flush removes it */
+        return 0;
+    if (!more && (rc = q_dsn_marked(q, txn, o->qo_msgid, &more)) != 0)
+        return rc;
     if (!more) {
         k = (MDB_val){Q_MSG_KEY_LEN, mk};
         if ((rc = mdb_del(txn, q->q_dbi_msg, &k, NULL)) != 0)
@@ -365,12 +371,11 @@ static int outcome_write(queue_t *q, MDB_txn *txn, outcome_ctx_t *cx, const queu
     return 0;
 }
 
-/* Apply one outcome inside txn. With may_hold, an outcome a DSN will
- * report is only marked Q_OS_HELD (nothing written): its round applies
- * it later. Returns 0 or an LMDB error (the whole batch is then retried
- * or dropped). */
+/* Apply one outcome inside txn; one a DSN will report leaves its mark
+ * (Q_OS_MARKED). Returns 0 or an LMDB error (the whole batch is then
+ * retried or dropped). */
 static int outcome_apply(queue_t *q, MDB_txn *txn, queue_outcome_t *o, uint64_t now_us,
-                         outcome_ctx_t *cx, bool may_hold)
+                         outcome_ctx_t *cx)
 {
     uint8_t mk[Q_MSG_KEY_LEN], rk[Q_RCPT_KEY_LEN];
     MDB_val k, v;
@@ -420,12 +425,12 @@ static int outcome_apply(queue_t *q, MDB_txn *txn, queue_outcome_t *o, uint64_t 
     bool failed =
         !f.f_next && (o->qo_result == Q_OUT_BOUNCED || f.f_expired) && dsn_wanted(q, &mr, &rr);
     bool relayed = o->qo_result == Q_OUT_DELIVERED && dsn_relayed_wanted(q, &mr, &rr, o);
-    if ((failed || relayed) && may_hold) {
-        o->qo_sched |= Q_OS_HELD; /* for the round's one DSN */
-        return 0;
+    if (failed || relayed) { /* for the round's one DSN */
+        if ((rc = q_dsn_mark(q, txn, o->qo_msgid, o->qo_idx, &rr, o, relayed, f.f_expired,
+                             now_us)) != 0)
+            return rc;
+        o->qo_sched |= Q_OS_MARKED;
     }
-    if (failed || relayed) /* copies from the body first */
-        q_dsns_add(cx->dsns, o->qo_msgid, &mr, &rr, o, relayed, f.f_expired);
     mr.mr_body = NULL;
     if ((rc = outcome_write(q, txn, cx, o, &rr, f.f_next)) != 0)
         return rc;
@@ -445,6 +450,27 @@ static int outcome_apply(queue_t *q, MDB_txn *txn, queue_outcome_t *o, uint64_t 
 
 /* ------------------------------------------------------------ batches */
 
+/* Is message id's DSN due at the end of this batch: its round is over
+ * (no recipient of it left in flight), or there is none, or the queue
+ * stops? */
+static bool dsn_due(queue_t *q, outcome_ctx_t *cx, uint64_t id)
+{
+    if (cx->closing)
+        return true;
+    q_round_t *r = q_round_find(q, id);
+    return r == NULL || (r->r_gen == cx->gen && r->r_inflight - r->r_seen <= 0);
+}
+
+/* Build message id's DSN from its marks into cx->dsns (dsn.c). */
+static int dsn_build_due(queue_t *q, MDB_txn *txn, outcome_ctx_t *cx, uint64_t id)
+{
+    bool gone = false;
+    int rc = q_dsn_flush(q, txn, cx->dsns, id, &gone);
+    if (rc == 0 && gone)
+        cx->d_msgs--;
+    return rc;
+}
+
 int q_outcomes_apply(queue_t *q, MDB_txn *txn, chan_node_t *first, size_t n)
 {
     outcome_ctx_t *cx = q->q_octx;
@@ -454,7 +480,6 @@ int q_outcomes_apply(queue_t *q, MDB_txn *txn, chan_node_t *first, size_t n)
     cx->d_msgs = cx->d_rcpts = 0;
     cx->gen++; /* this call may repeat the previous one (a full map): start afresh */
     cx->touched = NULL;
-    cx->nheld = 0;
     uint64_t now_us = clock_now_us();
     int rc = 0;
     chan_node_t *node = first;
@@ -463,33 +488,24 @@ int q_outcomes_apply(queue_t *q, MDB_txn *txn, chan_node_t *first, size_t n)
     node = first;
     for (size_t i = 0; rc == 0 && i < n; i++, node = node->cn_next) {
         queue_outcome_t *o = (queue_outcome_t *)node;
-        q_round_t *r = round_touch(q, cx, o);
-        rc = outcome_apply(q, txn, o, now_us, cx, r != NULL);
-        if (rc == 0 && (o->qo_sched & Q_OS_HELD)) {
-            if (cx->nheld == cx->capheld) {
-                cx->capheld = cx->capheld ? cx->capheld * 2 : 64;
-                cx->held = xrealloc(cx->held, cx->capheld * sizeof(*cx->held));
-            }
-            cx->held[cx->nheld++] = o;
-        }
+        round_touch(q, cx, o);
+        rc = outcome_apply(q, txn, o, now_us, cx);
     }
-    /* The rounds this batch ends (none of their recipients left in flight
-     * but the held ones): what they held, earlier batches' first, goes
-     * into one DSN per message now. */
+    /* The rounds this batch ends: their messages' DSNs, from the marks of
+     * this batch and earlier ones, one per message. */
     for (q_round_t *r = cx->touched; rc == 0 && r != NULL; r = r->r_touched) {
-        if (r->r_inflight - r->r_nheld - r->r_seen > 0)
-            continue; /* the round goes on */
-        r->r_ends = true;
-        for (chan_node_t *h = r->r_held; rc == 0 && h != NULL; h = h->cn_next)
-            rc = outcome_apply(q, txn, (queue_outcome_t *)h, now_us, cx, false);
+        r->r_ends = r->r_inflight - r->r_seen <= 0;
+        if (r->r_ends)
+            rc = dsn_build_due(q, txn, cx, r->r_msgid);
     }
-    for (size_t i = 0; rc == 0 && i < cx->nheld; i++) {
-        queue_outcome_t *o = cx->held[i];
+    /* Marks of messages with no round (operator bounces) or none going on */
+    node = first;
+    for (size_t i = 0; rc == 0 && i < n; i++, node = node->cn_next) {
+        queue_outcome_t *o = (queue_outcome_t *)node;
         q_round_t *r = q_round_find(q, o->qo_msgid);
-        if (r != NULL && r->r_ends) {
-            o->qo_sched &= (uint8_t)~Q_OS_HELD;
-            rc = outcome_apply(q, txn, o, now_us, cx, false);
-        }
+        if ((o->qo_sched & Q_OS_MARKED) && (r == NULL || r->r_gen != cx->gen || cx->closing) &&
+            dsn_due(q, cx, o->qo_msgid))
+            rc = dsn_build_due(q, txn, cx, o->qo_msgid);
     }
     /* DSNs go in the same txn: a new message from <> to the sender */
     if (rc == 0) {
@@ -514,78 +530,96 @@ void q_outcomes_done(queue_t *q, chan_node_t *first, size_t n, bool committed)
                                   memory_order_relaxed);
         buf_append(q_acct_buf(q->q_acct), cx->acct.b_data, cx->acct.b_len);
     }
-    /* Rounds that ended: what they held from earlier batches is done
-     * (applied; or, not committed, still due and tried again). Their
-     * rounds stay: this batch's outcomes are still counted in flight. */
-    for (q_round_t *r = cx->touched; r != NULL; r = r->r_touched) {
-        if (!r->r_ends)
-            continue;
-        chan_node_t *h = r->r_held;
-        r->r_held = r->r_held_tail = NULL;
-        r->r_nheld = 0;
-        r->r_ends = false;
-        while (h != NULL) {
-            chan_node_t *hn = h->cn_next;
-            queue_outcome_t *o = (queue_outcome_t *)h;
-            q_flight_del(q, o->qo_msgid, o->qo_idx);
-            queue_outcome_free(o);
-            h = hn;
-        }
-    }
     cx->touched = NULL;
-    cx->nheld = 0;
     /* Not committed: the recipients stay due and are tried again. */
     chan_node_t *node = first;
     for (size_t i = 0; i < n; i++) {
         chan_node_t *next = node->cn_next;
         queue_outcome_t *o = (queue_outcome_t *)node;
-        q_round_t *r = NULL;
-        if (committed && (o->qo_sched & Q_OS_HELD))
-            r = q_round_find(q, o->qo_msgid);
-        if (r != NULL) { /* its round goes on: held, its recipient still in flight */
-            node->cn_next = NULL;
-            if (r->r_held_tail)
-                r->r_held_tail->cn_next = node;
-            else
-                r->r_held = node;
-            r->r_held_tail = node;
-            r->r_nheld++;
-        } else {
-            q_flight_del(q, o->qo_msgid, o->qo_idx);
-            queue_outcome_free(o);
-        }
+        q_flight_del(q, o->qo_msgid, o->qo_idx);
+        queue_outcome_free(o);
         node = next;
     }
     buf_reset(&cx->acct);
     q_dsns_reset(cx->dsns);
 }
 
-/* q_outcomes_stop: take what a round holds onto the list at arg. */
-static void round_take_held(q_round_t *r, void *arg)
+typedef struct sweep {
+    bool all;   /* every message with marks (start-up, stop) */
+    int listed; /* messages with marks this transaction looked at */
+} sweep_t;
+
+/* One sweep transaction: the DSNs due of up to Q_SWEEP_MAX messages. */
+static int sweep_write(queue_t *q, MDB_txn *txn, void *arg)
 {
-    chan_node_t **ends = arg; /* [0] head, [1] tail */
-    if (r->r_held == NULL)
+    sweep_t *sw = arg;
+    outcome_ctx_t *cx = q->q_octx;
+    q_dsns_reset(cx->dsns);
+    cx->d_msgs = cx->d_rcpts = 0;
+    uint64_t ids[Q_SWEEP_MAX], oldest[Q_SWEEP_MAX], now_us = clock_now_us();
+    uint64_t wait_us = q->q_cfg->c_dsn_max_delay * 1000000;
+    int rc = q_dsn_list(q, txn, ids, oldest, Q_SWEEP_MAX, &sw->listed);
+    for (int i = 0; rc == 0 && i < sw->listed; i++) {
+        /* a crash left it, its round is over, or it waited long enough */
+        if (sw->all || oldest[i] < q->q_started_us || q_round_find(q, ids[i]) == NULL ||
+            now_us >= oldest[i] + wait_us)
+            rc = dsn_build_due(q, txn, cx, ids[i]);
+    }
+    if (rc == 0) {
+        int made = 0;
+        rc = q_dsns_insert(q, txn, cx->dsns, now_us, &made);
+        cx->d_msgs += made;
+        cx->d_rcpts += made;
+    }
+    return rc;
+}
+
+void q_outcomes_sweep(queue_t *q, bool all)
+{
+    Q_ASSERT_QUEUE_THREAD(q);
+    uint64_t mono = clock_mono_us();
+    if (!all && mono - q->q_dsn_swept < 1000000)
         return;
-    if (ends[1])
-        ends[1]->cn_next = r->r_held;
-    else
-        ends[0] = r->r_held;
-    ends[1] = r->r_held_tail;
-    r->r_held = r->r_held_tail = NULL;
-    r->r_nheld = 0;
+    q->q_dsn_swept = mono;
+    outcome_ctx_t *cx = q->q_octx;
+    for (int guard = 0; guard < 1000; guard++) {
+        MDB_txn *rt;
+        MDB_stat st = {0};
+        if (mdb_txn_begin(q->q_env, NULL, MDB_RDONLY, &rt) == 0) {
+            mdb_stat(rt, q->q_dbi_dsn, &st);
+            mdb_txn_abort(rt);
+        }
+        if (st.ms_entries == 0)
+            return; /* the common case: no mark, no write */
+        sweep_t sw = {all, 0};
+        int rc = q_events_write(q, sweep_write, &sw);
+        if (rc == 0 && q->q_cfg->c_spool_sync != CFG_SYNC_NONE)
+            rc = mdb_env_sync(q->q_env, 1);
+        if (rc == 0) {
+            atomic_fetch_add_explicit(&q->q_stats.qs_msgs, (uint64_t)cx->d_msgs,
+                                      memory_order_relaxed);
+            atomic_fetch_add_explicit(&q->q_stats.qs_rcpts, (uint64_t)cx->d_rcpts,
+                                      memory_order_relaxed);
+            atomic_fetch_add_explicit(&q->q_stats.qs_commits, 1, memory_order_relaxed);
+        } else {
+            atomic_fetch_add_explicit(&q->q_stats.qs_errors, 1, memory_order_relaxed);
+            log_error("spool %s: DSNs of marked recipients: %s", q->q_path, mdb_strerror(rc));
+        }
+        q_dsns_reset(cx->dsns);
+        q_acct_flush(q->q_acct);
+        if (rc != 0 || !all || sw.listed < Q_SWEEP_MAX)
+            break;
+    }
+    q_sched_kick(q); /* the DSNs made are due */
 }
 
 void q_outcomes_stop(queue_t *q)
 {
     Q_ASSERT_QUEUE_THREAD(q);
-    chan_node_t *ends[2] = {NULL, NULL};
-    q_rounds_foreach(q, round_take_held, ends);
-    /* the rest of those rounds will not come back (delivery stopped
-     * first): apply what they held, with its DSNs, rather than try
-     * recipients again that already have their outcome */
+    /* delivery stopped first: the rounds will not come back; every DSN
+     * marked is built now rather than at the next start */
     q->q_octx->closing = true;
-    if (ends[0] != NULL)
-        q_outcomes_process(q, ends[0]);
+    q_outcomes_sweep(q, true);
 }
 
 typedef struct outcomes_batch {

@@ -138,6 +138,7 @@ int queue_open(cfg_t *cfg, queue_t **out, char *err, size_t errlen)
         (rc = mdb_dbi_open(txn, "due", MDB_CREATE, &q->q_dbi_due)) != 0 ||
         (rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &q->q_dbi_meta)) != 0 ||
         (rc = mdb_dbi_open(txn, "tlsrpt", MDB_CREATE, &q->q_dbi_tlsrpt)) != 0 ||
+        (rc = mdb_dbi_open(txn, "dsn", MDB_CREATE, &q->q_dbi_dsn)) != 0 ||
         (rc = q_supp_open(q, txn)) != 0) {
         snprintf(err, errlen, "spool %s: %s", path, mdb_strerror(rc));
         goto fail;
@@ -227,6 +228,7 @@ int queue_start(queue_t *q)
     atomic_store(&q->q_stats.qs_active_limit, q->q_as_cap);
     if ((rc = q_events_start(q)) != 0)
         return rc;
+    q->q_started_us = clock_now_us(); /* DSN marks older than this were left by a crash */
     rc = pthread_create(&q->q_thread, NULL, queue_thread_main, q);
     if (rc != 0)
         return -rc;
@@ -239,6 +241,7 @@ static void *queue_thread_main(void *arg)
     queue_t *q = arg;
     q->q_tid = pthread_self();
     log_thread_name("queue");
+    q_outcomes_sweep(q, true); /* DSN marks a crash (or a stop that failed) left */
     uint64_t iv = q->q_cfg->c_scan_interval_ms ? q->q_cfg->c_scan_interval_ms : 1000;
     uv_timer_start(&q->q_timer, queue_timer_cb, 0, iv);
     uv_run(&q->q_loop, UV_RUN_DEFAULT);
@@ -276,7 +279,7 @@ static void queue_wake_cb(uv_async_t *h)
     chan_close(q->q_ch_out);
     chan_close(q->q_ch_req);
     queue_commit_pending(q); /* what the closes handed over */
-    q_outcomes_stop(q);      /* outcomes held for a DSN: applied, the DSNs written */
+    q_outcomes_stop(q);      /* every DSN marked: built and written */
     queue_acks_sync(q);
     uv_close((uv_handle_t *)&q->q_commit_check, queue_closed_cb);
     uv_close((uv_handle_t *)&q->q_commit_idle, queue_closed_cb);
@@ -875,7 +878,9 @@ static void queue_timer_cb(uv_timer_t *t)
         q_tlsrpt_send(q, false); /* once a day: the reports of the days before */
     if (q->q_dispatch && !atomic_load(&q->q_stopping))
         q_sched_scan(q);
-    if (q_events_want_txn(q)) /* stream records or cursors no commit took yet */
+    if (!atomic_load(&q->q_stopping))
+        q_outcomes_sweep(q, false); /* DSNs that waited queue.dsn_max_delay */
+    if (q_events_want_txn(q))       /* stream records or cursors no commit took yet */
         uv_check_start(&q->q_commit_check, queue_commit_check_cb);
 }
 
@@ -1057,6 +1062,8 @@ int queue_check_offline(const char *spool_path, size_t *nmsgs, size_t *nrcpts)
         (rc = mdb_dbi_open(txn, "rcpt", 0, &q.q_dbi_rcpt)) != 0 ||
         (rc = mdb_dbi_open(txn, "due", 0, &q.q_dbi_due)) != 0)
         goto fail;
+    if (mdb_dbi_open(txn, "dsn", 0, &q.q_dbi_dsn) != 0)
+        q.q_dbi_dsn = (MDB_dbi)-1; /* a spool from before DSN marks: none */
     bool ok;
     json_object *res = q_check_txn(&q, txn, &ok);
     json_object *probs = json_object_object_get(res, "problems");

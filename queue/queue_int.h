@@ -183,6 +183,9 @@ struct queue {
                                             shared; q_map_grow exclusive: mdb_env_set_mapsize wants
                                             no transaction open in the process */
     MDB_dbi q_dbi_tlsrpt;                /* TLSRPT counters (tlsrpt.c) */
+    MDB_dbi q_dbi_dsn;                   /* DSN marks: what a DSN will say (dsn.c) */
+    uint64_t q_dsn_swept;                /* mono us of the last sweep (outcome.c), queue thread */
+    uint64_t q_started_us;               /* unix us: marks older were left by a crash */
     struct q_tlsrpt *q_tlsrpt;           /* counters not yet written (tlsrpt.c), queue thread */
     struct q_tlsrpt_send *q_tlsrpt_send; /* reports being sent (tlsrpt_send.c) */
     uint64_t q_map_size;
@@ -319,9 +322,6 @@ typedef struct q_round {
     uint64_t r_msgid;
     int r_inflight; /* recipients in flight (sched.c: their flight entries) */
     /* outcome.c's */
-    int r_nheld;         /* of r_inflight, outcomes held in r_held */
-    chan_node_t *r_held; /* queue_outcome_t, linked by cn_next */
-    chan_node_t *r_held_tail;
     uint64_t r_gen;            /* the batch r_seen and r_ends are about */
     int r_seen;                /* outcomes of this message in that batch */
     bool r_ends;               /* the round ends with that batch */
@@ -365,8 +365,12 @@ void q_outcomes_process(queue_t *q, chan_node_t *first);
  * release their in-flight entries (frees the outcomes). */
 int q_outcomes_apply(queue_t *q, MDB_txn *txn, chan_node_t *first, size_t n);
 void q_outcomes_done(queue_t *q, chan_node_t *first, size_t n, bool committed);
-/* The queue is stopping: the outcomes held for their message's DSN
- * (delivery rounds) are applied now, in their own transaction. */
+/* The DSNs that are due from their marks (dsn.c), in their own
+ * transactions: every one with all (start-up, stop), else those of
+ * messages whose round is over, that waited queue.dsn_max_delay, or that
+ * a crash left; at most once a second. */
+void q_outcomes_sweep(queue_t *q, bool all);
+/* The queue is stopping: every DSN marked is built now. */
 void q_outcomes_stop(queue_t *q);
 /* Delay in seconds before the next attempt after `attempts` attempts. */
 uint64_t q_retry_delay(queue_t *q, uint32_t attempts);
@@ -424,6 +428,20 @@ void q_dsns_add(q_dsns_t *dl, uint64_t id, const q_msg_rec_t *mr, const q_rcpt_r
 int q_dsns_insert(queue_t *q, MDB_txn *txn, q_dsns_t *dl, uint64_t now_us, int *inserted);
 /* Forget the DSNs (the batch was committed or aborted). */
 void q_dsns_reset(q_dsns_t *dl);
+/* The durable marks (the `dsn` sub-db, key message id + recipient index):
+ * what the DSN will say of recipient idx (rr, o), written in the outcome's
+ * txn; the message record stays while its message has marks. 0 or an
+ * LMDB error. */
+int q_dsn_mark(queue_t *q, MDB_txn *txn, uint64_t id, uint32_t idx, const q_rcpt_rec_t *rr,
+               const queue_outcome_t *o, bool relayed, bool expired, uint64_t now_us);
+/* Does message id have marks? (spool.c: q_check_txn asks too) */
+int q_dsn_marked(queue_t *q, MDB_txn *txn, uint64_t id, bool *marked);
+/* Message id's marks into dl (one DSN), deleted; its message record goes
+ * too when it has no recipient left (*gone = true). 0 or an LMDB error. */
+int q_dsn_flush(queue_t *q, MDB_txn *txn, q_dsns_t *dl, uint64_t id, bool *gone);
+/* The messages with marks, up to max: ids[i] and the time of its oldest
+ * mark (unix us) in oldest[i]; their number in *n. */
+int q_dsn_list(queue_t *q, MDB_txn *txn, uint64_t *ids, uint64_t *oldest, int max, int *n);
 
 /* ------------------------------------------------------------ TLSRPT (tlsrpt.c) */
 

@@ -7,8 +7,8 @@
  *   in flight           q_sched_in_flight, q_flight_del: the recipients
  *                       dispatched and not back yet
  *   rounds              q_round_find / q_rounds_foreach: one per message with
- *                       recipients in flight (outcome.c holds a DSN's
- *                       outcomes on it until the round ends)
+ *                       recipients in flight (outcome.c builds a message's
+ *                       DSN from its marks when its round ends)
  *
  * Memory holds only the active set: an open-addressing hash of the
  * recipients in flight (msgid, idx), a counter per destination domain
@@ -62,13 +62,9 @@ void q_sched_free(queue_t *q)
 {
     SL_ASSERT_MAIN_THREAD();
     for (size_t i = 0; i < q->q_rounds_cap; i++) {
-        while (q->q_rounds[i] != NULL) { /* q_outcomes_stop applied what was held */
+        while (q->q_rounds[i] != NULL) {
             q_round_t *r = q->q_rounds[i];
             q->q_rounds[i] = r->r_next;
-            for (chan_node_t *h = r->r_held, *hn; h != NULL; h = hn) {
-                hn = h->cn_next;
-                queue_outcome_free((queue_outcome_t *)h);
-            }
             free(r);
         }
     }
@@ -254,7 +250,6 @@ static q_round_t *round_get(queue_t *q, uint64_t id)
 
 static void round_drop(queue_t *q, q_round_t *r)
 {
-    SL_ASSERT(r->r_nheld == 0 && r->r_held == NULL); /* held outcomes keep theirs in flight */
     q_round_t **pp = &q->q_rounds[mix64(r->r_msgid) & (q->q_rounds_cap - 1)];
     while (*pp != r)
         pp = &(*pp)->r_next;

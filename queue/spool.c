@@ -173,6 +173,24 @@ size_t q_addr_domain(const char *addr, size_t len, char *dst, size_t dlen)
     return n;
 }
 
+/* The DSN marks are dsn.c's; whether a message has any is a spool
+ * question (its record stays while it has, q_check_txn). */
+int q_dsn_marked(queue_t *q, MDB_txn *txn, uint64_t id, bool *marked)
+{
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(txn, q->q_dbi_dsn, &c);
+    if (rc != 0)
+        return rc;
+    uint8_t key[12];
+    q_be64(key, id);
+    q_be32(key + 8, 0);
+    MDB_val k = {12, key}, v;
+    rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+    *marked = rc == 0 && k.mv_size == 12 && q_rd64(k.mv_data) == id;
+    mdb_cursor_close(c);
+    return rc == 0 || rc == MDB_NOTFOUND ? 0 : rc;
+}
+
 int q_msg_has_rcpts(queue_t *q, MDB_txn *txn, uint64_t id, bool *more)
 {
     MDB_cursor *c;
@@ -368,7 +386,8 @@ json_object *q_check_txn(queue_t *q, MDB_txn *txn, bool *okp)
                     mr.mr_nrcpt, have);
             nprob++;
         }
-        if (have == 0) {
+        bool marked = false; /* its recipients are done, its DSN is not built yet (dsn.c) */
+        if (have == 0 && (q_dsn_marked(q, txn, id, &marked) != 0 || !marked)) {
             problem(probs, "%s: message without recipients", idbuf);
             nprob++;
         }
