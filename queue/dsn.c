@@ -306,11 +306,15 @@ int q_dsn_flush(queue_t *q, MDB_txn *txn, q_dsns_t *dl, uint64_t id, bool *gone)
 {
     char idbuf[17];
     *gone = false;
+    bool marked;
+    int rc = q_dsn_marked(q, txn, id, &marked); /* the common case: none (a round's end) */
+    if (rc != 0 || !marked)
+        return rc;
     uint8_t mk[Q_MSG_KEY_LEN];
     q_msg_key(mk, id);
     MDB_val k = {Q_MSG_KEY_LEN, mk}, v;
     q_msg_rec_t mr;
-    int rc = mdb_get(txn, q->q_dbi_msg, &k, &v);
+    rc = mdb_get(txn, q->q_dbi_msg, &k, &v);
     if (rc != 0 && rc != MDB_NOTFOUND)
         return rc;
     bool have = rc == 0 && q_msg_decode(v.mv_data, v.mv_size, &mr) == 0;

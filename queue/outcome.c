@@ -450,17 +450,6 @@ static int outcome_apply(queue_t *q, MDB_txn *txn, queue_outcome_t *o, uint64_t 
 
 /* ------------------------------------------------------------ batches */
 
-/* Is message id's DSN due at the end of this batch: its round is over
- * (no recipient of it left in flight), or there is none, or the queue
- * stops? */
-static bool dsn_due(queue_t *q, outcome_ctx_t *cx, uint64_t id)
-{
-    if (cx->closing)
-        return true;
-    q_round_t *r = q_round_find(q, id);
-    return r == NULL || (r->r_gen == cx->gen && r->r_inflight - r->r_seen <= 0);
-}
-
 /* Build message id's DSN from its marks into cx->dsns (dsn.c). */
 static int dsn_build_due(queue_t *q, MDB_txn *txn, outcome_ctx_t *cx, uint64_t id)
 {
@@ -498,13 +487,12 @@ int q_outcomes_apply(queue_t *q, MDB_txn *txn, chan_node_t *first, size_t n)
         if (r->r_ends)
             rc = dsn_build_due(q, txn, cx, r->r_msgid);
     }
-    /* Marks of messages with no round (operator bounces) or none going on */
+    /* Marks of messages with no round going on (operator bounces), or
+     * every one when the queue stops */
     node = first;
     for (size_t i = 0; rc == 0 && i < n; i++, node = node->cn_next) {
         queue_outcome_t *o = (queue_outcome_t *)node;
-        q_round_t *r = q_round_find(q, o->qo_msgid);
-        if ((o->qo_sched & Q_OS_MARKED) && (r == NULL || r->r_gen != cx->gen || cx->closing) &&
-            dsn_due(q, cx, o->qo_msgid))
+        if ((o->qo_sched & Q_OS_MARKED) && (cx->closing || q_round_find(q, o->qo_msgid) == NULL))
             rc = dsn_build_due(q, txn, cx, o->qo_msgid);
     }
     /* DSNs go in the same txn: a new message from <> to the sender */
