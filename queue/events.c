@@ -424,8 +424,10 @@ static void ev_dropped_record(queue_t *q, const ev_wh_t *w, const ev_drop_t *d, 
 /* The backlog bound (events.max_backlog records, events.max_backlog_age):
  * the oldest entries beyond it go even when a webhook has not had them
  * (at most EV_TRIM_MAX per transaction), and each webhook that was owed
- * some gets an events_dropped record. The batch in flight is kept (its
- * answer decides; the bound may be exceeded by one batch meanwhile).
+ * some gets an events_dropped record. A batch in flight is kept, and what
+ * follows it (deleting is from the front): its answer decides, so what
+ * reached an endpoint is never reported dropped; the spool may exceed the
+ * bound until that answer (at most the webhook's timeout).
  * ev_lock is held throughout, so the webhook thread cannot start a POST
  * of entries being dropped (ev_post checks its cursor under the lock). */
 static int ev_bound(queue_t *q, q_events_t *ev, MDB_txn *txn)
