@@ -91,7 +91,7 @@ class ReplayTest(unittest.TestCase):
         live = d.ctl("events", json=True).check().data["webhooks"][0]
         self.assertIsNone(live["replay"])
 
-        self.recv.delay = 0.3  # the replay runs a while: a second one is refused meanwhile
+        self.recv.delay = 1.0  # the replay runs a while: a second one is refused meanwhile
         out = d.ctl("events", "replay", "crm", "--since", since).check().out
         self.assertRegex(out, r"replay to crm started: records from %s to \S+Z" % since)
         busy = d.ctl("events", "replay", "crm", "--since", since)
