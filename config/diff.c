@@ -133,6 +133,11 @@ bool cfg_key_changed(int i, const cfg_t *a, const cfg_t *b)
         return *(const bool *)fa != *(const bool *)fb;
     case K_HDRLIST:
         return strv_ne(*(char **const *)fa, *(char **const *)fb);
+    case K_ADDRS: {
+        const cfg_addrs_t *la = fa, *lb = fb;
+        return la->ca_n != lb->ca_n ||
+               memcmp(la->ca_a, lb->ca_a, (size_t)lb->ca_n * sizeof(lb->ca_a[0])) != 0;
+    }
     default:
         return section_changed(k->k_kind, a, b);
     }
@@ -176,6 +181,9 @@ static void keep_value(const key_def_t *k, cfg_t *nc, const cfg_t *old)
     case K_LISTEN:
         nc->c_smtp_nlisten = old->c_smtp_nlisten;
         memcpy(nc->c_smtp_listen, old->c_smtp_listen, sizeof(nc->c_smtp_listen));
+        return;
+    case K_ADDRS:
+        memcpy(fn, fo, sizeof(cfg_addrs_t));
         return;
     case K_WEBHOOKS:
         cfg_webhooks_free(nc->c_webhooks, nc->c_nwebhooks);

@@ -9,6 +9,7 @@
  *
  *   inbound_rcpt_check   RCPT: is it the bounce domain, is its token good
  *   inbound_process      after the final dot: parse, match, record, feed
+ *   inbound_rate_take    bounces.max_messages_per_minute, per client IP
  *
  * Why only the VERP token matches: it is signed, so a report can only
  * name a message sluice sent; a returned Message-ID or X-Sluice-Id could
@@ -25,6 +26,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,6 +57,62 @@ inbound_rcpt_t inbound_rcpt_check(const cfg_t *cfg, const char *addr, char *repl
         return INBOUND_REFUSED;
     }
     return INBOUND_YES;
+}
+
+/* The per-IP report rate: a token bucket per client address (it holds
+ * bounces.max_messages_per_minute tokens and gains one every 60/max
+ * seconds, so a burst of a minute's worth passes and then one per
+ * interval, with no reset at a minute's edge), in a bounded table
+ * (RATE_SETS sets of RATE_WAYS entries, shared by every reception thread
+ * under one mutex, touched once per report transaction). An address that
+ * does not fit takes the entry used least recently: a flood of addresses
+ * can only make the limit forget someone, never refuse an address that
+ * sent nothing. */
+#define RATE_SETS 1024
+#define RATE_WAYS 4
+
+typedef struct rate_slot {
+    char rs_ip[48];
+    uint64_t rs_last_us; /* the last refill */
+    double rs_tokens;
+} rate_slot_t;
+
+static pthread_mutex_t rate_lock = PTHREAD_MUTEX_INITIALIZER;
+static rate_slot_t rate_table[RATE_SETS][RATE_WAYS];
+
+bool inbound_rate_take(const cfg_t *cfg, const char *ip, uint64_t now_us)
+{
+    int max = cfg->c_bounce_rate;
+    if (max <= 0)
+        return true;
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (const char *p = ip; *p; p++)
+        h = (h ^ (uint8_t)*p) * 16777619u;
+    bool ok;
+    pthread_mutex_lock(&rate_lock);
+    rate_slot_t *set = rate_table[h % RATE_SETS], *e = NULL, *old = &set[0];
+    for (int i = 0; i < RATE_WAYS && e == NULL; i++) {
+        if (strcmp(set[i].rs_ip, ip) == 0)
+            e = &set[i];
+        else if (set[i].rs_last_us < old->rs_last_us)
+            old = &set[i];
+    }
+    if (e == NULL) {
+        e = old;
+        snprintf(e->rs_ip, sizeof(e->rs_ip), "%s", ip);
+        e->rs_tokens = max;
+        e->rs_last_us = now_us;
+    }
+    if (now_us > e->rs_last_us) {
+        e->rs_tokens += (double)(now_us - e->rs_last_us) * max / 60e6;
+        e->rs_tokens = MIN(e->rs_tokens, (double)max); /* a reload may lower max */
+        e->rs_last_us = now_us;
+    }
+    ok = e->rs_tokens >= 1.0;
+    if (ok)
+        e->rs_tokens -= 1.0;
+    pthread_mutex_unlock(&rate_lock);
+    return ok;
 }
 
 /* (msgid, idx) of a VERP address in the bounce domain. */
