@@ -410,4 +410,14 @@ typedef struct queue_supp_req {
 
 void queue_supp_req_free(queue_supp_req_t *r);
 
+/* A report without a VERP token (core/server/inbound.c): the message it
+ * names by sluice_id (X-Sluice-Id, 16 hex digits) or else message_id (the
+ * returned Message-ID), provided rcpt was one of its recipients (the
+ * trust rule, docs/bounces-in.md). Either name may be NULL or "". 1
+ * matched by sluice_id, 2 by message_id (*id, *idx set), 0 not, SL_ESPOOL. Kept with
+ * bounces.inbound, for bounces.verp_max_age (suppress_sent.c). Any thread, between queue_open and
+ * queue_free. */
+int queue_sent_match(queue_t *q, const char *sluice_id, const char *message_id, const char *rcpt,
+                     uint64_t *id, uint32_t *idx);
+
 #endif /* SLUICE_QUEUE_H */

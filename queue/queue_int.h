@@ -183,6 +183,7 @@ struct queue {
                                             shared; q_map_grow exclusive: mdb_env_set_mapsize wants
                                             no transaction open in the process */
     MDB_dbi q_dbi_tlsrpt;                /* TLSRPT counters (tlsrpt.c) */
+    MDB_dbi q_dbi_sent;                  /* the sent index (suppress_sent.c) */
     struct q_tlsrpt *q_tlsrpt;           /* counters not yet written (tlsrpt.c), queue thread */
     struct q_tlsrpt_send *q_tlsrpt_send; /* reports being sent (tlsrpt_send.c) */
     uint64_t q_map_size;
@@ -491,6 +492,11 @@ void q_supp_free(queue_t *q);
  * LMDB error. Queue thread. */
 int q_supp_on_bounce(queue_t *q, MDB_txn *txn, uint64_t msgid, uint32_t idx, const q_msg_rec_t *mr,
                      const q_rcpt_rec_t *rr, const char *category);
+/* The sent index (suppress_sent.c): with bounces.inbound, note message
+ * m's recipients and Message-ID in its own insert transaction, for
+ * matching reports without a VERP token; and drop a few expired entries.
+ * 0 or an LMDB error. Queue thread. */
+int q_sent_note(queue_t *q, MDB_txn *txn, const queue_msg_in_t *m);
 /* QREQ_SUPPRESS: answers r and pushes it back onto qq_reply (or frees it
  * when there is none: queue_supp_report's). Queue thread. */
 void q_supp_request(queue_t *q, queue_req_t *r);

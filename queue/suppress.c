@@ -62,6 +62,8 @@ int q_supp_open(queue_t *q, MDB_txn *txn)
     q_supp_t *s = xcalloc(1, sizeof(*s));
     q->q_supp = s;
     int rc = mdb_dbi_open(txn, "suppress", MDB_CREATE, &s->s_dbi);
+    if (rc == 0) /* the sent index (suppress_sent.c) */
+        rc = mdb_dbi_open(txn, "sent", MDB_CREATE, &q->q_dbi_sent);
     if (rc != 0)
         return rc;
     supp_count(q, txn);

@@ -11,10 +11,11 @@
  *   inbound_process      after the final dot: parse, match, record, feed
  *   inbound_rate_take    bounces.max_messages_per_minute, per client IP
  *
- * Why only the VERP token matches: it is signed, so a report can only
- * name a message sluice sent; a returned Message-ID or X-Sluice-Id could
- * be made up by anyone, and the spool keeps no index of them after
- * delivery. Such a report is recorded as unmatched (with what it says).
+ * Matching: the VERP token first (signed: a report can only name a
+ * message sluice sent); else the returned X-Sluice-Id or Message-ID,
+ * which anyone could make up, so it counts only when the report's
+ * recipient was one of that message's (queue_sent_match, the sent
+ * index). Anything else is recorded as unmatched (with what it says).
  * Thread: the session's reception thread; queue_acct_event and
  * queue_supp_report hand the records and the list's writes to the queue
  * thread.
@@ -194,13 +195,22 @@ const char *inbound_process(queue_t *q, const cfg_t *cfg, const inbound_msg_t *m
     report_parse(m->im_body, m->im_len, &r);
     uint64_t id = 0;
     uint32_t idx = 0;
-    /* the token of the address the report came to, else (ARF) of the
-     * return path the complained-about message had */
-    bool matched = verp_match(cfg, m->im_rcpt, &id, &idx) ||
-                   (r.rp_kind == REPORT_ARF && verp_match(cfg, r.rp_orig_mail_from, &id, &idx));
     const char *rcpt = r.rp_kind == REPORT_ARF ? r.rp_orig_rcpt
                        : r.rp_final_rcpt[0]    ? r.rp_final_rcpt
                                                : r.rp_orig_rcpt;
+    /* the token of the address the report came to, else (ARF) of the
+     * return path the complained-about message had, else the returned
+     * message's X-Sluice-Id or Message-ID - if the report's recipient was
+     * one of that message's (the trust rule, suppress_sent.c) */
+    const char *by = "verp";
+    bool matched = verp_match(cfg, m->im_rcpt, &id, &idx) ||
+                   (r.rp_kind == REPORT_ARF && verp_match(cfg, r.rp_orig_mail_from, &id, &idx));
+    bool named = r.rp_sluice_id[0] != '\0' || r.rp_message_id[0] != '\0';
+    if (!matched && named && r.rp_kind != REPORT_NONE) {
+        int sm = queue_sent_match(q, r.rp_sluice_id, r.rp_message_id, rcpt, &id, &idx);
+        matched = sm == 1 || sm == 2;
+        by = sm == 1 ? "x-sluice-id" : "message-id";
+    }
     buf_t b;
     buf_init(&b, 1024);
     const char *what;
@@ -213,6 +223,7 @@ const char *inbound_process(queue_t *q, const cfg_t *cfg, const inbound_msg_t *m
         jopt(&b, "user_agent", r.rp_user_agent);
         jopt(&b, "reporting_mta", r.rp_reporting_mta);
         jopt(&b, "client_ip", m->im_client_ip);
+        jopt(&b, "matched_by", by);
         buf_append_str(&b, "}");
         if (rcpt[0] != '\0')
             queue_supp_report(q, rcpt, "", "complaint", src);
@@ -231,6 +242,7 @@ const char *inbound_process(queue_t *q, const cfg_t *cfg, const inbound_msg_t *m
         jopt(&b, "remote_mta", r.rp_remote_mta);
         jopt(&b, "reporting_mta", r.rp_reporting_mta);
         jopt(&b, "client_ip", m->im_client_ip);
+        jopt(&b, "matched_by", by);
         buf_append_str(&b, "}");
         if (rcpt[0] != '\0' && r.rp_status[0] == '5')
             queue_supp_report(q, rcpt, "", cat, src);
@@ -242,7 +254,11 @@ const char *inbound_process(queue_t *q, const cfg_t *cfg, const inbound_msg_t *m
         char file[64];
         quarantine(cfg, m->im_id, m->im_body, m->im_len, file, sizeof(file));
         rec_head(&b, "inbound_unmatched", 0, false, 0);
-        jopt(&b, "reason", matched ? "no status in the report" : "no valid VERP token");
+        jopt(&b, "reason",
+             matched ? "no status in the report"
+             : named ? "no valid VERP token, and the returned message was not "
+                       "sent to the report's recipient"
+                     : "no valid VERP token");
         jopt(&b, "kind", report_kind_name(r.rp_kind));
         jopt(&b, "rcpt", m->im_rcpt);
         jopt(&b, "sender", m->im_sender);

@@ -1347,6 +1347,10 @@ static void hdr_end(sess_t *s)
     }
     if (!s->se_saw_date)
         buf_printf(&s->se_body, "Date: %s\r\n", thread_date(s->se_thr));
+    if (cfg->c_bounce_inbound && !s->se_inbound) { /* what a report without VERP returns */
+        char id[17];
+        buf_printf(&s->se_body, "X-Sluice-Id: %s\r\n", queue_msgid_fmt(s->se_msgid, id));
+    }
     s->se_in_hdrs = false;
     s->se_in_job = false;
 }
