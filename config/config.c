@@ -188,6 +188,7 @@ static const key_def_t keys[] = {
     SEC("events.webhooks", RESTART, K_WEBHOOKS),
     /* VERP return paths (core/base/verp.c, delivery/session.c, docs/bounces-in.md) */
     KEY("bounces.verp", LIVE, K_BOOL, c_verp, "false"),
+    KEY("bounces.verp_jobs", LIVE, K_HDRLIST, c_verp_jobs, ""),
     KEY("bounces.domain", LIVE, K_HOSTNAME, c_bounce_domain, ""),
     KEY("bounces.verp_key_file", LIVE, K_STR, c_verp_key_file, ""),
     KEYR("bounces.verp_max_age", LIVE, K_DUR, c_verp_max_age, DAY, 3650 * DAY, "30d"),
@@ -955,6 +956,12 @@ static int finish_verp(loader_t *ld)
                          "listener too (leave bounces.listen empty to take reports there)");
                 return SL_ECONFIG;
             }
+    if (c->c_verp_jobs != NULL && c->c_verp_jobs[0] != NULL &&
+        (c->c_bounce_domain[0] == '\0' || !c->c_verp_key_loaded)) {
+        ld_error(ld, LINE("bounces.verp_jobs"),
+                 "bounces.verp_jobs needs bounces.domain and bounces.verp_key_file");
+        return SL_ECONFIG;
+    }
     if (c->c_verp && (c->c_bounce_domain[0] == '\0' || !c->c_verp_key_loaded)) {
         ld_error(ld, LINE("bounces.verp"),
                  "bounces.verp needs bounces.domain and "

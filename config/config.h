@@ -245,6 +245,7 @@ typedef struct cfg {
     cfg_webhook_t *c_webhooks; /* owned array of c_nwebhooks */
     /* bounces { } : VERP return paths (core/base/verp.c) */
     bool c_verp;                      /* verp = false: MAIL FROM:<bounces+TOKEN@domain> */
+    char **c_verp_jobs;               /* verp_jobs = []: jobs sent with VERP whatever else says */
     char *c_bounce_domain;            /* domain = "": the bounce domain */
     char *c_verp_key_file;            /* verp_key_file = "": 32 random bytes (or 64 hex) */
     uint64_t c_verp_max_age;          /* verp_max_age = 30d: a token is good this long */

@@ -68,6 +68,7 @@ void cfg_free(cfg_t *c)
     OPENSSL_cleanse(c->c_verp_key, sizeof(c->c_verp_key));
     free(c->c_supp_scope);
     cfg_strv_free(c->c_supp_categories);
+    cfg_strv_free(c->c_verp_jobs);
     for (int i = 0; i < c->c_dkim_nkeys; i++) {
         free(c->c_dkim_keys[i].dk_domain);
         free(c->c_dkim_keys[i].dk_selector);
