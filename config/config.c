@@ -207,6 +207,8 @@ static const key_def_t keys[] = {
         "bad-mailbox, bad-domain, inactive-mailbox"),
     KEY("suppression.complaints", LIVE, K_BOOL, c_supp_complaints, "true"),
     KEY("suppression.scope", LIVE, K_STR, c_supp_scope, "global"),
+    KEY("suppression.fold_domains", RESTART, K_HDRLIST, c_supp_fold_domains, ""),
+    KEY("suppression.case_domains", RESTART, K_HDRLIST, c_supp_case_domains, ""),
     KEYR("suppression.expire_bounces", LIVE, K_DUR, c_supp_expire_bounces, 0, 3650 * DAY, "0"),
     KEYR("suppression.expire_complaints", LIVE, K_DUR, c_supp_expire_complaints, 0, 3650 * DAY,
          "0"),

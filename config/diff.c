@@ -185,6 +185,18 @@ static void keep_value(const key_def_t *k, cfg_t *nc, const cfg_t *old)
     case K_ADDRS:
         memcpy(fn, fo, sizeof(cfg_addrs_t));
         return;
+    case K_HDRLIST: {
+        char ***dst = fn;
+        char *const *src = *(char **const *)fo;
+        size_t n = 0;
+        while (src != NULL && src[n] != NULL)
+            n++;
+        cfg_strv_free(*dst);
+        *dst = src ? xcalloc(n + 1, sizeof(char *)) : NULL;
+        for (size_t i = 0; i < n; i++)
+            (*dst)[i] = xstrdup(src[i]);
+        return;
+    }
     case K_WEBHOOKS:
         cfg_webhooks_free(nc->c_webhooks, nc->c_nwebhooks);
         nc->c_webhooks = cfg_webhooks_dup(old->c_webhooks, old->c_nwebhooks);

@@ -356,8 +356,11 @@ typedef struct queue_supp_entry {
 } queue_supp_entry_t;
 
 /* addr normalized as the list keys it: lower-cased (domain and local
- * part), a trailing dot of the domain dropped. 0, or SL_EPARSE (no '@',
- * empty local part or domain, a control character or space, too long).
+ * part), a trailing dot of the domain dropped; for a domain of
+ * suppression.fold_domains the local part's dots dropped and its +tag
+ * cut, for one of suppression.case_domains its case kept (the lists as
+ * they were at queue_open). 0, or SL_EPARSE (no '@', empty local part or
+ * domain, a control character or space, too long).
  * Any thread. */
 int queue_supp_normalize(const queue_t *q, const char *addr, char *out, size_t outlen);
 /* Is addr suppressed (an entry in force) for scope - the global list, and

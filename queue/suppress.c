@@ -15,7 +15,10 @@
  * 0 = never), source (u8 length + bytes). An expired entry counts as absent
  * and is overwritten by the next add; list and export skip it.
  * Normalization: the whole address lower-cased (what mailbox providers
- * do in practice; a per-domain case option is not there yet).
+ * do in practice), but for suppression.case_domains (the local part kept
+ * as it is) and suppression.fold_domains (Gmail: dots dropped, a +tag cut,
+ * then lower-cased). Both lists are copied at open: the same rule for
+ * lookups and insertions, on every thread, until a restart.
  *
  * Threads: the queue thread is the only writer. Lookups run on any thread
  * with their own read transaction (MDB_NOTLS); the one thing they must not
@@ -41,6 +44,8 @@
 
 typedef struct q_supp {
     MDB_dbi s_dbi;
+    char **s_fold; /* suppression.fold_domains, copied at open (a restart key) */
+    char **s_case; /* suppression.case_domains */
     atomic_uint_fast64_t s_entries;
     atomic_uint_fast64_t s_hits;
 } q_supp_t;
@@ -56,11 +61,33 @@ static void supp_count(queue_t *q, MDB_txn *txn);
 
 /* ------------------------------------------------------------ open, free */
 
+/* The normalization's domain lists live as long as the queue: lookups on
+ * any thread read them without the config snapshot, which reload swaps. */
+static char **strv_dup(char *const *v)
+{
+    size_t n = 0;
+    while (v != NULL && v[n] != NULL)
+        n++;
+    char **d = xcalloc(n + 1, sizeof(*d));
+    for (size_t i = 0; i < n; i++)
+        d[i] = xstrdup(v[i]);
+    return d;
+}
+
+static void strv_free(char **v)
+{
+    for (size_t i = 0; v != NULL && v[i] != NULL; i++)
+        free(v[i]);
+    free(v);
+}
+
 int q_supp_open(queue_t *q, MDB_txn *txn)
 {
     SL_ASSERT_MAIN_THREAD();
     q_supp_t *s = xcalloc(1, sizeof(*s));
     q->q_supp = s;
+    s->s_fold = strv_dup(q->q_cfg->c_supp_fold_domains);
+    s->s_case = strv_dup(q->q_cfg->c_supp_case_domains);
     int rc = mdb_dbi_open(txn, "suppress", MDB_CREATE, &s->s_dbi);
     if (rc == 0) /* the sent index (suppress_sent.c) */
         rc = mdb_dbi_open(txn, "sent", MDB_CREATE, &q->q_dbi_sent);
@@ -75,6 +102,8 @@ void q_supp_free(queue_t *q)
     q_supp_t *s = q->q_supp;
     if (s == NULL)
         return;
+    strv_free(s->s_fold);
+    strv_free(s->s_case);
     free(s);
     q->q_supp = NULL;
 }
@@ -121,10 +150,20 @@ int queue_supp_normalize(const queue_t *q, const char *addr, char *out, size_t o
         dom[i] = (char)tolower((unsigned char)at[1 + i]);
     if (dlen > 0 && dom[dlen - 1] == '.')
         dom[--dlen] = '\0';
-    UNUSED(q); /* the place for per-domain options */
+    const q_supp_t *s = q != NULL ? q->q_supp : NULL;
+    bool fold = s != NULL && strv_has(s->s_fold, dom, dlen);
+    bool keep = s != NULL && !fold && strv_has(s->s_case, dom, dlen);
     size_t o = 0;
-    for (size_t i = 0; i < llen; i++)
-        out[o++] = (char)tolower((unsigned char)addr[i]);
+    for (size_t i = 0; i < llen; i++) {
+        char ch = addr[i];
+        if (fold && ch == '+')
+            break; /* Gmail: everything from the first '+' is a tag */
+        if (fold && ch == '.')
+            continue; /* Gmail: dots do not count */
+        out[o++] = keep ? ch : (char)tolower((unsigned char)ch);
+    }
+    if (o == 0)
+        return SL_EPARSE; /* "+tag@gmail.com", ".@gmail.com" */
     out[o++] = '@';
     memcpy(out + o, dom, dlen + 1);
     return 0;
