@@ -56,10 +56,12 @@ typedef struct queue_msg_in {
     chan_node_t qm_node;
     uint64_t qm_id;      /* from queue_msgid_new() */
     uint64_t qm_arrival; /* unix seconds */
-    char *qm_sender;     /* owned; "" for the null sender <> */
-    char *qm_job;        /* owned or NULL: X-Sluice-Job */
-    char *qm_envid;      /* owned or NULL: ENVID */
-    char *qm_auth_user;  /* owned or NULL */
+    uint64_t
+        qm_first;    /* unix s of the first attempt (HTTP deferred_until, priority); 0 = arrival */
+    char *qm_sender; /* owned; "" for the null sender <> */
+    char *qm_job;    /* owned or NULL: X-Sluice-Job */
+    char *qm_envid;  /* owned or NULL: ENVID */
+    char *qm_auth_user; /* owned or NULL */
     char qm_client_ip[48];
     uint8_t qm_flags; /* Q_F_* */
     int qm_nrcpt;

@@ -193,8 +193,19 @@ static const char *reason_of(int status)
     }
 }
 
+/* Every answer passes here or through job_answer: the request metrics. */
+static void count_answer(h2o_req_t *req, int status)
+{
+    struct timeval now, b = req->timestamps.request_begin_at;
+    gettimeofday(&now, NULL);
+    int64_t us = ((int64_t)now.tv_sec - b.tv_sec) * 1000000 + (now.tv_usec - b.tv_usec);
+    http_stats_count(req->path_normalized.base, req->path_normalized.len, status,
+                     b.tv_sec != 0 && us > 0 ? (uint64_t)us : 0);
+}
+
 static void send_json(h2o_req_t *req, int status, const char *reason, const char *body, size_t len)
 {
+    count_answer(req, status);
     req->res.status = status;
     req->res.reason = reason ? reason : reason_of(status);
     req->res.content_length = len;
@@ -647,6 +658,7 @@ static queue_msg_in_t *msg_new(hreq_t *rq, const inj_req_t *r, uint64_t id, cons
     m->qm_arrival = clock_now_s();
     m->qm_sender = xstrdup(r->ir_sender);
     m->qm_job = r->ir_job ? xstrdup(r->ir_job) : NULL;
+    m->qm_first = r->ir_first;
     snprintf(m->qm_client_ip, sizeof(m->qm_client_ip), "%s", ip);
     m->qm_flags = (eightbit ? Q_F_8BITMIME : 0) | (r->ir_sender_utf8 ? Q_F_SMTPUTF8 : 0);
     m->qm_body = *body;
@@ -708,6 +720,7 @@ static void inject_start(hreq_t *rq, const cfg_t *cfg, bool tls)
     if (inject_backpressure(rq, cfg))
         return;
     inj_limits_t lim = {.il_max_rcpts = cfg->c_http_max_recipients,
+                        .il_max_age = cfg->c_max_age,
                         .il_max_msg = cfg->c_smtp_max_message_size,
                         .il_max_depth = 16};
     inj_err_t e = {0};
@@ -856,6 +869,7 @@ static void job_answer(hjob_t *j)
             h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, ct,
                            strlen(ct));
             req->res.content_length = j->j_answer.b_len;
+            count_answer(req, 200);
             h2o_send_inline(req, j->j_answer.b_data, j->j_answer.b_len);
         } else {
             send_json(req, j->j_ok ? 200 : 422, NULL, j->j_answer.b_data, j->j_answer.b_len);
