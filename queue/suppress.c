@@ -35,7 +35,7 @@
 #include <string.h>
 
 #define SUPP_VERSION 1
-#define SUPP_IMPORT_TXN 10000  /* lines per write transaction */
+#define SUPP_IMPORT_TXN 100000 /* lines per write transaction, sorted before the puts */
 #define SUPP_IMPORT_MAX 200000 /* lines per request (the client asks again) */
 #define SUPP_LIST_MAX 10000    /* entries per LIST page */
 #define SUPP_SCAN_MAX 1000000  /* keys examined per LIST page with filters */
@@ -273,10 +273,12 @@ static bool reason_ok(const char *r)
     return true;
 }
 
-static int supp_put(queue_t *q, MDB_txn *txn, const char *addr, const char *scope,
-                    const char *reason, uint64_t when, uint64_t expires, const char *source)
+#define SUPP_VAL_MAX (2 + QUEUE_SUPP_REASON_MAX + 16 + 1 + 128)
+
+/* An entry's value into val (SUPP_VAL_MAX bytes); returns its length. */
+static size_t supp_val(uint8_t *val, const char *reason, uint64_t when, uint64_t expires,
+                       const char *source)
 {
-    uint8_t key[SUPP_KEY_MAX + 1], val[2 + QUEUE_SUPP_REASON_MAX + 16 + 1 + 128];
     size_t rl = MIN(strlen(reason), QUEUE_SUPP_REASON_MAX);
     size_t sl = source ? MIN(strlen(source), 128) : 0;
     size_t n = 0;
@@ -290,8 +292,15 @@ static int supp_put(queue_t *q, MDB_txn *txn, const char *addr, const char *scop
     val[n++] = (uint8_t)sl;
     if (sl > 0)
         memcpy(val + n, source, sl);
-    n += sl;
-    MDB_val k = {supp_key(key, addr, scope), key}, v = {n, val};
+    return n + sl;
+}
+
+static int supp_put(queue_t *q, MDB_txn *txn, const char *addr, const char *scope,
+                    const char *reason, uint64_t when, uint64_t expires, const char *source)
+{
+    uint8_t key[SUPP_KEY_MAX + 1], val[SUPP_VAL_MAX];
+    MDB_val k = {supp_key(key, addr, scope), key},
+            v = {supp_val(val, reason, when, expires, source), val};
     return mdb_put(txn, q->q_supp->s_dbi, &k, &v, 0);
 }
 
@@ -642,8 +651,20 @@ static bool csv_field(const char **p, char *dst, size_t dlen)
     return true;
 }
 
+/* One parsed line of an import batch: key and value in im_bytes. */
+typedef struct imp_ent {
+    uint32_t ie_off; /* of the key; the value follows it */
+    uint32_t ie_seq; /* line order: of two lines with one key, the later wins */
+    uint16_t ie_klen;
+    uint16_t ie_vlen;
+} imp_ent_t;
+
 typedef struct supp_import {
     queue_supp_req_t *im_req;
+    size_t im_max;      /* lines of this request at most */
+    imp_ent_t *im_ents; /* the batch, sorted by key before its puts */
+    size_t im_nents;
+    buf_t im_bytes;
     FILE *im_f;
     char *im_line;
     size_t im_cap;
@@ -719,9 +740,66 @@ static int import_line(queue_t *q, MDB_txn *txn, supp_import_t *im, char *line)
         import_error(im, "scope too long \"%.40s\"", sc);
         return 0;
     }
-    int rc = supp_put(q, txn, norm, sc, rs, t, sr->sr_expires, "import");
-    if (rc == 0)
-        im->im_imported++;
+    UNUSED(txn);
+    uint8_t key[SUPP_KEY_MAX + 1], val[SUPP_VAL_MAX];
+    size_t kl = supp_key(key, norm, sc), vl = supp_val(val, rs, t, sr->sr_expires, "import");
+    imp_ent_t *e = &im->im_ents[im->im_nents];
+    e->ie_off = (uint32_t)im->im_bytes.b_len;
+    e->ie_seq = (uint32_t)im->im_nents++;
+    e->ie_klen = (uint16_t)kl;
+    e->ie_vlen = (uint16_t)vl;
+    buf_append(&im->im_bytes, key, kl);
+    buf_append(&im->im_bytes, val, vl);
+    im->im_imported++;
+    return 0;
+}
+
+static const uint8_t *imp_bytes; /* qsort has no context argument: the queue thread's only */
+
+static int imp_cmp(const void *a, const void *b)
+{
+    const imp_ent_t *x = a, *y = b;
+    size_t n = MIN(x->ie_klen, y->ie_klen);
+    int c = memcmp(imp_bytes + x->ie_off, imp_bytes + y->ie_off, n);
+    if (c == 0)
+        c = (x->ie_klen > y->ie_klen) - (x->ie_klen < y->ie_klen); /* LMDB's order */
+    if (c == 0)
+        c = (x->ie_seq > y->ie_seq) - (x->ie_seq < y->ie_seq);
+    return c;
+}
+
+/* Write the batch in key order: LMDB then touches each leaf page once
+ * and walks the tree in order (random puts copy a page per line); keys
+ * past the list's last one are appended (MDB_APPEND: a sorted file into
+ * an empty list fills pages without splitting them). Of two lines with
+ * one key the later wins, as it did with a put per line. */
+static int imp_flush(queue_t *q, MDB_txn *txn, supp_import_t *im)
+{
+    if (im->im_nents == 0)
+        return 0;
+    imp_bytes = (const uint8_t *)im->im_bytes.b_data;
+    qsort(im->im_ents, im->im_nents, sizeof(im->im_ents[0]), imp_cmp);
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(txn, q->q_supp->s_dbi, &c);
+    if (rc != 0)
+        return rc;
+    MDB_val lk, lv;
+    bool have_last = mdb_cursor_get(c, &lk, &lv, MDB_LAST) == 0, append = false;
+    for (size_t i = 0; rc == 0 && i < im->im_nents; i++) {
+        const imp_ent_t *e = &im->im_ents[i];
+        if (i + 1 < im->im_nents && im->im_ents[i + 1].ie_klen == e->ie_klen &&
+            memcmp(imp_bytes + e->ie_off, imp_bytes + im->im_ents[i + 1].ie_off, e->ie_klen) == 0)
+            continue; /* a later line has this key */
+        MDB_val k = {e->ie_klen, (void *)(imp_bytes + e->ie_off)};
+        MDB_val v = {e->ie_vlen, (void *)(imp_bytes + e->ie_off + e->ie_klen)};
+        if (!append) {
+            append = !have_last || mdb_cmp(txn, q->q_supp->s_dbi, &k, &lk) > 0;
+        }
+        rc = mdb_cursor_put(c, &k, &v, append ? MDB_APPEND : 0);
+    }
+    mdb_cursor_close(c);
+    im->im_nents = 0;
+    buf_reset(&im->im_bytes);
     return rc;
 }
 
@@ -748,7 +826,9 @@ static int import_fn(queue_t *q, MDB_txn *txn, void *arg)
     im->im_b_imported = im->im_imported;
     im->im_b_skipped = im->im_skipped;
     im->im_b_nerr = im->im_nerr;
-    for (size_t i = 0; i < SUPP_IMPORT_TXN; i++) {
+    im->im_nents = 0;
+    buf_reset(&im->im_bytes);
+    for (size_t i = 0; i < SUPP_IMPORT_TXN && im->im_lineno < im->im_max; i++) {
         ssize_t n = getline(&im->im_line, &im->im_cap, im->im_f);
         if (n < 0) {
             im->im_eof = true;
@@ -760,7 +840,7 @@ static int import_fn(queue_t *q, MDB_txn *txn, void *arg)
         im->im_offset += (uint64_t)n;
         im->im_lineno++;
     }
-    return 0;
+    return imp_flush(q, txn, im);
 }
 
 /* Long: opens the file, seeks, runs the batches, answers; the parts are the
@@ -786,9 +866,12 @@ static void supp_import(queue_t *q, queue_req_t *r)
         return;
     }
     im.im_errors = json_object_new_array();
+    im.im_ents = xmalloc(SUPP_IMPORT_TXN * sizeof(im.im_ents[0]));
+    buf_init(&im.im_bytes, 1 << 20);
     size_t max =
         sr->sr_limit == 0 || sr->sr_limit > SUPP_IMPORT_MAX ? SUPP_IMPORT_MAX : sr->sr_limit;
     int rc = 0;
+    im.im_max = max;
     while (!im.im_eof && im.im_lineno < max) {
         im.im_again = false;
         rc = supp_txn(q, import_fn, &im);
@@ -798,6 +881,8 @@ static void supp_import(queue_t *q, queue_req_t *r)
         }
     }
     free(im.im_line);
+    free(im.im_ents);
+    buf_free(&im.im_bytes);
     fclose(im.im_f);
     if (rc != 0) {
         snprintf(r->qq_error, sizeof(r->qq_error), "import stopped at byte %llu: %s",
