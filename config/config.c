@@ -207,6 +207,7 @@ static const key_def_t keys[] = {
         "bad-mailbox, bad-domain, inactive-mailbox"),
     KEY("suppression.complaints", LIVE, K_BOOL, c_supp_complaints, "true"),
     KEY("suppression.scope", LIVE, K_STR, c_supp_scope, "global"),
+    KEY("suppression.scope_header", LIVE, K_STR, c_supp_scope_header, ""),
     KEY("suppression.fold_domains", RESTART, K_HDRLIST, c_supp_fold_domains, ""),
     KEY("suppression.case_domains", RESTART, K_HDRLIST, c_supp_case_domains, ""),
     KEYR("suppression.expire_bounces", LIVE, K_DUR, c_supp_expire_bounces, 0, 3650 * DAY, "0"),
@@ -1128,6 +1129,13 @@ static int finish(loader_t *ld, int file_mode)
                  c->c_supp_scope);
         return SL_ECONFIG;
     }
+    for (const char *p = c->c_supp_scope_header; *p; p++)
+        if ((unsigned char)*p <= ' ' || (unsigned char)*p >= 127 || *p == ':') {
+            ld_error(ld, LINE("suppression.scope_header"),
+                     "suppression.scope_header: bad header field name \"%.60s\"",
+                     c->c_supp_scope_header);
+            return SL_ECONFIG;
+        }
 #undef LINE
     return 0;
 }

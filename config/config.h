@@ -265,6 +265,7 @@ typedef struct cfg {
     char **c_supp_categories;       /* categories = bad-mailbox, bad-domain, inactive-mailbox */
     bool c_supp_complaints;         /* complaints = true: every ARF complaint suppresses */
     char *c_supp_scope;             /* scope = "global" | "auth_user" */
+    char *c_supp_scope_header;      /* scope_header = "": a header naming the tenant's list */
     char **c_supp_fold_domains;     /* fold_domains = []: dots and +tags folded (Gmail) */
     char **c_supp_case_domains;     /* case_domains = []: local part kept case-sensitive */
     uint64_t c_supp_expire_bounces; /* expire_bounces = 0 (seconds, 0 = never) */

@@ -67,7 +67,7 @@ typedef struct key_def {
 #define HOUR (60ULL * MIN_S)
 #define DAY (24ULL * HOUR)
 
-#define MAX_KEYS 128
+#define MAX_KEYS 160
 #define MAX_ITEMS 64
 #define MAX_RESOLVERS 16
 

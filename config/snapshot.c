@@ -67,6 +67,7 @@ void cfg_free(cfg_t *c)
     free(c->c_bounce_quarantine);
     OPENSSL_cleanse(c->c_verp_key, sizeof(c->c_verp_key));
     free(c->c_supp_scope);
+    free(c->c_supp_scope_header);
     cfg_strv_free(c->c_supp_categories);
     cfg_strv_free(c->c_verp_jobs);
     cfg_strv_free(c->c_supp_fold_domains);

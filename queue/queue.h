@@ -365,6 +365,12 @@ typedef struct queue_supp_entry {
  * domain, a control character or space, too long).
  * Any thread. */
 int queue_supp_normalize(const queue_t *q, const char *addr, char *out, size_t outlen);
+/* suppression.scope_header's value in the header block of msg[0..len)
+ * (the first field of that name; spaces trimmed; printable ASCII, at most
+ * QUEUE_SUPP_SCOPE_MAX bytes) into out: true, or false when the key is
+ * "" or the message has no such field. Any thread. */
+bool queue_supp_header_scope(const cfg_t *cfg, const char *msg, size_t len, char *out,
+                             size_t outlen);
 /* Is addr suppressed (an entry in force) for scope - the global list, and
  * that scope's when scope is neither NULL nor ""? One LMDB read
  * transaction, no lock but a shared one against map growth: a few

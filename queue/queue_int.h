@@ -488,10 +488,12 @@ int q_supp_open(queue_t *q, MDB_txn *txn);
 /* After the environment is closed. Main thread. */
 void q_supp_free(queue_t *q);
 /* A synchronous bounce applied in txn: add the recipient when its category
- * is one of suppression.categories (scope by suppression.scope). 0 or an
- * LMDB error. Queue thread. */
+ * is one of suppression.categories, in the scope hscope (the message's
+ * suppression.scope_header value, read from its body before the txn's
+ * writes; NULL or "" for none), else by suppression.scope. 0 or an LMDB
+ * error. Queue thread. */
 int q_supp_on_bounce(queue_t *q, MDB_txn *txn, uint64_t msgid, uint32_t idx, const q_msg_rec_t *mr,
-                     const q_rcpt_rec_t *rr, const char *category);
+                     const q_rcpt_rec_t *rr, const char *category, const char *hscope);
 /* The sent index (suppress_sent.c): with bounces.inbound, note message
  * m's recipients and Message-ID in its own insert transaction, for
  * matching reports without a VERP token; and drop a few expired entries.

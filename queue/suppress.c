@@ -33,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define SUPP_VERSION 1
 #define SUPP_IMPORT_TXN 100000 /* lines per write transaction, sorted before the puts */
@@ -314,11 +315,48 @@ static bool category_feeds(const cfg_t *c, const char *category)
     return strv_has(c->c_supp_categories, category, strlen(category));
 }
 
-/* The scope a message's recipients are suppressed in (suppression.scope). */
-static void scope_of(const cfg_t *c, const char *auth, size_t auth_len, char *dst, size_t dlen)
+bool queue_supp_header_scope(const cfg_t *cfg, const char *msg, size_t len, char *out,
+                             size_t outlen)
+{
+    const char *name = cfg->c_supp_scope_header, *p = msg, *end = msg + len;
+    size_t nl = strlen(name);
+    if (nl == 0 || outlen == 0)
+        return false;
+    while (p < end) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p)), *le = eol ? eol : end;
+        if (le == p || (le == p + 1 && *p == '\r'))
+            return false; /* the end of the header block */
+        if ((size_t)(le - p) > nl && p[nl] == ':' && strncasecmp(p, name, nl) == 0) {
+            const char *v = p + nl + 1, *ve = le > v && le[-1] == '\r' ? le - 1 : le;
+            while (v < ve && (*v == ' ' || *v == '\t'))
+                v++;
+            while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
+                ve--;
+            size_t n = (size_t)(ve - v);
+            if (n == 0 || n > QUEUE_SUPP_SCOPE_MAX || n >= outlen)
+                return false;
+            for (size_t i = 0; i < n; i++)
+                if ((unsigned char)v[i] < ' ' || (unsigned char)v[i] >= 127)
+                    return false;
+            memcpy(out, v, n);
+            out[n] = '\0';
+            return true;
+        }
+        p = le + 1;
+    }
+    return false;
+}
+
+/* The scope a message's recipients are suppressed in: the header's tenant
+ * (suppression.scope_header, hscope), else the AUTH user's
+ * (suppression.scope = auth_user), else global. */
+static void scope_of(const cfg_t *c, const char *hscope, const char *auth, size_t auth_len,
+                     char *dst, size_t dlen)
 {
     dst[0] = '\0';
-    if (strcmp(c->c_supp_scope, "auth_user") == 0 && auth != NULL && auth_len > 0)
+    if (hscope != NULL && hscope[0] != '\0')
+        snprintf(dst, dlen, "%s", hscope);
+    else if (strcmp(c->c_supp_scope, "auth_user") == 0 && auth != NULL && auth_len > 0)
         snprintf(dst, dlen, "%.*s", (int)MIN(auth_len, QUEUE_SUPP_SCOPE_MAX), auth);
 }
 
@@ -330,7 +368,7 @@ static uint64_t expiry_for(const cfg_t *c, const char *reason, uint64_t now)
 }
 
 int q_supp_on_bounce(queue_t *q, MDB_txn *txn, uint64_t msgid, uint32_t idx, const q_msg_rec_t *mr,
-                     const q_rcpt_rec_t *rr, const char *category)
+                     const q_rcpt_rec_t *rr, const char *category, const char *hscope)
 {
     Q_ASSERT_QUEUE_THREAD(q);
     const cfg_t *c = q->q_cfg;
@@ -343,7 +381,7 @@ int q_supp_on_bounce(queue_t *q, MDB_txn *txn, uint64_t msgid, uint32_t idx, con
     addr[rr->rr_addr_len] = '\0';
     if (queue_supp_normalize(q, addr, norm, sizeof(norm)) != 0)
         return 0;
-    scope_of(c, mr->mr_auth, mr->mr_auth_len, scope, sizeof(scope));
+    scope_of(c, hscope, mr->mr_auth, mr->mr_auth_len, scope, sizeof(scope));
     snprintf(src, sizeof(src), "%s/%u", queue_msgid_fmt(msgid, id), idx);
     uint64_t now = clock_now_s();
     int rc = supp_put(q, txn, norm, scope, category, now, expiry_for(c, category, now), src);

@@ -1636,6 +1636,9 @@ static void data_done(sess_t *s)
         data_reject(s, "452 4.3.1 Insufficient system storage", "no memory for the body");
         return;
     }
+    if (!s->se_inbound) /* suppression.scope_header: known only now */
+        smtp_supp_scope_check(t->t_srv->s_q, s->se_cfg, s->se_sender, s->se_body.b_data,
+                              s->se_body.b_len, s->se_rcpts, &s->se_nrcpt, &s->se_drops);
     if (s->se_nrcpt == 0) { /* every recipient suppressed and dropped */
         data_all_dropped(s);
         return;
