@@ -711,6 +711,64 @@ static int inject_suppressed(hreq_t *rq, const cfg_t *cfg, inj_req_t *r, json_ob
     return n;
 }
 
+/* One suppressed recipient into the answer's failed_recipients / errors
+ * (created on first use). */
+static void supp_fail(json_object **failed, json_object **errors, const char *addr,
+                      const queue_supp_entry_t *e)
+{
+    if (*failed == NULL) {
+        *failed = json_object_new_array();
+        *errors = json_object_new_array();
+    }
+    json_object_array_add(*failed, json_object_new_string(addr));
+    char *t = xasprintf("%s: recipient address suppressed (%s%s%s)", addr, e->se_reason,
+                        e->se_scope[0] ? ", scope " : "", e->se_scope);
+    json_object_array_add(*errors, json_object_new_string(t));
+    free(t);
+}
+
+/* suppression.scope_header (docs/bounces-in.md): the header is known once
+ * a message is rendered; its recipients on that tenant's list leave it
+ * (named in the answer like the others), and a message left with none is
+ * not queued. How many recipients left; *built may shrink. HTTP thread. */
+static int inject_scope_suppressed(hreq_t *rq, const cfg_t *cfg, const inj_req_t *r,
+                                   queue_msg_in_t **msgs, int *built, json_object **failed,
+                                   json_object **errors)
+{
+    queue_t *q = rq->rq_h->h_env.ce_queue;
+    char scope[QUEUE_SUPP_SCOPE_MAX + 1];
+    int n = 0, kept_msgs = 0;
+    for (int i = 0; i < *built; i++) {
+        queue_msg_in_t *m = msgs[i];
+        int kept = 0;
+        bool scoped =
+            cfg->c_supp_enabled && r->ir_sender[0] != '\0' &&
+            queue_supp_header_scope(cfg, m->qm_body.b_data, m->qm_body.b_len, scope, sizeof(scope));
+        for (int k = 0; k < m->qm_nrcpt; k++) {
+            queue_supp_entry_t e;
+            const char *a = m->qm_rcpts[k].qr_addr;
+            if (scoped && strncasecmp(a, "postmaster@", 11) != 0 &&
+                queue_supp_lookup(q, a, scope, &e) == 1) {
+                supp_fail(failed, errors, a, &e);
+                log_info("http reject <%s>: suppressed reason=%s scope=%s", log_esc(a), e.se_reason,
+                         e.se_scope[0] ? log_esc(e.se_scope) : "global");
+                free(m->qm_rcpts[k].qr_addr);
+                free(m->qm_rcpts[k].qr_orcpt);
+                n++;
+                continue;
+            }
+            m->qm_rcpts[kept++] = m->qm_rcpts[k];
+        }
+        m->qm_nrcpt = kept;
+        if (kept == 0)
+            queue_msg_in_free(m);
+        else
+            msgs[kept_msgs++] = m;
+    }
+    *built = kept_msgs;
+    return n;
+}
+
 /* Parse, render every message (so that an error queues nothing), then
  * submit them all; the answer goes when the last is back. */
 static void inject_start(hreq_t *rq, const cfg_t *cfg, bool tls)
@@ -784,6 +842,11 @@ static void inject_start(hreq_t *rq, const cfg_t *cfg, bool tls)
                              "a rendered message is %zu bytes, over smtp.max_message_size",
                              msgs[i]->qm_body.b_len);
     buf_free(&body);
+    if (rc == 0)
+        nsupp += inject_scope_suppressed(rq, cfg, r, msgs, &built, &supp_failed, &supp_errors);
+    if (rc == 0 && built == 0)
+        rc = inj_err_set(&e, 422, "suppressed", "recipients",
+                         "every recipient is on the suppression list; nothing was queued");
     if (rc != 0) {
         for (int i = 0; i < built; i++)
             queue_msg_in_free(msgs[i]);

@@ -71,6 +71,41 @@ class ScopeHeaderTest(unittest.TestCase):
                               if [r["addr"] for r in meta["rcpts"]] == ["ok@a.test"]]), 1)
         d.stop()
 
+    def test_scope_header_over_http(self):
+        """The injection API checks the tenant of the rendered message's
+        header too: the recipient is named in failed_recipients."""
+        sink = st.Sink()
+        self.addCleanup(sink.stop)
+        port = st.free_port()
+        d = st.Daemon(routes={"a.test": "127.0.0.1:%d" % sink.port},
+                      extra_conf=st.http_conf(port) +
+                      'suppression {\n    enabled = true;\n    scope_header = "X-Customer";\n}\n')
+        self.addCleanup(d.cleanup)
+        d.start()
+        self.assertEqual(d.ctl("suppress", "add", "gone@a.test", "--scope", "acme").rc, 0)
+        inj = "tok-inject-0123456789abcdef"
+
+        def post(rcpts, customer):
+            b = {"envelope_sender": "s@s.test", "recipients": [{"email": a} for a in rcpts],
+                 "content": {"from": {"email": "s@s.test"}, "subject": "hi",
+                             "text_body": "hi\n", "headers": {"X-Customer": customer}}}
+            return st.http_json(port, "POST", "/api/inject/v1", b, inj)
+
+        s, _, ans = post(["gone@a.test", "ok@a.test"], "acme")
+        self.assertEqual(s, 200, ans)
+        self.assertEqual((ans["success_count"], ans["fail_count"], ans["failed_recipients"]),
+                         (1, 1, ["gone@a.test"]))
+        self.assertIn("suppressed (operator, scope acme)", ans["errors"][0])
+        s, _, ans = post(["gone@a.test"], "acme")
+        self.assertEqual((s, ans["error"]["code"]), (422, "suppressed"), ans)
+        s, _, ans = post(["gone@a.test"], "other")
+        self.assertEqual((s, ans["success_count"]), (200, 1), ans)
+        got = sorted(r for m in sink.wait_messages(2, timeout=30)
+                     for r in (m[0]["rcpts"] if isinstance(m[0].get("rcpts"), list)
+                               else [m[0]["rcpt"]]))
+        self.assertEqual(got, ["gone@a.test", "ok@a.test"])
+        d.stop()
+
 
 if __name__ == "__main__":
     st.main()
