@@ -192,12 +192,17 @@ static const key_def_t keys[] = {
     KEYR("events.max_backlog_age", LIVE, K_DUR, c_ev_max_backlog_age, 0, 365 * DAY, "0"),
     /* VERP return paths (core/base/verp.c, delivery/session.c, docs/bounces-in.md) */
     KEY("bounces.verp", LIVE, K_BOOL, c_verp, "false"),
+    KEY("bounces.verp_jobs", LIVE, K_HDRLIST, c_verp_jobs, ""),
     KEY("bounces.domain", LIVE, K_HOSTNAME, c_bounce_domain, ""),
     KEY("bounces.verp_key_file", LIVE, K_STR, c_verp_key_file, ""),
     KEYR("bounces.verp_max_age", LIVE, K_DUR, c_verp_max_age, DAY, 3650 * DAY, "30d"),
     KEY("bounces.inbound", LIVE, K_BOOL, c_bounce_inbound, "false"),
     KEY("bounces.quarantine_dir", LIVE, K_PATH, c_bounce_quarantine, "./var/quarantine"),
     KEYR("bounces.quarantine_max", LIVE, K_INT, c_bounce_quarantine_max, 0, 1000000, "1000"),
+    KEY("bounces.listen", RESTART, K_ADDRS, c_bounce_listen, ""),
+    KEYR("bounces.max_message_size", LIVE, K_SIZE, c_bounce_max_size, KB, 4 * GB, "10M"),
+    KEYR("bounces.max_connections_per_ip", LIVE, K_INT, c_bounce_max_conn_per_ip, 1, 1000000, "10"),
+    KEYR("bounces.max_messages_per_minute", LIVE, K_INT, c_bounce_rate, 0, 10000000, "600"),
 
     /* the suppression list (queue/suppress.c, docs/bounces-in.md) */
     KEY("suppression.enabled", LIVE, K_BOOL, c_supp_enabled, "false"),
@@ -206,6 +211,9 @@ static const key_def_t keys[] = {
         "bad-mailbox, bad-domain, inactive-mailbox"),
     KEY("suppression.complaints", LIVE, K_BOOL, c_supp_complaints, "true"),
     KEY("suppression.scope", LIVE, K_STR, c_supp_scope, "global"),
+    KEY("suppression.scope_header", LIVE, K_STR, c_supp_scope_header, ""),
+    KEY("suppression.fold_domains", RESTART, K_HDRLIST, c_supp_fold_domains, ""),
+    KEY("suppression.case_domains", RESTART, K_HDRLIST, c_supp_case_domains, ""),
     KEYR("suppression.expire_bounces", LIVE, K_DUR, c_supp_expire_bounces, 0, 3650 * DAY, "0"),
     KEYR("suppression.expire_complaints", LIVE, K_DUR, c_supp_expire_complaints, 0, 3650 * DAY,
          "0"),
@@ -381,7 +389,7 @@ static int set_list(loader_t *ld, const key_def_t *k, const cfg_node_t *n)
     cfg_t *c = ld->l_cfg;
     item_t items[MAX_ITEMS];
     int cnt = 0, max = MAX_ITEMS;
-    if (k->k_kind == K_LISTEN)
+    if (k->k_kind == K_LISTEN || k->k_kind == K_ADDRS)
         max = CFG_MAX_LISTEN;
     else if (k->k_kind == K_CIDRS)
         max = CFG_MAX_NETS;
@@ -409,6 +417,19 @@ static int set_list(loader_t *ld, const key_def_t *k, const cfg_node_t *n)
         }
         c->c_smtp_nlisten = cnt;
         return 0;
+    case K_ADDRS: {
+        cfg_addrs_t *l = (cfg_addrs_t *)((char *)c + k->k_off);
+        for (int i = 0; i < cnt; i++) {
+            if (net_parse_hostport(items[i].i_s, 25, &l->ca_a[i]) < 0) {
+                ld_error(ld, items[i].i_line,
+                         "%s: bad address \"%s\" (want ip:port, e.g. \"0.0.0.0:25\")", k->k_path,
+                         items[i].i_s);
+                return SL_ECONFIG;
+            }
+        }
+        l->ca_n = cnt;
+        return 0;
+    }
     case K_CIDRS:
         for (int i = 0; i < cnt; i++) {
             if (net_cidr_parse(items[i].i_s, &c->c_smtp_relay[i]) < 0) {
@@ -533,8 +554,8 @@ static int set_value(loader_t *ld, const key_def_t *k, const cfg_node_t *n)
     }
     if (k->k_kind == K_HDRLIST)
         return ld_set_hdrlist(ld, k, n);
-    if (k->k_kind == K_LISTEN || k->k_kind == K_CIDRS || k->k_kind == K_RETRY ||
-        k->k_kind == K_RESOLVERS)
+    if (k->k_kind == K_LISTEN || k->k_kind == K_ADDRS || k->k_kind == K_CIDRS ||
+        k->k_kind == K_RETRY || k->k_kind == K_RESOLVERS)
         return set_list(ld, k, n);
     if (n->n_type != CFG_NODE_STR)
         return ld_expect_error(ld, k, n);
@@ -929,6 +950,25 @@ static int finish_verp(loader_t *ld)
         ld_error(ld, LINE("bounces.inbound"), "bounces.inbound needs bounces.domain");
         return SL_ECONFIG;
     }
+    if (c->c_bounce_listen.ca_n > 0 && !c->c_bounce_inbound) {
+        ld_error(ld, LINE("bounces.listen"), "bounces.listen needs bounces.inbound = true");
+        return SL_ECONFIG;
+    }
+    for (int i = 0; i < c->c_bounce_listen.ca_n; i++)
+        for (int j = 0; j < c->c_smtp_nlisten; j++)
+            if (memcmp(&c->c_bounce_listen.ca_a[i], &c->c_smtp_listen[j],
+                       sizeof(c->c_smtp_listen[j])) == 0) {
+                ld_error(ld, LINE("bounces.listen"),
+                         "bounces.listen: an address of smtp.listen cannot be the reports "
+                         "listener too (leave bounces.listen empty to take reports there)");
+                return SL_ECONFIG;
+            }
+    if (c->c_verp_jobs != NULL && c->c_verp_jobs[0] != NULL &&
+        (c->c_bounce_domain[0] == '\0' || !c->c_verp_key_loaded)) {
+        ld_error(ld, LINE("bounces.verp_jobs"),
+                 "bounces.verp_jobs needs bounces.domain and bounces.verp_key_file");
+        return SL_ECONFIG;
+    }
     if (c->c_verp && (c->c_bounce_domain[0] == '\0' || !c->c_verp_key_loaded)) {
         ld_error(ld, LINE("bounces.verp"),
                  "bounces.verp needs bounces.domain and "
@@ -1093,6 +1133,13 @@ static int finish(loader_t *ld, int file_mode)
                  c->c_supp_scope);
         return SL_ECONFIG;
     }
+    for (const char *p = c->c_supp_scope_header; *p; p++)
+        if ((unsigned char)*p <= ' ' || (unsigned char)*p >= 127 || *p == ':') {
+            ld_error(ld, LINE("suppression.scope_header"),
+                     "suppression.scope_header: bad header field name \"%.60s\"",
+                     c->c_supp_scope_header);
+            return SL_ECONFIG;
+        }
 #undef LINE
     return 0;
 }

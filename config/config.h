@@ -29,6 +29,12 @@
 #define CFG_MAX_DKIM_HEADERS 64
 #define CFG_MAX_TOKENS 256
 
+/* A list of listening addresses that may be empty (bounces.listen). */
+typedef struct cfg_addrs {
+    int ca_n;
+    sockaddr_any_t ca_a[CFG_MAX_LISTEN];
+} cfg_addrs_t;
+
 /* http.tokens scopes (docs/http-api.md) */
 #define CFG_SCOPE_INJECT 0x01 /* POST /api/inject/v1 */
 #define CFG_SCOPE_READ 0x02   /* the admin API's read verbs, /metrics */
@@ -242,14 +248,19 @@ typedef struct cfg {
     uint64_t c_ev_max_backlog_age; /* max_backlog_age = 0: seconds (0: no bound) */
     /* bounces { } : VERP return paths (core/base/verp.c) */
     bool c_verp;                      /* verp = false: MAIL FROM:<bounces+TOKEN@domain> */
+    char **c_verp_jobs;               /* verp_jobs = []: jobs sent with VERP whatever else says */
     char *c_bounce_domain;            /* domain = "": the bounce domain */
     char *c_verp_key_file;            /* verp_key_file = "": 32 random bytes (or 64 hex) */
     uint64_t c_verp_max_age;          /* verp_max_age = 30d: a token is good this long */
     uint8_t c_verp_key[VERP_KEY_LEN]; /* read from verp_key_file at load */
     bool c_verp_key_loaded;
-    bool c_bounce_inbound;       /* inbound = false: accept reports for the bounce domain */
-    char *c_bounce_quarantine;   /* quarantine_dir = "./var/quarantine" */
-    int c_bounce_quarantine_max; /* quarantine_max = 1000 files */
+    bool c_bounce_inbound;        /* inbound = false: accept reports for the bounce domain */
+    char *c_bounce_quarantine;    /* quarantine_dir = "./var/quarantine" */
+    int c_bounce_quarantine_max;  /* quarantine_max = 1000 files */
+    cfg_addrs_t c_bounce_listen;  /* listen = []: a listener of its own for reports */
+    uint64_t c_bounce_max_size;   /* max_message_size = 10M: a report's size limit */
+    int c_bounce_max_conn_per_ip; /* max_connections_per_ip = 10 (the reports listener) */
+    int c_bounce_rate;            /* max_messages_per_minute = 600 reports per client IP */
 
     /* suppression { } : the suppression list (queue/suppress.c) */
     bool c_supp_enabled;            /* enabled = false: enforce at RCPT, feed from bounces */
@@ -257,6 +268,9 @@ typedef struct cfg {
     char **c_supp_categories;       /* categories = bad-mailbox, bad-domain, inactive-mailbox */
     bool c_supp_complaints;         /* complaints = true: every ARF complaint suppresses */
     char *c_supp_scope;             /* scope = "global" | "auth_user" */
+    char *c_supp_scope_header;      /* scope_header = "": a header naming the tenant's list */
+    char **c_supp_fold_domains;     /* fold_domains = []: dots and +tags folded (Gmail) */
+    char **c_supp_case_domains;     /* case_domains = []: local part kept case-sensitive */
     uint64_t c_supp_expire_bounces; /* expire_bounces = 0 (seconds, 0 = never) */
     uint64_t c_supp_expire_complaints; /* expire_complaints = 0 */
 

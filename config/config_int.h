@@ -34,6 +34,7 @@ typedef enum {
     K_BARENL,    /* cfg_barenl_t */
     K_TLSPOL,    /* int CFG_TLS_* */
     K_LISTEN,    /* c_smtp_listen / c_smtp_nlisten */
+    K_ADDRS,     /* cfg_addrs_t: "ip:port" list, may be empty */
     K_CIDRS,     /* c_smtp_relay / c_smtp_nrelay */
     K_RETRY,     /* c_retry / c_retry_n */
     K_RESOLVERS, /* char *, "ip[:port],..." */
@@ -66,7 +67,7 @@ typedef struct key_def {
 #define HOUR (60ULL * MIN_S)
 #define DAY (24ULL * HOUR)
 
-#define MAX_KEYS 128
+#define MAX_KEYS 160
 #define MAX_ITEMS 64
 #define MAX_RESOLVERS 16
 

@@ -133,6 +133,11 @@ bool cfg_key_changed(int i, const cfg_t *a, const cfg_t *b)
         return *(const bool *)fa != *(const bool *)fb;
     case K_HDRLIST:
         return strv_ne(*(char **const *)fa, *(char **const *)fb);
+    case K_ADDRS: {
+        const cfg_addrs_t *la = fa, *lb = fb;
+        return la->ca_n != lb->ca_n ||
+               memcmp(la->ca_a, lb->ca_a, (size_t)lb->ca_n * sizeof(lb->ca_a[0])) != 0;
+    }
     default:
         return section_changed(k->k_kind, a, b);
     }
@@ -177,6 +182,21 @@ static void keep_value(const key_def_t *k, cfg_t *nc, const cfg_t *old)
         nc->c_smtp_nlisten = old->c_smtp_nlisten;
         memcpy(nc->c_smtp_listen, old->c_smtp_listen, sizeof(nc->c_smtp_listen));
         return;
+    case K_ADDRS:
+        memcpy(fn, fo, sizeof(cfg_addrs_t));
+        return;
+    case K_HDRLIST: {
+        char ***dst = fn;
+        char *const *src = *(char **const *)fo;
+        size_t n = 0;
+        while (src != NULL && src[n] != NULL)
+            n++;
+        cfg_strv_free(*dst);
+        *dst = src ? xcalloc(n + 1, sizeof(char *)) : NULL;
+        for (size_t i = 0; i < n; i++)
+            (*dst)[i] = xstrdup(src[i]);
+        return;
+    }
     case K_WEBHOOKS:
         cfg_webhooks_free(nc->c_webhooks, nc->c_nwebhooks);
         nc->c_webhooks = cfg_webhooks_dup(old->c_webhooks, old->c_nwebhooks);

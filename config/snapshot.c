@@ -67,7 +67,11 @@ void cfg_free(cfg_t *c)
     free(c->c_bounce_quarantine);
     OPENSSL_cleanse(c->c_verp_key, sizeof(c->c_verp_key));
     free(c->c_supp_scope);
+    free(c->c_supp_scope_header);
     cfg_strv_free(c->c_supp_categories);
+    cfg_strv_free(c->c_verp_jobs);
+    cfg_strv_free(c->c_supp_fold_domains);
+    cfg_strv_free(c->c_supp_case_domains);
     for (int i = 0; i < c->c_dkim_nkeys; i++) {
         free(c->c_dkim_keys[i].dk_domain);
         free(c->c_dkim_keys[i].dk_selector);

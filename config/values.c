@@ -123,6 +123,9 @@ static const char *kind_desc(const key_def_t *k, char *dst, size_t len)
     case K_LISTEN:
         snprintf(dst, len, "an address \"ip:port\" or a list of them");
         break;
+    case K_ADDRS:
+        snprintf(dst, len, "a list of addresses \"ip:port\" (may be empty: [])");
+        break;
     case K_CIDRS:
         snprintf(dst, len, "a list of networks such as [\"10.0.0.0/8\", \"::1/128\"]");
         break;

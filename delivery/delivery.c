@@ -38,6 +38,30 @@ static void dlv_sweep_cb(uv_timer_t *h);
 
 /* ------------------------------------------------------------- life cycle */
 
+/* A virtual MTA or pool of the shaping file with verp = true, and no VERP
+ * key or bounce domain to make the return path with: refused at start-up
+ * as bounces.verp = true is (docs/bounces-in.md). */
+static bool verp_unusable(const cfg_t *cfg, const shp_conf_t *sc, char *err, size_t errlen)
+{
+    if (cfg->c_verp_key_loaded && cfg->c_bounce_domain[0] != '\0')
+        return false;
+    for (int i = 0; i < sc->sc_nvmtas; i++)
+        if (sc->sc_vmtas[i].vm_verp > 0) {
+            snprintf(err, errlen,
+                     "virtual_mtas.%s.verp = true needs bounces.domain and bounces.verp_key_file",
+                     sc->sc_vmtas[i].vm_name);
+            return true;
+        }
+    for (int i = 0; i < sc->sc_npools; i++)
+        if (sc->sc_pools[i].po_verp > 0) {
+            snprintf(err, errlen,
+                     "pools.%s.verp = true needs bounces.domain and bounces.verp_key_file",
+                     sc->sc_pools[i].po_name);
+            return true;
+        }
+    return false;
+}
+
 int dlv_new(cfg_t *cfg, queue_t *q, dlv_t **out, char *err, size_t errlen)
 {
     /* bounce classification rules (rules.c): a bad file fails start-up */
@@ -53,7 +77,9 @@ int dlv_new(cfg_t *cfg, queue_t *q, dlv_t **out, char *err, size_t errlen)
     }
     d->d_nthreads = n;
     shp_conf_t *sc = NULL;
-    if (shp_conf_load(cfg->c_dlv_shaping, &sc, err, errlen) != 0) {
+    if (shp_conf_load(cfg->c_dlv_shaping, &sc, err, errlen) != 0 ||
+        verp_unusable(cfg, sc, err, errlen)) {
+        shp_conf_free(sc);
         cfg_unref(d->d_cfg);
         free(d);
         return SL_ECONFIG;

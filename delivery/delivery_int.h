@@ -315,6 +315,9 @@ void dlv_dest_conn_release(dlv_dest_t *de, int vmta);
 int dlv_dest_max_msgs(dlv_dest_t *de, int vmta);
 int dlv_dest_max_rcpt(dlv_dest_t *de, int vmta);
 const char *dlv_dest_helo(dlv_dest_t *de, int vmta);
+/* VERP as the shaping file says for virtual MTA vmta and pool (-1: none):
+ * 1 on, -1 off, 0 not said (shp_verp). Delivery thread. */
+int dlv_dest_verp(dlv_dest_t *de, int vmta, int pool);
 /* Bind the TCP handle to vmta's source address. 0 or a libuv error. */
 int dlv_dest_bind(dlv_dest_t *de, int vmta, uv_tcp_t *tcp);
 /* The (provider, vmta) queue a reply of a session of de from vmta goes to

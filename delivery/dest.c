@@ -1153,6 +1153,12 @@ const char *dlv_dest_helo(dlv_dest_t *de, int vmta)
     return h ? h : de->de_t->t_helo;
 }
 
+int dlv_dest_verp(dlv_dest_t *de, int vmta, int pool)
+{
+    DLV_ASSERT_ON_LOOP(de->de_t);
+    return shp_verp(de->de_shp->sd_sh, vmta, pool);
+}
+
 int dlv_dest_bind(dlv_dest_t *de, int vmta, uv_tcp_t *tcp)
 {
     DLV_ASSERT_ON_LOOP(de->de_t);

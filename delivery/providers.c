@@ -780,6 +780,14 @@ const shp_vmta_t *shp_vmta(const dlv_shaping_t *sh, int v)
     return &sh->sh_vm->sc_vmtas[v];
 }
 
+int shp_verp(const dlv_shaping_t *sh, int v, int pool)
+{
+    const shp_conf_t *c = sh->sh_vm;
+    if (v >= 0 && v < c->sc_nvmtas && c->sc_vmtas[v].vm_verp != 0)
+        return c->sc_vmtas[v].vm_verp;
+    return pool >= 0 && pool < c->sc_npools ? c->sc_pools[pool].po_verp : 0;
+}
+
 void dlv_shaping_free(dlv_shaping_t *sh)
 {
     if (sh == NULL)

@@ -1432,6 +1432,21 @@ static void session_fail_dispatch(dlv_session_t *s, const char *status, const ch
     session_end_txn(s, true);
 }
 
+/* VERP for this message from this virtual MTA (docs/bounces-in.md): a job
+ * of bounces.verp_jobs always; else the virtual MTA's or its pool's verp
+ * in the shaping file; else bounces.verp. Only with the key and the bounce
+ * domain, and never for the null sender. */
+static bool session_verp(const dlv_session_t *s, const cfg_t *cfg, const queue_dispatch_t *qd)
+{
+    if (!cfg->c_verp_key_loaded || cfg->c_bounce_domain[0] == '\0' || qd->qd_sender[0] == '\0')
+        return false;
+    for (char **j = cfg->c_verp_jobs; qd->qd_job != NULL && j != NULL && *j != NULL; j++)
+        if (strcasecmp(*j, qd->qd_job) == 0)
+            return true;
+    int v = dlv_dest_verp(s->s_dest, s->s_vmta, qd->qd_pool);
+    return v != 0 ? v > 0 : cfg->c_verp;
+}
+
 static void session_start_txn(dlv_session_t *s)
 {
     const cfg_t *cfg = S_CFG(s);
@@ -1447,9 +1462,9 @@ static void session_start_txn(dlv_session_t *s)
         max = 100;
     if (s->s_rcpt_cap > 0 && s->s_rcpt_cap < max)
         max = s->s_rcpt_cap;
-    /* VERP (bounces.verp): the return path names one recipient, so one
-     * recipient per transaction; never for a DSN (its sender is <>) */
-    bool verp = cfg->c_verp && cfg->c_verp_key_loaded && qd->qd_sender[0] != '\0';
+    /* VERP: the return path names one recipient, so one recipient per
+     * transaction; never for a DSN (its sender is <>) */
+    bool verp = session_verp(s, cfg, qd);
     if (verp)
         max = 1;
     s->s_n = 0;

@@ -655,11 +655,12 @@ bool shp_conf_vmtas_same(const shp_conf_t *a, const shp_conf_t *b)
     for (int i = 0; i < a->sc_nvmtas; i++)
         if (!shp_str_eq(a->sc_vmtas[i].vm_name, b->sc_vmtas[i].vm_name) ||
             !shp_str_eq(a->sc_vmtas[i].vm_source, b->sc_vmtas[i].vm_source) ||
-            !shp_str_eq(a->sc_vmtas[i].vm_ehlo, b->sc_vmtas[i].vm_ehlo))
+            !shp_str_eq(a->sc_vmtas[i].vm_ehlo, b->sc_vmtas[i].vm_ehlo) ||
+            a->sc_vmtas[i].vm_verp != b->sc_vmtas[i].vm_verp)
             return false;
     for (int i = 0; i < a->sc_npools; i++) {
         const shp_pool_t *x = &a->sc_pools[i], *y = &b->sc_pools[i];
-        if (!shp_str_eq(x->po_name, y->po_name) || x->po_n != y->po_n ||
+        if (!shp_str_eq(x->po_name, y->po_name) || x->po_n != y->po_n || x->po_verp != y->po_verp ||
             memcmp(x->po_members, y->po_members, (size_t)x->po_n * sizeof(int)) != 0 ||
             memcmp(x->po_weight, y->po_weight, (size_t)x->po_n * sizeof(int)) != 0)
             return false;

@@ -155,6 +155,7 @@ typedef struct shp_vmta {
     char *vm_source;      /* source address or NULL (the system's choice) */
     sockaddr_any_t vm_sa; /* port 0 */
     char *vm_ehlo;        /* NULL = delivery.helo_name */
+    int vm_verp;          /* verp = true (1) / false (-1); 0 = the pool's, else bounces.verp */
 } shp_vmta_t;
 
 typedef struct shp_pool {
@@ -162,6 +163,7 @@ typedef struct shp_pool {
     int po_n;
     int po_members[SHP_MAX_VMTAS]; /* vmta indexes */
     int po_weight[SHP_MAX_VMTAS];
+    int po_verp; /* verp = true (1) / false (-1); 0 = bounces.verp */
 } shp_pool_t;
 
 typedef struct shp_domrule {
@@ -302,6 +304,11 @@ dlv_shaping_t *dlv_shaping_new(shp_conf_t *c, queue_t *q);
 void dlv_shaping_free(dlv_shaping_t *sh);
 /* The start-up rule set's virtual MTA v (the same for the registry's life). */
 const shp_vmta_t *shp_vmta(const dlv_shaping_t *sh, int v);
+/* VERP as the shaping file sets it for virtual MTA v and the pool a
+ * message was queued in (-1: none): 1 on, -1 off, 0 not said (then
+ * bounces.verp). The virtual MTA's setting wins over its pool's. Any
+ * delivery thread. */
+int shp_verp(const dlv_shaping_t *sh, int v, int pool);
 
 /* Find or create a provider's shared state (name of the rule, or the
  * domain when rule is NULL) and take a reference. With _locked: sh_lock

@@ -40,6 +40,12 @@ static int pool_find(const shp_conf_t *c, const char *name)
     return -1;
 }
 
+/* "true" 1, "false" -1, else 0. */
+static int vm_bool(const char *s)
+{
+    return strcmp(s, "true") == 0 ? 1 : strcmp(s, "false") == 0 ? -1 : 0;
+}
+
 static int vm_parse_vmtas(shp_conf_t *c, const cfg_node_t *sec, const char *name, char *err,
                           size_t errlen)
 {
@@ -74,10 +80,14 @@ static int vm_parse_vmtas(shp_conf_t *c, const cfg_node_t *sec, const char *name
             } else if (strcmp(e->n_key, "ehlo") == 0) {
                 free(vm->vm_ehlo);
                 vm->vm_ehlo = e->n_str[0] ? xstrdup(e->n_str) : NULL;
+            } else if (strcmp(e->n_key, "verp") == 0) {
+                if ((vm->vm_verp = vm_bool(e->n_str)) == 0)
+                    return cfg_error(err, errlen, name, e->n_line,
+                                     "virtual_mtas.%s.verp: expected true or false", v->n_key);
             } else {
                 return cfg_error(err, errlen, name, e->n_key_line,
-                                 "unknown key \"virtual_mtas.%s.%s\" (source, ehlo)", v->n_key,
-                                 e->n_key);
+                                 "unknown key \"virtual_mtas.%s.%s\" (source, ehlo, verp)",
+                                 v->n_key, e->n_key);
             }
         }
     }
@@ -103,9 +113,15 @@ static int vm_parse_pools(shp_conf_t *c, const cfg_node_t *sec, const char *name
         int nweights = 0;
         for (const cfg_node_t *e = p->n_child; e != NULL; e = e->n_next) {
             bool members = strcmp(e->n_key, "members") == 0;
+            if (strcmp(e->n_key, "verp") == 0) {
+                if (e->n_type != CFG_NODE_STR || (po->po_verp = vm_bool(e->n_str)) == 0)
+                    return cfg_error(err, errlen, name, e->n_line,
+                                     "pools.%s.verp: expected true or false", p->n_key);
+                continue;
+            }
             if (!members && strcmp(e->n_key, "weights") != 0)
                 return cfg_error(err, errlen, name, e->n_key_line,
-                                 "unknown key \"pools.%s.%s\" (members, weights)", p->n_key,
+                                 "unknown key \"pools.%s.%s\" (members, weights, verp)", p->n_key,
                                  e->n_key);
             if (e->n_type == CFG_NODE_SECTION)
                 return cfg_error(err, errlen, name, e->n_line, "pools.%s.%s: expected a list",

@@ -431,11 +431,16 @@ static int outcome_apply(queue_t *q, MDB_txn *txn, queue_outcome_t *o, uint64_t 
             return rc;
         o->qo_sched |= Q_OS_MARKED;
     }
+    char hscope[QUEUE_SUPP_SCOPE_MAX + 1] = ""; /* suppression.scope_header: from the body */
+    if (o->qo_result == Q_OUT_BOUNCED && q->q_cfg->c_supp_scope_header[0] != '\0' &&
+        !queue_supp_header_scope(q->q_cfg, mr.mr_body, mr.mr_body_len, hscope, sizeof(hscope)))
+        hscope[0] = '\0';
     mr.mr_body = NULL;
     if ((rc = outcome_write(q, txn, cx, o, &rr, f.f_next)) != 0)
         return rc;
     if (o->qo_result == Q_OUT_BOUNCED && !o->qo_admin && !f.f_expired &&
-        (rc = q_supp_on_bounce(q, txn, o->qo_msgid, o->qo_idx, &mr, &rr, f.f_category)) != 0)
+        (rc = q_supp_on_bounce(q, txn, o->qo_msgid, o->qo_idx, &mr, &rr, f.f_category, hscope)) !=
+            0)
         return rc; /* the suppression list (suppress.c) */
     acct_outcome(&cx->acct, f.f_type, now_us, o->qo_msgid, &mr, &rr, dom, o, f.f_status,
                  f.f_category, f.f_next);

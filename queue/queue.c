@@ -612,7 +612,8 @@ static int queue_batch_write(queue_t *q, MDB_txn *txn, void *arg)
     int rc = 0;
     chan_node_t *node = b->qb_subs;
     for (size_t i = 0; rc == 0 && i < b->qb_ns; i++, node = node->cn_next)
-        rc = q_insert_msg(q, txn, (queue_msg_in_t *)node);
+        if ((rc = q_insert_msg(q, txn, (queue_msg_in_t *)node)) == 0)
+            rc = q_sent_note(q, txn, (queue_msg_in_t *)node); /* bounces.inbound only */
     if (rc == 0 && b->qb_no > 0)
         rc = q_outcomes_apply(q, txn, b->qb_outs, b->qb_no);
     return rc;

@@ -56,10 +56,12 @@ typedef struct queue_msg_in {
     chan_node_t qm_node;
     uint64_t qm_id;      /* from queue_msgid_new() */
     uint64_t qm_arrival; /* unix seconds */
-    char *qm_sender;     /* owned; "" for the null sender <> */
-    char *qm_job;        /* owned or NULL: X-Sluice-Job */
-    char *qm_envid;      /* owned or NULL: ENVID */
-    char *qm_auth_user;  /* owned or NULL */
+    uint64_t
+        qm_first;    /* unix s of the first attempt (HTTP deferred_until, priority); 0 = arrival */
+    char *qm_sender; /* owned; "" for the null sender <> */
+    char *qm_job;    /* owned or NULL: X-Sluice-Job */
+    char *qm_envid;  /* owned or NULL: ENVID */
+    char *qm_auth_user; /* owned or NULL */
     char qm_client_ip[48];
     uint8_t qm_flags; /* Q_F_* */
     int qm_nrcpt;
@@ -363,10 +365,19 @@ typedef struct queue_supp_entry {
 } queue_supp_entry_t;
 
 /* addr normalized as the list keys it: lower-cased (domain and local
- * part), a trailing dot of the domain dropped. 0, or SL_EPARSE (no '@',
- * empty local part or domain, a control character or space, too long).
+ * part), a trailing dot of the domain dropped; for a domain of
+ * suppression.fold_domains the local part's dots dropped and its +tag
+ * cut, for one of suppression.case_domains its case kept (the lists as
+ * they were at queue_open). 0, or SL_EPARSE (no '@', empty local part or
+ * domain, a control character or space, too long).
  * Any thread. */
 int queue_supp_normalize(const queue_t *q, const char *addr, char *out, size_t outlen);
+/* suppression.scope_header's value in the header block of msg[0..len)
+ * (the first field of that name; spaces trimmed; printable ASCII, at most
+ * QUEUE_SUPP_SCOPE_MAX bytes) into out: true, or false when the key is
+ * "" or the message has no such field. Any thread. */
+bool queue_supp_header_scope(const cfg_t *cfg, const char *msg, size_t len, char *out,
+                             size_t outlen);
 /* Is addr suppressed (an entry in force) for scope - the global list, and
  * that scope's when scope is neither NULL nor ""? One LMDB read
  * transaction, no lock but a shared one against map growth: a few
@@ -416,5 +427,15 @@ typedef struct queue_supp_req {
 } queue_supp_req_t;
 
 void queue_supp_req_free(queue_supp_req_t *r);
+
+/* A report without a VERP token (core/server/inbound.c): the message it
+ * names by sluice_id (X-Sluice-Id, 16 hex digits) or else message_id (the
+ * returned Message-ID), provided rcpt was one of its recipients (the
+ * trust rule, docs/bounces-in.md). Either name may be NULL or "". 1
+ * matched by sluice_id, 2 by message_id (*id, *idx set), 0 not, SL_ESPOOL. Kept with
+ * bounces.inbound, for bounces.verp_max_age (suppress_sent.c). Any thread, between queue_open and
+ * queue_free. */
+int queue_sent_match(queue_t *q, const char *sluice_id, const char *message_id, const char *rcpt,
+                     uint64_t *id, uint32_t *idx);
 
 #endif /* SLUICE_QUEUE_H */

@@ -186,6 +186,7 @@ struct queue {
     MDB_dbi q_dbi_dsn;                   /* DSN marks: what a DSN will say (dsn.c) */
     uint64_t q_dsn_swept;                /* mono us of the last sweep (outcome.c), queue thread */
     uint64_t q_started_us;               /* unix us: marks older were left by a crash */
+    MDB_dbi q_dbi_sent;                  /* the sent index (suppress_sent.c) */
     struct q_tlsrpt *q_tlsrpt;           /* counters not yet written (tlsrpt.c), queue thread */
     struct q_tlsrpt_send *q_tlsrpt_send; /* reports being sent (tlsrpt_send.c) */
     uint64_t q_map_size;
@@ -505,10 +506,17 @@ int q_supp_open(queue_t *q, MDB_txn *txn);
 /* After the environment is closed. Main thread. */
 void q_supp_free(queue_t *q);
 /* A synchronous bounce applied in txn: add the recipient when its category
- * is one of suppression.categories (scope by suppression.scope). 0 or an
- * LMDB error. Queue thread. */
+ * is one of suppression.categories, in the scope hscope (the message's
+ * suppression.scope_header value, read from its body before the txn's
+ * writes; NULL or "" for none), else by suppression.scope. 0 or an LMDB
+ * error. Queue thread. */
 int q_supp_on_bounce(queue_t *q, MDB_txn *txn, uint64_t msgid, uint32_t idx, const q_msg_rec_t *mr,
-                     const q_rcpt_rec_t *rr, const char *category);
+                     const q_rcpt_rec_t *rr, const char *category, const char *hscope);
+/* The sent index (suppress_sent.c): with bounces.inbound, note message
+ * m's recipients and Message-ID in its own insert transaction, for
+ * matching reports without a VERP token; and drop a few expired entries.
+ * 0 or an LMDB error. Queue thread. */
+int q_sent_note(queue_t *q, MDB_txn *txn, const queue_msg_in_t *m);
 /* QREQ_SUPPRESS: answers r and pushes it back onto qq_reply (or frees it
  * when there is none: queue_supp_report's). Queue thread. */
 void q_supp_request(queue_t *q, queue_req_t *r);

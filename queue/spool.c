@@ -619,11 +619,12 @@ int q_insert_msg(queue_t *q, MDB_txn *txn, const queue_msg_in_t *m)
     if (m->qm_body.b_len)
         memcpy((char *)v.mv_data + b->b_len, m->qm_body.b_data, m->qm_body.b_len);
 
+    uint64_t first = m->qm_first != 0 ? m->qm_first : m->qm_arrival; /* the due order */
     for (int i = 0; i < m->qm_nrcpt; i++) {
         const queue_rcpt_in_t *r = &m->qm_rcpts[i];
         q_rcpt_rec_t rr = {
             .rr_notify = r->qr_notify,
-            .rr_next = m->qm_arrival,
+            .rr_next = first,
             .rr_addr = r->qr_addr,
             .rr_addr_len = (uint16_t)strlen(r->qr_addr),
             .rr_orcpt = r->qr_orcpt,
@@ -637,7 +638,7 @@ int q_insert_msg(queue_t *q, MDB_txn *txn, const queue_msg_in_t *m)
         v.mv_data = b->b_data;
         if ((rc = mdb_put(txn, q->q_dbi_rcpt, &k, &v, 0)) != 0)
             return rc;
-        q_due_key(key, m->qm_arrival, m->qm_id, (uint32_t)i);
+        q_due_key(key, first, m->qm_id, (uint32_t)i);
         k.mv_size = Q_DUE_KEY_LEN;
         v.mv_size = 0;
         v.mv_data = "";

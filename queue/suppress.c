@@ -15,7 +15,10 @@
  * 0 = never), source (u8 length + bytes). An expired entry counts as absent
  * and is overwritten by the next add; list and export skip it.
  * Normalization: the whole address lower-cased (what mailbox providers
- * do in practice; a per-domain case option is not there yet).
+ * do in practice), but for suppression.case_domains (the local part kept
+ * as it is) and suppression.fold_domains (Gmail: dots dropped, a +tag cut,
+ * then lower-cased). Both lists are copied at open: the same rule for
+ * lookups and insertions, on every thread, until a restart.
  *
  * Threads: the queue thread is the only writer. Lookups run on any thread
  * with their own read transaction (MDB_NOTLS); the one thing they must not
@@ -30,9 +33,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define SUPP_VERSION 1
-#define SUPP_IMPORT_TXN 10000  /* lines per write transaction */
+#define SUPP_IMPORT_TXN 100000 /* lines per write transaction, sorted before the puts */
 #define SUPP_IMPORT_MAX 200000 /* lines per request (the client asks again) */
 #define SUPP_LIST_MAX 10000    /* entries per LIST page */
 #define SUPP_SCAN_MAX 1000000  /* keys examined per LIST page with filters */
@@ -41,6 +45,8 @@
 
 typedef struct q_supp {
     MDB_dbi s_dbi;
+    char **s_fold; /* suppression.fold_domains, copied at open (a restart key) */
+    char **s_case; /* suppression.case_domains */
     atomic_uint_fast64_t s_entries;
     atomic_uint_fast64_t s_hits;
 } q_supp_t;
@@ -56,12 +62,36 @@ static void supp_count(queue_t *q, MDB_txn *txn);
 
 /* ------------------------------------------------------------ open, free */
 
+/* The normalization's domain lists live as long as the queue: lookups on
+ * any thread read them without the config snapshot, which reload swaps. */
+static char **strv_dup(char *const *v)
+{
+    size_t n = 0;
+    while (v != NULL && v[n] != NULL)
+        n++;
+    char **d = xcalloc(n + 1, sizeof(*d));
+    for (size_t i = 0; i < n; i++)
+        d[i] = xstrdup(v[i]);
+    return d;
+}
+
+static void strv_free(char **v)
+{
+    for (size_t i = 0; v != NULL && v[i] != NULL; i++)
+        free(v[i]);
+    free(v);
+}
+
 int q_supp_open(queue_t *q, MDB_txn *txn)
 {
     SL_ASSERT_MAIN_THREAD();
     q_supp_t *s = xcalloc(1, sizeof(*s));
     q->q_supp = s;
+    s->s_fold = strv_dup(q->q_cfg->c_supp_fold_domains);
+    s->s_case = strv_dup(q->q_cfg->c_supp_case_domains);
     int rc = mdb_dbi_open(txn, "suppress", MDB_CREATE, &s->s_dbi);
+    if (rc == 0) /* the sent index (suppress_sent.c) */
+        rc = mdb_dbi_open(txn, "sent", MDB_CREATE, &q->q_dbi_sent);
     if (rc != 0)
         return rc;
     supp_count(q, txn);
@@ -73,6 +103,8 @@ void q_supp_free(queue_t *q)
     q_supp_t *s = q->q_supp;
     if (s == NULL)
         return;
+    strv_free(s->s_fold);
+    strv_free(s->s_case);
     free(s);
     q->q_supp = NULL;
 }
@@ -119,10 +151,20 @@ int queue_supp_normalize(const queue_t *q, const char *addr, char *out, size_t o
         dom[i] = (char)tolower((unsigned char)at[1 + i]);
     if (dlen > 0 && dom[dlen - 1] == '.')
         dom[--dlen] = '\0';
-    UNUSED(q); /* the place for per-domain options */
+    const q_supp_t *s = q != NULL ? q->q_supp : NULL;
+    bool fold = s != NULL && strv_has(s->s_fold, dom, dlen);
+    bool keep = s != NULL && !fold && strv_has(s->s_case, dom, dlen);
     size_t o = 0;
-    for (size_t i = 0; i < llen; i++)
-        out[o++] = (char)tolower((unsigned char)addr[i]);
+    for (size_t i = 0; i < llen; i++) {
+        char ch = addr[i];
+        if (fold && ch == '+')
+            break; /* Gmail: everything from the first '+' is a tag */
+        if (fold && ch == '.')
+            continue; /* Gmail: dots do not count */
+        out[o++] = keep ? ch : (char)tolower((unsigned char)ch);
+    }
+    if (o == 0)
+        return SL_EPARSE; /* "+tag@gmail.com", ".@gmail.com" */
     out[o++] = '@';
     memcpy(out + o, dom, dlen + 1);
     return 0;
@@ -232,10 +274,12 @@ static bool reason_ok(const char *r)
     return true;
 }
 
-static int supp_put(queue_t *q, MDB_txn *txn, const char *addr, const char *scope,
-                    const char *reason, uint64_t when, uint64_t expires, const char *source)
+#define SUPP_VAL_MAX (2 + QUEUE_SUPP_REASON_MAX + 16 + 1 + 128)
+
+/* An entry's value into val (SUPP_VAL_MAX bytes); returns its length. */
+static size_t supp_val(uint8_t *val, const char *reason, uint64_t when, uint64_t expires,
+                       const char *source)
 {
-    uint8_t key[SUPP_KEY_MAX + 1], val[2 + QUEUE_SUPP_REASON_MAX + 16 + 1 + 128];
     size_t rl = MIN(strlen(reason), QUEUE_SUPP_REASON_MAX);
     size_t sl = source ? MIN(strlen(source), 128) : 0;
     size_t n = 0;
@@ -249,8 +293,15 @@ static int supp_put(queue_t *q, MDB_txn *txn, const char *addr, const char *scop
     val[n++] = (uint8_t)sl;
     if (sl > 0)
         memcpy(val + n, source, sl);
-    n += sl;
-    MDB_val k = {supp_key(key, addr, scope), key}, v = {n, val};
+    return n + sl;
+}
+
+static int supp_put(queue_t *q, MDB_txn *txn, const char *addr, const char *scope,
+                    const char *reason, uint64_t when, uint64_t expires, const char *source)
+{
+    uint8_t key[SUPP_KEY_MAX + 1], val[SUPP_VAL_MAX];
+    MDB_val k = {supp_key(key, addr, scope), key},
+            v = {supp_val(val, reason, when, expires, source), val};
     return mdb_put(txn, q->q_supp->s_dbi, &k, &v, 0);
 }
 
@@ -264,11 +315,48 @@ static bool category_feeds(const cfg_t *c, const char *category)
     return strv_has(c->c_supp_categories, category, strlen(category));
 }
 
-/* The scope a message's recipients are suppressed in (suppression.scope). */
-static void scope_of(const cfg_t *c, const char *auth, size_t auth_len, char *dst, size_t dlen)
+bool queue_supp_header_scope(const cfg_t *cfg, const char *msg, size_t len, char *out,
+                             size_t outlen)
+{
+    const char *name = cfg->c_supp_scope_header, *p = msg, *end = msg + len;
+    size_t nl = strlen(name);
+    if (nl == 0 || outlen == 0)
+        return false;
+    while (p < end) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p)), *le = eol ? eol : end;
+        if (le == p || (le == p + 1 && *p == '\r'))
+            return false; /* the end of the header block */
+        if ((size_t)(le - p) > nl && p[nl] == ':' && strncasecmp(p, name, nl) == 0) {
+            const char *v = p + nl + 1, *ve = le > v && le[-1] == '\r' ? le - 1 : le;
+            while (v < ve && (*v == ' ' || *v == '\t'))
+                v++;
+            while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
+                ve--;
+            size_t n = (size_t)(ve - v);
+            if (n == 0 || n > QUEUE_SUPP_SCOPE_MAX || n >= outlen)
+                return false;
+            for (size_t i = 0; i < n; i++)
+                if ((unsigned char)v[i] < ' ' || (unsigned char)v[i] >= 127)
+                    return false;
+            memcpy(out, v, n);
+            out[n] = '\0';
+            return true;
+        }
+        p = le + 1;
+    }
+    return false;
+}
+
+/* The scope a message's recipients are suppressed in: the header's tenant
+ * (suppression.scope_header, hscope), else the AUTH user's
+ * (suppression.scope = auth_user), else global. */
+static void scope_of(const cfg_t *c, const char *hscope, const char *auth, size_t auth_len,
+                     char *dst, size_t dlen)
 {
     dst[0] = '\0';
-    if (strcmp(c->c_supp_scope, "auth_user") == 0 && auth != NULL && auth_len > 0)
+    if (hscope != NULL && hscope[0] != '\0')
+        snprintf(dst, dlen, "%s", hscope);
+    else if (strcmp(c->c_supp_scope, "auth_user") == 0 && auth != NULL && auth_len > 0)
         snprintf(dst, dlen, "%.*s", (int)MIN(auth_len, QUEUE_SUPP_SCOPE_MAX), auth);
 }
 
@@ -280,7 +368,7 @@ static uint64_t expiry_for(const cfg_t *c, const char *reason, uint64_t now)
 }
 
 int q_supp_on_bounce(queue_t *q, MDB_txn *txn, uint64_t msgid, uint32_t idx, const q_msg_rec_t *mr,
-                     const q_rcpt_rec_t *rr, const char *category)
+                     const q_rcpt_rec_t *rr, const char *category, const char *hscope)
 {
     Q_ASSERT_QUEUE_THREAD(q);
     const cfg_t *c = q->q_cfg;
@@ -293,7 +381,7 @@ int q_supp_on_bounce(queue_t *q, MDB_txn *txn, uint64_t msgid, uint32_t idx, con
     addr[rr->rr_addr_len] = '\0';
     if (queue_supp_normalize(q, addr, norm, sizeof(norm)) != 0)
         return 0;
-    scope_of(c, mr->mr_auth, mr->mr_auth_len, scope, sizeof(scope));
+    scope_of(c, hscope, mr->mr_auth, mr->mr_auth_len, scope, sizeof(scope));
     snprintf(src, sizeof(src), "%s/%u", queue_msgid_fmt(msgid, id), idx);
     uint64_t now = clock_now_s();
     int rc = supp_put(q, txn, norm, scope, category, now, expiry_for(c, category, now), src);
@@ -601,8 +689,20 @@ static bool csv_field(const char **p, char *dst, size_t dlen)
     return true;
 }
 
+/* One parsed line of an import batch: key and value in im_bytes. */
+typedef struct imp_ent {
+    uint32_t ie_off; /* of the key; the value follows it */
+    uint32_t ie_seq; /* line order: of two lines with one key, the later wins */
+    uint16_t ie_klen;
+    uint16_t ie_vlen;
+} imp_ent_t;
+
 typedef struct supp_import {
     queue_supp_req_t *im_req;
+    size_t im_max;      /* lines of this request at most */
+    imp_ent_t *im_ents; /* the batch, sorted by key before its puts */
+    size_t im_nents;
+    buf_t im_bytes;
     FILE *im_f;
     char *im_line;
     size_t im_cap;
@@ -678,9 +778,66 @@ static int import_line(queue_t *q, MDB_txn *txn, supp_import_t *im, char *line)
         import_error(im, "scope too long \"%.40s\"", sc);
         return 0;
     }
-    int rc = supp_put(q, txn, norm, sc, rs, t, sr->sr_expires, "import");
-    if (rc == 0)
-        im->im_imported++;
+    UNUSED(txn);
+    uint8_t key[SUPP_KEY_MAX + 1], val[SUPP_VAL_MAX];
+    size_t kl = supp_key(key, norm, sc), vl = supp_val(val, rs, t, sr->sr_expires, "import");
+    imp_ent_t *e = &im->im_ents[im->im_nents];
+    e->ie_off = (uint32_t)im->im_bytes.b_len;
+    e->ie_seq = (uint32_t)im->im_nents++;
+    e->ie_klen = (uint16_t)kl;
+    e->ie_vlen = (uint16_t)vl;
+    buf_append(&im->im_bytes, key, kl);
+    buf_append(&im->im_bytes, val, vl);
+    im->im_imported++;
+    return 0;
+}
+
+static const uint8_t *imp_bytes; /* qsort has no context argument: the queue thread's only */
+
+static int imp_cmp(const void *a, const void *b)
+{
+    const imp_ent_t *x = a, *y = b;
+    size_t n = MIN(x->ie_klen, y->ie_klen);
+    int c = memcmp(imp_bytes + x->ie_off, imp_bytes + y->ie_off, n);
+    if (c == 0)
+        c = (x->ie_klen > y->ie_klen) - (x->ie_klen < y->ie_klen); /* LMDB's order */
+    if (c == 0)
+        c = (x->ie_seq > y->ie_seq) - (x->ie_seq < y->ie_seq);
+    return c;
+}
+
+/* Write the batch in key order: LMDB then touches each leaf page once
+ * and walks the tree in order (random puts copy a page per line); keys
+ * past the list's last one are appended (MDB_APPEND: a sorted file into
+ * an empty list fills pages without splitting them). Of two lines with
+ * one key the later wins, as it did with a put per line. */
+static int imp_flush(queue_t *q, MDB_txn *txn, supp_import_t *im)
+{
+    if (im->im_nents == 0)
+        return 0;
+    imp_bytes = (const uint8_t *)im->im_bytes.b_data;
+    qsort(im->im_ents, im->im_nents, sizeof(im->im_ents[0]), imp_cmp);
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(txn, q->q_supp->s_dbi, &c);
+    if (rc != 0)
+        return rc;
+    MDB_val lk, lv;
+    bool have_last = mdb_cursor_get(c, &lk, &lv, MDB_LAST) == 0, append = false;
+    for (size_t i = 0; rc == 0 && i < im->im_nents; i++) {
+        const imp_ent_t *e = &im->im_ents[i];
+        if (i + 1 < im->im_nents && im->im_ents[i + 1].ie_klen == e->ie_klen &&
+            memcmp(imp_bytes + e->ie_off, imp_bytes + im->im_ents[i + 1].ie_off, e->ie_klen) == 0)
+            continue; /* a later line has this key */
+        MDB_val k = {e->ie_klen, (void *)(imp_bytes + e->ie_off)};
+        MDB_val v = {e->ie_vlen, (void *)(imp_bytes + e->ie_off + e->ie_klen)};
+        if (!append) {
+            append = !have_last || mdb_cmp(txn, q->q_supp->s_dbi, &k, &lk) > 0;
+        }
+        rc = mdb_cursor_put(c, &k, &v, append ? MDB_APPEND : 0);
+    }
+    mdb_cursor_close(c);
+    im->im_nents = 0;
+    buf_reset(&im->im_bytes);
     return rc;
 }
 
@@ -707,7 +864,9 @@ static int import_fn(queue_t *q, MDB_txn *txn, void *arg)
     im->im_b_imported = im->im_imported;
     im->im_b_skipped = im->im_skipped;
     im->im_b_nerr = im->im_nerr;
-    for (size_t i = 0; i < SUPP_IMPORT_TXN; i++) {
+    im->im_nents = 0;
+    buf_reset(&im->im_bytes);
+    for (size_t i = 0; i < SUPP_IMPORT_TXN && im->im_lineno < im->im_max; i++) {
         ssize_t n = getline(&im->im_line, &im->im_cap, im->im_f);
         if (n < 0) {
             im->im_eof = true;
@@ -719,7 +878,7 @@ static int import_fn(queue_t *q, MDB_txn *txn, void *arg)
         im->im_offset += (uint64_t)n;
         im->im_lineno++;
     }
-    return 0;
+    return imp_flush(q, txn, im);
 }
 
 /* Long: opens the file, seeks, runs the batches, answers; the parts are the
@@ -745,9 +904,12 @@ static void supp_import(queue_t *q, queue_req_t *r)
         return;
     }
     im.im_errors = json_object_new_array();
+    im.im_ents = xmalloc(SUPP_IMPORT_TXN * sizeof(im.im_ents[0]));
+    buf_init(&im.im_bytes, 1 << 20);
     size_t max =
         sr->sr_limit == 0 || sr->sr_limit > SUPP_IMPORT_MAX ? SUPP_IMPORT_MAX : sr->sr_limit;
     int rc = 0;
+    im.im_max = max;
     while (!im.im_eof && im.im_lineno < max) {
         im.im_again = false;
         rc = supp_txn(q, import_fn, &im);
@@ -757,6 +919,8 @@ static void supp_import(queue_t *q, queue_req_t *r)
         }
     }
     free(im.im_line);
+    free(im.im_ents);
+    buf_free(&im.im_bytes);
     fclose(im.im_f);
     if (rc != 0) {
         snprintf(r->qq_error, sizeof(r->qq_error), "import stopped at byte %llu: %s",

@@ -193,8 +193,19 @@ static const char *reason_of(int status)
     }
 }
 
+/* Every answer passes here or through job_answer: the request metrics. */
+static void count_answer(h2o_req_t *req, int status)
+{
+    struct timeval now, b = req->timestamps.request_begin_at;
+    gettimeofday(&now, NULL);
+    int64_t us = ((int64_t)now.tv_sec - b.tv_sec) * 1000000 + (now.tv_usec - b.tv_usec);
+    http_stats_count(req->path_normalized.base, req->path_normalized.len, status,
+                     b.tv_sec != 0 && us > 0 ? (uint64_t)us : 0);
+}
+
 static void send_json(h2o_req_t *req, int status, const char *reason, const char *body, size_t len)
 {
+    count_answer(req, status);
     req->res.status = status;
     req->res.reason = reason ? reason : reason_of(status);
     req->res.content_length = len;
@@ -647,6 +658,7 @@ static queue_msg_in_t *msg_new(hreq_t *rq, const inj_req_t *r, uint64_t id, cons
     m->qm_arrival = clock_now_s();
     m->qm_sender = xstrdup(r->ir_sender);
     m->qm_job = r->ir_job ? xstrdup(r->ir_job) : NULL;
+    m->qm_first = r->ir_first;
     snprintf(m->qm_client_ip, sizeof(m->qm_client_ip), "%s", ip);
     m->qm_flags = (eightbit ? Q_F_8BITMIME : 0) | (r->ir_sender_utf8 ? Q_F_SMTPUTF8 : 0);
     m->qm_body = *body;
@@ -699,6 +711,64 @@ static int inject_suppressed(hreq_t *rq, const cfg_t *cfg, inj_req_t *r, json_ob
     return n;
 }
 
+/* One suppressed recipient into the answer's failed_recipients / errors
+ * (created on first use). */
+static void supp_fail(json_object **failed, json_object **errors, const char *addr,
+                      const queue_supp_entry_t *e)
+{
+    if (*failed == NULL) {
+        *failed = json_object_new_array();
+        *errors = json_object_new_array();
+    }
+    json_object_array_add(*failed, json_object_new_string(addr));
+    char *t = xasprintf("%s: recipient address suppressed (%s%s%s)", addr, e->se_reason,
+                        e->se_scope[0] ? ", scope " : "", e->se_scope);
+    json_object_array_add(*errors, json_object_new_string(t));
+    free(t);
+}
+
+/* suppression.scope_header (docs/bounces-in.md): the header is known once
+ * a message is rendered; its recipients on that tenant's list leave it
+ * (named in the answer like the others), and a message left with none is
+ * not queued. How many recipients left; *built may shrink. HTTP thread. */
+static int inject_scope_suppressed(hreq_t *rq, const cfg_t *cfg, const inj_req_t *r,
+                                   queue_msg_in_t **msgs, int *built, json_object **failed,
+                                   json_object **errors)
+{
+    queue_t *q = rq->rq_h->h_env.ce_queue;
+    char scope[QUEUE_SUPP_SCOPE_MAX + 1];
+    int n = 0, kept_msgs = 0;
+    for (int i = 0; i < *built; i++) {
+        queue_msg_in_t *m = msgs[i];
+        int kept = 0;
+        bool scoped =
+            cfg->c_supp_enabled && r->ir_sender[0] != '\0' &&
+            queue_supp_header_scope(cfg, m->qm_body.b_data, m->qm_body.b_len, scope, sizeof(scope));
+        for (int k = 0; k < m->qm_nrcpt; k++) {
+            queue_supp_entry_t e;
+            const char *a = m->qm_rcpts[k].qr_addr;
+            if (scoped && strncasecmp(a, "postmaster@", 11) != 0 &&
+                queue_supp_lookup(q, a, scope, &e) == 1) {
+                supp_fail(failed, errors, a, &e);
+                log_info("http reject <%s>: suppressed reason=%s scope=%s", log_esc(a), e.se_reason,
+                         e.se_scope[0] ? log_esc(e.se_scope) : "global");
+                free(m->qm_rcpts[k].qr_addr);
+                free(m->qm_rcpts[k].qr_orcpt);
+                n++;
+                continue;
+            }
+            m->qm_rcpts[kept++] = m->qm_rcpts[k];
+        }
+        m->qm_nrcpt = kept;
+        if (kept == 0)
+            queue_msg_in_free(m);
+        else
+            msgs[kept_msgs++] = m;
+    }
+    *built = kept_msgs;
+    return n;
+}
+
 /* Parse, render every message (so that an error queues nothing), then
  * submit them all; the answer goes when the last is back. */
 static void inject_start(hreq_t *rq, const cfg_t *cfg, bool tls)
@@ -708,6 +778,7 @@ static void inject_start(hreq_t *rq, const cfg_t *cfg, bool tls)
     if (inject_backpressure(rq, cfg))
         return;
     inj_limits_t lim = {.il_max_rcpts = cfg->c_http_max_recipients,
+                        .il_max_age = cfg->c_max_age,
                         .il_max_msg = cfg->c_smtp_max_message_size,
                         .il_max_depth = 16};
     inj_err_t e = {0};
@@ -771,6 +842,11 @@ static void inject_start(hreq_t *rq, const cfg_t *cfg, bool tls)
                              "a rendered message is %zu bytes, over smtp.max_message_size",
                              msgs[i]->qm_body.b_len);
     buf_free(&body);
+    if (rc == 0)
+        nsupp += inject_scope_suppressed(rq, cfg, r, msgs, &built, &supp_failed, &supp_errors);
+    if (rc == 0 && built == 0)
+        rc = inj_err_set(&e, 422, "suppressed", "recipients",
+                         "every recipient is on the suppression list; nothing was queued");
     if (rc != 0) {
         for (int i = 0; i < built; i++)
             queue_msg_in_free(msgs[i]);
@@ -856,6 +932,7 @@ static void job_answer(hjob_t *j)
             h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, ct,
                            strlen(ct));
             req->res.content_length = j->j_answer.b_len;
+            count_answer(req, 200);
             h2o_send_inline(req, j->j_answer.b_data, j->j_answer.b_len);
         } else {
             send_json(req, j->j_ok ? 200 : 422, NULL, j->j_answer.b_data, j->j_answer.b_len);

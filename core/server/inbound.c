@@ -9,11 +9,13 @@
  *
  *   inbound_rcpt_check   RCPT: is it the bounce domain, is its token good
  *   inbound_process      after the final dot: parse, match, record, feed
+ *   inbound_rate_take    bounces.max_messages_per_minute, per client IP
  *
- * Why only the VERP token matches: it is signed, so a report can only
- * name a message sluice sent; a returned Message-ID or X-Sluice-Id could
- * be made up by anyone, and the spool keeps no index of them after
- * delivery. Such a report is recorded as unmatched (with what it says).
+ * Matching: the VERP token first (signed: a report can only name a
+ * message sluice sent); else the returned X-Sluice-Id or Message-ID,
+ * which anyone could make up, so it counts only when the report's
+ * recipient was one of that message's (queue_sent_match, the sent
+ * index). Anything else is recorded as unmatched (with what it says).
  * Thread: the session's reception thread; queue_acct_event and
  * queue_supp_report hand the records and the list's writes to the queue
  * thread.
@@ -25,6 +27,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,6 +58,62 @@ inbound_rcpt_t inbound_rcpt_check(const cfg_t *cfg, const char *addr, char *repl
         return INBOUND_REFUSED;
     }
     return INBOUND_YES;
+}
+
+/* The per-IP report rate: a token bucket per client address (it holds
+ * bounces.max_messages_per_minute tokens and gains one every 60/max
+ * seconds, so a burst of a minute's worth passes and then one per
+ * interval, with no reset at a minute's edge), in a bounded table
+ * (RATE_SETS sets of RATE_WAYS entries, shared by every reception thread
+ * under one mutex, touched once per report transaction). An address that
+ * does not fit takes the entry used least recently: a flood of addresses
+ * can only make the limit forget someone, never refuse an address that
+ * sent nothing. */
+#define RATE_SETS 1024
+#define RATE_WAYS 4
+
+typedef struct rate_slot {
+    char rs_ip[48];
+    uint64_t rs_last_us; /* the last refill */
+    double rs_tokens;
+} rate_slot_t;
+
+static pthread_mutex_t rate_lock = PTHREAD_MUTEX_INITIALIZER;
+static rate_slot_t rate_table[RATE_SETS][RATE_WAYS];
+
+bool inbound_rate_take(const cfg_t *cfg, const char *ip, uint64_t now_us)
+{
+    int max = cfg->c_bounce_rate;
+    if (max <= 0)
+        return true;
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (const char *p = ip; *p; p++)
+        h = (h ^ (uint8_t)*p) * 16777619u;
+    bool ok;
+    pthread_mutex_lock(&rate_lock);
+    rate_slot_t *set = rate_table[h % RATE_SETS], *e = NULL, *old = &set[0];
+    for (int i = 0; i < RATE_WAYS && e == NULL; i++) {
+        if (strcmp(set[i].rs_ip, ip) == 0)
+            e = &set[i];
+        else if (set[i].rs_last_us < old->rs_last_us)
+            old = &set[i];
+    }
+    if (e == NULL) {
+        e = old;
+        snprintf(e->rs_ip, sizeof(e->rs_ip), "%s", ip);
+        e->rs_tokens = max;
+        e->rs_last_us = now_us;
+    }
+    if (now_us > e->rs_last_us) {
+        e->rs_tokens += (double)(now_us - e->rs_last_us) * max / 60e6;
+        e->rs_tokens = MIN(e->rs_tokens, (double)max); /* a reload may lower max */
+        e->rs_last_us = now_us;
+    }
+    ok = e->rs_tokens >= 1.0;
+    if (ok)
+        e->rs_tokens -= 1.0;
+    pthread_mutex_unlock(&rate_lock);
+    return ok;
 }
 
 /* (msgid, idx) of a VERP address in the bounce domain. */
@@ -136,13 +195,22 @@ const char *inbound_process(queue_t *q, const cfg_t *cfg, const inbound_msg_t *m
     report_parse(m->im_body, m->im_len, &r);
     uint64_t id = 0;
     uint32_t idx = 0;
-    /* the token of the address the report came to, else (ARF) of the
-     * return path the complained-about message had */
-    bool matched = verp_match(cfg, m->im_rcpt, &id, &idx) ||
-                   (r.rp_kind == REPORT_ARF && verp_match(cfg, r.rp_orig_mail_from, &id, &idx));
     const char *rcpt = r.rp_kind == REPORT_ARF ? r.rp_orig_rcpt
                        : r.rp_final_rcpt[0]    ? r.rp_final_rcpt
                                                : r.rp_orig_rcpt;
+    /* the token of the address the report came to, else (ARF) of the
+     * return path the complained-about message had, else the returned
+     * message's X-Sluice-Id or Message-ID - if the report's recipient was
+     * one of that message's (the trust rule, suppress_sent.c) */
+    const char *by = "verp";
+    bool matched = verp_match(cfg, m->im_rcpt, &id, &idx) ||
+                   (r.rp_kind == REPORT_ARF && verp_match(cfg, r.rp_orig_mail_from, &id, &idx));
+    bool named = r.rp_sluice_id[0] != '\0' || r.rp_message_id[0] != '\0';
+    if (!matched && named && r.rp_kind != REPORT_NONE) {
+        int sm = queue_sent_match(q, r.rp_sluice_id, r.rp_message_id, rcpt, &id, &idx);
+        matched = sm == 1 || sm == 2;
+        by = sm == 1 ? "x-sluice-id" : "message-id";
+    }
     buf_t b;
     buf_init(&b, 1024);
     const char *what;
@@ -155,6 +223,7 @@ const char *inbound_process(queue_t *q, const cfg_t *cfg, const inbound_msg_t *m
         jopt(&b, "user_agent", r.rp_user_agent);
         jopt(&b, "reporting_mta", r.rp_reporting_mta);
         jopt(&b, "client_ip", m->im_client_ip);
+        jopt(&b, "matched_by", by);
         buf_append_str(&b, "}");
         if (rcpt[0] != '\0')
             queue_supp_report(q, rcpt, "", "complaint", src);
@@ -173,6 +242,7 @@ const char *inbound_process(queue_t *q, const cfg_t *cfg, const inbound_msg_t *m
         jopt(&b, "remote_mta", r.rp_remote_mta);
         jopt(&b, "reporting_mta", r.rp_reporting_mta);
         jopt(&b, "client_ip", m->im_client_ip);
+        jopt(&b, "matched_by", by);
         buf_append_str(&b, "}");
         if (rcpt[0] != '\0' && r.rp_status[0] == '5')
             queue_supp_report(q, rcpt, "", cat, src);
@@ -184,7 +254,11 @@ const char *inbound_process(queue_t *q, const cfg_t *cfg, const inbound_msg_t *m
         char file[64];
         quarantine(cfg, m->im_id, m->im_body, m->im_len, file, sizeof(file));
         rec_head(&b, "inbound_unmatched", 0, false, 0);
-        jopt(&b, "reason", matched ? "no status in the report" : "no valid VERP token");
+        jopt(&b, "reason",
+             matched ? "no status in the report"
+             : named ? "no valid VERP token, and the returned message was not "
+                       "sent to the report's recipient"
+                     : "no valid VERP token");
         jopt(&b, "kind", report_kind_name(r.rp_kind));
         jopt(&b, "rcpt", m->im_rcpt);
         jopt(&b, "sender", m->im_sender);

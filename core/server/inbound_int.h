@@ -19,6 +19,12 @@ typedef enum {
  * 5.7.1) is written to reply. Reception thread. */
 inbound_rcpt_t inbound_rcpt_check(const cfg_t *cfg, const char *addr, char *reply, size_t rlen);
 
+/* One report transaction from client ip against
+ * bounces.max_messages_per_minute (a token bucket per address: a minute's
+ * worth at once, then one every 60/max seconds): true when it may go on
+ * (and is counted), false when the client is over the limit. Any thread. */
+bool inbound_rate_take(const cfg_t *cfg, const char *ip, uint64_t now_us);
+
 typedef struct inbound_msg {
     uint64_t im_id;        /* the reception's message id */
     const char *im_rcpt;   /* the (first) report address it came to */

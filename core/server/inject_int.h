@@ -38,6 +38,8 @@ typedef struct inj_limits {
     int il_max_rcpts;    /* recipients per request */
     size_t il_max_msg;   /* bytes of one rendered message (smtp.max_message_size) */
     size_t il_max_depth; /* JSON nesting */
+    uint64_t il_now_s;   /* the time deferred_until is measured from */
+    uint64_t il_max_age; /* queue.max_age: deferred_until at most this far ahead */
 } inj_limits_t;
 
 typedef struct inj_rcpt {
@@ -61,6 +63,7 @@ typedef struct inj_req {
     const char *ir_job;      /* or NULL: the message's job (X-Sluice-Job) */
     const char *ir_pool;     /* or NULL: X-Sluice-Pool */
     bool ir_personal;        /* some recipient has a name or substitutions */
+    uint64_t ir_first;       /* unix s of the first attempt (deferred_until, priority); 0 = now */
 } inj_req_t;
 
 /* Parse and check a request body. 0 and *out (free with inj_req_free),

@@ -360,6 +360,45 @@ static int check_name(const char *s, const char *field, inj_err_t *e)
     return 0;
 }
 
+/* deferred_until and priority (docs/http-api.md): both set the first
+ * attempt time of every recipient, the queue's order (the scheduler has no
+ * priority classes). null is the same as absent. *first = 0: at once. */
+static int parse_when(json_object *root, const inj_limits_t *lim, uint64_t *first, inj_err_t *e)
+{
+    json_object *v;
+    uint64_t now = lim->il_now_s ? lim->il_now_s : clock_now_s();
+    *first = 0;
+    if (json_object_object_get_ex(root, "deferred_until", &v) && v != NULL) {
+        uint64_t us;
+        if (!json_object_is_type(v, json_type_string))
+            return inj_err_set(e, 422, "wrong_type", "deferred_until",
+                               "deferred_until must be a string (RFC 3339, UTC)");
+        if (time_parse_rfc3339(json_object_get_string(v), &us) != 0)
+            return inj_err_set(e, 422, "bad_value", "deferred_until",
+                               "deferred_until: not an RFC 3339 time such as "
+                               "\"2026-12-24T18:00:00Z\"");
+        uint64_t s = us / 1000000u;
+        if (lim->il_max_age > 0 && s > now + lim->il_max_age)
+            return inj_err_set(e, 422, "bad_value", "deferred_until",
+                               "deferred_until is further ahead than queue.max_age (%llus): the "
+                               "message would expire before its first attempt",
+                               (unsigned long long)lim->il_max_age);
+        *first = s > now ? s : 0; /* the past: at once */
+    }
+    if (json_object_object_get_ex(root, "priority", &v) && v != NULL) {
+        if (!json_object_is_type(v, json_type_int))
+            return inj_err_set(e, 422, "wrong_type", "priority",
+                               "priority must be an integer from 0 to 100");
+        int64_t p = json_object_get_int64(v);
+        if (p < 0 || p > 100)
+            return inj_err_set(e, 422, "bad_value", "priority",
+                               "priority must be an integer from 0 to 100");
+        if (*first == 0 && p > 0) /* queued as if received p minutes earlier */
+            *first = now - (uint64_t)p * 60;
+    }
+    return 0;
+}
+
 int inj_parse(const char *body, size_t len, const inj_limits_t *lim, inj_req_t **out, inj_err_t *e)
 {
     static const char *const known[] = {
@@ -398,17 +437,8 @@ int inj_parse(const char *body, size_t len, const inj_limits_t *lim, inj_req_t *
         get_string(root, "pool", "", false, &r->ir_pool, e) < 0 ||
         (r->ir_pool != NULL && check_name(r->ir_pool, "pool", e) < 0))
         goto fail;
-    /* The queue has no priorities and no first-attempt time yet: refusing
-     * them is better than queueing mail that goes out at another time
-     * than asked. null is the same as absent. */
-    for (int k = 0; k < 2; k++) {
-        const char *key = k == 0 ? "priority" : "deferred_until";
-        if (json_object_object_get_ex(root, key, &v) && v != NULL) {
-            inj_err_set(e, 422, "unsupported_field", key,
-                        "%s is not supported by sluice yet (see docs/http-api.md)", key);
-            goto fail;
-        }
-    }
+    if (parse_when(root, lim, &r->ir_first, e) < 0)
+        goto fail;
     if (json_object_object_get_ex(root, "substitutions", &v) && v != NULL) {
         if (check_subst(v, "substitutions", e) < 0)
             goto fail;

@@ -393,6 +393,7 @@ void metrics_render(const control_env_t *env, buf_t *out, bool openmetrics)
     }
     if (env->ce_smtp != NULL)
         render_smtp(&m, smtp_server_stats(env->ce_smtp));
+    http_stats_render(out, openmetrics); /* http_stats.c */
     if (env->ce_dlv != NULL) {
         render_dlv(&m, dlv_stats(env->ce_dlv));
         render_shaping(&m, env->ce_dlv);

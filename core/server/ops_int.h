@@ -37,6 +37,13 @@ void control_call(control_t *ct, struct json_object *req, control_done_fn done, 
 
 typedef struct httpd httpd_t;
 
+/* The HTTP request metrics (http_stats.c): count one answered request
+ * (its path, status, and microseconds from its start), and render the
+ * families sluice_http_requests_total{path,code} and
+ * sluice_http_request_duration_seconds{path}. Any thread. */
+void http_stats_count(const char *path, size_t plen, int status, uint64_t us);
+void http_stats_render(buf_t *out, bool openmetrics);
+
 /* The HTTP server (httpd.c, docs/http-api.md): binds http.listen (the API:
  * injection, admin, /metrics with a token) and control.http_metrics (GET
  * /metrics only, no authentication) here, so that a port in use is a

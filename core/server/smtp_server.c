@@ -169,6 +169,7 @@ typedef struct sess {
     char *se_job;
     smtp_drops_t *se_drops; /* recipients accepted and dropped: suppressed (suppress_rcpt.c) */
     bool se_inbound;        /* a report for the bounce domain (inbound.c): never queued */
+    bool se_reports;        /* came in on bounces.listen: reports only, their own limits */
     size_t se_mem;          /* bytes charged to the server's message memory (ss_mem_used) */
 } sess_t;
 
@@ -179,7 +180,8 @@ struct smtp_thread {
     uv_thread_t t_tid;  /* uv_thread_create's handle, for the join */
     uv_thread_t t_self; /* set by the thread itself before its loop runs */
     int t_nlisten;
-    uv_tcp_t t_listen[CFG_MAX_LISTEN];
+    uv_tcp_t t_listen[2 * CFG_MAX_LISTEN]; /* smtp.listen, then bounces.listen */
+    bool t_lreports[2 * CFG_MAX_LISTEN];   /* t_listen[i] is a bounces.listen address */
     chan_t *t_chan;
     uv_async_t t_stop_async;
     uv_timer_t t_grace;
@@ -240,6 +242,7 @@ static void sess_arm_timer(sess_t *s);
 static void sess_timer_set(sess_t *s, uint64_t ms);
 static void mem_sync(sess_t *s);
 static bool mem_fits(sess_t *s, uint64_t size);
+static const char *sess_ipkey(const sess_t *s, char *buf, size_t len);
 
 #define STATS_INC(s, field) atomic_fetch_add_explicit(&(s)->field, 1, memory_order_relaxed)
 
@@ -430,8 +433,9 @@ static void sess_close(sess_t *s)
     smtp_server_stats_t *st = sess_stats(s);
     if (s->se_counted)
         atomic_fetch_sub_explicit(&st->ss_conn_current, 1, memory_order_relaxed);
+    char key[64];
     if (s->se_counted_ip)
-        smtp_ipconn_release(s->se_ip);
+        smtp_ipconn_release(sess_ipkey(s, key, sizeof(key)));
     log_info("smtp session end client=%s msgs=%d errors=%d tls=%s auth=%s duration=%.3fs", s->se_ip,
              s->se_nmsgs, s->se_errors, s->se_tls ? tls_version(s->se_tls) : "no",
              s->se_auth_user ? log_esc(s->se_auth_user) : "-",
@@ -480,9 +484,28 @@ static const char *thread_date(smtp_thread_t *t)
 static bool sess_auth_offered(sess_t *s)
 {
     const cfg_t *c = s->se_cfg;
-    if (c->c_nusers == 0)
-        return false;
+    if (c->c_nusers == 0 || s->se_reports)
+        return false; /* the reports listener submits nothing: no AUTH there */
     return s->se_tls != NULL || (c->c_auth_plaintext_loopback && s->se_loopback);
+}
+
+/* A report (on the reports listener, or a report transaction on the SMTP
+ * listener) has bounces.max_message_size, everything else
+ * smtp.max_message_size. */
+static uint64_t sess_size_limit(const sess_t *s)
+{
+    const cfg_t *c = s->se_cfg;
+    return s->se_reports || s->se_inbound ? c->c_bounce_max_size : c->c_smtp_max_message_size;
+}
+
+/* The key of the per-IP connection count: the reports listener counts
+ * apart from the SMTP listener (bounces.max_connections_per_ip). */
+static const char *sess_ipkey(const sess_t *s, char *buf, size_t len)
+{
+    if (!s->se_reports)
+        return s->se_ip;
+    snprintf(buf, len, "r %s", s->se_ip);
+    return buf;
 }
 
 static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *b);
@@ -551,7 +574,7 @@ static void cmd_ehlo(sess_t *s, const smtp_cmd_t *c, bool ehlo)
     }
     sess_reply(s, "250-%s", cfg->c_hostname);
     sess_reply(s, "250-PIPELINING");
-    sess_reply(s, "250-SIZE %llu", (unsigned long long)cfg->c_smtp_max_message_size);
+    sess_reply(s, "250-SIZE %llu", (unsigned long long)sess_size_limit(s));
     if (s->se_thr->t_srv->s_tls != NULL && s->se_tls == NULL)
         sess_reply(s, "250-STARTTLS");
     if (sess_auth_offered(s))
@@ -604,7 +627,7 @@ static void cmd_mail(sess_t *s, const smtp_cmd_t *c)
             }
             errno = 0;
             size = strtoull(v, &end, 10);
-            if (errno != 0 || size > cfg->c_smtp_max_message_size) {
+            if (errno != 0 || size > sess_size_limit(s)) {
                 STATS_INC(&srv->s_stats, ss_msgs_rejected);
                 sess_error(s, "552 5.3.4 Message size exceeds fixed limit");
                 return;
@@ -737,13 +760,18 @@ static bool rcpt_suppressed(sess_t *s, const char *addr)
 }
 
 /* A report for the bounce domain (inbound.c): 1 it is one (accepted from
- * anyone), 0 not, -1 answered (a bad token, or mixed with other
+ * anyone), 0 not, -1 answered (a bad token, not a report on the reports
+ * listener, over bounces.max_messages_per_minute, or mixed with other
  * recipients: a report transaction holds reports only, so nothing in it
  * is ever relayed). */
 static int rcpt_inbound(sess_t *s, const char *addr)
 {
     char reply[512];
-    inbound_rcpt_t ib = inbound_rcpt_check(s->se_cfg, addr, reply, sizeof(reply));
+    /* with a reports listener (bounces.listen) the SMTP listener is for
+     * submission only: the bounce domain's MX points at the other one */
+    inbound_rcpt_t ib = s->se_reports || s->se_cfg->c_bounce_listen.ca_n == 0
+                            ? inbound_rcpt_check(s->se_cfg, addr, reply, sizeof(reply))
+                            : INBOUND_NO;
     if (ib == INBOUND_REFUSED) {
         STATS_INC(sess_stats(s), ss_rcpts_rejected);
         log_info("smtp client=%s reject RCPT <%s>: bad VERP token", s->se_ip, log_esc(addr));
@@ -751,11 +779,27 @@ static int rcpt_inbound(sess_t *s, const char *addr)
         return -1;
     }
     bool is = ib == INBOUND_YES;
+    if (!is && s->se_reports) { /* the reports listener never relays, whoever asks */
+        STATS_INC(sess_stats(s), ss_rcpts_rejected);
+        log_info("smtp client=%s reject RCPT <%s>: not a report address", s->se_ip, log_esc(addr));
+        snprintf(reply, sizeof(reply), "550 5.7.1 <%s>: this server takes reports for %s only",
+                 log_esc(addr), s->se_cfg->c_bounce_domain);
+        sess_error(s, reply);
+        return -1;
+    }
     if (!is && !s->se_relay_ok && s->se_auth_user == NULL)
         return 0; /* relaying denied, whatever came before */
-    if (s->se_nrcpt + smtp_drops_count(s->se_drops) > 0 && is != s->se_inbound) {
+    bool first = s->se_nrcpt + smtp_drops_count(s->se_drops) == 0;
+    if (!first && is != s->se_inbound) {
         STATS_INC(sess_stats(s), ss_rcpts_rejected);
         sess_reply(s, "452 4.5.3 Reports to the bounce domain go in a transaction of their own");
+        return -1;
+    }
+    if (is && first && !inbound_rate_take(s->se_cfg, s->se_ip, clock_now_us())) {
+        STATS_INC(sess_stats(s), ss_rcpts_rejected);
+        log_info("smtp client=%s reject RCPT <%s>: over bounces.max_messages_per_minute", s->se_ip,
+                 log_esc(addr));
+        sess_reply(s, "452 4.7.1 Too many reports from %s, try again later", s->se_ip);
         return -1;
     }
     s->se_inbound = is;
@@ -954,7 +998,7 @@ static bool data_begin(sess_t *s)
     buf_reset(&s->se_body);
     size_t want = s->se_size_hint ? s->se_size_hint + 1024 : BODY_INITIAL;
     s->se_no_mem = false;
-    if (!body_reserve(s, MIN(want, cfg->c_smtp_max_message_size + 4096)))
+    if (!body_reserve(s, MIN(want, sess_size_limit(s) + 4096)))
         return false;
     char id[17];
     queue_msgid_fmt(s->se_msgid, id);
@@ -1303,6 +1347,10 @@ static void hdr_end(sess_t *s)
     }
     if (!s->se_saw_date)
         buf_printf(&s->se_body, "Date: %s\r\n", thread_date(s->se_thr));
+    if (cfg->c_bounce_inbound && !s->se_inbound) { /* what a report without VERP returns */
+        char id[17];
+        buf_printf(&s->se_body, "X-Sluice-Id: %s\r\n", queue_msgid_fmt(s->se_msgid, id));
+    }
     s->se_in_hdrs = false;
     s->se_in_job = false;
 }
@@ -1396,7 +1444,7 @@ static void data_store(sess_t *s, const char *p, size_t len)
         s->se_nul = true;
     if (!s->se_8bit && !(s->se_flags & Q_F_8BITMIME) && has_8bit(p, len))
         s->se_8bit = true;
-    if (s->se_data_bytes > cfg->c_smtp_max_message_size)
+    if (s->se_data_bytes > sess_size_limit(s))
         s->se_too_big = true;
     if (data_refused(s))
         return; /* rejected at the final dot; keep reading in sync */
@@ -1588,6 +1636,9 @@ static void data_done(sess_t *s)
         data_reject(s, "452 4.3.1 Insufficient system storage", "no memory for the body");
         return;
     }
+    if (!s->se_inbound) /* suppression.scope_header: known only now */
+        smtp_supp_scope_check(t->t_srv->s_q, s->se_cfg, s->se_sender, s->se_body.b_data,
+                              s->se_body.b_len, s->se_rcpts, &s->se_nrcpt, &s->se_drops);
     if (s->se_nrcpt == 0) { /* every recipient suppressed and dropped */
         data_all_dropped(s);
         return;
@@ -1980,6 +2031,7 @@ static void listen_cb(uv_stream_t *server, int status)
     t->t_sessions = s;
     t->t_nsess++;
     snprintf(s->se_ip, sizeof(s->se_ip), "?");
+    s->se_reports = t->t_lreports[(uv_tcp_t *)server - t->t_listen];
     if (uv_accept(server, (uv_stream_t *)&s->se_tcp) != 0) {
         s->se_closing = true;
         uv_close((uv_handle_t *)&s->se_tcp, handle_closed_cb);
@@ -1997,7 +2049,7 @@ static void listen_cb(uv_stream_t *server, int status)
     if (uv_tcp_getpeername(&s->se_tcp, (struct sockaddr *)&ss, &sl) == 0) {
         net_ntop((struct sockaddr *)&ss, s->se_ip, sizeof(s->se_ip));
         s->se_loopback = net_is_loopback((struct sockaddr *)&ss);
-        for (int i = 0; i < cfg->c_smtp_nrelay; i++) {
+        for (int i = 0; i < cfg->c_smtp_nrelay && !s->se_reports; i++) {
             if (net_cidr_match(&cfg->c_smtp_relay[i], (struct sockaddr *)&ss)) {
                 s->se_relay_ok = true;
                 break;
@@ -2023,7 +2075,10 @@ static void listen_cb(uv_stream_t *server, int status)
     }
     bool over = cfg->c_smtp_max_connections > 0 && cur > (uint64_t)cfg->c_smtp_max_connections;
     if (!over) {
-        s->se_counted_ip = smtp_ipconn_acquire(s->se_ip, cfg->c_smtp_max_conn_per_ip);
+        char key[64];
+        s->se_counted_ip = smtp_ipconn_acquire(sess_ipkey(s, key, sizeof(key)),
+                                               s->se_reports ? cfg->c_bounce_max_conn_per_ip
+                                                             : cfg->c_smtp_max_conn_per_ip);
         over = !s->se_counted_ip;
     }
     if (over) {
@@ -2153,54 +2208,66 @@ fail:;
     return e;
 }
 
-static int bind_listeners(smtp_server_t *srv, const cfg_t *cfg, char *err, size_t errlen)
+/* One address of smtp.listen or (reports) bounces.listen, on every
+ * reception thread. */
+static int bind_listener(smtp_server_t *srv, sockaddr_any_t a, bool reports, char *err,
+                         size_t errlen)
 {
     bool multi = srv->s_nthr > 1;
-    for (int i = 0; i < cfg->c_smtp_nlisten; i++) {
-        sockaddr_any_t a = cfg->c_smtp_listen[i];
-        char name[80];
-        fmt_addr(&a, name, sizeof(name));
-        for (int k = 0; k < srv->s_nthr; k++) {
-            smtp_thread_t *t = &srv->s_thr[k];
-            int fd = -1, rc;
-            if (multi && k == 0) {
-                /* SO_REUSEPORT would let us share a port with another live
-                 * daemon: bind once without it to find out. */
-                rc = open_listener(&a, false, &fd);
-                if (rc == 0) {
-                    socklen_t sl = sizeof(a);
-                    getsockname(fd, (struct sockaddr *)&a, &sl); /* port 0 -> real port */
-                    close(fd);
-                    fd = -1;
-                    fmt_addr(&a, name, sizeof(name));
-                }
-                if (rc == 0)
-                    rc = open_listener(&a, true, &fd);
-            } else {
-                rc = open_listener(&a, multi, &fd);
-            }
-            if (rc == 0 && !multi) {
-                socklen_t sl = sizeof(a);
-                getsockname(fd, (struct sockaddr *)&a, &sl);
-            }
+    char name[80];
+    fmt_addr(&a, name, sizeof(name));
+    for (int k = 0; k < srv->s_nthr; k++) {
+        smtp_thread_t *t = &srv->s_thr[k];
+        int fd = -1, rc;
+        if (multi && k == 0) {
+            /* SO_REUSEPORT would let us share a port with another live
+             * daemon: bind once without it to find out. */
+            rc = open_listener(&a, false, &fd);
             if (rc == 0) {
-                uv_tcp_init(&t->t_loop, &t->t_listen[t->t_nlisten]);
-                t->t_listen[t->t_nlisten].data = t;
-                t->t_nlisten++;
-                rc = uv_tcp_open(&t->t_listen[t->t_nlisten - 1], fd);
-                if (rc == 0)
-                    rc = uv_listen((uv_stream_t *)&t->t_listen[t->t_nlisten - 1], SOMAXCONN,
-                                   listen_cb);
-                else
-                    close(fd);
+                socklen_t sl = sizeof(a);
+                getsockname(fd, (struct sockaddr *)&a, &sl); /* port 0 -> real port */
+                close(fd);
+                fd = -1;
+                fmt_addr(&a, name, sizeof(name));
             }
-            if (rc != 0) {
-                snprintf(err, errlen, "listen %s: %s", name, uv_strerror(rc));
-                return SL_ECONFIG;
-            }
+            if (rc == 0)
+                rc = open_listener(&a, true, &fd);
+        } else {
+            rc = open_listener(&a, multi, &fd);
         }
-        log_info("smtp listening on %s (%d thread%s)", name, srv->s_nthr, multi ? "s" : "");
+        if (rc == 0 && !multi) {
+            socklen_t sl = sizeof(a);
+            getsockname(fd, (struct sockaddr *)&a, &sl);
+        }
+        if (rc == 0) {
+            uv_tcp_init(&t->t_loop, &t->t_listen[t->t_nlisten]);
+            t->t_listen[t->t_nlisten].data = t;
+            t->t_lreports[t->t_nlisten] = reports;
+            t->t_nlisten++;
+            rc = uv_tcp_open(&t->t_listen[t->t_nlisten - 1], fd);
+            if (rc == 0)
+                rc = uv_listen((uv_stream_t *)&t->t_listen[t->t_nlisten - 1], SOMAXCONN, listen_cb);
+            else
+                close(fd);
+        }
+        if (rc != 0) {
+            snprintf(err, errlen, "listen %s: %s", name, uv_strerror(rc));
+            return SL_ECONFIG;
+        }
     }
+    log_info("smtp listening on %s (%d thread%s)%s", name, srv->s_nthr, multi ? "s" : "",
+             reports ? " for reports only (bounces.listen)" : "");
+    return 0;
+}
+
+static int bind_listeners(smtp_server_t *srv, const cfg_t *cfg, char *err, size_t errlen)
+{
+    for (int i = 0; i < cfg->c_smtp_nlisten; i++)
+        if (bind_listener(srv, cfg->c_smtp_listen[i], false, err, errlen) != 0)
+            return SL_ECONFIG;
+    for (int i = 0; i < cfg->c_bounce_listen.ca_n; i++)
+        if (bind_listener(srv, cfg->c_bounce_listen.ca_a[i], true, err, errlen) != 0)
+            return SL_ECONFIG;
     return 0;
 }
 

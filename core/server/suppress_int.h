@@ -33,6 +33,14 @@ smtp_supp_t smtp_supp_check(queue_t *q, const cfg_t *cfg, const char *sender, co
  * mail may go, or the lookup failed (the list is advice). Any thread. */
 bool supp_stops(queue_t *q, const cfg_t *cfg, const char *sender, const char *rcpt,
                 const char *auth_user, queue_supp_entry_t *e);
+/* suppression.scope_header, after the final dot (the header is known only
+ * then): the recipients the header's tenant list stops are taken out of
+ * rcpts (*nrcpt lowered, their strings freed) into *drops, whatever
+ * suppression.action says (the message has one reply, not one per
+ * recipient). Same exceptions as at RCPT. Returns how many. Reception
+ * thread. */
+int smtp_supp_scope_check(queue_t *q, const cfg_t *cfg, const char *sender, const char *msg,
+                          size_t len, queue_rcpt_in_t *rcpts, int *nrcpt, smtp_drops_t **drops);
 /* How many recipients were dropped. */
 int smtp_drops_count(const smtp_drops_t *d);
 /* The message msgid was accepted: one "suppressed" accounting record per

@@ -27,6 +27,8 @@ struct smtp_drops {
     smtp_drop_t *ds_v;
 };
 
+static void drops_add(smtp_drops_t **drops, const char *rcpt, const queue_supp_entry_t *e);
+
 /* postmaster and postmaster@anything: RFC 5321 4.5.1 wants it to work. */
 static bool is_postmaster(const char *rcpt)
 {
@@ -58,6 +60,12 @@ smtp_supp_t smtp_supp_check(queue_t *q, const cfg_t *cfg, const char *sender, co
                  e.se_scope[0] ? log_esc(e.se_scope) : "global");
         return SMTP_SUPP_REJECT;
     }
+    drops_add(drops, rcpt, &e);
+    return SMTP_SUPP_DROP;
+}
+
+static void drops_add(smtp_drops_t **drops, const char *rcpt, const queue_supp_entry_t *e)
+{
     smtp_drops_t *d = *drops;
     if (d == NULL)
         d = *drops = xcalloc(1, sizeof(*d));
@@ -66,9 +74,35 @@ smtp_supp_t smtp_supp_check(queue_t *q, const cfg_t *cfg, const char *sender, co
         d->ds_v = xrealloc(d->ds_v, (size_t)d->ds_cap * sizeof(*d->ds_v));
     }
     d->ds_v[d->ds_n].d_addr = xstrdup(rcpt);
-    d->ds_v[d->ds_n].d_entry = e;
+    d->ds_v[d->ds_n].d_entry = *e;
     d->ds_n++;
-    return SMTP_SUPP_DROP;
+}
+
+int smtp_supp_scope_check(queue_t *q, const cfg_t *cfg, const char *sender, const char *msg,
+                          size_t len, queue_rcpt_in_t *rcpts, int *nrcpt, smtp_drops_t **drops)
+{
+    char scope[QUEUE_SUPP_SCOPE_MAX + 1];
+    if (!cfg->c_supp_enabled || sender == NULL || sender[0] == '\0' ||
+        !queue_supp_header_scope(cfg, msg, len, scope, sizeof(scope)))
+        return 0;
+    int kept = 0, moved = 0;
+    for (int i = 0; i < *nrcpt; i++) {
+        queue_supp_entry_t e;
+        if (!is_postmaster(rcpts[i].qr_addr) &&
+            queue_supp_lookup(q, rcpts[i].qr_addr, scope, &e) == 1) {
+            log_info("smtp drop <%s> after DATA: suppressed reason=%s scope=%s",
+                     log_esc(rcpts[i].qr_addr), e.se_reason,
+                     e.se_scope[0] ? log_esc(e.se_scope) : "global");
+            drops_add(drops, rcpts[i].qr_addr, &e);
+            free(rcpts[i].qr_addr);
+            free(rcpts[i].qr_orcpt);
+            moved++;
+            continue;
+        }
+        rcpts[kept++] = rcpts[i];
+    }
+    *nrcpt = kept;
+    return moved;
 }
 
 int smtp_drops_count(const smtp_drops_t *d)

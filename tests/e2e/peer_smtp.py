@@ -52,7 +52,7 @@ Options (all optional):
 
 What it writes to DIR:
   messages.jsonl  one line per message accepted with 250 after the dot:
-                  {"conn", "helo", "tls" (cipher or null), "mail_from",
+                  {"conn", "client_ip", "helo", "tls" (cipher or null), "mail_from",
                    "mail_params" (list, as sent), "rcpts": [{"addr",
                    "params"}], "size", "file" (the raw content, dots
                    unstuffed, in DIR), "eom_reply"}
@@ -334,6 +334,7 @@ class Handler:
             tls = c[0] if c else "tls"
         rec = {
             "conn": server.conn_no,
+            "client_ip": session.peer[0] if session.peer else None,
             "helo": session.host_name,
             "tls": tls,
             "mail_from": envelope.mail_from,

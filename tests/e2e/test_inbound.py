@@ -184,7 +184,8 @@ class InboundTest(unittest.TestCase):
         self.validate("acct/inbound_unmatched", rec)
         self.assertEqual((rec["reason"], rec["kind"], rec["rcpt"], rec["recipient"],
                           rec["status"], rec["message_id"]),
-                         ("no valid VERP token", "delivery-status", "fbl@bounce.test",
+                         ("no valid VERP token, and the returned message was not sent to "
+                          "the report's recipient", "delivery-status", "fbl@bounce.test",
                           "gone@a.test", "5.1.1", "<m1@s.test>"))
         with open(os.path.join(self.qdir, rec["file"]), "rb") as f:
             kept = f.read()

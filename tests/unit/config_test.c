@@ -1042,6 +1042,9 @@ static const char *const restart_keys[] = {
     "events.webhooks",
     "delivery.dnssec",
     "delivery.dnssec_force",
+    "bounces.listen",
+    "suppression.fold_domains",
+    "suppression.case_domains",
 };
 
 static bool is_restart_key(const char *name)
@@ -1118,7 +1121,9 @@ static void test_reload_keeps_restart_keys(void **state)
              "  helo_name = \"helo.example\"; mta_sts = false; mta_sts_port = 8443;\n"
              "  dnssec = trust-ad; dnssec_force = true; }\n"
              "events { webhooks { h { url = \"https://127.0.0.1/x\";"
-             " secret = \"0123456789abcdef\"; } } }\n",
+             " secret = \"0123456789abcdef\"; } } }\n"
+             "bounces { domain = \"b.example\"; inbound = true; listen = \"127.0.0.1:2601\"; }\n"
+             "suppression { fold_domains = \"gmail.com\"; case_domains = \"c.example\"; }\n",
              dir, dir, dir, dir, tls, ca);
     cfg_t *old = load_ok("");
     cfg_t *nc = load_ok(text);

@@ -43,11 +43,24 @@ static int teardown_dir(void **state)
     return 0;
 }
 
+static char **fold_domains, **case_domains; /* for the next start_q: moved into its config */
+
 static queue_t *start_q(uint64_t map_size)
 {
     cfg_t *c;
     char err[256];
     assert_int_equal(cfg_default(&c, err, sizeof(err)), 0);
+    if (fold_domains != NULL) {
+        char **old[] = {c->c_supp_fold_domains, c->c_supp_case_domains};
+        for (size_t k = 0; k < 2; k++) { /* the defaults: empty lists */
+            for (size_t i = 0; old[k] != NULL && old[k][i] != NULL; i++)
+                free(old[k][i]);
+            free(old[k]);
+        }
+        c->c_supp_fold_domains = fold_domains;
+        c->c_supp_case_domains = case_domains;
+        fold_domains = case_domains = NULL;
+    }
     free(c->c_spool_path);
     c->c_spool_path = xasprintf("%s/spool", tmpdir);
     free(c->c_acct_dir);
@@ -143,6 +156,55 @@ static void test_normalize(void **state)
     memset(longaddr, 'a', sizeof(longaddr));
     memcpy(longaddr + 390, "@d.test", 8);
     assert_int_equal(queue_supp_normalize(q, longaddr, out, sizeof(out)), SL_EPARSE);
+    queue_stop(q);
+    queue_free(q);
+}
+
+static char **strv2(const char *a, const char *b)
+{
+    char **v = xcalloc(3, sizeof(*v));
+    v[0] = xstrdup(a);
+    v[1] = b ? xstrdup(b) : NULL;
+    return v;
+}
+
+/* suppression.fold_domains / case_domains: the same key at insertion and
+ * lookup. */
+static void test_normalize_domains(void **state)
+{
+    (void)state;
+    fold_domains = strv2("gmail.com", "googlemail.com");
+    case_domains = strv2("case.test", NULL);
+    queue_t *q = start_q(16u << 20);
+    static const struct {
+        const char *in, *out;
+    } ok[] = {
+        {"John.Doe+news@Gmail.COM", "johndoe@gmail.com"},
+        {"j.o.h.n.d.o.e@gmail.com.", "johndoe@gmail.com"},
+        {"a+b+c@googlemail.com", "a@googlemail.com"},
+        {"a.b+tag@other.test", "a.b+tag@other.test"}, /* not folded elsewhere */
+        {"Bob.X@CASE.test", "Bob.X@case.test"},       /* case kept, domain lower-cased */
+        {"Bob@other.test", "bob@other.test"},
+    };
+    static const char *bad[] = {"+tag@gmail.com", "...@gmail.com"};
+    char out[QUEUE_SUPP_ADDR_MAX + 1], err[256];
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        assert_int_equal(queue_supp_normalize(q, ok[i].in, out, sizeof(out)), 0);
+        assert_string_equal(out, ok[i].out);
+    }
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_int_equal(queue_supp_normalize(q, bad[i], out, sizeof(out)), SL_EPARSE);
+    json_object *r = supp(q, sreq(QSUPP_ADD, "JohnDoe+x@gmail.com", NULL, "operator", 0), err);
+    assert_non_null(r);
+    json_object_put(r);
+    assert_true(queue_suppressed(q, "john.doe@gmail.com", NULL));
+    assert_true(queue_suppressed(q, "J.OHNDOE+other@GMAIL.com", NULL));
+    assert_false(queue_suppressed(q, "john.doe@other.test", NULL));
+    r = supp(q, sreq(QSUPP_ADD, "Bob@case.test", NULL, "operator", 0), err);
+    assert_non_null(r);
+    json_object_put(r);
+    assert_true(queue_suppressed(q, "Bob@CASE.test", NULL));
+    assert_false(queue_suppressed(q, "bob@case.test", NULL));
     queue_stop(q);
     queue_free(q);
 }
@@ -418,6 +480,7 @@ int main(void)
         cmocka_set_test_filter("test_bench");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_normalize, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_normalize_domains, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_add_lookup_scope_expiry, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_import_and_list_pages, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_lookups_during_map_growth, setup_dir, teardown_dir),
