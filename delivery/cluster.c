@@ -32,7 +32,7 @@
 #define CL_NODE_TTL_MS 3000     /* a node not heard from for this long is gone */
 #define CL_IDLE_US 1000000      /* a lease unused this long is given back */
 #define CL_RETRY_MIN_US 250000  /* reconnect backoff: 250 ms doubling ... */
-#define CL_RETRY_MAX_US 5000000 /* ... up to 5 s */
+#define CL_RETRY_MAX_US 2000000 /* ... up to 2 s */
 #define CL_MAX_OUT 256          /* events kept while Redis is away */
 
 /* GCRA lease: KEYS[1] the TAT (us); ARGV interval (us), tolerance (us),
@@ -313,6 +313,7 @@ void dlv_cluster_free(dlv_cluster_t *cl)
 static void cl_thread_main(void *arg)
 {
     dlv_cluster_t *cl = arg;
+    log_thread_name("cluster");
     log_info("cluster: node %s, redis %s, prefix %s, lease ttl %llums", cl->cl_node, cl->cl_addr,
              cl->cl_prefix, (unsigned long long)cl->cl_ttl_ms);
     cl_connect(cl);
