@@ -140,6 +140,31 @@ class ClusterFailover(unittest.TestCase):
             self.assertEqual(err.count("cluster: redis %s down" % self.redis.url), 1, n)
             self.assertEqual(err.count("cluster: redis %s is back" % self.redis.url), 1, n)
 
+    def test_slow_redis_counts_as_down(self):
+        """Redis stopped with SIGSTOP (it holds the connection and answers
+        nothing): each node's call times out (cluster.timeout = 200 ms),
+        it says Redis is down with that reason and delivers under its
+        fallback share; SIGCONT: back on Redis. Mail sent meanwhile is
+        delivered once."""
+        sink = self.sink()
+        nodes = start_nodes(self, self.redis, sink, shaping_text(), names=("a", "b"))
+        os.kill(self.redis.proc.pid, signal.SIGSTOP)
+        try:
+            for d in nodes.values():
+                c = st.wait_for(lambda d=d: (lambda c: not c["redis_up"] and c)(
+                    d.ctl("cluster", json=True).check().data), 10, what="redis down")
+                self.assertEqual(c["reason"], "no answer within 200ms")
+                self.assertEqual(c["node_count"], 2)
+            inject(nodes["a"], 5, "a")
+            sink.wait_messages(5, timeout=30)
+        finally:
+            os.kill(self.redis.proc.pid, signal.SIGCONT)
+        st.wait_for(lambda: all(d.ctl("cluster", json=True).check().data["redis_up"]
+                                for d in nodes.values()), 20, what="back on redis")
+        nodes["a"].wait_queue(0, timeout=30)
+        self.assertEqual(sorted(r for env, _ in sink.messages() for r in env["rcpts"]),
+                         ["a%d@rate.test" % i for i in range(5)])
+
 
 if __name__ == "__main__":
     st.main()
