@@ -190,6 +190,7 @@ static void cl_sub_cb(redisAsyncContext *ac, void *reply, void *priv);
 static void cl_apply_json(dlv_cluster_t *cl, const char *text, bool own_too);
 static void cl_lim_tick(dlv_cluster_t *cl, cl_lim_t *l, uint64_t now);
 static void cl_close_tick(dlv_cluster_t *cl);
+static void cl_conn_tick(dlv_cluster_t *cl, cl_lim_t *l, uint64_t now);
 
 /* ------------------------------------------------------------ life cycle */
 
@@ -684,6 +685,8 @@ static void cl_reply_cb(redisAsyncContext *ac, void *reply, void *priv)
             atomic_store(&l->l_held_pub, l->l_held);
             atomic_fetch_add(&l->l_tokens, 1);
             atomic_fetch_add(&l->l_granted, 1);
+            if (cl->cl_state == CL_UP) /* more wanted: ask now, not at the next tick */
+                cl_conn_tick(cl, l, clock_mono_us());
         }
         break;
     case R_NODES:
@@ -910,13 +913,18 @@ static void cl_conn_tick(dlv_cluster_t *cl, cl_lim_t *l, uint64_t now)
         return;
     int64_t tok = atomic_load(&l->l_tokens);
     bool want = now - atomic_load(&l->l_want_us) < 500000;
-    bool idle = now - atomic_load(&l->l_want_us) > CL_IDLE_US &&
-                now - atomic_load(&l->l_used_us) > CL_IDLE_US;
-    if (tok > 0 && (idle || l->l_held > cap)) {
+    bool used = now - atomic_load(&l->l_used_us) < CL_IDLE_US;
+    bool idle = now - atomic_load(&l->l_want_us) > CL_IDLE_US && !used;
+    /* a large cap keeps a few slots in hand while in use, so that opening
+     * a connection seldom waits for Redis; a small one (what a provider
+     * allows a whole cluster) takes a slot only when a connection wants it */
+    int64_t reserve = cap >= 64 && (want || used) ? MIN(32, cap / 32) : 0;
+    if (tok > reserve && (idle || l->l_held > cap)) {
         cl_conn_free_one(cl, l);
         return;
     }
-    if (!want || tok > 0 || l->l_busy)
+    if (l->l_busy || l->l_held >= cap || tok > reserve || (!want && tok == reserve) ||
+        (!want && reserve == 0))
         return;
     uint64_t id = ++cl->cl_seq;
     if (cl->cl_state != CL_UP) {
