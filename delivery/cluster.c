@@ -174,6 +174,9 @@ struct dlv_cluster {
     _Atomic uint64_t cl_downs;    /* times Redis was lost */
     _Atomic uint64_t cl_applied;  /* events of other nodes applied here */
     _Atomic uint64_t cl_published;
+    queue_t *cl_queue;         /* suppression list shared, or NULL */
+    char *cl_sout[CL_MAX_OUT]; /* cl_lock: suppression entries to publish */
+    int cl_nsout;
     char cl_why[160]; /* cl_lock: why Redis is down */
 };
 
@@ -190,6 +193,7 @@ static void cl_sub_cb(redisAsyncContext *ac, void *reply, void *priv);
 static void cl_apply_json(dlv_cluster_t *cl, const char *text, bool own_too);
 static void cl_lim_tick(dlv_cluster_t *cl, cl_lim_t *l, uint64_t now);
 static void cl_close_tick(dlv_cluster_t *cl);
+static void cl_supp_apply(dlv_cluster_t *cl, const char *text);
 static void cl_conn_tick(dlv_cluster_t *cl, cl_lim_t *l, uint64_t now);
 
 /* ------------------------------------------------------------ life cycle */
@@ -301,6 +305,8 @@ void dlv_cluster_free(dlv_cluster_t *cl)
     }
     for (int i = 0; i < cl->cl_nout; i++)
         free(cl->cl_out[i]);
+    for (int i = 0; i < cl->cl_nsout; i++)
+        free(cl->cl_sout[i]);
     json_object_put(cl->cl_nodes_json);
     json_object_put(cl->cl_state_json);
     uv_mutex_destroy(&cl->cl_lock);
@@ -472,9 +478,10 @@ static void cl_connect(dlv_cluster_t *cl)
         return;
     }
     cl->cl_state = CL_CONNECTING;
-    char ch[256];
+    char ch[256], sch[256];
     snprintf(ch, sizeof(ch), "%s:events", cl->cl_prefix);
-    redisAsyncCommand(cl->cl_sub, cl_sub_cb, NULL, "SUBSCRIBE %s", ch);
+    snprintf(sch, sizeof(sch), "%s:supp", cl->cl_prefix);
+    redisAsyncCommand(cl->cl_sub, cl_sub_cb, NULL, "SUBSCRIBE %s %s", ch, sch);
     cl->cl_resync = true;
     cl->cl_beat_at = 0; /* the heartbeat now: it says whether Redis answers */
 }
@@ -1065,9 +1072,113 @@ static void cl_sub_cb(redisAsyncContext *ac, void *reply, void *priv)
     (void)priv;
     if (rp == NULL || rp->type != REDIS_REPLY_ARRAY || rp->elements < 3)
         return;
-    if (rp->element[0]->type == REDIS_REPLY_STRING && strcmp(rp->element[0]->str, "message") == 0 &&
-        rp->element[2]->type == REDIS_REPLY_STRING)
+    if (rp->element[0]->type != REDIS_REPLY_STRING || strcmp(rp->element[0]->str, "message") != 0 ||
+        rp->element[1]->type != REDIS_REPLY_STRING || rp->element[2]->type != REDIS_REPLY_STRING)
+        return;
+    const char *ch = rp->element[1]->str;
+    size_t pl = strlen(cl->cl_prefix);
+    if (strncmp(ch, cl->cl_prefix, pl) == 0 && strcmp(ch + pl, ":supp") == 0)
+        cl_supp_apply(cl, rp->element[2]->str);
+    else
         cl_apply_json(cl, rp->element[2]->str, false);
+}
+
+/* ------------------------------------------------------------ suppression */
+
+/* queue_supp_hook_fn (the queue thread): an entry written here, for the
+ * other nodes. */
+static void cl_supp_hook(void *arg, const char *addr, const char *scope, const char *reason,
+                         uint64_t expires)
+{
+    dlv_cluster_t *cl = arg;
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "node", json_object_new_string(cl->cl_node));
+    json_object_object_add(o, "address", json_object_new_string(addr));
+    json_object_object_add(o, "scope", json_object_new_string(scope));
+    json_object_object_add(o, "reason", json_object_new_string(reason));
+    json_object_object_add(o, "expires", json_object_new_int64((int64_t)expires));
+    char *s = xstrdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+    json_object_put(o);
+    uv_mutex_lock(&cl->cl_lock);
+    if (cl->cl_nsout < CL_MAX_OUT) {
+        cl->cl_sout[cl->cl_nsout++] = s;
+        s = NULL;
+    }
+    uv_mutex_unlock(&cl->cl_lock);
+    if (s != NULL) {
+        log_warn("cluster: %d suppression entries waiting for redis: this one is not shared",
+                 CL_MAX_OUT);
+        free(s);
+    }
+    uv_async_send(&cl->cl_wake);
+}
+
+void dlv_cluster_share_suppression(dlv_cluster_t *cl, queue_t *q)
+{
+    cl->cl_queue = q;
+    queue_supp_set_hook(q, cl_supp_hook, cl);
+}
+
+/* PUBLISH each waiting entry on P:supp and keep it in P:supp:SCOPE (scope
+ * "global" for the global list): the list's copy in Redis. */
+static void cl_flush_supp(dlv_cluster_t *cl)
+{
+    if (cl->cl_state != CL_UP)
+        return;
+    char *out[CL_MAX_OUT];
+    uv_mutex_lock(&cl->cl_lock);
+    int n = cl->cl_nsout;
+    memcpy(out, cl->cl_sout, (size_t)n * sizeof(char *));
+    cl->cl_nsout = 0;
+    uv_mutex_unlock(&cl->cl_lock);
+    for (int i = 0; i < n; i++) {
+        json_object *o = json_tokener_parse(out[i]), *a = NULL, *sc = NULL;
+        json_object_object_get_ex(o, "address", &a);
+        json_object_object_get_ex(o, "scope", &sc);
+        const char *scope = sc ? json_object_get_string(sc) : "";
+        cl_req_t *r = xcalloc(1, sizeof(*r));
+        r->r_what = R_PUB;
+        r->r_argc = 3;
+        r->r_argv = xcalloc(3, sizeof(char *));
+        r->r_argv[0] = xstrdup("PUBLISH");
+        r->r_argv[1] = cl_fmt("%s:supp", cl->cl_prefix);
+        r->r_argv[2] = xstrdup(out[i]);
+        cl_send(cl, r);
+        r = xcalloc(1, sizeof(*r));
+        r->r_what = R_PUB;
+        r->r_argc = 4;
+        r->r_argv = xcalloc(4, sizeof(char *));
+        r->r_argv[0] = xstrdup("HSET");
+        r->r_argv[1] = cl_fmt("%s:supp:%s", cl->cl_prefix, scope[0] ? scope : "global");
+        r->r_argv[2] = xstrdup(a ? json_object_get_string(a) : "");
+        r->r_argv[3] = xstrdup(out[i]);
+        cl_send(cl, r);
+        json_object_put(o);
+        atomic_fetch_add(&cl->cl_published, 1);
+        free(out[i]);
+    }
+}
+
+/* Another node's suppression entry: into the local list (the spool). */
+static void cl_supp_apply(dlv_cluster_t *cl, const char *text)
+{
+    json_object *o = json_tokener_parse(text), *v;
+    if (o == NULL || cl->cl_queue == NULL) {
+        json_object_put(o);
+        return;
+    }
+    const char *node = json_object_object_get_ex(o, "node", &v) ? json_object_get_string(v) : "";
+    const char *addr =
+        json_object_object_get_ex(o, "address", &v) ? json_object_get_string(v) : NULL;
+    const char *scope = json_object_object_get_ex(o, "scope", &v) ? json_object_get_string(v) : "";
+    const char *reason =
+        json_object_object_get_ex(o, "reason", &v) ? json_object_get_string(v) : NULL;
+    int64_t exp = json_object_object_get_ex(o, "expires", &v) ? json_object_get_int64(v) : 0;
+    if (addr != NULL && reason != NULL && node[0] != '\0' && strcmp(node, cl->cl_node) != 0) {
+        queue_supp_remote(cl->cl_queue, addr, scope, reason, (uint64_t)MAX(0, exp), node);
+        atomic_fetch_add(&cl->cl_applied, 1);
+    }
+    json_object_put(o);
 }
 
 /* ------------------------------------------------------------ the tick */
@@ -1116,6 +1227,7 @@ static void cl_run(dlv_cluster_t *cl)
             cl_conn_renew(cl, l);
     }
     cl_flush_out(cl);
+    cl_flush_supp(cl);
 }
 
 static void cl_tick_cb(uv_timer_t *h)

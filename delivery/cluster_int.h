@@ -38,6 +38,10 @@ typedef int (*cl_apply_fn)(dlv_shaping_t *sh, const char *provider, const char *
  * 0 or SL_ECONFIG with err. Main thread. */
 int dlv_cluster_new(const cfg_t *cfg, dlv_shaping_t *sh, cl_apply_fn apply, dlv_cluster_t **out,
                     char *err, size_t errlen);
+/* Share q's suppression list: its new entries go to the other nodes, and
+ * theirs come here (queue_supp_set_hook, queue_supp_remote). Main thread,
+ * before queue_start. */
+void dlv_cluster_share_suppression(dlv_cluster_t *cl, queue_t *q);
 /* Start / stop its thread (stop: leases given back, node removed, best
  * effort within cluster.timeout). Free after dlv_cluster_stop and after the
  * delivery threads are joined (they wake the cluster's loop). NULL allowed.

@@ -40,9 +40,9 @@ def shaping_text(extra=""):
             '    message_rate = "30/s";\n    max_connections = 4;\n%s  }\n}\n' % extra)
 
 
-def start_nodes(tc, redis, sink, shaping, names=NODES, tmp=None):
+def start_nodes(tc, redis, sink, shaping, names=NODES, tmp=None, extra=""):
     """Three (or len(names)) sluiced sharing redis, routing rate.test to
-    sink. Returns {name: Daemon}."""
+    sink (extra: more configuration). Returns {name: Daemon}."""
     tmp = tmp or tc.tmp
     path = os.path.join(tmp, "shaping.conf")
     with open(path, "w") as f:
@@ -52,7 +52,7 @@ def start_nodes(tc, redis, sink, shaping, names=NODES, tmp=None):
         d = st.Daemon(routes={"rate.test": "127.0.0.1:%d" % sink.port})
         text = d.default_conf("info")
         text = text.replace("delivery {\n", 'delivery {\n    shaping = "%s";\n' % path, 1)
-        text += FAST_QUEUE + st.cluster_conf(redis, n)
+        text += FAST_QUEUE + st.cluster_conf(redis, n) + extra
         with open(d.conf_path, "w") as f:
             f.write(text)
         tc.addCleanup(d.close)
