@@ -78,6 +78,11 @@ void cl_publish(dlv_cluster_t *cl, const char *provider, const char *vmta, const
  * answer"); a new reference. cl may be NULL (not configured). Any thread. */
 struct json_object *cl_json(dlv_cluster_t *cl);
 
+/* providers.c: global { shared = true; } takes the cluster's leases for
+ * the global message_rate and max_connections it sets. Main thread, once
+ * sh_cluster is set. */
+void shp_cluster_global(dlv_shaping_t *sh);
+
 /* providers.c: apply a state change another node published (without
  * publishing it again). 0 or SL_ENOTFOUND (no such provider here). Any
  * thread (the cluster thread). */

@@ -71,6 +71,7 @@ int dlv_new(cfg_t *cfg, queue_t *q, dlv_t **out, char *err, size_t errlen)
         return SL_ECONFIG;
     }
     d->d_shaping->sh_cluster = d->d_cluster;
+    shp_cluster_global(d->d_shaping);
     if (d->d_cluster != NULL)
         dlv_cluster_share_suppression(d->d_cluster, q);
     d->d_threads = xcalloc((size_t)n, sizeof(dlv_thread_t));

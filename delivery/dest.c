@@ -75,7 +75,8 @@ struct shp_dest {
     int sd_pool_rr;
     uv_timer_t *sd_timer;             /* freed in its close callback */
     uint64_t sd_timer_due;            /* monotonic us, 0 = not armed */
-    int sd_cl_conn[SHP_MAX_VMTAS][2]; /* connections holding a shared slot (queue, provider) */
+    int sd_cl_conn[SHP_MAX_VMTAS][3]; /* connections holding a shared slot (queue, provider,
+                                       * global) */
 };
 
 static void dlv_dest_free(dlv_dest_t *de);
@@ -876,9 +877,18 @@ static int shp_cluster_msg(shp_dest_t *sd, int v)
     int a = cl_rate_take(q->q_cl_msg, atomic_load(&q->q_msg.b_interval));
     if (a < 0)
         return -1;
-    if (cl_rate_take(pv->pv_cl_msg, atomic_load(&pv->pv_msg.b_interval)) < 0) {
+    int b = cl_rate_take(pv->pv_cl_msg, atomic_load(&pv->pv_msg.b_interval));
+    if (b < 0) {
         if (a > 0)
             cl_rate_refund(q->q_cl_msg);
+        return -1;
+    }
+    dlv_shaping_t *sh = sd->sd_sh;
+    if (cl_rate_take(sh->sh_cl_msg, atomic_load(&sh->sh_global_msg.b_interval)) < 0) {
+        if (a > 0)
+            cl_rate_refund(q->q_cl_msg);
+        if (b > 0)
+            cl_rate_refund(pv->pv_cl_msg);
         return -1;
     }
     return 0;
@@ -899,8 +909,18 @@ static int shp_cluster_conn(shp_dest_t *sd, int v)
             cl_conn_release(q->q_cl_conn);
         return -1;
     }
+    dlv_shaping_t *sh = sd->sd_sh;
+    int g = cl_conn_take(sh->sh_cl_conn, atomic_load(&sh->sh_global_conn));
+    if (g < 0) {
+        if (a > 0)
+            cl_conn_release(q->q_cl_conn);
+        if (b > 0)
+            cl_conn_release(sd->sd_pv->pv_cl_conn);
+        return -1;
+    }
     sd->sd_cl_conn[v][0] += a;
     sd->sd_cl_conn[v][1] += b;
+    sd->sd_cl_conn[v][2] += g;
     return 0;
 }
 
@@ -913,6 +933,10 @@ static void shp_cluster_conn_release(shp_dest_t *sd, int v)
     if (sd->sd_cl_conn[v][1] > 0) {
         sd->sd_cl_conn[v][1]--;
         cl_conn_release(sd->sd_pv->pv_cl_conn);
+    }
+    if (sd->sd_cl_conn[v][2] > 0) {
+        sd->sd_cl_conn[v][2]--;
+        cl_conn_release(sd->sd_sh->sh_cl_conn);
     }
 }
 

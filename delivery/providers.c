@@ -845,6 +845,17 @@ static void shp_cluster_attach(dlv_shaping_t *sh, shp_provider_t *pv)
     }
 }
 
+void shp_cluster_global(dlv_shaping_t *sh)
+{
+    const shp_conf_t *c = sh->sh_conf;
+    if (sh->sh_cluster == NULL || !c->sc_global_shared)
+        return;
+    if ((c->sc_global.l_set & L_MSG_RATE) && c->sc_global.l_msg_rate.r_n > 0)
+        sh->sh_cl_msg = cl_lim_get(sh->sh_cluster, CL_RATE, "*");
+    if ((c->sc_global.l_set & L_MAX_CONN) && c->sc_global.l_max_conn > 0)
+        sh->sh_cl_conn = cl_lim_get(sh->sh_cluster, CL_CONN, "*");
+}
+
 /* A state change of a shared provider, for the other nodes; not one that
  * came from them ("cluster: ..."), nor a disabled source (an address is
  * one node's own). */

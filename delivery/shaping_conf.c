@@ -500,6 +500,17 @@ static int shp_load_tree(shp_conf_t *sc, const cfg_node_t *root, const char *nam
                 goto fail;
             }
             shp_limits_overlay(&sc->sc_global, &l);
+            for (const cfg_node_t *g = n->n_child; g != NULL; g = g->n_next) {
+                if (g->n_key == NULL || strcmp(g->n_key, "shared") != 0)
+                    continue;
+                if (g->n_type != CFG_NODE_STR ||
+                    (strcmp(g->n_str, "true") != 0 && strcmp(g->n_str, "false") != 0)) {
+                    rc = cfg_error(err, errlen, name, g->n_line,
+                                   "global.shared: expected true or false");
+                    goto fail;
+                }
+                sc->sc_global_shared = strcmp(g->n_str, "true") == 0; /* cluster.c */
+            }
         } else if (strcmp(k, "providers") == 0) {
             if (n->n_type != CFG_NODE_SECTION) {
                 rc = cfg_error(err, errlen, name, n->n_line, "providers: expected a section");

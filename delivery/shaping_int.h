@@ -197,6 +197,7 @@ typedef struct shp_conf {
     shp_prule_t *sc_prules; /* operator's first, then the shipped ones */
     int sc_nprules;
     shp_limits_t sc_global;   /* global { }: l_max_conn, l_msg_rate, l_conn_rate (l_set) */
+    bool sc_global_shared;    /* global { shared = true; }: across nodes (cluster.c) */
     struct shp_conf *sc_next; /* the registry's list of replaced rule sets */
 } shp_conf_t;
 
@@ -254,7 +255,8 @@ struct dlv_shaping {
     shp_provider_t **sh_reg;
     size_t sh_reg_cap; /* power of two */
     size_t sh_reg_n;
-    struct dlv_cluster *sh_cluster; /* shared limits (cluster.c); NULL: one node */
+    struct dlv_cluster *sh_cluster;        /* shared limits (cluster.c); NULL: one node */
+    struct cl_lim *sh_cl_msg, *sh_cl_conn; /* global { shared = true; } (cluster.c), or NULL */
 };
 
 typedef enum { SHP_NORMAL = 0, SHP_BACKOFF, SHP_RECOVERING } shp_mode_t;

@@ -205,6 +205,24 @@ class Cluster(unittest.TestCase):
         self.assertGreaterEqual(s["last_message_time"] - s["first_message_time"], 11 * 0.3, s)
         self.assertEqual(s["concurrent_max"], 4, s)
 
+    def test_shared_global_rate(self):
+        """global { message_rate = "20/s"; shared = true; } and no provider
+        rule: two nodes, 90 messages each, together at 20/s within 5%
+        (each alone would send 20/s); every recipient once."""
+        sink = self.sink("--hold")
+        nodes = start_nodes(self, self.redis, sink,
+                            'global { message_rate = "20/s"; shared = true; }\n',
+                            names=("a", "b"))
+        inject_all(nodes, 90)
+        os.kill(sink.proc.pid, signal.SIGUSR1)
+        msgs = sink.wait_messages(180, timeout=120)
+        check_combined_rate(self, [env["time"] for env, _ in msgs], 20)
+        self.assertEqual(sorted(r for env, _ in msgs for r in env["rcpts"]),
+                         sorted("%s%d@rate.test" % (n, i) for n in "ab" for i in range(90)))
+        c = nodes["a"].ctl("cluster", json=True).check().data
+        self.assertEqual([(x["name"], x["kind"], x["limit"]) for x in c["leases"]],
+                         [("*", "rate", 20.0)])
+
     def test_backoff_and_suspend_shared(self):
         """A 421 on node a's connection (the sink's 421 fault) puts queue
         shp/default into backoff (the provider's rule): b and c follow
