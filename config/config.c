@@ -217,6 +217,13 @@ static const key_def_t keys[] = {
     KEYR("suppression.expire_bounces", LIVE, K_DUR, c_supp_expire_bounces, 0, 3650 * DAY, "0"),
     KEYR("suppression.expire_complaints", LIVE, K_DUR, c_supp_expire_complaints, 0, 3650 * DAY,
          "0"),
+
+    /* several nodes sharing limits through Redis (delivery/cluster.c, docs/cluster.md) */
+    KEY("cluster.redis", RESTART, K_REDIS, c_cl_redis, ""),
+    KEY("cluster.node", RESTART, K_STR, c_cl_node, ""),
+    KEY("cluster.prefix", RESTART, K_STR, c_cl_prefix, "sluice"),
+    KEYR("cluster.lease_ttl", RESTART, K_DUR_MS, c_cl_lease_ttl_ms, 500, HOUR * 1000, "10s"),
+    KEYR("cluster.timeout", RESTART, K_DUR_MS, c_cl_timeout_ms, 10, 60000, "200ms"),
 };
 
 #define NKEYS ((int)ARRAY_SIZE(keys))
@@ -397,6 +404,8 @@ static int set_list(loader_t *ld, const key_def_t *k, const cfg_node_t *n)
         max = (int)ARRAY_SIZE(c->c_retry);
     else if (k->k_kind == K_RESOLVERS)
         max = MAX_RESOLVERS;
+    else if (k->k_kind == K_REDIS)
+        max = 1; /* one server: no Sentinel or Redis Cluster yet (docs/cluster.md) */
     if (ld_collect_items(ld, k, n, items, max, &cnt) < 0)
         return SL_ECONFIG;
 
@@ -470,6 +479,24 @@ static int set_list(loader_t *ld, const key_def_t *k, const cfg_node_t *n)
         char **slot = ld_field(c, k);
         free(*slot);
         *slot = buf_steal(&b, NULL);
+        return 0;
+    }
+    case K_REDIS: {
+        /* redis://host:port or unix:/path (the one server every node uses) */
+        const char *a = cnt > 0 ? items[0].i_s : "";
+        sockaddr_any_t sa;
+        bool ok = a[0] == '\0' || (strncmp(a, "unix:", 5) == 0 && a[5] == '/') ||
+                  (strncmp(a, "redis://", 8) == 0 && net_parse_hostport(a + 8, 6379, &sa) == 0);
+        if (!ok) {
+            ld_error(ld, items[0].i_line,
+                     "%s: bad address \"%s\" (want \"redis://ip:port\" or \"unix:/path\"; "
+                     "Sentinel and Redis Cluster are not supported)",
+                     k->k_path, a);
+            return SL_ECONFIG;
+        }
+        char **slot = ld_field(c, k);
+        free(*slot);
+        *slot = xstrdup(a);
         return 0;
     }
     default:
@@ -555,7 +582,7 @@ static int set_value(loader_t *ld, const key_def_t *k, const cfg_node_t *n)
     if (k->k_kind == K_HDRLIST)
         return ld_set_hdrlist(ld, k, n);
     if (k->k_kind == K_LISTEN || k->k_kind == K_ADDRS || k->k_kind == K_CIDRS ||
-        k->k_kind == K_RETRY || k->k_kind == K_RESOLVERS)
+        k->k_kind == K_RETRY || k->k_kind == K_RESOLVERS || k->k_kind == K_REDIS)
         return set_list(ld, k, n);
     if (n->n_type != CFG_NODE_STR)
         return ld_expect_error(ld, k, n);

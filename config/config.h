@@ -274,6 +274,13 @@ typedef struct cfg {
     uint64_t c_supp_expire_bounces; /* expire_bounces = 0 (seconds, 0 = never) */
     uint64_t c_supp_expire_complaints; /* expire_complaints = 0 */
 
+    /* cluster { } : limits shared through Redis (delivery/cluster.c) */
+    char *c_cl_redis;           /* redis = ["redis://ip:port"] ("" = one node, nothing shared) */
+    char *c_cl_node;            /* node = "" (= hostname): this node's name in Redis */
+    char *c_cl_prefix;          /* prefix = "sluice": of every Redis key */
+    uint64_t c_cl_lease_ttl_ms; /* lease_ttl = 10s: connection slot leases */
+    uint64_t c_cl_timeout_ms;   /* timeout = 200ms: a Redis call slower than this = down */
+
     /* Objects other modules build from this snapshot (config cannot include
      * them): see cfg_ext_set(). */
     void *c_ext[4];

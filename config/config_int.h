@@ -38,6 +38,7 @@ typedef enum {
     K_CIDRS,     /* c_smtp_relay / c_smtp_nrelay */
     K_RETRY,     /* c_retry / c_retry_n */
     K_RESOLVERS, /* char *, "ip[:port],..." */
+    K_REDIS,     /* char *, "" or "redis://ip:port" or "unix:/path" (a list of one) */
     K_HOSTPORT,  /* char *, "host[:port]" (also fills c_dlv_smart) */
     K_IPPORT,    /* char *, "" or "ip:port" with a port (an address, not a host name) */
     K_ROUTES,    /* section: "domain" = "host[:port]" */

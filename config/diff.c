@@ -112,6 +112,7 @@ bool cfg_key_changed(int i, const cfg_t *a, const cfg_t *b)
     case K_SOCKET:
     case K_HOSTNAME:
     case K_RESOLVERS:
+    case K_REDIS:
     case K_HOSTPORT:
     case K_IPPORT:
         return str_ne(*(char *const *)fa, *(char *const *)fb);
@@ -156,6 +157,7 @@ static void keep_value(const key_def_t *k, cfg_t *nc, const cfg_t *old)
     case K_SOCKET:
     case K_HOSTNAME:
     case K_RESOLVERS:
+    case K_REDIS:
     case K_IPPORT: {
         char **dst = fn;
         const char *src = *(char *const *)fo;

@@ -32,6 +32,9 @@ void cfg_free(cfg_t *c)
         free(*strs[i]);
     free(c->c_ctl_http);
     free(c->c_http_listen);
+    free(c->c_cl_redis);
+    free(c->c_cl_node);
+    free(c->c_cl_prefix);
     for (int i = 0; i < c->c_http_ntokens; i++)
         free(c->c_http_tokens[i].tk_name);
     free(c->c_acct_format);

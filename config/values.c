@@ -135,6 +135,9 @@ static const char *kind_desc(const key_def_t *k, char *dst, size_t len)
     case K_RESOLVERS:
         snprintf(dst, len, "a list of addresses \"ip[:port]\"");
         break;
+    case K_REDIS:
+        snprintf(dst, len, "[\"redis://ip:port\"] or [\"unix:/path\"] (one server)");
+        break;
     case K_HOSTPORT:
         snprintf(dst, len, "\"host[:port]\"");
         break;

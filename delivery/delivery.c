@@ -19,6 +19,7 @@
 #include "delivery/delivery_int.h"
 #include "delivery/rules_int.h"
 #include "delivery/shaping_int.h" /* the shaping rule set and the provider registry */
+#include "delivery/cluster_int.h" /* shared limits */
 
 #include <json-c/json.h>
 
@@ -88,6 +89,17 @@ int dlv_new(cfg_t *cfg, queue_t *q, dlv_t **out, char *err, size_t errlen)
              sc->sc_nvmtas, sc->sc_npools, cfg->c_dlv_shaping[0] ? " from " : "",
              cfg->c_dlv_shaping);
     d->d_shaping = dlv_shaping_new(sc, q);
+    /* shared limits (cluster.c): before any provider is made */
+    if (dlv_cluster_new(cfg, d->d_shaping, shp_registry_apply, &d->d_cluster, err, errlen) != 0) {
+        dlv_shaping_free(d->d_shaping);
+        cfg_unref(d->d_cfg);
+        free(d);
+        return SL_ECONFIG;
+    }
+    d->d_shaping->sh_cluster = d->d_cluster;
+    shp_cluster_global(d->d_shaping);
+    if (d->d_cluster != NULL)
+        dlv_cluster_share_suppression(d->d_cluster, q);
     d->d_threads = xcalloc((size_t)n, sizeof(dlv_thread_t));
     int i;
     for (i = 0; i < n; i++) {
@@ -150,6 +162,7 @@ fail:
             cfg_unref(d->d_threads[j].t_cfg);
     free(d->d_threads);
     dlv_shaping_free(d->d_shaping);
+    dlv_cluster_free(d->d_cluster);
     cfg_unref(d->d_cfg);
     free(d);
     return SL_ECONFIG;
@@ -157,6 +170,11 @@ fail:
 
 int dlv_start(dlv_t *d)
 {
+    int crc = dlv_cluster_start(d->d_cluster);
+    if (crc != 0) {
+        log_error("cluster: thread create: %s", uv_strerror(crc));
+        return crc;
+    }
     for (int i = 0; i < d->d_nthreads; i++) {
         dlv_thread_t *t = &d->d_threads[i];
         int rc = uv_thread_create(&t->t_tid, dlv_thread_main, t);
@@ -186,6 +204,8 @@ void dlv_stop(dlv_t *d)
         uv_async_send(&d->d_threads[i].t_stop_async);
     for (int i = 0; i < d->d_nthreads; i++)
         uv_thread_join(&d->d_threads[i].t_tid);
+    /* after the delivery threads: they wake the cluster's loop */
+    dlv_cluster_stop(d->d_cluster);
     d->d_started = false;
     log_info("delivery: stopped");
 }
@@ -221,8 +241,14 @@ void dlv_free(dlv_t *d)
     }
     free(d->d_threads);
     dlv_shaping_free(d->d_shaping);
+    dlv_cluster_free(d->d_cluster);
     cfg_unref(d->d_cfg);
     free(d);
+}
+
+json_object *dlv_cluster_json(dlv_t *d)
+{
+    return cl_json(d != NULL ? d->d_cluster : NULL);
 }
 
 const dlv_stats_t *dlv_stats(const dlv_t *d)

@@ -91,6 +91,11 @@ void dlv_set_config(dlv_t *d, cfg_t *cfg, bool reroute);
  * theirs has been seen. Any thread (takes the provider registry's lock
  * briefly). */
 struct json_object *dlv_shaping_json(dlv_t *d);
+/* The cluster's state for `sluicectl cluster` (delivery/cluster.c; the
+ * "cluster answer" of docs/records.md): {"enabled", "node", "redis",
+ * "redis_up", "since", "reason", "node_count", "nodes", "leases", "state",
+ * "applied", "published", "redis_downs"}; a new reference. Any thread. */
+struct json_object *dlv_cluster_json(dlv_t *d);
 
 /* ------------------------------------------------------- classification */
 

@@ -47,7 +47,8 @@ struct dlv {
     atomic_bool d_stopping;
     atomic_int d_dispatching; /* dispatcher calls in progress (see dlv_stop) */
     bool d_started;
-    dlv_shaping_t *d_shaping; /* the provider registry (providers.c) */
+    dlv_shaping_t *d_shaping;      /* the provider registry (providers.c) */
+    struct dlv_cluster *d_cluster; /* shared limits through Redis (cluster.c), or NULL */
 };
 
 struct dlv_thread {

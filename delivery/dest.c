@@ -32,6 +32,7 @@
  */
 #include "delivery/delivery_int.h"
 #include "delivery/shaping_int.h"
+#include "delivery/cluster_int.h"
 
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -72,8 +73,10 @@ struct shp_dest {
     shp_bucket_t sd_dom_cr;
     shp_poolq_t sd_pq[SHP_MAX_POOLS];
     int sd_pool_rr;
-    uv_timer_t *sd_timer;  /* freed in its close callback */
-    uint64_t sd_timer_due; /* monotonic us, 0 = not armed */
+    uv_timer_t *sd_timer;             /* freed in its close callback */
+    uint64_t sd_timer_due;            /* monotonic us, 0 = not armed */
+    int sd_cl_conn[SHP_MAX_VMTAS][3]; /* connections holding a shared slot (queue, provider,
+                                       * global) */
 };
 
 static void dlv_dest_free(dlv_dest_t *de);
@@ -863,6 +866,80 @@ static bool shp_vmta_ok(shp_dest_t *sd, int v, uint64_t now_us)
            atomic_load_explicit(&sd->sd_sh->sh_vmta_suspend[v], memory_order_relaxed) <= now_us;
 }
 
+/* ------------------------------------------------------------ cluster hooks */
+
+/* A token of each shared rate lease (cluster.c) of vmta v's queue and of
+ * its provider, at the rates in force: 0, or nonzero (nothing taken). */
+static int shp_cluster_msg(shp_dest_t *sd, int v)
+{
+    shp_queue_t *q = shp_q(sd, v);
+    shp_provider_t *pv = sd->sd_pv;
+    int a = cl_rate_take(q->q_cl_msg, atomic_load(&q->q_msg.b_interval));
+    if (a < 0)
+        return -1;
+    int b = cl_rate_take(pv->pv_cl_msg, atomic_load(&pv->pv_msg.b_interval));
+    if (b < 0) {
+        if (a > 0)
+            cl_rate_refund(q->q_cl_msg);
+        return -1;
+    }
+    dlv_shaping_t *sh = sd->sd_sh;
+    if (cl_rate_take(sh->sh_cl_msg, atomic_load(&sh->sh_global_msg.b_interval)) < 0) {
+        if (a > 0)
+            cl_rate_refund(q->q_cl_msg);
+        if (b > 0)
+            cl_rate_refund(pv->pv_cl_msg);
+        return -1;
+    }
+    return 0;
+}
+
+/* A shared connection slot of each cap of vmta v's queue and provider
+ * (cluster.c): 0, or nonzero (nothing taken). sd_cl_conn counts the
+ * connections holding them, for dlv_dest_conn_release. */
+static int shp_cluster_conn(shp_dest_t *sd, int v)
+{
+    shp_queue_t *q = shp_q(sd, v);
+    int a = cl_conn_take(q->q_cl_conn, atomic_load(&q->q_max_conn));
+    if (a < 0)
+        return -1;
+    int b = cl_conn_take(sd->sd_pv->pv_cl_conn, sd->sd_pvlim.l_total_conn);
+    if (b < 0) {
+        if (a > 0)
+            cl_conn_release(q->q_cl_conn);
+        return -1;
+    }
+    dlv_shaping_t *sh = sd->sd_sh;
+    int g = cl_conn_take(sh->sh_cl_conn, atomic_load(&sh->sh_global_conn));
+    if (g < 0) {
+        if (a > 0)
+            cl_conn_release(q->q_cl_conn);
+        if (b > 0)
+            cl_conn_release(sd->sd_pv->pv_cl_conn);
+        return -1;
+    }
+    sd->sd_cl_conn[v][0] += a;
+    sd->sd_cl_conn[v][1] += b;
+    sd->sd_cl_conn[v][2] += g;
+    return 0;
+}
+
+static void shp_cluster_conn_release(shp_dest_t *sd, int v)
+{
+    if (sd->sd_cl_conn[v][0] > 0) {
+        sd->sd_cl_conn[v][0]--;
+        cl_conn_release(shp_q(sd, v)->q_cl_conn);
+    }
+    if (sd->sd_cl_conn[v][1] > 0) {
+        sd->sd_cl_conn[v][1]--;
+        cl_conn_release(sd->sd_pv->pv_cl_conn);
+    }
+    if (sd->sd_cl_conn[v][2] > 0) {
+        sd->sd_cl_conn[v][2]--;
+        cl_conn_release(sd->sd_sh->sh_cl_conn);
+    }
+}
+
 /* A message token at every level for vmta v: 0, or the us to wait. */
 static uint64_t shp_take_msg(shp_dest_t *sd, int v)
 {
@@ -876,6 +953,11 @@ static uint64_t shp_take_msg(shp_dest_t *sd, int v)
                 shp_bucket_refund(b[i]);
             return MAX(1, w / 1000);
         }
+    }
+    if (shp_cluster_msg(sd, v) != 0) {
+        for (int i = 0; i < 4; i++)
+            shp_bucket_refund(b[i]);
+        return CL_WAIT_US;
     }
     return 0;
 }
@@ -909,6 +991,11 @@ static uint64_t shp_conn_acquire(shp_dest_t *sd, int v)
             return MAX(1, w / 1000);
         }
     }
+    if (shp_cluster_conn(sd, v) != 0) {
+        for (int i = 0; i < 4; i++)
+            shp_bucket_refund(b[i]);
+        return UINT64_MAX;
+    }
     /* counted now; a race past a cap by another thread is undone */
     int a = atomic_fetch_add(&q->q_nconn, 1) + 1;
     int bb = atomic_fetch_add(&pv->pv_nconn, 1) + 1;
@@ -917,6 +1004,7 @@ static uint64_t shp_conn_acquire(shp_dest_t *sd, int v)
         atomic_fetch_sub(&q->q_nconn, 1);
         atomic_fetch_sub(&pv->pv_nconn, 1);
         atomic_fetch_sub(&sh->sh_global_nconn, 1);
+        shp_cluster_conn_release(sd, v);
         return UINT64_MAX;
     }
     sd->sd_dom_nconn++;
@@ -930,6 +1018,7 @@ void dlv_dest_conn_release(dlv_dest_t *de, int vmta)
     atomic_fetch_sub(&shp_q(sd, vmta)->q_nconn, 1);
     atomic_fetch_sub(&sd->sd_pv->pv_nconn, 1);
     atomic_fetch_sub(&sd->sd_sh->sh_global_nconn, 1);
+    shp_cluster_conn_release(sd, vmta);
     sd->sd_dom_nconn--;
     /* a slot is free: a backlog held back by a connection cap moves on */
     if (de->de_npending > 0)

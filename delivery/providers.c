@@ -29,6 +29,8 @@
  */
 #include "delivery/shaping_int.h"
 
+#include "delivery/cluster_int.h"
+
 #include <ctype.h>
 #include <json-c/json.h>
 #include <stdio.h>
@@ -44,6 +46,9 @@ static void shp_registry_global(dlv_shaping_t *sh, const shp_limits_t *g);
 static json_object *shp_json_rate(double per_s);
 static json_object *shp_json_limit(int n);
 static void shp_provider_free(shp_provider_t *pv);
+static void shp_cluster_attach(dlv_shaping_t *sh, shp_provider_t *pv);
+static void shp_cluster_note(shp_queue_t *q, shp_provider_t *pv, const char *event,
+                             const char *why);
 
 /* libm-free rounding (the module does not link libm) */
 static uint64_t shp_round(double x)
@@ -177,6 +182,7 @@ shp_provider_t *shp_provider_get_locked(dlv_shaping_t *sh, const shp_prule_t *ru
             sh->sh_reg_cap = cap;
             b = shp_hash(name) & (cap - 1);
         }
+        shp_cluster_attach(sh, pv);
         pv->pv_next = sh->sh_reg[b];
         sh->sh_reg[b] = pv;
         sh->sh_reg_n++;
@@ -476,6 +482,7 @@ static void shp_event(shp_queue_t *q, shp_provider_t *pv, const char *event, con
     const shp_vmta_t *vm = q ? shp_vmta(sh, q->q_vmta) : NULL;
     log_info("shaping: provider=%s vmta=%s event=%s %s (%s)", pv->pv_name, vm ? vm->vm_name : "*",
              event, detail, log_esc(response)); /* a peer's reply */
+    shp_cluster_note(q, pv, event, response);
     if (sh->sh_queue == NULL)
         return;
     /* every key always there; null: provider-wide, unlimited, no reply
@@ -819,4 +826,118 @@ bool shp_registry_install(dlv_shaping_t *sh, shp_conf_t *c, const char *from)
              from && from[0] ? " from " : "", from && from[0] ? from : "",
              same ? "" : " (virtual_mtas/pools changed: kept until a restart)");
     return !same;
+}
+
+/* ------------------------------------------------------------ cluster hooks */
+
+/* A provider with shared = true gets the cluster's leases for the limits
+ * it sets (docs/cluster.md): its queues' message_rate and max_connections
+ * (per provider and virtual MTA name), its total_message_rate and
+ * total_max_connections. Decided when the provider is first seen. */
+static void shp_cluster_attach(dlv_shaping_t *sh, shp_provider_t *pv)
+{
+    if (sh->sh_cluster == NULL || pv->pv_rule == NULL || !pv->pv_rule->pr_shared)
+        return;
+    const shp_limits_t *l = &pv->pv_lim;
+    char name[300];
+    if (l->l_total_msg.r_n > 0)
+        pv->pv_cl_msg = cl_lim_get(sh->sh_cluster, CL_RATE, pv->pv_name);
+    if (l->l_total_conn > 0)
+        pv->pv_cl_conn = cl_lim_get(sh->sh_cluster, CL_CONN, pv->pv_name);
+    for (int i = 0; i < sh->sh_nvmtas; i++) {
+        snprintf(name, sizeof(name), "%s/%s", pv->pv_name, shp_vmta(sh, i)->vm_name);
+        if (l->l_msg_rate.r_n > 0 || l->l_bo_msg.r_n > 0)
+            pv->pv_q[i].q_cl_msg = cl_lim_get(sh->sh_cluster, CL_RATE, name);
+        if (l->l_max_conn > 0 || l->l_bo_max_conn > 0)
+            pv->pv_q[i].q_cl_conn = cl_lim_get(sh->sh_cluster, CL_CONN, name);
+    }
+}
+
+void shp_cluster_global(dlv_shaping_t *sh)
+{
+    const shp_conf_t *c = sh->sh_conf;
+    if (sh->sh_cluster == NULL || !c->sc_global_shared)
+        return;
+    if ((c->sc_global.l_set & L_MSG_RATE) && c->sc_global.l_msg_rate.r_n > 0)
+        sh->sh_cl_msg = cl_lim_get(sh->sh_cluster, CL_RATE, "*");
+    if ((c->sc_global.l_set & L_MAX_CONN) && c->sc_global.l_max_conn > 0)
+        sh->sh_cl_conn = cl_lim_get(sh->sh_cluster, CL_CONN, "*");
+}
+
+/* A state change of a shared provider, for the other nodes; not one that
+ * came from them ("cluster: ..."), nor a disabled source (an address is
+ * one node's own). */
+static void shp_cluster_note(shp_queue_t *q, shp_provider_t *pv, const char *event, const char *why)
+{
+    dlv_shaping_t *sh = pv->pv_sh;
+    if (sh->sh_cluster == NULL || pv->pv_rule == NULL || !pv->pv_rule->pr_shared ||
+        strcmp(event, "disable-source") == 0 || (why && strncmp(why, "cluster: ", 9) == 0))
+        return;
+    uint64_t now = clock_mono_us(), for_us = 0;
+    double level = 1.0;
+    bool op = why != NULL && strcmp(why, "operator") == 0;
+    if (q != NULL) {
+        uv_mutex_lock(&q->q_lock);
+        level = q->q_level;
+        uv_mutex_unlock(&q->q_lock);
+    } else if (strcmp(event, "suspend") == 0) {
+        uint64_t until = op ? atomic_load(&pv->pv_op_until) : atomic_load(&pv->pv_suspend_until);
+        for_us = until == UINT64_MAX ? 0 : until - MIN(until, now);
+    }
+    cl_publish(sh->sh_cluster, pv->pv_name, q ? shp_vmta(sh, q->q_vmta)->vm_name : NULL, event,
+               level, for_us, op);
+}
+
+int shp_registry_apply(dlv_shaping_t *sh, const char *provider, const char *vmta, const char *event,
+                       double level, uint64_t for_us, bool by_operator, const char *why)
+{
+    uv_mutex_lock(&sh->sh_lock);
+    shp_provider_t *pv = NULL;
+    for (size_t i = 0; pv == NULL && i < sh->sh_reg_cap; i++)
+        for (shp_provider_t *p = sh->sh_reg[i]; p && pv == NULL; p = p->pv_next)
+            if (p->pv_rule != NULL && strcasecmp(p->pv_name, provider) == 0)
+                pv = p;
+    if (pv == NULL) { /* not routed here yet: a configured provider starts in that state */
+        const shp_prule_t *rule = NULL;
+        for (int k = 0; k < sh->sh_conf->sc_nprules && rule == NULL; k++)
+            if (strcasecmp(sh->sh_conf->sc_prules[k].pr_hosts.pv_name, provider) == 0)
+                rule = &sh->sh_conf->sc_prules[k];
+        if (rule == NULL || !rule->pr_shared) {
+            uv_mutex_unlock(&sh->sh_lock);
+            return SL_ENOTFOUND;
+        }
+        pv = shp_provider_get_locked(sh, rule, provider);
+    } else {
+        atomic_fetch_add(&pv->pv_refs, 1);
+    }
+    uv_mutex_unlock(&sh->sh_lock);
+    int v = -1;
+    for (int i = 0; vmta != NULL && i < sh->sh_nvmtas; i++)
+        if (strcasecmp(shp_vmta(sh, i)->vm_name, vmta) == 0)
+            v = i;
+    uint64_t now = clock_mono_us();
+    int rc = 0;
+    char d[160];
+    if (v >= 0 && strcmp(event, "backoff") == 0) {
+        shp_queue_backoff(&pv->pv_q[v], why, now);
+    } else if (v >= 0 && strcmp(event, "normal") == 0) {
+        shp_queue_normal(&pv->pv_q[v], why, now);
+    } else if (v >= 0 && strcmp(event, "recover-step") == 0) {
+        shp_queue_t *q = &pv->pv_q[v];
+        uv_mutex_lock(&q->q_lock);
+        shp_queue_change(q, SHP_RECOVERING, MAX(1.0, level), "recover-step", why, now);
+    } else if (strcmp(event, "suspend") == 0) {
+        uint64_t until = for_us == 0 ? UINT64_MAX : now + for_us;
+        atomic_store(by_operator ? &pv->pv_op_until : &pv->pv_suspend_until, until);
+        snprintf(d, sizeof(d), "suspend by %s on another node%s",
+                 by_operator ? "the operator" : "a rule", for_us == 0 ? " until resumed" : "");
+        shp_event(NULL, pv, "suspend", d, why);
+    } else if (strcmp(event, "resume") == 0) {
+        atomic_store(&pv->pv_op_until, 0);
+        shp_event(NULL, pv, "resume", "resume by the operator on another node", why);
+    } else {
+        rc = SL_ENOTFOUND;
+    }
+    shp_provider_put(pv);
+    return rc;
 }

@@ -415,6 +415,13 @@ static int shp_provider_parse(const cfg_node_t *sec, const char *name, shp_prule
             rc = shp_hosts(n, name, &p->pr_hosts.pv_mx, err, errlen);
         } else if (strcmp(k, "rule") == 0) {
             rc = shp_rules_add(n, name, &p->pr_rules, &p->pr_nrules, err, errlen);
+        } else if (strcmp(k, "shared") == 0) {
+            /* cluster.c: this provider's limits hold across the nodes */
+            if (n->n_type != CFG_NODE_STR ||
+                (strcmp(n->n_str, "true") != 0 && strcmp(n->n_str, "false") != 0))
+                return cfg_error(err, errlen, name, n->n_line,
+                                 "providers.%s.shared: expected true or false", sec->n_key);
+            p->pr_shared = strcmp(n->n_str, "true") == 0;
         } else if (strcmp(k, "per_domain") == 0) {
             if (n->n_type != CFG_NODE_SECTION)
                 return cfg_error(err, errlen, name, n->n_line,
@@ -440,7 +447,7 @@ static int shp_provider_parse(const cfg_node_t *sec, const char *name, shp_prule
         } else if (n->n_type == CFG_NODE_SECTION && strcmp(k, "backoff") != 0) {
             return cfg_error(err, errlen, name, n->n_key_line, "unknown key \"providers.%s.%s\"",
                              sec->n_key, k);
-        } else if (n->n_type == CFG_NODE_STR && !shp_limit_key(k)) {
+        } else if (n->n_type == CFG_NODE_STR && !shp_limit_key(k) && strcmp(k, "shared") != 0) {
             return cfg_error(err, errlen, name, n->n_key_line, "unknown key \"providers.%s.%s\"",
                              sec->n_key, k);
         }
@@ -493,6 +500,17 @@ static int shp_load_tree(shp_conf_t *sc, const cfg_node_t *root, const char *nam
                 goto fail;
             }
             shp_limits_overlay(&sc->sc_global, &l);
+            for (const cfg_node_t *g = n->n_child; g != NULL; g = g->n_next) {
+                if (g->n_key == NULL || strcmp(g->n_key, "shared") != 0)
+                    continue;
+                if (g->n_type != CFG_NODE_STR ||
+                    (strcmp(g->n_str, "true") != 0 && strcmp(g->n_str, "false") != 0)) {
+                    rc = cfg_error(err, errlen, name, g->n_line,
+                                   "global.shared: expected true or false");
+                    goto fail;
+                }
+                sc->sc_global_shared = strcmp(g->n_str, "true") == 0; /* cluster.c */
+            }
         } else if (strcmp(k, "providers") == 0) {
             if (n->n_type != CFG_NODE_SECTION) {
                 rc = cfg_error(err, errlen, name, n->n_line, "providers: expected a section");

@@ -180,6 +180,7 @@ typedef struct shp_prule {
     int pr_nrules;
     shp_domrule_t *pr_doms;
     int pr_ndoms;
+    bool pr_shared; /* shared = true: limits held across nodes (cluster.c, docs/cluster.md) */
 } shp_prule_t;
 
 /* The rule set: immutable once parsed (shaping_conf.c, vmta.c). */
@@ -198,6 +199,7 @@ typedef struct shp_conf {
     shp_prule_t *sc_prules; /* operator's first, then the shipped ones */
     int sc_nprules;
     shp_limits_t sc_global;   /* global { }: l_max_conn, l_msg_rate, l_conn_rate (l_set) */
+    bool sc_global_shared;    /* global { shared = true; }: across nodes (cluster.c) */
     struct shp_conf *sc_next; /* the registry's list of replaced rule sets */
 } shp_conf_t;
 
@@ -255,6 +257,8 @@ struct dlv_shaping {
     shp_provider_t **sh_reg;
     size_t sh_reg_cap; /* power of two */
     size_t sh_reg_n;
+    struct dlv_cluster *sh_cluster;        /* shared limits (cluster.c); NULL: one node */
+    struct cl_lim *sh_cl_msg, *sh_cl_conn; /* global { shared = true; } (cluster.c), or NULL */
 };
 
 typedef enum { SHP_NORMAL = 0, SHP_BACKOFF, SHP_RECOVERING } shp_mode_t;
@@ -279,22 +283,24 @@ typedef struct shp_queue {
     char q_last[256]; /* last non-2xx response */
     uint64_t *q_hits; /* [rules][SHP_MAX_HITS] ring of hit times, lazily */
     int *q_hitpos;
+    struct cl_lim *q_cl_msg, *q_cl_conn; /* shared across nodes (cluster.c), or NULL */
 } shp_queue_t;
 
 struct shp_provider {
     shp_provider_t *pv_next; /* registry chain */
     dlv_shaping_t *pv_sh;
     char *pv_name;
-    const shp_prule_t *pv_rule;        /* NULL: a destination of its own (defaults); sh_lock */
-    shp_limits_t pv_lim;               /* sh_lock (a reload rewrites it): threads read copies */
-    _Atomic int pv_refs;               /* destinations using it */
-    _Atomic int pv_nconn;              /* all vmtas */
-    shp_bucket_t pv_msg;               /* total_message_rate */
-    shp_bucket_t pv_cr;                /* total_connection_rate */
-    _Atomic uint64_t pv_suspend_until; /* monotonic us: a "suspend" rule */
-    _Atomic uint64_t pv_op_until;      /* operator's suspend: monotonic us, UINT64_MAX = until
-                                        * resumed, 0 = none (the backlog is held, not deferred) */
-    shp_queue_t *pv_q;                 /* [sh_nvmtas] */
+    const shp_prule_t *pv_rule;            /* NULL: a destination of its own (defaults); sh_lock */
+    shp_limits_t pv_lim;                   /* sh_lock (a reload rewrites it): threads read copies */
+    _Atomic int pv_refs;                   /* destinations using it */
+    _Atomic int pv_nconn;                  /* all vmtas */
+    shp_bucket_t pv_msg;                   /* total_message_rate */
+    shp_bucket_t pv_cr;                    /* total_connection_rate */
+    _Atomic uint64_t pv_suspend_until;     /* monotonic us: a "suspend" rule */
+    _Atomic uint64_t pv_op_until;          /* operator's suspend: monotonic us, UINT64_MAX = until
+                                            * resumed, 0 = none (the backlog is held, not deferred) */
+    shp_queue_t *pv_q;                     /* [sh_nvmtas] */
+    struct cl_lim *pv_cl_msg, *pv_cl_conn; /* total_* shared across nodes (cluster.c), or NULL */
 };
 
 /* A registry for rule set c (ownership passes; it is also the start-up

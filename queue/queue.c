@@ -411,6 +411,32 @@ void queue_supp_report(queue_t *q, const char *addr, const char *scope, const ch
     queue_leave(q);
 }
 
+void queue_supp_remote(queue_t *q, const char *addr, const char *scope, const char *reason,
+                       uint64_t expires, const char *node)
+{
+    queue_req_t *r = xcalloc(1, sizeof(*r));
+    queue_supp_req_t *sr = xcalloc(1, sizeof(*sr));
+    char src[160];
+    snprintf(src, sizeof(src), "cluster:%s", node);
+    r->qq_type = QREQ_SUPPRESS; /* no qq_reply: suppress.c frees it */
+    r->qq_supp = sr;
+    sr->sr_op = QSUPP_REMOTE;
+    sr->sr_addrs = xcalloc(1, sizeof(char *));
+    sr->sr_addrs[0] = xstrdup(addr);
+    sr->sr_naddrs = 1;
+    sr->sr_scope = scope && scope[0] ? xstrdup(scope) : NULL;
+    sr->sr_reason = xstrdup(reason);
+    sr->sr_expires = expires;
+    sr->sr_source = xstrdup(src);
+    if (!queue_enter(q)) {
+        queue_supp_req_free(sr);
+        free(r);
+        return;
+    }
+    chan_push(q->q_ch_req, &r->qq_node);
+    queue_leave(q);
+}
+
 void queue_outcome_submit(queue_t *q, queue_outcome_t *o)
 {
     if (!queue_enter(q)) {

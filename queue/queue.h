@@ -398,6 +398,20 @@ void queue_supp_stats(const queue_t *q, uint64_t *entries, uint64_t *hits);
 void queue_supp_report(queue_t *q, const char *addr, const char *scope, const char *reason,
                        const char *source);
 
+/* Several nodes (delivery/cluster.c, docs/cluster.md): fn is called on
+ * the queue thread for every entry written to the list by a bounce, a
+ * report or an operator's add (not imports, not entries of another node):
+ * addr normalized, scope ("" = global), reason, expires (unix s, 0 =
+ * never). Main thread, before queue_start; fn must not block. */
+typedef void (*queue_supp_hook_fn)(void *arg, const char *addr, const char *scope,
+                                   const char *reason, uint64_t expires);
+void queue_supp_set_hook(queue_t *q, queue_supp_hook_fn fn, void *arg);
+/* An entry another node added (delivery/cluster.c): written as it is, with
+ * source "cluster:NODE", and not passed to the hook. Copied; dropped when
+ * the queue is stopping. Any thread. */
+void queue_supp_remote(queue_t *q, const char *addr, const char *scope, const char *reason,
+                       uint64_t expires, const char *node);
+
 typedef enum {
     QSUPP_ADD = 1, /* sr_addrs with sr_scope, sr_reason, sr_expires: {"added":N} */
     QSUPP_REMOVE,  /* sr_addrs from sr_scope (NULL: every scope): {"removed":N} */
@@ -410,6 +424,8 @@ typedef enum {
     QSUPP_REPORT,  /* an asynchronous report (no answer, qq_reply NULL): sr_addrs[0],
                       sr_scope, sr_reason, sr_source, added when the reason is one the
                       operator chose (suppression.categories, .complaints) */
+    QSUPP_REMOTE,  /* another node's entry (no answer): sr_addrs[0], sr_scope, sr_reason,
+                      sr_expires, sr_source "cluster:NODE" (queue_supp_remote) */
 } queue_supp_op_t;
 
 typedef struct queue_supp_req {

@@ -49,6 +49,8 @@ typedef struct q_supp {
     char **s_case; /* suppression.case_domains */
     atomic_uint_fast64_t s_entries;
     atomic_uint_fast64_t s_hits;
+    queue_supp_hook_fn s_hook; /* several nodes (queue_supp_set_hook), or NULL */
+    void *s_hook_arg;
 } q_supp_t;
 
 static bool strv_has(char *const *v, const char *s, size_t n);
@@ -302,7 +304,20 @@ static int supp_put(queue_t *q, MDB_txn *txn, const char *addr, const char *scop
     uint8_t key[SUPP_KEY_MAX + 1], val[SUPP_VAL_MAX];
     MDB_val k = {supp_key(key, addr, scope), key},
             v = {supp_val(val, reason, when, expires, source), val};
-    return mdb_put(txn, q->q_supp->s_dbi, &k, &v, 0);
+    int rc = mdb_put(txn, q->q_supp->s_dbi, &k, &v, 0);
+    /* the other nodes learn it (delivery/cluster.c); not an import (bulk:
+     * each node imports) nor another node's entry (no echo) */
+    if (rc == 0 && q->q_supp->s_hook != NULL && source != NULL && strcmp(source, "import") != 0 &&
+        strncmp(source, "cluster:", 8) != 0)
+        q->q_supp->s_hook(q->q_supp->s_hook_arg, addr, scope, reason, expires);
+    return rc;
+}
+
+void queue_supp_set_hook(queue_t *q, queue_supp_hook_fn fn, void *arg)
+{
+    SL_ASSERT_MAIN_THREAD();
+    q->q_supp->s_hook = fn;
+    q->q_supp->s_hook_arg = arg;
 }
 
 /* Is category one the operator feeds the list with? */
@@ -424,6 +439,24 @@ static int supp_txn(queue_t *q, int (*fn)(queue_t *q, MDB_txn *txn, void *arg), 
 typedef struct supp_report {
     const char *addr, *scope, *reason, *source;
 } supp_report_t;
+
+/* Another node's entry (queue_supp_remote): its reason and expiry as
+ * they are. */
+static int remote_put(queue_t *q, MDB_txn *txn, void *arg)
+{
+    const queue_supp_req_t *sr = arg;
+    char norm[QUEUE_SUPP_ADDR_MAX + 1];
+    const char *scope = sr->sr_scope ? sr->sr_scope : "";
+    if (queue_supp_normalize(q, sr->sr_addrs[0], norm, sizeof(norm)) != 0 ||
+        !reason_ok(sr->sr_reason) || strlen(scope) > QUEUE_SUPP_SCOPE_MAX)
+        return 0;
+    int rc =
+        supp_put(q, txn, norm, scope, sr->sr_reason, clock_now_s(), sr->sr_expires, sr->sr_source);
+    if (rc == 0)
+        log_info("suppressed <%s> scope=%s reason=%s source=%s", log_esc(norm),
+                 scope[0] ? log_esc(scope) : "global", sr->sr_reason, log_esc(sr->sr_source));
+    return rc;
+}
 
 static int report_put(queue_t *q, MDB_txn *txn, void *arg)
 {
@@ -957,6 +990,10 @@ void q_supp_request(queue_t *q, queue_req_t *r)
                              sr->sr_source ? sr->sr_source : ""};
         if (category_feeds(q->q_cfg, sr->sr_reason) && (rc = supp_txn(q, report_put, &rep)) != 0)
             log_error("suppression list: add <%s>: %s", log_esc(rep.addr), mdb_strerror(rc));
+    } else if (sr->sr_op == QSUPP_REMOTE && sr->sr_naddrs == 1 && sr->sr_reason != NULL &&
+               sr->sr_source != NULL) {
+        if ((rc = supp_txn(q, remote_put, sr)) != 0)
+            log_error("suppression list: add <%s>: %s", log_esc(sr->sr_addrs[0]), mdb_strerror(rc));
     } else if (sr->sr_op == QSUPP_ADD || sr->sr_op == QSUPP_REMOVE) {
         bool add = sr->sr_op == QSUPP_ADD;
         if (add && (sr->sr_reason == NULL || !reason_ok(sr->sr_reason))) {

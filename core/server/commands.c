@@ -60,6 +60,8 @@ static int cmd_metrics(const ctl_ctx_t *x, json_object *req, json_object *resp, 
                        char *err, size_t errlen);
 static int cmd_providers(const ctl_ctx_t *x, json_object *req, json_object *resp, queue_req_t **qr,
                          char *err, size_t errlen);
+static int cmd_cluster(const ctl_ctx_t *x, json_object *req, json_object *resp, queue_req_t **qr,
+                       char *err, size_t errlen);
 static int cmd_events(const ctl_ctx_t *x, json_object *req, json_object *resp, queue_req_t **qr,
                       char *err, size_t errlen);
 static int cmd_tlsrpt(const ctl_ctx_t *x, json_object *req, json_object *resp, queue_req_t **qr,
@@ -88,6 +90,7 @@ static const struct ctl_cmd {
     {"events", cmd_events, CTL_ADMIN},         /* admin: "unpark" changes the stream */
     {"suppress", ctl_cmd_suppress, CTL_ADMIN}, /* admin: add, remove, import */
     {"tlsrpt", cmd_tlsrpt, CTL_ADMIN},         /* admin: "send --now" sends reports */
+    {"cluster", cmd_cluster, CTL_READ},
 };
 
 ctl_handler_fn ctl_cmd_find(const char *name)
@@ -205,6 +208,18 @@ static int cmd_status(const ctl_ctx_t *x, json_object *req, json_object *resp, q
         add_u64(o, "destinations_down", u64_load(&ds->ds_dests_down));
         json_object_object_add(resp, "delivery", o);
     }
+    /* shared limits (delivery/cluster.c): null when one node */
+    json_object *cl = env->ce_dlv ? dlv_cluster_json(env->ce_dlv) : NULL, *v;
+    json_object *c = NULL;
+    if (cl != NULL && json_object_get_boolean(json_object_object_get(cl, "enabled"))) {
+        c = json_object_new_object();
+        const char *keep[] = {"node", "redis", "redis_up", "node_count", "reason"};
+        for (size_t i = 0; i < ARRAY_SIZE(keep); i++)
+            json_object_object_add(
+                c, keep[i], json_object_object_get_ex(cl, keep[i], &v) ? json_object_get(v) : NULL);
+    }
+    json_object_put(cl);
+    json_object_object_add(resp, "cluster", c);
     return CTL_REPLY;
 }
 
@@ -743,6 +758,27 @@ static int cmd_providers(const ctl_ctx_t *x, json_object *req, json_object *resp
     }
     snprintf(err, errlen, "delivery is not running");
     return -1;
+}
+
+/* Several nodes (delivery/cluster.c): the nodes seen, this node's leases,
+ * the shared state (docs/records.md, "cluster answer"). */
+static int cmd_cluster(const ctl_ctx_t *x, json_object *req, json_object *resp, queue_req_t **qr,
+                       char *err, size_t errlen)
+{
+    UNUSED(req);
+    UNUSED(qr);
+    struct dlv *dlv = x->cx_env->ce_dlv;
+    if (dlv == NULL) {
+        snprintf(err, errlen, "delivery is not running");
+        return -1;
+    }
+    json_object *o = dlv_cluster_json(dlv);
+    json_object_object_foreach(o, key, val)
+    {
+        json_object_object_add(resp, key, json_object_get(val));
+    }
+    json_object_put(o);
+    return CTL_REPLY;
 }
 
 /* ------------------------------------------------------------ answers */

@@ -200,6 +200,33 @@ static void render_dlv(met_t *m, const dlv_stats_t *ds)
         "Destinations marked down after repeated connection failures.", ld(&ds->ds_dests_down));
 }
 
+static uint64_t jv(json_object *o, const char *key);
+
+/* Several nodes (delivery/cluster.c, docs/cluster.md): always exported,
+ * as a single node's values without cluster { redis }. */
+static void render_cluster(met_t *m, struct dlv *dlv)
+{
+    json_object *c = dlv_cluster_json(dlv), *leases = json_object_object_get(c, "leases");
+    bool on = json_object_get_boolean(json_object_object_get(c, "enabled"));
+    uint64_t granted = 0;
+    for (size_t i = 0; leases != NULL && i < json_object_array_length(leases); i++)
+        granted += jv(json_object_array_get_idx(leases, i), "granted");
+    one(m, "sluice_cluster_redis_up", "gauge",
+        "1 while Redis answers (shared limits), 0 when down or not configured.",
+        on && json_object_get_boolean(json_object_object_get(c, "redis_up")));
+    one(m, "sluice_cluster_nodes", "gauge",
+        "Nodes sharing limits, as last seen (1 without a cluster).", on ? jv(c, "node_count") : 1);
+    one(m, "sluice_cluster_lease_granted_total", "counter",
+        "Tokens and connection slots of shared limits granted to this node.", granted);
+    one(m, "sluice_cluster_redis_down_total", "counter", "Times Redis was lost.",
+        jv(c, "redis_downs"));
+    const char *n = "sluice_cluster_events_total";
+    family(m, n, "counter", "Shared state changes published by this node and applied from others.");
+    labelled(m, n, "direction", "published", jv(c, "published"));
+    labelled(m, n, "direction", "applied", jv(c, "applied"));
+    json_object_put(c);
+}
+
 /* ------------------------------------------------------------ per provider and vmta */
 
 enum { SH_DELIVERED, SH_DEFERRED, SH_BOUNCED, SH_CONN, SH_BACKOFF, SH_NVAL };
@@ -397,6 +424,7 @@ void metrics_render(const control_env_t *env, buf_t *out, bool openmetrics)
     if (env->ce_dlv != NULL) {
         render_dlv(&m, dlv_stats(env->ce_dlv));
         render_shaping(&m, env->ce_dlv);
+        render_cluster(&m, env->ce_dlv);
     }
     if (openmetrics)
         buf_append_str(out, "# EOF\n");

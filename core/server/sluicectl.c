@@ -107,6 +107,7 @@ static void usage(FILE *f)
           "                       every counter and gauge: Prometheus text format, or\n"
           "                       OpenMetrics 1.0\n"
           "  providers            traffic shaping: providers, queues per virtual MTA, mode, rate\n"
+          "  cluster              nodes sharing limits through Redis: nodes, leases, state\n"
           "  events [unpark NAME] the event stream's webhooks: cursor, lag, in flight, parked,\n"
           "                       last error; unpark: send NAME's parked batches again\n"
           "  events replay NAME --since TIME [--until TIME]\n"
@@ -570,10 +571,11 @@ static void print_status(json_object *r)
     json_object_object_foreach(r, key, val)
     {
         if (json_object_is_type(val, json_type_object) && strcmp(key, "queue") != 0 &&
-            strcmp(key, "smtp") != 0 && strcmp(key, "delivery") != 0)
+            strcmp(key, "smtp") != 0 && strcmp(key, "delivery") != 0 && strcmp(key, "cluster") != 0)
             table_section(&t, key, val, NULL, 0, NULL);
     }
     table_print(&t);
+    sctl_print_status_cluster(get(r, "cluster"));
 }
 
 /* The bytes of s to print to show at most max bytes without cutting a
@@ -764,8 +766,9 @@ static bool is_opt(const char *a, const char *name)
 static int build_ops_request(const char *const *pos, int npos, const char *limit, json_object **out)
 {
     const char *cmd = pos[0];
-    static const char *const ops[] = {"queues", "queue",  "suspend", "resume",  "suspended",
-                                      "retry",  "bounce", "reload",  "metrics", "providers"};
+    static const char *const ops[] = {"queues",    "queue",     "suspend", "resume",
+                                      "suspended", "retry",     "bounce",  "reload",
+                                      "metrics",   "providers", "cluster"};
     bool known = false;
     for (size_t i = 0; i < ARRAY_SIZE(ops); i++)
         known |= strcmp(cmd, ops[i]) == 0;
@@ -822,7 +825,7 @@ static int build_ops_request(const char *const *pos, int npos, const char *limit
     }
     bool noargs = strcmp(cmd, "suspended") == 0 || strcmp(cmd, "reload") == 0 ||
                   strcmp(cmd, "metrics") == 0 || strcmp(cmd, "queues") == 0 ||
-                  strcmp(cmd, "providers") == 0;
+                  strcmp(cmd, "providers") == 0 || strcmp(cmd, "cluster") == 0;
     bool susp = strcmp(cmd, "suspend") == 0 || strcmp(cmd, "resume") == 0;
     if ((provider || vmta) && !susp) {
         usage_error("--provider and --vmta are options of suspend and resume, not of %s", cmd);
@@ -1080,8 +1083,8 @@ static bool print_ops(const char *cmd, json_object *r)
         sctl_print_tlsrpt(r);
         return true;
     }
-    if (strcmp(cmd, "events") == 0) {
-        sctl_print_events(r);
+    if (strcmp(cmd, "events") == 0 || strcmp(cmd, "cluster") == 0) {
+        (cmd[0] == 'e' ? sctl_print_events : sctl_print_cluster)(r);
     } else if (strcmp(cmd, "queues") == 0) {
         print_queues(r);
     } else if (strcmp(cmd, "providers") == 0) {

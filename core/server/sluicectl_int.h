@@ -37,5 +37,8 @@ int sctl_events_request(const char *const *args, int nargs, const char *limit, c
 /* Human output (sluicectl_print.c) of `events` and `tlsrpt`. */
 void sctl_print_events(struct json_object *r);
 void sctl_print_tlsrpt(struct json_object *r);
+/* `cluster`, and the status answer's "cluster" object (NULL: one node). */
+void sctl_print_cluster(struct json_object *r);
+void sctl_print_status_cluster(struct json_object *c);
 
 #endif /* SLUICE_SLUICECTL_INT_H */

@@ -121,3 +121,60 @@ void sctl_print_tlsrpt(json_object *r)
         }
     }
 }
+
+/* The status answer's "cluster": one line (nothing for a single node). */
+void sctl_print_status_cluster(json_object *c)
+{
+    if (c == NULL || !json_object_is_type(c, json_type_object))
+        return;
+    const char *node = sctl_get_str(c, "node"), *redis = sctl_get_str(c, "redis");
+    uint64_t n = sctl_get_u64(c, "node_count");
+    if (json_object_get_boolean(sctl_get(c, "redis_up")))
+        printf("\nCluster: node %s, redis %s up, %" PRIu64 " node%s sharing limits\n",
+               node ? node : "?", redis ? redis : "?", n, n == 1 ? "" : "s");
+    else
+        printf("\nCluster: node %s, redis %s DOWN (%s): local limits = shared limit / %" PRIu64
+               "\n",
+               node ? node : "?", redis ? redis : "?",
+               sctl_get_str(c, "reason") ? sctl_get_str(c, "reason") : "?", n);
+}
+
+/* `cluster`: this node and Redis, the nodes seen, this node's leases, the
+ * shared state (each queue's last event). */
+void sctl_print_cluster(json_object *r)
+{
+    if (!json_object_get_boolean(sctl_get(r, "enabled"))) {
+        printf("one node: no cluster { redis } is configured (nothing is shared)\n");
+        return;
+    }
+    sctl_print_status_cluster(r);
+    json_object *a = sctl_get(r, "nodes");
+    printf("\n%-24s %-26s\n", "NODE", "LAST_SEEN");
+    for (size_t i = 0; a != NULL && i < json_object_array_length(a); i++) {
+        json_object *e = json_object_array_get_idx(a, i);
+        printf("%-24s %-26s%s\n", sctl_get_str(e, "node"), sctl_get_str(e, "last_seen"),
+               json_object_get_boolean(sctl_get(e, "self")) ? " (this node)" : "");
+    }
+    a = sctl_get(r, "leases");
+    printf("\n%-32s %-12s %10s %6s %10s %12s\n", "LEASE", "KIND", "LIMIT", "HELD", "AVAILABLE",
+           "GRANTED");
+    for (size_t i = 0; a != NULL && i < json_object_array_length(a); i++) {
+        json_object *e = json_object_array_get_idx(a, i);
+        char lim[32] = "-", held[16] = "-";
+        if (sctl_get(e, "limit") != NULL)
+            snprintf(lim, sizeof(lim), "%.6g", json_object_get_double(sctl_get(e, "limit")));
+        if (sctl_get(e, "held") != NULL)
+            snprintf(held, sizeof(held), "%" PRIu64, sctl_get_u64(e, "held"));
+        printf("%-32s %-12s %10s %6s %10" PRIu64 " %12" PRIu64 "\n", sctl_get_str(e, "name"),
+               sctl_get_str(e, "kind"), lim, held, sctl_get_u64(e, "available"),
+               sctl_get_u64(e, "granted"));
+    }
+    a = sctl_get(r, "state");
+    printf("\n%-20s %-12s %-14s %-10s %s\n", "PROVIDER", "VMTA", "EVENT", "NODE", "TIME");
+    for (size_t i = 0; a != NULL && i < json_object_array_length(a); i++) {
+        json_object *e = json_object_array_get_idx(a, i);
+        const char *vm = sctl_get_str(e, "vmta");
+        printf("%-20s %-12s %-14s %-10s %s\n", sctl_get_str(e, "provider"), vm ? vm : "*",
+               sctl_get_str(e, "event"), sctl_get_str(e, "node"), sctl_get_str(e, "time"));
+    }
+}

@@ -2012,3 +2012,65 @@ def tlsa_data(cert, selector=1, mtype=1):
     if mtype == 2:
         return hashlib.sha512(der).hexdigest()
     return der.hex()
+
+
+# ------------------------------------------------------------------ cluster (#17): Redis
+
+REDIS_SERVER = "/usr/bin/redis-server"
+REDIS_CLI = "/usr/bin/redis-cli"
+
+
+class Redis:
+    """One redis-server (Debian's, installed by .ci/deps) on a loopback port
+    of free_port() (Redis binds with SO_REUSEADDR), with no persistence
+    (--save "" --appendonly no), its files in its own directory. start()
+    again after stop()/kill9() comes back on the same port, empty.
+    cli(*args) runs redis-cli against it and returns its stdout (raw)."""
+
+    def __init__(self):
+        self.dir = make_tmpdir("redis-")
+        self.port = free_port()
+        self.proc = None
+        self.url = "redis://127.0.0.1:%d" % self.port
+
+    def start(self):
+        self.errf = open(os.path.join(self.dir, "redis.log"), "ab")
+        self.proc = _spawn([REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
+                            "--save", "", "--appendonly", "no", "--dir", self.dir,
+                            "--protected-mode", "no"],
+                           stdout=self.errf, stderr=self.errf)
+        wait_for(lambda: self.proc.poll() is None and tcp_connectable("127.0.0.1", self.port)
+                 and self.cli("PING").strip() == "PONG", 10, what="redis-server")
+        return self
+
+    def cli(self, *args):
+        r = subprocess.run([REDIS_CLI, "-h", "127.0.0.1", "-p", str(self.port), "--raw"]
+                           + list(args), capture_output=True, text=True, timeout=10)
+        return r.stdout
+
+    def stop(self):
+        """SIGTERM and reap (idempotent)."""
+        if self.proc is not None:
+            _reap(self.proc)
+            self.proc = None
+            self.errf.close()
+
+    def kill9(self):
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            _children.discard(self.proc)
+            self.proc = None
+            self.errf.close()
+
+    def close(self):
+        self.stop()
+        release_port(self.port)
+        if not keep_tmp():
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def cluster_conf(redis, node, lease_ttl="2s", extra=""):
+    """The cluster { } block for node `node` of a Redis."""
+    return ('cluster {\n    redis = ["%s"];\n    node = "%s";\n    lease_ttl = %s;\n%s}\n'
+            % (redis.url, node, lease_ttl, extra))

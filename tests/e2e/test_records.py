@@ -163,6 +163,7 @@ class RecordsTest(unittest.TestCase):
         cls.ask("ctl/queues", {"cmd": "queues"})
         cls.ask("ctl/queue", {"cmd": "queue", "domain": "dis.test"})
         cls.ask("ctl/providers", {"cmd": "providers"})
+        cls.ask("ctl/cluster", {"cmd": "cluster"})  # #17: one node here (test_cluster*: several)
         st.wait_for(lambda: any(r["type"] == "webhook_parked" for r in cls.acct()), 30,
                     what="the webhook_parked record")
         cls.ask("ctl/events", {"cmd": "events"})

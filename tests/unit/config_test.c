@@ -651,6 +651,12 @@ static const bad_case_t bad_cases[] = {
      "t.conf:1: delivery.smarthost: bad destination \"bad host:25\""},
     {"bad resolvers", "delivery { resolvers = \"127.0.0.1:5353,ns.example\" }",
      "t.conf:1: delivery.resolvers: bad address \"ns.example\""},
+    /* cluster (#17): one Redis, redis:// or unix: */
+    {"bad redis address", "cluster { redis = [\"10.0.0.5:6379\"] }",
+     "t.conf:1: cluster.redis: bad address \"10.0.0.5:6379\" (want \"redis://ip:port\" or "
+     "\"unix:/path\"; Sentinel and Redis Cluster are not supported)"},
+    {"two redis servers",
+     "cluster { redis = [\"redis://10.0.0.5:6379\", \"redis://10.0.0.6:6379\"] }", "cluster.redis"},
     {"tls cert missing without generate",
      "smtp { tls {\n generate = false\n cert = \"/nonexistent/c.pem\"\n key = "
      "\"/nonexistent/k.pem\" } }",
@@ -1045,6 +1051,11 @@ static const char *const restart_keys[] = {
     "bounces.listen",
     "suppression.fold_domains",
     "suppression.case_domains",
+    "cluster.redis",
+    "cluster.node",
+    "cluster.prefix",
+    "cluster.lease_ttl",
+    "cluster.timeout",
 };
 
 static bool is_restart_key(const char *name)
@@ -1123,7 +1134,9 @@ static void test_reload_keeps_restart_keys(void **state)
              "events { webhooks { h { url = \"https://127.0.0.1/x\";"
              " secret = \"0123456789abcdef\"; } } }\n"
              "bounces { domain = \"b.example\"; inbound = true; listen = \"127.0.0.1:2601\"; }\n"
-             "suppression { fold_domains = \"gmail.com\"; case_domains = \"c.example\"; }\n",
+             "suppression { fold_domains = \"gmail.com\"; case_domains = \"c.example\"; }\n"
+             "cluster { redis = [\"redis://127.0.0.1:6380\"]; node = \"n1\"; prefix = \"p\";"
+             " lease_ttl = 3s; timeout = 50ms; }\n",
              dir, dir, dir, dir, tls, ca);
     cfg_t *old = load_ok("");
     cfg_t *nc = load_ok(text);
