@@ -54,6 +54,7 @@ struct dkim_signer {
     sig_entry_t *s_sigs;
     size_t s_nsigs;
     uint64_t s_fixed_time;
+    dkim_cache_t *s_cache; /* cache.c: signatures kept per message */
 };
 
 typedef struct sig_plan {
@@ -303,6 +304,11 @@ int dkim_signer_new(const dkim_conf_t *conf, dkim_keystore_t *ks, dkim_signer_t 
             }
         }
     }
+    uint32_t reuse = 0; /* reuse a signature for half its x= lifetime at most */
+    for (size_t i = 0; i < s->s_nsigs; i++)
+        if (s->s_sigs[i].e_expire && (reuse == 0 || s->s_sigs[i].e_expire / 2 < reuse))
+            reuse = MAX(s->s_sigs[i].e_expire / 2, 1);
+    s->s_cache = dkim_cache_new(DKIM_CACHE_SLOTS, reuse);
     *out = s;
     return 0;
 
@@ -318,6 +324,7 @@ void dkim_signer_free(dkim_signer_t *s)
     for (size_t i = 0; i < s->s_nsigs; i++)
         entry_free(&s->s_sigs[i]);
     free(s->s_sigs);
+    dkim_cache_free(s->s_cache);
     EVP_MD_free(s->s_md);
     dkim_keystore_free(s->s_ks);
     free(s);
@@ -586,10 +593,14 @@ static int sign_one(const dkim_signer_t *s, const dkim_msg_t *m, const sig_plan_
 
 int dkim_sign(const dkim_signer_t *s, const char *msg, size_t len, buf_t *out)
 {
+    dkim_bh_t bh = {0};
+    return dkim_sign_bh(s, msg, len, &bh, out);
+}
+
+int dkim_sign_bh(const dkim_signer_t *s, const char *msg, size_t len, dkim_bh_t *bh, buf_t *out)
+{
     dkim_msg_t m;
     sig_plan_t plan[DKIM_MAX_SIGS];
-    unsigned char bh[2][32];
-    bool have_bh[2] = {false, false};
     char from[256];
     const char *fromp = NULL;
     size_t flen = 0;
@@ -626,12 +637,12 @@ int dkim_sign(const dkim_signer_t *s, const char *msg, size_t len, buf_t *out)
     uint64_t now = s->s_fixed_time ? s->s_fixed_time : clock_now_s();
     for (int i = 0; i < n; i++) {
         dkim_canon_t bc = plan[i].p_entry->e_bcanon;
-        if (!have_bh[bc]) {
-            if ((rc = body_hash(s, bc, m.m_body, m.m_bodylen, bh[bc])) < 0)
+        if (!bh->bh_have[bc]) { /* once per body canonicalization, kept by the caller */
+            if ((rc = body_hash(s, bc, m.m_body, m.m_bodylen, bh->bh_hash[bc])) < 0)
                 goto fail;
-            have_bh[bc] = true;
+            bh->bh_have[bc] = true;
         }
-        if ((rc = sign_one(s, &m, &plan[i], bh[bc], now, used, &hb, out)) < 0)
+        if ((rc = sign_one(s, &m, &plan[i], bh->bh_hash[bc], now, used, &hb, out)) < 0)
             goto fail;
     }
     rc = n;
@@ -645,4 +656,10 @@ done:
     buf_free(&hb);
     dkim_msg_free(&m);
     return rc;
+}
+
+int dkim_sign_once(const dkim_signer_t *s, uint64_t id, unsigned variant, const char *msg,
+                   size_t len, buf_t *out)
+{
+    return dkim_cache_sign(s->s_cache, s, id, variant, msg, len, out);
 }
