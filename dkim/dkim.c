@@ -17,6 +17,7 @@
  */
 #include "dkim/dkim_int.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -439,27 +440,102 @@ static const dkim_hdr_t *select_hdr(const dkim_msg_t *m, unsigned char *used, co
     return NULL;
 }
 
+/*
+ * Signing contexts kept per thread and key: setting one up (the provider's
+ * key import, EVP_DigestSignInit) cost as much as an Ed25519 signature of
+ * a 5 KiB message (bench/run-dkim), so each thread keeps the contexts of
+ * the last few keys it signed with, as `openssl speed` does. Each holds a
+ * reference on its EVP_PKEY, so a key freed by a reload stays valid (and
+ * its address unused) until its context is evicted; the thread's exit
+ * frees them (sign_ctx_key's destructor).
+ */
+#define SIGN_CTX_SLOTS 4
+
+typedef struct sign_ctx {
+    EVP_PKEY *sc_pkey;
+    EVP_PKEY_CTX *sc_pc; /* RSA: sign_init'ed, PKCS#1 v1.5, SHA-256 */
+    EVP_MD_CTX *sc_mc;   /* Ed25519: DigestSignInit'ed */
+} sign_ctx_t;
+
+typedef struct sign_ctxs {
+    sign_ctx_t c[SIGN_CTX_SLOTS];
+    unsigned next;
+} sign_ctxs_t;
+
+static pthread_key_t sign_ctx_key;
+static pthread_once_t sign_ctx_once = PTHREAD_ONCE_INIT;
+
+static void sign_ctx_clear(sign_ctx_t *c)
+{
+    EVP_PKEY_CTX_free(c->sc_pc);
+    EVP_MD_CTX_free(c->sc_mc);
+    EVP_PKEY_free(c->sc_pkey);
+    memset(c, 0, sizeof(*c));
+}
+
+static void sign_ctxs_free(void *arg)
+{
+    sign_ctxs_t *t = arg;
+    for (int i = 0; i < SIGN_CTX_SLOTS; i++)
+        sign_ctx_clear(&t->c[i]);
+    free(t);
+}
+
+static void sign_ctx_init(void)
+{
+    pthread_key_create(&sign_ctx_key, sign_ctxs_free);
+}
+
+/* This thread's context for k, made on first use; NULL if it cannot be. */
+static sign_ctx_t *sign_ctx_get(const dkim_signer_t *s, const dkim_key_t *k)
+{
+    pthread_once(&sign_ctx_once, sign_ctx_init);
+    sign_ctxs_t *t = pthread_getspecific(sign_ctx_key);
+    if (!t) {
+        t = xcalloc(1, sizeof(*t));
+        pthread_setspecific(sign_ctx_key, t);
+    }
+    for (int i = 0; i < SIGN_CTX_SLOTS; i++)
+        if (t->c[i].sc_pkey == k->k_pkey)
+            return &t->c[i];
+    sign_ctx_t *c = &t->c[t->next++ % SIGN_CTX_SLOTS];
+    sign_ctx_clear(c);
+    bool ok;
+    if (k->k_alg == DKIM_ALG_RSA_SHA256) {
+        c->sc_pc = EVP_PKEY_CTX_new_from_pkey(NULL, k->k_pkey, NULL);
+        ok = c->sc_pc && EVP_PKEY_sign_init(c->sc_pc) == 1 &&
+             EVP_PKEY_CTX_set_rsa_padding(c->sc_pc, RSA_PKCS1_PADDING) == 1 &&
+             EVP_PKEY_CTX_set_signature_md(c->sc_pc, s->s_md) == 1;
+    } else {
+        c->sc_mc = EVP_MD_CTX_new();
+        ok = c->sc_mc &&
+             EVP_DigestSignInit_ex(c->sc_mc, NULL, NULL, NULL, NULL, k->k_pkey, NULL) == 1;
+    }
+    if (!ok) {
+        sign_ctx_clear(c);
+        return NULL;
+    }
+    EVP_PKEY_up_ref(k->k_pkey);
+    c->sc_pkey = k->k_pkey;
+    return c;
+}
+
 static int sign_digest(const dkim_signer_t *s, const dkim_key_t *k, const unsigned char dg[32],
                        unsigned char *sig, size_t *siglen)
 {
     int rc = DKIM_ESIGN;
+    sign_ctx_t *c = sign_ctx_get(s, k);
 
-    if (k->k_alg == DKIM_ALG_RSA_SHA256) {
-        EVP_PKEY_CTX *pc = EVP_PKEY_CTX_new_from_pkey(NULL, k->k_pkey, NULL);
-        if (pc && EVP_PKEY_sign_init(pc) == 1 &&
-            EVP_PKEY_CTX_set_rsa_padding(pc, RSA_PKCS1_PADDING) == 1 &&
-            EVP_PKEY_CTX_set_signature_md(pc, s->s_md) == 1 &&
-            EVP_PKEY_sign(pc, sig, siglen, dg, 32) == 1)
+    if (c && k->k_alg == DKIM_ALG_RSA_SHA256) {
+        if (EVP_PKEY_sign(c->sc_pc, sig, siglen, dg, 32) == 1)
             rc = 0;
-        EVP_PKEY_CTX_free(pc);
-    } else {
+    } else if (c) {
         /* RFC 8463: PureEd25519 over the SHA-256 digest (no prehash mode). */
-        EVP_MD_CTX *mc = EVP_MD_CTX_new();
-        if (mc && EVP_DigestSignInit_ex(mc, NULL, NULL, NULL, NULL, k->k_pkey, NULL) == 1 &&
-            EVP_DigestSign(mc, sig, siglen, dg, 32) == 1)
+        if (EVP_DigestSign(c->sc_mc, sig, siglen, dg, 32) == 1)
             rc = 0;
-        EVP_MD_CTX_free(mc);
     }
+    if (rc < 0 && c)
+        sign_ctx_clear(c); /* made afresh next time */
     if (rc < 0) {
         char e[256];
         ERR_error_string_n(ERR_peek_last_error(), e, sizeof(e));

@@ -38,7 +38,13 @@ typedef struct dkim_bodycanon {
 } dkim_bodycanon_t;
 
 void dkim_body_init(dkim_bodycanon_t *bc, dkim_canon_t canon, dkim_sink_cb sink, void *arg);
+/* Whole lines at memory speed (runs of lines that are their own canonical
+ * form go to the sink from p, without a copy); a partial or odd line
+ * through the byte-wise machine below. */
 void dkim_body_update(dkim_bodycanon_t *bc, const char *p, size_t n);
+/* The byte-wise state machine alone: the reference the unit test compares
+ * dkim_body_update with, and its fallback for the rare lines. */
+void dkim_body_update_bytewise(dkim_bodycanon_t *bc, const char *p, size_t n);
 void dkim_body_final(dkim_bodycanon_t *bc);
 
 /* Append one canonicalized header field to out. field/len: the raw field,
