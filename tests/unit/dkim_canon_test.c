@@ -175,8 +175,8 @@ static void test_edge_cases(void **state)
 static void test_random_bodies(void **state)
 {
     (void)state;
-    static const char alpha[] = {' ', ' ', ' ', '\t', '\r', '\r', '\n', '\n', 'a',
-                                 'b', '.', 'z', '\xc3', '\xa9', '\x0c', '\0'};
+    static const char alpha[] = {' ', ' ', ' ', '\t', '\r',   '\r',   '\n',   '\n',
+                                 'a', 'b', '.', 'z',  '\xc3', '\xa9', '\x0c', '\0'};
     unsigned seed = 18;
     char body[700];
     for (int iter = 0; iter < 6000; iter++) {
