@@ -310,7 +310,11 @@ void dlv_dest_conn_ok(dlv_dest_t *de);
  * destination's delivery thread. */
 void dlv_dest_tls_keep(dlv_dest_t *de, tls_session_t *sess);
 tls_session_t *dlv_dest_tls_take(dlv_dest_t *de);
-void dlv_dest_tls_drop(dlv_dest_t *de);
+static inline void dlv_dest_tls_drop(dlv_dest_t *de) /* inline: mta_sts.c calls it too */
+{
+    while (de->de_ntls_sessions)
+        tls_session_free(de->de_tls_sessions[--de->de_ntls_sessions]);
+}
 /* Every pending dispatch of de gets the fate of verdict v (route failure,
  * dead site, TLS policy, a held provider). */
 void dlv_dest_fail_pending(dlv_dest_t *de, const dlv_verdict_t *v);

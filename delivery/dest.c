@@ -1294,9 +1294,3 @@ tls_session_t *dlv_dest_tls_take(dlv_dest_t *de)
 {
     return de->de_ntls_sessions ? de->de_tls_sessions[--de->de_ntls_sessions] : NULL;
 }
-
-void dlv_dest_tls_drop(dlv_dest_t *de)
-{
-    while (de->de_ntls_sessions)
-        tls_session_free(de->de_tls_sessions[--de->de_ntls_sessions]);
-}
