@@ -54,6 +54,7 @@ format-check: deps
 # report (results.json, report.md, PNG plots) was written.
 bench: build
 	@bench/run --no-build --build-dir $(BUILD) --runs 3 all
+	@bench/run-relay-tools --build-dir $(BUILD) --runs 3
 
 bench-smoke: build
 	@bench/run --no-build --build-dir $(BUILD) --smoke --runs 1 all

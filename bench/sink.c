@@ -204,6 +204,7 @@ typedef struct sink {
     uint64_t s_start_us;
     uint64_t s_first_msg_us, s_last_msg_us;
     uint64_t s_conns_total, s_conns_rejected, s_conns_cur, s_conns_max, s_tls_conns;
+    uint64_t s_tls_resumed; /* of s_tls_conns: the client resumed a session (issue 18) */
     uint64_t s_msgs, s_rcpts, s_bytes;
     uint64_t s_rcpt_tempfails, s_rcpt_permfails, s_data_tempfails, s_data_permfails;
     uint64_t s_drops, s_aborts, s_421s, s_seq;
@@ -1345,6 +1346,8 @@ static int sink_conn_tls_input(sink_conn_t *c, const char *data, size_t len)
         snprintf(c->c_tls_version, sizeof(c->c_tls_version), "%s", tls_version(c->c_tls));
         snprintf(c->c_tls_cipher, sizeof(c->c_tls_cipher), "%s", tls_cipher(c->c_tls));
         G.s_tls_conns++;
+        if (tls_conn_resumed(c->c_tls))
+            G.s_tls_resumed++;
         c->c_helo[0] = '\0';
         sink_conn_enter_state(c, SINK_ST_CONNECTED); /* RFC 3207: EHLO again */
     }
@@ -1755,6 +1758,7 @@ static void sink_counts_json(buf_t *b, uint64_t now)
                G.s_data_tempfails, G.s_data_permfails, G.s_drops, G.s_aborts, G.s_421s,
                span > 0 ? (double)G.s_msgs / span : (el > 0 ? (double)G.s_msgs / el : 0.0),
                us_to_s(G.s_first_msg_us), us_to_s(G.s_last_msg_us));
+    buf_printf(b, ",\"tls_resumed\":%" PRIu64, G.s_tls_resumed);
 }
 
 /* ,"by_provider":{name:{...}}; with rates, the messages/s since the last

@@ -27,6 +27,7 @@
 #define DLV_TEMPFAIL_CACHE 5 /* seconds a DNS temporary failure is remembered */
 #define DLV_RFAIL_MIN_TTL 5  /* floor of any cached route failure, whatever the DNS TTL */
 #define DLV_NOTLS_TIME 600   /* seconds to skip opportunistic TLS after it failed */
+#define DLV_TLS_SESSIONS 8   /* TLS sessions (tickets) kept per destination */
 
 typedef struct dlv_thread dlv_thread_t;
 typedef struct dlv_dest dlv_dest_t;
@@ -145,7 +146,12 @@ struct dlv_dest {
     uint64_t de_dead_until;  /* monotonic us */
     uint64_t de_notls_until; /* monotonic us */
     uint64_t de_last_used;   /* monotonic us */
-    tls_session_t *de_tls_session;
+    /* TLS sessions (tickets) to resume, newest last, each offered once:
+     * an OpenSSL server takes a TLS 1.3 ticket only once (its replay
+     * protection is on by default), and RFC 8446 C.4 asks the same of
+     * clients. Every connection leaves one when ready and one at close. */
+    tls_session_t *de_tls_sessions[DLV_TLS_SESSIONS];
+    int de_ntls_sessions;
     bool de_kicking;
     bool de_rekick;
     dlv_sts_dest_t *de_sts; /* MTA-STS state (mta_sts.c), NULL when not looked up */
@@ -298,6 +304,18 @@ queue_dispatch_t *dlv_dest_pop(dlv_dest_t *de);
 void dlv_dest_conn_failed(dlv_dest_t *de, const dlv_verdict_t *v);
 /* A session reached the ready state. */
 void dlv_dest_conn_ok(dlv_dest_t *de);
+/* The destination's TLS sessions (dest.c): keep one (the oldest goes when
+ * DLV_TLS_SESSIONS are kept; owned from then on), take the newest (the
+ * caller owns it, NULL when none), drop them all (a policy change: a
+ * resumed session would skip a check now required). Thread: the
+ * destination's delivery thread. */
+void dlv_dest_tls_keep(dlv_dest_t *de, tls_session_t *sess);
+tls_session_t *dlv_dest_tls_take(dlv_dest_t *de);
+static inline void dlv_dest_tls_drop(dlv_dest_t *de) /* inline: mta_sts.c calls it too */
+{
+    while (de->de_ntls_sessions)
+        tls_session_free(de->de_tls_sessions[--de->de_ntls_sessions]);
+}
 /* Every pending dispatch of de gets the fate of verdict v (route failure,
  * dead site, TLS policy, a held provider). */
 void dlv_dest_fail_pending(dlv_dest_t *de, const dlv_verdict_t *v);

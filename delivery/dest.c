@@ -173,8 +173,7 @@ static void dlv_dest_free(dlv_dest_t *de)
     dlv_addrs_free(de->de_addrs, de->de_naddr);
     dlv_mx_scratch_free(de);
     free(de->de_fail_text);
-    if (de->de_tls_session)
-        tls_session_free(de->de_tls_session);
+    dlv_dest_tls_drop(de);
     free(de->de_domain);
     free(de);
 }
@@ -1358,10 +1357,7 @@ void dlv_dest_reconfig_all(dlv_thread_t *t)
                 dlv_sts_enforced(de) ? CFG_TLS_VERIFY : cfg_tls_policy_for(nc, de->de_domain);
             if (want != de->de_policy) {
                 de->de_policy = want;
-                if (de->de_tls_session != NULL) { /* resumed, it would skip a now required check */
-                    tls_session_free(de->de_tls_session);
-                    de->de_tls_session = NULL;
-                }
+                dlv_dest_tls_drop(de); /* resumed, it would skip a now required check */
             }
             for (dlv_session_t *s = de->de_sessions, *next; s != NULL; s = next) {
                 next = dlv_session_next(s); /* shutdown may unlink s */
@@ -1376,4 +1372,20 @@ bool dlv_dest_session_stale(const dlv_dest_t *de, uint64_t born)
 {
     DLV_ASSERT_ON_LOOP(de->de_t);
     return born < de->de_t->t_cfg_epoch;
+}
+
+void dlv_dest_tls_keep(dlv_dest_t *de, tls_session_t *sess)
+{
+    if (de->de_ntls_sessions == DLV_TLS_SESSIONS) {
+        tls_session_free(de->de_tls_sessions[0]);
+        memmove(de->de_tls_sessions, de->de_tls_sessions + 1,
+                (DLV_TLS_SESSIONS - 1) * sizeof(de->de_tls_sessions[0]));
+        de->de_ntls_sessions--;
+    }
+    de->de_tls_sessions[de->de_ntls_sessions++] = sess;
+}
+
+tls_session_t *dlv_dest_tls_take(dlv_dest_t *de)
+{
+    return de->de_ntls_sessions ? de->de_tls_sessions[--de->de_ntls_sessions] : NULL;
 }

@@ -426,10 +426,7 @@ static void sts_apply(dlv_dest_t *de)
         de->de_policy = want;
         /* a session resumed from an unverified handshake would skip the
          * certificate check */
-        if (de->de_tls_session != NULL) {
-            tls_session_free(de->de_tls_session);
-            de->de_tls_session = NULL;
-        }
+        dlv_dest_tls_drop(de);
         sd->sd_epoch = clock_mono_us();
     }
     if (mode == STS_MODE_NONE)

@@ -8,11 +8,12 @@
  *     (Postfix's rule, dlv_msg_utf8_need);
  *   - 8BITMIME (RFC 6152 3): 8-bit content to a server without it goes as
  *     a 7-bit copy (mime7bit.c), or bounces 5.6.3 when none can be made;
- *   - DKIM at delivery: the message is signed once per delivery attempt
- *     with the config snapshot's signer (dkim_cfg_signer; keys were parsed
- *     when the snapshot was loaded), over what is sent (the 7-bit copy when
- *     there is one, so that the signature verifies at the receiver); a
- *     signing failure defers 4.3.0, never sends unsigned;
+ *   - DKIM at delivery: the message is signed once, whatever its number
+ *     of destination domains and attempts (dkim_sign_once: the signer of
+ *     the config snapshot keeps the fields per message), over what is sent
+ *     (the 7-bit copy when there is one, signed once as its own variant,
+ *     so that the signature verifies at the receiver); a signing failure
+ *     defers 4.3.0, never sends unsigned;
  *   - SIZE (RFC 1870 6.1): a message larger than the server takes bounces
  *     5.3.4 without a transaction.
  * The session keeps the DKIM-Signature fields for every transaction of
@@ -52,7 +53,9 @@ static int msg_dkim(const cfg_t *cfg, const queue_dispatch_t *qd, dlv_msg_t *m, 
     buf_reset(&m->m_dkim);
     if (signer == NULL)
         return 0;
-    int rc = dkim_sign(signer, m->m_msg, m->m_len, &m->m_dkim);
+    /* once per message: its other domains and retries get the same fields */
+    unsigned variant = m->m_msg != qd->qd_body; /* 1: the 7-bit copy */
+    int rc = dkim_sign_once(signer, qd->qd_msgid, variant, m->m_msg, m->m_len, &m->m_dkim);
     if (rc >= 0)
         return rc;
     char ids[17];

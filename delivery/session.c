@@ -160,6 +160,7 @@ static void session_abort(dlv_session_t *s, const dlv_verdict_t *v, bool quit);
 static void session_close(dlv_session_t *s);
 static void session_quit(dlv_session_t *s);
 static void session_ready(dlv_session_t *s);
+static void session_keep_tls_session(dlv_session_t *s);
 static void session_fail_dispatch(dlv_session_t *s, const char *status, const char *text);
 static bool session_utf8_ascii_copy(dlv_session_t *s);
 static void session_local(dlv_session_t *s, const char *status, const char *text, dlv_verdict_t *v);
@@ -395,14 +396,7 @@ static void session_close(dlv_session_t *s)
         s->s_connected = false;
         atomic_fetch_sub_explicit(&S_STATS(s)->ds_conn_open, 1, memory_order_relaxed);
     }
-    if (s->s_tls != NULL && s->s_tls_done) { /* keep the session for resumption */
-        void *sess = tls_conn_get_session(s->s_tls);
-        if (sess != NULL) {
-            if (de->de_tls_session)
-                tls_session_free(de->de_tls_session);
-            de->de_tls_session = sess;
-        }
-    }
+    session_keep_tls_session(s); /* the freshest ticket for the next one */
     uv_timer_stop(&s->s_timer);
     uv_close((uv_handle_t *)&s->s_timer, session_handle_closed_cb);
     if (s->s_tcp_open && !s->s_tcp_closing) {
@@ -1196,8 +1190,13 @@ static void session_tls_start(dlv_session_t *s)
         session_tls_failed(s, "cannot create TLS connection");
         return;
     }
-    if (de->de_tls_session != NULL && s->s_dane == NULL)
-        tls_conn_set_session(s->s_tls, de->de_tls_session);
+    if (s->s_dane == NULL) { /* offered once: the connection takes it */
+        tls_session_t *sess = dlv_dest_tls_take(de);
+        if (sess != NULL) {
+            tls_conn_set_session(s->s_tls, sess); /* takes its own reference */
+            tls_session_free(sess);
+        }
+    }
     dlv_session_enter_state(s, S_TLS);
     session_timer(s, S_CFG(s)->c_to_starttls);
     session_tls_step(s);
@@ -1307,12 +1306,32 @@ static void session_tls_failed(dlv_session_t *s, const char *why)
 
 /* ------------------------------------------------------------ transactions */
 
+/*
+ * Leave this connection's TLS session with its destination, for another
+ * connection to resume (a TLS 1.3 ticket, or a TLS 1.2 session): at the
+ * first ready state (the EHLO reply after STARTTLS has been read, so the
+ * server's tickets have come in), so that the connections slow start
+ * opens while this one lives resume too, and at close, the freshest
+ * ticket. Each is offered once (dlv_dest_tls_take): every connection
+ * leaves one when ready and takes at most one, so there is one for each
+ * connection slow start opens next.
+ */
+static void session_keep_tls_session(dlv_session_t *s)
+{
+    if (s->s_tls == NULL || !s->s_tls_done)
+        return;
+    void *sess = tls_conn_get_session(s->s_tls);
+    if (sess != NULL)
+        dlv_dest_tls_keep(s->s_dest, sess);
+}
+
 static void session_ready(dlv_session_t *s)
 {
     dlv_session_enter_state(s, S_READY);
     uv_timer_stop(&s->s_timer);
     if (!s->s_ever_ready) {
         s->s_ever_ready = true;
+        session_keep_tls_session(s);
         dlv_dest_conn_ok(s->s_dest);
     }
     session_next_work(s);

@@ -12,7 +12,12 @@
  */
 #include "dkim/dkim_int.h"
 
+#include <stdint.h>
 #include <string.h>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 static void stage_flush(dkim_bodycanon_t *bc);
 static void stage_put(dkim_bodycanon_t *bc, const char *p, size_t n);
@@ -86,7 +91,7 @@ static void body_eol(dkim_bodycanon_t *bc)
     }
 }
 
-void dkim_body_update(dkim_bodycanon_t *bc, const char *p, size_t n)
+void dkim_body_update_bytewise(dkim_bodycanon_t *bc, const char *p, size_t n)
 {
     const unsigned char *stop = bc->bc_canon == DKIM_CANON_RELAXED ? stop_relaxed : stop_simple;
     const unsigned char *s = (const unsigned char *)p, *end = s + n;
@@ -172,6 +177,230 @@ void dkim_body_update(dkim_bodycanon_t *bc, const char *p, size_t n)
     bc->bc_line_data = line_data;
     bc->bc_any = any;
     bc->bc_pend_crlf = pend_crlf;
+}
+
+/* ------------------------------------------------ the line-at-a-time path */
+
+#define ONES 0x0101010101010101ull
+#define HIGHS 0x8080808080808080ull
+
+static inline uint64_t load64(const unsigned char *p)
+{
+    uint64_t w;
+    memcpy(&w, p, 8);
+    return w;
+}
+
+/* 0x80 in each byte of v that is zero, exactly (no false positives). */
+static inline uint64_t zero_bytes(uint64_t v)
+{
+    const uint64_t m = ~HIGHS;
+    return ~(((v & m) + m) | v | m);
+}
+
+/*
+ * The first byte of [p, t) where the relaxed body canonicalization may
+ * change something: a control byte (< 0x20: HTAB, CR, and the rare others,
+ * which are data) or a SP right after a SP (inside a WSP run; the caller
+ * backs up to the run's start). t if none. p[-1] is not a SP. Eight bytes
+ * at a time: "bytes < 0x20" by the borrow trick (its lowest flag is exact,
+ * which is all ctz needs), SP pairs from an exact SP mask and its shift,
+ * with the last byte's SP carried into the next word.
+ */
+static const unsigned char *relaxed_scan(const unsigned char *p, const unsigned char *t)
+{
+    const unsigned char *p0 = p;
+#if defined(__SSE2__)
+    /* the same, 16 bytes at a time: controls are the bytes v with
+     * min(v, 0x1f) == v */
+    const __m128i vsp = _mm_set1_epi8(' '), v1f = _mm_set1_epi8(0x1f);
+    unsigned carry16 = 0;
+    while (t - p >= 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)p);
+        unsigned sp = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, vsp));
+        unsigned ctl = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_min_epu8(v, v1f), v));
+        unsigned m = ctl | (sp & ((sp << 1) | carry16));
+        if (m)
+            return p + __builtin_ctz(m);
+        carry16 = sp >> 15;
+        p += 16;
+    }
+    if (p > p0 && p < t && p[-1] == ' ' && *p == ' ')
+        return p;
+#endif
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    uint64_t carry =
+        p > p0 && p[-1] == ' ' ? 0x80 : 0; /* 0x80: the previous word's last byte is a SP */
+    while (t - p >= 8) {
+        uint64_t w = load64(p);
+        uint64_t ctl = (w - ONES * 0x20) & ~w & HIGHS;
+        uint64_t sp = zero_bytes(w ^ (ONES * ' '));
+        uint64_t m = ctl | (sp & ((sp << 8) | carry));
+        if (m)
+            return p + (__builtin_ctzll(m) >> 3);
+        carry = sp >> 56;
+        p += 8;
+    }
+#endif
+    for (; p < t; p++)
+        if (*p < 0x20 || (*p == ' ' && p > p0 && p[-1] == ' '))
+            return p;
+    return t;
+}
+
+/* One relaxed line [s, t) without its trailing WSP and without CR, to the
+ * stage with its WSP runs as one SP, then CRLF. Memory copies between the
+ * runs. */
+static void relaxed_fix(dkim_bodycanon_t *bc, const unsigned char *s, const unsigned char *t)
+{
+    const unsigned char *p = s;
+    while (p < t) {
+        const unsigned char *q = relaxed_scan(p, t);
+        if (q == t) {
+            stage_put(bc, (const char *)p, (size_t)(t - p));
+            break;
+        }
+        if (IS_WSP(*q)) {
+            const unsigned char *r = q;
+            while (r > p && r[-1] == ' ')
+                r--;
+            stage_put(bc, (const char *)p, (size_t)(r - p));
+            stage_put(bc, " ", 1);
+            while (q < t && IS_WSP(*q))
+                q++;
+            p = q;
+        } else { /* another control byte: data */
+            stage_put(bc, (const char *)p, (size_t)(q + 1 - p));
+            p = q + 1;
+        }
+    }
+    stage_put(bc, "\r\n", 2);
+}
+
+/* Bytes [run, s) that canonicalize to themselves, straight from the input
+ * to the sink (after what the stage holds, which comes before them). */
+static void send_run(dkim_bodycanon_t *bc, const unsigned char *run, const unsigned char *s)
+{
+    size_t n = (size_t)(s - run);
+    if (n == 0)
+        return;
+    bc->bc_any = true;
+    if (bc->bc_nstage && n <= DKIM_STAGE_SIZE / 4) {
+        /* a short run between rewritten lines: copied, so that the hash
+         * gets a few large pieces rather than many small ones */
+        stage_put(bc, (const char *)run, n);
+        return;
+    }
+    stage_flush(bc);
+    bc->bc_sink(bc->bc_arg, (const char *)run, n);
+}
+
+static void put_held_lines(dkim_bodycanon_t *bc)
+{
+    for (; bc->bc_pend_crlf; bc->bc_pend_crlf--)
+        stage_put(bc, "\r\n", 2);
+}
+
+/*
+ * One line [s, lf] (lf: its LF) that is not its own canonical form, after
+ * the bytes before it were sent: an empty line (relaxed: only WSP) is held,
+ * since it may be trailing; a relaxed line with WSP to fold or a bare-LF
+ * line is rewritten by memory copies (relaxed_fix); the rare line with a CR
+ * inside goes through the byte-wise machine, which starts and ends at a
+ * line start.
+ */
+static void odd_line(dkim_bodycanon_t *bc, const unsigned char *s, const unsigned char *lf)
+{
+    const bool relaxed = bc->bc_canon == DKIM_CANON_RELAXED;
+    const unsigned char *e = lf, *t;
+    bool crlf = e > s && e[-1] == '\r';
+    if (crlf)
+        e--;
+    t = e;
+    if (relaxed)
+        while (t > s && IS_WSP(t[-1]))
+            t--;
+    if (t == s) {
+        bc->bc_pend_crlf++;
+    } else if (relaxed && !memchr(s, '\r', (size_t)(e - s))) {
+        put_held_lines(bc);
+        relaxed_fix(bc, s, t);
+        bc->bc_any = true;
+    } else if (!relaxed && !crlf) { /* simple, bare LF: sent as CRLF */
+        put_held_lines(bc);
+        stage_put(bc, (const char *)s, (size_t)(e - s));
+        stage_put(bc, "\r\n", 2);
+        bc->bc_any = true;
+    } else {
+        dkim_body_update_bytewise(bc, (const char *)s, (size_t)(lf + 1 - s));
+    }
+}
+
+/*
+ * Whole lines from s (a line start, nothing held but empty lines) up to
+ * the last complete line before end; returns where it stopped (a line
+ * start). A line that is its own canonical form is not copied: runs of
+ * such lines go to the sink straight from the input, so a clean body is
+ * hashed in a few large pieces. Relaxed: one scan over the body
+ * (relaxed_scan) stops only at control bytes and SP pairs; a stop at a
+ * CRLF after a non-WSP byte ends a clean line and the scan goes on, any
+ * other stop makes the line odd (odd_line). Simple: a non-empty
+ * CRLF-terminated line is its own form.
+ */
+static const unsigned char *body_lines(dkim_bodycanon_t *bc, const unsigned char *s,
+                                       const unsigned char *end)
+{
+    const bool relaxed = bc->bc_canon == DKIM_CANON_RELAXED;
+    const unsigned char *run = s; /* not yet sent bytes that are their own form */
+    const unsigned char *line = s, *p = s;
+
+    while (p < end) {
+        const unsigned char *q, *lf;
+        if (relaxed) {
+            q = relaxed_scan(p, end);
+            if (q + 1 >= end)
+                break; /* no stop, or a CR that may start a CRLF: the rest later */
+            if (q[0] == '\r' && q[1] == '\n' && q > line && !IS_WSP(q[-1])) {
+                put_held_lines(bc); /* if any, run == line: they go first */
+                p = line = q + 2;
+                continue;
+            }
+            lf = memchr(q, '\n', (size_t)(end - q));
+        } else {
+            lf = memchr(p, '\n', (size_t)(end - p));
+            if (lf && lf > line + 1 && lf[-1] == '\r') {
+                put_held_lines(bc);
+                p = line = lf + 1;
+                continue;
+            }
+        }
+        if (!lf)
+            break;
+        send_run(bc, run, line);
+        odd_line(bc, line, lf);
+        p = line = run = lf + 1;
+    }
+    send_run(bc, run, line);
+    return line;
+}
+
+void dkim_body_update(dkim_bodycanon_t *bc, const char *p, size_t n)
+{
+    const unsigned char *s = (const unsigned char *)p, *end = s + n;
+
+    if (bc->bc_pend_cr || bc->bc_pend_wsp || bc->bc_line_data) {
+        /* in the middle of a line: finish it byte-wise */
+        const unsigned char *lf = memchr(s, '\n', n);
+        if (!lf) {
+            dkim_body_update_bytewise(bc, p, n);
+            return;
+        }
+        dkim_body_update_bytewise(bc, p, (size_t)(lf + 1 - s));
+        s = lf + 1;
+    }
+    s = body_lines(bc, s, end);
+    if (s < end)
+        dkim_body_update_bytewise(bc, (const char *)s, (size_t)(end - s));
 }
 
 void dkim_body_final(dkim_bodycanon_t *bc)

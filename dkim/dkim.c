@@ -17,6 +17,7 @@
  */
 #include "dkim/dkim_int.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,6 +55,7 @@ struct dkim_signer {
     sig_entry_t *s_sigs;
     size_t s_nsigs;
     uint64_t s_fixed_time;
+    dkim_cache_t *s_cache; /* cache.c: signatures kept per message */
 };
 
 typedef struct sig_plan {
@@ -303,6 +305,11 @@ int dkim_signer_new(const dkim_conf_t *conf, dkim_keystore_t *ks, dkim_signer_t 
             }
         }
     }
+    uint32_t reuse = 0; /* reuse a signature for half its x= lifetime at most */
+    for (size_t i = 0; i < s->s_nsigs; i++)
+        if (s->s_sigs[i].e_expire && (reuse == 0 || s->s_sigs[i].e_expire / 2 < reuse))
+            reuse = MAX(s->s_sigs[i].e_expire / 2, 1);
+    s->s_cache = dkim_cache_new(DKIM_CACHE_SLOTS, reuse);
     *out = s;
     return 0;
 
@@ -318,6 +325,7 @@ void dkim_signer_free(dkim_signer_t *s)
     for (size_t i = 0; i < s->s_nsigs; i++)
         entry_free(&s->s_sigs[i]);
     free(s->s_sigs);
+    dkim_cache_free(s->s_cache);
     EVP_MD_free(s->s_md);
     dkim_keystore_free(s->s_ks);
     free(s);
@@ -432,27 +440,102 @@ static const dkim_hdr_t *select_hdr(const dkim_msg_t *m, unsigned char *used, co
     return NULL;
 }
 
+/*
+ * Signing contexts kept per thread and key: setting one up (the provider's
+ * key import, EVP_DigestSignInit) cost as much as an Ed25519 signature of
+ * a 5 KiB message (bench/run-dkim), so each thread keeps the contexts of
+ * the last few keys it signed with, as `openssl speed` does. Each holds a
+ * reference on its EVP_PKEY, so a key freed by a reload stays valid (and
+ * its address unused) until its context is evicted; the thread's exit
+ * frees them (sign_ctx_key's destructor).
+ */
+#define SIGN_CTX_SLOTS 4
+
+typedef struct sign_ctx {
+    EVP_PKEY *sc_pkey;
+    EVP_PKEY_CTX *sc_pc; /* RSA: sign_init'ed, PKCS#1 v1.5, SHA-256 */
+    EVP_MD_CTX *sc_mc;   /* Ed25519: DigestSignInit'ed */
+} sign_ctx_t;
+
+typedef struct sign_ctxs {
+    sign_ctx_t c[SIGN_CTX_SLOTS];
+    unsigned next;
+} sign_ctxs_t;
+
+static pthread_key_t sign_ctx_key;
+static pthread_once_t sign_ctx_once = PTHREAD_ONCE_INIT;
+
+static void sign_ctx_clear(sign_ctx_t *c)
+{
+    EVP_PKEY_CTX_free(c->sc_pc);
+    EVP_MD_CTX_free(c->sc_mc);
+    EVP_PKEY_free(c->sc_pkey);
+    memset(c, 0, sizeof(*c));
+}
+
+static void sign_ctxs_free(void *arg)
+{
+    sign_ctxs_t *t = arg;
+    for (int i = 0; i < SIGN_CTX_SLOTS; i++)
+        sign_ctx_clear(&t->c[i]);
+    free(t);
+}
+
+static void sign_ctx_init(void)
+{
+    pthread_key_create(&sign_ctx_key, sign_ctxs_free);
+}
+
+/* This thread's context for k, made on first use; NULL if it cannot be. */
+static sign_ctx_t *sign_ctx_get(const dkim_signer_t *s, const dkim_key_t *k)
+{
+    pthread_once(&sign_ctx_once, sign_ctx_init);
+    sign_ctxs_t *t = pthread_getspecific(sign_ctx_key);
+    if (!t) {
+        t = xcalloc(1, sizeof(*t));
+        pthread_setspecific(sign_ctx_key, t);
+    }
+    for (int i = 0; i < SIGN_CTX_SLOTS; i++)
+        if (t->c[i].sc_pkey == k->k_pkey)
+            return &t->c[i];
+    sign_ctx_t *c = &t->c[t->next++ % SIGN_CTX_SLOTS];
+    sign_ctx_clear(c);
+    bool ok;
+    if (k->k_alg == DKIM_ALG_RSA_SHA256) {
+        c->sc_pc = EVP_PKEY_CTX_new_from_pkey(NULL, k->k_pkey, NULL);
+        ok = c->sc_pc && EVP_PKEY_sign_init(c->sc_pc) == 1 &&
+             EVP_PKEY_CTX_set_rsa_padding(c->sc_pc, RSA_PKCS1_PADDING) == 1 &&
+             EVP_PKEY_CTX_set_signature_md(c->sc_pc, s->s_md) == 1;
+    } else {
+        c->sc_mc = EVP_MD_CTX_new();
+        ok = c->sc_mc &&
+             EVP_DigestSignInit_ex(c->sc_mc, NULL, NULL, NULL, NULL, k->k_pkey, NULL) == 1;
+    }
+    if (!ok) {
+        sign_ctx_clear(c);
+        return NULL;
+    }
+    EVP_PKEY_up_ref(k->k_pkey);
+    c->sc_pkey = k->k_pkey;
+    return c;
+}
+
 static int sign_digest(const dkim_signer_t *s, const dkim_key_t *k, const unsigned char dg[32],
                        unsigned char *sig, size_t *siglen)
 {
     int rc = DKIM_ESIGN;
+    sign_ctx_t *c = sign_ctx_get(s, k);
 
-    if (k->k_alg == DKIM_ALG_RSA_SHA256) {
-        EVP_PKEY_CTX *pc = EVP_PKEY_CTX_new_from_pkey(NULL, k->k_pkey, NULL);
-        if (pc && EVP_PKEY_sign_init(pc) == 1 &&
-            EVP_PKEY_CTX_set_rsa_padding(pc, RSA_PKCS1_PADDING) == 1 &&
-            EVP_PKEY_CTX_set_signature_md(pc, s->s_md) == 1 &&
-            EVP_PKEY_sign(pc, sig, siglen, dg, 32) == 1)
+    if (c && k->k_alg == DKIM_ALG_RSA_SHA256) {
+        if (EVP_PKEY_sign(c->sc_pc, sig, siglen, dg, 32) == 1)
             rc = 0;
-        EVP_PKEY_CTX_free(pc);
-    } else {
+    } else if (c) {
         /* RFC 8463: PureEd25519 over the SHA-256 digest (no prehash mode). */
-        EVP_MD_CTX *mc = EVP_MD_CTX_new();
-        if (mc && EVP_DigestSignInit_ex(mc, NULL, NULL, NULL, NULL, k->k_pkey, NULL) == 1 &&
-            EVP_DigestSign(mc, sig, siglen, dg, 32) == 1)
+        if (EVP_DigestSign(c->sc_mc, sig, siglen, dg, 32) == 1)
             rc = 0;
-        EVP_MD_CTX_free(mc);
     }
+    if (rc < 0 && c)
+        sign_ctx_clear(c); /* made afresh next time */
     if (rc < 0) {
         char e[256];
         ERR_error_string_n(ERR_peek_last_error(), e, sizeof(e));
@@ -586,10 +669,14 @@ static int sign_one(const dkim_signer_t *s, const dkim_msg_t *m, const sig_plan_
 
 int dkim_sign(const dkim_signer_t *s, const char *msg, size_t len, buf_t *out)
 {
+    dkim_bh_t bh = {0};
+    return dkim_sign_bh(s, msg, len, &bh, out);
+}
+
+int dkim_sign_bh(const dkim_signer_t *s, const char *msg, size_t len, dkim_bh_t *bh, buf_t *out)
+{
     dkim_msg_t m;
     sig_plan_t plan[DKIM_MAX_SIGS];
-    unsigned char bh[2][32];
-    bool have_bh[2] = {false, false};
     char from[256];
     const char *fromp = NULL;
     size_t flen = 0;
@@ -626,12 +713,12 @@ int dkim_sign(const dkim_signer_t *s, const char *msg, size_t len, buf_t *out)
     uint64_t now = s->s_fixed_time ? s->s_fixed_time : clock_now_s();
     for (int i = 0; i < n; i++) {
         dkim_canon_t bc = plan[i].p_entry->e_bcanon;
-        if (!have_bh[bc]) {
-            if ((rc = body_hash(s, bc, m.m_body, m.m_bodylen, bh[bc])) < 0)
+        if (!bh->bh_have[bc]) { /* once per body canonicalization, kept by the caller */
+            if ((rc = body_hash(s, bc, m.m_body, m.m_bodylen, bh->bh_hash[bc])) < 0)
                 goto fail;
-            have_bh[bc] = true;
+            bh->bh_have[bc] = true;
         }
-        if ((rc = sign_one(s, &m, &plan[i], bh[bc], now, used, &hb, out)) < 0)
+        if ((rc = sign_one(s, &m, &plan[i], bh->bh_hash[bc], now, used, &hb, out)) < 0)
             goto fail;
     }
     rc = n;
@@ -645,4 +732,10 @@ done:
     buf_free(&hb);
     dkim_msg_free(&m);
     return rc;
+}
+
+int dkim_sign_once(const dkim_signer_t *s, uint64_t id, unsigned variant, const char *msg,
+                   size_t len, buf_t *out)
+{
+    return dkim_cache_sign(s->s_cache, s, id, variant, msg, len, out);
 }

@@ -182,6 +182,23 @@ void dkim_signer_free(dkim_signer_t *s);
 int dkim_sign(const dkim_signer_t *s, const char *msg, size_t len, buf_t *out);
 
 /*
+ * dkim_sign() once per message: the fields made for (id, variant) are
+ * kept in the signer's cache (DKIM_CACHE_SLOTS messages, dkim_int.h) and
+ * given again, byte for byte, to every later call for the same message:
+ * its other destination domains, its retries, its other transactions. id
+ * is the message's queue id, variant tells copies of one message apart
+ * (0: the stored bytes, 1: the 7-bit copy), and len must match too (a
+ * different len is signed afresh). When a signature has x=, it is reused
+ * for at most half its lifetime; after that the message is signed again
+ * with a fresh t= but the body hash kept from the first signing (no new
+ * pass over the body). A reload makes a new signer with an empty cache
+ * (new keys sign from then on). Same returns as dkim_sign(). Any thread,
+ * concurrently.
+ */
+int dkim_sign_once(const dkim_signer_t *s, uint64_t id, unsigned variant, const char *msg,
+                   size_t len, buf_t *out);
+
+/*
  * The operator tool behind `sluiced -c FILE --dkim-sign MSG` (and
  * dkim-bench's `sign`): read the message file at
  * in_path (or stdin for "-"), sign it and write the signed message (the

@@ -298,12 +298,37 @@ static void test_header_len(void **state)
                      mime7_header_len(cases[i].in, strlen(cases[i].in)), cases[i].want);
 }
 
+/* mime7_has_8bit (word at a time) against the obvious loop: one 8-bit
+ * byte at every position of every length up to 100, at every alignment */
+static void test_has_8bit(void **state)
+{
+    (void)state;
+    char buf[128];
+    for (size_t off = 0; off < 8; off++) {
+        for (size_t n = 0; n <= 100; n++) {
+            memset(buf, 'a', sizeof(buf));
+            assert_false(mime7_has_8bit(buf + off, n));
+            for (size_t k = 0; k < n; k++) {
+                buf[off + k] = (char)(k % 2 ? 0x80 : 0xff);
+                if (!mime7_has_8bit(buf + off, n))
+                    fail_msg("8-bit byte at %zu of %zu (offset %zu) not seen", k, n, off);
+                buf[off + k] = 0x7f;
+                assert_false(mime7_has_8bit(buf + off, n));
+                buf[off + k] = 'a';
+            }
+            buf[off + n] = (char)0x80; /* just past the end: not looked at */
+            assert_false(mime7_has_8bit(buf + off, n));
+        }
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_golden),         cmocka_unit_test(test_seven_bit_unchanged),
         cmocka_unit_test(test_cannot_convert), cmocka_unit_test(test_too_deep),
         cmocka_unit_test(test_qp_round_trip),  cmocka_unit_test(test_header_len),
+        cmocka_unit_test(test_has_8bit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
