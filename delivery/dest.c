@@ -1132,10 +1132,11 @@ static const shp_limits_t *shp_lim(dlv_dest_t *de)
 int dlv_dest_max_msgs(dlv_dest_t *de, int vmta)
 {
     DLV_ASSERT_ON_LOOP(de->de_t);
-    UNUSED(vmta);
     shp_dest_check(de->de_shp); /* a reload's max_messages_per_connection: now */
     int n = shp_lim(de)->l_max_msgs;
-    return n > 0 ? n : de->de_t->t_cfg->c_dlv_max_msgs_per_conn;
+    n = n > 0 ? n : de->de_t->t_cfg->c_dlv_max_msgs_per_conn;
+    int learned = shp_adapt_max_msgs(shp_q(de->de_shp, vmta)); /* adaptive mode's, 0: none */
+    return learned > 0 && learned < n ? learned : n;
 }
 
 int dlv_dest_max_rcpt(dlv_dest_t *de, int vmta)

@@ -33,5 +33,8 @@ int sctl_utf8_cut(const char *s, int max);
 /* Human output (sluicectl_print.c) of `events` and `tlsrpt`. */
 void sctl_print_events(struct json_object *r);
 void sctl_print_tlsrpt(struct json_object *r);
+/* `providers`: the learned values of an adaptive queue (a line under its
+ * row; nothing for a queue that is not adaptive). */
+void sctl_print_adaptive(struct json_object *q);
 
 #endif /* SLUICE_SLUICECTL_INT_H */

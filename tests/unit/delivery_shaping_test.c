@@ -354,38 +354,43 @@ static void test_triggers_and_actions(void **state)
         shp_provider_get(sh, shp_match_domain(sh->sh_conf, "p.example"), "p.example");
     shp_queue_t *q = &pv->pv_q[0];
     uint64_t t = 1000000000ULL;
+    shp_capacity_t cap;
     assert_int_equal(atomic_load(&q->q_mode), SHP_NORMAL);
     assert_true(shp_queue_rate(q) > 9.9 && shp_queue_rate(q) < 10.1);
     /* threshold: 3 in 1m */
-    assert_int_equal(shp_queue_reply(q, "p.example", 451, "4.3.2", "busy", t), 0);
-    assert_int_equal(shp_queue_reply(q, "p.example", 451, "4.3.2", "busy", t + 10000000), 0);
+    assert_int_equal(shp_queue_reply(q, "p.example", 451, "4.3.2", "busy", 0, &cap, t), 0);
+    assert_int_equal(shp_queue_reply(q, "p.example", 451, "4.3.2", "busy", 0, &cap, t + 10000000),
+                     0);
     /* the first hit left the window: still two */
-    assert_int_equal(shp_queue_reply(q, "p.example", 451, "4.3.2", "busy", t + 65000000), 0);
+    assert_int_equal(shp_queue_reply(q, "p.example", 451, "4.3.2", "busy", 0, &cap, t + 65000000),
+                     0);
     assert_int_equal(atomic_load(&q->q_mode), SHP_NORMAL);
-    assert_int_equal(shp_queue_reply(q, "p.example", 451, "4.3.2", "busy", t + 66000000),
+    assert_int_equal(shp_queue_reply(q, "p.example", 451, "4.3.2", "busy", 0, &cap, t + 66000000),
                      SHP_A_BACKOFF);
     assert_int_equal(atomic_load(&q->q_mode), SHP_BACKOFF);
     assert_true(shp_queue_rate(q) > 0.99 && shp_queue_rate(q) < 1.01);
     assert_int_equal(atomic_load(&q->q_max_conn), 1);
     /* normal by rule */
-    assert_int_equal(shp_queue_reply(q, "p.example", 421, "4.7.0", "all clear", t + 70000000),
-                     SHP_A_NORMAL);
+    assert_int_equal(
+        shp_queue_reply(q, "p.example", 421, "4.7.0", "all clear", 0, &cap, t + 70000000),
+        SHP_A_NORMAL);
     assert_int_equal(atomic_load(&q->q_mode), SHP_NORMAL);
     assert_int_equal(atomic_load(&q->q_max_conn), 8);
     /* immediate */
-    assert_int_equal(shp_queue_reply(q, "p.example", 421, "4.7.0", "please slow down", t),
+    assert_int_equal(shp_queue_reply(q, "p.example", 421, "4.7.0", "please slow down", 0, &cap, t),
                      SHP_A_BACKOFF);
     /* disable-source, suspend, bounce-recipient */
     uint64_t t2 = t + 80000000;
-    assert_int_equal(shp_queue_reply(q, "p.example", 550, "5.7.1", "IP listed at x", t2),
+    assert_int_equal(shp_queue_reply(q, "p.example", 550, "5.7.1", "IP listed at x", 0, &cap, t2),
                      SHP_A_DISABLE_SRC);
     assert_true(atomic_load(&q->q_disabled_until) == t2 + 600000000ULL);
-    assert_int_equal(shp_queue_reply(q, "p.example", 421, "4.7.0", "go away", t2), SHP_A_SUSPEND);
+    assert_int_equal(shp_queue_reply(q, "p.example", 421, "4.7.0", "go away", 0, &cap, t2),
+                     SHP_A_SUSPEND);
     assert_true(atomic_load(&pv->pv_suspend_until) == t2 + 120000000ULL);
-    assert_int_equal(shp_queue_reply(q, "p.example", 452, "4.2.2", "gone for good", t2),
+    assert_int_equal(shp_queue_reply(q, "p.example", 452, "4.2.2", "gone for good", 0, &cap, t2),
                      SHP_A_BOUNCE_RCPT);
     /* no rule: nothing, but the response is remembered */
-    assert_int_equal(shp_queue_reply(q, "p.example", 450, "4.2.1", "mailbox busy", t2), 0);
+    assert_int_equal(shp_queue_reply(q, "p.example", 450, "4.2.1", "mailbox busy", 0, &cap, t2), 0);
     assert_string_equal(q->q_last, "450 4.2.1 mailbox busy");
     shp_provider_put(pv);
     dlv_shaping_free(sh);
