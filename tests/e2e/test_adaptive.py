@@ -180,7 +180,11 @@ class Adaptive(unittest.TestCase):
         return p
 
     def daemon(self, peer, tmpdir=None):
-        d = st.Daemon(routes={"adapt.test": "127.0.0.1:%d" % peer.port}, tmpdir=tmpdir)
+        d = st.Daemon(routes={"adapt.test": "127.0.0.1:%d" % peer.port,
+                              "adapt2.test": "127.0.0.1:%d" % peer.port}, tmpdir=tmpdir)
+        # no provider matches: the domains the peer serves roll up into one
+        # provider named after the route's host and port
+        self.pname = "127.0.0.1:%d" % peer.port
         text = d.default_conf("info").replace(
             "delivery {\n", "delivery {\n    adaptive = true;\n", 1) + FAST_QUEUE
         with open(d.conf_path, "w") as f:
@@ -189,20 +193,23 @@ class Adaptive(unittest.TestCase):
         return d
 
     def queue_of(self, d):
-        """The adapt.test provider's queue in sluicectl providers --json."""
+        """The peer's provider's queue in sluicectl providers --json."""
         r = d.ctl("providers", json=True)
         self.assertEqual(r.rc, 0, r.out + r.err)
         for p in r.data["providers"]:
-            if p["provider"] == "adapt.test":
+            if p["provider"] == self.pname:
                 return p["queues"][0]
-        return None
+        self.fail("no provider %s in %s" % (self.pname, r.data))
 
-    def run_batch(self, d, n):
-        """n messages to adapt.test, held while injected so that sluice
-        sees the whole backlog at once, then delivered."""
-        self.assertEqual(d.ctl("suspend", "adapt.test").rc, 0)
-        inject(d, n, "adapt.test")
-        self.assertEqual(d.ctl("resume", "adapt.test").rc, 0)
+    def run_batch(self, d, n, domains=("adapt.test",)):
+        """n messages to the domains (the peer's), held while injected so
+        that sluice sees the whole backlog at once, then delivered."""
+        for dom in domains:
+            self.assertEqual(d.ctl("suspend", dom).rc, 0)
+        for k, dom in enumerate(domains):
+            inject(d, n // len(domains), dom, local="u%d-" % k)
+        for dom in domains:
+            self.assertEqual(d.ctl("resume", dom).rc, 0)
 
     def test_learns_rate(self):
         """30 messages/s, 5 messages per connection (and 3 connections,
@@ -240,7 +247,7 @@ class Adaptive(unittest.TestCase):
                             in (r["response"] or "") for r in recs), recs)
         self.assertTrue(any(r["detail"].startswith("adaptive: rate") and "Rate limit"
                             in (r["response"] or "") for r in recs), recs)
-        self.assertTrue(all(r["provider"] == "adapt.test" for r in recs), recs)
+        self.assertTrue(all(r["provider"] == self.pname for r in recs), recs)
         self.assertFalse(any(r["type"] == "shaping" and r["event"] == "backoff"
                              for r in d.accounting()))
 
@@ -249,11 +256,13 @@ class Adaptive(unittest.TestCase):
         rate, limit the throughput): sluice doubles its connections from 2
         until the receiver refuses one, learns max_connections 3 exactly
         (the connections it had open, minus the refused one) and keeps to
-        it: every message delivered, a handful of refusals. sluicectl
-        providers and the metrics show the learned values."""
+        it: every message delivered, a handful of refusals. Two domains
+        the peer serves share the one allowance (one provider: the route's
+        host). sluicectl providers and the metrics show the learned
+        values."""
         peer = self.peer(max_conns=3, delay=0.1)
         d = self.daemon(peer).start()
-        self.run_batch(d, 200)
+        self.run_batch(d, 200, domains=("adapt.test", "adapt2.test"))
         st.wait_for(lambda: peer.counts()[0] >= 200, 120, interval=0.5, what="200 messages")
         d.wait_queue(0, timeout=60)
         q = self.queue_of(d)
@@ -268,13 +277,14 @@ class Adaptive(unittest.TestCase):
         self.assertTrue(any("max_connections 4 -> 3" in r["detail"] for r in recs), recs)
         # what an operator reads: sluicectl providers and the metrics
         out = d.ctl("providers").out
-        self.assertRegex(out, r"(?m)^adapt\.test .*\n\s+adaptive: rate [0-9.]+/s.*, "
+        self.assertRegex(out, r"(?m)^127\.0\.0\.1:%d .*\n\s+adaptive: rate [0-9.]+/s.*, "
+                              % peer.port +
                               r"max_connections 3, max_messages_per_connection -, \d+ capacity")
         met = d.ctl("metrics").out
-        self.assertIn('sluice_provider_adaptive_max_connections{provider="adapt.test",'
-                      'vmta="default"} 3\n', met)
-        self.assertRegex(met, r'sluice_provider_adaptive_rate\{provider="adapt\.test",'
-                              r'vmta="default"\} [0-9.e+]+\n')
+        self.assertIn('sluice_provider_adaptive_max_connections{provider="%s",'
+                      'vmta="default"} 3\n' % self.pname, met)
+        self.assertRegex(met, r'sluice_provider_adaptive_rate\{provider="127\.0\.0\.1:%d",'
+                              r'vmta="default"\} [0-9.e+]+\n' % peer.port)
 
     def test_kept_across_restart(self):
         """The learned values are in spool/adaptive.json at exit and are
@@ -294,7 +304,7 @@ class Adaptive(unittest.TestCase):
         d.stop()
         with open(os.path.join(d.spool, "adaptive.json")) as f:
             kept = json.load(f)
-        (e,) = [e for e in kept["queues"] if e["provider"] == "adapt.test"]
+        (e,) = [e for e in kept["queues"] if e["provider"] == self.pname]
         self.assertEqual((e["vmta"], e["max_connections"], e["max_messages_per_connection"]),
                          ("default", 2, 4), e)
         self.assertAlmostEqual(e["rate"], before["rate"], delta=0.01)
