@@ -144,6 +144,7 @@ static const key_def_t keys[] = {
     KEY("delivery.helo_name", RESTART, K_HOSTNAME, c_dlv_helo, ""),
     KEY("delivery.bounce_rules", LIVE, K_STR, c_dlv_bounce_rules, ""),
     KEY("delivery.shaping", LIVE, K_STR, c_dlv_shaping, ""),
+    KEY("delivery.adaptive", LIVE, K_BOOL, c_dlv_adaptive, "false"),
     KEYR("delivery.max_rcpt_per_transaction", LIVE, K_INT, c_dlv_max_rcpt_per_txn, 1, 100000,
          "100"),
     KEYR("delivery.max_connections_per_destination", LIVE, K_INT, c_dlv_max_conn_per_dest, 1,

@@ -195,6 +195,8 @@ typedef struct cfg {
     char *c_dlv_helo;               /* helo_name = "" (= hostname) */
     char *c_dlv_bounce_rules;       /* bounce_rules = "" (built-in config/bounce-rules.conf) */
     char *c_dlv_shaping;            /* shaping = "": traffic shaping file (docs/shaping.md) */
+    bool c_dlv_adaptive;            /* adaptive = false: adaptive mode where the shaping file does
+                                     * not say (docs/shaping.md) */
     int c_dlv_max_rcpt_per_txn;     /* max_rcpt_per_transaction = 100 */
     int c_dlv_max_conn_per_dest;    /* max_connections_per_destination = 20 */
     int c_dlv_max_msgs_per_conn;    /* max_messages_per_connection = 1000 */

@@ -100,6 +100,9 @@ int dlv_new(cfg_t *cfg, queue_t *q, dlv_t **out, char *err, size_t errlen)
     shp_cluster_global(d->d_shaping);
     if (d->d_cluster != NULL)
         dlv_cluster_share_suppression(d->d_cluster, q);
+    d->d_shaping->sh_adaptive = cfg->c_dlv_adaptive;
+    /* adaptive mode's learned values: kept in the spool directory */
+    shp_adapt_open(d->d_shaping, q != NULL ? cfg->c_spool_path : NULL);
     d->d_threads = xcalloc((size_t)n, sizeof(dlv_thread_t));
     int i;
     for (i = 0; i < n; i++) {
@@ -404,6 +407,8 @@ void dlv_set_config(dlv_t *d, cfg_t *cfg, bool reroute)
 {
     if (d == NULL || !d->d_started || atomic_load(&d->d_stopping))
         return;
+    if (d->d_shaping != NULL) /* delivery.adaptive: every queue whose limits do not say */
+        shp_registry_adaptive(d->d_shaping, cfg->c_dlv_adaptive);
     for (int i = 0; i < d->d_nthreads; i++) {
         dlv_thread_t *t = &d->d_threads[i];
         cfg_t *nc = cfg_ref(cfg);

@@ -207,6 +207,7 @@ typedef struct dlv_reply {
     shp_queue_t *rp_q;    /* its (provider, virtual MTA) queue; NULL: no shaping */
     int rp_accepted;      /* RCPT, DATA, DOT: recipients accepted in the transaction */
     bool rp_mail_refused; /* RCPT, DATA: MAIL was refused */
+    int rp_conn_msgs;     /* messages the connection completed before this reply */
     uint64_t rp_retry_at; /* DEST: a retry time the caller knows (unix s), 0 = none */
 } dlv_reply_t;
 
@@ -227,6 +228,7 @@ typedef struct dlv_verdict {
     char v_text[DLV_TEXT_MAX]; /* the text as recorded (empty when not an outcome) */
     const char *v_rule;        /* the bounce rule that classified ("file:line"), or NULL */
     int v_signal;              /* the shaping rule's action that fired (shp_action_t), 0 none */
+    int v_capacity;            /* v_signal SHP_A_CAPACITY: the limit passed (shp_capacity_t) */
     bool v_abort;              /* a protocol error: the session must end (QUIT) */
     const char *v_tls_policy;  /* set by the caller on a TLS refusal: the policy that refused
                                 * ("dane", ...), NULL = the destination's */

@@ -637,6 +637,30 @@ static void shp_dest_limits_locked(shp_dest_t *sd)
     }
 }
 
+/* The name of a destination's provider of its own (no rule matched): its
+ * domain; in adaptive mode, once routed, its first route's host (and port
+ * when not 25), so that the domains one receiving host serves learn one
+ * allowance together (MX rollup without a configured provider: the host
+ * counts our connections and messages, not the domains). sh_lock held. */
+static const char *shp_dest_own_name(shp_dest_t *sd, const shp_prule_t *rule, bool mx, char *buf,
+                                     size_t len)
+{
+    dlv_dest_t *de = sd->sd_de;
+    const shp_limits_t *d = &sd->sd_sh->sh_conf->sc_defaults;
+    bool adaptive = (d->l_set & L_ADAPTIVE) ? d->l_adaptive : sd->sd_sh->sh_adaptive;
+    if (rule != NULL || !mx || de->de_naddr == 0 || !adaptive || de->de_addrs[0].da_host == NULL)
+        return de->de_domain;
+    const struct sockaddr *sa = (const struct sockaddr *)&de->de_addrs[0].da_sa;
+    int port = sa->sa_family == AF_INET    ? ntohs(((const struct sockaddr_in *)sa)->sin_port)
+               : sa->sa_family == AF_INET6 ? ntohs(((const struct sockaddr_in6 *)sa)->sin6_port)
+                                           : 25;
+    if (port == 25 || port == 0)
+        snprintf(buf, len, "%s", de->de_addrs[0].da_host);
+    else
+        snprintf(buf, len, "%s:%d", de->de_addrs[0].da_host, port);
+    return buf;
+}
+
 /* Match the destination's provider (domain patterns; with mx, the MX host
  * names of its route too) and take it, under sh_lock so that a reload
  * cannot swap the rules between the match and the registry. */
@@ -652,7 +676,9 @@ static void shp_dest_route(shp_dest_t *sd, bool mx)
     for (int i = 0; mx && rule == NULL && i < de->de_naddr; i++)
         rule = shp_match_mx(sh->sh_conf, de->de_addrs[i].da_host);
     sd->sd_final |= mx;
-    sd->sd_pv = shp_provider_get_locked(sh, rule, de->de_domain);
+    char byhost[300];
+    const char *name = shp_dest_own_name(sd, rule, mx, byhost, sizeof(byhost));
+    sd->sd_pv = shp_provider_get_locked(sh, rule, name);
     shp_dest_limits_locked(sd);
     uv_mutex_unlock(&sh->sh_lock);
     shp_provider_put(old);
@@ -1220,10 +1246,11 @@ static const shp_limits_t *shp_lim(dlv_dest_t *de)
 int dlv_dest_max_msgs(dlv_dest_t *de, int vmta)
 {
     DLV_ASSERT_ON_LOOP(de->de_t);
-    UNUSED(vmta);
     shp_dest_check(de->de_shp); /* a reload's max_messages_per_connection: now */
     int n = shp_lim(de)->l_max_msgs;
-    return n > 0 ? n : de->de_t->t_cfg->c_dlv_max_msgs_per_conn;
+    n = n > 0 ? n : de->de_t->t_cfg->c_dlv_max_msgs_per_conn;
+    int learned = shp_adapt_max_msgs(shp_q(de->de_shp, vmta)); /* adaptive mode's, 0: none */
+    return learned > 0 && learned < n ? learned : n;
 }
 
 int dlv_dest_max_rcpt(dlv_dest_t *de, int vmta)

@@ -38,8 +38,8 @@
 #include <string.h>
 #include <strings.h>
 
-static void shp_queue_apply(shp_queue_t *q, double rate, int conns);
 static double shp_queue_top(const shp_queue_t *q);
+static void shp_queue_apply(shp_queue_t *q, double rate, int conns);
 static void shp_event(shp_queue_t *q, shp_provider_t *pv, const char *event, const char *detail,
                       const char *response);
 static void shp_registry_global(dlv_shaping_t *sh, const shp_limits_t *g);
@@ -161,8 +161,12 @@ shp_provider_t *shp_provider_get_locked(dlv_shaping_t *sh, const shp_prule_t *ru
             q->q_vmta = i;
             uv_mutex_init(&q->q_lock);
             q->q_lim = pv->pv_lim;
+            shp_adapt_init(q, clock_mono_us()); /* before the top: it may be the learned rate */
             q->q_level = shp_queue_top(q);
-            shp_queue_apply(q, shp_rate_per_sec(&pv->pv_lim.l_msg_rate), pv->pv_lim.l_max_conn);
+            if (q->q_ad.a_on)
+                shp_queue_apply(q, shp_adapt_rate(q), shp_adapt_conns(q));
+            else
+                shp_queue_apply(q, shp_rate_per_sec(&pv->pv_lim.l_msg_rate), pv->pv_lim.l_max_conn);
             shp_bucket_rate(&q->q_cr, &pv->pv_lim.l_conn_rate);
         }
         if (sh->sh_reg_n >= sh->sh_reg_cap * 2) { /* grow: rehash under the lock */
@@ -200,8 +204,9 @@ shp_provider_t *shp_provider_get(dlv_shaping_t *sh, const shp_prule_t *rule, con
 }
 
 /* A provider of its own (an unmatched domain) is forgotten with its last
- * destination unless a queue is in backoff or the provider is suspended:
- * then it stays until dlv_shaping_free. Configured ones always stay. */
+ * destination unless a queue is in backoff or adaptive (what it learned) or
+ * the provider is suspended: then it stays until dlv_shaping_free.
+ * Configured ones always stay. */
 void shp_provider_put(shp_provider_t *pv)
 {
     if (pv == NULL)
@@ -214,7 +219,8 @@ void shp_provider_put(shp_provider_t *pv)
         bool quiet = true;
         for (int i = 0; i < sh->sh_nvmtas; i++)
             quiet &= atomic_load(&pv->pv_q[i].q_mode) == SHP_NORMAL &&
-                     atomic_load(&pv->pv_q[i].q_disabled_until) <= clock_mono_us();
+                     atomic_load(&pv->pv_q[i].q_disabled_until) <= clock_mono_us() &&
+                     !atomic_load(&pv->pv_q[i].q_ad.a_on); /* its learned values stay */
         if (quiet) {
             for (int i = 0; i < sh->sh_nvmtas; i++) { /* kept in the per-vmta totals */
                 atomic_fetch_add(&sh->sh_gone[i][0], atomic_load(&pv->pv_q[i].q_delivered));
@@ -282,7 +288,8 @@ double shp_queue_rate(shp_queue_t *q)
 static double shp_queue_top(const shp_queue_t *q)
 {
     const shp_limits_t *l = &q->q_lim;
-    double normal = shp_rate_per_sec(&l->l_msg_rate);
+    /* adaptive: the learned rate is the normal one */
+    double normal = q->q_ad.a_on ? shp_adapt_rate(q) : shp_rate_per_sec(&l->l_msg_rate);
     double bo = shp_rate_per_sec(&l->l_bo_msg);
     if (normal > 0.0 && bo > 0.0)
         return MAX(1.0, normal / bo);
@@ -297,7 +304,10 @@ static void shp_queue_set_mult(shp_queue_t *q, double m)
     double top = shp_queue_top(q);
     q->q_level = MIN(m, top);
     if (m >= top) {
-        shp_queue_apply(q, shp_rate_per_sec(&l->l_msg_rate), l->l_max_conn);
+        if (q->q_ad.a_on)
+            shp_queue_apply(q, shp_adapt_rate(q), shp_adapt_conns(q));
+        else
+            shp_queue_apply(q, shp_rate_per_sec(&l->l_msg_rate), l->l_max_conn);
         shp_bucket_rate(&q->q_cr, &l->l_conn_rate);
         return;
     }
@@ -347,9 +357,29 @@ void shp_queue_normal(shp_queue_t *q, const char *why, uint64_t now_us)
     shp_queue_change(q, SHP_NORMAL, shp_queue_top(q), "normal", why, now_us);
 }
 
+/* Adaptive mode changed q's learned limits: in force now (in normal mode;
+ * backoff and recovery climb to them), one record, the spool's copy. */
+static void shp_adapt_changed(shp_queue_t *q, const shp_adapt_change_t *ch, const char *why)
+{
+    uv_mutex_lock(&q->q_lock);
+    if (atomic_load(&q->q_mode) == SHP_NORMAL)
+        shp_queue_apply(q, shp_adapt_rate(q), shp_adapt_conns(q));
+    uv_mutex_unlock(&q->q_lock);
+    if (!ch->ch_record) {
+        log_debug("shaping: provider=%s vmta=%s %s", q->q_pv->pv_name, shp_vmta_name(q),
+                  ch->ch_detail);
+        return;
+    }
+    shp_event(q, q->q_pv, "adapt", ch->ch_detail, why);
+    shp_adapt_save(q->q_pv->pv_sh, false);
+}
+
 void shp_queue_success(shp_queue_t *q, uint64_t now_us)
 {
     atomic_fetch_add_explicit(&q->q_delivered, 1, memory_order_relaxed);
+    shp_adapt_change_t ch;
+    if (shp_adapt_success(q, now_us, &ch)) /* adaptive mode's increase */
+        shp_adapt_changed(q, &ch, NULL);
     if (atomic_load_explicit(&q->q_mode, memory_order_relaxed) == SHP_NORMAL)
         return;
     const shp_limits_t *l = &q->q_lim; /* q_lock */
@@ -397,7 +427,7 @@ static bool shp_queue_hit(shp_queue_t *q, int i, const shp_rule_t *r, uint64_t n
 }
 
 int shp_queue_reply(shp_queue_t *q, const char *domain, int code, const char *status,
-                    const char *text, uint64_t now_us)
+                    const char *text, int conn_msgs, shp_capacity_t *cap, uint64_t now_us)
 {
     shp_provider_t *pv = q->q_pv;
     dlv_shaping_t *sh = pv->pv_sh;
@@ -428,9 +458,13 @@ int shp_queue_reply(shp_queue_t *q, const char *domain, int code, const char *st
             hit_i = i;
         }
     }
+    *cap = SHP_CAP_NONE;
     uv_mutex_lock(&q->q_lock);
     snprintf(q->q_last, sizeof(q->q_last), "%s", resp);
-    bool fire = hit != NULL && shp_queue_hit(q, hit_i, hit, now_us);
+    /* adaptive: every capacity reply counts (the decrease has its own
+     * hold-off); otherwise a capacity rule is a backoff rule */
+    bool adapt = hit != NULL && hit->r_action == SHP_A_CAPACITY && q->q_ad.a_on;
+    bool fire = hit != NULL && (adapt || shp_queue_hit(q, hit_i, hit, now_us));
     uv_mutex_unlock(&q->q_lock);
     if (!fire)
         return 0;
@@ -438,6 +472,15 @@ int shp_queue_reply(shp_queue_t *q, const char *domain, int code, const char *st
     snprintf(why, sizeof(why), "%s (rule %s)", resp, hit->r_where);
     char d[200];
     switch (hit->r_action) {
+    case SHP_A_CAPACITY:
+        *cap = hit->r_capacity;
+        if (adapt) {
+            shp_adapt_change_t ch;
+            if (shp_adapt_signal(q, hit->r_capacity, conn_msgs, now_us, &ch))
+                shp_adapt_changed(q, &ch, why);
+        } else
+            shp_queue_backoff(q, why, now_us);
+        break;
     case SHP_A_BACKOFF:
         shp_queue_backoff(q, why, now_us);
         break;
@@ -502,6 +545,9 @@ static void shp_event(shp_queue_t *q, shp_provider_t *pv, const char *event, con
     json_object_object_add(o, "rate", q ? shp_json_rate(shp_queue_rate(q)) : NULL);
     json_object_object_add(o, "max_connections",
                            q ? shp_json_limit(atomic_load(&q->q_max_conn)) : NULL);
+    /* adaptive mode's learned limit (null: none learned, or not adaptive) */
+    json_object_object_add(o, "max_messages_per_connection",
+                           q ? shp_json_limit(shp_adapt_max_msgs(q)) : NULL);
     json_object_object_add(o, "detail", json_object_new_string(detail));
     json_object_object_add(o, "response",
                            response && response[0] ? json_object_new_string(response) : NULL);
@@ -533,6 +579,7 @@ static void shp_install_locked(dlv_shaping_t *sh, shp_conf_t *c)
                 shp_queue_t *q = &pv->pv_q[v];
                 uv_mutex_lock(&q->q_lock);
                 q->q_lim = pv->pv_lim;
+                shp_adapt_init(q, clock_mono_us()); /* adaptive on or off by the new limits */
                 double top = shp_queue_top(q);
                 /* normal: the new normal limits; backoff / recovering: the
                  * same level of the new backoff limits */
@@ -543,6 +590,27 @@ static void shp_install_locked(dlv_shaping_t *sh, shp_conf_t *c)
         }
     }
     atomic_fetch_add_explicit(&sh->sh_gen, 1, memory_order_release);
+}
+
+void shp_registry_adaptive(dlv_shaping_t *sh, bool on)
+{
+    uv_mutex_lock(&sh->sh_lock);
+    bool was = sh->sh_adaptive;
+    sh->sh_adaptive = on;
+    for (size_t i = 0; was != on && i < sh->sh_reg_cap; i++) {
+        for (shp_provider_t *pv = sh->sh_reg[i]; pv; pv = pv->pv_next) {
+            for (int v = 0; v < sh->sh_nvmtas; v++) {
+                shp_queue_t *q = &pv->pv_q[v];
+                uv_mutex_lock(&q->q_lock);
+                shp_adapt_init(q, clock_mono_us());
+                double top = shp_queue_top(q);
+                shp_queue_set_mult(q, atomic_load(&q->q_mode) == SHP_NORMAL ? top
+                                                                            : MIN(q->q_level, top));
+                uv_mutex_unlock(&q->q_lock);
+            }
+        }
+    }
+    uv_mutex_unlock(&sh->sh_lock);
 }
 
 /* ------------------------------------------------------------ suspend */
@@ -662,6 +730,7 @@ static json_object *shp_queue_json(shp_queue_t *q, uint64_t now, uint64_t wall)
     json_object_object_add(o, "backoffs", json_object_new_int64((int64_t)q->q_backoffs));
     json_object_object_add(o, "last_response",
                            q->q_last[0] ? json_object_new_string(q->q_last) : NULL);
+    json_object_object_add(o, "adaptive", shp_adapt_json(q));
     uv_mutex_unlock(&q->q_lock);
     return o;
 }
@@ -782,11 +851,6 @@ dlv_shaping_t *dlv_shaping_new(shp_conf_t *c, queue_t *q)
     return sh;
 }
 
-const shp_vmta_t *shp_vmta(const dlv_shaping_t *sh, int v)
-{
-    return &sh->sh_vm->sc_vmtas[v];
-}
-
 int shp_verp(const dlv_shaping_t *sh, int v, int pool)
 {
     const shp_conf_t *c = sh->sh_vm;
@@ -799,6 +863,7 @@ void dlv_shaping_free(dlv_shaping_t *sh)
 {
     if (sh == NULL)
         return;
+    shp_adapt_close(sh); /* the learned values, kept for the next start */
     for (size_t i = 0; i < sh->sh_reg_cap; i++) {
         while (sh->sh_reg[i] != NULL) {
             shp_provider_t *pv = sh->sh_reg[i];

@@ -951,7 +951,8 @@ static void session_judge(dlv_session_t *s, dlv_verdict_t *v)
                      .rp_port = s->s_port,
                      .rp_q = dlv_dest_queue(s->s_dest, s->s_vmta),
                      .rp_accepted = s->s_state == S_DOT && s->s_discard ? 0 : s->s_nacc,
-                     .rp_mail_refused = s->s_mail_failed};
+                     .rp_mail_refused = s->s_mail_failed,
+                     .rp_conn_msgs = s->s_msgs};
     dlv_judge(&r, v);
     if (v->v_signal != 0)
         dlv_dest_signal(s->s_dest, v->v_signal);

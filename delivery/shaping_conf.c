@@ -124,6 +124,7 @@ void shp_limits_overlay(shp_limits_t *dst, const shp_limits_t *src)
     OV(L_REC_AFTER, l_rec_after);
     OV(L_REC_QUIET, l_rec_quiet);
     OV(L_REC_FACTOR, l_rec_factor);
+    OV(L_ADAPTIVE, l_adaptive);
 #undef OV
     dst->l_set |= src->l_set;
 }
@@ -159,6 +160,7 @@ static const char *const shp_limit_keys[] = {
     "recover_after",
     "recover_quiet",
     "recover_factor",
+    "adaptive",
 };
 
 static bool shp_limit_key(const char *k)
@@ -241,6 +243,15 @@ static int shp_limits_parse(const cfg_node_t *sec, const char *name, shp_limits_
             if (cfg_parse_duration(n->n_str, &l->l_rec_quiet) != 0 || l->l_rec_quiet == 0)
                 return cfg_error(err, errlen, name, n->n_line, "%s: expected a duration", k);
             l->l_set |= L_REC_QUIET;
+        } else if (strcmp(k, "adaptive") == 0) {
+            if (strcasecmp(n->n_str, "true") == 0 || strcasecmp(n->n_str, "yes") == 0)
+                l->l_adaptive = true;
+            else if (strcasecmp(n->n_str, "false") == 0 || strcasecmp(n->n_str, "no") == 0)
+                l->l_adaptive = false;
+            else
+                return cfg_error(err, errlen, name, n->n_line,
+                                 "%s: expected true or false, got \"%.40s\"", k, n->n_str);
+            l->l_set |= L_ADAPTIVE;
         } else if (strcmp(k, "recover_factor") == 0) {
             char *end;
             l->l_rec_factor = strtod(n->n_str, &end);
@@ -325,7 +336,8 @@ static int shp_rule_parse(const cfg_node_t *sec, const char *name, shp_rule_t *r
                 shp_action_t a;
             } acts[] = {{"backoff", SHP_A_BACKOFF},         {"normal", SHP_A_NORMAL},
                         {"suspend", SHP_A_SUSPEND},         {"bounce-recipient", SHP_A_BOUNCE_RCPT},
-                        {"defer-queue", SHP_A_DEFER_QUEUE}, {"disable-source", SHP_A_DISABLE_SRC}};
+                        {"defer-queue", SHP_A_DEFER_QUEUE}, {"disable-source", SHP_A_DISABLE_SRC},
+                        {"capacity", SHP_A_CAPACITY}};
             for (size_t i = 0; i < ARRAY_SIZE(acts); i++)
                 if (strcasecmp(v, acts[i].n) == 0)
                     r->r_action = acts[i].a;
@@ -333,9 +345,25 @@ static int shp_rule_parse(const cfg_node_t *sec, const char *name, shp_rule_t *r
                 return cfg_error(
                     err, errlen, name, n->n_line,
                     "rule.action: expected backoff, normal, suspend, bounce-recipient, "
-                    "defer-queue or disable-source, got \"%.40s\"",
+                    "defer-queue, disable-source or capacity, got \"%.40s\"",
                     v);
             have_action = true;
+        } else if (strcmp(k, "limit") == 0) {
+            static const struct {
+                const char *n;
+                shp_capacity_t c;
+            } caps[] = {{"connections", SHP_CAP_CONN},
+                        {"messages_per_connection", SHP_CAP_MSGS},
+                        {"rate", SHP_CAP_RATE}};
+            r->r_capacity = SHP_CAP_NONE;
+            for (size_t i = 0; i < ARRAY_SIZE(caps); i++)
+                if (strcasecmp(v, caps[i].n) == 0)
+                    r->r_capacity = caps[i].c;
+            if (r->r_capacity == SHP_CAP_NONE)
+                return cfg_error(err, errlen, name, n->n_line,
+                                 "rule.limit: expected connections, messages_per_connection or "
+                                 "rate, got \"%.40s\"",
+                                 v);
         } else if (strcmp(k, "duration") == 0) {
             uint64_t sec_ = 0;
             if (cfg_parse_duration(v, &sec_) != 0 || sec_ == 0)
@@ -357,6 +385,12 @@ static int shp_rule_parse(const cfg_node_t *sec, const char *name, shp_rule_t *r
                          "rule: needs match = 'regex' (on \"CODE STATUS TEXT\")");
     if (!have_action)
         return cfg_error(err, errlen, name, sec->n_line, "rule: needs an action");
+    if ((r->r_action == SHP_A_CAPACITY) != (r->r_capacity != SHP_CAP_NONE))
+        return cfg_error(err, errlen, name, sec->n_line,
+                         r->r_capacity == SHP_CAP_NONE
+                             ? "rule: action = capacity needs limit = connections, "
+                               "messages_per_connection or rate"
+                             : "rule: limit = ... goes with action = capacity only");
     if ((r->r_action == SHP_A_SUSPEND || r->r_action == SHP_A_DISABLE_SRC) && r->r_duration_us == 0)
         r->r_duration_us = 15 * 60 * 1000000ULL;
     char why[300];
@@ -700,7 +734,7 @@ static shp_conf_t *shp_conf_alloc(void)
     d->l_rec_after = 20;
     d->l_rec_quiet = 300;
     d->l_rec_factor = 1.5;
-    d->l_set = ~0u;
+    d->l_set = ~0u & ~(uint32_t)L_ADAPTIVE; /* unset: delivery.adaptive decides */
     sc->sc_default_pool = -1;
     return sc;
 }

@@ -98,6 +98,8 @@ typedef struct shp_limits {
     int l_rec_after;        /* recover_after: successes per recovery step */
     uint64_t l_rec_quiet;   /* recover_quiet (s): or this long without a new trigger */
     double l_rec_factor;    /* recover_factor: rate multiplier per step (> 1) */
+    bool l_adaptive;        /* adaptive: learn the queue's capacity (adaptive.c); unset:
+                             * delivery.adaptive decides */
 } shp_limits_t;
 
 /* l_set bits */
@@ -117,6 +119,7 @@ enum {
     L_REC_AFTER = 1 << 12,
     L_REC_QUIET = 1 << 13,
     L_REC_FACTOR = 1 << 14,
+    L_ADAPTIVE = 1 << 15,
 };
 
 /* dst gets every key src sets (src over dst). */
@@ -131,16 +134,27 @@ typedef enum {
     SHP_A_BOUNCE_RCPT, /* this recipient bounces (a 4xx that means "never") */
     SHP_A_DEFER_QUEUE, /* defer this destination's backlog now */
     SHP_A_DISABLE_SRC, /* skip this vmta for the provider for r_duration */
+    SHP_A_CAPACITY,    /* a capacity reply (r_capacity): adaptive mode decreases that limit;
+                        * otherwise it is a backoff */
 } shp_action_t;
+
+/* What a capacity reply says was passed (rule key "limit"). */
+typedef enum {
+    SHP_CAP_NONE = 0,
+    SHP_CAP_CONN, /* too many connections (at the greeting, EHLO) */
+    SHP_CAP_MSGS, /* too many messages on this connection */
+    SHP_CAP_RATE, /* too many messages per unit of time */
+} shp_capacity_t;
 
 typedef struct shp_rule {
     rules_test_t r_test; /* code = "421" / "4xx"; match = regex on "CODE STATUS TEXT" */
     shp_action_t r_action;
     uint64_t r_duration_us;
-    int r_count;          /* threshold: r_count hits ... */
-    uint64_t r_window_us; /* ... within this window; 1 = immediate */
-    char *r_where;        /* "file:line" */
-    char *r_src;          /* the pattern, for logs */
+    int r_count;               /* threshold: r_count hits ... */
+    uint64_t r_window_us;      /* ... within this window; 1 = immediate */
+    shp_capacity_t r_capacity; /* SHP_A_CAPACITY: which limit */
+    char *r_where;             /* "file:line" */
+    char *r_src;               /* the pattern, for logs */
 } shp_rule_t;
 
 /* Parse "3 in 5m" / "immediate". 0 or SL_EPARSE. */
@@ -232,6 +246,7 @@ bool shp_conf_vmtas_same(const shp_conf_t *a, const shp_conf_t *b);
 /* ------------------------------------------------------------ registry */
 
 typedef struct shp_provider shp_provider_t;
+typedef struct shp_adapt_store shp_adapt_store_t; /* adaptive.c: the learned values' file */
 
 struct dlv_shaping {
     queue_t *sh_queue;         /* accounting records; NULL in unit tests */
@@ -259,9 +274,32 @@ struct dlv_shaping {
     size_t sh_reg_n;
     struct dlv_cluster *sh_cluster;        /* shared limits (cluster.c); NULL: one node */
     struct cl_lim *sh_cl_msg, *sh_cl_conn; /* global { shared = true; } (cluster.c), or NULL */
+    /* adaptive mode (adaptive.c): delivery.adaptive, for queues whose
+     * limits do not say; the learned values kept in the spool */
+    bool sh_adaptive;
+    shp_adapt_store_t *sh_store;
 };
 
 typedef enum { SHP_NORMAL = 0, SHP_BACKOFF, SHP_RECOVERING } shp_mode_t;
+
+/* A queue's learned capacity (adaptive.c). a_on, a_rate, a_conn under
+ * q_lock; the hot path reads a_msgs and counts deliveries with atomics. */
+typedef struct shp_adapt {
+    _Atomic bool a_on;  /* adaptive mode for this queue (its limits, else delivery.adaptive) */
+    bool a_ss;          /* slow start: no rate signal yet, the rate doubles per interval */
+    double a_rate;      /* learned message rate (per second) */
+    double a_clean;     /* the rate of the last interval that was clean and used it whole */
+    double a_step;      /* additive increase per interval (msgs/s) */
+    int a_conn;         /* learned max connections */
+    _Atomic int a_msgs; /* learned max messages per connection; 0 = none learned */
+    _Atomic uint64_t a_tick_at; /* monotonic us: start of the interval */
+    _Atomic uint32_t a_count;   /* deliveries in the interval */
+    uint64_t a_dec_at[4];       /* monotonic us: last decrease per shp_capacity_t */
+    uint64_t a_conn_at;         /* last change of a_conn by a signal or a probe */
+    bool a_conn_learned;        /* a "too many connections" was seen: probe slowly */
+    uint64_t a_rec_at;          /* last "adapt" record of an increase */
+    uint64_t a_signals;         /* capacity replies counted */
+} shp_adapt_t;
 
 /* A queue: (provider, vmta). */
 typedef struct shp_queue {
@@ -284,6 +322,7 @@ typedef struct shp_queue {
     uint64_t *q_hits; /* [rules][SHP_MAX_HITS] ring of hit times, lazily */
     int *q_hitpos;
     struct cl_lim *q_cl_msg, *q_cl_conn; /* shared across nodes (cluster.c), or NULL */
+    shp_adapt_t q_ad;                    /* adaptive mode (adaptive.c) */
 } shp_queue_t;
 
 struct shp_provider {
@@ -309,7 +348,10 @@ struct shp_provider {
 dlv_shaping_t *dlv_shaping_new(shp_conf_t *c, queue_t *q);
 void dlv_shaping_free(dlv_shaping_t *sh);
 /* The start-up rule set's virtual MTA v (the same for the registry's life). */
-const shp_vmta_t *shp_vmta(const dlv_shaping_t *sh, int v);
+static inline const shp_vmta_t *shp_vmta(const dlv_shaping_t *sh, int v)
+{
+    return &sh->sh_vm->sc_vmtas[v];
+}
 /* VERP as the shaping file sets it for virtual MTA v and the pool a
  * message was queued in (-1: none): 1 on, -1 off, 0 not said (then
  * bounces.verp). The virtual MTA's setting wins over its pool's. Any
@@ -337,10 +379,12 @@ static inline bool shp_op_suspended(uint64_t until_us, uint64_t now_us)
 }
 
 /* A reply (code >= 400) on queue q: the first matching rule (provider's,
- * then defaults') whose trigger fires is applied. Returns its action, or 0.
- * now_us is monotonic. Any thread. */
+ * then defaults') whose trigger fires is applied. Returns its action, or 0;
+ * *cap: the capacity a SHP_A_CAPACITY rule names. conn_msgs: messages
+ * completed on the connection before this reply (a per-connection limit's
+ * measure). now_us is monotonic. Any thread. */
 int shp_queue_reply(shp_queue_t *q, const char *domain, int code, const char *status,
-                    const char *text, uint64_t now_us);
+                    const char *text, int conn_msgs, shp_capacity_t *cap, uint64_t now_us);
 /* A delivery on q: counts towards the next recovery step. Any thread. */
 void shp_queue_success(shp_queue_t *q, uint64_t now_us);
 /* Enter backoff / normal (rules and operator). Any thread. */
@@ -352,6 +396,53 @@ uint64_t shp_queue_retry_at(shp_queue_t *q);
 /* Message rate in force on q (per second, 0 = unlimited). */
 double shp_queue_rate(shp_queue_t *q);
 
+/* ------------------------------------------------------------ adaptive.c */
+
+/* Adaptive mode (docs/shaping.md, "Adaptive mode"): AIMD on each queue's
+ * message rate and connections, driven by the capacity replies the judge
+ * classifies (SHP_A_CAPACITY rules) and by clean deliveries. */
+
+/* Is q adaptive under its limits? q_lock held. */
+bool shp_adapt_wanted(const shp_queue_t *q);
+/* A queue's adaptive state from its limits (and a value kept in the spool):
+ * at creation and after a reload. q_lock held. */
+void shp_adapt_init(shp_queue_t *q, uint64_t now_us);
+/* The normal limits of an adaptive queue: the learned rate and connections
+ * within the operator's maxima. q_lock held. */
+double shp_adapt_rate(const shp_queue_t *q);
+int shp_adapt_conns(const shp_queue_t *q);
+/* What a step changed: the caller (providers.c) puts the new limits in
+ * force and writes the record. */
+typedef struct shp_adapt_change {
+    bool ch_record; /* worth an "adapt" record (else a debug line) */
+    char ch_detail[240];
+} shp_adapt_change_t;
+/* A delivery on an adaptive queue (the additive increase): true when the
+ * learned limits changed (*ch says how). Any thread; no lock held. */
+bool shp_adapt_success(shp_queue_t *q, uint64_t now_us, shp_adapt_change_t *ch);
+/* A capacity reply on an adaptive queue (the decrease): true when the
+ * learned limits changed. Any thread; no lock held. */
+bool shp_adapt_signal(shp_queue_t *q, shp_capacity_t cap, int conn_msgs, uint64_t now_us,
+                      shp_adapt_change_t *ch);
+/* The learned max messages per connection of q (0: none). Any thread. */
+static inline int shp_adapt_max_msgs(shp_queue_t *q)
+{
+    return atomic_load_explicit(&q->q_ad.a_on, memory_order_relaxed)
+               ? atomic_load_explicit(&q->q_ad.a_msgs, memory_order_relaxed)
+               : 0;
+}
+/* The JSON of q's learned values (null when q is not adaptive). */
+struct json_object *shp_adapt_json(shp_queue_t *q);
+/* Keep the learned values in dir (the spool directory): load what a
+ * previous run kept. NULL: not kept (unit tests). Main thread, before
+ * traffic. */
+void shp_adapt_open(dlv_shaping_t *sh, const char *dir);
+/* Write every adaptive queue's learned values to the spool file now
+ * (atomically: a temporary file renamed). force: even within a second of
+ * the last write. No lock held. Any thread. */
+void shp_adapt_save(dlv_shaping_t *sh, bool force);
+void shp_adapt_close(dlv_shaping_t *sh);
+
 /* Reload: install rule set c (ownership passes) in sh: its defaults,
  * provider rules, response rules and global limits, atomically for every
  * thread (under sh_lock). The providers' state (connections, backoff mode,
@@ -362,6 +453,9 @@ double shp_queue_rate(shp_queue_t *q);
  * changed by a reload: returns whether c's differ (a restart applies them).
  * Any thread (the control's main thread). */
 bool shp_registry_install(dlv_shaping_t *sh, shp_conf_t *c, const char *from);
+/* delivery.adaptive changed (reload): every queue whose limits do not say
+ * "adaptive" follows it from now on. Any thread. */
+void shp_registry_adaptive(dlv_shaping_t *sh, bool on);
 /* Operator suspend (until_us: monotonic; UINT64_MAX = until resumed) or
  * resume (until_us 0) of a provider (by name: a configured provider or a
  * destination domain of its own) or of a virtual MTA (by name: for every

@@ -17,8 +17,11 @@
  *     table of classify.c) and the rules' "bounce" action on a 4xx;
  *   - the shaping signal: the replies that decide a fate go to the
  *     (provider, vmta) queue's response rules (providers' counters,
- *     backoff, suspend, disable-source, bounce-recipient, defer-queue), a
- *     2xx to the final dot counts towards recovery;
+ *     backoff, suspend, disable-source, bounce-recipient, defer-queue, and
+ *     capacity: "too many connections", "too many messages on this
+ *     connection", a rate reply, which adaptive mode learns from and
+ *     v_capacity names), a 2xx to the final dot counts towards recovery
+ *     and adaptive mode's increase;
  *   - the retry time: a deferral in a transaction while its queue is in
  *     backoff waits backoff.retry; a held provider's backlog waits for the
  *     end of its suspension; everything else takes the queue's schedule.
@@ -211,6 +214,7 @@ void dlv_judge(const dlv_reply_t *r, dlv_verdict_t *v)
     v->v_text[0] = '\0';
     v->v_rule = NULL;
     v->v_signal = 0;
+    v->v_capacity = 0;
     v->v_abort = false;
     v->v_tls_policy = NULL;
     v->v_tls_failure = NULL;
@@ -233,10 +237,13 @@ void dlv_judge(const dlv_reply_t *r, dlv_verdict_t *v)
     if ((conn || txn) && r->rp_q != NULL && !v->v_abort) {
         uint64_t now = clock_mono_us();
         const char *said = conn ? (r->rp_text ? r->rp_text : "") : v->v_text;
+        shp_capacity_t cap = SHP_CAP_NONE;
         if (code >= 400)
-            v->v_signal = shp_queue_reply(r->rp_q, r->rp_domain, code, status, said, now);
+            v->v_signal = shp_queue_reply(r->rp_q, r->rp_domain, code, status, said,
+                                          r->rp_conn_msgs, &cap, now);
         else if (stage == DLV_STAGE_DOT && code / 100 == 2)
             shp_queue_success(r->rp_q, now);
+        v->v_capacity = (int)cap;
     }
 
     /* the fate: a refused connection defers whatever its code (the next

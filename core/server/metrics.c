@@ -248,6 +248,45 @@ static int sh_row_cmp(const void *a, const void *b)
     return strcmp(((const sh_row_t *)a)->r_name, ((const sh_row_t *)b)->r_name);
 }
 
+/* Adaptive mode's learned values (docs/shaping.md): one series per
+ * adaptive queue {provider, vmta}, for the first MET_MAX_PROVIDERS
+ * providers of the registry (a learned value has no meaningful sum, so no
+ * "other"). */
+static void render_adaptive(met_t *m, json_object *provs)
+{
+    static const struct {
+        const char *name, *key, *help;
+    } fams[] = {
+        {"sluice_provider_adaptive_rate", "rate",
+         "Adaptive mode: learned message rate (per second) of a queue."},
+        {"sluice_provider_adaptive_max_connections", "max_connections",
+         "Adaptive mode: learned connection cap of a queue."},
+        {"sluice_provider_adaptive_max_messages_per_connection", "max_messages_per_connection",
+         "Adaptive mode: learned messages per connection of a queue (0: none learned)."},
+    };
+    size_t np = MIN(json_object_array_length(provs), (size_t)MET_MAX_PROVIDERS);
+    for (size_t f = 0; f < ARRAY_SIZE(fams); f++) {
+        family(m, fams[f].name, "gauge", fams[f].help);
+        for (size_t i = 0; i < np; i++) {
+            json_object *p = json_object_array_get_idx(provs, i);
+            json_object *qs = json_object_object_get(p, "queues");
+            for (size_t v = 0; v < json_object_array_length(qs); v++) {
+                json_object *q = json_object_array_get_idx(qs, v);
+                json_object *a = json_object_object_get(q, "adaptive");
+                if (a == NULL)
+                    continue;
+                buf_printf(m->m_out, "%s{provider=\"", fams[f].name);
+                label_value(m->m_out,
+                            json_object_get_string(json_object_object_get(p, "provider")));
+                buf_append_str(m->m_out, "\",vmta=\"");
+                label_value(m->m_out, json_object_get_string(json_object_object_get(q, "vmta")));
+                json_object *x = json_object_object_get(a, fams[f].key);
+                buf_printf(m->m_out, "\"} %.6g\n", x ? json_object_get_double(x) : 0.0);
+            }
+        }
+    }
+}
+
 /* Labels {provider, vmta}: every configured provider seen so far (sorted;
  * the first MET_MAX_PROVIDERS), and "other" for the destinations that are
  * providers of their own (one per domain: unbounded) and any beyond the
@@ -344,6 +383,7 @@ static void render_shaping(met_t *m, struct dlv *dlv)
            "Providers suspended (operator or rule): 0 or 1, more for other.");
     for (size_t r = 0; r <= nr; r++)
         labelled(m, "sluice_provider_suspended", "provider", rows[r].r_name, rows[r].r_suspended);
+    render_adaptive(m, provs);
     for (size_t r = 0; r <= nr; r++)
         free(rows[r].r_v);
     free(rows);

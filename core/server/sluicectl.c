@@ -1070,6 +1070,7 @@ static void print_providers(json_object *r)
                    pname ? pname : "?", vmta ? vmta : "-", src && *src ? src : "-",
                    mode ? mode : "?", rbuf, cbuf, get_u64(q, "delivered"), get_u64(q, "deferred"),
                    get_u64(q, "bounced"), utf8_cut(last ? last : "", 60), last ? last : "");
+            sctl_print_adaptive(q);
         }
     }
     if (n == 0)

@@ -40,5 +40,8 @@ void sctl_print_tlsrpt(struct json_object *r);
 /* `cluster`, and the status answer's "cluster" object (NULL: one node). */
 void sctl_print_cluster(struct json_object *r);
 void sctl_print_status_cluster(struct json_object *c);
+/* `providers`: the learned values of an adaptive queue (a line under its
+ * row; nothing for a queue that is not adaptive). */
+void sctl_print_adaptive(struct json_object *q);
 
 #endif /* SLUICE_SLUICECTL_INT_H */

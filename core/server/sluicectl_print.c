@@ -1,7 +1,8 @@
 /*
  * core/server/sluicectl_print.c - sluicectl's human output of `events`
  * (the webhooks' cursors, lag and parked batches, docs/events.md) and
- * `tlsrpt` (the TLSRPT counters, docs/tlsrpt.md); `--json` prints the
+ * `tlsrpt` (the TLSRPT counters, docs/tlsrpt.md), the learned values of
+ * `providers` (adaptive mode, docs/shaping.md); `--json` prints the
  * answer as it came.
  */
 #include "core/server/sluicectl_int.h"
@@ -177,4 +178,22 @@ void sctl_print_cluster(json_object *r)
         printf("%-20s %-12s %-14s %-10s %s\n", sctl_get_str(e, "provider"), vm ? vm : "*",
                sctl_get_str(e, "event"), sctl_get_str(e, "node"), sctl_get_str(e, "time"));
     }
+}
+
+/* "  adaptive: rate 17.0/s, max_connections 3, max_messages_per_connection 5,
+ * 7 capacity replies" under the queue's row of `providers`. */
+void sctl_print_adaptive(json_object *q)
+{
+    json_object *a = sctl_get(q, "adaptive");
+    if (a == NULL)
+        return;
+    char m[32] = "-";
+    if (sctl_get(a, "max_messages_per_connection") != NULL)
+        snprintf(m, sizeof(m), "%" PRIu64, sctl_get_u64(a, "max_messages_per_connection"));
+    json_object *r = sctl_get(a, "rate");
+    printf("%-20s adaptive: rate %.1f/s%s, max_connections %" PRIu64
+           ", max_messages_per_connection %s, %" PRIu64 " capacity replies\n",
+           "", r ? json_object_get_double(r) : 0.0,
+           json_object_get_boolean(sctl_get(a, "slow_start")) ? " (slow start)" : "",
+           sctl_get_u64(a, "max_connections"), m, sctl_get_u64(a, "signals"));
 }

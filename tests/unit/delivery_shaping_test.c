@@ -331,6 +331,159 @@ static void test_rule_matching(void **state)
     dlv_shaping_free(sh);
 }
 
+/* The shipped defaults: capacity words are capacity rules (with their
+ * limit), reputation words stay backoff, whoever says them. */
+static void test_capacity_rules(void **state)
+{
+    (void)state;
+    dlv_shaping_t *sh = load(NULL);
+    static const struct {
+        int code;
+        const char *status, *text;
+        int action, cap;
+    } cases[] = {
+        {421, "4.7.0", "Too many concurrent connections from your IP", SHP_A_CAPACITY,
+         SHP_CAP_CONN},
+        {421, "4.3.2",
+         "The maximum number of concurrent server connections has exceeded a limit, closing "
+         "transmission channel",
+         SHP_A_CAPACITY, SHP_CAP_CONN},
+        {421, "4.7.0", "Too many messages on this connection, try again later", SHP_A_CAPACITY,
+         SHP_CAP_MSGS},
+        {421, "4.7.0", "Too many messages in this session", SHP_A_CAPACITY, SHP_CAP_MSGS},
+        {451, "4.7.1", "Rate limit exceeded, try again later", SHP_A_CAPACITY, SHP_CAP_RATE},
+        {421, "4.7.0", "Throttled: sending too fast", SHP_A_CAPACITY, SHP_CAP_RATE},
+        {421, "4.7.0",
+         "[TSS04] Messages from 192.0.2.1 temporarily deferred due to user complaints",
+         SHP_A_BACKOFF, 0},
+        {451, "4.7.650", "The mail server has been temporarily rate limited due to IP reputation.",
+         SHP_A_BACKOFF, 0},
+        {450, "4.2.1", "mailbox busy", 0, 0},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        const shp_rule_t *hit = NULL;
+        for (int k = 0; k < sh->sh_conf->sc_nrules && hit == NULL; k++)
+            if (shp_rule_match(&sh->sh_conf->sc_rules[k], cases[i].code, cases[i].status,
+                               cases[i].text))
+                hit = &sh->sh_conf->sc_rules[k];
+        int act = hit ? (int)hit->r_action : 0, cap = hit ? (int)hit->r_capacity : 0;
+        if (act != cases[i].action || cap != cases[i].cap)
+            fail_msg("case %zu (%d %s): action %d limit %d, want %d %d", i, cases[i].code,
+                     cases[i].text, act, cap, cases[i].action, cases[i].cap);
+    }
+    dlv_shaping_free(sh);
+}
+
+static const char adapt_conf[] =
+    "defaults { adaptive = true; }\n"
+    "providers { p {\n"
+    "  domains = [\"p.example\"];\n"
+    "  max_connections = 8; message_rate = \"100/s\";\n"
+    "  rule { match = 'too many connections'; action = capacity; limit = connections; }\n"
+    "  rule { match = 'too many messages on'; action = capacity; limit = messages_per_connection; "
+    "}\n"
+    "  rule { match = 'rate limit'; action = capacity; limit = rate; }\n"
+    "}\n"
+    "fixed { domains = [\"f.example\"]; adaptive = false; message_rate = \"10/s\";\n"
+    "  backoff { max_connections = 1; message_rate = \"1/s\"; }\n"
+    "  rule { match = 'rate limit'; action = capacity; limit = rate; }\n"
+    "} }\n";
+
+/* n deliveries on q spread over [t, t + 1 s], the last one ending the
+ * interval. */
+static void deliver(shp_queue_t *q, int n, uint64_t t)
+{
+    for (int i = 1; i <= n; i++)
+        shp_queue_success(q, t + (uint64_t)i * 1000001ULL / (uint64_t)n);
+}
+
+/* Adaptive mode's steps, with their constants (docs/shaping.md). */
+static void test_adaptive_aimd(void **state)
+{
+    (void)state;
+    dlv_shaping_t *sh = load(adapt_conf);
+    shp_provider_t *pv =
+        shp_provider_get(sh, shp_match_domain(sh->sh_conf, "p.example"), "p.example");
+    shp_queue_t *q = &pv->pv_q[0];
+    shp_capacity_t cap;
+    assert_true(atomic_load(&q->q_ad.a_on));
+    assert_true(q->q_ad.a_ss);
+    assert_true(shp_queue_rate(q) > 9.9 && shp_queue_rate(q) < 10.1); /* the start */
+    assert_int_equal(atomic_load(&q->q_max_conn), 2);
+    uint64_t t = atomic_load(&q->q_ad.a_tick_at);
+    /* slow start: a used rate doubles, up to the operator's 100/s */
+    deliver(q, 10, t);
+    assert_true(shp_queue_rate(q) > 19.9 && shp_queue_rate(q) < 20.1);
+    t += 1000001;
+    deliver(q, 20, t);
+    t += 1000001;
+    deliver(q, 40, t);
+    t += 1000001;
+    deliver(q, 80, t);
+    t += 1000001;
+    assert_true(shp_queue_rate(q) > 99.9 && shp_queue_rate(q) < 100.1);
+    /* a rate not used, every connection open: connections x2 */
+    atomic_store(&q->q_nconn, 2);
+    deliver(q, 10, t);
+    t += 1000001;
+    assert_int_equal(atomic_load(&q->q_max_conn), 4);
+    /* the first rate reply ends slow start at the last clean rate (80/s:
+     * the 100/s was never used whole); the next within 1 s is the same
+     * overload */
+    assert_int_equal(shp_queue_reply(q, "p.example", 421, "4.7.0", "rate limit", 3, &cap, t),
+                     SHP_A_CAPACITY);
+    assert_int_equal(cap, SHP_CAP_RATE);
+    assert_false(q->q_ad.a_ss);
+    double r = shp_queue_rate(q);
+    assert_true(r > 79.9 && r < 80.1);
+    shp_queue_reply(q, "p.example", 421, "4.7.0", "rate limit", 3, &cap, t + 500000);
+    assert_true(shp_queue_rate(q) > 79.9 && shp_queue_rate(q) < 80.1);
+    /* then x 0.85 */
+    shp_queue_reply(q, "p.example", 421, "4.7.0", "rate limit", 3, &cap, t + 1500000);
+    assert_true(shp_queue_rate(q) > 67.9 && shp_queue_rate(q) < 68.1);
+    /* additive: + rate / 40 (1.7/s) per interval that used 80% of it;
+     * none in an interval with a decrease, none when not used */
+    t = atomic_load(&q->q_ad.a_tick_at);
+    deliver(q, 60, t); /* the decreases were in this interval */
+    assert_true(shp_queue_rate(q) > 67.9 && shp_queue_rate(q) < 68.1);
+    t = atomic_load(&q->q_ad.a_tick_at);
+    deliver(q, 40, t); /* not used */
+    assert_true(shp_queue_rate(q) > 67.9 && shp_queue_rate(q) < 68.1);
+    t = atomic_load(&q->q_ad.a_tick_at);
+    deliver(q, 60, t);
+    assert_true(shp_queue_rate(q) > 69.6 && shp_queue_rate(q) < 69.8);
+    t = atomic_load(&q->q_ad.a_tick_at);
+    /* connections: the open ones minus the refused one, every refusal */
+    atomic_store(&q->q_nconn, 4);
+    shp_queue_reply(q, "p.example", 421, "4.7.0", "too many connections", 0, &cap, t);
+    assert_int_equal(cap, SHP_CAP_CONN);
+    assert_int_equal(atomic_load(&q->q_max_conn), 3);
+    atomic_store(&q->q_nconn, 0);
+    shp_queue_reply(q, "p.example", 421, "4.7.0", "too many connections", 0, &cap, t);
+    assert_int_equal(atomic_load(&q->q_max_conn), 1); /* never below one */
+    /* messages per connection: what the connection carried; only lower */
+    shp_queue_reply(q, "p.example", 421, "4.7.0", "too many messages on it", 7, &cap, t);
+    assert_int_equal(cap, SHP_CAP_MSGS);
+    assert_int_equal(shp_adapt_max_msgs(q), 7);
+    shp_queue_reply(q, "p.example", 421, "4.7.0", "too many messages on it", 9, &cap, t);
+    assert_int_equal(shp_adapt_max_msgs(q), 7);
+    shp_queue_reply(q, "p.example", 421, "4.7.0", "too many messages on it", 5, &cap, t);
+    assert_int_equal(shp_adapt_max_msgs(q), 5);
+    assert_int_equal(atomic_load(&q->q_mode), SHP_NORMAL); /* capacity is not backoff */
+    shp_provider_put(pv);
+    /* a queue that is not adaptive: a capacity rule is a backoff rule */
+    pv = shp_provider_get(sh, shp_match_domain(sh->sh_conf, "f.example"), "f.example");
+    q = &pv->pv_q[0];
+    assert_false(atomic_load(&q->q_ad.a_on));
+    assert_int_equal(shp_queue_reply(q, "f.example", 421, "4.7.0", "rate limit", 3, &cap, t),
+                     SHP_A_CAPACITY);
+    assert_int_equal(atomic_load(&q->q_mode), SHP_BACKOFF);
+    assert_true(shp_queue_rate(q) > 0.99 && shp_queue_rate(q) < 1.01);
+    assert_int_equal(shp_adapt_max_msgs(q), 0);
+    shp_provider_put(pv);
+    dlv_shaping_free(sh);
+}
+
 static const char rec_conf[] =
     "defaults { recover_after = 5; recover_quiet = 1h; recover_factor = 1.5; }\n"
     "providers { p {\n"
@@ -354,38 +507,43 @@ static void test_triggers_and_actions(void **state)
         shp_provider_get(sh, shp_match_domain(sh->sh_conf, "p.example"), "p.example");
     shp_queue_t *q = &pv->pv_q[0];
     uint64_t t = 1000000000ULL;
+    shp_capacity_t cap;
     assert_int_equal(atomic_load(&q->q_mode), SHP_NORMAL);
     assert_true(shp_queue_rate(q) > 9.9 && shp_queue_rate(q) < 10.1);
     /* threshold: 3 in 1m */
-    assert_int_equal(shp_queue_reply(q, "p.example", 451, "4.3.2", "busy", t), 0);
-    assert_int_equal(shp_queue_reply(q, "p.example", 451, "4.3.2", "busy", t + 10000000), 0);
+    assert_int_equal(shp_queue_reply(q, "p.example", 451, "4.3.2", "busy", 0, &cap, t), 0);
+    assert_int_equal(shp_queue_reply(q, "p.example", 451, "4.3.2", "busy", 0, &cap, t + 10000000),
+                     0);
     /* the first hit left the window: still two */
-    assert_int_equal(shp_queue_reply(q, "p.example", 451, "4.3.2", "busy", t + 65000000), 0);
+    assert_int_equal(shp_queue_reply(q, "p.example", 451, "4.3.2", "busy", 0, &cap, t + 65000000),
+                     0);
     assert_int_equal(atomic_load(&q->q_mode), SHP_NORMAL);
-    assert_int_equal(shp_queue_reply(q, "p.example", 451, "4.3.2", "busy", t + 66000000),
+    assert_int_equal(shp_queue_reply(q, "p.example", 451, "4.3.2", "busy", 0, &cap, t + 66000000),
                      SHP_A_BACKOFF);
     assert_int_equal(atomic_load(&q->q_mode), SHP_BACKOFF);
     assert_true(shp_queue_rate(q) > 0.99 && shp_queue_rate(q) < 1.01);
     assert_int_equal(atomic_load(&q->q_max_conn), 1);
     /* normal by rule */
-    assert_int_equal(shp_queue_reply(q, "p.example", 421, "4.7.0", "all clear", t + 70000000),
-                     SHP_A_NORMAL);
+    assert_int_equal(
+        shp_queue_reply(q, "p.example", 421, "4.7.0", "all clear", 0, &cap, t + 70000000),
+        SHP_A_NORMAL);
     assert_int_equal(atomic_load(&q->q_mode), SHP_NORMAL);
     assert_int_equal(atomic_load(&q->q_max_conn), 8);
     /* immediate */
-    assert_int_equal(shp_queue_reply(q, "p.example", 421, "4.7.0", "please slow down", t),
+    assert_int_equal(shp_queue_reply(q, "p.example", 421, "4.7.0", "please slow down", 0, &cap, t),
                      SHP_A_BACKOFF);
     /* disable-source, suspend, bounce-recipient */
     uint64_t t2 = t + 80000000;
-    assert_int_equal(shp_queue_reply(q, "p.example", 550, "5.7.1", "IP listed at x", t2),
+    assert_int_equal(shp_queue_reply(q, "p.example", 550, "5.7.1", "IP listed at x", 0, &cap, t2),
                      SHP_A_DISABLE_SRC);
     assert_true(atomic_load(&q->q_disabled_until) == t2 + 600000000ULL);
-    assert_int_equal(shp_queue_reply(q, "p.example", 421, "4.7.0", "go away", t2), SHP_A_SUSPEND);
+    assert_int_equal(shp_queue_reply(q, "p.example", 421, "4.7.0", "go away", 0, &cap, t2),
+                     SHP_A_SUSPEND);
     assert_true(atomic_load(&pv->pv_suspend_until) == t2 + 120000000ULL);
-    assert_int_equal(shp_queue_reply(q, "p.example", 452, "4.2.2", "gone for good", t2),
+    assert_int_equal(shp_queue_reply(q, "p.example", 452, "4.2.2", "gone for good", 0, &cap, t2),
                      SHP_A_BOUNCE_RCPT);
     /* no rule: nothing, but the response is remembered */
-    assert_int_equal(shp_queue_reply(q, "p.example", 450, "4.2.1", "mailbox busy", t2), 0);
+    assert_int_equal(shp_queue_reply(q, "p.example", 450, "4.2.1", "mailbox busy", 0, &cap, t2), 0);
     assert_string_equal(q->q_last, "450 4.2.1 mailbox busy");
     shp_provider_put(pv);
     dlv_shaping_free(sh);
@@ -631,7 +789,8 @@ int main(void)
         cmocka_unit_test(test_rule_matching),       cmocka_unit_test(test_triggers_and_actions),
         cmocka_unit_test(test_recovery_steps),      cmocka_unit_test(test_pools),
         cmocka_unit_test(test_config_errors),       cmocka_unit_test(test_reload),
-        cmocka_unit_test(test_operator_suspend),
+        cmocka_unit_test(test_operator_suspend),    cmocka_unit_test(test_capacity_rules),
+        cmocka_unit_test(test_adaptive_aimd),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
