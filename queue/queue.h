@@ -448,10 +448,16 @@ void queue_supp_req_free(queue_supp_req_t *r);
  * names by sluice_id (X-Sluice-Id, 16 hex digits) or else message_id (the
  * returned Message-ID), provided rcpt was one of its recipients (the
  * trust rule, docs/bounces-in.md). Either name may be NULL or "". 1
- * matched by sluice_id, 2 by message_id (*id, *idx set), 0 not, SL_ESPOOL. Kept with
- * bounces.inbound, for bounces.verp_max_age (suppress_sent.c). Any thread, between queue_open and
- * queue_free. */
+ * matched by sluice_id, 2 by message_id (*id, *idx set, and the message's
+ * suppression scope into scope[slen] unless scope is NULL: "" for global),
+ * 0 not, SL_ESPOOL. Kept with bounces.inbound, for bounces.verp_max_age
+ * (suppress_sent.c). Any thread, between queue_open and queue_free. */
 int queue_sent_match(queue_t *q, const char *sluice_id, const char *message_id, const char *rcpt,
-                     uint64_t *id, uint32_t *idx);
+                     uint64_t *id, uint32_t *idx, char *scope, size_t slen);
+/* The suppression scope message id was received with (its tenant, noted
+ * in the sent index; a VERP token names the message) into scope[slen]:
+ * 1 (scope "" for global), 0 when the index does not have the message
+ * (scope ""), or SL_ESPOOL. Any thread, between queue_open and queue_free. */
+int queue_sent_scope(queue_t *q, uint64_t id, char *scope, size_t slen);
 
 #endif /* SLUICE_QUEUE_H */

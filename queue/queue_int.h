@@ -512,6 +512,11 @@ void q_supp_free(queue_t *q);
  * error. Queue thread. */
 int q_supp_on_bounce(queue_t *q, MDB_txn *txn, uint64_t msgid, uint32_t idx, const q_msg_rec_t *mr,
                      const q_rcpt_rec_t *rr, const char *category, const char *hscope);
+/* The scope a message's recipients are suppressed in, into dst: the
+ * header's tenant (suppression.scope_header, hscope), else the AUTH
+ * user's (suppression.scope = auth_user), else global (""). Any thread. */
+void q_supp_scope_of(const cfg_t *c, const char *hscope, const char *auth, size_t auth_len,
+                     char *dst, size_t dlen);
 /* The sent index (suppress_sent.c): with bounces.inbound, note message
  * m's recipients and Message-ID in its own insert transaction, for
  * matching reports without a VERP token; and drop a few expired entries.

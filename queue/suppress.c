@@ -362,10 +362,7 @@ bool queue_supp_header_scope(const cfg_t *cfg, const char *msg, size_t len, char
     return false;
 }
 
-/* The scope a message's recipients are suppressed in: the header's tenant
- * (suppression.scope_header, hscope), else the AUTH user's
- * (suppression.scope = auth_user), else global. */
-static void scope_of(const cfg_t *c, const char *hscope, const char *auth, size_t auth_len,
+void q_supp_scope_of(const cfg_t *c, const char *hscope, const char *auth, size_t auth_len,
                      char *dst, size_t dlen)
 {
     dst[0] = '\0';
@@ -396,7 +393,7 @@ int q_supp_on_bounce(queue_t *q, MDB_txn *txn, uint64_t msgid, uint32_t idx, con
     addr[rr->rr_addr_len] = '\0';
     if (queue_supp_normalize(q, addr, norm, sizeof(norm)) != 0)
         return 0;
-    scope_of(c, hscope, mr->mr_auth, mr->mr_auth_len, scope, sizeof(scope));
+    q_supp_scope_of(c, hscope, mr->mr_auth, mr->mr_auth_len, scope, sizeof(scope));
     snprintf(src, sizeof(src), "%s/%u", queue_msgid_fmt(msgid, id), idx);
     uint64_t now = clock_now_s();
     int rc = supp_put(q, txn, norm, scope, category, now, expiry_for(c, category, now), src);

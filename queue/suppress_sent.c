@@ -6,9 +6,11 @@
  *
  *   q_sent_note        at reception, in the message's insert transaction
  *   queue_sent_match   a report's (X-Sluice-Id, Message-ID, recipient)
+ *   queue_sent_scope   the tenant of a message a VERP token names
  *
  * Kept only with bounces.inbound, in the spool's `sent` sub-database:
  *   'R' msgid(8)             -> day(4) nrcpt(4) mid(8) then nrcpt x h(addr)(8)
+ *                               then, for a tenant's message, len(1) scope
  *   'M' mid(8) msgid(8)      -> ""
  * where h() is the first 8 bytes of SHA-256 of the normalized address
  * (queue_supp_normalize) and mid of the Message-ID value without its
@@ -19,12 +21,20 @@
  * to two expired entries from the front (ids are time-ordered), so the
  * index never grows past what that age holds, without a timer.
  *
+ * The scope is the suppression list a hard bounce of the message goes to
+ * (q_supp_scope_of: suppression.scope_header's tenant, else the AUTH user
+ * with suppression.scope = auth_user), fixed when the message is received:
+ * a report that comes back weeks later feeds the tenant's list even though
+ * the message left the spool long ago. An entry without it (written before
+ * it was kept, or a message with no tenant) is global.
+ *
  * The trust rule: a Message-ID is known to every recipient and an
  * X-Sluice-Id can be made up, so naming a message is not enough: the
  * report's recipient must be one of that message's recipients. A forged
  * report can then at worst suppress an address the message was sent to,
  * which any recipient could do for itself by complaining.
- * Thread: q_sent_note on the queue thread; queue_sent_match any thread.
+ * Thread: q_sent_note on the queue thread; queue_sent_match and
+ * queue_sent_scope any thread.
  */
 #include "queue/queue_int.h"
 
@@ -149,10 +159,17 @@ int q_sent_note(queue_t *q, MDB_txn *txn, const queue_msg_in_t *m)
     size_t midlen;
     const char *mid = body_mid(&m->qm_body, &midlen);
     uint64_t mh = mid_hash(mid, midlen);
+    char hscope[QUEUE_SUPP_SCOPE_MAX + 1] = "", scope[QUEUE_SUPP_SCOPE_MAX + 1];
+    if (!queue_supp_header_scope(q->q_cfg, m->qm_body.b_data, m->qm_body.b_len, hscope,
+                                 sizeof(hscope)))
+        hscope[0] = '\0';
+    const char *auth = m->qm_auth_user;
+    q_supp_scope_of(q->q_cfg, hscope, auth, auth ? strlen(auth) : 0, scope, sizeof(scope));
+    size_t slen = strlen(scope), rlen = SENT_HEAD + (size_t)m->qm_nrcpt * 8;
     uint8_t rk[9];
     rk[0] = 'R';
     wr64(rk + 1, m->qm_id);
-    MDB_val k = {sizeof(rk), rk}, v = {SENT_HEAD + (size_t)m->qm_nrcpt * 8, NULL};
+    MDB_val k = {sizeof(rk), rk}, v = {rlen + (slen > 0 ? 1 + slen : 0), NULL};
     if ((rc = mdb_put(txn, q->q_dbi_sent, &k, &v, MDB_RESERVE)) != 0)
         return rc;
     uint8_t *p = v.mv_data;
@@ -161,6 +178,10 @@ int q_sent_note(queue_t *q, MDB_txn *txn, const queue_msg_in_t *m)
     wr64(p + 8, mh);
     for (int i = 0; i < m->qm_nrcpt; i++)
         wr64(p + SENT_HEAD + (size_t)i * 8, addr_hash(q, m->qm_rcpts[i].qr_addr));
+    if (slen > 0) {
+        p[rlen] = (uint8_t)slen; /* at most QUEUE_SUPP_SCOPE_MAX (128) */
+        memcpy(p + rlen + 1, scope, slen);
+    }
     if (mh == 0)
         return 0;
     uint8_t mk[17];
@@ -169,26 +190,51 @@ int q_sent_note(queue_t *q, MDB_txn *txn, const queue_msg_in_t *m)
     return mdb_put(txn, q->q_dbi_sent, &mkv, &empty, 0);
 }
 
-/* Is ah one of message id's recipients (in txn)? 1 with *idx, 0, or an
- * LMDB error. */
-static int sent_rcpt(queue_t *q, MDB_txn *txn, uint64_t id, uint64_t ah, uint32_t *idx)
+/* Message id's entry (in txn): 1 with *v, 0 when there is none (or it is
+ * short), or an LMDB error. */
+static int sent_get(queue_t *q, MDB_txn *txn, uint64_t id, MDB_val *v)
 {
     uint8_t rk[9];
     rk[0] = 'R';
     wr64(rk + 1, id);
-    MDB_val k = {sizeof(rk), rk}, v;
-    int rc = mdb_get(txn, q->q_dbi_sent, &k, &v);
+    MDB_val k = {sizeof(rk), rk};
+    int rc = mdb_get(txn, q->q_dbi_sent, &k, v);
     if (rc != 0)
         return rc == MDB_NOTFOUND ? 0 : rc;
+    if (v->mv_size < SENT_HEAD ||
+        v->mv_size < SENT_HEAD + (size_t)q_rd32((uint8_t *)v->mv_data + 4) * 8)
+        return 0;
+    return 1;
+}
+
+/* The scope at the end of entry v into scope ("" for none). */
+static void sent_scope(const MDB_val *v, char *scope, size_t slen)
+{
+    const uint8_t *p = v->mv_data;
+    size_t off = SENT_HEAD + (size_t)q_rd32(p + 4) * 8, n = 0;
+    if (v->mv_size > off && (n = p[off]) > 0 && v->mv_size >= off + 1 + n && n < slen)
+        memcpy(scope, p + off + 1, n);
+    else
+        n = 0;
+    scope[n] = '\0';
+}
+
+/* Is ah one of message id's recipients (in txn)? 1 with *idx and its
+ * scope (when scope is not NULL), 0, or an LMDB error. */
+static int sent_rcpt(queue_t *q, MDB_txn *txn, uint64_t id, uint64_t ah, uint32_t *idx, char *scope,
+                     size_t slen)
+{
+    MDB_val v;
+    int rc = sent_get(q, txn, id, &v);
+    if (rc != 1)
+        return rc;
     const uint8_t *p = v.mv_data;
-    if (v.mv_size < SENT_HEAD)
-        return 0;
     uint32_t n = q_rd32(p + 4);
-    if (v.mv_size < SENT_HEAD + (size_t)n * 8)
-        return 0;
     for (uint32_t i = 0; i < n; i++) {
         if (q_rd64(p + SENT_HEAD + (size_t)i * 8) == ah) {
             *idx = i;
+            if (scope != NULL)
+                sent_scope(&v, scope, slen);
             return 1;
         }
     }
@@ -198,7 +244,7 @@ static int sent_rcpt(queue_t *q, MDB_txn *txn, uint64_t id, uint64_t ah, uint32_
 /* Of the messages with Message-ID hash mh (the newest SENT_MID_SCAN),
  * the one that had ah as a recipient. */
 static int sent_by_mid(queue_t *q, MDB_txn *txn, uint64_t mh, uint64_t ah, uint64_t *id,
-                       uint32_t *idx)
+                       uint32_t *idx, char *scope, size_t slen)
 {
     MDB_cursor *c;
     int rc = mdb_cursor_open(txn, q->q_dbi_sent, &c);
@@ -215,7 +261,7 @@ static int sent_by_mid(queue_t *q, MDB_txn *txn, uint64_t mh, uint64_t ah, uint6
         if (k.mv_size != sizeof(mk) || kp[0] != 'M' || q_rd64(kp + 1) != mh)
             break;
         uint64_t cand = q_rd64(kp + 9);
-        found = sent_rcpt(q, txn, cand, ah, idx);
+        found = sent_rcpt(q, txn, cand, ah, idx, scope, slen);
         if (found == 1)
             *id = cand;
         else if (found == 0)
@@ -228,7 +274,7 @@ static int sent_by_mid(queue_t *q, MDB_txn *txn, uint64_t mh, uint64_t ah, uint6
 }
 
 int queue_sent_match(queue_t *q, const char *sluice_id, const char *message_id, const char *rcpt,
-                     uint64_t *id, uint32_t *idx)
+                     uint64_t *id, uint32_t *idx, char *scope, size_t slen)
 {
     if (rcpt == NULL || rcpt[0] == '\0')
         return 0;
@@ -243,10 +289,11 @@ int queue_sent_match(queue_t *q, const char *sluice_id, const char *message_id, 
     pthread_rwlock_rdlock(&q->q_map_lock);
     int rc = mdb_txn_begin(q->q_env, NULL, MDB_RDONLY, &txn);
     if (rc == 0) {
-        rc = by_sid ? sent_rcpt(q, txn, sid, ah, &i) : 0;
+        rc = by_sid ? sent_rcpt(q, txn, sid, ah, &i, scope, slen) : 0;
         if (rc == 1)
             got = sid;
-        else if (rc == 0 && mh != 0 && (rc = sent_by_mid(q, txn, mh, ah, &got, &i)) == 1)
+        else if (rc == 0 && mh != 0 &&
+                 (rc = sent_by_mid(q, txn, mh, ah, &got, &i, scope, slen)) == 1)
             rc = 2;
         mdb_txn_abort(txn);
     }
@@ -261,4 +308,24 @@ int queue_sent_match(queue_t *q, const char *sluice_id, const char *message_id, 
         return SL_ESPOOL;
     }
     return 0;
+}
+
+int queue_sent_scope(queue_t *q, uint64_t id, char *scope, size_t slen)
+{
+    MDB_txn *txn;
+    MDB_val v;
+    scope[0] = '\0';
+    pthread_rwlock_rdlock(&q->q_map_lock);
+    int rc = mdb_txn_begin(q->q_env, NULL, MDB_RDONLY, &txn);
+    if (rc == 0) {
+        if ((rc = sent_get(q, txn, id, &v)) == 1)
+            sent_scope(&v, scope, slen);
+        mdb_txn_abort(txn);
+    }
+    pthread_rwlock_unlock(&q->q_map_lock);
+    if (rc == 0 || rc == 1)
+        return rc;
+    char hex[17];
+    log_warn("sent index: scope of %s: %s", queue_msgid_fmt(id, hex), mdb_strerror(rc));
+    return SL_ESPOOL;
 }

@@ -16,6 +16,9 @@
  * which anyone could make up, so it counts only when the report's
  * recipient was one of that message's (queue_sent_match, the sent
  * index). Anything else is recorded as unmatched (with what it says).
+ * A matched report feeds the list of the message's tenant (the scope the
+ * sent index noted at reception, as a hard bounce of it would), else the
+ * global one.
  * Thread: the session's reception thread; queue_acct_event and
  * queue_supp_report hand the records and the list's writes to the queue
  * thread.
@@ -203,11 +206,15 @@ const char *inbound_process(queue_t *q, const cfg_t *cfg, const inbound_msg_t *m
      * message's X-Sluice-Id or Message-ID - if the report's recipient was
      * one of that message's (the trust rule, suppress_sent.c) */
     const char *by = "verp";
+    char scope[QUEUE_SUPP_SCOPE_MAX + 1] = ""; /* the message's tenant: its list is fed */
     bool matched = verp_match(cfg, m->im_rcpt, &id, &idx) ||
                    (r.rp_kind == REPORT_ARF && verp_match(cfg, r.rp_orig_mail_from, &id, &idx));
     bool named = r.rp_sluice_id[0] != '\0' || r.rp_message_id[0] != '\0';
+    if (matched && queue_sent_scope(q, id, scope, sizeof(scope)) != 1)
+        scope[0] = '\0'; /* not in the sent index (inbound was off then): global */
     if (!matched && named && r.rp_kind != REPORT_NONE) {
-        int sm = queue_sent_match(q, r.rp_sluice_id, r.rp_message_id, rcpt, &id, &idx);
+        int sm = queue_sent_match(q, r.rp_sluice_id, r.rp_message_id, rcpt, &id, &idx, scope,
+                                  sizeof(scope));
         matched = sm == 1 || sm == 2;
         by = sm == 1 ? "x-sluice-id" : "message-id";
     }
@@ -224,9 +231,10 @@ const char *inbound_process(queue_t *q, const cfg_t *cfg, const inbound_msg_t *m
         jopt(&b, "reporting_mta", r.rp_reporting_mta);
         jopt(&b, "client_ip", m->im_client_ip);
         jopt(&b, "matched_by", by);
+        jopt(&b, "scope", scope);
         buf_append_str(&b, "}");
         if (rcpt[0] != '\0')
-            queue_supp_report(q, rcpt, "", "complaint", src);
+            queue_supp_report(q, rcpt, scope, "complaint", src);
         what = "complaint";
     } else if (matched && (r.rp_kind == REPORT_DSN || r.rp_kind == REPORT_TEXT) &&
                (r.rp_kind == REPORT_TEXT || strcmp(r.rp_action, "failed") == 0)) {
@@ -243,9 +251,10 @@ const char *inbound_process(queue_t *q, const cfg_t *cfg, const inbound_msg_t *m
         jopt(&b, "reporting_mta", r.rp_reporting_mta);
         jopt(&b, "client_ip", m->im_client_ip);
         jopt(&b, "matched_by", by);
+        jopt(&b, "scope", scope);
         buf_append_str(&b, "}");
         if (rcpt[0] != '\0' && r.rp_status[0] == '5')
-            queue_supp_report(q, rcpt, "", cat, src);
+            queue_supp_report(q, rcpt, scope, cat, src);
         what = "remote_bounce";
     } else if (matched && r.rp_kind == REPORT_DSN) {
         buf_free(&b);

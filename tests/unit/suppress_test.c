@@ -44,6 +44,7 @@ static int teardown_dir(void **state)
 }
 
 static char **fold_domains, **case_domains; /* for the next start_q: moved into its config */
+static bool sent_tenants; /* for the next start_q: bounces.inbound, tenants by header and AUTH */
 
 static queue_t *start_q(uint64_t map_size)
 {
@@ -68,6 +69,14 @@ static queue_t *start_q(uint64_t map_size)
     c->c_spool_map_size = map_size;
     c->c_spool_sync = CFG_SYNC_NONE; /* speed; durability is queue_test's */
     c->c_supp_enabled = true;
+    if (sent_tenants) {
+        c->c_bounce_inbound = true;
+        free(c->c_supp_scope);
+        c->c_supp_scope = xstrdup("auth_user");
+        free(c->c_supp_scope_header);
+        c->c_supp_scope_header = xstrdup("X-Customer");
+        sent_tenants = false;
+    }
     queue_t *q = NULL;
     if (queue_open(c, &q, err, sizeof(err)) != 0)
         fail_msg("queue_open: %s", err);
@@ -405,6 +414,86 @@ static double now_s(void)
 
 /* The figures: import N lines (one request per 200,000), then lookups of
  * present and absent addresses. Printed, not asserted (a shared machine). */
+static void sent_back(chan_t *ch, chan_node_t *first, void *arg)
+{
+    (void)first;
+    (void)arg;
+    chan_close(ch);
+}
+
+/* One message to rcpt with header hdr (may be "") and AUTH user auth (or
+ * NULL), committed through the queue thread (so into the sent index): its
+ * id. */
+static uint64_t sent_submit(queue_t *q, const char *rcpt, const char *hdr, const char *auth)
+{
+    queue_msg_in_t *m = xcalloc(1, sizeof(*m));
+    m->qm_id = queue_msgid_new();
+    m->qm_arrival = clock_now_s();
+    m->qm_sender = xstrdup("sender@example.com");
+    m->qm_auth_user = auth ? xstrdup(auth) : NULL;
+    snprintf(m->qm_client_ip, sizeof(m->qm_client_ip), "127.0.0.1");
+    m->qm_nrcpt = 1;
+    m->qm_rcpts = xcalloc(1, sizeof(queue_rcpt_in_t));
+    m->qm_rcpts[0].qr_addr = xstrdup(rcpt);
+    buf_init(&m->qm_body, 0);
+    buf_printf(&m->qm_body, "Received: from x\r\n\tby y\r\nMessage-ID: <s@t>\r\n%s\r\nHi.\r\n",
+               hdr);
+    uv_loop_t loop;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    m->qm_reply = chan_new(&loop, sent_back, NULL);
+    queue_submit(q, m);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    assert_int_equal(m->qm_status, 0);
+    uint64_t id = m->qm_id;
+    queue_msg_in_free(m);
+    return id;
+}
+
+/* The sent index keeps each message's suppression scope for the reports
+ * that come back (docs/bounces-in.md, "Scope of reports"): the header's
+ * tenant (up to its 128-byte bound) over the AUTH user, the AUTH user
+ * with scope = auth_user, else global; by id (a VERP token) and with a
+ * match by X-Sluice-Id or Message-ID. */
+static void test_sent_index_scope(void **state)
+{
+    (void)state;
+    sent_tenants = true;
+    queue_t *q = start_q(64ULL << 20);
+    char big[QUEUE_SUPP_SCOPE_MAX + 1], hdr[200], scope[QUEUE_SUPP_SCOPE_MAX + 1], hex[17];
+    memset(big, 'T', QUEUE_SUPP_SCOPE_MAX);
+    big[QUEUE_SUPP_SCOPE_MAX] = '\0';
+    snprintf(hdr, sizeof(hdr), "X-Customer:  %s \r\n", big);
+    uint64_t m1 = sent_submit(q, "a@x.test", hdr, "alice");
+    uint64_t m2 = sent_submit(q, "b@x.test", "X-Other: 1\r\n", "alice");
+    uint64_t m3 = sent_submit(q, "c@x.test", "", NULL);
+
+    assert_int_equal(queue_sent_scope(q, m1, scope, sizeof(scope)), 1);
+    assert_string_equal(scope, big);
+    assert_int_equal(queue_sent_scope(q, m2, scope, sizeof(scope)), 1);
+    assert_string_equal(scope, "alice");
+    assert_int_equal(queue_sent_scope(q, m3, scope, sizeof(scope)), 1);
+    assert_string_equal(scope, "");
+    assert_int_equal(queue_sent_scope(q, m3 + 12345, scope, sizeof(scope)), 0);
+    assert_string_equal(scope, "");
+
+    uint64_t id = 0;
+    uint32_t idx = 9;
+    strcpy(scope, "stale");
+    assert_int_equal(queue_sent_match(q, queue_msgid_fmt(m2, hex), NULL, "B@X.test", &id, &idx,
+                                      scope, sizeof(scope)),
+                     1);
+    assert_true(id == m2 && idx == 0);
+    assert_string_equal(scope, "alice");
+    /* the newest of the three with that Message-ID that had a@ */
+    assert_int_equal(
+        queue_sent_match(q, NULL, "<s@t>", "a@x.test", &id, &idx, scope, sizeof(scope)), 2);
+    assert_true(id == m1);
+    assert_string_equal(scope, big);
+    queue_stop(q);
+    queue_free(q);
+}
+
 static void test_bench(void **state)
 {
     (void)state;
@@ -484,6 +573,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_add_lookup_scope_expiry, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_import_and_list_pages, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_lookups_during_map_growth, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_sent_index_scope, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_bench, setup_dir, teardown_dir),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
