@@ -19,6 +19,8 @@ relay-5k is covered by test_bench_smoke) and checks the one report.md:
    the test asks `tc qdisc add ... netem` itself in a new network namespace.
 Needs root (Postfix's daemons, smtp-sink -u nobody, unshare --net).
 """
+import importlib.machinery
+import importlib.util
 import json
 import os
 import re
@@ -147,9 +149,35 @@ class BenchAll(unittest.TestCase):
         self.assertIn("**Not run**", sec)
         if probe.returncode != 0:  # this kernel's own words
             self.assertIn(probe.stdout.strip(), sec)
-            self.assertIn("no netem qdisc", sec)
+            self.assertEqual("no netem qdisc" in sec, "qdisc kind is unknown" in probe.stdout)
         else:
             self.assertIn("not written yet", sec)
+
+
+class MessagesOption(unittest.TestCase):
+    """bench/run --messages, which make bench uses to size each scenario."""
+
+    def test_parse(self):
+        loader = importlib.machinery.SourceFileLoader(
+            "bench_run", os.path.join(st.SRC, "bench", "run"))
+        spec = importlib.util.spec_from_loader("bench_run", loader)
+        br = importlib.util.module_from_spec(spec)
+        loader.exec_module(br)
+        self.assertEqual(br.parse_messages(None), {})
+        self.assertEqual(br.parse_messages("500"), {"*": 500})
+        self.assertEqual(br.parse_messages("esp-throughput=10000,relay-5k=20000"),
+                         {"esp-throughput": 10000, "relay-5k": 20000})
+        for bad in ("x", "relay-5k=", "=5", "relay-5k=5,"):
+            with self.assertRaises(ValueError, msg=bad):
+                br.parse_messages(bad)
+
+    def test_bad_value_is_a_usage_error(self):
+        r = subprocess.run(["/usr/bin/python3", os.path.join(st.SRC, "bench", "run"),
+                            "--messages", "relay-5k=lots", "--no-build", "--mta", "sluice",
+                            "relay-5k"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, timeout=60)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("--messages: N or NAME=N", r.stderr)
 
 
 if __name__ == "__main__":
