@@ -17,7 +17,10 @@ relay-5k is covered by test_bench_smoke) and checks the one report.md:
    delivered rate per provider against its allowance, the learned rates;
 4. wan says it did not run and why, and the why is what this kernel answers:
    the test asks `tc qdisc add ... netem` itself in a new network namespace.
-Needs root (Postfix's daemons, smtp-sink -u nobody, unshare --net).
+MessagesOption: bench/run --messages N / NAME=N,... and its usage error.
+Assemble: --assemble from a bench.json of bench/run "all" lists the
+scenarios by name.
+BenchAll needs root (Postfix's daemons, smtp-sink -u nobody, unshare --net).
 """
 import importlib.machinery
 import importlib.util
@@ -178,6 +181,34 @@ class MessagesOption(unittest.TestCase):
                            text=True, timeout=60)
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertIn("--messages: N or NAME=N", r.stderr)
+
+
+class Assemble(unittest.TestCase):
+    """bench/run-all --assemble: BENCH_SCENARIOS=all gives bench/run "all";
+    the table lists the scenarios bench/run ran, by name."""
+
+    def test_all_expanded(self):
+        d = tempfile.mkdtemp(prefix="bench-assemble-")
+        self.addCleanup(shutil.rmtree, d, True)
+        fig = lambda v: {"median": v, "min": v, "max": v}  # noqa: E731
+        summ = {n: {"sluice": {"e2e_msgs_per_s": fig(1000 * k), "mta_cpu_s_per_1000": fig(0.1)},
+                    "postfix": {"e2e_msgs_per_s": fig(100), "mta_cpu_s_per_1000": fig(5.0)},
+                    "ratio_e2e": fig(10.0 * k), "ratio_comparable": True}
+                for k, n in ((1, "relay-5k"), (2, "backlog"))}
+        doc = {"smoke": False, "parts": {"run": {"scenarios": ["all"], "ok": True, "doc": {
+            "scenarios": {"relay-5k": {}, "backlog": {}}, "summary": summ}}}}
+        with open(os.path.join(d, "bench.json"), "w") as f:
+            json.dump(doc, f)
+        r = subprocess.run(["/usr/bin/python3", os.path.join(st.SRC, "bench", "run-all"),
+                            "--assemble", d], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(os.path.join(d, "report.md")) as f:
+            md = f.read()
+        self.assertIn("| relay-5k | end-to-end msgs/s | 1,000 | 100 | 10.0x |", md)
+        self.assertIn("| backlog | end-to-end msgs/s | 2,000 | 100 | 20.0x |", md)
+        self.assertIn("| backlog | MTA CPU µs / message | 100 | 5,000 |", md)
+        self.assertNotIn("| all |", md)
 
 
 if __name__ == "__main__":
