@@ -103,6 +103,14 @@ class BenchAll(unittest.TestCase):
         self.assertEqual(cell_number(r, 3), round(summ["postfix"]["e2e_msgs_per_s"]["median"]))
         self.assertEqual(cell_number(r, 4), round(summ["ratio_e2e"]["median"], 1))
         self.assertGreater(cell_number(r, 3), 0)
+        # TLS reuse of each MTA (issue 18: resumption and messages per connection)
+        r = self.row("esp-throughput", "TLS handshakes resumed")
+        cells = [c.strip() for c in r.strip().strip("|").split("|")]
+        for col, mta in ((2, "sluice"), (3, "postfix")):
+            x = [y for y in run["results"] if y["scenario"] == "esp-throughput"
+                 and y["mta"] == mta][0]
+            self.assertEqual(cells[col], "%.0f%%, %.1f" % (x["tls_resumed_pct"],
+                                                          x["msgs_per_connection"]))
         # esp-envelope: both runs, their goodput and provoked tempfails
         env = self.load("envelope.json")
         self.assertEqual(sorted(env), ["a", "b"])
