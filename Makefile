@@ -49,15 +49,18 @@ format-check: deps
 	@files=$$(git ls-files --cached --others --exclude-standard '*.c' '*.h'); \
 	if [ -n "$$files" ]; then clang-format --dry-run -Werror $$files; fi
 
-# Load runs (bench/run, docs/benchmarks.md): sluice and a private Postfix
-# instance side by side on loopback, 3 runs per scenario; prints where the
-# report (results.json, report.md, PNG plots) was written.
+# Load runs (bench/run-all, docs/benchmarks.md): esp-throughput and
+# relay-5k (sluice and a private Postfix side by side), esp-envelope (runs a
+# and b), relay-tools (Postfix's smtp-source/smtp-sink) and wan (when the
+# kernel has netem), on loopback, ~15-20 min; prints where the one report
+# (report.md, bench.json, PNG plots) was written. Sizes: BENCH_RUNS,
+# BENCH_SCENARIOS, BENCH_MESSAGES, BENCH_ENVELOPE_MESSAGES,
+# BENCH_RELAY_TOOLS_N (bench/run-all --help).
 bench: build
-	@bench/run --no-build --build-dir $(BUILD) --runs 3 all
-	@bench/run-relay-tools --build-dir $(BUILD) --runs 3
+	@bench/run-all --no-build --build-dir $(BUILD)
 
 bench-smoke: build
-	@bench/run --no-build --build-dir $(BUILD) --smoke --runs 1 all
+	@bench/run-all --no-build --build-dir $(BUILD) --smoke
 
 # Reception alone: 50,000 messages of 5 KiB into a durable spool.
 bench-accept: build
