@@ -119,8 +119,19 @@ int dlv_cluster_new(const cfg_t *cfg, dlv_shaping_t *sh, cl_apply_fn apply, dlv_
         cl->cl_host = xstrdup(cl->cl_addr + 5);
         cl->cl_port = -1;
     } else {
-        /* redis://ip:port, checked by the config loader */
-        const char *hp = cl->cl_addr + 8;
+        /* redis://[[user:]password@]ip:port, checked by the config loader */
+        const char *hp = cfg->c_cl_redis + 8, *at = strrchr(hp, '@');
+        if (at != NULL) {
+            const char *colon = memchr(hp, ':', (size_t)(at - hp));
+            const char *pw = colon ? colon + 1 : hp;
+            if (colon != NULL && colon > hp)
+                cl->cl_user = xstrndup(hp, (size_t)(colon - hp));
+            cl->cl_pass = xstrndup(pw, (size_t)(at - pw));
+            hp = at + 1;
+            free(cl->cl_addr); /* never log or show the password */
+            cl->cl_addr = xasprintf("redis://%s%s***@%s", cl->cl_user ? cl->cl_user : "",
+                                    cl->cl_user ? ":" : "", hp);
+        }
         const char *colon = strrchr(hp, ':');
         const char *h = hp, *he = colon ? colon : hp + strlen(hp);
         if (*h == '[') {
@@ -221,6 +232,8 @@ void dlv_cluster_free(dlv_cluster_t *cl)
     uv_mutex_destroy(&cl->cl_lock);
     free(cl->cl_addr);
     free(cl->cl_host);
+    free(cl->cl_user);
+    free(cl->cl_pass);
     free(cl->cl_node);
     free(cl->cl_prefix);
     free(cl);
@@ -354,6 +367,23 @@ static void cl_connect_cb(const redisAsyncContext *ac, int status)
     }
 }
 
+/* The AUTH answer: a refusal (wrong password, no such ACL user) is a
+ * connection that failed, with the server's reason in cl_why (`sluicectl
+ * status`, the log line of the outage). */
+static void cl_auth_cb(redisAsyncContext *ac, void *reply, void *priv)
+{
+    dlv_cluster_t *cl = ac->data;
+    redisReply *rp = reply;
+    (void)priv;
+    if (rp == NULL || rp->type != REDIS_REPLY_ERROR || cl->cl_stopping || cl->cl_auth_failed)
+        return;
+    cl->cl_auth_failed = true;
+    cl->cl_broken = true;
+    uv_mutex_lock(&cl->cl_lock);
+    snprintf(cl->cl_why, sizeof(cl->cl_why), "auth: %s", rp->str);
+    uv_mutex_unlock(&cl->cl_lock);
+}
+
 static redisAsyncContext *cl_open(dlv_cluster_t *cl)
 {
     redisAsyncContext *ac = cl->cl_port < 0 ? redisAsyncConnectUnix(cl->cl_host)
@@ -374,12 +404,18 @@ static redisAsyncContext *cl_open(dlv_cluster_t *cl)
     }
     redisAsyncSetConnectCallback(ac, cl_connect_cb);
     redisAsyncSetDisconnectCallback(ac, cl_disconnect_cb);
+    /* the first command: the others queued behind it run authenticated */
+    if (cl->cl_pass != NULL && cl->cl_user != NULL)
+        redisAsyncCommand(ac, cl_auth_cb, NULL, "AUTH %s %s", cl->cl_user, cl->cl_pass);
+    else if (cl->cl_pass != NULL)
+        redisAsyncCommand(ac, cl_auth_cb, NULL, "AUTH %s", cl->cl_pass);
     return ac;
 }
 
 static void cl_connect(dlv_cluster_t *cl)
 {
     cl->cl_broken = false;
+    cl->cl_auth_failed = false;
     cl->cl_ac = cl_open(cl);
     cl->cl_sub = cl->cl_ac ? cl_open(cl) : NULL;
     if (cl->cl_ac == NULL || cl->cl_sub == NULL) {
@@ -577,7 +613,8 @@ static void cl_reply_cb(redisAsyncContext *ac, void *reply, void *priv)
         rp = NULL;
     }
     if (rp != NULL && rp->type == REDIS_REPLY_ERROR) {
-        log_warn("cluster: redis error: %s", log_esc(rp->str));
+        if (!cl->cl_auth_failed) /* NOAUTH after a refused AUTH: said once, by cl_go_down */
+            log_warn("cluster: redis error: %s", log_esc(rp->str));
         rp = NULL;
     } else if (rp == NULL && !cl->cl_stopping) {
         cl->cl_broken = true;
@@ -1025,8 +1062,15 @@ static void cl_heartbeat(dlv_cluster_t *cl)
 static void cl_run(dlv_cluster_t *cl)
 {
     uint64_t now = clock_mono_us();
-    if (cl->cl_broken)
+    if (cl->cl_broken && cl->cl_auth_failed) {
+        char why[sizeof(cl->cl_why)];
+        uv_mutex_lock(&cl->cl_lock);
+        snprintf(why, sizeof(why), "%s", cl->cl_why);
+        uv_mutex_unlock(&cl->cl_lock);
+        cl_go_down(cl, "%s", why);
+    } else if (cl->cl_broken) {
         cl_go_down(cl, "%s", "connection lost");
+    }
     if (cl->cl_fly != NULL && now - cl->cl_fly->r_sent_us > cl->cl_timeout_us)
         cl_go_down(cl, "no answer within %llums", (unsigned long long)(cl->cl_timeout_us / 1000));
     if (cl->cl_state == CL_DOWN && now >= cl->cl_retry_at)

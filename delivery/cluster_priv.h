@@ -62,7 +62,10 @@ typedef enum { CL_DOWN = 0, CL_CONNECTING, CL_UP } cl_state_t;
 struct dlv_cluster {
     dlv_shaping_t *cl_sh;
     cl_apply_fn cl_apply;
-    char *cl_addr; /* redis://ip:port or unix:/path */
+    char *cl_addr;       /* redis://ip:port or unix:/path (the password as ***: logged, shown) */
+    char *cl_user;       /* AUTH user (an ACL user), or NULL: "default" */
+    char *cl_pass;       /* AUTH password, or NULL: no AUTH */
+    bool cl_auth_failed; /* AUTH refused on this connection: cl_why says why */
     char *cl_host;
     int cl_port;
     char *cl_node;
