@@ -16,6 +16,7 @@
 
 #define CL_SYNC_KEYS "100"    /* SCAN COUNT: scopes read per step */
 #define CL_SYNC_FIELDS "1000" /* HSCAN COUNT: entries read per tick (50 ms) */
+#define CL_SUPP_FLUSH 1000    /* own entries sent per tick */
 
 /* queue_supp_hook_fn (the queue thread): an entry written here, for the
  * other nodes. */
@@ -70,12 +71,24 @@ cl_req_t *cl_flush_supp(dlv_cluster_t *cl)
     cl_req_t *head = NULL, **tail = &head;
     if (cl->cl_state != CL_UP)
         return NULL;
+    /* a chunk per tick: 100,000 kept while Redis was down must not all be
+     * in flight at once (the oldest would pass cluster.timeout) */
     uv_mutex_lock(&cl->cl_lock);
-    int n = cl->cl_nsout;
-    char **out = cl->cl_sout;
-    cl->cl_sout = NULL;
-    cl->cl_nsout = cl->cl_sout_cap = 0;
-    cl->cl_supp_full = false;
+    int n = MIN(cl->cl_nsout, CL_SUPP_FLUSH);
+    if (n == 0) {
+        uv_mutex_unlock(&cl->cl_lock);
+        return NULL;
+    }
+    char **out = xcalloc((size_t)n, sizeof(char *));
+    memcpy(out, cl->cl_sout, (size_t)n * sizeof(char *));
+    memmove(cl->cl_sout, cl->cl_sout + n, (size_t)(cl->cl_nsout - n) * sizeof(char *));
+    cl->cl_nsout -= n;
+    if (cl->cl_nsout == 0) {
+        free(cl->cl_sout);
+        cl->cl_sout = NULL;
+        cl->cl_sout_cap = 0;
+        cl->cl_supp_full = false;
+    }
     uv_mutex_unlock(&cl->cl_lock);
     for (int i = 0; i < n; i++) {
         json_object *o = json_tokener_parse(out[i]), *a = NULL, *sc = NULL;
