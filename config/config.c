@@ -483,11 +483,14 @@ static int set_list(loader_t *ld, const key_def_t *k, const cfg_node_t *n)
         return 0;
     }
     case K_REDIS: {
-        /* redis://host:port or unix:/path (the one server every node uses) */
+        /* redis://[[user:]password@]host:port or unix:/path (the one server
+         * every node uses); the password is delivery/cluster.c's */
         const char *a = cnt > 0 ? items[0].i_s : "";
+        const char *at = strncmp(a, "redis://", 8) == 0 ? strrchr(a + 8, '@') : NULL;
         sockaddr_any_t sa;
         bool ok = a[0] == '\0' || (strncmp(a, "unix:", 5) == 0 && a[5] == '/') ||
-                  (strncmp(a, "redis://", 8) == 0 && net_parse_hostport(a + 8, 6379, &sa) == 0);
+                  (strncmp(a, "redis://", 8) == 0 && (at == NULL || at > a + 8) &&
+                   net_parse_hostport(at ? at + 1 : a + 8, 6379, &sa) == 0);
         if (!ok) {
             ld_error(ld, items[0].i_line,
                      "%s: bad address \"%s\" (want \"redis://ip:port\" or \"unix:/path\"; "

@@ -18,7 +18,7 @@
  * -> the last event as JSON), channel P:events. Times come from Redis'
  * TIME, so the nodes' clocks do not matter.
  */
-#include "delivery/cluster_int.h"
+#include "delivery/cluster_priv.h"
 
 #include <hiredis/adapters/libuv.h>
 #include <hiredis/async.h>
@@ -33,7 +33,6 @@
 #define CL_IDLE_US 1000000      /* a lease unused this long is given back */
 #define CL_RETRY_MIN_US 250000  /* reconnect backoff: 250 ms doubling ... */
 #define CL_RETRY_MAX_US 2000000 /* ... up to 2 s */
-#define CL_MAX_OUT 256          /* events kept while Redis is away */
 
 /* GCRA lease: KEYS[1] the TAT (us); ARGV interval (us), tolerance (us),
  * n: > 0 take up to n tokens, < 0 give -n back. Returns the tokens taken. */
@@ -87,113 +86,21 @@ static const char cl_lua_nodes[] =
     "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)\n"
     "return {redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES'),\n"
     "        redis.call('HGETALL', KEYS[2]), tostring(now)}\n";
-
-enum { S_RATE, S_CONN, S_NODES, S_N };
-
 static const char *const cl_scripts[S_N] = {cl_lua_rate, cl_lua_conn, cl_lua_nodes};
 
-struct cl_lim {
-    cl_lim_t *l_next;
-    dlv_cluster_t *l_cl;
-    int l_kind;
-    char *l_name;
-    char *l_key;
-    _Atomic int64_t l_tokens;    /* rate: lease left; conn: slots held and not in use */
-    _Atomic uint64_t l_interval; /* rate in force, ns per token (0 = none) */
-    _Atomic int l_cap;           /* conn cap in force (0 = none) */
-    _Atomic uint64_t l_want_us;  /* mono us a taker last found nothing */
-    _Atomic uint64_t l_used_us;  /* mono us of the last take */
-    _Atomic uint64_t l_granted;  /* tokens / slots granted so far */
-    _Atomic int l_held_pub;      /* l_held, for cl_json */
-    /* the cluster thread's */
-    bool l_busy;     /* a take / give-back call in flight */
-    int l_held;      /* conn: slots held */
-    uint64_t *l_ids; /* conn: the held slots' ids */
-    int l_ids_cap;
-    double l_accum;     /* fallback: fractional local tokens */
-    uint64_t l_last_us; /* fallback: last local refill */
-};
-
-typedef struct cl_req {
-    struct cl_req *r_next; /* in flight, oldest first */
-    dlv_cluster_t *r_cl;
-    cl_lim_t *r_lim;
-    int r_what; /* R_* */
-    int r_script;
-    uint64_t r_sent_us;
-    int64_t r_n; /* rate: asked for (> 0) or given back (< 0); conn: slot id */
-    int r_argc;
-    char **r_argv;
-    size_t *r_lens;
-} cl_req_t;
-
-enum { R_RATE, R_CONN_TAKE, R_CONN_OTHER, R_NODES, R_PUB };
-
-typedef enum { CL_DOWN = 0, CL_CONNECTING, CL_UP } cl_state_t;
-
-struct dlv_cluster {
-    dlv_shaping_t *cl_sh;
-    cl_apply_fn cl_apply;
-    char *cl_addr; /* redis://ip:port or unix:/path */
-    char *cl_host;
-    int cl_port;
-    char *cl_node;
-    char *cl_prefix;
-    uint64_t cl_ttl_ms;
-    uint64_t cl_timeout_us;
-    char cl_sha[S_N][41];
-    uv_loop_t cl_loop;
-    uv_thread_t cl_tid;
-    bool cl_started;
-    uv_timer_t cl_tick;
-    uv_async_t cl_wake;
-    uv_async_t cl_stop;
-    bool cl_stopping;
-    /* the cluster thread's */
-    redisAsyncContext *cl_ac;  /* commands */
-    redisAsyncContext *cl_sub; /* SUBSCRIBE P:events */
-    cl_state_t cl_state;
-    bool cl_broken; /* a callback saw the connection fail: the tick tears down */
-    bool cl_resync; /* the next heartbeat applies the shared state (after a (re)connect) */
-    bool cl_first;  /* no heartbeat yet since start (own entries of P:state apply too) */
-    uint64_t cl_retry_us, cl_retry_at;
-    uint64_t cl_beat_at;
-    uint64_t cl_renew_at;
-    uint64_t cl_seq;
-    cl_req_t *cl_fly, **cl_fly_tail;
-    /* shared with other threads */
-    uv_mutex_t cl_lock;
-    cl_lim_t *cl_lims;        /* cl_lock for the list; never freed before the cluster */
-    char *cl_out[CL_MAX_OUT]; /* cl_lock: events to publish */
-    int cl_nout;
-    json_object *cl_nodes_json;   /* cl_lock: the last heartbeat's nodes */
-    json_object *cl_state_json;   /* cl_lock: the last heartbeat's P:state */
-    _Atomic int cl_up;            /* Redis answers (sluice_cluster_redis_up) */
-    _Atomic int cl_nnodes;        /* last known node count (>= 1) */
-    _Atomic uint64_t cl_since_us; /* wall us of the last up/down change */
-    _Atomic uint64_t cl_downs;    /* times Redis was lost */
-    _Atomic uint64_t cl_applied;  /* events of other nodes applied here */
-    _Atomic uint64_t cl_published;
-    queue_t *cl_queue;         /* suppression list shared, or NULL */
-    char *cl_sout[CL_MAX_OUT]; /* cl_lock: suppression entries to publish */
-    int cl_nsout;
-    char cl_why[160]; /* cl_lock: why Redis is down */
-};
-
 static void cl_thread_main(void *arg);
+static void cl_send(dlv_cluster_t *cl, cl_req_t *r);
 static void cl_tick_cb(uv_timer_t *h);
 static void cl_wake_cb(uv_async_t *h);
 static void cl_stop_cb(uv_async_t *h);
 static void cl_connect(dlv_cluster_t *cl);
 static void cl_go_down(dlv_cluster_t *cl, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
-static void cl_send(dlv_cluster_t *cl, cl_req_t *r);
 static void cl_reply_cb(redisAsyncContext *ac, void *reply, void *priv);
 static void cl_sub_cb(redisAsyncContext *ac, void *reply, void *priv);
 static void cl_apply_json(dlv_cluster_t *cl, const char *text, bool own_too);
 static void cl_lim_tick(dlv_cluster_t *cl, cl_lim_t *l, uint64_t now);
 static void cl_close_tick(dlv_cluster_t *cl);
-static void cl_supp_apply(dlv_cluster_t *cl, const char *text);
 static void cl_conn_tick(dlv_cluster_t *cl, cl_lim_t *l, uint64_t now);
 
 /* ------------------------------------------------------------ life cycle */
@@ -212,8 +119,19 @@ int dlv_cluster_new(const cfg_t *cfg, dlv_shaping_t *sh, cl_apply_fn apply, dlv_
         cl->cl_host = xstrdup(cl->cl_addr + 5);
         cl->cl_port = -1;
     } else {
-        /* redis://ip:port, checked by the config loader */
-        const char *hp = cl->cl_addr + 8;
+        /* redis://[[user:]password@]ip:port, checked by the config loader */
+        const char *hp = cfg->c_cl_redis + 8, *at = strrchr(hp, '@');
+        if (at != NULL) {
+            const char *colon = memchr(hp, ':', (size_t)(at - hp));
+            const char *pw = colon ? colon + 1 : hp;
+            if (colon != NULL && colon > hp)
+                cl->cl_user = xstrndup(hp, (size_t)(colon - hp));
+            cl->cl_pass = xstrndup(pw, (size_t)(at - pw));
+            hp = at + 1;
+            free(cl->cl_addr); /* never log or show the password */
+            cl->cl_addr = xasprintf("redis://%s%s***@%s", cl->cl_user ? cl->cl_user : "",
+                                    cl->cl_user ? ":" : "", hp);
+        }
         const char *colon = strrchr(hp, ':');
         const char *h = hp, *he = colon ? colon : hp + strlen(hp);
         if (*h == '[') {
@@ -307,11 +225,15 @@ void dlv_cluster_free(dlv_cluster_t *cl)
         free(cl->cl_out[i]);
     for (int i = 0; i < cl->cl_nsout; i++)
         free(cl->cl_sout[i]);
+    free(cl->cl_sout);
+    cl_sync_reset(cl);
     json_object_put(cl->cl_nodes_json);
     json_object_put(cl->cl_state_json);
     uv_mutex_destroy(&cl->cl_lock);
     free(cl->cl_addr);
     free(cl->cl_host);
+    free(cl->cl_user);
+    free(cl->cl_pass);
     free(cl->cl_node);
     free(cl->cl_prefix);
     free(cl);
@@ -445,6 +367,23 @@ static void cl_connect_cb(const redisAsyncContext *ac, int status)
     }
 }
 
+/* The AUTH answer: a refusal (wrong password, no such ACL user) is a
+ * connection that failed, with the server's reason in cl_why (`sluicectl
+ * status`, the log line of the outage). */
+static void cl_auth_cb(redisAsyncContext *ac, void *reply, void *priv)
+{
+    dlv_cluster_t *cl = ac->data;
+    redisReply *rp = reply;
+    (void)priv;
+    if (rp == NULL || rp->type != REDIS_REPLY_ERROR || cl->cl_stopping || cl->cl_auth_failed)
+        return;
+    cl->cl_auth_failed = true;
+    cl->cl_broken = true;
+    uv_mutex_lock(&cl->cl_lock);
+    snprintf(cl->cl_why, sizeof(cl->cl_why), "auth: %s", rp->str);
+    uv_mutex_unlock(&cl->cl_lock);
+}
+
 static redisAsyncContext *cl_open(dlv_cluster_t *cl)
 {
     redisAsyncContext *ac = cl->cl_port < 0 ? redisAsyncConnectUnix(cl->cl_host)
@@ -465,12 +404,18 @@ static redisAsyncContext *cl_open(dlv_cluster_t *cl)
     }
     redisAsyncSetConnectCallback(ac, cl_connect_cb);
     redisAsyncSetDisconnectCallback(ac, cl_disconnect_cb);
+    /* the first command: the others queued behind it run authenticated */
+    if (cl->cl_pass != NULL && cl->cl_user != NULL)
+        redisAsyncCommand(ac, cl_auth_cb, NULL, "AUTH %s %s", cl->cl_user, cl->cl_pass);
+    else if (cl->cl_pass != NULL)
+        redisAsyncCommand(ac, cl_auth_cb, NULL, "AUTH %s", cl->cl_pass);
     return ac;
 }
 
 static void cl_connect(dlv_cluster_t *cl)
 {
     cl->cl_broken = false;
+    cl->cl_auth_failed = false;
     cl->cl_ac = cl_open(cl);
     cl->cl_sub = cl->cl_ac ? cl_open(cl) : NULL;
     if (cl->cl_ac == NULL || cl->cl_sub == NULL) {
@@ -478,6 +423,9 @@ static void cl_connect(dlv_cluster_t *cl)
         return;
     }
     cl->cl_state = CL_CONNECTING;
+    cl->cl_subscribed = false;
+    cl_sync_reset(cl);
+    cl->cl_sync_want = true; /* entries written while this node was away */
     char ch[256], sch[256];
     snprintf(ch, sizeof(ch), "%s:events", cl->cl_prefix);
     snprintf(sch, sizeof(sch), "%s:supp", cl->cl_prefix);
@@ -501,6 +449,7 @@ static void cl_go_down(dlv_cluster_t *cl, const char *fmt, ...)
         redisAsyncFree(ac); /* pending callbacks run with no reply */
     if (sub != NULL)
         redisAsyncFree(sub);
+    cl_sync_reset(cl);
     cl->cl_broken = false;
     if (atomic_exchange(&cl->cl_up, 0) == 1) {
         atomic_store(&cl->cl_since_us, clock_now_us());
@@ -550,7 +499,7 @@ static void cl_req_free(cl_req_t *r)
 static void cl_send(dlv_cluster_t *cl, cl_req_t *r)
 {
     r->r_cl = cl;
-    if (r->r_what != R_PUB) {
+    if (r->r_what < R_PUB) {
         int nkeys = r->r_script == S_NODES ? 2 : 1;
         free(r->r_argv[0]);
         free(r->r_argv[1]);
@@ -646,7 +595,7 @@ static void cl_reply_cb(redisAsyncContext *ac, void *reply, void *priv)
     (void)ac;
     cl_fly_remove(cl, r);
     if (rp != NULL && rp->type == REDIS_REPLY_ERROR && strncmp(rp->str, "NOSCRIPT", 8) == 0 &&
-        cl->cl_ac != NULL && r->r_what != R_PUB) {
+        cl->cl_ac != NULL && r->r_what < R_PUB) {
         /* not cached on this server (restarted, SCRIPT FLUSH): EVAL loads it */
         free(r->r_argv[0]);
         free(r->r_argv[1]);
@@ -664,7 +613,8 @@ static void cl_reply_cb(redisAsyncContext *ac, void *reply, void *priv)
         rp = NULL;
     }
     if (rp != NULL && rp->type == REDIS_REPLY_ERROR) {
-        log_warn("cluster: redis error: %s", log_esc(rp->str));
+        if (!cl->cl_auth_failed) /* NOAUTH after a refused AUTH: said once, by cl_go_down */
+            log_warn("cluster: redis error: %s", log_esc(rp->str));
         rp = NULL;
     } else if (rp == NULL && !cl->cl_stopping) {
         cl->cl_broken = true;
@@ -695,6 +645,9 @@ static void cl_reply_cb(redisAsyncContext *ac, void *reply, void *priv)
             if (cl->cl_state == CL_UP) /* more wanted: ask now, not at the next tick */
                 cl_conn_tick(cl, l, clock_mono_us());
         }
+        break;
+    case R_SYNC:
+        cl_sync_reply(cl, rp);
         break;
     case R_NODES:
         if (rp != NULL) {
@@ -1072,113 +1025,21 @@ static void cl_sub_cb(redisAsyncContext *ac, void *reply, void *priv)
     (void)priv;
     if (rp == NULL || rp->type != REDIS_REPLY_ARRAY || rp->elements < 3)
         return;
+    if (rp->element[0]->type == REDIS_REPLY_STRING &&
+        strcmp(rp->element[0]->str, "subscribe") == 0 &&
+        rp->element[2]->type == REDIS_REPLY_INTEGER && rp->element[2]->integer == 2) {
+        cl->cl_subscribed = true; /* from now on no entry is missed: the sync may start */
+        return;
+    }
     if (rp->element[0]->type != REDIS_REPLY_STRING || strcmp(rp->element[0]->str, "message") != 0 ||
         rp->element[1]->type != REDIS_REPLY_STRING || rp->element[2]->type != REDIS_REPLY_STRING)
         return;
     const char *ch = rp->element[1]->str;
     size_t pl = strlen(cl->cl_prefix);
     if (strncmp(ch, cl->cl_prefix, pl) == 0 && strcmp(ch + pl, ":supp") == 0)
-        cl_supp_apply(cl, rp->element[2]->str);
+        cl_supp_apply(cl, rp->element[2]->str, false);
     else
         cl_apply_json(cl, rp->element[2]->str, false);
-}
-
-/* ------------------------------------------------------------ suppression */
-
-/* queue_supp_hook_fn (the queue thread): an entry written here, for the
- * other nodes. */
-static void cl_supp_hook(void *arg, const char *addr, const char *scope, const char *reason,
-                         uint64_t expires)
-{
-    dlv_cluster_t *cl = arg;
-    json_object *o = json_object_new_object();
-    json_object_object_add(o, "node", json_object_new_string(cl->cl_node));
-    json_object_object_add(o, "address", json_object_new_string(addr));
-    json_object_object_add(o, "scope", json_object_new_string(scope));
-    json_object_object_add(o, "reason", json_object_new_string(reason));
-    json_object_object_add(o, "expires", json_object_new_int64((int64_t)expires));
-    char *s = xstrdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
-    json_object_put(o);
-    uv_mutex_lock(&cl->cl_lock);
-    if (cl->cl_nsout < CL_MAX_OUT) {
-        cl->cl_sout[cl->cl_nsout++] = s;
-        s = NULL;
-    }
-    uv_mutex_unlock(&cl->cl_lock);
-    if (s != NULL) {
-        log_warn("cluster: %d suppression entries waiting for redis: this one is not shared",
-                 CL_MAX_OUT);
-        free(s);
-    }
-    uv_async_send(&cl->cl_wake);
-}
-
-void dlv_cluster_share_suppression(dlv_cluster_t *cl, queue_t *q)
-{
-    cl->cl_queue = q;
-    queue_supp_set_hook(q, cl_supp_hook, cl);
-}
-
-/* PUBLISH each waiting entry on P:supp and keep it in P:supp:SCOPE (scope
- * "global" for the global list): the list's copy in Redis. */
-static void cl_flush_supp(dlv_cluster_t *cl)
-{
-    if (cl->cl_state != CL_UP)
-        return;
-    char *out[CL_MAX_OUT];
-    uv_mutex_lock(&cl->cl_lock);
-    int n = cl->cl_nsout;
-    memcpy(out, cl->cl_sout, (size_t)n * sizeof(char *));
-    cl->cl_nsout = 0;
-    uv_mutex_unlock(&cl->cl_lock);
-    for (int i = 0; i < n; i++) {
-        json_object *o = json_tokener_parse(out[i]), *a = NULL, *sc = NULL;
-        json_object_object_get_ex(o, "address", &a);
-        json_object_object_get_ex(o, "scope", &sc);
-        const char *scope = sc ? json_object_get_string(sc) : "";
-        cl_req_t *r = xcalloc(1, sizeof(*r));
-        r->r_what = R_PUB;
-        r->r_argc = 3;
-        r->r_argv = xcalloc(3, sizeof(char *));
-        r->r_argv[0] = xstrdup("PUBLISH");
-        r->r_argv[1] = cl_fmt("%s:supp", cl->cl_prefix);
-        r->r_argv[2] = xstrdup(out[i]);
-        cl_send(cl, r);
-        r = xcalloc(1, sizeof(*r));
-        r->r_what = R_PUB;
-        r->r_argc = 4;
-        r->r_argv = xcalloc(4, sizeof(char *));
-        r->r_argv[0] = xstrdup("HSET");
-        r->r_argv[1] = cl_fmt("%s:supp:%s", cl->cl_prefix, scope[0] ? scope : "global");
-        r->r_argv[2] = xstrdup(a ? json_object_get_string(a) : "");
-        r->r_argv[3] = xstrdup(out[i]);
-        cl_send(cl, r);
-        json_object_put(o);
-        atomic_fetch_add(&cl->cl_published, 1);
-        free(out[i]);
-    }
-}
-
-/* Another node's suppression entry: into the local list (the spool). */
-static void cl_supp_apply(dlv_cluster_t *cl, const char *text)
-{
-    json_object *o = json_tokener_parse(text), *v;
-    if (o == NULL || cl->cl_queue == NULL) {
-        json_object_put(o);
-        return;
-    }
-    const char *node = json_object_object_get_ex(o, "node", &v) ? json_object_get_string(v) : "";
-    const char *addr =
-        json_object_object_get_ex(o, "address", &v) ? json_object_get_string(v) : NULL;
-    const char *scope = json_object_object_get_ex(o, "scope", &v) ? json_object_get_string(v) : "";
-    const char *reason =
-        json_object_object_get_ex(o, "reason", &v) ? json_object_get_string(v) : NULL;
-    int64_t exp = json_object_object_get_ex(o, "expires", &v) ? json_object_get_int64(v) : 0;
-    if (addr != NULL && reason != NULL && node[0] != '\0' && strcmp(node, cl->cl_node) != 0) {
-        queue_supp_remote(cl->cl_queue, addr, scope, reason, (uint64_t)MAX(0, exp), node);
-        atomic_fetch_add(&cl->cl_applied, 1);
-    }
-    json_object_put(o);
 }
 
 /* ------------------------------------------------------------ the tick */
@@ -1201,8 +1062,15 @@ static void cl_heartbeat(dlv_cluster_t *cl)
 static void cl_run(dlv_cluster_t *cl)
 {
     uint64_t now = clock_mono_us();
-    if (cl->cl_broken)
+    if (cl->cl_broken && cl->cl_auth_failed) {
+        char why[sizeof(cl->cl_why)];
+        uv_mutex_lock(&cl->cl_lock);
+        snprintf(why, sizeof(why), "%s", cl->cl_why);
+        uv_mutex_unlock(&cl->cl_lock);
+        cl_go_down(cl, "%s", why);
+    } else if (cl->cl_broken) {
         cl_go_down(cl, "%s", "connection lost");
+    }
     if (cl->cl_fly != NULL && now - cl->cl_fly->r_sent_us > cl->cl_timeout_us)
         cl_go_down(cl, "no answer within %llums", (unsigned long long)(cl->cl_timeout_us / 1000));
     if (cl->cl_state == CL_DOWN && now >= cl->cl_retry_at)
@@ -1227,7 +1095,13 @@ static void cl_run(dlv_cluster_t *cl)
             cl_conn_renew(cl, l);
     }
     cl_flush_out(cl);
-    cl_flush_supp(cl);
+    for (cl_req_t *r = cl_flush_supp(cl), *next; r != NULL; r = next) {
+        next = r->r_next;
+        cl_send(cl, r);
+    }
+    cl_req_t *r = cl_sync_tick(cl);
+    if (r != NULL)
+        cl_send(cl, r);
 }
 
 static void cl_tick_cb(uv_timer_t *h)
@@ -1259,6 +1133,8 @@ json_object *cl_json(dlv_cluster_t *cl)
         json_object_object_add(o, "applied", json_object_new_int64(0));
         json_object_object_add(o, "published", json_object_new_int64(0));
         json_object_object_add(o, "redis_downs", json_object_new_int64(0));
+        json_object_object_add(o, "supp_syncs", json_object_new_int64(0));
+        json_object_object_add(o, "supp_unshared", json_object_new_int64(0));
         return o;
     }
     bool up = atomic_load(&cl->cl_up);
@@ -1308,5 +1184,9 @@ json_object *cl_json(dlv_cluster_t *cl)
                            json_object_new_int64((int64_t)atomic_load(&cl->cl_published)));
     json_object_object_add(o, "redis_downs",
                            json_object_new_int64((int64_t)atomic_load(&cl->cl_downs)));
+    json_object_object_add(o, "supp_syncs",
+                           json_object_new_int64((int64_t)atomic_load(&cl->cl_syncs)));
+    json_object_object_add(o, "supp_unshared",
+                           json_object_new_int64((int64_t)atomic_load(&cl->cl_supp_unshared)));
     return o;
 }

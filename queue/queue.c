@@ -412,7 +412,7 @@ void queue_supp_report(queue_t *q, const char *addr, const char *scope, const ch
 }
 
 void queue_supp_remote(queue_t *q, const char *addr, const char *scope, const char *reason,
-                       uint64_t expires, const char *node)
+                       uint64_t expires, const char *node, bool if_absent)
 {
     queue_req_t *r = xcalloc(1, sizeof(*r));
     queue_supp_req_t *sr = xcalloc(1, sizeof(*sr));
@@ -428,6 +428,7 @@ void queue_supp_remote(queue_t *q, const char *addr, const char *scope, const ch
     sr->sr_reason = xstrdup(reason);
     sr->sr_expires = expires;
     sr->sr_source = xstrdup(src);
+    sr->sr_if_absent = if_absent;
     if (!queue_enter(q)) {
         queue_supp_req_free(sr);
         free(r);

@@ -407,10 +407,12 @@ typedef void (*queue_supp_hook_fn)(void *arg, const char *addr, const char *scop
                                    const char *reason, uint64_t expires);
 void queue_supp_set_hook(queue_t *q, queue_supp_hook_fn fn, void *arg);
 /* An entry another node added (delivery/cluster.c): written as it is, with
- * source "cluster:NODE", and not passed to the hook. Copied; dropped when
- * the queue is stopping. Any thread. */
+ * source "cluster:NODE", and not passed to the hook. if_absent: only when
+ * this node has no entry for the address in that scope (the sync on
+ * connect, which must not rewrite what it already has). Copied; dropped
+ * when the queue is stopping. Any thread. */
 void queue_supp_remote(queue_t *q, const char *addr, const char *scope, const char *reason,
-                       uint64_t expires, const char *node);
+                       uint64_t expires, const char *node, bool if_absent);
 
 typedef enum {
     QSUPP_ADD = 1, /* sr_addrs with sr_scope, sr_reason, sr_expires: {"added":N} */
@@ -440,6 +442,7 @@ typedef struct queue_supp_req {
     char *sr_file;   /* owned: IMPORT */
     char *sr_source; /* owned or NULL: REPORT */
     uint64_t sr_offset;
+    bool sr_if_absent; /* REMOTE: not over an entry already there */
 } queue_supp_req_t;
 
 void queue_supp_req_free(queue_supp_req_t *r);

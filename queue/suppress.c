@@ -447,6 +447,12 @@ static int remote_put(queue_t *q, MDB_txn *txn, void *arg)
     if (queue_supp_normalize(q, sr->sr_addrs[0], norm, sizeof(norm)) != 0 ||
         !reason_ok(sr->sr_reason) || strlen(scope) > QUEUE_SUPP_SCOPE_MAX)
         return 0;
+    if (sr->sr_if_absent) {
+        uint8_t key[SUPP_KEY_MAX + 1];
+        MDB_val k = {supp_key(key, norm, scope), key}, v;
+        if (mdb_get(txn, q->q_supp->s_dbi, &k, &v) == 0)
+            return 0; /* already here (own, an operator's, or learnt before) */
+    }
     int rc =
         supp_put(q, txn, norm, scope, sr->sr_reason, clock_now_s(), sr->sr_expires, sr->sr_source);
     if (rc == 0)
