@@ -697,11 +697,10 @@ static void cl_want(cl_lim_t *l)
         uv_async_send(&l->l_cl->cl_wake);
 }
 
-int cl_rate_take(cl_lim_t *l, uint64_t interval_ns)
+/* One token (a message or a connection slot) of what the lease holds: 1,
+ * or -1 when none is left (the cluster thread is asked for more). */
+static int cl_take_one(cl_lim_t *l)
 {
-    if (l == NULL || interval_ns == 0)
-        return 0;
-    atomic_store_explicit(&l->l_interval, interval_ns, memory_order_relaxed);
     int64_t t = atomic_load(&l->l_tokens);
     while (t > 0) {
         if (atomic_compare_exchange_weak(&l->l_tokens, &t, t - 1)) {
@@ -711,6 +710,14 @@ int cl_rate_take(cl_lim_t *l, uint64_t interval_ns)
     }
     cl_want(l);
     return -1;
+}
+
+int cl_rate_take(cl_lim_t *l, uint64_t interval_ns)
+{
+    if (l == NULL || interval_ns == 0)
+        return 0;
+    atomic_store_explicit(&l->l_interval, interval_ns, memory_order_relaxed);
+    return cl_take_one(l);
 }
 
 void cl_rate_refund(cl_lim_t *l)
@@ -724,15 +731,7 @@ int cl_conn_take(cl_lim_t *l, int cap)
     if (l == NULL || cap <= 0)
         return 0;
     atomic_store_explicit(&l->l_cap, cap, memory_order_relaxed);
-    int64_t t = atomic_load(&l->l_tokens);
-    while (t > 0) {
-        if (atomic_compare_exchange_weak(&l->l_tokens, &t, t - 1)) {
-            atomic_store_explicit(&l->l_used_us, clock_mono_us(), memory_order_relaxed);
-            return 1;
-        }
-    }
-    cl_want(l);
-    return -1;
+    return cl_take_one(l);
 }
 
 void cl_conn_release(cl_lim_t *l)

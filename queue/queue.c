@@ -388,20 +388,26 @@ void queue_request(queue_t *q, queue_req_t *r)
     queue_leave(q);
 }
 
-void queue_supp_report(queue_t *q, const char *addr, const char *scope, const char *reason,
-                       const char *source)
+/* One suppression entry sent to the queue thread, no answer (suppress.c
+ * frees the request); sr_op and what only it needs are the caller's. */
+static queue_supp_req_t *supp_one(const char *addr, const char *scope, const char *reason,
+                                  const char *source)
 {
-    queue_req_t *r = xcalloc(1, sizeof(*r));
     queue_supp_req_t *sr = xcalloc(1, sizeof(*sr));
-    r->qq_type = QREQ_SUPPRESS; /* no qq_reply: suppress.c frees it */
-    r->qq_supp = sr;
-    sr->sr_op = QSUPP_REPORT;
     sr->sr_addrs = xcalloc(1, sizeof(char *));
     sr->sr_addrs[0] = xstrdup(addr);
     sr->sr_naddrs = 1;
     sr->sr_scope = scope && scope[0] ? xstrdup(scope) : NULL;
     sr->sr_reason = xstrdup(reason);
     sr->sr_source = source ? xstrdup(source) : NULL;
+    return sr;
+}
+
+static void supp_send(queue_t *q, queue_supp_req_t *sr)
+{
+    queue_req_t *r = xcalloc(1, sizeof(*r));
+    r->qq_type = QREQ_SUPPRESS; /* no qq_reply: suppress.c frees it */
+    r->qq_supp = sr;
     if (!queue_enter(q)) {
         queue_supp_req_free(sr);
         free(r);
@@ -411,31 +417,24 @@ void queue_supp_report(queue_t *q, const char *addr, const char *scope, const ch
     queue_leave(q);
 }
 
+void queue_supp_report(queue_t *q, const char *addr, const char *scope, const char *reason,
+                       const char *source)
+{
+    queue_supp_req_t *sr = supp_one(addr, scope, reason, source);
+    sr->sr_op = QSUPP_REPORT;
+    supp_send(q, sr);
+}
+
 void queue_supp_remote(queue_t *q, const char *addr, const char *scope, const char *reason,
                        uint64_t expires, const char *node, bool if_absent)
 {
-    queue_req_t *r = xcalloc(1, sizeof(*r));
-    queue_supp_req_t *sr = xcalloc(1, sizeof(*sr));
     char src[160];
     snprintf(src, sizeof(src), "cluster:%s", node);
-    r->qq_type = QREQ_SUPPRESS; /* no qq_reply: suppress.c frees it */
-    r->qq_supp = sr;
+    queue_supp_req_t *sr = supp_one(addr, scope, reason, src);
     sr->sr_op = QSUPP_REMOTE;
-    sr->sr_addrs = xcalloc(1, sizeof(char *));
-    sr->sr_addrs[0] = xstrdup(addr);
-    sr->sr_naddrs = 1;
-    sr->sr_scope = scope && scope[0] ? xstrdup(scope) : NULL;
-    sr->sr_reason = xstrdup(reason);
     sr->sr_expires = expires;
-    sr->sr_source = xstrdup(src);
     sr->sr_if_absent = if_absent;
-    if (!queue_enter(q)) {
-        queue_supp_req_free(sr);
-        free(r);
-        return;
-    }
-    chan_push(q->q_ch_req, &r->qq_node);
-    queue_leave(q);
+    supp_send(q, sr);
 }
 
 void queue_outcome_submit(queue_t *q, queue_outcome_t *o)
