@@ -468,13 +468,28 @@ static void session_timer_cb(uv_timer_t *t)
 
 /* The socket itself: b (consumed) is already in its on-the-wire form,
  * plaintext before STARTTLS or TLS records after it. Only session_out and
- * session_flush_tls call this. */
+ * session_flush_tls call this.
+ * Straight to the kernel when nothing is queued before it (uv_try_write):
+ * a uv_write costs libuv an epoll_ctl and a deferred callback even when
+ * the kernel took every byte at once, two per message. What the kernel
+ * does not take, and any error, goes through uv_write as before (an error
+ * is then reported by its callback, never from inside the caller). */
 static void session_wire_write(dlv_session_t *s, buf_t *b, bool body)
 {
     if (b->b_len == 0) {
         buf_free(b);
         return;
     }
+    uv_buf_t tb = uv_buf_init(b->b_data, (unsigned)b->b_len);
+    int n = uv_try_write((uv_stream_t *)&s->s_tcp, &tb, 1);
+    if (n == (int)b->b_len) {
+        buf_free(b);
+        if (body && s->s_state == S_DOT) /* as session_write_cb does */
+            session_timer(s, S_CFG(s)->c_to_data_done);
+        return;
+    }
+    if (n > 0)
+        buf_consume(b, (size_t)n);
     dlv_wreq_t *w = xmalloc(sizeof(*w));
     w->w_buf = *b;
     w->w_s = s;

@@ -70,9 +70,10 @@
 #define READ_BUF_SIZE 65536      /* per thread, reused by every read */
 #define BODY_KEEP_MAX (1u << 20) /* recycle body buffers up to this size */
 #define BODY_INITIAL 8192
-#define HDR_END_ROOM 512 /* Message-ID and Date that hdr_end may add */
-#define OUT_HIGH 65536   /* unsent reply bytes that pause a session's input */
-#define OUT_LOW 16384    /* ... and that let it go on */
+#define HDR_END_ROOM 512    /* Message-ID and Date that hdr_end may add */
+#define OUT_HIGH 65536      /* unsent reply bytes that pause a session's input */
+#define OUT_LOW 16384       /* ... and that let it go on */
+#define IN_COMMIT_MAX 65536 /* input held while a commit runs (sess_read_update) */
 
 typedef enum {
     SST_INIT = 0,   /* greeted, waiting for EHLO/HELO */
@@ -511,14 +512,18 @@ static const char *sess_ipkey(const sess_t *s, char *buf, size_t len)
 static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *b);
 static void alloc_cb(uv_handle_t *h, size_t sugg, uv_buf_t *b);
 
-/* Read from the client unless the session waits: for its commit, for the
- * AUTH failure delay, or for the client to read its replies (se_wpaused).
- * Input already read stays in se_in. */
+/* Read from the client unless the session waits for the AUTH failure
+ * delay or for the client to read its replies (se_wpaused). While its
+ * commit runs it goes on reading (libuv's read stop and start cost two
+ * epoll_ctl calls, per message) into se_in, processed after the 250, up
+ * to IN_COMMIT_MAX bytes: more and it stops until the 250. A client that
+ * hangs up meanwhile is seen at once ("disconnected before the 250"). */
 static void sess_read_update(sess_t *s)
 {
     if (s->se_closing || s->se_shutting)
         return;
-    bool want = !s->se_wpaused && s->se_state != SST_COMMIT && s->se_state != SST_AUTH_DELAY;
+    bool want = !s->se_wpaused && s->se_state != SST_AUTH_DELAY &&
+                (s->se_state != SST_COMMIT || s->se_in.b_len - s->se_ipos < IN_COMMIT_MAX);
     if (want && !s->se_reading)
         uv_read_start((uv_stream_t *)&s->se_tcp, alloc_cb, read_cb);
     else if (!want && s->se_reading)
@@ -526,7 +531,7 @@ static void sess_read_update(sess_t *s)
     s->se_reading = want;
 }
 
-/* Pause reading (commit, AUTH delay: the state says so). */
+/* Pause reading (the AUTH delay; a commit holding IN_COMMIT_MAX of input). */
 static void sess_pause(sess_t *s)
 {
     sess_read_update(s);
