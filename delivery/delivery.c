@@ -375,8 +375,10 @@ static void dlv_thread_main(void *arg)
     char name[16];
     snprintf(name, sizeof(name), "dlv%d", t->t_idx);
     log_thread_name(name);
+    log_buffer(&t->t_loop); /* one write of the log a loop iteration, not one a line */
     uv_timer_start(&t->t_sweep, dlv_sweep_cb, 10000, 10000);
     uv_run(&t->t_loop, UV_RUN_DEFAULT);
+    log_unbuffer(&t->t_loop);
     /* every handle is closed: free what is left */
     dlv_dest_free_all(t);
     dlv_sts_thread_free(t); /* MTA-STS policy cache */

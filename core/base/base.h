@@ -117,8 +117,19 @@ extern int log_level_current;
 int log_init(log_level_t level, const char *path);
 int log_reopen(void);
 int log_level_parse(const char *s, log_level_t *out);
-/* Set this thread's name, shown in every line it logs. */
+/* Set this thread's name, shown in every line it logs (and, but on the
+ * main thread, as the thread's name for ps -L, top -H and perf). */
 void log_thread_name(const char *name);
+/* Hold this thread's info and debug lines and write them with one write(2)
+ * per iteration of its loop (a prepare handle: before the loop waits), or
+ * sooner when PIPE_BUF bytes are held; a warning or an error writes what is
+ * held with it at once. Lines stay whole and in order. log_unbuffer, after
+ * uv_run returned and before uv_loop_close: writes what is held, closes the
+ * handle, and logs unbuffered from then on. Thread: the loop's thread. */
+void log_buffer(uv_loop_t *loop);
+void log_unbuffer(uv_loop_t *loop);
+/* Write what this thread holds now. Any thread (its own lines). */
+void log_flush(void);
 void log_write(log_level_t lvl, const char *fmt, ...) PRINTF_LIKE(2, 3);
 
 /* Peer-supplied text made safe for a log line: printable ASCII is kept,

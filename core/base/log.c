@@ -1,7 +1,10 @@
 /*
  * log.c - the operational log: one line per event, "time level [thread] text".
  * log_write() formats into a stack buffer and writes it with one write(2),
- * so lines from several threads never interleave. Any thread.
+ * so lines from several threads never interleave. Any thread. A loop
+ * thread may hold its info and debug lines (log_buffer) and write those of
+ * one loop iteration together: one write(2) for many lines, each whole
+ * (at most PIPE_BUF bytes a write, so not even a pipe cuts into them).
  *
  * log_esc()/log_escn()/log_esc_buf() make text a peer chose (a HELO name,
  * an AUTH identity, a header value, a remote server's reply) safe to print
@@ -15,6 +18,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +33,14 @@ static char log_path[4096];
 static _Thread_local char log_tname[16] = "main";
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
+
+/* log_buffer: what this thread holds. PIPE_BUF bytes at most, so that a
+ * flush to stderr as a pipe is one atomic write. */
+#define LOG_HOLD_MAX 4096
+static _Thread_local char log_hold[LOG_HOLD_MAX];
+static _Thread_local size_t log_hold_len;
+static _Thread_local bool log_holding;
+static _Thread_local uv_prepare_t log_prep;
 
 #define ESC_RING 8    /* log_esc() results usable in one log line */
 #define ESC_SIZE 1024 /* each, NUL included */
@@ -75,6 +87,56 @@ int log_reopen(void)
 void log_thread_name(const char *name)
 {
     snprintf(log_tname, sizeof(log_tname), "%s", name);
+    uv_thread_t self = uv_thread_self();
+    if (!uv_thread_equal(&self, sl_main_thread())) /* the process keeps its own name */
+        pthread_setname_np(pthread_self(), log_tname);
+}
+
+static void log_out(const char *p, size_t len)
+{
+    while (len > 0) {
+        ssize_t w = write(log_fd, p, len);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return; /* nowhere to say so: the log is where it would go */
+        p += w;
+        len -= (size_t)w;
+    }
+}
+
+void log_flush(void)
+{
+    if (log_hold_len == 0)
+        return;
+    log_out(log_hold, log_hold_len);
+    log_hold_len = 0;
+}
+
+static void log_prep_cb(uv_prepare_t *h)
+{
+    UNUSED(h);
+    log_flush();
+}
+
+void log_buffer(uv_loop_t *loop)
+{
+    if (log_holding)
+        return;
+    uv_prepare_init(loop, &log_prep);
+    uv_prepare_start(&log_prep, log_prep_cb);
+    uv_unref((uv_handle_t *)&log_prep); /* it never keeps the loop running */
+    log_holding = true;
+}
+
+void log_unbuffer(uv_loop_t *loop)
+{
+    if (!log_holding)
+        return;
+    log_flush();
+    log_holding = false;
+    uv_close((uv_handle_t *)&log_prep, NULL);
+    uv_run(loop, UV_RUN_NOWAIT); /* the close completes: uv_loop_close finds no handle */
 }
 
 void log_write(log_level_t lvl, const char *fmt, ...)
@@ -93,10 +155,16 @@ void log_write(log_level_t lvl, const char *fmt, ...)
     va_end(ap);
     size_t len = (size_t)n + (m < 0 ? 0 : MIN((size_t)m, sizeof(line) - (size_t)n - 2));
     line[len++] = '\n';
-    ssize_t w;
-    do {
-        w = write(log_fd, line, len);
-    } while (w < 0 && errno == EINTR);
+    if (!log_holding) {
+        log_out(line, len);
+        return;
+    }
+    if (log_hold_len + len > LOG_HOLD_MAX)
+        log_flush();
+    memcpy(log_hold + log_hold_len, line, len); /* a line is < 2048 bytes: it fits */
+    log_hold_len += len;
+    if (lvl >= LOG_WARN) /* what went wrong is never held back */
+        log_flush();
 }
 
 /* Escape one byte into out (4 bytes at most); returns the length. Printable

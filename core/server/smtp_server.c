@@ -2170,7 +2170,9 @@ static void thread_main(void *arg)
     char name[16];
     snprintf(name, sizeof(name), "smtp%d", t->t_idx);
     log_thread_name(name);
+    log_buffer(&t->t_loop); /* one write of the log a loop iteration, not one a line */
     uv_run(&t->t_loop, UV_RUN_DEFAULT);
+    log_unbuffer(&t->t_loop);
     int rc = uv_loop_close(&t->t_loop);
     if (rc != 0)
         log_error("smtp thread %d: loop not closed cleanly: %s", t->t_idx, uv_strerror(rc));

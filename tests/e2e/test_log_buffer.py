@@ -107,6 +107,70 @@ class LogBuffer(unittest.TestCase):
         self.assertEqual({r["msgid"] for r in acct if r["type"] == "received"}, set(rec))
         self.assertEqual({r["msgid"] for r in acct if r["type"] == "delivery"}, set(rec))
 
+    def test_complete_and_in_order_after_sigterm(self):
+        n = self.send_many()
+        self.sink.wait_messages(n, 120)
+        st.wait_for(lambda: len([r for r in self.d.accounting() if r["type"] == "delivery"])
+                    >= n, 60, what="delivered records")
+        self.d.stop()
+        lines = parse(self.read(), self)
+        self.check_complete(lines, n)
+        by_thread = collections.defaultdict(list)
+        for t, _, th, _ in lines:
+            by_thread[th].append(t)
+        for th, times in by_thread.items():
+            self.assertEqual(times, sorted(times), "lines of thread %s out of order" % th)
+        self.assertIn("smtp0", by_thread)
+        self.assertTrue(any(th.startswith("dlv") for th in by_thread))
+        # shutdown's last lines are there, after every message's
+        done = [k for k, l in enumerate(lines) if l[3].startswith("shutdown complete")]
+        self.assertEqual(len(done), 1, lines[-5:])
+        last_msg = max(k for k, l in enumerate(lines)
+                       if RECEIVED.match(l[3]) or DELIVERED.match(l[3]))
+        self.assertLess(last_msg, done[0])
+
+    def test_written_before_the_thread_waits(self):
+        with smtplib.SMTP("127.0.0.1", self.d.smtp_port, timeout=30) as c:
+            c.sendmail("s@example.com", ["alone@example.test"], body(0))
+            # the session is still open and nothing else comes in: the
+            # reception line of the message must be in the file already
+            st.wait_for(lambda: any(RECEIVED.match(t) for _, _, _, t in
+                                    parse(self.read(), self)), 10,
+                        what="the reception line while the session is idle")
+        self.sink.wait_messages(1, 30)
+        st.wait_for(lambda: any(DELIVERED.match(t) for _, _, _, t in
+                                parse(self.read(), self)), 10, what="the delivery line")
+
+    def test_log_rotate_moved_away(self):
+        n1 = self.send_many()
+        self.sink.wait_messages(n1, 120)
+        moved = self.oplog + ".1"
+        os.rename(self.oplog, moved)
+        self.d.ctl("log-rotate").check()
+        n2 = self.send_many(first=n1)
+        self.sink.wait_messages(n1 + n2, 120)
+        st.wait_for(lambda: len([r for r in self.d.accounting() if r["type"] == "delivery"])
+                    >= n1 + n2, 60, what="delivered records")
+        self.d.stop()
+        old, new = self.read(moved), self.read()
+        self.assertTrue(old.endswith("\n") and new.endswith("\n"))
+        lines = parse(old, self) + parse(new, self)
+        self.check_complete(lines, n1 + n2)
+        later = {m.group(1) for _, _, _, t in parse(new, self) for m in [RECEIVED.match(t)] if m}
+        self.assertGreaterEqual(len(later), n2 - N_CONN,
+                                "the messages after the rotation are in the new file")
+
+    def test_thread_names(self):
+        task = "/proc/%d/task" % self.d.proc.pid
+        names = set()
+        for tid in os.listdir(task):
+            with open(os.path.join(task, tid, "comm")) as f:
+                names.add(f.read().strip())
+        with open("/proc/%d/comm" % self.d.proc.pid) as f:
+            self.assertEqual(f.read().strip(), "sluiced")  # the process keeps its name
+        for want in ("smtp0", "dlv0", "queue"):
+            self.assertIn(want, names)
+
     def test_input_during_commit(self):
         c = st.RawClient(self.d.smtp_port)
         self.addCleanup(c.close)
