@@ -826,12 +826,14 @@ static void inject_start(hreq_t *rq, const cfg_t *cfg, bool tls)
             built = 1;
         }
     }
+    size_t hint = 4096; /* the last message's size: one allocation, no regrowth */
     for (int i = 0; rc == 0 && r->ir_personal && i < n; i++) {
         cx.ic_msgid = queue_msgid_new();
         bool eb;
-        buf_init(&body, 4096);
+        buf_init(&body, hint);
         if ((rc = inj_render(r, i, &cx, &body, &eb, &e)) != 0)
             break;
+        hint = body.b_len + 512;
         msgs[i] = msg_new(rq, r, cx.ic_msgid, ip, &body, eb);
         msg_add_rcpt(msgs[i], &r->ir_rcpts[i]);
         built++;
