@@ -805,6 +805,8 @@ static void inject_start(hreq_t *rq, const cfg_t *cfg, bool tls)
                     .ic_client_ip = ip,
                     .ic_proto = tls ? "HTTPS" : "HTTP",
                     .ic_now = clock_now_s()};
+    char date[64];
+    cx.ic_date = inj_date(cx.ic_now, date, sizeof(date)); /* once for the request's messages */
     int built = 0, rc = 0;
     buf_t body;
     buf_init(&body, 0);

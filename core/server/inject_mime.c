@@ -28,6 +28,7 @@
 #include "core/server/inject_int.h"
 
 #include <ctype.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,6 +44,7 @@ typedef struct rnd {
     const inj_ctx_t *cx;
     inj_err_t *e;
     int nboundary;
+    const char *date; /* ic_now as an RFC 5322 date */
 } rnd_t;
 
 static int expand_one(const inj_req_t *r, int ri, const char *name, size_t nlen, const char *def,
@@ -51,6 +53,29 @@ static void header_encode(buf_t *out, const char *name, const char *value, size_
 static void qp_encode(buf_t *out, const char *s, size_t len);
 static void b64_lines(buf_t *out, const unsigned char *p, size_t len);
 static int b64_decode(const char *s, buf_t *out);
+
+/* ------------------------------------------------------------ small pieces */
+
+/* Append the strings up to a NULL: the per-recipient headers without
+ * printf (whose two passes per buf_printf showed in the profile). */
+static void cat(buf_t *out, ...)
+{
+    va_list ap;
+    va_start(ap, out);
+    for (const char *s = va_arg(ap, const char *); s != NULL; s = va_arg(ap, const char *))
+        buf_append(out, s, strlen(s));
+    va_end(ap);
+}
+
+/* v as 16 upper-case hex digits (the queue id's form in Received:). */
+static const char *hex16(char d[17], uint64_t v)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    for (int i = 15; i >= 0; i--, v >>= 4)
+        d[i] = hex[v & 15];
+    d[16] = '\0';
+    return d;
+}
 
 /* ------------------------------------------------------------ templates */
 
@@ -210,14 +235,19 @@ int inj_expand(const inj_req_t *r, int ri, const char *tpl, size_t len, bool htm
 
 /* ------------------------------------------------------------ encodings */
 
-/* No early exit: the OR of every byte is a loop the compiler vectorises,
- * and a 5 KiB body is read once per recipient. */
+/* Eight bytes at a time, no early exit: a 5 KiB body is read once per
+ * recipient (the byte loop was the largest part of a text part's cost). */
 static bool is_ascii(const char *s, size_t len)
 {
-    unsigned char acc = 0;
-    for (size_t i = 0; i < len; i++)
+    uint64_t acc = 0, w;
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        memcpy(&w, s + i, 8);
+        acc |= w;
+    }
+    for (; i < len; i++)
         acc |= (unsigned char)s[i];
-    return acc < 0x80;
+    return (acc & 0x8080808080808080ull) == 0;
 }
 
 /* An RFC 2047 encoded-word sequence for value, B encoding: each word at
@@ -267,7 +297,7 @@ static void words_encode(buf_t *out, const char *value, size_t len, size_t col)
 static void header_encode(buf_t *out, const char *name, const char *value, size_t len)
 {
     size_t col = strlen(name) + 2;
-    buf_printf(out, "%s: ", name);
+    cat(out, name, ": ", NULL);
     bool plain = is_ascii(value, len);
     for (size_t i = 0, w = 0; plain && i <= len; i++) {
         if (i == len || value[i] == ' ') {
@@ -316,7 +346,7 @@ static void addr_format(buf_t *out, const char *name, size_t len, const char *em
     } else {
         words_encode(out, name, len, col);
     }
-    buf_printf(out, " <%s>", email);
+    cat(out, " <", email, ">", NULL);
 }
 
 /* Quoted-printable (RFC 2045 §6.7) of text with CRLF line ends: lines of
@@ -487,8 +517,9 @@ static int text_part(rnd_t *x, buf_t *out, const char *tpl, bool html, const cha
         seven = (size_t)((cr ? cr : be) - ls) <= LINE_MAX_HARD;
         ls = cr ? cr + 2 : NULL;
     }
-    buf_printf(out, "Content-Type: text/%s; charset=utf-8\r\nContent-Transfer-Encoding: %s\r\n\r\n",
-               html ? "html" : "plain", seven ? "7bit" : "quoted-printable");
+    cat(out, "Content-Type: text/", html ? "html" : "plain",
+        "; charset=utf-8\r\nContent-Transfer-Encoding: ", seven ? "7bit" : "quoted-printable",
+        "\r\n\r\n", NULL);
     if (seven)
         buf_append(out, body.b_data ? body.b_data : "", body.b_len);
     else
@@ -517,15 +548,15 @@ static int body_parts(rnd_t *x, buf_t *out)
                     : text_part(x, out, html, true, "content.html_body", NULL);
     char bd[64];
     boundary_make(x, bd, sizeof(bd));
-    buf_printf(out, "Content-Type: multipart/alternative; boundary=\"%s\"\r\n\r\n", bd);
-    buf_printf(out, "--%s\r\n", bd);
+    cat(out, "Content-Type: multipart/alternative; boundary=\"", bd, "\"\r\n\r\n--", bd, "\r\n",
+        NULL);
     int rc = text_part(x, out, text, false, "content.text_body", bd);
     if (rc != 0)
         return rc;
-    buf_printf(out, "\r\n--%s\r\n", bd);
+    cat(out, "\r\n--", bd, "\r\n", NULL);
     if ((rc = text_part(x, out, html, true, "content.html_body", bd)) != 0)
         return rc;
-    buf_printf(out, "\r\n--%s--\r\n", bd);
+    cat(out, "\r\n--", bd, "--\r\n", NULL);
     return 0;
 }
 
@@ -592,14 +623,13 @@ static bool has_header(json_object *h, const char *name)
     return false;
 }
 
-static void date_header(buf_t *out, uint64_t now)
+/* Message-ID: <queue id.recipient@hostname> */
+static void msgid_header(rnd_t *x, buf_t *out)
 {
-    time_t t = (time_t)now;
-    struct tm tm;
-    char d[64];
-    gmtime_r(&t, &tm);
-    strftime(d, sizeof(d), "%a, %d %b %Y %H:%M:%S +0000", &tm);
-    buf_printf(out, "Date: %s\r\n", d);
+    char id[17], n[16];
+    snprintf(n, sizeof(n), "%d", x->ri < 0 ? 0 : x->ri);
+    cat(out, "Message-ID: <", hex16(id, x->cx->ic_msgid), ".", n, "@", x->cx->ic_hostname, ">\r\n",
+        NULL);
 }
 
 static int render_builder(rnd_t *x, buf_t *out)
@@ -647,10 +677,9 @@ static int render_builder(rnd_t *x, buf_t *out)
         (rc = header_tpl(x, out, "Subject", subj, "content.subject")) != 0)
         goto out;
     if (!has_header(h, "Date"))
-        date_header(out, x->cx->ic_now);
+        cat(out, "Date: ", x->date, "\r\n", NULL);
     if (!has_header(h, "Message-ID"))
-        buf_printf(out, "Message-ID: <%016llX.%d@%s>\r\n", (unsigned long long)x->cx->ic_msgid,
-                   x->ri < 0 ? 0 : x->ri, x->cx->ic_hostname);
+        msgid_header(x, out);
     if (h != NULL) {
         json_object_object_foreach(h, name, val)
         {
@@ -737,10 +766,9 @@ static int render_raw(rnd_t *x, buf_t *out, bool *eightbit)
     }
     *eightbit = !is_ascii(m.b_data + hdr_end, m.b_len - hdr_end);
     if (!saw_date)
-        date_header(out, x->cx->ic_now);
+        cat(out, "Date: ", x->date, "\r\n", NULL);
     if (!saw_id)
-        buf_printf(out, "Message-ID: <%016llX.%d@%s>\r\n", (unsigned long long)x->cx->ic_msgid,
-                   x->ri < 0 ? 0 : x->ri, x->cx->ic_hostname);
+        msgid_header(x, out);
     buf_append(out, m.b_data, m.b_len);
     if (m.b_len < 2 || memcmp(end - 2, "\r\n", 2) != 0)
         buf_append_str(out, "\r\n");
@@ -750,22 +778,31 @@ out:
     return rc;
 }
 
+const char *inj_date(uint64_t now, char *dst, size_t len)
+{
+    time_t t = (time_t)now;
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(dst, len, "%a, %d %b %Y %H:%M:%S +0000", &tm);
+    return dst;
+}
+
 int inj_render(const inj_req_t *r, int ri, const inj_ctx_t *cx, buf_t *out, bool *eightbit,
                inj_err_t *e)
 {
-    rnd_t x = {.r = r, .ri = ri, .cx = cx, .e = e};
-    char date[64];
-    time_t t = (time_t)cx->ic_now;
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S +0000", &tm);
-    buf_printf(out, "Received: from [%s]\r\n\tby %s (sluice) with %s id %016llX", cx->ic_client_ip,
-               cx->ic_hostname, cx->ic_proto, (unsigned long long)cx->ic_msgid);
+    char date[64], id[17];
+    rnd_t x = {.r = r, .ri = ri, .cx = cx, .e = e, .date = cx->ic_date};
+    if (x.date == NULL) {
+        inj_date(cx->ic_now, date, sizeof(date));
+        x.date = date;
+    }
+    cat(out, "Received: from [", cx->ic_client_ip, "]\r\n\tby ", cx->ic_hostname, " (sluice) with ",
+        cx->ic_proto, " id ", hex16(id, cx->ic_msgid), NULL);
     if (ri >= 0 || r->ir_nrcpt == 1)
-        buf_printf(out, "\r\n\tfor <%s>", r->ir_rcpts[ri >= 0 ? ri : 0].ir_email);
-    buf_printf(out, "; %s\r\n", date);
+        cat(out, "\r\n\tfor <", r->ir_rcpts[ri >= 0 ? ri : 0].ir_email, ">", NULL);
+    cat(out, "; ", x.date, "\r\n", NULL);
     if (r->ir_pool != NULL)
-        buf_printf(out, "X-Sluice-Pool: %s\r\n", r->ir_pool);
+        cat(out, "X-Sluice-Pool: ", r->ir_pool, "\r\n", NULL);
     *eightbit = false;
     return r->ir_builder ? render_builder(&x, out) : render_raw(&x, out, eightbit);
 }
