@@ -16,9 +16,9 @@
  * loops belong to SMTP sessions with their own timers and limits. The
  * main thread owns what the admin API and /metrics read (the control
  * dispatcher, metrics_render), so those requests hop there and back over
- * two channels (h_tomain on the main loop, h_back on ours); an injection
- * goes to the queue thread with queue_submit and comes back on h_back,
- * like an SMTP transaction's (group commit included).
+ * two channels (h_tomain on the main loop, h_back on ours); an injection's
+ * messages go to the queue thread together (queue_submit_batch: one hop,
+ * one group commit) and come back on h_commit, like an SMTP transaction's.
  *
  * Every request passes, in order: the per-client limits (in-progress
  * requests and requests per second per IP: 429), the route (404/405),
@@ -869,10 +869,9 @@ static void inject_start(hreq_t *rq, const cfg_t *cfg, bool tls)
     op->op_errors = supp_errors ? supp_errors : json_object_new_array();
     op->op_fail_rcpts = nsupp;
     rq->rq_op = op;
-    for (int i = 0; i < built; i++) {
+    for (int i = 0; i < built; i++)
         msgs[i]->qm_ctx = op;
-        queue_submit(h->h_env.ce_queue, msgs[i]);
-    }
+    queue_submit_batch(h->h_env.ce_queue, msgs, (size_t)built); /* one hop, one group commit */
     free(msgs);
     inj_req_free(r);
 }
