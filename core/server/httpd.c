@@ -807,6 +807,10 @@ static void inject_start(hreq_t *rq, const cfg_t *cfg, bool tls)
                     .ic_now = clock_now_s()};
     char date[64];
     cx.ic_date = inj_date(cx.ic_now, date, sizeof(date)); /* once for the request's messages */
+    buf_t scratch[2]; /* the text parts' work buffers, reused by every message */
+    buf_init(&scratch[0], 0);
+    buf_init(&scratch[1], 0);
+    cx.ic_scratch = scratch;
     int built = 0, rc = 0;
     buf_t body;
     buf_init(&body, 0);
@@ -846,6 +850,8 @@ static void inject_start(hreq_t *rq, const cfg_t *cfg, bool tls)
                              "a rendered message is %zu bytes, over smtp.max_message_size",
                              msgs[i]->qm_body.b_len);
     buf_free(&body);
+    buf_free(&scratch[0]);
+    buf_free(&scratch[1]);
     if (rc == 0)
         nsupp += inject_scope_suppressed(rq, cfg, r, msgs, &built, &supp_failed, &supp_errors);
     if (rc == 0 && built == 0)

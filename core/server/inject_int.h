@@ -79,6 +79,8 @@ typedef struct inj_ctx {
     uint64_t ic_msgid;        /* the queue id, in Received: and Message-ID */
     uint64_t ic_now;          /* unix seconds: Date */
     const char *ic_date;      /* ic_now by inj_date (once per request), or NULL */
+    buf_t *ic_scratch;        /* NULL, or two buffers inj_render reuses from one call to
+                                 the next (the caller inits and frees them) */
 } inj_ctx_t;
 
 /* now as an RFC 5322 date ("Thu, 03 Dec 2026 06:30:00 +0000") into dst;

@@ -443,27 +443,32 @@ static int b64_decode(const char *s, buf_t *out)
 }
 
 /* Text with any line ends (CRLF, LF or a lone CR), as CRLF. The runs
- * between line ends are copied whole: a per-byte append was most of an
- * injection's CPU (bench/run-http's profile). */
-static void crlf_append(buf_t *out, const char *s, size_t len)
+ * between line ends are copied whole (a per-byte append was most of an
+ * injection's CPU in bench/run-http's profile), and a text without CR
+ * (the usual JSON body) is cut at LFs alone. Returns the longest line's
+ * length, line end excluded. */
+static size_t crlf_append(buf_t *out, const char *s, size_t len)
 {
     const char *p = s, *end = s + len;
+    bool any_cr = len > 0 && memchr(s, '\r', len) != NULL;
+    size_t longest = 0;
     buf_reserve(out, len + len / 8 + 2); /* room for a CR per short line */
     while (p < end) {
         const char *le = memchr(p, '\n', (size_t)(end - p));
-        const char *cr = memchr(p, '\r', (size_t)((le ? le : end) - p));
+        const char *cr = any_cr ? memchr(p, '\r', (size_t)((le ? le : end) - p)) : NULL;
         if (cr != NULL)
             le = cr;
-        if (le == NULL) {
-            buf_append(out, p, (size_t)(end - p));
+        const char *stop = le ? le : end;
+        longest = MAX(longest, (size_t)(stop - p));
+        buf_append(out, p, (size_t)(stop - p));
+        if (le == NULL)
             break;
-        }
-        buf_append(out, p, (size_t)(le - p));
         buf_append(out, "\r\n", 2);
         p = le + 1;
         if (*le == '\r' && p < end && *p == '\n')
             p++;
     }
+    return longest;
 }
 
 /* ------------------------------------------------------------ the builder */
@@ -501,35 +506,36 @@ static int header_tpl(rnd_t *x, buf_t *out, const char *name, const char *tpl, c
 static int text_part(rnd_t *x, buf_t *out, const char *tpl, bool html, const char *field,
                      const char *boundary)
 {
-    buf_t raw, body;
-    buf_init(&raw, 1024);
-    buf_init(&body, 0);
-    int rc = expand_to(x, tpl, html, &raw, field);
+    buf_t own[2], *sc = x->cx->ic_scratch ? x->cx->ic_scratch : own;
+    buf_t *raw = &sc[0], *body = &sc[1];
+    if (sc == own) {
+        buf_init(raw, 1024);
+        buf_init(body, 0);
+    }
+    buf_reset(raw);
+    buf_reset(body);
+    int rc = expand_to(x, tpl, html, raw, field);
     if (rc != 0)
         goto out;
-    crlf_append(&body, raw.b_data ? raw.b_data : "", raw.b_len);
-    bool seven = is_ascii(body.b_data, body.b_len) &&
-                 find2(body.b_data, body.b_len, '=', '_') == NULL &&
-                 memchr(body.b_data, '\0', body.b_len) == NULL;
-    /* every CR of body starts a CRLF (crlf_append): line by line */
-    for (const char *ls = body.b_data, *be = body.b_data + body.b_len; seven && ls != NULL;) {
-        const char *cr = memchr(ls, '\r', (size_t)(be - ls));
-        seven = (size_t)((cr ? cr : be) - ls) <= LINE_MAX_HARD;
-        ls = cr ? cr + 2 : NULL;
-    }
+    size_t longest = crlf_append(body, raw->b_data ? raw->b_data : "", raw->b_len);
+    bool seven = longest <= LINE_MAX_HARD && is_ascii(body->b_data, body->b_len) &&
+                 find2(body->b_data, body->b_len, '=', '_') == NULL &&
+                 memchr(body->b_data, '\0', body->b_len) == NULL;
     cat(out, "Content-Type: text/", html ? "html" : "plain",
         "; charset=utf-8\r\nContent-Transfer-Encoding: ", seven ? "7bit" : "quoted-printable",
         "\r\n\r\n", NULL);
     if (seven)
-        buf_append(out, body.b_data ? body.b_data : "", body.b_len);
+        buf_append(out, body->b_data, body->b_len);
     else
-        qp_encode(out, body.b_data ? body.b_data : "", body.b_len);
-    if (body.b_len < 2 || memcmp(body.b_data + body.b_len - 2, "\r\n", 2) != 0)
+        qp_encode(out, body->b_data, body->b_len);
+    if (body->b_len < 2 || memcmp(body->b_data + body->b_len - 2, "\r\n", 2) != 0)
         buf_append_str(out, "\r\n");
     (void)boundary;
 out:
-    buf_free(&raw);
-    buf_free(&body);
+    if (sc == own) {
+        buf_free(raw);
+        buf_free(body);
+    }
     return rc;
 }
 
