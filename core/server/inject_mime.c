@@ -354,11 +354,16 @@ static void addr_format(buf_t *out, const char *name, size_t len, const char *em
 static void qp_encode(buf_t *out, const char *s, size_t len)
 {
     static const char hex[] = "0123456789ABCDEF";
+    /* written in place (no append per byte): at most 3 bytes per input
+     * byte, and a soft break "=\r\n" at most every 25 input bytes */
+    buf_reserve(out, len * 3 + (len / 24 + 1) * 3);
+    char *d = out->b_data + out->b_len;
     size_t col = 0;
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c == '\r' && i + 1 < len && s[i + 1] == '\n') {
-            buf_append_str(out, "\r\n");
+            *d++ = '\r';
+            *d++ = '\n';
             col = 0;
             i++;
             continue;
@@ -367,39 +372,51 @@ static void qp_encode(buf_t *out, const char *s, size_t len)
         bool lit = (c >= 33 && c <= 126 && c != '=') || ((c == ' ' || c == '\t') && !eol);
         size_t w = lit ? 1 : 3;
         if (col + w > 75) {
-            buf_append_str(out, "=\r\n");
+            *d++ = '=';
+            *d++ = '\r';
+            *d++ = '\n';
             col = 0;
         }
         if (lit) {
-            buf_append(out, &s[i], 1);
+            *d++ = (char)c;
         } else {
-            char q[3] = {'=', hex[c >> 4], hex[c & 15]};
-            buf_append(out, q, 3);
+            *d++ = '=';
+            *d++ = hex[c >> 4];
+            *d++ = hex[c & 15];
         }
         col += w;
     }
+    out->b_len = (size_t)(d - out->b_data);
 }
 
 static void b64_lines(buf_t *out, const unsigned char *p, size_t len)
 {
     static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     size_t col = 0;
+    /* written in place: 4 bytes per 3, a CRLF per 76 columns, the last */
+    buf_reserve(out, (len + 2) / 3 * 4 + ((len + 2) / 3 / 19 + 1) * 2);
+    char *d = out->b_data + out->b_len;
     for (size_t k = 0; k < len; k += 3) {
         uint32_t v = (uint32_t)p[k] << 16;
         if (k + 1 < len)
             v |= (uint32_t)p[k + 1] << 8;
         if (k + 2 < len)
             v |= p[k + 2];
-        char q[4] = {tab[(v >> 18) & 63], tab[(v >> 12) & 63],
-                     k + 1 < len ? tab[(v >> 6) & 63] : '=', k + 2 < len ? tab[v & 63] : '='};
-        buf_append(out, q, 4);
+        d[0] = tab[(v >> 18) & 63];
+        d[1] = tab[(v >> 12) & 63];
+        d[2] = k + 1 < len ? tab[(v >> 6) & 63] : '=';
+        d[3] = k + 2 < len ? tab[v & 63] : '=';
+        d += 4;
         col += 4;
         if (col == 76 && k + 3 < len) {
-            buf_append_str(out, "\r\n");
+            *d++ = '\r';
+            *d++ = '\n';
             col = 0;
         }
     }
-    buf_append_str(out, "\r\n");
+    *d++ = '\r';
+    *d++ = '\n';
+    out->b_len = (size_t)(d - out->b_data);
 }
 
 /* Standard base64 with optional padding; white space is skipped. */

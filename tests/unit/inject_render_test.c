@@ -84,6 +84,15 @@ static void test_line_ends(void **state)
         {"lone brace", "a{b}c{\n", "7bit", "a{b}c{\r\n"},
         {"eight-bit", "caf\xc3\xa9\n", "quoted-printable", "caf=C3=A9\r\n"},
         {"trailing space", "a \xc3\xa9 \n", "quoted-printable", "a =C3=A9=20\r\n"},
+        /* 60 escaped bytes: soft breaks after 25 escapes (75 columns) */
+        {"soft breaks",
+         "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9"
+         "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9"
+         "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\n",
+         "quoted-printable",
+         "=C3=A9=C3=A9=C3=A9=C3=A9=C3=A9=C3=A9=C3=A9=C3=A9=C3=A9=C3=A9=C3=A9=C3=A9=C3=\r\n=A9=C3="
+         "A9=C3=A9=C3=A9=C3=A9=C3=A9=C3=A9=C3=A9=C3=A9=C3=A9=C3=A9=C3=A9=C3=A9=\r\n=C3=A9=C3=A9=C3="
+         "A9=C3=A9=C3=A9\r\n"},
     };
     buf_t body;
     buf_init(&body, 0);
