@@ -469,7 +469,8 @@ static size_t crlf_append(buf_t *out, const char *s, size_t len)
     const char *p = s, *end = s + len;
     bool any_cr = len > 0 && memchr(s, '\r', len) != NULL;
     size_t longest = 0;
-    buf_reserve(out, len + len / 8 + 2); /* room for a CR per short line */
+    buf_reserve(out, 2 * len + 2); /* at worst every byte a line end, each two bytes */
+    char *d = out->b_data + out->b_len;
     while (p < end) {
         const char *le = memchr(p, '\n', (size_t)(end - p));
         const char *cr = any_cr ? memchr(p, '\r', (size_t)((le ? le : end) - p)) : NULL;
@@ -477,14 +478,17 @@ static size_t crlf_append(buf_t *out, const char *s, size_t len)
             le = cr;
         const char *stop = le ? le : end;
         longest = MAX(longest, (size_t)(stop - p));
-        buf_append(out, p, (size_t)(stop - p));
+        memcpy(d, p, (size_t)(stop - p));
+        d += stop - p;
         if (le == NULL)
             break;
-        buf_append(out, "\r\n", 2);
+        *d++ = '\r';
+        *d++ = '\n';
         p = le + 1;
         if (*le == '\r' && p < end && *p == '\n')
             p++;
     }
+    out->b_len = (size_t)(d - out->b_data);
     return longest;
 }
 
