@@ -137,6 +137,12 @@ void queue_free(queue_t *q);
 /* Hand a message to the queue thread. Any thread. Always succeeds; the
  * outcome comes back through m->qm_reply. */
 void queue_submit(queue_t *q, queue_msg_in_t *m);
+/* Hand n messages (n >= 1) to the queue thread as one batch: one channel
+ * hop, so they join the same group commit (in transactions of at most
+ * spool.commit_batch messages, their fdatasync shared), and they come back
+ * through their qm_reply in runs of one push each. As queue_submit for
+ * every message. Any thread. */
+void queue_submit_batch(queue_t *q, queue_msg_in_t **msgs, size_t n);
 
 const queue_stats_t *queue_stats(const queue_t *q);
 /* Backpressure, for reception: true when new mail should be refused. */

@@ -207,6 +207,11 @@ typedef void (*chan_cb)(chan_t *ch, chan_node_t *first, void *arg);
 chan_t *chan_new(uv_loop_t *loop, chan_cb cb, void *arg);
 /* Push from any thread. Returns the number of messages now waiting. */
 size_t chan_push(chan_t *ch, chan_node_t *n);
+/* Push the n nodes first..last, already linked through cn_next, under one
+ * lock and one wake-up: they reach the consumer together, in order (one
+ * callback, unless it was already draining). Any thread. Returns the
+ * number of messages now waiting. */
+size_t chan_push_list(chan_t *ch, chan_node_t *first, chan_node_t *last, size_t n);
 /* Close the async handle (consumer thread). The chan is freed in the
  * handle's close callback; undelivered messages are handed to cb first. */
 void chan_close(chan_t *ch);

@@ -64,6 +64,22 @@ size_t chan_push(chan_t *ch, chan_node_t *n)
     return count;
 }
 
+size_t chan_push_list(chan_t *ch, chan_node_t *first, chan_node_t *last, size_t n)
+{
+    last->cn_next = NULL;
+    pthread_mutex_lock(&ch->ch_lock);
+    if (ch->ch_tail)
+        ch->ch_tail->cn_next = first;
+    else
+        ch->ch_head = first;
+    ch->ch_tail = last;
+    ch->ch_count += n;
+    size_t count = ch->ch_count;
+    pthread_mutex_unlock(&ch->ch_lock);
+    uv_async_send(&ch->ch_async);
+    return count;
+}
+
 static void chan_closed_cb(uv_handle_t *h)
 {
     chan_t *ch = h->data;

@@ -16,9 +16,9 @@
  * loops belong to SMTP sessions with their own timers and limits. The
  * main thread owns what the admin API and /metrics read (the control
  * dispatcher, metrics_render), so those requests hop there and back over
- * two channels (h_tomain on the main loop, h_back on ours); an injection
- * goes to the queue thread with queue_submit and comes back on h_back,
- * like an SMTP transaction's (group commit included).
+ * two channels (h_tomain on the main loop, h_back on ours); an injection's
+ * messages go to the queue thread together (queue_submit_batch: one hop,
+ * one group commit) and come back on h_commit, like an SMTP transaction's.
  *
  * Every request passes, in order: the per-client limits (in-progress
  * requests and requests per second per IP: 429), the route (404/405),
@@ -805,6 +805,12 @@ static void inject_start(hreq_t *rq, const cfg_t *cfg, bool tls)
                     .ic_client_ip = ip,
                     .ic_proto = tls ? "HTTPS" : "HTTP",
                     .ic_now = clock_now_s()};
+    char date[64];
+    cx.ic_date = inj_date(cx.ic_now, date, sizeof(date)); /* once for the request's messages */
+    buf_t scratch[2]; /* the text parts' work buffers, reused by every message */
+    buf_init(&scratch[0], 0);
+    buf_init(&scratch[1], 0);
+    cx.ic_scratch = scratch;
     int built = 0, rc = 0;
     buf_t body;
     buf_init(&body, 0);
@@ -826,12 +832,14 @@ static void inject_start(hreq_t *rq, const cfg_t *cfg, bool tls)
             built = 1;
         }
     }
+    size_t hint = 4096; /* the last message's size: one allocation, no regrowth */
     for (int i = 0; rc == 0 && r->ir_personal && i < n; i++) {
         cx.ic_msgid = queue_msgid_new();
         bool eb;
-        buf_init(&body, 4096);
+        buf_init(&body, hint);
         if ((rc = inj_render(r, i, &cx, &body, &eb, &e)) != 0)
             break;
+        hint = body.b_len + 512;
         msgs[i] = msg_new(rq, r, cx.ic_msgid, ip, &body, eb);
         msg_add_rcpt(msgs[i], &r->ir_rcpts[i]);
         built++;
@@ -842,6 +850,8 @@ static void inject_start(hreq_t *rq, const cfg_t *cfg, bool tls)
                              "a rendered message is %zu bytes, over smtp.max_message_size",
                              msgs[i]->qm_body.b_len);
     buf_free(&body);
+    buf_free(&scratch[0]);
+    buf_free(&scratch[1]);
     if (rc == 0)
         nsupp += inject_scope_suppressed(rq, cfg, r, msgs, &built, &supp_failed, &supp_errors);
     if (rc == 0 && built == 0)
@@ -865,10 +875,9 @@ static void inject_start(hreq_t *rq, const cfg_t *cfg, bool tls)
     op->op_errors = supp_errors ? supp_errors : json_object_new_array();
     op->op_fail_rcpts = nsupp;
     rq->rq_op = op;
-    for (int i = 0; i < built; i++) {
+    for (int i = 0; i < built; i++)
         msgs[i]->qm_ctx = op;
-        queue_submit(h->h_env.ce_queue, msgs[i]);
-    }
+    queue_submit_batch(h->h_env.ce_queue, msgs, (size_t)built); /* one hop, one group commit */
     free(msgs);
     inj_req_free(r);
 }

@@ -78,7 +78,14 @@ typedef struct inj_ctx {
     const char *ic_proto;     /* "HTTP" or "HTTPS" */
     uint64_t ic_msgid;        /* the queue id, in Received: and Message-ID */
     uint64_t ic_now;          /* unix seconds: Date */
+    const char *ic_date;      /* ic_now by inj_date (once per request), or NULL */
+    buf_t *ic_scratch;        /* NULL, or two buffers inj_render reuses from one call to
+                                 the next (the caller inits and frees them) */
 } inj_ctx_t;
+
+/* now as an RFC 5322 date ("Thu, 03 Dec 2026 06:30:00 +0000") into dst;
+ * returns dst. */
+const char *inj_date(uint64_t now, char *dst, size_t len);
 
 /* The result of inj_render beyond 0 and -1: the shared message refers to
  * a recipient's own {{ email }} or {{ name }}, so each recipient needs its

@@ -26,6 +26,7 @@ static int get_string(json_object *o, const char *key, const char *path, bool re
                       const char **out, inj_err_t *e);
 static int check_subst(json_object *o, const char *path, inj_err_t *e);
 static int check_address(const char *addr, const char *field, bool *utf8, inj_err_t *e);
+static int check_rcpt(inj_req_t *r, inj_rcpt_t *rc, json_object *o, const char *path, inj_err_t *e);
 static int parse_recipients(inj_req_t *r, json_object *arr, const inj_limits_t *lim, inj_err_t *e);
 static int parse_content(inj_req_t *r, json_object *c, inj_err_t *e);
 static int check_builder(json_object *b, inj_err_t *e);
@@ -80,25 +81,31 @@ static int check_closed(json_object *o, const char *const *known, const char *pa
     return 0;
 }
 
-/* o[key] as a string; absent or null is NULL unless required. */
+/* o[key] as a string; absent or null is NULL unless required. The
+ * field's path is formatted only for an error (this runs a few times per
+ * recipient). */
 static int get_string(json_object *o, const char *key, const char *path, bool required,
                       const char **out, inj_err_t *e)
 {
     char f[160];
-    snprintf(f, sizeof(f), "%s%s%s", path, path[0] ? "." : "", key);
     json_object *v = NULL;
     *out = NULL;
     if (!json_object_object_get_ex(o, key, &v) || v == NULL) {
-        if (required)
-            return inj_err_set(e, 422, "missing_field", f, "%s is required", f);
-        return 0;
+        if (!required)
+            return 0;
+        snprintf(f, sizeof(f), "%s%s%s", path, path[0] ? "." : "", key);
+        return inj_err_set(e, 422, "missing_field", f, "%s is required", f);
     }
-    if (!json_object_is_type(v, json_type_string))
+    if (!json_object_is_type(v, json_type_string)) {
+        snprintf(f, sizeof(f), "%s%s%s", path, path[0] ? "." : "", key);
         return inj_err_set(e, 422, "wrong_type", f, "%s must be a string, not a %s", f,
                            type_name(v));
+    }
     const char *s = json_object_get_string(v);
-    if (strlen(s) != (size_t)json_object_get_string_len(v))
+    if (strlen(s) != (size_t)json_object_get_string_len(v)) {
+        snprintf(f, sizeof(f), "%s%s%s", path, path[0] ? "." : "", key);
         return inj_err_set(e, 422, "bad_value", f, "%s contains a NUL character", f);
+    }
     *out = s;
     return 0;
 }
@@ -112,15 +119,18 @@ static int check_subst(json_object *o, const char *path, inj_err_t *e)
     json_object_object_foreach(o, key, val)
     {
         char f[160];
-        snprintf(f, sizeof(f), "%s.%.100s", path, key);
         json_type t = json_object_get_type(val);
-        if (val == NULL || t == json_type_object || t == json_type_array || t == json_type_null)
+        if (val == NULL || t == json_type_object || t == json_type_array || t == json_type_null) {
+            snprintf(f, sizeof(f), "%s.%.100s", path, key);
             return inj_err_set(e, 422, "wrong_type", f,
                                "%s must be a string, a number or a boolean, not a %s", f,
                                val ? type_name(val) : "null");
+        }
         if (t == json_type_string &&
-            strlen(json_object_get_string(val)) != (size_t)json_object_get_string_len(val))
+            strlen(json_object_get_string(val)) != (size_t)json_object_get_string_len(val)) {
+            snprintf(f, sizeof(f), "%s.%.100s", path, key);
             return inj_err_set(e, 422, "bad_value", f, "%s contains a NUL character", f);
+        }
     }
     return 0;
 }
@@ -147,9 +157,48 @@ static int check_phrase(const char *s, const char *field, inj_err_t *e)
     return 0;
 }
 
-static int parse_recipients(inj_req_t *r, json_object *arr, const inj_limits_t *lim, inj_err_t *e)
+/* Check recipients[i] into rc. path: "recipients[i]" for the error's
+ * field, or "" on the first pass (no path formatted: this runs once per
+ * recipient, and its snprintf calls showed in the profile); the caller
+ * runs it again with the path when it fails. */
+static int check_rcpt(inj_req_t *r, inj_rcpt_t *rc, json_object *o, const char *path, inj_err_t *e)
 {
     static const char *const known[] = {"email", "name", "substitutions", NULL};
+    char f[80] = "";
+    bool named = path[0] != '\0';
+    if (o == NULL || !json_object_is_type(o, json_type_object))
+        return inj_err_set(e, 422, "wrong_type", path, "%s must be an object, not a %s", path,
+                           o ? type_name(o) : "null");
+    if (check_closed(o, known, path, e) < 0 ||
+        get_string(o, "email", path, true, &rc->ir_email, e) < 0 ||
+        get_string(o, "name", path, false, &rc->ir_name, e) < 0)
+        return -1;
+    if (named)
+        snprintf(f, sizeof(f), "%s.email", path);
+    if (check_address(rc->ir_email, f, &rc->ir_utf8, e) < 0)
+        return -1;
+    if (named)
+        snprintf(f, sizeof(f), "%s.name", path);
+    if (rc->ir_name != NULL && check_phrase(rc->ir_name, f, e) < 0)
+        return -1;
+    json_object *s = NULL;
+    if (json_object_object_get_ex(o, "substitutions", &s) && s != NULL) {
+        if (named)
+            snprintf(f, sizeof(f), "%s.substitutions", path);
+        if (check_subst(s, f, e) < 0)
+            return -1;
+        if (json_object_object_length(s) > 0) {
+            rc->ir_subst = s;
+            r->ir_personal = true;
+        }
+    }
+    if (rc->ir_name != NULL)
+        r->ir_personal = true;
+    return 0;
+}
+
+static int parse_recipients(inj_req_t *r, json_object *arr, const inj_limits_t *lim, inj_err_t *e)
+{
     if (!json_object_is_type(arr, json_type_array))
         return inj_err_set(e, 422, "wrong_type", "recipients",
                            "recipients must be an array, not a %s", type_name(arr));
@@ -163,36 +212,13 @@ static int parse_recipients(inj_req_t *r, json_object *arr, const inj_limits_t *
     r->ir_rcpts = xcalloc(n, sizeof(*r->ir_rcpts));
     r->ir_nrcpt = (int)n;
     for (size_t i = 0; i < n; i++) {
-        char path[64];
-        snprintf(path, sizeof(path), "recipients[%zu]", i);
         json_object *o = json_object_array_get_idx(arr, i);
-        inj_rcpt_t *rc = &r->ir_rcpts[i];
-        if (o == NULL || !json_object_is_type(o, json_type_object))
-            return inj_err_set(e, 422, "wrong_type", path, "%s must be an object, not a %s", path,
-                               o ? type_name(o) : "null");
-        if (check_closed(o, known, path, e) < 0 ||
-            get_string(o, "email", path, true, &rc->ir_email, e) < 0 ||
-            get_string(o, "name", path, false, &rc->ir_name, e) < 0)
+        if (check_rcpt(r, &r->ir_rcpts[i], o, "", e) < 0) {
+            char path[64];
+            snprintf(path, sizeof(path), "recipients[%zu]", i);
+            check_rcpt(r, &r->ir_rcpts[i], o, path, e); /* the same failure, with its field */
             return -1;
-        char f[80];
-        snprintf(f, sizeof(f), "%s.email", path);
-        if (check_address(rc->ir_email, f, &rc->ir_utf8, e) < 0)
-            return -1;
-        snprintf(f, sizeof(f), "%s.name", path);
-        if (rc->ir_name != NULL && check_phrase(rc->ir_name, f, e) < 0)
-            return -1;
-        json_object *s = NULL;
-        if (json_object_object_get_ex(o, "substitutions", &s) && s != NULL) {
-            snprintf(f, sizeof(f), "%s.substitutions", path);
-            if (check_subst(s, f, e) < 0)
-                return -1;
-            if (json_object_object_length(s) > 0) {
-                rc->ir_subst = s;
-                r->ir_personal = true;
-            }
         }
-        if (rc->ir_name != NULL)
-            r->ir_personal = true;
     }
     return 0;
 }

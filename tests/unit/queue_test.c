@@ -1161,6 +1161,55 @@ static void test_restart_redispatch(void **state)
     cfg_unref(c);
 }
 
+/* queue_submit_batch (HTTP injection): batches larger than a commit
+ * transaction, with both sync modes: every message comes back committed,
+ * in submission order, each with its "received" record, and the spool
+ * has them all after a restart. */
+static void test_submit_batch(void **state)
+{
+    (void)state;
+    for (int s = 0; s < 2; s++) {
+        cfg_t *c = mkcfg();
+        c->c_spool_batch = 7; /* a batch of 25 spans four transactions */
+        c->c_spool_sync = s == 0 ? CFG_SYNC_FSYNC : CFG_SYNC_NONE;
+        queue_t *q = open_q(c);
+        assert_int_equal(queue_start(q), 0);
+        enum { NB = 3, BN = 25 };
+        uint64_t sent[NB * BN];
+        waiter_t w;
+        memset(&w, 0, sizeof(w));
+        w.ids = xcalloc(NB * BN, sizeof(uint64_t));
+        w.want = NB * BN;
+        assert_int_equal(uv_loop_init(&w.loop), 0);
+        w.ch = chan_new(&w.loop, waiter_cb, &w);
+        for (int b = 0; b < NB; b++) {
+            queue_msg_in_t *msgs[BN];
+            for (int i = 0; i < BN; i++) {
+                msgs[i] = mkmsg(2, "example.org", 600, 0);
+                msgs[i]->qm_reply = w.ch;
+                sent[b * BN + i] = msgs[i]->qm_id;
+            }
+            queue_submit_batch(q, msgs, BN);
+        }
+        uv_run(&w.loop, UV_RUN_DEFAULT);
+        assert_int_equal(uv_loop_close(&w.loop), 0);
+        assert_int_equal(w.ok, NB * BN);
+        for (int i = 0; i < NB * BN; i++)
+            assert_true(w.ids[i] == sent[i]);
+        assert_int_equal(queue_pending(q), 0);
+        assert_true(atomic_load(&queue_stats(q)->qs_commits) >= (NB * BN + 6) / 7);
+        assert_int_equal(acct_count("received", NULL), (s + 1) * NB * BN);
+        queue_stop(q);
+        queue_free(q);
+        size_t nm = 0, nr = 0;
+        assert_int_equal(queue_check_offline(c->c_spool_path, &nm, &nr), 0);
+        assert_int_equal(nm, (size_t)(s + 1) * NB * BN);
+        assert_int_equal(nr, (size_t)(s + 1) * NB * BN * 2);
+        free(w.ids);
+        cfg_unref(c);
+    }
+}
+
 /* ------------------------------------------------------------ benchmark */
 
 static double bench_one(int batch, cfg_sync_t sync, int n, size_t size)
@@ -1210,6 +1259,7 @@ int main(void)
         cmocka_unit_test(test_msgid),
         cmocka_unit_test_setup_teardown(test_open_errors, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_submit_restart_requests, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_submit_batch, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_map_growth, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_map_full, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_acct_rotation, setup_dir, teardown_dir),
