@@ -1119,7 +1119,9 @@ static void thread_main(void *arg)
 {
     struct httpd *h = arg;
     log_thread_name("http");
+    log_buffer(&h->h_loop); /* a line per injected message: one write a loop iteration */
     uv_run(&h->h_loop, UV_RUN_DEFAULT);
+    log_unbuffer(&h->h_loop);
 }
 
 static h2o_hostconf_t *host_new(struct httpd *h, const char *name, bool api)
