@@ -328,6 +328,10 @@ bool shp_adapt_cl_set(shp_queue_t *q, const cl_adapt_vals_t *v, const char *node
 {
     shp_adapt_t *a = &q->q_ad;
     uv_mutex_lock(&q->q_lock);
+    if (!a->a_on) { /* a reload turned it off: the configured limits rule */
+        uv_mutex_unlock(&q->q_lock);
+        return false;
+    }
     double r0 = shp_adapt_rate(q);
     int c0 = shp_adapt_conns(q), m0 = atomic_load(&a->a_msgs);
     if (v->av_rate < a->a_rate)

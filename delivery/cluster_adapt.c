@@ -322,7 +322,8 @@ cl_req_t *cl_adapt_reply(dlv_cluster_t *cl, cl_req_t *r, const redisReply *rp)
     uint64_t ver;
     if (!ca_vals_reply(rp, &v, &ver))
         return NULL;
-    ca_apply(cl, a, &v, ver, NULL);
+    /* a count reads the values back; inc / dec: this node's own change */
+    ca_apply(cl, a, &v, ver, strcmp(r->r_argv[4], "count") == 0 ? NULL : cl->cl_node);
     if (ca_int(rp->element[0]) != 1 || cl->cl_state != CL_UP)
         return NULL;
     /* this node ended the cluster's interval: the increase is its */
