@@ -275,8 +275,13 @@ bool shp_adapt_signal(shp_queue_t *q, shp_capacity_t cap, int conn_msgs, uint64_
     }
     double r1 = shp_adapt_rate(q);
     int c1 = shp_adapt_conns(q);
-    cl_adapt_vals_t v = {a->a_rate, a->a_clean, a->a_step,        a->a_conn,
-                         m1,        a->a_ss,    a->a_conn_learned};
+    cl_adapt_vals_t v = {.av_rate = a->a_rate,
+                         .av_clean = a->a_clean,
+                         .av_step = a->a_step,
+                         .av_conn = a->a_conn,
+                         .av_msgs = m1,
+                         .av_ss = a->a_ss,
+                         .av_conn_learned = a->a_conn_learned};
     uv_mutex_unlock(&q->q_lock);
     bool changed = r1 != r0 || c1 != c0 || m1 != m0;
     if (changed && q->q_cl_adapt != NULL) /* the cluster learns it, every node applies it */
@@ -317,9 +322,13 @@ void shp_adapt_cl_get(void *arg, cl_adapt_vals_t *v)
     shp_queue_t *q = arg;
     shp_adapt_t *a = &q->q_ad;
     uv_mutex_lock(&q->q_lock);
-    *v = (cl_adapt_vals_t){
-        a->a_rate, a->a_clean,       a->a_step, a->a_conn, atomic_load(&a->a_msgs),
-        a->a_ss,   a->a_conn_learned};
+    *v = (cl_adapt_vals_t){.av_rate = a->a_rate,
+                           .av_clean = a->a_clean,
+                           .av_step = a->a_step,
+                           .av_conn = a->a_conn,
+                           .av_msgs = atomic_load(&a->a_msgs),
+                           .av_ss = a->a_ss,
+                           .av_conn_learned = a->a_conn_learned};
     uv_mutex_unlock(&q->q_lock);
 }
 

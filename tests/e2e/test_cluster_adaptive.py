@@ -150,6 +150,13 @@ class ClusterAdaptive(Base):
             self.assertAlmostEqual(float(row[0][2]), e[0]["rate"], delta=0.05, msg=out)
             self.assertIn("shared (the cluster's)", d.ctl("providers").out)
         self.assertEqual(len(set(got.values())), 1, got)
+        lag = [_parse(x["time"]) - _parse(r["time"]) for name, r in decs for o in nodes
+               if o != name for x in recs[o] if x["response"] == "cluster: node %s" % name
+               and rate_decrease(x["detail"]) and 0 <= _parse(x["time"]) - _parse(r["time"]) <= 1]
+        sys.stderr.write("\n[figures] refused %d of %d (%d in the second half), learned %.4g/s, "
+                         "decreases applied at other nodes after %s ms\n"
+                         % (refused, n, len(late), list(got.values())[0],
+                            sorted(int(x * 1000) for x in lag)))
         self.assertLessEqual(list(got.values())[0], RATE * 1.1, got)
         self.assertGreaterEqual(list(got.values())[0], RATE * 0.5, got)
 
