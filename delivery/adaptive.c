@@ -29,14 +29,25 @@
  * shutdown, and read back at start (the next run starts where this one
  * stopped instead of in slow start).
  *
+ * Across nodes (a shared provider with cluster { redis }: docs/cluster.md,
+ * "Adaptive mode across nodes"), the learned values are the cluster's:
+ * deliveries are counted in Redis (cluster_adapt.c), the node that ends
+ * the cluster's interval takes the increase step (shp_adapt_cl_step, the
+ * same rule on the cluster's rate and deliveries), a decrease is sent to
+ * Redis and comes back to every node (shp_adapt_cl_set). While Redis is
+ * down the values stay as they were (no increase; decreases apply here
+ * and go to Redis when it is back) and the shared leases hold this node
+ * to its share of them.
+ *
  * Main functions: shp_adapt_init, shp_adapt_success, shp_adapt_signal,
- * shp_adapt_save / open / close.
+ * shp_adapt_save / open / close, shp_adapt_cl_get / set / step.
  *
  * Thread: any delivery thread; a queue's learned values are under its
  * q_lock, the hot path (a delivery) is two atomics unless an interval
  * ends; the store's file writes are serialised by its own mutex (never
  * taken with q_lock held: sh_lock -> q_lock, then the file).
  */
+#include "delivery/cluster_int.h" /* the cluster's learned values */
 #include "delivery/shaping_int.h"
 
 #include <errno.h>
@@ -169,6 +180,12 @@ bool shp_adapt_success(shp_queue_t *q, uint64_t now_us, shp_adapt_change_t *ch)
     shp_adapt_t *a = &q->q_ad;
     if (!atomic_load_explicit(&a->a_on, memory_order_relaxed))
         return false;
+    if (q->q_cl_adapt != NULL) { /* the cluster's interval, in Redis */
+        cl_adapt_count(q->q_cl_adapt,
+                       atomic_load_explicit(&q->q_nconn, memory_order_relaxed) >=
+                           atomic_load_explicit(&q->q_max_conn, memory_order_relaxed));
+        return false;
+    }
     atomic_fetch_add_explicit(&a->a_count, 1, memory_order_relaxed);
     uint64_t tick = atomic_load_explicit(&a->a_tick_at, memory_order_relaxed);
     if (now_us - tick < ADAPT_INTERVAL_US ||
@@ -258,8 +275,20 @@ bool shp_adapt_signal(shp_queue_t *q, shp_capacity_t cap, int conn_msgs, uint64_
     }
     double r1 = shp_adapt_rate(q);
     int c1 = shp_adapt_conns(q);
+    cl_adapt_vals_t v = {.av_rate = a->a_rate,
+                         .av_clean = a->a_clean,
+                         .av_step = a->a_step,
+                         .av_conn = a->a_conn,
+                         .av_msgs = m1,
+                         .av_ss = a->a_ss,
+                         .av_conn_learned = a->a_conn_learned};
     uv_mutex_unlock(&q->q_lock);
     bool changed = r1 != r0 || c1 != c0 || m1 != m0;
+    if (changed && q->q_cl_adapt != NULL) /* the cluster learns it, every node applies it */
+        cl_adapt_propose(q->q_cl_adapt, &v,
+                         cap == SHP_CAP_CONN   ? CL_ADAPT_CONN
+                         : cap == SHP_CAP_MSGS ? CL_ADAPT_MSGS
+                                               : CL_ADAPT_RATE);
     ch->ch_record = changed;
     if (changed)
         adapt_detail(ch->ch_detail, sizeof(ch->ch_detail), r0, r1, c0, c1, m0, m1,
@@ -281,7 +310,94 @@ json_object *shp_adapt_json(shp_queue_t *q)
     json_object_object_add(o, "max_messages_per_connection", m > 0 ? json_object_new_int(m) : NULL);
     json_object_object_add(o, "slow_start", json_object_new_boolean(a->a_ss));
     json_object_object_add(o, "signals", json_object_new_int64((int64_t)a->a_signals));
+    /* the cluster's values (Redis up and answered), not this node's own */
+    json_object_object_add(o, "shared", json_object_new_boolean(cl_adapt_shared(q->q_cl_adapt)));
     return o;
+}
+
+/* ------------------------------------------------------------ the cluster's values */
+
+void shp_adapt_cl_get(void *arg, cl_adapt_vals_t *v)
+{
+    shp_queue_t *q = arg;
+    shp_adapt_t *a = &q->q_ad;
+    uv_mutex_lock(&q->q_lock);
+    *v = (cl_adapt_vals_t){.av_rate = a->a_rate,
+                           .av_clean = a->a_clean,
+                           .av_step = a->a_step,
+                           .av_conn = a->a_conn,
+                           .av_msgs = atomic_load(&a->a_msgs),
+                           .av_ss = a->a_ss,
+                           .av_conn_learned = a->a_conn_learned};
+    uv_mutex_unlock(&q->q_lock);
+}
+
+bool shp_adapt_cl_set(shp_queue_t *q, const cl_adapt_vals_t *v, const char *node, uint64_t now_us,
+                      shp_adapt_change_t *ch)
+{
+    shp_adapt_t *a = &q->q_ad;
+    uv_mutex_lock(&q->q_lock);
+    if (!a->a_on) { /* a reload turned it off: the configured limits rule */
+        uv_mutex_unlock(&q->q_lock);
+        return false;
+    }
+    double r0 = shp_adapt_rate(q);
+    int c0 = shp_adapt_conns(q), m0 = atomic_load(&a->a_msgs);
+    if (v->av_rate < a->a_rate)
+        a->a_dec_at[SHP_CAP_RATE] = now_us; /* one decrease per hold, wherever it came from */
+    if (v->av_conn != a->a_conn)
+        a->a_conn_at = now_us; /* the next probe a probe period after any change */
+    a->a_rate = MAX(ADAPT_FLOOR_RATE, v->av_rate);
+    a->a_clean = v->av_clean > 0 ? v->av_clean : a->a_rate;
+    a->a_step = MAX(1.0, v->av_step);
+    a->a_ss = v->av_ss;
+    a->a_conn = MAX(1, v->av_conn);
+    a->a_conn_learned = v->av_conn_learned;
+    atomic_store(&a->a_msgs, MAX(0, v->av_msgs));
+    double r1 = shp_adapt_rate(q);
+    int c1 = shp_adapt_conns(q), m1 = atomic_load(&a->a_msgs);
+    bool changed = r1 != r0 || c1 != c0 || m1 != m0;
+    /* a decrease and what a connection or the limit per connection says
+     * are records, as on one node; the cluster's increases every 10 s */
+    ch->ch_record =
+        changed && (r1 < r0 || c1 != c0 || m1 != m0 || now_us - a->a_rec_at >= ADAPT_REC_US);
+    if (ch->ch_record)
+        a->a_rec_at = now_us;
+    uv_mutex_unlock(&q->q_lock);
+    if (changed) {
+        char why[160];
+        snprintf(why, sizeof(why), "cluster%s%s", node ? ": node " : "", node ? node : "");
+        adapt_detail(ch->ch_detail, sizeof(ch->ch_detail), r0, r1, c0, c1, m0, m1, why);
+    }
+    return changed;
+}
+
+bool shp_adapt_cl_step(void *arg, uint32_t n, uint64_t elapsed_us, bool full, cl_adapt_vals_t *v)
+{
+    shp_queue_t *q = arg;
+    shp_adapt_t *a = &q->q_ad;
+    uint64_t now_us = clock_mono_us();
+    uv_mutex_lock(&q->q_lock);
+    if (!a->a_on || atomic_load(&q->q_mode) != SHP_NORMAL) {
+        uv_mutex_unlock(&q->q_lock);
+        return false;
+    }
+    /* shp_adapt_success's rule, on the cluster's deliveries and values */
+    double used = (double)n * 1e6 / (double)elapsed_us;
+    double maxr = adapt_max_rate(q), r0 = MIN(v->av_rate, maxr);
+    int maxc = adapt_max_conn(q), c0 = MIN(v->av_conn, maxc);
+    bool changed = false;
+    if (used >= ADAPT_USED * r0 && r0 < maxr) {
+        v->av_clean = r0;
+        v->av_rate = MIN(maxr, v->av_ss ? v->av_rate * 2.0 : v->av_rate + v->av_step);
+        changed = true;
+    } else if (used < ADAPT_USED * r0 && full && c0 < maxc &&
+               (!v->av_conn_learned || now_us - a->a_conn_at >= ADAPT_CONN_PROBE_US)) {
+        v->av_conn = v->av_conn_learned ? c0 + 1 : MIN(maxc, c0 * 2);
+        changed = true;
+    }
+    uv_mutex_unlock(&q->q_lock);
+    return changed;
 }
 
 /* ------------------------------------------------------------ the spool file */

@@ -86,7 +86,7 @@ static const char cl_lua_nodes[] =
     "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)\n"
     "return {redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES'),\n"
     "        redis.call('HGETALL', KEYS[2]), tostring(now)}\n";
-static const char *const cl_scripts[S_N] = {cl_lua_rate, cl_lua_conn, cl_lua_nodes};
+static const char *const cl_scripts[S_N] = {cl_lua_rate, cl_lua_conn, cl_lua_nodes, cl_lua_adapt};
 
 static void cl_thread_main(void *arg);
 static void cl_send(dlv_cluster_t *cl, cl_req_t *r);
@@ -226,6 +226,7 @@ void dlv_cluster_free(dlv_cluster_t *cl)
     for (int i = 0; i < cl->cl_nsout; i++)
         free(cl->cl_sout[i]);
     free(cl->cl_sout);
+    cl_adapt_free_all(cl);
     cl_sync_reset(cl);
     json_object_put(cl->cl_nodes_json);
     json_object_put(cl->cl_state_json);
@@ -426,6 +427,7 @@ static void cl_connect(dlv_cluster_t *cl)
     cl->cl_subscribed = false;
     cl_sync_reset(cl);
     cl->cl_sync_want = true; /* entries written while this node was away */
+    cl_adapt_reset(cl);      /* adaptive mode: the cluster's values first */
     char ch[256], sch[256];
     snprintf(ch, sizeof(ch), "%s:events", cl->cl_prefix);
     snprintf(sch, sizeof(sch), "%s:supp", cl->cl_prefix);
@@ -649,6 +651,12 @@ static void cl_reply_cb(redisAsyncContext *ac, void *reply, void *priv)
     case R_SYNC:
         cl_sync_reply(cl, rp);
         break;
+    case R_ADAPT: {
+        cl_req_t *inc = cl_adapt_reply(cl, r, rp);
+        if (inc != NULL)
+            cl_send(cl, inc);
+        break;
+    }
     case R_NODES:
         if (rp != NULL) {
             cl_became_up(cl);
@@ -1037,7 +1045,7 @@ static void cl_sub_cb(redisAsyncContext *ac, void *reply, void *priv)
     size_t pl = strlen(cl->cl_prefix);
     if (strncmp(ch, cl->cl_prefix, pl) == 0 && strcmp(ch + pl, ":supp") == 0)
         cl_supp_apply(cl, rp->element[2]->str, false);
-    else
+    else if (!cl_adapt_msg(cl, rp->element[2]->str)) /* adaptive mode's values, or a state */
         cl_apply_json(cl, rp->element[2]->str, false);
 }
 
@@ -1093,6 +1101,10 @@ static void cl_run(dlv_cluster_t *cl)
         if (renew && l->l_kind == CL_CONN)
             cl_conn_renew(cl, l);
     }
+    for (cl_req_t *r = cl_adapt_tick(cl, now), *next; r != NULL; r = next) {
+        next = r->r_next;
+        cl_send(cl, r);
+    }
     cl_flush_out(cl);
     for (cl_req_t *r = cl_flush_supp(cl), *next; r != NULL; r = next) {
         next = r->r_next;
@@ -1134,6 +1146,7 @@ json_object *cl_json(dlv_cluster_t *cl)
         json_object_object_add(o, "redis_downs", json_object_new_int64(0));
         json_object_object_add(o, "supp_syncs", json_object_new_int64(0));
         json_object_object_add(o, "supp_unshared", json_object_new_int64(0));
+        json_object_object_add(o, "adaptive", json_object_new_array());
         return o;
     }
     bool up = atomic_load(&cl->cl_up);
@@ -1173,6 +1186,7 @@ json_object *cl_json(dlv_cluster_t *cl)
                                json_object_new_int64((int64_t)atomic_load(&l->l_granted)));
         json_object_array_add(la, e);
     }
+    json_object *ad = cl_adapt_json(cl);
     uv_mutex_unlock(&cl->cl_lock);
     json_object_object_add(o, "nodes", nodes);
     json_object_object_add(o, "leases", la);
@@ -1187,5 +1201,6 @@ json_object *cl_json(dlv_cluster_t *cl)
                            json_object_new_int64((int64_t)atomic_load(&cl->cl_syncs)));
     json_object_object_add(o, "supp_unshared",
                            json_object_new_int64((int64_t)atomic_load(&cl->cl_supp_unshared)));
+    json_object_object_add(o, "adaptive", ad);
     return o;
 }

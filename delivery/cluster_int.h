@@ -89,4 +89,52 @@ void shp_cluster_global(dlv_shaping_t *sh);
 int shp_registry_apply(dlv_shaping_t *sh, const char *provider, const char *vmta, const char *event,
                        double level, uint64_t for_us, bool by_operator, const char *why);
 
+/* ------------------------------------------------------------ adaptive mode
+ * (cluster_adapt.c): an adaptive queue of a shared provider learns one
+ * allowance for the whole cluster, kept in Redis (docs/cluster.md,
+ * "Adaptive mode across nodes"). */
+typedef struct cl_adapt cl_adapt_t;
+
+/* A queue's learned values, as Redis keeps them. */
+typedef struct cl_adapt_vals {
+    double av_rate, av_clean, av_step; /* msgs/s */
+    int av_conn;                       /* max connections */
+    int av_msgs;                       /* max messages per connection, 0 = none learned */
+    bool av_ss, av_conn_learned;       /* slow start; a "too many connections" seen */
+} cl_adapt_vals_t;
+
+/* What the cluster thread asks of the queue (adaptive.c, through
+ * providers.c: cluster_adapt.c and they do not call each other). Each is
+ * called on the cluster thread and takes the queue's own locks. */
+typedef struct cl_adapt_ops {
+    /* The queue's values now (to seed Redis when it has none). */
+    void (*ao_get)(void *arg, cl_adapt_vals_t *v);
+    /* The cluster's values, in force here from now on; node: who changed
+     * them (NULL: read back from Redis). */
+    void (*ao_apply)(void *arg, const cl_adapt_vals_t *v, const char *node);
+    /* The cluster's interval ended at this node: n deliveries of all
+     * nodes in elapsed_us, full: some node had every allowed connection
+     * open. The increase into *v (the cluster's values): true if any. */
+    bool (*ao_step)(void *arg, uint32_t n, uint64_t elapsed_us, bool full, cl_adapt_vals_t *v);
+} cl_adapt_ops_t;
+
+/* The cluster's learned values of queue name ("yahoo/mta1"), driving the
+ * queue arg through ops; conn: the queue's shared connection cap (its
+ * takers waiting say "every allowed connection is open"), or NULL. Found
+ * or created, owned by cl. Any thread. */
+cl_adapt_t *cl_adapt_get(dlv_cluster_t *cl, const char *name, cl_lim_t *conn,
+                         const cl_adapt_ops_t *ops, void *arg);
+/* true while the cluster's values are in force: Redis answered for this
+ * queue and is up (else the queue keeps the last ones it had). Any thread. */
+bool cl_adapt_shared(const cl_adapt_t *a);
+/* One delivery (full: every connection the queue allows here is open):
+ * counted towards the cluster's interval. Any thread (two atomics). */
+void cl_adapt_count(cl_adapt_t *a, bool full);
+/* A decrease this node learned (a capacity reply) of the kinds CL_ADAPT_*
+ * (rate: av_rate, av_clean, av_step, av_ss; conn: av_conn; msgs:
+ * av_msgs): sent to Redis, which keeps the lower of its values and this
+ * one and tells every node. Any thread. */
+enum { CL_ADAPT_RATE = 1, CL_ADAPT_CONN = 2, CL_ADAPT_MSGS = 4 };
+void cl_adapt_propose(cl_adapt_t *a, const cl_adapt_vals_t *v, unsigned kinds);
+
 #endif /* SLUICE_DELIVERY_CLUSTER_INT_H */

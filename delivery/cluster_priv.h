@@ -17,7 +17,7 @@
  * line and cl_supp_unshared count what was not shared) */
 #define CL_MAX_SUPP_OUT 100000
 
-enum { S_RATE, S_CONN, S_NODES, S_N };
+enum { S_RATE, S_CONN, S_NODES, S_ADAPT, S_N };
 
 struct cl_lim {
     cl_lim_t *l_next;
@@ -45,7 +45,8 @@ typedef struct cl_req {
     struct cl_req *r_next; /* in flight, oldest first */
     dlv_cluster_t *r_cl;
     cl_lim_t *r_lim;
-    int r_what; /* R_* */
+    cl_adapt_t *r_adapt; /* R_ADAPT: the queue's learned values */
+    int r_what;          /* R_* */
     int r_script;
     uint64_t r_sent_us;
     int64_t r_n; /* rate: asked for (> 0) or given back (< 0); conn: slot id */
@@ -54,8 +55,31 @@ typedef struct cl_req {
     size_t *r_lens;
 } cl_req_t;
 
-/* R_RATE .. R_NODES are scripts (EVALSHA); the others plain commands */
-enum { R_RATE, R_CONN_TAKE, R_CONN_OTHER, R_NODES, R_PUB, R_SYNC };
+/* R_RATE .. R_ADAPT are scripts (EVALSHA); the others plain commands */
+enum { R_RATE, R_CONN_TAKE, R_CONN_OTHER, R_NODES, R_ADAPT, R_PUB, R_SYNC };
+
+/* An adaptive queue's learned values shared (cluster_adapt.c). */
+struct cl_adapt {
+    cl_adapt_t *a_next;
+    dlv_cluster_t *a_cl;
+    char *a_name; /* provider/vmta */
+    char *a_key;  /* P:adapt:NAME */
+    cl_lim_t *a_conn;
+    const cl_adapt_ops_t *a_ops;
+    void *a_arg;
+    _Atomic uint32_t a_count; /* deliveries not yet counted in Redis */
+    _Atomic int a_full;       /* a delivery saw every allowed connection open */
+    _Atomic int a_shared;     /* the cluster's values in force (Redis up, answered) */
+    _Atomic uint64_t a_ver;   /* Redis' version of the values in force here */
+    /* cl_lock */
+    unsigned a_dec_want;    /* decreases to send: CL_ADAPT_* bits */
+    cl_adapt_vals_t a_dec;  /* their values */
+    cl_adapt_vals_t a_vals; /* the last values from Redis (cl_json) */
+    bool a_known;           /* a_vals set */
+    /* the cluster thread's */
+    bool a_busy;        /* a call in flight */
+    uint64_t a_sent_at; /* mono us of the last count (0: read the values now) */
+};
 
 typedef enum { CL_DOWN = 0, CL_CONNECTING, CL_UP } cl_state_t;
 
@@ -95,6 +119,7 @@ struct dlv_cluster {
     /* shared with other threads */
     uv_mutex_t cl_lock;
     cl_lim_t *cl_lims;        /* cl_lock for the list; never freed before the cluster */
+    cl_adapt_t *cl_adapts;    /* cl_lock for the list; the same (cluster_adapt.c) */
     char *cl_out[CL_MAX_OUT]; /* cl_lock: events to publish */
     int cl_nout;
     json_object *cl_nodes_json;   /* cl_lock: the last heartbeat's nodes */
@@ -140,5 +165,25 @@ cl_req_t *cl_sync_tick(dlv_cluster_t *cl);
 void cl_sync_reply(dlv_cluster_t *cl, const redisReply *rp);
 /* Forget a sync under way (connection lost, freeing). */
 void cl_sync_reset(dlv_cluster_t *cl);
+
+/* cluster_adapt.c (requests built there, sent by cluster.c, as above) */
+extern const char cl_lua_adapt[];
+/* The calls of this tick: each adaptive queue's decreases, or its count
+ * every CL_ADAPT_REPORT_US (at once after a (re)connect); a list through
+ * r_next, or NULL. Redis down: counts dropped, the queues keep the last
+ * values. Cluster thread. */
+cl_req_t *cl_adapt_tick(dlv_cluster_t *cl, uint64_t now);
+/* The answer to an R_ADAPT call (rp NULL: none): the values applied, and
+ * the increase to send when this node ended the cluster's interval (or
+ * NULL). Cluster thread. */
+cl_req_t *cl_adapt_reply(dlv_cluster_t *cl, cl_req_t *r, const struct redisReply *rp);
+/* An "adapt" event of P:events (another node's change): applied; false
+ * when text is not one. Cluster thread. */
+bool cl_adapt_msg(dlv_cluster_t *cl, const char *text);
+/* Redis lost or (re)connected: every queue reads the values again. */
+void cl_adapt_reset(dlv_cluster_t *cl);
+/* The "adaptive" array of cl_json (cl_lock held). */
+struct json_object *cl_adapt_json(dlv_cluster_t *cl);
+void cl_adapt_free_all(dlv_cluster_t *cl);
 
 #endif /* SLUICE_DELIVERY_CLUSTER_PRIV_H */

@@ -895,10 +895,27 @@ bool shp_registry_install(dlv_shaping_t *sh, shp_conf_t *c, const char *from)
 
 /* ------------------------------------------------------------ cluster hooks */
 
+/* The cluster's learned values of an adaptive queue in force here
+ * (cluster_adapt.c, on the cluster thread). */
+static void shp_adapt_cl_apply(void *arg, const cl_adapt_vals_t *v, const char *node)
+{
+    shp_queue_t *q = arg;
+    shp_adapt_change_t ch;
+    char why[160];
+    snprintf(why, sizeof(why), "cluster: node %s", node ? node : "(read from redis)");
+    if (shp_adapt_cl_set(q, v, node, clock_mono_us(), &ch))
+        shp_adapt_changed(q, &ch, why);
+}
+
+static const cl_adapt_ops_t shp_adapt_cl_ops = {shp_adapt_cl_get, shp_adapt_cl_apply,
+                                                shp_adapt_cl_step};
+
 /* A provider with shared = true gets the cluster's leases for the limits
  * it sets (docs/cluster.md): its queues' message_rate and max_connections
  * (per provider and virtual MTA name), its total_message_rate and
- * total_max_connections. Decided when the provider is first seen. */
+ * total_max_connections. An adaptive queue's learned rate and connections
+ * are such limits, and its learned values are the cluster's. Decided when
+ * the provider is first seen. */
 static void shp_cluster_attach(dlv_shaping_t *sh, shp_provider_t *pv)
 {
     if (sh->sh_cluster == NULL || pv->pv_rule == NULL || !pv->pv_rule->pr_shared)
@@ -911,10 +928,14 @@ static void shp_cluster_attach(dlv_shaping_t *sh, shp_provider_t *pv)
         pv->pv_cl_conn = cl_lim_get(sh->sh_cluster, CL_CONN, pv->pv_name);
     for (int i = 0; i < sh->sh_nvmtas; i++) {
         snprintf(name, sizeof(name), "%s/%s", pv->pv_name, shp_vmta(sh, i)->vm_name);
-        if (l->l_msg_rate.r_n > 0 || l->l_bo_msg.r_n > 0)
-            pv->pv_q[i].q_cl_msg = cl_lim_get(sh->sh_cluster, CL_RATE, name);
-        if (l->l_max_conn > 0 || l->l_bo_max_conn > 0)
-            pv->pv_q[i].q_cl_conn = cl_lim_get(sh->sh_cluster, CL_CONN, name);
+        shp_queue_t *q = &pv->pv_q[i];
+        bool adapt = atomic_load(&q->q_ad.a_on);
+        if (l->l_msg_rate.r_n > 0 || l->l_bo_msg.r_n > 0 || adapt)
+            q->q_cl_msg = cl_lim_get(sh->sh_cluster, CL_RATE, name);
+        if (l->l_max_conn > 0 || l->l_bo_max_conn > 0 || adapt)
+            q->q_cl_conn = cl_lim_get(sh->sh_cluster, CL_CONN, name);
+        if (adapt)
+            q->q_cl_adapt = cl_adapt_get(sh->sh_cluster, name, q->q_cl_conn, &shp_adapt_cl_ops, q);
     }
 }
 
@@ -931,12 +952,14 @@ void shp_cluster_global(dlv_shaping_t *sh)
 
 /* A state change of a shared provider, for the other nodes; not one that
  * came from them ("cluster: ..."), nor a disabled source (an address is
- * one node's own). */
+ * one node's own), nor adaptive mode's (its values go through Redis:
+ * cluster_adapt.c). */
 static void shp_cluster_note(shp_queue_t *q, shp_provider_t *pv, const char *event, const char *why)
 {
     dlv_shaping_t *sh = pv->pv_sh;
     if (sh->sh_cluster == NULL || pv->pv_rule == NULL || !pv->pv_rule->pr_shared ||
-        strcmp(event, "disable-source") == 0 || (why && strncmp(why, "cluster: ", 9) == 0))
+        strcmp(event, "disable-source") == 0 || strcmp(event, "adapt") == 0 ||
+        (why && strncmp(why, "cluster: ", 9) == 0))
         return;
     uint64_t now = clock_mono_us(), for_us = 0;
     double level = 1.0;

@@ -323,6 +323,7 @@ typedef struct shp_queue {
     int *q_hitpos;
     struct cl_lim *q_cl_msg, *q_cl_conn; /* shared across nodes (cluster.c), or NULL */
     shp_adapt_t q_ad;                    /* adaptive mode (adaptive.c) */
+    struct cl_adapt *q_cl_adapt;         /* its learned values the cluster's (cluster_adapt.c) */
 } shp_queue_t;
 
 struct shp_provider {
@@ -433,6 +434,17 @@ static inline int shp_adapt_max_msgs(shp_queue_t *q)
 }
 /* The JSON of q's learned values (null when q is not adaptive). */
 struct json_object *shp_adapt_json(shp_queue_t *q);
+/* Adaptive mode across nodes (cluster_int.h's cl_adapt_ops_t, wired by
+ * providers.c): q's values (arg: the queue) for Redis; the cluster's
+ * values v in force on q (node: who changed them, NULL: read back) - true
+ * when they changed what q had, with the record in *ch; the increase step
+ * on the cluster's deliveries. Cluster thread. */
+struct cl_adapt_vals;
+void shp_adapt_cl_get(void *arg, struct cl_adapt_vals *v);
+bool shp_adapt_cl_set(shp_queue_t *q, const struct cl_adapt_vals *v, const char *node,
+                      uint64_t now_us, shp_adapt_change_t *ch);
+bool shp_adapt_cl_step(void *arg, uint32_t n, uint64_t elapsed_us, bool full,
+                       struct cl_adapt_vals *v);
 /* Keep the learned values in dir (the spool directory): load what a
  * previous run kept. NULL: not kept (unit tests). Main thread, before
  * traffic. */

@@ -170,6 +170,24 @@ void sctl_print_cluster(json_object *r)
                sctl_get_str(e, "kind"), lim, held, sctl_get_u64(e, "available"),
                sctl_get_u64(e, "granted"));
     }
+    a = sctl_get(r, "adaptive");
+    if (a != NULL && json_object_array_length(a) > 0) {
+        printf("\n%-32s %-7s %10s %6s %6s %8s\n", "ADAPTIVE", "SHARED", "RATE", "CONNS", "MSGS",
+               "VERSION");
+        for (size_t i = 0; i < json_object_array_length(a); i++) {
+            json_object *e = json_object_array_get_idx(a, i);
+            char rate[32] = "-", c[16] = "-", m[16] = "-";
+            if (sctl_get(e, "rate") != NULL)
+                snprintf(rate, sizeof(rate), "%.4g", json_object_get_double(sctl_get(e, "rate")));
+            if (sctl_get(e, "max_connections") != NULL)
+                snprintf(c, sizeof(c), "%" PRIu64, sctl_get_u64(e, "max_connections"));
+            if (sctl_get(e, "max_messages_per_connection") != NULL)
+                snprintf(m, sizeof(m), "%" PRIu64, sctl_get_u64(e, "max_messages_per_connection"));
+            printf("%-32s %-7s %10s %6s %6s %8" PRIu64 "\n", sctl_get_str(e, "name"),
+                   json_object_get_boolean(sctl_get(e, "shared")) ? "yes" : "no", rate, c, m,
+                   sctl_get_u64(e, "version"));
+        }
+    }
     a = sctl_get(r, "state");
     printf("\n%-20s %-12s %-14s %-10s %s\n", "PROVIDER", "VMTA", "EVENT", "NODE", "TIME");
     for (size_t i = 0; a != NULL && i < json_object_array_length(a); i++) {
@@ -192,8 +210,9 @@ void sctl_print_adaptive(json_object *q)
         snprintf(m, sizeof(m), "%" PRIu64, sctl_get_u64(a, "max_messages_per_connection"));
     json_object *r = sctl_get(a, "rate");
     printf("%-20s adaptive: rate %.1f/s%s, max_connections %" PRIu64
-           ", max_messages_per_connection %s, %" PRIu64 " capacity replies\n",
+           ", max_messages_per_connection %s, %" PRIu64 " capacity replies%s\n",
            "", r ? json_object_get_double(r) : 0.0,
            json_object_get_boolean(sctl_get(a, "slow_start")) ? " (slow start)" : "",
-           sctl_get_u64(a, "max_connections"), m, sctl_get_u64(a, "signals"));
+           sctl_get_u64(a, "max_connections"), m, sctl_get_u64(a, "signals"),
+           json_object_get_boolean(sctl_get(a, "shared")) ? ", shared (the cluster's)" : "");
 }
