@@ -99,6 +99,7 @@ static void wd_release(void);
 static void wd_verdict(uint32_t id, uint32_t verdict);
 static void wd_flush(void);
 static void wd_stats(const char *path, double cpu_s);
+static struct nfq_handle *wd_open(int qnum);
 
 static void wd_on_signal(int sig)
 {
@@ -277,6 +278,42 @@ static void wd_stats(const char *path, double cpu_s)
         fclose(f);
 }
 
+/* The queue, in copy-40-bytes mode, fail-open, 65,536 long; W.qh, W.fd
+ * set. NULL (said on stderr) when NFQUEUE is not there or not ours. */
+static struct nfq_handle *wd_open(int qnum)
+{
+    struct nfq_handle *h = nfq_open();
+    if (h == NULL) {
+        fprintf(stderr, "sluice-wan-delay: nfq_open: %s (root, and NFQUEUE in this kernel?)\n",
+                strerror(errno));
+        return NULL;
+    }
+    W.qh = nfq_create_queue(h, (uint16_t)qnum, wd_packet_cb, NULL);
+    if (W.qh == NULL) {
+        fprintf(stderr, "sluice-wan-delay: queue %d: %s\n", qnum, strerror(errno));
+        nfq_close(h);
+        return NULL;
+    }
+    if (nfq_set_mode(W.qh, NFQNL_COPY_PACKET, COPY_BYTES) < 0 ||
+        nfq_set_queue_maxlen(W.qh, 1 << 16) < 0 ||
+        nfq_set_queue_flags(W.qh, NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_FAIL_OPEN) < 0) {
+        fprintf(stderr, "sluice-wan-delay: queue setup: %s\n", strerror(errno));
+        nfq_destroy_queue(W.qh);
+        nfq_close(h);
+        return NULL;
+    }
+    int fd = nfq_fd(h);
+    W.fd = fd;
+    W.qnum = (uint16_t)qnum;
+    int one = 1, rcv = 16 << 20;
+    /* a burst larger than the socket buffer must not stop the loop: a
+     * packet whose message is lost stays queued (fail-open does not apply) */
+    setsockopt(fd, SOL_NETLINK, NETLINK_NO_ENOBUFS, &one, sizeof(one));
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &rcv, sizeof(rcv)) < 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv));
+    return h;
+}
+
 static void wd_usage(void)
 {
     fprintf(stderr, "usage: sluice-wan-delay [--queue N] [--delay-ms MS] [--jitter-ms MS] "
@@ -331,35 +368,10 @@ int main(int argc, char **argv)
     W.delay_ns = (uint64_t)(delay_ms * 1e6);
     W.jitter_ns = (uint64_t)(jitter_ms * 1e6);
 
-    struct nfq_handle *h = nfq_open();
-    if (h == NULL) {
-        fprintf(stderr, "sluice-wan-delay: nfq_open: %s (root, and NFQUEUE in this kernel?)\n",
-                strerror(errno));
+    struct nfq_handle *h = wd_open(qnum);
+    if (h == NULL)
         return 1;
-    }
-    W.qh = nfq_create_queue(h, (uint16_t)qnum, wd_packet_cb, NULL);
-    if (W.qh == NULL) {
-        fprintf(stderr, "sluice-wan-delay: queue %d: %s\n", qnum, strerror(errno));
-        nfq_close(h);
-        return 1;
-    }
-    if (nfq_set_mode(W.qh, NFQNL_COPY_PACKET, COPY_BYTES) < 0 ||
-        nfq_set_queue_maxlen(W.qh, 1 << 16) < 0 ||
-        nfq_set_queue_flags(W.qh, NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_FAIL_OPEN) < 0) {
-        fprintf(stderr, "sluice-wan-delay: queue setup: %s\n", strerror(errno));
-        nfq_destroy_queue(W.qh);
-        nfq_close(h);
-        return 1;
-    }
-    int fd = nfq_fd(h);
-    W.fd = fd;
-    W.qnum = (uint16_t)qnum;
-    int one = 1, rcv = 16 << 20;
-    /* a burst larger than the socket buffer must not stop the loop: a
-     * packet whose message is lost stays queued (fail-open does not apply) */
-    setsockopt(fd, SOL_NETLINK, NETLINK_NO_ENOBUFS, &one, sizeof(one));
-    if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &rcv, sizeof(rcv)) < 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv));
+    int fd = W.fd;
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = wd_on_signal;
