@@ -45,6 +45,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -377,6 +378,8 @@ int main(int argc, char **argv)
     sa.sa_handler = wd_on_signal;
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    /* the driver killed outright: stop too (nothing else would) */
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (ready) {
         FILE *f = fopen(ready, "w");
         if (f)

@@ -11,12 +11,16 @@ and SMTP greetings (two) to a listener in the sink's namespace:
 2. with the delay set to 0 the same link answers in a few ms: the 100 ms
    above is the delayer's, not the namespaces';
 3. nothing is left behind: no new interface or iptables rule in this
-   namespace (everything lived in the namespaces the run made).
+   namespace (everything lived in the namespaces the run made), no process
+   of the run (its dnsmasq, delayer, listener) still running.
 Part: `bench/run-all --smoke --only wan` runs the scenario end to end at a
 tiny size: wan.json says it ran; sluice and Postfix delivered every message
 (bench/run's checks), over STARTTLS, to the sink in the namespace; the report
 has the wan row with both rates and their ratio, the RTT and the delayer's
-figures. Needs root (network namespaces, iptables in them, Postfix).
+figures. NotRun: with no delayer in the build directory the part does not run and
+says why (run-all's exit status stays 0; the report says **Not run** and
+the reason, no figure). Needs root (network namespaces, iptables in them,
+Postfix).
 """
 import json
 import os
@@ -41,6 +45,23 @@ def release_build():
             and os.access(os.path.join(rel, "core", "server", "sluiced"), os.X_OK):
         return rel
     return st.BUILD
+
+
+def leftovers(path):
+    """Processes whose command line names path (the run's directory: its
+    dnsmasq, delayer, sink, MTA), other than this test's own."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if path in cmd:
+            found.append("%s: %s" % (pid, cmd[:200]))
+    return found
 
 
 def host_state():
@@ -92,6 +113,7 @@ class Link(unittest.TestCase):
         self.assertEqual(d["dropped"], 0, d)
         self.assertEqual((d["delay_ms"], d["jitter_ms"], d["loss"]), (50.0, 10.0, 0), d)
         self.assertEqual(host_state(), before, "the run left an interface or a rule behind")
+        self.assertEqual(leftovers(os.path.join(self.tmp, "delayed")), [])
 
     def test_2_no_delay_no_latency(self):
         doc = self.rtt("bare", 0, 0)
@@ -141,6 +163,7 @@ class Part(unittest.TestCase):
             # the link was there during the run: the MTA's packets went through it
             self.assertGreater(r["delayer"]["packets"], n * 10, mta)
             self.assertGreaterEqual(r["rtt"]["connect"]["median_ms"], 80, r["rtt"])
+        self.assertEqual(leftovers(self.out), [], "processes of the run still running")
         sm = wan["summary"]
         self.assertAlmostEqual(sm["ratio"], by["sluice"]["e2e_msgs_per_s"]
                                / by["postfix"]["e2e_msgs_per_s"], places=6)
@@ -157,6 +180,34 @@ class Part(unittest.TestCase):
         self.assertNotIn("FAIL", sec)
         self.assertRegex(sec, r"TCP connect to the sink, median\): [0-9.]+ ms")
         self.assertRegex(sec, r"The delayer: [0-9]+ packets, [0-9]+ dropped")
+
+
+class NotRun(unittest.TestCase):
+    def test_says_why(self):
+        out = tempfile.mkdtemp(prefix="bench-wan-none-")
+        empty = tempfile.mkdtemp(prefix="bench-wan-nobuild-")
+        try:
+            r = subprocess.run(["/usr/bin/python3", os.path.join(st.SRC, "bench", "run-all"),
+                                "--smoke", "--only", "wan", "--no-build", "--no-install",
+                                "--build-dir", empty, "--out", out],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               timeout=60)
+            self.assertEqual(r.returncode, 0, r.stderr[-2000:])
+            with open(os.path.join(out, "wan.json")) as f:
+                wan = json.load(f)
+            self.assertFalse(wan["ran"])
+            self.assertIn("sluice-wan-delay", wan["reason"])
+            with open(os.path.join(out, "report.md")) as f:
+                md = f.read()
+            sec = md[md.index("## wan"):]
+            self.assertIn("**Not run**: " + wan["reason"], sec)
+            row = [ln for ln in md.splitlines() if ln.startswith("| wan |")]
+            self.assertEqual(len(row), 1, md)
+            self.assertIn("| not run | not run |", row[0])
+        finally:
+            if not st.keep_tmp():
+                shutil.rmtree(out, ignore_errors=True)
+            shutil.rmtree(empty, ignore_errors=True)
 
 
 if __name__ == "__main__":
