@@ -17,7 +17,8 @@ Part: `bench/run-all --smoke --only wan` runs the scenario end to end at a
 tiny size: wan.json says it ran; sluice and Postfix delivered every message
 (bench/run's checks), over STARTTLS, to the sink in the namespace; the report
 has the wan row with both rates and their ratio, the RTT and the delayer's
-figures. NotRun: with no delayer in the build directory the part does not run and
+figures; `--assemble` of that directory (twice) gives the same one report.
+NotRun: with no delayer in the build directory the part does not run and
 says why (run-all's exit status stays 0; the report says **Not run** and
 the reason, no figure). Needs root (network namespaces, iptables in them,
 Postfix).
@@ -180,6 +181,20 @@ class Part(unittest.TestCase):
         self.assertNotIn("FAIL", sec)
         self.assertRegex(sec, r"TCP connect to the sink, median\): [0-9.]+ ms")
         self.assertRegex(sec, r"The delayer: [0-9]+ packets, [0-9]+ dropped")
+
+
+    def test_assemble_again(self):
+        """--assemble (twice) writes the same one report: without the run
+        part, report.md is not mistaken for bench/run's own."""
+        for _ in range(2):
+            r = subprocess.run(["/usr/bin/python3", os.path.join(st.SRC, "bench", "run-all"),
+                                "--assemble", self.out], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, timeout=60)
+            self.assertEqual(r.returncode, 0, r.stderr)
+        with open(os.path.join(self.out, "report.md")) as f:
+            md = f.read()
+        self.assertEqual(re.findall(r"(?m)^## (.+)$", md), ["Side by side", "wan"])
+        self.assertEqual(md.count("| wan (100 ms RTT"), 1)
 
 
 class NotRun(unittest.TestCase):
