@@ -16,8 +16,8 @@ and SMTP greetings (two) to a listener in the sink's namespace:
 Part: `bench/run-all --smoke --only wan` runs the scenario end to end at a
 tiny size: wan.json says it ran; sluice and Postfix delivered every message
 (bench/run's checks), over STARTTLS, to the sink in the namespace; the report
-has the wan row with both rates and their ratio, the RTT and the delayer's
-figures; `--assemble` of that directory (twice) gives the same one report.
+has the wan row with both rates and their ratio, the RTT, the delayer's
+figures and the plot of delivered msgs/s over time (a PNG); `--assemble` of that directory (twice) gives the same one report.
 NotRun: with no delayer in the build directory the part does not run and
 says why (run-all's exit status stays 0; the report says **Not run** and
 the reason, no figure). Needs root (network namespaces, iptables in them,
@@ -181,6 +181,10 @@ class Part(unittest.TestCase):
         self.assertNotIn("FAIL", sec)
         self.assertRegex(sec, r"TCP connect to the sink, median\): [0-9.]+ ms")
         self.assertRegex(sec, r"The delayer: [0-9]+ packets, [0-9]+ dropped")
+        # the plot of delivered msgs/s over time, a PNG
+        self.assertIn("![wan throughput](throughput-wan.png)", sec)
+        with open(os.path.join(self.out, "throughput-wan.png"), "rb") as f:
+            self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
 
 
     def test_assemble_again(self):
