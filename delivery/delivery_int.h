@@ -142,6 +142,11 @@ struct dlv_dest {
     dlv_session_t *de_sessions;
     int de_nconn;
     int de_limit; /* slow start: grows on success up to c_dlv_max_conn_per_dest */
+    /* what the destination showed, smoothed (dest.c, dest_open_pays), 0 =
+     * not measured yet: a connection's time from opening to ready for MAIL
+     * (TCP, greeting, EHLO, TLS), and a transaction's on a ready one */
+    uint64_t de_setup_us;
+    uint64_t de_txn_us;
     int de_failures;
     uint64_t de_dead_until;  /* monotonic us */
     uint64_t de_notls_until; /* monotonic us */
@@ -304,8 +309,10 @@ queue_dispatch_t *dlv_dest_pop(dlv_dest_t *de);
 /* A session could not get through to any address (connect, greeting): v
  * is the judge's verdict on its last error (trouble.c). */
 void dlv_dest_conn_failed(dlv_dest_t *de, const dlv_verdict_t *v);
-/* A session reached the ready state. */
-void dlv_dest_conn_ok(dlv_dest_t *de);
+/* A session reached the ready state, setup_us after it was opened. */
+void dlv_dest_conn_ok(dlv_dest_t *de, uint64_t setup_us);
+/* A dispatch a ready connection of de finished took us (dest_open_pays). */
+void dlv_dest_txn_done(dlv_dest_t *de, uint64_t us);
 /* The destination's TLS sessions (dest.c): keep one (the oldest goes when
  * DLV_TLS_SESSIONS are kept; owned from then on), take the newest (the
  * caller owns it, NULL when none), drop them all (a policy change: a
@@ -381,6 +388,8 @@ void dlv_session_shutdown(dlv_session_t *s);
 dlv_session_t *dlv_session_next(const dlv_session_t *s);
 /* Sessions that have not reached the ready state yet. */
 bool dlv_session_connecting(const dlv_session_t *s);
+/* Sessions that are closing (QUIT sent or being closed): no more work. */
+bool dlv_session_closing(const dlv_session_t *s);
 
 /* ------------------------------------------------------------ commands.c */
 

@@ -8,7 +8,8 @@
  * dlv_dest_kick() resolves the route (static route, MX + A/AAAA, implicit
  * MX, null MX; MTA-STS beside it), applies a route failure, a dead-site
  * verdict or the MTA-STS gate to everything pending, hands work to idle
- * sessions and opens new ones: slow start up to
+ * sessions and opens new ones where they would serve the backlog sooner
+ * than the open ones (dest_open_pays): slow start up to
  * c_dlv_max_conn_per_dest, and within the throttles of the destination's
  * provider (the registry's token buckets and connection caps, checked in
  * order: the queue (provider, vmta), the provider (total_*), the global
@@ -41,6 +42,7 @@
 
 #define SHP_BLOCKED_POLL_MS 200 /* blocked on another thread's connections: look again */
 #define SHP_OP_POLL_MS 500      /* held by an operator's suspend: look again */
+#define DLV_EWMA_DIV 4          /* dest_ewma: weight 1/4 to each new measurement */
 
 typedef struct shp_job {
     struct shp_job *j_next;
@@ -283,13 +285,47 @@ void dlv_dest_kick(dlv_dest_t *de)
     de->de_kicking = false;
 }
 
-void dlv_dest_conn_ok(dlv_dest_t *de)
+/* a smoothed measurement: the first sample as it is, then 1/DLV_EWMA_DIV
+ * of each new one (as TCP's SRTT, RFC 6298, with a faster gain: a
+ * destination shows few connection setups) */
+static void dest_ewma(uint64_t *avg, uint64_t sample)
+{
+    sample = MAX(sample, 1); /* 0 means "not measured" */
+    *avg = *avg == 0 ? sample : (*avg * (DLV_EWMA_DIV - 1) + sample) / DLV_EWMA_DIV;
+}
+
+void dlv_dest_conn_ok(dlv_dest_t *de, uint64_t setup_us)
 {
     DLV_ASSERT_ON_LOOP(de->de_t);
     const cfg_t *cfg = de->de_t->t_cfg;
     de->de_failures = 0;
     if (de->de_limit < cfg->c_dlv_max_conn_per_dest)
         de->de_limit++;
+    dest_ewma(&de->de_setup_us, setup_us);
+}
+
+void dlv_dest_txn_done(dlv_dest_t *de, uint64_t us)
+{
+    DLV_ASSERT_ON_LOOP(de->de_t);
+    dest_ewma(&de->de_txn_us, us);
+}
+
+/*
+ * Whether another connection gets the backlog out sooner than the open
+ * connections would (docs/delivery.md, "When another connection is
+ * opened"): the last of the de_npending waiting dispatches waits about
+ * npending x txn / open on the `open` connections there are (ready or
+ * still connecting), a new connection is ready after setup. Over a WAN a
+ * setup is 5-7 round trips and a TLS handshake, a transaction on a busy
+ * connection about two: opening at every backlog spent handshakes (CPU)
+ * and was slower. Nothing measured yet (a new destination): open, as the
+ * slow start always did; never fewer than one connection.
+ */
+static bool dest_open_pays(const dlv_dest_t *de, int open)
+{
+    if (open == 0 || de->de_setup_us == 0 || de->de_txn_us == 0)
+        return true;
+    return (uint64_t)de->de_npending * de->de_txn_us > (uint64_t)open * de->de_setup_us;
 }
 
 void dlv_dest_conn_failed(dlv_dest_t *de, const dlv_verdict_t *v)
@@ -1164,14 +1200,17 @@ static void shp_kick(dlv_dest_t *de)
         if (qd != NULL)
             dlv_session_take(s, qd);
     }
-    /* then open new ones gradually while a backlog waits */
-    int connecting = 0;
-    for (dlv_session_t *s = de->de_sessions; s; s = dlv_session_next(s))
-        if (dlv_session_connecting(s))
-            connecting++;
+    /* then open new ones gradually while a backlog waits, and only where
+     * they would serve it sooner than the open ones (dest_open_pays) */
+    int connecting = 0, open = 0;
+    for (dlv_session_t *s = de->de_sessions; s; s = dlv_session_next(s)) {
+        connecting += dlv_session_connecting(s);
+        open += !dlv_session_closing(s);
+    }
     int max = MAX(1, cfg->c_dlv_max_conn_per_dest);
     bool blocked = false;
-    while (de->de_npending > connecting && de->de_nconn < MIN(de->de_limit, max)) {
+    while (de->de_npending > connecting && de->de_nconn < MIN(de->de_limit, max) &&
+           dest_open_pays(de, open)) {
         /* the pool to serve: round robin among those with a backlog */
         int np = sh->sh_vm->sc_npools, p = -1;
         for (int k = 0; k < np && p < 0; k++)
@@ -1204,6 +1243,7 @@ static void shp_kick(dlv_dest_t *de)
             break;
         }
         connecting++;
+        open++;
     }
     if (de->de_npending > 0 && blocked) /* caps held by other threads' connections too */
         wait = MIN(wait, SHP_BLOCKED_POLL_MS * 1000ULL);

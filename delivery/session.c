@@ -126,6 +126,8 @@ struct dlv_session {
     int s_msgs;
     int s_vmta; /* virtual MTA: source address, EHLO name (vmta.c) */
     uint64_t s_born;
+    uint64_t s_opened;   /* clock_mono_us() at dlv_session_new (dlv_dest_conn_ok) */
+    uint64_t s_txn_t0;   /* clock_mono_us() when the dispatch was taken (dlv_dest_txn_done) */
     dlv_verdict_t s_err; /* the last connection-level error, for dlv_dest_conn_failed */
     char s_rbuf[DLV_RBUF];
 };
@@ -218,6 +220,12 @@ bool dlv_session_connecting(const dlv_session_t *s)
     return !s->s_closing && !s->s_ever_ready;
 }
 
+bool dlv_session_closing(const dlv_session_t *s)
+{
+    DLV_ASSERT_ON_LOOP(s->s_t);
+    return s->s_closing;
+}
+
 /* ------------------------------------------------------------ life cycle */
 
 int dlv_session_vmta(const dlv_session_t *s)
@@ -235,6 +243,7 @@ dlv_session_t *dlv_session_new(dlv_dest_t *de, int vmta)
     s->s_dest = de;
     s->s_t = de->de_t;
     s->s_vmta = vmta;
+    s->s_opened = clock_mono_us();
     s->s_next = de->de_sessions;
     de->de_sessions = s;
     de->de_nconn++;
@@ -1348,7 +1357,7 @@ static void session_ready(dlv_session_t *s)
     if (!s->s_ever_ready) {
         s->s_ever_ready = true;
         session_keep_tls_session(s);
-        dlv_dest_conn_ok(s->s_dest);
+        dlv_dest_conn_ok(s->s_dest, clock_mono_us() - s->s_opened);
     }
     session_next_work(s);
     /* slow start: a good connection lets the destination open more */
@@ -1396,6 +1405,7 @@ void dlv_session_take(dlv_session_t *s, queue_dispatch_t *qd)
     DLV_ASSERT_ON_LOOP(s->s_t);
     s->s_idle = false;
     s->s_qd = qd;
+    s->s_txn_t0 = clock_mono_us();
     s->s_res = xcalloc((size_t)MAX(qd->qd_nrcpt, 1), sizeof(dlv_rres_t));
     s->s_txn = xcalloc((size_t)MAX(qd->qd_nrcpt, 1), sizeof(int));
     s->s_pend = 0;
@@ -1599,6 +1609,8 @@ static void session_finish_dispatch(dlv_session_t *s)
     queue_dispatch_free(s->s_qd);
     s->s_qd = NULL;
     s->s_msgs++;
+    if (!s->s_closing)
+        dlv_dest_txn_done(s->s_dest, clock_mono_us() - s->s_txn_t0);
     buf_reset(&s->s_body);
     dlv_msg_done(&s->s_m);
     if (s->s_closing)

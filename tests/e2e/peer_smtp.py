@@ -41,6 +41,10 @@ Options (all optional):
                           its bytes, latin-1) and answer TEXT
   --eom-reply [N:]TEXT    answer the final dot with TEXT (the first N
                           messages only, with N:). Repeatable, in order.
+  --eom-delay GLOB=SECS   wait SECS before answering the final dot of a
+                          message with a recipient matching GLOB (fnmatch,
+                          on the whole address): a slow transaction.
+                          Repeatable, first match wins.
   --hangup-in-data N      close the connection after N bytes of DATA content
   --reply-encoding ENC    encode the scripted replies (and every other reply)
                           with ENC instead of ASCII/UTF-8: "latin-1" sends
@@ -103,6 +107,7 @@ def parse_args(argv):
     p.add_argument("--data-reply")
     p.add_argument("--data-no-rcpts")
     p.add_argument("--eom-reply", action="append", default=[])
+    p.add_argument("--eom-delay", action="append", default=[])
     p.add_argument("--hangup-in-data", type=int)
     p.add_argument("--wire", action="store_true")
     p.add_argument("--reply-encoding")
@@ -129,6 +134,10 @@ class State:
             n, text = counted(rest)
             self.rcpt_rules.append((glob.lower(), n, text, {}))
         self.eom = [list(counted(e)) for e in opts.eom_reply]
+        self.eom_delays = []
+        for r in opts.eom_delay:
+            glob, _, secs = r.partition("=")
+            self.eom_delays.append((glob.lower(), float(secs)))
         os.makedirs(opts.out, exist_ok=True)
         self.msg_log = open(os.path.join(opts.out, "messages.jsonl"), "a", buffering=1)
         self.ev_log = open(os.path.join(opts.out, "events.jsonl"), "a", buffering=1)
@@ -321,6 +330,10 @@ class Handler:
         o = st.opts
         if not o.no_size and o.size and len(data) > o.size:
             return "552 5.3.4 Message too big"
+        for glob, secs in st.eom_delays:
+            if any(fnmatch.fnmatchcase(r.lower(), glob) for r in envelope.rcpt_tos):
+                await asyncio.sleep(secs)
+                break
         reply = st.eom_reply()
         if reply and not reply.startswith("2"):
             return reply

@@ -991,7 +991,7 @@ class Peer:
     no_size=True, starttls=True (a fresh self-signed certificate),
     starttls_reply, ehlo_reply, greeting, greeting_delay=SECONDS, mail_reply,
     data_reply, data_no_rcpts,
-    hangup_in_data=N, wire=True, rcpt_reply=[...], eom_reply=[...],
+    hangup_in_data=N, wire=True, rcpt_reply=[...], eom_reply=[...], eom_delay=["GLOB=SECS"],
     reply_encoding="latin-1" (raw bytes 0x80-0xFF in replies),
     max_rcpts="N[:TEXT]". Attributes: dir, port, proc. stop() checks that
     it exited 0."""
