@@ -762,17 +762,6 @@ static cl_req_t *cl_req_script(cl_lim_t *l, int what, int script, int nargs)
     return r;
 }
 
-static char *cl_fmt(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *cl_fmt(const char *fmt, ...)
-{
-    char b[256];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(b, sizeof(b), fmt, ap);
-    va_end(ap);
-    return xstrdup(b);
-}
-
 /* Rate lease: ask for about a second's worth at this node's share when
  * the lease runs low while in use; give it back after CL_IDLE_US unused.
  * The script's tolerance (a tenth of a second of the whole rate, at least
@@ -816,9 +805,9 @@ static void cl_rate_tick(dlv_cluster_t *cl, cl_lim_t *l, uint64_t now)
     if ((want || used) && tok * 2 < lease + 1) {
         cl_req_t *r = cl_req_script(l, R_RATE, S_RATE, 3);
         double tol = MAX((double)iv / 1000.0, rate * 0.1 * (double)iv / 1000.0);
-        r->r_argv[4] = cl_fmt("%.3f", (double)iv / 1000.0);
-        r->r_argv[5] = cl_fmt("%.3f", tol);
-        r->r_argv[6] = cl_fmt("%lld", (long long)(lease - tok));
+        r->r_argv[4] = xasprintf("%.3f", (double)iv / 1000.0);
+        r->r_argv[5] = xasprintf("%.3f", tol);
+        r->r_argv[6] = xasprintf("%lld", (long long)(lease - tok));
         r->r_n = lease - tok;
         l->l_busy = true;
         cl_send(cl, r);
@@ -829,9 +818,9 @@ static void cl_rate_tick(dlv_cluster_t *cl, cl_lim_t *l, uint64_t now)
             return;
         }
         cl_req_t *r = cl_req_script(l, R_RATE, S_RATE, 3);
-        r->r_argv[4] = cl_fmt("%.3f", (double)iv / 1000.0);
+        r->r_argv[4] = xasprintf("%.3f", (double)iv / 1000.0);
         r->r_argv[5] = xstrdup("0");
-        r->r_argv[6] = cl_fmt("%lld", -(long long)back);
+        r->r_argv[6] = xasprintf("%lld", -(long long)back);
         r->r_n = -back;
         l->l_busy = true;
         cl_send(cl, r);
@@ -851,9 +840,9 @@ static void cl_conn_free_one(dlv_cluster_t *cl, cl_lim_t *l)
         return; /* a local slot; its Redis lease (if any) runs out */
     cl_req_t *r = cl_req_script(l, R_CONN_OTHER, S_CONN, 4);
     r->r_argv[4] = xstrdup("free");
-    r->r_argv[5] = cl_fmt("%llu", (unsigned long long)cl->cl_ttl_ms);
+    r->r_argv[5] = xasprintf("%llu", (unsigned long long)cl->cl_ttl_ms);
     r->r_argv[6] = xstrdup("0");
-    r->r_argv[7] = cl_fmt("%s:%llu", cl->cl_node, (unsigned long long)id);
+    r->r_argv[7] = xasprintf("%s:%llu", cl->cl_node, (unsigned long long)id);
     cl_send(cl, r);
 }
 
@@ -864,10 +853,10 @@ static void cl_conn_renew(dlv_cluster_t *cl, cl_lim_t *l)
         return;
     cl_req_t *r = cl_req_script(l, R_CONN_OTHER, S_CONN, 3 + l->l_held);
     r->r_argv[4] = xstrdup("renew");
-    r->r_argv[5] = cl_fmt("%llu", (unsigned long long)cl->cl_ttl_ms);
+    r->r_argv[5] = xasprintf("%llu", (unsigned long long)cl->cl_ttl_ms);
     r->r_argv[6] = xstrdup("0");
     for (int i = 0; i < l->l_held; i++)
-        r->r_argv[7 + i] = cl_fmt("%s:%llu", cl->cl_node, (unsigned long long)l->l_ids[i]);
+        r->r_argv[7 + i] = xasprintf("%s:%llu", cl->cl_node, (unsigned long long)l->l_ids[i]);
     cl_send(cl, r);
 }
 
@@ -910,9 +899,9 @@ static void cl_conn_tick(dlv_cluster_t *cl, cl_lim_t *l, uint64_t now)
     }
     cl_req_t *r = cl_req_script(l, R_CONN_TAKE, S_CONN, 4);
     r->r_argv[4] = xstrdup("take");
-    r->r_argv[5] = cl_fmt("%llu", (unsigned long long)cl->cl_ttl_ms);
-    r->r_argv[6] = cl_fmt("%d", cap);
-    r->r_argv[7] = cl_fmt("%s:%llu", cl->cl_node, (unsigned long long)id);
+    r->r_argv[5] = xasprintf("%llu", (unsigned long long)cl->cl_ttl_ms);
+    r->r_argv[6] = xasprintf("%d", cap);
+    r->r_argv[7] = xasprintf("%s:%llu", cl->cl_node, (unsigned long long)id);
     r->r_n = (int64_t)id;
     l->l_busy = true;
     cl_send(cl, r);
@@ -1058,10 +1047,10 @@ static void cl_heartbeat(dlv_cluster_t *cl)
     r->r_script = S_NODES;
     r->r_argc = 8;
     r->r_argv = xcalloc(8, sizeof(char *));
-    r->r_argv[3] = cl_fmt("%s:nodes", cl->cl_prefix);
-    r->r_argv[4] = cl_fmt("%s:state", cl->cl_prefix);
+    r->r_argv[3] = xasprintf("%s:nodes", cl->cl_prefix);
+    r->r_argv[4] = xasprintf("%s:state", cl->cl_prefix);
     r->r_argv[5] = xstrdup(cl->cl_node);
-    r->r_argv[6] = cl_fmt("%d", CL_NODE_TTL_MS);
+    r->r_argv[6] = xasprintf("%d", CL_NODE_TTL_MS);
     r->r_argv[7] = xstrdup("0");
     cl_send(cl, r);
 }

@@ -24,7 +24,6 @@
 
 #include <hiredis/hiredis.h>
 #include <json-c/json.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -96,17 +95,6 @@ const char cl_lua_adapt[] =
     "end\n"
     "return {ended, n, el, full, v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]}\n";
 
-static char *ca_fmt(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *ca_fmt(const char *fmt, ...)
-{
-    char b[256];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(b, sizeof(b), fmt, ap);
-    va_end(ap);
-    return xstrdup(b);
-}
-
 cl_adapt_t *cl_adapt_get(dlv_cluster_t *cl, const char *name, cl_lim_t *conn,
                          const cl_adapt_ops_t *ops, void *arg)
 {
@@ -121,7 +109,7 @@ cl_adapt_t *cl_adapt_get(dlv_cluster_t *cl, const char *name, cl_lim_t *conn,
         a = xcalloc(1, sizeof(*a));
         a->a_cl = cl;
         a->a_name = xstrdup(name);
-        a->a_key = ca_fmt("%s:adapt:%s", cl->cl_prefix, name);
+        a->a_key = xasprintf("%s:adapt:%s", cl->cl_prefix, name);
         a->a_next = cl->cl_adapts;
         cl->cl_adapts = a;
     }
@@ -190,17 +178,17 @@ static cl_req_t *ca_req(dlv_cluster_t *cl, cl_adapt_t *a, const char *op, const 
     g[0] = xstrdup(a->a_key);
     g[1] = xstrdup(op);
     g[2] = xstrdup(cl->cl_node);
-    g[3] = ca_fmt("%s:events", cl->cl_prefix);
+    g[3] = xasprintf("%s:events", cl->cl_prefix);
     g[4] = xstrdup(a->a_name);
-    g[5] = ca_fmt("%d", CL_ADAPT_INTERVAL_MS);
-    g[6] = ca_fmt("%d", CL_ADAPT_HOLD_MS);
-    g[7] = ca_fmt("%.17g", v->av_rate);
-    g[8] = ca_fmt("%.17g", v->av_clean);
-    g[9] = ca_fmt("%.17g", v->av_step);
+    g[5] = xasprintf("%d", CL_ADAPT_INTERVAL_MS);
+    g[6] = xasprintf("%d", CL_ADAPT_HOLD_MS);
+    g[7] = xasprintf("%.17g", v->av_rate);
+    g[8] = xasprintf("%.17g", v->av_clean);
+    g[9] = xasprintf("%.17g", v->av_step);
     g[10] = xstrdup(v->av_ss ? "1" : "0");
-    g[11] = ca_fmt("%d", v->av_conn);
+    g[11] = xasprintf("%d", v->av_conn);
     g[12] = xstrdup(v->av_conn_learned ? "1" : "0");
-    g[13] = ca_fmt("%d", v->av_msgs);
+    g[13] = xasprintf("%d", v->av_msgs);
     g[14] = x14;
     g[15] = x15;
     g[16] = x16;
@@ -246,8 +234,8 @@ cl_req_t *cl_adapt_tick(dlv_cluster_t *cl, uint64_t now)
                 v.av_msgs = d.av_msgs;
             *tail =
                 ca_req(cl, a, "dec", &v, xstrdup("0"), xstrdup("0"),
-                       ca_fmt("%s%s%s", want & CL_ADAPT_RATE ? "r" : "",
-                              want & CL_ADAPT_CONN ? "c" : "", want & CL_ADAPT_MSGS ? "m" : ""));
+                       xasprintf("%s%s%s", want & CL_ADAPT_RATE ? "r" : "",
+                                 want & CL_ADAPT_CONN ? "c" : "", want & CL_ADAPT_MSGS ? "m" : ""));
             tail = &(*tail)->r_next;
             continue;
         }
@@ -262,7 +250,7 @@ cl_req_t *cl_adapt_tick(dlv_cluster_t *cl, uint64_t now)
         if (a->a_conn != NULL && now - atomic_load(&a->a_conn->l_want_us) < CL_ADAPT_REPORT_US * 2)
             full = true;
         *tail =
-            ca_req(cl, a, "count", &v, ca_fmt("%u", n), xstrdup(full ? "1" : "0"), xstrdup("0"));
+            ca_req(cl, a, "count", &v, xasprintf("%u", n), xstrdup(full ? "1" : "0"), xstrdup("0"));
         tail = &(*tail)->r_next;
     }
     return head;
@@ -333,7 +321,7 @@ cl_req_t *cl_adapt_reply(dlv_cluster_t *cl, cl_req_t *r, const redisReply *rp)
     if (el_us == 0 || !a->a_ops->ao_step(a->a_arg, n, el_us, full, &v))
         return NULL;
     return ca_req(cl, a, "inc", &v, xstrdup("0"), xstrdup("0"),
-                  ca_fmt("%llu", (unsigned long long)ver));
+                  xasprintf("%llu", (unsigned long long)ver));
 }
 
 bool cl_adapt_msg(dlv_cluster_t *cl, const char *text)
